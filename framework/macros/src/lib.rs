@@ -1,0 +1,406 @@
+//! The `#[migration]` attribute of [datamig](https://docs.rs/datamig).
+//!
+//! Use it through its re-export, `#[datamig::migration(..)]`; the documentation lives there.
+//! This crate only parses the attribute and the function, validates them at compile time,
+//! computes the code checksum, and emits the registration.
+
+use proc_macro::TokenStream;
+use proc_macro2::{Delimiter, Span, TokenStream as TokenStream2, TokenTree};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
+use sha2::{Digest, Sha256};
+use syn::parse::{Parse, ParseStream};
+use syn::spanned::Spanned;
+use syn::{Expr, ExprLit, FnArg, GenericArgument, ItemFn, Lit, PathArguments, ReturnType, Type};
+
+mod id;
+
+/// Registers an async function as a datamig data migration.
+///
+/// See `datamig::migration` for the full documentation.
+#[proc_macro_attribute]
+pub fn migration(args: TokenStream, item: TokenStream) -> TokenStream {
+    let args = syn::parse_macro_input!(args as Args);
+    let func = syn::parse_macro_input!(item as ItemFn);
+    match expand(args, func) {
+        Ok(tokens) => tokens.into(),
+        Err(err) => err.to_compile_error().into(),
+    }
+}
+
+/// The parsed `key = value` arguments of the attribute.
+struct Args {
+    id: Option<(String, Span)>,
+    revision: u32,
+    rerun_on_change: bool,
+    lock_timeout_ms: Option<u64>,
+    statement_timeout_ms: Option<u64>,
+}
+
+impl Parse for Args {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let mut args = Args {
+            id: None,
+            revision: 0,
+            rerun_on_change: false,
+            lock_timeout_ms: None,
+            statement_timeout_ms: None,
+        };
+        let metas = input.parse_terminated(syn::Meta::parse, syn::Token![,])?;
+        for meta in metas {
+            let name = meta
+                .path()
+                .get_ident()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            match (name.as_str(), &meta) {
+                ("rerun_on_change", syn::Meta::Path(_)) => args.rerun_on_change = true,
+                (_, syn::Meta::NameValue(nv)) => {
+                    let value = &nv.value;
+                    match name.as_str() {
+                        "id" => args.id = Some((lit_str(value)?, value.span())),
+                        "revision" => args.revision = lit_int(value)?,
+                        "rerun_on_change" => args.rerun_on_change = lit_bool(value)?,
+                        "lock_timeout" => args.lock_timeout_ms = Some(duration_ms(value)?),
+                        "statement_timeout" => {
+                            args.statement_timeout_ms = Some(duration_ms(value)?)
+                        }
+                        _ => return Err(unknown_arg(&meta)),
+                    }
+                }
+                _ => return Err(unknown_arg(&meta)),
+            }
+        }
+        Ok(args)
+    }
+}
+
+fn unknown_arg(meta: &syn::Meta) -> syn::Error {
+    syn::Error::new(
+        meta.span(),
+        "unknown argument to #[migration]: expected `id = \"..\"`, `revision = N`, \
+         `rerun_on_change`, `lock_timeout = \"5s\"` or `statement_timeout = \"1min\"`",
+    )
+}
+
+fn lit_str(expr: &Expr) -> syn::Result<String> {
+    match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => Ok(s.value()),
+        _ => Err(syn::Error::new(expr.span(), "expected a string literal")),
+    }
+}
+
+fn lit_int(expr: &Expr) -> syn::Result<u32> {
+    match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(i), ..
+        }) => i.base10_parse(),
+        _ => Err(syn::Error::new(expr.span(), "expected an integer literal")),
+    }
+}
+
+fn lit_bool(expr: &Expr) -> syn::Result<bool> {
+    match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Bool(b), ..
+        }) => Ok(b.value),
+        _ => Err(syn::Error::new(expr.span(), "expected `true` or `false`")),
+    }
+}
+
+/// Parses `"500ms"`, `"5s"`, `"2min"` or `"1h"` into milliseconds.
+fn duration_ms(expr: &Expr) -> syn::Result<u64> {
+    let text = lit_str(expr)?;
+    let digits: String = text.chars().take_while(char::is_ascii_digit).collect();
+    let unit = text[digits.len()..].trim();
+    let factor = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "min" => 60_000,
+        "h" => 3_600_000,
+        _ => 0,
+    };
+    match digits.parse::<u64>() {
+        Ok(n) if factor > 0 && n > 0 => Ok(n * factor),
+        _ => Err(syn::Error::new(
+            expr.span(),
+            format!(
+                "invalid duration {text:?}: expected a positive whole number and a unit, \
+                 e.g. \"500ms\", \"5s\", \"2min\" or \"1h\""
+            ),
+        )),
+    }
+}
+
+/// Which backends a migration's `Ctx` type names.
+enum BackendKind {
+    Postgres,
+}
+
+fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
+    let Some((id, id_span)) = args.id else {
+        return Err(syn::Error::new(
+            Span::call_site(),
+            "#[migration] needs an id: #[migration(id = \"20241114_0930_backfill_notification_settings\")]",
+        ));
+    };
+    if let Err(why) = id::validate(&id) {
+        return Err(syn::Error::new(
+            id_span,
+            format!("invalid migration id {id:?}: {why}"),
+        ));
+    }
+    let backend = check_signature(&func)?;
+
+    let name = &func.sig.ident;
+    let description = doc_text(&func.attrs);
+    let checksum = checksum(&func);
+    let revision = args.revision;
+    let rerun = args.rerun_on_change;
+    let opt_ms = |ms: Option<u64>| match ms {
+        Some(ms) => quote!(::core::option::Option::Some(::core::time::Duration::from_millis(#ms))),
+        None => quote!(::core::option::Option::None),
+    };
+    let lock_timeout = opt_ms(args.lock_timeout_ms);
+    let statement_timeout = opt_ms(args.statement_timeout_ms);
+    let vis = &func.vis;
+    let run_fn = format_ident!("__datamig_run");
+    let ret_span = func.sig.output.span();
+
+    let (db, setter) = match backend {
+        BackendKind::Postgres => (quote!(::datamig::Postgres), quote!(postgres)),
+    };
+    let call = quote_spanned! {ret_span=>
+        ::std::boxed::Box::pin(super::#name(ctx))
+    };
+    let module_doc = format!("The registration of the data migration `{id}` (see [`{name}`]).");
+
+    Ok(quote! {
+        #func
+
+        #[doc = #module_doc]
+        #[allow(non_snake_case, clippy::all)]
+        #vis mod #name {
+            fn #run_fn<'a, 'c>(
+                ctx: &'a mut ::datamig::Ctx<'c, #db>,
+            ) -> ::datamig::__private::BoxFuture<'a, ::datamig::__private::anyhow::Result<()>> {
+                #call
+            }
+
+            /// The descriptor of this migration, as registered with datamig.
+            pub static MIGRATION: ::datamig::Migration = ::datamig::Migration::__new(
+                #id,
+                #description,
+                #checksum,
+                ::core::file!(),
+                ::core::line!(),
+            )
+            .__revision(#revision)
+            .__rerun_on_change(#rerun)
+            .__lock_timeout(#lock_timeout)
+            .__statement_timeout(#statement_timeout)
+            .#setter(#run_fn);
+
+            ::datamig::__private::inventory::submit! {
+                ::datamig::__private::Registered(&MIGRATION)
+            }
+        }
+    })
+}
+
+/// Checks `async fn name(ctx: &mut Ctx<'_, Backend>) -> anyhow::Result<()>` and returns the backend.
+fn check_signature(func: &ItemFn) -> syn::Result<BackendKind> {
+    const SHAPE: &str =
+        "expected `async fn name(ctx: &mut datamig::Ctx<'_, Postgres>) -> anyhow::Result<()>`";
+    let sig = &func.sig;
+    if sig.asyncness.is_none() {
+        return Err(syn::Error::new(
+            sig.fn_token.span(),
+            format!("a migration must be an `async fn`: {SHAPE}"),
+        ));
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        return Err(syn::Error::new(
+            sig.generics.span(),
+            format!("a migration cannot be generic here: {SHAPE}"),
+        ));
+    }
+    if sig.inputs.len() != 1 {
+        return Err(syn::Error::new(
+            if sig.inputs.is_empty() {
+                sig.ident.span()
+            } else {
+                sig.inputs.span()
+            },
+            format!("a migration takes exactly one argument, its context: {SHAPE}"),
+        ));
+    }
+    let FnArg::Typed(arg) = &sig.inputs[0] else {
+        return Err(syn::Error::new(
+            sig.inputs.span(),
+            format!("a migration is a free function, not a method: {SHAPE}"),
+        ));
+    };
+    let backend = ctx_backend(&arg.ty).ok_or_else(|| {
+        syn::Error::new(
+            arg.ty.span(),
+            format!("the argument must be `&mut Ctx<'_, Postgres>`: {SHAPE}"),
+        )
+    })?;
+    match &sig.output {
+        ReturnType::Type(_, ty) if last_segment_is(ty, "Result") => {}
+        other => {
+            return Err(syn::Error::new(
+                other.span(),
+                format!("a migration returns `anyhow::Result<()>`: {SHAPE}"),
+            ));
+        }
+    }
+    Ok(backend)
+}
+
+/// Recognises `&mut Ctx<'_, Postgres>` (any path ending in `Ctx` and `Postgres`).
+fn ctx_backend(ty: &Type) -> Option<BackendKind> {
+    let Type::Reference(reference) = ty else {
+        return None;
+    };
+    reference.mutability?;
+    let Type::Path(path) = &*reference.elem else {
+        return None;
+    };
+    let last = path.path.segments.last()?;
+    if last.ident != "Ctx" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(generic) = &last.arguments else {
+        return None;
+    };
+    let mut types = generic.args.iter().filter_map(|arg| match arg {
+        GenericArgument::Type(ty) => Some(ty),
+        _ => None,
+    });
+    let db = types.next()?;
+    if types.next().is_some() {
+        return None;
+    }
+    if last_segment_is(db, "Postgres") {
+        Some(BackendKind::Postgres)
+    } else {
+        None
+    }
+}
+
+fn last_segment_is(ty: &Type, name: &str) -> bool {
+    matches!(ty, Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == name))
+}
+
+/// The function's doc comment, lines joined and trimmed: the migration's description.
+fn doc_text(attrs: &[syn::Attribute]) -> String {
+    let lines: Vec<String> = attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .filter_map(|a| match &a.meta {
+            syn::Meta::NameValue(nv) => lit_str(&nv.value).ok(),
+            _ => None,
+        })
+        .map(|line| line.trim().to_string())
+        .collect();
+    lines.join("\n").trim().to_string()
+}
+
+/// SHA-256 (lowercase hex) of the migration's code: the context type and the body, as tokens.
+///
+/// Tokens, not text, so that formatting and ordinary comments do not change the checksum
+/// while any edit to the code does. The function's name, its doc comment and its other
+/// attributes are left out: renaming or re-describing a migration is not a change of what it
+/// does. Code the body calls is not seen; `revision = N` marks such a change.
+fn checksum(func: &ItemFn) -> String {
+    let mut canonical = String::new();
+    if let Some(FnArg::Typed(arg)) = func.sig.inputs.first() {
+        write_canonical(&mut canonical, arg.ty.to_token_stream());
+    }
+    canonical.push('|');
+    write_canonical(&mut canonical, func.block.to_token_stream());
+    let digest = Sha256::digest(canonical.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A serialisation of tokens that depends on nothing but the tokens themselves: one space
+/// between tokens, groups bracketed by their delimiters, punctuation marked when joined to
+/// the next token (so `a + = b` and `a += b` differ, as they do for the compiler).
+fn write_canonical(out: &mut String, tokens: TokenStream2) {
+    for token in tokens {
+        match token {
+            TokenTree::Group(group) => {
+                let (open, close) = match group.delimiter() {
+                    Delimiter::Parenthesis => ("(", ")"),
+                    Delimiter::Brace => ("{", "}"),
+                    Delimiter::Bracket => ("[", "]"),
+                    Delimiter::None => ("", ""),
+                };
+                out.push_str(open);
+                out.push(' ');
+                write_canonical(out, group.stream());
+                out.push_str(close);
+            }
+            TokenTree::Ident(ident) => out.push_str(&ident.to_string()),
+            TokenTree::Punct(punct) => {
+                out.push(punct.as_char());
+                if punct.spacing() == proc_macro2::Spacing::Joint {
+                    out.push('~');
+                }
+            }
+            TokenTree::Literal(lit) => out.push_str(&lit.to_string()),
+        }
+        out.push(' ');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sum(code: &str) -> String {
+        checksum(&syn::parse_str::<ItemFn>(code).unwrap())
+    }
+
+    #[test]
+    fn formatting_and_comments_do_not_change_the_checksum() {
+        let a = sum(
+            "async fn m(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> { let n = 1 + 2; Ok(()) }",
+        );
+        let b = sum(
+            "/// New doc.\nasync fn renamed(c: &mut Ctx<'_, Postgres>)\n -> anyhow::Result<()> {\n    // why\n    let n =\n        1+2;\n    Ok(())\n}",
+        );
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn an_edited_body_changes_the_checksum() {
+        let a = sum(
+            "async fn m(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> { let n = 1 + 2; Ok(()) }",
+        );
+        let b = sum(
+            "async fn m(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> { let n = 1 + 3; Ok(()) }",
+        );
+        let c = sum(
+            "async fn m(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> { let n = 1 += 2; Ok(()) }",
+        );
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.len(), 64);
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        let ms = |s: &str| duration_ms(&syn::parse_str(&format!("{s:?}")).unwrap());
+        assert_eq!(ms("500ms").unwrap(), 500);
+        assert_eq!(ms("5s").unwrap(), 5_000);
+        assert_eq!(ms("2min").unwrap(), 120_000);
+        assert_eq!(ms("1h").unwrap(), 3_600_000);
+        assert!(ms("5").is_err());
+        assert!(ms("0s").is_err());
+        assert!(ms("fast").is_err());
+    }
+}

@@ -1,0 +1,261 @@
+//! PostgreSQL: session advisory lock, `set_config(.., true)` timeouts, ledger DDL.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnection, PgRow};
+use sqlx::{AssertSqlSafe, Postgres, Row, SqlSafeStr};
+
+use super::Backend;
+use super::steps::Steps;
+use crate::ctx::Ctx;
+use crate::ledger::{Attempt, LastRun, LedgerConfig, LedgerEntry};
+use crate::migration::{Migration, MigrationFn};
+use crate::sql::quote_ident;
+
+impl Backend for Postgres {}
+
+impl Steps for Postgres {
+    const ID: &'static str = "postgres";
+
+    fn migration_fn(migration: &Migration) -> Option<MigrationFn<Self>> {
+        migration.postgres_fn()
+    }
+
+    async fn ensure_ledger(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+    ) -> Result<(), sqlx::Error> {
+        let ledger = config.ledger_ident();
+        let runs = config.runs_ident();
+        let index = quote_ident(&format!("{}_by_migration", config.runs_table_name()));
+        let schema = match config.schema_name() {
+            Some(schema) => format!("CREATE SCHEMA IF NOT EXISTS {};", quote_ident(schema)),
+            None => String::new(),
+        };
+        let ddl = format!(
+            "{schema}
+            CREATE TABLE IF NOT EXISTS {ledger} (
+                id            text PRIMARY KEY,
+                checksum      text NOT NULL,
+                revision      integer NOT NULL,
+                description   text NOT NULL,
+                started_at    timestamptz NOT NULL,
+                finished_at   timestamptz NOT NULL,
+                duration_ms   bigint NOT NULL,
+                rows_affected bigint NOT NULL,
+                notes         text,
+                applied_by    text NOT NULL DEFAULT current_user,
+                host          text NOT NULL,
+                app_version   text,
+                run_count     integer NOT NULL DEFAULT 1
+            );
+            CREATE TABLE IF NOT EXISTS {runs} (
+                run_id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                migration_id  text NOT NULL,
+                action        text NOT NULL,
+                outcome       text NOT NULL,
+                checksum      text NOT NULL,
+                revision      integer NOT NULL,
+                started_at    timestamptz NOT NULL,
+                finished_at   timestamptz NOT NULL,
+                duration_ms   bigint NOT NULL,
+                rows_affected bigint NOT NULL,
+                error         text,
+                reason        text,
+                db_user       text NOT NULL DEFAULT current_user,
+                host          text NOT NULL,
+                app_version   text
+            );
+            CREATE INDEX IF NOT EXISTS {index} ON {runs} (migration_id, run_id);"
+        );
+        sqlx::raw_sql(AssertSqlSafe(ddl)).execute(conn).await?;
+        Ok(())
+    }
+
+    async fn ledger_exists(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+    ) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(config.ledger_ident())
+            .fetch_one(conn)
+            .await
+    }
+
+    async fn read_ledger(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+    ) -> Result<Vec<LedgerEntry>, sqlx::Error> {
+        let sql = format!(
+            "SELECT id, checksum, revision, description, started_at, finished_at, duration_ms,
+                    rows_affected, notes, applied_by, host, app_version, run_count
+             FROM {} ORDER BY id",
+            config.ledger_ident()
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(conn).await?;
+        rows.iter().map(ledger_entry).collect()
+    }
+
+    async fn last_runs(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+    ) -> Result<Vec<LastRun>, sqlx::Error> {
+        let sql = format!(
+            "SELECT DISTINCT ON (migration_id) migration_id, outcome, error, finished_at
+             FROM {} ORDER BY migration_id, run_id DESC",
+            config.runs_ident()
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(conn).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LastRun {
+                    migration_id: row.try_get("migration_id")?,
+                    outcome: row.try_get("outcome")?,
+                    error: row.try_get("error")?,
+                    finished_at: row.try_get("finished_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn try_lock(conn: &mut PgConnection, key: i64) -> Result<bool, sqlx::Error> {
+        // A session-level advisory lock: it dies with the session, so a runner that is
+        // killed cannot leave it behind.
+        sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(conn)
+            .await
+    }
+
+    async fn unlock(conn: &mut PgConnection, key: i64) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(key)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_local_timeouts(
+        conn: &mut PgConnection,
+        lock_timeout: Option<Duration>,
+        statement_timeout: Option<Duration>,
+    ) -> Result<(), sqlx::Error> {
+        // `set_config(.., true)` is `SET LOCAL` with a bound value: it ends with the transaction.
+        for (name, value) in [
+            ("lock_timeout", lock_timeout),
+            ("statement_timeout", statement_timeout),
+        ] {
+            if let Some(value) = value {
+                sqlx::query("SELECT set_config($1, $2, true)")
+                    .bind(name)
+                    .bind(format!("{}ms", value.as_millis().max(1)))
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn record_applied(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+        a: &Attempt,
+    ) -> Result<(), sqlx::Error> {
+        let ledger = config.ledger_ident();
+        let sql = match a.action {
+            crate::ledger::Action::Apply => format!(
+                "INSERT INTO {ledger} (id, checksum, revision, description, started_at, finished_at,
+                     duration_ms, rows_affected, notes, host, app_version)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            ),
+            crate::ledger::Action::Rerun => format!(
+                "UPDATE {ledger} SET checksum = $2, revision = $3, description = $4,
+                     started_at = $5, finished_at = $6, duration_ms = $7, rows_affected = $8,
+                     notes = $9, host = $10, app_version = $11, applied_by = current_user,
+                     run_count = run_count + 1
+                 WHERE id = $1"
+            ),
+        };
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(a.id)
+            .bind(a.checksum)
+            .bind(i32::try_from(a.revision).unwrap_or(i32::MAX))
+            .bind(a.description)
+            .bind(a.started_at)
+            .bind(a.finished_at)
+            .bind(a.duration_ms())
+            .bind(a.rows_i64())
+            .bind(a.notes_text())
+            .bind(&a.host)
+            .bind(&a.app_version)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn record_run(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+        a: &Attempt,
+        error: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
+        let sql = format!(
+            "INSERT INTO {} (migration_id, action, outcome, checksum, revision, started_at,
+                 finished_at, duration_ms, rows_affected, error, host, app_version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            config.runs_ident()
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(a.id)
+            .bind(a.action.as_str())
+            .bind(if error.is_some() {
+                "failed"
+            } else {
+                "succeeded"
+            })
+            .bind(a.checksum)
+            .bind(i32::try_from(a.revision).unwrap_or(i32::MAX))
+            .bind(a.started_at)
+            .bind(a.finished_at)
+            .bind(a.duration_ms())
+            .bind(a.rows_i64())
+            .bind(error)
+            .bind(&a.host)
+            .bind(&a.app_version)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+fn ledger_entry(row: &PgRow) -> Result<LedgerEntry, sqlx::Error> {
+    let revision: i32 = row.try_get("revision")?;
+    Ok(LedgerEntry {
+        id: row.try_get("id")?,
+        checksum: row.try_get("checksum")?,
+        revision: u32::try_from(revision).unwrap_or(0),
+        description: row.try_get("description")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        duration_ms: row.try_get("duration_ms")?,
+        rows_affected: row.try_get("rows_affected")?,
+        notes: row.try_get("notes")?,
+        applied_by: row.try_get("applied_by")?,
+        host: row.try_get("host")?,
+        app_version: row.try_get("app_version")?,
+        run_count: row.try_get("run_count")?,
+    })
+}
+
+impl Ctx<'_, Postgres> {
+    /// Executes one statement in the migration's transaction and adds the rows it affected
+    /// to the ledger's count. Returns that number of rows.
+    ///
+    /// The SQL must be a `&'static str` or wrapped in [`sqlx::AssertSqlSafe`]; bind values
+    /// with `sqlx::query(..).bind(..)` through [`Ctx::tx`] instead of formatting them in.
+    pub async fn execute(&mut self, sql: impl SqlSafeStr) -> Result<u64, sqlx::Error> {
+        let rows = sqlx::query(sql).execute(self.tx()).await?.rows_affected();
+        self.add_rows_affected(rows);
+        Ok(rows)
+    }
+}

@@ -1,0 +1,112 @@
+//! The one error type of the library.
+
+use std::time::Duration;
+
+/// A migration whose code differs from what the ledger recorded when it was applied.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Drift {
+    /// The migration's id.
+    pub id: String,
+    /// The checksum recorded in the ledger.
+    pub applied_checksum: String,
+    /// The checksum of the code in this build.
+    pub code_checksum: String,
+    /// The revision recorded in the ledger.
+    pub applied_revision: u32,
+    /// The revision in this build.
+    pub code_revision: u32,
+}
+
+/// Everything that can go wrong in datamig.
+///
+/// Messages are lowercase and start with what failed; ids are kept as data so that a caller
+/// (the CLI, a test) can act on them.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database returned an error, or the connection failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+
+    /// Another runner held the migration lock for longer than the configured timeout.
+    #[error(
+        "could not acquire the migration lock within {}: another runner holds it; \
+         wait for it to finish or raise the lock timeout", humantime(*.timeout)
+    )]
+    LockTimeout {
+        /// How long the runner waited.
+        timeout: Duration,
+    },
+
+    /// Applied migrations whose code changed since they were applied.
+    #[error(
+        "{} applied migration(s) changed since they were applied: {}; restore the code, \
+         mark the migration `rerun_on_change` if re-running it is safe, or accept the change \
+         with a recorded reason",
+        .drifted.len(),
+        .drifted.iter().map(|d| d.id.as_str()).collect::<Vec<_>>().join(", ")
+    )]
+    Drift {
+        /// Each drifted migration.
+        drifted: Vec<Drift>,
+    },
+
+    /// A migration returned an error or panicked; its transaction was rolled back.
+    #[error("migration {id} {}: {message}; its changes were rolled back", if *.panicked { "panicked" } else { "failed" })]
+    MigrationFailed {
+        /// The migration's id.
+        id: String,
+        /// The error, with its chain of causes, or the panic message.
+        message: String,
+        /// Whether the migration panicked rather than returned an error.
+        panicked: bool,
+        /// The migrations this run applied before the failure (they stay applied).
+        applied_before: Vec<String>,
+    },
+
+    /// Two migrations share an id.
+    #[error(
+        "duplicate migration id {id}: defined at {first} and at {second}; give each migration its own id"
+    )]
+    DuplicateId {
+        /// The shared id.
+        id: String,
+        /// Where the first definition is.
+        first: String,
+        /// Where the second definition is.
+        second: String,
+    },
+
+    /// An id named by the caller is not a registered migration.
+    #[error("unknown migration id {id}: no registered migration has it")]
+    UnknownId {
+        /// The id.
+        id: String,
+    },
+
+    /// A migration has no code for the database being migrated.
+    #[error("migration {id} has no code for {backend}: it was written for {available}")]
+    UnsupportedBackend {
+        /// The migration's id.
+        id: String,
+        /// The backend being migrated.
+        backend: &'static str,
+        /// The backends the migration has code for.
+        available: String,
+    },
+
+    /// A configuration value is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// Formats a duration for people: `500ms`, `5s`, `2.5s`.
+pub(crate) fn humantime(d: Duration) -> String {
+    if d.as_millis() < 1_000 {
+        format!("{}ms", d.as_millis())
+    } else if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}

@@ -1,0 +1,188 @@
+//! The ledger (`datamig_ledger`: one row per applied migration) and the run history
+//! (`datamig_runs`: one row per attempt), their configuration and their rows.
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+
+use crate::error::Error;
+use crate::sql::{check_name, quote_ident};
+
+/// Where the ledger and the run history live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerConfig {
+    schema: Option<String>,
+    ledger_table: String,
+    runs_table: String,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            schema: None,
+            ledger_table: "datamig_ledger".to_string(),
+            runs_table: "datamig_runs".to_string(),
+        }
+    }
+}
+
+impl LedgerConfig {
+    /// Puts both tables in `schema` (created if missing) instead of the search path's first.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = Some(schema.into());
+        self
+    }
+
+    /// Names the ledger table (default `datamig_ledger`).
+    pub fn ledger_table(mut self, name: impl Into<String>) -> Self {
+        self.ledger_table = name.into();
+        self
+    }
+
+    /// Names the run-history table (default `datamig_runs`).
+    pub fn runs_table(mut self, name: impl Into<String>) -> Self {
+        self.runs_table = name.into();
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if let Some(schema) = &self.schema {
+            check_name("ledger schema", schema)?;
+        }
+        check_name("ledger table", &self.ledger_table)?;
+        check_name("runs table", &self.runs_table)?;
+        if self.ledger_table == self.runs_table {
+            return Err(Error::Config(format!(
+                "the ledger and the run history cannot both be table {:?}",
+                self.ledger_table
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn schema_name(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+
+    pub(crate) fn runs_table_name(&self) -> &str {
+        &self.runs_table
+    }
+
+    /// The ledger's quoted, schema-qualified name.
+    pub(crate) fn ledger_ident(&self) -> String {
+        self.qualify(&self.ledger_table)
+    }
+
+    /// The run history's quoted, schema-qualified name.
+    pub(crate) fn runs_ident(&self) -> String {
+        self.qualify(&self.runs_table)
+    }
+
+    fn qualify(&self, table: &str) -> String {
+        match &self.schema {
+            Some(schema) => format!("{}.{}", quote_ident(schema), quote_ident(table)),
+            None => quote_ident(table),
+        }
+    }
+
+    /// The key of the runner lock: derived from the ledger's name, so that two ledgers in
+    /// one database do not contend.
+    pub(crate) fn lock_key(&self) -> i64 {
+        let digest = Sha256::digest(format!("datamig:{}", self.ledger_ident()).as_bytes());
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&digest[..8]);
+        i64::from_be_bytes(bytes)
+    }
+}
+
+/// One row of the ledger: a migration that has been applied.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct LedgerEntry {
+    /// The migration's id.
+    pub id: String,
+    /// The checksum of the code that was applied.
+    pub checksum: String,
+    /// The revision that was applied.
+    pub revision: u32,
+    /// The migration's description when it was applied.
+    pub description: String,
+    /// When the last application started.
+    pub started_at: DateTime<Utc>,
+    /// When the last application finished.
+    pub finished_at: DateTime<Utc>,
+    /// How long the last application took, in milliseconds.
+    pub duration_ms: i64,
+    /// Rows affected by the last application, as the migration reported them.
+    pub rows_affected: i64,
+    /// Notes recorded by the migration, one per line.
+    pub notes: Option<String>,
+    /// The database user that applied it.
+    pub applied_by: String,
+    /// The host name of the machine that applied it.
+    pub host: String,
+    /// The application version given by the runner, if any.
+    pub app_version: Option<String>,
+    /// How many times it ran (1, unless re-run).
+    pub run_count: i32,
+}
+
+/// The last attempt recorded in the run history for one migration.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct LastRun {
+    /// The migration's id.
+    pub migration_id: String,
+    /// `succeeded` or `failed`.
+    pub outcome: String,
+    /// The error, for a failed attempt.
+    pub error: Option<String>,
+    /// When the attempt ended.
+    pub finished_at: DateTime<Utc>,
+}
+
+/// Why a migration ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// First application.
+    Apply,
+    /// Re-run of an applied migration (its code changed and it may re-run on change).
+    Rerun,
+}
+
+impl Action {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Action::Apply => "apply",
+            Action::Rerun => "rerun",
+        }
+    }
+}
+
+/// What the runner records about one attempt, in the ledger and the run history.
+/// (Public only to the sealed backend steps; not reachable from outside the crate.)
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    pub(crate) id: &'static str,
+    pub(crate) checksum: &'static str,
+    pub(crate) revision: u32,
+    pub(crate) description: &'static str,
+    pub(crate) action: Action,
+    pub(crate) started_at: DateTime<Utc>,
+    pub(crate) finished_at: DateTime<Utc>,
+    pub(crate) rows_affected: u64,
+    pub(crate) notes: Vec<String>,
+    pub(crate) host: String,
+    pub(crate) app_version: Option<String>,
+}
+
+impl Attempt {
+    pub(crate) fn duration_ms(&self) -> i64 {
+        (self.finished_at - self.started_at).num_milliseconds()
+    }
+
+    pub(crate) fn notes_text(&self) -> Option<String> {
+        (!self.notes.is_empty()).then(|| self.notes.join("\n"))
+    }
+
+    pub(crate) fn rows_i64(&self) -> i64 {
+        i64::try_from(self.rows_affected).unwrap_or(i64::MAX)
+    }
+}

@@ -1,0 +1,119 @@
+//! # datamig
+//!
+//! Idempotent business data migrations, written in Rust: the code that changes the rows of
+//! a live database when a feature ships (a backfill, a normalisation), run exactly once by
+//! every deploy, recorded in a checksummed ledger, and proven harmless to run twice.
+//!
+//! ```no_run
+//! use datamig::prelude::*;
+//!
+//! /// Give every existing user the default notification settings.
+//! #[datamig::migration(id = "20241114_0930_backfill_notification_settings")]
+//! async fn backfill_notification_settings(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
+//!     let inserted = ctx
+//!         .execute(
+//!             "INSERT INTO notification_settings (user_id, email_enabled, push_enabled)
+//!              SELECT id, true, true FROM users
+//!              ON CONFLICT (user_id) DO NOTHING",
+//!         )
+//!         .await?;
+//!     ctx.note(format!("{inserted} users got defaults"));
+//!     Ok(())
+//! }
+//!
+//! # async fn deploy(pool: sqlx::PgPool) -> Result<(), datamig::Error> {
+//! // In the deploy step: apply what is pending, each migration exactly once.
+//! let report = Migrator::new(pool).run().await?;
+//! println!("{} applied", report.applied.len());
+//! # Ok(()) }
+//! # fn main() {}
+//! ```
+//!
+//! ## The contract
+//!
+//! - **Exactly once.** A migration's effects and its ledger row commit in one transaction;
+//!   concurrent runners serialise on a lock, and the loser finds the ledger row and skips.
+//! - **Drift is visible.** The ledger stores a SHA-256 of each migration's code tokens; an
+//!   applied migration whose code changed stops `run` ([`Error::Drift`]) unless it is marked
+//!   `rerun_on_change`.
+//! - **Failures leave nothing.** A migration that returns an error or panics is rolled back,
+//!   recorded in the run history, and named in [`Error::MigrationFailed`].
+//!
+//! ## Linking the crate that holds the migrations
+//!
+//! Migrations register themselves through `inventory` when their crate is linked, and rustc
+//! does not link a crate that nothing refers to. Give the crate a `pub fn link()` that calls
+//! [`link_marker`] and call it from every binary (see [`registry`](crate::registry)).
+
+mod backend;
+mod ctx;
+mod error;
+mod ledger;
+mod migration;
+pub mod registry;
+mod runner;
+mod sql;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use backend::{Backend, BoxFuture};
+pub use ctx::Ctx;
+pub use error::{Drift, Error};
+pub use ledger::{LastRun, LedgerConfig, LedgerEntry};
+pub use migration::{Location, Migration, MigrationFn};
+pub use registry::link_marker;
+pub use runner::{AppliedMigration, MigrationStatus, Migrator, RunReport, State};
+#[cfg(feature = "postgres")]
+pub use sqlx::Postgres;
+
+/// Registers an `async fn` as a data migration.
+///
+/// ```no_run
+/// use datamig::prelude::*;
+///
+/// /// Lower-case and trim every email address.
+/// #[datamig::migration(id = "20241120_1200_normalize_user_emails", lock_timeout = "5s")]
+/// async fn normalize_user_emails(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
+///     ctx.execute("UPDATE users SET email = lower(btrim(email)) WHERE email <> lower(btrim(email))")
+///         .await?;
+///     Ok(())
+/// }
+/// # fn main() {}
+/// ```
+///
+/// The function must be `async fn name(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()>`,
+/// defined at module level. Its doc comment becomes the description `status` shows.
+///
+/// Arguments:
+///
+/// - `id = "YYYYMMDD_HHMM_name"` (required): unique; migrations run in id order. A
+///   malformed id is a compile error.
+/// - `revision = N`: raise it when code the body calls changed, so that the change counts
+///   as drift (the checksum covers only the body's own tokens).
+/// - `rerun_on_change`: when the code of an applied migration changes, re-run it instead of
+///   stopping with a drift error. Only for migrations that converge.
+/// - `lock_timeout = "5s"`, `statement_timeout = "10min"`: this migration's own timeouts
+///   (units `ms`, `s`, `min`, `h`).
+///
+/// The attribute keeps the function as written and adds, beside it, a module of the same
+/// name holding `MIGRATION`, the [`Migration`] descriptor; pass `&name::MIGRATION` to
+/// [`Migrator::migrations`] to run an explicit list.
+///
+/// The checksum is SHA-256 of the body's tokens: reformatting and comments do not change
+/// it, any edit does.
+pub use datamig_macros::migration;
+
+/// The names a migration module usually needs.
+pub mod prelude {
+    pub use crate::{Backend, Ctx, Migrator, migration};
+    #[cfg(feature = "postgres")]
+    pub use sqlx::Postgres;
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::backend::BoxFuture;
+    pub use crate::registry::Registered;
+    pub use anyhow;
+    pub use inventory;
+}

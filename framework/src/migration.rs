@@ -1,0 +1,172 @@
+//! A migration's descriptor: its id, description, checksum and code.
+
+use std::fmt;
+use std::time::Duration;
+
+#[cfg(feature = "postgres")]
+use crate::Postgres;
+use crate::backend::BoxFuture;
+use crate::ctx::Ctx;
+
+/// The code of a migration for one backend: the body written by the migration's author,
+/// boxed so that it can be stored in a `static`.
+pub type MigrationFn<DB> = for<'a, 'c> fn(&'a mut Ctx<'c, DB>) -> BoxFuture<'a, anyhow::Result<()>>;
+
+/// Where a migration is defined in the source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// The source file, as `file!()` gives it.
+    pub file: &'static str,
+    /// The line of the `#[migration]` attribute's function.
+    pub line: u32,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)
+    }
+}
+
+/// A registered data migration.
+///
+/// Values are made by the [`#[migration]`](crate::migration) attribute, which places one
+/// in a `static` named `MIGRATION` inside a module named after the function:
+/// `backfill_notification_settings::MIGRATION`. Pass such references to
+/// [`Migrator::migrations`](crate::Migrator::migrations) to run an explicit list.
+pub struct Migration {
+    id: &'static str,
+    description: &'static str,
+    checksum: &'static str,
+    location: Location,
+    revision: u32,
+    rerun_on_change: bool,
+    lock_timeout: Option<Duration>,
+    statement_timeout: Option<Duration>,
+    #[cfg(feature = "postgres")]
+    postgres: Option<MigrationFn<Postgres>>,
+}
+
+impl Migration {
+    /// The unique id, e.g. `20241114_0930_backfill_notification_settings`. Migrations run
+    /// in the lexicographic order of their ids.
+    pub fn id(&self) -> &'static str {
+        self.id
+    }
+
+    /// The function's doc comment.
+    pub fn description(&self) -> &'static str {
+        self.description
+    }
+
+    /// SHA-256 (lowercase hex) of the migration's code tokens, computed at compile time.
+    pub fn checksum(&self) -> &'static str {
+        self.checksum
+    }
+
+    /// The author's revision number (`revision = N`, 0 by default): raise it when code the
+    /// body calls changed in a way that should count as a change of the migration.
+    pub fn revision(&self) -> u32 {
+        self.revision
+    }
+
+    /// Where the migration is defined.
+    pub fn location(&self) -> Location {
+        self.location
+    }
+
+    /// Whether a change of code re-runs the migration instead of stopping `run` with a drift
+    /// error (`rerun_on_change`). Only for migrations whose effect converges.
+    pub fn reruns_on_change(&self) -> bool {
+        self.rerun_on_change
+    }
+
+    /// The migration's own `lock_timeout`, overriding the migrator's.
+    pub fn lock_timeout(&self) -> Option<Duration> {
+        self.lock_timeout
+    }
+
+    /// The migration's own `statement_timeout`, overriding the migrator's.
+    pub fn statement_timeout(&self) -> Option<Duration> {
+        self.statement_timeout
+    }
+
+    /// The names of the backends this migration has code for.
+    pub fn backends(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        #[cfg(feature = "postgres")]
+        if self.postgres.is_some() {
+            names.push("postgres");
+        }
+        names
+    }
+
+    #[cfg(feature = "postgres")]
+    pub(crate) fn postgres_fn(&self) -> Option<MigrationFn<Postgres>> {
+        self.postgres
+    }
+
+    #[doc(hidden)]
+    pub const fn __new(
+        id: &'static str,
+        description: &'static str,
+        checksum: &'static str,
+        file: &'static str,
+        line: u32,
+    ) -> Self {
+        Migration {
+            id,
+            description,
+            checksum,
+            location: Location { file, line },
+            revision: 0,
+            rerun_on_change: false,
+            lock_timeout: None,
+            statement_timeout: None,
+            #[cfg(feature = "postgres")]
+            postgres: None,
+        }
+    }
+
+    #[doc(hidden)]
+    pub const fn __revision(mut self, revision: u32) -> Self {
+        self.revision = revision;
+        self
+    }
+
+    #[doc(hidden)]
+    pub const fn __rerun_on_change(mut self, rerun: bool) -> Self {
+        self.rerun_on_change = rerun;
+        self
+    }
+
+    #[doc(hidden)]
+    pub const fn __lock_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    #[doc(hidden)]
+    pub const fn __statement_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.statement_timeout = timeout;
+        self
+    }
+
+    #[doc(hidden)]
+    #[cfg(feature = "postgres")]
+    pub const fn postgres(mut self, run: MigrationFn<Postgres>) -> Self {
+        self.postgres = Some(run);
+        self
+    }
+}
+
+impl fmt::Debug for Migration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Migration")
+            .field("id", &self.id)
+            .field("checksum", &self.checksum)
+            .field("revision", &self.revision)
+            .field("location", &self.location)
+            .field("backends", &self.backends())
+            .finish_non_exhaustive()
+    }
+}

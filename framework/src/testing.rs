@@ -1,0 +1,328 @@
+//! Test support: a real PostgreSQL for every test, never a mock.
+//!
+//! [`postgres`] hands each test a fresh, empty database. The server behind it is started
+//! once per test binary:
+//!
+//! - with `DATAMIG_TEST_DATABASE_URL` set, that server is used (databases are created on it
+//!   and dropped when the test binary exits);
+//! - otherwise testcontainers starts the image named by `DATAMIG_TEST_POSTGRES_IMAGE`
+//!   (`name:tag`, default `postgres:15`), removed when the test binary exits.
+//!
+//! ```no_run
+//! #[tokio::test]
+//! async fn backfill_gives_every_user_settings() -> anyhow::Result<()> {
+//!     let db = datamig::testing::postgres().await?;
+//!     sqlx::query("CREATE TABLE users (id bigint PRIMARY KEY)").execute(db.pool()).await?;
+//!     // ... seed, run the migrator, assert on rows
+//!     Ok(())
+//! }
+//! # fn main() {}
+//! ```
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Connection, PgPool};
+use testcontainers_modules::postgres::Postgres as PostgresImage;
+use testcontainers_modules::testcontainers::ImageExt;
+use testcontainers_modules::testcontainers::runners::AsyncRunner;
+use tokio::sync::OnceCell;
+
+use crate::error::Error;
+use crate::sql::quote_ident;
+
+/// The variable naming an existing server to test against (e.g. `postgres://u:p@localhost/postgres`).
+pub const DATABASE_URL_VAR: &str = "DATAMIG_TEST_DATABASE_URL";
+/// The variable naming the image testcontainers starts (`name:tag`).
+pub const IMAGE_VAR: &str = "DATAMIG_TEST_POSTGRES_IMAGE";
+/// The image started when [`IMAGE_VAR`] is not set.
+pub const DEFAULT_IMAGE: &str = "postgres:15";
+
+/// A fresh database on the shared test server.
+#[derive(Debug)]
+pub struct TestDatabase {
+    name: String,
+    url: String,
+    pool: PgPool,
+}
+
+impl TestDatabase {
+    /// A pool connected to this database.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The database's URL, for processes started by the test (`datamig run --database-url`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Creates a fresh, empty database on the test server (started on first use) and connects
+/// to it.
+///
+/// # Errors
+///
+/// [`Error::Config`] when the server cannot be started or reached, with what to do;
+/// [`Error::Database`] when creating the database fails.
+pub async fn postgres() -> Result<TestDatabase, Error> {
+    let server = SERVER
+        .get_or_init(|| async {
+            tokio::task::spawn_blocking(Server::start)
+                .await
+                .unwrap_or_else(|e| Err(format!("the test server thread failed: {e}")))
+        })
+        .await
+        .as_ref()
+        .map_err(|e| Error::Config(e.clone()))?;
+
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "datamig_test_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut admin = connect_with_retry(&server.admin_url).await?;
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE DATABASE {}",
+        quote_ident(&name)
+    )))
+    .execute(&mut admin)
+    .await?;
+    server
+        .created
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(name.clone());
+    admin.close().await?;
+
+    let url = with_database(&server.admin_url, &name);
+    let options = PgConnectOptions::from_str(&url)?;
+    let pool = PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options)
+        .await?;
+    Ok(TestDatabase { name, url, pool })
+}
+
+async fn connect_with_retry(url: &str) -> Result<PgConnection, Error> {
+    let mut attempt = 0;
+    loop {
+        match PgConnection::connect(url).await {
+            Ok(conn) => return Ok(conn),
+            Err(_) if attempt < 20 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+static SERVER: OnceCell<Result<Server, String>> = OnceCell::const_new();
+
+/// The server all tests of this binary share, and what to clean up when it exits.
+struct Server {
+    admin_url: String,
+    created: Arc<Mutex<Vec<String>>>,
+}
+
+/// Tells the keeper thread to clean up, then waits for it: set once, taken at exit.
+static STOP: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>> = Mutex::new(None);
+
+impl Server {
+    /// Runs on a blocking thread. The container (or the list of databases to drop) is owned
+    /// by a keeper thread with its own runtime, because each `#[tokio::test]` has a runtime
+    /// of its own that ends with the test, while the server must outlive them all.
+    fn start() -> Result<Server, String> {
+        let created = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let external = std::env::var(DATABASE_URL_VAR)
+            .ok()
+            .filter(|u| !u.is_empty());
+        let keeper_created = Arc::clone(&created);
+
+        std::thread::Builder::new()
+            .name("datamig-test-server".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("cannot start a runtime: {e}")));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match external {
+                        Some(url) => {
+                            let _ = ready_tx.send(Ok(url.clone()));
+                            let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+                            drop_databases(&url, &keeper_created).await;
+                        }
+                        None => {
+                            let container = match start_container().await {
+                                Ok(c) => c,
+                                Err(e) => {
+                                    let _ = ready_tx.send(Err(e));
+                                    return;
+                                }
+                            };
+                            let url =
+                                async {
+                                    let host = container.get_host().await?;
+                                    let port = container.get_host_port_ipv4(5432).await?;
+                                    Ok::<
+                                        _,
+                                        testcontainers_modules::testcontainers::TestcontainersError,
+                                    >(format!(
+                                        "postgres://postgres:postgres@{host}:{port}/postgres"
+                                    ))
+                                }
+                                .await
+                                .map_err(|e| {
+                                    format!("the test container has no reachable port: {e}")
+                                });
+                            let _ = ready_tx.send(url);
+                            let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+                            let _ = container.rm().await;
+                        }
+                    }
+                });
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| format!("cannot start the test server thread: {e}"))?;
+
+        let admin_url = ready_rx.recv().map_err(|_| {
+            "the test server thread ended before the server was ready".to_string()
+        })??;
+        *STOP.lock().unwrap_or_else(|p| p.into_inner()) = Some((stop_tx, done_rx));
+        register_cleanup_at_exit();
+        Ok(Server { admin_url, created })
+    }
+}
+
+async fn start_container()
+-> Result<testcontainers_modules::testcontainers::ContainerAsync<PostgresImage>, String> {
+    let image = std::env::var(IMAGE_VAR).ok().filter(|i| !i.is_empty());
+    let image = image.as_deref().unwrap_or(DEFAULT_IMAGE);
+    let (name, tag) = split_image(image);
+    PostgresImage::default()
+        .with_name(name)
+        .with_tag(tag)
+        .with_label("datamig.test", "1")
+        .with_cmd(["-c", "fsync=off", "-c", "max_connections=300"])
+        .with_startup_timeout(Duration::from_secs(120))
+        .start()
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot start the PostgreSQL test container from image {image}: {e}. \
+                 Start Docker (or set {IMAGE_VAR} to an image that is present), \
+                 or set {DATABASE_URL_VAR} to a server to test against"
+            )
+        })
+}
+
+async fn drop_databases(admin_url: &str, created: &Mutex<Vec<String>>) {
+    let names = std::mem::take(&mut *created.lock().unwrap_or_else(|p| p.into_inner()));
+    let Ok(mut admin) = PgConnection::connect(admin_url).await else {
+        return;
+    };
+    for name in names {
+        let sql = format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(&name)
+        );
+        let _ = sqlx::query(AssertSqlSafe(sql)).execute(&mut admin).await;
+    }
+    let _ = admin.close().await;
+}
+
+/// Splits `name:tag` (a registry host's port is not a tag: `host:5000/postgres` has none).
+fn split_image(image: &str) -> (&str, &str) {
+    match image.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name, tag),
+        _ => (image, "latest"),
+    }
+}
+
+/// Replaces the database of a PostgreSQL URL.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let root = match base[authority_start..].find('/') {
+        Some(i) => &base[..authority_start + i],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{root}/{database}?{query}"),
+        None => format!("{root}/{database}"),
+    }
+}
+
+extern "C" fn cleanup_at_exit() {
+    if let Some((stop, done)) = STOP.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let _ = stop.send(());
+        let _ = done.recv_timeout(Duration::from_secs(60));
+    }
+}
+
+#[allow(unsafe_code)]
+fn register_cleanup_at_exit() {
+    // SAFETY: `atexit` only stores the pointer of an `extern "C" fn()` with no arguments,
+    // which runs once when the test binary exits normally (libtest returns from `main`,
+    // also when tests failed). The function only uses channels and a `Mutex`.
+    unsafe {
+        libc::atexit(cleanup_at_exit);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{split_image, with_database};
+
+    #[test]
+    fn image_names_split_at_the_tag() {
+        assert_eq!(split_image("postgres:15"), ("postgres", "15"));
+        assert_eq!(split_image("local/postgres:15"), ("local/postgres", "15"));
+        assert_eq!(
+            split_image("host:5000/postgres"),
+            ("host:5000/postgres", "latest")
+        );
+        assert_eq!(split_image("postgres"), ("postgres", "latest"));
+    }
+
+    #[test]
+    fn the_database_of_a_url_is_replaced() {
+        assert_eq!(
+            with_database("postgres://u:p@h:5/postgres", "t1"),
+            "postgres://u:p@h:5/t1"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h:5", "t1"),
+            "postgres://u:p@h:5/t1"
+        );
+        assert_eq!(
+            with_database("postgres://u@h/db?sslmode=disable", "t1"),
+            "postgres://u@h/t1?sslmode=disable"
+        );
+    }
+}
