@@ -109,25 +109,15 @@ fn lit_bool(expr: &Expr) -> syn::Result<bool> {
     }
 }
 
-/// Parses `"500ms"`, `"5s"`, `"2min"` or `"1h"` into milliseconds.
+/// Parses a duration such as `"500ms"`, `"5s"` or `"2min"` into milliseconds.
 fn duration_ms(expr: &Expr) -> syn::Result<u64> {
     let text = lit_str(expr)?;
-    let digits: String = text.chars().take_while(char::is_ascii_digit).collect();
-    let unit = text[digits.len()..].trim();
-    let factor = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "min" => 60_000,
-        "h" => 3_600_000,
-        _ => 0,
-    };
-    match digits.parse::<u64>() {
-        Ok(n) if factor > 0 && n > 0 => Ok(n * factor),
+    match humantime::parse_duration(&text) {
+        Ok(d) if !d.is_zero() => Ok(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         _ => Err(syn::Error::new(
             expr.span(),
             format!(
-                "invalid duration {text:?}: expected a positive whole number and a unit, \
-                 e.g. \"500ms\", \"5s\", \"2min\" or \"1h\""
+                "invalid duration {text:?}: expected e.g. \"500ms\", \"5s\", \"2min\" or \"1h\""
             ),
         )),
     }

@@ -1,0 +1,17 @@
+//! The exit codes of the CLI, one per kind of outcome, for deploy pipelines to act on.
+
+/// Success.
+pub const OK: u8 = 0;
+/// An unexpected failure (a database error in the middle of a run, a bug).
+pub const UNEXPECTED: u8 = 1;
+/// Bad usage or configuration: an unknown option, a bad or unreachable database URL, a
+/// wrong password, a missing database, duplicate migration ids.
+pub const USAGE: u8 = 2;
+/// An applied migration's code changed (drift); nothing ran.
+pub const DRIFT: u8 = 3;
+/// A migration failed or panicked; it was rolled back and recorded in the run history.
+pub const MIGRATION_FAILED: u8 = 4;
+/// The runner lock was not acquired in time; nothing ran.
+pub const LOCK_TIMEOUT: u8 = 5;
+/// A check found pending migrations.
+pub const PENDING: u8 = 6;

@@ -1,0 +1,79 @@
+//! The demo application's data migrations.
+//!
+//! The story: a product adds a notification bell. New users get default notification
+//! settings when they sign up; the users who already exist need them too, and that is a data
+//! migration. A second one cleans up email addresses.
+//!
+//! The schema these migrations need is in `schema/`, as `sqlx` schema migrations
+//! ([`schema`]): a schema tool changes tables, datamig changes rows.
+
+use datamig::prelude::*;
+
+/// Makes sure this crate is linked, so its migrations are registered.
+///
+/// Migrations register themselves through `inventory` when their crate is linked, and rustc
+/// does not link a crate that nothing refers to: a binary that depends on this crate but
+/// never calls into it would silently run no migrations. Every binary that runs these
+/// migrations calls `link()` first.
+pub fn link() {
+    datamig::link_marker(module_path!());
+}
+
+/// The demo application's schema migrations (`schema/`), for `sqlx`'s migrator.
+pub fn schema() -> sqlx::migrate::Migrator {
+    sqlx::migrate!("./schema")
+}
+
+/// Inserts `count` demo users whose emails are not all clean (upper case, stray spaces),
+/// numbered after the users already there.
+///
+/// # Errors
+///
+/// Any database error.
+pub async fn seed_users(pool: &sqlx::PgPool, count: i64) -> Result<u64, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO users (email)
+         SELECT CASE WHEN n % 3 = 0 THEN ' User' || n || '@Example.COM '
+                     ELSE 'user' || n || '@example.com' END
+         FROM generate_series((SELECT count(*) FROM users) + 1, (SELECT count(*) FROM users) + $1) AS n",
+    )
+    .bind(count)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(inserted)
+}
+
+/// Give every existing user the default notification settings (email and push on).
+///
+/// Users who already have settings keep them: `ON CONFLICT DO NOTHING` makes a second run
+/// insert nothing.
+#[datamig::migration(id = "20241114_0930_backfill_notification_settings")]
+pub async fn backfill_notification_settings(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
+    let inserted = ctx
+        .execute(
+            "INSERT INTO notification_settings (user_id, email_enabled, push_enabled)
+             SELECT id, true, true FROM users
+             ON CONFLICT (user_id) DO NOTHING",
+        )
+        .await?;
+    ctx.note(format!(
+        "{inserted} users got default notification settings"
+    ));
+    Ok(())
+}
+
+/// Store every email address trimmed and in lower case.
+///
+/// Only rows that change are written, so a second run updates nothing.
+#[datamig::migration(id = "20241120_1200_normalize_user_emails", lock_timeout = "5s")]
+pub async fn normalize_user_emails(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
+    let updated = ctx
+        .execute(
+            "UPDATE users SET email = lower(btrim(email))
+             WHERE email IS DISTINCT FROM lower(btrim(email))",
+        )
+        .await?;
+    ctx.note(format!("{updated} email addresses normalised"));
+    Ok(())
+}
