@@ -1,0 +1,104 @@
+//! Fixtures shared by the integration tests: a deliberately non-idempotent migration, the
+//! tables it needs, and small query helpers.
+//!
+//! The migrations here are linked into the `datamig-fixtures` binary, which the tests start
+//! as separate processes. Migrations that exist to fail are defined in the test files
+//! themselves and run through explicit lists.
+
+use datamig::prelude::*;
+use sqlx::PgPool;
+
+/// Keeps this crate linked, so its migrations are registered (see `datamig::registry`).
+pub fn link() {
+    datamig::link_marker(module_path!());
+}
+
+/// The id of [`count_runs`].
+pub const COUNT_RUNS: &str = "20240101_0000_count_runs";
+
+/// Adds one to `counter.n` every time it runs: deliberately not idempotent, so a count of
+/// 1 proves it ran exactly once. Sleeps a little so that concurrent runners overlap.
+///
+/// With the switch `slow` on it sleeps 3 s (to hold the runner lock while a test looks);
+/// with `fail` on it fails after writing.
+#[datamig::migration(id = "20240101_0000_count_runs")]
+pub async fn count_runs(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
+    let slow: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM fixture_switches WHERE name = 'slow')")
+            .fetch_one(ctx.tx())
+            .await?;
+    sqlx::query("SELECT pg_sleep($1)")
+        .bind(if slow { 3.0 } else { 0.2 })
+        .execute(ctx.tx())
+        .await?;
+    ctx.execute("UPDATE counter SET n = n + 1").await?;
+    let fail: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM fixture_switches WHERE name = 'fail')")
+            .fetch_one(ctx.tx())
+            .await?;
+    if fail {
+        anyhow::bail!("the fail switch is on");
+    }
+    Ok(())
+}
+
+/// Creates `counter` (one row, `n = 0`) and the empty `fixture_switches` table.
+///
+/// # Errors
+///
+/// Any database error.
+pub async fn create_fixture_tables(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(
+        "CREATE TABLE counter (n integer NOT NULL);
+         INSERT INTO counter VALUES (0);
+         CREATE TABLE fixture_switches (name text PRIMARY KEY);",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Turns a fixture switch on.
+///
+/// # Errors
+///
+/// Any database error.
+pub async fn switch_on(pool: &PgPool, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO fixture_switches VALUES ($1)")
+        .bind(name)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// The value of `counter.n`.
+///
+/// # Errors
+///
+/// Any database error.
+pub async fn counter(pool: &PgPool) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar("SELECT n FROM counter")
+        .fetch_one(pool)
+        .await
+}
+
+/// The result of a query returning one `bigint` (e.g. `SELECT count(*) FROM t`).
+///
+/// # Errors
+///
+/// Any database error.
+pub async fn scalar(pool: &PgPool, sql: &'static str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(sql).fetch_one(pool).await
+}
+
+/// A database with the demo application's schema and `users` seeded users.
+///
+/// # Errors
+///
+/// Any database error, or the test server not starting.
+pub async fn demo_database(users: i64) -> anyhow::Result<datamig::testing::TestDatabase> {
+    let db = datamig::testing::postgres().await?;
+    datamig_demo_migrations::schema().run(db.pool()).await?;
+    datamig_demo_migrations::seed_users(db.pool(), users).await?;
+    Ok(db)
+}
