@@ -25,7 +25,7 @@ pub struct Drift {
 #[non_exhaustive]
 pub enum Error {
     /// The database returned an error, or the connection failed.
-    #[error("database error: {0}")]
+    #[error("database error: {}", describe_sqlx(.0))]
     Database(#[from] sqlx::Error),
 
     /// Another runner held the migration lock for longer than the configured timeout.
@@ -108,5 +108,51 @@ pub(crate) fn humantime(d: Duration) -> String {
         format!("{}s", d.as_secs())
     } else {
         format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// A sqlx error in words. For a database error: the server's message and its SQLSTATE
+/// (sqlx's own `Display` adds the line of the server's C source, which only misleads).
+pub fn describe_sqlx(err: &sqlx::Error) -> String {
+    match err {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("{} (SQLSTATE {code})", db.message()),
+            None => db.message().to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// An error and its causes, joined by `: `, without repeating a cause its parent already
+/// quotes, and with sqlx errors described by [`describe_sqlx`].
+pub(crate) fn describe_chain(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        if let Some(sqlx_err) = cause.downcast_ref::<sqlx::Error>() {
+            parts.push(describe_sqlx(sqlx_err));
+            break;
+        }
+        let text = cause.to_string();
+        if !parts.last().is_some_and(|parent| parent.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_chain;
+
+    #[test]
+    fn causes_are_joined_once() {
+        let err = anyhow::anyhow!("the disk is full").context("boom");
+        assert_eq!(describe_chain(&err), "boom: the disk is full");
+        let io = std::io::Error::other("connection reset");
+        let err = anyhow::Error::new(sqlx::Error::Io(io)).context("loading users");
+        assert_eq!(
+            describe_chain(&err),
+            "loading users: error communicating with database: connection reset"
+        );
     }
 }

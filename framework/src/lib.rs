@@ -58,7 +58,7 @@ pub mod testing;
 
 pub use backend::{Backend, BoxFuture};
 pub use ctx::Ctx;
-pub use error::{Drift, Error};
+pub use error::{Drift, Error, describe_sqlx};
 pub use ledger::{LastRun, LedgerConfig, LedgerEntry};
 pub use migration::{Location, Migration, MigrationFn};
 pub use registry::link_marker;

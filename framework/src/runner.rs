@@ -15,7 +15,7 @@ use sqlx::{Connection, Pool};
 
 use crate::backend::Backend;
 use crate::ctx::Ctx;
-use crate::error::{Drift, Error};
+use crate::error::{Drift, Error, describe_chain, describe_sqlx};
 use crate::ledger::{Action, Attempt, LastRun, LedgerConfig, LedgerEntry};
 use crate::migration::{Migration, MigrationFn};
 use crate::registry;
@@ -301,7 +301,10 @@ impl<DB: Backend> Migrator<DB> {
                 match recorded {
                     Ok(()) => return Ok(AppliedMigration::new(&attempt, clock.elapsed(), action)),
                     Err(err) => Failure::Migration {
-                        message: format!("recording it in the ledger failed: {err}"),
+                        message: format!(
+                            "recording it in the ledger failed: {}",
+                            describe_sqlx(&err)
+                        ),
                         panicked: false,
                     },
                 }
@@ -309,7 +312,7 @@ impl<DB: Backend> Migrator<DB> {
             Ok(Err(err)) => {
                 let _ = tx.rollback().await;
                 Failure::Migration {
-                    message: format!("{err:#}"),
+                    message: describe_chain(&err),
                     panicked: false,
                 }
             }

@@ -90,15 +90,3 @@ pub async fn counter(pool: &PgPool) -> Result<i32, sqlx::Error> {
 pub async fn scalar(pool: &PgPool, sql: &'static str) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(sql).fetch_one(pool).await
 }
-
-/// A database with the demo application's schema and `users` seeded users.
-///
-/// # Errors
-///
-/// Any database error, or the test server not starting.
-pub async fn demo_database(users: i64) -> anyhow::Result<datamig::testing::TestDatabase> {
-    let db = datamig::testing::postgres().await?;
-    datamig_demo_migrations::schema().run(db.pool()).await?;
-    datamig_demo_migrations::seed_users(db.pool(), users).await?;
-    Ok(db)
-}

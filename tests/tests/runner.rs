@@ -6,9 +6,7 @@ use std::time::Duration;
 use datamig::prelude::*;
 use datamig::{Error, LedgerConfig, State};
 use datamig_demo_migrations::{backfill_notification_settings, normalize_user_emails};
-use datamig_tests::{
-    COUNT_RUNS, count_runs, counter, create_fixture_tables, demo_database, scalar,
-};
+use datamig_tests::{COUNT_RUNS, count_runs, counter, create_fixture_tables, scalar};
 use sqlx::PgPool;
 
 fn demo() -> [&'static datamig::Migration; 2] {
@@ -16,6 +14,14 @@ fn demo() -> [&'static datamig::Migration; 2] {
         &backfill_notification_settings::MIGRATION,
         &normalize_user_emails::MIGRATION,
     ]
+}
+
+/// A database with the demo application's schema and `users` seeded users.
+async fn demo_database(users: i64) -> anyhow::Result<datamig::testing::TestDatabase> {
+    let db = datamig::testing::postgres().await?;
+    datamig_demo_migrations::schema().run(db.pool()).await?;
+    datamig_demo_migrations::seed_users(db.pool(), users).await?;
+    Ok(db)
 }
 
 async fn ledger_ids(pool: &PgPool) -> anyhow::Result<Vec<String>> {

@@ -1,0 +1,169 @@
+//! Guarantees across processes: `datamig run` started several times at once, killed
+//! half-way, failing, or kept waiting. The binary is `datamig-fixtures`, a user's own CLI
+//! built with `datamig_cli::main()` and linked with the fixture migrations.
+
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use datamig_tests::{COUNT_RUNS, counter, create_fixture_tables, scalar, switch_on};
+use tokio::process::Command;
+
+fn datamig(url: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_datamig-fixtures"));
+    cmd.args(args)
+        .env("DATABASE_URL", url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+async fn wait_for_lock_holder(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    for _ in 0..500 {
+        if scalar(
+            pool,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted",
+        )
+        .await?
+            > 0
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("no runner took the lock within 10 s")
+}
+
+#[tokio::test]
+async fn four_concurrent_run_processes_apply_once() -> anyhow::Result<()> {
+    let db = datamig::testing::postgres().await?;
+    create_fixture_tables(db.pool()).await?;
+
+    let children: Vec<_> = (0..4)
+        .map(|_| datamig(db.url(), &["run"]).spawn())
+        .collect::<Result<_, _>>()?;
+    let mut outputs: Vec<Output> = Vec::new();
+    for child in children {
+        outputs.push(child.wait_with_output().await?);
+    }
+
+    for output in &outputs {
+        assert!(
+            output.status.success(),
+            "exit {:?}, stderr: {}",
+            output.status,
+            text(&output.stderr)
+        );
+    }
+    let appliers = outputs
+        .iter()
+        .filter(|o| text(&o.stdout).contains(&format!("applied {COUNT_RUNS}")))
+        .count();
+    assert_eq!(appliers, 1, "exactly one process applies it");
+    let skippers = outputs
+        .iter()
+        .filter(|o| text(&o.stdout).contains("0 applied, 0 pending, 1 already applied"))
+        .count();
+    assert_eq!(skippers, 3, "the others find it applied");
+    assert_eq!(
+        counter(db.pool()).await?,
+        1,
+        "the non-idempotent body ran exactly once"
+    );
+    assert_eq!(
+        scalar(db.pool(), "SELECT count(*) FROM datamig_ledger").await?,
+        1
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_run_killed_mid_migration_leaves_nothing_and_the_next_run_applies_once()
+-> anyhow::Result<()> {
+    let db = datamig::testing::postgres().await?;
+    create_fixture_tables(db.pool()).await?;
+    switch_on(db.pool(), "slow").await?;
+
+    let mut child = datamig(db.url(), &["run"]).spawn()?;
+    wait_for_lock_holder(db.pool()).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await; // inside the migration's transaction
+    child.start_kill()?; // SIGKILL
+    let status = child.wait().await?;
+    assert!(!status.success());
+
+    // The killed session's transaction is rolled back and its lock released by the server.
+    assert_eq!(counter(db.pool()).await?, 0);
+    assert_eq!(
+        scalar(db.pool(), "SELECT count(*) FROM datamig_ledger").await?,
+        0
+    );
+
+    sqlx::query("DELETE FROM fixture_switches")
+        .execute(db.pool())
+        .await?;
+    let output = datamig(db.url(), &["run", "--wait", "10s"])
+        .output()
+        .await?;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(counter(db.pool()).await?, 1);
+    assert_eq!(
+        scalar(db.pool(), "SELECT count(*) FROM datamig_ledger").await?,
+        1
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_migration_exits_4_and_names_it() -> anyhow::Result<()> {
+    let db = datamig::testing::postgres().await?;
+    create_fixture_tables(db.pool()).await?;
+    switch_on(db.pool(), "fail").await?;
+
+    let output = datamig(db.url(), &["run"]).output().await?;
+    assert_eq!(
+        output.status.code(),
+        Some(4),
+        "stderr: {}",
+        text(&output.stderr)
+    );
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "error: migration {COUNT_RUNS} failed: the fail switch is on"
+        )),
+        "{stderr}"
+    );
+    assert!(text(&output.stdout).is_empty(), "errors go to stderr only");
+    assert_eq!(counter(db.pool()).await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_runner_kept_waiting_for_the_lock_exits_5() -> anyhow::Result<()> {
+    let db = datamig::testing::postgres().await?;
+    create_fixture_tables(db.pool()).await?;
+    switch_on(db.pool(), "slow").await?;
+
+    let holder = datamig(db.url(), &["run"]).spawn()?;
+    wait_for_lock_holder(db.pool()).await?;
+    let waiter = datamig(db.url(), &["run", "--wait", "200ms"])
+        .output()
+        .await?;
+    assert_eq!(
+        waiter.status.code(),
+        Some(5),
+        "stderr: {}",
+        text(&waiter.stderr)
+    );
+    assert!(text(&waiter.stderr).contains("could not acquire the migration lock within 200ms"));
+
+    let holder = holder.wait_with_output().await?;
+    assert!(holder.status.success(), "{}", text(&holder.stderr));
+    assert_eq!(counter(db.pool()).await?, 1);
+    Ok(())
+}
