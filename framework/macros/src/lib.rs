@@ -240,6 +240,12 @@ fn check_signature(func: &ItemFn) -> syn::Result<BackendKind> {
     })?;
     match &sig.output {
         ReturnType::Type(_, ty) if last_segment_is(ty, "Result") => {}
+        ReturnType::Default => {
+            return Err(syn::Error::new(
+                sig.ident.span(),
+                format!("a migration returns `anyhow::Result<()>`: {SHAPE}"),
+            ));
+        }
         other => {
             return Err(syn::Error::new(
                 other.span(),

@@ -1,0 +1,6 @@
+#[datamig::migration]
+async fn backfill(ctx: &mut datamig::Ctx<'_, datamig::Postgres>) -> anyhow::Result<()> {
+    Ok(())
+}
+
+fn main() {}
