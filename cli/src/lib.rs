@@ -3,7 +3,8 @@
 //! An application builds its own `datamig` binary, linked with its own migrations, in three
 //! lines:
 //!
-//! ```ignore
+//! ```no_run
+//! # mod my_app_migrations { pub fn link() {} }
 //! fn main() -> std::process::ExitCode {
 //!     my_app_migrations::link(); // keeps the crate of migrations linked (see datamig::registry)
 //!     datamig_cli::main()

@@ -1,0 +1,238 @@
+//! The `datamig` binary of the demo application, end to end against a real PostgreSQL:
+//! output, JSON, exit codes, and one-line errors for bad connections.
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+fn datamig(url: &str) -> Command {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin!("datamig"));
+    cmd.env("DATABASE_URL", url)
+        .env_remove("DATAMIG_LEDGER_TABLE")
+        .env_remove("DATAMIG_RUNS_TABLE");
+    cmd
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+async fn demo_database() -> anyhow::Result<datamig::testing::TestDatabase> {
+    let db = datamig::testing::postgres().await?;
+    sqlx::raw_sql(
+        "CREATE TABLE users (id bigserial PRIMARY KEY, email text NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
+         CREATE TABLE notification_settings (user_id bigint PRIMARY KEY REFERENCES users (id),
+             email_enabled boolean NOT NULL, push_enabled boolean NOT NULL,
+             created_at timestamptz NOT NULL DEFAULT now());
+         INSERT INTO users (email) SELECT ' User' || n || '@Example.com' FROM generate_series(1, 20) AS n;",
+    )
+    .execute(db.pool())
+    .await?;
+    Ok(db)
+}
+
+const BACKFILL: &str = "20241114_0930_backfill_notification_settings";
+const NORMALIZE: &str = "20241120_1200_normalize_user_emails";
+
+#[tokio::test]
+async fn status_lists_the_linked_demo_migrations_as_pending() -> anyhow::Result<()> {
+    let db = demo_database().await?;
+    let output = datamig(db.url()).arg("status").output()?;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains(&format!("{BACKFILL}  pending")), "{text}");
+    assert!(
+        text.contains(&format!("{NORMALIZE}           pending")),
+        "{text}"
+    );
+    assert!(
+        text.contains("Give every existing user the default notification settings"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("0 applied, 2 pending, 0 drifted, 0 unknown\n"),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn run_applies_then_finds_nothing_pending() -> anyhow::Result<()> {
+    let db = demo_database().await?;
+    let first = datamig(db.url())
+        .args(["run", "--app-version", "9.9.9"])
+        .output()?;
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    let text = stdout(&first);
+    assert!(
+        text.contains(&format!("applied {BACKFILL}  20 rows")),
+        "{text}"
+    );
+    assert!(
+        text.contains("  20 users got default notification settings"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("applied {NORMALIZE}  20 rows")),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("2 applied, 0 pending, 0 already applied\n"),
+        "{text}"
+    );
+    assert!(
+        stderr(&first).is_empty(),
+        "nothing on stderr: {}",
+        stderr(&first)
+    );
+
+    let second = datamig(db.url()).arg("run").output()?;
+    assert_eq!(second.status.code(), Some(0));
+    assert_eq!(stdout(&second), "0 applied, 0 pending, 2 already applied\n");
+    Ok(())
+}
+
+#[tokio::test]
+async fn json_output_is_one_document_with_every_field() -> anyhow::Result<()> {
+    let db = demo_database().await?;
+    let run = datamig(db.url())
+        .args(["--format", "json", "run", "--app-version", "1.0"])
+        .output()?;
+    assert!(run.status.success(), "{}", stderr(&run));
+    let report: Value = serde_json::from_slice(&run.stdout)?;
+    assert_eq!(report["dry_run"], false);
+    assert_eq!(report["applied"][0]["id"], BACKFILL);
+    assert_eq!(report["applied"][0]["rows_affected"], 20);
+    assert_eq!(report["applied"][0]["rerun"], false);
+    assert_eq!(
+        report["applied"][0]["notes"][0],
+        "20 users got default notification settings"
+    );
+    assert!(report["applied"][0]["duration_ms"].is_u64());
+    assert_eq!(report["applied"][1]["id"], NORMALIZE);
+    assert_eq!(report["already_applied"], Value::Array(vec![]));
+    assert_eq!(report["unknown"], Value::Array(vec![]));
+
+    let status = datamig(db.url())
+        .args(["status", "--format", "json"])
+        .output()?;
+    let statuses: Value = serde_json::from_slice(&status.stdout)?;
+    let first = &statuses[0];
+    assert_eq!(first["id"], BACKFILL);
+    assert_eq!(first["state"], "applied");
+    assert_eq!(first["ledger"]["rows_affected"], 20);
+    assert_eq!(first["ledger"]["app_version"], "1.0");
+    assert_eq!(first["ledger"]["run_count"], 1);
+    assert_eq!(first["ledger"]["checksum"].as_str().map(str::len), Some(64));
+    assert_eq!(first["last_run"]["outcome"], "succeeded");
+    assert_eq!(statuses.as_array().map(Vec::len), Some(2));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dry_run_says_so_and_keeps_nothing() -> anyhow::Result<()> {
+    let db = demo_database().await?;
+    let output = datamig(db.url()).args(["run", "--dry-run"]).output()?;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.contains(&format!("would apply {BACKFILL}  20 rows")),
+        "{text}"
+    );
+    assert!(
+        text.contains("dry run: every change was rolled back, nothing was recorded"),
+        "{text}"
+    );
+    let settings: i64 = sqlx::query_scalar("SELECT count(*) FROM notification_settings")
+        .fetch_one(db.pool())
+        .await?;
+    assert_eq!(settings, 0);
+    let status = stdout(&datamig(db.url()).arg("status").output()?);
+    assert!(
+        status.ends_with("0 applied, 2 pending, 0 drifted, 0 unknown\n"),
+        "{status}"
+    );
+    Ok(())
+}
+
+/// Runs `datamig status` against `url` and checks: exit 2, one line on stderr containing
+/// `expected`, nothing on stdout, and the password not shown.
+fn assert_connection_error(url: &str, expected: &str) {
+    let output = datamig(url)
+        .arg("status")
+        .output()
+        .expect("the binary runs");
+    assert_eq!(output.status.code(), Some(2), "stderr: {}", stderr(&output));
+    let err = stderr(&output);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.starts_with("error: cannot connect to the database at "),
+        "{err}"
+    );
+    assert!(err.contains(expected), "expected {expected:?} in {err}");
+    assert!(
+        !err.contains("secret-pw"),
+        "the password is never printed: {err}"
+    );
+    assert!(stdout(&output).is_empty());
+}
+
+#[tokio::test]
+async fn bad_connections_exit_2_with_one_line() -> anyhow::Result<()> {
+    let db = datamig::testing::postgres().await?;
+    // The test server's address and user, with a wrong password or a missing database.
+    let options: sqlx::postgres::PgConnectOptions = db.url().parse()?;
+    let (host, port, user) = (
+        options.get_host(),
+        options.get_port(),
+        options.get_username(),
+    );
+    let host_and_port = format!("{host}:{port}");
+    let url = db.url();
+
+    assert_connection_error(
+        &format!("postgres://{user}:secret-pw@{host_and_port}/{}", db.name()),
+        "password authentication failed",
+    );
+    assert_connection_error(
+        &url.replace(&format!("/{}", db.name()), "/no_such_database"),
+        "database \"no_such_database\" does not exist",
+    );
+    assert_connection_error(
+        "postgres://someone:secret-pw@127.0.0.1:1/app",
+        "Connection refused",
+    );
+    Ok(())
+}
+
+#[test]
+fn a_missing_or_unsupported_url_exits_2() {
+    let output = datamig("").arg("status").output().expect("the binary runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        stderr(&output),
+        "error: no database given: set DATABASE_URL or pass --database-url\n"
+    );
+
+    let output = datamig("mysql://root@localhost/app")
+        .arg("run")
+        .output()
+        .expect("the binary runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).starts_with("error: unsupported database URL mysql://root@localhost/app")
+    );
+}
+
+#[test]
+fn an_unknown_option_exits_2() {
+    let output = datamig("postgres://x@localhost/app")
+        .args(["run", "--no-such-option"])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("--no-such-option"));
+}

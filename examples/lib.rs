@@ -1,0 +1,1 @@
+//! Runnable examples of datamig: `cargo run -p datamig-examples --example demo`.

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The one command that runs the whole test suite against real databases:
+#
+#     scripts/test.sh            (any arguments are passed to `cargo test`)
+#
+# scripts/test-env.sh provides the PostgreSQL (testcontainers, installing the Docker engine
+# and building a local image where needed) and stops what it started when this exits.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/test-env.sh
+
+cargo test --workspace "$@"
