@@ -171,6 +171,7 @@ fn print_status(statuses: &[MigrationStatus]) -> Result<(), Failure> {
         let state = match s.state {
             State::Applied => "applied",
             State::Pending => "pending",
+            State::Running => "running",
             State::Drifted => "drifted",
             State::Unknown => "unknown",
             _ => "other",
@@ -188,6 +189,15 @@ fn print_status(statuses: &[MigrationStatus]) -> Result<(), Failure> {
             "{:<width$}  {state:<8}  {at:<20}  {rows:>10}  {description}",
             s.id
         )?;
+        if let Some(entry) = s.ledger.as_ref().filter(|e| e.is_running()) {
+            writeln!(
+                out,
+                "{:<width$}  {} batches done, checkpoint {}",
+                "",
+                entry.batches,
+                entry.checkpoint.as_deref().unwrap_or("-")
+            )?;
+        }
         if let Some(run) = s.last_run.as_ref().filter(|r| r.outcome == "failed") {
             writeln!(
                 out,
@@ -200,9 +210,10 @@ fn print_status(statuses: &[MigrationStatus]) -> Result<(), Failure> {
     let count = |state| statuses.iter().filter(|s| s.state == state).count();
     writeln!(
         out,
-        "{} applied, {} pending, {} drifted, {} unknown",
+        "{} applied, {} pending, {} running, {} drifted, {} unknown",
         count(State::Applied),
         count(State::Pending),
+        count(State::Running),
         count(State::Drifted),
         count(State::Unknown)
     )?;

@@ -53,7 +53,7 @@ async fn status_lists_the_linked_demo_migrations_as_pending() -> anyhow::Result<
         "{text}"
     );
     assert!(
-        text.ends_with("0 applied, 2 pending, 0 drifted, 0 unknown\n"),
+        text.ends_with("0 applied, 2 pending, 0 running, 0 drifted, 0 unknown\n"),
         "{text}"
     );
     Ok(())
@@ -152,7 +152,7 @@ async fn a_dry_run_says_so_and_keeps_nothing() -> anyhow::Result<()> {
     assert_eq!(settings, 0);
     let status = stdout(&datamig(db.url()).arg("status").output()?);
     assert!(
-        status.ends_with("0 applied, 2 pending, 0 drifted, 0 unknown\n"),
+        status.ends_with("0 applied, 2 pending, 0 running, 0 drifted, 0 unknown\n"),
         "{status}"
     );
     Ok(())

@@ -64,6 +64,19 @@ pub enum Error {
         applied_before: Vec<String>,
     },
 
+    /// A batched migration was stopped on purpose after some batches (fault injection in
+    /// tests, [`Migrator::interrupt_after_batches`](crate::Migrator::interrupt_after_batches)).
+    /// Its committed batches stay, with its checkpoint; the next run resumes it.
+    #[error(
+        "migration {id} was interrupted after {batches} batches; the next run resumes it from its checkpoint"
+    )]
+    Interrupted {
+        /// The migration's id.
+        id: String,
+        /// Batches committed in all.
+        batches: u64,
+    },
+
     /// Two migrations share an id.
     #[error(
         "duplicate migration id {id}: defined at {first} and at {second}; give each migration its own id"

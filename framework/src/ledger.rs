@@ -123,7 +123,25 @@ pub struct LedgerEntry {
     pub app_version: Option<String>,
     /// How many times it ran (1, unless re-run).
     pub run_count: i32,
+    /// `applied`, or `running` for a batched migration part-way through.
+    pub status: String,
+    /// For a batched migration: the last key of the last committed batch.
+    pub checkpoint: Option<String>,
+    /// For a batched migration: the batches committed so far.
+    pub batches: i64,
 }
+
+impl LedgerEntry {
+    /// Whether this is a batched migration part-way through (not applied yet).
+    pub fn is_running(&self) -> bool {
+        self.status == STATUS_RUNNING
+    }
+}
+
+/// Ledger status of an applied migration.
+pub(crate) const STATUS_APPLIED: &str = "applied";
+/// Ledger status of a batched migration part-way through.
+pub(crate) const STATUS_RUNNING: &str = "running";
 
 /// The last attempt recorded in the run history for one migration.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -145,6 +163,8 @@ pub enum Action {
     Apply,
     /// Re-run of an applied migration (its code changed and it may re-run on change).
     Rerun,
+    /// Continuation of a batched migration from its checkpoint.
+    Resume,
 }
 
 impl Action {
@@ -152,6 +172,7 @@ impl Action {
         match self {
             Action::Apply => "apply",
             Action::Rerun => "rerun",
+            Action::Resume => "resume",
         }
     }
 }
@@ -160,6 +181,18 @@ impl Action {
 /// (Public only to the sealed backend steps; not reachable from outside the crate.)
 #[derive(Clone, Debug)]
 pub struct Attempt {
+    /// How the ledger row is written.
+    pub(crate) write: LedgerWrite,
+    /// `applied` or `running`.
+    pub(crate) status: &'static str,
+    /// The last key done, for batched migrations.
+    pub(crate) checkpoint: Option<String>,
+    /// Batches committed in all, for batched migrations.
+    pub(crate) batches: u64,
+    /// When the ledger row's first application started (a resumed migration keeps it).
+    pub(crate) first_started_at: DateTime<Utc>,
+    /// Rows affected in all, over every batch and resume.
+    pub(crate) total_rows: u64,
     pub(crate) id: &'static str,
     pub(crate) checksum: &'static str,
     pub(crate) revision: u32,
@@ -173,9 +206,34 @@ pub struct Attempt {
     pub(crate) app_version: Option<String>,
 }
 
+/// How a ledger row is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LedgerWrite {
+    /// A new row. The primary key turns a second application into an error.
+    Insert,
+    /// The row of an applied migration that runs again: `run_count` goes up.
+    Rerun,
+    /// The next batch of a running batched migration: only if the row is still `running` at
+    /// the checkpoint this runner started from, so that no batch commits twice.
+    Continue {
+        /// The checkpoint the row must hold.
+        expected: Option<String>,
+    },
+}
+
 impl Attempt {
+    /// This attempt's duration.
     pub(crate) fn duration_ms(&self) -> i64 {
         (self.finished_at - self.started_at).num_milliseconds()
+    }
+
+    /// The ledger row's duration: from the first application's start.
+    pub(crate) fn total_duration_ms(&self) -> i64 {
+        (self.finished_at - self.first_started_at).num_milliseconds()
+    }
+
+    pub(crate) fn total_rows_i64(&self) -> i64 {
+        i64::try_from(self.total_rows).unwrap_or(i64::MAX)
     }
 
     pub(crate) fn notes_text(&self) -> Option<String> {

@@ -46,6 +46,7 @@
 //! [`link_marker`] and call it from every binary (see [`registry`](crate::registry)).
 
 mod backend;
+mod copy;
 mod ctx;
 mod error;
 mod ledger;
@@ -55,16 +56,21 @@ mod runner;
 mod sql;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "postgres")]
+mod upsert;
 
 pub use backend::{Backend, BoxFuture};
+pub use copy::{CopyRow, CopyValue};
 pub use ctx::Ctx;
 pub use error::{Drift, Error, describe_sqlx};
 pub use ledger::{LastRun, LedgerConfig, LedgerEntry};
-pub use migration::{Location, Migration, MigrationFn};
+pub use migration::{Batch, BatchFn, BatchSpec, Code, Location, Migration, MigrationFn};
 pub use registry::link_marker;
-pub use runner::{AppliedMigration, MigrationStatus, Migrator, RunReport, State};
+pub use runner::{AppliedMigration, MigrationStatus, Migrator, Progress, RunReport, State};
 #[cfg(feature = "postgres")]
 pub use sqlx::Postgres;
+#[cfg(feature = "postgres")]
+pub use upsert::{Upsert, UpsertMode, UpsertReport};
 
 /// Registers an `async fn` as a data migration.
 ///
@@ -105,7 +111,7 @@ pub use datamig_macros::migration;
 
 /// The names a migration module usually needs.
 pub mod prelude {
-    pub use crate::{Backend, Ctx, Migrator, migration};
+    pub use crate::{Backend, Batch, Ctx, Migrator, migration};
     #[cfg(feature = "postgres")]
     pub use sqlx::Postgres;
 }

@@ -12,6 +12,132 @@ use crate::ctx::Ctx;
 /// boxed so that it can be stored in a `static`.
 pub type MigrationFn<DB> = for<'a, 'c> fn(&'a mut Ctx<'c, DB>) -> BoxFuture<'a, anyhow::Result<()>>;
 
+/// The code of a batched migration for one backend: called once per batch of keys.
+pub type BatchFn<DB> =
+    for<'a, 'c> fn(&'a mut Ctx<'c, DB>, Batch) -> BoxFuture<'a, anyhow::Result<()>>;
+
+/// A migration's code for one backend.
+pub enum Code<DB: sqlx::Database> {
+    /// Runs once, in one transaction.
+    Once(MigrationFn<DB>),
+    /// Runs batch by batch, each batch in its own transaction with its checkpoint.
+    Batched(BatchFn<DB>),
+}
+
+impl<DB: sqlx::Database> Clone for Code<DB> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<DB: sqlx::Database> Copy for Code<DB> {}
+
+/// One batch of a batched migration: the keys in `(after, last]`.
+///
+/// The body processes the rows whose key is in the range, e.g.
+/// `WHERE id > $1 AND id <= $2` bound to `batch.after()` and `batch.last()`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batch {
+    after: Option<i64>,
+    last: i64,
+    number: u64,
+    keys: u64,
+}
+
+impl Batch {
+    pub(crate) fn new(after: Option<i64>, last: i64, number: u64, keys: u64) -> Self {
+        Batch {
+            after,
+            last,
+            number,
+            keys,
+        }
+    }
+
+    /// The last key of the previous batch (exclusive lower bound), or `i64::MIN` for the
+    /// first batch.
+    pub fn after(&self) -> i64 {
+        self.after.unwrap_or(i64::MIN)
+    }
+
+    /// The last key of this batch (inclusive upper bound).
+    pub fn last(&self) -> i64 {
+        self.last
+    }
+
+    /// The batch's number, from 1, counted over the whole migration (resumes included).
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// How many keys the batch holds.
+    pub fn keys(&self) -> u64 {
+        self.keys
+    }
+}
+
+/// How a batched migration walks its table: by a `bigint` key, in key order (keyset
+/// pagination, never `OFFSET`), `size` keys at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchSpec {
+    table: &'static str,
+    key: &'static str,
+    size: u32,
+    pause: Option<Duration>,
+    retries: u32,
+}
+
+impl BatchSpec {
+    /// The table walked.
+    pub fn table(&self) -> &'static str {
+        self.table
+    }
+
+    /// The key column: a unique `bigint` (or `integer`) column, usually the primary key.
+    pub fn key(&self) -> &'static str {
+        self.key
+    }
+
+    /// Keys per batch.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// A pause between batches, to leave room for the application.
+    pub fn pause(&self) -> Option<Duration> {
+        self.pause
+    }
+
+    /// How many times a batch that hit its lock timeout is retried (with backoff) before
+    /// the migration fails.
+    pub fn retries(&self) -> u32 {
+        self.retries
+    }
+
+    #[doc(hidden)]
+    pub const fn __new(table: &'static str, key: &'static str, size: u32) -> Self {
+        BatchSpec {
+            table,
+            key,
+            size,
+            pause: None,
+            retries: 5,
+        }
+    }
+
+    #[doc(hidden)]
+    pub const fn __pause(mut self, pause: Option<Duration>) -> Self {
+        self.pause = pause;
+        self
+    }
+
+    #[doc(hidden)]
+    pub const fn __retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+}
+
 /// Where a migration is defined in the source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Location {
@@ -42,8 +168,9 @@ pub struct Migration {
     rerun_on_change: bool,
     lock_timeout: Option<Duration>,
     statement_timeout: Option<Duration>,
+    batch: Option<BatchSpec>,
     #[cfg(feature = "postgres")]
-    postgres: Option<MigrationFn<Postgres>>,
+    postgres: Option<Code<Postgres>>,
 }
 
 impl Migration {
@@ -90,6 +217,12 @@ impl Migration {
         self.statement_timeout
     }
 
+    /// How a batched migration walks its table; `None` for a migration that runs once in
+    /// one transaction.
+    pub fn batch(&self) -> Option<&BatchSpec> {
+        self.batch.as_ref()
+    }
+
     /// The names of the backends this migration has code for.
     pub fn backends(&self) -> Vec<&'static str> {
         let mut names = Vec::new();
@@ -101,7 +234,7 @@ impl Migration {
     }
 
     #[cfg(feature = "postgres")]
-    pub(crate) fn postgres_fn(&self) -> Option<MigrationFn<Postgres>> {
+    pub(crate) fn postgres_code(&self) -> Option<Code<Postgres>> {
         self.postgres
     }
 
@@ -122,6 +255,7 @@ impl Migration {
             rerun_on_change: false,
             lock_timeout: None,
             statement_timeout: None,
+            batch: None,
             #[cfg(feature = "postgres")]
             postgres: None,
         }
@@ -154,7 +288,15 @@ impl Migration {
     #[doc(hidden)]
     #[cfg(feature = "postgres")]
     pub const fn postgres(mut self, run: MigrationFn<Postgres>) -> Self {
-        self.postgres = Some(run);
+        self.postgres = Some(Code::Once(run));
+        self
+    }
+
+    #[doc(hidden)]
+    #[cfg(feature = "postgres")]
+    pub const fn postgres_batched(mut self, run: BatchFn<Postgres>, spec: BatchSpec) -> Self {
+        self.postgres = Some(Code::Batched(run));
+        self.batch = Some(spec);
         self
     }
 }
@@ -166,6 +308,7 @@ impl fmt::Debug for Migration {
             .field("checksum", &self.checksum)
             .field("revision", &self.revision)
             .field("location", &self.location)
+            .field("batch", &self.batch)
             .field("backends", &self.backends())
             .finish_non_exhaustive()
     }

@@ -4,11 +4,12 @@
 //! if missing, read it, stop on drift, then apply each pending migration in its own
 //! transaction together with its ledger row, in id order, and release the lock.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, Pool};
@@ -16,8 +17,11 @@ use sqlx::{Connection, Pool};
 use crate::backend::Backend;
 use crate::ctx::Ctx;
 use crate::error::{Drift, Error, describe_chain, describe_sqlx};
-use crate::ledger::{Action, Attempt, LastRun, LedgerConfig, LedgerEntry};
-use crate::migration::{Migration, MigrationFn};
+use crate::ledger::{
+    Action, Attempt, LastRun, LedgerConfig, LedgerEntry, LedgerWrite, STATUS_APPLIED,
+    STATUS_RUNNING,
+};
+use crate::migration::{Batch, BatchFn, BatchSpec, Code, Migration, MigrationFn};
 use crate::registry;
 
 /// Runs data migrations against one database.
@@ -38,7 +42,6 @@ use crate::registry;
 /// }
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
 pub struct Migrator<DB: Backend> {
     pool: Pool<DB>,
     source: Option<Vec<&'static Migration>>,
@@ -48,6 +51,44 @@ pub struct Migrator<DB: Backend> {
     statement_timeout: Option<Duration>,
     app_version: Option<String>,
     dry_run: bool,
+    progress: Option<ProgressFn>,
+    interrupt_after_batches: Option<u64>,
+}
+
+/// A callback for [`Progress`] events.
+type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// How far a batched migration has come: sent after every committed batch.
+#[derive(Clone, Debug, serde::Serialize)]
+#[non_exhaustive]
+pub struct Progress {
+    /// The migration's id.
+    pub id: String,
+    /// Batches committed so far (resumes included).
+    pub batches: u64,
+    /// Keys processed by this run so far.
+    pub keys_done: u64,
+    /// Rows affected by this run so far, as the migration reported them.
+    pub rows_affected: u64,
+    /// The planner's estimate of the table's rows, if known.
+    pub estimated_total: Option<u64>,
+    /// Keys processed per second by this run.
+    pub keys_per_second: f64,
+    /// The last key done.
+    pub checkpoint: i64,
+}
+
+impl<DB: Backend> std::fmt::Debug for Migrator<DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Migrator")
+            .field("ledger", &self.ledger)
+            .field("runner_lock_timeout", &self.runner_lock_timeout)
+            .field("lock_timeout", &self.lock_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("app_version", &self.app_version)
+            .field("dry_run", &self.dry_run)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<DB: Backend> Migrator<DB> {
@@ -62,7 +103,24 @@ impl<DB: Backend> Migrator<DB> {
             statement_timeout: None,
             app_version: None,
             dry_run: false,
+            progress: None,
+            interrupt_after_batches: None,
         }
+    }
+
+    /// Calls `report` after every committed batch of a batched migration (a CLI turns it
+    /// into a progress bar).
+    pub fn on_progress(mut self, report: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(report));
+        self
+    }
+
+    /// Fault injection, for tests: stops the run with [`Error::Interrupted`] after this
+    /// many batches of a batched migration have committed, as a crash would, leaving the
+    /// migration `running` at its checkpoint.
+    pub fn interrupt_after_batches(mut self, batches: u64) -> Self {
+        self.interrupt_after_batches = Some(batches);
+        self
     }
 
     /// Runs exactly these migrations instead of every registered one (sorted by id; duplicate
@@ -119,7 +177,8 @@ impl<DB: Backend> Migrator<DB> {
 
     /// Executes each pending migration inside its transaction, reports rows affected, and
     /// rolls back: nothing the migrations do is kept and nothing is recorded. (The ledger
-    /// tables themselves are created if missing.)
+    /// tables themselves are created if missing.) A batched migration runs its first batch
+    /// only.
     pub fn dry_run(mut self, dry_run: bool) -> Self {
         self.dry_run = dry_run;
         self
@@ -151,9 +210,9 @@ impl<DB: Backend> Migrator<DB> {
     pub async fn run(&self) -> Result<RunReport, Error> {
         self.ledger.validate()?;
         let migrations = self.load()?;
-        let code: Vec<(&'static Migration, MigrationFn<DB>)> = migrations
+        let code: Vec<(&'static Migration, Code<DB>)> = migrations
             .iter()
-            .map(|m| match DB::migration_fn(m) {
+            .map(|m| match DB::code(m) {
                 Some(f) => Ok((*m, f)),
                 None => Err(Error::UnsupportedBackend {
                     id: m.id().to_string(),
@@ -196,12 +255,12 @@ impl<DB: Backend> Migrator<DB> {
     async fn run_locked(
         &self,
         conn: &mut PoolConnection<DB>,
-        code: &[(&'static Migration, MigrationFn<DB>)],
+        code: &[(&'static Migration, Code<DB>)],
     ) -> Result<RunReport, Error> {
         // Created under the lock: concurrent `CREATE TABLE IF NOT EXISTS` can still collide.
         DB::ensure_ledger(conn, &self.ledger).await?;
         let ledger = DB::read_ledger(conn, &self.ledger).await?;
-        let plan = Plan::new(code.iter().map(|(m, _)| *m), ledger);
+        let mut plan = Plan::new(code.iter().map(|(m, _)| *m), ledger);
         if !plan.drifted.is_empty() {
             return Err(Error::Drift {
                 drifted: plan.drifted,
@@ -214,14 +273,21 @@ impl<DB: Backend> Migrator<DB> {
             ..RunReport::default()
         };
         for (migration, run) in code {
-            let action = match plan.actions.get(migration.id()) {
-                Some(action) => *action,
-                None => {
-                    report.already_applied.push(migration.id().to_string());
-                    continue;
-                }
+            let Some(step) = plan.steps.remove(migration.id()) else {
+                report.already_applied.push(migration.id().to_string());
+                continue;
             };
-            match self.apply(conn, migration, *run, action).await {
+            let result = match (run, migration.batch()) {
+                (Code::Once(run), _) => self.apply(conn, migration, *run, step).await,
+                (Code::Batched(run), Some(spec)) => {
+                    self.apply_batched(conn, migration, *run, spec, step).await
+                }
+                (Code::Batched(_), None) => Err(Failure::Other(Error::Config(format!(
+                    "migration {} is batched but has no batch specification",
+                    migration.id()
+                )))),
+            };
+            match result {
                 Ok(applied) => report.applied.push(applied),
                 Err(Failure::Migration { message, panicked }) => {
                     return Err(Error::MigrationFailed {
@@ -229,6 +295,12 @@ impl<DB: Backend> Migrator<DB> {
                         message,
                         panicked,
                         applied_before: report.applied.into_iter().map(|a| a.id).collect(),
+                    });
+                }
+                Err(Failure::Interrupted { batches }) => {
+                    return Err(Error::Interrupted {
+                        id: migration.id().to_string(),
+                        batches,
                     });
                 }
                 Err(Failure::Other(err)) => return Err(err),
@@ -243,8 +315,9 @@ impl<DB: Backend> Migrator<DB> {
         conn: &mut PoolConnection<DB>,
         migration: &'static Migration,
         run: MigrationFn<DB>,
-        action: Action,
+        step: Step,
     ) -> Result<AppliedMigration, Failure> {
+        let action = step.action;
         let started_at = Utc::now();
         let clock = Instant::now();
         let mut tx = conn.begin().await.map_err(Failure::db)?;
@@ -260,19 +333,15 @@ impl<DB: Backend> Migrator<DB> {
         let outcome = AssertUnwindSafe(run(&mut ctx)).catch_unwind().await;
         let rows_affected = ctx.rows_affected();
         let notes = ctx.notes().to_vec();
-        let mut attempt = Attempt {
-            id: migration.id(),
-            checksum: migration.checksum(),
-            revision: migration.revision(),
-            description: migration.description(),
-            action,
-            started_at,
-            finished_at: Utc::now(),
-            rows_affected,
-            notes,
-            host: host_name(),
-            app_version: self.app_version.clone(),
+        let mut attempt = self.attempt(migration, action, started_at);
+        attempt.write = if action == Action::Apply {
+            LedgerWrite::Insert
+        } else {
+            LedgerWrite::Rerun
         };
+        attempt.rows_affected = rows_affected;
+        attempt.total_rows = rows_affected;
+        attempt.notes = notes;
 
         let failure = match outcome {
             Ok(Ok(())) if self.dry_run => {
@@ -287,8 +356,8 @@ impl<DB: Backend> Migrator<DB> {
                 // (the bug sqlx fixed by moving its ledger insert into the transaction).
                 // The ledger's primary key on `id` also turns a second application into a
                 // unique violation, should anything ever get past the runner lock.
-                let recorded = match DB::record_applied(&mut tx, &self.ledger, &attempt).await {
-                    Ok(()) => DB::record_run(&mut tx, &self.ledger, &attempt, None).await,
+                let recorded = match DB::write_ledger(&mut tx, &self.ledger, &attempt).await {
+                    Ok(_) => DB::record_run(&mut tx, &self.ledger, &attempt, None).await,
                     Err(err) => Err(err),
                 };
                 let recorded = match recorded {
@@ -334,6 +403,357 @@ impl<DB: Backend> Migrator<DB> {
                 .map_err(Failure::Other)?;
         }
         Err(failure)
+    }
+
+    /// A record of an attempt of `migration`, started at `started_at`, ending now.
+    fn attempt(
+        &self,
+        migration: &'static Migration,
+        action: Action,
+        started_at: DateTime<Utc>,
+    ) -> Attempt {
+        Attempt {
+            write: LedgerWrite::Insert,
+            status: STATUS_APPLIED,
+            checkpoint: None,
+            batches: 0,
+            first_started_at: started_at,
+            total_rows: 0,
+            id: migration.id(),
+            checksum: migration.checksum(),
+            revision: migration.revision(),
+            description: migration.description(),
+            action,
+            started_at,
+            finished_at: Utc::now(),
+            rows_affected: 0,
+            notes: Vec::new(),
+            host: host_name(),
+            app_version: self.app_version.clone(),
+        }
+    }
+
+    /// Runs a batched migration: one transaction per batch of keys, each committing the
+    /// batch's changes together with the checkpoint (the batch's last key) in the ledger row,
+    /// so a process killed at any instant resumes after the last committed batch and never
+    /// redoes one. The migration counts as applied when its last batch commits.
+    async fn apply_batched(
+        &self,
+        conn: &mut PoolConnection<DB>,
+        migration: &'static Migration,
+        run: BatchFn<DB>,
+        spec: &BatchSpec,
+        step: Step,
+    ) -> Result<AppliedMigration, Failure> {
+        let clock = Instant::now();
+        let mut state = BatchState {
+            started_at: Utc::now(),
+            after: None,
+            batches: 0,
+            total_rows: 0,
+            write: if step.action == Action::Rerun {
+                LedgerWrite::Rerun
+            } else {
+                LedgerWrite::Insert
+            },
+            run_batches: 0,
+            run_keys: 0,
+            run_rows: 0,
+            notes: Vec::new(),
+        };
+        state.first_started_at_from(&step, migration)?;
+        let first_started_at = step
+            .resume
+            .as_ref()
+            .map_or(state.started_at, |e| e.started_at);
+        let estimated_total = DB::estimate_rows(conn, spec.table()).await.ok().flatten();
+        let timeouts = (
+            migration
+                .lock_timeout()
+                .or(self.lock_timeout)
+                .or(Some(DEFAULT_BATCH_LOCK_TIMEOUT)),
+            migration.statement_timeout().or(self.statement_timeout),
+        );
+
+        loop {
+            if self
+                .interrupt_after_batches
+                .is_some_and(|limit| state.run_batches >= limit)
+            {
+                return Err(Failure::Interrupted {
+                    batches: state.batches,
+                });
+            }
+            let mut retries = 0;
+            let outcome = loop {
+                match self
+                    .batch(
+                        conn,
+                        migration,
+                        run,
+                        spec,
+                        &state,
+                        step.action,
+                        first_started_at,
+                        timeouts,
+                    )
+                    .await
+                {
+                    Err(BatchError::LockTimeout(_)) if retries < spec.retries() => {
+                        retries += 1;
+                        // A busy table slows the migration down instead of stalling the
+                        // application: back off, then try the same batch again.
+                        let backoff = Duration::from_millis(100 * (1 << retries.min(6)));
+                        tokio::time::sleep(backoff).await;
+                    }
+                    other => break other,
+                }
+            };
+            let done = match outcome {
+                Ok(done) => done,
+                Err(BatchError::LockTimeout(message))
+                | Err(BatchError::Failed {
+                    message,
+                    panicked: false,
+                }) => {
+                    return Err(self
+                        .batch_failure(conn, migration, step.action, &state, message, false)
+                        .await);
+                }
+                Err(BatchError::Failed {
+                    message,
+                    panicked: true,
+                }) => {
+                    return Err(self
+                        .batch_failure(conn, migration, step.action, &state, message, true)
+                        .await);
+                }
+                Err(BatchError::Other(err)) => return Err(Failure::Other(err)),
+            };
+            let finished = match done {
+                BatchDone::NothingLeft => true,
+                BatchDone::Committed {
+                    last,
+                    keys,
+                    rows,
+                    notes,
+                    finished,
+                } => {
+                    state.after = Some(last);
+                    state.batches += 1;
+                    state.run_batches += 1;
+                    state.run_keys += keys;
+                    state.run_rows += rows;
+                    state.total_rows += rows;
+                    state.notes.extend(notes);
+                    state.write = LedgerWrite::Continue {
+                        expected: Some(last.to_string()),
+                    };
+                    if let Some(report) = &self.progress {
+                        let elapsed = clock.elapsed().as_secs_f64().max(1e-9);
+                        report(&Progress {
+                            id: migration.id().to_string(),
+                            batches: state.batches,
+                            keys_done: state.run_keys,
+                            rows_affected: state.run_rows,
+                            estimated_total,
+                            keys_per_second: state.run_keys as f64 / elapsed,
+                            checkpoint: last,
+                        });
+                    }
+                    finished
+                }
+            };
+            if finished || self.dry_run {
+                return Ok(AppliedMigration {
+                    id: migration.id().to_string(),
+                    rerun: step.action == Action::Rerun,
+                    rows_affected: state.run_rows,
+                    duration_ms: u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    notes: state.notes,
+                    batches: state.run_batches,
+                });
+            }
+            if let Some(pause) = spec.pause() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+
+    /// One batch in its own transaction.
+    #[allow(clippy::too_many_arguments)]
+    async fn batch(
+        &self,
+        conn: &mut PoolConnection<DB>,
+        migration: &'static Migration,
+        run: BatchFn<DB>,
+        spec: &BatchSpec,
+        state: &BatchState,
+        action: Action,
+        first_started_at: DateTime<Utc>,
+        (lock_timeout, statement_timeout): (Option<Duration>, Option<Duration>),
+    ) -> Result<BatchDone, BatchError> {
+        let classify = |err: sqlx::Error| {
+            if DB::is_lock_timeout(&err) {
+                BatchError::LockTimeout(describe_sqlx(&err))
+            } else {
+                BatchError::Other(Error::Database(err))
+            }
+        };
+        let mut tx = conn.begin().await.map_err(classify)?;
+        DB::set_local_timeouts(&mut tx, lock_timeout, statement_timeout)
+            .await
+            .map_err(classify)?;
+        let next = DB::next_batch(&mut tx, spec.table(), spec.key(), state.after, spec.size())
+            .await
+            .map_err(classify)?;
+        let mut attempt = self.attempt(migration, action, state.started_at);
+        attempt.first_started_at = first_started_at;
+        attempt.write = state.write.clone();
+        attempt.batches = state.batches;
+        attempt.checkpoint = state.after.map(|k| k.to_string());
+        attempt.notes = state.notes.clone();
+
+        let Some((last, keys)) = next else {
+            // No key left (an empty table, or a resume at the very end): applied now.
+            if self.dry_run {
+                tx.rollback().await.map_err(classify)?;
+                return Ok(BatchDone::NothingLeft);
+            }
+            attempt.rows_affected = state.run_rows;
+            attempt.total_rows = state.total_rows;
+            self.commit_batch(tx, &attempt, true).await?;
+            return Ok(BatchDone::NothingLeft);
+        };
+
+        let number = state.batches + 1;
+        let mut ctx = Ctx::new(&mut *tx, migration.id(), self.dry_run);
+        let outcome = AssertUnwindSafe(run(&mut ctx, Batch::new(state.after, last, number, keys)))
+            .catch_unwind()
+            .await;
+        let rows = ctx.rows_affected();
+        let notes = ctx.notes().to_vec();
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                let _ = tx.rollback().await;
+                let lock_timeout = err
+                    .chain()
+                    .filter_map(|cause| cause.downcast_ref::<sqlx::Error>())
+                    .any(DB::is_lock_timeout);
+                let message = describe_chain(&err);
+                return Err(if lock_timeout {
+                    BatchError::LockTimeout(message)
+                } else {
+                    BatchError::Failed {
+                        message: format!("batch {number}: {message}"),
+                        panicked: false,
+                    }
+                });
+            }
+            Err(panic) => {
+                let _ = tx.rollback().await;
+                let message = format!("batch {number}: {}", panic_message(panic.as_ref()));
+                return Err(BatchError::Failed {
+                    message,
+                    panicked: true,
+                });
+            }
+        }
+        if self.dry_run {
+            tx.rollback().await.map_err(classify)?;
+            return Ok(BatchDone::Committed {
+                last,
+                keys,
+                rows,
+                notes,
+                finished: true,
+            });
+        }
+        let finished = !DB::has_keys_after(&mut tx, spec.table(), spec.key(), last)
+            .await
+            .map_err(classify)?;
+        attempt.status = if finished {
+            STATUS_APPLIED
+        } else {
+            STATUS_RUNNING
+        };
+        attempt.checkpoint = Some(last.to_string());
+        attempt.batches = number;
+        attempt.rows_affected = state.run_rows + rows;
+        attempt.total_rows = state.total_rows + rows;
+        attempt.notes.extend(notes.iter().cloned());
+        attempt.finished_at = Utc::now();
+        self.commit_batch(tx, &attempt, finished).await?;
+        Ok(BatchDone::Committed {
+            last,
+            keys,
+            rows,
+            notes,
+            finished,
+        })
+    }
+
+    /// Writes the checkpoint (and, for the last batch, the run history) in the batch's
+    /// transaction, then commits.
+    async fn commit_batch(
+        &self,
+        mut tx: sqlx::Transaction<'_, DB>,
+        attempt: &Attempt,
+        finished: bool,
+    ) -> Result<(), BatchError> {
+        let mut attempt = attempt.clone();
+        if finished {
+            attempt.status = STATUS_APPLIED;
+        }
+        let classify = |err: sqlx::Error| {
+            if DB::is_lock_timeout(&err) {
+                BatchError::LockTimeout(describe_sqlx(&err))
+            } else {
+                BatchError::Other(Error::Database(err))
+            }
+        };
+        if !DB::write_ledger(&mut tx, &self.ledger, &attempt)
+            .await
+            .map_err(classify)?
+        {
+            let _ = tx.rollback().await;
+            return Err(BatchError::Failed {
+                message: "its ledger row is no longer at the checkpoint this runner started from; \
+                          another runner must have moved it"
+                    .to_string(),
+                panicked: false,
+            });
+        }
+        if finished {
+            DB::record_run(&mut tx, &self.ledger, &attempt, None)
+                .await
+                .map_err(classify)?;
+        }
+        tx.commit().await.map_err(classify)
+    }
+
+    /// Records a batch failure in the run history and turns it into a [`Failure`].
+    async fn batch_failure(
+        &self,
+        conn: &mut PoolConnection<DB>,
+        migration: &'static Migration,
+        action: Action,
+        state: &BatchState,
+        message: String,
+        panicked: bool,
+    ) -> Failure {
+        if self.dry_run {
+            return Failure::Migration { message, panicked };
+        }
+        let mut attempt = self.attempt(migration, action, state.started_at);
+        attempt.rows_affected = state.run_rows;
+        attempt.checkpoint = state.after.map(|k| k.to_string());
+        attempt.batches = state.batches;
+        match self.record_failure(conn, &attempt, &message).await {
+            Ok(()) => Failure::Migration { message, panicked },
+            Err(err) => Failure::Other(err),
+        }
     }
 
     /// Appends a failed attempt to the run history, after the rollback. The runner's own
@@ -389,6 +809,7 @@ impl<DB: Backend> Migrator<DB> {
                     Some(e) if e.checksum != m.checksum() || e.revision != m.revision() => {
                         State::Drifted
                     }
+                    Some(e) if e.is_running() => State::Running,
                     Some(_) => State::Applied,
                 };
                 MigrationStatus {
@@ -414,9 +835,16 @@ impl<DB: Backend> Migrator<DB> {
 
 /// What a run must do, derived from the migrations and the ledger.
 struct Plan {
-    actions: BTreeMap<&'static str, Action>,
+    steps: BTreeMap<&'static str, Step>,
     drifted: Vec<Drift>,
     unknown: Vec<String>,
+}
+
+/// What to do with one migration.
+struct Step {
+    action: Action,
+    /// For a batched migration part-way through: its ledger row (checkpoint, counts).
+    resume: Option<LedgerEntry>,
 }
 
 impl Plan {
@@ -424,20 +852,23 @@ impl Plan {
         let mut entries: BTreeMap<String, LedgerEntry> =
             ledger.into_iter().map(|e| (e.id.clone(), e)).collect();
         let mut plan = Plan {
-            actions: BTreeMap::new(),
+            steps: BTreeMap::new(),
             drifted: Vec::new(),
             unknown: Vec::new(),
         };
-        let mut known = BTreeSet::new();
         for m in migrations {
-            known.insert(m.id());
-            match entries.remove(m.id()) {
-                None => {
-                    plan.actions.insert(m.id(), Action::Apply);
-                }
+            let step = match entries.remove(m.id()) {
+                None => Step {
+                    action: Action::Apply,
+                    resume: None,
+                },
                 Some(e) if e.checksum != m.checksum() || e.revision != m.revision() => {
                     if m.reruns_on_change() {
-                        plan.actions.insert(m.id(), Action::Rerun);
+                        // A changed migration that may re-run starts over, batched or not.
+                        Step {
+                            action: Action::Rerun,
+                            resume: None,
+                        }
                     } else {
                         plan.drifted.push(Drift {
                             id: e.id,
@@ -446,10 +877,16 @@ impl Plan {
                             applied_revision: e.revision,
                             code_revision: m.revision(),
                         });
+                        continue;
                     }
                 }
-                Some(_) => {}
-            }
+                Some(e) if e.is_running() => Step {
+                    action: Action::Resume,
+                    resume: Some(e),
+                },
+                Some(_) => continue,
+            };
+            plan.steps.insert(m.id(), step);
         }
         // A row no registered migration has was written by another build (often a newer
         // release): it is reported, never deleted.
@@ -458,9 +895,76 @@ impl Plan {
     }
 }
 
+/// A batch's `lock_timeout` when neither the migration nor the migrator sets one: a batch
+/// must never queue behind the application's locks for long.
+const DEFAULT_BATCH_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where a batched migration stands, in this run.
+struct BatchState {
+    started_at: DateTime<Utc>,
+    after: Option<i64>,
+    batches: u64,
+    total_rows: u64,
+    write: LedgerWrite,
+    run_batches: u64,
+    run_keys: u64,
+    run_rows: u64,
+    notes: Vec<String>,
+}
+
+impl BatchState {
+    /// Takes the checkpoint and counts of a resumed migration from its ledger row.
+    fn first_started_at_from(&mut self, step: &Step, migration: &Migration) -> Result<(), Failure> {
+        let Some(entry) = &step.resume else {
+            return Ok(());
+        };
+        self.after = match &entry.checkpoint {
+            None => None,
+            Some(text) => Some(text.parse().map_err(|_| {
+                Failure::Other(Error::Config(format!(
+                    "the ledger's checkpoint of {} is {text:?}, not a bigint key",
+                    migration.id()
+                )))
+            })?),
+        };
+        self.batches = u64::try_from(entry.batches).unwrap_or(0);
+        self.total_rows = u64::try_from(entry.rows_affected).unwrap_or(0);
+        self.write = LedgerWrite::Continue {
+            expected: entry.checkpoint.clone(),
+        };
+        Ok(())
+    }
+}
+
+/// What one batch did.
+enum BatchDone {
+    /// No key was left: the migration is applied.
+    NothingLeft,
+    /// A batch committed (or, in a dry run, ran and rolled back).
+    Committed {
+        last: i64,
+        keys: u64,
+        rows: u64,
+        notes: Vec<String>,
+        finished: bool,
+    },
+}
+
+/// Why one batch did not commit.
+enum BatchError {
+    /// It waited for a lock longer than its `lock_timeout`: worth retrying.
+    LockTimeout(String),
+    /// The body failed or panicked, or the checkpoint moved.
+    Failed { message: String, panicked: bool },
+    /// The runner could not do its part.
+    Other(Error),
+}
+
 enum Failure {
     /// The migration itself failed (or could not be recorded): reported by id.
     Migration { message: String, panicked: bool },
+    /// Fault injection stopped a batched migration after this many batches in all.
+    Interrupted { batches: u64 },
     /// The runner could not do its part.
     Other(Error),
 }
@@ -514,6 +1018,8 @@ pub struct AppliedMigration {
     pub duration_ms: u64,
     /// Notes the migration recorded.
     pub notes: Vec<String>,
+    /// Batches committed by this run (0 for a migration that runs in one transaction).
+    pub batches: u64,
 }
 
 impl AppliedMigration {
@@ -524,6 +1030,7 @@ impl AppliedMigration {
             rows_affected: attempt.rows_affected,
             duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
             notes: attempt.notes.clone(),
+            batches: 0,
         }
     }
 }
@@ -537,6 +1044,8 @@ pub enum State {
     Applied,
     /// Not applied yet.
     Pending,
+    /// A batched migration part-way through: its ledger row holds the checkpoint.
+    Running,
     /// Applied, but its code changed since.
     Drifted,
     /// In the ledger, but no migration of this build has the id.

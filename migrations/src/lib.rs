@@ -46,34 +46,47 @@ pub async fn seed_users(pool: &sqlx::PgPool, count: i64) -> Result<u64, sqlx::Er
 
 /// Give every existing user the default notification settings (email and push on).
 ///
-/// Users who already have settings keep them: `ON CONFLICT DO NOTHING` makes a second run
-/// insert nothing.
+/// Users who already have settings keep them: only missing keys are inserted, so a second
+/// run inserts nothing.
 #[datamig::migration(id = "20241114_0930_backfill_notification_settings")]
 pub async fn backfill_notification_settings(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
-    let inserted = ctx
-        .execute(
-            "INSERT INTO notification_settings (user_id, email_enabled, push_enabled)
-             SELECT id, true, true FROM users
-             ON CONFLICT (user_id) DO NOTHING",
-        )
+    let report = ctx
+        .upsert("notification_settings")
+        .key(["user_id"])
+        .from_query("SELECT id AS user_id, true AS email_enabled, true AS push_enabled FROM users")
+        .insert_missing()
+        .execute()
         .await?;
     ctx.note(format!(
-        "{inserted} users got default notification settings"
+        "{} users got default notification settings",
+        report.inserted
     ));
     Ok(())
 }
 
 /// Store every email address trimmed and in lower case.
 ///
-/// Only rows that change are written, so a second run updates nothing.
-#[datamig::migration(id = "20241120_1200_normalize_user_emails", lock_timeout = "5s")]
-pub async fn normalize_user_emails(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
-    let updated = ctx
-        .execute(
-            "UPDATE users SET email = lower(btrim(email))
-             WHERE email IS DISTINCT FROM lower(btrim(email))",
-        )
-        .await?;
-    ctx.note(format!("{updated} email addresses normalised"));
+/// Batched: 10,000 users a transaction, so the table is never locked for long, and a run
+/// that stops resumes from its checkpoint. Only rows that change are written, so a second
+/// run updates nothing.
+#[datamig::migration(
+    id = "20241120_1200_normalize_user_emails",
+    lock_timeout = "2s",
+    batch(table = "users", key = "id", size = 10_000)
+)]
+pub async fn normalize_user_emails(
+    ctx: &mut Ctx<'_, Postgres>,
+    batch: Batch,
+) -> anyhow::Result<()> {
+    let updated = sqlx::query(
+        "UPDATE users SET email = lower(btrim(email))
+         WHERE id > $1 AND id <= $2 AND email IS DISTINCT FROM lower(btrim(email))",
+    )
+    .bind(batch.after())
+    .bind(batch.last())
+    .execute(ctx.tx())
+    .await?
+    .rows_affected();
+    ctx.add_rows_affected(updated);
     Ok(())
 }

@@ -90,3 +90,19 @@ pub async fn counter(pool: &PgPool) -> Result<i32, sqlx::Error> {
 pub async fn scalar(pool: &PgPool, sql: &'static str) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(sql).fetch_one(pool).await
 }
+
+/// How many advisory locks are held in this database (the runner lock among them).
+/// `pg_locks` spans the whole server, where other tests' databases hold locks too.
+///
+/// # Errors
+///
+/// Any database error.
+pub async fn advisory_locks_held(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    scalar(
+        pool,
+        "SELECT count(*) FROM pg_locks
+         WHERE locktype = 'advisory' AND granted
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .await
+}

@@ -5,7 +5,9 @@
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use datamig_tests::{COUNT_RUNS, counter, create_fixture_tables, scalar, switch_on};
+use datamig_tests::{
+    COUNT_RUNS, advisory_locks_held, counter, create_fixture_tables, scalar, switch_on,
+};
 use tokio::process::Command;
 
 fn datamig(url: &str, args: &[&str]) -> Command {
@@ -25,13 +27,7 @@ fn text(bytes: &[u8]) -> String {
 
 async fn wait_for_lock_holder(pool: &sqlx::PgPool) -> anyhow::Result<()> {
     for _ in 0..500 {
-        if scalar(
-            pool,
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted",
-        )
-        .await?
-            > 0
-        {
+        if advisory_locks_held(pool).await? > 0 {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -6,7 +6,9 @@ use std::time::Duration;
 use datamig::prelude::*;
 use datamig::{Error, LedgerConfig, State};
 use datamig_demo_migrations::{backfill_notification_settings, normalize_user_emails};
-use datamig_tests::{COUNT_RUNS, count_runs, counter, create_fixture_tables, scalar};
+use datamig_tests::{
+    COUNT_RUNS, advisory_locks_held, count_runs, counter, create_fixture_tables, scalar,
+};
 use sqlx::PgPool;
 
 fn demo() -> [&'static datamig::Migration; 2] {
@@ -630,11 +632,7 @@ async fn a_runner_that_cannot_get_the_lock_in_time_fails_with_lock_timeout() -> 
     });
     // Wait until the first runner holds the advisory lock.
     loop {
-        let held = scalar(
-            db.pool(),
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted",
-        )
-        .await?;
+        let held = advisory_locks_held(db.pool()).await?;
         if held > 0 {
             break;
         }

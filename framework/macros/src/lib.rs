@@ -34,6 +34,67 @@ struct Args {
     rerun_on_change: bool,
     lock_timeout_ms: Option<u64>,
     statement_timeout_ms: Option<u64>,
+    batch: Option<BatchArgs>,
+}
+
+/// The arguments of `batch(..)`.
+struct BatchArgs {
+    span: Span,
+    table: Option<String>,
+    key: Option<String>,
+    size: u32,
+    pause_ms: Option<u64>,
+    retries: u32,
+}
+
+impl BatchArgs {
+    fn parse(list: &syn::MetaList) -> syn::Result<Self> {
+        let mut args = BatchArgs {
+            span: list.span(),
+            table: None,
+            key: None,
+            size: 10_000,
+            pause_ms: None,
+            retries: 5,
+        };
+        list.parse_nested_meta(|meta| {
+            let name = meta
+                .path
+                .get_ident()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            let value: Expr = meta.value()?.parse()?;
+            match name.as_str() {
+                "table" => args.table = Some(lit_str(&value)?),
+                "key" => args.key = Some(lit_str(&value)?),
+                "size" => {
+                    args.size = lit_int(&value)?;
+                    if args.size == 0 {
+                        return Err(syn::Error::new(
+                            value.span(),
+                            "the batch size must be at least 1",
+                        ));
+                    }
+                }
+                "pause" => args.pause_ms = Some(duration_ms(&value)?),
+                "retries" => args.retries = lit_int(&value)?,
+                _ => {
+                    return Err(meta.error(
+                        "unknown argument to batch(..): expected `table = \"..\"`, `key = \"..\"`, \
+                         `size = N`, `pause = \"50ms\"` or `retries = N`",
+                    ));
+                }
+            }
+            Ok(())
+        })?;
+        if args.table.is_none() || args.key.is_none() {
+            return Err(syn::Error::new(
+                args.span,
+                "batch(..) needs the table and its key: batch(table = \"users\", key = \"id\", size = 10000)",
+            ));
+        }
+        Ok(args)
+    }
 }
 
 impl Parse for Args {
@@ -44,6 +105,7 @@ impl Parse for Args {
             rerun_on_change: false,
             lock_timeout_ms: None,
             statement_timeout_ms: None,
+            batch: None,
         };
         let metas = input.parse_terminated(syn::Meta::parse, syn::Token![,])?;
         for meta in metas {
@@ -54,6 +116,7 @@ impl Parse for Args {
                 .unwrap_or_default();
             match (name.as_str(), &meta) {
                 ("rerun_on_change", syn::Meta::Path(_)) => args.rerun_on_change = true,
+                ("batch", syn::Meta::List(list)) => args.batch = Some(BatchArgs::parse(list)?),
                 (_, syn::Meta::NameValue(nv)) => {
                     let value = &nv.value;
                     match name.as_str() {
@@ -78,7 +141,7 @@ fn unknown_arg(meta: &syn::Meta) -> syn::Error {
     syn::Error::new(
         meta.span(),
         "unknown argument to #[migration]: expected `id = \"..\"`, `revision = N`, \
-         `rerun_on_change`, `lock_timeout = \"5s\"` or `statement_timeout = \"1min\"`",
+         `rerun_on_change`, `lock_timeout = \"5s\"`, `statement_timeout = \"1min\"` or `batch(..)`",
     )
 }
 
@@ -141,7 +204,7 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
             format!("invalid migration id {id:?}: {why}"),
         ));
     }
-    let backend = check_signature(&func)?;
+    let backend = check_signature(&func, args.batch.as_ref())?;
 
     let name = &func.sig.ident;
     let description = doc_text(&func.attrs);
@@ -158,11 +221,37 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
     let run_fn = format_ident!("__datamig_run");
     let ret_span = func.sig.output.span();
 
-    let (db, setter) = match backend {
-        BackendKind::Postgres => (quote!(::datamig::Postgres), quote!(postgres)),
+    let db = match backend {
+        BackendKind::Postgres => quote!(::datamig::Postgres),
+    };
+    let (run_params, run_args, register) = match &args.batch {
+        None => (
+            quote!(ctx: &'a mut ::datamig::Ctx<'c, #db>),
+            quote!(ctx),
+            match backend {
+                BackendKind::Postgres => quote!(.postgres(#run_fn)),
+            },
+        ),
+        Some(batch) => {
+            let table = batch.table.as_deref().unwrap_or_default();
+            let key = batch.key.as_deref().unwrap_or_default();
+            let size = batch.size;
+            let retries = batch.retries;
+            let pause = opt_ms(batch.pause_ms);
+            let spec = quote! {
+                ::datamig::BatchSpec::__new(#table, #key, #size).__pause(#pause).__retries(#retries)
+            };
+            (
+                quote!(ctx: &'a mut ::datamig::Ctx<'c, #db>, batch: ::datamig::Batch),
+                quote!(ctx, batch),
+                match backend {
+                    BackendKind::Postgres => quote!(.postgres_batched(#run_fn, #spec)),
+                },
+            )
+        }
     };
     let call = quote_spanned! {ret_span=>
-        ::std::boxed::Box::pin(super::#name(ctx))
+        ::std::boxed::Box::pin(super::#name(#run_args))
     };
     let module_doc = format!("The registration of the data migration `{id}` (see [`{name}`]).");
 
@@ -173,7 +262,7 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
         #[allow(non_snake_case, clippy::all)]
         #vis mod #name {
             fn #run_fn<'a, 'c>(
-                ctx: &'a mut ::datamig::Ctx<'c, #db>,
+                #run_params
             ) -> ::datamig::__private::BoxFuture<'a, ::datamig::__private::anyhow::Result<()>> {
                 #call
             }
@@ -190,7 +279,7 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
             .__rerun_on_change(#rerun)
             .__lock_timeout(#lock_timeout)
             .__statement_timeout(#statement_timeout)
-            .#setter(#run_fn);
+            #register;
 
             ::datamig::__private::inventory::submit! {
                 ::datamig::__private::Registered(&MIGRATION)
@@ -199,57 +288,93 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
     })
 }
 
-/// Checks `async fn name(ctx: &mut Ctx<'_, Backend>) -> anyhow::Result<()>` and returns the backend.
-fn check_signature(func: &ItemFn) -> syn::Result<BackendKind> {
+/// Checks `async fn name(ctx: &mut Ctx<'_, Backend>) -> anyhow::Result<()>` (with a second
+/// argument `batch: Batch` for a batched migration) and returns the backend.
+fn check_signature(func: &ItemFn, batch: Option<&BatchArgs>) -> syn::Result<BackendKind> {
     const SHAPE: &str =
         "expected `async fn name(ctx: &mut datamig::Ctx<'_, Postgres>) -> anyhow::Result<()>`";
+    const BATCHED: &str = "expected `async fn name(ctx: &mut datamig::Ctx<'_, Postgres>, batch: datamig::Batch) \
+                           -> anyhow::Result<()>` with `batch(table = \"..\", key = \"..\")`";
+    let shape = if batch.is_some() { BATCHED } else { SHAPE };
     let sig = &func.sig;
     if sig.asyncness.is_none() {
         return Err(syn::Error::new(
             sig.fn_token.span(),
-            format!("a migration must be an `async fn`: {SHAPE}"),
+            format!("a migration must be an `async fn`: {shape}"),
         ));
     }
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
         return Err(syn::Error::new(
             sig.generics.span(),
-            format!("a migration cannot be generic here: {SHAPE}"),
+            format!("a migration cannot be generic here: {shape}"),
         ));
     }
-    if sig.inputs.len() != 1 {
-        return Err(syn::Error::new(
-            if sig.inputs.is_empty() {
-                sig.ident.span()
-            } else {
-                sig.inputs.span()
-            },
-            format!("a migration takes exactly one argument, its context: {SHAPE}"),
-        ));
+    let typed: Vec<&syn::PatType> = sig
+        .inputs
+        .iter()
+        .map(|arg| match arg {
+            FnArg::Typed(t) => Ok(t),
+            FnArg::Receiver(r) => Err(syn::Error::new(
+                r.span(),
+                format!("a migration is a free function, not a method: {shape}"),
+            )),
+        })
+        .collect::<syn::Result<_>>()?;
+    match (typed.len(), batch) {
+        (1, None) | (2, Some(_)) => {}
+        (2, None) if last_segment_is(&typed[1].ty, "Batch") => {
+            return Err(syn::Error::new(
+                typed[1].ty.span(),
+                format!(
+                    "a batched migration needs `batch(table = \"..\", key = \"..\")` in #[migration]: {BATCHED}"
+                ),
+            ));
+        }
+        (1, Some(b)) => {
+            return Err(syn::Error::new(
+                b.span,
+                format!("a batched migration takes a second argument, its batch: {BATCHED}"),
+            ));
+        }
+        (0, _) => {
+            return Err(syn::Error::new(
+                sig.ident.span(),
+                format!("a migration takes exactly one argument, its context: {shape}"),
+            ));
+        }
+        _ => {
+            return Err(syn::Error::new(
+                typed[0].span(),
+                format!("a migration takes exactly one argument, its context: {shape}"),
+            ));
+        }
     }
-    let FnArg::Typed(arg) = &sig.inputs[0] else {
-        return Err(syn::Error::new(
-            sig.inputs.span(),
-            format!("a migration is a free function, not a method: {SHAPE}"),
-        ));
-    };
-    let backend = ctx_backend(&arg.ty).ok_or_else(|| {
+    let backend = ctx_backend(&typed[0].ty).ok_or_else(|| {
         syn::Error::new(
-            arg.ty.span(),
-            format!("the argument must be `&mut Ctx<'_, Postgres>`: {SHAPE}"),
+            typed[0].ty.span(),
+            format!("the argument must be `&mut Ctx<'_, Postgres>`: {shape}"),
         )
     })?;
+    if let Some(second) = typed.get(1)
+        && !last_segment_is(&second.ty, "Batch")
+    {
+        return Err(syn::Error::new(
+            second.ty.span(),
+            format!("the second argument must be `datamig::Batch`: {shape}"),
+        ));
+    }
     match &sig.output {
         ReturnType::Type(_, ty) if last_segment_is(ty, "Result") => {}
         ReturnType::Default => {
             return Err(syn::Error::new(
                 sig.ident.span(),
-                format!("a migration returns `anyhow::Result<()>`: {SHAPE}"),
+                format!("a migration returns `anyhow::Result<()>`: {shape}"),
             ));
         }
         other => {
             return Err(syn::Error::new(
                 other.span(),
-                format!("a migration returns `anyhow::Result<()>`: {SHAPE}"),
+                format!("a migration returns `anyhow::Result<()>`: {shape}"),
             ));
         }
     }

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use crate::ledger::{Attempt, LastRun, LedgerConfig, LedgerEntry};
-use crate::migration::{Migration, MigrationFn};
+use crate::migration::{Code, Migration};
 
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -28,7 +28,7 @@ pub(crate) mod steps {
         const ID: &'static str;
 
         /// This backend's code of a migration, if it has any.
-        fn migration_fn(migration: &Migration) -> Option<MigrationFn<Self>>;
+        fn code(migration: &Migration) -> Option<Code<Self>>;
 
         /// Creates the ledger and run-history tables if they are missing.
         fn ensure_ledger(
@@ -73,13 +73,41 @@ pub(crate) mod steps {
             statement_timeout: Option<Duration>,
         ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
-        /// Records a successful attempt in the ledger (insert, or update for a re-run).
-        /// Runs inside the migration's transaction.
-        fn record_applied(
+        /// Writes the ledger row of an attempt, as its `write` says. Runs inside the
+        /// migration's (or the batch's) transaction. `false` when a `Continue` found the row
+        /// no longer at the expected checkpoint.
+        fn write_ledger(
             conn: &mut Self::Connection,
             config: &LedgerConfig,
             attempt: &Attempt,
-        ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+        ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+
+        /// The next batch of keys after `after` (all keys when `None`), at most `size`:
+        /// its last key and how many keys it holds; `None` when no key is left.
+        fn next_batch(
+            conn: &mut Self::Connection,
+            table: &str,
+            key: &str,
+            after: Option<i64>,
+            size: u32,
+        ) -> impl Future<Output = Result<Option<(i64, u64)>, sqlx::Error>> + Send;
+
+        /// Whether any key is greater than `after`.
+        fn has_keys_after(
+            conn: &mut Self::Connection,
+            table: &str,
+            key: &str,
+            after: i64,
+        ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+
+        /// An estimate of the table's row count, for progress.
+        fn estimate_rows(
+            conn: &mut Self::Connection,
+            table: &str,
+        ) -> impl Future<Output = Result<Option<u64>, sqlx::Error>> + Send;
+
+        /// Whether an error is a lock timeout (worth retrying after a pause).
+        fn is_lock_timeout(err: &sqlx::Error) -> bool;
 
         /// Appends an attempt to the run history, with its error if it failed.
         fn record_run(

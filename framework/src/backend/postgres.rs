@@ -8,8 +8,8 @@ use sqlx::{AssertSqlSafe, Postgres, Row, SqlSafeStr};
 use super::Backend;
 use super::steps::Steps;
 use crate::ctx::Ctx;
-use crate::ledger::{Attempt, LastRun, LedgerConfig, LedgerEntry};
-use crate::migration::{Migration, MigrationFn};
+use crate::ledger::{Attempt, LastRun, LedgerConfig, LedgerEntry, LedgerWrite};
+use crate::migration::{Code, Migration};
 use crate::sql::quote_ident;
 
 impl Backend for Postgres {}
@@ -17,8 +17,8 @@ impl Backend for Postgres {}
 impl Steps for Postgres {
     const ID: &'static str = "postgres";
 
-    fn migration_fn(migration: &Migration) -> Option<MigrationFn<Self>> {
-        migration.postgres_fn()
+    fn code(migration: &Migration) -> Option<Code<Self>> {
+        migration.postgres_code()
     }
 
     async fn ensure_ledger(
@@ -47,7 +47,10 @@ impl Steps for Postgres {
                 applied_by    text NOT NULL DEFAULT current_user,
                 host          text NOT NULL,
                 app_version   text,
-                run_count     integer NOT NULL DEFAULT 1
+                run_count     integer NOT NULL DEFAULT 1,
+                status        text NOT NULL DEFAULT 'applied',
+                checkpoint    text,
+                batches       bigint NOT NULL DEFAULT 0
             );
             CREATE TABLE IF NOT EXISTS {runs} (
                 run_id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -88,7 +91,8 @@ impl Steps for Postgres {
     ) -> Result<Vec<LedgerEntry>, sqlx::Error> {
         let sql = format!(
             "SELECT id, checksum, revision, description, started_at, finished_at, duration_ms,
-                    rows_affected, notes, applied_by, host, app_version, run_count
+                    rows_affected, notes, applied_by, host, app_version, run_count,
+                    status, checkpoint, batches
              FROM {} ORDER BY id",
             config.ledger_ident()
         );
@@ -156,41 +160,119 @@ impl Steps for Postgres {
         Ok(())
     }
 
-    async fn record_applied(
+    async fn write_ledger(
         conn: &mut PgConnection,
         config: &LedgerConfig,
         a: &Attempt,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<bool, sqlx::Error> {
         let ledger = config.ledger_ident();
-        let sql = match a.action {
-            crate::ledger::Action::Apply => format!(
+        let sql = match &a.write {
+            LedgerWrite::Insert => format!(
                 "INSERT INTO {ledger} (id, checksum, revision, description, started_at, finished_at,
-                     duration_ms, rows_affected, notes, host, app_version)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                     duration_ms, rows_affected, notes, host, app_version, status, checkpoint, batches)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
             ),
-            crate::ledger::Action::Rerun => format!(
+            LedgerWrite::Rerun => format!(
                 "UPDATE {ledger} SET checksum = $2, revision = $3, description = $4,
                      started_at = $5, finished_at = $6, duration_ms = $7, rows_affected = $8,
-                     notes = $9, host = $10, app_version = $11, applied_by = current_user,
-                     run_count = run_count + 1
+                     notes = $9, host = $10, app_version = $11, status = $12, checkpoint = $13,
+                     batches = $14, applied_by = current_user, run_count = run_count + 1
                  WHERE id = $1"
             ),
+            LedgerWrite::Continue { .. } => format!(
+                "UPDATE {ledger} SET checksum = $2, revision = $3, description = $4,
+                     started_at = $5, finished_at = $6, duration_ms = $7, rows_affected = $8,
+                     notes = $9, host = $10, app_version = $11, status = $12, checkpoint = $13,
+                     batches = $14, applied_by = current_user
+                 WHERE id = $1 AND status = 'running' AND checkpoint IS NOT DISTINCT FROM $15"
+            ),
         };
-        sqlx::query(AssertSqlSafe(sql))
+        let expected = match &a.write {
+            LedgerWrite::Continue { expected } => expected.clone(),
+            _ => None,
+        };
+        let done = sqlx::query(AssertSqlSafe(sql))
             .bind(a.id)
             .bind(a.checksum)
             .bind(i32::try_from(a.revision).unwrap_or(i32::MAX))
             .bind(a.description)
-            .bind(a.started_at)
+            .bind(a.first_started_at)
             .bind(a.finished_at)
-            .bind(a.duration_ms())
-            .bind(a.rows_i64())
+            .bind(a.total_duration_ms())
+            .bind(a.total_rows_i64())
             .bind(a.notes_text())
             .bind(&a.host)
             .bind(&a.app_version)
+            .bind(a.status)
+            .bind(&a.checkpoint)
+            .bind(i64::try_from(a.batches).unwrap_or(i64::MAX))
+            .bind(expected)
             .execute(conn)
             .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn next_batch(
+        conn: &mut PgConnection,
+        table: &str,
+        key: &str,
+        after: Option<i64>,
+        size: u32,
+    ) -> Result<Option<(i64, u64)>, sqlx::Error> {
+        // Keyset pagination: an index range scan from the checkpoint, never OFFSET.
+        let (table, key) = (quote_ident(table), quote_ident(key));
+        let filter = if after.is_some() {
+            format!("WHERE {key} > $1")
+        } else {
+            "WHERE $1::bigint IS NULL".to_string()
+        };
+        let sql = format!(
+            "SELECT max(k)::bigint, count(*) FROM
+                 (SELECT {key} AS k FROM {table} {filter} ORDER BY {key} LIMIT $2) AS batch"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(after)
+            .bind(i64::from(size))
+            .fetch_one(conn)
+            .await?;
+        let last: Option<i64> = row.try_get(0)?;
+        let keys: i64 = row.try_get(1)?;
+        Ok(last.map(|last| (last, u64::try_from(keys).unwrap_or(0))))
+    }
+
+    async fn has_keys_after(
+        conn: &mut PgConnection,
+        table: &str,
+        key: &str,
+        after: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let (table, key) = (quote_ident(table), quote_ident(key));
+        let sql = format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE {key} > $1)");
+        sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(after)
+            .fetch_one(conn)
+            .await
+    }
+
+    async fn estimate_rows(
+        conn: &mut PgConnection,
+        table: &str,
+    ) -> Result<Option<u64>, sqlx::Error> {
+        // The planner's estimate: free, and close enough for a progress bar.
+        let estimate: Option<f32> =
+            sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE oid = to_regclass($1)")
+                .bind(quote_ident(table))
+                .fetch_optional(conn)
+                .await?
+                .flatten();
+        Ok(estimate.filter(|n| *n >= 0.0).map(|n| n as u64))
+    }
+
+    fn is_lock_timeout(err: &sqlx::Error) -> bool {
+        // 55P03 lock_not_available: raised when lock_timeout expires.
+        err.as_database_error()
+            .and_then(|e| e.code())
+            .is_some_and(|c| c == "55P03")
     }
 
     async fn record_run(
@@ -244,6 +326,9 @@ fn ledger_entry(row: &PgRow) -> Result<LedgerEntry, sqlx::Error> {
         host: row.try_get("host")?,
         app_version: row.try_get("app_version")?,
         run_count: row.try_get("run_count")?,
+        status: row.try_get("status")?,
+        checkpoint: row.try_get("checkpoint")?,
+        batches: row.try_get("batches")?,
     })
 }
 
