@@ -141,13 +141,14 @@ pub fn describe_sqlx(err: &sqlx::Error) -> String {
 pub(crate) fn describe_chain(err: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in err.chain() {
-        if let Some(sqlx_err) = cause.downcast_ref::<sqlx::Error>() {
-            parts.push(describe_sqlx(sqlx_err));
-            break;
-        }
-        let text = cause.to_string();
+        let sqlx_err = cause.downcast_ref::<sqlx::Error>();
+        let text = sqlx_err.map_or_else(|| cause.to_string(), describe_sqlx);
         if !parts.last().is_some_and(|parent| parent.contains(&text)) {
             parts.push(text);
+        }
+        if sqlx_err.is_some() {
+            // Its sources are the database's own error, already described.
+            break;
         }
     }
     parts.join(": ")

@@ -46,6 +46,8 @@
 //! [`link_marker`] and call it from every binary (see [`registry`](crate::registry)).
 
 mod backend;
+#[cfg(feature = "postgres")]
+mod bulk;
 mod copy;
 mod ctx;
 mod error;
@@ -60,6 +62,8 @@ pub mod testing;
 mod upsert;
 
 pub use backend::{Backend, BoxFuture};
+#[cfg(feature = "postgres")]
+pub use bulk::SequenceReset;
 pub use copy::{CopyRow, CopyValue};
 pub use ctx::Ctx;
 pub use error::{Drift, Error, describe_sqlx};

@@ -208,10 +208,31 @@ impl<DB: Backend> Migrator<DB> {
     /// - [`Error::Database`], [`Error::DuplicateId`], [`Error::UnsupportedBackend`],
     ///   [`Error::Config`].
     pub async fn run(&self) -> Result<RunReport, Error> {
+        self.run_with(Mode::Pending).await
+    }
+
+    /// Runs one applied migration again, although the ledger says it is done: for a
+    /// migration that converges (re-running it is safe), e.g. after restoring data. The
+    /// ledger row is updated (`run_count` goes up, the checksum becomes the code's) and the
+    /// run history records a `rerun`. Other migrations are not looked at.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownId`] when no migration has the id; [`Error::Config`] when it is not
+    /// applied yet (use [`Migrator::run`]); otherwise as [`Migrator::run`].
+    pub async fn rerun(&self, id: &str) -> Result<RunReport, Error> {
+        self.run_with(Mode::Rerun(id.to_string())).await
+    }
+
+    async fn run_with(&self, mode: Mode) -> Result<RunReport, Error> {
         self.ledger.validate()?;
         let migrations = self.load()?;
         let code: Vec<(&'static Migration, Code<DB>)> = migrations
             .iter()
+            .filter(|m| match &mode {
+                Mode::Pending => true,
+                Mode::Rerun(id) => m.id() == id,
+            })
             .map(|m| match DB::code(m) {
                 Some(f) => Ok((*m, f)),
                 None => Err(Error::UnsupportedBackend {
@@ -221,6 +242,11 @@ impl<DB: Backend> Migrator<DB> {
                 }),
             })
             .collect::<Result<_, _>>()?;
+        if let Mode::Rerun(id) = &mode
+            && code.is_empty()
+        {
+            return Err(Error::UnknownId { id: id.clone() });
+        }
 
         let mut conn = self.pool.acquire().await?;
         // The lock belongs to this session. Should this future be dropped half-way (a timeout,
@@ -228,7 +254,7 @@ impl<DB: Backend> Migrator<DB> {
         conn.close_on_drop();
         let key = self.ledger.lock_key();
         self.acquire_lock(&mut conn, key).await?;
-        let report = self.run_locked(&mut conn, &code).await;
+        let report = self.run_locked(&mut conn, &code, &mode).await;
         // Closing the connection releases the lock too; unlocking explicitly is just prompt.
         let _ = DB::unlock(&mut conn, key).await;
         report
@@ -256,11 +282,15 @@ impl<DB: Backend> Migrator<DB> {
         &self,
         conn: &mut PoolConnection<DB>,
         code: &[(&'static Migration, Code<DB>)],
+        mode: &Mode,
     ) -> Result<RunReport, Error> {
         // Created under the lock: concurrent `CREATE TABLE IF NOT EXISTS` can still collide.
         DB::ensure_ledger(conn, &self.ledger).await?;
         let ledger = DB::read_ledger(conn, &self.ledger).await?;
-        let mut plan = Plan::new(code.iter().map(|(m, _)| *m), ledger);
+        let mut plan = match mode {
+            Mode::Pending => Plan::new(code.iter().map(|(m, _)| *m), ledger),
+            Mode::Rerun(id) => Plan::rerun(id, ledger)?,
+        };
         if !plan.drifted.is_empty() {
             return Err(Error::Drift {
                 drifted: plan.drifted,
@@ -460,6 +490,7 @@ impl<DB: Backend> Migrator<DB> {
             run_keys: 0,
             run_rows: 0,
             notes: Vec::new(),
+            lock_retries: 0,
         };
         state.first_started_at_from(&step, migration)?;
         let first_started_at = step
@@ -501,6 +532,7 @@ impl<DB: Backend> Migrator<DB> {
                 {
                     Err(BatchError::LockTimeout(_)) if retries < spec.retries() => {
                         retries += 1;
+                        state.lock_retries += 1;
                         // A busy table slows the migration down instead of stalling the
                         // application: back off, then try the same batch again.
                         let backoff = Duration::from_millis(100 * (1 << retries.min(6)));
@@ -572,6 +604,7 @@ impl<DB: Backend> Migrator<DB> {
                     duration_ms: u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX),
                     notes: state.notes,
                     batches: state.run_batches,
+                    lock_retries: state.lock_retries,
                 });
             }
             if let Some(pause) = spec.pause() {
@@ -835,9 +868,17 @@ impl<DB: Backend> Migrator<DB> {
 
 /// What a run must do, derived from the migrations and the ledger.
 struct Plan {
-    steps: BTreeMap<&'static str, Step>,
+    steps: BTreeMap<String, Step>,
     drifted: Vec<Drift>,
     unknown: Vec<String>,
+}
+
+/// What a run applies.
+enum Mode {
+    /// Every pending migration.
+    Pending,
+    /// One applied migration, again.
+    Rerun(String),
 }
 
 /// What to do with one migration.
@@ -886,12 +927,34 @@ impl Plan {
                 },
                 Some(_) => continue,
             };
-            plan.steps.insert(m.id(), step);
+            plan.steps.insert(m.id().to_string(), step);
         }
         // A row no registered migration has was written by another build (often a newer
         // release): it is reported, never deleted.
         plan.unknown = entries.into_keys().collect();
         plan
+    }
+
+    /// The plan of a forced re-run of `id`, which must be in the ledger.
+    fn rerun(id: &str, ledger: Vec<LedgerEntry>) -> Result<Self, Error> {
+        if !ledger.iter().any(|e| e.id == id) {
+            return Err(Error::Config(format!(
+                "migration {id} is not applied yet, so it cannot be re-run: apply it with `run`"
+            )));
+        }
+        let mut steps = BTreeMap::new();
+        steps.insert(
+            id.to_string(),
+            Step {
+                action: Action::Rerun,
+                resume: None,
+            },
+        );
+        Ok(Plan {
+            steps,
+            drifted: Vec::new(),
+            unknown: Vec::new(),
+        })
     }
 }
 
@@ -910,6 +973,7 @@ struct BatchState {
     run_keys: u64,
     run_rows: u64,
     notes: Vec<String>,
+    lock_retries: u64,
 }
 
 impl BatchState {
@@ -1020,6 +1084,8 @@ pub struct AppliedMigration {
     pub notes: Vec<String>,
     /// Batches committed by this run (0 for a migration that runs in one transaction).
     pub batches: u64,
+    /// Batches retried after waiting for a lock longer than their `lock_timeout`.
+    pub lock_retries: u64,
 }
 
 impl AppliedMigration {
@@ -1031,6 +1097,7 @@ impl AppliedMigration {
             duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
             notes: attempt.notes.clone(),
             batches: 0,
+            lock_retries: 0,
         }
     }
 }

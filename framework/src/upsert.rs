@@ -235,11 +235,12 @@ impl<'u, 'c> Upsert<'u, 'c> {
                     plan.cte(&format!("SELECT * FROM {stage}")),
                     COUNT_RETURNED,
                 );
-                let report = plan.run(conn, counted).await;
-                sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {stage}")))
-                    .execute(&mut *conn)
-                    .await?;
-                report?
+                // On failure the transaction is aborted and `ON COMMIT DROP` (or the rollback)
+                // removes the staging table; only a successful upsert drops it now, so that a
+                // migration can stage again.
+                let report = plan.run(conn, counted).await?;
+                sqlx::query(AssertSqlSafe(format!("DROP TABLE {stage}"))).execute(&mut *conn).await?;
+                report
             }
         };
         ctx.add_rows_affected(report.inserted + report.updated);

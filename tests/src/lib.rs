@@ -42,7 +42,42 @@ pub async fn count_runs(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates `counter` (one row, `n = 0`) and the empty `fixture_switches` table.
+/// The id of [`bump_items`].
+pub const BUMP_ITEMS: &str = "20240101_0001_bump_items";
+
+/// Adds one to `items.v` for the keys of each batch (100 keys a batch): deliberately not
+/// idempotent, so `v = 1` everywhere proves every batch committed exactly once.
+///
+/// With the switch `slow_batches` on, each batch sleeps 100 ms; with `fail_batch_3` on,
+/// batch 3 fails after writing.
+#[datamig::migration(
+    id = "20240101_0001_bump_items",
+    batch(table = "items", key = "id", size = 100)
+)]
+pub async fn bump_items(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result<()> {
+    let switches: Vec<String> = sqlx::query_scalar("SELECT name FROM fixture_switches")
+        .fetch_all(ctx.tx())
+        .await?;
+    if switches.iter().any(|s| s == "slow_batches") {
+        sqlx::query("SELECT pg_sleep(0.1)")
+            .execute(ctx.tx())
+            .await?;
+    }
+    let updated = sqlx::query("UPDATE items SET v = v + 1 WHERE id > $1 AND id <= $2")
+        .bind(batch.after())
+        .bind(batch.last())
+        .execute(ctx.tx())
+        .await?
+        .rows_affected();
+    ctx.add_rows_affected(updated);
+    if batch.number() == 3 && switches.iter().any(|s| s == "fail_batch_3") {
+        anyhow::bail!("batch 3 failed on purpose");
+    }
+    Ok(())
+}
+
+/// Creates `counter` (one row, `n = 0`), `items` (ids 1 to 1000, `v = 0`) and the empty
+/// `fixture_switches` table.
 ///
 /// # Errors
 ///
@@ -51,6 +86,8 @@ pub async fn create_fixture_tables(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::raw_sql(
         "CREATE TABLE counter (n integer NOT NULL);
          INSERT INTO counter VALUES (0);
+         CREATE TABLE items (id bigint PRIMARY KEY, v integer NOT NULL);
+         INSERT INTO items SELECT n, 0 FROM generate_series(1, 1000) AS n;
          CREATE TABLE fixture_switches (name text PRIMARY KEY);",
     )
     .execute(pool)
@@ -69,6 +106,17 @@ pub async fn switch_on(pool: &PgPool, name: &str) -> Result<(), sqlx::Error> {
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// `items.v`, in key order.
+///
+/// # Errors
+///
+/// Any database error.
+pub async fn item_values(pool: &PgPool) -> Result<Vec<i32>, sqlx::Error> {
+    sqlx::query_scalar("SELECT v FROM items ORDER BY id")
+        .fetch_all(pool)
+        .await
 }
 
 /// The value of `counter.n`.

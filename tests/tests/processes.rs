@@ -6,7 +6,8 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use datamig_tests::{
-    COUNT_RUNS, advisory_locks_held, counter, create_fixture_tables, scalar, switch_on,
+    BUMP_ITEMS, COUNT_RUNS, advisory_locks_held, counter, create_fixture_tables, item_values,
+    scalar, switch_on,
 };
 use tokio::process::Command;
 
@@ -63,7 +64,7 @@ async fn four_concurrent_run_processes_apply_once() -> anyhow::Result<()> {
     assert_eq!(appliers, 1, "exactly one process applies it");
     let skippers = outputs
         .iter()
-        .filter(|o| text(&o.stdout).contains("0 applied, 0 pending, 1 already applied"))
+        .filter(|o| text(&o.stdout).contains("0 applied, 0 pending, 2 already applied"))
         .count();
     assert_eq!(skippers, 3, "the others find it applied");
     assert_eq!(
@@ -71,9 +72,13 @@ async fn four_concurrent_run_processes_apply_once() -> anyhow::Result<()> {
         1,
         "the non-idempotent body ran exactly once"
     );
+    assert!(
+        item_values(db.pool()).await?.iter().all(|v| *v == 1),
+        "every batch committed once"
+    );
     assert_eq!(
         scalar(db.pool(), "SELECT count(*) FROM datamig_ledger").await?,
-        1
+        2
     );
     Ok(())
 }
@@ -109,8 +114,81 @@ async fn a_run_killed_mid_migration_leaves_nothing_and_the_next_run_applies_once
     assert_eq!(counter(db.pool()).await?, 1);
     assert_eq!(
         scalar(db.pool(), "SELECT count(*) FROM datamig_ledger").await?,
-        1
+        2
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_run_killed_mid_batch_resumes_from_its_checkpoint_and_commits_each_batch_once()
+-> anyhow::Result<()> {
+    let db = datamig::testing::postgres().await?;
+    create_fixture_tables(db.pool()).await?;
+    switch_on(db.pool(), "slow_batches").await?;
+
+    let mut child = datamig(db.url(), &["run"]).spawn()?;
+    // Wait until some batches have committed, then kill the process in the middle of one.
+    loop {
+        let batches = scalar(
+            db.pool(),
+            "SELECT COALESCE(max(batches), 0) FROM datamig_ledger WHERE id = '20240101_0001_bump_items'",
+        )
+        .await
+        .unwrap_or(0);
+        if batches >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    child.start_kill()?;
+    child.wait().await?;
+
+    let (status, checkpoint, batches): (String, Option<String>, i64) =
+        sqlx::query_as("SELECT status, checkpoint, batches FROM datamig_ledger WHERE id = $1")
+            .bind(BUMP_ITEMS)
+            .fetch_one(db.pool())
+            .await?;
+    assert_eq!(status, "running");
+    let checkpoint: i64 = checkpoint.expect("a checkpoint").parse()?;
+    assert_eq!(
+        checkpoint,
+        batches * 100,
+        "the checkpoint is the last key of the last committed batch"
+    );
+    let values = item_values(db.pool()).await?;
+    let done = usize::try_from(checkpoint)?;
+    assert!(
+        values[..done].iter().all(|v| *v == 1),
+        "committed batches are there once"
+    );
+    assert!(
+        values[done..].iter().all(|v| *v == 0),
+        "the killed batch left nothing"
+    );
+
+    let status = datamig(db.url(), &["status"]).output().await?;
+    assert!(
+        text(&status.stdout).contains(&format!("{BUMP_ITEMS}  running")),
+        "{}",
+        text(&status.stdout)
+    );
+
+    sqlx::query("DELETE FROM fixture_switches")
+        .execute(db.pool())
+        .await?;
+    let output = datamig(db.url(), &["run"]).output().await?;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        item_values(db.pool()).await?.iter().all(|v| *v == 1),
+        "the same data as an uninterrupted run"
+    );
+    let (status, batches): (String, i64) =
+        sqlx::query_as("SELECT status, batches FROM datamig_ledger WHERE id = $1")
+            .bind(BUMP_ITEMS)
+            .fetch_one(db.pool())
+            .await?;
+    assert_eq!((status.as_str(), batches), ("applied", 10));
     Ok(())
 }
 
