@@ -577,7 +577,9 @@ impl<DB: Backend> Migrator<DB> {
                     state.run_keys += keys;
                     state.run_rows += rows;
                     state.total_rows += rows;
-                    state.notes.extend(notes);
+                    // Bounded: a migration of many batches must not grow without limit.
+                    let room = MAX_NOTES.saturating_sub(state.notes.len());
+                    state.notes.extend(notes.into_iter().take(room));
                     state.write = LedgerWrite::Continue {
                         expected: Some(last.to_string()),
                     };
@@ -715,7 +717,8 @@ impl<DB: Backend> Migrator<DB> {
         attempt.batches = number;
         attempt.rows_affected = state.run_rows + rows;
         attempt.total_rows = state.total_rows + rows;
-        attempt.notes.extend(notes.iter().cloned());
+        let room = MAX_NOTES.saturating_sub(attempt.notes.len());
+        attempt.notes.extend(notes.iter().take(room).cloned());
         attempt.finished_at = Utc::now();
         self.commit_batch(tx, &attempt, finished).await?;
         Ok(BatchDone::Committed {
@@ -961,6 +964,9 @@ impl Plan {
 /// A batch's `lock_timeout` when neither the migration nor the migrator sets one: a batch
 /// must never queue behind the application's locks for long.
 const DEFAULT_BATCH_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The most notes a batched migration keeps (the first ones).
+const MAX_NOTES: usize = 100;
 
 /// Where a batched migration stands, in this run.
 struct BatchState {

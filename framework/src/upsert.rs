@@ -239,7 +239,9 @@ impl<'u, 'c> Upsert<'u, 'c> {
                 // removes the staging table; only a successful upsert drops it now, so that a
                 // migration can stage again.
                 let report = plan.run(conn, counted).await?;
-                sqlx::query(AssertSqlSafe(format!("DROP TABLE {stage}"))).execute(&mut *conn).await?;
+                sqlx::query(AssertSqlSafe(format!("DROP TABLE {stage}")))
+                    .execute(&mut *conn)
+                    .await?;
                 report
             }
         };

@@ -1,0 +1,431 @@
+//! The helpers' benchmark: datamig's upsert and batched backfill against the set-based
+//! `INSERT .. SELECT .. ON CONFLICT DO NOTHING`, side by side on one server in one run.
+//!
+//!     scripts/bench.sh        (or: cargo run --release -p datamig-examples --example benchmark)
+//!
+//! Uses DATABASE_URL if set (the benchmark creates and drops its own tables there), else a
+//! throwaway PostgreSQL from `datamig::testing`. Prints one line per figure and a ratio line
+//! per target. Each timing is the median of `DATAMIG_BENCH_REPEAT` runs (default 3).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use datamig::prelude::*;
+use sqlx::PgPool;
+
+const USERS: i64 = 1_000_000;
+const NAIVE_ROWS: i64 = 100_000;
+
+const SET_BASED: &str = "INSERT INTO bench_settings (user_id, email_enabled, push_enabled)
+     SELECT id, true, true FROM bench_users ON CONFLICT (user_id) DO NOTHING";
+
+/// 1,000,000 rows built in Rust, streamed through the upsert builder.
+#[datamig::migration(id = "20250101_0000_bench_upsert_rust_rows")]
+async fn upsert_rust_rows(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
+    let rows = (1..=USERS).map(|id| (id, true, true));
+    ctx.upsert("bench_settings")
+        .key(["user_id"])
+        .rows(["user_id", "email_enabled", "push_enabled"], rows)
+        .insert_missing()
+        .execute()
+        .await?;
+    Ok(())
+}
+
+/// The same backfill, 10,000 users a batch, one commit each.
+#[datamig::migration(
+    id = "20250101_0001_bench_batched_backfill",
+    batch(table = "bench_users", key = "id", size = 10_000)
+)]
+async fn batched_backfill(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result<()> {
+    let inserted = sqlx::query(
+        "INSERT INTO bench_settings (user_id, email_enabled, push_enabled)
+         SELECT id, true, true FROM bench_users WHERE id > $1 AND id <= $2
+         ON CONFLICT (user_id) DO NOTHING",
+    )
+    .bind(batch.after())
+    .bind(batch.last())
+    .execute(ctx.tx())
+    .await?
+    .rows_affected();
+    ctx.add_rows_affected(inserted);
+    Ok(())
+}
+
+/// A batched pass over `bench_rss_users` (the memory figure): normalises emails.
+#[datamig::migration(
+    id = "20250101_0002_bench_rss_pass",
+    batch(table = "bench_rss_users", key = "id", size = 10_000)
+)]
+async fn rss_pass(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result<()> {
+    let updated = sqlx::query(
+        "UPDATE bench_rss_users SET email = lower(email)
+         WHERE id > $1 AND id <= $2 AND email IS DISTINCT FROM lower(email)",
+    )
+    .bind(batch.after())
+    .bind(batch.last())
+    .execute(ctx.tx())
+    .await?
+    .rows_affected();
+    ctx.add_rows_affected(updated);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--rss-pass") {
+        return rss_child(&args[2], args[3].parse()?).await;
+    }
+
+    let (pool, url, _throwaway) = match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => (PgPool::connect(&url).await?, url, None),
+        _ => {
+            let db = datamig::testing::postgres().await?;
+            (db.pool().clone(), db.url().to_string(), Some(db))
+        }
+    };
+    let repeat: usize = std::env::var("DATAMIG_BENCH_REPEAT")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let version: String = sqlx::query_scalar("SELECT version()")
+        .fetch_one(&pool)
+        .await?;
+    println!("server: {version}");
+    println!("users: {USERS}; timings are the median of {repeat} runs\n");
+    setup(&pool).await?;
+
+    let set_first = median(repeat, || async {
+        truncate(&pool).await?;
+        timed(async { sqlx::query(SET_BASED).execute(&pool).await.map(drop) }).await
+    })
+    .await?;
+    let set_second = median(repeat, || async {
+        timed(async { sqlx::query(SET_BASED).execute(&pool).await.map(drop) }).await
+    })
+    .await?;
+    let set_rewritten = rewritten(&pool, || async {
+        sqlx::query(SET_BASED).execute(&pool).await.map(drop)
+    })
+    .await?;
+
+    let upsert_first = median(repeat, || async {
+        truncate(&pool).await?;
+        timed(async {
+            migrator(&pool, &upsert_rust_rows::MIGRATION)
+                .run()
+                .await
+                .map(drop)
+        })
+        .await
+    })
+    .await?;
+    let upsert_second = median(repeat, || async {
+        timed(async {
+            migrator(&pool, &upsert_rust_rows::MIGRATION)
+                .rerun(upsert_rust_rows::MIGRATION.id())
+                .await
+                .map(drop)
+        })
+        .await
+    })
+    .await?;
+    let upsert_rewritten = rewritten(&pool, || async {
+        migrator(&pool, &upsert_rust_rows::MIGRATION)
+            .rerun(upsert_rust_rows::MIGRATION.id())
+            .await
+            .map(drop)
+    })
+    .await?;
+
+    let batched_first = median(repeat, || async {
+        truncate(&pool).await?;
+        timed(async {
+            migrator(&pool, &batched_backfill::MIGRATION)
+                .run()
+                .await
+                .map(drop)
+        })
+        .await
+    })
+    .await?;
+    let batched_second = median(repeat, || async {
+        timed(async {
+            migrator(&pool, &batched_backfill::MIGRATION)
+                .rerun(batched_backfill::MIGRATION.id())
+                .await
+                .map(drop)
+        })
+        .await
+    })
+    .await?;
+    let batched_rewritten = rewritten(&pool, || async {
+        migrator(&pool, &batched_backfill::MIGRATION)
+            .rerun(batched_backfill::MIGRATION.id())
+            .await
+            .map(drop)
+    })
+    .await?;
+    let settings: i64 = sqlx::query_scalar("SELECT count(*) FROM bench_settings")
+        .fetch_one(&pool)
+        .await?;
+    anyhow::ensure!(
+        settings == USERS,
+        "the backfill left {settings} rows, expected {USERS}"
+    );
+
+    truncate(&pool).await?;
+    let naive = timed(naive_loop(&pool)).await?;
+    let naive_per_million = naive.mul_f64(USERS as f64 / NAIVE_ROWS as f64);
+
+    println!(
+        "set-based INSERT .. SELECT .. ON CONFLICT DO NOTHING, first run   {}",
+        secs(set_first)
+    );
+    println!(
+        "set-based INSERT .. SELECT .. ON CONFLICT DO NOTHING, second run  {}  ({set_rewritten} rows rewritten)",
+        secs(set_second)
+    );
+    println!(
+        "upsert of 1M rows built in Rust (COPY + one statement), first run {}",
+        secs(upsert_first)
+    );
+    println!(
+        "upsert of 1M rows built in Rust, second run                      {}  ({upsert_rewritten} rows rewritten)",
+        secs(upsert_second)
+    );
+    println!(
+        "batched backfill, 10,000 rows a batch, first run                 {}",
+        secs(batched_first)
+    );
+    println!(
+        "batched backfill, second run                                     {}  ({batched_rewritten} rows rewritten)",
+        secs(batched_second)
+    );
+    println!(
+        "naive per-row INSERT loop from Rust ({NAIVE_ROWS} rows, one transaction)  {}  (about {} for 1M)",
+        secs(naive),
+        secs(naive_per_million)
+    );
+
+    println!();
+    let mut ok = true;
+    ok &= ratio(
+        "upsert first run / set-based first run",
+        upsert_first,
+        set_first,
+        1.3,
+    );
+    ok &= ratio(
+        "batched first run / set-based first run",
+        batched_first,
+        set_first,
+        1.3,
+    );
+    ok &= ratio(
+        "upsert second run / set-based second run",
+        upsert_second,
+        set_second,
+        1.5,
+    );
+    ok &= ratio(
+        "batched second run / set-based second run",
+        batched_second,
+        set_second,
+        1.5,
+    );
+    for (what, rows) in [("upsert", upsert_rewritten), ("batched", batched_rewritten)] {
+        println!(
+            "check {what} second run rows rewritten = {rows}  (target 0)  {}",
+            verdict(rows == 0)
+        );
+        ok &= rows == 0;
+    }
+    println!(
+        "ratio naive loop (1M, extrapolated) / set-based first run = {:.1}x  (reported)",
+        naive_per_million.as_secs_f64() / set_first.as_secs_f64()
+    );
+
+    cleanup(&pool).await?;
+    for rows in [USERS, 10 * USERS] {
+        let output = Command::new(std::env::current_exe()?)
+            .args(["--rss-pass", &url, &rows.to_string()])
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "the memory pass failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let kib: u64 = String::from_utf8_lossy(&output.stdout).trim().parse()?;
+        let mib = kib as f64 / 1024.0;
+        println!(
+            "peak RSS of the client during a batched pass over {rows} rows: {mib:.1} MiB  (target < 150 MiB)  {}",
+            verdict(mib < 150.0)
+        );
+        ok &= mib < 150.0;
+    }
+    println!(
+        "\n{}",
+        if ok {
+            "all targets met"
+        } else {
+            "SOME TARGETS MISSED"
+        }
+    );
+    Ok(())
+}
+
+fn migrator(pool: &PgPool, migration: &'static datamig::Migration) -> Migrator<Postgres> {
+    Migrator::new(pool.clone()).migrations([migration]).ledger(
+        datamig::LedgerConfig::default()
+            .ledger_table("bench_ledger")
+            .runs_table("bench_runs"),
+    )
+}
+
+async fn setup(pool: &PgPool) -> anyhow::Result<()> {
+    cleanup(pool).await?;
+    sqlx::raw_sql(
+        "CREATE TABLE bench_users (id bigint PRIMARY KEY, email text NOT NULL);
+         CREATE TABLE bench_settings (user_id bigint PRIMARY KEY REFERENCES bench_users (id),
+             email_enabled boolean NOT NULL, push_enabled boolean NOT NULL);
+         INSERT INTO bench_users SELECT n, 'user' || n || '@example.com' FROM generate_series(1, 1000000) AS n;",
+    )
+    .execute(pool)
+    .await?;
+    sqlx::raw_sql("VACUUM ANALYZE bench_users")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+async fn cleanup(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::raw_sql(
+        "DROP TABLE IF EXISTS bench_settings, bench_users, bench_rss_users, bench_ledger, bench_runs",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Empties the target and the ledger: the next run is a first run.
+async fn truncate(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::raw_sql(
+        "TRUNCATE bench_settings;
+         DO $$ BEGIN
+           IF to_regclass('bench_ledger') IS NOT NULL THEN TRUNCATE bench_ledger, bench_runs; END IF;
+         END $$;",
+    )
+    .execute(pool)
+    .await?;
+    sqlx::raw_sql("VACUUM ANALYZE bench_settings")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+async fn timed<F: Future<Output = Result<(), E>>, E: Into<anyhow::Error>>(
+    work: F,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    work.await.map_err(Into::into)?;
+    Ok(started.elapsed())
+}
+
+async fn median<F, Fut>(repeat: usize, mut measure: F) -> anyhow::Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Duration>>,
+{
+    let mut runs = Vec::new();
+    for _ in 0..repeat.max(1) {
+        runs.push(measure().await?);
+    }
+    runs.sort();
+    Ok(runs[runs.len() / 2])
+}
+
+/// Runs `work` and counts the rows of `bench_settings` it wrote: rows whose `xmin` (the
+/// transaction that last wrote them) is newer than the transactions before it.
+async fn rewritten<F, Fut, E>(pool: &PgPool, work: F) -> anyhow::Result<i64>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Into<anyhow::Error>,
+{
+    let before: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
+        .fetch_one(pool)
+        .await?;
+    work().await.map_err(Into::into)?;
+    let rewritten: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM bench_settings WHERE xmin::text::bigint > $1")
+            .bind(before)
+            .fetch_one(pool)
+            .await?;
+    Ok(rewritten)
+}
+
+async fn naive_loop(pool: &PgPool) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    for id in 1..=NAIVE_ROWS {
+        sqlx::query(
+            "INSERT INTO bench_settings (user_id, email_enabled, push_enabled) VALUES ($1, true, true)
+             ON CONFLICT (user_id) DO NOTHING",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The memory figure, in a process of its own: a batched pass over `rows` rows; prints the
+/// process's peak resident set (VmHWM, KiB).
+async fn rss_child(url: &str, rows: i64) -> anyhow::Result<()> {
+    let pool = PgPool::connect(url).await?;
+    sqlx::raw_sql("DROP TABLE IF EXISTS bench_rss_users, bench_ledger, bench_runs")
+        .execute(&pool)
+        .await?;
+    sqlx::raw_sql("CREATE TABLE bench_rss_users (id bigint PRIMARY KEY, email text NOT NULL)")
+        .execute(&pool)
+        .await?;
+    sqlx::query("INSERT INTO bench_rss_users SELECT n, 'User' || n || '@Example.com' FROM generate_series(1, $1) AS n")
+        .bind(rows)
+        .execute(&pool)
+        .await?;
+    let report = migrator(&pool, &rss_pass::MIGRATION).run().await?;
+    anyhow::ensure!(
+        report.applied[0].rows_affected == u64::try_from(rows)?,
+        "the pass missed rows"
+    );
+    sqlx::raw_sql("DROP TABLE bench_rss_users, bench_ledger, bench_runs")
+        .execute(&pool)
+        .await?;
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/self/status"))?;
+    println!("{kib}");
+    Ok(())
+}
+
+fn ratio(what: &str, ours: Duration, base: Duration, target: f64) -> bool {
+    let r = ours.as_secs_f64() / base.as_secs_f64();
+    println!(
+        "ratio {what} = {r:.2}x  (target <= {target}x)  {}",
+        verdict(r <= target)
+    );
+    r <= target
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "ok" } else { "MISSED" }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.3}s", d.as_secs_f64())
+}
