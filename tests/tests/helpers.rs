@@ -612,3 +612,37 @@ async fn resetting_the_sequences_of_a_missing_table_is_a_clear_error() -> anyhow
     );
     Ok(())
 }
+
+/// `bump_items` in 250-key batches with a pause between batches.
+#[datamig::migration(
+    id = "20240604_0000_bump_items_pausing",
+    batch(table = "items", key = "id", size = 250, pause = "150ms")
+)]
+async fn bump_items_pausing(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result<()> {
+    sqlx::query("UPDATE items SET v = v + 1 WHERE id > $1 AND id <= $2")
+        .bind(batch.after())
+        .bind(batch.last())
+        .execute(ctx.tx())
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pause_leaves_room_between_batches() -> anyhow::Result<()> {
+    let db = datamig::testing::postgres().await?;
+    create_fixture_tables(db.pool()).await?;
+    let started = std::time::Instant::now();
+    let report = Migrator::new(db.pool().clone())
+        .migrations([&bump_items_pausing::MIGRATION])
+        .run()
+        .await?;
+    assert_eq!(report.applied[0].batches, 4);
+    // Three pauses between four batches (none after the last).
+    assert!(
+        started.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(item_values(db.pool()).await?.iter().all(|v| *v == 1));
+    Ok(())
+}
