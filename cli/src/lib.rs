@@ -14,21 +14,23 @@
 //! Results go to stdout (text, or JSON with `--format json`); errors go to stderr, and the
 //! exit code says what kind of failure it was (see [`exit`]).
 
+mod connect;
 pub mod exit;
 mod opt;
+mod output;
+mod scaffold;
 
-use std::io::Write;
 use std::process::ExitCode;
-use std::str::FromStr;
-use std::time::Duration;
+use std::sync::Arc;
 
 use clap::Parser;
-use datamig::{Error, LedgerConfig, MigrationStatus, Migrator, RunReport, State};
-use sqlx::Connection;
-use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use datamig::{Error, LedgerConfig, Migrator, StopSignal};
+use sqlx::Postgres;
 
-pub use opt::{Cli, Command, Format, GlobalOpts, RunOpts};
+pub use opt::{
+    Cli, Command, Format, GlobalOpts, NewOpts, ReasonOpts, RerunOpts, RunOpts, UnlockOpts,
+};
+use output::Output;
 
 /// Parses the command line, runs the command, and returns its exit code.
 ///
@@ -56,7 +58,12 @@ pub fn main() -> ExitCode {
 
 /// Runs one parsed command; returns the exit code, or the failure to print.
 pub async fn execute(cli: Cli) -> Result<u8, Failure> {
-    let pool = connect(&cli.global).await?;
+    let out = Output::new(cli.global.format);
+    if let Command::New(opts) = &cli.command {
+        // Writes files only: no database needed.
+        return scaffold::new_migration(opts, &out);
+    }
+    let pool = connect::connect(&cli.global).await?;
     let mut ledger = LedgerConfig::default()
         .ledger_table(&cli.global.ledger_table)
         .runs_table(&cli.global.runs_table);
@@ -64,18 +71,88 @@ pub async fn execute(cli: Cli) -> Result<u8, Failure> {
         ledger = ledger.schema(schema);
     }
     let migrator = Migrator::new(pool).ledger(ledger);
-    let format = cli.global.format;
     match cli.command {
-        Command::Run(opts) => run(migrator, &opts, format).await,
-        Command::Status => status(migrator, format).await,
+        Command::Run(opts) => run(migrator, &opts, &out).await,
+        Command::Status => {
+            let statuses = migrator.status().await?;
+            out.status(&statuses)?;
+            Ok(exit::OK)
+        }
+        Command::Check => {
+            let report = migrator.check().await?;
+            out.check(&report)?;
+            Ok(if !report.drifted.is_empty() {
+                exit::DRIFT
+            } else if !report.pending.is_empty() {
+                exit::PENDING
+            } else {
+                exit::OK
+            })
+        }
+        Command::Verify => {
+            let report = migrator.check().await?;
+            let statuses = migrator.status().await?;
+            out.verify(&report, &statuses)?;
+            Ok(if report.drifted.is_empty() {
+                exit::OK
+            } else {
+                exit::DRIFT
+            })
+        }
+        Command::MarkApplied(opts) => {
+            migrator
+                .runner_lock_timeout(opts.wait)
+                .mark_applied(&opts.id, &opts.reason)
+                .await?;
+            out.done(
+                &format!(
+                    "marked {} as applied without running it: {}",
+                    opts.id, opts.reason
+                ),
+                &opts.id,
+            )?;
+            Ok(exit::OK)
+        }
+        Command::Repair(opts) => {
+            let drift = migrator
+                .runner_lock_timeout(opts.wait)
+                .repair(&opts.id, &opts.reason)
+                .await?;
+            out.repaired(&drift, &opts.reason)?;
+            Ok(exit::OK)
+        }
+        Command::Rerun(opts) => {
+            let mut migrator = migrator.runner_lock_timeout(opts.wait);
+            if let Some(version) = &opts.app_version {
+                migrator = migrator.app_version(version);
+            }
+            let report = migrator.rerun(&opts.id).await?;
+            out.run(&report)?;
+            Ok(exit::OK)
+        }
+        Command::Unlock(opts) => unlock(migrator, &opts, &out).await,
+        Command::Doctor => {
+            let doctor = migrator.doctor().await?;
+            out.doctor(&doctor)?;
+            Ok(if doctor.ledger_problem.is_some() {
+                exit::UNEXPECTED
+            } else {
+                exit::OK
+            })
+        }
+        Command::New(_) => unreachable!("handled above"),
     }
 }
 
 async fn run(
-    mut migrator: Migrator<sqlx::Postgres>,
+    mut migrator: Migrator<Postgres>,
     opts: &RunOpts,
-    format: Format,
+    out: &Output,
 ) -> Result<u8, Failure> {
+    if let Some(dir) = &opts.schema {
+        let applied = connect::apply_schema(migrator.pool(), dir).await?;
+        out.schema_applied(dir, applied)?;
+    }
     migrator = migrator
         .dry_run(opts.dry_run)
         .runner_lock_timeout(opts.wait);
@@ -88,226 +165,156 @@ async fn run(
     if let Some(version) = &opts.app_version {
         migrator = migrator.app_version(version);
     }
-    let report = migrator.run().await.map_err(Failure::from)?;
+    if let Some(id) = &opts.to {
+        migrator = migrator.up_to(id);
+    }
+    if let Some(id) = &opts.only {
+        migrator = migrator.only(id);
+    }
+    let progress = Arc::new(out.progress());
+    let sink = Arc::clone(&progress);
+    migrator = migrator.on_progress(move |event| sink.update(event));
+
+    // Ctrl-C: the first asks the run to stop at the next transaction boundary (after the
+    // migration or batch in progress commits); the second abandons the transaction in
+    // progress: its session is closed, so the server rolls it back.
+    let stop = StopSignal::new();
+    migrator = migrator.stop_on(stop.clone());
+    let interrupted = async {
+        let _ = tokio::signal::ctrl_c().await;
+        stop.stop();
+        progress.suspend(|| {
+            eprintln!(
+                "stopping after the current transaction commits or rolls back (press Ctrl-C again to roll it back now)"
+            )
+        });
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let result = tokio::select! {
+        result = migrator.run() => result,
+        () = interrupted => {
+            progress.finish();
+            return Err(Failure::new(
+                exit::INTERRUPTED,
+                "interrupted: the transaction in progress was rolled back (its session was closed); \
+                 what committed before it stays, and the next run goes on from there",
+            ));
+        }
+    };
+    progress.finish();
+    let report = match result {
+        Ok(report) => report,
+        Err(Error::Stopped { after, .. }) => {
+            return Err(Failure::new(
+                exit::INTERRUPTED,
+                format!("stopped on request: {after}; nothing is half-applied"),
+            ));
+        }
+        Err(err) => return Err(err.into()),
+    };
     for id in &report.unknown {
         eprintln!(
             "warning: the ledger has a row for {id}, which this build does not know (applied by \
              another release?); it is left as it is"
         );
     }
-    match format {
-        Format::Json => print_json(&report)?,
-        Format::Human => print_run(&report)?,
+    out.run(&report)?;
+    Ok(exit::OK)
+}
+
+async fn unlock(
+    migrator: Migrator<Postgres>,
+    opts: &UnlockOpts,
+    out: &Output,
+) -> Result<u8, Failure> {
+    let holders = migrator.lock_holders().await?;
+    if holders.is_empty() {
+        out.done("no runner holds the lock; nothing to release", "")?;
+        return Ok(exit::OK);
+    }
+    let this_host = gethostname();
+    for holder in &holders {
+        let verdict = match holder.runner() {
+            Some((host, pid)) if host == this_host => {
+                if process_alive(pid) {
+                    return Err(Failure::new(
+                        exit::LOCK_TIMEOUT,
+                        format!(
+                            "the lock is held by datamig process {pid} on this host, which is still running \
+                             (database session {}); wait for it to finish or stop it first",
+                            holder.pid
+                        ),
+                    ));
+                }
+                format!("its runner, process {pid} on this host, is gone")
+            }
+            Some((host, pid)) if opts.dangerously_terminate_holder => {
+                format!(
+                    "process {pid} on {host}, ended on request (--dangerously-terminate-holder)"
+                )
+            }
+            Some((host, pid)) => {
+                return Err(Failure::new(
+                    exit::LOCK_TIMEOUT,
+                    format!(
+                        "the lock is held by datamig process {pid} on {host} (database session {}); this host \
+                         cannot tell whether it still runs: run `datamig unlock` on {host}, or pass \
+                         --dangerously-terminate-holder once you know it is gone",
+                        holder.pid
+                    ),
+                ));
+            }
+            None if opts.dangerously_terminate_holder => {
+                format!(
+                    "session {} ({:?}), ended on request",
+                    holder.pid, holder.application_name
+                )
+            }
+            None => {
+                return Err(Failure::new(
+                    exit::LOCK_TIMEOUT,
+                    format!(
+                        "the lock is held by database session {} ({:?}), which is not a datamig runner this \
+                         command can check; pass --dangerously-terminate-holder once you know it is gone",
+                        holder.pid, holder.application_name
+                    ),
+                ));
+            }
+        };
+        if migrator.terminate_lock_holder(holder.pid).await? {
+            out.done(
+                &format!(
+                    "released the lock: ended database session {} ({verdict})",
+                    holder.pid
+                ),
+                "",
+            )?;
+        }
     }
     Ok(exit::OK)
 }
 
-fn print_run(report: &RunReport) -> Result<(), Failure> {
-    let mut out = std::io::stdout().lock();
-    let verb = match report.dry_run {
-        true => "would apply",
-        false => "applied",
-    };
-    for applied in &report.applied {
-        let verb = if applied.rerun && !report.dry_run {
-            "re-ran"
-        } else {
-            verb
-        };
-        writeln!(
-            out,
-            "{verb} {}  {} rows  {}",
-            applied.id,
-            applied.rows_affected,
-            humantime::format_duration(Duration::from_millis(applied.duration_ms))
-        )?;
-        for note in &applied.notes {
-            writeln!(out, "  {note}")?;
-        }
-    }
-    if report.dry_run {
-        writeln!(
-            out,
-            "dry run: every change was rolled back, nothing was recorded"
-        )?;
-    }
-    writeln!(
-        out,
-        "{} {}, 0 pending, {} already applied",
-        report.applied.len(),
-        if report.dry_run {
-            "would apply"
-        } else {
-            "applied"
-        },
-        report.already_applied.len()
-    )?;
-    Ok(())
+fn gethostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .or_else(|_| {
+            std::process::Command::new("hostname")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        })
+        .unwrap_or_default()
 }
 
-async fn status(migrator: Migrator<sqlx::Postgres>, format: Format) -> Result<u8, Failure> {
-    let statuses = migrator.status().await.map_err(Failure::from)?;
-    match format {
-        Format::Json => print_json(&statuses)?,
-        Format::Human => print_status(&statuses)?,
+/// Whether process `pid` of this host still runs.
+fn process_alive(pid: u32) -> bool {
+    if std::path::Path::new("/proc/self").exists() {
+        return std::path::Path::new(&format!("/proc/{pid}")).exists();
     }
-    Ok(exit::OK)
-}
-
-fn print_status(statuses: &[MigrationStatus]) -> Result<(), Failure> {
-    let mut out = std::io::stdout().lock();
-    let width = statuses
-        .iter()
-        .map(|s| s.id.len())
-        .max()
-        .unwrap_or(2)
-        .max(2);
-    writeln!(
-        out,
-        "{:<width$}  {:<8}  {:<20}  {:>10}  DESCRIPTION",
-        "ID", "STATE", "APPLIED AT", "ROWS"
-    )?;
-    for s in statuses {
-        let state = match s.state {
-            State::Applied => "applied",
-            State::Pending => "pending",
-            State::Running => "running",
-            State::Drifted => "drifted",
-            State::Unknown => "unknown",
-            _ => "other",
-        };
-        let (at, rows) = match &s.ledger {
-            Some(e) => (
-                e.finished_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                e.rows_affected.to_string(),
-            ),
-            None => ("-".to_string(), "-".to_string()),
-        };
-        let description = s.description.lines().next().unwrap_or("");
-        writeln!(
-            out,
-            "{:<width$}  {state:<8}  {at:<20}  {rows:>10}  {description}",
-            s.id
-        )?;
-        if let Some(entry) = s.ledger.as_ref().filter(|e| e.is_running()) {
-            writeln!(
-                out,
-                "{:<width$}  {} batches done, checkpoint {}",
-                "",
-                entry.batches,
-                entry.checkpoint.as_deref().unwrap_or("-")
-            )?;
-        }
-        if let Some(run) = s.last_run.as_ref().filter(|r| r.outcome == "failed") {
-            writeln!(
-                out,
-                "{:<width$}  last attempt failed: {}",
-                "",
-                run.error.as_deref().unwrap_or("?")
-            )?;
-        }
-    }
-    let count = |state| statuses.iter().filter(|s| s.state == state).count();
-    writeln!(
-        out,
-        "{} applied, {} pending, {} running, {} drifted, {} unknown",
-        count(State::Applied),
-        count(State::Pending),
-        count(State::Running),
-        count(State::Drifted),
-        count(State::Unknown)
-    )?;
-    Ok(())
-}
-
-fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)
-        .map_err(|e| Failure::new(exit::UNEXPECTED, format!("cannot write JSON: {e}")))?;
-    writeln!(out)?;
-    Ok(())
-}
-
-async fn connect(global: &GlobalOpts) -> Result<PgPool, Failure> {
-    let Some(url) = global.database_url.as_deref().filter(|u| !u.is_empty()) else {
-        return Err(Failure::new(
-            exit::USAGE,
-            "no database given: set DATABASE_URL or pass --database-url",
-        ));
-    };
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(Failure::new(
-            exit::USAGE,
-            format!(
-                "unsupported database URL {}: expected postgres://user:password@host:port/database",
-                redact(url)
-            ),
-        ));
-    }
-    let options = PgConnectOptions::from_str(url).map_err(|err| {
-        Failure::new(
-            exit::USAGE,
-            format!("invalid database URL {}: {}", redact(url), describe(&err)),
-        )
-    })?;
-    let cannot = |cause: String| {
-        Failure::new(
-            exit::USAGE,
-            format!("cannot connect to the database at {}: {cause}", redact(url)),
-        )
-    };
-    // One direct connection first: it fails fast with the server's own words (wrong
-    // password, missing database, connection refused), where a pool would retry until its
-    // timeout and report only that it timed out.
-    let probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
-        .await
-        .map_err(|_| {
-            cannot(format!(
-                "no answer within {}",
-                humantime::format_duration(CONNECT_TIMEOUT)
-            ))
-        })?
-        .map_err(|err| cannot(describe(&err)))?;
-    let _ = probe.close().await;
-    Ok(PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(CONNECT_TIMEOUT)
-        .connect_lazy_with(options))
-}
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// The cause of a connection failure, in words.
-fn describe(err: &sqlx::Error) -> String {
-    match err {
-        sqlx::Error::Database(db) => db.message().to_string(),
-        sqlx::Error::Io(io) => io.to_string(),
-        sqlx::Error::PoolTimedOut => "timed out".to_string(),
-        sqlx::Error::Configuration(cause) => format!("invalid URL: {cause}"),
-        other => other.to_string(),
-    }
-}
-
-/// The URL with its password replaced by `***`, for messages.
-fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
-        Some(at) => match authority[..at].find(':') {
-            Some(colon) => format!(
-                "{}{}:***{}",
-                &url[..scheme_end],
-                &authority[..colon],
-                &url[scheme_end + at..]
-            ),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
+    std::process::Command::new("kill")
+        .args(["-0", &pid.to_string()])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// A failure to report: its message for stderr and its exit code.
@@ -315,7 +322,7 @@ fn redact(url: &str) -> String {
 pub struct Failure {
     /// The exit code.
     pub code: u8,
-    /// One line saying what went wrong and what to do.
+    /// What went wrong and what to do.
     pub message: String,
 }
 
@@ -333,10 +340,12 @@ impl From<Error> for Failure {
         let code = match &err {
             Error::LockTimeout { .. } => exit::LOCK_TIMEOUT,
             Error::Drift { .. } => exit::DRIFT,
-            Error::MigrationFailed { .. } => exit::MIGRATION_FAILED,
+            Error::MigrationFailed { .. } | Error::Interrupted { .. } => exit::MIGRATION_FAILED,
+            Error::Stopped { .. } => exit::INTERRUPTED,
             Error::DuplicateId { .. }
             | Error::UnknownId { .. }
             | Error::UnsupportedBackend { .. }
+            | Error::SchemaNotReady { .. }
             | Error::Config(_) => exit::USAGE,
             _ => exit::UNEXPECTED,
         };
@@ -356,20 +365,5 @@ impl From<Error> for Failure {
 impl From<std::io::Error> for Failure {
     fn from(err: std::io::Error) -> Self {
         Failure::new(exit::UNEXPECTED, format!("cannot write the output: {err}"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
     }
 }

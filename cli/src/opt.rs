@@ -25,7 +25,8 @@ pub struct GlobalOpts {
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
 
-    /// Output format: human-readable text, or one JSON document on stdout.
+    /// Output format: human-readable text, or JSON on stdout (`run`: one JSON line per
+    /// progress event, then one with the result).
     #[arg(long, value_enum, default_value_t = Format::Human, global = true)]
     pub format: Format,
 
@@ -66,8 +67,24 @@ pub enum Format {
 pub enum Command {
     /// Apply pending migrations, each exactly once, in id order.
     Run(RunOpts),
-    /// Show every migration: applied, pending, drifted, or unknown to this build.
+    /// Show every migration: applied, pending, running, drifted, failed last time, or unknown to this build.
     Status,
+    /// For CI gates: exit 6 if anything is pending, 3 if anything drifted, 0 otherwise. Changes nothing.
+    Check,
+    /// Recompute drift and find ledger rows unknown to this build; print each (exit 3 on drift).
+    Verify,
+    /// Record a migration as applied without running it (a baseline), audited with a reason.
+    MarkApplied(ReasonOpts),
+    /// Accept a drifted migration's new code (its checksum), audited with a reason.
+    Repair(ReasonOpts),
+    /// Run an applied migration again (it must be idempotent); counted in the ledger.
+    Rerun(RerunOpts),
+    /// Release the runner lock left by a runner that is gone. Refuses while its holder runs.
+    Unlock(UnlockOpts),
+    /// Write a new migration file with a fresh timestamped id into a crate of migrations.
+    New(NewOpts),
+    /// Diagnose: the connection, the ledger, the runner lock, sessions that would block a migration.
+    Doctor,
 }
 
 /// Options of `run`.
@@ -76,6 +93,18 @@ pub struct RunOpts {
     /// Execute each pending migration and roll it back: report what it would do, keep nothing.
     #[arg(long)]
     pub dry_run: bool,
+
+    /// Apply pending migrations up to and including this id.
+    #[arg(long, value_name = "ID", conflicts_with = "only")]
+    pub to: Option<String>,
+
+    /// Apply only this pending migration.
+    #[arg(long, value_name = "ID")]
+    pub only: Option<String>,
+
+    /// Apply the sqlx schema migrations of this directory first (as `sqlx migrate run`).
+    #[arg(long, value_name = "DIR")]
+    pub schema: Option<std::path::PathBuf>,
 
     /// `lock_timeout` inside each migration's transaction (e.g. 5s), unless the migration sets its own.
     #[arg(long, value_parser = parse_duration)]
@@ -92,6 +121,56 @@ pub struct RunOpts {
     /// The application's version, recorded in the ledger.
     #[arg(long, env = "DATAMIG_APP_VERSION")]
     pub app_version: Option<String>,
+}
+
+/// Options of `mark-applied` and `repair`.
+#[derive(Debug, Args)]
+pub struct ReasonOpts {
+    /// The migration's id.
+    pub id: String,
+
+    /// Why: recorded in the run history.
+    #[arg(long)]
+    pub reason: String,
+
+    /// How long to wait for another runner to finish before giving up with exit code 5.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub wait: Duration,
+}
+
+/// Options of `rerun`.
+#[derive(Debug, Args)]
+pub struct RerunOpts {
+    /// The migration's id.
+    pub id: String,
+
+    /// How long to wait for another runner to finish before giving up with exit code 5.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub wait: Duration,
+
+    /// The application's version, recorded in the ledger.
+    #[arg(long, env = "DATAMIG_APP_VERSION")]
+    pub app_version: Option<String>,
+}
+
+/// Options of `unlock`.
+#[derive(Debug, Args)]
+pub struct UnlockOpts {
+    /// End the lock holder's session even when this host cannot tell whether its runner is
+    /// gone (it ran on another host). Its transaction rolls back. Only once you know it is gone.
+    #[arg(long)]
+    pub dangerously_terminate_holder: bool,
+}
+
+/// Options of `new`.
+#[derive(Debug, Args)]
+pub struct NewOpts {
+    /// The migration's name, in snake case (e.g. backfill_notification_settings).
+    pub name: String,
+
+    /// The source directory of the crate of migrations (holding lib.rs, mod.rs or main.rs).
+    #[arg(long, default_value = "migrations/src")]
+    pub dir: std::path::PathBuf,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -20,17 +20,13 @@ fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// A database with the demo schema (applied by sqlx, as a deploy would) and 20 users.
 async fn demo_database() -> anyhow::Result<datamig::testing::TestDatabase> {
     let db = datamig::testing::postgres().await?;
-    sqlx::raw_sql(
-        "CREATE TABLE users (id bigserial PRIMARY KEY, email text NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
-         CREATE TABLE notification_settings (user_id bigint PRIMARY KEY REFERENCES users (id),
-             email_enabled boolean NOT NULL, push_enabled boolean NOT NULL,
-             created_at timestamptz NOT NULL DEFAULT now());
-         INSERT INTO users (email) SELECT ' User' || n || '@Example.com' FROM generate_series(1, 20) AS n;",
-    )
-    .execute(db.pool())
-    .await?;
+    datamig_demo_migrations::schema().run(db.pool()).await?;
+    sqlx::query("INSERT INTO users (email) SELECT ' User' || n || '@Example.com' FROM generate_series(1, 20) AS n")
+        .execute(db.pool())
+        .await?;
     Ok(db)
 }
 
@@ -96,13 +92,26 @@ async fn run_applies_then_finds_nothing_pending() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn json_output_is_one_document_with_every_field() -> anyhow::Result<()> {
+async fn json_output_is_json_lines_for_run_and_one_document_for_status() -> anyhow::Result<()> {
     let db = demo_database().await?;
     let run = datamig(db.url())
         .args(["--format", "json", "run", "--app-version", "1.0"])
         .output()?;
     assert!(run.status.success(), "{}", stderr(&run));
-    let report: Value = serde_json::from_slice(&run.stdout)?;
+    // One JSON document a line: progress events of batched migrations, then the result.
+    let lines: Vec<Value> = stdout(&run)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let progress = &lines[0];
+    assert_eq!(progress["type"], "progress");
+    assert_eq!(progress["id"], NORMALIZE);
+    assert_eq!(progress["batches"], 1);
+    assert_eq!(progress["keys_done"], 20);
+    assert_eq!(progress["checkpoint"], 20);
+    let report = &lines[1];
+    assert_eq!(report["type"], "result");
     assert_eq!(report["dry_run"], false);
     assert_eq!(report["applied"][0]["id"], BACKFILL);
     assert_eq!(report["applied"][0]["rows_affected"], 20);

@@ -77,6 +77,28 @@ pub enum Error {
         batches: u64,
     },
 
+    /// The run was asked to stop ([`Migrator::stop_on`](crate::Migrator::stop_on)) and did,
+    /// at a transaction boundary.
+    #[error("stopped: {after}; nothing is half-applied")]
+    Stopped {
+        /// What committed last.
+        after: String,
+        /// The migrations this run applied before it stopped.
+        applied: Vec<String>,
+    },
+
+    /// A data migration needs a schema migration that has not been applied.
+    #[error(
+        "migration {id} needs schema migration {version}, which is not applied \
+         (_sqlx_migrations): run the schema migrations first (`datamig run --schema DIR`); nothing ran"
+    )]
+    SchemaNotReady {
+        /// The data migration.
+        id: String,
+        /// The `sqlx` schema migration version it needs.
+        version: i64,
+    },
+
     /// Two migrations share an id.
     #[error(
         "duplicate migration id {id}: defined at {first} and at {second}; give each migration its own id"

@@ -84,9 +84,9 @@ impl LedgerConfig {
         }
     }
 
-    /// The key of the runner lock: derived from the ledger's name, so that two ledgers in
-    /// one database do not contend.
-    pub(crate) fn lock_key(&self) -> i64 {
+    /// The key of the runner lock (a PostgreSQL advisory lock): derived from the ledger's
+    /// name, so that two ledgers in one database do not contend.
+    pub fn lock_key(&self) -> i64 {
         let digest = Sha256::digest(format!("datamig:{}", self.ledger_ident()).as_bytes());
         let mut bytes = [0u8; 8];
         bytes.copy_from_slice(&digest[..8]);
@@ -165,6 +165,10 @@ pub enum Action {
     Rerun,
     /// Continuation of a batched migration from its checkpoint.
     Resume,
+    /// Recorded as applied without running (a baseline), by an operator.
+    MarkApplied,
+    /// A drifted migration's new code accepted, by an operator.
+    Repair,
 }
 
 impl Action {
@@ -173,6 +177,8 @@ impl Action {
             Action::Apply => "apply",
             Action::Rerun => "rerun",
             Action::Resume => "resume",
+            Action::MarkApplied => "mark_applied",
+            Action::Repair => "repair",
         }
     }
 }
@@ -204,6 +210,8 @@ pub struct Attempt {
     pub(crate) notes: Vec<String>,
     pub(crate) host: String,
     pub(crate) app_version: Option<String>,
+    /// Why an operator did it (`mark-applied`, `repair`).
+    pub(crate) reason: Option<String>,
 }
 
 /// How a ledger row is written.
@@ -219,6 +227,8 @@ pub enum LedgerWrite {
         /// The checkpoint the row must hold.
         expected: Option<String>,
     },
+    /// An applied row takes the code's checksum, revision and description (repair).
+    Accept,
 }
 
 impl Attempt {

@@ -45,6 +45,7 @@
 //! does not link a crate that nothing refers to. Give the crate a `pub fn link()` that calls
 //! [`link_marker`] and call it from every binary (see [`registry`](crate::registry)).
 
+mod admin;
 mod backend;
 #[cfg(feature = "postgres")]
 mod bulk;
@@ -61,6 +62,7 @@ pub mod testing;
 #[cfg(feature = "postgres")]
 mod upsert;
 
+pub use admin::{CheckReport, Doctor, SessionInfo};
 pub use backend::{Backend, BoxFuture};
 #[cfg(feature = "postgres")]
 pub use bulk::SequenceReset;
@@ -70,7 +72,9 @@ pub use error::{Drift, Error, describe_sqlx};
 pub use ledger::{LastRun, LedgerConfig, LedgerEntry};
 pub use migration::{Batch, BatchFn, BatchSpec, Code, Location, Migration, MigrationFn};
 pub use registry::link_marker;
-pub use runner::{AppliedMigration, MigrationStatus, Migrator, Progress, RunReport, State};
+pub use runner::{
+    AppliedMigration, MigrationStatus, Migrator, Progress, RunReport, State, StopSignal,
+};
 #[cfg(feature = "postgres")]
 pub use sqlx::Postgres;
 #[cfg(feature = "postgres")]

@@ -169,6 +169,7 @@ pub struct Migration {
     lock_timeout: Option<Duration>,
     statement_timeout: Option<Duration>,
     batch: Option<BatchSpec>,
+    requires_schema: Option<i64>,
     #[cfg(feature = "postgres")]
     postgres: Option<Code<Postgres>>,
 }
@@ -223,6 +224,12 @@ impl Migration {
         self.batch.as_ref()
     }
 
+    /// The `sqlx` schema migration version this migration needs (`requires_schema = N`):
+    /// `run` refuses to apply it before that version is in `_sqlx_migrations`.
+    pub fn requires_schema(&self) -> Option<i64> {
+        self.requires_schema
+    }
+
     /// The names of the backends this migration has code for.
     pub fn backends(&self) -> Vec<&'static str> {
         let mut names = Vec::new();
@@ -256,9 +263,16 @@ impl Migration {
             lock_timeout: None,
             statement_timeout: None,
             batch: None,
+            requires_schema: None,
             #[cfg(feature = "postgres")]
             postgres: None,
         }
+    }
+
+    #[doc(hidden)]
+    pub const fn __requires_schema(mut self, version: Option<i64>) -> Self {
+        self.requires_schema = version;
+        self
     }
 
     #[doc(hidden)]

@@ -53,6 +53,32 @@ pub struct Migrator<DB: Backend> {
     dry_run: bool,
     progress: Option<ProgressFn>,
     interrupt_after_batches: Option<u64>,
+    only: Option<String>,
+    up_to: Option<String>,
+    stop: Option<StopSignal>,
+}
+
+/// Asks a run to stop at the next transaction boundary: after the migration or batch in
+/// progress commits (or rolls back), before the next one begins. Clone it into a Ctrl-C
+/// handler.
+#[derive(Clone, Debug, Default)]
+pub struct StopSignal(Arc<std::sync::atomic::AtomicBool>);
+
+impl StopSignal {
+    /// A signal not raised yet.
+    pub fn new() -> Self {
+        StopSignal::default()
+    }
+
+    /// Raises the signal.
+    pub fn stop(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether it was raised.
+    pub fn is_stopped(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// A callback for [`Progress`] events.
@@ -105,7 +131,59 @@ impl<DB: Backend> Migrator<DB> {
             dry_run: false,
             progress: None,
             interrupt_after_batches: None,
+            only: None,
+            up_to: None,
+            stop: None,
         }
+    }
+
+    /// Applies only this pending migration (`run --only ID`); the others stay pending.
+    /// Drift anywhere still stops the run.
+    pub fn only(mut self, id: impl Into<String>) -> Self {
+        self.only = Some(id.into());
+        self
+    }
+
+    /// Applies pending migrations up to and including this id (`run --to ID`).
+    pub fn up_to(mut self, id: impl Into<String>) -> Self {
+        self.up_to = Some(id.into());
+        self
+    }
+
+    /// Stops the run at the next transaction boundary once `signal` is raised, with
+    /// [`Error::Stopped`].
+    pub fn stop_on(mut self, signal: StopSignal) -> Self {
+        self.stop = Some(signal);
+        self
+    }
+
+    /// The pool this migrator migrates.
+    pub fn pool(&self) -> &Pool<DB> {
+        &self.pool
+    }
+
+    pub(crate) fn ledger_config(&self) -> &LedgerConfig {
+        &self.ledger
+    }
+
+    /// Takes the runner lock on a connection of its own, runs `work` on it, releases the
+    /// lock. The connection is closed afterwards, never returned to the pool: should this
+    /// future be dropped half-way (a timeout, Ctrl-C), the session ends and the server
+    /// releases the lock and rolls back what was in progress.
+    pub(crate) async fn with_lock<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut PoolConnection<DB>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        self.ledger.validate()?;
+        let mut conn = self.pool.acquire().await?;
+        conn.close_on_drop();
+        DB::tag_session(&mut conn, &crate::admin::runner_tag()).await?;
+        let key = self.ledger.lock_key();
+        self.acquire_lock(&mut conn, key).await?;
+        let result = work(&mut conn).await;
+        // Closing the connection releases the lock too; unlocking explicitly is just prompt.
+        let _ = DB::unlock(&mut conn, key).await;
+        result
     }
 
     /// Calls `report` after every committed batch of a batched migration (a CLI turns it
@@ -248,16 +326,13 @@ impl<DB: Backend> Migrator<DB> {
             return Err(Error::UnknownId { id: id.clone() });
         }
 
-        let mut conn = self.pool.acquire().await?;
-        // The lock belongs to this session. Should this future be dropped half-way (a timeout,
-        // Ctrl-C), the connection is closed rather than returned to the pool still holding it.
-        conn.close_on_drop();
-        let key = self.ledger.lock_key();
-        self.acquire_lock(&mut conn, key).await?;
-        let report = self.run_locked(&mut conn, &code, &mode).await;
-        // Closing the connection releases the lock too; unlocking explicitly is just prompt.
-        let _ = DB::unlock(&mut conn, key).await;
-        report
+        for id in [&self.only, &self.up_to].into_iter().flatten() {
+            if !migrations.iter().any(|m| m.id() == id) {
+                return Err(Error::UnknownId { id: id.clone() });
+            }
+        }
+        self.with_lock(async |conn| self.run_locked(conn, &code, &mode).await)
+            .await
     }
 
     async fn acquire_lock(&self, conn: &mut PoolConnection<DB>, key: i64) -> Result<(), Error> {
@@ -291,6 +366,26 @@ impl<DB: Backend> Migrator<DB> {
             Mode::Pending => Plan::new(code.iter().map(|(m, _)| *m), ledger),
             Mode::Rerun(id) => Plan::rerun(id, ledger)?,
         };
+        if let Some(only) = &self.only {
+            plan.steps.retain(|id, _| id == only);
+        }
+        if let Some(last) = &self.up_to {
+            plan.steps.retain(|id, _| id <= last);
+        }
+        // Schema first: a data migration that needs a schema migration which has not run
+        // stops the run before anything runs.
+        for (migration, _) in code {
+            if let (Some(version), true) = (
+                migration.requires_schema(),
+                plan.steps.contains_key(migration.id()),
+            ) && !DB::schema_version_applied(conn, version).await?
+            {
+                return Err(Error::SchemaNotReady {
+                    id: migration.id().to_string(),
+                    version,
+                });
+            }
+        }
         if !plan.drifted.is_empty() {
             return Err(Error::Drift {
                 drifted: plan.drifted,
@@ -304,9 +399,22 @@ impl<DB: Backend> Migrator<DB> {
         };
         for (migration, run) in code {
             let Some(step) = plan.steps.remove(migration.id()) else {
-                report.already_applied.push(migration.id().to_string());
+                if !self.is_left_pending(migration.id()) {
+                    report.already_applied.push(migration.id().to_string());
+                } else {
+                    report.pending.push(migration.id().to_string());
+                }
                 continue;
             };
+            if self.stop.as_ref().is_some_and(StopSignal::is_stopped) {
+                return Err(Error::Stopped {
+                    after: match report.applied.last() {
+                        Some(last) => format!("migration {} committed", last.id),
+                        None => "nothing ran".to_string(),
+                    },
+                    applied: report.applied.into_iter().map(|a| a.id).collect(),
+                });
+            }
             let result = match (run, migration.batch()) {
                 (Code::Once(run), _) => self.apply(conn, migration, *run, step).await,
                 (Code::Batched(run), Some(spec)) => {
@@ -325,6 +433,19 @@ impl<DB: Backend> Migrator<DB> {
                         message,
                         panicked,
                         applied_before: report.applied.into_iter().map(|a| a.id).collect(),
+                    });
+                }
+                Err(Failure::Stopped {
+                    batches,
+                    checkpoint,
+                }) => {
+                    return Err(Error::Stopped {
+                        after: format!(
+                            "batch {batches} of {} committed (checkpoint {}); the next run resumes it",
+                            migration.id(),
+                            checkpoint.map_or_else(|| "-".to_string(), |k| k.to_string())
+                        ),
+                        applied: report.applied.into_iter().map(|a| a.id).collect(),
                     });
                 }
                 Err(Failure::Interrupted { batches }) => {
@@ -435,8 +556,14 @@ impl<DB: Backend> Migrator<DB> {
         Err(failure)
     }
 
+    /// Whether `id` is pending but outside this run's selection (`only`, `up_to`).
+    fn is_left_pending(&self, id: &str) -> bool {
+        self.only.as_deref().is_some_and(|only| only != id)
+            || self.up_to.as_deref().is_some_and(|last| id > last)
+    }
+
     /// A record of an attempt of `migration`, started at `started_at`, ending now.
-    fn attempt(
+    pub(crate) fn attempt(
         &self,
         migration: &'static Migration,
         action: Action,
@@ -460,6 +587,7 @@ impl<DB: Backend> Migrator<DB> {
             notes: Vec::new(),
             host: host_name(),
             app_version: self.app_version.clone(),
+            reason: None,
         }
     }
 
@@ -607,6 +735,12 @@ impl<DB: Backend> Migrator<DB> {
                     notes: state.notes,
                     batches: state.run_batches,
                     lock_retries: state.lock_retries,
+                });
+            }
+            if self.stop.as_ref().is_some_and(StopSignal::is_stopped) {
+                return Err(Failure::Stopped {
+                    batches: state.batches,
+                    checkpoint: state.after,
                 });
             }
             if let Some(pause) = spec.pause() {
@@ -1035,6 +1169,11 @@ enum Failure {
     Migration { message: String, panicked: bool },
     /// Fault injection stopped a batched migration after this many batches in all.
     Interrupted { batches: u64 },
+    /// The stop signal stopped a batched migration after a committed batch.
+    Stopped {
+        batches: u64,
+        checkpoint: Option<i64>,
+    },
     /// The runner could not do its part.
     Other(Error),
 }
@@ -1055,7 +1194,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     gethostname::gethostname().to_string_lossy().into_owned()
 }
 
@@ -1070,6 +1209,8 @@ pub struct RunReport {
     pub already_applied: Vec<String>,
     /// Ledger rows whose id no migration of this build has.
     pub unknown: Vec<String>,
+    /// Pending migrations this run left alone (`only`, `up_to`).
+    pub pending: Vec<String>,
     /// Whether this was a dry run.
     pub dry_run: bool,
 }

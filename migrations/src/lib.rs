@@ -48,7 +48,10 @@ pub async fn seed_users(pool: &sqlx::PgPool, count: i64) -> Result<u64, sqlx::Er
 ///
 /// Users who already have settings keep them: only missing keys are inserted, so a second
 /// run inserts nothing.
-#[datamig::migration(id = "20241114_0930_backfill_notification_settings")]
+#[datamig::migration(
+    id = "20241114_0930_backfill_notification_settings",
+    requires_schema = 20241110000000
+)]
 pub async fn backfill_notification_settings(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
     let report = ctx
         .upsert("notification_settings")

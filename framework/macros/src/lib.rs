@@ -35,6 +35,7 @@ struct Args {
     lock_timeout_ms: Option<u64>,
     statement_timeout_ms: Option<u64>,
     batch: Option<BatchArgs>,
+    requires_schema: Option<i64>,
 }
 
 /// The arguments of `batch(..)`.
@@ -106,6 +107,7 @@ impl Parse for Args {
             lock_timeout_ms: None,
             statement_timeout_ms: None,
             batch: None,
+            requires_schema: None,
         };
         let metas = input.parse_terminated(syn::Meta::parse, syn::Token![,])?;
         for meta in metas {
@@ -123,6 +125,7 @@ impl Parse for Args {
                         "id" => args.id = Some((lit_str(value)?, value.span())),
                         "revision" => args.revision = lit_int(value)?,
                         "rerun_on_change" => args.rerun_on_change = lit_bool(value)?,
+                        "requires_schema" => args.requires_schema = Some(lit_i64(value)?),
                         "lock_timeout" => args.lock_timeout_ms = Some(duration_ms(value)?),
                         "statement_timeout" => {
                             args.statement_timeout_ms = Some(duration_ms(value)?)
@@ -141,7 +144,8 @@ fn unknown_arg(meta: &syn::Meta) -> syn::Error {
     syn::Error::new(
         meta.span(),
         "unknown argument to #[migration]: expected `id = \"..\"`, `revision = N`, \
-         `rerun_on_change`, `lock_timeout = \"5s\"`, `statement_timeout = \"1min\"` or `batch(..)`",
+         `rerun_on_change`, `lock_timeout = \"5s\"`, `statement_timeout = \"1min\"`, \
+         `requires_schema = VERSION` or `batch(..)`",
     )
 }
 
@@ -160,6 +164,18 @@ fn lit_int(expr: &Expr) -> syn::Result<u32> {
             lit: Lit::Int(i), ..
         }) => i.base10_parse(),
         _ => Err(syn::Error::new(expr.span(), "expected an integer literal")),
+    }
+}
+
+fn lit_i64(expr: &Expr) -> syn::Result<i64> {
+    match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(i), ..
+        }) => i.base10_parse(),
+        _ => Err(syn::Error::new(
+            expr.span(),
+            "expected an integer literal: the sqlx schema migration version",
+        )),
     }
 }
 
@@ -217,6 +233,10 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
     };
     let lock_timeout = opt_ms(args.lock_timeout_ms);
     let statement_timeout = opt_ms(args.statement_timeout_ms);
+    let requires_schema = match args.requires_schema {
+        Some(v) => quote!(::core::option::Option::Some(#v)),
+        None => quote!(::core::option::Option::None),
+    };
     let vis = &func.vis;
     let run_fn = format_ident!("__datamig_run");
     let ret_span = func.sig.output.span();
@@ -279,6 +299,7 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
             .__rerun_on_change(#rerun)
             .__lock_timeout(#lock_timeout)
             .__statement_timeout(#statement_timeout)
+            .__requires_schema(#requires_schema)
             #register;
 
             ::datamig::__private::inventory::submit! {

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use crate::admin::SessionInfo;
 use crate::ledger::{Attempt, LastRun, LedgerConfig, LedgerEntry};
 use crate::migration::{Code, Migration};
 
@@ -105,6 +106,42 @@ pub(crate) mod steps {
             conn: &mut Self::Connection,
             table: &str,
         ) -> impl Future<Output = Result<Option<u64>, sqlx::Error>> + Send;
+
+        /// Names this session, so that others can see who holds the runner lock.
+        fn tag_session(
+            conn: &mut Self::Connection,
+            name: &str,
+        ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+        /// The sessions holding the runner lock.
+        fn lock_holders(
+            conn: &mut Self::Connection,
+            key: i64,
+        ) -> impl Future<Output = Result<Vec<SessionInfo>, sqlx::Error>> + Send;
+
+        /// Ends another session (its transaction rolls back, its locks are released).
+        fn terminate_session(
+            conn: &mut Self::Connection,
+            pid: i32,
+        ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+
+        /// Sessions that would block or slow a migration: idle in a transaction, waiting
+        /// for a lock, or in a long transaction.
+        fn blocking_sessions(
+            conn: &mut Self::Connection,
+        ) -> impl Future<Output = Result<Vec<SessionInfo>, sqlx::Error>> + Send;
+
+        /// Whether the schema migration `version` of `sqlx migrate` has been applied
+        /// (`_sqlx_migrations`).
+        fn schema_version_applied(
+            conn: &mut Self::Connection,
+            version: i64,
+        ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+
+        /// The server's version string.
+        fn server_version(
+            conn: &mut Self::Connection,
+        ) -> impl Future<Output = Result<String, sqlx::Error>> + Send;
 
         /// Whether an error is a lock timeout (worth retrying after a pause).
         fn is_lock_timeout(err: &sqlx::Error) -> bool;

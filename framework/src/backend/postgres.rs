@@ -7,6 +7,7 @@ use sqlx::{AssertSqlSafe, Postgres, Row, SqlSafeStr};
 
 use super::Backend;
 use super::steps::Steps;
+use crate::admin::SessionInfo;
 use crate::ctx::Ctx;
 use crate::ledger::{Attempt, LastRun, LedgerConfig, LedgerEntry, LedgerWrite};
 use crate::migration::{Code, Migration};
@@ -166,6 +167,19 @@ impl Steps for Postgres {
         a: &Attempt,
     ) -> Result<bool, sqlx::Error> {
         let ledger = config.ledger_ident();
+        if a.write == LedgerWrite::Accept {
+            let sql = format!(
+                "UPDATE {ledger} SET checksum = $2, revision = $3, description = $4 WHERE id = $1"
+            );
+            let done = sqlx::query(AssertSqlSafe(sql))
+                .bind(a.id)
+                .bind(a.checksum)
+                .bind(i32::try_from(a.revision).unwrap_or(i32::MAX))
+                .bind(a.description)
+                .execute(conn)
+                .await?;
+            return Ok(done.rows_affected() == 1);
+        }
         let sql = match &a.write {
             LedgerWrite::Insert => format!(
                 "INSERT INTO {ledger} (id, checksum, revision, description, started_at, finished_at,
@@ -179,6 +193,7 @@ impl Steps for Postgres {
                      batches = $14, applied_by = current_user, run_count = run_count + 1
                  WHERE id = $1"
             ),
+            LedgerWrite::Accept => unreachable!("handled above"),
             LedgerWrite::Continue { .. } => format!(
                 "UPDATE {ledger} SET checksum = $2, revision = $3, description = $4,
                      started_at = $5, finished_at = $6, duration_ms = $7, rows_affected = $8,
@@ -268,6 +283,75 @@ impl Steps for Postgres {
         Ok(estimate.filter(|n| *n >= 0.0).map(|n| n as u64))
     }
 
+    async fn tag_session(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT set_config('application_name', $1, false)")
+            .bind(name)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn lock_holders(
+        conn: &mut PgConnection,
+        key: i64,
+    ) -> Result<Vec<SessionInfo>, sqlx::Error> {
+        // A bigint advisory key is stored as two 32-bit halves.
+        let sql = format!(
+            "{SESSION_COLUMNS} FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND l.classid::bigint = (($1::bigint >> 32) & 4294967295) AND l.objid::bigint = ($1::bigint & 4294967295)
+               AND l.objsubid = 1"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(key)
+            .fetch_all(conn)
+            .await?;
+        rows.iter().map(session_info).collect()
+    }
+
+    async fn terminate_session(conn: &mut PgConnection, pid: i32) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(conn)
+            .await
+    }
+
+    async fn blocking_sessions(conn: &mut PgConnection) -> Result<Vec<SessionInfo>, sqlx::Error> {
+        let sql = format!(
+            "{SESSION_COLUMNS} FROM pg_stat_activity a
+             WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND a.backend_type = 'client backend'
+               AND (a.state IN ('idle in transaction', 'idle in transaction (aborted)')
+                    OR a.wait_event_type = 'Lock'
+                    OR cardinality(pg_blocking_pids(a.pid)) > 0
+                    OR (a.state = 'active' AND a.xact_start < now() - interval '1 minute'))
+             ORDER BY a.xact_start NULLS LAST"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(conn).await?;
+        rows.iter().map(session_info).collect()
+    }
+
+    async fn schema_version_applied(
+        conn: &mut PgConnection,
+        version: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&mut *conn)
+            .await?;
+        if !exists {
+            return Ok(false);
+        }
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = $1 AND success)",
+        )
+        .bind(version)
+        .fetch_one(conn)
+        .await
+    }
+
+    async fn server_version(conn: &mut PgConnection) -> Result<String, sqlx::Error> {
+        sqlx::query_scalar("SELECT version()").fetch_one(conn).await
+    }
+
     fn is_lock_timeout(err: &sqlx::Error) -> bool {
         // 55P03 lock_not_available: raised when lock_timeout expires.
         err.as_database_error()
@@ -283,8 +367,8 @@ impl Steps for Postgres {
     ) -> Result<(), sqlx::Error> {
         let sql = format!(
             "INSERT INTO {} (migration_id, action, outcome, checksum, revision, started_at,
-                 finished_at, duration_ms, rows_affected, error, host, app_version)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                 finished_at, duration_ms, rows_affected, error, host, app_version, reason)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             config.runs_ident()
         );
         sqlx::query(AssertSqlSafe(sql))
@@ -304,10 +388,32 @@ impl Steps for Postgres {
             .bind(error)
             .bind(&a.host)
             .bind(&a.app_version)
+            .bind(&a.reason)
             .execute(conn)
             .await?;
         Ok(())
     }
+}
+
+const SESSION_COLUMNS: &str = "SELECT a.pid, a.usename::text AS db_user, COALESCE(a.application_name, '') AS application_name,
+        a.client_addr::text AS client_addr, a.state,
+        (extract(epoch FROM now() - a.xact_start) * 1000)::bigint AS transaction_age_ms,
+        (extract(epoch FROM now() - a.state_change) * 1000)::bigint AS state_age_ms,
+        a.wait_event_type, pg_blocking_pids(a.pid) AS blocked_by, left(a.query, 500) AS query";
+
+fn session_info(row: &PgRow) -> Result<SessionInfo, sqlx::Error> {
+    Ok(SessionInfo {
+        pid: row.try_get("pid")?,
+        user: row.try_get("db_user")?,
+        application_name: row.try_get("application_name")?,
+        client_addr: row.try_get("client_addr")?,
+        state: row.try_get("state")?,
+        transaction_age_ms: row.try_get("transaction_age_ms")?,
+        state_age_ms: row.try_get("state_age_ms")?,
+        wait_event_type: row.try_get("wait_event_type")?,
+        blocked_by: row.try_get("blocked_by")?,
+        query: row.try_get("query")?,
+    })
 }
 
 fn ledger_entry(row: &PgRow) -> Result<LedgerEntry, sqlx::Error> {

@@ -1,0 +1,427 @@
+//! What the CLI prints: text for people, JSON for machines, on stdout. A progress bar for
+//! batched migrations goes to stderr, and only on a terminal.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use datamig::{
+    CheckReport, Doctor, Drift, MigrationStatus, Progress, RunReport, SessionInfo, State,
+};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+
+use crate::Failure;
+use crate::opt::Format;
+
+/// Prints results in the chosen format.
+pub(crate) struct Output {
+    format: Format,
+}
+
+impl Output {
+    pub(crate) fn new(format: Format) -> Self {
+        Output { format }
+    }
+
+    fn json(&self, value: &serde_json::Value) -> Result<(), Failure> {
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer(&mut out, value).map_err(|e| {
+            Failure::new(crate::exit::UNEXPECTED, format!("cannot write JSON: {e}"))
+        })?;
+        writeln!(out)?;
+        Ok(())
+    }
+
+    fn value<T: serde::Serialize>(value: &T) -> serde_json::Value {
+        serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub(crate) fn run(&self, report: &RunReport) -> Result<(), Failure> {
+        if self.format == Format::Json {
+            let mut value = Self::value(report);
+            value["type"] = json!("result");
+            return self.json(&value);
+        }
+        let mut out = std::io::stdout().lock();
+        for applied in &report.applied {
+            let verb = match (report.dry_run, applied.rerun) {
+                (true, _) => "would apply",
+                (false, true) => "re-ran",
+                (false, false) => "applied",
+            };
+            let batches = match applied.batches {
+                0 => String::new(),
+                n => format!("  {n} batches"),
+            };
+            writeln!(
+                out,
+                "{verb} {}  {} rows  {}{batches}",
+                applied.id,
+                applied.rows_affected,
+                humantime::format_duration(Duration::from_millis(applied.duration_ms))
+            )?;
+            for note in &applied.notes {
+                writeln!(out, "  {note}")?;
+            }
+        }
+        if report.dry_run {
+            writeln!(
+                out,
+                "dry run: every change was rolled back, nothing was recorded"
+            )?;
+        }
+        writeln!(
+            out,
+            "{} {}, {} pending, {} already applied",
+            report.applied.len(),
+            if report.dry_run {
+                "would apply"
+            } else {
+                "applied"
+            },
+            report.pending.len(),
+            report.already_applied.len()
+        )?;
+        Ok(())
+    }
+
+    pub(crate) fn schema_applied(&self, dir: &Path, applied: usize) -> Result<(), Failure> {
+        if self.format == Format::Json {
+            return self.json(
+                &json!({"type": "schema", "dir": dir.display().to_string(), "applied": applied}),
+            );
+        }
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "schema: {applied} schema migrations applied from {}",
+            dir.display()
+        )?;
+        Ok(())
+    }
+
+    pub(crate) fn status(&self, statuses: &[MigrationStatus]) -> Result<(), Failure> {
+        if self.format == Format::Json {
+            return self.json(&Self::value(&statuses));
+        }
+        let mut out = std::io::stdout().lock();
+        let width = statuses
+            .iter()
+            .map(|s| s.id.len())
+            .max()
+            .unwrap_or(2)
+            .max(2);
+        writeln!(
+            out,
+            "{:<width$}  {:<8}  {:<19}  {:>9}  {:>10}  DESCRIPTION",
+            "ID", "STATE", "APPLIED AT", "TOOK", "ROWS"
+        )?;
+        for s in statuses {
+            let (at, took, rows) = match &s.ledger {
+                Some(e) => (
+                    e.finished_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                    format!("{}ms", e.duration_ms),
+                    e.rows_affected.to_string(),
+                ),
+                None => ("-".to_string(), "-".to_string(), "-".to_string()),
+            };
+            let description = s.description.lines().next().unwrap_or("");
+            writeln!(
+                out,
+                "{:<width$}  {:<8}  {at:<19}  {took:>9}  {rows:>10}  {description}",
+                s.id,
+                state_name(s.state)
+            )?;
+            if let Some(entry) = s.ledger.as_ref().filter(|e| e.is_running()) {
+                writeln!(
+                    out,
+                    "{:<width$}  {} batches done, checkpoint {}",
+                    "",
+                    entry.batches,
+                    entry.checkpoint.as_deref().unwrap_or("-")
+                )?;
+            }
+            if let Some(run) = s.last_run.as_ref().filter(|r| r.outcome == "failed") {
+                writeln!(
+                    out,
+                    "{:<width$}  last attempt failed: {}",
+                    "",
+                    run.error.as_deref().unwrap_or("?")
+                )?;
+            }
+        }
+        let count = |state| statuses.iter().filter(|s| s.state == state).count();
+        writeln!(
+            out,
+            "{} applied, {} pending, {} running, {} drifted, {} unknown",
+            count(State::Applied),
+            count(State::Pending),
+            count(State::Running),
+            count(State::Drifted),
+            count(State::Unknown)
+        )?;
+        Ok(())
+    }
+
+    pub(crate) fn check(&self, report: &CheckReport) -> Result<(), Failure> {
+        if self.format == Format::Json {
+            return self.json(&Self::value(report));
+        }
+        let mut out = std::io::stdout().lock();
+        for id in &report.drifted {
+            writeln!(out, "drifted {id}")?;
+        }
+        for id in &report.pending {
+            writeln!(out, "pending {id}")?;
+        }
+        writeln!(
+            out,
+            "{} pending, {} drifted",
+            report.pending.len(),
+            report.drifted.len()
+        )?;
+        Ok(())
+    }
+
+    pub(crate) fn verify(
+        &self,
+        report: &CheckReport,
+        statuses: &[MigrationStatus],
+    ) -> Result<(), Failure> {
+        let drifts: Vec<serde_json::Value> = statuses
+            .iter()
+            .filter(|s| s.state == State::Drifted)
+            .filter_map(|s| {
+                let entry = s.ledger.as_ref()?;
+                Some(json!({"id": s.id, "applied_checksum": entry.checksum, "applied_revision": entry.revision}))
+            })
+            .collect();
+        if self.format == Format::Json {
+            return self.json(&json!({"drifted": drifts, "unknown": report.unknown}));
+        }
+        let mut out = std::io::stdout().lock();
+        for s in statuses.iter().filter(|s| s.state == State::Drifted) {
+            let entry = s.ledger.as_ref();
+            writeln!(
+                out,
+                "drifted {}: the ledger has checksum {} revision {}, the code differs",
+                s.id,
+                entry.map_or("?", |e| e.checksum.as_str()),
+                entry.map_or(0, |e| e.revision)
+            )?;
+        }
+        for id in &report.unknown {
+            writeln!(
+                out,
+                "unknown {id}: in the ledger, but no migration of this build has the id"
+            )?;
+        }
+        writeln!(
+            out,
+            "{} drifted, {} unknown",
+            report.drifted.len(),
+            report.unknown.len()
+        )?;
+        Ok(())
+    }
+
+    /// A one-line confirmation (`done` with the id in JSON).
+    pub(crate) fn done(&self, message: &str, id: &str) -> Result<(), Failure> {
+        if self.format == Format::Json {
+            return self.json(&json!({"message": message, "id": id}));
+        }
+        writeln!(std::io::stdout().lock(), "{message}")?;
+        Ok(())
+    }
+
+    pub(crate) fn repaired(&self, drift: &Drift, reason: &str) -> Result<(), Failure> {
+        if self.format == Format::Json {
+            let mut value = Self::value(drift);
+            value["reason"] = json!(reason);
+            return self.json(&value);
+        }
+        writeln!(
+            std::io::stdout().lock(),
+            "repaired {}: the ledger now holds checksum {} revision {} (was {} revision {}): {reason}",
+            drift.id,
+            drift.code_checksum,
+            drift.code_revision,
+            drift.applied_checksum,
+            drift.applied_revision
+        )?;
+        Ok(())
+    }
+
+    pub(crate) fn doctor(&self, doctor: &Doctor) -> Result<(), Failure> {
+        if self.format == Format::Json {
+            return self.json(&Self::value(doctor));
+        }
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "connection: ok ({})", doctor.server_version)?;
+        match (&doctor.ledger_problem, doctor.ledger_exists) {
+            (Some(problem), _) => writeln!(out, "ledger: cannot be read: {problem}")?,
+            (None, false) => writeln!(out, "ledger: not created yet (the first `run` creates it)")?,
+            (None, true) => {
+                let count = |state| {
+                    doctor
+                        .migrations
+                        .iter()
+                        .filter(|s| s.state == state)
+                        .count()
+                };
+                writeln!(
+                    out,
+                    "ledger: ok ({} applied, {} pending, {} running, {} drifted, {} unknown)",
+                    count(State::Applied),
+                    count(State::Pending),
+                    count(State::Running),
+                    count(State::Drifted),
+                    count(State::Unknown)
+                )?;
+            }
+        }
+        for s in &doctor.migrations {
+            if let Some(run) = s.last_run.as_ref().filter(|r| r.outcome == "failed") {
+                writeln!(
+                    out,
+                    "  {} failed last time: {}",
+                    s.id,
+                    run.error.as_deref().unwrap_or("?")
+                )?;
+            }
+        }
+        match doctor.lock_holders.as_slice() {
+            [] => writeln!(out, "runner lock: free")?,
+            holders => {
+                for h in holders {
+                    writeln!(out, "runner lock: held by {}", describe_session(h))?;
+                }
+            }
+        }
+        if doctor.blocking_sessions.is_empty() {
+            writeln!(out, "blocking sessions: none")?;
+        } else {
+            writeln!(out, "sessions that would block or slow a migration:")?;
+            for s in &doctor.blocking_sessions {
+                writeln!(out, "  {}", describe_session(s))?;
+                if let Some(query) = &s.query {
+                    writeln!(
+                        out,
+                        "    query: {}",
+                        query.split_whitespace().collect::<Vec<_>>().join(" ")
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Progress of batched migrations: a bar on a terminal, JSON lines in JSON mode.
+    pub(crate) fn progress(&self) -> ProgressOutput {
+        ProgressOutput {
+            json: self.format == Format::Json,
+            bar: Mutex::new(None),
+        }
+    }
+}
+
+fn state_name(state: State) -> &'static str {
+    match state {
+        State::Applied => "applied",
+        State::Pending => "pending",
+        State::Running => "running",
+        State::Drifted => "drifted",
+        State::Unknown => "unknown",
+        _ => "other",
+    }
+}
+
+fn describe_session(s: &SessionInfo) -> String {
+    let age = |ms: Option<i64>| {
+        ms.map_or("-".to_string(), |ms| {
+            humantime::format_duration(Duration::from_secs(u64::try_from(ms / 1000).unwrap_or(0)))
+                .to_string()
+        })
+    };
+    format!(
+        "session {} ({}, user {}, {}{}{}), transaction open for {}",
+        s.pid,
+        if s.application_name.is_empty() {
+            "no application name"
+        } else {
+            &s.application_name
+        },
+        s.user.as_deref().unwrap_or("?"),
+        s.state.as_deref().unwrap_or("?"),
+        s.wait_event_type
+            .as_deref()
+            .map(|w| format!(", waiting for {w}"))
+            .unwrap_or_default(),
+        if s.blocked_by.is_empty() {
+            String::new()
+        } else {
+            format!(", blocked by {:?}", s.blocked_by)
+        },
+        age(s.transaction_age_ms)
+    )
+}
+
+/// Where progress events go.
+pub(crate) struct ProgressOutput {
+    json: bool,
+    bar: Mutex<Option<(String, ProgressBar)>>,
+}
+
+impl ProgressOutput {
+    pub(crate) fn update(&self, event: &Progress) {
+        if self.json {
+            let mut value = serde_json::to_value(event).unwrap_or(serde_json::Value::Null);
+            value["type"] = json!("progress");
+            let mut out = std::io::stdout().lock();
+            let _ = serde_json::to_writer(&mut out, &value);
+            let _ = writeln!(out);
+            return;
+        }
+        let mut slot = self.bar.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_none_or(|(id, _)| id != &event.id) {
+            if let Some((_, old)) = slot.take() {
+                old.finish_and_clear();
+            }
+            // Drawn on stderr, and not at all when stderr is not a terminal.
+            let bar =
+                ProgressBar::with_draw_target(event.estimated_total, ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {pos}/{len} keys, {per_sec}, eta {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.set_message(event.id.clone());
+            *slot = Some((event.id.clone(), bar));
+        }
+        if let Some((_, bar)) = slot.as_ref() {
+            if let Some(total) = event.estimated_total {
+                bar.set_length(total.max(event.keys_done));
+            }
+            bar.set_position(event.keys_done);
+        }
+    }
+
+    /// Runs `print` with the bar hidden.
+    pub(crate) fn suspend(&self, print: impl FnOnce()) {
+        let slot = self.bar.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some((_, bar)) => bar.suspend(print),
+            None => print(),
+        }
+    }
+
+    pub(crate) fn finish(&self) {
+        if let Some((_, bar)) = self.bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            bar.finish_and_clear();
+        }
+    }
+}

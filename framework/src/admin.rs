@@ -1,0 +1,256 @@
+//! What operators do besides `run`: check for CI gates, mark a migration applied (a
+//! baseline), accept a drifted migration's new code, inspect and release the runner lock,
+//! and diagnose the database. Every change is audited in the run history with its reason.
+
+use chrono::Utc;
+
+use crate::backend::Backend;
+use crate::error::{Drift, Error};
+use crate::ledger::{Action, LedgerWrite};
+use crate::migration::Migration;
+use crate::runner::{MigrationStatus, Migrator, State};
+
+/// A database session, as the server sees it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SessionInfo {
+    /// The server process id of the session.
+    pub pid: i32,
+    /// The database user.
+    pub user: Option<String>,
+    /// The session's `application_name` (datamig runners use `datamig/<host>/<pid>`).
+    pub application_name: String,
+    /// The client's address, if it connected over TCP.
+    pub client_addr: Option<String>,
+    /// `active`, `idle`, `idle in transaction`, ...
+    pub state: Option<String>,
+    /// How long its transaction has been open, in milliseconds.
+    pub transaction_age_ms: Option<i64>,
+    /// How long it has been in its state, in milliseconds.
+    pub state_age_ms: Option<i64>,
+    /// What it waits for (`Lock`, `Client`, ...).
+    pub wait_event_type: Option<String>,
+    /// The sessions blocking it.
+    pub blocked_by: Vec<i32>,
+    /// Its current or last query (the first 500 characters).
+    pub query: Option<String>,
+}
+
+impl SessionInfo {
+    /// The host and process id of a datamig runner, from its `application_name`.
+    pub fn runner(&self) -> Option<(String, u32)> {
+        let rest = self.application_name.strip_prefix("datamig/")?;
+        let (host, pid) = rest.rsplit_once('/')?;
+        Some((host.to_string(), pid.parse().ok()?))
+    }
+}
+
+/// The `application_name` of a runner's session: `datamig/<host>/<pid>`.
+pub(crate) fn runner_tag() -> String {
+    format!(
+        "datamig/{}/{}",
+        crate::runner::host_name(),
+        std::process::id()
+    )
+}
+
+/// What `check` found; it changes nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct CheckReport {
+    /// Migrations not applied yet (batched ones part-way through included).
+    pub pending: Vec<String>,
+    /// Applied migrations whose code changed.
+    pub drifted: Vec<String>,
+    /// Ledger rows this build does not know.
+    pub unknown: Vec<String>,
+}
+
+/// What `doctor` found.
+#[derive(Clone, Debug, serde::Serialize)]
+#[non_exhaustive]
+pub struct Doctor {
+    /// The server's version.
+    pub server_version: String,
+    /// Whether the ledger table exists.
+    pub ledger_exists: bool,
+    /// Why the ledger could not be read, if it could not.
+    pub ledger_problem: Option<String>,
+    /// Every migration's state (empty when the ledger could not be read).
+    pub migrations: Vec<MigrationStatus>,
+    /// The sessions holding the runner lock.
+    pub lock_holders: Vec<SessionInfo>,
+    /// Sessions that would block or slow a migration.
+    pub blocking_sessions: Vec<SessionInfo>,
+}
+
+impl<DB: Backend> Migrator<DB> {
+    /// Pending, drifted and unknown migrations, for a CI gate. Reads only.
+    ///
+    /// # Errors
+    ///
+    /// As [`Migrator::status`].
+    pub async fn check(&self) -> Result<CheckReport, Error> {
+        let statuses = self.status().await?;
+        let ids = |states: &[State]| -> Vec<String> {
+            statuses
+                .iter()
+                .filter(|s| states.contains(&s.state))
+                .map(|s| s.id.clone())
+                .collect()
+        };
+        Ok(CheckReport {
+            pending: ids(&[State::Pending, State::Running]),
+            drifted: ids(&[State::Drifted]),
+            unknown: ids(&[State::Unknown]),
+        })
+    }
+
+    /// Records a pending migration as applied without running it (a baseline: its effect
+    /// is already in the data), audited in the run history with `reason`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownId`]; [`Error::Config`] when it is already in the ledger or the
+    /// reason is empty; as [`Migrator::run`] for the lock and the database.
+    pub async fn mark_applied(&self, id: &str, reason: &str) -> Result<(), Error> {
+        let migration = self.find(id)?;
+        require_reason(reason)?;
+        self.with_lock(async |conn| {
+            DB::ensure_ledger(conn, self.ledger_config()).await?;
+            let ledger = DB::read_ledger(conn, self.ledger_config()).await?;
+            if ledger.iter().any(|e| e.id == id) {
+                return Err(Error::Config(format!(
+                    "migration {id} is already in the ledger; nothing to mark"
+                )));
+            }
+            let mut attempt = self.attempt(migration, Action::MarkApplied, Utc::now());
+            attempt.write = LedgerWrite::Insert;
+            attempt.notes = vec![format!("marked applied without running: {reason}")];
+            attempt.reason = Some(reason.to_string());
+            let mut tx = sqlx::Connection::begin(&mut **conn).await?;
+            DB::write_ledger(&mut tx, self.ledger_config(), &attempt).await?;
+            DB::record_run(&mut tx, self.ledger_config(), &attempt, None).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Accepts the new code of a drifted migration: the ledger takes the code's checksum and
+    /// revision, without running it, audited in the run history with `reason` and the old
+    /// checksum. Returns the drift that was accepted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownId`]; [`Error::Config`] when the migration is not applied or not
+    /// drifted, or the reason is empty; as [`Migrator::run`] for the lock and the database.
+    pub async fn repair(&self, id: &str, reason: &str) -> Result<Drift, Error> {
+        let migration = self.find(id)?;
+        require_reason(reason)?;
+        self.with_lock(async |conn| {
+            DB::ensure_ledger(conn, self.ledger_config()).await?;
+            let ledger = DB::read_ledger(conn, self.ledger_config()).await?;
+            let Some(entry) = ledger.into_iter().find(|e| e.id == id) else {
+                return Err(Error::Config(format!(
+                    "migration {id} is not applied; there is nothing to repair"
+                )));
+            };
+            if entry.checksum == migration.checksum() && entry.revision == migration.revision() {
+                return Err(Error::Config(format!(
+                    "migration {id} has not drifted; there is nothing to repair"
+                )));
+            }
+            let drift = Drift {
+                id: id.to_string(),
+                applied_checksum: entry.checksum,
+                code_checksum: migration.checksum().to_string(),
+                applied_revision: entry.revision,
+                code_revision: migration.revision(),
+            };
+            let mut attempt = self.attempt(migration, Action::Repair, Utc::now());
+            attempt.write = LedgerWrite::Accept;
+            attempt.reason = Some(format!(
+                "{reason} (checksum {} revision {} accepted in place of {} revision {})",
+                drift.code_checksum,
+                drift.code_revision,
+                drift.applied_checksum,
+                drift.applied_revision
+            ));
+            let mut tx = sqlx::Connection::begin(&mut **conn).await?;
+            DB::write_ledger(&mut tx, self.ledger_config(), &attempt).await?;
+            DB::record_run(&mut tx, self.ledger_config(), &attempt, None).await?;
+            tx.commit().await?;
+            Ok(drift)
+        })
+        .await
+    }
+
+    /// The sessions holding the runner lock (none when no runner is active).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`].
+    pub async fn lock_holders(&self) -> Result<Vec<SessionInfo>, Error> {
+        let mut conn = self.pool().acquire().await?;
+        Ok(DB::lock_holders(&mut conn, self.ledger_config().lock_key()).await?)
+    }
+
+    /// Ends the session `pid` if, and only if, it holds the runner lock: its transaction
+    /// rolls back and the lock is released. Deciding that its runner is gone is the
+    /// caller's job (see `datamig unlock`). Returns whether a session was ended.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`], for instance without the privilege to end that session.
+    pub async fn terminate_lock_holder(&self, pid: i32) -> Result<bool, Error> {
+        let mut conn = self.pool().acquire().await?;
+        let holders = DB::lock_holders(&mut conn, self.ledger_config().lock_key()).await?;
+        if !holders.iter().any(|h| h.pid == pid) {
+            return Ok(false);
+        }
+        Ok(DB::terminate_session(&mut conn, pid).await?)
+    }
+
+    /// Can it connect; is the ledger readable; who holds the runner lock; which sessions
+    /// would block a migration.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when the server cannot be queried at all.
+    pub async fn doctor(&self) -> Result<Doctor, Error> {
+        let mut conn = self.pool().acquire().await?;
+        let server_version = DB::server_version(&mut conn).await?;
+        let ledger_exists = DB::ledger_exists(&mut conn, self.ledger_config()).await?;
+        let lock_holders = DB::lock_holders(&mut conn, self.ledger_config().lock_key()).await?;
+        let blocking_sessions = DB::blocking_sessions(&mut conn).await?;
+        drop(conn);
+        let (migrations, ledger_problem) = match self.status().await {
+            Ok(statuses) => (statuses, None),
+            Err(err) => (Vec::new(), Some(err.to_string())),
+        };
+        Ok(Doctor {
+            server_version,
+            ledger_exists,
+            ledger_problem,
+            migrations,
+            lock_holders,
+            blocking_sessions,
+        })
+    }
+
+    fn find(&self, id: &str) -> Result<&'static Migration, Error> {
+        self.load()?
+            .into_iter()
+            .find(|m| m.id() == id)
+            .ok_or_else(|| Error::UnknownId { id: id.to_string() })
+    }
+}
+
+fn require_reason(reason: &str) -> Result<(), Error> {
+    if reason.trim().is_empty() {
+        return Err(Error::Config(
+            "a reason is required: it is recorded in the run history".to_string(),
+        ));
+    }
+    Ok(())
+}
