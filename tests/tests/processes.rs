@@ -241,3 +241,135 @@ async fn a_runner_kept_waiting_for_the_lock_exits_5() -> anyhow::Result<()> {
     assert_eq!(counter(db.pool()).await?, 1);
     Ok(())
 }
+
+fn interrupt(child: &tokio::process::Child) -> anyhow::Result<()> {
+    let pid = child
+        .id()
+        .ok_or_else(|| anyhow::anyhow!("the child has exited"))?;
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -INT failed");
+    Ok(())
+}
+
+#[tokio::test]
+async fn ctrl_c_stops_after_the_batch_in_progress_commits_and_says_so() -> anyhow::Result<()> {
+    let db = datamig::testing::postgres().await?;
+    create_fixture_tables(db.pool()).await?;
+    switch_on(db.pool(), "slow_batches").await?;
+
+    let child = datamig(db.url(), &["run"]).spawn()?;
+    loop {
+        let batches = scalar(
+            db.pool(),
+            "SELECT COALESCE(max(batches), 0) FROM datamig_ledger WHERE status = 'running'",
+        )
+        .await
+        .unwrap_or(0);
+        if batches >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    interrupt(&child)?;
+    let output = child.wait_with_output().await?;
+    assert_eq!(output.status.code(), Some(130), "{}", text(&output.stderr));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("stopping after the current transaction commits or rolls back"),
+        "{stderr}"
+    );
+    let (checkpoint, batches): (String, i64) =
+        sqlx::query_as("SELECT checkpoint, batches FROM datamig_ledger WHERE id = $1")
+            .bind(BUMP_ITEMS)
+            .fetch_one(db.pool())
+            .await?;
+    assert!(
+        stderr.contains(&format!(
+            "error: stopped on request: batch {batches} of {BUMP_ITEMS} committed (checkpoint {checkpoint}); \
+             the next run resumes it; nothing is half-applied"
+        )),
+        "{stderr}"
+    );
+    let done = usize::try_from(batches * 100)?;
+    let values = item_values(db.pool()).await?;
+    assert!(values[..done].iter().all(|v| *v == 1) && values[done..].iter().all(|v| *v == 0));
+
+    let resumed = datamig(db.url(), &["run"]).output().await?;
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    assert!(item_values(db.pool()).await?.iter().all(|v| *v == 1));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_second_ctrl_c_rolls_back_the_transaction_in_progress_and_says_so() -> anyhow::Result<()>
+{
+    let db = datamig::testing::postgres().await?;
+    create_fixture_tables(db.pool()).await?;
+    switch_on(db.pool(), "slow").await?;
+
+    let child = datamig(db.url(), &["run"]).spawn()?;
+    wait_for_lock_holder(db.pool()).await?;
+    interrupt(&child)?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    interrupt(&child)?;
+    let output = child.wait_with_output().await?;
+    assert_eq!(output.status.code(), Some(130), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr)
+            .contains("error: interrupted: the transaction in progress was rolled back"),
+        "{}",
+        text(&output.stderr)
+    );
+    assert_eq!(
+        counter(db.pool()).await?,
+        0,
+        "the migration in progress was rolled back"
+    );
+    assert_eq!(
+        scalar(db.pool(), "SELECT count(*) FROM datamig_ledger").await?,
+        0
+    );
+
+    sqlx::query("DELETE FROM fixture_switches")
+        .execute(db.pool())
+        .await?;
+    let output = datamig(db.url(), &["run", "--wait", "10s"])
+        .output()
+        .await?;
+    assert!(
+        output.status.success(),
+        "the lock died with the session: {}",
+        text(&output.stderr)
+    );
+    assert_eq!(counter(db.pool()).await?, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn json_output_streams_one_progress_line_per_batch_then_the_result() -> anyhow::Result<()> {
+    let db = datamig::testing::postgres().await?;
+    create_fixture_tables(db.pool()).await?;
+    let output = datamig(db.url(), &["--format", "json", "run"])
+        .output()
+        .await?;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let lines: Vec<serde_json::Value> = text(&output.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let (progress, result) = lines.split_at(lines.len() - 1);
+    assert_eq!(progress.len(), 10);
+    for (n, event) in progress.iter().enumerate() {
+        assert_eq!(event["type"], "progress");
+        assert_eq!(event["id"], BUMP_ITEMS);
+        assert_eq!(event["batches"], n as u64 + 1);
+        assert_eq!(event["keys_done"], (n as u64 + 1) * 100);
+    }
+    assert_eq!(result[0]["type"], "result");
+    assert_eq!(result[0]["applied"][1]["id"], BUMP_ITEMS);
+    assert_eq!(result[0]["applied"][1]["batches"], 10);
+    assert_eq!(result[0]["applied"][1]["rows_affected"], 1000);
+    Ok(())
+}
