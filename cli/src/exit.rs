@@ -15,6 +15,6 @@ pub const MIGRATION_FAILED: u8 = 4;
 pub const LOCK_TIMEOUT: u8 = 5;
 /// A check found pending migrations.
 pub const PENDING: u8 = 6;
-/// The run was interrupted (Ctrl-C): it stopped at a transaction boundary, or abandoned the
+/// The run was interrupted (Ctrl-C or SIGTERM): it stopped at a transaction boundary, or abandoned the
 /// transaction in progress (rolled back). The shell's convention for SIGINT.
 pub const INTERRUPTED: u8 = 130;

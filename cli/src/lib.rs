@@ -175,20 +175,20 @@ async fn run(
     let sink = Arc::clone(&progress);
     migrator = migrator.on_progress(move |event| sink.update(event));
 
-    // Ctrl-C: the first asks the run to stop at the next transaction boundary (after the
-    // migration or batch in progress commits); the second abandons the transaction in
-    // progress: its session is closed, so the server rolls it back.
+    // Ctrl-C or SIGTERM (a pod being stopped): the first asks the run to stop at the next
+    // transaction boundary (after the migration or batch in progress commits); the second
+    // abandons the transaction in progress: its session is closed, so the server rolls it back.
     let stop = StopSignal::new();
     migrator = migrator.stop_on(stop.clone());
     let interrupted = async {
-        let _ = tokio::signal::ctrl_c().await;
+        shutdown_requested().await;
         stop.stop();
         progress.suspend(|| {
             eprintln!(
-                "stopping after the current transaction commits or rolls back (press Ctrl-C again to roll it back now)"
+                "stopping after the current transaction commits or rolls back (interrupt again to roll it back now)"
             )
         });
-        let _ = tokio::signal::ctrl_c().await;
+        shutdown_requested().await;
     };
     let result = tokio::select! {
         result = migrator.run() => result,
@@ -292,6 +292,22 @@ async fn unlock(
         }
     }
     Ok(exit::OK)
+}
+
+/// Resolves on Ctrl-C (SIGINT) or, on Unix, SIGTERM.
+async fn shutdown_requested() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn gethostname() -> String {

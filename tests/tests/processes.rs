@@ -243,18 +243,31 @@ async fn a_runner_kept_waiting_for_the_lock_exits_5() -> anyhow::Result<()> {
 }
 
 fn interrupt(child: &tokio::process::Child) -> anyhow::Result<()> {
+    send(child, "-INT")
+}
+
+fn send(child: &tokio::process::Child, signal: &str) -> anyhow::Result<()> {
     let pid = child
         .id()
         .ok_or_else(|| anyhow::anyhow!("the child has exited"))?;
     let status = std::process::Command::new("kill")
-        .args(["-INT", &pid.to_string()])
+        .args([signal, &pid.to_string()])
         .status()?;
-    anyhow::ensure!(status.success(), "kill -INT failed");
+    anyhow::ensure!(status.success(), "kill {signal} failed");
     Ok(())
 }
 
 #[tokio::test]
 async fn ctrl_c_stops_after_the_batch_in_progress_commits_and_says_so() -> anyhow::Result<()> {
+    assert_stops_after_the_batch_in_progress("-INT").await
+}
+
+#[tokio::test]
+async fn sigterm_stops_after_the_batch_in_progress_commits_and_says_so() -> anyhow::Result<()> {
+    assert_stops_after_the_batch_in_progress("-TERM").await
+}
+
+async fn assert_stops_after_the_batch_in_progress(signal: &str) -> anyhow::Result<()> {
     let db = datamig::testing::postgres().await?;
     create_fixture_tables(db.pool()).await?;
     switch_on(db.pool(), "slow_batches").await?;
@@ -272,7 +285,7 @@ async fn ctrl_c_stops_after_the_batch_in_progress_commits_and_says_so() -> anyho
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    interrupt(&child)?;
+    send(&child, signal)?;
     let output = child.wait_with_output().await?;
     assert_eq!(output.status.code(), Some(130), "{}", text(&output.stderr));
     let stderr = text(&output.stderr);
