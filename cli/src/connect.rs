@@ -20,6 +20,11 @@ pub(crate) async fn connect(global: &GlobalOpts) -> Result<PgPool, Failure> {
             "no database given: set DATABASE_URL or pass --database-url",
         ));
     };
+    connect_url(url).await
+}
+
+/// A pool for the database at `url`.
+pub(crate) async fn connect_url(url: &str) -> Result<PgPool, Failure> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err(Failure::new(
             exit::USAGE,

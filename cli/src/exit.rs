@@ -18,3 +18,7 @@ pub const PENDING: u8 = 6;
 /// The run was interrupted (Ctrl-C or SIGTERM): it stopped at a transaction boundary, or abandoned the
 /// transaction in progress (rolled back). The shell's convention for SIGINT.
 pub const INTERRUPTED: u8 = 130;
+/// `check-idempotency` found a migration whose second run changed data.
+pub const NOT_IDEMPOTENT: u8 = 7;
+/// `compare` found tables that differ between the two databases.
+pub const DIFFERENT: u8 = 8;

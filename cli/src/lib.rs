@@ -24,11 +24,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use datamig::{Error, LedgerConfig, Migrator, StopSignal};
+use datamig::{Error, FingerprintOptions, IdempotencyCheck, LedgerConfig, Migrator, StopSignal};
 use sqlx::Postgres;
 
 pub use opt::{
-    Cli, Command, Format, GlobalOpts, NewOpts, ReasonOpts, RerunOpts, RunOpts, UnlockOpts,
+    CheckIdempotencyOpts, Cli, Command, CompareOpts, Format, GlobalOpts, NewOpts, ReasonOpts, RerunOpts, RunOpts,
+    TablesOpts, UnlockOpts,
 };
 use output::Output;
 
@@ -59,9 +60,11 @@ pub fn main() -> ExitCode {
 /// Runs one parsed command; returns the exit code, or the failure to print.
 pub async fn execute(cli: Cli) -> Result<u8, Failure> {
     let out = Output::new(cli.global.format);
-    if let Command::New(opts) = &cli.command {
+    match &cli.command {
         // Writes files only: no database needed.
-        return scaffold::new_migration(opts, &out);
+        Command::New(opts) => return scaffold::new_migration(opts, &out),
+        Command::Compare(opts) => return compare(opts, &cli.global, &out).await,
+        _ => {}
     }
     let pool = connect::connect(&cli.global).await?;
     let mut ledger = LedgerConfig::default()
@@ -140,7 +143,22 @@ pub async fn execute(cli: Cli) -> Result<u8, Failure> {
                 exit::OK
             })
         }
-        Command::New(_) => unreachable!("handled above"),
+        Command::CheckIdempotency(opts) => {
+            let migrator = match &opts.only {
+                Some(id) => migrator.only(id),
+                None => migrator,
+            };
+            let checks = migrator.check_idempotency().await?;
+            out.idempotency(&checks)?;
+            Ok(if checks.iter().all(IdempotencyCheck::is_idempotent) { exit::OK } else { exit::NOT_IDEMPOTENT })
+        }
+        Command::Fingerprint(opts) => {
+            let mut conn = migrator.pool().acquire().await.map_err(|e| Failure::from(Error::Database(e)))?;
+            let fingerprint = datamig::fingerprint_on(&mut conn, &fingerprint_options(&opts, &cli.global)).await?;
+            out.fingerprint(&fingerprint)?;
+            Ok(exit::OK)
+        }
+        Command::New(_) | Command::Compare(_) => unreachable!("handled above"),
     }
 }
 
@@ -294,6 +312,26 @@ async fn unlock(
     Ok(exit::OK)
 }
 
+fn fingerprint_options(tables: &TablesOpts, global: &GlobalOpts) -> FingerprintOptions {
+    let ledger = LedgerConfig::default().ledger_table(&global.ledger_table).runs_table(&global.runs_table);
+    let options = FingerprintOptions::new().ledger(&ledger);
+    if tables.tables.is_empty() { options } else { options.only(tables.tables.clone()) }
+}
+
+/// `compare`: both databases' fingerprints, table by table.
+async fn compare(opts: &CompareOpts, global: &GlobalOpts, out: &Output) -> Result<u8, Failure> {
+    let options = fingerprint_options(&opts.tables, global);
+    let mut sides = Vec::new();
+    for url in [&opts.source, &opts.target] {
+        let pool = connect::connect_url(url).await?;
+        let mut conn = pool.acquire().await.map_err(|e| Failure::from(Error::Database(e)))?;
+        sides.push(datamig::fingerprint_on(&mut conn, &options).await?);
+    }
+    let differences = sides[0].differences(&sides[1]);
+    out.comparison(&sides[0], &sides[1], &differences)?;
+    Ok(if differences.is_empty() { exit::OK } else { exit::DIFFERENT })
+}
+
 /// Resolves on Ctrl-C (SIGINT) or, on Unix, SIGTERM.
 async fn shutdown_requested() {
     #[cfg(unix)]
@@ -357,6 +395,7 @@ impl From<Error> for Failure {
             Error::LockTimeout { .. } => exit::LOCK_TIMEOUT,
             Error::Drift { .. } => exit::DRIFT,
             Error::MigrationFailed { .. } | Error::Interrupted { .. } => exit::MIGRATION_FAILED,
+            Error::NotIdempotent { .. } | Error::Diverged { .. } => exit::NOT_IDEMPOTENT,
             Error::Stopped { .. } => exit::INTERRUPTED,
             Error::DuplicateId { .. }
             | Error::UnknownId { .. }

@@ -85,6 +85,44 @@ pub enum Command {
     New(NewOpts),
     /// Diagnose: the connection, the ledger, the runner lock, sessions that would block a migration.
     Doctor,
+    /// Run each pending migration twice in one transaction, compare the data, roll back (exit 7 if one is not idempotent).
+    CheckIdempotency(CheckIdempotencyOpts),
+    /// Print each table's row count and checksum (datamig's ledger excluded).
+    Fingerprint(TablesOpts),
+    /// Compare two databases table by table: row counts and checksums (exit 8 where they differ).
+    Compare(CompareOpts),
+}
+
+/// Options of `check-idempotency`.
+#[derive(Debug, Args)]
+pub struct CheckIdempotencyOpts {
+    /// Check only this pending migration.
+    #[arg(long, value_name = "ID")]
+    pub only: Option<String>,
+}
+
+/// Which tables to fingerprint.
+#[derive(Debug, Args)]
+pub struct TablesOpts {
+    /// Only these tables (`table` or `schema.table`, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub tables: Vec<String>,
+}
+
+/// Options of `compare`.
+#[derive(Debug, Args)]
+pub struct CompareOpts {
+    /// The source database's URL.
+    #[arg(long)]
+    pub source: String,
+
+    /// The target database's URL.
+    #[arg(long)]
+    pub target: String,
+
+    /// Which tables.
+    #[command(flatten)]
+    pub tables: TablesOpts,
 }
 
 /// Options of `run`.

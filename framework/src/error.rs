@@ -99,6 +99,32 @@ pub enum Error {
         version: i64,
     },
 
+    /// A second run of a migration changed data, or reported rows inserted or updated.
+    #[error("{}", not_idempotent(.id, .changes, *.second_run_rows))]
+    NotIdempotent {
+        /// The migration's id.
+        id: String,
+        /// The tables the second run changed, with sample rows.
+        changes: Vec<crate::idempotency::TableChange>,
+        /// Rows the second run reported as inserted or updated.
+        second_run_rows: u64,
+    },
+
+    /// A batched migration interrupted and resumed did not end where an uninterrupted run
+    /// of it does.
+    #[error(
+        "migration {id}, interrupted after {batches} batches and resumed, does not end where an \
+         uninterrupted run ends: tables {} differ", .tables.join(", ")
+    )]
+    Diverged {
+        /// The migration's id.
+        id: String,
+        /// Batches before the interruption.
+        batches: u64,
+        /// The tables whose fingerprints differ.
+        tables: Vec<String>,
+    },
+
     /// Two migrations share an id.
     #[error(
         "duplicate migration id {id}: defined at {first} and at {second}; give each migration its own id"
@@ -191,4 +217,28 @@ mod tests {
             "loading users: error communicating with database: connection reset"
         );
     }
+}
+
+fn not_idempotent(id: &str, changes: &[crate::idempotency::TableChange], second_run_rows: u64) -> String {
+    let mut message = format!("migration {id} is not idempotent: its second run");
+    let mut parts = Vec::new();
+    for change in changes {
+        let mut part = format!(
+            " changed table {} ({} rows before, {} after",
+            change.table, change.rows_before, change.rows_after
+        );
+        if !change.only_before.is_empty() {
+            part.push_str(&format!("; before: {}", change.only_before.join(" ")));
+        }
+        if !change.only_after.is_empty() {
+            part.push_str(&format!("; after: {}", change.only_after.join(" ")));
+        }
+        part.push(')');
+        parts.push(part);
+    }
+    if second_run_rows > 0 {
+        parts.push(format!(" reported {second_run_rows} rows inserted or updated (0 expected)"));
+    }
+    message.push_str(&parts.join(", and"));
+    message
 }

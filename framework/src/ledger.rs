@@ -63,6 +63,10 @@ impl LedgerConfig {
         self.schema.as_deref()
     }
 
+    pub(crate) fn ledger_table_name(&self) -> &str {
+        &self.ledger_table
+    }
+
     pub(crate) fn runs_table_name(&self) -> &str {
         &self.runs_table
     }

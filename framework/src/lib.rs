@@ -52,6 +52,10 @@ mod bulk;
 mod copy;
 mod ctx;
 mod error;
+#[cfg(feature = "postgres")]
+mod fingerprint;
+#[cfg(feature = "postgres")]
+mod idempotency;
 mod ledger;
 mod migration;
 pub mod registry;
@@ -69,6 +73,10 @@ pub use bulk::SequenceReset;
 pub use copy::{CopyRow, CopyValue};
 pub use ctx::Ctx;
 pub use error::{Drift, Error, describe_sqlx};
+#[cfg(feature = "postgres")]
+pub use fingerprint::{Fingerprint, FingerprintOptions, TableDifference, TableFingerprint, fingerprint, fingerprint_on};
+#[cfg(feature = "postgres")]
+pub use idempotency::{IdempotencyCheck, TableChange};
 pub use ledger::{LastRun, LedgerConfig, LedgerEntry};
 pub use migration::{Batch, BatchFn, BatchSpec, Code, Location, Migration, MigrationFn};
 pub use registry::link_marker;

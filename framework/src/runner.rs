@@ -104,6 +104,26 @@ pub struct Progress {
     pub checkpoint: i64,
 }
 
+impl<DB: Backend> Clone for Migrator<DB> {
+    fn clone(&self) -> Self {
+        Migrator {
+            pool: self.pool.clone(),
+            source: self.source.clone(),
+            ledger: self.ledger.clone(),
+            runner_lock_timeout: self.runner_lock_timeout,
+            lock_timeout: self.lock_timeout,
+            statement_timeout: self.statement_timeout,
+            app_version: self.app_version.clone(),
+            dry_run: self.dry_run,
+            progress: self.progress.clone(),
+            interrupt_after_batches: self.interrupt_after_batches,
+            only: self.only.clone(),
+            up_to: self.up_to.clone(),
+            stop: self.stop.clone(),
+        }
+    }
+}
+
 impl<DB: Backend> std::fmt::Debug for Migrator<DB> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Migrator")
@@ -160,6 +180,10 @@ impl<DB: Backend> Migrator<DB> {
     /// The pool this migrator migrates.
     pub fn pool(&self) -> &Pool<DB> {
         &self.pool
+    }
+
+    pub(crate) fn only_id(&self) -> Option<&str> {
+        self.only.as_deref()
     }
 
     pub(crate) fn ledger_config(&self) -> &LedgerConfig {
@@ -1184,7 +1208,7 @@ impl Failure {
     }
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {

@@ -8,6 +8,19 @@
 //! - otherwise testcontainers starts the image named by `DATAMIG_TEST_POSTGRES_IMAGE`
 //!   (`name:tag`, default `postgres:15`), removed when the test binary exits.
 //!
+//! The idempotency proof, for every migration of a crate, in a few lines:
+//!
+//! ```no_run
+//! #[tokio::test]
+//! async fn every_migration_is_idempotent() -> anyhow::Result<()> {
+//!     let db = datamig::testing::postgres().await?;
+//!     // create the schema and seed the data the migrations expect, then:
+//!     datamig::testing::assert_all_idempotent(db.pool()).await?;
+//!     Ok(())
+//! }
+//! # fn main() {}
+//! ```
+//!
 //! ```no_run
 //! #[tokio::test]
 //! async fn backfill_gives_every_user_settings() -> anyhow::Result<()> {
@@ -33,6 +46,9 @@ use testcontainers_modules::testcontainers::runners::AsyncRunner;
 use tokio::sync::OnceCell;
 
 use crate::error::Error;
+use crate::fingerprint::{FingerprintOptions, fingerprint_on};
+use crate::idempotency::{IdempotencyCheck, changes, snapshot};
+use crate::runner::Migrator;
 use crate::sql::quote_ident;
 
 /// The variable naming an existing server to test against (e.g. `postgres://u:p@localhost/postgres`).
@@ -113,6 +129,109 @@ pub async fn postgres() -> Result<TestDatabase, Error> {
         .connect_with(options)
         .await?;
     Ok(TestDatabase { name, url, pool })
+}
+
+/// Proves migration `id` idempotent on this database: runs it (and the pending migrations
+/// before it) through the ledger, takes a fingerprint of the data, runs it again as a forced
+/// re-run, takes another, and fails if they differ, or if the second run reported rows
+/// inserted or updated.
+///
+/// # Errors
+///
+/// [`Error::NotIdempotent`], naming each table the second run changed with a few rows that
+/// differ; any error of the runs themselves.
+pub async fn assert_idempotent(pool: &PgPool, id: &str) -> Result<(), Error> {
+    assert_idempotent_with(&Migrator::new(pool.clone()), id).await
+}
+
+/// [`assert_idempotent`] with a migrator of your own (an explicit list of migrations,
+/// another ledger).
+///
+/// # Errors
+///
+/// As [`assert_idempotent`].
+pub async fn assert_idempotent_with(migrator: &Migrator<sqlx::Postgres>, id: &str) -> Result<(), Error> {
+    check_idempotent(migrator, id).await?.into_result()
+}
+
+/// [`assert_idempotent`] for every migration, in id order.
+///
+/// # Errors
+///
+/// The first failure.
+pub async fn assert_all_idempotent(pool: &PgPool) -> Result<(), Error> {
+    assert_all_idempotent_with(&Migrator::new(pool.clone())).await
+}
+
+/// [`assert_all_idempotent`] with a migrator of your own.
+///
+/// # Errors
+///
+/// The first failure.
+pub async fn assert_all_idempotent_with(migrator: &Migrator<sqlx::Postgres>) -> Result<(), Error> {
+    for migration in migrator.load()? {
+        assert_idempotent_with(migrator, migration.id()).await?;
+    }
+    Ok(())
+}
+
+/// Runs `id` twice as [`assert_idempotent`] does, and returns what it found.
+///
+/// # Errors
+///
+/// Any error of the runs themselves.
+pub async fn check_idempotent(migrator: &Migrator<sqlx::Postgres>, id: &str) -> Result<IdempotencyCheck, Error> {
+    let first = migrator.clone().up_to(id).run().await?;
+    let first_run_rows = first.applied.iter().find(|a| a.id == id).map_or(0, |a| a.rows_affected);
+    // The snapshot lives in temporary tables of this one connection, held across the re-run.
+    let mut conn = migrator.pool().acquire().await?;
+    let options = FingerprintOptions::new().ledger(migrator.ledger_config());
+    let before = fingerprint_on(&mut conn, &options).await?;
+    let copy = snapshot(&mut conn, &options).await?;
+    let second = migrator.rerun(id).await?;
+    let after = fingerprint_on(&mut conn, &options).await?;
+    let changes = changes(&mut conn, copy, &before.differences(&after)).await?;
+    let second_run_rows = second.applied.first().map_or(0, |a| a.rows_affected);
+    Ok(IdempotencyCheck::new(id, first_run_rows, second_run_rows, changes))
+}
+
+/// Proves that batched migration `id`, stopped after `after_batches` batches (as a crash
+/// would stop it) and resumed, ends where an uninterrupted run ends: the two databases,
+/// seeded alike, have equal fingerprints afterwards.
+///
+/// # Errors
+///
+/// [`Error::Diverged`] naming the tables that differ; [`Error::Config`] when the migration
+/// finished before `after_batches` batches (choose fewer); any error of the runs.
+pub async fn assert_interruption_converges(
+    interrupted: &PgPool,
+    uninterrupted: &PgPool,
+    id: &str,
+    after_batches: u64,
+) -> Result<(), Error> {
+    Migrator::new(uninterrupted.clone()).up_to(id).run().await?;
+    match Migrator::new(interrupted.clone()).up_to(id).interrupt_after_batches(after_batches).run().await {
+        Err(Error::Interrupted { .. }) => {}
+        Ok(_) => {
+            return Err(Error::Config(format!(
+                "migration {id} finished before {after_batches} batches, so it was never interrupted: choose fewer batches"
+            )));
+        }
+        Err(other) => return Err(other),
+    }
+    Migrator::new(interrupted.clone()).up_to(id).run().await?;
+    let left = crate::fingerprint::fingerprint(interrupted).await?;
+    let right = crate::fingerprint::fingerprint(uninterrupted).await?;
+    let differences = left.differences(&right);
+    if differences.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Diverged {
+            id: id.to_string(),
+            batches: after_batches,
+            tables: differences.into_iter().map(|d| d.table).collect(),
+        })
+    }
 }
 
 async fn connect_with_retry(url: &str) -> Result<PgConnection, Error> {

@@ -1,0 +1,213 @@
+//! Proving migrations idempotent: run one twice and compare the data's fingerprints.
+//!
+//! [`Migrator::check_idempotency`] does it on a real database without keeping anything:
+//! each pending migration runs twice inside one transaction, which is rolled back.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_util::FutureExt;
+use sqlx::postgres::PgConnection;
+use sqlx::{AssertSqlSafe, Connection, Postgres};
+
+use crate::backend::steps::Steps;
+use crate::ctx::Ctx;
+use crate::error::{Error, describe_chain};
+use crate::fingerprint::{FingerprintOptions, TableDifference, fingerprint_on, tables};
+use crate::migration::{Batch, Code, Migration};
+use crate::runner::Migrator;
+use crate::sql::quote_ident;
+
+/// A table a second run changed, with a few rows that differ.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TableChange {
+    /// `schema.table`.
+    pub table: String,
+    /// Rows before the second run.
+    pub rows_before: i64,
+    /// Rows after the second run.
+    pub rows_after: i64,
+    /// Up to five rows (as text) that were there before and are not after.
+    pub only_before: Vec<String>,
+    /// Up to five rows (as text) that are there after and were not before.
+    pub only_after: Vec<String>,
+}
+
+/// The result of running one migration twice.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct IdempotencyCheck {
+    /// The migration's id.
+    pub id: String,
+    /// Rows the first run reported as affected.
+    pub first_run_rows: u64,
+    /// Rows the second run reported as affected (inserted or updated): 0 when idempotent.
+    pub second_run_rows: u64,
+    /// Tables the second run changed: none when idempotent.
+    pub changes: Vec<TableChange>,
+}
+
+impl IdempotencyCheck {
+    pub(crate) fn new(id: &str, first_run_rows: u64, second_run_rows: u64, changes: Vec<TableChange>) -> Self {
+        IdempotencyCheck { id: id.to_string(), first_run_rows, second_run_rows, changes }
+    }
+
+    /// Whether the second run changed nothing and reported no row inserted or updated.
+    pub fn is_idempotent(&self) -> bool {
+        self.changes.is_empty() && self.second_run_rows == 0
+    }
+
+    /// The failure this check is, if it is one.
+    pub fn into_result(self) -> Result<(), Error> {
+        if self.is_idempotent() {
+            Ok(())
+        } else {
+            Err(Error::NotIdempotent { id: self.id, changes: self.changes, second_run_rows: self.second_run_rows })
+        }
+    }
+}
+
+/// Copies of the tables, in temporary tables of one session, to show which rows changed.
+pub(crate) struct Snapshot {
+    /// (`schema.table`, quoted table, quoted copy)
+    tables: Vec<(String, String, String)>,
+}
+
+/// Copies every covered table into a temporary table of this session.
+pub(crate) async fn snapshot(conn: &mut PgConnection, options: &FingerprintOptions) -> Result<Snapshot, Error> {
+    static COPIES: AtomicU64 = AtomicU64::new(0);
+    let mut snapshot = Snapshot { tables: Vec::new() };
+    for (schema, table) in tables(conn, options).await? {
+        let ident = format!("{}.{}", quote_ident(&schema), quote_ident(&table));
+        let copy = quote_ident(&format!("datamig_snapshot_{}", COPIES.fetch_add(1, Ordering::Relaxed)));
+        sqlx::query(AssertSqlSafe(format!("CREATE TEMPORARY TABLE {copy} AS SELECT * FROM {ident}")))
+            .execute(&mut *conn)
+            .await?;
+        snapshot.tables.push((format!("{schema}.{table}"), ident, copy));
+    }
+    Ok(snapshot)
+}
+
+/// The changed tables, with a few rows on each side, then drops the snapshot.
+pub(crate) async fn changes(
+    conn: &mut PgConnection,
+    snapshot: Snapshot,
+    differences: &[TableDifference],
+) -> Result<Vec<TableChange>, Error> {
+    let mut changes = Vec::new();
+    for difference in differences {
+        let rows_before = difference.left.as_ref().map_or(0, |f| f.rows);
+        let rows_after = difference.right.as_ref().map_or(0, |f| f.rows);
+        let found = snapshot.tables.iter().find(|(name, _, _)| *name == difference.table);
+        let (only_before, only_after) = match found {
+            Some((_, ident, copy)) => (
+                sample(conn, &format!("SELECT s::text FROM {copy} AS s EXCEPT ALL SELECT t::text FROM {ident} AS t")).await?,
+                sample(conn, &format!("SELECT t::text FROM {ident} AS t EXCEPT ALL SELECT s::text FROM {copy} AS s")).await?,
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        changes.push(TableChange { table: difference.table.clone(), rows_before, rows_after, only_before, only_after });
+    }
+    for (_, _, copy) in snapshot.tables {
+        sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {copy}"))).execute(&mut *conn).await?;
+    }
+    Ok(changes)
+}
+
+async fn sample(conn: &mut PgConnection, rows: &str) -> Result<Vec<String>, Error> {
+    Ok(sqlx::query_scalar(AssertSqlSafe(format!("SELECT r FROM ({rows}) AS diff (r) ORDER BY r LIMIT 5")))
+        .fetch_all(conn)
+        .await?)
+}
+
+impl Migrator<Postgres> {
+    /// Runs each pending migration twice inside one transaction and compares the data's
+    /// fingerprints after each run, then rolls everything back: nothing is committed, the
+    /// ledger included. For a staging copy of production, before a deploy.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MigrationFailed`] when a run fails (everything is rolled back); as
+    /// [`Migrator::run`] for the lock and the database.
+    pub async fn check_idempotency(&self) -> Result<Vec<IdempotencyCheck>, Error> {
+        let migrations = self.load()?;
+        if let Some(only) = self.only_id()
+            && !migrations.iter().any(|m| m.id() == only)
+        {
+            return Err(Error::UnknownId { id: only.to_string() });
+        }
+        self.with_lock(async |conn| {
+            let applied: Vec<String> = if Postgres::ledger_exists(conn, self.ledger_config()).await? {
+                Postgres::read_ledger(conn, self.ledger_config())
+                    .await?
+                    .into_iter()
+                    .filter(|e| !e.is_running())
+                    .map(|e| e.id)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let pending: Vec<&'static Migration> = migrations
+                .into_iter()
+                .filter(|m| !applied.iter().any(|id| id == m.id()))
+                .filter(|m| self.only_id().is_none_or(|only| only == m.id()))
+                .collect();
+            let options = FingerprintOptions::new().ledger(self.ledger_config());
+            let mut tx = Connection::begin(&mut **conn).await?;
+            let mut checks = Vec::new();
+            for migration in pending {
+                let first_run_rows = run_in(&mut tx, migration).await?;
+                let before = fingerprint_on(&mut tx, &options).await?;
+                let copy = snapshot(&mut tx, &options).await?;
+                let second_run_rows = run_in(&mut tx, migration).await?;
+                let after = fingerprint_on(&mut tx, &options).await?;
+                let changes = changes(&mut tx, copy, &before.differences(&after)).await?;
+                checks.push(IdempotencyCheck::new(migration.id(), first_run_rows, second_run_rows, changes));
+            }
+            // Nothing of this is kept.
+            tx.rollback().await?;
+            Ok(checks)
+        })
+        .await
+    }
+}
+
+/// Runs a migration's whole body (every batch, for a batched one) on `conn`, inside the
+/// caller's transaction; returns the rows it reported.
+async fn run_in(conn: &mut PgConnection, migration: &'static Migration) -> Result<u64, Error> {
+    let failed = |message: String, panicked: bool| Error::MigrationFailed {
+        id: migration.id().to_string(),
+        message,
+        panicked,
+        applied_before: Vec::new(),
+    };
+    let code = Postgres::code(migration).ok_or_else(|| Error::UnsupportedBackend {
+        id: migration.id().to_string(),
+        backend: Postgres::ID,
+        available: migration.backends().join(", "),
+    })?;
+    let mut ctx = Ctx::new(&mut *conn, migration.id(), false);
+    match (code, migration.batch()) {
+        (Code::Once(run), _) => match AssertUnwindSafe(run(&mut ctx)).catch_unwind().await {
+            Ok(Ok(())) => Ok(ctx.rows_affected()),
+            Ok(Err(err)) => Err(failed(describe_chain(&err), false)),
+            Err(panic) => Err(failed(crate::runner::panic_message(panic.as_ref()), true)),
+        },
+        (Code::Batched(run), Some(spec)) => {
+            let (mut after, mut number) = (None, 0);
+            while let Some((last, keys)) = Postgres::next_batch(ctx.tx(), spec.table(), spec.key(), after, spec.size()).await? {
+                number += 1;
+                match AssertUnwindSafe(run(&mut ctx, Batch::new(after, last, number, keys))).catch_unwind().await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => return Err(failed(format!("batch {number}: {}", describe_chain(&err)), false)),
+                    Err(panic) => {
+                        return Err(failed(format!("batch {number}: {}", crate::runner::panic_message(panic.as_ref())), true));
+                    }
+                }
+                after = Some(last);
+            }
+            Ok(ctx.rows_affected())
+        }
+        (Code::Batched(_), None) => Err(Error::Config(format!("migration {} is batched but has no batch specification", migration.id()))),
+    }
+}
