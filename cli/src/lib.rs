@@ -28,8 +28,8 @@ use datamig::{Error, FingerprintOptions, IdempotencyCheck, LedgerConfig, Migrato
 use sqlx::Postgres;
 
 pub use opt::{
-    CheckIdempotencyOpts, Cli, Command, CompareOpts, Format, GlobalOpts, NewOpts, ReasonOpts, RerunOpts, RunOpts,
-    TablesOpts, UnlockOpts,
+    CheckIdempotencyOpts, Cli, Command, CompareOpts, Format, GlobalOpts, NewOpts, ReasonOpts,
+    RerunOpts, RunOpts, TablesOpts, UnlockOpts,
 };
 use output::Output;
 
@@ -150,11 +150,21 @@ pub async fn execute(cli: Cli) -> Result<u8, Failure> {
             };
             let checks = migrator.check_idempotency().await?;
             out.idempotency(&checks)?;
-            Ok(if checks.iter().all(IdempotencyCheck::is_idempotent) { exit::OK } else { exit::NOT_IDEMPOTENT })
+            Ok(if checks.iter().all(IdempotencyCheck::is_idempotent) {
+                exit::OK
+            } else {
+                exit::NOT_IDEMPOTENT
+            })
         }
         Command::Fingerprint(opts) => {
-            let mut conn = migrator.pool().acquire().await.map_err(|e| Failure::from(Error::Database(e)))?;
-            let fingerprint = datamig::fingerprint_on(&mut conn, &fingerprint_options(&opts, &cli.global)).await?;
+            let mut conn = migrator
+                .pool()
+                .acquire()
+                .await
+                .map_err(|e| Failure::from(Error::Database(e)))?;
+            let fingerprint =
+                datamig::fingerprint_on(&mut conn, &fingerprint_options(&opts, &cli.global))
+                    .await?;
             out.fingerprint(&fingerprint)?;
             Ok(exit::OK)
         }
@@ -313,9 +323,15 @@ async fn unlock(
 }
 
 fn fingerprint_options(tables: &TablesOpts, global: &GlobalOpts) -> FingerprintOptions {
-    let ledger = LedgerConfig::default().ledger_table(&global.ledger_table).runs_table(&global.runs_table);
+    let ledger = LedgerConfig::default()
+        .ledger_table(&global.ledger_table)
+        .runs_table(&global.runs_table);
     let options = FingerprintOptions::new().ledger(&ledger);
-    if tables.tables.is_empty() { options } else { options.only(tables.tables.clone()) }
+    if tables.tables.is_empty() {
+        options
+    } else {
+        options.only(tables.tables.clone())
+    }
 }
 
 /// `compare`: both databases' fingerprints, table by table.
@@ -324,12 +340,19 @@ async fn compare(opts: &CompareOpts, global: &GlobalOpts, out: &Output) -> Resul
     let mut sides = Vec::new();
     for url in [&opts.source, &opts.target] {
         let pool = connect::connect_url(url).await?;
-        let mut conn = pool.acquire().await.map_err(|e| Failure::from(Error::Database(e)))?;
+        let mut conn = pool
+            .acquire()
+            .await
+            .map_err(|e| Failure::from(Error::Database(e)))?;
         sides.push(datamig::fingerprint_on(&mut conn, &options).await?);
     }
     let differences = sides[0].differences(&sides[1]);
     out.comparison(&sides[0], &sides[1], &differences)?;
-    Ok(if differences.is_empty() { exit::OK } else { exit::DIFFERENT })
+    Ok(if differences.is_empty() {
+        exit::OK
+    } else {
+        exit::DIFFERENT
+    })
 }
 
 /// Resolves on Ctrl-C (SIGINT) or, on Unix, SIGTERM.

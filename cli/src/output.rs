@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use datamig::{
-    CheckReport, Doctor, Drift, Fingerprint, IdempotencyCheck, MigrationStatus, Progress, RunReport, SessionInfo,
-    State, TableDifference,
+    CheckReport, Doctor, Drift, Fingerprint, IdempotencyCheck, MigrationStatus, Progress,
+    RunReport, SessionInfo, State, TableDifference,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
@@ -326,7 +326,11 @@ impl Output {
         let mut out = std::io::stdout().lock();
         for check in checks {
             if check.is_idempotent() {
-                writeln!(out, "idempotent {}  (first run {} rows, second run 0)", check.id, check.first_run_rows)?;
+                writeln!(
+                    out,
+                    "idempotent {}  (first run {} rows, second run 0)",
+                    check.id, check.first_run_rows
+                )?;
             } else {
                 let err = datamig::Error::NotIdempotent {
                     id: check.id.clone(),
@@ -337,7 +341,11 @@ impl Output {
             }
         }
         let failed = checks.iter().filter(|c| !c.is_idempotent()).count();
-        writeln!(out, "{} checked, {failed} not idempotent; everything was rolled back, nothing was committed", checks.len())?;
+        writeln!(
+            out,
+            "{} checked, {failed} not idempotent; everything was rolled back, nothing was committed",
+            checks.len()
+        )?;
         Ok(())
     }
 
@@ -346,7 +354,13 @@ impl Output {
             return self.json(&Self::value(fingerprint));
         }
         let mut out = std::io::stdout().lock();
-        let width = fingerprint.tables.keys().map(String::len).max().unwrap_or(5).max(5);
+        let width = fingerprint
+            .tables
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(5)
+            .max(5);
         writeln!(out, "{:<width$}  {:>10}  SHA-256", "TABLE", "ROWS")?;
         for (table, f) in &fingerprint.tables {
             writeln!(out, "{table:<width$}  {:>10}  {}", f.rows, f.sha256)?;
@@ -354,9 +368,15 @@ impl Output {
         Ok(())
     }
 
-    pub(crate) fn comparison(&self, source: &Fingerprint, target: &Fingerprint, differences: &[TableDifference]) -> Result<(), Failure> {
+    pub(crate) fn comparison(
+        &self,
+        source: &Fingerprint,
+        target: &Fingerprint,
+        differences: &[TableDifference],
+    ) -> Result<(), Failure> {
         if self.format == Format::Json {
-            return self.json(&json!({"source": source, "target": target, "differences": differences}));
+            return self
+                .json(&json!({"source": source, "target": target, "differences": differences}));
         }
         let mut out = std::io::stdout().lock();
         let mut names: Vec<&String> = source.tables.keys().chain(target.tables.keys()).collect();
@@ -364,9 +384,22 @@ impl Output {
         names.dedup();
         let width = names.iter().map(|n| n.len()).max().unwrap_or(5).max(5);
         for name in names {
-            let rows = |f: &Fingerprint| f.tables.get(name).map_or("-".to_string(), |t| t.rows.to_string());
-            let verdict = if differences.iter().any(|d| &d.table == name) { "DIFFERS" } else { "same" };
-            writeln!(out, "{name:<width$}  source {:>10} rows  target {:>10} rows  {verdict}", rows(source), rows(target))?;
+            let rows = |f: &Fingerprint| {
+                f.tables
+                    .get(name)
+                    .map_or("-".to_string(), |t| t.rows.to_string())
+            };
+            let verdict = if differences.iter().any(|d| &d.table == name) {
+                "DIFFERS"
+            } else {
+                "same"
+            };
+            writeln!(
+                out,
+                "{name:<width$}  source {:>10} rows  target {:>10} rows  {verdict}",
+                rows(source),
+                rows(target)
+            )?;
         }
         writeln!(out, "{} tables differ", differences.len())?;
         Ok(())

@@ -219,7 +219,11 @@ mod tests {
     }
 }
 
-fn not_idempotent(id: &str, changes: &[crate::idempotency::TableChange], second_run_rows: u64) -> String {
+fn not_idempotent(
+    id: &str,
+    changes: &[crate::idempotency::TableChange],
+    second_run_rows: u64,
+) -> String {
     let mut message = format!("migration {id} is not idempotent: its second run");
     let mut parts = Vec::new();
     for change in changes {
@@ -237,7 +241,9 @@ fn not_idempotent(id: &str, changes: &[crate::idempotency::TableChange], second_
         parts.push(part);
     }
     if second_run_rows > 0 {
-        parts.push(format!(" reported {second_run_rows} rows inserted or updated (0 expected)"));
+        parts.push(format!(
+            " reported {second_run_rows} rows inserted or updated (0 expected)"
+        ));
     }
     message.push_str(&parts.join(", and"));
     message

@@ -92,7 +92,9 @@ impl FingerprintOptions {
     }
 
     fn matches(names: &[String], schema: &str, table: &str) -> bool {
-        names.iter().any(|n| n == table || *n == format!("{schema}.{table}"))
+        names
+            .iter()
+            .any(|n| n == table || *n == format!("{schema}.{table}"))
     }
 
     fn covers(&self, schema: &str, table: &str) -> bool {
@@ -103,7 +105,9 @@ impl FingerprintOptions {
         if Self::matches(&self.exclude, schema, table) {
             return false;
         }
-        self.only.as_ref().is_none_or(|only| Self::matches(only, schema, table))
+        self.only
+            .as_ref()
+            .is_none_or(|only| Self::matches(only, schema, table))
     }
 }
 
@@ -112,7 +116,10 @@ impl FingerprintOptions {
 /// # Errors
 ///
 /// [`Error::Database`]; [`Error::Config`] when `only` names a table that does not exist.
-pub async fn fingerprint_on(conn: &mut PgConnection, options: &FingerprintOptions) -> Result<Fingerprint, Error> {
+pub async fn fingerprint_on(
+    conn: &mut PgConnection,
+    options: &FingerprintOptions,
+) -> Result<Fingerprint, Error> {
     let mut fingerprint = Fingerprint::default();
     for (schema, table) in tables(conn, options).await? {
         let ident = format!("{}.{}", quote_ident(&schema), quote_ident(&table));
@@ -120,7 +127,10 @@ pub async fn fingerprint_on(conn: &mut PgConnection, options: &FingerprintOption
         let order = if key.is_empty() {
             "t::text".to_string()
         } else {
-            key.iter().map(|c| format!("t.{}", quote_ident(c))).collect::<Vec<_>>().join(", ")
+            key.iter()
+                .map(|c| format!("t.{}", quote_ident(c)))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         // Each row's text is hashed, and the row hashes (32 bytes each) are hashed in key
         // order: the server holds 32 bytes a row, not the rows themselves.
@@ -128,15 +138,24 @@ pub async fn fingerprint_on(conn: &mut PgConnection, options: &FingerprintOption
             "SELECT count(*), encode(sha256(COALESCE(string_agg(sha256(convert_to(t::text, 'UTF8')), ''::bytea ORDER BY {order}), ''::bytea)), 'hex')
              FROM {ident} AS t"
         );
-        let row = sqlx::query(AssertSqlSafe(sql)).fetch_one(&mut *conn).await?;
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .fetch_one(&mut *conn)
+            .await?;
         fingerprint.tables.insert(
             format!("{schema}.{table}"),
-            TableFingerprint { rows: row.try_get(0)?, sha256: row.try_get(1)?, key },
+            TableFingerprint {
+                rows: row.try_get(0)?,
+                sha256: row.try_get(1)?,
+                key,
+            },
         );
     }
     if let Some(only) = &options.only {
         for name in only {
-            let found = fingerprint.tables.keys().any(|k| k == name || k.rsplit_once('.').is_some_and(|(_, t)| t == name));
+            let found = fingerprint
+                .tables
+                .keys()
+                .any(|k| k == name || k.rsplit_once('.').is_some_and(|(_, t)| t == name));
             if !found {
                 return Err(Error::Config(format!("table {name} does not exist")));
             }
@@ -156,7 +175,10 @@ pub async fn fingerprint(pool: &sqlx::PgPool) -> Result<Fingerprint, Error> {
 }
 
 /// The user tables: ordinary and partitioned, outside the system schemas.
-pub(crate) async fn tables(conn: &mut PgConnection, options: &FingerprintOptions) -> Result<Vec<(String, String)>, Error> {
+pub(crate) async fn tables(
+    conn: &mut PgConnection,
+    options: &FingerprintOptions,
+) -> Result<Vec<(String, String)>, Error> {
     let rows: Vec<(String, String)> = sqlx::query_as(
         "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
@@ -166,7 +188,10 @@ pub(crate) async fn tables(conn: &mut PgConnection, options: &FingerprintOptions
     )
     .fetch_all(&mut *conn)
     .await?;
-    Ok(rows.into_iter().filter(|(schema, table)| options.covers(schema, table)).collect())
+    Ok(rows
+        .into_iter()
+        .filter(|(schema, table)| options.covers(schema, table))
+        .collect())
 }
 
 /// The primary key's columns, in key order (empty without one).

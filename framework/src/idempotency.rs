@@ -48,8 +48,18 @@ pub struct IdempotencyCheck {
 }
 
 impl IdempotencyCheck {
-    pub(crate) fn new(id: &str, first_run_rows: u64, second_run_rows: u64, changes: Vec<TableChange>) -> Self {
-        IdempotencyCheck { id: id.to_string(), first_run_rows, second_run_rows, changes }
+    pub(crate) fn new(
+        id: &str,
+        first_run_rows: u64,
+        second_run_rows: u64,
+        changes: Vec<TableChange>,
+    ) -> Self {
+        IdempotencyCheck {
+            id: id.to_string(),
+            first_run_rows,
+            second_run_rows,
+            changes,
+        }
     }
 
     /// Whether the second run changed nothing and reported no row inserted or updated.
@@ -62,7 +72,11 @@ impl IdempotencyCheck {
         if self.is_idempotent() {
             Ok(())
         } else {
-            Err(Error::NotIdempotent { id: self.id, changes: self.changes, second_run_rows: self.second_run_rows })
+            Err(Error::NotIdempotent {
+                id: self.id,
+                changes: self.changes,
+                second_run_rows: self.second_run_rows,
+            })
         }
     }
 }
@@ -74,16 +88,26 @@ pub(crate) struct Snapshot {
 }
 
 /// Copies every covered table into a temporary table of this session.
-pub(crate) async fn snapshot(conn: &mut PgConnection, options: &FingerprintOptions) -> Result<Snapshot, Error> {
+pub(crate) async fn snapshot(
+    conn: &mut PgConnection,
+    options: &FingerprintOptions,
+) -> Result<Snapshot, Error> {
     static COPIES: AtomicU64 = AtomicU64::new(0);
     let mut snapshot = Snapshot { tables: Vec::new() };
     for (schema, table) in tables(conn, options).await? {
         let ident = format!("{}.{}", quote_ident(&schema), quote_ident(&table));
-        let copy = quote_ident(&format!("datamig_snapshot_{}", COPIES.fetch_add(1, Ordering::Relaxed)));
-        sqlx::query(AssertSqlSafe(format!("CREATE TEMPORARY TABLE {copy} AS SELECT * FROM {ident}")))
-            .execute(&mut *conn)
-            .await?;
-        snapshot.tables.push((format!("{schema}.{table}"), ident, copy));
+        let copy = quote_ident(&format!(
+            "datamig_snapshot_{}",
+            COPIES.fetch_add(1, Ordering::Relaxed)
+        ));
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE TEMPORARY TABLE {copy} AS SELECT * FROM {ident}"
+        )))
+        .execute(&mut *conn)
+        .await?;
+        snapshot
+            .tables
+            .push((format!("{schema}.{table}"), ident, copy));
     }
     Ok(snapshot)
 }
@@ -98,7 +122,10 @@ pub(crate) async fn changes(
     for difference in differences {
         let rows_before = difference.left.as_ref().map_or(0, |f| f.rows);
         let rows_after = difference.right.as_ref().map_or(0, |f| f.rows);
-        let found = snapshot.tables.iter().find(|(name, _, _)| *name == difference.table);
+        let found = snapshot
+            .tables
+            .iter()
+            .find(|(name, _, _)| *name == difference.table);
         let (only_before, only_after) = match found {
             Some((_, ident, copy)) => (
                 sample(conn, &format!("SELECT s::text FROM {copy} AS s EXCEPT ALL SELECT t::text FROM {ident} AS t")).await?,
@@ -106,18 +133,28 @@ pub(crate) async fn changes(
             ),
             None => (Vec::new(), Vec::new()),
         };
-        changes.push(TableChange { table: difference.table.clone(), rows_before, rows_after, only_before, only_after });
+        changes.push(TableChange {
+            table: difference.table.clone(),
+            rows_before,
+            rows_after,
+            only_before,
+            only_after,
+        });
     }
     for (_, _, copy) in snapshot.tables {
-        sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {copy}"))).execute(&mut *conn).await?;
+        sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {copy}")))
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(changes)
 }
 
 async fn sample(conn: &mut PgConnection, rows: &str) -> Result<Vec<String>, Error> {
-    Ok(sqlx::query_scalar(AssertSqlSafe(format!("SELECT r FROM ({rows}) AS diff (r) ORDER BY r LIMIT 5")))
-        .fetch_all(conn)
-        .await?)
+    Ok(sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT r FROM ({rows}) AS diff (r) ORDER BY r LIMIT 5"
+    )))
+    .fetch_all(conn)
+    .await?)
 }
 
 impl Migrator<Postgres> {
@@ -134,19 +171,22 @@ impl Migrator<Postgres> {
         if let Some(only) = self.only_id()
             && !migrations.iter().any(|m| m.id() == only)
         {
-            return Err(Error::UnknownId { id: only.to_string() });
+            return Err(Error::UnknownId {
+                id: only.to_string(),
+            });
         }
         self.with_lock(async |conn| {
-            let applied: Vec<String> = if Postgres::ledger_exists(conn, self.ledger_config()).await? {
-                Postgres::read_ledger(conn, self.ledger_config())
-                    .await?
-                    .into_iter()
-                    .filter(|e| !e.is_running())
-                    .map(|e| e.id)
-                    .collect()
-            } else {
-                Vec::new()
-            };
+            let applied: Vec<String> =
+                if Postgres::ledger_exists(conn, self.ledger_config()).await? {
+                    Postgres::read_ledger(conn, self.ledger_config())
+                        .await?
+                        .into_iter()
+                        .filter(|e| !e.is_running())
+                        .map(|e| e.id)
+                        .collect()
+                } else {
+                    Vec::new()
+                };
             let pending: Vec<&'static Migration> = migrations
                 .into_iter()
                 .filter(|m| !applied.iter().any(|id| id == m.id()))
@@ -162,7 +202,12 @@ impl Migrator<Postgres> {
                 let second_run_rows = run_in(&mut tx, migration).await?;
                 let after = fingerprint_on(&mut tx, &options).await?;
                 let changes = changes(&mut tx, copy, &before.differences(&after)).await?;
-                checks.push(IdempotencyCheck::new(migration.id(), first_run_rows, second_run_rows, changes));
+                checks.push(IdempotencyCheck::new(
+                    migration.id(),
+                    first_run_rows,
+                    second_run_rows,
+                    changes,
+                ));
             }
             // Nothing of this is kept.
             tx.rollback().await?;
@@ -195,19 +240,38 @@ async fn run_in(conn: &mut PgConnection, migration: &'static Migration) -> Resul
         },
         (Code::Batched(run), Some(spec)) => {
             let (mut after, mut number) = (None, 0);
-            while let Some((last, keys)) = Postgres::next_batch(ctx.tx(), spec.table(), spec.key(), after, spec.size()).await? {
+            while let Some((last, keys)) =
+                Postgres::next_batch(ctx.tx(), spec.table(), spec.key(), after, spec.size()).await?
+            {
                 number += 1;
-                match AssertUnwindSafe(run(&mut ctx, Batch::new(after, last, number, keys))).catch_unwind().await {
+                match AssertUnwindSafe(run(&mut ctx, Batch::new(after, last, number, keys)))
+                    .catch_unwind()
+                    .await
+                {
                     Ok(Ok(())) => {}
-                    Ok(Err(err)) => return Err(failed(format!("batch {number}: {}", describe_chain(&err)), false)),
+                    Ok(Err(err)) => {
+                        return Err(failed(
+                            format!("batch {number}: {}", describe_chain(&err)),
+                            false,
+                        ));
+                    }
                     Err(panic) => {
-                        return Err(failed(format!("batch {number}: {}", crate::runner::panic_message(panic.as_ref())), true));
+                        return Err(failed(
+                            format!(
+                                "batch {number}: {}",
+                                crate::runner::panic_message(panic.as_ref())
+                            ),
+                            true,
+                        ));
                     }
                 }
                 after = Some(last);
             }
             Ok(ctx.rows_affected())
         }
-        (Code::Batched(_), None) => Err(Error::Config(format!("migration {} is batched but has no batch specification", migration.id()))),
+        (Code::Batched(_), None) => Err(Error::Config(format!(
+            "migration {} is batched but has no batch specification",
+            migration.id()
+        ))),
     }
 }

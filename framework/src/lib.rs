@@ -74,7 +74,9 @@ pub use copy::{CopyRow, CopyValue};
 pub use ctx::Ctx;
 pub use error::{Drift, Error, describe_sqlx};
 #[cfg(feature = "postgres")]
-pub use fingerprint::{Fingerprint, FingerprintOptions, TableDifference, TableFingerprint, fingerprint, fingerprint_on};
+pub use fingerprint::{
+    Fingerprint, FingerprintOptions, TableDifference, TableFingerprint, fingerprint, fingerprint_on,
+};
 #[cfg(feature = "postgres")]
 pub use idempotency::{IdempotencyCheck, TableChange};
 pub use ledger::{LastRun, LedgerConfig, LedgerEntry};

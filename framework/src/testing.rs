@@ -150,7 +150,10 @@ pub async fn assert_idempotent(pool: &PgPool, id: &str) -> Result<(), Error> {
 /// # Errors
 ///
 /// As [`assert_idempotent`].
-pub async fn assert_idempotent_with(migrator: &Migrator<sqlx::Postgres>, id: &str) -> Result<(), Error> {
+pub async fn assert_idempotent_with(
+    migrator: &Migrator<sqlx::Postgres>,
+    id: &str,
+) -> Result<(), Error> {
     check_idempotent(migrator, id).await?.into_result()
 }
 
@@ -180,9 +183,16 @@ pub async fn assert_all_idempotent_with(migrator: &Migrator<sqlx::Postgres>) -> 
 /// # Errors
 ///
 /// Any error of the runs themselves.
-pub async fn check_idempotent(migrator: &Migrator<sqlx::Postgres>, id: &str) -> Result<IdempotencyCheck, Error> {
+pub async fn check_idempotent(
+    migrator: &Migrator<sqlx::Postgres>,
+    id: &str,
+) -> Result<IdempotencyCheck, Error> {
     let first = migrator.clone().up_to(id).run().await?;
-    let first_run_rows = first.applied.iter().find(|a| a.id == id).map_or(0, |a| a.rows_affected);
+    let first_run_rows = first
+        .applied
+        .iter()
+        .find(|a| a.id == id)
+        .map_or(0, |a| a.rows_affected);
     // The snapshot lives in temporary tables of this one connection, held across the re-run.
     let mut conn = migrator.pool().acquire().await?;
     let options = FingerprintOptions::new().ledger(migrator.ledger_config());
@@ -192,7 +202,12 @@ pub async fn check_idempotent(migrator: &Migrator<sqlx::Postgres>, id: &str) -> 
     let after = fingerprint_on(&mut conn, &options).await?;
     let changes = changes(&mut conn, copy, &before.differences(&after)).await?;
     let second_run_rows = second.applied.first().map_or(0, |a| a.rows_affected);
-    Ok(IdempotencyCheck::new(id, first_run_rows, second_run_rows, changes))
+    Ok(IdempotencyCheck::new(
+        id,
+        first_run_rows,
+        second_run_rows,
+        changes,
+    ))
 }
 
 /// Proves that batched migration `id`, stopped after `after_batches` batches (as a crash
@@ -210,7 +225,12 @@ pub async fn assert_interruption_converges(
     after_batches: u64,
 ) -> Result<(), Error> {
     Migrator::new(uninterrupted.clone()).up_to(id).run().await?;
-    match Migrator::new(interrupted.clone()).up_to(id).interrupt_after_batches(after_batches).run().await {
+    match Migrator::new(interrupted.clone())
+        .up_to(id)
+        .interrupt_after_batches(after_batches)
+        .run()
+        .await
+    {
         Err(Error::Interrupted { .. }) => {}
         Ok(_) => {
             return Err(Error::Config(format!(
