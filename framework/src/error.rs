@@ -202,23 +202,6 @@ pub(crate) fn describe_chain(err: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::describe_chain;
-
-    #[test]
-    fn causes_are_joined_once() {
-        let err = anyhow::anyhow!("the disk is full").context("boom");
-        assert_eq!(describe_chain(&err), "boom: the disk is full");
-        let io = std::io::Error::other("connection reset");
-        let err = anyhow::Error::new(sqlx::Error::Io(io)).context("loading users");
-        assert_eq!(
-            describe_chain(&err),
-            "loading users: error communicating with database: connection reset"
-        );
-    }
-}
-
 fn not_idempotent(
     id: &str,
     changes: &[crate::idempotency::TableChange],
@@ -247,4 +230,21 @@ fn not_idempotent(
     }
     message.push_str(&parts.join(", and"));
     message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_chain;
+
+    #[test]
+    fn causes_are_joined_once() {
+        let err = anyhow::anyhow!("the disk is full").context("boom");
+        assert_eq!(describe_chain(&err), "boom: the disk is full");
+        let io = std::io::Error::other("connection reset");
+        let err = anyhow::Error::new(sqlx::Error::Io(io)).context("loading users");
+        assert_eq!(
+            describe_chain(&err),
+            "loading users: error communicating with database: connection reset"
+        );
+    }
 }

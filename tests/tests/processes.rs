@@ -36,6 +36,23 @@ async fn wait_for_lock_holder(pool: &sqlx::PgPool) -> anyhow::Result<()> {
     anyhow::bail!("no runner took the lock within 10 s")
 }
 
+/// Waits until a migration of this database sits in its `pg_sleep`: inside its transaction.
+async fn wait_for_sleeping_migration(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    for _ in 0..500 {
+        let sleeping = scalar(
+            pool,
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND state = 'active' AND query LIKE 'SELECT pg_sleep%'",
+        )
+        .await?;
+        if sleeping > 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("no migration started sleeping within 10 s")
+}
+
 #[tokio::test]
 async fn four_concurrent_run_processes_apply_once() -> anyhow::Result<()> {
     let db = datamig::testing::postgres().await?;
@@ -91,8 +108,7 @@ async fn a_run_killed_mid_migration_leaves_nothing_and_the_next_run_applies_once
     switch_on(db.pool(), "slow").await?;
 
     let mut child = datamig(db.url(), &["run"]).spawn()?;
-    wait_for_lock_holder(db.pool()).await?;
-    tokio::time::sleep(Duration::from_millis(300)).await; // inside the migration's transaction
+    wait_for_sleeping_migration(db.pool()).await?; // inside the migration's transaction
     child.start_kill()?; // SIGKILL
     let status = child.wait().await?;
     assert!(!status.success());
@@ -323,7 +339,7 @@ async fn a_second_ctrl_c_rolls_back_the_transaction_in_progress_and_says_so() ->
     switch_on(db.pool(), "slow").await?;
 
     let child = datamig(db.url(), &["run"]).spawn()?;
-    wait_for_lock_holder(db.pool()).await?;
+    wait_for_sleeping_migration(db.pool()).await?;
     interrupt(&child)?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     interrupt(&child)?;
