@@ -421,6 +421,7 @@ impl From<Error> for Failure {
             Error::NotIdempotent { .. } | Error::Diverged { .. } => exit::NOT_IDEMPOTENT,
             Error::Stopped { .. } => exit::INTERRUPTED,
             Error::DuplicateId { .. }
+            | Error::LedgerShape { .. }
             | Error::UnknownId { .. }
             | Error::UnsupportedBackend { .. }
             | Error::SchemaNotReady { .. }

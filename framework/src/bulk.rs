@@ -98,9 +98,13 @@ impl Ctx<'_, Postgres> {
 
     /// Runs `ANALYZE` on each table, so the planner sees the data just loaded.
     ///
+    /// PostgreSQL lets only a table's owner (or a superuser) analyse it, and for anyone else
+    /// it only warns and skips the table: this helper checks first and fails instead.
+    ///
     /// # Errors
     ///
-    /// [`Error::Database`], for instance for a table that does not exist.
+    /// [`Error::Config`] for a table that does not exist or that the current role may not
+    /// analyse; [`Error::Database`] otherwise.
     pub async fn analyze<S: AsRef<str>>(
         &mut self,
         tables: impl IntoIterator<Item = S>,

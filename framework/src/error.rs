@@ -156,6 +156,20 @@ pub enum Error {
         available: String,
     },
 
+    /// A ledger table exists but is not shaped as datamig's (another tool's table of the
+    /// same name, or an edited one).
+    #[error(
+        "the table {table} is not a datamig ledger: it lacks the columns {}; use another table name \
+         (--ledger-table, --runs-table) or restore it",
+        .missing.join(", ")
+    )]
+    LedgerShape {
+        /// The table.
+        table: String,
+        /// The columns datamig needs that it lacks.
+        missing: Vec<String>,
+    },
+
     /// A configuration value is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -385,6 +385,7 @@ impl<DB: Backend> Migrator<DB> {
     ) -> Result<RunReport, Error> {
         // Created under the lock: concurrent `CREATE TABLE IF NOT EXISTS` can still collide.
         DB::ensure_ledger(conn, &self.ledger).await?;
+        self.check_ledger_shape(conn).await?;
         let ledger = DB::read_ledger(conn, &self.ledger).await?;
         let mut plan = match mode {
             Mode::Pending => Plan::new(code.iter().map(|(m, _)| *m), ledger),
@@ -578,6 +579,25 @@ impl<DB: Backend> Migrator<DB> {
                 .map_err(Failure::Other)?;
         }
         Err(failure)
+    }
+
+    /// Fails with [`Error::LedgerShape`] when a ledger table lacks datamig's columns.
+    pub(crate) async fn check_ledger_shape(&self, conn: &mut DB::Connection) -> Result<(), Error> {
+        for (table, expected) in [
+            (self.ledger.ledger_ident(), crate::ledger::LEDGER_COLUMNS),
+            (self.ledger.runs_ident(), crate::ledger::RUNS_COLUMNS),
+        ] {
+            let columns = DB::table_columns(conn, &table).await?;
+            if columns.is_empty() {
+                continue;
+            }
+            let missing: Vec<String> =
+                expected.iter().filter(|c| !columns.iter().any(|have| have == *c)).map(|c| c.to_string()).collect();
+            if !missing.is_empty() {
+                return Err(Error::LedgerShape { table, missing });
+            }
+        }
+        Ok(())
     }
 
     /// Whether `id` is pending but outside this run's selection (`only`, `up_to`).
@@ -786,11 +806,13 @@ impl<DB: Backend> Migrator<DB> {
         first_started_at: DateTime<Utc>,
         (lock_timeout, statement_timeout): (Option<Duration>, Option<Duration>),
     ) -> Result<BatchDone, BatchError> {
+        // Inside a batch, a database error (a lost connection, a constraint) fails the
+        // migration like an error of its body: it is recorded and reported by id.
         let classify = |err: sqlx::Error| {
             if DB::is_lock_timeout(&err) {
                 BatchError::LockTimeout(describe_sqlx(&err))
             } else {
-                BatchError::Other(Error::Database(err))
+                BatchError::Failed { message: format!("batch {}: {}", state.batches + 1, describe_sqlx(&err)), panicked: false }
             }
         };
         let mut tx = conn.begin().await.map_err(classify)?;
@@ -979,6 +1001,7 @@ impl<DB: Backend> Migrator<DB> {
         self.ledger.validate()?;
         let migrations = self.load()?;
         let mut conn = self.pool.acquire().await?;
+        self.check_ledger_shape(&mut conn).await?;
         let (ledger, last_runs) = if DB::ledger_exists(&mut conn, &self.ledger).await? {
             (
                 DB::read_ledger(&mut conn, &self.ledger).await?,

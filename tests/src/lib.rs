@@ -20,7 +20,7 @@ pub const COUNT_RUNS: &str = "20240101_0000_count_runs";
 /// 1 proves it ran exactly once. Sleeps a little so that concurrent runners overlap.
 ///
 /// With the switch `slow` on it sleeps 3 s (to hold the runner lock while a test looks);
-/// with `fail` on it fails after writing.
+/// with `fail` on it fails after writing, with `panic` on it panics after writing.
 #[datamig::migration(id = "20240101_0000_count_runs")]
 pub async fn count_runs(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
     let slow: bool =
@@ -39,6 +39,11 @@ pub async fn count_runs(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
     if fail {
         anyhow::bail!("the fail switch is on");
     }
+    let panic: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM fixture_switches WHERE name = 'panic')")
+            .fetch_one(ctx.tx())
+            .await?;
+    assert!(!panic, "the panic switch is on");
     Ok(())
 }
 

@@ -37,6 +37,12 @@ pub(crate) mod steps {
             config: &LedgerConfig,
         ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
+        /// The columns of a table (`schema.table` quoted), to check the ledger's shape.
+        fn table_columns(
+            conn: &mut Self::Connection,
+            table: &str,
+        ) -> impl Future<Output = Result<Vec<String>, sqlx::Error>> + Send;
+
         /// Whether the ledger table exists (read-only commands do not create it).
         fn ledger_exists(
             conn: &mut Self::Connection,
