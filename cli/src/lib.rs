@@ -38,6 +38,15 @@ use output::Output;
 /// Usage errors exit with [`exit::USAGE`] after clap's message.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A migration that panics is caught, rolled back and reported in one line on stderr;
+    // Rust's default report of the panic would add a second, with a hint about backtraces.
+    // With RUST_BACKTRACE set, the default report (and its backtrace) stays.
+    if std::env::var_os("RUST_BACKTRACE").is_none() {
+        std::panic::set_hook(Box::new(|info| {
+            let location = info.location().map(ToString::to_string).unwrap_or_default();
+            eprintln!("panic at {location}");
+        }));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -112,7 +112,31 @@ impl Ctx<'_, Postgres> {
         for table in tables {
             let table = table.as_ref();
             check_name("table", table)?;
-            sqlx::query(AssertSqlSafe(format!("ANALYZE {}", quote_ident(table))))
+            let quoted = quote_ident(table);
+            let allowed: Option<(bool, String)> = sqlx::query_as(
+                "SELECT pg_has_role(current_user, c.relowner, 'USAGE')
+                        OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
+                        pg_get_userbyid(c.relowner)::text
+                 FROM pg_class c WHERE c.oid = to_regclass($1)",
+            )
+            .bind(&quoted)
+            .fetch_optional(self.tx())
+            .await?;
+            match allowed {
+                None => {
+                    return Err(Error::Config(format!(
+                        "cannot analyze {table}: no such table"
+                    )));
+                }
+                Some((false, owner)) => {
+                    return Err(Error::Config(format!(
+                        "cannot analyze {table}: only its owner ({owner}) or a superuser may, and this \
+                         migration runs as another role; run ANALYZE as {owner}, or grant that role to this one"
+                    )));
+                }
+                Some((true, _)) => {}
+            }
+            sqlx::query(AssertSqlSafe(format!("ANALYZE {quoted}")))
                 .execute(self.tx())
                 .await?;
         }

@@ -144,14 +144,41 @@ impl LedgerEntry {
 
 /// The columns datamig reads and writes in the ledger.
 pub(crate) const LEDGER_COLUMNS: &[&str] = &[
-    "id", "checksum", "revision", "description", "started_at", "finished_at", "duration_ms", "rows_affected",
-    "notes", "applied_by", "host", "app_version", "run_count", "status", "checkpoint", "batches",
+    "id",
+    "checksum",
+    "revision",
+    "description",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "rows_affected",
+    "notes",
+    "applied_by",
+    "host",
+    "app_version",
+    "run_count",
+    "status",
+    "checkpoint",
+    "batches",
 ];
 
 /// The columns datamig reads and writes in the run history.
 pub(crate) const RUNS_COLUMNS: &[&str] = &[
-    "run_id", "migration_id", "action", "outcome", "checksum", "revision", "started_at", "finished_at",
-    "duration_ms", "rows_affected", "error", "reason", "db_user", "host", "app_version",
+    "run_id",
+    "migration_id",
+    "action",
+    "outcome",
+    "checksum",
+    "revision",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "rows_affected",
+    "error",
+    "reason",
+    "db_user",
+    "host",
+    "app_version",
 ];
 
 /// Ledger status of an applied migration.

@@ -591,8 +591,11 @@ impl<DB: Backend> Migrator<DB> {
             if columns.is_empty() {
                 continue;
             }
-            let missing: Vec<String> =
-                expected.iter().filter(|c| !columns.iter().any(|have| have == *c)).map(|c| c.to_string()).collect();
+            let missing: Vec<String> = expected
+                .iter()
+                .filter(|c| !columns.iter().any(|have| have == *c))
+                .map(|c| c.to_string())
+                .collect();
             if !missing.is_empty() {
                 return Err(Error::LedgerShape { table, missing });
             }
@@ -812,7 +815,10 @@ impl<DB: Backend> Migrator<DB> {
             if DB::is_lock_timeout(&err) {
                 BatchError::LockTimeout(describe_sqlx(&err))
             } else {
-                BatchError::Failed { message: format!("batch {}: {}", state.batches + 1, describe_sqlx(&err)), panicked: false }
+                BatchError::Failed {
+                    message: format!("batch {}: {}", state.batches + 1, describe_sqlx(&err)),
+                    panicked: false,
+                }
             }
         };
         let mut tx = conn.begin().await.map_err(classify)?;

@@ -53,7 +53,8 @@ pub const BUMP_ITEMS: &str = "20240101_0001_bump_items";
 /// Adds one to `items.v` for the keys of each batch (100 keys a batch): deliberately not
 /// idempotent, so `v = 1` everywhere proves every batch committed exactly once.
 ///
-/// With the switch `slow_batches` on, each batch sleeps 100 ms; with `fail_batch_3` on,
+/// With the switch `slow_batches` on, each batch sleeps 100 ms after its update, holding its
+/// rows' locks; with `fail_batch_3` on,
 /// batch 3 fails after writing.
 #[datamig::migration(
     id = "20240101_0001_bump_items",
@@ -63,11 +64,6 @@ pub async fn bump_items(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Re
     let switches: Vec<String> = sqlx::query_scalar("SELECT name FROM fixture_switches")
         .fetch_all(ctx.tx())
         .await?;
-    if switches.iter().any(|s| s == "slow_batches") {
-        sqlx::query("SELECT pg_sleep(0.1)")
-            .execute(ctx.tx())
-            .await?;
-    }
     let updated = sqlx::query("UPDATE items SET v = v + 1 WHERE id > $1 AND id <= $2")
         .bind(batch.after())
         .bind(batch.last())
@@ -75,6 +71,12 @@ pub async fn bump_items(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Re
         .await?
         .rows_affected();
     ctx.add_rows_affected(updated);
+    if switches.iter().any(|s| s == "slow_batches") {
+        // After the update: the batch holds its rows' locks while it sleeps.
+        sqlx::query("SELECT pg_sleep(0.1)")
+            .execute(ctx.tx())
+            .await?;
+    }
     if batch.number() == 3 && switches.iter().any(|s| s == "fail_batch_3") {
         anyhow::bail!("batch 3 failed on purpose");
     }
@@ -158,4 +160,90 @@ pub async fn advisory_locks_held(pool: &PgPool) -> Result<i64, sqlx::Error> {
            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
     )
     .await
+}
+
+/// `BINARY ARGS` against `url`, with piped output, killed if dropped. Integration tests
+/// pass `env!("CARGO_BIN_EXE_datamig-fixtures")`.
+pub fn command(binary: &str, url: &str, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(binary);
+    cmd.args(args)
+        .env("DATABASE_URL", url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Bytes as text, for assertions on output.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Sends `signal` (`-INT`, `-TERM`, `-STOP`, ...) to a child process.
+///
+/// # Errors
+///
+/// When the child has exited or `kill` fails.
+pub fn send(child: &tokio::process::Child, signal: &str) -> anyhow::Result<()> {
+    let pid = child
+        .id()
+        .ok_or_else(|| anyhow::anyhow!("the child has exited"))?;
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill {signal} failed");
+    Ok(())
+}
+
+/// Ctrl-C for a child process.
+///
+/// # Errors
+///
+/// As [`send`].
+pub fn interrupt(child: &tokio::process::Child) -> anyhow::Result<()> {
+    send(child, "-INT")
+}
+
+/// Waits until a runner holds the runner lock of this database.
+///
+/// # Errors
+///
+/// After 10 s without one.
+pub async fn wait_for_lock_holder(pool: &PgPool) -> anyhow::Result<()> {
+    wait_until(
+        pool,
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+        AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .await
+}
+
+/// Waits until a migration of this database sits in its `pg_sleep`: inside its transaction.
+///
+/// # Errors
+///
+/// After 10 s without one.
+pub async fn wait_for_sleeping_migration(pool: &PgPool) -> anyhow::Result<()> {
+    wait_until(
+        pool,
+        "SELECT count(*) FROM pg_stat_activity
+        WHERE datname = current_database() AND state = 'active' AND query LIKE 'SELECT pg_sleep%'",
+    )
+    .await
+}
+
+/// Waits until `count_sql` returns more than 0 (errors, such as a missing table, count as 0).
+///
+/// # Errors
+///
+/// After 10 s.
+pub async fn wait_until(pool: &PgPool, count_sql: &'static str) -> anyhow::Result<()> {
+    for _ in 0..1000 {
+        if scalar(pool, count_sql).await.unwrap_or(0) > 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    anyhow::bail!("waited 10 s for: {count_sql}")
 }

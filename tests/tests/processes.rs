@@ -2,55 +2,16 @@
 //! half-way, failing, or kept waiting. The binary is `datamig-fixtures`, a user's own CLI
 //! built with `datamig_cli::main()` and linked with the fixture migrations.
 
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use datamig_tests::{
-    BUMP_ITEMS, COUNT_RUNS, advisory_locks_held, counter, create_fixture_tables, item_values,
-    scalar, switch_on,
+    BUMP_ITEMS, COUNT_RUNS, counter, create_fixture_tables, interrupt, item_values, scalar, send,
+    switch_on, text, wait_for_lock_holder, wait_for_sleeping_migration,
 };
-use tokio::process::Command;
 
-fn datamig(url: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_datamig-fixtures"));
-    cmd.args(args)
-        .env("DATABASE_URL", url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-async fn wait_for_lock_holder(pool: &sqlx::PgPool) -> anyhow::Result<()> {
-    for _ in 0..500 {
-        if advisory_locks_held(pool).await? > 0 {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    anyhow::bail!("no runner took the lock within 10 s")
-}
-
-/// Waits until a migration of this database sits in its `pg_sleep`: inside its transaction.
-async fn wait_for_sleeping_migration(pool: &sqlx::PgPool) -> anyhow::Result<()> {
-    for _ in 0..500 {
-        let sleeping = scalar(
-            pool,
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND state = 'active' AND query LIKE 'SELECT pg_sleep%'",
-        )
-        .await?;
-        if sleeping > 0 {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    anyhow::bail!("no migration started sleeping within 10 s")
+fn datamig(url: &str, args: &[&str]) -> tokio::process::Command {
+    datamig_tests::command(env!("CARGO_BIN_EXE_datamig-fixtures"), url, args)
 }
 
 #[tokio::test]
@@ -255,21 +216,6 @@ async fn a_runner_kept_waiting_for_the_lock_exits_5() -> anyhow::Result<()> {
     let holder = holder.wait_with_output().await?;
     assert!(holder.status.success(), "{}", text(&holder.stderr));
     assert_eq!(counter(db.pool()).await?, 1);
-    Ok(())
-}
-
-fn interrupt(child: &tokio::process::Child) -> anyhow::Result<()> {
-    send(child, "-INT")
-}
-
-fn send(child: &tokio::process::Child, signal: &str) -> anyhow::Result<()> {
-    let pid = child
-        .id()
-        .ok_or_else(|| anyhow::anyhow!("the child has exited"))?;
-    let status = std::process::Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()?;
-    anyhow::ensure!(status.success(), "kill {signal} failed");
     Ok(())
 }
 

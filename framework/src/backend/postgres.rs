@@ -76,7 +76,10 @@ impl Steps for Postgres {
         Ok(())
     }
 
-    async fn table_columns(conn: &mut PgConnection, table: &str) -> Result<Vec<String>, sqlx::Error> {
+    async fn table_columns(
+        conn: &mut PgConnection,
+        table: &str,
+    ) -> Result<Vec<String>, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
         )
