@@ -38,17 +38,13 @@ async fn upsert_rust_rows(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
     batch(table = "bench_users", key = "id", size = 10_000)
 )]
 async fn batched_backfill(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result<()> {
-    let inserted = sqlx::query(
+    ctx.execute_batch(
         "INSERT INTO bench_settings (user_id, email_enabled, push_enabled)
          SELECT id, true, true FROM bench_users WHERE id > $1 AND id <= $2
          ON CONFLICT (user_id) DO NOTHING",
+        &batch,
     )
-    .bind(batch.after())
-    .bind(batch.last())
-    .execute(ctx.tx())
-    .await?
-    .rows_affected();
-    ctx.add_rows_affected(inserted);
+    .await?;
     Ok(())
 }
 
@@ -58,16 +54,12 @@ async fn batched_backfill(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::
     batch(table = "bench_rss_users", key = "id", size = 10_000)
 )]
 async fn rss_pass(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result<()> {
-    let updated = sqlx::query(
+    ctx.execute_batch(
         "UPDATE bench_rss_users SET email = lower(email)
          WHERE id > $1 AND id <= $2 AND email IS DISTINCT FROM lower(email)",
+        &batch,
     )
-    .bind(batch.after())
-    .bind(batch.last())
-    .execute(ctx.tx())
-    .await?
-    .rows_affected();
-    ctx.add_rows_affected(updated);
+    .await?;
     Ok(())
 }
 

@@ -153,16 +153,7 @@ impl Output {
                 )?;
             }
         }
-        let count = |state| statuses.iter().filter(|s| s.state == state).count();
-        writeln!(
-            out,
-            "{} applied, {} pending, {} running, {} drifted, {} unknown",
-            count(State::Applied),
-            count(State::Pending),
-            count(State::Running),
-            count(State::Drifted),
-            count(State::Unknown)
-        )?;
+        writeln!(out, "{}", summary(statuses))?;
         Ok(())
     }
 
@@ -265,22 +256,7 @@ impl Output {
             (Some(problem), _) => writeln!(out, "ledger: cannot be read: {problem}")?,
             (None, false) => writeln!(out, "ledger: not created yet (the first `run` creates it)")?,
             (None, true) => {
-                let count = |state| {
-                    doctor
-                        .migrations
-                        .iter()
-                        .filter(|s| s.state == state)
-                        .count()
-                };
-                writeln!(
-                    out,
-                    "ledger: ok ({} applied, {} pending, {} running, {} drifted, {} unknown)",
-                    count(State::Applied),
-                    count(State::Pending),
-                    count(State::Running),
-                    count(State::Drifted),
-                    count(State::Unknown)
-                )?;
+                writeln!(out, "ledger: ok ({})", summary(&doctor.migrations))?;
             }
         }
         for s in &doctor.migrations {
@@ -412,6 +388,19 @@ impl Output {
             bar: Mutex::new(None),
         }
     }
+}
+
+/// `2 applied, 1 pending, 0 running, 0 drifted, 0 unknown`.
+fn summary(statuses: &[MigrationStatus]) -> String {
+    let count = |state| statuses.iter().filter(|s| s.state == state).count();
+    format!(
+        "{} applied, {} pending, {} running, {} drifted, {} unknown",
+        count(State::Applied),
+        count(State::Pending),
+        count(State::Running),
+        count(State::Drifted),
+        count(State::Unknown)
+    )
 }
 
 fn state_name(state: State) -> &'static str {

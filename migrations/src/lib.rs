@@ -81,15 +81,11 @@ pub async fn normalize_user_emails(
     ctx: &mut Ctx<'_, Postgres>,
     batch: Batch,
 ) -> anyhow::Result<()> {
-    let updated = sqlx::query(
+    ctx.execute_batch(
         "UPDATE users SET email = lower(btrim(email))
          WHERE id > $1 AND id <= $2 AND email IS DISTINCT FROM lower(btrim(email))",
+        &batch,
     )
-    .bind(batch.after())
-    .bind(batch.last())
-    .execute(ctx.tx())
-    .await?
-    .rows_affected();
-    ctx.add_rows_affected(updated);
+    .await?;
     Ok(())
 }

@@ -64,13 +64,11 @@ pub async fn bump_items(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Re
     let switches: Vec<String> = sqlx::query_scalar("SELECT name FROM fixture_switches")
         .fetch_all(ctx.tx())
         .await?;
-    let updated = sqlx::query("UPDATE items SET v = v + 1 WHERE id > $1 AND id <= $2")
-        .bind(batch.after())
-        .bind(batch.last())
-        .execute(ctx.tx())
-        .await?
-        .rows_affected();
-    ctx.add_rows_affected(updated);
+    ctx.execute_batch(
+        "UPDATE items SET v = v + 1 WHERE id > $1 AND id <= $2",
+        &batch,
+    )
+    .await?;
     if switches.iter().any(|s| s == "slow_batches") {
         // After the update: the batch holds its rows' locks while it sleeps.
         sqlx::query("SELECT pg_sleep(0.1)")

@@ -453,11 +453,11 @@ async fn a_batch_blocked_by_a_row_lock_times_out_retries_and_succeeds_once_the_l
     batch(table = "items", key = "id", size = 100, retries = 1)
 )]
 async fn bump_items_impatient(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result<()> {
-    sqlx::query("UPDATE items SET v = v + 1 WHERE id > $1 AND id <= $2")
-        .bind(batch.after())
-        .bind(batch.last())
-        .execute(ctx.tx())
-        .await?;
+    ctx.execute_batch(
+        "UPDATE items SET v = v + 1 WHERE id > $1 AND id <= $2",
+        &batch,
+    )
+    .await?;
     Ok(())
 }
 
@@ -619,11 +619,11 @@ async fn resetting_the_sequences_of_a_missing_table_is_a_clear_error() -> anyhow
     batch(table = "items", key = "id", size = 250, pause = "150ms")
 )]
 async fn bump_items_pausing(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result<()> {
-    sqlx::query("UPDATE items SET v = v + 1 WHERE id > $1 AND id <= $2")
-        .bind(batch.after())
-        .bind(batch.last())
-        .execute(ctx.tx())
-        .await?;
+    ctx.execute_batch(
+        "UPDATE items SET v = v + 1 WHERE id > $1 AND id <= $2",
+        &batch,
+    )
+    .await?;
     Ok(())
 }
 

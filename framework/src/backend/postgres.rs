@@ -10,7 +10,7 @@ use super::steps::Steps;
 use crate::admin::SessionInfo;
 use crate::ctx::Ctx;
 use crate::ledger::{Attempt, LastRun, LedgerConfig, LedgerEntry, LedgerWrite};
-use crate::migration::{Code, Migration};
+use crate::migration::{Batch, Code, Migration};
 use crate::sql::quote_ident;
 
 impl Backend for Postgres {}
@@ -451,6 +451,35 @@ fn ledger_entry(row: &PgRow) -> Result<LedgerEntry, sqlx::Error> {
 }
 
 impl Ctx<'_, Postgres> {
+    /// Executes one statement for the keys of a batch, with `$1` bound to
+    /// [`Batch::after`] and `$2` to [`Batch::last`], and adds the rows it affected to the
+    /// ledger's count. Returns that number of rows.
+    ///
+    /// ```no_run
+    /// # use datamig::prelude::*;
+    /// # async fn body(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result<()> {
+    /// ctx.execute_batch(
+    ///     "UPDATE users SET email = lower(email) WHERE id > $1 AND id <= $2 AND email <> lower(email)",
+    ///     &batch,
+    /// )
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute_batch(
+        &mut self,
+        sql: impl SqlSafeStr,
+        batch: &Batch,
+    ) -> Result<u64, sqlx::Error> {
+        let rows = sqlx::query(sql)
+            .bind(batch.after())
+            .bind(batch.last())
+            .execute(self.tx())
+            .await?
+            .rows_affected();
+        self.add_rows_affected(rows);
+        Ok(rows)
+    }
+
     /// Executes one statement in the migration's transaction and adds the rows it affected
     /// to the ledger's count. Returns that number of rows.
     ///
