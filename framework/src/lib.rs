@@ -43,7 +43,7 @@
 //!
 //! Migrations register themselves through `inventory` when their crate is linked, and rustc
 //! does not link a crate that nothing refers to. Give the crate a `pub fn link()` that calls
-//! [`link_marker`] and call it from every binary (see [`registry`](crate::registry)).
+//! [`link_marker`] and call it from every binary (see [`registry`]).
 
 mod admin;
 mod backend;
