@@ -238,6 +238,13 @@ async fn run_only_and_run_to_leave_the_other_migrations_pending() -> anyhow::Res
         scalar(&db, "SELECT count(*) FROM notification_settings").await?,
         0
     );
+    // An applied migration outside the selection counts as applied, not pending.
+    let then = run(db.url(), &["run", "--only", BACKFILL]);
+    assert!(
+        stdout(&then).ends_with("1 applied, 0 pending, 1 already applied\n"),
+        "{}",
+        stdout(&then)
+    );
 
     let other = demo_database().await?;
     let to = run(other.url(), &["run", "--to", BACKFILL]);

@@ -391,12 +391,16 @@ impl<DB: Backend> Migrator<DB> {
             Mode::Pending => Plan::new(code.iter().map(|(m, _)| *m), ledger),
             Mode::Rerun(id) => Plan::rerun(id, ledger)?,
         };
-        if let Some(only) = &self.only {
-            plan.steps.retain(|id, _| id == only);
-        }
-        if let Some(last) = &self.up_to {
-            plan.steps.retain(|id, _| id <= last);
-        }
+        // Pending migrations outside the selection (`only`, `up_to`) stay pending.
+        let mut left_pending = std::collections::BTreeSet::new();
+        plan.steps.retain(|id, _| {
+            let selected = self.only.as_ref().is_none_or(|only| id == only)
+                && self.up_to.as_ref().is_none_or(|last| id <= last);
+            if !selected {
+                left_pending.insert(id.clone());
+            }
+            selected
+        });
         // Schema first: a data migration that needs a schema migration which has not run
         // stops the run before anything runs.
         for (migration, _) in code {
@@ -424,10 +428,10 @@ impl<DB: Backend> Migrator<DB> {
         };
         for (migration, run) in code {
             let Some(step) = plan.steps.remove(migration.id()) else {
-                if !self.is_left_pending(migration.id()) {
-                    report.already_applied.push(migration.id().to_string());
-                } else {
+                if left_pending.contains(migration.id()) {
                     report.pending.push(migration.id().to_string());
+                } else {
+                    report.already_applied.push(migration.id().to_string());
                 }
                 continue;
             };
@@ -601,12 +605,6 @@ impl<DB: Backend> Migrator<DB> {
             }
         }
         Ok(())
-    }
-
-    /// Whether `id` is pending but outside this run's selection (`only`, `up_to`).
-    fn is_left_pending(&self, id: &str) -> bool {
-        self.only.as_deref().is_some_and(|only| only != id)
-            || self.up_to.as_deref().is_some_and(|last| id > last)
     }
 
     /// A record of an attempt of `migration`, started at `started_at`, ending now.
