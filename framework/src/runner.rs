@@ -532,8 +532,8 @@ impl<DB: Backend> Migrator<DB> {
                 // The ledger row is written in the migration's own transaction: the effects
                 // and the record that they happened commit together or not at all. With the
                 // ledger written afterwards, a crash between the two commits would leave the
-                // migration applied but unrecorded, and the next run would apply it again
-                // (the bug sqlx fixed by moving its ledger insert into the transaction).
+                // migration applied but unrecorded, and the next run would apply it again.
+                // sqlx's migrator does the same for that reason: launchbadge/sqlx#1966.
                 // The ledger's primary key on `id` also turns a second application into a
                 // unique violation, should anything ever get past the runner lock.
                 let recorded = match DB::write_ledger(&mut tx, &self.ledger, &attempt).await {
