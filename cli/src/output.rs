@@ -470,12 +470,12 @@ impl ProgressOutput {
                 ProgressBar::with_draw_target(event.estimated_total, ProgressDrawTarget::stderr());
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {pos}/{len} keys, {per_sec}, eta {eta}",
+                    "{prefix} [{bar:30}] {pos}/{len} keys, {msg}, eta {eta}",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
             );
-            bar.set_message(event.id.clone());
+            bar.set_prefix(event.id.clone());
             *slot = Some((event.id.clone(), bar));
         }
         if let Some((_, bar)) = slot.as_ref() {
@@ -483,6 +483,7 @@ impl ProgressOutput {
                 bar.set_length(total.max(event.keys_done));
             }
             bar.set_position(event.keys_done);
+            bar.set_message(format!("{:.0} keys/s", event.keys_per_second));
         }
     }
 
