@@ -102,63 +102,10 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
 
-    let upsert_first = median(repeat, || async {
-        truncate(&pool).await?;
-        timed(async {
-            migrator(&pool, &upsert_rust_rows::MIGRATION)
-                .run()
-                .await
-                .map(drop)
-        })
-        .await
-    })
-    .await?;
-    let upsert_second = median(repeat, || async {
-        timed(async {
-            migrator(&pool, &upsert_rust_rows::MIGRATION)
-                .rerun(upsert_rust_rows::MIGRATION.id())
-                .await
-                .map(drop)
-        })
-        .await
-    })
-    .await?;
-    let upsert_rewritten = rewritten(&pool, || async {
-        migrator(&pool, &upsert_rust_rows::MIGRATION)
-            .rerun(upsert_rust_rows::MIGRATION.id())
-            .await
-            .map(drop)
-    })
-    .await?;
-
-    let batched_first = median(repeat, || async {
-        truncate(&pool).await?;
-        timed(async {
-            migrator(&pool, &batched_backfill::MIGRATION)
-                .run()
-                .await
-                .map(drop)
-        })
-        .await
-    })
-    .await?;
-    let batched_second = median(repeat, || async {
-        timed(async {
-            migrator(&pool, &batched_backfill::MIGRATION)
-                .rerun(batched_backfill::MIGRATION.id())
-                .await
-                .map(drop)
-        })
-        .await
-    })
-    .await?;
-    let batched_rewritten = rewritten(&pool, || async {
-        migrator(&pool, &batched_backfill::MIGRATION)
-            .rerun(batched_backfill::MIGRATION.id())
-            .await
-            .map(drop)
-    })
-    .await?;
+    let (upsert_first, upsert_second, upsert_rewritten) =
+        measure(&pool, repeat, &upsert_rust_rows::MIGRATION).await?;
+    let (batched_first, batched_second, batched_rewritten) =
+        measure(&pool, repeat, &batched_backfill::MIGRATION).await?;
     let settings: i64 = sqlx::query_scalar("SELECT count(*) FROM bench_settings")
         .fetch_one(&pool)
         .await?;
@@ -266,6 +213,29 @@ async fn main() -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+/// A migration's first run (from an empty target), its second run (`rerun`), and the rows
+/// the second run rewrote.
+async fn measure(
+    pool: &PgPool,
+    repeat: usize,
+    migration: &'static datamig::Migration,
+) -> anyhow::Result<(Duration, Duration, i64)> {
+    let first = median(repeat, || async {
+        truncate(pool).await?;
+        timed(async { migrator(pool, migration).run().await.map(drop) }).await
+    })
+    .await?;
+    let rerun = || async {
+        migrator(pool, migration)
+            .rerun(migration.id())
+            .await
+            .map(drop)
+    };
+    let second = median(repeat, || async { timed(rerun()).await }).await?;
+    let rewritten = rewritten(pool, rerun).await?;
+    Ok((first, second, rewritten))
 }
 
 fn migrator(pool: &PgPool, migration: &'static datamig::Migration) -> Migrator<Postgres> {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use datamig::prelude::*;
-use datamig::{Error, Migration, Progress, UpsertReport};
+use datamig::{Error, Migration, Progress, UpsertMode, UpsertReport};
 use datamig_tests::{
     BUMP_ITEMS, bump_items, create_fixture_tables, item_values, scalar, switch_on,
 };
@@ -35,46 +35,35 @@ fn incoming() -> Vec<(i64, &'static str, Option<i32>)> {
         .collect()
 }
 
-/// Upserts `incoming()` without overwriting.
-#[datamig::migration(id = "20240601_0000_prefs_insert_missing")]
-async fn prefs_insert_missing(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
+/// Upserts `incoming()` into `prefs` in `mode` and notes the counts.
+async fn upsert_incoming(ctx: &mut Ctx<'_, Postgres>, mode: UpsertMode) -> anyhow::Result<()> {
     let report = ctx
         .upsert("prefs")
         .key(["user_id"])
         .rows(["user_id", "plan", "score"], incoming())
-        .insert_missing()
+        .mode(mode)
         .execute()
         .await?;
     ctx.note(format!("{report:?}"));
     Ok(())
+}
+
+/// Upserts `incoming()` without overwriting.
+#[datamig::migration(id = "20240601_0000_prefs_insert_missing")]
+async fn prefs_insert_missing(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
+    upsert_incoming(ctx, UpsertMode::InsertMissing).await
 }
 
 /// Upserts `incoming()`, overwriting.
 #[datamig::migration(id = "20240601_0001_prefs_overwrite")]
 async fn prefs_overwrite(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
-    let report = ctx
-        .upsert("prefs")
-        .key(["user_id"])
-        .rows(["user_id", "plan", "score"], incoming())
-        .overwrite()
-        .execute()
-        .await?;
-    ctx.note(format!("{report:?}"));
-    Ok(())
+    upsert_incoming(ctx, UpsertMode::Overwrite).await
 }
 
 /// Upserts `incoming()`, updating only rows that differ.
 #[datamig::migration(id = "20240601_0002_prefs_update_if_changed")]
 async fn prefs_update_if_changed(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
-    let report = ctx
-        .upsert("prefs")
-        .key(["user_id"])
-        .rows(["user_id", "plan", "score"], incoming())
-        .update_if_changed()
-        .execute()
-        .await?;
-    ctx.note(format!("{report:?}"));
-    Ok(())
+    upsert_incoming(ctx, UpsertMode::UpdateIfChanged).await
 }
 
 /// The same rows, from a query.
