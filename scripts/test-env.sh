@@ -85,10 +85,15 @@ start_fallback_server() {
   fallback_dir=$(mktemp -d /tmp/datamig-pg.XXXXXX)
   [ "$(id -u)" = 0 ] && chown postgres "$fallback_dir"
   port=55999
-  as_postgres "$bin/initdb" -D "$fallback_dir/data" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
+  # Password authentication over TCP, as in the container: the tests check that a wrong
+  # password is refused.
+  echo postgres > "$fallback_dir/pwfile"
+  [ "$(id -u)" = 0 ] && chown postgres "$fallback_dir/pwfile"
+  as_postgres "$bin/initdb" -D "$fallback_dir/data" -U postgres --pwfile="$fallback_dir/pwfile" \
+    --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C >/dev/null
   as_postgres "$bin/pg_ctl" -D "$fallback_dir/data" -l "$fallback_dir/log" -w \
     -o "-p $port -k $fallback_dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start >/dev/null
-  export DATAMIG_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+  export DATAMIG_TEST_DATABASE_URL="postgres://postgres:postgres@127.0.0.1:$port/postgres"
 }
 
 if [ -z "${DATAMIG_TEST_DATABASE_URL:-}" ]; then
