@@ -3,19 +3,17 @@
 //! [`Migrator::check_idempotency`] does it on a real database without keeping anything:
 //! each pending migration runs twice inside one transaction, which is rolled back.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use futures_util::FutureExt;
 use sqlx::postgres::PgConnection;
 use sqlx::{AssertSqlSafe, Connection, Postgres};
 
 use crate::backend::steps::Steps;
 use crate::ctx::Ctx;
-use crate::error::{Error, describe_chain};
+use crate::error::Error;
 use crate::fingerprint::{FingerprintOptions, TableDifference, fingerprint_on, tables};
 use crate::migration::{Batch, Code, Migration};
-use crate::runner::Migrator;
+use crate::runner::{BodyFailure, Migrator, run_caught};
 use crate::sql::quote_ident;
 
 /// A table a second run changed, with a few rows that differ.
@@ -220,51 +218,37 @@ impl Migrator<Postgres> {
 /// Runs a migration's whole body (every batch, for a batched one) on `conn`, inside the
 /// caller's transaction; returns the rows it reported.
 async fn run_in(conn: &mut PgConnection, migration: &'static Migration) -> Result<u64, Error> {
-    let failed = |message: String, panicked: bool| Error::MigrationFailed {
-        id: migration.id().to_string(),
-        message,
-        panicked,
-        applied_before: Vec::new(),
-    };
     let code = Postgres::code(migration).ok_or_else(|| Error::UnsupportedBackend {
         id: migration.id().to_string(),
         backend: Postgres::ID,
         available: migration.backends().join(", "),
     })?;
     let mut ctx = Ctx::new(&mut *conn, migration.id(), false);
-    match (code, migration.batch()) {
-        (Code::Once(run), _) => match AssertUnwindSafe(run(&mut ctx)).catch_unwind().await {
-            Ok(Ok(())) => Ok(ctx.rows_affected()),
-            Ok(Err(err)) => Err(failed(describe_chain(&err), false)),
-            Err(panic) => Err(failed(crate::runner::panic_message(panic.as_ref()), true)),
+    let failed = |failure: BodyFailure, batch: Option<u64>| Error::MigrationFailed {
+        id: migration.id().to_string(),
+        message: match batch {
+            Some(number) => format!("batch {number}: {}", failure.message),
+            None => failure.message,
         },
+        panicked: failure.panicked,
+        applied_before: Vec::new(),
+    };
+    match (code, migration.batch()) {
+        (Code::Once(run), _) => {
+            run_caught::<Postgres>(run(&mut ctx))
+                .await
+                .map_err(|f| failed(f, None))?;
+            Ok(ctx.rows_affected())
+        }
         (Code::Batched(run), Some(spec)) => {
             let (mut after, mut number) = (None, 0);
             while let Some((last, keys)) =
                 Postgres::next_batch(ctx.tx(), spec.table(), spec.key(), after, spec.size()).await?
             {
                 number += 1;
-                match AssertUnwindSafe(run(&mut ctx, Batch::new(after, last, number, keys)))
-                    .catch_unwind()
+                run_caught::<Postgres>(run(&mut ctx, Batch::new(after, last, number, keys)))
                     .await
-                {
-                    Ok(Ok(())) => {}
-                    Ok(Err(err)) => {
-                        return Err(failed(
-                            format!("batch {number}: {}", describe_chain(&err)),
-                            false,
-                        ));
-                    }
-                    Err(panic) => {
-                        return Err(failed(
-                            format!(
-                                "batch {number}: {}",
-                                crate::runner::panic_message(panic.as_ref())
-                            ),
-                            true,
-                        ));
-                    }
-                }
+                    .map_err(|f| failed(f, Some(number)))?;
                 after = Some(last);
             }
             Ok(ctx.rows_affected())

@@ -510,7 +510,7 @@ impl<DB: Backend> Migrator<DB> {
         .map_err(Failure::db)?;
 
         let mut ctx = Ctx::new(&mut *tx, migration.id(), self.dry_run);
-        let outcome = AssertUnwindSafe(run(&mut ctx)).catch_unwind().await;
+        let outcome = run_caught::<DB>(run(&mut ctx)).await;
         let rows_affected = ctx.rows_affected();
         let notes = ctx.notes().to_vec();
         let mut attempt = self.attempt(migration, action, started_at);
@@ -524,11 +524,11 @@ impl<DB: Backend> Migrator<DB> {
         attempt.notes = notes;
 
         let failure = match outcome {
-            Ok(Ok(())) if self.dry_run => {
+            Ok(()) if self.dry_run => {
                 tx.rollback().await.map_err(Failure::db)?;
                 return Ok(AppliedMigration::new(&attempt, clock.elapsed(), action));
             }
-            Ok(Ok(())) => {
+            Ok(()) => {
                 // The ledger row is written in the migration's own transaction: the effects
                 // and the record that they happened commit together or not at all. With the
                 // ledger written afterwards, a crash between the two commits would leave the
@@ -558,18 +558,11 @@ impl<DB: Backend> Migrator<DB> {
                     },
                 }
             }
-            Ok(Err(err)) => {
+            Err(failure) => {
                 let _ = tx.rollback().await;
                 Failure::Migration {
-                    message: describe_chain(&err),
-                    panicked: false,
-                }
-            }
-            Err(panic) => {
-                let _ = tx.rollback().await;
-                Failure::Migration {
-                    message: panic_message(panic.as_ref()),
-                    panicked: true,
+                    message: failure.message,
+                    panicked: failure.panicked,
                 }
             }
         };
@@ -716,24 +709,15 @@ impl<DB: Backend> Migrator<DB> {
             };
             let done = match outcome {
                 Ok(done) => done,
-                Err(BatchError::LockTimeout(message))
-                | Err(BatchError::Failed {
-                    message,
-                    panicked: false,
-                }) => {
+                Err(err) => {
+                    let (message, panicked) = match err {
+                        BatchError::LockTimeout(message) => (message, false),
+                        BatchError::Failed { message, panicked } => (message, panicked),
+                    };
                     return Err(self
-                        .batch_failure(conn, migration, step.action, &state, message, false)
+                        .batch_failure(conn, migration, step.action, &state, message, panicked)
                         .await);
                 }
-                Err(BatchError::Failed {
-                    message,
-                    panicked: true,
-                }) => {
-                    return Err(self
-                        .batch_failure(conn, migration, step.action, &state, message, true)
-                        .await);
-                }
-                Err(BatchError::Other(err)) => return Err(Failure::Other(err)),
             };
             let finished = match done {
                 BatchDone::NothingLeft => true,
@@ -807,18 +791,7 @@ impl<DB: Backend> Migrator<DB> {
         first_started_at: DateTime<Utc>,
         (lock_timeout, statement_timeout): (Option<Duration>, Option<Duration>),
     ) -> Result<BatchDone, BatchError> {
-        // Inside a batch, a database error (a lost connection, a constraint) fails the
-        // migration like an error of its body: it is recorded and reported by id.
-        let classify = |err: sqlx::Error| {
-            if DB::is_lock_timeout(&err) {
-                BatchError::LockTimeout(describe_sqlx(&err))
-            } else {
-                BatchError::Failed {
-                    message: format!("batch {}: {}", state.batches + 1, describe_sqlx(&err)),
-                    panicked: false,
-                }
-            }
-        };
+        let classify = |err| BatchError::database::<DB>(err, state.batches + 1);
         let mut tx = conn.begin().await.map_err(classify)?;
         DB::set_local_timeouts(&mut tx, lock_timeout, statement_timeout)
             .await
@@ -847,37 +820,13 @@ impl<DB: Backend> Migrator<DB> {
 
         let number = state.batches + 1;
         let mut ctx = Ctx::new(&mut *tx, migration.id(), self.dry_run);
-        let outcome = AssertUnwindSafe(run(&mut ctx, Batch::new(state.after, last, number, keys)))
-            .catch_unwind()
-            .await;
+        let outcome =
+            run_caught::<DB>(run(&mut ctx, Batch::new(state.after, last, number, keys))).await;
         let rows = ctx.rows_affected();
         let notes = ctx.notes().to_vec();
-        match outcome {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                let _ = tx.rollback().await;
-                let lock_timeout = err
-                    .chain()
-                    .filter_map(|cause| cause.downcast_ref::<sqlx::Error>())
-                    .any(DB::is_lock_timeout);
-                let message = describe_chain(&err);
-                return Err(if lock_timeout {
-                    BatchError::LockTimeout(message)
-                } else {
-                    BatchError::Failed {
-                        message: format!("batch {number}: {message}"),
-                        panicked: false,
-                    }
-                });
-            }
-            Err(panic) => {
-                let _ = tx.rollback().await;
-                let message = format!("batch {number}: {}", panic_message(panic.as_ref()));
-                return Err(BatchError::Failed {
-                    message,
-                    panicked: true,
-                });
-            }
+        if let Err(failure) = outcome {
+            let _ = tx.rollback().await;
+            return Err(BatchError::body(failure, number));
         }
         if self.dry_run {
             tx.rollback().await.map_err(classify)?;
@@ -926,13 +875,7 @@ impl<DB: Backend> Migrator<DB> {
         if finished {
             attempt.status = STATUS_APPLIED;
         }
-        let classify = |err: sqlx::Error| {
-            if DB::is_lock_timeout(&err) {
-                BatchError::LockTimeout(describe_sqlx(&err))
-            } else {
-                BatchError::Other(Error::Database(err))
-            }
-        };
+        let classify = |err| BatchError::database::<DB>(err, attempt.batches);
         if !DB::write_ledger(&mut tx, &self.ledger, &attempt)
             .await
             .map_err(classify)?
@@ -1209,10 +1152,68 @@ enum BatchDone {
 enum BatchError {
     /// It waited for a lock longer than its `lock_timeout`: worth retrying.
     LockTimeout(String),
-    /// The body failed or panicked, or the checkpoint moved.
+    /// The body failed or panicked, a database error ended the batch, or the checkpoint moved.
     Failed { message: String, panicked: bool },
-    /// The runner could not do its part.
-    Other(Error),
+}
+
+impl BatchError {
+    /// A database error inside batch `number`'s transaction (a lost connection, a
+    /// constraint, at any step up to the commit) fails the migration like an error of its
+    /// body: recorded and reported by id. A lock timeout is worth a retry.
+    fn database<DB: Backend>(err: sqlx::Error, number: u64) -> Self {
+        if DB::is_lock_timeout(&err) {
+            BatchError::LockTimeout(describe_sqlx(&err))
+        } else {
+            BatchError::Failed {
+                message: format!("batch {number}: {}", describe_sqlx(&err)),
+                panicked: false,
+            }
+        }
+    }
+
+    /// A failure of the body of batch `number`.
+    fn body(failure: BodyFailure, number: u64) -> Self {
+        if failure.lock_timeout {
+            BatchError::LockTimeout(failure.message)
+        } else {
+            BatchError::Failed {
+                message: format!("batch {number}: {}", failure.message),
+                panicked: failure.panicked,
+            }
+        }
+    }
+}
+
+/// How a migration body failed.
+pub(crate) struct BodyFailure {
+    /// Its error with its causes, or its panic message.
+    pub(crate) message: String,
+    /// Whether it panicked.
+    pub(crate) panicked: bool,
+    /// Whether the error was a lock timeout.
+    pub(crate) lock_timeout: bool,
+}
+
+/// Runs a migration body with its panics caught, and says how it failed.
+pub(crate) async fn run_caught<DB: Backend>(
+    body: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> Result<(), BodyFailure> {
+    match AssertUnwindSafe(body).catch_unwind().await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(BodyFailure {
+            message: describe_chain(&err),
+            panicked: false,
+            lock_timeout: err
+                .chain()
+                .filter_map(|c| c.downcast_ref::<sqlx::Error>())
+                .any(DB::is_lock_timeout),
+        }),
+        Err(panic) => Err(BodyFailure {
+            message: panic_message(panic.as_ref()),
+            panicked: true,
+            lock_timeout: false,
+        }),
+    }
 }
 
 enum Failure {
