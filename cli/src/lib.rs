@@ -269,7 +269,8 @@ async fn unlock(
         out.done("no runner holds the lock; nothing to release", "")?;
         return Ok(exit::OK);
     }
-    let this_host = gethostname();
+    // The same name the runners put in their session tag.
+    let this_host = datamig::host_name();
     for holder in &holders {
         let verdict = match holder.runner() {
             Some((host, pid)) if host == this_host => {
@@ -378,17 +379,6 @@ async fn shutdown_requested() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
-}
-
-fn gethostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .or_else(|_| {
-            std::process::Command::new("hostname")
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        })
-        .unwrap_or_default()
 }
 
 /// Whether process `pid` of this host still runs.

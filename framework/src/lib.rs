@@ -83,7 +83,7 @@ pub use ledger::{LastRun, LedgerConfig, LedgerEntry};
 pub use migration::{Batch, BatchFn, BatchSpec, Code, Location, Migration, MigrationFn};
 pub use registry::link_marker;
 pub use runner::{
-    AppliedMigration, MigrationStatus, Migrator, Progress, RunReport, State, StopSignal,
+    AppliedMigration, MigrationStatus, Migrator, Progress, RunReport, State, StopSignal, host_name,
 };
 #[cfg(feature = "postgres")]
 pub use sqlx::Postgres;

@@ -1246,7 +1246,9 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-pub(crate) fn host_name() -> String {
+/// This machine's host name, as datamig records it: in the ledger, the run history, and
+/// the `application_name` of a runner's session (`datamig/<host>/<pid>`).
+pub fn host_name() -> String {
     gethostname::gethostname().to_string_lossy().into_owned()
 }
 
