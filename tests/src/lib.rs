@@ -100,6 +100,20 @@ pub async fn create_fixture_tables(pool: &PgPool) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// A fresh test database with the fixture tables, and `switches` turned on.
+///
+/// # Errors
+///
+/// Any database error, or the test server not starting.
+pub async fn fixture_database(switches: &[&str]) -> anyhow::Result<datamig::testing::TestDatabase> {
+    let db = datamig::testing::postgres().await?;
+    create_fixture_tables(db.pool()).await?;
+    for switch in switches {
+        switch_on(db.pool(), switch).await?;
+    }
+    Ok(db)
+}
+
 /// Turns a fixture switch on.
 ///
 /// # Errors

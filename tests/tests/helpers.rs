@@ -8,7 +8,7 @@ use std::time::Duration;
 use datamig::prelude::*;
 use datamig::{Error, Migration, Progress, UpsertMode, UpsertReport};
 use datamig_tests::{
-    BUMP_ITEMS, bump_items, create_fixture_tables, item_values, scalar, switch_on,
+    BUMP_ITEMS, bump_items, create_fixture_tables, fixture_database, item_values, scalar,
 };
 use sqlx::PgPool;
 
@@ -298,9 +298,7 @@ async fn bad_upsert_input_is_named_plainly_and_changes_nothing() -> anyhow::Resu
 #[tokio::test]
 async fn a_batched_migration_that_fails_resumes_after_its_last_committed_batch()
 -> anyhow::Result<()> {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
-    switch_on(db.pool(), "fail_batch_3").await?;
+    let db = fixture_database(&["fail_batch_3"]).await?;
     let migrator = || Migrator::new(db.pool().clone()).migrations([&bump_items::MIGRATION]);
 
     let err = migrator().run().await.unwrap_err();
@@ -353,8 +351,7 @@ async fn an_interrupted_batched_migration_converges_to_the_uninterrupted_result(
         .run()
         .await?;
 
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
+    let db = fixture_database(&[]).await?;
     for expected in [4, 8] {
         let err = Migrator::new(db.pool().clone())
             .migrations([&bump_items::MIGRATION])
@@ -386,8 +383,7 @@ async fn an_interrupted_batched_migration_converges_to_the_uninterrupted_result(
 #[tokio::test]
 async fn a_batch_blocked_by_a_row_lock_times_out_retries_and_succeeds_once_the_lock_is_released()
 -> anyhow::Result<()> {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
+    let db = fixture_database(&[]).await?;
     let mut blocker = db.pool().begin().await?;
     sqlx::query("SELECT * FROM items WHERE id = 350 FOR UPDATE")
         .execute(&mut *blocker)
@@ -453,8 +449,7 @@ async fn bump_items_impatient(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyh
 #[tokio::test]
 async fn a_batch_that_keeps_timing_out_fails_after_its_retries_and_keeps_earlier_batches()
 -> anyhow::Result<()> {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
+    let db = fixture_database(&[]).await?;
     let mut blocker = db.pool().begin().await?;
     sqlx::query("SELECT * FROM items WHERE id = 150 FOR UPDATE")
         .execute(&mut *blocker)
@@ -482,8 +477,7 @@ async fn a_batch_that_keeps_timing_out_fails_after_its_retries_and_keeps_earlier
 
 #[tokio::test]
 async fn progress_is_reported_after_every_batch() -> anyhow::Result<()> {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
+    let db = fixture_database(&[]).await?;
     sqlx::query("ANALYZE items").execute(db.pool()).await?;
     let events: Arc<Mutex<Vec<Progress>>> = Arc::default();
     let sink = Arc::clone(&events);
@@ -618,8 +612,7 @@ async fn bump_items_pausing(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow
 
 #[tokio::test]
 async fn a_pause_leaves_room_between_batches() -> anyhow::Result<()> {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
+    let db = fixture_database(&[]).await?;
     let started = std::time::Instant::now();
     let report = Migrator::new(db.pool().clone())
         .migrations([&bump_items_pausing::MIGRATION])

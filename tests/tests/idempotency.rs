@@ -10,7 +10,7 @@ use datamig::testing::{
 };
 use datamig::{Error, Migration};
 use datamig_demo_migrations::{backfill_notification_settings, normalize_user_emails};
-use datamig_tests::{bump_items, create_fixture_tables};
+use datamig_tests::{bump_items, create_fixture_tables, fixture_database};
 use sqlx::PgPool;
 
 async fn accounts_database() -> anyhow::Result<datamig::testing::TestDatabase> {
@@ -288,8 +288,7 @@ async fn fingerprints_find_one_changed_row_in_one_table_among_many() -> anyhow::
 #[tokio::test]
 async fn check_idempotency_reports_and_leaves_the_database_exactly_as_it_found_it()
 -> anyhow::Result<()> {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
+    let db = fixture_database(&[]).await?;
     let before = datamig::fingerprint(db.pool()).await?;
 
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_datamig-fixtures"))

@@ -6,8 +6,8 @@ use std::process::Output;
 use std::time::Duration;
 
 use datamig_tests::{
-    BUMP_ITEMS, COUNT_RUNS, counter, create_fixture_tables, interrupt, item_values, scalar, send,
-    switch_on, text, wait_for_lock_holder, wait_for_sleeping_migration,
+    BUMP_ITEMS, COUNT_RUNS, counter, fixture_database, interrupt, item_values, scalar, send, text,
+    wait_for_lock_holder, wait_for_sleeping_migration,
 };
 
 fn datamig(url: &str, args: &[&str]) -> tokio::process::Command {
@@ -16,8 +16,7 @@ fn datamig(url: &str, args: &[&str]) -> tokio::process::Command {
 
 #[tokio::test]
 async fn four_concurrent_run_processes_apply_once() -> anyhow::Result<()> {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
+    let db = fixture_database(&[]).await?;
 
     let children: Vec<_> = (0..4)
         .map(|_| datamig(db.url(), &["run"]).spawn())
@@ -64,9 +63,7 @@ async fn four_concurrent_run_processes_apply_once() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_run_killed_mid_migration_leaves_nothing_and_the_next_run_applies_once()
 -> anyhow::Result<()> {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
-    switch_on(db.pool(), "slow").await?;
+    let db = fixture_database(&["slow"]).await?;
 
     let mut child = datamig(db.url(), &["run"]).spawn()?;
     wait_for_sleeping_migration(db.pool()).await?; // inside the migration's transaction
@@ -99,9 +96,7 @@ async fn a_run_killed_mid_migration_leaves_nothing_and_the_next_run_applies_once
 #[tokio::test]
 async fn a_run_killed_mid_batch_resumes_from_its_checkpoint_and_commits_each_batch_once()
 -> anyhow::Result<()> {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
-    switch_on(db.pool(), "slow_batches").await?;
+    let db = fixture_database(&["slow_batches"]).await?;
 
     let mut child = datamig(db.url(), &["run"]).spawn()?;
     // Wait until some batches have committed, then kill the process in the middle of one.
@@ -171,9 +166,7 @@ async fn a_run_killed_mid_batch_resumes_from_its_checkpoint_and_commits_each_bat
 
 #[tokio::test]
 async fn a_failing_migration_exits_4_and_names_it() -> anyhow::Result<()> {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
-    switch_on(db.pool(), "fail").await?;
+    let db = fixture_database(&["fail"]).await?;
 
     let output = datamig(db.url(), &["run"]).output().await?;
     assert_eq!(
@@ -196,9 +189,7 @@ async fn a_failing_migration_exits_4_and_names_it() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_runner_kept_waiting_for_the_lock_exits_5() -> anyhow::Result<()> {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
-    switch_on(db.pool(), "slow").await?;
+    let db = fixture_database(&["slow"]).await?;
 
     let holder = datamig(db.url(), &["run"]).spawn()?;
     wait_for_lock_holder(db.pool()).await?;
@@ -230,9 +221,7 @@ async fn sigterm_stops_after_the_batch_in_progress_commits_and_says_so() -> anyh
 }
 
 async fn assert_stops_after_the_batch_in_progress(signal: &str) -> anyhow::Result<()> {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
-    switch_on(db.pool(), "slow_batches").await?;
+    let db = fixture_database(&["slow_batches"]).await?;
 
     let child = datamig(db.url(), &["run"]).spawn()?;
     loop {
@@ -280,9 +269,7 @@ async fn assert_stops_after_the_batch_in_progress(signal: &str) -> anyhow::Resul
 #[tokio::test]
 async fn a_second_ctrl_c_rolls_back_the_transaction_in_progress_and_says_so() -> anyhow::Result<()>
 {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
-    switch_on(db.pool(), "slow").await?;
+    let db = fixture_database(&["slow"]).await?;
 
     let child = datamig(db.url(), &["run"]).spawn()?;
     wait_for_sleeping_migration(db.pool()).await?;
@@ -324,8 +311,7 @@ async fn a_second_ctrl_c_rolls_back_the_transaction_in_progress_and_says_so() ->
 
 #[tokio::test]
 async fn json_output_streams_one_progress_line_per_batch_then_the_result() -> anyhow::Result<()> {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
+    let db = fixture_database(&[]).await?;
     let output = datamig(db.url(), &["--format", "json", "run"])
         .output()
         .await?;

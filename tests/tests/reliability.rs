@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use datamig::Fingerprint;
 use datamig_tests::{
-    BUMP_ITEMS, COUNT_RUNS, counter, create_fixture_tables, item_values, scalar, send, switch_on,
-    text, wait_for_lock_holder, wait_for_sleeping_migration, wait_until,
+    BUMP_ITEMS, COUNT_RUNS, counter, create_fixture_tables, fixture_database, item_values, scalar,
+    send, switch_on, text, wait_for_lock_holder, wait_for_sleeping_migration, wait_until,
 };
 use sqlx::PgPool;
 
@@ -204,9 +204,7 @@ async fn sixteen_runners_at_once_apply_each_migration_once_and_all_exit_0() -> a
 
 #[tokio::test]
 async fn sixteen_runners_kept_waiting_each_say_so_within_their_timeout() -> anyhow::Result<()> {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
-    switch_on(db.pool(), "slow").await?;
+    let db = fixture_database(&["slow"]).await?;
     let holder = datamig(db.url(), &["run"]).spawn()?;
     wait_for_lock_holder(db.pool()).await?;
     let waiters = (0..16).map(|_| async {
@@ -248,9 +246,7 @@ async fn cut_runner_connection(pool: &PgPool) -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_connection_cut_mid_migration_fails_with_4_and_the_next_run_completes()
 -> anyhow::Result<()> {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
-    switch_on(db.pool(), "slow").await?;
+    let db = fixture_database(&["slow"]).await?;
     let child = datamig(db.url(), &["run"]).spawn()?;
     wait_for_sleeping_migration(db.pool()).await?;
     cut_runner_connection(db.pool()).await?;
@@ -286,9 +282,7 @@ async fn a_connection_cut_mid_migration_fails_with_4_and_the_next_run_completes(
 
 #[tokio::test]
 async fn a_connection_cut_mid_batch_fails_with_4_and_the_next_run_resumes() -> anyhow::Result<()> {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
-    switch_on(db.pool(), "slow_batches").await?;
+    let db = fixture_database(&["slow_batches"]).await?;
     let child = datamig(db.url(), &["run"]).spawn()?;
     wait_until(
         db.pool(),
@@ -329,9 +323,7 @@ async fn a_connection_cut_mid_batch_fails_with_4_and_the_next_run_resumes() -> a
 
 #[tokio::test]
 async fn a_frozen_lock_holder_keeps_others_out_until_it_dies() -> anyhow::Result<()> {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
-    switch_on(db.pool(), "slow").await?;
+    let db = fixture_database(&["slow"]).await?;
     let mut frozen = datamig(db.url(), &["run"]).spawn()?;
     wait_for_sleeping_migration(db.pool()).await?;
     send(&frozen, "-STOP")?;
@@ -374,9 +366,7 @@ async fn a_frozen_lock_holder_keeps_others_out_until_it_dies() -> anyhow::Result
 
 #[tokio::test]
 async fn the_application_is_not_blocked_longer_than_a_batch() -> anyhow::Result<()> {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
-    switch_on(db.pool(), "slow_batches").await?;
+    let db = fixture_database(&["slow_batches"]).await?;
     let child = datamig(db.url(), &["run"]).spawn()?;
     wait_until(
         db.pool(),
@@ -474,8 +464,7 @@ async fn bad_input_is_named_with_its_exit_code_and_changes_nothing() -> anyhow::
     }
 
     // A migration on a missing table: exit 4, the relation named.
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
+    let db = fixture_database(&[]).await?;
     sqlx::query("DROP TABLE counter").execute(db.pool()).await?;
     let before = data(db.pool()).await?;
     assert_fails(
@@ -489,8 +478,7 @@ async fn bad_input_is_named_with_its_exit_code_and_changes_nothing() -> anyhow::
     cases += 1;
 
     // Another tool's table where the ledger should be: exit 2, the missing columns named.
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
+    let db = fixture_database(&[]).await?;
     sqlx::query("CREATE TABLE datamig_ledger (id text PRIMARY KEY, note text)")
         .execute(db.pool())
         .await?;
@@ -502,9 +490,7 @@ async fn bad_input_is_named_with_its_exit_code_and_changes_nothing() -> anyhow::
     cases += 1;
 
     // A tampered checkpoint: exit 2, named; the batches already done stay as they are.
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
-    switch_on(db.pool(), "fail_batch_3").await?;
+    let db = fixture_database(&["fail_batch_3"]).await?;
     assert_fails(db.url(), &["run"], 4, "batch 3 failed on purpose").await?;
     sqlx::query("DELETE FROM fixture_switches")
         .execute(db.pool())
@@ -540,8 +526,7 @@ async fn bad_input_is_named_with_its_exit_code_and_changes_nothing() -> anyhow::
     cases += 1;
 
     // A ledger row no migration of this build has: reported, kept, exit 0.
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
+    let db = fixture_database(&[]).await?;
     assert!(datamig(db.url(), &["run"]).output().await?.status.success());
     sqlx::query(
         "INSERT INTO datamig_ledger (id, checksum, revision, description, started_at, finished_at, duration_ms, rows_affected, host)
@@ -590,8 +575,7 @@ async fn after_copy_as_migrator(
 #[tokio::test]
 async fn a_role_that_is_not_superuser_and_owns_no_table_runs_every_migration() -> anyhow::Result<()>
 {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
+    let db = fixture_database(&[]).await?;
     datamig_demo_migrations::schema().run(db.pool()).await?;
     datamig_demo_migrations::seed_users(db.pool(), 500).await?;
     sqlx::query("CREATE TABLE counter_log (id serial PRIMARY KEY)")

@@ -7,7 +7,7 @@ use datamig::prelude::*;
 use datamig::{Error, LedgerConfig, State};
 use datamig_demo_migrations::{backfill_notification_settings, normalize_user_emails};
 use datamig_tests::{
-    COUNT_RUNS, advisory_locks_held, count_runs, counter, create_fixture_tables, scalar,
+    COUNT_RUNS, advisory_locks_held, count_runs, counter, fixture_database, scalar,
 };
 use sqlx::PgPool;
 
@@ -73,8 +73,7 @@ async fn second_run_applies_nothing() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn concurrent_runners_apply_once() -> anyhow::Result<()> {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
+    let db = fixture_database(&[]).await?;
 
     let runners = (0..8).map(|_| {
         let pool = db.pool().clone();
@@ -219,8 +218,7 @@ async fn a_panicking_migration_leaves_no_data_no_ledger_row_and_one_run_row() ->
 
 #[tokio::test]
 async fn a_failed_migration_is_retried_by_the_next_run() -> anyhow::Result<()> {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
+    let db = fixture_database(&[]).await?;
     datamig_tests::switch_on(db.pool(), "fail").await?;
     let migrator = || Migrator::new(db.pool().clone()).migrations([&count_runs::MIGRATION]);
     assert!(matches!(
@@ -322,8 +320,7 @@ mod rerunnable {
 
 #[tokio::test]
 async fn an_edited_body_is_drift_and_blocks_the_run() -> anyhow::Result<()> {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
+    let db = fixture_database(&[]).await?;
     Migrator::new(db.pool().clone())
         .migrations([&original::bump::MIGRATION, &original::bump_twice::MIGRATION])
         .run()
@@ -385,8 +382,7 @@ async fn a_reformatted_body_with_a_comment_is_not_drift() -> anyhow::Result<()> 
         edited::bump::MIGRATION.checksum()
     );
 
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
+    let db = fixture_database(&[]).await?;
     Migrator::new(db.pool().clone())
         .migrations([&original::bump::MIGRATION])
         .run()
@@ -403,8 +399,7 @@ async fn a_reformatted_body_with_a_comment_is_not_drift() -> anyhow::Result<()> 
 
 #[tokio::test]
 async fn a_raised_revision_is_drift() -> anyhow::Result<()> {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
+    let db = fixture_database(&[]).await?;
     Migrator::new(db.pool().clone())
         .migrations([&original::bump::MIGRATION])
         .run()
@@ -430,8 +425,7 @@ async fn a_raised_revision_is_drift() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_changed_migration_marked_rerun_on_change_runs_again() -> anyhow::Result<()> {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
+    let db = fixture_database(&[]).await?;
     Migrator::new(db.pool().clone())
         .migrations([&original::bump::MIGRATION])
         .run()
@@ -469,8 +463,7 @@ async fn a_changed_migration_marked_rerun_on_change_runs_again() -> anyhow::Resu
 
 #[tokio::test]
 async fn unknown_ledger_rows_are_reported_never_deleted() -> anyhow::Result<()> {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
+    let db = fixture_database(&[]).await?;
     Migrator::new(db.pool().clone())
         .migrations([&original::bump::MIGRATION, &original::bump_twice::MIGRATION])
         .run()
@@ -620,8 +613,7 @@ async fn a_lock_timeout_fails_a_blocked_migration_instead_of_waiting() -> anyhow
 
 #[tokio::test]
 async fn a_runner_that_cannot_get_the_lock_in_time_fails_with_lock_timeout() -> anyhow::Result<()> {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
+    let db = fixture_database(&[]).await?;
     datamig_tests::switch_on(db.pool(), "slow").await?;
     let pool = db.pool().clone();
     let holder = tokio::spawn(async move {
@@ -707,8 +699,7 @@ async fn the_ledger_records_what_ran_who_ran_it_and_where() -> anyhow::Result<()
 
 #[tokio::test]
 async fn ledger_tables_can_be_renamed_and_moved_to_a_schema() -> anyhow::Result<()> {
-    let db = datamig::testing::postgres().await?;
-    create_fixture_tables(db.pool()).await?;
+    let db = fixture_database(&[]).await?;
     let config = LedgerConfig::default()
         .schema("ops \"data\"")
         .ledger_table("data ledger")
