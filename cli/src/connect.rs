@@ -1,74 +1,156 @@
 //! Connecting, with one-line errors, and applying `sqlx` schema migrations first.
+//!
+//! The URL's scheme picks the backend: `postgres://` (or `postgresql://`) or `sqlite:`.
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use datamig::{Backend, Postgres, Sqlite};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
-use sqlx::{Connection, PgPool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqlitePoolOptions};
+use sqlx::{Connection, Pool};
 
 use crate::opt::GlobalOpts;
 use crate::{Failure, exit};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A pool for the database of `--database-url` / `DATABASE_URL`.
-pub(crate) async fn connect(global: &GlobalOpts) -> Result<PgPool, Failure> {
+/// The backend a database URL names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scheme {
+    Postgres,
+    Sqlite,
+}
+
+/// The URL of `--database-url` / `DATABASE_URL`, and its backend.
+pub(crate) fn database_url(global: &GlobalOpts) -> Result<(&str, Scheme), Failure> {
     let Some(url) = global.database_url.as_deref().filter(|u| !u.is_empty()) else {
         return Err(Failure::new(
             exit::USAGE,
             "no database given: set DATABASE_URL or pass --database-url",
         ));
     };
-    connect_url(url).await
+    Ok((url, scheme(url)?))
 }
 
-/// A pool for the database at `url`.
-pub(crate) async fn connect_url(url: &str) -> Result<PgPool, Failure> {
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(Failure::new(
+/// The backend of `url`.
+pub(crate) fn scheme(url: &str) -> Result<Scheme, Failure> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Scheme::Postgres)
+    } else if url.starts_with("sqlite:") {
+        Ok(Scheme::Sqlite)
+    } else {
+        Err(Failure::new(
             exit::USAGE,
             format!(
-                "unsupported database URL {}: expected postgres://user:password@host:port/database",
+                "unsupported database URL {}: expected postgres://user:password@host:port/database \
+                 or sqlite:path/to/file.db",
                 redact(url)
             ),
-        ));
+        ))
     }
-    let options = PgConnectOptions::from_str(url).map_err(|err| {
-        Failure::new(
-            exit::USAGE,
-            format!("invalid database URL {}: {}", redact(url), describe(&err)),
-        )
-    })?;
-    let cannot = |cause: String| {
-        Failure::new(
-            exit::USAGE,
-            format!("cannot connect to the database at {}: {cause}", redact(url)),
-        )
-    };
-    // One direct connection first: it fails fast with the server's own words (wrong
-    // password, missing database, connection refused), where a pool would retry until its
-    // timeout and report only that it timed out.
-    let probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
-        .await
-        .map_err(|_| {
-            cannot(format!(
-                "no answer within {}",
-                humantime::format_duration(CONNECT_TIMEOUT)
-            ))
-        })?
-        .map_err(|err| cannot(describe(&err)))?;
-    let _ = probe.close().await;
-    Ok(PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(CONNECT_TIMEOUT)
-        .connect_lazy_with(options))
 }
 
-/// Applies the `sqlx` schema migrations in `dir` (as `sqlx migrate run`); returns how many
-/// were newly applied.
-pub(crate) async fn apply_schema(pool: &PgPool, dir: &Path) -> Result<usize, Failure> {
-    let migrator = sqlx::migrate::Migrator::new(dir).await.map_err(|err| {
+/// What the command line needs of a backend beyond [`Backend`]: connecting, and running
+/// `sqlx` schema migrations.
+pub(crate) trait CliBackend: Backend {
+    /// A pool for the database at `url`, after one probing connection (a pool would retry
+    /// until its timeout and report only that it timed out; the probe fails fast with the
+    /// database's own words).
+    async fn connect(url: &str) -> Result<Pool<Self>, Failure>;
+
+    /// Applies the `sqlx` schema migrations in `dir` (as `sqlx migrate run`); returns how
+    /// many were newly applied.
+    async fn apply_schema(pool: &Pool<Self>, dir: &Path) -> Result<usize, Failure>;
+}
+
+impl CliBackend for Postgres {
+    async fn connect(url: &str) -> Result<Pool<Self>, Failure> {
+        let options = PgConnectOptions::from_str(url).map_err(|err| invalid(url, &err))?;
+        let probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+            .await
+            .map_err(|_| no_answer(url))?
+            .map_err(|err| cannot_connect(url, &err, ""))?;
+        let _ = probe.close().await;
+        Ok(PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(options))
+    }
+
+    async fn apply_schema(pool: &Pool<Self>, dir: &Path) -> Result<usize, Failure> {
+        let migrator = schema_migrator(dir).await?;
+        let count = || async {
+            let exists: bool =
+                sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                    .fetch_one(pool)
+                    .await?;
+            if !exists {
+                return Ok::<i64, sqlx::Error>(0);
+            }
+            sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+                .fetch_one(pool)
+                .await
+        };
+        let before = count().await.map_err(database)?;
+        migrator
+            .run(pool)
+            .await
+            .map_err(|err| schema_failed(dir, &err))?;
+        let after = count().await.map_err(database)?;
+        Ok(usize::try_from(after - before).unwrap_or(0))
+    }
+}
+
+impl CliBackend for Sqlite {
+    async fn connect(url: &str) -> Result<Pool<Self>, Failure> {
+        let options = SqliteConnectOptions::from_str(url).map_err(|err| invalid(url, &err))?;
+        let probe = tokio::time::timeout(CONNECT_TIMEOUT, SqliteConnection::connect_with(&options))
+            .await
+            .map_err(|_| no_answer(url))?
+            .map_err(|err| {
+                cannot_connect(
+                    url,
+                    &err,
+                    " (a database file that does not exist yet is created only with ?mode=rwc \
+                     at the end of the URL)",
+                )
+            })?;
+        let _ = probe.close().await;
+        Ok(SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(options))
+    }
+
+    async fn apply_schema(pool: &Pool<Self>, dir: &Path) -> Result<usize, Failure> {
+        let migrator = schema_migrator(dir).await?;
+        let count = || async {
+            let exists: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+            )
+            .fetch_one(pool)
+            .await?;
+            if !exists {
+                return Ok::<i64, sqlx::Error>(0);
+            }
+            sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+                .fetch_one(pool)
+                .await
+        };
+        let before = count().await.map_err(database)?;
+        migrator
+            .run(pool)
+            .await
+            .map_err(|err| schema_failed(dir, &err))?;
+        let after = count().await.map_err(database)?;
+        Ok(usize::try_from(after - before).unwrap_or(0))
+    }
+}
+
+async fn schema_migrator(dir: &Path) -> Result<sqlx::migrate::Migrator, Failure> {
+    sqlx::migrate::Migrator::new(dir).await.map_err(|err| {
         Failure::new(
             exit::USAGE,
             format!(
@@ -76,34 +158,50 @@ pub(crate) async fn apply_schema(pool: &PgPool, dir: &Path) -> Result<usize, Fai
                 dir.display()
             ),
         )
-    })?;
-    let count = || async {
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-            .fetch_one(pool)
-            .await?;
-        if !exists {
-            return Ok::<i64, sqlx::Error>(0);
-        }
-        sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
-            .fetch_one(pool)
-            .await
-    };
-    let before = count()
-        .await
-        .map_err(|err| Failure::from(datamig::Error::Database(err)))?;
-    migrator.run(pool).await.map_err(|err| {
-        Failure::new(
-            exit::MIGRATION_FAILED,
-            format!(
-                "the schema migrations in {} failed: {err}; no data migration ran",
-                dir.display()
-            ),
-        )
-    })?;
-    let after = count()
-        .await
-        .map_err(|err| Failure::from(datamig::Error::Database(err)))?;
-    Ok(usize::try_from(after - before).unwrap_or(0))
+    })
+}
+
+fn schema_failed(dir: &Path, err: &sqlx::migrate::MigrateError) -> Failure {
+    Failure::new(
+        exit::MIGRATION_FAILED,
+        format!(
+            "the schema migrations in {} failed: {err}; no data migration ran",
+            dir.display()
+        ),
+    )
+}
+
+fn database(err: sqlx::Error) -> Failure {
+    Failure::from(datamig::Error::Database(err))
+}
+
+fn invalid(url: &str, err: &sqlx::Error) -> Failure {
+    Failure::new(
+        exit::USAGE,
+        format!("invalid database URL {}: {}", redact(url), describe(err)),
+    )
+}
+
+fn no_answer(url: &str) -> Failure {
+    Failure::new(
+        exit::USAGE,
+        format!(
+            "cannot connect to the database at {}: no answer within {}",
+            redact(url),
+            humantime::format_duration(CONNECT_TIMEOUT)
+        ),
+    )
+}
+
+fn cannot_connect(url: &str, err: &sqlx::Error, hint: &str) -> Failure {
+    Failure::new(
+        exit::USAGE,
+        format!(
+            "cannot connect to the database at {}: {}{hint}",
+            redact(url),
+            describe(err)
+        ),
+    )
 }
 
 /// The cause of a connection failure, in words.

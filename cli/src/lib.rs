@@ -24,8 +24,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use datamig::{Error, FingerprintOptions, IdempotencyCheck, LedgerConfig, Migrator, StopSignal};
-use sqlx::Postgres;
+use connect::{CliBackend, Scheme};
+use datamig::{
+    Error, Fingerprint, FingerprintOptions, IdempotencyCheck, LedgerConfig, Migrator, Postgres,
+    Sqlite, StopSignal,
+};
 
 pub use opt::{
     CheckIdempotencyOpts, Cli, Command, CompareOpts, Format, GlobalOpts, NewOpts, ReasonOpts,
@@ -75,7 +78,25 @@ pub async fn execute(cli: Cli) -> Result<u8, Failure> {
         Command::Compare(opts) => return compare(opts, &cli.global, &out).await,
         _ => {}
     }
-    let pool = connect::connect(&cli.global).await?;
+    let (url, scheme) = connect::database_url(&cli.global)?;
+    match scheme {
+        Scheme::Postgres => {
+            let pool = Postgres::connect(url).await?;
+            execute_on(cli, pool, &out).await
+        }
+        Scheme::Sqlite => {
+            let pool = Sqlite::connect(url).await?;
+            execute_on(cli, pool, &out).await
+        }
+    }
+}
+
+/// Runs one command against the database of `pool`.
+async fn execute_on<DB: CliBackend>(
+    cli: Cli,
+    pool: sqlx::Pool<DB>,
+    out: &Output,
+) -> Result<u8, Failure> {
     let mut ledger = LedgerConfig::default()
         .ledger_table(&cli.global.ledger_table)
         .runs_table(&cli.global.runs_table);
@@ -84,7 +105,7 @@ pub async fn execute(cli: Cli) -> Result<u8, Failure> {
     }
     let migrator = Migrator::new(pool).ledger(ledger);
     match cli.command {
-        Command::Run(opts) => run(migrator, &opts, &out).await,
+        Command::Run(opts) => run(migrator, &opts, out).await,
         Command::Status => {
             let statuses = migrator.status().await?;
             out.status(&statuses)?;
@@ -142,7 +163,7 @@ pub async fn execute(cli: Cli) -> Result<u8, Failure> {
             out.run(&report)?;
             Ok(exit::OK)
         }
-        Command::Unlock(opts) => unlock(migrator, &opts, &out).await,
+        Command::Unlock(opts) => unlock(migrator, &opts, out).await,
         Command::Doctor => {
             let doctor = migrator.doctor().await?;
             out.doctor(&doctor)?;
@@ -172,7 +193,7 @@ pub async fn execute(cli: Cli) -> Result<u8, Failure> {
                 .await
                 .map_err(|e| Failure::from(Error::Database(e)))?;
             let fingerprint =
-                datamig::fingerprint_on(&mut conn, &fingerprint_options(&opts, &cli.global))
+                datamig::fingerprint_on::<DB>(&mut conn, &fingerprint_options(&opts, &cli.global))
                     .await?;
             out.fingerprint(&fingerprint)?;
             Ok(exit::OK)
@@ -181,13 +202,13 @@ pub async fn execute(cli: Cli) -> Result<u8, Failure> {
     }
 }
 
-async fn run(
-    mut migrator: Migrator<Postgres>,
+async fn run<DB: CliBackend>(
+    mut migrator: Migrator<DB>,
     opts: &RunOpts,
     out: &Output,
 ) -> Result<u8, Failure> {
     if let Some(dir) = &opts.schema {
-        let applied = connect::apply_schema(migrator.pool(), dir).await?;
+        let applied = DB::apply_schema(migrator.pool(), dir).await?;
         out.schema_applied(dir, applied)?;
     }
     migrator = migrator
@@ -259,8 +280,8 @@ async fn run(
     Ok(exit::OK)
 }
 
-async fn unlock(
-    migrator: Migrator<Postgres>,
+async fn unlock<DB: CliBackend>(
+    migrator: Migrator<DB>,
     opts: &UnlockOpts,
     out: &Output,
 ) -> Result<u8, Failure> {
@@ -274,7 +295,7 @@ async fn unlock(
     for holder in &holders {
         let verdict = match holder.runner() {
             Some((host, pid)) if host == this_host => {
-                if process_alive(pid) {
+                if datamig::local_process_alive(pid) {
                     return Err(Failure::new(
                         exit::LOCK_TIMEOUT,
                         format!(
@@ -347,14 +368,23 @@ fn fingerprint_options(tables: &TablesOpts, global: &GlobalOpts) -> FingerprintO
 /// `compare`: both databases' fingerprints, table by table.
 async fn compare(opts: &CompareOpts, global: &GlobalOpts, out: &Output) -> Result<u8, Failure> {
     let options = fingerprint_options(&opts.tables, global);
+    let schemes = [
+        connect::scheme(&opts.source)?,
+        connect::scheme(&opts.target)?,
+    ];
+    if schemes[0] != schemes[1] {
+        return Err(Failure::new(
+            exit::USAGE,
+            "compare needs two databases of one kind (both PostgreSQL or both SQLite): each \
+             database writes its rows as text its own way, so fingerprints of two kinds never match",
+        ));
+    }
     let mut sides = Vec::new();
     for url in [&opts.source, &opts.target] {
-        let pool = connect::connect_url(url).await?;
-        let mut conn = pool
-            .acquire()
-            .await
-            .map_err(|e| Failure::from(Error::Database(e)))?;
-        sides.push(datamig::fingerprint_on(&mut conn, &options).await?);
+        sides.push(match schemes[0] {
+            Scheme::Postgres => fingerprint_at::<Postgres>(url, &options).await?,
+            Scheme::Sqlite => fingerprint_at::<Sqlite>(url, &options).await?,
+        });
     }
     let differences = sides[0].differences(&sides[1]);
     out.comparison(&sides[0], &sides[1], &differences)?;
@@ -363,6 +393,19 @@ async fn compare(opts: &CompareOpts, global: &GlobalOpts, out: &Output) -> Resul
     } else {
         exit::DIFFERENT
     })
+}
+
+/// The fingerprint of the database at `url`.
+async fn fingerprint_at<DB: CliBackend>(
+    url: &str,
+    options: &FingerprintOptions,
+) -> Result<Fingerprint, Failure> {
+    let pool = DB::connect(url).await?;
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|e| Failure::from(Error::Database(e)))?;
+    Ok(datamig::fingerprint_on::<DB>(&mut conn, options).await?)
 }
 
 /// Resolves on Ctrl-C (SIGINT) or, on Unix, SIGTERM.
@@ -379,18 +422,6 @@ async fn shutdown_requested() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
-}
-
-/// Whether process `pid` of this host still runs.
-fn process_alive(pid: u32) -> bool {
-    if std::path::Path::new("/proc/self").exists() {
-        return std::path::Path::new(&format!("/proc/{pid}")).exists();
-    }
-    std::process::Command::new("kill")
-        .args(["-0", &pid.to_string()])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// A failure to report: its message for stderr and its exit code.

@@ -262,7 +262,7 @@ async fn run_only_and_run_to_leave_the_other_migrations_pending() -> anyhow::Res
 #[tokio::test]
 async fn run_with_schema_applies_the_schema_migrations_first() -> anyhow::Result<()> {
     let db = datamig::testing::postgres().await?;
-    let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations/schema");
+    let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations/schema/postgres");
 
     // Without the schema, the data migration that needs it refuses to run, and nothing runs.
     let refused = run(db.url(), &["run"]);

@@ -44,6 +44,20 @@ impl SessionInfo {
     }
 }
 
+/// Whether process `pid` runs on this machine (`/proc`, or `kill -0` where there is no
+/// `/proc`): how `datamig unlock` and SQLite's lock decide that a holder on this host is
+/// gone.
+pub fn local_process_alive(pid: u32) -> bool {
+    if std::path::Path::new("/proc/self").exists() {
+        return std::path::Path::new(&format!("/proc/{pid}")).exists();
+    }
+    std::process::Command::new("kill")
+        .args(["-0", &pid.to_string()])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// The `application_name` of a runner's session: `datamig/<host>/<pid>`.
 pub(crate) fn runner_tag() -> String {
     format!(
@@ -192,23 +206,25 @@ impl<DB: Backend> Migrator<DB> {
     /// [`Error::Database`].
     pub async fn lock_holders(&self) -> Result<Vec<SessionInfo>, Error> {
         let mut conn = self.pool().acquire().await?;
-        Ok(DB::lock_holders(&mut conn, self.ledger_config().lock_key()).await?)
+        Ok(DB::lock_holders(&mut conn, self.ledger_config()).await?)
     }
 
-    /// Ends the session `pid` if, and only if, it holds the runner lock: its transaction
-    /// rolls back and the lock is released. Deciding that its runner is gone is the
-    /// caller's job (see `datamig unlock`). Returns whether a session was ended.
+    /// Takes the runner lock from holder `pid` if, and only if, it holds it. On PostgreSQL
+    /// the session ends: its transaction rolls back and the lock is released. On SQLite the
+    /// holder's lock row is removed (a holder's transaction dies with its process).
+    /// Deciding that its runner is gone is the caller's job (see `datamig unlock`). Returns
+    /// whether a holder was removed.
     ///
     /// # Errors
     ///
     /// [`Error::Database`], for instance without the privilege to end that session.
     pub async fn terminate_lock_holder(&self, pid: i32) -> Result<bool, Error> {
         let mut conn = self.pool().acquire().await?;
-        let holders = DB::lock_holders(&mut conn, self.ledger_config().lock_key()).await?;
+        let holders = DB::lock_holders(&mut conn, self.ledger_config()).await?;
         if !holders.iter().any(|h| h.pid == pid) {
             return Ok(false);
         }
-        Ok(DB::terminate_session(&mut conn, pid).await?)
+        Ok(DB::release_lock_holder(&mut conn, self.ledger_config(), pid).await?)
     }
 
     /// Can it connect; is the ledger readable; who holds the runner lock; which sessions
@@ -221,7 +237,7 @@ impl<DB: Backend> Migrator<DB> {
         let mut conn = self.pool().acquire().await?;
         let server_version = DB::server_version(&mut conn).await?;
         let ledger_exists = DB::ledger_exists(&mut conn, self.ledger_config()).await?;
-        let lock_holders = DB::lock_holders(&mut conn, self.ledger_config().lock_key()).await?;
+        let lock_holders = DB::lock_holders(&mut conn, self.ledger_config()).await?;
         let blocking_sessions = DB::blocking_sessions(&mut conn).await?;
         drop(conn);
         let (migrations, ledger_problem) = match self.status().await {

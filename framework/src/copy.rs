@@ -1,15 +1,54 @@
-//! Rust values in PostgreSQL's `COPY .. FROM STDIN` text format: how the upsert builder
-//! streams rows without splicing a value into SQL.
+//! Rust values for the upsert builder, which never splices a value into SQL: written in
+//! PostgreSQL's `COPY .. FROM STDIN` text format, or bound as parameters (SQLite).
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone};
 
-/// A value that can be sent to PostgreSQL in a `COPY` text row.
+/// A value the upsert builder can send: in a PostgreSQL `COPY` text row, or bound as a
+/// parameter.
 ///
-/// Implemented for integers, floats, `bool`, strings, `chrono` dates and times,
-/// `serde_json::Value`-free JSON text via `String`, and `Option<T>` (`None` is `NULL`).
+/// Implemented for integers, floats, `bool`, strings, `chrono` dates and times (as ISO 8601
+/// text on SQLite, as sqlx stores them), JSON as `String`, and `Option<T>` (`None` is
+/// `NULL`).
 pub trait CopyValue {
-    /// Appends the value, escaped for the text format.
+    /// Appends the value, escaped for the `COPY` text format.
     fn write_copy(&self, out: &mut Vec<u8>);
+
+    /// The value, to bind as a parameter.
+    fn to_value(&self) -> Value;
+}
+
+/// A value bound as a parameter (see [`CopyValue::to_value`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// `NULL`.
+    Null,
+    /// A boolean (an integer 0 or 1 on SQLite).
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A floating-point number.
+    Float(f64),
+    /// Text.
+    Text(String),
+}
+
+/// Where the upsert builder writes a row: `COPY` text, or values to bind.
+pub(crate) enum RowSink<'a> {
+    /// Appends the row and its line end in `COPY` text format.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    Copy(&'a mut Vec<u8>),
+    /// Appends the row's values.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    Values(&'a mut Vec<Value>),
+}
+
+impl RowSink<'_> {
+    pub(crate) fn write<R: CopyRow>(self, row: &R) {
+        match self {
+            RowSink::Copy(out) => write_row(row, out),
+            RowSink::Values(out) => row.push_values(out),
+        }
+    }
 }
 
 /// A row of values for `COPY`: tuples of one to twelve [`CopyValue`]s.
@@ -18,6 +57,9 @@ pub trait CopyRow {
     const WIDTH: usize;
     /// Appends the values separated by tabs (no line end).
     fn write_values(&self, out: &mut Vec<u8>);
+
+    /// Appends the values, to bind.
+    fn push_values(&self, out: &mut Vec<Value>);
 }
 
 /// Appends one row and its line end.
@@ -47,14 +89,32 @@ macro_rules! copy_display {
                 use std::io::Write;
                 let _ = write!(out, "{}", self);
             }
+
+            fn to_value(&self) -> Value {
+                Value::Int(i64::from(*self))
+            }
         }
     )*};
 }
-copy_display!(i8, i16, i32, i64, u8, u16, u32, bool);
+copy_display!(i8, i16, i32, i64, u8, u16, u32);
+
+impl CopyValue for bool {
+    fn write_copy(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(if *self { b"true" } else { b"false" });
+    }
+
+    fn to_value(&self) -> Value {
+        Value::Bool(*self)
+    }
+}
 
 impl CopyValue for f32 {
     fn write_copy(&self, out: &mut Vec<u8>) {
         f64::from(*self).write_copy(out);
+    }
+
+    fn to_value(&self) -> Value {
+        Value::Float(f64::from(*self))
     }
 }
 
@@ -69,11 +129,19 @@ impl CopyValue for f64 {
         };
         out.extend_from_slice(text.as_bytes());
     }
+
+    fn to_value(&self) -> Value {
+        Value::Float(*self)
+    }
 }
 
 impl CopyValue for str {
     fn write_copy(&self, out: &mut Vec<u8>) {
         write_escaped(self, out);
+    }
+
+    fn to_value(&self) -> Value {
+        Value::Text(self.to_string())
     }
 }
 
@@ -81,11 +149,19 @@ impl CopyValue for String {
     fn write_copy(&self, out: &mut Vec<u8>) {
         write_escaped(self, out);
     }
+
+    fn to_value(&self) -> Value {
+        Value::Text(self.clone())
+    }
 }
 
 impl<T: CopyValue + ?Sized> CopyValue for &T {
     fn write_copy(&self, out: &mut Vec<u8>) {
         (**self).write_copy(out);
+    }
+
+    fn to_value(&self) -> Value {
+        (**self).to_value()
     }
 }
 
@@ -96,11 +172,19 @@ impl<T: CopyValue> CopyValue for Option<T> {
             None => out.extend_from_slice(b"\\N"),
         }
     }
+
+    fn to_value(&self) -> Value {
+        self.as_ref().map_or(Value::Null, CopyValue::to_value)
+    }
 }
 
 impl CopyValue for NaiveDate {
     fn write_copy(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self.format("%Y-%m-%d").to_string().as_bytes());
+    }
+
+    fn to_value(&self) -> Value {
+        Value::Text(self.format("%Y-%m-%d").to_string())
     }
 }
 
@@ -108,11 +192,19 @@ impl CopyValue for NaiveDateTime {
     fn write_copy(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self.format("%Y-%m-%d %H:%M:%S%.f").to_string().as_bytes());
     }
+
+    fn to_value(&self) -> Value {
+        Value::Text(self.format("%Y-%m-%d %H:%M:%S%.f").to_string())
+    }
 }
 
 impl<Tz: TimeZone> CopyValue for DateTime<Tz> {
     fn write_copy(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self.to_rfc3339().as_bytes());
+    }
+
+    fn to_value(&self) -> Value {
+        Value::Text(self.to_rfc3339())
     }
 }
 
@@ -128,6 +220,13 @@ macro_rules! copy_tuple {
                     out.push(b'\t');
                     $rest.write_copy(out);
                 )*
+            }
+
+            #[allow(non_snake_case)]
+            fn push_values(&self, out: &mut Vec<Value>) {
+                let ($first, $($rest,)*) = self;
+                out.push($first.to_value());
+                $(out.push($rest.to_value());)*
             }
         }
     };

@@ -1,5 +1,10 @@
 //! What a migration body receives: its transaction, and a place to report what it did.
 
+use sqlx::SqlSafeStr;
+
+use crate::backend::Backend;
+use crate::migration::Batch;
+
 /// The context of one migration run.
 ///
 /// It holds the migration's transaction: every query run through [`Ctx::tx`] commits
@@ -80,5 +85,45 @@ impl<'c, DB: sqlx::Database> Ctx<'c, DB> {
     /// The notes recorded so far.
     pub fn notes(&self) -> &[String] {
         &self.notes
+    }
+}
+
+impl<DB: Backend> Ctx<'_, DB> {
+    /// Executes one statement in the migration's transaction and adds the rows it affected
+    /// to the ledger's count. Returns that number of rows.
+    ///
+    /// The SQL must be a `&'static str` or wrapped in [`sqlx::AssertSqlSafe`]; bind values
+    /// with `sqlx::query(..).bind(..)` through [`Ctx::tx`] instead of formatting them in.
+    /// In a migration generic over the backend, write SQL both databases accept
+    /// (`lower`, `trim`, `coalesce`, `ON CONFLICT .. DO NOTHING`, `$1` parameters).
+    pub async fn execute(&mut self, sql: impl SqlSafeStr) -> Result<u64, sqlx::Error> {
+        let rows = DB::execute(self.conn, sql.into_sql_str()).await?;
+        self.add_rows_affected(rows);
+        Ok(rows)
+    }
+
+    /// Executes one statement for the keys of a batch, with `$1` bound to
+    /// [`Batch::after`] and `$2` to [`Batch::last`], and adds the rows it affected to the
+    /// ledger's count. Returns that number of rows.
+    ///
+    /// ```no_run
+    /// # use datamig::prelude::*;
+    /// # async fn body<DB: Backend>(ctx: &mut Ctx<'_, DB>, batch: Batch) -> anyhow::Result<()> {
+    /// ctx.execute_batch(
+    ///     "UPDATE users SET email = lower(email) WHERE id > $1 AND id <= $2 AND email <> lower(email)",
+    ///     &batch,
+    /// )
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute_batch(
+        &mut self,
+        sql: impl SqlSafeStr,
+        batch: &Batch,
+    ) -> Result<u64, sqlx::Error> {
+        let rows =
+            DB::execute_batch(self.conn, sql.into_sql_str(), batch.after(), batch.last()).await?;
+        self.add_rows_affected(rows);
+        Ok(rows)
     }
 }

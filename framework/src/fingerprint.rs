@@ -1,17 +1,17 @@
 //! A fingerprint of a database's data: per table, the row count and a SHA-256 of its rows
-//! in key order, computed in the database (a million rows do not travel to the client).
+//! in key order. On PostgreSQL it is computed in the server (a million rows do not travel
+//! to the client); SQLite, in-process, hashes each row's text as it reads it.
 //!
 //! It proves a migration idempotent (the data after a second run has the fingerprint of the
 //! data after the first), and verifies a data copy (source and target, table by table).
 
 use std::collections::BTreeMap;
 
-use sqlx::postgres::PgConnection;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::Pool;
 
+use crate::backend::Backend;
 use crate::error::Error;
 use crate::ledger::LedgerConfig;
-use crate::sql::quote_ident;
 
 /// One table's fingerprint.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -88,6 +88,7 @@ impl FingerprintOptions {
     pub fn ledger(mut self, config: &LedgerConfig) -> Self {
         self.exclude.push(config.ledger_table_name().to_string());
         self.exclude.push(config.runs_table_name().to_string());
+        self.exclude.push(config.lock_table_name());
         self
     }
 
@@ -99,7 +100,10 @@ impl FingerprintOptions {
 
     fn covers(&self, schema: &str, table: &str) -> bool {
         let defaults = LedgerConfig::default();
-        if table == defaults.ledger_table_name() || table == defaults.runs_table_name() {
+        if table == defaults.ledger_table_name()
+            || table == defaults.runs_table_name()
+            || table == defaults.lock_table_name()
+        {
             return false;
         }
         if Self::matches(&self.exclude, schema, table) {
@@ -116,38 +120,17 @@ impl FingerprintOptions {
 /// # Errors
 ///
 /// [`Error::Database`]; [`Error::Config`] when `only` names a table that does not exist.
-pub async fn fingerprint_on(
-    conn: &mut PgConnection,
+pub async fn fingerprint_on<DB: Backend>(
+    conn: &mut DB::Connection,
     options: &FingerprintOptions,
 ) -> Result<Fingerprint, Error> {
     let mut fingerprint = Fingerprint::default();
-    for (schema, table) in tables(conn, options).await? {
-        let ident = format!("{}.{}", quote_ident(&schema), quote_ident(&table));
-        let key = primary_key(conn, &ident).await?;
-        let order = if key.is_empty() {
-            "t::text".to_string()
-        } else {
-            key.iter()
-                .map(|c| format!("t.{}", quote_ident(c)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        // Each row's text is hashed, and the row hashes (32 bytes each) are hashed in key
-        // order: the server holds 32 bytes a row, not the rows themselves.
-        let sql = format!(
-            "SELECT count(*), encode(sha256(COALESCE(string_agg(sha256(convert_to(t::text, 'UTF8')), ''::bytea ORDER BY {order}), ''::bytea)), 'hex')
-             FROM {ident} AS t"
-        );
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .fetch_one(&mut *conn)
-            .await?;
+    for (schema, table) in tables::<DB>(conn, options).await? {
+        let key = DB::primary_key(conn, &schema, &table).await?;
+        let (rows, sha256) = DB::table_fingerprint(conn, &schema, &table, &key).await?;
         fingerprint.tables.insert(
             format!("{schema}.{table}"),
-            TableFingerprint {
-                rows: row.try_get(0)?,
-                sha256: row.try_get(1)?,
-                key,
-            },
+            TableFingerprint { rows, sha256, key },
         );
     }
     if let Some(only) = &options.only {
@@ -169,40 +152,19 @@ pub async fn fingerprint_on(
 /// # Errors
 ///
 /// [`Error::Database`].
-pub async fn fingerprint(pool: &sqlx::PgPool) -> Result<Fingerprint, Error> {
+pub async fn fingerprint<DB: Backend>(pool: &Pool<DB>) -> Result<Fingerprint, Error> {
     let mut conn = pool.acquire().await?;
-    fingerprint_on(&mut conn, &FingerprintOptions::new()).await
+    fingerprint_on::<DB>(&mut conn, &FingerprintOptions::new()).await
 }
 
-/// The user tables: ordinary and partitioned, outside the system schemas.
-pub(crate) async fn tables(
-    conn: &mut PgConnection,
+/// The user tables the options cover, as `(schema, table)`.
+pub(crate) async fn tables<DB: Backend>(
+    conn: &mut DB::Connection,
     options: &FingerprintOptions,
 ) -> Result<Vec<(String, String)>, Error> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
-           AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-           AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
-         ORDER BY 1, 2",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows
+    Ok(DB::user_tables(conn)
+        .await?
         .into_iter()
         .filter(|(schema, table)| options.covers(schema, table))
         .collect())
-}
-
-/// The primary key's columns, in key order (empty without one).
-async fn primary_key(conn: &mut PgConnection, ident: &str) -> Result<Vec<String>, Error> {
-    Ok(sqlx::query_scalar(
-        "SELECT a.attname::text FROM pg_index i
-         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-         WHERE i.indrelid = $1::regclass AND i.indisprimary
-         ORDER BY array_position(i.indkey::int2[], a.attnum)",
-    )
-    .bind(ident)
-    .fetch_all(conn)
-    .await?)
 }

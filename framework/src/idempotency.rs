@@ -3,18 +3,16 @@
 //! [`Migrator::check_idempotency`] does it on a real database without keeping anything:
 //! each pending migration runs twice inside one transaction, which is rolled back.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use sqlx::{AssertSqlSafe, SqlSafeStr};
 
-use sqlx::postgres::PgConnection;
-use sqlx::{AssertSqlSafe, Connection, Postgres};
-
-use crate::backend::steps::Steps;
+use crate::backend::Backend;
 use crate::ctx::Ctx;
 use crate::error::Error;
 use crate::fingerprint::{FingerprintOptions, TableDifference, fingerprint_on, tables};
 use crate::migration::{Batch, Code, Migration};
 use crate::runner::{BodyFailure, Migrator, run_caught};
 use crate::sql::quote_ident;
+use crate::upsert::stage_name;
 
 /// A table a second run changed, with a few rows that differ.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -81,38 +79,35 @@ impl IdempotencyCheck {
 
 /// Copies of the tables, in temporary tables of one session, to show which rows changed.
 pub(crate) struct Snapshot {
-    /// (`schema.table`, quoted table, quoted copy)
-    tables: Vec<(String, String, String)>,
+    /// (schema, table, quoted table, quoted copy)
+    tables: Vec<(String, String, String, String)>,
 }
 
 /// Copies every covered table into a temporary table of this session.
-pub(crate) async fn snapshot(
-    conn: &mut PgConnection,
+pub(crate) async fn snapshot<DB: Backend>(
+    conn: &mut DB::Connection,
     options: &FingerprintOptions,
 ) -> Result<Snapshot, Error> {
-    static COPIES: AtomicU64 = AtomicU64::new(0);
     let mut snapshot = Snapshot { tables: Vec::new() };
-    for (schema, table) in tables(conn, options).await? {
+    for (schema, table) in tables::<DB>(conn, options).await? {
         let ident = format!("{}.{}", quote_ident(&schema), quote_ident(&table));
-        let copy = quote_ident(&format!(
-            "datamig_snapshot_{}",
-            COPIES.fetch_add(1, Ordering::Relaxed)
-        ));
-        sqlx::query(AssertSqlSafe(format!(
-            "CREATE TEMPORARY TABLE {copy} AS SELECT * FROM {ident}"
-        )))
-        .execute(&mut *conn)
+        let copy = stage_name("snapshot");
+        DB::execute(
+            conn,
+            AssertSqlSafe(format!(
+                "CREATE TEMPORARY TABLE {copy} AS SELECT * FROM {ident}"
+            ))
+            .into_sql_str(),
+        )
         .await?;
-        snapshot
-            .tables
-            .push((format!("{schema}.{table}"), ident, copy));
+        snapshot.tables.push((schema, table, ident, copy));
     }
     Ok(snapshot)
 }
 
 /// The changed tables, with a few rows on each side, then drops the snapshot.
-pub(crate) async fn changes(
-    conn: &mut PgConnection,
+pub(crate) async fn changes<DB: Backend>(
+    conn: &mut DB::Connection,
     snapshot: Snapshot,
     differences: &[TableDifference],
 ) -> Result<Vec<TableChange>, Error> {
@@ -123,11 +118,11 @@ pub(crate) async fn changes(
         let found = snapshot
             .tables
             .iter()
-            .find(|(name, _, _)| *name == difference.table);
+            .find(|(schema, table, _, _)| format!("{schema}.{table}") == difference.table);
         let (only_before, only_after) = match found {
-            Some((_, ident, copy)) => (
-                sample(conn, &format!("SELECT s::text FROM {copy} AS s EXCEPT ALL SELECT t::text FROM {ident} AS t")).await?,
-                sample(conn, &format!("SELECT t::text FROM {ident} AS t EXCEPT ALL SELECT s::text FROM {copy} AS s")).await?,
+            Some((schema, table, ident, copy)) => (
+                DB::rows_missing_from(conn, schema, table, copy, ident).await?,
+                DB::rows_missing_from(conn, schema, table, ident, copy).await?,
             ),
             None => (Vec::new(), Vec::new()),
         };
@@ -139,23 +134,17 @@ pub(crate) async fn changes(
             only_after,
         });
     }
-    for (_, _, copy) in snapshot.tables {
-        sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {copy}")))
-            .execute(&mut *conn)
-            .await?;
+    for (_, _, _, copy) in snapshot.tables {
+        DB::execute(
+            conn,
+            AssertSqlSafe(format!("DROP TABLE IF EXISTS {copy}")).into_sql_str(),
+        )
+        .await?;
     }
     Ok(changes)
 }
 
-async fn sample(conn: &mut PgConnection, rows: &str) -> Result<Vec<String>, Error> {
-    Ok(sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT r FROM ({rows}) AS diff (r) ORDER BY r LIMIT 5"
-    )))
-    .fetch_all(conn)
-    .await?)
-}
-
-impl Migrator<Postgres> {
+impl<DB: Backend> Migrator<DB> {
     /// Runs each pending migration twice inside one transaction and compares the data's
     /// fingerprints after each run, then rolls everything back: nothing is committed, the
     /// ledger included. For a staging copy of production, before a deploy.
@@ -174,32 +163,31 @@ impl Migrator<Postgres> {
             });
         }
         self.with_lock(async |conn| {
-            let applied: Vec<String> =
-                if Postgres::ledger_exists(conn, self.ledger_config()).await? {
-                    Postgres::read_ledger(conn, self.ledger_config())
-                        .await?
-                        .into_iter()
-                        .filter(|e| !e.is_running())
-                        .map(|e| e.id)
-                        .collect()
-                } else {
-                    Vec::new()
-                };
+            let applied: Vec<String> = if DB::ledger_exists(conn, self.ledger_config()).await? {
+                DB::read_ledger(conn, self.ledger_config())
+                    .await?
+                    .into_iter()
+                    .filter(|e| !e.is_running())
+                    .map(|e| e.id)
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let pending: Vec<&'static Migration> = migrations
                 .into_iter()
                 .filter(|m| !applied.iter().any(|id| id == m.id()))
                 .filter(|m| self.only_id().is_none_or(|only| only == m.id()))
                 .collect();
             let options = FingerprintOptions::new().ledger(self.ledger_config());
-            let mut tx = Connection::begin(&mut **conn).await?;
+            let mut tx = DB::begin(conn, None).await?;
             let mut checks = Vec::new();
             for migration in pending {
-                let first_run_rows = run_in(&mut tx, migration).await?;
-                let before = fingerprint_on(&mut tx, &options).await?;
-                let copy = snapshot(&mut tx, &options).await?;
-                let second_run_rows = run_in(&mut tx, migration).await?;
-                let after = fingerprint_on(&mut tx, &options).await?;
-                let changes = changes(&mut tx, copy, &before.differences(&after)).await?;
+                let first_run_rows = run_in::<DB>(&mut tx, migration).await?;
+                let before = fingerprint_on::<DB>(&mut tx, &options).await?;
+                let copy = snapshot::<DB>(&mut tx, &options).await?;
+                let second_run_rows = run_in::<DB>(&mut tx, migration).await?;
+                let after = fingerprint_on::<DB>(&mut tx, &options).await?;
+                let changes = changes::<DB>(&mut tx, copy, &before.differences(&after)).await?;
                 checks.push(IdempotencyCheck::new(
                     migration.id(),
                     first_run_rows,
@@ -217,10 +205,13 @@ impl Migrator<Postgres> {
 
 /// Runs a migration's whole body (every batch, for a batched one) on `conn`, inside the
 /// caller's transaction; returns the rows it reported.
-async fn run_in(conn: &mut PgConnection, migration: &'static Migration) -> Result<u64, Error> {
-    let code = Postgres::code(migration).ok_or_else(|| Error::UnsupportedBackend {
+async fn run_in<DB: Backend>(
+    conn: &mut DB::Connection,
+    migration: &'static Migration,
+) -> Result<u64, Error> {
+    let code = DB::code(migration).ok_or_else(|| Error::UnsupportedBackend {
         id: migration.id().to_string(),
-        backend: Postgres::ID,
+        backend: DB::ID,
         available: migration.backends().join(", "),
     })?;
     let mut ctx = Ctx::new(&mut *conn, migration.id(), false);
@@ -235,7 +226,7 @@ async fn run_in(conn: &mut PgConnection, migration: &'static Migration) -> Resul
     };
     match (code, migration.batch()) {
         (Code::Once(run), _) => {
-            run_caught::<Postgres>(run(&mut ctx))
+            run_caught::<DB>(run(&mut ctx))
                 .await
                 .map_err(|f| failed(f, None))?;
             Ok(ctx.rows_affected())
@@ -243,10 +234,10 @@ async fn run_in(conn: &mut PgConnection, migration: &'static Migration) -> Resul
         (Code::Batched(run), Some(spec)) => {
             let (mut after, mut number) = (None, 0);
             while let Some((last, keys)) =
-                Postgres::next_batch(ctx.tx(), spec.table(), spec.key(), after, spec.size()).await?
+                DB::next_batch(ctx.tx(), spec.table(), spec.key(), after, spec.size()).await?
             {
                 number += 1;
-                run_caught::<Postgres>(run(&mut ctx, Batch::new(after, last, number, keys)))
+                run_caught::<DB>(run(&mut ctx, Batch::new(after, last, number, keys)))
                     .await
                     .map_err(|f| failed(f, Some(number)))?;
                 after = Some(last);

@@ -27,6 +27,8 @@ impl Default for LedgerConfig {
 
 impl LedgerConfig {
     /// Puts both tables in `schema` (created if missing) instead of the search path's first.
+    /// On SQLite the schema is an attached database (`main`, `temp`, or one attached by the
+    /// connection), which must exist.
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
         self.schema = Some(schema.into());
         self
@@ -69,6 +71,18 @@ impl LedgerConfig {
 
     pub(crate) fn runs_table_name(&self) -> &str {
         &self.runs_table
+    }
+
+    /// The name of the lock table of backends without advisory locks (SQLite):
+    /// `<ledger table>_lock`.
+    pub(crate) fn lock_table_name(&self) -> String {
+        format!("{}_lock", self.ledger_table)
+    }
+
+    /// The lock table's quoted, schema-qualified name.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    pub(crate) fn lock_ident(&self) -> String {
+        self.qualify(&self.lock_table_name())
     }
 
     /// The ledger's quoted, schema-qualified name.

@@ -47,14 +47,11 @@
 
 mod admin;
 mod backend;
-#[cfg(feature = "postgres")]
 mod bulk;
 mod copy;
 mod ctx;
 mod error;
-#[cfg(feature = "postgres")]
 mod fingerprint;
-#[cfg(feature = "postgres")]
 mod idempotency;
 mod ledger;
 mod migration;
@@ -63,21 +60,17 @@ mod runner;
 mod sql;
 #[cfg(feature = "testing")]
 pub mod testing;
-#[cfg(feature = "postgres")]
 mod upsert;
 
-pub use admin::{CheckReport, Doctor, SessionInfo};
+pub use admin::{CheckReport, Doctor, SessionInfo, local_process_alive};
 pub use backend::{Backend, BoxFuture};
-#[cfg(feature = "postgres")]
 pub use bulk::SequenceReset;
-pub use copy::{CopyRow, CopyValue};
+pub use copy::{CopyRow, CopyValue, Value};
 pub use ctx::Ctx;
 pub use error::{Drift, Error, describe_sqlx};
-#[cfg(feature = "postgres")]
 pub use fingerprint::{
     Fingerprint, FingerprintOptions, TableDifference, TableFingerprint, fingerprint, fingerprint_on,
 };
-#[cfg(feature = "postgres")]
 pub use idempotency::{IdempotencyCheck, TableChange};
 pub use ledger::{LastRun, LedgerConfig, LedgerEntry};
 pub use migration::{Batch, BatchFn, BatchSpec, Code, Location, Migration, MigrationFn};
@@ -87,8 +80,9 @@ pub use runner::{
 };
 #[cfg(feature = "postgres")]
 pub use sqlx::Postgres;
-#[cfg(feature = "postgres")]
-pub use upsert::{Upsert, UpsertMode, UpsertReport};
+#[cfg(feature = "sqlite")]
+pub use sqlx::Sqlite;
+pub use upsert::{Upsert, UpsertMode, UpsertReport, UpsertRequest};
 
 /// Registers an `async fn` as a data migration.
 ///
@@ -132,11 +126,14 @@ pub mod prelude {
     pub use crate::{Backend, Batch, Ctx, Migrator, migration};
     #[cfg(feature = "postgres")]
     pub use sqlx::Postgres;
+    #[cfg(feature = "sqlite")]
+    pub use sqlx::Sqlite;
 }
 
 #[doc(hidden)]
 pub mod __private {
     pub use crate::backend::BoxFuture;
+    pub use crate::migration::{Portable, PortableBatched};
     pub use crate::registry::Registered;
     pub use anyhow;
     pub use inventory;

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 #[cfg(feature = "postgres")]
 use crate::Postgres;
-use crate::backend::BoxFuture;
+#[cfg(feature = "sqlite")]
+use crate::Sqlite;
+use crate::backend::{Backend, BoxFuture};
 use crate::ctx::Ctx;
 
 /// The code of a migration for one backend: the body written by the migration's author,
@@ -172,6 +174,26 @@ pub struct Migration {
     requires_schema: Option<i64>,
     #[cfg(feature = "postgres")]
     postgres: Option<Code<Postgres>>,
+    #[cfg(feature = "sqlite")]
+    sqlite: Option<Code<Sqlite>>,
+}
+
+/// A migration body generic over the backend (`async fn m<DB: Backend>(..)`), as the
+/// `#[migration]` attribute wraps it: one function for every backend compiled in.
+#[doc(hidden)]
+pub trait Portable {
+    /// The body, for backend `DB`.
+    fn run<'a, 'c, DB: Backend>(ctx: &'a mut Ctx<'c, DB>) -> BoxFuture<'a, anyhow::Result<()>>;
+}
+
+/// A batched migration body generic over the backend.
+#[doc(hidden)]
+pub trait PortableBatched {
+    /// The body of one batch, for backend `DB`.
+    fn run<'a, 'c, DB: Backend>(
+        ctx: &'a mut Ctx<'c, DB>,
+        batch: Batch,
+    ) -> BoxFuture<'a, anyhow::Result<()>>;
 }
 
 impl Migration {
@@ -237,12 +259,21 @@ impl Migration {
         if self.postgres.is_some() {
             names.push("postgres");
         }
+        #[cfg(feature = "sqlite")]
+        if self.sqlite.is_some() {
+            names.push("sqlite");
+        }
         names
     }
 
     #[cfg(feature = "postgres")]
     pub(crate) fn postgres_code(&self) -> Option<Code<Postgres>> {
         self.postgres
+    }
+
+    #[cfg(feature = "sqlite")]
+    pub(crate) fn sqlite_code(&self) -> Option<Code<Sqlite>> {
+        self.sqlite
     }
 
     #[doc(hidden)]
@@ -266,6 +297,8 @@ impl Migration {
             requires_schema: None,
             #[cfg(feature = "postgres")]
             postgres: None,
+            #[cfg(feature = "sqlite")]
+            sqlite: None,
         }
     }
 
@@ -310,6 +343,50 @@ impl Migration {
     #[cfg(feature = "postgres")]
     pub const fn postgres_batched(mut self, run: BatchFn<Postgres>, spec: BatchSpec) -> Self {
         self.postgres = Some(Code::Batched(run));
+        self.batch = Some(spec);
+        self
+    }
+
+    #[doc(hidden)]
+    #[cfg(feature = "sqlite")]
+    pub const fn sqlite(mut self, run: MigrationFn<Sqlite>) -> Self {
+        self.sqlite = Some(Code::Once(run));
+        self
+    }
+
+    #[doc(hidden)]
+    #[cfg(feature = "sqlite")]
+    pub const fn sqlite_batched(mut self, run: BatchFn<Sqlite>, spec: BatchSpec) -> Self {
+        self.sqlite = Some(Code::Batched(run));
+        self.batch = Some(spec);
+        self
+    }
+
+    /// Registers a body generic over the backend for every backend compiled into datamig.
+    #[doc(hidden)]
+    pub const fn portable<P: Portable>(self) -> Self {
+        #[cfg(feature = "postgres")]
+        let this = self.postgres(P::run::<Postgres>);
+        #[cfg(not(feature = "postgres"))]
+        let this = self;
+        #[cfg(feature = "sqlite")]
+        let this = this.sqlite(P::run::<Sqlite>);
+        this
+    }
+
+    /// Registers a batched body generic over the backend for every backend compiled in.
+    #[doc(hidden)]
+    pub const fn portable_batched<P: PortableBatched>(self, spec: BatchSpec) -> Self {
+        #[cfg(feature = "postgres")]
+        let this = self.postgres_batched(P::run::<Postgres>, spec);
+        #[cfg(not(feature = "postgres"))]
+        let this = self;
+        #[cfg(feature = "sqlite")]
+        let this = this.sqlite_batched(P::run::<Sqlite>, spec);
+        this.with_batch(spec)
+    }
+
+    const fn with_batch(mut self, spec: BatchSpec) -> Self {
         self.batch = Some(spec);
         self
     }

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
+use sqlx::Pool;
 use sqlx::pool::PoolConnection;
-use sqlx::{Connection, Pool};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, LockToken};
 use crate::ctx::Ctx;
 use crate::error::{Drift, Error, describe_chain, describe_sqlx};
 use crate::ledger::{
@@ -202,11 +202,13 @@ impl<DB: Backend> Migrator<DB> {
         let mut conn = self.pool.acquire().await?;
         conn.close_on_drop();
         DB::tag_session(&mut conn, &crate::admin::runner_tag()).await?;
-        let key = self.ledger.lock_key();
-        self.acquire_lock(&mut conn, key).await?;
+        let token = LockToken::new();
+        self.acquire_lock(&mut conn, &token).await?;
         let result = work(&mut conn).await;
-        // Closing the connection releases the lock too; unlocking explicitly is just prompt.
-        let _ = DB::unlock(&mut conn, key).await;
+        // Closing the connection releases PostgreSQL's lock too; unlocking explicitly is
+        // prompt, and SQLite's lock row needs it (should this future be dropped instead,
+        // the token dies with it and the next runner finds the row stale).
+        let _ = DB::unlock(&mut conn, &self.ledger, &token).await;
         result
     }
 
@@ -359,11 +361,15 @@ impl<DB: Backend> Migrator<DB> {
             .await
     }
 
-    async fn acquire_lock(&self, conn: &mut PoolConnection<DB>, key: i64) -> Result<(), Error> {
+    async fn acquire_lock(
+        &self,
+        conn: &mut PoolConnection<DB>,
+        token: &LockToken,
+    ) -> Result<(), Error> {
         let started = Instant::now();
         let mut pause = Duration::from_millis(25);
         loop {
-            if DB::try_lock(conn, key).await? {
+            if DB::try_lock(conn, &self.ledger, token).await? {
                 return Ok(());
             }
             let waited = started.elapsed();
@@ -500,10 +506,11 @@ impl<DB: Backend> Migrator<DB> {
         let action = step.action;
         let started_at = Utc::now();
         let clock = Instant::now();
-        let mut tx = conn.begin().await.map_err(Failure::db)?;
+        let lock_timeout = migration.lock_timeout().or(self.lock_timeout);
+        let mut tx = DB::begin(conn, lock_timeout).await.map_err(Failure::db)?;
         DB::set_local_timeouts(
             &mut tx,
-            migration.lock_timeout().or(self.lock_timeout),
+            lock_timeout,
             migration.statement_timeout().or(self.statement_timeout),
         )
         .await
@@ -580,11 +587,18 @@ impl<DB: Backend> Migrator<DB> {
 
     /// Fails with [`Error::LedgerShape`] when a ledger table lacks datamig's columns.
     pub(crate) async fn check_ledger_shape(&self, conn: &mut DB::Connection) -> Result<(), Error> {
-        for (table, expected) in [
-            (self.ledger.ledger_ident(), crate::ledger::LEDGER_COLUMNS),
-            (self.ledger.runs_ident(), crate::ledger::RUNS_COLUMNS),
+        for (name, expected) in [
+            (
+                self.ledger.ledger_table_name(),
+                crate::ledger::LEDGER_COLUMNS,
+            ),
+            (self.ledger.runs_table_name(), crate::ledger::RUNS_COLUMNS),
         ] {
-            let columns = DB::table_columns(conn, &table).await?;
+            let columns = DB::table_columns(conn, self.ledger.schema_name(), name).await?;
+            let table = match self.ledger.schema_name() {
+                Some(schema) => format!("{schema}.{name}"),
+                None => name.to_string(),
+            };
             if columns.is_empty() {
                 continue;
             }
@@ -792,7 +806,7 @@ impl<DB: Backend> Migrator<DB> {
         (lock_timeout, statement_timeout): (Option<Duration>, Option<Duration>),
     ) -> Result<BatchDone, BatchError> {
         let classify = |err| BatchError::database::<DB>(err, state.batches + 1);
-        let mut tx = conn.begin().await.map_err(classify)?;
+        let mut tx = DB::begin(conn, lock_timeout).await.map_err(classify)?;
         DB::set_local_timeouts(&mut tx, lock_timeout, statement_timeout)
             .await
             .map_err(classify)?;

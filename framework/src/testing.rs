@@ -1,14 +1,16 @@
-//! Test support: a real PostgreSQL for every test, never a mock.
+//! Test support: real databases for every test, never a mock.
 //!
-//! [`postgres`] hands each test a fresh, empty database. The server behind it is started
-//! once per test binary:
+//! [`sqlite`] hands each test a fresh SQLite database file, with nothing to install.
+//! [`postgres`] hands each test a fresh, empty PostgreSQL database. The server behind it is
+//! started once per test binary:
 //!
 //! - with `DATAMIG_TEST_DATABASE_URL` set, that server is used (databases are created on it
 //!   and dropped when the test binary exits);
 //! - otherwise testcontainers starts the image named by `DATAMIG_TEST_POSTGRES_IMAGE`
 //!   (`name:tag`, default `postgres:15`), removed when the test binary exits.
 //!
-//! The idempotency proof, for every migration of a crate, in a few lines:
+//! The idempotency proof, for every migration of a crate, in a few lines, on either
+//! backend:
 //!
 //! ```no_run
 //! #[tokio::test]
@@ -16,6 +18,10 @@
 //!     let db = datamig::testing::postgres().await?;
 //!     // create the schema and seed the data the migrations expect, then:
 //!     datamig::testing::assert_all_idempotent(db.pool()).await?;
+//!
+//!     let file = datamig::testing::sqlite().await?; // no Docker, no server
+//!     // the same on SQLite:
+//!     datamig::testing::assert_all_idempotent(file.pool()).await?;
 //!     Ok(())
 //! }
 //! # fn main() {}
@@ -39,12 +45,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Connection, PgPool};
+use sqlx::{AssertSqlSafe, Connection, PgPool, Pool};
 use testcontainers_modules::postgres::Postgres as PostgresImage;
 use testcontainers_modules::testcontainers::ImageExt;
 use testcontainers_modules::testcontainers::runners::AsyncRunner;
 use tokio::sync::OnceCell;
 
+use crate::backend::Backend;
 use crate::error::Error;
 use crate::fingerprint::{FingerprintOptions, fingerprint_on};
 use crate::idempotency::{IdempotencyCheck, changes, snapshot};
@@ -131,6 +138,74 @@ pub async fn postgres() -> Result<TestDatabase, Error> {
     Ok(TestDatabase { name, url, pool })
 }
 
+/// A fresh SQLite database file for one test, deleted when dropped.
+///
+/// A file, not `sqlite::memory:`: every connection of a pool (and every process a test
+/// starts) must see the same database.
+#[cfg(feature = "sqlite")]
+#[derive(Debug)]
+pub struct SqliteTestDatabase {
+    path: std::path::PathBuf,
+    url: String,
+    pool: sqlx::SqlitePool,
+}
+
+#[cfg(feature = "sqlite")]
+impl SqliteTestDatabase {
+    /// A pool connected to this database.
+    pub fn pool(&self) -> &sqlx::SqlitePool {
+        &self.pool
+    }
+
+    /// Its URL (`sqlite:/tmp/...db`), for a process a test starts.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl Drop for SqliteTestDatabase {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut file = self.path.clone().into_os_string();
+            file.push(suffix);
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}
+
+/// A fresh, empty SQLite database in a file of the system's temporary directory, deleted
+/// when the returned value is dropped. Needs nothing installed.
+///
+/// # Errors
+///
+/// [`Error::Database`] when the file cannot be created.
+#[cfg(feature = "sqlite")]
+pub async fn sqlite() -> Result<SqliteTestDatabase, Error> {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "datamig-test-{}-{}-{}.db",
+        std::process::id(),
+        chrono::Utc::now().timestamp_micros(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let url = format!("sqlite:{}", path.display());
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await?;
+    Ok(SqliteTestDatabase { path, url, pool })
+}
+
 /// Proves migration `id` idempotent on this database: runs it (and the pending migrations
 /// before it) through the ledger, takes a fingerprint of the data, runs it again as a forced
 /// re-run, takes another, and fails if they differ, or if the second run reported rows
@@ -140,7 +215,7 @@ pub async fn postgres() -> Result<TestDatabase, Error> {
 ///
 /// [`Error::NotIdempotent`], naming each table the second run changed with a few rows that
 /// differ; any error of the runs themselves.
-pub async fn assert_idempotent(pool: &PgPool, id: &str) -> Result<(), Error> {
+pub async fn assert_idempotent<DB: Backend>(pool: &Pool<DB>, id: &str) -> Result<(), Error> {
     assert_idempotent_with(&Migrator::new(pool.clone()), id).await
 }
 
@@ -150,8 +225,8 @@ pub async fn assert_idempotent(pool: &PgPool, id: &str) -> Result<(), Error> {
 /// # Errors
 ///
 /// As [`assert_idempotent`].
-pub async fn assert_idempotent_with(
-    migrator: &Migrator<sqlx::Postgres>,
+pub async fn assert_idempotent_with<DB: Backend>(
+    migrator: &Migrator<DB>,
     id: &str,
 ) -> Result<(), Error> {
     check_idempotent(migrator, id).await?.into_result()
@@ -162,7 +237,7 @@ pub async fn assert_idempotent_with(
 /// # Errors
 ///
 /// The first failure.
-pub async fn assert_all_idempotent(pool: &PgPool) -> Result<(), Error> {
+pub async fn assert_all_idempotent<DB: Backend>(pool: &Pool<DB>) -> Result<(), Error> {
     assert_all_idempotent_with(&Migrator::new(pool.clone())).await
 }
 
@@ -171,7 +246,7 @@ pub async fn assert_all_idempotent(pool: &PgPool) -> Result<(), Error> {
 /// # Errors
 ///
 /// The first failure.
-pub async fn assert_all_idempotent_with(migrator: &Migrator<sqlx::Postgres>) -> Result<(), Error> {
+pub async fn assert_all_idempotent_with<DB: Backend>(migrator: &Migrator<DB>) -> Result<(), Error> {
     for migration in migrator.load()? {
         assert_idempotent_with(migrator, migration.id()).await?;
     }
@@ -183,8 +258,8 @@ pub async fn assert_all_idempotent_with(migrator: &Migrator<sqlx::Postgres>) -> 
 /// # Errors
 ///
 /// Any error of the runs themselves.
-pub async fn check_idempotent(
-    migrator: &Migrator<sqlx::Postgres>,
+pub async fn check_idempotent<DB: Backend>(
+    migrator: &Migrator<DB>,
     id: &str,
 ) -> Result<IdempotencyCheck, Error> {
     let first = migrator.clone().up_to(id).run().await?;
@@ -196,11 +271,11 @@ pub async fn check_idempotent(
     // The snapshot lives in temporary tables of this one connection, held across the re-run.
     let mut conn = migrator.pool().acquire().await?;
     let options = FingerprintOptions::new().ledger(migrator.ledger_config());
-    let before = fingerprint_on(&mut conn, &options).await?;
-    let copy = snapshot(&mut conn, &options).await?;
+    let before = fingerprint_on::<DB>(&mut conn, &options).await?;
+    let copy = snapshot::<DB>(&mut conn, &options).await?;
     let second = migrator.rerun(id).await?;
-    let after = fingerprint_on(&mut conn, &options).await?;
-    let changes = changes(&mut conn, copy, &before.differences(&after)).await?;
+    let after = fingerprint_on::<DB>(&mut conn, &options).await?;
+    let changes = changes::<DB>(&mut conn, copy, &before.differences(&after)).await?;
     let second_run_rows = second.applied.first().map_or(0, |a| a.rows_affected);
     Ok(IdempotencyCheck::new(
         id,
@@ -218,9 +293,9 @@ pub async fn check_idempotent(
 ///
 /// [`Error::Diverged`] naming the tables that differ; [`Error::Config`] when the migration
 /// finished before `after_batches` batches (choose fewer); any error of the runs.
-pub async fn assert_interruption_converges(
-    interrupted: &PgPool,
-    uninterrupted: &PgPool,
+pub async fn assert_interruption_converges<DB: Backend>(
+    interrupted: &Pool<DB>,
+    uninterrupted: &Pool<DB>,
     id: &str,
     after_batches: u64,
 ) -> Result<(), Error> {

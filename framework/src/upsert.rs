@@ -1,12 +1,8 @@
 //! The upsert builder: rows from Rust values or from a query, merged into a table by key,
 //! in one set-based statement, with counts of what changed.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use sqlx::postgres::PgConnection;
-use sqlx::{AssertSqlSafe, Executor, Postgres, Row, SqlSafeStr};
-
-use crate::copy::{CopyRow, write_row};
+use crate::backend::Backend;
+use crate::copy::{CopyRow, RowSink};
 use crate::ctx::Ctx;
 use crate::error::Error;
 use crate::sql::{check_name, quote_ident};
@@ -35,9 +31,10 @@ pub struct UpsertReport {
     pub unchanged: u64,
 }
 
-type NextRow<'u> = Box<dyn FnMut(&mut Vec<u8>) -> bool + Send + 'u>;
+/// Writes the next row into the sink; `false` when no row is left.
+pub(crate) type NextRow<'u> = Box<dyn FnMut(RowSink<'_>) -> bool + Send + 'u>;
 
-enum Source<'u> {
+pub(crate) enum Source<'u> {
     Missing,
     Query(String),
     Rows {
@@ -63,7 +60,8 @@ enum Source<'u> {
 ///     .execute()
 ///     .await?;
 ///
-/// // From Rust values, streamed through COPY: any number of rows.
+/// // From Rust values (streamed through COPY on PostgreSQL, bound in chunks on SQLite):
+/// // any number of rows.
 /// let plans = vec![(1_i64, "free"), (2, "pro")];
 /// ctx.upsert("plans")
 ///     .key(["user_id"])
@@ -73,8 +71,8 @@ enum Source<'u> {
 ///     .await?;
 /// # Ok(()) }
 /// ```
-pub struct Upsert<'u, 'c> {
-    ctx: &'u mut Ctx<'c, Postgres>,
+pub struct Upsert<'u, 'c, DB: Backend> {
+    ctx: &'u mut Ctx<'c, DB>,
     schema: Option<String>,
     table: String,
     key: Vec<String>,
@@ -82,10 +80,13 @@ pub struct Upsert<'u, 'c> {
     mode: UpsertMode,
 }
 
-impl<'c> Ctx<'c, Postgres> {
+impl<'c, DB: Backend> Ctx<'c, DB> {
     /// Starts an upsert into `table` (one identifier, quoted: any name works and none can
     /// inject SQL). Set the key, the rows and the mode, then [`Upsert::execute`].
-    pub fn upsert<'u>(&'u mut self, table: impl Into<String>) -> Upsert<'u, 'c> {
+    ///
+    /// One statement does the merge on every backend: PostgreSQL's and SQLite's
+    /// `INSERT .. ON CONFLICT (key) DO UPDATE SET .. WHERE ..`.
+    pub fn upsert<'u>(&'u mut self, table: impl Into<String>) -> Upsert<'u, 'c, DB> {
         Upsert {
             ctx: self,
             schema: None,
@@ -97,8 +98,9 @@ impl<'c> Ctx<'c, Postgres> {
     }
 }
 
-impl<'u, 'c> Upsert<'u, 'c> {
-    /// The table's schema, when it is not the search path's first.
+impl<'u, 'c, DB: Backend> Upsert<'u, 'c, DB> {
+    /// The table's schema, when it is not the search path's first (on SQLite: the attached
+    /// database).
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
         self.schema = Some(schema.into());
         self
@@ -118,9 +120,9 @@ impl<'u, 'c> Upsert<'u, 'c> {
         self
     }
 
-    /// Rows from Rust values: tuples with one value per named column, streamed to the
-    /// database with `COPY` (never spliced into SQL), so any number of rows works in
-    /// constant memory.
+    /// Rows from Rust values: tuples with one value per named column, never spliced into
+    /// SQL: streamed with `COPY` on PostgreSQL, bound in chunks on SQLite, so any number of
+    /// rows works in constant memory.
     pub fn rows<R, I, S>(mut self, columns: impl IntoIterator<Item = S>, rows: I) -> Self
     where
         R: CopyRow,
@@ -132,9 +134,9 @@ impl<'u, 'c> Upsert<'u, 'c> {
         self.source = Source::Rows {
             columns: columns.into_iter().map(Into::into).collect(),
             width: R::WIDTH,
-            next: Box::new(move |buf| match iter.next() {
+            next: Box::new(move |sink| match iter.next() {
                 Some(row) => {
-                    write_row(&row, buf);
+                    sink.write(&row);
                     true
                 }
                 None => false,
@@ -200,73 +202,65 @@ impl<'u, 'c> Upsert<'u, 'c> {
             Some(schema) => format!("{}.{}", quote_ident(schema), quote_ident(&table)),
             None => quote_ident(&table),
         };
-        let conn: &mut PgConnection = ctx.tx();
-        let report = match source {
-            Source::Missing => {
-                return Err(Error::Config(format!(
-                    "the upsert into {table} has no rows: call .rows(..) or .from_query(..)"
-                )));
-            }
-            Source::Query(sql) => {
-                let columns = query_columns(conn, &sql).await?;
-                let plan = Plan::new(&target, &table, &key, &columns, mode)?;
-                let counted = format!(
-                    "WITH src AS MATERIALIZED ({sql}), {} SELECT (SELECT count(*) FROM src), {}",
-                    plan.cte("SELECT * FROM src"),
-                    COUNT_RETURNED,
-                );
-                plan.run(conn, counted).await?
-            }
-            Source::Rows {
-                columns,
-                width,
-                next,
-            } => {
-                if columns.len() != width {
-                    return Err(Error::Config(format!(
-                        "the upsert into {table} names {} columns but its rows hold {width} values",
-                        columns.len()
-                    )));
-                }
-                let plan = Plan::new(&target, &table, &key, &columns, mode)?;
-                let stage = stage_rows(conn, &target, &columns, next).await?;
-                let counted = format!(
-                    "WITH {} SELECT (SELECT count(*) FROM {stage}), {}",
-                    plan.cte(&format!("SELECT * FROM {stage}")),
-                    COUNT_RETURNED,
-                );
-                // On failure the transaction is aborted and `ON COMMIT DROP` (or the rollback)
-                // removes the staging table; only a successful upsert drops it now, so that a
-                // migration can stage again.
-                let report = plan.run(conn, counted).await?;
-                sqlx::query(AssertSqlSafe(format!("DROP TABLE {stage}")))
-                    .execute(&mut *conn)
-                    .await?;
-                report
-            }
+        if matches!(source, Source::Missing) {
+            return Err(Error::Config(format!(
+                "the upsert into {table} has no rows: call .rows(..) or .from_query(..)"
+            )));
+        }
+        if let Source::Rows { columns, width, .. } = &source
+            && columns.len() != *width
+        {
+            return Err(Error::Config(format!(
+                "the upsert into {table} names {} columns but its rows hold {width} values",
+                columns.len()
+            )));
+        }
+        let request = UpsertRequest {
+            target,
+            table,
+            key,
+            source,
+            mode,
         };
+        let report = DB::upsert(ctx.tx(), request).await?;
         ctx.add_rows_affected(report.inserted + report.updated);
         Ok(report)
     }
 }
 
-const COUNT_RETURNED: &str =
-    "count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM ins";
+/// An upsert, checked, for a backend to run.
+pub struct UpsertRequest<'u> {
+    /// The quoted, qualified target table.
+    pub(crate) target: String,
+    /// The table's name, for messages.
+    pub(crate) table: String,
+    pub(crate) key: Vec<String>,
+    pub(crate) source: Source<'u>,
+    pub(crate) mode: UpsertMode,
+}
 
-/// The statement of one upsert.
-struct Plan {
+/// The `INSERT .. ON CONFLICT` statement of one upsert, in the syntax PostgreSQL and SQLite
+/// share.
+pub(crate) struct Plan {
+    /// `INSERT INTO target AS t (cols) %SOURCE% ON CONFLICT (key) DO ..`.
     insert: String,
-    table: String,
+    /// The quoted key columns, joined.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    pub(crate) key_list: String,
+    /// The quoted columns, joined.
+    pub(crate) column_list: String,
 }
 
 impl Plan {
-    fn new(
-        target: &str,
-        table: &str,
-        key: &[String],
+    /// `distinct` compares the row of current values with the incoming one:
+    /// `|current, incoming| ..` (PostgreSQL: `ROW(..) IS DISTINCT FROM ROW(..)`, SQLite:
+    /// `(..) IS NOT (..)`).
+    pub(crate) fn new(
+        request: &UpsertRequest<'_>,
         columns: &[String],
-        mode: UpsertMode,
+        distinct: impl Fn(&str, &str) -> String,
     ) -> Result<Self, Error> {
+        let (key, table, mode) = (&request.key, &request.table, request.mode);
         for column in columns {
             check_name("column", column)?;
         }
@@ -295,7 +289,7 @@ impl Plan {
             UpsertMode::Overwrite | UpsertMode::UpdateIfChanged => {
                 let set = others
                     .iter()
-                    .map(|c| format!("{c} = EXCLUDED.{c}"))
+                    .map(|c| format!("{c} = excluded.{c}"))
                     .collect::<Vec<_>>()
                     .join(", ");
                 let mut clause = format!("DO UPDATE SET {set}");
@@ -307,119 +301,38 @@ impl Plan {
                         .join(", ");
                     let incoming = others
                         .iter()
-                        .map(|c| format!("EXCLUDED.{c}"))
+                        .map(|c| format!("excluded.{c}"))
                         .collect::<Vec<_>>()
                         .join(", ");
-                    clause.push_str(&format!(
-                        " WHERE ROW({current}) IS DISTINCT FROM ROW({incoming})"
-                    ));
+                    clause.push_str(&format!(" WHERE {}", distinct(&current, &incoming)));
                 }
                 clause
             }
         };
+        let column_list = quoted.join(", ");
         let insert = format!(
-            "INSERT INTO {target} AS t ({}) %SOURCE% ON CONFLICT ({key_list}) {conflict} RETURNING (xmax = 0) AS inserted",
-            quoted.join(", ")
+            "INSERT INTO {} AS t ({column_list}) %SOURCE% ON CONFLICT ({key_list}) {conflict}",
+            request.target
         );
         Ok(Plan {
             insert,
-            table: table.to_string(),
+            key_list,
+            column_list,
         })
     }
 
-    /// `ins AS (INSERT .. RETURNING ..)`, reading from `source`.
-    fn cte(&self, source: &str) -> String {
-        format!("ins AS ({})", self.insert.replace("%SOURCE%", source))
-    }
-
-    async fn run(&self, conn: &mut PgConnection, sql: String) -> Result<UpsertReport, Error> {
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .fetch_one(conn)
-            .await
-            .map_err(|err| self.explain(err))?;
-        let total: i64 = row.try_get(0)?;
-        let inserted: i64 = row.try_get(1)?;
-        let updated: i64 = row.try_get(2)?;
-        let as_u64 = |n: i64| u64::try_from(n).unwrap_or(0);
-        Ok(UpsertReport {
-            inserted: as_u64(inserted),
-            updated: as_u64(updated),
-            unchanged: as_u64(total - inserted - updated),
-        })
-    }
-
-    fn explain(&self, err: sqlx::Error) -> Error {
-        let code = err
-            .as_database_error()
-            .and_then(|e| e.code())
-            .map(|c| c.into_owned());
-        match code.as_deref() {
-            // "ON CONFLICT DO UPDATE command cannot affect row a second time"
-            Some("21000") => Error::Config(format!(
-                "the rows for the upsert into {} hold the same key more than once; each key may appear once",
-                self.table
-            )),
-            // "there is no unique or exclusion constraint matching the ON CONFLICT specification"
-            Some("42P10") => Error::Config(format!(
-                "the upsert key of {} is not a primary key or unique index of the table",
-                self.table
-            )),
-            _ => Error::Database(err),
-        }
+    /// The statement, reading its rows from `source` (a `SELECT`).
+    pub(crate) fn insert_from(&self, source: &str) -> String {
+        self.insert.replace("%SOURCE%", source)
     }
 }
 
-/// The column names of a query's result, from the server's description of it.
-async fn query_columns(conn: &mut PgConnection, sql: &str) -> Result<Vec<String>, Error> {
-    use sqlx::{Column, Statement};
-    let statement = (&mut *conn)
-        .prepare(AssertSqlSafe(sql.to_string()).into_sql_str())
-        .await?;
-    Ok(statement
-        .columns()
-        .iter()
-        .map(|c| c.name().to_string())
-        .collect())
-}
-
-/// Streams rows into a temporary staging table shaped like the target's columns; returns its
-/// quoted name. The table is dropped at the end of the transaction at the latest.
-async fn stage_rows(
-    conn: &mut PgConnection,
-    target: &str,
-    columns: &[String],
-    mut next: NextRow<'_>,
-) -> Result<String, Error> {
+/// A name for a temporary staging table, unique in this process.
+pub(crate) fn stage_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
     static STAGES: AtomicU64 = AtomicU64::new(0);
-    let stage = quote_ident(&format!(
-        "datamig_stage_{}",
+    quote_ident(&format!(
+        "datamig_{prefix}_{}",
         STAGES.fetch_add(1, Ordering::Relaxed)
-    ));
-    let quoted = columns
-        .iter()
-        .map(|c| quote_ident(c))
-        .collect::<Vec<_>>()
-        .join(", ");
-    sqlx::query(AssertSqlSafe(format!(
-        "CREATE TEMPORARY TABLE {stage} ON COMMIT DROP AS SELECT {quoted} FROM {target} WITH NO DATA"
-    )))
-    .execute(&mut *conn)
-    .await?;
-
-    let mut copy = conn
-        .copy_in_raw(&format!("COPY {stage} ({quoted}) FROM STDIN"))
-        .await?;
-    let mut buf = Vec::with_capacity(1 << 20);
-    loop {
-        let more = next(&mut buf);
-        if buf.len() >= 1 << 20 || (!more && !buf.is_empty()) {
-            copy.send(std::mem::take(&mut buf)).await?;
-            buf.reserve(1 << 20);
-        }
-        if !more {
-            break;
-        }
-    }
-    copy.finish().await?;
-    Ok(stage)
+    ))
 }

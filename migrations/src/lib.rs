@@ -4,8 +4,10 @@
 //! settings when they sign up; the users who already exist need them too, and that is a data
 //! migration. A second one cleans up email addresses.
 //!
-//! The schema these migrations need is in `schema/`, as `sqlx` schema migrations
-//! ([`schema`]): a schema tool changes tables, datamig changes rows.
+//! The data migrations are written once, generic over the backend, and run on PostgreSQL
+//! and SQLite alike. The schema they need is in `schema/postgres/` and `schema/sqlite/`, as
+//! `sqlx` schema migrations with the same versions ([`schema`], [`sqlite_schema`]): a
+//! schema tool changes tables, datamig changes rows.
 
 use datamig::prelude::*;
 
@@ -19,10 +21,21 @@ pub fn link() {
     datamig::link_marker(module_path!());
 }
 
-/// The demo application's schema migrations (`schema/`), for `sqlx`'s migrator.
+/// The demo application's PostgreSQL schema migrations (`schema/postgres/`), for `sqlx`'s
+/// migrator.
 pub fn schema() -> sqlx::migrate::Migrator {
-    sqlx::migrate!("./schema")
+    sqlx::migrate!("./schema/postgres")
 }
+
+/// The demo application's SQLite schema migrations (`schema/sqlite/`): the same tables and
+/// versions as [`schema`], in SQLite's types.
+pub fn sqlite_schema() -> sqlx::migrate::Migrator {
+    sqlx::migrate!("./schema/sqlite")
+}
+
+/// The email of demo user `n`: every third one upper case with stray spaces.
+const SEED_EMAIL: &str = "CASE WHEN n % 3 = 0 THEN ' User' || n || '@Example.COM '
+                              ELSE 'user' || n || '@example.com' END";
 
 /// Inserts `count` demo users whose emails are not all clean (upper case, stray spaces),
 /// numbered after the users already there.
@@ -31,12 +44,31 @@ pub fn schema() -> sqlx::migrate::Migrator {
 ///
 /// Any database error.
 pub async fn seed_users(pool: &sqlx::PgPool, count: i64) -> Result<u64, sqlx::Error> {
-    let inserted = sqlx::query(
+    let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO users (email)
-         SELECT CASE WHEN n % 3 = 0 THEN ' User' || n || '@Example.COM '
-                     ELSE 'user' || n || '@example.com' END
-         FROM generate_series((SELECT count(*) FROM users) + 1, (SELECT count(*) FROM users) + $1) AS n",
-    )
+         SELECT {SEED_EMAIL}
+         FROM generate_series((SELECT count(*) FROM users) + 1, (SELECT count(*) FROM users) + $1) AS n"
+    )))
+    .bind(count)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(inserted)
+}
+
+/// [`seed_users`] for SQLite.
+///
+/// # Errors
+///
+/// Any database error.
+pub async fn seed_users_sqlite(pool: &sqlx::SqlitePool, count: i64) -> Result<u64, sqlx::Error> {
+    let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "WITH RECURSIVE seq (n) AS (
+             SELECT (SELECT count(*) FROM users) + 1
+             UNION ALL SELECT n + 1 FROM seq WHERE n < (SELECT count(*) FROM users) + $1
+         )
+         INSERT INTO users (email) SELECT {SEED_EMAIL} FROM seq WHERE $1 > 0"
+    )))
     .bind(count)
     .execute(pool)
     .await?
@@ -52,7 +84,9 @@ pub async fn seed_users(pool: &sqlx::PgPool, count: i64) -> Result<u64, sqlx::Er
     id = "20241114_0930_backfill_notification_settings",
     requires_schema = 20241110000000
 )]
-pub async fn backfill_notification_settings(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
+pub async fn backfill_notification_settings<DB: Backend>(
+    ctx: &mut Ctx<'_, DB>,
+) -> anyhow::Result<()> {
     let report = ctx
         .upsert("notification_settings")
         .key(["user_id"])
@@ -77,13 +111,14 @@ pub async fn backfill_notification_settings(ctx: &mut Ctx<'_, Postgres>) -> anyh
     lock_timeout = "2s",
     batch(table = "users", key = "id", size = 10_000)
 )]
-pub async fn normalize_user_emails(
-    ctx: &mut Ctx<'_, Postgres>,
+pub async fn normalize_user_emails<DB: Backend>(
+    ctx: &mut Ctx<'_, DB>,
     batch: Batch,
 ) -> anyhow::Result<()> {
+    // SQL both backends accept: `lower`, `trim`, `<>` (email is NOT NULL), `$1`, `$2`.
     ctx.execute_batch(
-        "UPDATE users SET email = lower(btrim(email))
-         WHERE id > $1 AND id <= $2 AND email IS DISTINCT FROM lower(btrim(email))",
+        "UPDATE users SET email = lower(trim(email))
+         WHERE id > $1 AND id <= $2 AND email <> lower(trim(email))",
         &batch,
     )
     .await?;

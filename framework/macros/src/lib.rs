@@ -204,7 +204,12 @@ fn duration_ms(expr: &Expr) -> syn::Result<u64> {
 
 /// Which backends a migration's `Ctx` type names.
 enum BackendKind {
+    /// `Ctx<'_, Postgres>`: PostgreSQL only.
     Postgres,
+    /// `Ctx<'_, Sqlite>`: SQLite only.
+    Sqlite,
+    /// `fn m<DB: Backend>(ctx: &mut Ctx<'_, DB>)`: every backend compiled in.
+    Portable,
 }
 
 fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
@@ -243,6 +248,8 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
 
     let db = match backend {
         BackendKind::Postgres => quote!(::datamig::Postgres),
+        BackendKind::Sqlite => quote!(::datamig::Sqlite),
+        BackendKind::Portable => quote!(DB),
     };
     let (run_params, run_args, register) = match &args.batch {
         None => (
@@ -250,6 +257,8 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
             quote!(ctx),
             match backend {
                 BackendKind::Postgres => quote!(.postgres(#run_fn)),
+                BackendKind::Sqlite => quote!(.sqlite(#run_fn)),
+                BackendKind::Portable => quote!(.portable::<__DatamigBody>()),
             },
         ),
         Some(batch) => {
@@ -266,14 +275,47 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
                 quote!(ctx, batch),
                 match backend {
                     BackendKind::Postgres => quote!(.postgres_batched(#run_fn, #spec)),
+                    BackendKind::Sqlite => quote!(.sqlite_batched(#run_fn, #spec)),
+                    BackendKind::Portable => {
+                        quote!(.portable_batched::<__DatamigBody>(#spec))
+                    }
                 },
             )
         }
     };
-    let call = quote_spanned! {ret_span=>
-        ::std::boxed::Box::pin(super::#name(#run_args))
-    };
     let module_doc = format!("The registration of the data migration `{id}` (see [`{name}`]).");
+    let runner = if let BackendKind::Portable = backend {
+        let call = quote_spanned! {ret_span=>
+            ::std::boxed::Box::pin(super::#name::<DB>(#run_args))
+        };
+        let (portable, batch_param) = match &args.batch {
+            None => (quote!(Portable), quote!()),
+            Some(_) => (quote!(PortableBatched), quote!(, batch: ::datamig::Batch)),
+        };
+        quote! {
+            /// The body, for each backend.
+            pub struct __DatamigBody;
+
+            impl ::datamig::__private::#portable for __DatamigBody {
+                fn run<'a, 'c, DB: ::datamig::Backend>(
+                    ctx: &'a mut ::datamig::Ctx<'c, DB> #batch_param
+                ) -> ::datamig::__private::BoxFuture<'a, ::datamig::__private::anyhow::Result<()>> {
+                    #call
+                }
+            }
+        }
+    } else {
+        let call = quote_spanned! {ret_span=>
+            ::std::boxed::Box::pin(super::#name(#run_args))
+        };
+        quote! {
+            fn #run_fn<'a, 'c>(
+                #run_params
+            ) -> ::datamig::__private::BoxFuture<'a, ::datamig::__private::anyhow::Result<()>> {
+                #call
+            }
+        }
+    };
 
     Ok(quote! {
         #func
@@ -281,11 +323,7 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
         #[doc = #module_doc]
         #[allow(non_snake_case, clippy::all)]
         #vis mod #name {
-            fn #run_fn<'a, 'c>(
-                #run_params
-            ) -> ::datamig::__private::BoxFuture<'a, ::datamig::__private::anyhow::Result<()>> {
-                #call
-            }
+            #runner
 
             /// The descriptor of this migration, as registered with datamig.
             pub static MIGRATION: ::datamig::Migration = ::datamig::Migration::__new(
@@ -312,10 +350,11 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
 /// Checks `async fn name(ctx: &mut Ctx<'_, Backend>) -> anyhow::Result<()>` (with a second
 /// argument `batch: Batch` for a batched migration) and returns the backend.
 fn check_signature(func: &ItemFn, batch: Option<&BatchArgs>) -> syn::Result<BackendKind> {
-    const SHAPE: &str =
-        "expected `async fn name(ctx: &mut datamig::Ctx<'_, Postgres>) -> anyhow::Result<()>`";
+    const SHAPE: &str = "expected `async fn name(ctx: &mut datamig::Ctx<'_, Postgres>) -> anyhow::Result<()>` \
+                         (or `Ctx<'_, Sqlite>`, or `async fn name<DB: datamig::Backend>(ctx: &mut Ctx<'_, DB>)` for every backend)";
     const BATCHED: &str = "expected `async fn name(ctx: &mut datamig::Ctx<'_, Postgres>, batch: datamig::Batch) \
-                           -> anyhow::Result<()>` with `batch(table = \"..\", key = \"..\")`";
+                           -> anyhow::Result<()>` (or `Ctx<'_, Sqlite>`, or generic over `DB: datamig::Backend`) \
+                           with `batch(table = \"..\", key = \"..\")`";
     let shape = if batch.is_some() { BATCHED } else { SHAPE };
     let sig = &func.sig;
     if sig.asyncness.is_none() {
@@ -324,12 +363,12 @@ fn check_signature(func: &ItemFn, batch: Option<&BatchArgs>) -> syn::Result<Back
             format!("a migration must be an `async fn`: {shape}"),
         ));
     }
-    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        return Err(syn::Error::new(
+    let generic = backend_param(&sig.generics).map_err(|why| {
+        syn::Error::new(
             sig.generics.span(),
-            format!("a migration cannot be generic here: {shape}"),
-        ));
-    }
+            format!("{why}: a migration is generic over its backend only, as `<DB: datamig::Backend>`; {shape}"),
+        )
+    })?;
     let typed: Vec<&syn::PatType> = sig
         .inputs
         .iter()
@@ -370,10 +409,14 @@ fn check_signature(func: &ItemFn, batch: Option<&BatchArgs>) -> syn::Result<Back
             ));
         }
     }
-    let backend = ctx_backend(&typed[0].ty).ok_or_else(|| {
+    let backend = ctx_backend(&typed[0].ty, generic.as_ref()).ok_or_else(|| {
+        let expected = match &generic {
+            Some(param) => format!("`&mut Ctx<'_, {param}>`"),
+            None => "`&mut Ctx<'_, Postgres>` or `&mut Ctx<'_, Sqlite>`".to_string(),
+        };
         syn::Error::new(
             typed[0].ty.span(),
-            format!("the argument must be `&mut Ctx<'_, Postgres>`: {shape}"),
+            format!("the argument must be {expected}: {shape}"),
         )
     })?;
     if let Some(second) = typed.get(1)
@@ -402,8 +445,41 @@ fn check_signature(func: &ItemFn, batch: Option<&BatchArgs>) -> syn::Result<Back
     Ok(backend)
 }
 
-/// Recognises `&mut Ctx<'_, Postgres>` (any path ending in `Ctx` and `Postgres`).
-fn ctx_backend(ty: &Type) -> Option<BackendKind> {
+/// The backend parameter of a generic migration (`<DB: Backend>`, or `<DB>` with
+/// `where DB: Backend`), `None` for a migration that is not generic, or why the generics
+/// are not that.
+fn backend_param(generics: &syn::Generics) -> Result<Option<syn::Ident>, String> {
+    if generics.params.is_empty() && generics.where_clause.is_none() {
+        return Ok(None);
+    }
+    let mut params = generics.params.iter();
+    let (Some(syn::GenericParam::Type(param)), None) = (params.next(), params.next()) else {
+        return Err("unexpected generic parameters".to_string());
+    };
+    let bounded = |bounds: &syn::punctuated::Punctuated<syn::TypeParamBound, syn::Token![+]>| {
+        bounds.iter().any(|b| {
+            matches!(b, syn::TypeParamBound::Trait(t)
+                if t.path.segments.last().is_some_and(|s| s.ident == "Backend"))
+        })
+    };
+    let in_where = generics.where_clause.as_ref().is_some_and(|w| {
+        w.predicates.iter().any(|p| match p {
+            syn::WherePredicate::Type(t) => {
+                matches!(&t.bounded_ty, Type::Path(p) if p.path.is_ident(&param.ident))
+                    && bounded(&t.bounds)
+            }
+            _ => false,
+        })
+    });
+    if !(bounded(&param.bounds) || in_where) {
+        return Err(format!("`{}` is not bounded by `Backend`", param.ident));
+    }
+    Ok(Some(param.ident.clone()))
+}
+
+/// Recognises `&mut Ctx<'_, Postgres>`, `&mut Ctx<'_, Sqlite>` (any path ending in `Ctx`
+/// and the backend's name) and, for a generic migration, `&mut Ctx<'_, DB>`.
+fn ctx_backend(ty: &Type, param: Option<&syn::Ident>) -> Option<BackendKind> {
     let Type::Reference(reference) = ty else {
         return None;
     };
@@ -426,10 +502,13 @@ fn ctx_backend(ty: &Type) -> Option<BackendKind> {
     if types.next().is_some() {
         return None;
     }
-    if last_segment_is(db, "Postgres") {
-        Some(BackendKind::Postgres)
-    } else {
-        None
+    match param {
+        Some(param) => {
+            matches!(db, Type::Path(p) if p.path.is_ident(param)).then_some(BackendKind::Portable)
+        }
+        None if last_segment_is(db, "Postgres") => Some(BackendKind::Postgres),
+        None if last_segment_is(db, "Sqlite") => Some(BackendKind::Sqlite),
+        None => None,
     }
 }
 

@@ -1,21 +1,51 @@
 //! The per-database steps. The algorithm (`runner.rs`) is written once over [`Backend`];
 //! each database implements only the small steps whose SQL differs.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use sqlx::{ColumnIndex, Decode, Row, Type};
+
+use sqlx::SqlStr;
+
 use crate::admin::SessionInfo;
+use crate::bulk::SequenceReset;
+use crate::error::Error;
 use crate::ledger::{Attempt, LastRun, LedgerConfig, LedgerEntry};
 use crate::migration::{Code, Migration};
+use crate::upsert::{UpsertReport, UpsertRequest};
 
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 /// A boxed, sendable future: the type of a migration body once registered.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A database datamig can migrate: implemented for [`Postgres`](crate::Postgres).
+/// A database datamig can migrate: [`Postgres`](crate::Postgres) and
+/// [`Sqlite`](crate::Sqlite), each behind the cargo feature of the same name (both on by
+/// default).
+///
+/// A migration generic over it runs on every backend compiled in:
+///
+/// ```no_run
+/// use datamig::prelude::*;
+///
+/// /// Store every email address trimmed and in lower case.
+/// #[datamig::migration(id = "20241120_1200_normalize_user_emails")]
+/// async fn normalize<DB: Backend>(ctx: &mut Ctx<'_, DB>) -> anyhow::Result<()> {
+///     ctx.execute("UPDATE users SET email = lower(trim(email)) WHERE email <> lower(trim(email))")
+///         .await?;
+///     Ok(())
+/// }
+/// # fn main() {}
+/// ```
 ///
 /// The trait is sealed: its steps are internal to datamig.
 pub trait Backend: sqlx::Database + steps::Steps {}
@@ -37,10 +67,83 @@ pub(crate) mod steps {
             config: &LedgerConfig,
         ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
-        /// The columns of a table (`schema.table` quoted), to check the ledger's shape.
+        /// The columns of a table (empty when it does not exist), to check the ledger's shape.
         fn table_columns(
             conn: &mut Self::Connection,
+            schema: Option<&str>,
             table: &str,
+        ) -> impl Future<Output = Result<Vec<String>, sqlx::Error>> + Send;
+
+        /// Begins a transaction that will write: on SQLite it takes the write lock at once
+        /// (`BEGIN IMMEDIATE`), waiting at most `lock_timeout` for it, so two writers queue
+        /// instead of failing part-way.
+        fn begin(
+            conn: &mut Self::Connection,
+            lock_timeout: Option<Duration>,
+        ) -> impl Future<Output = Result<sqlx::Transaction<'_, Self>, sqlx::Error>> + Send;
+
+        /// Executes one statement; returns the rows it affected.
+        fn execute(
+            conn: &mut Self::Connection,
+            sql: SqlStr,
+        ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+
+        /// Executes one statement with `$1` and `$2` bound to a batch's bounds.
+        fn execute_batch(
+            conn: &mut Self::Connection,
+            sql: SqlStr,
+            after: i64,
+            last: i64,
+        ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+
+        /// Runs an upsert built by [`crate::Upsert`].
+        fn upsert(
+            conn: &mut Self::Connection,
+            request: UpsertRequest<'_>,
+        ) -> impl Future<Output = Result<UpsertReport, Error>> + Send;
+
+        /// Moves the key generators of `table` (sequences, `AUTOINCREMENT`) past its rows.
+        fn reset_sequences(
+            conn: &mut Self::Connection,
+            table: &str,
+        ) -> impl Future<Output = Result<Vec<SequenceReset>, Error>> + Send;
+
+        /// Refreshes the planner's statistics of `table`.
+        fn analyze(
+            conn: &mut Self::Connection,
+            table: &str,
+        ) -> impl Future<Output = Result<(), Error>> + Send;
+
+        /// The user tables, as `(schema, table)`, sorted.
+        fn user_tables(
+            conn: &mut Self::Connection,
+        ) -> impl Future<Output = Result<Vec<(String, String)>, sqlx::Error>> + Send;
+
+        /// The primary key's columns, in key order (empty without one).
+        fn primary_key(
+            conn: &mut Self::Connection,
+            schema: &str,
+            table: &str,
+        ) -> impl Future<Output = Result<Vec<String>, sqlx::Error>> + Send;
+
+        /// The row count and SHA-256 (hex) of a table: each row's text hashed, the row
+        /// hashes hashed in the order of `order_by` (the key's columns; the row text
+        /// without one).
+        fn table_fingerprint(
+            conn: &mut Self::Connection,
+            schema: &str,
+            table: &str,
+            key: &[String],
+        ) -> impl Future<Output = Result<(i64, String), sqlx::Error>> + Send;
+
+        /// Up to five rows (as text) of table `left` that are not in table `right` (both
+        /// quoted idents with the columns of `schema.table`).
+        fn rows_missing_from(
+            conn: &mut Self::Connection,
+            schema: &str,
+            table: &str,
+            left: &str,
+            right: &str,
         ) -> impl Future<Output = Result<Vec<String>, sqlx::Error>> + Send;
 
         /// Whether the ledger table exists (read-only commands do not create it).
@@ -64,13 +167,15 @@ pub(crate) mod steps {
         /// Tries once to take the runner lock; `true` if this session now holds it.
         fn try_lock(
             conn: &mut Self::Connection,
-            key: i64,
+            config: &LedgerConfig,
+            token: &LockToken,
         ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
 
         /// Releases the runner lock held by this session.
         fn unlock(
             conn: &mut Self::Connection,
-            key: i64,
+            config: &LedgerConfig,
+            token: &LockToken,
         ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
         /// Sets the lock and statement timeouts for the current transaction only.
@@ -122,12 +227,15 @@ pub(crate) mod steps {
         /// The sessions holding the runner lock.
         fn lock_holders(
             conn: &mut Self::Connection,
-            key: i64,
+            config: &LedgerConfig,
         ) -> impl Future<Output = Result<Vec<SessionInfo>, sqlx::Error>> + Send;
 
-        /// Ends another session (its transaction rolls back, its locks are released).
-        fn terminate_session(
+        /// Takes the runner lock away from holder `pid` (as [`Self::lock_holders`] names
+        /// it): PostgreSQL ends that session (its transaction rolls back); SQLite removes
+        /// the holder's lock row (its transaction died with its process).
+        fn release_lock_holder(
             conn: &mut Self::Connection,
+            config: &LedgerConfig,
             pid: i32,
         ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
 
@@ -160,4 +268,96 @@ pub(crate) mod steps {
             error: Option<&str>,
         ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
     }
+}
+
+/// One holding of the runner lock by this process, live from its creation to its drop.
+///
+/// A backend whose lock is a row (SQLite) stores the token in it: a row of this process
+/// whose token is no longer live was left by a run that was dropped half-way (a timeout, a
+/// cancelled task), and is stale.
+#[derive(Debug)]
+pub struct LockToken(String);
+
+static LIVE_TOKENS: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+impl LockToken {
+    pub(crate) fn new() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let token = format!(
+            "{}:{}:{}",
+            std::process::id(),
+            Utc::now().timestamp_micros(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        if let Ok(mut live) = LIVE_TOKENS.lock() {
+            live.get_or_insert_with(HashSet::new).insert(token.clone());
+        }
+        LockToken(token)
+    }
+
+    /// The token's text.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether a token of this process is still held.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    pub(crate) fn is_live(token: &str) -> bool {
+        LIVE_TOKENS
+            .lock()
+            .map(|live| live.as_ref().is_some_and(|set| set.contains(token)))
+            .unwrap_or(true)
+    }
+}
+
+impl Drop for LockToken {
+    fn drop(&mut self) {
+        if let Ok(mut live) = LIVE_TOKENS.lock()
+            && let Some(set) = live.as_mut()
+        {
+            set.remove(&self.0);
+        }
+    }
+}
+
+/// The operating-system user running datamig, recorded as `applied_by` where the database
+/// has no users of its own (SQLite).
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+pub(crate) fn os_user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+/// A ledger row, from the columns `read_ledger` selects.
+pub(crate) fn ledger_entry<'r, R>(row: &'r R) -> Result<LedgerEntry, sqlx::Error>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    Option<String>: Decode<'r, R::Database> + Type<R::Database>,
+    i32: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    DateTime<Utc>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let revision: i32 = row.try_get("revision")?;
+    Ok(LedgerEntry {
+        id: row.try_get("id")?,
+        checksum: row.try_get("checksum")?,
+        revision: u32::try_from(revision).unwrap_or(0),
+        description: row.try_get("description")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        duration_ms: row.try_get("duration_ms")?,
+        rows_affected: row.try_get("rows_affected")?,
+        notes: row.try_get("notes")?,
+        applied_by: row.try_get("applied_by")?,
+        host: row.try_get("host")?,
+        app_version: row.try_get("app_version")?,
+        run_count: row.try_get("run_count")?,
+        status: row.try_get("status")?,
+        checkpoint: row.try_get("checkpoint")?,
+        batches: row.try_get("batches")?,
+    })
 }

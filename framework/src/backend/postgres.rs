@@ -3,15 +3,18 @@
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnection, PgRow};
-use sqlx::{AssertSqlSafe, Postgres, Row, SqlSafeStr};
+use sqlx::{AssertSqlSafe, Connection, Executor, Postgres, Row, SqlSafeStr, SqlStr};
 
-use super::Backend;
 use super::steps::Steps;
+use super::{Backend, LockToken, ledger_entry};
 use crate::admin::SessionInfo;
-use crate::ctx::Ctx;
+use crate::bulk::SequenceReset;
+use crate::copy::RowSink;
+use crate::error::Error;
 use crate::ledger::{Attempt, LastRun, LedgerConfig, LedgerEntry, LedgerWrite};
-use crate::migration::{Batch, Code, Migration};
+use crate::migration::{Code, Migration};
 use crate::sql::quote_ident;
+use crate::upsert::{NextRow, Plan, Source, UpsertReport, UpsertRequest, stage_name};
 
 impl Backend for Postgres {}
 
@@ -78,12 +81,200 @@ impl Steps for Postgres {
 
     async fn table_columns(
         conn: &mut PgConnection,
+        schema: Option<&str>,
         table: &str,
     ) -> Result<Vec<String>, sqlx::Error> {
+        let ident = match schema {
+            Some(schema) => format!("{}.{}", quote_ident(schema), quote_ident(table)),
+            None => quote_ident(table),
+        };
         sqlx::query_scalar(
             "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
         )
-        .bind(table)
+        .bind(ident)
+        .fetch_all(conn)
+        .await
+    }
+
+    async fn begin(
+        conn: &mut PgConnection,
+        _lock_timeout: Option<Duration>,
+    ) -> Result<sqlx::Transaction<'_, Postgres>, sqlx::Error> {
+        conn.begin().await
+    }
+
+    async fn execute(conn: &mut PgConnection, sql: SqlStr) -> Result<u64, sqlx::Error> {
+        Ok(sqlx::query(sql).execute(conn).await?.rows_affected())
+    }
+
+    async fn execute_batch(
+        conn: &mut PgConnection,
+        sql: SqlStr,
+        after: i64,
+        last: i64,
+    ) -> Result<u64, sqlx::Error> {
+        Ok(sqlx::query(sql)
+            .bind(after)
+            .bind(last)
+            .execute(conn)
+            .await?
+            .rows_affected())
+    }
+
+    async fn upsert(
+        conn: &mut PgConnection,
+        request: UpsertRequest<'_>,
+    ) -> Result<UpsertReport, Error> {
+        upsert(conn, request).await
+    }
+
+    async fn reset_sequences(
+        conn: &mut PgConnection,
+        table: &str,
+    ) -> Result<Vec<SequenceReset>, Error> {
+        let mut resets = Vec::new();
+        let quoted = quote_ident(table);
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(&quoted)
+            .fetch_one(&mut *conn)
+            .await?;
+        if !exists {
+            return Err(Error::Config(format!(
+                "cannot reset the sequences of {table}: no such table"
+            )));
+        }
+        let columns = sqlx::query(
+            "SELECT a.attname::text AS column_name, pg_get_serial_sequence($1, a.attname) AS sequence
+             FROM pg_attribute a
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+               AND pg_get_serial_sequence($1, a.attname) IS NOT NULL
+             ORDER BY a.attnum",
+        )
+        .bind(&quoted)
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in columns {
+            let column: String = row.try_get("column_name")?;
+            let sequence: String = row.try_get("sequence")?;
+            let col = quote_ident(&column);
+            // The next insert gets max + increment, or the sequence's start when empty.
+            let sql = format!(
+                "SELECT setval($1::regclass, COALESCE(m.max, seq.seqstart), m.max IS NOT NULL),
+                        m.max IS NOT NULL, seq.seqincrement
+                 FROM pg_sequence seq, (SELECT max({col})::bigint AS max FROM {quoted}) AS m
+                 WHERE seq.seqrelid = $1::regclass"
+            );
+            let (set, called, increment): (i64, bool, i64) = sqlx::query_as(AssertSqlSafe(sql))
+                .bind(&sequence)
+                .fetch_one(&mut *conn)
+                .await?;
+            let next_value = if called { set + increment } else { set };
+            resets.push(SequenceReset {
+                table: table.to_string(),
+                column,
+                sequence,
+                next_value,
+            });
+        }
+        Ok(resets)
+    }
+
+    async fn analyze(conn: &mut PgConnection, table: &str) -> Result<(), Error> {
+        let quoted = quote_ident(table);
+        let allowed: Option<(bool, String)> = sqlx::query_as(
+            "SELECT pg_has_role(current_user, c.relowner, 'USAGE')
+                    OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
+                    pg_get_userbyid(c.relowner)::text
+             FROM pg_class c WHERE c.oid = to_regclass($1)",
+        )
+        .bind(&quoted)
+        .fetch_optional(&mut *conn)
+        .await?;
+        match allowed {
+            None => {
+                return Err(Error::Config(format!(
+                    "cannot analyze {table}: no such table"
+                )));
+            }
+            Some((false, owner)) => {
+                return Err(Error::Config(format!(
+                    "cannot analyze {table}: only its owner ({owner}) or a superuser may, and this \
+                     migration runs as another role; run ANALYZE as {owner}, or grant that role to this one"
+                )));
+            }
+            Some((true, _)) => {}
+        }
+        sqlx::query(AssertSqlSafe(format!("ANALYZE {quoted}")))
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn user_tables(conn: &mut PgConnection) -> Result<Vec<(String, String)>, sqlx::Error> {
+        // Ordinary and partitioned tables outside the system schemas.
+        sqlx::query_as(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+               AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+             ORDER BY 1, 2",
+        )
+        .fetch_all(conn)
+        .await
+    }
+
+    async fn primary_key(
+        conn: &mut PgConnection,
+        schema: &str,
+        table: &str,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT a.attname::text FROM pg_index i
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+             WHERE i.indrelid = $1::regclass AND i.indisprimary
+             ORDER BY array_position(i.indkey::int2[], a.attnum)",
+        )
+        .bind(format!("{}.{}", quote_ident(schema), quote_ident(table)))
+        .fetch_all(conn)
+        .await
+    }
+
+    async fn table_fingerprint(
+        conn: &mut PgConnection,
+        schema: &str,
+        table: &str,
+        key: &[String],
+    ) -> Result<(i64, String), sqlx::Error> {
+        let ident = format!("{}.{}", quote_ident(schema), quote_ident(table));
+        let order = if key.is_empty() {
+            "t::text".to_string()
+        } else {
+            key.iter()
+                .map(|c| format!("t.{}", quote_ident(c)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        // Each row's text is hashed, and the row hashes (32 bytes each) are hashed in key
+        // order: the server holds 32 bytes a row, not the rows themselves.
+        let sql = format!(
+            "SELECT count(*), encode(sha256(COALESCE(string_agg(sha256(convert_to(t::text, 'UTF8')), ''::bytea ORDER BY {order}), ''::bytea)), 'hex')
+             FROM {ident} AS t"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql)).fetch_one(conn).await?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
+    }
+
+    async fn rows_missing_from(
+        conn: &mut PgConnection,
+        _schema: &str,
+        _table: &str,
+        left: &str,
+        right: &str,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT r FROM (SELECT l::text FROM {left} AS l EXCEPT ALL SELECT r::text FROM {right} AS r)
+             AS diff (r) ORDER BY r LIMIT 5"
+        )))
         .fetch_all(conn)
         .await
     }
@@ -135,18 +326,26 @@ impl Steps for Postgres {
             .collect()
     }
 
-    async fn try_lock(conn: &mut PgConnection, key: i64) -> Result<bool, sqlx::Error> {
+    async fn try_lock(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+        _token: &LockToken,
+    ) -> Result<bool, sqlx::Error> {
         // A session-level advisory lock: it dies with the session, so a runner that is
         // killed cannot leave it behind.
         sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(key)
+            .bind(config.lock_key())
             .fetch_one(conn)
             .await
     }
 
-    async fn unlock(conn: &mut PgConnection, key: i64) -> Result<(), sqlx::Error> {
+    async fn unlock(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+        _token: &LockToken,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(key)
+            .bind(config.lock_key())
             .execute(conn)
             .await?;
         Ok(())
@@ -305,8 +504,9 @@ impl Steps for Postgres {
 
     async fn lock_holders(
         conn: &mut PgConnection,
-        key: i64,
+        config: &LedgerConfig,
     ) -> Result<Vec<SessionInfo>, sqlx::Error> {
+        let key = config.lock_key();
         // A bigint advisory key is stored as two 32-bit halves.
         let sql = format!(
             "{SESSION_COLUMNS} FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
@@ -321,7 +521,11 @@ impl Steps for Postgres {
         rows.iter().map(session_info).collect()
     }
 
-    async fn terminate_session(conn: &mut PgConnection, pid: i32) -> Result<bool, sqlx::Error> {
+    async fn release_lock_holder(
+        conn: &mut PgConnection,
+        _config: &LedgerConfig,
+        pid: i32,
+    ) -> Result<bool, sqlx::Error> {
         sqlx::query_scalar("SELECT pg_terminate_backend($1)")
             .bind(pid)
             .fetch_one(conn)
@@ -428,66 +632,139 @@ fn session_info(row: &PgRow) -> Result<SessionInfo, sqlx::Error> {
     })
 }
 
-fn ledger_entry(row: &PgRow) -> Result<LedgerEntry, sqlx::Error> {
-    let revision: i32 = row.try_get("revision")?;
-    Ok(LedgerEntry {
-        id: row.try_get("id")?,
-        checksum: row.try_get("checksum")?,
-        revision: u32::try_from(revision).unwrap_or(0),
-        description: row.try_get("description")?,
-        started_at: row.try_get("started_at")?,
-        finished_at: row.try_get("finished_at")?,
-        duration_ms: row.try_get("duration_ms")?,
-        rows_affected: row.try_get("rows_affected")?,
-        notes: row.try_get("notes")?,
-        applied_by: row.try_get("applied_by")?,
-        host: row.try_get("host")?,
-        app_version: row.try_get("app_version")?,
-        run_count: row.try_get("run_count")?,
-        status: row.try_get("status")?,
-        checkpoint: row.try_get("checkpoint")?,
-        batches: row.try_get("batches")?,
+/// The counts an upsert's statement returns: source rows, inserted, updated.
+const COUNT_RETURNED: &str =
+    "count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM ins";
+
+/// One statement: the source, the `INSERT .. ON CONFLICT .. RETURNING (xmax = 0)` and the
+/// counts (`xmax = 0` tells an inserted row from an updated one).
+async fn upsert(
+    conn: &mut PgConnection,
+    request: UpsertRequest<'_>,
+) -> Result<UpsertReport, Error> {
+    let distinct =
+        |current: &str, incoming: &str| format!("ROW({current}) IS DISTINCT FROM ROW({incoming})");
+    match &request.source {
+        Source::Missing => unreachable!("checked by the builder"),
+        Source::Query(sql) => {
+            let columns = query_columns(conn, sql).await?;
+            let plan = Plan::new(&request, &columns, distinct)?;
+            let counted = format!(
+                "WITH src AS MATERIALIZED ({sql}), ins AS ({} RETURNING (xmax = 0) AS inserted)
+                 SELECT (SELECT count(*) FROM src), {COUNT_RETURNED}",
+                plan.insert_from("SELECT * FROM src"),
+            );
+            run_counted(conn, &request.table, counted).await
+        }
+        Source::Rows { columns, .. } => {
+            let plan = Plan::new(&request, columns, distinct)?;
+            let UpsertRequest {
+                source,
+                table,
+                target,
+                ..
+            } = request;
+            let Source::Rows { next, .. } = source else {
+                unreachable!("matched above")
+            };
+            let stage = stage_rows(conn, &target, &plan.column_list, next).await?;
+            let counted = format!(
+                "WITH ins AS ({} RETURNING (xmax = 0) AS inserted)
+                 SELECT (SELECT count(*) FROM {stage}), {COUNT_RETURNED}",
+                plan.insert_from(&format!("SELECT * FROM {stage}")),
+            );
+            // On failure the transaction is aborted and `ON COMMIT DROP` (or the rollback)
+            // removes the staging table; only a successful upsert drops it now, so that a
+            // migration can stage again.
+            let report = run_counted(conn, &table, counted).await?;
+            sqlx::query(AssertSqlSafe(format!("DROP TABLE {stage}")))
+                .execute(&mut *conn)
+                .await?;
+            Ok(report)
+        }
+    }
+}
+
+async fn run_counted(
+    conn: &mut PgConnection,
+    table: &str,
+    sql: String,
+) -> Result<UpsertReport, Error> {
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .fetch_one(conn)
+        .await
+        .map_err(|err| explain_upsert_error(table, err))?;
+    let total: i64 = row.try_get(0)?;
+    let inserted: i64 = row.try_get(1)?;
+    let updated: i64 = row.try_get(2)?;
+    let as_u64 = |n: i64| u64::try_from(n).unwrap_or(0);
+    Ok(UpsertReport {
+        inserted: as_u64(inserted),
+        updated: as_u64(updated),
+        unchanged: as_u64(total - inserted - updated),
     })
 }
 
-impl Ctx<'_, Postgres> {
-    /// Executes one statement for the keys of a batch, with `$1` bound to
-    /// [`Batch::after`] and `$2` to [`Batch::last`], and adds the rows it affected to the
-    /// ledger's count. Returns that number of rows.
-    ///
-    /// ```no_run
-    /// # use datamig::prelude::*;
-    /// # async fn body(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result<()> {
-    /// ctx.execute_batch(
-    ///     "UPDATE users SET email = lower(email) WHERE id > $1 AND id <= $2 AND email <> lower(email)",
-    ///     &batch,
-    /// )
-    /// .await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn execute_batch(
-        &mut self,
-        sql: impl SqlSafeStr,
-        batch: &Batch,
-    ) -> Result<u64, sqlx::Error> {
-        let rows = sqlx::query(sql)
-            .bind(batch.after())
-            .bind(batch.last())
-            .execute(self.tx())
-            .await?
-            .rows_affected();
-        self.add_rows_affected(rows);
-        Ok(rows)
+fn explain_upsert_error(table: &str, err: sqlx::Error) -> Error {
+    let code = err
+        .as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned());
+    match code.as_deref() {
+        // "ON CONFLICT DO UPDATE command cannot affect row a second time"
+        Some("21000") => Error::Config(format!(
+            "the rows for the upsert into {table} hold the same key more than once; each key may appear once"
+        )),
+        // "there is no unique or exclusion constraint matching the ON CONFLICT specification"
+        Some("42P10") => Error::Config(format!(
+            "the upsert key of {table} is not a primary key or unique index of the table"
+        )),
+        _ => Error::Database(err),
     }
+}
 
-    /// Executes one statement in the migration's transaction and adds the rows it affected
-    /// to the ledger's count. Returns that number of rows.
-    ///
-    /// The SQL must be a `&'static str` or wrapped in [`sqlx::AssertSqlSafe`]; bind values
-    /// with `sqlx::query(..).bind(..)` through [`Ctx::tx`] instead of formatting them in.
-    pub async fn execute(&mut self, sql: impl SqlSafeStr) -> Result<u64, sqlx::Error> {
-        let rows = sqlx::query(sql).execute(self.tx()).await?.rows_affected();
-        self.add_rows_affected(rows);
-        Ok(rows)
+/// The column names of a query's result, from the server's description of it.
+async fn query_columns(conn: &mut PgConnection, sql: &str) -> Result<Vec<String>, Error> {
+    use sqlx::{Column, Statement};
+    let statement = (&mut *conn)
+        .prepare(AssertSqlSafe(sql.to_string()).into_sql_str())
+        .await?;
+    Ok(statement
+        .columns()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect())
+}
+
+/// Streams rows into a temporary staging table shaped like the target's columns; returns its
+/// quoted name. The table is dropped at the end of the transaction at the latest.
+async fn stage_rows(
+    conn: &mut PgConnection,
+    target: &str,
+    columns: &str,
+    mut next: NextRow<'_>,
+) -> Result<String, Error> {
+    let stage = stage_name("stage");
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE TEMPORARY TABLE {stage} ON COMMIT DROP AS SELECT {columns} FROM {target} WITH NO DATA"
+    )))
+    .execute(&mut *conn)
+    .await?;
+
+    let mut copy = conn
+        .copy_in_raw(&format!("COPY {stage} ({columns}) FROM STDIN"))
+        .await?;
+    let mut buf = Vec::with_capacity(1 << 20);
+    loop {
+        let more = next(RowSink::Copy(&mut buf));
+        if buf.len() >= 1 << 20 || (!more && !buf.is_empty()) {
+            copy.send(std::mem::take(&mut buf)).await?;
+            buf.reserve(1 << 20);
+        }
+        if !more {
+            break;
+        }
     }
+    copy.finish().await?;
+    Ok(stage)
 }
