@@ -102,6 +102,25 @@ impl<DB: Backend> Ctx<'_, DB> {
         Ok(rows)
     }
 
+    /// Runs a query whose first column is an integer (`SELECT count(*) ..`,
+    /// `SELECT max(id) ..`) in the migration's transaction and returns its first row's
+    /// value: `None` without a row or for `NULL`. For the checks of a migration generic
+    /// over the backend, where `sqlx::query` would need the backend's own bounds.
+    ///
+    /// ```no_run
+    /// # use datamig::prelude::*;
+    /// # async fn body<DB: Backend>(ctx: &mut Ctx<'_, DB>) -> anyhow::Result<()> {
+    /// let missing = ctx
+    ///     .fetch_i64("SELECT count(*) FROM users WHERE email IS NULL")
+    ///     .await?
+    ///     .unwrap_or(0);
+    /// anyhow::ensure!(missing == 0, "{missing} users have no email; fix them first");
+    /// # Ok(()) }
+    /// ```
+    pub async fn fetch_i64(&mut self, sql: impl SqlSafeStr) -> Result<Option<i64>, sqlx::Error> {
+        DB::fetch_i64(self.conn, sql.into_sql_str()).await
+    }
+
     /// Executes one statement for the keys of a batch, with `$1` bound to
     /// [`Batch::after`] and `$2` to [`Batch::last`], and adds the rows it affected to the
     /// ledger's count. Returns that number of rows.

@@ -5,6 +5,8 @@
 //! as separate processes. Migrations that exist to fail are defined in the test files
 //! themselves and run through explicit lists.
 
+use std::time::Duration;
+
 use datamig::prelude::*;
 use sqlx::PgPool;
 
@@ -17,33 +19,21 @@ pub fn link() {
 pub const COUNT_RUNS: &str = "20240101_0000_count_runs";
 
 /// Adds one to `counter.n` every time it runs: deliberately not idempotent, so a count of
-/// 1 proves it ran exactly once. Sleeps a little so that concurrent runners overlap.
+/// 1 proves it ran exactly once. Then sleeps a little inside its transaction (idle in it,
+/// as PostgreSQL shows it) so that concurrent runners overlap. Written once for both
+/// backends.
 ///
 /// With the switch `slow` on it sleeps 3 s (to hold the runner lock while a test looks);
 /// with `fail` on it fails after writing, with `panic` on it panics after writing.
 #[datamig::migration(id = "20240101_0000_count_runs")]
-pub async fn count_runs(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
-    let slow: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM fixture_switches WHERE name = 'slow')")
-            .fetch_one(ctx.tx())
-            .await?;
-    sqlx::query("SELECT pg_sleep($1)")
-        .bind(if slow { 3.0 } else { 0.2 })
-        .execute(ctx.tx())
-        .await?;
+pub async fn count_runs<DB: Backend>(ctx: &mut Ctx<'_, DB>) -> anyhow::Result<()> {
+    let slow = switch(ctx, "slow").await?;
     ctx.execute("UPDATE counter SET n = n + 1").await?;
-    let fail: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM fixture_switches WHERE name = 'fail')")
-            .fetch_one(ctx.tx())
-            .await?;
-    if fail {
+    tokio::time::sleep(Duration::from_millis(if slow { 3_000 } else { 200 })).await;
+    if switch(ctx, "fail").await? {
         anyhow::bail!("the fail switch is on");
     }
-    let panic: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM fixture_switches WHERE name = 'panic')")
-            .fetch_one(ctx.tx())
-            .await?;
-    assert!(!panic, "the panic switch is on");
+    assert!(!switch(ctx, "panic").await?, "the panic switch is on");
     Ok(())
 }
 
@@ -51,34 +41,35 @@ pub async fn count_runs(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
 pub const BUMP_ITEMS: &str = "20240101_0001_bump_items";
 
 /// Adds one to `items.v` for the keys of each batch (100 keys a batch): deliberately not
-/// idempotent, so `v = 1` everywhere proves every batch committed exactly once.
+/// idempotent, so `v = 1` everywhere proves every batch committed exactly once. Written once
+/// for both backends.
 ///
 /// With the switch `slow_batches` on, each batch sleeps 100 ms after its update, holding its
-/// rows' locks; with `fail_batch_3` on,
-/// batch 3 fails after writing.
+/// rows' locks; with `fail_batch_3` on, batch 3 fails after writing.
 #[datamig::migration(
     id = "20240101_0001_bump_items",
     batch(table = "items", key = "id", size = 100)
 )]
-pub async fn bump_items(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result<()> {
-    let switches: Vec<String> = sqlx::query_scalar("SELECT name FROM fixture_switches")
-        .fetch_all(ctx.tx())
-        .await?;
+pub async fn bump_items<DB: Backend>(ctx: &mut Ctx<'_, DB>, batch: Batch) -> anyhow::Result<()> {
     ctx.execute_batch(
         "UPDATE items SET v = v + 1 WHERE id > $1 AND id <= $2",
         &batch,
     )
     .await?;
-    if switches.iter().any(|s| s == "slow_batches") {
+    if switch(ctx, "slow_batches").await? {
         // After the update: the batch holds its rows' locks while it sleeps.
-        sqlx::query("SELECT pg_sleep(0.1)")
-            .execute(ctx.tx())
-            .await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    if batch.number() == 3 && switches.iter().any(|s| s == "fail_batch_3") {
+    if batch.number() == 3 && switch(ctx, "fail_batch_3").await? {
         anyhow::bail!("batch 3 failed on purpose");
     }
     Ok(())
+}
+
+/// Whether fixture switch `name` is on.
+async fn switch<DB: Backend>(ctx: &mut Ctx<'_, DB>, name: &str) -> anyhow::Result<bool> {
+    let sql = format!("SELECT count(*) FROM fixture_switches WHERE name = '{name}'");
+    Ok(ctx.fetch_i64(sqlx::AssertSqlSafe(sql)).await?.unwrap_or(0) > 0)
 }
 
 /// Creates `counter` (one row, `n = 0`), `items` (ids 1 to 1000, `v = 0`) and the empty
@@ -231,7 +222,7 @@ pub async fn wait_for_lock_holder(pool: &PgPool) -> anyhow::Result<()> {
     .await
 }
 
-/// Waits until a migration of this database sits in its `pg_sleep`: inside its transaction.
+/// Waits until [`count_runs`] sleeps after its update: inside its transaction.
 ///
 /// # Errors
 ///
@@ -240,7 +231,8 @@ pub async fn wait_for_sleeping_migration(pool: &PgPool) -> anyhow::Result<()> {
     wait_until(
         pool,
         "SELECT count(*) FROM pg_stat_activity
-        WHERE datname = current_database() AND state = 'active' AND query LIKE 'SELECT pg_sleep%'",
+        WHERE datname = current_database() AND state = 'idle in transaction'
+          AND query LIKE 'UPDATE counter%'",
     )
     .await
 }

@@ -88,6 +88,13 @@ pub(crate) mod steps {
             sql: SqlStr,
         ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 
+        /// The first column of the first row of a query, as an integer (`None` without a
+        /// row or for `NULL`).
+        fn fetch_i64(
+            conn: &mut Self::Connection,
+            sql: SqlStr,
+        ) -> impl Future<Output = Result<Option<i64>, sqlx::Error>> + Send;
+
         /// Executes one statement with `$1` and `$2` bound to a batch's bounds.
         fn execute_batch(
             conn: &mut Self::Connection,
@@ -326,6 +333,7 @@ impl Drop for LockToken {
 #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn os_user() -> String {
     std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
         .or_else(|_| std::env::var("USERNAME"))
         .unwrap_or_else(|_| "unknown".to_string())
 }

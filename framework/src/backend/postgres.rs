@@ -107,6 +107,13 @@ impl Steps for Postgres {
         Ok(sqlx::query(sql).execute(conn).await?.rows_affected())
     }
 
+    async fn fetch_i64(conn: &mut PgConnection, sql: SqlStr) -> Result<Option<i64>, sqlx::Error> {
+        Ok(sqlx::query_scalar::<_, Option<i64>>(sql)
+            .fetch_optional(conn)
+            .await?
+            .flatten())
+    }
+
     async fn execute_batch(
         conn: &mut PgConnection,
         sql: SqlStr,

@@ -134,6 +134,16 @@ impl Steps for Sqlite {
         Ok(sqlx::query(sql).execute(conn).await?.rows_affected())
     }
 
+    async fn fetch_i64(
+        conn: &mut SqliteConnection,
+        sql: SqlStr,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        Ok(sqlx::query_scalar::<_, Option<i64>>(sql)
+            .fetch_optional(conn)
+            .await?
+            .flatten())
+    }
+
     async fn execute_batch(
         conn: &mut SqliteConnection,
         sql: SqlStr,
