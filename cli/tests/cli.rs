@@ -245,3 +245,86 @@ fn an_unknown_option_exits_2() {
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("--no-such-option"));
 }
+
+/// The demo binary against a SQLite file: schema from `--schema`, `run`, `check`, `doctor`,
+/// `fingerprint`; a missing file is named with what to do.
+#[tokio::test]
+async fn the_cli_migrates_a_sqlite_file() -> anyhow::Result<()> {
+    let db = datamig::testing::sqlite().await?;
+    datamig_demo_migrations::sqlite_schema()
+        .run(db.pool())
+        .await?;
+    datamig_demo_migrations::seed_users_sqlite(db.pool(), 30).await?;
+
+    let output = datamig(db.url()).arg("check").output()?;
+    assert_eq!(
+        output.status.code(),
+        Some(6),
+        "pending: {}",
+        stderr(&output)
+    );
+
+    let output = datamig(db.url())
+        .args(["run", "--app-version", "9.9"])
+        .output()?;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains(&format!("applied {BACKFILL}")), "{text}");
+    assert!(text.contains(&format!("applied {NORMALIZE}")), "{text}");
+    assert!(
+        text.contains("30 users got default notification settings"),
+        "{text}"
+    );
+
+    let output = datamig(db.url()).arg("check").output()?;
+    assert!(output.status.success(), "{}", stdout(&output));
+    let output = datamig(db.url()).arg("run").output()?;
+    assert!(
+        stdout(&output).contains("0 applied, 0 pending, 2 already applied"),
+        "{}",
+        stdout(&output)
+    );
+
+    let output = datamig(db.url()).arg("doctor").output()?;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains("connection: ok (SQLite 3."), "{text}");
+    assert!(text.contains("runner lock: free"), "{text}");
+
+    let output = datamig(db.url())
+        .args(["fingerprint", "--tables", "users", "--format", "json"])
+        .output()?;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let json: Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(json["tables"]["main.users"]["rows"], 30, "{json}");
+
+    let app_version: String = sqlx::query_scalar(
+        "SELECT app_version FROM datamig_ledger WHERE id = '20241114_0930_backfill_notification_settings'",
+    )
+    .fetch_one(db.pool())
+    .await?;
+    assert_eq!(app_version, "9.9");
+
+    let missing = format!("{}-missing.db", db.url());
+    let output = datamig(&missing).arg("status").output()?;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("unable to open database file")
+            && stderr(&output).contains("?mode=rwc"),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = datamig("mysql://u:secret@localhost/app")
+        .arg("status")
+        .output()?;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("expected postgres://")
+            && stderr(&output).contains("or sqlite:")
+            && !stderr(&output).contains("secret"),
+        "{}",
+        stderr(&output)
+    );
+    Ok(())
+}
