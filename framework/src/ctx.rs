@@ -89,6 +89,12 @@ impl<'c, DB: sqlx::Database> Ctx<'c, DB> {
 }
 
 impl<DB: Backend> Ctx<'_, DB> {
+    /// The backend this run is on, `"postgres"` or `"sqlite"`: for the rare statement of a
+    /// migration generic over the backend that must be written in each dialect.
+    pub fn backend(&self) -> &'static str {
+        DB::ID
+    }
+
     /// Executes one statement in the migration's transaction and adds the rows it affected
     /// to the ledger's count. Returns that number of rows.
     ///

@@ -587,18 +587,19 @@ impl<DB: Backend> Migrator<DB> {
 
     /// Fails with [`Error::LedgerShape`] when a ledger table lacks datamig's columns.
     pub(crate) async fn check_ledger_shape(&self, conn: &mut DB::Connection) -> Result<(), Error> {
-        for (name, expected) in [
+        for (name, table, expected) in [
             (
                 self.ledger.ledger_table_name(),
+                self.ledger.ledger_ident(),
                 crate::ledger::LEDGER_COLUMNS,
             ),
-            (self.ledger.runs_table_name(), crate::ledger::RUNS_COLUMNS),
+            (
+                self.ledger.runs_table_name(),
+                self.ledger.runs_ident(),
+                crate::ledger::RUNS_COLUMNS,
+            ),
         ] {
             let columns = DB::table_columns(conn, self.ledger.schema_name(), name).await?;
-            let table = match self.ledger.schema_name() {
-                Some(schema) => format!("{schema}.{name}"),
-                None => name.to_string(),
-            };
             if columns.is_empty() {
                 continue;
             }

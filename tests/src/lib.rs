@@ -19,9 +19,9 @@ pub fn link() {
 pub const COUNT_RUNS: &str = "20240101_0000_count_runs";
 
 /// Adds one to `counter.n` every time it runs: deliberately not idempotent, so a count of
-/// 1 proves it ran exactly once. Then sleeps a little inside its transaction (idle in it,
-/// as PostgreSQL shows it) so that concurrent runners overlap. Written once for both
-/// backends.
+/// 1 proves it ran exactly once. Then sleeps a little inside its transaction, so that
+/// concurrent runners overlap: in the server on PostgreSQL (`pg_sleep`, which a statement
+/// timeout cuts short), in the process on SQLite. Written once for both backends.
 ///
 /// With the switch `slow` on it sleeps 3 s (to hold the runner lock while a test looks);
 /// with `fail` on it fails after writing, with `panic` on it panics after writing.
@@ -29,7 +29,16 @@ pub const COUNT_RUNS: &str = "20240101_0000_count_runs";
 pub async fn count_runs<DB: Backend>(ctx: &mut Ctx<'_, DB>) -> anyhow::Result<()> {
     let slow = switch(ctx, "slow").await?;
     ctx.execute("UPDATE counter SET n = n + 1").await?;
-    tokio::time::sleep(Duration::from_millis(if slow { 3_000 } else { 200 })).await;
+    if ctx.backend() == "postgres" {
+        let sleep = if slow {
+            "SELECT 0::bigint FROM pg_sleep(3)"
+        } else {
+            "SELECT 0::bigint FROM pg_sleep(0.2)"
+        };
+        ctx.fetch_i64(sleep).await?;
+    } else {
+        tokio::time::sleep(Duration::from_millis(if slow { 3_000 } else { 200 })).await;
+    }
     if switch(ctx, "fail").await? {
         anyhow::bail!("the fail switch is on");
     }
@@ -222,7 +231,7 @@ pub async fn wait_for_lock_holder(pool: &PgPool) -> anyhow::Result<()> {
     .await
 }
 
-/// Waits until [`count_runs`] sleeps after its update: inside its transaction.
+/// Waits until [`count_runs`] sits in its `pg_sleep`: inside its transaction.
 ///
 /// # Errors
 ///
@@ -231,8 +240,8 @@ pub async fn wait_for_sleeping_migration(pool: &PgPool) -> anyhow::Result<()> {
     wait_until(
         pool,
         "SELECT count(*) FROM pg_stat_activity
-        WHERE datname = current_database() AND state = 'idle in transaction'
-          AND query LIKE 'UPDATE counter%'",
+        WHERE datname = current_database() AND state = 'active'
+          AND query LIKE 'SELECT 0::bigint FROM pg_sleep%'",
     )
     .await
 }

@@ -576,3 +576,72 @@ async fn the_upsert_helper_counts_and_rewrites_nothing_on_a_second_run() -> anyh
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn another_tools_ledger_table_is_named_not_touched() -> anyhow::Result<()> {
+    let db = fixture_file(&[]).await?;
+    sqlx::query("CREATE TABLE datamig_ledger (id TEXT PRIMARY KEY, note TEXT)")
+        .execute(db.pool())
+        .await?;
+    let err = fixtures(db.pool()).run().await.expect_err("not our ledger");
+    match &err {
+        Error::LedgerShape { table, missing } => {
+            assert_eq!(table, "\"datamig_ledger\"");
+            assert!(missing.iter().any(|c| c == "checksum"), "{missing:?}");
+        }
+        other => panic!("expected LedgerShape, got {other:?}"),
+    }
+    assert_eq!(counter(db.pool()).await?, 0);
+    Ok(())
+}
+
+/// Bumps `items` 250 keys a batch, pausing 300 ms between batches (when it holds no lock).
+#[datamig::migration(
+    id = "20240702_0000_paused_bump",
+    batch(table = "items", key = "id", size = 250, pause = "300ms")
+)]
+async fn paused_bump<DB: Backend>(ctx: &mut Ctx<'_, DB>, batch: Batch) -> anyhow::Result<()> {
+    ctx.execute_batch(
+        "UPDATE items SET v = v + 1 WHERE id > $1 AND id <= $2",
+        &batch,
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_waiting_for_the_write_lock_retries_and_commits_once() -> anyhow::Result<()> {
+    let db = fixture_file(&[]).await?;
+    let migrator = Migrator::new(db.pool().clone())
+        .migrations([&paused_bump::MIGRATION])
+        .lock_timeout(std::time::Duration::from_millis(200));
+    let run = tokio::spawn(async move { migrator.run().await });
+
+    // Once the first batch has committed, in the pause after it, another writer takes
+    // SQLite's write lock and keeps it for 1.5 s.
+    for _ in 0..500 {
+        let running = scalar(
+            db.pool(),
+            "SELECT count(*) FROM datamig_ledger WHERE status = 'running'",
+        )
+        .await
+        .unwrap_or(0);
+        if running > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let mut other = db.pool().acquire().await?;
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *other).await?;
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    sqlx::query("COMMIT").execute(&mut *other).await?;
+
+    let report = run.await??;
+    assert!(
+        report.applied[0].lock_retries > 0,
+        "a batch waited 200 ms for the lock, then retried: {:?}",
+        report.applied[0]
+    );
+    assert_eq!(bumped(db.pool()).await?, (1000, 0), "each batch once");
+    Ok(())
+}
