@@ -4,6 +4,10 @@
 //! a live database when a feature ships (a backfill, a normalisation), run exactly once by
 //! every deploy, recorded in a checksummed ledger, and proven harmless to run twice.
 //!
+//! Backends: PostgreSQL and SQLite, each a cargo feature (`postgres`, `sqlite`, both on by
+//! default). A migration is written for one (`Ctx<'_, Postgres>`, `Ctx<'_, Sqlite>`) or,
+//! generic over [`Backend`], once for every backend compiled in.
+//!
 //! ```no_run
 //! use datamig::prelude::*;
 //!
@@ -99,8 +103,11 @@ pub use upsert::{Upsert, UpsertMode, UpsertReport, UpsertRequest};
 /// # fn main() {}
 /// ```
 ///
-/// The function must be `async fn name(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()>`,
-/// defined at module level. Its doc comment becomes the description `status` shows.
+/// The function must be `async fn name(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()>`
+/// (`Ctx<'_, Sqlite>` for SQLite), or generic over the backend,
+/// `async fn name<DB: Backend>(ctx: &mut Ctx<'_, DB>) -> anyhow::Result<()>`, to be
+/// registered for every backend compiled in; defined at module level. Its doc comment
+/// becomes the description `status` shows.
 ///
 /// Arguments:
 ///

@@ -260,14 +260,15 @@ impl<DB: Backend> Migrator<DB> {
 
     /// The database's `lock_timeout` inside each migration's transaction, unless the
     /// migration sets its own: a migration waiting for a row or table lock longer than this
-    /// fails instead of stalling the application behind it.
+    /// fails instead of stalling the application behind it. On SQLite, how long a
+    /// migration's transaction waits for the database's write lock (5 s by default).
     pub fn lock_timeout(mut self, timeout: Duration) -> Self {
         self.lock_timeout = Some(timeout);
         self
     }
 
     /// The database's `statement_timeout` inside each migration's transaction, unless the
-    /// migration sets its own.
+    /// migration sets its own. SQLite has none: there it has no effect.
     pub fn statement_timeout(mut self, timeout: Duration) -> Self {
         self.statement_timeout = Some(timeout);
         self
