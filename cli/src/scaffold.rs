@@ -79,6 +79,8 @@ use datamig::prelude::*;
 /// Describe what this migration does: `datamig status` shows this line.
 ///
 /// Keep it idempotent: a second run must change nothing (see `datamig::testing`).
+// For SQLite take `Ctx<'_, Sqlite>`; for every backend, write it once as
+// `async fn {name}<DB: Backend>(ctx: &mut Ctx<'_, DB>)`.
 #[datamig::migration(id = "{id}")]
 pub async fn {name}(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {{
     // Change rows through `ctx.tx()` (any sqlx query) or the helpers: `ctx.execute(..)`,
