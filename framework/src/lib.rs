@@ -86,7 +86,7 @@ pub use runner::{
 pub use sqlx::Postgres;
 #[cfg(feature = "sqlite")]
 pub use sqlx::Sqlite;
-pub use upsert::{Upsert, UpsertMode, UpsertReport, UpsertRequest};
+pub use upsert::{Upsert, UpsertMode, UpsertReport};
 
 /// Registers an `async fn` as a data migration.
 ///
