@@ -157,7 +157,7 @@ impl SqliteTestDatabase {
         &self.pool
     }
 
-    /// Its URL (`sqlite:/tmp/...db`), for a process a test starts.
+    /// Its URL (`sqlite:` and the file's path), for a process a test starts.
     pub fn url(&self) -> &str {
         &self.url
     }
