@@ -191,16 +191,20 @@ impl<DB: Backend> Migrator<DB> {
     }
 
     /// Takes the runner lock on a connection of its own, runs `work` on it, releases the
-    /// lock. The connection is closed afterwards, never returned to the pool: should this
-    /// future be dropped half-way (a timeout, Ctrl-C), the session ends and the server
-    /// releases the lock and rolls back what was in progress.
+    /// lock. On PostgreSQL the connection is closed afterwards, never returned to the pool:
+    /// should this future be dropped half-way (a timeout, Ctrl-C), the session ends and the
+    /// server releases the lock and rolls back what was in progress. On SQLite the dropped
+    /// transaction rolls back, and the lock row's token dies with this future, so the next
+    /// runner finds the row stale.
     pub(crate) async fn with_lock<T>(
         &self,
         work: impl AsyncFnOnce(&mut PoolConnection<DB>) -> Result<T, Error>,
     ) -> Result<T, Error> {
         self.ledger.validate()?;
         let mut conn = self.pool.acquire().await?;
-        conn.close_on_drop();
+        if DB::CLOSE_RUNNER_CONNECTION {
+            conn.close_on_drop();
+        }
         DB::tag_session(&mut conn, &crate::admin::runner_tag()).await?;
         let token = LockToken::new();
         self.acquire_lock(&mut conn, &token).await?;

@@ -140,8 +140,7 @@ pub async fn postgres() -> Result<TestDatabase, Error> {
 
 /// A fresh SQLite database file for one test, deleted when dropped.
 ///
-/// A file, not `sqlite::memory:`: every connection of a pool (and every process a test
-/// starts) must see the same database.
+/// A file, not `sqlite::memory:`: every process a test starts must see the same database.
 #[cfg(feature = "sqlite")]
 #[derive(Debug)]
 pub struct SqliteTestDatabase {

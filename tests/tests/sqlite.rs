@@ -645,3 +645,26 @@ async fn a_batch_waiting_for_the_write_lock_retries_and_commits_once() -> anyhow
     assert_eq!(bumped(db.pool()).await?, (1000, 0), "each batch once");
     Ok(())
 }
+
+#[tokio::test]
+async fn an_in_memory_database_shared_by_the_pool_works_too() -> anyhow::Result<()> {
+    // `sqlite::memory:` through sqlx is one database shared by the pool's connections.
+    let pool = SqlitePool::connect("sqlite::memory:").await?;
+    sqlx::raw_sql(
+        "CREATE TABLE counter (n INTEGER NOT NULL);
+         INSERT INTO counter VALUES (0);
+         CREATE TABLE items (id INTEGER PRIMARY KEY, v INTEGER NOT NULL);
+         WITH RECURSIVE seq (n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE n < 1000)
+         INSERT INTO items SELECT n, 0 FROM seq;
+         CREATE TABLE fixture_switches (name TEXT PRIMARY KEY);",
+    )
+    .execute(&pool)
+    .await?;
+    let first = fixtures(&pool).run().await?;
+    assert_eq!(first.applied.len(), 2);
+    let second = fixtures(&pool).run().await?;
+    assert!(second.applied.is_empty());
+    assert_eq!(counter(&pool).await?, 1);
+    assert_eq!(bumped(&pool).await?, (1000, 0));
+    Ok(())
+}

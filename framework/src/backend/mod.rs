@@ -58,6 +58,12 @@ pub(crate) mod steps {
         /// The backend's short name, as users see it (`postgres`).
         const ID: &'static str;
 
+        /// Whether the runner's connection is closed after a run instead of going back to
+        /// the pool: where the runner lock belongs to the session (PostgreSQL), a dropped
+        /// run must not hand a locked session to the pool. SQLite's lock is a row, and
+        /// closing the last connection to an in-memory database would delete it.
+        const CLOSE_RUNNER_CONNECTION: bool;
+
         /// This backend's code of a migration, if it has any.
         fn code(migration: &Migration) -> Option<Code<Self>>;
 

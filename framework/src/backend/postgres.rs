@@ -20,6 +20,7 @@ impl Backend for Postgres {}
 
 impl Steps for Postgres {
     const ID: &'static str = "postgres";
+    const CLOSE_RUNNER_CONNECTION: bool = true;
 
     fn code(migration: &Migration) -> Option<Code<Self>> {
         migration.postgres_code()

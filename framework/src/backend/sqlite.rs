@@ -37,6 +37,7 @@ impl Backend for Sqlite {}
 
 impl Steps for Sqlite {
     const ID: &'static str = "sqlite";
+    const CLOSE_RUNNER_CONNECTION: bool = false;
 
     fn code(migration: &Migration) -> Option<Code<Self>> {
         migration.sqlite_code()
