@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use datamig::{Backend, Postgres, Sqlite};
+use sqlx::migrate::Migrate;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqlitePoolOptions};
 use sqlx::{Connection, Pool};
@@ -61,7 +62,8 @@ pub(crate) trait CliBackend: Backend {
     async fn connect(url: &str) -> Result<Pool<Self>, Failure>;
 
     /// Applies the `sqlx` schema migrations in `dir` (as `sqlx migrate run`); returns how
-    /// many were newly applied.
+    /// many were newly applied. (The generic [`apply_schema`] needs `Migrate` on the
+    /// connection, which a bound on this trait could not pass on to its users.)
     async fn apply_schema(pool: &Pool<Self>, dir: &Path) -> Result<usize, Failure>;
 }
 
@@ -80,26 +82,7 @@ impl CliBackend for Postgres {
     }
 
     async fn apply_schema(pool: &Pool<Self>, dir: &Path) -> Result<usize, Failure> {
-        let migrator = schema_migrator(dir).await?;
-        let count = || async {
-            let exists: bool =
-                sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-                    .fetch_one(pool)
-                    .await?;
-            if !exists {
-                return Ok::<i64, sqlx::Error>(0);
-            }
-            sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
-                .fetch_one(pool)
-                .await
-        };
-        let before = count().await.map_err(database)?;
-        migrator
-            .run(pool)
-            .await
-            .map_err(|err| schema_failed(dir, &err))?;
-        let after = count().await.map_err(database)?;
-        Ok(usize::try_from(after - before).unwrap_or(0))
+        apply_schema(pool, dir).await
     }
 }
 
@@ -125,32 +108,16 @@ impl CliBackend for Sqlite {
     }
 
     async fn apply_schema(pool: &Pool<Self>, dir: &Path) -> Result<usize, Failure> {
-        let migrator = schema_migrator(dir).await?;
-        let count = || async {
-            let exists: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
-            )
-            .fetch_one(pool)
-            .await?;
-            if !exists {
-                return Ok::<i64, sqlx::Error>(0);
-            }
-            sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
-                .fetch_one(pool)
-                .await
-        };
-        let before = count().await.map_err(database)?;
-        migrator
-            .run(pool)
-            .await
-            .map_err(|err| schema_failed(dir, &err))?;
-        let after = count().await.map_err(database)?;
-        Ok(usize::try_from(after - before).unwrap_or(0))
+        apply_schema(pool, dir).await
     }
 }
 
-async fn schema_migrator(dir: &Path) -> Result<sqlx::migrate::Migrator, Failure> {
-    sqlx::migrate::Migrator::new(dir).await.map_err(|err| {
+/// Applies the `sqlx` schema migrations in `dir`; returns how many were newly applied.
+async fn apply_schema<DB: Backend>(pool: &Pool<DB>, dir: &Path) -> Result<usize, Failure>
+where
+    DB::Connection: Migrate,
+{
+    let migrator = sqlx::migrate::Migrator::new(dir).await.map_err(|err| {
         Failure::new(
             exit::USAGE,
             format!(
@@ -158,7 +125,23 @@ async fn schema_migrator(dir: &Path) -> Result<sqlx::migrate::Migrator, Failure>
                 dir.display()
             ),
         )
-    })
+    })?;
+    // Counted by sqlx's own bookkeeping, the same on every backend.
+    let applied = async || -> Result<usize, sqlx::migrate::MigrateError> {
+        let mut conn = pool.acquire().await?;
+        conn.ensure_migrations_table(&migrator.table_name).await?;
+        Ok(conn
+            .list_applied_migrations(&migrator.table_name)
+            .await?
+            .len())
+    };
+    let before = applied().await.map_err(|err| schema_failed(dir, &err))?;
+    migrator
+        .run(pool)
+        .await
+        .map_err(|err| schema_failed(dir, &err))?;
+    let after = applied().await.map_err(|err| schema_failed(dir, &err))?;
+    Ok(after.saturating_sub(before))
 }
 
 fn schema_failed(dir: &Path, err: &sqlx::migrate::MigrateError) -> Failure {
@@ -169,10 +152,6 @@ fn schema_failed(dir: &Path, err: &sqlx::migrate::MigrateError) -> Failure {
             dir.display()
         ),
     )
-}
-
-fn database(err: sqlx::Error) -> Failure {
-    Failure::from(datamig::Error::Database(err))
 }
 
 fn invalid(url: &str, err: &sqlx::Error) -> Failure {

@@ -328,3 +328,30 @@ async fn the_cli_migrates_a_sqlite_file() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `run --schema` applies the SQLite schema migrations first, then the data migrations.
+#[tokio::test]
+async fn run_applies_the_sqlite_schema_first() -> anyhow::Result<()> {
+    let db = datamig::testing::sqlite().await?;
+    let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations/schema/sqlite");
+    let output = datamig(db.url())
+        .args(["run", "--schema", schema])
+        .output()?;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.starts_with(&format!(
+            "schema: 2 schema migrations applied from {schema}\napplied {BACKFILL}"
+        )),
+        "{text}"
+    );
+    let again = datamig(db.url())
+        .args(["run", "--schema", schema])
+        .output()?;
+    assert!(
+        stdout(&again).starts_with("schema: 0 schema migrations applied"),
+        "{}",
+        stdout(&again)
+    );
+    Ok(())
+}

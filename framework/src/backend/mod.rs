@@ -20,6 +20,69 @@ use crate::ledger::{Attempt, LastRun, LedgerConfig, LedgerEntry};
 use crate::migration::{Code, Migration};
 use crate::upsert::{UpsertReport, UpsertRequest};
 
+/// The steps whose SQL both backends share, for `impl Steps` blocks: their bodies are the
+/// same text, but sqlx's query results have no common trait to write them once generically.
+macro_rules! same_sql_steps {
+    ($conn:ty) => {
+        async fn execute(conn: &mut $conn, sql: sqlx::SqlStr) -> Result<u64, sqlx::Error> {
+            Ok(sqlx::query(sql).execute(conn).await?.rows_affected())
+        }
+
+        async fn fetch_i64(conn: &mut $conn, sql: sqlx::SqlStr) -> Result<Option<i64>, sqlx::Error> {
+            Ok(sqlx::query_scalar::<_, Option<i64>>(sql)
+                .fetch_optional(conn)
+                .await?
+                .flatten())
+        }
+
+        async fn execute_batch(
+            conn: &mut $conn,
+            sql: sqlx::SqlStr,
+            after: i64,
+            last: i64,
+        ) -> Result<u64, sqlx::Error> {
+            Ok(sqlx::query(sql)
+                .bind(after)
+                .bind(last)
+                .execute(conn)
+                .await?
+                .rows_affected())
+        }
+
+        async fn read_ledger(
+            conn: &mut $conn,
+            config: &$crate::ledger::LedgerConfig,
+        ) -> Result<Vec<$crate::ledger::LedgerEntry>, sqlx::Error> {
+            let sql = format!(
+                "SELECT id, checksum, revision, description, started_at, finished_at, duration_ms,
+                        rows_affected, notes, applied_by, host, app_version, run_count,
+                        status, checkpoint, batches
+                 FROM {} ORDER BY id",
+                config.ledger_ident()
+            );
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(conn).await?;
+            rows.iter().map($crate::backend::ledger_entry).collect()
+        }
+
+        async fn has_keys_after(
+            conn: &mut $conn,
+            table: &str,
+            key: &str,
+            after: i64,
+        ) -> Result<bool, sqlx::Error> {
+            let (table, key) = (
+                $crate::sql::quote_ident(table),
+                $crate::sql::quote_ident(key),
+            );
+            let sql = format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE {key} > $1)");
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind(after)
+                .fetch_one(conn)
+                .await
+        }
+    };
+}
+
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]

@@ -3,15 +3,15 @@
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnection, PgRow};
-use sqlx::{AssertSqlSafe, Connection, Executor, Postgres, Row, SqlSafeStr, SqlStr};
+use sqlx::{AssertSqlSafe, Connection, Executor, Postgres, Row, SqlSafeStr};
 
 use super::steps::Steps;
-use super::{Backend, LockToken, ledger_entry};
+use super::{Backend, LockToken};
 use crate::admin::SessionInfo;
 use crate::bulk::SequenceReset;
 use crate::copy::RowSink;
 use crate::error::Error;
-use crate::ledger::{Attempt, LastRun, LedgerConfig, LedgerEntry, LedgerWrite};
+use crate::ledger::{Attempt, LastRun, LedgerConfig, LedgerWrite};
 use crate::migration::{Code, Migration};
 use crate::sql::quote_ident;
 use crate::upsert::{NextRow, Plan, Source, UpsertReport, UpsertRequest, stage_name};
@@ -21,6 +21,8 @@ impl Backend for Postgres {}
 impl Steps for Postgres {
     const ID: &'static str = "postgres";
     const CLOSE_RUNNER_CONNECTION: bool = true;
+
+    same_sql_steps!(PgConnection);
 
     fn code(migration: &Migration) -> Option<Code<Self>> {
         migration.postgres_code()
@@ -102,31 +104,6 @@ impl Steps for Postgres {
         _lock_timeout: Option<Duration>,
     ) -> Result<sqlx::Transaction<'_, Postgres>, sqlx::Error> {
         conn.begin().await
-    }
-
-    async fn execute(conn: &mut PgConnection, sql: SqlStr) -> Result<u64, sqlx::Error> {
-        Ok(sqlx::query(sql).execute(conn).await?.rows_affected())
-    }
-
-    async fn fetch_i64(conn: &mut PgConnection, sql: SqlStr) -> Result<Option<i64>, sqlx::Error> {
-        Ok(sqlx::query_scalar::<_, Option<i64>>(sql)
-            .fetch_optional(conn)
-            .await?
-            .flatten())
-    }
-
-    async fn execute_batch(
-        conn: &mut PgConnection,
-        sql: SqlStr,
-        after: i64,
-        last: i64,
-    ) -> Result<u64, sqlx::Error> {
-        Ok(sqlx::query(sql)
-            .bind(after)
-            .bind(last)
-            .execute(conn)
-            .await?
-            .rows_affected())
     }
 
     async fn upsert(
@@ -297,21 +274,6 @@ impl Steps for Postgres {
             .await
     }
 
-    async fn read_ledger(
-        conn: &mut PgConnection,
-        config: &LedgerConfig,
-    ) -> Result<Vec<LedgerEntry>, sqlx::Error> {
-        let sql = format!(
-            "SELECT id, checksum, revision, description, started_at, finished_at, duration_ms,
-                    rows_affected, notes, applied_by, host, app_version, run_count,
-                    status, checkpoint, batches
-             FROM {} ORDER BY id",
-            config.ledger_ident()
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(conn).await?;
-        rows.iter().map(ledger_entry).collect()
-    }
-
     async fn last_runs(
         conn: &mut PgConnection,
         config: &LedgerConfig,
@@ -472,20 +434,6 @@ impl Steps for Postgres {
         let last: Option<i64> = row.try_get(0)?;
         let keys: i64 = row.try_get(1)?;
         Ok(last.map(|last| (last, u64::try_from(keys).unwrap_or(0))))
-    }
-
-    async fn has_keys_after(
-        conn: &mut PgConnection,
-        table: &str,
-        key: &str,
-        after: i64,
-    ) -> Result<bool, sqlx::Error> {
-        let (table, key) = (quote_ident(table), quote_ident(key));
-        let sql = format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE {key} > $1)");
-        sqlx::query_scalar(AssertSqlSafe(sql))
-            .bind(after)
-            .fetch_one(conn)
-            .await
     }
 
     async fn estimate_rows(

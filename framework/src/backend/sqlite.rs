@@ -12,15 +12,15 @@ use std::time::Duration;
 use futures_util::TryStreamExt;
 use sha2::{Digest, Sha256};
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
-use sqlx::{AssertSqlSafe, Connection, Row, SqlStr, Sqlite};
+use sqlx::{AssertSqlSafe, Connection, Row, Sqlite};
 
 use super::steps::Steps;
-use super::{Backend, LockToken, ledger_entry, os_user};
+use super::{Backend, LockToken, os_user};
 use crate::admin::{SessionInfo, local_process_alive};
 use crate::bulk::SequenceReset;
 use crate::copy::{RowSink, Value};
 use crate::error::Error;
-use crate::ledger::{Attempt, LastRun, LedgerConfig, LedgerEntry, LedgerWrite};
+use crate::ledger::{Attempt, LastRun, LedgerConfig, LedgerWrite};
 use crate::migration::{Code, Migration};
 use crate::sql::quote_ident;
 use crate::upsert::{Plan, Source, UpsertMode, UpsertReport, UpsertRequest, stage_name};
@@ -38,6 +38,8 @@ impl Backend for Sqlite {}
 impl Steps for Sqlite {
     const ID: &'static str = "sqlite";
     const CLOSE_RUNNER_CONNECTION: bool = false;
+
+    same_sql_steps!(SqliteConnection);
 
     fn code(migration: &Migration) -> Option<Code<Self>> {
         migration.sqlite_code()
@@ -129,34 +131,6 @@ impl Steps for Sqlite {
         // IMMEDIATE takes the write lock now: two writers queue at BEGIN instead of one
         // failing with SQLITE_BUSY when it first writes after reading.
         conn.begin_with("BEGIN IMMEDIATE").await
-    }
-
-    async fn execute(conn: &mut SqliteConnection, sql: SqlStr) -> Result<u64, sqlx::Error> {
-        Ok(sqlx::query(sql).execute(conn).await?.rows_affected())
-    }
-
-    async fn fetch_i64(
-        conn: &mut SqliteConnection,
-        sql: SqlStr,
-    ) -> Result<Option<i64>, sqlx::Error> {
-        Ok(sqlx::query_scalar::<_, Option<i64>>(sql)
-            .fetch_optional(conn)
-            .await?
-            .flatten())
-    }
-
-    async fn execute_batch(
-        conn: &mut SqliteConnection,
-        sql: SqlStr,
-        after: i64,
-        last: i64,
-    ) -> Result<u64, sqlx::Error> {
-        Ok(sqlx::query(sql)
-            .bind(after)
-            .bind(last)
-            .execute(conn)
-            .await?
-            .rows_affected())
     }
 
     async fn upsert(
@@ -310,21 +284,6 @@ impl Steps for Sqlite {
         config: &LedgerConfig,
     ) -> Result<bool, sqlx::Error> {
         table_exists(conn, config.schema_name(), config.ledger_table_name()).await
-    }
-
-    async fn read_ledger(
-        conn: &mut SqliteConnection,
-        config: &LedgerConfig,
-    ) -> Result<Vec<LedgerEntry>, sqlx::Error> {
-        let sql = format!(
-            "SELECT id, checksum, revision, description, started_at, finished_at, duration_ms,
-                    rows_affected, notes, applied_by, host, app_version, run_count,
-                    status, checkpoint, batches
-             FROM {} ORDER BY id",
-            config.ledger_ident()
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(conn).await?;
-        rows.iter().map(ledger_entry).collect()
     }
 
     async fn last_runs(
@@ -482,20 +441,6 @@ impl Steps for Sqlite {
         let last: Option<i64> = row.try_get(0)?;
         let keys: i64 = row.try_get(1)?;
         Ok(last.map(|last| (last, u64::try_from(keys).unwrap_or(0))))
-    }
-
-    async fn has_keys_after(
-        conn: &mut SqliteConnection,
-        table: &str,
-        key: &str,
-        after: i64,
-    ) -> Result<bool, sqlx::Error> {
-        let (table, key) = (quote_ident(table), quote_ident(key));
-        let sql = format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE {key} > $1)");
-        sqlx::query_scalar(AssertSqlSafe(sql))
-            .bind(after)
-            .fetch_one(conn)
-            .await
     }
 
     async fn estimate_rows(
