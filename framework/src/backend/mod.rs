@@ -20,7 +20,8 @@ use crate::ledger::{Attempt, LastRun, LedgerConfig, LedgerEntry};
 use crate::migration::{Code, Migration};
 use crate::upsert::{UpsertReport, UpsertRequest};
 
-/// The steps whose SQL both backends share, for `impl Steps` blocks: their bodies are the
+/// The steps whose SQL both backends share (in the syntax both accept: `CAST(.. AS bigint)`,
+/// `$N` parameters), for `impl Steps` blocks: their bodies are the
 /// same text, but sqlx's query results have no common trait to write them once generically.
 macro_rules! same_sql_steps {
     ($conn:ty) => {
@@ -62,6 +63,38 @@ macro_rules! same_sql_steps {
             );
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(conn).await?;
             rows.iter().map($crate::backend::ledger_entry).collect()
+        }
+
+        async fn next_batch(
+            conn: &mut $conn,
+            table: &str,
+            key: &str,
+            after: Option<i64>,
+            size: u32,
+        ) -> Result<Option<(i64, u64)>, sqlx::Error> {
+            // Keyset pagination: an index range scan from the checkpoint, never OFFSET.
+            // `$1` is bound either way (PostgreSQL wants every parameter used).
+            let (table, key) = (
+                $crate::sql::quote_ident(table),
+                $crate::sql::quote_ident(key),
+            );
+            let filter = if after.is_some() {
+                format!("WHERE {key} > $1")
+            } else {
+                "WHERE CAST($1 AS bigint) IS NULL".to_string()
+            };
+            let sql = format!(
+                "SELECT CAST(max(k) AS bigint), count(*) FROM
+                     (SELECT {key} AS k FROM {table} {filter} ORDER BY {key} LIMIT $2) AS batch"
+            );
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(after)
+                .bind(i64::from(size))
+                .fetch_one(conn)
+                .await?;
+            let last: Option<i64> = sqlx::Row::try_get(&row, 0)?;
+            let keys: i64 = sqlx::Row::try_get(&row, 1)?;
+            Ok(last.map(|last| (last, u64::try_from(keys).unwrap_or(0))))
         }
 
         async fn has_keys_after(

@@ -415,34 +415,6 @@ impl Steps for Sqlite {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn next_batch(
-        conn: &mut SqliteConnection,
-        table: &str,
-        key: &str,
-        after: Option<i64>,
-        size: u32,
-    ) -> Result<Option<(i64, u64)>, sqlx::Error> {
-        // Keyset pagination, as on PostgreSQL: a range scan of the key's index.
-        let (table, key) = (quote_ident(table), quote_ident(key));
-        let filter = if after.is_some() {
-            format!("WHERE {key} > $1")
-        } else {
-            String::new()
-        };
-        let sql = format!(
-            "SELECT max(k), count(*) FROM
-                 (SELECT {key} AS k FROM {table} {filter} ORDER BY {key} LIMIT $2)"
-        );
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(after)
-            .bind(i64::from(size))
-            .fetch_one(conn)
-            .await?;
-        let last: Option<i64> = row.try_get(0)?;
-        let keys: i64 = row.try_get(1)?;
-        Ok(last.map(|last| (last, u64::try_from(keys).unwrap_or(0))))
-    }
-
     async fn estimate_rows(
         conn: &mut SqliteConnection,
         table: &str,
