@@ -238,15 +238,18 @@ async fn run<DB: CliBackend>(
     // abandons the transaction in progress: its session is closed, so the server rolls it back.
     let stop = StopSignal::new();
     migrator = migrator.stop_on(stop.clone());
+    // Listening starts here, once, for both signals: a second signal that arrives while the
+    // first is being handled is queued, never lost between two listeners.
+    let mut shutdown = Shutdown::listen();
     let interrupted = async {
-        shutdown_requested().await;
+        shutdown.requested().await;
         stop.stop();
         progress.suspend(|| {
             eprintln!(
                 "stopping after the current transaction commits or rolls back (interrupt again to roll it back now)"
             )
         });
-        shutdown_requested().await;
+        shutdown.requested().await;
     };
     let result = tokio::select! {
         result = migrator.run() => result,
@@ -275,6 +278,10 @@ async fn run<DB: CliBackend>(
             "warning: the ledger has a row for {id}, which this build does not know (applied by \
              another release?); it is left as it is"
         );
+    }
+    // Also in the JSON result (`warnings`), for machines.
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
     }
     out.run(&report)?;
     Ok(exit::OK)
@@ -408,20 +415,40 @@ async fn fingerprint_at<DB: CliBackend>(
     Ok(datamig::fingerprint_on::<DB>(&mut conn, options).await?)
 }
 
-/// Resolves on Ctrl-C (SIGINT) or, on Unix, SIGTERM.
-async fn shutdown_requested() {
+/// Ctrl-C (SIGINT) and, on Unix, SIGTERM, listened for from its creation on: each call of
+/// [`Shutdown::requested`] takes the next signal, including one that arrived before it was
+/// called.
+struct Shutdown {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Shutdown {
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signals = signal(SignalKind::interrupt())
+                .and_then(|int| Ok((int, signal(SignalKind::terminate())?)))
+                .ok();
+            Shutdown { signals }
+        }
+        #[cfg(not(unix))]
+        Shutdown {}
+    }
+
+    /// Resolves on the next signal.
+    async fn requested(&mut self) {
+        #[cfg(unix)]
+        if let Some((int, term)) = &mut self.signals {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
+                _ = int.recv() => {}
                 _ = term.recv() => {}
             }
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// A failure to report: its message for stderr and its exit code.
@@ -448,6 +475,10 @@ impl From<Error> for Failure {
             Error::LockTimeout { .. } => exit::LOCK_TIMEOUT,
             Error::Drift { .. } => exit::DRIFT,
             Error::MigrationFailed { .. } | Error::Interrupted { .. } => exit::MIGRATION_FAILED,
+            Error::CommitOutcome {
+                applied: Some(false),
+                ..
+            } => exit::MIGRATION_FAILED,
             Error::NotIdempotent { .. } | Error::Diverged { .. } => exit::NOT_IDEMPOTENT,
             Error::Stopped { .. } => exit::INTERRUPTED,
             Error::DuplicateId { .. }

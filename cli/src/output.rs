@@ -67,6 +67,9 @@ impl Output {
                 writeln!(out, "  {note}")?;
             }
         }
+        for id in &report.not_for_backend {
+            writeln!(out, "skipped {id}: not for this backend")?;
+        }
         if report.dry_run {
             writeln!(
                 out,
@@ -307,12 +310,7 @@ impl Output {
                     "idempotent {}  (first run {} rows, second run 0)",
                     check.id, check.first_run_rows
                 )?;
-            } else {
-                let err = datamig::Error::NotIdempotent {
-                    id: check.id.clone(),
-                    changes: check.changes.clone(),
-                    second_run_rows: check.second_run_rows,
-                };
+            } else if let Err(err) = check.clone().into_result() {
                 writeln!(out, "NOT idempotent {}: {err}", check.id)?;
             }
         }
@@ -393,14 +391,19 @@ impl Output {
 /// `2 applied, 1 pending, 0 running, 0 drifted, 0 unknown`.
 fn summary(statuses: &[MigrationStatus]) -> String {
     let count = |state| statuses.iter().filter(|s| s.state == state).count();
-    format!(
+    let mut line = format!(
         "{} applied, {} pending, {} running, {} drifted, {} unknown",
         count(State::Applied),
         count(State::Pending),
         count(State::Running),
         count(State::Drifted),
         count(State::Unknown)
-    )
+    );
+    let other = count(State::NotForBackend);
+    if other > 0 {
+        line.push_str(&format!(", {other} not for this backend"));
+    }
+    line
 }
 
 fn state_name(state: State) -> &'static str {
@@ -410,6 +413,7 @@ fn state_name(state: State) -> &'static str {
         State::Running => "running",
         State::Drifted => "drifted",
         State::Unknown => "unknown",
+        State::NotForBackend => "not for this backend",
         _ => "other",
     }
 }

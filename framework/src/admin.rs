@@ -9,63 +9,7 @@ use crate::error::{Drift, Error};
 use crate::ledger::{Action, LedgerWrite};
 use crate::migration::Migration;
 use crate::runner::{MigrationStatus, Migrator, State};
-
-/// A database session, as the server sees it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct SessionInfo {
-    /// The server process id of the session.
-    pub pid: i32,
-    /// The database user.
-    pub user: Option<String>,
-    /// The session's `application_name` (datamig runners use `datamig/<host>/<pid>`).
-    pub application_name: String,
-    /// The client's address, if it connected over TCP.
-    pub client_addr: Option<String>,
-    /// `active`, `idle`, `idle in transaction`, ...
-    pub state: Option<String>,
-    /// How long its transaction has been open, in milliseconds.
-    pub transaction_age_ms: Option<i64>,
-    /// How long it has been in its state, in milliseconds.
-    pub state_age_ms: Option<i64>,
-    /// What it waits for (`Lock`, `Client`, ...).
-    pub wait_event_type: Option<String>,
-    /// The sessions blocking it.
-    pub blocked_by: Vec<i32>,
-    /// Its current or last query (the first 500 characters).
-    pub query: Option<String>,
-}
-
-impl SessionInfo {
-    /// The host and process id of a datamig runner, from its `application_name`.
-    pub fn runner(&self) -> Option<(String, u32)> {
-        let rest = self.application_name.strip_prefix("datamig/")?;
-        let (host, pid) = rest.rsplit_once('/')?;
-        Some((host.to_string(), pid.parse().ok()?))
-    }
-}
-
-/// Whether process `pid` runs on this machine (`/proc`, or `kill -0` where there is no
-/// `/proc`): how `datamig unlock` and SQLite's lock decide that a holder on this host is
-/// gone.
-pub fn local_process_alive(pid: u32) -> bool {
-    if std::path::Path::new("/proc/self").exists() {
-        return std::path::Path::new(&format!("/proc/{pid}")).exists();
-    }
-    std::process::Command::new("kill")
-        .args(["-0", &pid.to_string()])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// The `application_name` of a runner's session: `datamig/<host>/<pid>`.
-pub(crate) fn runner_tag() -> String {
-    format!(
-        "datamig/{}/{}",
-        crate::runner::host_name(),
-        std::process::id()
-    )
-}
+use crate::session::SessionInfo;
 
 /// What `check` found; it changes nothing.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -130,7 +74,7 @@ impl<DB: Backend> Migrator<DB> {
         let migration = self.find(id)?;
         require_reason(reason)?;
         self.with_lock(async |conn| {
-            DB::ensure_ledger(conn, self.ledger_config()).await?;
+            self.prepare_ledger(conn).await?;
             let ledger = DB::read_ledger(conn, self.ledger_config()).await?;
             if ledger.iter().any(|e| e.id == id) {
                 return Err(Error::Config(format!(
@@ -162,7 +106,7 @@ impl<DB: Backend> Migrator<DB> {
         let migration = self.find(id)?;
         require_reason(reason)?;
         self.with_lock(async |conn| {
-            DB::ensure_ledger(conn, self.ledger_config()).await?;
+            self.prepare_ledger(conn).await?;
             let ledger = DB::read_ledger(conn, self.ledger_config()).await?;
             let Some(entry) = ledger.into_iter().find(|e| e.id == id) else {
                 return Err(Error::Config(format!(

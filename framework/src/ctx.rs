@@ -1,10 +1,5 @@
 //! What a migration body receives: its transaction, and a place to report what it did.
 
-use sqlx::SqlSafeStr;
-
-use crate::backend::Backend;
-use crate::migration::Batch;
-
 /// The context of one migration run.
 ///
 /// It holds the migration's transaction: every query run through [`Ctx::tx`] commits
@@ -34,6 +29,7 @@ pub struct Ctx<'c, DB: sqlx::Database> {
     id: &'static str,
     dry_run: bool,
     rows_affected: u64,
+    uncounted_writes: u64,
     notes: Vec<String>,
 }
 
@@ -44,6 +40,7 @@ impl<'c, DB: sqlx::Database> Ctx<'c, DB> {
             id,
             dry_run,
             rows_affected: 0,
+            uncounted_writes: 0,
             notes: Vec::new(),
         }
     }
@@ -82,73 +79,18 @@ impl<'c, DB: sqlx::Database> Ctx<'c, DB> {
         self.rows_affected
     }
 
+    /// Rows the helpers wrote to their own staging tables where the database's write
+    /// counter sees them (SQLite): left out of the rows a run wrote.
+    pub(crate) fn add_uncounted_writes(&mut self, rows: u64) {
+        self.uncounted_writes = self.uncounted_writes.saturating_add(rows);
+    }
+
+    pub(crate) fn uncounted_writes(&self) -> u64 {
+        self.uncounted_writes
+    }
+
     /// The notes recorded so far.
     pub fn notes(&self) -> &[String] {
         &self.notes
-    }
-}
-
-impl<DB: Backend> Ctx<'_, DB> {
-    /// The backend this run is on, `"postgres"` or `"sqlite"`: for the rare statement of a
-    /// migration generic over the backend that must be written in each dialect.
-    pub fn backend(&self) -> &'static str {
-        DB::ID
-    }
-
-    /// Executes one statement in the migration's transaction and adds the rows it affected
-    /// to the ledger's count. Returns that number of rows.
-    ///
-    /// The SQL must be a `&'static str` or wrapped in [`sqlx::AssertSqlSafe`]; bind values
-    /// with `sqlx::query(..).bind(..)` through [`Ctx::tx`] instead of formatting them in.
-    /// In a migration generic over the backend, write SQL both databases accept
-    /// (`lower`, `trim`, `coalesce`, `ON CONFLICT .. DO NOTHING`, `$1` parameters).
-    pub async fn execute(&mut self, sql: impl SqlSafeStr) -> Result<u64, sqlx::Error> {
-        let rows = DB::execute(self.conn, sql.into_sql_str()).await?;
-        self.add_rows_affected(rows);
-        Ok(rows)
-    }
-
-    /// Runs a query whose first column is an integer (`SELECT count(*) ..`,
-    /// `SELECT max(id) ..`) in the migration's transaction and returns its first row's
-    /// value: `None` without a row or for `NULL`. For the checks of a migration generic
-    /// over the backend, where `sqlx::query` would need the backend's own bounds.
-    ///
-    /// ```no_run
-    /// # use datamig::prelude::*;
-    /// # async fn body<DB: Backend>(ctx: &mut Ctx<'_, DB>) -> anyhow::Result<()> {
-    /// let missing = ctx
-    ///     .fetch_i64("SELECT count(*) FROM users WHERE email IS NULL")
-    ///     .await?
-    ///     .unwrap_or(0);
-    /// anyhow::ensure!(missing == 0, "{missing} users have no email; fix them first");
-    /// # Ok(()) }
-    /// ```
-    pub async fn fetch_i64(&mut self, sql: impl SqlSafeStr) -> Result<Option<i64>, sqlx::Error> {
-        DB::fetch_i64(self.conn, sql.into_sql_str()).await
-    }
-
-    /// Executes one statement for the keys of a batch, with `$1` bound to
-    /// [`Batch::after`] and `$2` to [`Batch::last`], and adds the rows it affected to the
-    /// ledger's count. Returns that number of rows.
-    ///
-    /// ```no_run
-    /// # use datamig::prelude::*;
-    /// # async fn body<DB: Backend>(ctx: &mut Ctx<'_, DB>, batch: Batch) -> anyhow::Result<()> {
-    /// ctx.execute_batch(
-    ///     "UPDATE users SET email = lower(email) WHERE id > $1 AND id <= $2 AND email <> lower(email)",
-    ///     &batch,
-    /// )
-    /// .await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn execute_batch(
-        &mut self,
-        sql: impl SqlSafeStr,
-        batch: &Batch,
-    ) -> Result<u64, sqlx::Error> {
-        let rows =
-            DB::execute_batch(self.conn, sql.into_sql_str(), batch.after(), batch.last()).await?;
-        self.add_rows_affected(rows);
-        Ok(rows)
     }
 }

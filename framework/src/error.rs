@@ -87,6 +87,25 @@ pub enum Error {
         applied: Vec<String>,
     },
 
+    /// The `COMMIT` of a migration (or of a batch) returned an error, so whether it
+    /// committed was unknown until the ledger was read again.
+    #[error(
+        "the COMMIT of migration {id} failed ({error}), so its outcome was unknown; the ledger, \
+         read again, shows it {}", match .applied {
+            Some(true) => "applied: it committed, and nothing needs doing",
+            Some(false) => "not applied: it was rolled back, and the next run applies it",
+            None => "nothing, because it could not be read: run `datamig status` to see whether it is applied",
+        }
+    )]
+    CommitOutcome {
+        /// The migration's id.
+        id: String,
+        /// The error the `COMMIT` returned.
+        error: String,
+        /// Whether the ledger, read again, shows it applied (`None`: it could not be read).
+        applied: Option<bool>,
+    },
+
     /// A data migration needs a schema migration that has not been applied.
     #[error(
         "migration {id} needs schema migration {version}, which is not applied \
@@ -100,7 +119,7 @@ pub enum Error {
     },
 
     /// A second run of a migration changed data, or reported rows inserted or updated.
-    #[error("{}", not_idempotent(.id, .changes, *.second_run_rows))]
+    #[error("{}", not_idempotent(.id, .changes, *.second_run_rows, *.second_run_writes))]
     NotIdempotent {
         /// The migration's id.
         id: String,
@@ -108,6 +127,8 @@ pub enum Error {
         changes: Vec<crate::idempotency::TableChange>,
         /// Rows the second run reported as inserted or updated.
         second_run_rows: u64,
+        /// Rows the second run wrote, as the database counted them.
+        second_run_writes: u64,
     },
 
     /// A batched migration interrupted and resumed did not end where an uninterrupted run
@@ -220,6 +241,7 @@ fn not_idempotent(
     id: &str,
     changes: &[crate::idempotency::TableChange],
     second_run_rows: u64,
+    second_run_writes: u64,
 ) -> String {
     let mut message = format!("migration {id} is not idempotent: its second run");
     let mut parts = Vec::new();
@@ -240,6 +262,13 @@ fn not_idempotent(
     if second_run_rows > 0 {
         parts.push(format!(
             " reported {second_run_rows} rows inserted or updated (0 expected)"
+        ));
+    }
+    if second_run_writes > 0 && changes.is_empty() {
+        parts.push(format!(
+            " wrote {second_run_writes} rows, as the database counted them, though the data \
+             ended equal: it rewrites rows with equal values (now(), an unconditional UPDATE, \
+             writes through ctx.tx()); guard its writes so that a second run writes nothing"
         ));
     }
     message.push_str(&parts.join(", and"));

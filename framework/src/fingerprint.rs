@@ -89,6 +89,7 @@ impl FingerprintOptions {
         self.exclude.push(config.ledger_table_name().to_string());
         self.exclude.push(config.runs_table_name().to_string());
         self.exclude.push(config.lock_table_name());
+        self.exclude.push(config.layout_table_name());
         self
     }
 
@@ -103,6 +104,7 @@ impl FingerprintOptions {
         if table == defaults.ledger_table_name()
             || table == defaults.runs_table_name()
             || table == defaults.lock_table_name()
+            || table == defaults.layout_table_name()
         {
             return false;
         }

@@ -9,10 +9,10 @@ use crate::backend::Backend;
 use crate::ctx::Ctx;
 use crate::error::Error;
 use crate::fingerprint::{FingerprintOptions, TableDifference, fingerprint_on, tables};
+use crate::merge::stage_name;
 use crate::migration::{Batch, Code, Migration};
-use crate::runner::{BodyFailure, Migrator, run_caught};
+use crate::runner::{BodyFailure, Migrator, run_caught, writes_since};
 use crate::sql::quote_ident;
-use crate::upsert::stage_name;
 
 /// A table a second run changed, with a few rows that differ.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -39,6 +39,11 @@ pub struct IdempotencyCheck {
     pub first_run_rows: u64,
     /// Rows the second run reported as affected (inserted or updated): 0 when idempotent.
     pub second_run_rows: u64,
+    /// Rows the second run wrote, as the database counted them (PostgreSQL's
+    /// `pg_stat_xact_user_tables`, SQLite's `total_changes()`): 0 when idempotent. A second
+    /// run that rewrites rows with equal values (`now()` in one transaction, writes through
+    /// `ctx.tx()` the helpers do not count) shows here although the data is unchanged.
+    pub second_run_writes: u64,
     /// Tables the second run changed: none when idempotent.
     pub changes: Vec<TableChange>,
 }
@@ -48,19 +53,22 @@ impl IdempotencyCheck {
         id: &str,
         first_run_rows: u64,
         second_run_rows: u64,
+        second_run_writes: u64,
         changes: Vec<TableChange>,
     ) -> Self {
         IdempotencyCheck {
             id: id.to_string(),
             first_run_rows,
             second_run_rows,
+            second_run_writes,
             changes,
         }
     }
 
-    /// Whether the second run changed nothing and reported no row inserted or updated.
+    /// Whether the second run changed nothing, reported no row inserted or updated, and
+    /// wrote no row.
     pub fn is_idempotent(&self) -> bool {
-        self.changes.is_empty() && self.second_run_rows == 0
+        self.changes.is_empty() && self.second_run_rows == 0 && self.second_run_writes == 0
     }
 
     /// The failure this check is, if it is one.
@@ -72,6 +80,7 @@ impl IdempotencyCheck {
                 id: self.id,
                 changes: self.changes,
                 second_run_rows: self.second_run_rows,
+                second_run_writes: self.second_run_writes,
             })
         }
     }
@@ -182,16 +191,20 @@ impl<DB: Backend> Migrator<DB> {
             let mut tx = DB::begin(conn, None).await?;
             let mut checks = Vec::new();
             for migration in pending {
-                let first_run_rows = run_in::<DB>(&mut tx, migration).await?;
+                let (first_run_rows, _) = run_in::<DB>(&mut tx, migration).await?;
                 let before = fingerprint_on::<DB>(&mut tx, &options).await?;
                 let copy = snapshot::<DB>(&mut tx, &options).await?;
-                let second_run_rows = run_in::<DB>(&mut tx, migration).await?;
+                // Both passes share one transaction, so `now()` is equal in both and a
+                // rewrite with equal values leaves the fingerprint as it was: the database's
+                // own write counter sees it.
+                let (second_run_rows, second_run_writes) = run_in::<DB>(&mut tx, migration).await?;
                 let after = fingerprint_on::<DB>(&mut tx, &options).await?;
                 let changes = changes::<DB>(&mut tx, copy, &before.differences(&after)).await?;
                 checks.push(IdempotencyCheck::new(
                     migration.id(),
                     first_run_rows,
                     second_run_rows,
+                    second_run_writes,
                     changes,
                 ));
             }
@@ -204,11 +217,13 @@ impl<DB: Backend> Migrator<DB> {
 }
 
 /// Runs a migration's whole body (every batch, for a batched one) on `conn`, inside the
-/// caller's transaction; returns the rows it reported.
+/// caller's transaction; returns the rows it reported and the rows it wrote, as the
+/// database counted them.
 async fn run_in<DB: Backend>(
     conn: &mut DB::Connection,
     migration: &'static Migration,
-) -> Result<u64, Error> {
+) -> Result<(u64, u64), Error> {
+    let before = DB::write_count(&mut *conn).await?;
     let code = DB::code(migration).ok_or_else(|| Error::UnsupportedBackend {
         id: migration.id().to_string(),
         backend: DB::ID,
@@ -229,9 +244,11 @@ async fn run_in<DB: Backend>(
             run_caught::<DB>(run(&mut ctx))
                 .await
                 .map_err(|f| failed(f, None))?;
-            Ok(ctx.rows_affected())
+            let written = writes_since(&mut ctx, before).await?;
+            Ok((ctx.rows_affected(), written))
         }
         (Code::Batched(run), Some(spec)) => {
+            crate::runner::check_batch_key::<DB>(ctx.tx(), migration.id(), spec, true).await?;
             let (mut after, mut number) = (None, 0);
             while let Some((last, keys)) =
                 DB::next_batch(ctx.tx(), spec.table(), spec.key(), after, spec.size()).await?
@@ -242,7 +259,8 @@ async fn run_in<DB: Backend>(
                     .map_err(|f| failed(f, Some(number)))?;
                 after = Some(last);
             }
-            Ok(ctx.rows_affected())
+            let written = writes_since(&mut ctx, before).await?;
+            Ok((ctx.rows_affected(), written))
         }
         (Code::Batched(_), None) => Err(Error::Config(format!(
             "migration {} is batched but has no batch specification",

@@ -79,6 +79,17 @@ impl LedgerConfig {
         format!("{}_lock", self.ledger_table)
     }
 
+    /// The name of the table that records the ledger's layout version:
+    /// `<ledger table>_layout`.
+    pub(crate) fn layout_table_name(&self) -> String {
+        format!("{}_layout", self.ledger_table)
+    }
+
+    /// The layout table's quoted, schema-qualified name.
+    pub(crate) fn layout_ident(&self) -> String {
+        self.qualify(&self.layout_table_name())
+    }
+
     /// The lock table's quoted, schema-qualified name.
     #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) fn lock_ident(&self) -> String {
@@ -102,10 +113,30 @@ impl LedgerConfig {
         }
     }
 
-    /// The key of the runner lock (a PostgreSQL advisory lock): derived from the ledger's
-    /// name, so that two ledgers in one database do not contend.
+    /// The key of the runner lock (a PostgreSQL advisory lock) for this configuration as
+    /// written: derived from the ledger's name, so that two ledgers in one database do not
+    /// contend. A runner uses [`LedgerConfig::lock_key_in`], which gives the ledger in the
+    /// search path's first schema one key however it is named.
+    ///
+    /// These values are part of datamig's contract: runners of two versions during a
+    /// rolling deploy must take the same lock. Tests pin them.
     pub fn lock_key(&self) -> i64 {
-        let digest = Sha256::digest(format!("datamig:{}", self.ledger_ident()).as_bytes());
+        self.key_of(&self.ledger_ident())
+    }
+
+    /// The runner lock's key with the schema resolved: a ledger in `current_schema` (the
+    /// search path's first, where an unqualified name lands) has the key of the
+    /// unqualified name, so `schema("public")` and no schema are one lock.
+    pub fn lock_key_in(&self, current_schema: &str) -> i64 {
+        if self.schema.as_deref() == Some(current_schema) {
+            self.key_of(&quote_ident(&self.ledger_table))
+        } else {
+            self.lock_key()
+        }
+    }
+
+    fn key_of(&self, ident: &str) -> i64 {
+        let digest = Sha256::digest(format!("datamig:{ident}").as_bytes());
         let mut bytes = [0u8; 8];
         bytes.copy_from_slice(&digest[..8]);
         i64::from_be_bytes(bytes)
@@ -155,6 +186,15 @@ impl LedgerEntry {
         self.status == STATUS_RUNNING
     }
 }
+
+/// The layout of the ledger tables this datamig writes, recorded in `<ledger>_layout`.
+///
+/// 1. `datamig_ledger` and `datamig_runs` (no layout table: a ledger without one is at 1).
+/// 2. The layout table itself, so that later layouts can be recognised and upgraded in place.
+///
+/// A newer datamig upgrades an older ledger in place on its next `run` (which needs a role
+/// that may alter the tables); an older datamig refuses a newer ledger.
+pub(crate) const LAYOUT: i64 = 2;
 
 /// The columns datamig reads and writes in the ledger.
 pub(crate) const LEDGER_COLUMNS: &[&str] = &[
@@ -276,8 +316,15 @@ pub struct Attempt {
 pub enum LedgerWrite {
     /// A new row. The primary key turns a second application into an error.
     Insert,
-    /// The row of an applied migration that runs again: `run_count` goes up.
-    Rerun,
+    /// The row of an applied migration that runs again: `run_count` goes up. Only if the
+    /// row is still the one the run planned from (its checksum and run count), so that two
+    /// runners cannot both count a re-run.
+    Rerun {
+        /// The checksum the row must hold.
+        checksum: String,
+        /// The run count the row must hold.
+        run_count: i32,
+    },
     /// The next batch of a running batched migration: only if the row is still `running` at
     /// the checkpoint this runner started from, so that no batch commits twice.
     Continue {

@@ -49,25 +49,36 @@
 //! does not link a crate that nothing refers to. Give the crate a `pub fn link()` that calls
 //! [`link_marker`] and call it from every binary (see [`registry`]).
 
-mod admin;
-mod backend;
+// Layers, each importing only those above it: data types (`error`, `sql`, `ledger`,
+// `session`, `migration`, `ctx`, `copy`, `bulk`, `merge`); the per-database steps
+// (`backend`); then what is written once over them (`helpers`, `upsert`, `portable`,
+// `runner`, `admin`, `fingerprint`, `idempotency`, `testing`).
+mod error;
+mod sql;
+
 mod bulk;
 mod copy;
 mod ctx;
-mod error;
-mod fingerprint;
-mod idempotency;
 mod ledger;
+mod merge;
 mod migration;
+mod session;
+
+mod backend;
+
+mod admin;
+mod fingerprint;
+mod helpers;
+mod idempotency;
+mod portable;
 pub mod registry;
 mod runner;
-mod sql;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod upsert;
 
-pub use admin::{CheckReport, Doctor, SessionInfo, local_process_alive};
-pub use backend::{Backend, BoxFuture};
+pub use admin::{CheckReport, Doctor};
+pub use backend::Backend;
 pub use bulk::SequenceReset;
 pub use copy::{CopyRow, CopyValue, Value};
 pub use ctx::Ctx;
@@ -77,16 +88,22 @@ pub use fingerprint::{
 };
 pub use idempotency::{IdempotencyCheck, TableChange};
 pub use ledger::{LastRun, LedgerConfig, LedgerEntry};
-pub use migration::{Batch, BatchFn, BatchSpec, Code, Location, Migration, MigrationFn};
+pub use merge::{UpsertMode, UpsertReport};
+pub use migration::{Batch, BatchFn, BatchSpec, BoxFuture, Code, Location, Migration, MigrationFn};
 pub use registry::link_marker;
 pub use runner::{
-    AppliedMigration, MigrationStatus, Migrator, Progress, RunReport, State, StopSignal, host_name,
+    AppliedMigration, MigrationStatus, Migrator, Progress, RunReport, State, StopSignal,
 };
+pub use session::{SessionInfo, host_name, local_process_alive};
 #[cfg(feature = "postgres")]
 pub use sqlx::Postgres;
 #[cfg(feature = "sqlite")]
 pub use sqlx::Sqlite;
-pub use upsert::{Upsert, UpsertMode, UpsertReport};
+pub use upsert::Upsert;
+
+/// The sqlx this datamig is built with, so that an application need not match its version
+/// by hand: `datamig::sqlx::query(..)`.
+pub use sqlx;
 
 /// Registers an `async fn` as a data migration.
 ///
@@ -139,8 +156,8 @@ pub mod prelude {
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::backend::BoxFuture;
-    pub use crate::migration::{Portable, PortableBatched};
+    pub use crate::migration::BoxFuture;
+    pub use crate::portable::{Portable, PortableBatched};
     pub use crate::registry::Registered;
     pub use anyhow;
     pub use inventory;

@@ -7,8 +7,13 @@ use std::time::Duration;
 use crate::Postgres;
 #[cfg(feature = "sqlite")]
 use crate::Sqlite;
-use crate::backend::{Backend, BoxFuture};
+use std::future::Future;
+use std::pin::Pin;
+
 use crate::ctx::Ctx;
+
+/// A boxed, sendable future: the type of a migration body once registered.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The code of a migration for one backend: the body written by the migration's author,
 /// boxed so that it can be stored in a `static`.
@@ -178,24 +183,6 @@ pub struct Migration {
     sqlite: Option<Code<Sqlite>>,
 }
 
-/// A migration body generic over the backend (`async fn m<DB: Backend>(..)`), as the
-/// `#[migration]` attribute wraps it: one function for every backend compiled in.
-#[doc(hidden)]
-pub trait Portable {
-    /// The body, for backend `DB`.
-    fn run<'a, 'c, DB: Backend>(ctx: &'a mut Ctx<'c, DB>) -> BoxFuture<'a, anyhow::Result<()>>;
-}
-
-/// A batched migration body generic over the backend.
-#[doc(hidden)]
-pub trait PortableBatched {
-    /// The body of one batch, for backend `DB`.
-    fn run<'a, 'c, DB: Backend>(
-        ctx: &'a mut Ctx<'c, DB>,
-        batch: Batch,
-    ) -> BoxFuture<'a, anyhow::Result<()>>;
-}
-
 impl Migration {
     /// The unique id, e.g. `20241114_0930_backfill_notification_settings`. Migrations run
     /// in the lexicographic order of their ids.
@@ -362,31 +349,8 @@ impl Migration {
         self
     }
 
-    /// Registers a body generic over the backend for every backend compiled into datamig.
-    #[doc(hidden)]
-    pub const fn portable<P: Portable>(self) -> Self {
-        #[cfg(feature = "postgres")]
-        let this = self.postgres(P::run::<Postgres>);
-        #[cfg(not(feature = "postgres"))]
-        let this = self;
-        #[cfg(feature = "sqlite")]
-        let this = this.sqlite(P::run::<Sqlite>);
-        this
-    }
-
-    /// Registers a batched body generic over the backend for every backend compiled in.
-    #[doc(hidden)]
-    pub const fn portable_batched<P: PortableBatched>(self, spec: BatchSpec) -> Self {
-        #[cfg(feature = "postgres")]
-        let this = self.postgres_batched(P::run::<Postgres>, spec);
-        #[cfg(not(feature = "postgres"))]
-        let this = self;
-        #[cfg(feature = "sqlite")]
-        let this = this.sqlite_batched(P::run::<Sqlite>, spec);
-        this.with_batch(spec)
-    }
-
-    const fn with_batch(mut self, spec: BatchSpec) -> Self {
+    /// Records the batch specification of a batched migration.
+    pub(crate) const fn with_batch(mut self, spec: BatchSpec) -> Self {
         self.batch = Some(spec);
         self
     }

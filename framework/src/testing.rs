@@ -276,10 +276,16 @@ pub async fn check_idempotent<DB: Backend>(
     let after = fingerprint_on::<DB>(&mut conn, &options).await?;
     let changes = changes::<DB>(&mut conn, copy, &before.differences(&after)).await?;
     let second_run_rows = second.applied.first().map_or(0, |a| a.rows_affected);
+    let second_run_writes = second
+        .applied
+        .first()
+        .and_then(|a| a.rows_written)
+        .unwrap_or(0);
     Ok(IdempotencyCheck::new(
         id,
         first_run_rows,
         second_run_rows,
+        second_run_writes,
         changes,
     ))
 }

@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,12 +12,12 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use sqlx::SqlStr;
 
-use crate::admin::SessionInfo;
 use crate::bulk::SequenceReset;
 use crate::error::Error;
 use crate::ledger::{Attempt, LastRun, LedgerConfig, LedgerEntry};
+use crate::merge::{UpsertReport, UpsertRequest};
 use crate::migration::{Code, Migration};
-use crate::upsert::{UpsertReport, UpsertRequest};
+use crate::session::SessionInfo;
 
 /// The steps whose SQL both backends share (in the syntax both accept: `CAST(.. AS bigint)`,
 /// `$N` parameters), for `impl Steps` blocks: their bodies are the
@@ -121,9 +120,6 @@ mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
-/// A boxed, sendable future: the type of a migration body once registered.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
 /// A database datamig can migrate: [`Postgres`](crate::Postgres) and
 /// [`Sqlite`](crate::Sqlite), each behind the cargo feature of the same name (both on by
 /// default).
@@ -163,7 +159,10 @@ pub(crate) mod steps {
         /// This backend's code of a migration, if it has any.
         fn code(migration: &Migration) -> Option<Code<Self>>;
 
-        /// Creates the ledger and run-history tables if they are missing.
+        /// Creates the ledger, run-history and layout tables where they are missing and
+        /// records the current layout: the DDL of a new ledger, and the upgrade of an older
+        /// one. The runner calls it only when the ledger is missing or older, so a role
+        /// without DDL privileges works on a current ledger.
         fn ensure_ledger(
             conn: &mut Self::Connection,
             config: &LedgerConfig,
@@ -205,11 +204,21 @@ pub(crate) mod steps {
             last: i64,
         ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 
-        /// Runs an upsert built by [`crate::Upsert`].
+        /// Runs an upsert built by [`crate::Upsert`]. Returns what it did, and how many rows
+        /// it wrote to temporary staging tables where [`Self::write_count`] counts those.
         fn upsert(
             conn: &mut Self::Connection,
             request: UpsertRequest<'_>,
-        ) -> impl Future<Output = Result<UpsertReport, Error>> + Send;
+        ) -> impl Future<Output = Result<(UpsertReport, u64), Error>> + Send;
+
+        /// Rows written (inserted, updated, deleted) so far by this session's transaction
+        /// (PostgreSQL: `pg_stat_xact_user_tables`, temporary tables left out) or connection
+        /// (SQLite: `total_changes()`), as the database itself counts them: a difference
+        /// of two readings is what ran in between wrote, including rows rewritten with
+        /// equal values.
+        fn write_count(
+            conn: &mut Self::Connection,
+        ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 
         /// Moves the key generators of `table` (sequences, `AUTOINCREMENT`) past its rows.
         fn reset_sequences(
@@ -313,6 +322,15 @@ pub(crate) mod steps {
             size: u32,
         ) -> impl Future<Output = Result<Option<(i64, u64)>, sqlx::Error>> + Send;
 
+        /// What a batched migration's key column is: `None` when the table does not exist;
+        /// otherwise the column (if it exists) with its type, and how many rows batching
+        /// could not reach (`NULL`s, and on SQLite values that are not integers).
+        fn key_column(
+            conn: &mut Self::Connection,
+            table: &str,
+            key: &str,
+        ) -> impl Future<Output = Result<Option<Option<KeyColumn>>, sqlx::Error>> + Send;
+
         /// Whether any key is greater than `after`.
         fn has_keys_after(
             conn: &mut Self::Connection,
@@ -377,6 +395,20 @@ pub(crate) mod steps {
             error: Option<&str>,
         ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
     }
+}
+
+/// A batched migration's key column, as [`steps::Steps::key_column`] finds it. (Public
+/// only to the sealed backend steps; not reachable from outside the crate.)
+#[derive(Debug)]
+pub struct KeyColumn {
+    /// Its type, as the database names it.
+    pub(crate) data_type: String,
+    /// Whether batching supports the type (integers).
+    pub(crate) supported: bool,
+    /// Rows whose key is `NULL`.
+    pub(crate) nulls: i64,
+    /// Rows whose key is not an integer (SQLite, whose columns take any value).
+    pub(crate) not_integers: i64,
 }
 
 /// One holding of the runner lock by this process, live from its creation to its drop.

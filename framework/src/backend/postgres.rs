@@ -6,15 +6,15 @@ use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::{AssertSqlSafe, Connection, Executor, Postgres, Row, SqlSafeStr};
 
 use super::steps::Steps;
-use super::{Backend, LockToken};
-use crate::admin::SessionInfo;
+use super::{Backend, KeyColumn, LockToken};
 use crate::bulk::SequenceReset;
 use crate::copy::RowSink;
 use crate::error::Error;
-use crate::ledger::{Attempt, LastRun, LedgerConfig, LedgerWrite};
+use crate::ledger::{Attempt, LAYOUT, LastRun, LedgerConfig, LedgerWrite};
+use crate::merge::{NextRow, Plan, Source, UpsertReport, UpsertRequest, stage_name};
 use crate::migration::{Code, Migration};
+use crate::session::SessionInfo;
 use crate::sql::quote_ident;
-use crate::upsert::{NextRow, Plan, Source, UpsertReport, UpsertRequest, stage_name};
 
 impl Backend for Postgres {}
 
@@ -34,6 +34,7 @@ impl Steps for Postgres {
     ) -> Result<(), sqlx::Error> {
         let ledger = config.ledger_ident();
         let runs = config.runs_ident();
+        let layout = config.layout_ident();
         let index = quote_ident(&format!("{}_by_migration", config.runs_table_name()));
         let schema = match config.schema_name() {
             Some(schema) => format!("CREATE SCHEMA IF NOT EXISTS {};", quote_ident(schema)),
@@ -76,7 +77,13 @@ impl Steps for Postgres {
                 host          text NOT NULL,
                 app_version   text
             );
-            CREATE INDEX IF NOT EXISTS {index} ON {runs} (migration_id, run_id);"
+            CREATE INDEX IF NOT EXISTS {index} ON {runs} (migration_id, run_id);
+            CREATE TABLE IF NOT EXISTS {layout} (
+                version     integer NOT NULL,
+                upgraded_at timestamptz NOT NULL DEFAULT now()
+            );
+            DELETE FROM {layout};
+            INSERT INTO {layout} (version) VALUES ({LAYOUT});"
         );
         sqlx::raw_sql(AssertSqlSafe(ddl)).execute(conn).await?;
         Ok(())
@@ -109,8 +116,19 @@ impl Steps for Postgres {
     async fn upsert(
         conn: &mut PgConnection,
         request: UpsertRequest<'_>,
-    ) -> Result<UpsertReport, Error> {
-        upsert(conn, request).await
+    ) -> Result<(UpsertReport, u64), Error> {
+        // Staging tables are temporary, which `write_count` leaves out.
+        Ok((upsert(conn, request).await?, 0))
+    }
+
+    async fn write_count(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint
+             FROM pg_stat_xact_user_tables WHERE schemaname NOT LIKE 'pg\\_temp\\_%'",
+        )
+        .fetch_one(conn)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn reset_sequences(
@@ -142,18 +160,26 @@ impl Steps for Postgres {
             let column: String = row.try_get("column_name")?;
             let sequence: String = row.try_get("sequence")?;
             let col = quote_ident(&column);
-            // The next insert gets max + increment, or the sequence's start when empty.
+            // Never backwards, also while the application inserts: the sequence moves only
+            // when the column's maximum has reached the value it would hand out next, and
+            // then to that maximum; reading the sequence and moving it happen in one
+            // expression. Descending sequences are left as they are.
             let sql = format!(
-                "SELECT setval($1::regclass, COALESCE(m.max, seq.seqstart), m.max IS NOT NULL),
-                        m.max IS NOT NULL, seq.seqincrement
-                 FROM pg_sequence seq, (SELECT max({col})::bigint AS max FROM {quoted}) AS m
-                 WHERE seq.seqrelid = $1::regclass"
+                "WITH seq AS (
+                     SELECT pg_sequence_last_value($1::regclass) AS last,
+                            s.seqstart AS start, s.seqincrement AS inc
+                     FROM pg_sequence s WHERE s.seqrelid = $1::regclass),
+                 m AS (SELECT max({col})::bigint AS max FROM {quoted})
+                 SELECT CASE
+                     WHEN seq.inc > 0 AND m.max IS NOT NULL AND m.max >= COALESCE(seq.last + seq.inc, seq.start)
+                     THEN setval($1::regclass, m.max, true) + seq.inc
+                     ELSE COALESCE(seq.last + seq.inc, seq.start) END
+                 FROM seq, m"
             );
-            let (set, called, increment): (i64, bool, i64) = sqlx::query_as(AssertSqlSafe(sql))
+            let next_value: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
                 .bind(&sequence)
                 .fetch_one(&mut *conn)
                 .await?;
-            let next_value = if called { set + increment } else { set };
             resets.push(SequenceReset {
                 table: table.to_string(),
                 column,
@@ -303,8 +329,9 @@ impl Steps for Postgres {
     ) -> Result<bool, sqlx::Error> {
         // A session-level advisory lock: it dies with the session, so a runner that is
         // killed cannot leave it behind.
+        let key = lock_key(&mut *conn, config).await?;
         sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(config.lock_key())
+            .bind(key)
             .fetch_one(conn)
             .await
     }
@@ -314,8 +341,9 @@ impl Steps for Postgres {
         config: &LedgerConfig,
         _token: &LockToken,
     ) -> Result<(), sqlx::Error> {
+        let key = lock_key(&mut *conn, config).await?;
         sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(config.lock_key())
+            .bind(key)
             .execute(conn)
             .await?;
         Ok(())
@@ -367,12 +395,12 @@ impl Steps for Postgres {
                      duration_ms, rows_affected, notes, host, app_version, status, checkpoint, batches)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
             ),
-            LedgerWrite::Rerun => format!(
+            LedgerWrite::Rerun { .. } => format!(
                 "UPDATE {ledger} SET checksum = $2, revision = $3, description = $4,
                      started_at = $5, finished_at = $6, duration_ms = $7, rows_affected = $8,
                      notes = $9, host = $10, app_version = $11, status = $12, checkpoint = $13,
                      batches = $14, applied_by = current_user, run_count = run_count + 1
-                 WHERE id = $1"
+                 WHERE id = $1 AND checksum = $15 AND run_count = $16"
             ),
             LedgerWrite::Accept => unreachable!("handled above"),
             LedgerWrite::Continue { .. } => format!(
@@ -383,9 +411,15 @@ impl Steps for Postgres {
                  WHERE id = $1 AND status = 'running' AND checkpoint IS NOT DISTINCT FROM $15"
             ),
         };
-        let expected = match &a.write {
-            LedgerWrite::Continue { expected } => expected.clone(),
-            _ => None,
+        // `$15` is what the row must hold: the checkpoint of a batch, the checksum of a
+        // re-run (whose run count is bound last).
+        let (expected, run_count) = match &a.write {
+            LedgerWrite::Continue { expected } => (expected.clone(), None),
+            LedgerWrite::Rerun {
+                checksum,
+                run_count,
+            } => (Some(checksum.clone()), Some(*run_count)),
+            _ => (None, None),
         };
         let done = sqlx::query(AssertSqlSafe(sql))
             .bind(a.id)
@@ -403,9 +437,53 @@ impl Steps for Postgres {
             .bind(&a.checkpoint)
             .bind(i64::try_from(a.batches).unwrap_or(i64::MAX))
             .bind(expected)
+            .bind(run_count)
             .execute(conn)
             .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn key_column(
+        conn: &mut PgConnection,
+        table: &str,
+        key: &str,
+    ) -> Result<Option<Option<KeyColumn>>, sqlx::Error> {
+        let table_ident = quote_ident(table);
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(&table_ident)
+            .fetch_one(&mut *conn)
+            .await?;
+        if !exists {
+            return Ok(None);
+        }
+        let column: Option<(String, String, bool)> = sqlx::query_as(
+            "SELECT format_type(a.atttypid, a.atttypmod), t.typname::text, a.attnotnull
+             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+             WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+        )
+        .bind(&table_ident)
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some((data_type, typname, not_null)) = column else {
+            return Ok(Some(None));
+        };
+        let nulls = if not_null {
+            0
+        } else {
+            sqlx::query_scalar(AssertSqlSafe(format!(
+                "SELECT count(*) FROM {table_ident} WHERE {} IS NULL",
+                quote_ident(key)
+            )))
+            .fetch_one(&mut *conn)
+            .await?
+        };
+        Ok(Some(Some(KeyColumn {
+            data_type,
+            supported: matches!(typname.as_str(), "int2" | "int4" | "int8"),
+            nulls,
+            not_integers: 0,
+        })))
     }
 
     async fn estimate_rows(
@@ -434,7 +512,7 @@ impl Steps for Postgres {
         conn: &mut PgConnection,
         config: &LedgerConfig,
     ) -> Result<Vec<SessionInfo>, sqlx::Error> {
-        let key = config.lock_key();
+        let key = lock_key(&mut *conn, config).await?;
         // A bigint advisory key is stored as two 32-bit halves.
         let sql = format!(
             "{SESSION_COLUMNS} FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
@@ -537,6 +615,21 @@ impl Steps for Postgres {
             .await?;
         Ok(())
     }
+}
+
+/// The runner lock's key, with the ledger's schema resolved against this session's
+/// `current_schema()` (asked only when a schema is configured).
+async fn lock_key(conn: &mut PgConnection, config: &LedgerConfig) -> Result<i64, sqlx::Error> {
+    if config.schema_name().is_none() {
+        return Ok(config.lock_key());
+    }
+    let current: Option<String> = sqlx::query_scalar("SELECT current_schema()::text")
+        .fetch_one(conn)
+        .await?;
+    Ok(match current {
+        Some(current) => config.lock_key_in(&current),
+        None => config.lock_key(),
+    })
 }
 
 const SESSION_COLUMNS: &str = "SELECT a.pid, a.usename::text AS db_user, COALESCE(a.application_name, '') AS application_name,

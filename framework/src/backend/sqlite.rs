@@ -15,15 +15,15 @@ use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{AssertSqlSafe, Connection, Row, Sqlite};
 
 use super::steps::Steps;
-use super::{Backend, LockToken, os_user};
-use crate::admin::{SessionInfo, local_process_alive};
+use super::{Backend, KeyColumn, LockToken, os_user};
 use crate::bulk::SequenceReset;
 use crate::copy::{RowSink, Value};
 use crate::error::Error;
-use crate::ledger::{Attempt, LastRun, LedgerConfig, LedgerWrite};
+use crate::ledger::{Attempt, LAYOUT, LastRun, LedgerConfig, LedgerWrite};
+use crate::merge::{Plan, Source, UpsertMode, UpsertReport, UpsertRequest, stage_name};
 use crate::migration::{Code, Migration};
+use crate::session::{SessionInfo, host_name, local_process_alive};
 use crate::sql::quote_ident;
-use crate::upsert::{Plan, Source, UpsertMode, UpsertReport, UpsertRequest, stage_name};
 
 /// How long a statement waits for another connection's write lock when the migration sets
 /// no `lock_timeout`: sqlx's default busy timeout.
@@ -51,6 +51,7 @@ impl Steps for Sqlite {
     ) -> Result<(), sqlx::Error> {
         let ledger = config.ledger_ident();
         let runs = config.runs_ident();
+        let layout = config.layout_ident();
         // An index is created in the schema of its table, named without it.
         let index = match config.schema_name() {
             Some(schema) => format!(
@@ -97,7 +98,13 @@ impl Steps for Sqlite {
                 host          TEXT NOT NULL,
                 app_version   TEXT
             );
-            CREATE INDEX IF NOT EXISTS {index} ON {runs_table} (migration_id, run_id);"
+            CREATE INDEX IF NOT EXISTS {index} ON {runs_table} (migration_id, run_id);
+            CREATE TABLE IF NOT EXISTS {layout} (
+                version     INTEGER NOT NULL,
+                upgraded_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+            );
+            DELETE FROM {layout};
+            INSERT INTO {layout} (version) VALUES ({LAYOUT});"
         );
         sqlx::raw_sql(AssertSqlSafe(ddl)).execute(conn).await?;
         Ok(())
@@ -136,8 +143,15 @@ impl Steps for Sqlite {
     async fn upsert(
         conn: &mut SqliteConnection,
         request: UpsertRequest<'_>,
-    ) -> Result<UpsertReport, Error> {
+    ) -> Result<(UpsertReport, u64), Error> {
         upsert(conn, request).await
+    }
+
+    async fn write_count(conn: &mut SqliteConnection) -> Result<u64, sqlx::Error> {
+        let n: i64 = sqlx::query_scalar("SELECT total_changes()")
+            .fetch_one(conn)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn reset_sequences(
@@ -170,7 +184,8 @@ impl Steps for Sqlite {
         )))
         .fetch_one(&mut *conn)
         .await?;
-        let updated = sqlx::query("UPDATE sqlite_sequence SET seq = $2 WHERE name = $1")
+        // Never backwards: the counter keeps its value when it is already past the rows.
+        let updated = sqlx::query("UPDATE sqlite_sequence SET seq = max(seq, $2) WHERE name = $1")
             .bind(table)
             .bind(max)
             .execute(&mut *conn)
@@ -183,11 +198,15 @@ impl Steps for Sqlite {
                 .execute(&mut *conn)
                 .await?;
         }
+        let seq: i64 = sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = $1")
+            .bind(table)
+            .fetch_one(&mut *conn)
+            .await?;
         Ok(vec![SequenceReset {
             table: table.to_string(),
             column,
             sequence: "sqlite_sequence".to_string(),
-            next_value: max + 1,
+            next_value: seq + 1,
         }])
     }
 
@@ -373,12 +392,12 @@ impl Steps for Sqlite {
                      applied_by)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $16)"
             ),
-            LedgerWrite::Rerun => format!(
+            LedgerWrite::Rerun { .. } => format!(
                 "UPDATE {ledger} SET checksum = $2, revision = $3, description = $4,
                      started_at = $5, finished_at = $6, duration_ms = $7, rows_affected = $8,
                      notes = $9, host = $10, app_version = $11, status = $12, checkpoint = $13,
                      batches = $14, applied_by = $16, run_count = run_count + 1
-                 WHERE id = $1"
+                 WHERE id = $1 AND checksum = $15 AND run_count = $17"
             ),
             LedgerWrite::Accept => unreachable!("handled above"),
             LedgerWrite::Continue { .. } => format!(
@@ -389,9 +408,15 @@ impl Steps for Sqlite {
                  WHERE id = $1 AND status = 'running' AND checkpoint IS $15"
             ),
         };
-        let expected = match &a.write {
-            LedgerWrite::Continue { expected } => expected.clone(),
-            _ => None,
+        // `$15` is what the row must hold: the checkpoint of a batch, the checksum of a
+        // re-run (whose run count is bound last).
+        let (expected, run_count) = match &a.write {
+            LedgerWrite::Continue { expected } => (expected.clone(), None),
+            LedgerWrite::Rerun {
+                checksum,
+                run_count,
+            } => (Some(checksum.clone()), Some(*run_count)),
+            _ => (None, None),
         };
         let done = sqlx::query(AssertSqlSafe(sql))
             .bind(a.id)
@@ -410,9 +435,47 @@ impl Steps for Sqlite {
             .bind(i64::try_from(a.batches).unwrap_or(i64::MAX))
             .bind(expected)
             .bind(os_user())
+            .bind(run_count)
             .execute(conn)
             .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn key_column(
+        conn: &mut SqliteConnection,
+        table: &str,
+        key: &str,
+    ) -> Result<Option<Option<KeyColumn>>, sqlx::Error> {
+        if !table_exists(conn, None, table).await? {
+            return Ok(None);
+        }
+        // Looked up by name: in SQL, a double-quoted name that matches no column would be
+        // read as a string literal, and every comparison with it would quietly succeed.
+        let column: Option<String> =
+            sqlx::query_scalar("SELECT type FROM pragma_table_info($1) WHERE name = $2")
+                .bind(table)
+                .bind(key)
+                .fetch_optional(&mut *conn)
+                .await?;
+        let Some(data_type) = column else {
+            return Ok(Some(None));
+        };
+        let (table, key) = (quote_ident(table), quote_ident(key));
+        let (nulls, not_integers): (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT count(*) FILTER (WHERE {key} IS NULL),
+                    count(*) FILTER (WHERE {key} IS NOT NULL AND typeof({key}) <> 'integer')
+             FROM {table}"
+        )))
+        .fetch_one(&mut *conn)
+        .await?;
+        // SQLite's integer affinity: a declared type containing INT.
+        let supported = data_type.to_ascii_uppercase().contains("INT");
+        Ok(Some(Some(KeyColumn {
+            data_type,
+            supported,
+            nulls,
+            not_integers,
+        })))
     }
 
     async fn estimate_rows(
@@ -592,7 +655,7 @@ async fn take_lock_row(
     )))
     .execute(&mut *conn)
     .await?;
-    let host = crate::runner::host_name();
+    let host = host_name();
     let pid = i64::from(std::process::id());
     for _ in 0..2 {
         let taken = sqlx::query(AssertSqlSafe(format!(
@@ -670,7 +733,7 @@ async fn row_text(
 async fn upsert(
     conn: &mut SqliteConnection,
     request: UpsertRequest<'_>,
-) -> Result<UpsertReport, Error> {
+) -> Result<(UpsertReport, u64), Error> {
     let distinct = |current: &str, incoming: &str| format!("({current}) IS NOT ({incoming})");
     let stage = stage_name("stage");
     let plan = match &request.source {
@@ -716,7 +779,7 @@ async fn merge(
     request: UpsertRequest<'_>,
     plan: &Plan,
     stage: &str,
-) -> Result<UpsertReport, Error> {
+) -> Result<(UpsertReport, u64), Error> {
     let UpsertRequest {
         target,
         table,
@@ -724,6 +787,7 @@ async fn merge(
         source,
         mode,
     } = request;
+    let staged_rows = matches!(source, Source::Rows { .. });
     if let Source::Rows {
         columns, mut next, ..
     } = source
@@ -787,11 +851,15 @@ async fn merge(
     } else {
         (changed, 0)
     };
-    Ok(UpsertReport {
+    let report = UpsertReport {
         inserted,
         updated,
         unchanged: total.saturating_sub(inserted + updated),
-    })
+    };
+    // Rust values were staged with `INSERT`s, which `total_changes()` counts; rows of a
+    // query were staged by `CREATE TABLE .. AS`, which it does not.
+    let staged = if staged_rows { total } else { 0 };
+    Ok((report, staged))
 }
 
 /// Inserts the staged values (whole rows of `per_row` values) into the staging table.

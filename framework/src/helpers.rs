@@ -1,0 +1,131 @@
+//! The SQL helpers of [`Ctx`] written once over [`Backend`]: statements counted for the
+//! ledger, a batch's bounds bound, sequences reset and statistics refreshed after a load.
+//! (The upsert builder has a file of its own, `upsert.rs`.)
+
+use sqlx::SqlSafeStr;
+
+use crate::backend::Backend;
+use crate::bulk::SequenceReset;
+use crate::ctx::Ctx;
+use crate::error::Error;
+use crate::migration::Batch;
+use crate::sql::check_name;
+
+impl<DB: Backend> Ctx<'_, DB> {
+    /// The backend this run is on, `"postgres"` or `"sqlite"`: for the rare statement of a
+    /// migration generic over the backend that must be written in each dialect.
+    pub fn backend(&self) -> &'static str {
+        DB::ID
+    }
+
+    /// Executes one statement in the migration's transaction and adds the rows it affected
+    /// to the ledger's count. Returns that number of rows.
+    ///
+    /// The SQL must be a `&'static str` or wrapped in [`sqlx::AssertSqlSafe`]; bind values
+    /// with `sqlx::query(..).bind(..)` through [`Ctx::tx`] instead of formatting them in.
+    /// In a migration generic over the backend, write SQL both databases accept
+    /// (`lower`, `trim`, `coalesce`, `ON CONFLICT .. DO NOTHING`, `$1` parameters).
+    pub async fn execute(&mut self, sql: impl SqlSafeStr) -> Result<u64, sqlx::Error> {
+        let rows = DB::execute(self.tx(), sql.into_sql_str()).await?;
+        self.add_rows_affected(rows);
+        Ok(rows)
+    }
+
+    /// Runs a query whose first column is an integer (`SELECT count(*) ..`,
+    /// `SELECT max(id) ..`) in the migration's transaction and returns its first row's
+    /// value: `None` without a row or for `NULL`. For the checks of a migration generic
+    /// over the backend, where `sqlx::query` would need the backend's own bounds.
+    ///
+    /// ```no_run
+    /// # use datamig::prelude::*;
+    /// # async fn body<DB: Backend>(ctx: &mut Ctx<'_, DB>) -> anyhow::Result<()> {
+    /// let missing = ctx
+    ///     .fetch_i64("SELECT count(*) FROM users WHERE email IS NULL")
+    ///     .await?
+    ///     .unwrap_or(0);
+    /// anyhow::ensure!(missing == 0, "{missing} users have no email; fix them first");
+    /// # Ok(()) }
+    /// ```
+    pub async fn fetch_i64(&mut self, sql: impl SqlSafeStr) -> Result<Option<i64>, sqlx::Error> {
+        DB::fetch_i64(self.tx(), sql.into_sql_str()).await
+    }
+
+    /// Executes one statement for the keys of a batch, with `$1` bound to
+    /// [`Batch::after`] and `$2` to [`Batch::last`], and adds the rows it affected to the
+    /// ledger's count. Returns that number of rows.
+    ///
+    /// ```no_run
+    /// # use datamig::prelude::*;
+    /// # async fn body<DB: Backend>(ctx: &mut Ctx<'_, DB>, batch: Batch) -> anyhow::Result<()> {
+    /// ctx.execute_batch(
+    ///     "UPDATE users SET email = lower(email) WHERE id > $1 AND id <= $2 AND email <> lower(email)",
+    ///     &batch,
+    /// )
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute_batch(
+        &mut self,
+        sql: impl SqlSafeStr,
+        batch: &Batch,
+    ) -> Result<u64, sqlx::Error> {
+        let rows =
+            DB::execute_batch(self.tx(), sql.into_sql_str(), batch.after(), batch.last()).await?;
+        self.add_rows_affected(rows);
+        Ok(rows)
+    }
+}
+
+impl<DB: Backend> Ctx<'_, DB> {
+    /// Moves the key generator of every generated key column of each table past the
+    /// column's maximum, so the next insert gets `max + 1` (or the start on an empty
+    /// table): on PostgreSQL the sequences behind `serial` and identity columns, on SQLite
+    /// the `AUTOINCREMENT` counter. Tables are single identifiers, quoted.
+    ///
+    /// ```no_run
+    /// # use datamig::prelude::*;
+    /// # async fn body(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
+    /// // After copying users and orders with their ids:
+    /// ctx.reset_sequences(["users", "orders"]).await?;
+    /// ctx.analyze(["users", "orders"]).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a table that does not exist; [`Error::Database`] otherwise
+    /// (for instance without `UPDATE` on a sequence).
+    pub async fn reset_sequences<S: AsRef<str>>(
+        &mut self,
+        tables: impl IntoIterator<Item = S>,
+    ) -> Result<Vec<SequenceReset>, Error> {
+        let mut resets = Vec::new();
+        for table in tables {
+            let table = table.as_ref();
+            check_name("table", table)?;
+            resets.extend(DB::reset_sequences(self.tx(), table).await?);
+        }
+        Ok(resets)
+    }
+
+    /// Runs `ANALYZE` on each table, so the planner sees the data just loaded.
+    ///
+    /// PostgreSQL lets only a table's owner (or a superuser) analyse it, and for anyone else
+    /// it only warns and skips the table: this helper checks first and fails instead.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a table that does not exist or that the current role may not
+    /// analyse; [`Error::Database`] otherwise.
+    pub async fn analyze<S: AsRef<str>>(
+        &mut self,
+        tables: impl IntoIterator<Item = S>,
+    ) -> Result<(), Error> {
+        for table in tables {
+            let table = table.as_ref();
+            check_name("table", table)?;
+            DB::analyze(self.tx(), table).await?;
+        }
+        Ok(())
+    }
+}

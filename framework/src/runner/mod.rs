@@ -1,0 +1,469 @@
+//! The runner: the database-independent algorithm of `run` and `status`, written once
+//! over [`Backend`].
+//!
+//! One `run` (`run_locked`): take the runner lock (`lock`), create the ledger if missing
+//! and read it, derive the plan (`plan`, pure), stop on drift, then apply each pending
+//! migration in its own transaction together with its ledger row (`apply`), or batch by
+//! batch with its checkpoint (`batch`), in id order, and release the lock. `report` holds
+//! what a run returns and `status`.
+
+mod apply;
+mod batch;
+mod layout;
+mod lock;
+mod plan;
+mod report;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::Pool;
+use sqlx::pool::PoolConnection;
+
+use crate::backend::Backend;
+use crate::error::Error;
+use crate::ledger::LedgerConfig;
+use crate::migration::{Code, Migration};
+use crate::registry;
+
+use apply::Failure;
+pub(crate) use apply::{BodyFailure, run_caught, writes_since};
+pub(crate) use batch::check_batch_key;
+use plan::{Mode, Plan};
+pub use report::{AppliedMigration, MigrationStatus, Progress, RunReport, State};
+
+/// The warning of a run whose binary registers no migration at all while the ledger holds
+/// `applied` rows: the crate of migrations is almost certainly not linked.
+fn unlinked_warning(applied: usize) -> String {
+    format!(
+        "no migration is registered in this binary, yet the ledger holds {applied} applied \
+         migration(s): the crate that defines the migrations is probably not linked. Call its \
+         `link()` (a function calling `datamig::link_marker`) from main before running datamig"
+    )
+}
+
+/// A callback for [`Progress`] events.
+type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// Runs data migrations against one database.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), datamig::Error> {
+/// use std::time::Duration;
+///
+/// let report = datamig::Migrator::new(pool)
+///     .lock_timeout(Duration::from_secs(5))
+///     .app_version("2.14.0")
+///     .run()
+///     .await?;
+/// for applied in &report.applied {
+///     println!("applied {} ({} rows)", applied.id, applied.rows_affected);
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Migrator<DB: Backend> {
+    pool: Pool<DB>,
+    source: Option<Vec<&'static Migration>>,
+    ledger: LedgerConfig,
+    runner_lock_timeout: Duration,
+    lock_timeout: Option<Duration>,
+    statement_timeout: Option<Duration>,
+    app_version: Option<String>,
+    dry_run: bool,
+    progress: Option<ProgressFn>,
+    interrupt_after_batches: Option<u64>,
+    only: Option<String>,
+    up_to: Option<String>,
+    stop: Option<StopSignal>,
+}
+
+/// Asks a run to stop at the next transaction boundary: after the migration or batch in
+/// progress commits (or rolls back), before the next one begins. Clone it into a Ctrl-C
+/// handler.
+#[derive(Clone, Debug, Default)]
+pub struct StopSignal(Arc<std::sync::atomic::AtomicBool>);
+
+impl StopSignal {
+    /// A signal not raised yet.
+    pub fn new() -> Self {
+        StopSignal::default()
+    }
+
+    /// Raises the signal.
+    pub fn stop(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether it was raised.
+    pub fn is_stopped(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl<DB: Backend> Clone for Migrator<DB> {
+    fn clone(&self) -> Self {
+        Migrator {
+            pool: self.pool.clone(),
+            source: self.source.clone(),
+            ledger: self.ledger.clone(),
+            runner_lock_timeout: self.runner_lock_timeout,
+            lock_timeout: self.lock_timeout,
+            statement_timeout: self.statement_timeout,
+            app_version: self.app_version.clone(),
+            dry_run: self.dry_run,
+            progress: self.progress.clone(),
+            interrupt_after_batches: self.interrupt_after_batches,
+            only: self.only.clone(),
+            up_to: self.up_to.clone(),
+            stop: self.stop.clone(),
+        }
+    }
+}
+
+impl<DB: Backend> std::fmt::Debug for Migrator<DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Migrator")
+            .field("ledger", &self.ledger)
+            .field("runner_lock_timeout", &self.runner_lock_timeout)
+            .field("lock_timeout", &self.lock_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("app_version", &self.app_version)
+            .field("dry_run", &self.dry_run)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<DB: Backend> Migrator<DB> {
+    /// A migrator for every registered migration, with the default ledger tables.
+    pub fn new(pool: Pool<DB>) -> Self {
+        Migrator {
+            pool,
+            source: None,
+            ledger: LedgerConfig::default(),
+            runner_lock_timeout: Duration::from_secs(60),
+            lock_timeout: None,
+            statement_timeout: None,
+            app_version: None,
+            dry_run: false,
+            progress: None,
+            interrupt_after_batches: None,
+            only: None,
+            up_to: None,
+            stop: None,
+        }
+    }
+
+    /// Applies only this pending migration (`run --only ID`); the others stay pending.
+    /// Drift anywhere still stops the run.
+    pub fn only(mut self, id: impl Into<String>) -> Self {
+        self.only = Some(id.into());
+        self
+    }
+
+    /// Applies pending migrations up to and including this id (`run --to ID`).
+    pub fn up_to(mut self, id: impl Into<String>) -> Self {
+        self.up_to = Some(id.into());
+        self
+    }
+
+    /// Stops the run at the next transaction boundary once `signal` is raised, with
+    /// [`Error::Stopped`].
+    pub fn stop_on(mut self, signal: StopSignal) -> Self {
+        self.stop = Some(signal);
+        self
+    }
+
+    /// The pool this migrator migrates.
+    pub fn pool(&self) -> &Pool<DB> {
+        &self.pool
+    }
+
+    pub(crate) fn only_id(&self) -> Option<&str> {
+        self.only.as_deref()
+    }
+
+    pub(crate) fn ledger_config(&self) -> &LedgerConfig {
+        &self.ledger
+    }
+
+    /// Calls `report` after every committed batch of a batched migration (a CLI turns it
+    /// into a progress bar).
+    pub fn on_progress(mut self, report: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(report));
+        self
+    }
+
+    /// Fault injection, for tests: stops the run with [`Error::Interrupted`] after this
+    /// many batches of a batched migration have committed, as a crash would, leaving the
+    /// migration `running` at its checkpoint.
+    pub fn interrupt_after_batches(mut self, batches: u64) -> Self {
+        self.interrupt_after_batches = Some(batches);
+        self
+    }
+
+    /// Runs exactly these migrations instead of every registered one (sorted by id; duplicate
+    /// ids are rejected when the migrator runs).
+    ///
+    /// ```no_run
+    /// # use datamig::prelude::*;
+    /// #[datamig::migration(id = "20241114_0930_backfill")]
+    /// async fn backfill(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> { Ok(()) }
+    ///
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), datamig::Error> {
+    /// datamig::Migrator::new(pool).migrations([&backfill::MIGRATION]).run().await?;
+    /// # Ok(()) }
+    /// # fn main() {}
+    /// ```
+    pub fn migrations(mut self, migrations: impl IntoIterator<Item = &'static Migration>) -> Self {
+        self.source = Some(migrations.into_iter().collect());
+        self
+    }
+
+    /// Where the ledger and run history live (table names and schema).
+    pub fn ledger(mut self, config: LedgerConfig) -> Self {
+        self.ledger = config;
+        self
+    }
+
+    /// How long `run` waits for another runner to release the runner lock before it fails
+    /// with [`Error::LockTimeout`] (default 60 s). It never waits forever.
+    pub fn runner_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.runner_lock_timeout = timeout;
+        self
+    }
+
+    /// The database's `lock_timeout` inside each migration's transaction, unless the
+    /// migration sets its own: a migration waiting for a row or table lock longer than this
+    /// fails instead of stalling the application behind it. On SQLite, how long a
+    /// migration's transaction waits for the database's write lock (5 s by default).
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = Some(timeout);
+        self
+    }
+
+    /// The database's `statement_timeout` inside each migration's transaction, unless the
+    /// migration sets its own. SQLite has none: there it has no effect.
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = Some(timeout);
+        self
+    }
+
+    /// A version string of the application, recorded in the ledger and run history.
+    pub fn app_version(mut self, version: impl Into<String>) -> Self {
+        self.app_version = Some(version.into());
+        self
+    }
+
+    /// Executes each pending migration inside its transaction, reports rows affected, and
+    /// rolls back: nothing the migrations do is kept and nothing is recorded. (The ledger
+    /// tables themselves are created if missing.) A batched migration runs its first batch
+    /// only.
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+
+    /// The migrations this migrator runs, sorted by id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DuplicateId`] when two share an id.
+    pub fn load(&self) -> Result<Vec<&'static Migration>, Error> {
+        match &self.source {
+            Some(list) => registry::validate(list.iter().copied()),
+            None => registry::load(),
+        }
+    }
+    /// Applies every pending migration, in id order, each exactly once.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::LockTimeout`]: another runner held the lock for too long; nothing ran.
+    /// - [`Error::Drift`]: applied migrations changed; nothing ran.
+    /// - [`Error::MigrationFailed`]: a migration failed or panicked; it was rolled back and
+    ///   recorded in the run history, and the run stopped. Migrations applied before it
+    ///   stay applied.
+    /// - [`Error::Database`], [`Error::DuplicateId`], [`Error::UnsupportedBackend`],
+    ///   [`Error::Config`].
+    pub async fn run(&self) -> Result<RunReport, Error> {
+        self.run_with(Mode::Pending).await
+    }
+
+    /// Runs one applied migration again, although the ledger says it is done: for a
+    /// migration that converges (re-running it is safe), e.g. after restoring data. The
+    /// ledger row is updated (`run_count` goes up, the checksum becomes the code's) and the
+    /// run history records a `rerun`. Other migrations are not looked at.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownId`] when no migration has the id; [`Error::Config`] when it is not
+    /// applied yet (use [`Migrator::run`]); otherwise as [`Migrator::run`].
+    pub async fn rerun(&self, id: &str) -> Result<RunReport, Error> {
+        self.run_with(Mode::Rerun(id.to_string())).await
+    }
+
+    async fn run_with(&self, mode: Mode) -> Result<RunReport, Error> {
+        self.ledger.validate()?;
+        let migrations = self.load()?;
+        let unsupported = |m: &Migration| Error::UnsupportedBackend {
+            id: m.id().to_string(),
+            backend: DB::ID,
+            available: m.backends().join(", "),
+        };
+        // Naming one migration that has no code here is an error; a run of everything
+        // skips such migrations and reports them.
+        let named = match &mode {
+            Mode::Pending => self.only.as_ref(),
+            Mode::Rerun(id) => Some(id),
+        };
+        if let Some(id) = named
+            && let Some(m) = migrations.iter().find(|m| m.id() == id)
+            && DB::code(m).is_none()
+        {
+            return Err(unsupported(m));
+        }
+        let code: Vec<(&'static Migration, Code<DB>)> = migrations
+            .iter()
+            .filter(|m| match &mode {
+                Mode::Pending => true,
+                Mode::Rerun(id) => m.id() == id,
+            })
+            .filter_map(|m| DB::code(m).map(|f| (*m, f)))
+            .collect();
+        if let Mode::Rerun(id) = &mode
+            && code.is_empty()
+        {
+            return Err(Error::UnknownId { id: id.clone() });
+        }
+
+        for id in [&self.only, &self.up_to].into_iter().flatten() {
+            if !migrations.iter().any(|m| m.id() == id) {
+                return Err(Error::UnknownId { id: id.clone() });
+            }
+        }
+        self.with_lock(async |conn| self.run_locked(conn, &migrations, &code, &mode).await)
+            .await
+    }
+
+    async fn run_locked(
+        &self,
+        conn: &mut PoolConnection<DB>,
+        migrations: &[&'static Migration],
+        code: &[(&'static Migration, Code<DB>)],
+        mode: &Mode,
+    ) -> Result<RunReport, Error> {
+        self.prepare_ledger(conn).await?;
+        let ledger = DB::read_ledger(conn, &self.ledger).await?;
+        let mut warnings = Vec::new();
+        if self.source.is_none() && migrations.is_empty() && !ledger.is_empty() {
+            warnings.push(unlinked_warning(ledger.len()));
+        }
+        let mut plan = match mode {
+            Mode::Pending => Plan::new(
+                migrations.iter().map(|m| (*m, DB::code(m).is_some())),
+                ledger,
+            ),
+            Mode::Rerun(id) => Plan::rerun(id, ledger)?,
+        };
+        // Pending migrations outside the selection (`only`, `up_to`) stay pending.
+        let mut left_pending = std::collections::BTreeSet::new();
+        plan.steps.retain(|id, _| {
+            let selected = self.only.as_ref().is_none_or(|only| id == only)
+                && self.up_to.as_ref().is_none_or(|last| id <= last);
+            if !selected {
+                left_pending.insert(id.clone());
+            }
+            selected
+        });
+        // Schema first: a data migration that needs a schema migration which has not run
+        // stops the run before anything runs.
+        for (migration, _) in code {
+            if let (Some(version), true) = (
+                migration.requires_schema(),
+                plan.steps.contains_key(migration.id()),
+            ) && !DB::schema_version_applied(conn, version).await?
+            {
+                return Err(Error::SchemaNotReady {
+                    id: migration.id().to_string(),
+                    version,
+                });
+            }
+        }
+        if !plan.drifted.is_empty() {
+            return Err(Error::Drift {
+                drifted: plan.drifted,
+            });
+        }
+
+        let mut report = RunReport {
+            dry_run: self.dry_run,
+            unknown: plan.unknown,
+            not_for_backend: plan.not_for_backend,
+            warnings,
+            ..RunReport::default()
+        };
+        for (migration, run) in code {
+            let Some(step) = plan.steps.remove(migration.id()) else {
+                if left_pending.contains(migration.id()) {
+                    report.pending.push(migration.id().to_string());
+                } else {
+                    report.already_applied.push(migration.id().to_string());
+                }
+                continue;
+            };
+            if self.stop.as_ref().is_some_and(StopSignal::is_stopped) {
+                return Err(Error::Stopped {
+                    after: match report.applied.last() {
+                        Some(last) => format!("migration {} committed", last.id),
+                        None => "nothing ran".to_string(),
+                    },
+                    applied: report.applied.into_iter().map(|a| a.id).collect(),
+                });
+            }
+            let result = match (run, migration.batch()) {
+                (Code::Once(run), _) => self.apply(conn, migration, *run, step).await,
+                (Code::Batched(run), Some(spec)) => {
+                    self.apply_batched(conn, migration, *run, spec, step).await
+                }
+                (Code::Batched(_), None) => Err(Failure::Other(Error::Config(format!(
+                    "migration {} is batched but has no batch specification",
+                    migration.id()
+                )))),
+            };
+            match result {
+                Ok(applied) => report.applied.push(applied),
+                Err(Failure::Migration { message, panicked }) => {
+                    return Err(Error::MigrationFailed {
+                        id: migration.id().to_string(),
+                        message,
+                        panicked,
+                        applied_before: report.applied.into_iter().map(|a| a.id).collect(),
+                    });
+                }
+                Err(Failure::Stopped {
+                    batches,
+                    checkpoint,
+                }) => {
+                    return Err(Error::Stopped {
+                        after: format!(
+                            "batch {batches} of {} committed (checkpoint {}); the next run resumes it",
+                            migration.id(),
+                            checkpoint.map_or_else(|| "-".to_string(), |k| k.to_string())
+                        ),
+                        applied: report.applied.into_iter().map(|a| a.id).collect(),
+                    });
+                }
+                Err(Failure::Interrupted { batches }) => {
+                    return Err(Error::Interrupted {
+                        id: migration.id().to_string(),
+                        batches,
+                    });
+                }
+                Err(Failure::Other(err)) => return Err(err),
+            }
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,187 @@
+//! What a run reports: progress events, the run's report, and each migration's status.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::Migrator;
+use crate::backend::Backend;
+use crate::error::Error;
+use crate::ledger::{Action, Attempt, LastRun, LedgerEntry};
+
+/// How far a batched migration has come: sent after every committed batch.
+#[derive(Clone, Debug, serde::Serialize)]
+#[non_exhaustive]
+pub struct Progress {
+    /// The migration's id.
+    pub id: String,
+    /// Batches committed so far (resumes included).
+    pub batches: u64,
+    /// Keys processed by this run so far.
+    pub keys_done: u64,
+    /// Rows affected by this run so far, as the migration reported them.
+    pub rows_affected: u64,
+    /// The planner's estimate of the table's rows, if known.
+    pub estimated_total: Option<u64>,
+    /// Keys processed per second by this run.
+    pub keys_per_second: f64,
+    /// The last key done.
+    pub checkpoint: i64,
+}
+
+impl<DB: Backend> Migrator<DB> {
+    /// The state of every migration this migrator knows, and of ledger rows it does not.
+    /// Reads only: the ledger is not created, no lock is taken.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] and [`Error::DuplicateId`].
+    pub async fn status(&self) -> Result<Vec<MigrationStatus>, Error> {
+        self.ledger.validate()?;
+        let migrations = self.load()?;
+        let mut conn = self.pool.acquire().await?;
+        self.ledger_layout(&mut conn).await?;
+        let (ledger, last_runs) = if DB::ledger_exists(&mut conn, &self.ledger).await? {
+            (
+                DB::read_ledger(&mut conn, &self.ledger).await?,
+                DB::last_runs(&mut conn, &self.ledger).await?,
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let mut last_runs: BTreeMap<String, LastRun> = last_runs
+            .into_iter()
+            .map(|r| (r.migration_id.clone(), r))
+            .collect();
+        let mut entries: BTreeMap<String, LedgerEntry> =
+            ledger.into_iter().map(|e| (e.id.clone(), e)).collect();
+
+        let mut statuses: Vec<MigrationStatus> = migrations
+            .iter()
+            .map(|m| {
+                let entry = entries.remove(m.id());
+                let state = match &entry {
+                    None if DB::code(m).is_none() => State::NotForBackend,
+                    None => State::Pending,
+                    Some(e) if e.checksum != m.checksum() || e.revision != m.revision() => {
+                        State::Drifted
+                    }
+                    Some(e) if e.is_running() => State::Running,
+                    Some(_) => State::Applied,
+                };
+                MigrationStatus {
+                    id: m.id().to_string(),
+                    description: m.description().to_string(),
+                    state,
+                    ledger: entry,
+                    last_run: last_runs.remove(m.id()),
+                }
+            })
+            .collect();
+        statuses.extend(entries.into_values().map(|entry| MigrationStatus {
+            id: entry.id.clone(),
+            description: entry.description.clone(),
+            state: State::Unknown,
+            last_run: last_runs.remove(&entry.id),
+            ledger: Some(entry),
+        }));
+        statuses.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(statuses)
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+#[non_exhaustive]
+pub struct RunReport {
+    /// Migrations applied (or re-run) by this run, in order. In a dry run: executed and
+    /// rolled back.
+    pub applied: Vec<AppliedMigration>,
+    /// Migrations that were already applied and unchanged.
+    pub already_applied: Vec<String>,
+    /// Ledger rows whose id no migration of this build has.
+    pub unknown: Vec<String>,
+    /// Pending migrations this run left alone (`only`, `up_to`).
+    pub pending: Vec<String>,
+    /// Pending migrations with no code for the connected backend (written for another
+    /// one): skipped.
+    pub not_for_backend: Vec<String>,
+    /// Things the operator should know that did not stop the run (a crate of migrations
+    /// that is probably not linked).
+    pub warnings: Vec<String>,
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+}
+
+/// One migration applied by a run.
+#[derive(Clone, Debug, serde::Serialize)]
+#[non_exhaustive]
+pub struct AppliedMigration {
+    /// The migration's id.
+    pub id: String,
+    /// Whether it was a re-run of an applied migration whose code changed.
+    pub rerun: bool,
+    /// Rows affected, as the migration reported them.
+    pub rows_affected: u64,
+    /// How long it took, in milliseconds.
+    pub duration_ms: u64,
+    /// Notes the migration recorded.
+    pub notes: Vec<String>,
+    /// Batches committed by this run (0 for a migration that runs in one transaction).
+    pub batches: u64,
+    /// Batches retried after waiting for a lock longer than their `lock_timeout`.
+    pub lock_retries: u64,
+    /// For a re-run: the rows it wrote (inserted, updated, deleted), as the database
+    /// counted them, including rows rewritten with equal values. `None` for a first run.
+    pub rows_written: Option<u64>,
+}
+
+impl AppliedMigration {
+    pub(super) fn new(attempt: &Attempt, elapsed: Duration, action: Action) -> Self {
+        AppliedMigration {
+            id: attempt.id.to_string(),
+            rerun: action == Action::Rerun,
+            rows_affected: attempt.rows_affected,
+            duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            notes: attempt.notes.clone(),
+            batches: 0,
+            lock_retries: 0,
+            rows_written: None,
+        }
+    }
+}
+
+/// The state of one migration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum State {
+    /// Applied, with the code of this build.
+    Applied,
+    /// Not applied yet.
+    Pending,
+    /// A batched migration part-way through: its ledger row holds the checkpoint.
+    Running,
+    /// Applied, but its code changed since.
+    Drifted,
+    /// In the ledger, but no migration of this build has the id.
+    Unknown,
+    /// Not applied, and it has no code for the connected backend (it was written for
+    /// another one): `run` skips it.
+    NotForBackend,
+}
+
+/// One line of `status`.
+#[derive(Clone, Debug, serde::Serialize)]
+#[non_exhaustive]
+pub struct MigrationStatus {
+    /// The migration's id.
+    pub id: String,
+    /// Its description (from the code, or from the ledger for an unknown row).
+    pub description: String,
+    /// Its state.
+    pub state: State,
+    /// Its ledger row, if applied.
+    pub ledger: Option<LedgerEntry>,
+    /// Its last recorded attempt, if any.
+    pub last_run: Option<LastRun>,
+}
