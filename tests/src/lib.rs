@@ -187,6 +187,21 @@ pub fn command(binary: &str, url: &str, args: &[&str]) -> tokio::process::Comman
     cmd
 }
 
+/// The URL of the same database for another user.
+///
+/// # Errors
+///
+/// When `url` is not a PostgreSQL URL.
+pub fn url_for(url: &str, user: &str, password: &str) -> anyhow::Result<String> {
+    let options: sqlx::postgres::PgConnectOptions = url.parse()?;
+    Ok(format!(
+        "postgres://{user}:{password}@{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("postgres")
+    ))
+}
+
 /// Bytes as text, for assertions on output.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

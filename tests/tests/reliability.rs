@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use datamig::Fingerprint;
 use datamig_tests::{
     BUMP_ITEMS, COUNT_RUNS, counter, create_fixture_tables, fixture_database, item_values, scalar,
-    send, switch_on, text, wait_for_lock_holder, wait_for_sleeping_migration, wait_until,
+    send, switch_on, text, url_for, wait_for_lock_holder, wait_for_sleeping_migration, wait_until,
 };
 use sqlx::PgPool;
 
@@ -552,16 +552,6 @@ async fn bad_input_is_named_with_its_exit_code_and_changes_nothing() -> anyhow::
 }
 
 /// Rewrites a URL for another user and password.
-fn url_for(url: &str, user: &str, password: &str) -> anyhow::Result<String> {
-    let options: sqlx::postgres::PgConnectOptions = url.parse()?;
-    Ok(format!(
-        "postgres://{user}:{password}@{}:{}/{}",
-        options.get_host(),
-        options.get_port(),
-        options.get_database().unwrap_or("postgres")
-    ))
-}
-
 /// Resets the sequence of `counter_log` and analyses `items` (owned by another role).
 #[datamig::migration(id = "20240801_0000_after_copy_as_migrator")]
 async fn after_copy_as_migrator(

@@ -472,6 +472,11 @@ pub(crate) fn os_user() -> String {
         .unwrap_or_else(|_| "unknown".to_string())
 }
 
+/// Bytes as lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A ledger row, from the columns `read_ledger` selects.
 pub(crate) fn ledger_entry<'r, R>(row: &'r R) -> Result<LedgerEntry, sqlx::Error>
 where

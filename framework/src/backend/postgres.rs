@@ -2,11 +2,13 @@
 
 use std::time::Duration;
 
+use futures_util::TryStreamExt;
+use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::{AssertSqlSafe, Connection, Executor, Postgres, Row, SqlSafeStr};
 
 use super::steps::Steps;
-use super::{Backend, KeyColumn, LockToken};
+use super::{Backend, KeyColumn, LockToken, hex};
 use crate::bulk::SequenceReset;
 use crate::copy::RowSink;
 use crate::error::Error;
@@ -265,14 +267,21 @@ impl Steps for Postgres {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        // Each row's text is hashed, and the row hashes (32 bytes each) are hashed in key
-        // order: the server holds 32 bytes a row, not the rows themselves.
+        // Each row's text is hashed in the server, and the row hashes (32 bytes each)
+        // stream to this process in key order, where they are hashed as they arrive: no
+        // value grows with the table (aggregating them in the server fails past 1 GB), and
+        // the result is the SHA-256 of the row hashes concatenated, as before.
         let sql = format!(
-            "SELECT count(*), encode(sha256(COALESCE(string_agg(sha256(convert_to(t::text, 'UTF8')), ''::bytea ORDER BY {order}), ''::bytea)), 'hex')
-             FROM {ident} AS t"
+            "SELECT sha256(convert_to(t::text, 'UTF8')) FROM {ident} AS t ORDER BY {order}"
         );
-        let row = sqlx::query(AssertSqlSafe(sql)).fetch_one(conn).await?;
-        Ok((row.try_get(0)?, row.try_get(1)?))
+        let mut all = Sha256::new();
+        let mut rows = 0_i64;
+        let mut stream = sqlx::query_scalar::<_, Vec<u8>>(AssertSqlSafe(sql)).fetch(&mut *conn);
+        while let Some(hash) = stream.try_next().await? {
+            all.update(&hash);
+            rows += 1;
+        }
+        Ok((rows, hex(&all.finalize())))
     }
 
     async fn rows_missing_from(

@@ -15,7 +15,7 @@ use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{AssertSqlSafe, Connection, Row, Sqlite};
 
 use super::steps::Steps;
-use super::{Backend, KeyColumn, LockToken, os_user};
+use super::{Backend, KeyColumn, LockToken, hex, os_user};
 use crate::bulk::SequenceReset;
 use crate::copy::{RowSink, Value};
 use crate::error::Error;
@@ -279,8 +279,7 @@ impl Steps for Sqlite {
             all.update(Sha256::digest(row.as_bytes()));
             rows += 1;
         }
-        let digest = all.finalize();
-        Ok((rows, digest.iter().map(|b| format!("{b:02x}")).collect()))
+        Ok((rows, hex(&all.finalize())))
     }
 
     async fn rows_missing_from(

@@ -503,7 +503,7 @@ pub(crate) async fn check_batch_key<DB: Backend>(
     }
     if fresh_start {
         let sql = format!(
-            "SELECT min({}) FROM {}",
+            "SELECT CAST(min({}) AS bigint) FROM {}",
             crate::sql::quote_ident(key),
             crate::sql::quote_ident(table)
         );

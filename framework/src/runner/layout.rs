@@ -112,7 +112,10 @@ impl<DB: Backend> Migrator<DB> {
         {
             return Ok(Layout::Version(1));
         }
-        let sql = format!("SELECT max(version) FROM {}", self.ledger.layout_ident());
+        let sql = format!(
+            "SELECT CAST(max(version) AS bigint) FROM {}",
+            self.ledger.layout_ident()
+        );
         let version = DB::fetch_i64(
             conn,
             sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(sql)),
