@@ -538,3 +538,220 @@ fn the_checksum_of_a_fixed_body_is_pinned() {
         "db9dfb125092af16fbc1b9338bdc1cade50659ed2569dc7ff0daaec22f0d5b6f"
     );
 }
+
+/// Stamps every row with the transaction's time, through `ctx.tx()`: within one
+/// transaction `now()` is the same, so a second pass leaves equal values.
+#[datamig::migration(id = "20240906_0000_stamp_rows")]
+async fn stamp_rows(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
+    sqlx::query("UPDATE stamped SET touched_at = now()")
+        .execute(ctx.tx())
+        .await?;
+    Ok(())
+}
+
+/// Rewrites every row with its own values, through `ctx.tx()`, uncounted.
+#[datamig::migration(id = "20240906_0001_rewrite_rows")]
+async fn rewrite_rows(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
+    sqlx::query("UPDATE stamped SET v = v").execute(ctx.tx()).await?;
+    Ok(())
+}
+
+/// The same on SQLite.
+#[datamig::migration(id = "20240906_0002_rewrite_rows_sqlite")]
+async fn rewrite_rows_sqlite(ctx: &mut Ctx<'_, Sqlite>) -> anyhow::Result<()> {
+    sqlx::query("UPDATE stamped SET v = v").execute(ctx.tx()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn rewrites_with_equal_values_are_caught_by_the_write_counters() -> anyhow::Result<()> {
+    let db = datamig::testing::postgres().await?;
+    exec(
+        db.pool(),
+        "CREATE TABLE stamped (id bigint PRIMARY KEY, v integer NOT NULL, touched_at timestamptz);
+         INSERT INTO stamped (id, v) SELECT n, n FROM generate_series(1, 50) AS n;"
+            .to_string(),
+    )
+    .await?;
+    // Both passes of check-idempotency in one transaction: now() is equal in both.
+    let checks = Migrator::new(db.pool().clone())
+        .migrations([&stamp_rows::MIGRATION])
+        .check_idempotency()
+        .await?;
+    assert_eq!(checks[0].second_run_writes, 50);
+    assert!(checks[0].changes.is_empty(), "the data is equal after both passes");
+    let err = checks[0].clone().into_result().unwrap_err().to_string();
+    assert!(err.contains("wrote 50 rows, as the database counted them"), "{err}");
+    assert_eq!(
+        scalar(db.pool(), "SELECT count(*) FROM stamped WHERE touched_at IS NOT NULL").await?,
+        0,
+        "check-idempotency kept nothing"
+    );
+
+    // assert_idempotent: equal values written in a second transaction.
+    let migrator = Migrator::new(db.pool().clone()).migrations([&rewrite_rows::MIGRATION]);
+    let err = datamig::testing::assert_idempotent_with(&migrator, rewrite_rows::MIGRATION.id())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::NotIdempotent { second_run_writes: 50, .. }),
+        "{err}"
+    );
+
+    let file = datamig::testing::sqlite().await?;
+    sqlx::raw_sql(
+        "CREATE TABLE stamped (id INTEGER PRIMARY KEY, v INTEGER NOT NULL);
+         INSERT INTO stamped (id, v) VALUES (1, 1), (2, 2), (3, 3);",
+    )
+    .execute(file.pool())
+    .await?;
+    let migrator =
+        Migrator::new(file.pool().clone()).migrations([&rewrite_rows_sqlite::MIGRATION]);
+    let err = datamig::testing::assert_idempotent_with(
+        &migrator,
+        rewrite_rows_sqlite::MIGRATION.id(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::NotIdempotent { second_run_writes: 3, .. }),
+        "{err}"
+    );
+    // And a migration that converges writes nothing the second time.
+    let checks = Migrator::new(file.pool().clone())
+        .migrations([&converging_sqlite::MIGRATION])
+        .check_idempotency()
+        .await?;
+    assert!(checks[0].is_idempotent(), "{:?}", checks[0]);
+    Ok(())
+}
+
+/// Converges: writes only rows that differ, and upserts Rust values.
+#[datamig::migration(id = "20240906_0003_converging_sqlite")]
+async fn converging_sqlite(ctx: &mut Ctx<'_, Sqlite>) -> anyhow::Result<()> {
+    ctx.execute("UPDATE stamped SET v = 0 WHERE v <> 0").await?;
+    ctx.upsert("stamped")
+        .key(["id"])
+        .rows(["id", "v"], vec![(10_i64, 0_i64), (11, 0)])
+        .update_if_changed()
+        .execute()
+        .await?;
+    Ok(())
+}
+
+/// Upserts into a table whose names look like a statement marker.
+#[datamig::migration(id = "20240907_0000_marker_names")]
+async fn marker_names<DB: Backend>(ctx: &mut Ctx<'_, DB>) -> anyhow::Result<()> {
+    ctx.upsert("%SOURCE%")
+        .key(["%SOURCE%"])
+        .rows(["%SOURCE%", "v %SOURCE%"], vec![(1_i64, "one"), (2, "two")])
+        .update_if_changed()
+        .execute()
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn identifiers_that_look_like_a_marker_work() -> anyhow::Result<()> {
+    let db = datamig::testing::postgres().await?;
+    exec(
+        db.pool(),
+        r#"CREATE TABLE "%SOURCE%" ("%SOURCE%" bigint PRIMARY KEY, "v %SOURCE%" text)"#.to_string(),
+    )
+    .await?;
+    Migrator::new(db.pool().clone())
+        .migrations([&marker_names::MIGRATION])
+        .run()
+        .await?;
+    assert_eq!(scalar(db.pool(), r#"SELECT count(*) FROM "%SOURCE%""#).await?, 2);
+
+    let file = datamig::testing::sqlite().await?;
+    sqlx::raw_sql(r#"CREATE TABLE "%SOURCE%" ("%SOURCE%" INTEGER PRIMARY KEY, "v %SOURCE%" TEXT)"#)
+        .execute(file.pool())
+        .await?;
+    Migrator::new(file.pool().clone())
+        .migrations([&marker_names::MIGRATION])
+        .run()
+        .await?;
+    let rows: i64 = sqlx::query_scalar(r#"SELECT count(*) FROM "%SOURCE%""#)
+        .fetch_one(file.pool())
+        .await?;
+    assert_eq!(rows, 2);
+    Ok(())
+}
+
+/// Inserts into `doomed`, whose deferred trigger ends the session during COMMIT.
+#[datamig::migration(id = "20240908_0000_doomed_commit")]
+async fn doomed_commit(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
+    ctx.execute("UPDATE counter SET n = n + 1").await?;
+    ctx.execute("INSERT INTO doomed VALUES (1)").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failed_commit_is_reported_as_unknown_then_read_back_from_the_ledger()
+-> anyhow::Result<()> {
+    let db = fixture_database(&[]).await?;
+    exec(
+        db.pool(),
+        "CREATE TABLE doomed (id integer);
+         CREATE FUNCTION end_session() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NULL; END $$;
+         CREATE CONSTRAINT TRIGGER end_session_at_commit AFTER INSERT ON doomed
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION end_session();"
+            .to_string(),
+    )
+    .await?;
+    let err = Migrator::new(db.pool().clone())
+        .migrations([&doomed_commit::MIGRATION])
+        .run()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::CommitOutcome {
+                applied: Some(false),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("so its outcome was unknown")
+            && message.contains("shows it not applied: it was rolled back"),
+        "{message}"
+    );
+    assert_eq!(counter(db.pool()).await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_binary_without_its_migrations_warns_that_they_are_not_linked() -> anyhow::Result<()> {
+    let db = fixture_database(&[]).await?;
+    let mut fixtures =
+        datamig_tests::command(env!("CARGO_BIN_EXE_datamig-fixtures"), db.url(), &["run"]);
+    assert!(fixtures.output().await?.status.success());
+
+    let unlinked = env!("CARGO_BIN_EXE_datamig-unlinked");
+    let output = datamig_tests::command(unlinked, db.url(), &["run"]).output().await?;
+    let stderr = datamig_tests::text(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no migration is registered in this binary, yet the ledger holds 2")
+            && stderr.contains("`link()`"),
+        "{stderr}"
+    );
+    let output = datamig_tests::command(unlinked, db.url(), &["--format", "json", "run"])
+        .output()
+        .await?;
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    assert!(
+        result["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("probably not linked")),
+        "{result}"
+    );
+    Ok(())
+}

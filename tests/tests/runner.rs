@@ -291,12 +291,21 @@ mod edited {
 mod reformatted {
     use datamig::prelude::*;
 
-    /// Version 1 again, reformatted, with a comment and a new doc comment.
+    /// Version 1 again, reformatted (rustfmt would undo it: it is told to keep out), with a
+    /// comment and a new doc comment.
     #[datamig::migration(id = "20240301_0000_bump")]
+    #[rustfmt::skip]
     pub async fn bump(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
         // Bump the counter by one.
-        ctx.execute("UPDATE counter SET n = n + 1").await?;
-        Ok(())
+        ctx
+            .execute(
+                "UPDATE counter SET n = n + 1"
+            )
+            .await
+            ?;
+        Ok(
+            ()
+        )
     }
 }
 
