@@ -2,8 +2,8 @@
 //!
 //!     cargo run --example quickstart
 //!
-//! It creates `target/datamig-quickstart.db` afresh (or the file given as the first
-//! argument), adds demo users, runs the demo application's data migrations, shows the
+//! It creates `datamig-quickstart.db` afresh beside its own executable (in the target
+//! directory, wherever `CARGO_TARGET_DIR` puts it; or the file given as the first argument), adds demo users, runs the demo application's data migrations, shows the
 //! ledger, runs again to show that nothing is pending, and proves each migration idempotent.
 //! The same migrations run on PostgreSQL: `scripts/demo.sh`.
 
@@ -16,15 +16,10 @@ use sqlx::sqlite::SqliteConnectOptions;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     datamig_demo_migrations::link();
-    let path = std::env::args_os().nth(1).map_or_else(
-        || {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../target/datamig-quickstart.db"
-            ))
-        },
-        PathBuf::from,
-    );
+    let path = match std::env::args_os().nth(1) {
+        Some(path) => PathBuf::from(path),
+        None => default_path()?,
+    };
     for suffix in ["", "-wal", "-shm", "-journal"] {
         let mut file = path.clone().into_os_string();
         file.push(suffix);
@@ -155,4 +150,14 @@ async fn messy_emails(pool: &SqlitePool) -> anyhow::Result<i64> {
             .fetch_one(pool)
             .await?,
     )
+}
+
+/// `datamig-quickstart.db` beside this executable: a directory that exists whatever the
+/// current directory and wherever the target directory is (`CARGO_TARGET_DIR`).
+fn default_path() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("the executable {} has no directory", exe.display()))?;
+    Ok(dir.join("datamig-quickstart.db"))
 }

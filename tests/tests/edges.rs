@@ -552,14 +552,18 @@ async fn stamp_rows(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
 /// Rewrites every row with its own values, through `ctx.tx()`, uncounted.
 #[datamig::migration(id = "20240906_0001_rewrite_rows")]
 async fn rewrite_rows(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
-    sqlx::query("UPDATE stamped SET v = v").execute(ctx.tx()).await?;
+    sqlx::query("UPDATE stamped SET v = v")
+        .execute(ctx.tx())
+        .await?;
     Ok(())
 }
 
 /// The same on SQLite.
 #[datamig::migration(id = "20240906_0002_rewrite_rows_sqlite")]
 async fn rewrite_rows_sqlite(ctx: &mut Ctx<'_, Sqlite>) -> anyhow::Result<()> {
-    sqlx::query("UPDATE stamped SET v = v").execute(ctx.tx()).await?;
+    sqlx::query("UPDATE stamped SET v = v")
+        .execute(ctx.tx())
+        .await?;
     Ok(())
 }
 
@@ -579,11 +583,21 @@ async fn rewrites_with_equal_values_are_caught_by_the_write_counters() -> anyhow
         .check_idempotency()
         .await?;
     assert_eq!(checks[0].second_run_writes, 50);
-    assert!(checks[0].changes.is_empty(), "the data is equal after both passes");
+    assert!(
+        checks[0].changes.is_empty(),
+        "the data is equal after both passes"
+    );
     let err = checks[0].clone().into_result().unwrap_err().to_string();
-    assert!(err.contains("wrote 50 rows, as the database counted them"), "{err}");
+    assert!(
+        err.contains("wrote 50 rows, as the database counted them"),
+        "{err}"
+    );
     assert_eq!(
-        scalar(db.pool(), "SELECT count(*) FROM stamped WHERE touched_at IS NOT NULL").await?,
+        scalar(
+            db.pool(),
+            "SELECT count(*) FROM stamped WHERE touched_at IS NOT NULL"
+        )
+        .await?,
         0,
         "check-idempotency kept nothing"
     );
@@ -594,7 +608,13 @@ async fn rewrites_with_equal_values_are_caught_by_the_write_counters() -> anyhow
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::NotIdempotent { second_run_writes: 50, .. }),
+        matches!(
+            err,
+            Error::NotIdempotent {
+                second_run_writes: 50,
+                ..
+            }
+        ),
         "{err}"
     );
 
@@ -605,16 +625,19 @@ async fn rewrites_with_equal_values_are_caught_by_the_write_counters() -> anyhow
     )
     .execute(file.pool())
     .await?;
-    let migrator =
-        Migrator::new(file.pool().clone()).migrations([&rewrite_rows_sqlite::MIGRATION]);
-    let err = datamig::testing::assert_idempotent_with(
-        &migrator,
-        rewrite_rows_sqlite::MIGRATION.id(),
-    )
-    .await
-    .unwrap_err();
+    let migrator = Migrator::new(file.pool().clone()).migrations([&rewrite_rows_sqlite::MIGRATION]);
+    let err =
+        datamig::testing::assert_idempotent_with(&migrator, rewrite_rows_sqlite::MIGRATION.id())
+            .await
+            .unwrap_err();
     assert!(
-        matches!(err, Error::NotIdempotent { second_run_writes: 3, .. }),
+        matches!(
+            err,
+            Error::NotIdempotent {
+                second_run_writes: 3,
+                ..
+            }
+        ),
         "{err}"
     );
     // And a migration that converges writes nothing the second time.
@@ -663,7 +686,10 @@ async fn identifiers_that_look_like_a_marker_work() -> anyhow::Result<()> {
         .migrations([&marker_names::MIGRATION])
         .run()
         .await?;
-    assert_eq!(scalar(db.pool(), r#"SELECT count(*) FROM "%SOURCE%""#).await?, 2);
+    assert_eq!(
+        scalar(db.pool(), r#"SELECT count(*) FROM "%SOURCE%""#).await?,
+        2
+    );
 
     let file = datamig::testing::sqlite().await?;
     sqlx::raw_sql(r#"CREATE TABLE "%SOURCE%" ("%SOURCE%" INTEGER PRIMARY KEY, "v %SOURCE%" TEXT)"#)
@@ -735,7 +761,9 @@ async fn a_binary_without_its_migrations_warns_that_they_are_not_linked() -> any
     assert!(fixtures.output().await?.status.success());
 
     let unlinked = env!("CARGO_BIN_EXE_datamig-unlinked");
-    let output = datamig_tests::command(unlinked, db.url(), &["run"]).output().await?;
+    let output = datamig_tests::command(unlinked, db.url(), &["run"])
+        .output()
+        .await?;
     let stderr = datamig_tests::text(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(
