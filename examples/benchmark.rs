@@ -69,6 +69,9 @@ async fn main() -> anyhow::Result<()> {
     if args.get(1).map(String::as_str) == Some("--rss-pass") {
         return rss_child(&args[2], args[3].parse()?).await;
     }
+    if args.get(1).map(String::as_str) == Some("--fingerprint-child") {
+        return fingerprint_child(&args[2]).await;
+    }
 
     let (pool, url, _throwaway) = match std::env::var("DATABASE_URL") {
         Ok(url) if !url.is_empty() => (PgPool::connect(&url).await?, url, None),
@@ -77,6 +80,10 @@ async fn main() -> anyhow::Result<()> {
             (db.pool().clone(), db.url().to_string(), Some(db))
         }
     };
+    if args.get(1).map(String::as_str) == Some("--fingerprint") {
+        let rows = args.get(2).map_or(Ok(10_000_000), |n| n.parse())?;
+        return fingerprint_figure(&url, rows).await;
+    }
     let repeat: usize = std::env::var("DATAMIG_BENCH_REPEAT")
         .ok()
         .and_then(|r| r.parse().ok())
@@ -365,14 +372,97 @@ async fn rss_child(url: &str, rows: i64) -> anyhow::Result<()> {
     sqlx::raw_sql("DROP TABLE bench_rss_users, bench_ledger, bench_runs")
         .execute(&pool)
         .await?;
+    println!("{}", peak_rss_kib()?);
+    Ok(())
+}
+
+/// The fingerprint of a table of `rows` rows: datamig's (in a process of its own, for its
+/// peak memory) beside the one-aggregate SQL it replaced, on the same table.
+async fn fingerprint_figure(url: &str, rows: i64) -> anyhow::Result<()> {
+    let pool = PgPool::connect(url).await?;
+    let version: String = sqlx::query_scalar("SELECT version()")
+        .fetch_one(&pool)
+        .await?;
+    println!("server: {version}");
+    sqlx::raw_sql("DROP TABLE IF EXISTS bench_fingerprint")
+        .execute(&pool)
+        .await?;
+    sqlx::raw_sql(
+        "CREATE TABLE bench_fingerprint (id bigint PRIMARY KEY, email text NOT NULL, n integer)",
+    )
+    .execute(&pool)
+    .await?;
+    sqlx::query("INSERT INTO bench_fingerprint SELECT n, 'User' || n || '@Example.com', n % 1000 FROM generate_series(1, $1) AS n")
+        .bind(rows)
+        .execute(&pool)
+        .await?;
+    sqlx::raw_sql("VACUUM ANALYZE bench_fingerprint")
+        .execute(&pool)
+        .await?;
+    let started = Instant::now();
+    let reference: String = sqlx::query_scalar(
+        "SELECT encode(sha256(COALESCE(string_agg(sha256(convert_to(t::text, 'UTF8')), ''::bytea ORDER BY t.id), ''::bytea)), 'hex')
+         FROM bench_fingerprint AS t",
+    )
+    .fetch_one(&pool)
+    .await?;
+    let aggregate = started.elapsed();
+    let started = Instant::now();
+    let output = Command::new(std::env::current_exe()?)
+        .args(["--fingerprint-child", url])
+        .output()?;
+    let streamed = started.elapsed();
+    anyhow::ensure!(
+        output.status.success(),
+        "the fingerprint child failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let (sha, kib) = stdout
+        .trim()
+        .split_once(' ')
+        .ok_or_else(|| anyhow::anyhow!("unexpected child output {stdout:?}"))?;
+    println!("rows: {rows}");
+    println!(
+        "one SQL aggregate (string_agg of row hashes; fails past 1 GB of hashes) {}",
+        secs(aggregate)
+    );
+    println!(
+        "datamig fingerprint (row hashes streamed, hashed in the client)      {}  (process start included)",
+        secs(streamed)
+    );
+    let kib: u64 = kib.parse()?;
+    println!(
+        "peak RSS of the fingerprinting client: {:.1} MiB; same result as the aggregate: {}",
+        kib as f64 / 1024.0,
+        sha == reference
+    );
+    sqlx::raw_sql("DROP TABLE bench_fingerprint")
+        .execute(&pool)
+        .await?;
+    anyhow::ensure!(sha == reference, "the fingerprints differ");
+    Ok(())
+}
+
+/// Prints the fingerprint of `bench_fingerprint` and this process's peak resident set (KiB).
+async fn fingerprint_child(url: &str) -> anyhow::Result<()> {
+    let pool = PgPool::connect(url).await?;
+    let mut conn = pool.acquire().await?;
+    let options = datamig::FingerprintOptions::new().only(["bench_fingerprint"]);
+    let fingerprint = datamig::fingerprint_on::<Postgres>(&mut conn, &options).await?;
+    let sha = &fingerprint.tables["public.bench_fingerprint"].sha256;
+    println!("{sha} {}", peak_rss_kib()?);
+    Ok(())
+}
+
+/// This process's peak resident set (VmHWM), in KiB.
+fn peak_rss_kib() -> anyhow::Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
-    let kib = status
+    status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/self/status"))?;
-    println!("{kib}");
-    Ok(())
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/self/status"))
 }
 
 fn ratio(what: &str, ours: Duration, base: Duration, target: f64) -> bool {

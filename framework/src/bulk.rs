@@ -10,6 +10,7 @@
 
 /// One sequence moved by [`Ctx::reset_sequences`].
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct SequenceReset {
     /// The table.
     pub table: String,

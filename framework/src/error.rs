@@ -4,6 +4,7 @@ use std::time::Duration;
 
 /// A migration whose code differs from what the ledger recorded when it was applied.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct Drift {
     /// The migration's id.
     pub id: String,

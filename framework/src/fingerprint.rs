@@ -15,6 +15,7 @@ use crate::ledger::LedgerConfig;
 
 /// One table's fingerprint.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct TableFingerprint {
     /// Rows in the table.
     pub rows: i64,
@@ -26,6 +27,7 @@ pub struct TableFingerprint {
 
 /// The fingerprint of every table, by `schema.table`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct Fingerprint {
     /// Each table's fingerprint.
     pub tables: BTreeMap<String, TableFingerprint>,
@@ -33,6 +35,7 @@ pub struct Fingerprint {
 
 /// A table whose fingerprint differs between two fingerprints.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct TableDifference {
     /// `schema.table`.
     pub table: String,

@@ -16,6 +16,7 @@ use crate::sql::quote_ident;
 
 /// A table a second run changed, with a few rows that differ.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct TableChange {
     /// `schema.table`.
     pub table: String,

@@ -145,6 +145,7 @@ impl LedgerConfig {
 
 /// One row of the ledger: a migration that has been applied.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[non_exhaustive]
 pub struct LedgerEntry {
     /// The migration's id.
     pub id: String,
@@ -242,6 +243,7 @@ pub(crate) const STATUS_RUNNING: &str = "running";
 
 /// The last attempt recorded in the run history for one migration.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[non_exhaustive]
 pub struct LastRun {
     /// The migration's id.
     pub migration_id: String,

@@ -19,6 +19,7 @@ pub enum UpsertMode {
 
 /// What an upsert did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct UpsertReport {
     /// Rows inserted (their key was missing).
     pub inserted: u64,

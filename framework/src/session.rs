@@ -3,6 +3,7 @@
 
 /// A database session, as the server sees it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct SessionInfo {
     /// The server process id of the session.
     pub pid: i32,

@@ -232,6 +232,37 @@ pub fn interrupt(child: &tokio::process::Child) -> anyhow::Result<()> {
     send(child, "-INT")
 }
 
+/// Reads a child's stderr line by line until a line contains `needle`; returns the lines
+/// read so far.
+///
+/// # Errors
+///
+/// When the stream ends first, or after `deadline`.
+pub async fn wait_for_line(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    needle: &str,
+    deadline: std::time::Duration,
+) -> anyhow::Result<Vec<String>> {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(deadline, async {
+        while let Some(line) = lines.next_line().await? {
+            let hit = line.contains(needle);
+            seen.push(line);
+            if hit {
+                return Ok::<bool, std::io::Error>(true);
+            }
+        }
+        Ok(false)
+    })
+    .await;
+    match found {
+        Ok(Ok(true)) => Ok(seen),
+        Ok(Ok(false)) => anyhow::bail!("stderr ended without {needle:?}: {seen:?}"),
+        Ok(Err(err)) => Err(err.into()),
+        Err(_) => anyhow::bail!("waited {deadline:?} for {needle:?} on stderr: {seen:?}"),
+    }
+}
+
 /// Waits until a runner holds the runner lock of this database.
 ///
 /// # Errors
@@ -261,17 +292,34 @@ pub async fn wait_for_sleeping_migration(pool: &PgPool) -> anyhow::Result<()> {
     .await
 }
 
-/// Waits until `count_sql` returns more than 0 (errors, such as a missing table, count as 0).
+/// Waits until `count_sql` returns more than 0. A table that does not exist yet (the
+/// ledger before the first run creates it) counts as 0; any other error is returned.
 ///
 /// # Errors
 ///
-/// After 10 s.
+/// After 10 s, or on a database error.
 pub async fn wait_until(pool: &PgPool, count_sql: &'static str) -> anyhow::Result<()> {
-    for _ in 0..1000 {
-        if scalar(pool, count_sql).await.unwrap_or(0) > 0 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let count = match scalar(pool, count_sql).await {
+            Ok(count) => count,
+            Err(err) if is_missing_table(&err) => 0,
+            Err(err) => return Err(err.into()),
+        };
+        if count > 0 {
             return Ok(());
         }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "waited 10 s for: {count_sql}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    anyhow::bail!("waited 10 s for: {count_sql}")
+}
+
+/// Whether a query failed because a table does not exist (yet).
+pub fn is_missing_table(err: &sqlx::Error) -> bool {
+    err.as_database_error().is_some_and(|e| {
+        e.code().as_deref() == Some("42P01") || e.message().contains("no such table")
+    })
 }

@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use datamig::prelude::*;
-use datamig::{Error, Migration, Progress, UpsertMode, UpsertReport};
+use datamig::{Error, Migration, Progress, UpsertMode};
 use datamig_tests::{
     BUMP_ITEMS, bump_items, create_fixture_tables, fixture_database, item_values, scalar,
+    wait_until,
 };
 use sqlx::PgPool;
 
@@ -86,14 +87,7 @@ async fn prefs_from_query(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
 }
 
 fn counts(inserted: u64, updated: u64, unchanged: u64) -> String {
-    format!(
-        "{:?}",
-        UpsertReport {
-            inserted,
-            updated,
-            unchanged
-        }
-    )
+    format!("UpsertReport {{ inserted: {inserted}, updated: {updated}, unchanged: {unchanged} }}")
 }
 
 /// Every row's `xmin` (the transaction that last wrote it) and values.
@@ -397,20 +391,20 @@ async fn a_batch_blocked_by_a_row_lock_times_out_retries_and_succeeds_once_the_l
             .run()
             .await
     });
-    // Batches 1 to 3 commit; batch 4 (keys 301 to 400) waits for the row lock.
-    loop {
-        let checkpoint = scalar(
-            db.pool(),
-            "SELECT COALESCE(max(checkpoint::bigint), 0) FROM datamig_ledger",
-        )
-        .await
-        .unwrap_or(0); // the ledger may not exist yet
-        if checkpoint == 300 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Batches 1 to 3 commit; batch 4 (keys 301 to 400) waits for the row lock: its session
+    // is seen waiting on a lock, and its checkpoint has not moved.
+    wait_until(
+        db.pool(),
+        "SELECT count(*) FROM datamig_ledger WHERE checkpoint = '300'",
+    )
+    .await?;
+    wait_until(
+        db.pool(),
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name LIKE 'datamig/%'
+           AND wait_event_type = 'Lock'",
+    )
+    .await?;
     assert_eq!(
         scalar(
             db.pool(),

@@ -62,7 +62,7 @@ proptest! {
                 .fetch_one(db.pool())
                 .await
                 .unwrap();
-            assert_eq!(tables, 4, "canary, the table, and the ledger's two: nothing dropped, nothing created");
+            assert_eq!(tables, 5, "canary, the table, and the ledger's three (ledger, runs, layout): nothing dropped, nothing created");
             db.pool().close().await;
         });
     }

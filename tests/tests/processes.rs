@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use datamig_tests::{
     BUMP_ITEMS, COUNT_RUNS, counter, fixture_database, interrupt, item_values, scalar, send, text,
-    wait_for_lock_holder, wait_for_sleeping_migration,
+    wait_for_line, wait_for_lock_holder, wait_for_sleeping_migration, wait_until,
 };
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn datamig(url: &str, args: &[&str]) -> tokio::process::Command {
     datamig_tests::command(env!("CARGO_BIN_EXE_datamig-fixtures"), url, args)
@@ -99,20 +100,17 @@ async fn a_run_killed_mid_batch_resumes_from_its_checkpoint_and_commits_each_bat
     let db = fixture_database(&["slow_batches"]).await?;
 
     let mut child = datamig(db.url(), &["run"]).spawn()?;
-    // Wait until some batches have committed, then kill the process in the middle of one.
-    loop {
-        let batches = scalar(
-            db.pool(),
-            "SELECT COALESCE(max(batches), 0) FROM datamig_ledger WHERE id = '20240101_0001_bump_items'",
-        )
-        .await
-        .unwrap_or(0);
-        if batches >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Once some batches have committed, kill the process in the middle of one: inside a
+    // batch's transaction, while the batch sleeps holding its rows (its session shows
+    // `idle in transaction`).
+    wait_until(
+        db.pool(),
+        "SELECT count(*) FROM datamig_ledger l, pg_stat_activity a
+         WHERE l.id = '20240101_0001_bump_items' AND l.batches >= 3
+           AND a.datname = current_database() AND a.application_name LIKE 'datamig/%'
+           AND a.state = 'idle in transaction'",
+    )
+    .await?;
     child.start_kill()?;
     child.wait().await?;
 
@@ -224,18 +222,11 @@ async fn assert_stops_after_the_batch_in_progress(signal: &str) -> anyhow::Resul
     let db = fixture_database(&["slow_batches"]).await?;
 
     let child = datamig(db.url(), &["run"]).spawn()?;
-    loop {
-        let batches = scalar(
-            db.pool(),
-            "SELECT COALESCE(max(batches), 0) FROM datamig_ledger WHERE status = 'running'",
-        )
-        .await
-        .unwrap_or(0);
-        if batches >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(
+        db.pool(),
+        "SELECT count(*) FROM datamig_ledger WHERE status = 'running' AND batches >= 2",
+    )
+    .await?;
     send(&child, signal)?;
     let output = child.wait_with_output().await?;
     assert_eq!(output.status.code(), Some(130), "{}", text(&output.stderr));
@@ -271,12 +262,24 @@ async fn a_second_ctrl_c_rolls_back_the_transaction_in_progress_and_says_so() ->
 {
     let db = fixture_database(&["slow"]).await?;
 
-    let child = datamig(db.url(), &["run"]).spawn()?;
+    let mut child = datamig(db.url(), &["run"]).spawn()?;
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped")).lines();
     wait_for_sleeping_migration(db.pool()).await?;
     interrupt(&child)?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The second once the first is acknowledged: what the process prints, not a delay.
+    wait_for_line(
+        &mut stderr,
+        "stopping after the current transaction",
+        Duration::from_secs(10),
+    )
+    .await?;
     interrupt(&child)?;
+    let rest = wait_for_line(&mut stderr, "error: interrupted", Duration::from_secs(10)).await?;
     let output = child.wait_with_output().await?;
+    let output = std::process::Output {
+        stderr: rest.join("\n").into_bytes(),
+        ..output
+    };
     assert_eq!(output.status.code(), Some(130), "{}", text(&output.stderr));
     assert!(
         text(&output.stderr)
@@ -306,6 +309,26 @@ async fn a_second_ctrl_c_rolls_back_the_transaction_in_progress_and_says_so() ->
         text(&output.stderr)
     );
     assert_eq!(counter(db.pool()).await?, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_signals_back_to_back_roll_back_the_transaction_in_progress() -> anyhow::Result<()> {
+    let db = fixture_database(&["slow"]).await?;
+    let child = datamig(db.url(), &["run"]).spawn()?;
+    wait_for_sleeping_migration(db.pool()).await?;
+    // Both at once: the second arrives while the first is being handled, and must not be
+    // lost between two listeners.
+    send(&child, "-INT")?;
+    send(&child, "-TERM")?;
+    let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output()).await??;
+    assert_eq!(output.status.code(), Some(130), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("the transaction in progress was rolled back"),
+        "{}",
+        text(&output.stderr)
+    );
+    assert_eq!(counter(db.pool()).await?, 0, "rolled back, not committed");
     Ok(())
 }
 

@@ -6,9 +6,7 @@ use std::time::Duration;
 use datamig::prelude::*;
 use datamig::{Error, LedgerConfig, State};
 use datamig_demo_migrations::{backfill_notification_settings, normalize_user_emails};
-use datamig_tests::{
-    COUNT_RUNS, advisory_locks_held, count_runs, counter, fixture_database, scalar,
-};
+use datamig_tests::{COUNT_RUNS, count_runs, counter, fixture_database, scalar};
 use sqlx::PgPool;
 
 fn demo() -> [&'static datamig::Migration; 2] {
@@ -631,14 +629,8 @@ async fn a_runner_that_cannot_get_the_lock_in_time_fails_with_lock_timeout() -> 
             .run()
             .await
     });
-    // Wait until the first runner holds the advisory lock.
-    loop {
-        let held = advisory_locks_held(db.pool()).await?;
-        if held > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Wait (at most 10 s) until the first runner holds the advisory lock.
+    datamig_tests::wait_for_lock_holder(db.pool()).await?;
     let err = Migrator::new(db.pool().clone())
         .migrations([&count_runs::MIGRATION])
         .runner_lock_timeout(Duration::from_millis(300))

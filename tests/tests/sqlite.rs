@@ -297,17 +297,45 @@ async fn a_killed_runner_leaves_nothing_and_its_stale_lock_is_taken_over() -> an
 
     let mut child = datamig(db.url(), &["run"]).spawn()?;
     // The runner holds the lock row, then sleeps 3 s inside count_runs' transaction.
-    for _ in 0..500 {
-        if scalar(db.pool(), "SELECT count(*) FROM datamig_ledger_lock")
-            .await
-            .unwrap_or(0)
-            > 0
-        {
+    // Inside the transaction: the runner holds SQLite's write lock, so another writer
+    // that will not wait is refused.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut probe = db.pool().acquire().await?;
+    sqlx::query("PRAGMA busy_timeout = 0")
+        .execute(&mut *probe)
+        .await?;
+    loop {
+        let counted = scalar(db.pool(), "SELECT count(*) FROM datamig_ledger_lock").await;
+        let locked = counted.as_ref().is_ok_and(|n| *n > 0)
+            && match sqlx::query("BEGIN IMMEDIATE").execute(&mut *probe).await {
+                Ok(_) => {
+                    sqlx::query("ROLLBACK").execute(&mut *probe).await?;
+                    false
+                }
+                Err(err) => {
+                    // SQLITE_BUSY (5), with its extended codes.
+                    let busy = err
+                        .as_database_error()
+                        .and_then(|e| e.code())
+                        .and_then(|c| c.parse::<i32>().ok())
+                        .is_some_and(|c| c & 0xff == 5);
+                    anyhow::ensure!(busy, "{err}");
+                    true
+                }
+            };
+        if locked {
             break;
         }
+        if let Err(err) = &counted {
+            anyhow::ensure!(err.to_string().contains("no such table"), "{err}");
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the runner never took the write lock"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    drop(probe);
     child.start_kill()?; // SIGKILL: no unlock, no rollback statement
     assert!(!child.wait().await?.success());
 

@@ -195,9 +195,11 @@ impl<DB: Backend> Migrator<DB> {
         self
     }
 
-    /// Fault injection, for tests: stops the run with [`Error::Interrupted`] after this
+    /// Fault injection, for tests (hidden from the docs: not for production use): stops
+    /// the run with [`Error::Interrupted`] after this
     /// many batches of a batched migration have committed, as a crash would, leaving the
     /// migration `running` at its checkpoint.
+    #[doc(hidden)]
     pub fn interrupt_after_batches(mut self, batches: u64) -> Self {
         self.interrupt_after_batches = Some(batches);
         self
