@@ -405,6 +405,15 @@ async fn a_batch_blocked_by_a_row_lock_times_out_retries_and_succeeds_once_the_l
            AND wait_event_type = 'Lock'",
     )
     .await?;
+    // Its lock timeout ends the wait: the batch rolls back and the runner backs off (its
+    // session idle, outside a transaction) before it tries the batch again.
+    wait_until(
+        db.pool(),
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name LIKE 'datamig/%'
+           AND state = 'idle'",
+    )
+    .await?;
     assert_eq!(
         scalar(
             db.pool(),
