@@ -8,7 +8,7 @@
 //! identity columns, SQLite's `AUTOINCREMENT` counters (`sqlite_sequence`; a plain
 //! `INTEGER PRIMARY KEY` needs nothing, it always takes the largest rowid + 1).
 
-/// One sequence moved by [`Ctx::reset_sequences`].
+/// One sequence moved by [`Ctx::reset_sequences`](crate::Ctx::reset_sequences).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct SequenceReset {
