@@ -337,6 +337,21 @@ pub enum LedgerWrite {
     Accept,
 }
 
+impl LedgerWrite {
+    /// What the row must hold for the write to apply: the checkpoint of a `Continue`, the
+    /// checksum and run count of a `Rerun`.
+    pub(crate) fn expected(&self) -> (Option<String>, Option<i32>) {
+        match self {
+            LedgerWrite::Continue { expected } => (expected.clone(), None),
+            LedgerWrite::Rerun {
+                checksum,
+                run_count,
+            } => (Some(checksum.clone()), Some(*run_count)),
+            LedgerWrite::Insert | LedgerWrite::Accept => (None, None),
+        }
+    }
+}
+
 impl Attempt {
     /// This attempt's duration.
     pub(crate) fn duration_ms(&self) -> i64 {

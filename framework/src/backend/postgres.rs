@@ -422,14 +422,7 @@ impl Steps for Postgres {
         };
         // `$15` is what the row must hold: the checkpoint of a batch, the checksum of a
         // re-run (whose run count is bound last).
-        let (expected, run_count) = match &a.write {
-            LedgerWrite::Continue { expected } => (expected.clone(), None),
-            LedgerWrite::Rerun {
-                checksum,
-                run_count,
-            } => (Some(checksum.clone()), Some(*run_count)),
-            _ => (None, None),
-        };
+        let (expected, run_count) = a.write.expected();
         let done = sqlx::query(AssertSqlSafe(sql))
             .bind(a.id)
             .bind(a.checksum)
