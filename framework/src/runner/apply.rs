@@ -39,22 +39,12 @@ impl<DB: Backend> Migrator<DB> {
         .await
         .map_err(Failure::db)?;
 
-        // A re-run counts the rows it writes, as the database counts them: the idempotency
-        // proof needs to see rows rewritten with equal values.
-        let measure = action == Action::Rerun;
-        let writes_before = match measure {
-            true => Some(DB::write_count(&mut tx).await.map_err(Failure::db)?),
-            false => None,
-        };
+        let before = writes_before::<DB>(&mut tx, action)
+            .await
+            .map_err(Failure::db)?;
         let mut ctx = Ctx::new(&mut *tx, migration.id(), self.dry_run);
         let mut outcome = run_caught::<DB>(run(&mut ctx)).await;
-        let mut rows_written = None;
-        if let (Ok(()), Some(before)) = (&outcome, writes_before) {
-            match writes_since(&mut ctx, before).await {
-                Ok(written) => rows_written = Some(written),
-                Err(err) => outcome = Err(BodyFailure::database(err)),
-            }
-        }
+        let rows_written = writes_after(&mut ctx, before, &mut outcome).await;
         let rows_affected = ctx.rows_affected();
         let notes = ctx.notes().to_vec();
         let mut attempt = self.attempt(migration, action, started_at);
@@ -200,6 +190,37 @@ impl<DB: Backend> Migrator<DB> {
         let mut fresh = self.pool.acquire().await?;
         DB::record_run(&mut fresh, &self.ledger, attempt, Some(message)).await?;
         Ok(())
+    }
+}
+
+/// The database's write counter before a body, for a re-run (`None` otherwise): a re-run
+/// counts the rows it writes as the database counts them, because the idempotency proof
+/// must see rows rewritten with equal values. First runs do not pay for it.
+pub(super) async fn writes_before<DB: Backend>(
+    conn: &mut DB::Connection,
+    action: Action,
+) -> Result<Option<u64>, sqlx::Error> {
+    if action == Action::Rerun {
+        DB::write_count(conn).await.map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// After a body that succeeded, the rows it wrote since `before` (when measured); a failed
+/// reading fails the body.
+pub(super) async fn writes_after<DB: Backend>(
+    ctx: &mut Ctx<'_, DB>,
+    before: Option<u64>,
+    outcome: &mut Result<(), BodyFailure>,
+) -> Option<u64> {
+    let before = before.filter(|_| outcome.is_ok())?;
+    match writes_since(ctx, before).await {
+        Ok(written) => Some(written),
+        Err(err) => {
+            *outcome = Err(BodyFailure::database(err));
+            None
+        }
     }
 }
 

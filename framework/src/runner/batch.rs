@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 
-use super::apply::{BodyFailure, Failure, run_caught, writes_since};
+use super::apply::{BodyFailure, Failure, run_caught, writes_after, writes_before};
 use super::plan::Step;
 use super::report::{AppliedMigration, Progress};
 use super::{Migrator, StopSignal};
@@ -239,21 +239,13 @@ impl<DB: Backend> Migrator<DB> {
                 panicked: false,
             });
         }
-        let measure = action == Action::Rerun;
-        let writes_before = match measure {
-            true => Some(DB::write_count(&mut tx).await.map_err(classify)?),
-            false => None,
-        };
+        let before = writes_before::<DB>(&mut tx, action)
+            .await
+            .map_err(classify)?;
         let mut ctx = Ctx::new(&mut *tx, migration.id(), self.dry_run);
         let mut outcome =
             run_caught::<DB>(run(&mut ctx, Batch::new(state.after, last, number, keys))).await;
-        let mut written = None;
-        if let (Ok(()), Some(before)) = (&outcome, writes_before) {
-            match writes_since(&mut ctx, before).await {
-                Ok(n) => written = Some(n),
-                Err(err) => outcome = Err(BodyFailure::database(err)),
-            }
-        }
+        let written = writes_after(&mut ctx, before, &mut outcome).await;
         let rows = ctx.rows_affected();
         let notes = ctx.notes().to_vec();
         if let Err(failure) = outcome {
