@@ -69,7 +69,11 @@ pub(crate) trait CliBackend: Backend {
 
 impl CliBackend for Postgres {
     async fn connect(url: &str) -> Result<Pool<Self>, Failure> {
-        let options = PgConnectOptions::from_str(url).map_err(|err| invalid(url, &err))?;
+        // Through a transaction pooler too, with its default settings (see
+        // `datamig::pooler_safe`): no named prepared statements, no `extra_float_digits`.
+        let options = datamig::pooler_safe(
+            PgConnectOptions::from_str(url).map_err(|err| invalid(url, &err))?,
+        );
         let probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
             .await
             .map_err(|_| no_answer(url))?

@@ -22,3 +22,7 @@ pub const INTERRUPTED: u8 = 130;
 pub const NOT_IDEMPOTENT: u8 = 7;
 /// `compare` found tables that differ between the two databases.
 pub const DIFFERENT: u8 = 8;
+/// The runner lost its lease (`--lock lease`) before a transaction could commit: it was
+/// frozen or cut off for longer than the lease. That transaction was rolled back; another
+/// runner may have taken over.
+pub const LEASE_LOST: u8 = 9;

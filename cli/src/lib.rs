@@ -27,12 +27,12 @@ use clap::Parser;
 use connect::{CliBackend, Scheme};
 use datamig::{
     Error, Fingerprint, FingerprintOptions, IdempotencyCheck, LedgerConfig, Migrator, Postgres,
-    Sqlite, StopSignal,
+    RunnerLock, Sqlite, StopSignal,
 };
 
 pub use opt::{
-    CheckIdempotencyOpts, Cli, Command, CompareOpts, Format, GlobalOpts, NewOpts, ReasonOpts,
-    RerunOpts, RunOpts, TablesOpts, UnlockOpts,
+    CheckIdempotencyOpts, Cli, Command, CompareOpts, Format, GlobalOpts, LockKind, NewOpts,
+    ReasonOpts, RerunOpts, RunOpts, TablesOpts, UnlockOpts,
 };
 use output::Output;
 
@@ -103,7 +103,11 @@ async fn execute_on<DB: CliBackend>(
     if let Some(schema) = &cli.global.ledger_schema {
         ledger = ledger.schema(schema);
     }
-    let migrator = Migrator::new(pool).ledger(ledger);
+    let lock = match cli.global.lock {
+        LockKind::Advisory => RunnerLock::Advisory,
+        LockKind::Lease => RunnerLock::lease_for(cli.global.lease_ttl),
+    };
+    let migrator = Migrator::new(pool).ledger(ledger).runner_lock(lock);
     match cli.command {
         Command::Run(opts) => run(migrator, &opts, out).await,
         Command::Status => {
@@ -300,6 +304,11 @@ async fn unlock<DB: CliBackend>(
     // The same name the runners put in their session tag.
     let this_host = datamig::host_name();
     for holder in &holders {
+        let held_by = if holder.lease {
+            "its lease".to_string()
+        } else {
+            format!("database session {}", holder.pid)
+        };
         let verdict = match holder.runner() {
             Some((host, pid)) if host == this_host => {
                 if datamig::local_process_alive(pid) {
@@ -307,8 +316,7 @@ async fn unlock<DB: CliBackend>(
                         exit::LOCK_TIMEOUT,
                         format!(
                             "the lock is held by datamig process {pid} on this host, which is still running \
-                             (database session {}); wait for it to finish or stop it first",
-                            holder.pid
+                             ({held_by}); wait for it to finish or stop it first"
                         ),
                     ));
                 }
@@ -323,10 +331,9 @@ async fn unlock<DB: CliBackend>(
                 return Err(Failure::new(
                     exit::LOCK_TIMEOUT,
                     format!(
-                        "the lock is held by datamig process {pid} on {host} (database session {}); this host \
+                        "the lock is held by datamig process {pid} on {host} ({held_by}); this host \
                          cannot tell whether it still runs: run `datamig unlock` on {host}, or pass \
-                         --dangerously-terminate-holder once you know it is gone",
-                        holder.pid
+                         --dangerously-terminate-holder once you know it is gone"
                     ),
                 ));
             }
@@ -348,13 +355,12 @@ async fn unlock<DB: CliBackend>(
             }
         };
         if migrator.terminate_lock_holder(holder.pid).await? {
-            out.done(
-                &format!(
-                    "released the lock: ended database session {} ({verdict})",
-                    holder.pid
-                ),
-                "",
-            )?;
+            let what = if holder.lease {
+                format!("removed the lease of {}", holder.application_name)
+            } else {
+                format!("ended database session {}", holder.pid)
+            };
+            out.done(&format!("released the lock: {what} ({verdict})"), "")?;
         }
     }
     Ok(exit::OK)
@@ -481,11 +487,13 @@ impl From<Error> for Failure {
             } => exit::MIGRATION_FAILED,
             Error::NotIdempotent { .. } | Error::Diverged { .. } => exit::NOT_IDEMPOTENT,
             Error::Stopped { .. } => exit::INTERRUPTED,
+            Error::LeaseLost { .. } => exit::LEASE_LOST,
             Error::DuplicateId { .. }
             | Error::LedgerShape { .. }
             | Error::UnknownId { .. }
             | Error::UnsupportedBackend { .. }
             | Error::SchemaNotReady { .. }
+            | Error::BehindPooler { .. }
             | Error::Config(_) => exit::USAGE,
             _ => exit::UNEXPECTED,
         };

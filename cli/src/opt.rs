@@ -52,6 +52,27 @@ pub struct GlobalOpts {
     /// The schema of the ledger and run-history tables (default: the search path's first).
     #[arg(long, env = "DATAMIG_LEDGER_SCHEMA", global = true)]
     pub ledger_schema: Option<String>,
+
+    /// The runner lock: `advisory`, PostgreSQL's session advisory lock, for direct
+    /// connections; `lease`, a renewed lease in the table <ledger>_lease, which holds
+    /// through a transaction pooler (PgBouncer in transaction mode). A run through a
+    /// transaction pooler with `advisory` refuses to start.
+    #[arg(long, value_enum, env = "DATAMIG_LOCK", default_value_t = LockKind::Advisory, global = true)]
+    pub lock: LockKind,
+
+    /// With `--lock lease`: how long a lease lasts unless renewed (the runner renews it every
+    /// third of this). A runner frozen longer loses it, and commits nothing after.
+    #[arg(long, value_parser = parse_duration, env = "DATAMIG_LEASE_TTL", default_value = "30s", global = true)]
+    pub lease_ttl: Duration,
+}
+
+/// The runner lock (`--lock`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LockKind {
+    /// PostgreSQL's session advisory lock (SQLite: its lock row).
+    Advisory,
+    /// A lease renewed while the runner works, checked by every transaction before it commits.
+    Lease,
 }
 
 /// The output format.

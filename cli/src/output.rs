@@ -276,7 +276,17 @@ impl Output {
             [] => writeln!(out, "runner lock: free")?,
             holders => {
                 for h in holders {
-                    writeln!(out, "runner lock: held by {}", describe_session(h))?;
+                    if h.lease {
+                        writeln!(
+                            out,
+                            "runner lock: lease held by {} (user {}); it {}",
+                            h.application_name,
+                            h.user.as_deref().unwrap_or("?"),
+                            h.state.as_deref().unwrap_or("?")
+                        )?;
+                    } else {
+                        writeln!(out, "runner lock: held by {}", describe_session(h))?;
+                    }
                 }
             }
         }

@@ -4,7 +4,7 @@
 
 use chrono::Utc;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, pinned};
 use crate::error::{Drift, Error};
 use crate::ledger::{Action, LedgerWrite};
 use crate::migration::Migration;
@@ -74,8 +74,11 @@ impl<DB: Backend> Migrator<DB> {
         let migration = self.find(id)?;
         require_reason(reason)?;
         self.with_lock(async |conn| {
-            self.prepare_ledger(conn).await?;
-            let ledger = DB::read_ledger(conn, self.ledger_config()).await?;
+            let ledger = pinned::<DB, _>(conn, async |conn| {
+                self.prepare_ledger(conn).await?;
+                Ok(DB::read_ledger(conn, self.ledger_config()).await?)
+            })
+            .await?;
             if ledger.iter().any(|e| e.id == id) {
                 return Err(Error::Config(format!(
                     "migration {id} is already in the ledger; nothing to mark"
@@ -86,6 +89,7 @@ impl<DB: Backend> Migrator<DB> {
             attempt.notes = vec![format!("marked applied without running: {reason}")];
             attempt.reason = Some(reason.to_string());
             let mut tx = sqlx::Connection::begin(&mut **conn).await?;
+            self.fence(&mut tx, id).await?;
             DB::write_ledger(&mut tx, self.ledger_config(), &attempt).await?;
             DB::record_run(&mut tx, self.ledger_config(), &attempt, None).await?;
             tx.commit().await?;
@@ -106,8 +110,11 @@ impl<DB: Backend> Migrator<DB> {
         let migration = self.find(id)?;
         require_reason(reason)?;
         self.with_lock(async |conn| {
-            self.prepare_ledger(conn).await?;
-            let ledger = DB::read_ledger(conn, self.ledger_config()).await?;
+            let ledger = pinned::<DB, _>(conn, async |conn| {
+                self.prepare_ledger(conn).await?;
+                Ok(DB::read_ledger(conn, self.ledger_config()).await?)
+            })
+            .await?;
             let Some(entry) = ledger.into_iter().find(|e| e.id == id) else {
                 return Err(Error::Config(format!(
                     "migration {id} is not applied; there is nothing to repair"
@@ -135,6 +142,7 @@ impl<DB: Backend> Migrator<DB> {
                 drift.applied_revision
             ));
             let mut tx = sqlx::Connection::begin(&mut **conn).await?;
+            self.fence(&mut tx, id).await?;
             DB::write_ledger(&mut tx, self.ledger_config(), &attempt).await?;
             DB::record_run(&mut tx, self.ledger_config(), &attempt, None).await?;
             tx.commit().await?;
@@ -150,7 +158,10 @@ impl<DB: Backend> Migrator<DB> {
     /// [`Error::Database`].
     pub async fn lock_holders(&self) -> Result<Vec<SessionInfo>, Error> {
         let mut conn = self.pool().acquire().await?;
-        Ok(DB::lock_holders(&mut conn, self.ledger_config()).await?)
+        pinned::<DB, _>(&mut conn, async |c| {
+            Ok(DB::lock_holders(c, self.ledger_config()).await?)
+        })
+        .await
     }
 
     /// Takes the runner lock from holder `pid` if, and only if, it holds it. On PostgreSQL
@@ -164,11 +175,14 @@ impl<DB: Backend> Migrator<DB> {
     /// [`Error::Database`], for instance without the privilege to end that session.
     pub async fn terminate_lock_holder(&self, pid: i32) -> Result<bool, Error> {
         let mut conn = self.pool().acquire().await?;
-        let holders = DB::lock_holders(&mut conn, self.ledger_config()).await?;
+        let holders = self.lock_holders().await?;
         if !holders.iter().any(|h| h.pid == pid) {
             return Ok(false);
         }
-        Ok(DB::release_lock_holder(&mut conn, self.ledger_config(), pid).await?)
+        pinned::<DB, _>(&mut conn, async |c| {
+            Ok(DB::release_lock_holder(c, self.ledger_config(), pid).await?)
+        })
+        .await
     }
 
     /// Can it connect; is the ledger readable; who holds the runner lock; which sessions
@@ -179,10 +193,16 @@ impl<DB: Backend> Migrator<DB> {
     /// [`Error::Database`] when the server cannot be queried at all.
     pub async fn doctor(&self) -> Result<Doctor, Error> {
         let mut conn = self.pool().acquire().await?;
-        let server_version = DB::server_version(&mut conn).await?;
-        let ledger_exists = DB::ledger_exists(&mut conn, self.ledger_config()).await?;
-        let lock_holders = DB::lock_holders(&mut conn, self.ledger_config()).await?;
-        let blocking_sessions = DB::blocking_sessions(&mut conn).await?;
+        let (server_version, ledger_exists, lock_holders, blocking_sessions) =
+            pinned::<DB, _>(&mut conn, async |conn| {
+                Ok((
+                    DB::server_version(conn).await?,
+                    DB::ledger_exists(conn, self.ledger_config()).await?,
+                    DB::lock_holders(conn, self.ledger_config()).await?,
+                    DB::blocking_sessions(conn).await?,
+                ))
+            })
+            .await?;
         drop(conn);
         let (migrations, ledger_problem) = match self.status().await {
             Ok(statuses) => (statuses, None),

@@ -39,6 +39,39 @@ pub enum Error {
         timeout: Duration,
     },
 
+    /// The runner's lease on the lock ([`crate::RunnerLock::Lease`]) ran out before a
+    /// transaction of migration `id` committed: the runner was frozen, paused or cut off
+    /// for longer than the lease, and another runner may have taken over. That transaction
+    /// was rolled back (fencing): nothing of it was committed, and nothing stopped here ran
+    /// twice.
+    #[error(
+        "the runner lost its lease on the migration lock before migration {id} could commit \
+         ({reason}): its transaction was rolled back and nothing of it was kept; another runner \
+         may have taken over. Run `datamig status` to see where things stand, and consider a \
+         longer lease if this runner was only slow"
+    )]
+    LeaseLost {
+        /// The migration whose transaction was rolled back.
+        id: String,
+        /// What was found: the lease expired, or another runner holds it.
+        reason: String,
+    },
+
+    /// The run is connected through a transaction pooler (PgBouncer in `transaction` mode,
+    /// a hosted service's pooler) while the session advisory lock is selected: that lock
+    /// belongs to a server session, which a transaction pooler shares between clients, so
+    /// it would not keep two runners apart. Nothing ran.
+    #[error(
+        "datamig is connected to PostgreSQL through a transaction pooler ({evidence}): the \
+         session advisory lock does not hold there, so nothing ran. Use the lease lock: \
+         `datamig run --lock lease` (or `Migrator::runner_lock(RunnerLock::lease())`), or \
+         connect to the server directly"
+    )]
+    BehindPooler {
+        /// What showed the pooler.
+        evidence: String,
+    },
+
     /// Applied migrations whose code changed since they were applied.
     #[error(
         "{} applied migration(s) changed since they were applied: {}; restore the code, \

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use sqlx::Pool;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, pinned};
 use crate::error::Error;
 use crate::ledger::LedgerConfig;
 
@@ -130,14 +130,19 @@ pub async fn fingerprint_on<DB: Backend>(
     options: &FingerprintOptions,
 ) -> Result<Fingerprint, Error> {
     let mut fingerprint = Fingerprint::default();
-    for (schema, table) in tables::<DB>(conn, options).await? {
-        let key = DB::primary_key(conn, &schema, &table).await?;
-        let (rows, sha256) = DB::table_fingerprint(conn, &schema, &table, &key).await?;
-        fingerprint.tables.insert(
-            format!("{schema}.{table}"),
-            TableFingerprint { rows, sha256, key },
-        );
-    }
+    // One transaction: through a transaction pooler, one server session.
+    pinned::<DB, _>(conn, async |conn| {
+        for (schema, table) in tables::<DB>(conn, options).await? {
+            let key = DB::primary_key(conn, &schema, &table).await?;
+            let (rows, sha256) = DB::table_fingerprint(conn, &schema, &table, &key).await?;
+            fingerprint.tables.insert(
+                format!("{schema}.{table}"),
+                TableFingerprint { rows, sha256, key },
+            );
+        }
+        Ok(())
+    })
+    .await?;
     if let Some(only) = &options.only {
         for name in only {
             let found = fingerprint

@@ -5,7 +5,7 @@
 
 use sqlx::{AssertSqlSafe, SqlSafeStr};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, pinned};
 use crate::ctx::Ctx;
 use crate::error::Error;
 use crate::fingerprint::{FingerprintOptions, TableDifference, fingerprint_on, tables};
@@ -154,6 +154,97 @@ pub(crate) async fn changes<DB: Backend>(
     Ok(changes)
 }
 
+#[cfg(feature = "testing")]
+/// The rows of every covered table, held in memory: a snapshot that, unlike temporary
+/// tables, survives statements served by different server sessions (a transaction
+/// pooler) and holds no lock while other connections write. For test databases.
+pub(crate) struct RowsSnapshot {
+    /// `schema.table` to its rows as text, sorted.
+    tables: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+#[cfg(feature = "testing")]
+/// Reads every covered table's rows, in one transaction.
+pub(crate) async fn snapshot_rows<DB: Backend>(
+    conn: &mut DB::Connection,
+    options: &FingerprintOptions,
+) -> Result<RowsSnapshot, Error> {
+    pinned::<DB, _>(conn, async |conn| {
+        let mut snapshot = RowsSnapshot {
+            tables: std::collections::BTreeMap::new(),
+        };
+        for (schema, table) in tables::<DB>(conn, options).await? {
+            let mut rows = DB::table_rows(conn, &schema, &table).await?;
+            rows.sort_unstable();
+            snapshot.tables.insert(format!("{schema}.{table}"), rows);
+        }
+        Ok(snapshot)
+    })
+    .await
+}
+
+#[cfg(feature = "testing")]
+/// The changed tables between two snapshots, with up to five rows on each side.
+pub(crate) fn changes_between(
+    before: &RowsSnapshot,
+    after: &RowsSnapshot,
+    differences: &[TableDifference],
+) -> Vec<TableChange> {
+    let empty = Vec::new();
+    differences
+        .iter()
+        .map(|difference| {
+            let old = before.tables.get(&difference.table).unwrap_or(&empty);
+            let new = after.tables.get(&difference.table).unwrap_or(&empty);
+            let (only_before, only_after) = sorted_difference(old, new);
+            TableChange {
+                table: difference.table.clone(),
+                rows_before: difference.left.as_ref().map_or(0, |f| f.rows),
+                rows_after: difference.right.as_ref().map_or(0, |f| f.rows),
+                only_before,
+                only_after,
+            }
+        })
+        .collect()
+}
+
+#[cfg(feature = "testing")]
+/// The first five rows of each side that the other lacks (as `EXCEPT ALL`), of two sorted
+/// lists.
+fn sorted_difference(left: &[String], right: &[String]) -> (Vec<String>, Vec<String>) {
+    let (mut only_left, mut only_right) = (Vec::new(), Vec::new());
+    let (mut l, mut r) = (left.iter().peekable(), right.iter().peekable());
+    loop {
+        match (l.peek(), r.peek()) {
+            (None, None) => break,
+            (Some(a), Some(b)) if a == b => {
+                l.next();
+                r.next();
+            }
+            (Some(a), Some(b)) if a < b => only_left.push(l.next().cloned().unwrap_or_default()),
+            (Some(_), None) => only_left.push(l.next().cloned().unwrap_or_default()),
+            (_, Some(_)) => only_right.push(r.next().cloned().unwrap_or_default()),
+        }
+    }
+    only_left.truncate(5);
+    only_right.truncate(5);
+    (only_left, only_right)
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::sorted_difference;
+
+    #[test]
+    fn sorted_difference_is_except_all_both_ways() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let (left, right) = sorted_difference(&s(&["a", "b", "b", "d"]), &s(&["b", "c", "d", "e"]));
+        assert_eq!(left, s(&["a", "b"]));
+        assert_eq!(right, s(&["c", "e"]));
+        assert_eq!(sorted_difference(&[], &[]), (vec![], vec![]));
+    }
+}
+
 impl<DB: Backend> Migrator<DB> {
     /// Runs each pending migration twice inside one transaction and compares the data's
     /// fingerprints after each run, then rolls everything back: nothing is committed, the
@@ -173,16 +264,19 @@ impl<DB: Backend> Migrator<DB> {
             });
         }
         self.with_lock(async |conn| {
-            let applied: Vec<String> = if DB::ledger_exists(conn, self.ledger_config()).await? {
-                DB::read_ledger(conn, self.ledger_config())
-                    .await?
-                    .into_iter()
-                    .filter(|e| !e.is_running())
-                    .map(|e| e.id)
-                    .collect()
-            } else {
-                Vec::new()
-            };
+            let applied: Vec<String> = pinned::<DB, _>(conn, async |conn| {
+                Ok(if DB::ledger_exists(conn, self.ledger_config()).await? {
+                    DB::read_ledger(conn, self.ledger_config())
+                        .await?
+                        .into_iter()
+                        .filter(|e| !e.is_running())
+                        .map(|e| e.id)
+                        .collect()
+                } else {
+                    Vec::new()
+                })
+            })
+            .await?;
             let pending: Vec<&'static Migration> = migrations
                 .into_iter()
                 .filter(|m| !applied.iter().any(|id| id == m.id()))

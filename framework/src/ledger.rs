@@ -85,6 +85,18 @@ impl LedgerConfig {
         format!("{}_layout", self.ledger_table)
     }
 
+    /// The name of the lease table of the lease lock (PostgreSQL, [`crate::RunnerLock::Lease`]):
+    /// `<ledger table>_lease`.
+    pub(crate) fn lease_table_name(&self) -> String {
+        format!("{}_lease", self.ledger_table)
+    }
+
+    /// The lease table's quoted, schema-qualified name.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn lease_ident(&self) -> String {
+        self.qualify(&self.lease_table_name())
+    }
+
     /// The layout table's quoted, schema-qualified name.
     pub(crate) fn layout_ident(&self) -> String {
         self.qualify(&self.layout_table_name())

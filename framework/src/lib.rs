@@ -92,7 +92,7 @@ pub use merge::{UpsertMode, UpsertReport};
 pub use migration::{Batch, BatchFn, BatchSpec, BoxFuture, Code, Location, Migration, MigrationFn};
 pub use registry::link_marker;
 pub use runner::{
-    AppliedMigration, MigrationStatus, Migrator, Progress, RunReport, State, StopSignal,
+    AppliedMigration, MigrationStatus, Migrator, Progress, RunReport, RunnerLock, State, StopSignal,
 };
 pub use session::{SessionInfo, host_name, local_process_alive};
 #[cfg(feature = "postgres")]
@@ -100,6 +100,25 @@ pub use sqlx::Postgres;
 #[cfg(feature = "sqlite")]
 pub use sqlx::Sqlite;
 pub use upsert::Upsert;
+
+/// Connection options that work through a transaction pooler without support for
+/// prepared statements (PgBouncer before 1.21, or with `max_prepared_statements = 0`, in
+/// `transaction` mode), with the pooler's default settings:
+///
+/// - no statement cache (`statement_cache_capacity(0)`, the URL parameter
+///   `statement-cache-capacity=0`): sqlx then prepares each statement unnamed, in the
+///   same transaction that runs it, instead of naming it `sqlx_s_N` once per session,
+///   a name another client may already have created on the pooled server session;
+/// - no `extra_float_digits` startup parameter, which PgBouncer refuses
+///   (`unsupported startup parameter`) unless listed in its `ignore_startup_parameters`.
+///
+/// datamig runs each of its own statements inside a transaction, where a transaction
+/// pooler keeps one server session. Pair these options with [`RunnerLock::Lease`]. The
+/// `datamig` command line connects this way always.
+#[cfg(feature = "postgres")]
+pub fn pooler_safe(options: sqlx::postgres::PgConnectOptions) -> sqlx::postgres::PgConnectOptions {
+    options.statement_cache_capacity(0).extra_float_digits(None)
+}
 
 /// The sqlx this datamig is built with, so that an application need not match its version
 /// by hand: `datamig::sqlx::query(..)`.

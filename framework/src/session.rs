@@ -25,6 +25,9 @@ pub struct SessionInfo {
     pub blocked_by: Vec<i32>,
     /// Its current or last query (the first 500 characters).
     pub query: Option<String>,
+    /// Whether this is the holder of a lease ([`crate::RunnerLock::Lease`]) rather than a
+    /// session: then `pid` is its runner's process id on its host, not a server process.
+    pub lease: bool,
 }
 
 impl SessionInfo {

@@ -54,7 +54,7 @@ use tokio::sync::OnceCell;
 use crate::backend::Backend;
 use crate::error::Error;
 use crate::fingerprint::{FingerprintOptions, fingerprint_on};
-use crate::idempotency::{IdempotencyCheck, changes, snapshot};
+use crate::idempotency::{IdempotencyCheck, changes_between, snapshot_rows};
 use crate::runner::Migrator;
 use crate::sql::quote_ident;
 
@@ -267,14 +267,26 @@ pub async fn check_idempotent<DB: Backend>(
         .iter()
         .find(|a| a.id == id)
         .map_or(0, |a| a.rows_affected);
-    // The snapshot lives in temporary tables of this one connection, held across the re-run.
+    // The snapshot is held in memory, not in temporary tables of one session: through a
+    // transaction pooler, the statements after the re-run may reach another session.
     let mut conn = migrator.pool().acquire().await?;
     let options = FingerprintOptions::new().ledger(migrator.ledger_config());
     let before = fingerprint_on::<DB>(&mut conn, &options).await?;
-    let copy = snapshot::<DB>(&mut conn, &options).await?;
+    let copy = snapshot_rows::<DB>(&mut conn, &options).await?;
+    drop(conn);
     let second = migrator.rerun(id).await?;
+    let mut conn = migrator.pool().acquire().await?;
     let after = fingerprint_on::<DB>(&mut conn, &options).await?;
-    let changes = changes::<DB>(&mut conn, copy, &before.differences(&after)).await?;
+    let differences = before.differences(&after);
+    let changes = if differences.is_empty() {
+        Vec::new()
+    } else {
+        changes_between(
+            &copy,
+            &snapshot_rows::<DB>(&mut conn, &options).await?,
+            &differences,
+        )
+    };
     let second_run_rows = second.applied.first().map_or(0, |a| a.rows_affected);
     let second_run_writes = second
         .applied

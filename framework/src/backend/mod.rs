@@ -156,6 +156,12 @@ pub(crate) mod steps {
         /// closing the last connection to an in-memory database would delete it.
         const CLOSE_RUNNER_CONNECTION: bool;
 
+        /// Whether datamig runs each statement it sends outside a migration's transaction
+        /// inside a short transaction of its own (see [`super::pinned`]): on PostgreSQL,
+        /// where a transaction pooler hands each transaction, and each statement outside
+        /// one, to whichever server session is free.
+        const PIN_IN_TRANSACTION: bool;
+
         /// This backend's code of a migration, if it has any.
         fn code(migration: &Migration) -> Option<Code<Self>>;
 
@@ -264,6 +270,14 @@ pub(crate) mod steps {
             right: &str,
         ) -> impl Future<Output = Result<Vec<String>, sqlx::Error>> + Send;
 
+        /// Every row of `schema.table` as text (in the form [`Self::rows_missing_from`]
+        /// shows), in no particular order.
+        fn table_rows(
+            conn: &mut Self::Connection,
+            schema: &str,
+            table: &str,
+        ) -> impl Future<Output = Result<Vec<String>, sqlx::Error>> + Send;
+
         /// Whether the ledger table exists (read-only commands do not create it).
         fn ledger_exists(
             conn: &mut Self::Connection,
@@ -295,6 +309,49 @@ pub(crate) mod steps {
             config: &LedgerConfig,
             token: &LockToken,
         ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+        /// Tries once to take the lease lock for `ttl`: a row naming this runner (host,
+        /// process, `token`), taken when missing or expired; `true` if this runner now
+        /// holds it. Creates the lease table where it is missing. (SQLite: its lock row,
+        /// as [`Self::try_lock`].)
+        fn try_lease(
+            conn: &mut Self::Connection,
+            config: &LedgerConfig,
+            token: &LockToken,
+            ttl: Duration,
+        ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+        /// Extends the lease of `token` to `ttl` from now; `false` when it has expired or
+        /// another runner holds it.
+        fn renew_lease(
+            conn: &mut Self::Connection,
+            config: &LedgerConfig,
+            token: &str,
+            ttl: Duration,
+        ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+
+        /// Gives the lease of `token` up.
+        fn release_lease(
+            conn: &mut Self::Connection,
+            config: &LedgerConfig,
+            token: &LockToken,
+        ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+        /// Inside a migration's transaction, just before its ledger row is written: `None`
+        /// while `token` holds an unexpired lease, otherwise what was found instead.
+        fn lease_lost(
+            conn: &mut Self::Connection,
+            config: &LedgerConfig,
+            token: &str,
+        ) -> impl Future<Output = Result<Option<String>, sqlx::Error>> + Send;
+
+        /// Evidence that `conn` reaches the database through a transaction pooler: a second
+        /// connection made with `options` served by the same server session, or `conn`'s
+        /// server session changing between two statements. `None` when there is none.
+        fn pooler_evidence(
+            conn: &mut Self::Connection,
+            options: &<Self::Connection as sqlx::Connection>::Options,
+        ) -> impl Future<Output = Result<Option<String>, sqlx::Error>> + Send;
 
         /// Sets the lock and statement timeouts for the current transaction only.
         fn set_local_timeouts(
@@ -397,6 +454,28 @@ pub(crate) mod steps {
     }
 }
 
+/// Runs `work` on `conn` inside a short transaction of its own where the backend asks for
+/// it ([`steps::Steps::PIN_IN_TRANSACTION`]) and `conn` is not in a transaction already.
+///
+/// A transaction pooler (PgBouncer in `transaction` mode) keeps a client on one server
+/// session for the length of a transaction only. sqlx sends a statement with parameters as
+/// two exchanges (prepare, then bind and execute), and outside a transaction the pooler may
+/// hand the second to another server session, where the statement does not exist. Inside
+/// a transaction both reach the same session.
+pub(crate) async fn pinned<DB: Backend, T>(
+    conn: &mut DB::Connection,
+    work: impl AsyncFnOnce(&mut DB::Connection) -> Result<T, Error>,
+) -> Result<T, Error> {
+    use sqlx::Connection;
+    if !DB::PIN_IN_TRANSACTION || conn.is_in_transaction() {
+        return work(conn).await;
+    }
+    let mut tx = conn.begin().await?;
+    let out = work(&mut tx).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
 /// A batched migration's key column, as [`steps::Steps::key_column`] finds it. (Public
 /// only to the sealed backend steps; not reachable from outside the crate.)
 #[derive(Debug)]
@@ -424,11 +503,16 @@ static LIVE_TOKENS: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 impl LockToken {
     pub(crate) fn new() -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(0);
+        // Random too: a lease token names its holder across machines, where process ids
+        // and clocks repeat.
+        let mut random = [0u8; 8];
+        let _ = getrandom::fill(&mut random);
         let token = format!(
-            "{}:{}:{}",
+            "{}:{}:{}:{}",
             std::process::id(),
             Utc::now().timestamp_micros(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            hex(&random)
         );
         if let Ok(mut live) = LIVE_TOKENS.lock() {
             live.get_or_insert_with(HashSet::new).insert(token.clone());
@@ -437,7 +521,6 @@ impl LockToken {
     }
 
     /// The token's text.
-    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) fn as_str(&self) -> &str {
         &self.0
     }

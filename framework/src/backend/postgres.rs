@@ -23,6 +23,7 @@ impl Backend for Postgres {}
 impl Steps for Postgres {
     const ID: &'static str = "postgres";
     const CLOSE_RUNNER_CONNECTION: bool = true;
+    const PIN_IN_TRANSACTION: bool = true;
 
     same_sql_steps!(PgConnection);
 
@@ -299,6 +300,20 @@ impl Steps for Postgres {
         .await
     }
 
+    async fn table_rows(
+        conn: &mut PgConnection,
+        schema: &str,
+        table: &str,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT t::text FROM {}.{} AS t",
+            quote_ident(schema),
+            quote_ident(table)
+        )))
+        .fetch_all(conn)
+        .await
+    }
+
     async fn ledger_exists(
         conn: &mut PgConnection,
         config: &LedgerConfig,
@@ -356,6 +371,137 @@ impl Steps for Postgres {
             .execute(conn)
             .await?;
         Ok(())
+    }
+
+    async fn try_lease(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+        token: &LockToken,
+        ttl: Duration,
+    ) -> Result<bool, Error> {
+        ensure_lease_table(conn, config).await?;
+        let mut tx = conn.begin().await?;
+        // A holder's renewal in flight holds the row for a moment; never queue behind it.
+        sqlx::query("SELECT set_config('lock_timeout', '2s', true)")
+            .execute(&mut *tx)
+            .await?;
+        // Taken when missing or expired, in one statement: two runners racing for an
+        // expired lease queue on its row, and the second finds it taken. Times are the
+        // server's, so the runners' clocks do not matter.
+        let sql = format!(
+            "INSERT INTO {lease} AS l (id, token, host, pid, acquired_at, renewed_at, expires_at)
+             VALUES (1, $1, $2, $3, clock_timestamp(), clock_timestamp(),
+                     clock_timestamp() + $4 * interval '1 millisecond')
+             ON CONFLICT (id) DO UPDATE SET token = excluded.token, host = excluded.host,
+                 pid = excluded.pid, db_user = current_user, acquired_at = excluded.acquired_at,
+                 renewed_at = excluded.renewed_at, expires_at = excluded.expires_at
+             WHERE l.expires_at <= clock_timestamp()
+             RETURNING token",
+            lease = config.lease_ident()
+        );
+        let taken: Result<Option<String>, sqlx::Error> = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(token.as_str())
+            .bind(crate::session::host_name())
+            .bind(i64::from(std::process::id()))
+            .bind(millis(ttl))
+            .fetch_optional(&mut *tx)
+            .await;
+        match taken {
+            Ok(taken) => {
+                tx.commit().await?;
+                Ok(taken.is_some())
+            }
+            Err(err) if Self::is_lock_timeout(&err) => Ok(false),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn renew_lease(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, sqlx::Error> {
+        let mut tx = conn.begin().await?;
+        let sql = format!(
+            "UPDATE {} SET renewed_at = clock_timestamp(),
+                 expires_at = clock_timestamp() + $2 * interval '1 millisecond'
+             WHERE id = 1 AND token = $1 AND expires_at > clock_timestamp()",
+            config.lease_ident()
+        );
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(token)
+            .bind(millis(ttl))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_lease(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+        token: &LockToken,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = conn.begin().await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM {} WHERE id = 1 AND token = $1",
+            config.lease_ident()
+        )))
+        .bind(token.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+
+    async fn lease_lost(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+        token: &str,
+    ) -> Result<Option<String>, sqlx::Error> {
+        let sql = format!(
+            "SELECT token = $1, expires_at > clock_timestamp(), host, pid, expires_at::text
+             FROM {} WHERE id = 1",
+            config.lease_ident()
+        );
+        let row: Option<(bool, bool, String, i64, String)> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(token)
+            .fetch_optional(conn)
+            .await?;
+        Ok(match row {
+            None => Some("the lease was released: `datamig unlock` removed it".to_string()),
+            Some((true, true, ..)) => None,
+            Some((true, false, _, _, expires_at)) => Some(format!(
+                "the lease expired at {expires_at}, not renewed in time"
+            )),
+            Some((false, _, host, pid, _)) => Some(format!(
+                "the lease expired and datamig process {pid} on {host} holds it now"
+            )),
+        })
+    }
+
+    async fn pooler_evidence(
+        conn: &mut PgConnection,
+        options: &sqlx::postgres::PgConnectOptions,
+    ) -> Result<Option<String>, sqlx::Error> {
+        // Plain-text queries only: they pass any pooler in one exchange.
+        let first = backend_pid(conn).await?;
+        let mut other = PgConnection::connect_with(options).await?;
+        let second = backend_pid(&mut other).await;
+        let again = backend_pid(conn).await;
+        let _ = other.close().await;
+        let (second, again) = (second?, again?);
+        Ok(if second == first {
+            Some(format!(
+                "two connections were served by one server session, process {first}"
+            ))
+        } else if again != first {
+            Some(format!(
+                "the server session changed from process {first} to {again} between two statements"
+            ))
+        } else {
+            None
+        })
     }
 
     async fn set_local_timeouts(
@@ -524,16 +670,35 @@ impl Steps for Postgres {
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(key)
-            .fetch_all(conn)
+            .fetch_all(&mut *conn)
             .await?;
-        rows.iter().map(session_info).collect()
+        let mut holders = rows
+            .iter()
+            .map(session_info)
+            .collect::<Result<Vec<_>, _>>()?;
+        holders.extend(lease_holder(conn, config).await?);
+        Ok(holders)
     }
 
     async fn release_lock_holder(
         conn: &mut PgConnection,
-        _config: &LedgerConfig,
+        config: &LedgerConfig,
         pid: i32,
     ) -> Result<bool, sqlx::Error> {
+        // A lease names its runner's process; an advisory lock, its server session.
+        if lease_holder(conn, config)
+            .await?
+            .is_some_and(|h| h.pid == pid)
+        {
+            let done = sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM {} WHERE id = 1 AND pid = $1",
+                config.lease_ident()
+            )))
+            .bind(i64::from(pid))
+            .execute(conn)
+            .await?;
+            return Ok(done.rows_affected() == 1);
+        }
         sqlx::query_scalar("SELECT pg_terminate_backend($1)")
             .bind(pid)
             .fetch_one(conn)
@@ -619,6 +784,114 @@ impl Steps for Postgres {
     }
 }
 
+/// A duration in whole milliseconds, for `$n * interval '1 millisecond'`.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The server process serving this session, asked in plain text (one exchange).
+async fn backend_pid(conn: &mut PgConnection) -> Result<String, sqlx::Error> {
+    let row = sqlx::raw_sql(AssertSqlSafe("SELECT pg_backend_pid()::text".to_string()))
+        .fetch_one(conn)
+        .await?;
+    row.try_get(0)
+}
+
+/// Creates the lease table where it is missing, under a transaction-level advisory lock
+/// (which, unlike a session's, holds through a transaction pooler): concurrent
+/// `CREATE TABLE IF NOT EXISTS` can collide. A role without `CREATE` gets a clear error.
+async fn ensure_lease_table(conn: &mut PgConnection, config: &LedgerConfig) -> Result<(), Error> {
+    let lease = config.lease_ident();
+    let mut tx = conn.begin().await?;
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(&lease)
+        .fetch_one(&mut *tx)
+        .await?;
+    if exists {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(config.lock_key())
+        .execute(&mut *tx)
+        .await?;
+    let schema = match config.schema_name() {
+        Some(schema) => format!("CREATE SCHEMA IF NOT EXISTS {};", quote_ident(schema)),
+        None => String::new(),
+    };
+    let ddl = format!(
+        "{schema}
+        CREATE TABLE IF NOT EXISTS {lease} (
+            id          integer PRIMARY KEY CHECK (id = 1),
+            token       text NOT NULL,
+            host        text NOT NULL,
+            pid         bigint NOT NULL,
+            db_user     text NOT NULL DEFAULT current_user,
+            acquired_at timestamptz NOT NULL,
+            renewed_at  timestamptz NOT NULL,
+            expires_at  timestamptz NOT NULL
+        )"
+    );
+    if let Err(err) = sqlx::raw_sql(AssertSqlSafe(ddl)).execute(&mut *tx).await {
+        if err
+            .as_database_error()
+            .and_then(|e| e.code())
+            .is_some_and(|c| c == "42501")
+        {
+            return Err(Error::Config(format!(
+                "the lease table {lease} of the lease lock does not exist, and this role may not \
+                 create it ({}): run `datamig run --lock lease` once as the owner of the schema \
+                 (or a role with CREATE on it), then this role needs SELECT, INSERT, UPDATE, \
+                 DELETE on {lease}",
+                crate::error::describe_sqlx(&err)
+            )));
+        }
+        return Err(err.into());
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The holder of an unexpired lease, as a session: its runner's process id and name.
+async fn lease_holder(
+    conn: &mut PgConnection,
+    config: &LedgerConfig,
+) -> Result<Option<SessionInfo>, sqlx::Error> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(config.lease_ident())
+        .fetch_one(&mut *conn)
+        .await?;
+    if !exists {
+        return Ok(None);
+    }
+    let sql = format!(
+        "SELECT host, pid, db_user, expires_at::text,
+                (extract(epoch FROM clock_timestamp() - acquired_at) * 1000)::bigint,
+                (extract(epoch FROM clock_timestamp() - renewed_at) * 1000)::bigint
+         FROM {} WHERE id = 1 AND expires_at > clock_timestamp()",
+        config.lease_ident()
+    );
+    let row: Option<(String, i64, String, String, i64, i64)> = sqlx::query_as(AssertSqlSafe(sql))
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(
+        |(host, pid, user, expires_at, held_ms, renewed_ms)| SessionInfo {
+            pid: i32::try_from(pid).unwrap_or(i32::MAX),
+            user: Some(user),
+            application_name: format!("datamig/{host}/{pid}"),
+            client_addr: None,
+            state: Some(format!(
+                "holds the lease until {expires_at} (renewed {renewed_ms} ms ago)"
+            )),
+            transaction_age_ms: None,
+            state_age_ms: Some(held_ms),
+            wait_event_type: None,
+            blocked_by: Vec::new(),
+            query: None,
+            lease: true,
+        },
+    ))
+}
+
 /// The runner lock's key, with the ledger's schema resolved against this session's
 /// `current_schema()` (asked only when a schema is configured).
 async fn lock_key(conn: &mut PgConnection, config: &LedgerConfig) -> Result<i64, sqlx::Error> {
@@ -652,6 +925,7 @@ fn session_info(row: &PgRow) -> Result<SessionInfo, sqlx::Error> {
         wait_event_type: row.try_get("wait_event_type")?,
         blocked_by: row.try_get("blocked_by")?,
         query: row.try_get("query")?,
+        lease: false,
     })
 }
 

@@ -38,6 +38,7 @@ impl Backend for Sqlite {}
 impl Steps for Sqlite {
     const ID: &'static str = "sqlite";
     const CLOSE_RUNNER_CONNECTION: bool = false;
+    const PIN_IN_TRANSACTION: bool = false;
 
     same_sql_steps!(SqliteConnection);
 
@@ -297,6 +298,21 @@ impl Steps for Sqlite {
         .await
     }
 
+    async fn table_rows(
+        conn: &mut SqliteConnection,
+        schema: &str,
+        table: &str,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        let text = row_text(conn, schema, table).await?;
+        sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT {text} FROM {}.{}",
+            quote_ident(schema),
+            quote_ident(table)
+        )))
+        .fetch_all(conn)
+        .await
+    }
+
     async fn ledger_exists(
         conn: &mut SqliteConnection,
         config: &LedgerConfig,
@@ -354,6 +370,49 @@ impl Steps for Sqlite {
         .execute(conn)
         .await?;
         Ok(())
+    }
+
+    async fn try_lease(
+        conn: &mut SqliteConnection,
+        config: &LedgerConfig,
+        token: &LockToken,
+        _ttl: Duration,
+    ) -> Result<bool, Error> {
+        // SQLite's lock is a row already, taken under the file's write lock, and no pooler
+        // stands between a process and its file: the lease is that row.
+        Ok(Self::try_lock(conn, config, token).await?)
+    }
+
+    async fn renew_lease(
+        _conn: &mut SqliteConnection,
+        _config: &LedgerConfig,
+        _token: &str,
+        _ttl: Duration,
+    ) -> Result<bool, sqlx::Error> {
+        Ok(true)
+    }
+
+    async fn release_lease(
+        conn: &mut SqliteConnection,
+        config: &LedgerConfig,
+        token: &LockToken,
+    ) -> Result<(), sqlx::Error> {
+        Self::unlock(conn, config, token).await
+    }
+
+    async fn lease_lost(
+        _conn: &mut SqliteConnection,
+        _config: &LedgerConfig,
+        _token: &str,
+    ) -> Result<Option<String>, sqlx::Error> {
+        Ok(None)
+    }
+
+    async fn pooler_evidence(
+        _conn: &mut SqliteConnection,
+        _options: &sqlx::sqlite::SqliteConnectOptions,
+    ) -> Result<Option<String>, sqlx::Error> {
+        Ok(None)
     }
 
     async fn set_local_timeouts(
@@ -520,6 +579,7 @@ impl Steps for Sqlite {
                     wait_event_type: None,
                     blocked_by: Vec::new(),
                     query: None,
+                    lease: false,
                 })
             })
             .collect()

@@ -10,7 +10,7 @@ use sqlx::pool::PoolConnection;
 use super::Migrator;
 use super::plan::Step;
 use super::report::AppliedMigration;
-use crate::backend::Backend;
+use crate::backend::{Backend, pinned};
 use crate::ctx::Ctx;
 use crate::error::{Error, describe_chain, describe_sqlx};
 use crate::ledger::{Action, Attempt, LedgerWrite, STATUS_APPLIED};
@@ -71,6 +71,10 @@ impl<DB: Backend> Migrator<DB> {
                 // sqlx's migrator does the same for that reason: launchbadge/sqlx#1966.
                 // The ledger's primary key on `id` also turns a second application into a
                 // unique violation, should anything ever get past the runner lock.
+                if let Err(err) = self.fence(&mut tx, migration.id()).await {
+                    let _ = tx.rollback().await;
+                    return Err(Failure::Other(err));
+                }
                 let recorded = match DB::write_ledger(&mut tx, &self.ledger, &attempt).await {
                     Ok(true) => DB::record_run(&mut tx, &self.ledger, &attempt, None)
                         .await
@@ -131,8 +135,13 @@ impl<DB: Backend> Migrator<DB> {
         committed: impl Fn(&crate::ledger::LedgerEntry) -> bool,
     ) -> Failure {
         let ledger = match self.pool.acquire().await {
-            Ok(mut fresh) => DB::read_ledger(&mut fresh, &self.ledger).await,
-            Err(e) => Err(e),
+            Ok(mut fresh) => {
+                pinned::<DB, _>(&mut fresh, async |c| {
+                    Ok(DB::read_ledger(c, &self.ledger).await?)
+                })
+                .await
+            }
+            Err(e) => Err(e.into()),
         };
         Failure::Other(Error::CommitOutcome {
             id: id.to_string(),
@@ -181,15 +190,17 @@ impl<DB: Backend> Migrator<DB> {
         attempt: &Attempt,
         message: &str,
     ) -> Result<(), Error> {
-        if DB::record_run(conn, &self.ledger, attempt, Some(message))
+        let record = async |conn: &mut DB::Connection| {
+            pinned::<DB, _>(conn, async |c| {
+                Ok(DB::record_run(c, &self.ledger, attempt, Some(message)).await?)
+            })
             .await
-            .is_ok()
-        {
+        };
+        if record(conn).await.is_ok() {
             return Ok(());
         }
         let mut fresh = self.pool.acquire().await?;
-        DB::record_run(&mut fresh, &self.ledger, attempt, Some(message)).await?;
-        Ok(())
+        record(&mut fresh).await
     }
 }
 

@@ -9,7 +9,7 @@ use super::apply::{BodyFailure, Failure, run_caught, writes_after, writes_before
 use super::plan::Step;
 use super::report::{AppliedMigration, Progress};
 use super::{Migrator, StopSignal};
-use crate::backend::Backend;
+use crate::backend::{Backend, pinned};
 use crate::ctx::Ctx;
 use crate::error::{Error, describe_sqlx};
 use crate::ledger::{Action, Attempt, LedgerWrite, STATUS_APPLIED, STATUS_RUNNING};
@@ -43,14 +43,23 @@ impl<DB: Backend> Migrator<DB> {
             run_written: None,
         };
         state.first_started_at_from(&step, migration)?;
-        check_batch_key::<DB>(conn, migration.id(), spec, state.after.is_none())
-            .await
-            .map_err(Failure::Other)?;
+        pinned::<DB, _>(conn, async |c| {
+            check_batch_key::<DB>(c, migration.id(), spec, state.after.is_none()).await
+        })
+        .await
+        .map_err(Failure::Other)?;
         let first_started_at = step
             .resume
             .as_ref()
             .map_or(state.started_at, |e| e.started_at);
-        let estimated_total = DB::estimate_rows(conn, spec.table()).await.ok().flatten();
+        let estimated_total =
+            pinned::<DB, _>(
+                conn,
+                async |c| Ok(DB::estimate_rows(c, spec.table()).await?),
+            )
+            .await
+            .ok()
+            .flatten();
         let timeouts = (
             migration
                 .lock_timeout()
@@ -96,6 +105,7 @@ impl<DB: Backend> Migrator<DB> {
             };
             let done = match outcome {
                 Ok(done) => done,
+                Err(BatchError::Fenced(err)) => return Err(Failure::Other(err)),
                 Err(BatchError::Commit(err)) => {
                     // Committed if the ledger row moved past this runner's checkpoint.
                     let from = state.after.map(|k| k.to_string());
@@ -111,7 +121,9 @@ impl<DB: Backend> Migrator<DB> {
                     let (message, panicked) = match err {
                         BatchError::LockTimeout(message) => (message, false),
                         BatchError::Failed { message, panicked } => (message, panicked),
-                        BatchError::Commit(_) => unreachable!("matched above"),
+                        BatchError::Commit(_) | BatchError::Fenced(_) => {
+                            unreachable!("matched above")
+                        }
                     };
                     return Err(self
                         .batch_failure(conn, migration, step.action, &state, message, panicked)
@@ -302,6 +314,10 @@ impl<DB: Backend> Migrator<DB> {
             attempt.status = STATUS_APPLIED;
         }
         let classify = |err| BatchError::database::<DB>(err, attempt.batches);
+        if let Err(err) = self.fence(&mut tx, attempt.id).await {
+            let _ = tx.rollback().await;
+            return Err(BatchError::Fenced(err));
+        }
         if !DB::write_ledger(&mut tx, &self.ledger, &attempt)
             .await
             .map_err(classify)?
@@ -417,6 +433,8 @@ enum BatchError {
     Failed { message: String, panicked: bool },
     /// Its `COMMIT` returned an error: whether it committed is unknown.
     Commit(sqlx::Error),
+    /// The runner's lease ran out before the batch could commit (fencing): rolled back.
+    Fenced(Error),
 }
 
 impl BatchError {

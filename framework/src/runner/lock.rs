@@ -1,20 +1,96 @@
-//! The runner lock: one connection of its own, a try-lock polled until the timeout.
+//! The runner lock: one connection of its own, a try-lock polled until the timeout. Either
+//! PostgreSQL's session advisory lock, or a lease renewed in the background and checked
+//! inside every transaction that commits (fencing).
 
 use std::time::{Duration, Instant};
 
+use sqlx::Connection;
 use sqlx::pool::PoolConnection;
 
 use super::Migrator;
 use crate::backend::{Backend, LockToken};
 use crate::error::Error;
+use crate::ledger::LedgerConfig;
+
+/// Which lock keeps two runners of one ledger apart.
+///
+/// # Examples
+///
+/// Through PgBouncer in `transaction` mode:
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), datamig::Error> {
+/// use std::str::FromStr;
+/// use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+///
+/// let options = datamig::pooler_safe(PgConnectOptions::from_str("postgres://app@pgbouncer:6432/app")?);
+/// let pool = PgPoolOptions::new().connect_with(options).await?;
+/// datamig::Migrator::new(pool)
+///     .runner_lock(datamig::RunnerLock::lease())
+///     .run()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RunnerLock {
+    /// PostgreSQL's session advisory lock (the default): it dies with the runner's
+    /// session, so a runner that is killed cannot leave it behind. It needs a direct
+    /// connection (or a pooler in `session` mode): a run that finds itself behind a
+    /// transaction pooler refuses with [`Error::BehindPooler`]. On SQLite, the lock row.
+    #[default]
+    Advisory,
+    /// A lease: one row in the table `<ledger>_lease` naming the holder (host, process,
+    /// a random token) with an expiry, which the runner renews every third of `ttl` on a
+    /// connection of its own while it works. A holder that dies leaves a lease that
+    /// expires on its own after `ttl`. Every migration and batch transaction checks,
+    /// inside itself and just before it commits, that its runner still holds the lease: a
+    /// runner frozen past its lease fails with [`Error::LeaseLost`] instead of committing.
+    /// It holds through transaction poolers. On SQLite, the lock row (the same as
+    /// `Advisory`).
+    Lease {
+        /// How long a lease lasts without renewal (at least one second).
+        ttl: Duration,
+    },
+}
+
+impl RunnerLock {
+    /// The default lease length: 30 seconds.
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+    /// A lease of [`RunnerLock::DEFAULT_LEASE`].
+    pub fn lease() -> Self {
+        RunnerLock::Lease {
+            ttl: Self::DEFAULT_LEASE,
+        }
+    }
+
+    /// A lease of `ttl` (raised to one second if shorter).
+    pub fn lease_for(ttl: Duration) -> Self {
+        RunnerLock::Lease {
+            ttl: ttl.max(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// What a transaction checks before it commits while the runner holds a lease.
+#[derive(Clone, Debug)]
+pub(crate) struct Fence {
+    token: String,
+}
+
+tokio::task_local! {
+    /// The lease the current run holds, if it runs under a lease.
+    static FENCE: Fence;
+}
 
 impl<DB: Backend> Migrator<DB> {
     /// Takes the runner lock on a connection of its own, runs `work` on it, releases the
     /// lock. On PostgreSQL the connection is closed afterwards, never returned to the pool:
     /// should this future be dropped half-way (a timeout, Ctrl-C), the session ends and the
-    /// server releases the lock and rolls back what was in progress. On SQLite the dropped
-    /// transaction rolls back, and the lock row's token dies with this future, so the next
-    /// runner finds the row stale.
+    /// server releases an advisory lock and rolls back what was in progress (a lease then
+    /// expires on its own). On SQLite the dropped transaction rolls back, and the lock
+    /// row's token dies with this future, so the next runner finds the row stale.
     pub(crate) async fn with_lock<T>(
         &self,
         work: impl AsyncFnOnce(&mut PoolConnection<DB>) -> Result<T, Error>,
@@ -24,26 +100,52 @@ impl<DB: Backend> Migrator<DB> {
         if DB::CLOSE_RUNNER_CONNECTION {
             conn.close_on_drop();
         }
-        DB::tag_session(&mut conn, &crate::session::runner_tag()).await?;
         let token = LockToken::new();
-        self.acquire_lock(&mut conn, &token).await?;
-        let result = work(&mut conn).await;
-        // Closing the connection releases PostgreSQL's lock too; unlocking explicitly is
-        // prompt, and SQLite's lock row needs it (should this future be dropped instead,
-        // the token dies with it and the next runner finds the row stale).
-        let _ = DB::unlock(&mut conn, &self.ledger, &token).await;
-        result
+        match self.runner_lock {
+            RunnerLock::Advisory => {
+                if let Some(evidence) =
+                    DB::pooler_evidence(&mut conn, &self.pool.connect_options()).await?
+                {
+                    return Err(Error::BehindPooler { evidence });
+                }
+                DB::tag_session(&mut conn, &crate::session::runner_tag()).await?;
+                self.acquire_lock(&mut conn, &token, None).await?;
+                let result = work(&mut conn).await;
+                // Closing the connection releases PostgreSQL's lock too; unlocking
+                // explicitly is prompt, and SQLite's lock row needs it (should this future
+                // be dropped instead, the token dies with it and the next runner finds the
+                // row stale).
+                let _ = DB::unlock(&mut conn, &self.ledger, &token).await;
+                result
+            }
+            RunnerLock::Lease { ttl } => {
+                self.acquire_lock(&mut conn, &token, Some(ttl)).await?;
+                let renewal = Renewal::start::<DB>(&self.pool, &self.ledger, &token, ttl);
+                let fence = Fence {
+                    token: token.as_str().to_string(),
+                };
+                let result = FENCE.scope(fence, work(&mut conn)).await;
+                drop(renewal);
+                let _ = DB::release_lease(&mut conn, &self.ledger, &token).await;
+                result
+            }
+        }
     }
 
     pub(super) async fn acquire_lock(
         &self,
         conn: &mut PoolConnection<DB>,
         token: &LockToken,
+        lease: Option<Duration>,
     ) -> Result<(), Error> {
         let started = Instant::now();
         let mut pause = Duration::from_millis(25);
         loop {
-            if DB::try_lock(conn, &self.ledger, token).await? {
+            let taken = match lease {
+                None => DB::try_lock(conn, &self.ledger, token).await?,
+                Some(ttl) => DB::try_lease(conn, &self.ledger, token, ttl).await?,
+            };
+            if taken {
                 return Ok(());
             }
             let waited = started.elapsed();
@@ -55,5 +157,68 @@ impl<DB: Backend> Migrator<DB> {
             tokio::time::sleep(pause.min(self.runner_lock_timeout - waited)).await;
             pause = (pause * 2).min(Duration::from_millis(500));
         }
+    }
+
+    /// Inside the transaction of migration `id`, just before its ledger row is written:
+    /// fails with [`Error::LeaseLost`] when the run holds a lease no longer. Nothing to
+    /// check under the advisory lock, which the session holds until it ends.
+    pub(crate) async fn fence(&self, conn: &mut DB::Connection, id: &str) -> Result<(), Error> {
+        let Ok(token) = FENCE.try_with(|fence| fence.token.clone()) else {
+            return Ok(());
+        };
+        match DB::lease_lost(conn, &self.ledger, &token).await? {
+            None => Ok(()),
+            Some(reason) => Err(Error::LeaseLost {
+                id: id.to_string(),
+                reason,
+            }),
+        }
+    }
+}
+
+/// The background task that renews a lease every third of its length, on a connection of
+/// its own (not the pool's, which may have no connection to spare). It stops when dropped,
+/// or once the lease is found lost; the transactions' fence is what keeps a late commit
+/// out, this only keeps the lease alive.
+struct Renewal {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Renewal {
+    fn start<DB: Backend>(
+        pool: &sqlx::Pool<DB>,
+        ledger: &LedgerConfig,
+        token: &LockToken,
+        ttl: Duration,
+    ) -> Self {
+        let options = pool.connect_options();
+        let ledger = ledger.clone();
+        let token = token.as_str().to_string();
+        let task = tokio::spawn(async move {
+            let mut conn: Option<DB::Connection> = None;
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                if conn.is_none() {
+                    conn = DB::Connection::connect_with(&options).await.ok();
+                }
+                let Some(c) = conn.as_mut() else { continue };
+                match DB::renew_lease(c, &ledger, &token, ttl).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    // A lost connection is made again at the next renewal.
+                    Err(_) => conn = None,
+                }
+            }
+            if let Some(c) = conn {
+                let _ = c.close().await;
+            }
+        });
+        Renewal { task }
+    }
+}
+
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

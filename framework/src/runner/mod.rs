@@ -20,7 +20,7 @@ use std::time::Duration;
 use sqlx::Pool;
 use sqlx::pool::PoolConnection;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, pinned};
 use crate::error::Error;
 use crate::ledger::LedgerConfig;
 use crate::migration::{Code, Migration};
@@ -29,6 +29,7 @@ use crate::registry;
 use apply::Failure;
 pub(crate) use apply::{BodyFailure, run_caught, writes_since};
 pub(crate) use batch::check_batch_key;
+pub use lock::RunnerLock;
 use plan::{Mode, Plan};
 pub use report::{AppliedMigration, MigrationStatus, Progress, RunReport, State};
 
@@ -67,6 +68,7 @@ pub struct Migrator<DB: Backend> {
     pool: Pool<DB>,
     source: Option<Vec<&'static Migration>>,
     ledger: LedgerConfig,
+    runner_lock: RunnerLock,
     runner_lock_timeout: Duration,
     lock_timeout: Option<Duration>,
     statement_timeout: Option<Duration>,
@@ -108,6 +110,7 @@ impl<DB: Backend> Clone for Migrator<DB> {
             pool: self.pool.clone(),
             source: self.source.clone(),
             ledger: self.ledger.clone(),
+            runner_lock: self.runner_lock,
             runner_lock_timeout: self.runner_lock_timeout,
             lock_timeout: self.lock_timeout,
             statement_timeout: self.statement_timeout,
@@ -126,6 +129,7 @@ impl<DB: Backend> std::fmt::Debug for Migrator<DB> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Migrator")
             .field("ledger", &self.ledger)
+            .field("runner_lock", &self.runner_lock)
             .field("runner_lock_timeout", &self.runner_lock_timeout)
             .field("lock_timeout", &self.lock_timeout)
             .field("statement_timeout", &self.statement_timeout)
@@ -142,6 +146,7 @@ impl<DB: Backend> Migrator<DB> {
             pool,
             source: None,
             ledger: LedgerConfig::default(),
+            runner_lock: RunnerLock::Advisory,
             runner_lock_timeout: Duration::from_secs(60),
             lock_timeout: None,
             statement_timeout: None,
@@ -226,6 +231,14 @@ impl<DB: Backend> Migrator<DB> {
     /// Where the ledger and run history live (table names and schema).
     pub fn ledger(mut self, config: LedgerConfig) -> Self {
         self.ledger = config;
+        self
+    }
+
+    /// Which lock keeps two runners apart: PostgreSQL's session advisory lock (the
+    /// default, for direct connections) or a lease (through a transaction pooler such as
+    /// PgBouncer in `transaction` mode). See [`RunnerLock`].
+    pub fn runner_lock(mut self, lock: RunnerLock) -> Self {
+        self.runner_lock = lock;
         self
     }
 
@@ -356,8 +369,11 @@ impl<DB: Backend> Migrator<DB> {
         code: &[(&'static Migration, Code<DB>)],
         mode: &Mode,
     ) -> Result<RunReport, Error> {
-        self.prepare_ledger(conn).await?;
-        let ledger = DB::read_ledger(conn, &self.ledger).await?;
+        let ledger = pinned::<DB, _>(conn, async |conn| {
+            self.prepare_ledger(conn).await?;
+            Ok(DB::read_ledger(conn, &self.ledger).await?)
+        })
+        .await?;
         let mut warnings = Vec::new();
         if self.source.is_none() && migrations.is_empty() && !ledger.is_empty() {
             warnings.push(unlinked_warning(ledger.len()));
@@ -385,7 +401,10 @@ impl<DB: Backend> Migrator<DB> {
             if let (Some(version), true) = (
                 migration.requires_schema(),
                 plan.steps.contains_key(migration.id()),
-            ) && !DB::schema_version_applied(conn, version).await?
+            ) && !pinned::<DB, _>(conn, async |c| {
+                Ok(DB::schema_version_applied(c, version).await?)
+            })
+            .await?
             {
                 return Err(Error::SchemaNotReady {
                     id: migration.id().to_string(),

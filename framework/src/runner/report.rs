@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::Migrator;
-use crate::backend::Backend;
+use crate::backend::{Backend, pinned};
 use crate::error::Error;
 use crate::ledger::{Action, Attempt, LastRun, LedgerEntry};
 
@@ -39,15 +39,18 @@ impl<DB: Backend> Migrator<DB> {
         self.ledger.validate()?;
         let migrations = self.load()?;
         let mut conn = self.pool.acquire().await?;
-        self.ledger_layout(&mut conn).await?;
-        let (ledger, last_runs) = if DB::ledger_exists(&mut conn, &self.ledger).await? {
-            (
-                DB::read_ledger(&mut conn, &self.ledger).await?,
-                DB::last_runs(&mut conn, &self.ledger).await?,
-            )
-        } else {
-            (Vec::new(), Vec::new())
-        };
+        let (ledger, last_runs) = pinned::<DB, _>(&mut conn, async |conn| {
+            self.ledger_layout(conn).await?;
+            Ok(if DB::ledger_exists(conn, &self.ledger).await? {
+                (
+                    DB::read_ledger(conn, &self.ledger).await?,
+                    DB::last_runs(conn, &self.ledger).await?,
+                )
+            } else {
+                (Vec::new(), Vec::new())
+            })
+        })
+        .await?;
         let mut last_runs: BTreeMap<String, LastRun> = last_runs
             .into_iter()
             .map(|r| (r.migration_id.clone(), r))
