@@ -7,6 +7,7 @@
 #   as root on Debian (CI), the engine is installed and started here. Where the official
 #   image cannot be pulled (no registry), a local image is built from Debian's packages
 #   (scripts/postgres-image/build.sh) and DATAMIG_TEST_POSTGRES_IMAGE points at it.
+# - PgBouncer (for the pooler tests) is installed from Debian's package where missing.
 # - Should the engine fail to start, a PostgreSQL server is started from the machine's own
 #   binaries and DATAMIG_TEST_DATABASE_URL points at it; this is said loudly.
 
@@ -95,6 +96,22 @@ start_fallback_server() {
     -o "-p $port -k $fallback_dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start >/dev/null
   export DATAMIG_TEST_DATABASE_URL="postgres://postgres:postgres@127.0.0.1:$port/postgres"
 }
+
+# PgBouncer, for the pooler tests (tests/tests/pooler.rs start it in front of the test
+# server, from the binary): Debian's package where it is missing and this runs as root.
+ensure_pgbouncer() {
+  command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing pgbouncer from Debian's packages"
+    apt-get update -qq >/dev/null
+    # Only the binary: the package's own service is not wanted.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
+    if command -v service >/dev/null 2>&1; then service pgbouncer stop >/dev/null 2>&1 || true; fi
+  else
+    log "pgbouncer is missing: the pooler tests need it (install your system's pgbouncer package)"
+  fi
+}
+ensure_pgbouncer
 
 if [ -z "${DATAMIG_TEST_DATABASE_URL:-}" ]; then
   if ensure_docker && ensure_image; then

@@ -59,7 +59,10 @@ pub(crate) trait CliBackend: Backend {
     /// A pool for the database at `url`, after one probing connection (a pool would retry
     /// until its timeout and report only that it timed out; the probe fails fast with the
     /// database's own words).
-    async fn connect(url: &str) -> Result<Pool<Self>, Failure>;
+    ///
+    /// `pooled` (with `--lock lease`): the connection may pass a transaction pooler, so
+    /// sqlx keeps no statement cache (see `datamig::pooler_safe`).
+    async fn connect(url: &str, pooled: bool) -> Result<Pool<Self>, Failure>;
 
     /// Applies the `sqlx` schema migrations in `dir` (as `sqlx migrate run`); returns how
     /// many were newly applied. (The generic [`apply_schema`] needs `Migrate` on the
@@ -68,12 +71,15 @@ pub(crate) trait CliBackend: Backend {
 }
 
 impl CliBackend for Postgres {
-    async fn connect(url: &str) -> Result<Pool<Self>, Failure> {
-        // Through a transaction pooler too, with its default settings (see
-        // `datamig::pooler_safe`): no named prepared statements, no `extra_float_digits`.
-        let options = datamig::pooler_safe(
-            PgConnectOptions::from_str(url).map_err(|err| invalid(url, &err))?,
-        );
+    async fn connect(url: &str, pooled: bool) -> Result<Pool<Self>, Failure> {
+        // No `extra_float_digits` startup parameter, which PgBouncer refuses with its
+        // default settings: every reading command works through a pooler as it is.
+        let mut options = PgConnectOptions::from_str(url)
+            .map_err(|err| invalid(url, &err))?
+            .extra_float_digits(None);
+        if pooled {
+            options = datamig::pooler_safe(options);
+        }
         let probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
             .await
             .map_err(|_| no_answer(url))?
@@ -91,7 +97,7 @@ impl CliBackend for Postgres {
 }
 
 impl CliBackend for Sqlite {
-    async fn connect(url: &str) -> Result<Pool<Self>, Failure> {
+    async fn connect(url: &str, _pooled: bool) -> Result<Pool<Self>, Failure> {
         let options = SqliteConnectOptions::from_str(url).map_err(|err| invalid(url, &err))?;
         let probe = tokio::time::timeout(CONNECT_TIMEOUT, SqliteConnection::connect_with(&options))
             .await

@@ -79,13 +79,14 @@ pub async fn execute(cli: Cli) -> Result<u8, Failure> {
         _ => {}
     }
     let (url, scheme) = connect::database_url(&cli.global)?;
+    let pooled = cli.global.lock == LockKind::Lease;
     match scheme {
         Scheme::Postgres => {
-            let pool = Postgres::connect(url).await?;
+            let pool = Postgres::connect(url, pooled).await?;
             execute_on(cli, pool, &out).await
         }
         Scheme::Sqlite => {
-            let pool = Sqlite::connect(url).await?;
+            let pool = Sqlite::connect(url, pooled).await?;
             execute_on(cli, pool, &out).await
         }
     }
@@ -395,8 +396,10 @@ async fn compare(opts: &CompareOpts, global: &GlobalOpts, out: &Output) -> Resul
     let mut sides = Vec::new();
     for url in [&opts.source, &opts.target] {
         sides.push(match schemes[0] {
-            Scheme::Postgres => fingerprint_at::<Postgres>(url, &options).await?,
-            Scheme::Sqlite => fingerprint_at::<Sqlite>(url, &options).await?,
+            Scheme::Postgres => {
+                fingerprint_at::<Postgres>(url, &options, global.lock == LockKind::Lease).await?
+            }
+            Scheme::Sqlite => fingerprint_at::<Sqlite>(url, &options, false).await?,
         });
     }
     let differences = sides[0].differences(&sides[1]);
@@ -412,8 +415,9 @@ async fn compare(opts: &CompareOpts, global: &GlobalOpts, out: &Output) -> Resul
 async fn fingerprint_at<DB: CliBackend>(
     url: &str,
     options: &FingerprintOptions,
+    pooled: bool,
 ) -> Result<Fingerprint, Failure> {
-    let pool = DB::connect(url).await?;
+    let pool = DB::connect(url, pooled).await?;
     let mut conn = pool
         .acquire()
         .await

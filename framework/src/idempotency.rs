@@ -283,7 +283,7 @@ impl<DB: Backend> Migrator<DB> {
                 .filter(|m| self.only_id().is_none_or(|only| only == m.id()))
                 .collect();
             let options = FingerprintOptions::new().ledger(self.ledger_config());
-            let mut tx = DB::begin(conn, None).await?;
+            let mut tx = self.begin(conn, None).await?;
             let mut checks = Vec::new();
             for migration in pending {
                 let (first_run_rows, _) = run_in::<DB>(&mut tx, migration).await?;

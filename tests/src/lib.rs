@@ -323,3 +323,147 @@ pub fn is_missing_table(err: &sqlx::Error) -> bool {
         e.code().as_deref() == Some("42P01") || e.message().contains("no such table")
     })
 }
+
+/// PgBouncer in `transaction` mode in front of the test server, with its default settings
+/// otherwise (no `ignore_startup_parameters`, no prepared-statement support): the pooler
+/// of most production databases. Started from the `pgbouncer` binary (Debian's package,
+/// which `scripts/test-env.sh` installs); stopped when dropped.
+pub struct PgBouncer {
+    child: tokio::process::Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl PgBouncer {
+    /// Starts one in front of the server of `url` (any database on it), and waits until it
+    /// listens.
+    ///
+    /// # Errors
+    ///
+    /// When the binary is missing (the message says how to install it) or does not start
+    /// within 10 s.
+    pub async fn start(url: &str) -> anyhow::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        use tokio::io::AsyncBufReadExt;
+
+        let binary = [
+            "/usr/sbin/pgbouncer",
+            "/usr/bin/pgbouncer",
+            "/usr/local/bin/pgbouncer",
+        ]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .map(str::to_string)
+        .or_else(|| {
+            std::process::Command::new("sh")
+                .args(["-c", "command -v pgbouncer"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| text(&o.stdout).trim().to_string())
+        })
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "the pooler tests need PgBouncer: install Debian's `pgbouncer` package \
+                     (scripts/test-env.sh does, as root), or put `pgbouncer` on the PATH"
+            )
+        })?;
+        let server: sqlx::postgres::PgConnectOptions = url.parse()?;
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            listener.local_addr()?.port()
+        };
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "datamig-pgbouncer-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        // The test server's users: the superuser, and those the tests create.
+        let users: String = [("postgres", "postgres"), ("app", "app")]
+            .iter()
+            .map(|(u, p)| format!("\"{u}\" \"{p}\"\n"))
+            .collect();
+        std::fs::write(dir.join("users.txt"), users)?;
+        std::fs::write(
+            dir.join("pgbouncer.ini"),
+            format!(
+                "[databases]\n* = host={} port={}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
+                 listen_port = {port}\nunix_socket_dir =\nauth_file = {}\npool_mode = transaction\n",
+                server.get_host(),
+                server.get_port(),
+                dir.join("users.txt").display()
+            ),
+        )?;
+        for file in ["users.txt", "pgbouncer.ini"] {
+            std::fs::set_permissions(dir.join(file), std::fs::Permissions::from_mode(0o644))?;
+        }
+        let mut cmd = tokio::process::Command::new(binary);
+        // PgBouncer refuses to run as root; it switches to another user itself.
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| text(&o.stdout).trim() == "0");
+        if root {
+            cmd.args(["-u", "postgres"]);
+        }
+        cmd.arg(dir.join("pgbouncer.ini"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn()?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        wait_for_line(&mut lines, "process up", Duration::from_secs(10)).await?;
+        // It logs every connection: keep reading, so that it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(PgBouncer { child, port, dir })
+    }
+
+    /// The URL of the database of `url` (user, password, database) through this pooler.
+    ///
+    /// # Errors
+    ///
+    /// When `url` is not a PostgreSQL URL.
+    pub fn url(&self, url: &str) -> anyhow::Result<String> {
+        let options: sqlx::postgres::PgConnectOptions = url.parse()?;
+        let password = url
+            .strip_prefix("postgres://")
+            .and_then(|rest| rest.split_once('@'))
+            .and_then(|(userinfo, _)| userinfo.split_once(':'))
+            .map_or("postgres", |(_, password)| password)
+            .to_string();
+        Ok(format!(
+            "postgres://{}:{password}@127.0.0.1:{}/{}",
+            options.get_username(),
+            self.port,
+            options.get_database().unwrap_or("postgres")
+        ))
+    }
+
+    /// A pool through this pooler, with the options it needs ([`datamig::pooler_safe`]).
+    ///
+    /// # Errors
+    ///
+    /// When it does not connect.
+    pub async fn pool(&self, url: &str) -> anyhow::Result<PgPool> {
+        let options: sqlx::postgres::PgConnectOptions = self.url(url)?.parse()?;
+        Ok(sqlx::postgres::PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(datamig::pooler_safe(options))
+            .await?)
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

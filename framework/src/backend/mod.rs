@@ -23,13 +23,14 @@ use crate::session::SessionInfo;
 /// `$N` parameters), for `impl Steps` blocks: their bodies are the
 /// same text, but sqlx's query results have no common trait to write them once generically.
 macro_rules! same_sql_steps {
-    ($conn:ty) => {
+    ($conn:ty, $persistent:expr) => {
         async fn execute(conn: &mut $conn, sql: sqlx::SqlStr) -> Result<u64, sqlx::Error> {
-            Ok(sqlx::query(sql).execute(conn).await?.rows_affected())
+            Ok(sqlx::query(sql).persistent($persistent).execute(conn).await?.rows_affected())
         }
 
         async fn fetch_i64(conn: &mut $conn, sql: sqlx::SqlStr) -> Result<Option<i64>, sqlx::Error> {
             Ok(sqlx::query_scalar::<_, Option<i64>>(sql)
+                .persistent($persistent)
                 .fetch_optional(conn)
                 .await?
                 .flatten())
@@ -42,6 +43,7 @@ macro_rules! same_sql_steps {
             last: i64,
         ) -> Result<u64, sqlx::Error> {
             Ok(sqlx::query(sql)
+                .persistent($persistent)
                 .bind(after)
                 .bind(last)
                 .execute(conn)
@@ -60,7 +62,10 @@ macro_rules! same_sql_steps {
                  FROM {} ORDER BY id",
                 config.ledger_ident()
             );
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(conn).await?;
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .persistent($persistent)
+                .fetch_all(conn)
+                .await?;
             rows.iter().map($crate::backend::ledger_entry).collect()
         }
 
@@ -87,6 +92,7 @@ macro_rules! same_sql_steps {
                      (SELECT {key} AS k FROM {table} {filter} ORDER BY {key} LIMIT $2) AS batch"
             );
             let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .persistent($persistent)
                 .bind(after)
                 .bind(i64::from(size))
                 .fetch_one(conn)
@@ -108,6 +114,7 @@ macro_rules! same_sql_steps {
             );
             let sql = format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE {key} > $1)");
             sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .persistent($persistent)
                 .bind(after)
                 .fetch_one(conn)
                 .await
@@ -310,6 +317,15 @@ pub(crate) mod steps {
             token: &LockToken,
         ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
+        /// At the start of a migration's transaction through a transaction pooler: forgets
+        /// this connection's cached prepared statements and drops every named prepared
+        /// statement of the server session (`DEALLOCATE ALL`), which may have been left by
+        /// another client of the pooler. A body's own named statements then neither collide
+        /// with those nor outlive the transaction. (SQLite: nothing.)
+        fn reset_statements(
+            conn: &mut Self::Connection,
+        ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
         /// Tries once to take the lease lock for `ttl`: a row naming this runner (host,
         /// process, `token`), taken when missing or expired; `true` if this runner now
         /// holds it. Creates the lease table where it is missing. (SQLite: its lock row,
@@ -353,11 +369,13 @@ pub(crate) mod steps {
             options: &<Self::Connection as sqlx::Connection>::Options,
         ) -> impl Future<Output = Result<Option<String>, sqlx::Error>> + Send;
 
-        /// Sets the lock and statement timeouts for the current transaction only.
+        /// Sets the lock, statement and idle-in-transaction timeouts for the current
+        /// transaction only.
         fn set_local_timeouts(
             conn: &mut Self::Connection,
             lock_timeout: Option<Duration>,
             statement_timeout: Option<Duration>,
+            idle_in_transaction: Option<Duration>,
         ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
         /// Writes the ledger row of an attempt, as its `write` says. Runs inside the

@@ -25,7 +25,7 @@ impl Steps for Postgres {
     const CLOSE_RUNNER_CONNECTION: bool = true;
     const PIN_IN_TRANSACTION: bool = true;
 
-    same_sql_steps!(PgConnection);
+    same_sql_steps!(PgConnection, false);
 
     fn code(migration: &Migration) -> Option<Code<Self>> {
         migration.postgres_code()
@@ -101,7 +101,7 @@ impl Steps for Postgres {
             Some(schema) => format!("{}.{}", quote_ident(schema), quote_ident(table)),
             None => quote_ident(table),
         };
-        sqlx::query_scalar(
+        query_scalar(
             "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
         )
         .bind(ident)
@@ -125,7 +125,7 @@ impl Steps for Postgres {
     }
 
     async fn write_count(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
-        let n: i64 = sqlx::query_scalar(
+        let n: i64 = query_scalar(
             "SELECT COALESCE(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint
              FROM pg_stat_xact_user_tables WHERE schemaname NOT LIKE 'pg\\_temp\\_%'",
         )
@@ -140,7 +140,7 @@ impl Steps for Postgres {
     ) -> Result<Vec<SequenceReset>, Error> {
         let mut resets = Vec::new();
         let quoted = quote_ident(table);
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        let exists: bool = query_scalar("SELECT to_regclass($1) IS NOT NULL")
             .bind(&quoted)
             .fetch_one(&mut *conn)
             .await?;
@@ -149,7 +149,7 @@ impl Steps for Postgres {
                 "cannot reset the sequences of {table}: no such table"
             )));
         }
-        let columns = sqlx::query(
+        let columns = query(
             "SELECT a.attname::text AS column_name, pg_get_serial_sequence($1, a.attname) AS sequence
              FROM pg_attribute a
              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
@@ -179,7 +179,7 @@ impl Steps for Postgres {
                      ELSE COALESCE(seq.last + seq.inc, seq.start) END
                  FROM seq, m"
             );
-            let next_value: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+            let next_value: i64 = query_scalar(AssertSqlSafe(sql))
                 .bind(&sequence)
                 .fetch_one(&mut *conn)
                 .await?;
@@ -195,7 +195,7 @@ impl Steps for Postgres {
 
     async fn analyze(conn: &mut PgConnection, table: &str) -> Result<(), Error> {
         let quoted = quote_ident(table);
-        let allowed: Option<(bool, String)> = sqlx::query_as(
+        let allowed: Option<(bool, String)> = query_as(
             "SELECT pg_has_role(current_user, c.relowner, 'USAGE')
                     OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
                     pg_get_userbyid(c.relowner)::text
@@ -218,7 +218,7 @@ impl Steps for Postgres {
             }
             Some((true, _)) => {}
         }
-        sqlx::query(AssertSqlSafe(format!("ANALYZE {quoted}")))
+        query(AssertSqlSafe(format!("ANALYZE {quoted}")))
             .execute(&mut *conn)
             .await?;
         Ok(())
@@ -226,7 +226,7 @@ impl Steps for Postgres {
 
     async fn user_tables(conn: &mut PgConnection) -> Result<Vec<(String, String)>, sqlx::Error> {
         // Ordinary and partitioned tables outside the system schemas.
-        sqlx::query_as(
+        query_as(
             "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
                AND n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -242,7 +242,7 @@ impl Steps for Postgres {
         schema: &str,
         table: &str,
     ) -> Result<Vec<String>, sqlx::Error> {
-        sqlx::query_scalar(
+        query_scalar(
             "SELECT a.attname::text FROM pg_index i
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
              WHERE i.indrelid = $1::regclass AND i.indisprimary
@@ -277,7 +277,7 @@ impl Steps for Postgres {
         );
         let mut all = Sha256::new();
         let mut rows = 0_i64;
-        let mut stream = sqlx::query_scalar::<_, Vec<u8>>(AssertSqlSafe(sql)).fetch(&mut *conn);
+        let mut stream = query_scalar::<Vec<u8>>(AssertSqlSafe(sql)).fetch(&mut *conn);
         while let Some(hash) = stream.try_next().await? {
             all.update(&hash);
             rows += 1;
@@ -292,7 +292,7 @@ impl Steps for Postgres {
         left: &str,
         right: &str,
     ) -> Result<Vec<String>, sqlx::Error> {
-        sqlx::query_scalar(AssertSqlSafe(format!(
+        query_scalar(AssertSqlSafe(format!(
             "SELECT r FROM (SELECT l::text FROM {left} AS l EXCEPT ALL SELECT r::text FROM {right} AS r)
              AS diff (r) ORDER BY r LIMIT 5"
         )))
@@ -305,7 +305,7 @@ impl Steps for Postgres {
         schema: &str,
         table: &str,
     ) -> Result<Vec<String>, sqlx::Error> {
-        sqlx::query_scalar(AssertSqlSafe(format!(
+        query_scalar(AssertSqlSafe(format!(
             "SELECT t::text FROM {}.{} AS t",
             quote_ident(schema),
             quote_ident(table)
@@ -318,7 +318,7 @@ impl Steps for Postgres {
         conn: &mut PgConnection,
         config: &LedgerConfig,
     ) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        query_scalar("SELECT to_regclass($1) IS NOT NULL")
             .bind(config.ledger_ident())
             .fetch_one(conn)
             .await
@@ -333,7 +333,7 @@ impl Steps for Postgres {
              FROM {} ORDER BY migration_id, run_id DESC",
             config.runs_ident()
         );
-        let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(conn).await?;
+        let rows = query(AssertSqlSafe(sql)).fetch_all(conn).await?;
         rows.iter()
             .map(|row| {
                 Ok(LastRun {
@@ -354,7 +354,7 @@ impl Steps for Postgres {
         // A session-level advisory lock: it dies with the session, so a runner that is
         // killed cannot leave it behind.
         let key = lock_key(&mut *conn, config).await?;
-        sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(key)
             .fetch_one(conn)
             .await
@@ -366,8 +366,16 @@ impl Steps for Postgres {
         _token: &LockToken,
     ) -> Result<(), sqlx::Error> {
         let key = lock_key(&mut *conn, config).await?;
-        sqlx::query("SELECT pg_advisory_unlock($1)")
+        query("SELECT pg_advisory_unlock($1)")
             .bind(key)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn reset_statements(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        conn.clear_cached_statements().await?;
+        sqlx::raw_sql(AssertSqlSafe("DEALLOCATE ALL".to_string()))
             .execute(conn)
             .await?;
         Ok(())
@@ -382,7 +390,7 @@ impl Steps for Postgres {
         ensure_lease_table(conn, config).await?;
         let mut tx = conn.begin().await?;
         // A holder's renewal in flight holds the row for a moment; never queue behind it.
-        sqlx::query("SELECT set_config('lock_timeout', '2s', true)")
+        query("SELECT set_config('lock_timeout', '2s', true)")
             .execute(&mut *tx)
             .await?;
         // Taken when missing or expired, in one statement: two runners racing for an
@@ -399,7 +407,7 @@ impl Steps for Postgres {
              RETURNING token",
             lease = config.lease_ident()
         );
-        let taken: Result<Option<String>, sqlx::Error> = sqlx::query_scalar(AssertSqlSafe(sql))
+        let taken: Result<Option<String>, sqlx::Error> = query_scalar(AssertSqlSafe(sql))
             .bind(token.as_str())
             .bind(crate::session::host_name())
             .bind(i64::from(std::process::id()))
@@ -429,7 +437,7 @@ impl Steps for Postgres {
              WHERE id = 1 AND token = $1 AND expires_at > clock_timestamp()",
             config.lease_ident()
         );
-        let done = sqlx::query(AssertSqlSafe(sql))
+        let done = query(AssertSqlSafe(sql))
             .bind(token)
             .bind(millis(ttl))
             .execute(&mut *tx)
@@ -444,7 +452,7 @@ impl Steps for Postgres {
         token: &LockToken,
     ) -> Result<(), sqlx::Error> {
         let mut tx = conn.begin().await?;
-        sqlx::query(AssertSqlSafe(format!(
+        query(AssertSqlSafe(format!(
             "DELETE FROM {} WHERE id = 1 AND token = $1",
             config.lease_ident()
         )))
@@ -464,7 +472,7 @@ impl Steps for Postgres {
              FROM {} WHERE id = 1",
             config.lease_ident()
         );
-        let row: Option<(bool, bool, String, i64, String)> = sqlx::query_as(AssertSqlSafe(sql))
+        let row: Option<(bool, bool, String, i64, String)> = query_as(AssertSqlSafe(sql))
             .bind(token)
             .fetch_optional(conn)
             .await?;
@@ -508,14 +516,16 @@ impl Steps for Postgres {
         conn: &mut PgConnection,
         lock_timeout: Option<Duration>,
         statement_timeout: Option<Duration>,
+        idle_in_transaction: Option<Duration>,
     ) -> Result<(), sqlx::Error> {
         // `set_config(.., true)` is `SET LOCAL` with a bound value: it ends with the transaction.
         for (name, value) in [
             ("lock_timeout", lock_timeout),
             ("statement_timeout", statement_timeout),
+            ("idle_in_transaction_session_timeout", idle_in_transaction),
         ] {
             if let Some(value) = value {
-                sqlx::query("SELECT set_config($1, $2, true)")
+                query("SELECT set_config($1, $2, true)")
                     .bind(name)
                     .bind(format!("{}ms", value.as_millis().max(1)))
                     .execute(&mut *conn)
@@ -535,7 +545,7 @@ impl Steps for Postgres {
             let sql = format!(
                 "UPDATE {ledger} SET checksum = $2, revision = $3, description = $4 WHERE id = $1"
             );
-            let done = sqlx::query(AssertSqlSafe(sql))
+            let done = query(AssertSqlSafe(sql))
                 .bind(a.id)
                 .bind(a.checksum)
                 .bind(i32::try_from(a.revision).unwrap_or(i32::MAX))
@@ -569,7 +579,7 @@ impl Steps for Postgres {
         // `$15` is what the row must hold: the checkpoint of a batch, the checksum of a
         // re-run (whose run count is bound last).
         let (expected, run_count) = a.write.expected();
-        let done = sqlx::query(AssertSqlSafe(sql))
+        let done = query(AssertSqlSafe(sql))
             .bind(a.id)
             .bind(a.checksum)
             .bind(i32::try_from(a.revision).unwrap_or(i32::MAX))
@@ -597,14 +607,14 @@ impl Steps for Postgres {
         key: &str,
     ) -> Result<Option<Option<KeyColumn>>, sqlx::Error> {
         let table_ident = quote_ident(table);
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        let exists: bool = query_scalar("SELECT to_regclass($1) IS NOT NULL")
             .bind(&table_ident)
             .fetch_one(&mut *conn)
             .await?;
         if !exists {
             return Ok(None);
         }
-        let column: Option<(String, String, bool)> = sqlx::query_as(
+        let column: Option<(String, String, bool)> = query_as(
             "SELECT format_type(a.atttypid, a.atttypmod), t.typname::text, a.attnotnull
              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
              WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
@@ -619,7 +629,7 @@ impl Steps for Postgres {
         let nulls = if not_null {
             0
         } else {
-            sqlx::query_scalar(AssertSqlSafe(format!(
+            query_scalar(AssertSqlSafe(format!(
                 "SELECT count(*) FROM {table_ident} WHERE {} IS NULL",
                 quote_ident(key)
             )))
@@ -640,7 +650,7 @@ impl Steps for Postgres {
     ) -> Result<Option<u64>, sqlx::Error> {
         // The planner's estimate: free, and close enough for a progress bar.
         let estimate: Option<f32> =
-            sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE oid = to_regclass($1)")
+            query_scalar("SELECT reltuples FROM pg_class WHERE oid = to_regclass($1)")
                 .bind(quote_ident(table))
                 .fetch_optional(conn)
                 .await?
@@ -649,7 +659,7 @@ impl Steps for Postgres {
     }
 
     async fn tag_session(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT set_config('application_name', $1, false)")
+        query("SELECT set_config('application_name', $1, false)")
             .bind(name)
             .execute(conn)
             .await?;
@@ -668,7 +678,7 @@ impl Steps for Postgres {
                AND l.classid::bigint = (($1::bigint >> 32) & 4294967295) AND l.objid::bigint = ($1::bigint & 4294967295)
                AND l.objsubid = 1"
         );
-        let rows = sqlx::query(AssertSqlSafe(sql))
+        let rows = query(AssertSqlSafe(sql))
             .bind(key)
             .fetch_all(&mut *conn)
             .await?;
@@ -690,7 +700,7 @@ impl Steps for Postgres {
             .await?
             .is_some_and(|h| h.pid == pid)
         {
-            let done = sqlx::query(AssertSqlSafe(format!(
+            let done = query(AssertSqlSafe(format!(
                 "DELETE FROM {} WHERE id = 1 AND pid = $1",
                 config.lease_ident()
             )))
@@ -699,7 +709,7 @@ impl Steps for Postgres {
             .await?;
             return Ok(done.rows_affected() == 1);
         }
-        sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        query_scalar("SELECT pg_terminate_backend($1)")
             .bind(pid)
             .fetch_one(conn)
             .await
@@ -715,7 +725,7 @@ impl Steps for Postgres {
                     OR (a.state = 'active' AND a.xact_start < now() - interval '1 minute'))
              ORDER BY a.xact_start NULLS LAST"
         );
-        let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(conn).await?;
+        let rows = query(AssertSqlSafe(sql)).fetch_all(conn).await?;
         rows.iter().map(session_info).collect()
     }
 
@@ -723,13 +733,13 @@ impl Steps for Postgres {
         conn: &mut PgConnection,
         version: i64,
     ) -> Result<bool, sqlx::Error> {
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        let exists: bool = query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
             .fetch_one(&mut *conn)
             .await?;
         if !exists {
             return Ok(false);
         }
-        sqlx::query_scalar(
+        query_scalar(
             "SELECT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = $1 AND success)",
         )
         .bind(version)
@@ -738,7 +748,7 @@ impl Steps for Postgres {
     }
 
     async fn server_version(conn: &mut PgConnection) -> Result<String, sqlx::Error> {
-        sqlx::query_scalar("SELECT version()").fetch_one(conn).await
+        query_scalar("SELECT version()").fetch_one(conn).await
     }
 
     fn is_lock_timeout(err: &sqlx::Error) -> bool {
@@ -760,7 +770,7 @@ impl Steps for Postgres {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             config.runs_ident()
         );
-        sqlx::query(AssertSqlSafe(sql))
+        query(AssertSqlSafe(sql))
             .bind(a.id)
             .bind(a.action.as_str())
             .bind(if error.is_some() {
@@ -784,6 +794,35 @@ impl Steps for Postgres {
     }
 }
 
+// Every statement of this backend is prepared unnamed (`persistent(false)`): it then lives
+// only until the next one, on the server session that runs it. A named statement
+// (`sqlx_s_N`) stays in its server session, where through a transaction pooler another
+// client may meet it ("prepared statement \"sqlx_s_1\" already exists"), or miss it.
+
+fn query<'q>(
+    sql: impl SqlSafeStr,
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql).persistent(false)
+}
+
+fn query_scalar<'q, O>(
+    sql: impl SqlSafeStr,
+) -> sqlx::query::QueryScalar<'q, Postgres, O, sqlx::postgres::PgArguments>
+where
+    (O,): for<'r> sqlx::FromRow<'r, PgRow>,
+{
+    sqlx::query_scalar(sql).persistent(false)
+}
+
+fn query_as<'q, O>(
+    sql: impl SqlSafeStr,
+) -> sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments>
+where
+    O: for<'r> sqlx::FromRow<'r, PgRow>,
+{
+    sqlx::query_as(sql).persistent(false)
+}
+
 /// A duration in whole milliseconds, for `$n * interval '1 millisecond'`.
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -803,14 +842,14 @@ async fn backend_pid(conn: &mut PgConnection) -> Result<String, sqlx::Error> {
 async fn ensure_lease_table(conn: &mut PgConnection, config: &LedgerConfig) -> Result<(), Error> {
     let lease = config.lease_ident();
     let mut tx = conn.begin().await?;
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+    let exists: bool = query_scalar("SELECT to_regclass($1) IS NOT NULL")
         .bind(&lease)
         .fetch_one(&mut *tx)
         .await?;
     if exists {
         return Ok(());
     }
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+    query("SELECT pg_advisory_xact_lock($1)")
         .bind(config.lock_key())
         .execute(&mut *tx)
         .await?;
@@ -856,7 +895,7 @@ async fn lease_holder(
     conn: &mut PgConnection,
     config: &LedgerConfig,
 ) -> Result<Option<SessionInfo>, sqlx::Error> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+    let exists: bool = query_scalar("SELECT to_regclass($1) IS NOT NULL")
         .bind(config.lease_ident())
         .fetch_one(&mut *conn)
         .await?;
@@ -870,9 +909,8 @@ async fn lease_holder(
          FROM {} WHERE id = 1 AND expires_at > clock_timestamp()",
         config.lease_ident()
     );
-    let row: Option<(String, i64, String, String, i64, i64)> = sqlx::query_as(AssertSqlSafe(sql))
-        .fetch_optional(conn)
-        .await?;
+    let row: Option<(String, i64, String, String, i64, i64)> =
+        query_as(AssertSqlSafe(sql)).fetch_optional(conn).await?;
     Ok(row.map(
         |(host, pid, user, expires_at, held_ms, renewed_ms)| SessionInfo {
             pid: i32::try_from(pid).unwrap_or(i32::MAX),
@@ -898,7 +936,7 @@ async fn lock_key(conn: &mut PgConnection, config: &LedgerConfig) -> Result<i64,
     if config.schema_name().is_none() {
         return Ok(config.lock_key());
     }
-    let current: Option<String> = sqlx::query_scalar("SELECT current_schema()::text")
+    let current: Option<String> = query_scalar("SELECT current_schema()::text")
         .fetch_one(conn)
         .await?;
     Ok(match current {
@@ -974,7 +1012,7 @@ async fn upsert(
             // removes the staging table; only a successful upsert drops it now, so that a
             // migration can stage again.
             let report = run_counted(conn, &table, counted).await?;
-            sqlx::query(AssertSqlSafe(format!("DROP TABLE {stage}")))
+            query(AssertSqlSafe(format!("DROP TABLE {stage}")))
                 .execute(&mut *conn)
                 .await?;
             Ok(report)
@@ -987,7 +1025,7 @@ async fn run_counted(
     table: &str,
     sql: String,
 ) -> Result<UpsertReport, Error> {
-    let row = sqlx::query(AssertSqlSafe(sql))
+    let row = query(AssertSqlSafe(sql))
         .fetch_one(conn)
         .await
         .map_err(|err| explain_upsert_error(table, err))?;
@@ -1042,7 +1080,7 @@ async fn stage_rows(
     mut next: NextRow<'_>,
 ) -> Result<String, Error> {
     let stage = stage_name("stage");
-    sqlx::query(AssertSqlSafe(format!(
+    query(AssertSqlSafe(format!(
         "CREATE TEMPORARY TABLE {stage} ON COMMIT DROP AS SELECT {columns} FROM {target} WITH NO DATA"
     )))
     .execute(&mut *conn)

@@ -40,7 +40,7 @@ impl Steps for Sqlite {
     const CLOSE_RUNNER_CONNECTION: bool = false;
     const PIN_IN_TRANSACTION: bool = false;
 
-    same_sql_steps!(SqliteConnection);
+    same_sql_steps!(SqliteConnection, true);
 
     fn code(migration: &Migration) -> Option<Code<Self>> {
         migration.sqlite_code()
@@ -372,6 +372,10 @@ impl Steps for Sqlite {
         Ok(())
     }
 
+    async fn reset_statements(_conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
     async fn try_lease(
         conn: &mut SqliteConnection,
         config: &LedgerConfig,
@@ -419,8 +423,10 @@ impl Steps for Sqlite {
         _conn: &mut SqliteConnection,
         _lock_timeout: Option<Duration>,
         _statement_timeout: Option<Duration>,
+        _idle_in_transaction: Option<Duration>,
     ) -> Result<(), sqlx::Error> {
-        // The lock timeout was applied by `begin`; SQLite has no statement timeout.
+        // The lock timeout was applied by `begin`; SQLite has no statement timeout, and a
+        // transaction dies with its process.
         Ok(())
     }
 

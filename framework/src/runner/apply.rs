@@ -30,11 +30,12 @@ impl<DB: Backend> Migrator<DB> {
         let started_at = Utc::now();
         let clock = Instant::now();
         let lock_timeout = migration.lock_timeout().or(self.lock_timeout);
-        let mut tx = DB::begin(conn, lock_timeout).await.map_err(Failure::db)?;
+        let mut tx = self.begin(conn, lock_timeout).await.map_err(Failure::db)?;
         DB::set_local_timeouts(
             &mut tx,
             lock_timeout,
             migration.statement_timeout().or(self.statement_timeout),
+            self.idle_limit(),
         )
         .await
         .map_err(Failure::db)?;
@@ -190,6 +191,12 @@ impl<DB: Backend> Migrator<DB> {
         attempt: &Attempt,
         message: &str,
     ) -> Result<(), Error> {
+        // A runner that lost its lease records nothing more: the failure was most likely
+        // its transaction ended by the server while it was frozen, and the lease's new
+        // holder owns the ledger now.
+        if let Some(lost) = self.lost_lease(attempt.id).await {
+            return Err(lost);
+        }
         let record = async |conn: &mut DB::Connection| {
             pinned::<DB, _>(conn, async |c| {
                 Ok(DB::record_run(c, &self.ledger, attempt, Some(message)).await?)

@@ -208,8 +208,8 @@ impl<DB: Backend> Migrator<DB> {
         (lock_timeout, statement_timeout): (Option<Duration>, Option<Duration>),
     ) -> Result<BatchDone, BatchError> {
         let classify = |err| BatchError::database::<DB>(err, state.batches + 1);
-        let mut tx = DB::begin(conn, lock_timeout).await.map_err(classify)?;
-        DB::set_local_timeouts(&mut tx, lock_timeout, statement_timeout)
+        let mut tx = self.begin(conn, lock_timeout).await.map_err(classify)?;
+        DB::set_local_timeouts(&mut tx, lock_timeout, statement_timeout, self.idle_limit())
             .await
             .map_err(classify)?;
         let next = DB::next_batch(&mut tx, spec.table(), spec.key(), state.after, spec.size())

@@ -159,6 +159,48 @@ impl<DB: Backend> Migrator<DB> {
         }
     }
 
+    /// Begins a migration's (or a batch's) transaction: under a lease, which is what runs
+    /// through a transaction pooler, the server session's named prepared statements are
+    /// reset first (see `Steps::reset_statements`).
+    pub(crate) async fn begin<'c>(
+        &self,
+        conn: &'c mut DB::Connection,
+        lock_timeout: Option<Duration>,
+    ) -> Result<sqlx::Transaction<'c, DB>, sqlx::Error> {
+        let mut tx = DB::begin(conn, lock_timeout).await?;
+        if matches!(self.runner_lock, RunnerLock::Lease { .. }) {
+            DB::reset_statements(&mut tx).await?;
+        }
+        Ok(tx)
+    }
+
+    /// Under a lease, how long a migration's transaction may sit idle before the server
+    /// ends it: the lease's length, so that a runner frozen inside a transaction (stopped,
+    /// paused in a debugger) does not keep its row locks from the runner that takes over.
+    pub(super) fn idle_limit(&self) -> Option<Duration> {
+        match self.runner_lock {
+            RunnerLock::Advisory => None,
+            RunnerLock::Lease { ttl } => Some(ttl),
+        }
+    }
+
+    /// Under a lease, [`Error::LeaseLost`] if this run holds it no longer (asked on a
+    /// connection of its own); `None` when it still does, under the advisory lock, or when
+    /// the database cannot tell.
+    pub(super) async fn lost_lease(&self, id: &str) -> Option<Error> {
+        let token = FENCE.try_with(|fence| fence.token.clone()).ok()?;
+        let mut conn = self.pool.acquire().await.ok()?;
+        let reason = crate::backend::pinned::<DB, _>(&mut conn, async |c| {
+            Ok(DB::lease_lost(c, &self.ledger, &token).await?)
+        })
+        .await
+        .ok()??;
+        Some(Error::LeaseLost {
+            id: id.to_string(),
+            reason,
+        })
+    }
+
     /// Inside the transaction of migration `id`, just before its ledger row is written:
     /// fails with [`Error::LeaseLost`] when the run holds a lease no longer. Nothing to
     /// check under the advisory lock, which the session holds until it ends.
