@@ -467,3 +467,17 @@ impl Drop for PgBouncer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A small xorshift generator: the instants of random kills, reproducible from the seed a
+/// test prints.
+pub struct Instants(pub u64);
+
+impl Instants {
+    /// The next number of milliseconds below `below`.
+    pub fn next_millis(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below
+    }
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use datamig::RunnerLock;
 use datamig::prelude::*;
 use datamig_tests::{
-    BUMP_ITEMS, COUNT_RUNS, PgBouncer, counter, create_fixture_tables, fixture_database,
+    BUMP_ITEMS, COUNT_RUNS, Instants, PgBouncer, counter, create_fixture_tables, fixture_database,
     item_values, scalar, send, switch_on, text, wait_for_sleeping_migration, wait_until,
 };
 use sqlx::PgPool;
@@ -279,18 +279,6 @@ async fn eight_concurrent_runs_through_pgbouncer_apply_each_migration_once() -> 
     Ok(())
 }
 
-/// A small xorshift generator: the kill instants, reproducible from the printed seed.
-struct Instants(u64);
-
-impl Instants {
-    fn next_millis(&mut self, below: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % below
-    }
-}
-
 #[tokio::test]
 async fn kills_at_random_instants_through_pgbouncer_lose_nothing() -> anyhow::Result<()> {
     let kills: u64 = std::env::var("DATAMIG_POOLER_KILLS")
@@ -455,5 +443,45 @@ async fn doctor_names_the_lease_holder_and_unlock_releases_a_dead_holders_lease(
     let run = leased(&url, &["run", "--wait", "5s"]).await?;
     assert!(run.status.success(), "{}", text(&run.stderr));
     assert_applied_once(db.pool()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn runners_with_the_other_lock_keep_out_too() -> anyhow::Result<()> {
+    let db = fixture_database(&["slow"]).await?;
+    let bouncer = PgBouncer::start(db.url()).await?;
+    let url = bouncer.url(db.url())?;
+
+    // A runner connected directly holds the advisory lock: a leased one waits, and gives up.
+    let direct = datamig(db.url(), &["run"]).spawn()?;
+    wait_for_sleeping_migration(db.pool()).await?;
+    let leased_run = leased(&url, &["run", "--wait", "1s"]).await?;
+    assert_eq!(
+        leased_run.status.code(),
+        Some(5),
+        "{}",
+        text(&leased_run.stderr)
+    );
+    let output = direct.wait_with_output().await?;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_applied_once(db.pool()).await?;
+
+    // A leased runner holds the lease: a direct one with the advisory lock waits too.
+    let other = fixture_database(&["slow"]).await?;
+    let other_url = bouncer.url(other.url())?;
+    let leasing = datamig(&other_url, &["--lock", "lease", "run"]).spawn()?;
+    wait_for_sleeping_migration(other.pool()).await?;
+    let advisory = datamig(other.url(), &["run", "--wait", "1s"])
+        .output()
+        .await?;
+    assert_eq!(
+        advisory.status.code(),
+        Some(5),
+        "{}",
+        text(&advisory.stderr)
+    );
+    let output = leasing.wait_with_output().await?;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_applied_once(other.pool()).await?;
     Ok(())
 }

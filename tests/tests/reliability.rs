@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use datamig::Fingerprint;
 use datamig_tests::{
-    BUMP_ITEMS, COUNT_RUNS, counter, create_fixture_tables, fixture_database, item_values, scalar,
-    send, switch_on, text, url_for, wait_for_lock_holder, wait_for_sleeping_migration, wait_until,
+    BUMP_ITEMS, COUNT_RUNS, Instants, counter, create_fixture_tables, fixture_database,
+    item_values, scalar, send, switch_on, text, url_for, wait_for_lock_holder,
+    wait_for_sleeping_migration, wait_until,
 };
 use sqlx::PgPool;
 
@@ -62,18 +63,6 @@ async fn assert_complete(pool: &PgPool, reference: &Fingerprint) -> anyhow::Resu
         "one successful attempt recorded per migration"
     );
     Ok(())
-}
-
-/// A small xorshift generator: the kill instants, reproducible from the printed seed.
-struct Instants(u64);
-
-impl Instants {
-    fn next_millis(&mut self, below: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % below
-    }
 }
 
 /// Where a killed run had got to, read from the ledger after the kill.

@@ -354,10 +354,21 @@ impl Steps for Postgres {
         // A session-level advisory lock: it dies with the session, so a runner that is
         // killed cannot leave it behind.
         let key = lock_key(&mut *conn, config).await?;
-        query_scalar("SELECT pg_try_advisory_lock($1)")
+        let taken: bool = query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(key)
-            .fetch_one(conn)
-            .await
+            .fetch_one(&mut *conn)
+            .await?;
+        // Runners of one ledger with the other lock (during a move to a pooler) must keep
+        // out too: a live lease holds the ledger. (A lease is taken under the same key as a
+        // transaction-level lock, so no lease can appear between these two statements.)
+        if taken && lease_holder(&mut *conn, config).await?.is_some() {
+            query("SELECT pg_advisory_unlock($1)")
+                .bind(key)
+                .execute(conn)
+                .await?;
+            return Ok(false);
+        }
+        Ok(taken)
     }
 
     async fn unlock(
@@ -387,8 +398,23 @@ impl Steps for Postgres {
         token: &LockToken,
         ttl: Duration,
     ) -> Result<bool, Error> {
-        ensure_lease_table(conn, config).await?;
+        let key = lock_key(&mut *conn, config).await?;
+        match ensure_lease_table(conn, config, key).await {
+            // An advisory holder of this ledger runs: poll again.
+            Err(Error::Database(err)) if Self::is_lock_timeout(&err) => return Ok(false),
+            other => other?,
+        }
         let mut tx = conn.begin().await?;
+        // A runner of this ledger holding the advisory lock (connected directly, during a
+        // move to a pooler) keeps leases out: this transaction-level lock on the same key
+        // is not granted while it holds it, and it sees the lease once this commits.
+        let clear: bool = query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !clear {
+            return Ok(false);
+        }
         // A holder's renewal in flight holds the row for a moment; never queue behind it.
         query("SELECT set_config('lock_timeout', '2s', true)")
             .execute(&mut *tx)
@@ -839,7 +865,11 @@ async fn backend_pid(conn: &mut PgConnection) -> Result<String, sqlx::Error> {
 /// Creates the lease table where it is missing, under a transaction-level advisory lock
 /// (which, unlike a session's, holds through a transaction pooler): concurrent
 /// `CREATE TABLE IF NOT EXISTS` can collide. A role without `CREATE` gets a clear error.
-async fn ensure_lease_table(conn: &mut PgConnection, config: &LedgerConfig) -> Result<(), Error> {
+async fn ensure_lease_table(
+    conn: &mut PgConnection,
+    config: &LedgerConfig,
+    key: i64,
+) -> Result<(), Error> {
     let lease = config.lease_ident();
     let mut tx = conn.begin().await?;
     let exists: bool = query_scalar("SELECT to_regclass($1) IS NOT NULL")
@@ -849,8 +879,11 @@ async fn ensure_lease_table(conn: &mut PgConnection, config: &LedgerConfig) -> R
     if exists {
         return Ok(());
     }
+    query("SELECT set_config('lock_timeout', '2s', true)")
+        .execute(&mut *tx)
+        .await?;
     query("SELECT pg_advisory_xact_lock($1)")
-        .bind(config.lock_key())
+        .bind(key)
         .execute(&mut *tx)
         .await?;
     let schema = match config.schema_name() {
