@@ -105,7 +105,7 @@ ensure_pgbouncer() {
     log "installing pgbouncer from Debian's packages"
     apt-get update -qq >/dev/null
     # Only the binary: the package's own service is not wanted.
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
+    NEEDRESTART_SUSPEND=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
     if command -v service >/dev/null 2>&1; then service pgbouncer stop >/dev/null 2>&1 || true; fi
   else
     log "pgbouncer is missing: the pooler tests need it (install your system's pgbouncer package)"
