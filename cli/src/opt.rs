@@ -54,7 +54,7 @@ pub struct GlobalOpts {
     pub ledger_schema: Option<String>,
 
     /// The runner lock: `advisory`, PostgreSQL's session advisory lock, for direct
-    /// connections; `lease`, a renewed lease in the table <ledger>_lease, which holds
+    /// connections; `lease`, a renewed lease in the table `<ledger>_lease`, which holds
     /// through a transaction pooler (PgBouncer in transaction mode). A run through a
     /// transaction pooler with `advisory` refuses to start.
     #[arg(long, value_enum, env = "DATAMIG_LOCK", default_value_t = LockKind::Advisory, global = true)]
