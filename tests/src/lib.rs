@@ -473,6 +473,23 @@ impl Drop for PgBouncer {
 pub struct Instants(pub u64);
 
 impl Instants {
+    /// Seeded from `DATAMIG_RELIABILITY_SEED`, or from the clock; returns the seed too, for
+    /// the test to print.
+    ///
+    /// # Errors
+    ///
+    /// When the variable is not a number.
+    pub fn from_env() -> anyhow::Result<(Self, u64)> {
+        let seed = match std::env::var("DATAMIG_RELIABILITY_SEED") {
+            Ok(seed) => seed.parse()?,
+            Err(_) => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos() as u64,
+        }
+        .max(1);
+        Ok((Instants(seed), seed))
+    }
+
     /// The next number of milliseconds below `below`.
     pub fn next_millis(&mut self, below: u64) -> u64 {
         self.0 ^= self.0 << 13;

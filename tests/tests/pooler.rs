@@ -285,14 +285,7 @@ async fn kills_at_random_instants_through_pgbouncer_lose_nothing() -> anyhow::Re
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let seed = match std::env::var("DATAMIG_RELIABILITY_SEED") {
-        Ok(seed) => seed.parse()?,
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_nanos() as u64,
-    }
-    .max(1);
-    let mut instants = Instants(seed);
+    let (mut instants, seed) = Instants::from_env()?;
     let server = datamig::testing::postgres().await?;
     let bouncer = PgBouncer::start(server.url()).await?;
 

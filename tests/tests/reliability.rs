@@ -84,14 +84,7 @@ async fn stage(pool: &PgPool) -> String {
 #[tokio::test]
 async fn kills_at_random_instants_lose_nothing() -> anyhow::Result<()> {
     let kills = env_number("DATAMIG_RELIABILITY_KILLS", 50);
-    let seed = match std::env::var("DATAMIG_RELIABILITY_SEED") {
-        Ok(seed) => seed.parse()?,
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_nanos() as u64,
-    }
-    .max(1);
-    let mut instants = Instants(seed);
+    let (mut instants, seed) = Instants::from_env()?;
 
     let reference_db = datamig::testing::postgres().await?;
     create_fixture_tables(reference_db.pool()).await?;
