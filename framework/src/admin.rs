@@ -174,11 +174,11 @@ impl<DB: Backend> Migrator<DB> {
     ///
     /// [`Error::Database`], for instance without the privilege to end that session.
     pub async fn terminate_lock_holder(&self, pid: i32) -> Result<bool, Error> {
-        let mut conn = self.pool().acquire().await?;
         let holders = self.lock_holders().await?;
         if !holders.iter().any(|h| h.pid == pid) {
             return Ok(false);
         }
+        let mut conn = self.pool().acquire().await?;
         pinned::<DB, _>(&mut conn, async |c| {
             Ok(DB::release_lock_holder(c, self.ledger_config(), pid).await?)
         })
