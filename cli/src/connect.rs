@@ -6,7 +6,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use datamig::{Backend, Postgres, Sqlite};
+use datamig::{Backend, Migrator, Postgres, Sqlite};
 use sqlx::migrate::Migrate;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqlitePoolOptions};
@@ -68,9 +68,16 @@ pub(crate) trait CliBackend: Backend {
     /// many were newly applied. (The generic [`apply_schema`] needs `Migrate` on the
     /// connection, which a bound on this trait could not pass on to its users.)
     async fn apply_schema(pool: &Pool<Self>, dir: &Path) -> Result<usize, Failure>;
+
+    /// Adds the replay-lag health check (`run --max-replay-lag`).
+    fn max_replay_lag(migrator: Migrator<Self>, max: Duration) -> Result<Migrator<Self>, Failure>;
 }
 
 impl CliBackend for Postgres {
+    fn max_replay_lag(migrator: Migrator<Self>, max: Duration) -> Result<Migrator<Self>, Failure> {
+        Ok(migrator.max_replay_lag(max))
+    }
+
     async fn connect(url: &str, pooled: bool) -> Result<Pool<Self>, Failure> {
         // No `extra_float_digits` startup parameter, which PgBouncer refuses with its
         // default settings: every reading command works through a pooler as it is.
@@ -97,6 +104,13 @@ impl CliBackend for Postgres {
 }
 
 impl CliBackend for Sqlite {
+    fn max_replay_lag(_: Migrator<Self>, _: Duration) -> Result<Migrator<Self>, Failure> {
+        Err(Failure::new(
+            exit::USAGE,
+            "--max-replay-lag watches the standbys of a PostgreSQL server; SQLite has none",
+        ))
+    }
+
     async fn connect(url: &str, _pooled: bool) -> Result<Pool<Self>, Failure> {
         let options = SqliteConnectOptions::from_str(url).map_err(|err| invalid(url, &err))?;
         let probe = tokio::time::timeout(CONNECT_TIMEOUT, SqliteConnection::connect_with(&options))

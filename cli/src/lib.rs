@@ -32,7 +32,7 @@ use datamig::{
 
 pub use opt::{
     CheckIdempotencyOpts, Cli, Command, CompareOpts, Format, GlobalOpts, LockKind, NewOpts,
-    ReasonOpts, RerunOpts, RunOpts, TablesOpts, UnlockOpts,
+    PauseOpts, ReasonOpts, RerunOpts, ResumeOpts, RunOpts, TablesOpts, UnlockOpts,
 };
 use output::Output;
 
@@ -168,6 +168,16 @@ async fn execute_on<DB: CliBackend>(
             out.run(&report)?;
             Ok(exit::OK)
         }
+        Command::Pause(opts) => {
+            let pause = migrator.pause(&opts.id, opts.reason.as_deref()).await?;
+            out.paused(&pause, "paused")?;
+            Ok(exit::OK)
+        }
+        Command::Resume(opts) => {
+            let pause = migrator.resume(&opts.id).await?;
+            out.paused(&pause, "resumed")?;
+            Ok(exit::OK)
+        }
         Command::Unlock(opts) => unlock(migrator, &opts, out).await,
         Command::Doctor => {
             let doctor = migrator.doctor().await?;
@@ -234,6 +244,10 @@ async fn run<DB: CliBackend>(
     if let Some(id) = &opts.only {
         migrator = migrator.only(id);
     }
+    if let Some(max) = opts.max_replay_lag {
+        migrator = DB::max_replay_lag(migrator, max)?;
+    }
+    migrator = migrator.throttle_interval(opts.throttle_interval);
     let progress = Arc::new(out.progress());
     let sink = Arc::clone(&progress);
     migrator = migrator.on_progress(move |event| sink.update(event));

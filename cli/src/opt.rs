@@ -101,6 +101,10 @@ pub enum Command {
     Repair(ReasonOpts),
     /// Run an applied migration again (it must be idempotent); counted in the ledger.
     Rerun(RerunOpts),
+    /// Pause a migration: a run in progress (on any host) stops it after the batch in progress commits; later runs skip it.
+    Pause(PauseOpts),
+    /// Lift a pause: the next run continues the migration from its checkpoint.
+    Resume(ResumeOpts),
     /// Release the runner lock left by a runner that is gone. Refuses while its holder runs.
     Unlock(UnlockOpts),
     /// Write a new migration file with a fresh timestamped id into a crate of migrations.
@@ -181,6 +185,15 @@ pub struct RunOpts {
     /// The application's version, recorded in the ledger.
     #[arg(long, env = "DATAMIG_APP_VERSION")]
     pub app_version: Option<String>,
+
+    /// PostgreSQL: before each batch, wait while any standby replays more than this behind
+    /// (pg_stat_replication.replay_lag; the role needs pg_monitor), e.g. 10s.
+    #[arg(long, value_parser = parse_duration, env = "DATAMIG_MAX_REPLAY_LAG")]
+    pub max_replay_lag: Option<Duration>,
+
+    /// How often a throttled run asks again whether the database can take the next batch.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub throttle_interval: Duration,
 }
 
 /// Options of `mark-applied` and `repair`.
@@ -196,6 +209,24 @@ pub struct ReasonOpts {
     /// How long to wait for another runner to finish before giving up with exit code 5.
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     pub wait: Duration,
+}
+
+/// Options of `pause`.
+#[derive(Debug, Args)]
+pub struct PauseOpts {
+    /// The migration's id.
+    pub id: String,
+
+    /// Why: recorded in the run history.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+/// Options of `resume`.
+#[derive(Debug, Args)]
+pub struct ResumeOpts {
+    /// The migration's id.
+    pub id: String,
 }
 
 /// Options of `rerun`.

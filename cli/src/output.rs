@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use datamig::{
-    CheckReport, Doctor, Drift, Fingerprint, IdempotencyCheck, MigrationStatus, Progress,
+    CheckReport, Doctor, Drift, Fingerprint, IdempotencyCheck, MigrationStatus, Pause, Progress,
     RunReport, SessionInfo, State, TableDifference,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -70,6 +70,15 @@ impl Output {
         for id in &report.not_for_backend {
             writeln!(out, "skipped {id}: not for this backend")?;
         }
+        for pause in &report.paused {
+            writeln!(
+                out,
+                "paused {}: {}; `datamig resume {}` lets the next run go on",
+                pause.migration_id,
+                describe_pause(pause),
+                pause.migration_id
+            )?;
+        }
         if report.dry_run {
             writeln!(
                 out,
@@ -78,7 +87,7 @@ impl Output {
         }
         writeln!(
             out,
-            "{} {}, {} pending, {} already applied",
+            "{} {}, {} pending, {} paused, {} already applied",
             report.applied.len(),
             if report.dry_run {
                 "would apply"
@@ -86,6 +95,7 @@ impl Output {
                 "applied"
             },
             report.pending.len(),
+            report.paused.len(),
             report.already_applied.len()
         )?;
         Ok(())
@@ -144,8 +154,14 @@ impl Output {
                     "{:<width$}  {} batches done, checkpoint {}",
                     "",
                     entry.batches,
-                    entry.checkpoint.as_deref().unwrap_or("-")
+                    entry
+                        .checkpoint
+                        .as_deref()
+                        .map_or_else(|| "-".to_string(), datamig::describe_checkpoint)
                 )?;
+            }
+            if let Some(pause) = &s.paused {
+                writeln!(out, "{:<width$}  {}", "", describe_pause(pause))?;
             }
             if let Some(run) = s.last_run.as_ref().filter(|r| r.outcome == "failed") {
                 writeln!(
@@ -169,12 +185,17 @@ impl Output {
             writeln!(out, "drifted {id}")?;
         }
         for id in &report.pending {
-            writeln!(out, "pending {id}")?;
+            if report.paused.contains(id) {
+                writeln!(out, "paused {id}")?;
+            } else {
+                writeln!(out, "pending {id}")?;
+            }
         }
         writeln!(
             out,
-            "{} pending, {} drifted",
+            "{} pending ({} paused), {} drifted",
             report.pending.len(),
+            report.paused.len(),
             report.drifted.len()
         )?;
         Ok(())
@@ -219,6 +240,31 @@ impl Output {
             report.drifted.len(),
             report.unknown.len()
         )?;
+        Ok(())
+    }
+
+    /// A pause set or lifted.
+    pub(crate) fn paused(&self, pause: &Pause, verb: &str) -> Result<(), Failure> {
+        if self.format == Format::Json {
+            let mut value = Self::value(pause);
+            value["type"] = json!(verb);
+            return self.json(&value);
+        }
+        let line = match verb {
+            "paused" => format!(
+                "{} is {}; a run in progress stops it after the batch in progress commits, and \
+                 runs skip it until `datamig resume {}`",
+                pause.migration_id,
+                describe_pause(pause),
+                pause.migration_id
+            ),
+            _ => format!(
+                "resumed {} (it was {}); the next run continues it from its checkpoint",
+                pause.migration_id,
+                describe_pause(pause)
+            ),
+        };
+        writeln!(std::io::stdout().lock(), "{line}")?;
         Ok(())
     }
 
@@ -394,18 +440,35 @@ impl Output {
         ProgressOutput {
             json: self.format == Format::Json,
             bar: Mutex::new(None),
+            last_wait: Mutex::new(None),
         }
     }
 }
 
-/// `2 applied, 1 pending, 0 running, 0 drifted, 0 unknown`.
+/// `paused by app on web-1 at 2026-11-21 10:00:00 UTC: replica lag`.
+fn describe_pause(pause: &Pause) -> String {
+    format!(
+        "paused by {} on {} at {}{}",
+        pause.by,
+        pause.host,
+        pause.at.format("%Y-%m-%d %H:%M:%S UTC"),
+        pause
+            .reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default()
+    )
+}
+
+/// `2 applied, 1 pending, 0 running, 0 paused, 0 drifted, 0 unknown`.
 fn summary(statuses: &[MigrationStatus]) -> String {
     let count = |state| statuses.iter().filter(|s| s.state == state).count();
     let mut line = format!(
-        "{} applied, {} pending, {} running, {} drifted, {} unknown",
+        "{} applied, {} pending, {} running, {} paused, {} drifted, {} unknown",
         count(State::Applied),
         count(State::Pending),
         count(State::Running),
+        count(State::Paused),
         count(State::Drifted),
         count(State::Unknown)
     );
@@ -424,6 +487,7 @@ fn state_name(state: State) -> &'static str {
         State::Drifted => "drifted",
         State::Unknown => "unknown",
         State::NotForBackend => "not for this backend",
+        State::Paused => "paused",
         _ => "other",
     }
 }
@@ -462,6 +526,7 @@ fn describe_session(s: &SessionInfo) -> String {
 pub(crate) struct ProgressOutput {
     json: bool,
     bar: Mutex<Option<(String, ProgressBar)>>,
+    last_wait: Mutex<Option<String>>,
 }
 
 impl ProgressOutput {
@@ -497,7 +562,24 @@ impl ProgressOutput {
                 bar.set_length(total.max(event.keys_done));
             }
             bar.set_position(event.keys_done);
-            bar.set_message(format!("{:.0} keys/s", event.keys_per_second));
+            match &event.waiting {
+                Some(why) => bar.set_message(format!("waiting: {why}")),
+                None => bar.set_message(format!(
+                    "{:.0} keys/s, batch of {} in {}ms",
+                    event.keys_per_second, event.batch_keys, event.batch_ms
+                )),
+            }
+        }
+        drop(slot);
+        // Without a terminal the bar is not drawn: say why the run waits, once per reason.
+        if let Some(why) = &event.waiting
+            && !std::io::IsTerminal::is_terminal(&std::io::stderr())
+        {
+            let mut last = self.last_wait.lock().unwrap_or_else(|p| p.into_inner());
+            if last.as_deref() != Some(why.as_str()) {
+                eprintln!("{}: waiting before the next batch: {why}", event.id);
+                *last = Some(why.clone());
+            }
         }
     }
 

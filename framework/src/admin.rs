@@ -6,7 +6,7 @@ use chrono::Utc;
 
 use crate::backend::{Backend, pinned};
 use crate::error::{Drift, Error};
-use crate::ledger::{Action, LedgerWrite};
+use crate::ledger::{Action, LedgerWrite, Pause};
 use crate::migration::Migration;
 use crate::runner::{MigrationStatus, Migrator, State};
 use crate::session::SessionInfo;
@@ -21,6 +21,8 @@ pub struct CheckReport {
     pub drifted: Vec<String>,
     /// Ledger rows this build does not know.
     pub unknown: Vec<String>,
+    /// Pending migrations an operator paused (also listed in `pending`).
+    pub paused: Vec<String>,
 }
 
 /// What `doctor` found.
@@ -57,9 +59,10 @@ impl<DB: Backend> Migrator<DB> {
                 .collect()
         };
         Ok(CheckReport {
-            pending: ids(&[State::Pending, State::Running]),
+            pending: ids(&[State::Pending, State::Running, State::Paused]),
             drifted: ids(&[State::Drifted]),
             unknown: ids(&[State::Unknown]),
+            paused: ids(&[State::Paused]),
         })
     }
 
@@ -149,6 +152,100 @@ impl<DB: Backend> Migrator<DB> {
             Ok(drift)
         })
         .await
+    }
+
+    /// Pauses a migration that is not applied yet: a `run` in progress on any host stops
+    /// it after the batch in progress commits, and every later `run` skips it (and reports
+    /// it paused) until [`Migrator::resume`]. Recorded in the run history (`pause`) with
+    /// who, from where, when and why. Takes no lock: it works while a runner holds it.
+    /// Returns the pause in force (an earlier one, when it was paused already).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownId`]; [`Error::Config`] when it is applied already;
+    /// [`Error::Database`].
+    pub async fn pause(&self, id: &str, reason: Option<&str>) -> Result<Pause, Error> {
+        let migration = self.find(id)?;
+        self.ensure_ledger_for_pause().await?;
+        let mut conn = self.pool().acquire().await?;
+        pinned::<DB, _>(&mut conn, async |conn| {
+            let ledger = DB::read_ledger(conn, self.ledger_config()).await?;
+            if let Some(entry) = ledger.iter().find(|e| e.id == id)
+                && !entry.is_running()
+            {
+                return Err(Error::Config(format!(
+                    "migration {id} is applied; there is nothing to pause"
+                )));
+            }
+            if let Some(pause) = DB::pause_state(conn, self.ledger_config(), Some(id))
+                .await?
+                .pop()
+            {
+                return Ok(pause);
+            }
+            let mut attempt = self.attempt(migration, Action::Pause, Utc::now());
+            attempt.reason = reason.map(str::to_string);
+            DB::record_run(conn, self.ledger_config(), &attempt, None).await?;
+            DB::pause_state(conn, self.ledger_config(), Some(id))
+                .await?
+                .pop()
+                .ok_or_else(|| Error::Config(format!("the pause of {id} was not recorded")))
+        })
+        .await
+    }
+
+    /// Lifts the pause of a migration: the next `run` continues it from its checkpoint.
+    /// Recorded in the run history (`unpause`) with who, from where and when. Returns the
+    /// pause it lifted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownId`]; [`Error::Config`] when it is not paused; [`Error::Database`].
+    pub async fn resume(&self, id: &str) -> Result<Pause, Error> {
+        let migration = self.find(id)?;
+        let mut conn = self.pool().acquire().await?;
+        pinned::<DB, _>(&mut conn, async |conn| {
+            let paused = if DB::ledger_exists(conn, self.ledger_config()).await? {
+                DB::pause_state(conn, self.ledger_config(), Some(id))
+                    .await?
+                    .pop()
+            } else {
+                None
+            };
+            let Some(pause) = paused else {
+                return Err(Error::Config(format!(
+                    "migration {id} is not paused; there is nothing to resume"
+                )));
+            };
+            let mut attempt = self.attempt(migration, Action::Unpause, Utc::now());
+            attempt.reason = Some(format!(
+                "lifts the pause by {} from {} at {}",
+                pause.by,
+                pause.host,
+                pause.at.to_rfc3339()
+            ));
+            DB::record_run(conn, self.ledger_config(), &attempt, None).await?;
+            Ok(pause)
+        })
+        .await
+    }
+
+    /// Creates the ledger for a pause before any run did (under the runner lock, as a run
+    /// would).
+    async fn ensure_ledger_for_pause(&self) -> Result<(), Error> {
+        let mut conn = self.pool().acquire().await?;
+        let exists = pinned::<DB, _>(&mut conn, async |conn| {
+            Ok(DB::ledger_exists(conn, self.ledger_config()).await?)
+        })
+        .await?;
+        drop(conn);
+        if !exists {
+            self.with_lock(async |conn| {
+                pinned::<DB, _>(conn, async |conn| self.prepare_ledger(conn).await).await
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// The sessions holding the runner lock (none when no runner is active).

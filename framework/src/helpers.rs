@@ -50,27 +50,68 @@ impl<DB: Backend> Ctx<'_, DB> {
         DB::fetch_i64(self.tx(), sql.into_sql_str()).await
     }
 
-    /// Executes one statement for the keys of a batch, with `$1` bound to
-    /// [`Batch::after`] and `$2` to [`Batch::last`], and adds the rows it affected to the
-    /// ledger's count. Returns that number of rows.
+    /// Executes one statement for the rows of a batch and adds the rows it affected to
+    /// the ledger's count. Returns that number of rows.
+    ///
+    /// Write `{batch}` where the batch's rows are named: datamig replaces it with the
+    /// predicate over the key columns and the migration's scope, and binds the bounds with
+    /// their types, for any key (see [`Batch`]). `{batch:u}` qualifies the key columns with
+    /// `u`, for a statement that aliases the table or joins another.
     ///
     /// ```no_run
     /// # use datamig::prelude::*;
     /// # async fn body<DB: Backend>(ctx: &mut Ctx<'_, DB>, batch: Batch) -> anyhow::Result<()> {
     /// ctx.execute_batch(
-    ///     "UPDATE users SET email = lower(email) WHERE id > $1 AND id <= $2 AND email <> lower(email)",
+    ///     "UPDATE users SET email = lower(email) WHERE {batch} AND email <> lower(email)",
     ///     &batch,
     /// )
     /// .await?;
     /// # Ok(()) }
     /// ```
+    ///
+    /// Without the marker, for a key of one integer column, `$1` is bound to
+    /// [`Batch::after`] and `$2` to [`Batch::last`]:
+    /// `UPDATE users SET .. WHERE id > $1 AND id <= $2` (the scope is then the
+    /// statement's to repeat).
+    ///
+    /// # Errors
+    ///
+    /// The database's error; and, for a statement without `{batch}` when the key is not
+    /// one integer column, a [`sqlx::Error::Configuration`] that says to write it.
     pub async fn execute_batch(
         &mut self,
         sql: impl SqlSafeStr,
         batch: &Batch,
     ) -> Result<u64, sqlx::Error> {
-        let rows =
-            DB::execute_batch(self.tx(), sql.into_sql_str(), batch.after(), batch.last()).await?;
+        let sql = sql.into_sql_str();
+        let rows = match crate::key::render_marker(sql.as_str(), batch.shape(), batch.lower().is_some()) {
+            Some((rendered, _)) => {
+                DB::execute_keyed(
+                    self.tx(),
+                    sqlx::AssertSqlSafe(rendered).into_sql_str(),
+                    &batch.bounds(),
+                )
+                .await?
+            }
+            None if batch.shape().is_single_integer() => {
+                let bounds = [
+                    crate::key::KeyValue::Integer(batch.after()),
+                    crate::key::KeyValue::Integer(batch.last()),
+                ];
+                DB::execute_keyed(self.tx(), sql, &bounds).await?
+            }
+            None => {
+                return Err(sqlx::Error::Configuration(
+                    format!(
+                        "this migration's batches walk the key {}, which is not one integer \
+                         column: write {{batch}} in the statement where the batch's rows are \
+                         named (`UPDATE .. WHERE {{batch}} AND ..`), and datamig binds its bounds",
+                        batch.shape().names()
+                    )
+                    .into(),
+                ));
+            }
+        };
         self.add_rows_affected(rows);
         Ok(rows)
     }

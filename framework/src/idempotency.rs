@@ -343,13 +343,16 @@ async fn run_in<DB: Backend>(
             Ok((ctx.rows_affected(), written))
         }
         (Code::Batched(run), Some(spec)) => {
-            crate::runner::check_batch_key::<DB>(ctx.tx(), migration.id(), spec, true).await?;
+            let (shape, _) =
+                crate::runner::batch_key::<DB>(ctx.tx(), migration.id(), spec, true).await?;
+            let sizer = crate::runner::Sizer::new(spec);
             let (mut after, mut number) = (None, 0);
             while let Some((last, keys)) =
-                DB::next_batch(ctx.tx(), spec.table(), spec.key(), after, spec.size()).await?
+                DB::next_batch(ctx.tx(), &shape, after.as_ref(), sizer.size()).await?
             {
                 number += 1;
-                run_caught::<DB>(run(&mut ctx, Batch::new(after, last, number, keys)))
+                let batch = Batch::new(after.clone(), last.clone(), number, keys, shape.clone());
+                run_caught::<DB>(run(&mut ctx, batch))
                     .await
                     .map_err(|f| failed(f, Some(number)))?;
                 after = Some(last);

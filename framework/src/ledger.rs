@@ -267,6 +267,22 @@ pub struct LastRun {
     pub finished_at: DateTime<Utc>,
 }
 
+/// A pause of a migration by an operator (`datamig pause`), in force until a resume.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Pause {
+    /// The migration's id.
+    pub migration_id: String,
+    /// The database role that paused it.
+    pub by: String,
+    /// The host it was paused from.
+    pub host: String,
+    /// When it was paused.
+    pub at: DateTime<Utc>,
+    /// Why, if the operator said.
+    pub reason: Option<String>,
+}
+
 /// Why a migration ran.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -280,6 +296,10 @@ pub enum Action {
     MarkApplied,
     /// A drifted migration's new code accepted, by an operator.
     Repair,
+    /// Paused by an operator: `run` skips it, a running one stops after its batch.
+    Pause,
+    /// A pause lifted by an operator (`datamig resume`).
+    Unpause,
 }
 
 impl Action {
@@ -290,6 +310,8 @@ impl Action {
             Action::Resume => "resume",
             Action::MarkApplied => "mark_applied",
             Action::Repair => "repair",
+            Action::Pause => "pause",
+            Action::Unpause => "unpause",
         }
     }
 }

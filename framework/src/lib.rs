@@ -59,6 +59,7 @@ mod sql;
 mod bulk;
 mod copy;
 mod ctx;
+mod key;
 mod ledger;
 mod merge;
 mod migration;
@@ -87,12 +88,14 @@ pub use fingerprint::{
     Fingerprint, FingerprintOptions, TableDifference, TableFingerprint, fingerprint, fingerprint_on,
 };
 pub use idempotency::{IdempotencyCheck, TableChange};
-pub use ledger::{LastRun, LedgerConfig, LedgerEntry};
+pub use ledger::{LastRun, LedgerConfig, LedgerEntry, Pause};
 pub use merge::{UpsertMode, UpsertReport};
+pub use key::{Key, KeyValue, describe_checkpoint};
 pub use migration::{Batch, BatchFn, BatchSpec, BoxFuture, Code, Location, Migration, MigrationFn};
 pub use registry::link_marker;
 pub use runner::{
-    AppliedMigration, MigrationStatus, Migrator, Progress, RunReport, RunnerLock, State, StopSignal,
+    AppliedMigration, Health, MigrationStatus, Migrator, Progress, RunReport, RunnerLock, State,
+    StopSignal,
 };
 pub use session::{SessionInfo, host_name, local_process_alive};
 #[cfg(feature = "postgres")]

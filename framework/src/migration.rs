@@ -11,6 +11,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::ctx::Ctx;
+use crate::key::{Key, KeyShape, KeyValue};
+use std::sync::Arc;
 
 /// A boxed, sendable future: the type of a migration body once registered.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -39,37 +41,126 @@ impl<DB: sqlx::Database> Clone for Code<DB> {
 
 impl<DB: sqlx::Database> Copy for Code<DB> {}
 
-/// One batch of a batched migration: the keys in `(after, last]`.
+/// One batch of a batched migration: the keys after the previous batch's last key, up to
+/// and including this batch's last key, in key order.
 ///
-/// The body processes the rows whose key is in the range, e.g.
-/// `WHERE id > $1 AND id <= $2` bound to `batch.after()` and `batch.last()`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The body names its rows with the marker `{batch}` in the statement it passes to
+/// [`Ctx::execute_batch`](crate::Ctx::execute_batch): datamig replaces it with the batch's
+/// predicate over the key columns (and the migration's scope), and binds the bounds with
+/// their types. It works for every key:
+///
+/// ```text
+/// key = "id" (bigint, uuid, text, date, timestamp..):  "id" > $1 AND "id" <= $2
+/// key = "tenant_id, id":  ("tenant_id", "id") > ($1, $2) AND ("tenant_id", "id") <= ($3, $4)
+/// ```
+///
+/// `{batch:u}` qualifies the columns with `u`, for a statement that aliases the table or
+/// joins another. For a key of one integer column, the form that binds `$1` to
+/// [`Batch::after`] and `$2` to [`Batch::last`] works too.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
-    after: Option<i64>,
-    last: i64,
+    lower: Option<Key>,
+    upper: Key,
     number: u64,
     keys: u64,
+    shape: Arc<KeyShape>,
 }
 
 impl Batch {
-    pub(crate) fn new(after: Option<i64>, last: i64, number: u64, keys: u64) -> Self {
+    pub(crate) fn new(
+        lower: Option<Key>,
+        upper: Key,
+        number: u64,
+        keys: u64,
+        shape: Arc<KeyShape>,
+    ) -> Self {
         Batch {
-            after,
-            last,
+            lower,
+            upper,
             number,
             keys,
+            shape,
         }
     }
 
-    /// The last key of the previous batch (exclusive lower bound), or `i64::MIN` for the
-    /// first batch.
+    /// For a key of one integer column: the last key of the previous batch (exclusive
+    /// lower bound), or `i64::MIN` for the first batch.
+    ///
+    /// # Panics
+    ///
+    /// For any other key, whose bounds are [`Batch::lower`] and [`Batch::upper`]; write
+    /// `{batch}` in the statement instead.
     pub fn after(&self) -> i64 {
-        self.after.unwrap_or(i64::MIN)
+        match &self.lower {
+            None => {
+                self.integer_key("after");
+                i64::MIN
+            }
+            Some(key) => key.as_i64().unwrap_or_else(|| self.integer_key("after")),
+        }
+    }
+
+    /// For a key of one integer column: the last key of this batch (inclusive upper
+    /// bound).
+    ///
+    /// # Panics
+    ///
+    /// For any other key; see [`Batch::after`].
+    pub fn last(&self) -> i64 {
+        self.upper
+            .as_i64()
+            .unwrap_or_else(|| self.integer_key("last"))
+    }
+
+    fn integer_key(&self, what: &str) -> i64 {
+        if self.shape.is_single_integer() {
+            return 0;
+        }
+        panic!(
+            "Batch::{what}() is for a key of one integer column, and this migration walks \
+             {} ({}): write {{batch}} in the statement where the batch's rows are named",
+            self.shape.names(),
+            self.shape
+                .parts
+                .iter()
+                .map(|p| p.sql_type.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+
+    /// The last key of the previous batch (exclusive lower bound); `None` for the first
+    /// batch, which starts at the smallest key.
+    pub fn lower(&self) -> Option<&Key> {
+        self.lower.as_ref()
     }
 
     /// The last key of this batch (inclusive upper bound).
-    pub fn last(&self) -> i64 {
-        self.last
+    pub fn upper(&self) -> &Key {
+        &self.upper
+    }
+
+    /// The batch's predicate over the key columns (and the scope), with parameters
+    /// numbered from `$1`: bind [`Batch::bounds`] to them in order. [`Ctx::execute_batch`]
+    /// does both; this is for statements run through [`Ctx::tx`](crate::Ctx::tx).
+    ///
+    /// [`Ctx::execute_batch`]: crate::Ctx::execute_batch
+    pub fn predicate(&self) -> String {
+        self.shape.range(self.lower.is_some(), true, 1, None).0
+    }
+
+    /// The values the predicate's parameters take, in order: the lower bound's (if any),
+    /// then the upper bound's.
+    pub fn bounds(&self) -> Vec<KeyValue> {
+        self.lower
+            .iter()
+            .flat_map(|k| k.values().iter().cloned())
+            .chain(self.upper.values().iter().cloned())
+            .collect()
+    }
+
+    pub(crate) fn shape(&self) -> &KeyShape {
+        &self.shape
     }
 
     /// The batch's number, from 1, counted over the whole migration (resumes included).
@@ -83,8 +174,9 @@ impl Batch {
     }
 }
 
-/// How a batched migration walks its table: by a `bigint` key, in key order (keyset
-/// pagination, never `OFFSET`), `size` keys at a time.
+/// How a batched migration walks its table: by a key of one column or several, in key
+/// order (keyset pagination on the key's index, never `OFFSET`), optionally only the rows
+/// of a scope, `size` keys at a time, or as many as fit a target duration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchSpec {
     table: &'static str,
@@ -92,6 +184,11 @@ pub struct BatchSpec {
     size: u32,
     pause: Option<Duration>,
     retries: u32,
+    scope: Option<&'static str>,
+    target: Option<Duration>,
+    min_size: u32,
+    max_size: u32,
+    scan_without_index: bool,
 }
 
 impl BatchSpec {
@@ -100,12 +197,23 @@ impl BatchSpec {
         self.table
     }
 
-    /// The key column: a unique `bigint` (or `integer`) column, usually the primary key.
+    /// The key as written: one column (`"id"`) or several separated by commas
+    /// (`"tenant_id, id"`). Its columns must be `NOT NULL` and, together, unique, usually
+    /// the primary key.
     pub fn key(&self) -> &'static str {
         self.key
     }
 
-    /// Keys per batch.
+    /// The key's columns.
+    pub fn key_columns(&self) -> Vec<&'static str> {
+        self.key
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect()
+    }
+
+    /// Keys per batch (the first batch's size, with a target duration).
     pub fn size(&self) -> u32 {
         self.size
     }
@@ -121,6 +229,33 @@ impl BatchSpec {
         self.retries
     }
 
+    /// The condition a row must meet to be walked (`deleted_at IS NULL`), if any.
+    pub fn scope(&self) -> Option<&'static str> {
+        self.scope
+    }
+
+    /// The duration a batch should take (`target = "200ms"`): the size then grows and
+    /// shrinks between [`BatchSpec::min_size`] and [`BatchSpec::max_size`] to meet it.
+    pub fn target(&self) -> Option<Duration> {
+        self.target
+    }
+
+    /// The smallest size a target duration may choose.
+    pub fn min_size(&self) -> u32 {
+        self.min_size
+    }
+
+    /// The largest size a target duration may choose.
+    pub fn max_size(&self) -> u32 {
+        self.max_size
+    }
+
+    /// Whether the migration runs even when no index serves its key
+    /// (`dangerously_scan_without_index = true`): then every batch reads the table.
+    pub fn scans_without_index(&self) -> bool {
+        self.scan_without_index
+    }
+
     #[doc(hidden)]
     pub const fn __new(table: &'static str, key: &'static str, size: u32) -> Self {
         BatchSpec {
@@ -129,6 +264,11 @@ impl BatchSpec {
             size,
             pause: None,
             retries: 5,
+            scope: None,
+            target: None,
+            min_size: 1,
+            max_size: u32::MAX,
+            scan_without_index: false,
         }
     }
 
@@ -141,6 +281,26 @@ impl BatchSpec {
     #[doc(hidden)]
     pub const fn __retries(mut self, retries: u32) -> Self {
         self.retries = retries;
+        self
+    }
+
+    #[doc(hidden)]
+    pub const fn __scope(mut self, scope: Option<&'static str>) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    #[doc(hidden)]
+    pub const fn __target(mut self, target: Option<Duration>, min: u32, max: u32) -> Self {
+        self.target = target;
+        self.min_size = min;
+        self.max_size = max;
+        self
+    }
+
+    #[doc(hidden)]
+    pub const fn __scan_without_index(mut self, yes: bool) -> Self {
+        self.scan_without_index = yes;
         self
     }
 }

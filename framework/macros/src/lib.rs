@@ -46,6 +46,11 @@ struct BatchArgs {
     size: u32,
     pause_ms: Option<u64>,
     retries: u32,
+    scope: Option<String>,
+    target_ms: Option<u64>,
+    min_size: Option<u32>,
+    max_size: Option<u32>,
+    scan_without_index: bool,
 }
 
 impl BatchArgs {
@@ -57,6 +62,11 @@ impl BatchArgs {
             size: 10_000,
             pause_ms: None,
             retries: 5,
+            scope: None,
+            target_ms: None,
+            min_size: None,
+            max_size: None,
+            scan_without_index: false,
         };
         list.parse_nested_meta(|meta| {
             let name = meta
@@ -79,15 +89,46 @@ impl BatchArgs {
                 }
                 "pause" => args.pause_ms = Some(duration_ms(&value)?),
                 "retries" => args.retries = lit_int(&value)?,
+                "scope" => {
+                    let scope = lit_str(&value)?;
+                    if scope.trim().is_empty() {
+                        return Err(syn::Error::new(
+                            value.span(),
+                            "the scope is a condition on the table's rows, e.g. \"deleted_at IS NULL\"",
+                        ));
+                    }
+                    args.scope = Some(scope);
+                }
+                "target" => args.target_ms = Some(duration_ms(&value)?),
+                "min_size" => args.min_size = Some(lit_int(&value)?.max(1)),
+                "max_size" => args.max_size = Some(lit_int(&value)?.max(1)),
+                "dangerously_scan_without_index" => args.scan_without_index = lit_bool(&value)?,
                 _ => {
                     return Err(meta.error(
                         "unknown argument to batch(..): expected `table = \"..\"`, `key = \"..\"`, \
-                         `size = N`, `pause = \"50ms\"` or `retries = N`",
+                         `size = N`, `scope = \"..\"`, `target = \"200ms\"`, `min_size = N`, \
+                         `max_size = N`, `pause = \"50ms\"`, `retries = N` or \
+                         `dangerously_scan_without_index = true`",
                     ));
                 }
             }
             Ok(())
         })?;
+        if (args.min_size.is_some() || args.max_size.is_some()) && args.target_ms.is_none() {
+            return Err(syn::Error::new(
+                args.span,
+                "min_size and max_size bound a size that adapts to a target duration: add \
+                 target = \"200ms\" (or leave them out for a fixed size)",
+            ));
+        }
+        if let (Some(min), Some(max)) = (args.min_size, args.max_size)
+            && min > max
+        {
+            return Err(syn::Error::new(
+                args.span,
+                format!("min_size ({min}) is larger than max_size ({max})"),
+            ));
+        }
         if args.table.is_none() || args.key.is_none() {
             return Err(syn::Error::new(
                 args.span,
@@ -267,8 +308,21 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
             let size = batch.size;
             let retries = batch.retries;
             let pause = opt_ms(batch.pause_ms);
+            let scope = match &batch.scope {
+                Some(scope) => quote!(::core::option::Option::Some(#scope)),
+                None => quote!(::core::option::Option::None),
+            };
+            let target = opt_ms(batch.target_ms);
+            let min_size = batch.min_size.unwrap_or(1);
+            let max_size = batch.max_size.unwrap_or(u32::MAX);
+            let scan_without_index = batch.scan_without_index;
             let spec = quote! {
-                ::datamig::BatchSpec::__new(#table, #key, #size).__pause(#pause).__retries(#retries)
+                ::datamig::BatchSpec::__new(#table, #key, #size)
+                    .__pause(#pause)
+                    .__retries(#retries)
+                    .__scope(#scope)
+                    .__target(#target, #min_size, #max_size)
+                    .__scan_without_index(#scan_without_index)
             };
             (
                 quote!(ctx: &'a mut ::datamig::Ctx<'c, #db>, batch: ::datamig::Batch),

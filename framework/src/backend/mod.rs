@@ -14,7 +14,8 @@ use sqlx::SqlStr;
 
 use crate::bulk::SequenceReset;
 use crate::error::Error;
-use crate::ledger::{Attempt, LastRun, LedgerConfig, LedgerEntry};
+use crate::key::{Key, KeyKind, KeyShape, KeyValue};
+use crate::ledger::{Attempt, LastRun, LedgerConfig, LedgerEntry, Pause};
 use crate::merge::{UpsertReport, UpsertRequest};
 use crate::migration::{Code, Migration};
 use crate::session::SessionInfo;
@@ -36,19 +37,55 @@ macro_rules! same_sql_steps {
                 .flatten())
         }
 
-        async fn execute_batch(
+        async fn execute_keyed(
             conn: &mut $conn,
             sql: sqlx::SqlStr,
-            after: i64,
-            last: i64,
+            values: &[$crate::key::KeyValue],
         ) -> Result<u64, sqlx::Error> {
-            Ok(sqlx::query(sql)
+            let mut query = sqlx::query(sql).persistent($persistent);
+            for value in values {
+                query = match value {
+                    $crate::key::KeyValue::Integer(n) => query.bind(*n),
+                    $crate::key::KeyValue::Text(t) => query.bind(t.clone()),
+                    $crate::key::KeyValue::Real(x) => query.bind(*x),
+                    $crate::key::KeyValue::Bytes(b) => query.bind(b.clone()),
+                };
+            }
+            Ok(query.execute(conn).await?.rows_affected())
+        }
+
+        async fn pause_state(
+            conn: &mut $conn,
+            config: &$crate::ledger::LedgerConfig,
+            id: Option<&str>,
+        ) -> Result<Vec<$crate::ledger::Pause>, sqlx::Error> {
+            // A migration is paused when its latest pause or unpause in the run history is
+            // a pause (an index scan of (migration_id, run_id) per migration).
+            let runs = config.runs_ident();
+            let sql = format!(
+                "SELECT migration_id, db_user, host, finished_at, reason FROM {runs} AS r
+                 WHERE action = 'pause' AND ($1 IS NULL OR migration_id = $1)
+                   AND run_id = (SELECT max(run_id) FROM {runs}
+                                 WHERE migration_id = r.migration_id
+                                   AND action IN ('pause', 'unpause'))
+                 ORDER BY migration_id"
+            );
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .persistent($persistent)
-                .bind(after)
-                .bind(last)
-                .execute(conn)
-                .await?
-                .rows_affected())
+                .bind(id)
+                .fetch_all(conn)
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok($crate::ledger::Pause {
+                        migration_id: sqlx::Row::try_get(row, "migration_id")?,
+                        by: sqlx::Row::try_get(row, "db_user")?,
+                        host: sqlx::Row::try_get(row, "host")?,
+                        at: sqlx::Row::try_get(row, "finished_at")?,
+                        reason: sqlx::Row::try_get(row, "reason")?,
+                    })
+                })
+                .collect()
         }
 
         async fn read_ledger(
@@ -69,56 +106,6 @@ macro_rules! same_sql_steps {
             rows.iter().map($crate::backend::ledger_entry).collect()
         }
 
-        async fn next_batch(
-            conn: &mut $conn,
-            table: &str,
-            key: &str,
-            after: Option<i64>,
-            size: u32,
-        ) -> Result<Option<(i64, u64)>, sqlx::Error> {
-            // Keyset pagination: an index range scan from the checkpoint, never OFFSET.
-            // `$1` is bound either way (PostgreSQL wants every parameter used).
-            let (table, key) = (
-                $crate::sql::quote_ident(table),
-                $crate::sql::quote_ident(key),
-            );
-            let filter = if after.is_some() {
-                format!("WHERE {key} > $1")
-            } else {
-                "WHERE CAST($1 AS bigint) IS NULL".to_string()
-            };
-            let sql = format!(
-                "SELECT CAST(max(k) AS bigint), count(*) FROM
-                     (SELECT {key} AS k FROM {table} {filter} ORDER BY {key} LIMIT $2) AS batch"
-            );
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .persistent($persistent)
-                .bind(after)
-                .bind(i64::from(size))
-                .fetch_one(conn)
-                .await?;
-            let last: Option<i64> = sqlx::Row::try_get(&row, 0)?;
-            let keys: i64 = sqlx::Row::try_get(&row, 1)?;
-            Ok(last.map(|last| (last, u64::try_from(keys).unwrap_or(0))))
-        }
-
-        async fn has_keys_after(
-            conn: &mut $conn,
-            table: &str,
-            key: &str,
-            after: i64,
-        ) -> Result<bool, sqlx::Error> {
-            let (table, key) = (
-                $crate::sql::quote_ident(table),
-                $crate::sql::quote_ident(key),
-            );
-            let sql = format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE {key} > $1)");
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .persistent($persistent)
-                .bind(after)
-                .fetch_one(conn)
-                .await
-        }
     };
 }
 
@@ -209,13 +196,20 @@ pub(crate) mod steps {
             sql: SqlStr,
         ) -> impl Future<Output = Result<Option<i64>, sqlx::Error>> + Send;
 
-        /// Executes one statement with `$1` and `$2` bound to a batch's bounds.
-        fn execute_batch(
+        /// Executes one statement with `$1`, `$2`.. bound to `values`.
+        fn execute_keyed(
             conn: &mut Self::Connection,
             sql: SqlStr,
-            after: i64,
-            last: i64,
+            values: &[KeyValue],
         ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+
+        /// The pauses in force (of one migration, or of all): for each paused migration,
+        /// its latest pause in the run history.
+        fn pause_state(
+            conn: &mut Self::Connection,
+            config: &LedgerConfig,
+            id: Option<&str>,
+        ) -> impl Future<Output = Result<Vec<Pause>, sqlx::Error>> + Send;
 
         /// Runs an upsert built by [`crate::Upsert`]. Returns what it did, and how many rows
         /// it wrote to temporary staging tables where [`Self::write_count`] counts those.
@@ -387,37 +381,53 @@ pub(crate) mod steps {
             attempt: &Attempt,
         ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
 
-        /// The next batch of keys after `after` (all keys when `None`), at most `size`:
-        /// its last key and how many keys it holds; `None` when no key is left.
+        /// The key columns `names` of `table`: `None` when the table does not exist;
+        /// otherwise each column (`None` when it does not exist) with its type.
+        fn key_columns(
+            conn: &mut Self::Connection,
+            table: &str,
+            names: &[&str],
+        ) -> impl Future<Output = Result<Option<Vec<Option<KeyColumn>>>, sqlx::Error>> + Send;
+
+        /// The name of an index whose leading columns are the key's, in order, that can
+        /// serve the key's range scans in its order; `None` when there is none.
+        fn key_index(
+            conn: &mut Self::Connection,
+            table: &str,
+            columns: &[KeyColumn],
+        ) -> impl Future<Output = Result<Option<String>, sqlx::Error>> + Send;
+
+        /// Fails with the database's own error when `scope` is not a valid condition on
+        /// `table`.
+        fn check_scope(
+            conn: &mut Self::Connection,
+            table: &str,
+            scope: &str,
+        ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+        /// The next batch of keys after `after` (from the first key when `None`), at most
+        /// `size`: its last key and how many keys it holds; `None` when no key is left.
+        /// Keyset pagination: an index range scan from the checkpoint, never `OFFSET`.
         fn next_batch(
             conn: &mut Self::Connection,
-            table: &str,
-            key: &str,
-            after: Option<i64>,
+            shape: &KeyShape,
+            after: Option<&Key>,
             size: u32,
-        ) -> impl Future<Output = Result<Option<(i64, u64)>, sqlx::Error>> + Send;
+        ) -> impl Future<Output = Result<Option<(Key, u64)>, sqlx::Error>> + Send;
 
-        /// What a batched migration's key column is: `None` when the table does not exist;
-        /// otherwise the column (if it exists) with its type, and how many rows batching
-        /// could not reach (`NULL`s, and on SQLite values that are not integers).
-        fn key_column(
-            conn: &mut Self::Connection,
-            table: &str,
-            key: &str,
-        ) -> impl Future<Output = Result<Option<Option<KeyColumn>>, sqlx::Error>> + Send;
-
-        /// Whether any key is greater than `after`.
+        /// Whether any key of the scope is after `after`.
         fn has_keys_after(
             conn: &mut Self::Connection,
-            table: &str,
-            key: &str,
-            after: i64,
+            shape: &KeyShape,
+            after: &Key,
         ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
 
-        /// An estimate of the table's row count, for progress.
+        /// An estimate of the rows of the scope after `after` (all, when `None`), for
+        /// progress.
         fn estimate_rows(
             conn: &mut Self::Connection,
-            table: &str,
+            shape: &KeyShape,
+            after: Option<&Key>,
         ) -> impl Future<Output = Result<Option<u64>, sqlx::Error>> + Send;
 
         /// Names this session, so that others can see who holds the runner lock.
@@ -494,18 +504,24 @@ pub(crate) async fn pinned<DB: Backend, T>(
     Ok(out)
 }
 
-/// A batched migration's key column, as [`steps::Steps::key_column`] finds it. (Public
-/// only to the sealed backend steps; not reachable from outside the crate.)
-#[derive(Debug)]
+/// One column of a batched migration's key, as [`steps::Steps::key_columns`] finds it.
+/// (Public only to the sealed backend steps; not reachable from outside the crate.)
+#[derive(Debug, Clone)]
 pub struct KeyColumn {
-    /// Its type, as the database names it.
-    pub(crate) data_type: String,
-    /// Whether batching supports the type (integers).
-    pub(crate) supported: bool,
-    /// Rows whose key is `NULL`.
-    pub(crate) nulls: i64,
-    /// Rows whose key is not an integer (SQLite, whose columns take any value).
+    pub(crate) name: String,
+    /// Its type, as the database writes it.
+    pub(crate) sql_type: String,
+    /// How batching reads and binds it; `None` for a type batching does not walk.
+    pub(crate) kind: Option<KeyKind>,
+    /// Whether the column is `NOT NULL` (or otherwise cannot hold a `NULL`).
+    pub(crate) not_null: bool,
+    /// Rows whose key is not an integer in an integer column (SQLite, whose columns take
+    /// any value).
     pub(crate) not_integers: i64,
+    /// Its number in the table (PostgreSQL's `attnum`), for matching indexes.
+    pub(crate) number: i64,
+    /// Its collation (PostgreSQL's `attcollation`), for matching indexes.
+    pub(crate) collation: i64,
 }
 
 /// One holding of the runner lock by this process, live from its creation to its drop.

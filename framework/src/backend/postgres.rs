@@ -12,6 +12,7 @@ use super::{Backend, KeyColumn, LockToken, hex};
 use crate::bulk::SequenceReset;
 use crate::copy::RowSink;
 use crate::error::Error;
+use crate::key::{Key, KeyKind, KeyShape, KeyValue};
 use crate::ledger::{Attempt, LAYOUT, LastRun, LedgerConfig, LedgerWrite};
 use crate::merge::{NextRow, Plan, Source, UpsertReport, UpsertRequest, stage_name};
 use crate::migration::{Code, Migration};
@@ -330,7 +331,8 @@ impl Steps for Postgres {
     ) -> Result<Vec<LastRun>, sqlx::Error> {
         let sql = format!(
             "SELECT DISTINCT ON (migration_id) migration_id, outcome, error, finished_at
-             FROM {} ORDER BY migration_id, run_id DESC",
+             FROM {} WHERE action NOT IN ('pause', 'unpause')
+             ORDER BY migration_id, run_id DESC",
             config.runs_ident()
         );
         let rows = query(AssertSqlSafe(sql)).fetch_all(conn).await?;
@@ -627,11 +629,11 @@ impl Steps for Postgres {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn key_column(
+    async fn key_columns(
         conn: &mut PgConnection,
         table: &str,
-        key: &str,
-    ) -> Result<Option<Option<KeyColumn>>, sqlx::Error> {
+        names: &[&str],
+    ) -> Result<Option<Vec<Option<KeyColumn>>>, sqlx::Error> {
         let table_ident = quote_ident(table);
         let exists: bool = query_scalar("SELECT to_regclass($1) IS NOT NULL")
             .bind(&table_ident)
@@ -640,48 +642,165 @@ impl Steps for Postgres {
         if !exists {
             return Ok(None);
         }
-        let column: Option<(String, String, bool)> = query_as(
-            "SELECT format_type(a.atttypid, a.atttypmod), t.typname::text, a.attnotnull
-             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-             WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+        let mut columns = Vec::with_capacity(names.len());
+        for name in names {
+            // A domain is walked as its base type.
+            let column: Option<(i64, String, String, bool, i64)> = query_as(
+                "SELECT a.attnum::bigint, format_type(a.atttypid, a.atttypmod),
+                        coalesce(bt.typname, t.typname)::text, a.attnotnull, a.attcollation::bigint
+                 FROM pg_attribute a
+                 JOIN pg_type t ON t.oid = a.atttypid
+                 LEFT JOIN pg_type bt ON t.typtype = 'd' AND bt.oid = t.typbasetype
+                 WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND a.attnum > 0
+                   AND NOT a.attisdropped",
+            )
+            .bind(&table_ident)
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await?;
+            columns.push(
+                column.map(|(number, sql_type, base, not_null, collation)| KeyColumn {
+                    name: name.to_string(),
+                    sql_type,
+                    kind: match base.as_str() {
+                        "int2" | "int4" | "int8" => Some(KeyKind::Integer),
+                        "date" | "timestamp" | "timestamptz" => Some(KeyKind::Temporal),
+                        "uuid" | "text" | "varchar" | "bpchar" | "citext" | "numeric"
+                        | "bytea" => Some(KeyKind::Other),
+                        _ => None,
+                    },
+                    not_null,
+                    not_integers: 0,
+                    number,
+                    collation,
+                }),
+            );
+        }
+        Ok(Some(columns))
+    }
+
+    async fn key_index(
+        conn: &mut PgConnection,
+        table: &str,
+        columns: &[KeyColumn],
+    ) -> Result<Option<String>, sqlx::Error> {
+        // A valid, complete (not partial) B-tree index whose leading columns are the key's,
+        // in order, in the columns' own collations and default operator classes, all in one
+        // direction: the one shape that serves `ORDER BY key` and `(key) > (..)` together.
+        type Candidate = (String, Vec<i16>, Vec<i64>, Vec<bool>, Vec<i16>);
+        let candidates: Vec<Candidate> = query_as(
+            "SELECT c.relname::text, i.indkey::int2[],
+                    ARRAY(SELECT x::bigint FROM unnest(i.indcollation::oid[]) WITH ORDINALITY u(x, n) ORDER BY n),
+                    ARRAY(SELECT o.opcdefault FROM unnest(i.indclass::oid[]) WITH ORDINALITY u(x, n)
+                          JOIN pg_opclass o ON o.oid = u.x ORDER BY n),
+                    i.indoption::int2[]
+             FROM pg_index i
+             JOIN pg_class c ON c.oid = i.indexrelid
+             JOIN pg_am am ON am.oid = c.relam
+             WHERE i.indrelid = to_regclass($1) AND am.amname = 'btree' AND i.indisvalid
+               AND i.indpred IS NULL
+             ORDER BY i.indisprimary DESC, i.indnkeyatts, c.relname",
         )
-        .bind(&table_ident)
-        .bind(key)
-        .fetch_optional(&mut *conn)
+        .bind(quote_ident(table))
+        .fetch_all(conn)
         .await?;
-        let Some((data_type, typname, not_null)) = column else {
-            return Ok(Some(None));
+        let n = columns.len();
+        Ok(candidates
+            .into_iter()
+            .find(|(_, keys, collations, defaults, options)| {
+                keys.len() >= n
+                    && collations.len() >= n
+                    && defaults.len() >= n
+                    && options.len() >= n
+                    && columns.iter().enumerate().all(|(i, c)| {
+                        i64::from(keys[i]) == c.number && collations[i] == c.collation
+                    })
+                    && defaults[..n].iter().all(|d| *d)
+                    && options[..n].iter().all(|o| (o & 1) == (options[0] & 1))
+            })
+            .map(|(name, ..)| name))
+    }
+
+    async fn check_scope(
+        conn: &mut PgConnection,
+        table: &str,
+        scope: &str,
+    ) -> Result<(), sqlx::Error> {
+        query(AssertSqlSafe(format!(
+            "SELECT 1 FROM {} WHERE ({scope}) LIMIT 0",
+            quote_ident(table)
+        )))
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn next_batch(
+        conn: &mut PgConnection,
+        shape: &KeyShape,
+        after: Option<&Key>,
+        size: u32,
+    ) -> Result<Option<(Key, u64)>, sqlx::Error> {
+        let sql = shape.next_batch_sql(after.is_some());
+        let mut q = query(AssertSqlSafe(sql));
+        for value in after.map(Key::values).unwrap_or_default() {
+            q = bind_key_value(q, value);
+        }
+        let Some(row) = q.bind(i64::from(size)).fetch_optional(conn).await? else {
+            return Ok(None);
         };
-        let nulls = if not_null {
-            0
-        } else {
-            query_scalar(AssertSqlSafe(format!(
-                "SELECT count(*) FROM {table_ident} WHERE {} IS NULL",
-                quote_ident(key)
-            )))
-            .fetch_one(&mut *conn)
-            .await?
-        };
-        Ok(Some(Some(KeyColumn {
-            data_type,
-            supported: matches!(typname.as_str(), "int2" | "int4" | "int8"),
-            nulls,
-            not_integers: 0,
-        })))
+        let mut values = Vec::with_capacity(shape.parts.len());
+        for (i, part) in shape.parts.iter().enumerate() {
+            values.push(match part.kind {
+                KeyKind::Integer => KeyValue::Integer(row.try_get(i)?),
+                _ => KeyValue::Text(row.try_get(i)?),
+            });
+        }
+        let keys: i64 = row.try_get(shape.parts.len())?;
+        Ok(Some((Key(values), u64::try_from(keys).unwrap_or(0))))
+    }
+
+    async fn has_keys_after(
+        conn: &mut PgConnection,
+        shape: &KeyShape,
+        after: &Key,
+    ) -> Result<bool, sqlx::Error> {
+        let mut q = query_scalar(AssertSqlSafe(shape.has_keys_after_sql()));
+        for value in after.values() {
+            q = match value {
+                KeyValue::Integer(n) => q.bind(*n),
+                KeyValue::Text(t) => q.bind(t.clone()),
+                KeyValue::Real(x) => q.bind(*x),
+                KeyValue::Bytes(b) => q.bind(b.clone()),
+            };
+        }
+        q.fetch_one(conn).await
     }
 
     async fn estimate_rows(
         conn: &mut PgConnection,
-        table: &str,
+        shape: &KeyShape,
+        after: Option<&Key>,
     ) -> Result<Option<u64>, sqlx::Error> {
         // The planner's estimate: free, and close enough for a progress bar.
-        let estimate: Option<f32> =
-            query_scalar("SELECT reltuples FROM pg_class WHERE oid = to_regclass($1)")
-                .bind(quote_ident(table))
-                .fetch_optional(conn)
-                .await?
-                .flatten();
-        Ok(estimate.filter(|n| *n >= 0.0).map(|n| n as u64))
+        let mut q = query_scalar::<String>(AssertSqlSafe(format!(
+            "EXPLAIN {}",
+            shape.rows_after_sql(after.is_some())
+        )));
+        for value in after.map(Key::values).unwrap_or_default() {
+            q = match value {
+                KeyValue::Integer(n) => q.bind(*n),
+                KeyValue::Text(t) => q.bind(t.clone()),
+                KeyValue::Real(x) => q.bind(*x),
+                KeyValue::Bytes(b) => q.bind(b.clone()),
+            };
+        }
+        let first = q.fetch_optional(conn).await?.unwrap_or_default();
+        Ok(first
+            .split("rows=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok()))
     }
 
     async fn tag_session(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
@@ -824,6 +943,18 @@ impl Steps for Postgres {
 // only until the next one, on the server session that runs it. A named statement
 // (`sqlx_s_N`) stays in its server session, where through a transaction pooler another
 // client may meet it ("prepared statement \"sqlx_s_1\" already exists"), or miss it.
+
+fn bind_key_value<'q>(
+    q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    value: &KeyValue,
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    match value {
+        KeyValue::Integer(n) => q.bind(*n),
+        KeyValue::Text(t) => q.bind(t.clone()),
+        KeyValue::Real(x) => q.bind(*x),
+        KeyValue::Bytes(b) => q.bind(b.clone()),
+    }
+}
 
 fn query<'q>(
     sql: impl SqlSafeStr,

@@ -19,6 +19,7 @@ use super::{Backend, KeyColumn, LockToken, hex, os_user};
 use crate::bulk::SequenceReset;
 use crate::copy::{RowSink, Value};
 use crate::error::Error;
+use crate::key::{Key, KeyKind, KeyShape, KeyValue};
 use crate::ledger::{Attempt, LAYOUT, LastRun, LedgerConfig, LedgerWrite};
 use crate::merge::{Plan, Source, UpsertMode, UpsertReport, UpsertRequest, stage_name};
 use crate::migration::{Code, Migration};
@@ -327,7 +328,8 @@ impl Steps for Sqlite {
         let runs = config.runs_ident();
         let sql = format!(
             "SELECT migration_id, outcome, error, finished_at FROM {runs} AS r
-             WHERE run_id = (SELECT max(run_id) FROM {runs} WHERE migration_id = r.migration_id)
+             WHERE run_id = (SELECT max(run_id) FROM {runs} WHERE migration_id = r.migration_id
+                             AND action NOT IN ('pause', 'unpause'))
              ORDER BY migration_id"
         );
         let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(conn).await?;
@@ -498,54 +500,170 @@ impl Steps for Sqlite {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn key_column(
+    async fn key_columns(
         conn: &mut SqliteConnection,
         table: &str,
-        key: &str,
-    ) -> Result<Option<Option<KeyColumn>>, sqlx::Error> {
+        names: &[&str],
+    ) -> Result<Option<Vec<Option<KeyColumn>>>, sqlx::Error> {
         if !table_exists(conn, None, table).await? {
             return Ok(None);
         }
         // Looked up by name: in SQL, a double-quoted name that matches no column would be
         // read as a string literal, and every comparison with it would quietly succeed.
-        let column: Option<String> =
-            sqlx::query_scalar("SELECT type FROM pragma_table_info($1) WHERE name = $2")
+        let info: Vec<(String, String, bool, i64)> =
+            sqlx::query_as("SELECT name, type, \"notnull\", pk FROM pragma_table_info($1)")
                 .bind(table)
-                .bind(key)
-                .fetch_optional(&mut *conn)
+                .fetch_all(&mut *conn)
                 .await?;
-        let Some(data_type) = column else {
-            return Ok(Some(None));
-        };
-        let (table, key) = (quote_ident(table), quote_ident(key));
-        let (nulls, not_integers): (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT count(*) FILTER (WHERE {key} IS NULL),
-                    count(*) FILTER (WHERE {key} IS NOT NULL AND typeof({key}) <> 'integer')
-             FROM {table}"
-        )))
-        .fetch_one(&mut *conn)
+        let primary: Vec<&(String, String, bool, i64)> =
+            info.iter().filter(|(.., pk)| *pk > 0).collect();
+        let mut columns = Vec::with_capacity(names.len());
+        for name in names {
+            let Some((_, data_type, not_null, pk)) = info.iter().find(|(n, ..)| n == name) else {
+                columns.push(None);
+                continue;
+            };
+            // SQLite's integer affinity: a declared type containing INT.
+            let integer = data_type.to_ascii_uppercase().contains("INT");
+            // `INTEGER PRIMARY KEY` is the rowid, which is never NULL.
+            let rowid = *pk > 0 && primary.len() == 1 && data_type.eq_ignore_ascii_case("INTEGER");
+            let not_integers = if integer {
+                let key = quote_ident(name);
+                sqlx::query_scalar(AssertSqlSafe(format!(
+                    "SELECT count(*) FROM {} WHERE {key} IS NOT NULL AND typeof({key}) <> 'integer'",
+                    quote_ident(table)
+                )))
+                .fetch_one(&mut *conn)
+                .await?
+            } else {
+                0
+            };
+            columns.push(Some(KeyColumn {
+                name: name.to_string(),
+                sql_type: data_type.clone(),
+                kind: Some(if integer {
+                    KeyKind::Integer
+                } else {
+                    KeyKind::Other
+                }),
+                not_null: *not_null || rowid,
+                not_integers,
+                number: 0,
+                collation: 0,
+            }));
+        }
+        Ok(Some(columns))
+    }
+
+    async fn key_index(
+        conn: &mut SqliteConnection,
+        table: &str,
+        columns: &[KeyColumn],
+    ) -> Result<Option<String>, sqlx::Error> {
+        let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+        // The rowid (`INTEGER PRIMARY KEY`) is the table's own order.
+        let rowid: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM pragma_table_info($1) WHERE pk = 1 AND upper(type) = 'INTEGER'
+               AND (SELECT count(*) FROM pragma_table_info($1) WHERE pk > 0) = 1",
+        )
+        .bind(table)
+        .fetch_optional(&mut *conn)
         .await?;
-        // SQLite's integer affinity: a declared type containing INT.
-        let supported = data_type.to_ascii_uppercase().contains("INT");
-        Ok(Some(Some(KeyColumn {
-            data_type,
-            supported,
-            nulls,
-            not_integers,
-        })))
+        if names.len() == 1 && rowid.as_deref() == Some(names[0]) {
+            return Ok(Some("the rowid".to_string()));
+        }
+        let indexes: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM pragma_index_list($1) WHERE partial = 0")
+                .bind(table)
+                .fetch_all(&mut *conn)
+                .await?;
+        for index in indexes {
+            let leading: Vec<Option<String>> =
+                sqlx::query_scalar("SELECT name FROM pragma_index_info($1) ORDER BY seqno")
+                    .bind(&index)
+                    .fetch_all(&mut *conn)
+                    .await?;
+            if leading.len() >= names.len()
+                && leading
+                    .iter()
+                    .zip(&names)
+                    .all(|(have, want)| have.as_deref() == Some(*want))
+            {
+                return Ok(Some(index));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn check_scope(
+        conn: &mut SqliteConnection,
+        table: &str,
+        scope: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT 1 FROM {} WHERE ({scope}) LIMIT 0",
+            quote_ident(table)
+        )))
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn next_batch(
+        conn: &mut SqliteConnection,
+        shape: &KeyShape,
+        after: Option<&Key>,
+        size: u32,
+    ) -> Result<Option<(Key, u64)>, sqlx::Error> {
+        let sql = shape.next_batch_sql(after.is_some());
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for value in after.map(Key::values).unwrap_or_default() {
+            q = bind_key_value(q, value);
+        }
+        let Some(row) = q.bind(i64::from(size)).fetch_optional(conn).await? else {
+            return Ok(None);
+        };
+        let mut values = Vec::with_capacity(shape.parts.len());
+        for i in 0..shape.parts.len() {
+            let class: String = row.try_get(2 * i + 1)?;
+            values.push(match class.as_str() {
+                "integer" => KeyValue::Integer(row.try_get(2 * i)?),
+                "real" => KeyValue::Real(row.try_get(2 * i)?),
+                "blob" => KeyValue::Bytes(row.try_get(2 * i)?),
+                _ => KeyValue::Text(row.try_get(2 * i)?),
+            });
+        }
+        let keys: i64 = row.try_get(2 * shape.parts.len())?;
+        Ok(Some((Key(values), u64::try_from(keys).unwrap_or(0))))
+    }
+
+    async fn has_keys_after(
+        conn: &mut SqliteConnection,
+        shape: &KeyShape,
+        after: &Key,
+    ) -> Result<bool, sqlx::Error> {
+        let mut q = sqlx::query(AssertSqlSafe(shape.has_keys_after_sql()));
+        for value in after.values() {
+            q = bind_key_value(q, value);
+        }
+        let row = q.fetch_one(conn).await?;
+        row.try_get(0)
     }
 
     async fn estimate_rows(
         conn: &mut SqliteConnection,
-        table: &str,
+        shape: &KeyShape,
+        after: Option<&Key>,
     ) -> Result<Option<u64>, sqlx::Error> {
-        // SQLite keeps no row estimate; counting walks the smallest index, once per run.
-        let rows: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT count(*) FROM {}",
-            quote_ident(table)
-        )))
-        .fetch_one(conn)
-        .await?;
+        // SQLite keeps no row estimate; counting walks the key's index, once per run.
+        let mut q = sqlx::query(AssertSqlSafe(format!(
+            "SELECT count(*) FROM ({})",
+            shape.rows_after_sql(after.is_some())
+        )));
+        for value in after.map(Key::values).unwrap_or_default() {
+            q = bind_key_value(q, value);
+        }
+        let rows: i64 = q.fetch_one(conn).await?.try_get(0)?;
         Ok(u64::try_from(rows).ok())
     }
 
@@ -959,5 +1077,17 @@ fn explain_upsert_error(table: &str, err: sqlx::Error) -> Error {
         ))
     } else {
         Error::Database(err)
+    }
+}
+
+fn bind_key_value<'q>(
+    q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
+    value: &KeyValue,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
+    match value {
+        KeyValue::Integer(n) => q.bind(*n),
+        KeyValue::Text(t) => q.bind(t.clone()),
+        KeyValue::Real(x) => q.bind(*x),
+        KeyValue::Bytes(b) => q.bind(b.clone()),
     }
 }

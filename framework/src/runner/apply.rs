@@ -323,8 +323,10 @@ pub(super) enum Failure {
     /// The stop signal stopped a batched migration after a committed batch.
     Stopped {
         batches: u64,
-        checkpoint: Option<i64>,
+        checkpoint: Option<String>,
     },
+    /// An operator paused the migration: `run` skips it and goes on.
+    Paused(crate::ledger::Pause),
     /// The runner could not do its part.
     Other(Error),
 }

@@ -1,5 +1,6 @@
 //! A batched migration: one transaction per batch, each committing with its checkpoint.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -13,6 +14,8 @@ use crate::backend::{Backend, pinned};
 use crate::ctx::Ctx;
 use crate::error::{Error, describe_sqlx};
 use crate::ledger::{Action, Attempt, LedgerWrite, STATUS_APPLIED, STATUS_RUNNING};
+use crate::key::{Key, KeyKind, KeyPart, KeyShape};
+use crate::ledger::Pause;
 use crate::migration::{Batch, BatchFn, BatchSpec, Migration};
 
 impl<DB: Backend> Migrator<DB> {
@@ -41,25 +44,27 @@ impl<DB: Backend> Migrator<DB> {
             notes: Vec::new(),
             lock_retries: 0,
             run_written: None,
+            checkpoint: None,
         };
-        state.first_started_at_from(&step, migration)?;
-        pinned::<DB, _>(conn, async |c| {
-            check_batch_key::<DB>(c, migration.id(), spec, state.after.is_none()).await
+        let (shape, warning) = pinned::<DB, _>(conn, async |c| {
+            batch_key::<DB>(c, migration.id(), spec, step.resume.is_none()).await
         })
         .await
         .map_err(Failure::Other)?;
+        if let Some(warning) = warning {
+            state.notes.push(warning);
+        }
+        state.resume_from(&step, migration, &shape)?;
         let first_started_at = step
             .resume
             .as_ref()
             .map_or(state.started_at, |e| e.started_at);
-        let estimated_total =
-            pinned::<DB, _>(
-                conn,
-                async |c| Ok(DB::estimate_rows(c, spec.table()).await?),
-            )
-            .await
-            .ok()
-            .flatten();
+        let estimated_total = pinned::<DB, _>(conn, async |c| {
+            Ok(DB::estimate_rows(c, &shape, state.after.as_ref()).await?)
+        })
+        .await
+        .ok()
+        .flatten();
         let timeouts = (
             migration
                 .lock_timeout()
@@ -67,6 +72,7 @@ impl<DB: Backend> Migrator<DB> {
                 .or(Some(DEFAULT_BATCH_LOCK_TIMEOUT)),
             migration.statement_timeout().or(self.statement_timeout),
         );
+        let mut sizer = Sizer::new(spec);
 
         loop {
             if self
@@ -77,6 +83,17 @@ impl<DB: Backend> Migrator<DB> {
                     batches: state.batches,
                 });
             }
+            if let Err(failure) = self.wait_until_healthy(conn, migration, &state).await {
+                return Err(match failure {
+                    Failure::Migration { message, panicked } => {
+                        self.batch_failure(conn, migration, step.action, &state, message, panicked)
+                            .await
+                    }
+                    other => other,
+                });
+            }
+            let size = sizer.size();
+            let began = Instant::now();
             let mut retries = 0;
             let outcome = loop {
                 match self
@@ -84,7 +101,7 @@ impl<DB: Backend> Migrator<DB> {
                         conn,
                         migration,
                         run,
-                        spec,
+                        (&shape, size),
                         &state,
                         step.action,
                         first_started_at,
@@ -106,9 +123,10 @@ impl<DB: Backend> Migrator<DB> {
             let done = match outcome {
                 Ok(done) => done,
                 Err(BatchError::Fenced(err)) => return Err(Failure::Other(err)),
+                Err(BatchError::Paused(pause)) => return Err(Failure::Paused(pause)),
                 Err(BatchError::Commit(err)) => {
                     // Committed if the ledger row moved past this runner's checkpoint.
-                    let from = state.after.map(|k| k.to_string());
+                    let from = state.after.as_ref().map(|k| shape.encode(k));
                     let batches = state.batches;
                     return Err(self
                         .commit_outcome(migration.id(), &err, move |row| {
@@ -121,7 +139,7 @@ impl<DB: Backend> Migrator<DB> {
                     let (message, panicked) = match err {
                         BatchError::LockTimeout(message) => (message, false),
                         BatchError::Failed { message, panicked } => (message, panicked),
-                        BatchError::Commit(_) | BatchError::Fenced(_) => {
+                        BatchError::Commit(_) | BatchError::Fenced(_) | BatchError::Paused(_) => {
                             unreachable!("matched above")
                         }
                     };
@@ -140,9 +158,15 @@ impl<DB: Backend> Migrator<DB> {
                     notes,
                     finished,
                 } => {
+                    let took = began.elapsed();
+                    sizer.record(keys, took);
                     if let Some(written) = written {
                         *state.run_written.get_or_insert(0) += written;
                     }
+                    state.write = LedgerWrite::Continue {
+                        expected: Some(shape.encode(&last)),
+                    };
+                    state.checkpoint = Some(shape.encode(&last));
                     state.after = Some(last);
                     state.batches += 1;
                     state.run_batches += 1;
@@ -152,19 +176,28 @@ impl<DB: Backend> Migrator<DB> {
                     // Bounded: a migration of many batches must not grow without limit.
                     let room = MAX_NOTES.saturating_sub(state.notes.len());
                     state.notes.extend(notes.into_iter().take(room));
-                    state.write = LedgerWrite::Continue {
-                        expected: Some(last.to_string()),
-                    };
                     if let Some(report) = &self.progress {
                         let elapsed = clock.elapsed().as_secs_f64().max(1e-9);
+                        let rate = state.run_keys as f64 / elapsed;
                         report(&Progress {
                             id: migration.id().to_string(),
                             batches: state.batches,
                             keys_done: state.run_keys,
                             rows_affected: state.run_rows,
                             estimated_total,
-                            keys_per_second: state.run_keys as f64 / elapsed,
-                            checkpoint: last,
+                            keys_per_second: rate,
+                            seconds_left: estimated_total.map(|total| {
+                                total.saturating_sub(state.run_keys) as f64 / rate.max(1e-9)
+                            }),
+                            checkpoint: state.after.as_ref().map(ToString::to_string),
+                            batch_keys: keys,
+                            batch_size: size,
+                            batch_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                            target_ms: spec
+                                .target()
+                                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+                            next_size: sizer.size(),
+                            waiting: None,
                         });
                     }
                     finished
@@ -185,7 +218,7 @@ impl<DB: Backend> Migrator<DB> {
             if self.stop.as_ref().is_some_and(StopSignal::is_stopped) {
                 return Err(Failure::Stopped {
                     batches: state.batches,
-                    checkpoint: state.after,
+                    checkpoint: state.after.as_ref().map(ToString::to_string),
                 });
             }
             if let Some(pause) = spec.pause() {
@@ -201,7 +234,7 @@ impl<DB: Backend> Migrator<DB> {
         conn: &mut PoolConnection<DB>,
         migration: &'static Migration,
         run: BatchFn<DB>,
-        spec: &BatchSpec,
+        (shape, size): (&Arc<KeyShape>, u32),
         state: &BatchState,
         action: Action,
         first_started_at: DateTime<Utc>,
@@ -212,14 +245,25 @@ impl<DB: Backend> Migrator<DB> {
         DB::set_local_timeouts(&mut tx, lock_timeout, statement_timeout, self.idle_limit())
             .await
             .map_err(classify)?;
-        let next = DB::next_batch(&mut tx, spec.table(), spec.key(), state.after, spec.size())
+        // An operator's pause (`datamig pause`, from any host) stops the migration here:
+        // after the batch before this one committed, before this one does anything.
+        if !self.dry_run
+            && let Some(pause) = DB::pause_state(&mut tx, &self.ledger, Some(migration.id()))
+                .await
+                .map_err(classify)?
+                .pop()
+        {
+            let _ = tx.rollback().await;
+            return Err(BatchError::Paused(pause));
+        }
+        let next = DB::next_batch(&mut tx, shape, state.after.as_ref(), size)
             .await
             .map_err(classify)?;
         let mut attempt = self.attempt(migration, action, state.started_at);
         attempt.first_started_at = first_started_at;
         attempt.write = state.write.clone();
         attempt.batches = state.batches;
-        attempt.checkpoint = state.after.map(|k| k.to_string());
+        attempt.checkpoint = state.after.as_ref().map(|k| shape.encode(k));
         attempt.notes = state.notes.clone();
 
         let Some((last, keys)) = next else {
@@ -235,8 +279,10 @@ impl<DB: Backend> Migrator<DB> {
         };
 
         let number = state.batches + 1;
-        if let Some(after) = state.after
-            && last <= after
+        if let (Some(after), Some(last)) = (
+            state.after.as_ref().and_then(Key::as_i64),
+            last.as_i64(),
+        ) && last <= after
         {
             // Keyset pagination must move forward: a batch that does not would repeat
             // forever, or end the migration with keys never reached.
@@ -245,8 +291,8 @@ impl<DB: Backend> Migrator<DB> {
                 message: format!(
                     "batch {number}: its last key {last} is not after the checkpoint {after}; \
                      the key column {}.{} does not order the rows as batching needs",
-                    spec.table(),
-                    spec.key()
+                    shape.table,
+                    shape.names()
                 ),
                 panicked: false,
             });
@@ -255,8 +301,14 @@ impl<DB: Backend> Migrator<DB> {
             .await
             .map_err(classify)?;
         let mut ctx = Ctx::new(&mut *tx, migration.id(), self.dry_run);
-        let mut outcome =
-            run_caught::<DB>(run(&mut ctx, Batch::new(state.after, last, number, keys))).await;
+        let batch = Batch::new(
+            state.after.clone(),
+            last.clone(),
+            number,
+            keys,
+            Arc::clone(shape),
+        );
+        let mut outcome = run_caught::<DB>(run(&mut ctx, batch)).await;
         let written = writes_after(&mut ctx, before, &mut outcome).await;
         let rows = ctx.rows_affected();
         let notes = ctx.notes().to_vec();
@@ -275,7 +327,7 @@ impl<DB: Backend> Migrator<DB> {
                 finished: true,
             });
         }
-        let finished = !DB::has_keys_after(&mut tx, spec.table(), spec.key(), last)
+        let finished = !DB::has_keys_after(&mut tx, shape, &last)
             .await
             .map_err(classify)?;
         attempt.status = if finished {
@@ -283,7 +335,7 @@ impl<DB: Backend> Migrator<DB> {
         } else {
             STATUS_RUNNING
         };
-        attempt.checkpoint = Some(last.to_string());
+        attempt.checkpoint = Some(shape.encode(&last));
         attempt.batches = number;
         attempt.rows_affected = state.run_rows + rows;
         attempt.total_rows = state.total_rows + rows;
@@ -354,7 +406,7 @@ impl<DB: Backend> Migrator<DB> {
         }
         let mut attempt = self.attempt(migration, action, state.started_at);
         attempt.rows_affected = state.run_rows;
-        attempt.checkpoint = state.after.map(|k| k.to_string());
+        attempt.checkpoint = state.checkpoint.clone();
         attempt.batches = state.batches;
         match self.record_failure(conn, &attempt, &message).await {
             Ok(()) => Failure::Migration { message, panicked },
@@ -371,14 +423,16 @@ const DEFAULT_BATCH_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_NOTES: usize = 100;
 
 /// Where a batched migration stands, in this run.
-struct BatchState {
+pub(super) struct BatchState {
     started_at: DateTime<Utc>,
-    after: Option<i64>,
-    batches: u64,
+    pub(super) after: Option<Key>,
+    /// `after` as the ledger stores it.
+    checkpoint: Option<String>,
+    pub(super) batches: u64,
     total_rows: u64,
     write: LedgerWrite,
     run_batches: u64,
-    run_keys: u64,
+    pub(super) run_keys: u64,
     run_rows: u64,
     notes: Vec<String>,
     lock_retries: u64,
@@ -387,19 +441,27 @@ struct BatchState {
 
 impl BatchState {
     /// Takes the checkpoint and counts of a resumed migration from its ledger row.
-    fn first_started_at_from(&mut self, step: &Step, migration: &Migration) -> Result<(), Failure> {
+    fn resume_from(
+        &mut self,
+        step: &Step,
+        migration: &Migration,
+        shape: &KeyShape,
+    ) -> Result<(), Failure> {
         let Some(entry) = &step.resume else {
             return Ok(());
         };
         self.after = match &entry.checkpoint {
             None => None,
-            Some(text) => Some(text.parse().map_err(|_| {
+            Some(text) => Some(shape.decode(text).map_err(|why| {
                 Failure::Other(Error::Config(format!(
-                    "the ledger's checkpoint of {} is {text:?}, not a bigint key",
+                    "the ledger's checkpoint of {} is {text:?}, which this migration cannot \
+                     resume from: {why}. Its key changed while it was part-way; finish it with \
+                     the code that started it, or re-run it from the start",
                     migration.id()
                 )))
             })?),
         };
+        self.checkpoint = entry.checkpoint.clone();
         self.batches = u64::try_from(entry.batches).unwrap_or(0);
         self.total_rows = u64::try_from(entry.rows_affected).unwrap_or(0);
         self.write = LedgerWrite::Continue {
@@ -409,13 +471,61 @@ impl BatchState {
     }
 }
 
+/// The size of the next batch: fixed, or, with a target duration, scaled after each batch
+/// by how long its keys took, at most doubling or halving at a time, within the bounds.
+#[derive(Debug)]
+pub(crate) struct Sizer {
+    size: u32,
+    target: Option<Duration>,
+    min: u32,
+    max: u32,
+}
+
+impl Sizer {
+    pub(crate) fn new(spec: &BatchSpec) -> Self {
+        let (min, max) = (spec.min_size().max(1), spec.max_size().max(1));
+        Sizer {
+            size: if spec.target().is_some() {
+                spec.size().clamp(min, max.max(min))
+            } else {
+                spec.size()
+            },
+            target: spec.target(),
+            min,
+            max: max.max(min),
+        }
+    }
+
+    /// The size of the next batch.
+    pub(crate) fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// A batch of `keys` keys took `took`.
+    pub(crate) fn record(&mut self, keys: u64, took: Duration) {
+        let Some(target) = self.target else {
+            return;
+        };
+        if keys == 0 {
+            return;
+        }
+        let per_key = took.as_secs_f64().max(1e-6) / keys as f64;
+        let ideal = target.as_secs_f64() / per_key;
+        let current = f64::from(self.size);
+        let next = ideal
+            .clamp(current / 2.0, current * 2.0)
+            .clamp(f64::from(self.min), f64::from(self.max));
+        self.size = next.round() as u32;
+    }
+}
+
 /// What one batch did.
 enum BatchDone {
     /// No key was left: the migration is applied.
     NothingLeft,
     /// A batch committed (or, in a dry run, ran and rolled back).
     Committed {
-        last: i64,
+        last: Key,
         keys: u64,
         rows: u64,
         /// Rows written as the database counted them, when measured (re-runs).
@@ -435,6 +545,8 @@ enum BatchError {
     Commit(sqlx::Error),
     /// The runner's lease ran out before the batch could commit (fencing): rolled back.
     Fenced(Error),
+    /// An operator paused the migration: this batch did not begin.
+    Paused(Pause),
 }
 
 impl BatchError {
@@ -465,56 +577,113 @@ impl BatchError {
     }
 }
 
-/// Checks a batched migration's key before its first batch: the table and the column exist,
-/// the column's type is one batching supports, and every row is reachable (no `NULL`, no
-/// value of another type). On a fresh start, the smallest key must be reachable by the
-/// first batch's lower bound too.
-pub(crate) async fn check_batch_key<DB: Backend>(
+/// The key types batching walks on PostgreSQL, for messages.
+const POSTGRES_KEY_TYPES: &str = "smallint, integer, bigint, uuid, text, varchar, char, citext, \
+                                  numeric, bytea, date, timestamp, timestamptz";
+
+/// Checks a batched migration's key and scope before its first batch, and returns the
+/// key's shape (and a warning to record, for a key no index serves that the migration
+/// allowed): the table and the columns exist, each column is `NOT NULL` and of a type
+/// batching walks, the scope is a valid condition, and an index serves the key. On a fresh
+/// start of a key of one integer column, the smallest key must be reachable by the first
+/// batch's `$1` too. Nothing is written: a refusal leaves the database as it was.
+pub(crate) async fn batch_key<DB: Backend>(
     conn: &mut DB::Connection,
     id: &str,
     spec: &BatchSpec,
     fresh_start: bool,
-) -> Result<(), Error> {
-    let (table, key) = (spec.table(), spec.key());
+) -> Result<(Arc<KeyShape>, Option<String>), Error> {
+    let table = spec.table();
     let refuse = |why: String| {
         Err(Error::Config(format!(
             "batched migration {id}: {why}; nothing ran"
         )))
     };
-    let column = match DB::key_column(conn, table, key).await? {
-        None => return refuse(format!("its table {table} does not exist")),
-        Some(None) => {
+    let names = spec.key_columns();
+    if names.is_empty() {
+        return refuse(format!(
+            "its key {:?} names no column; write key = \"id\" or key = \"tenant_id, id\"",
+            spec.key()
+        ));
+    }
+    let Some(found) = DB::key_columns(conn, table, &names).await? else {
+        return refuse(format!("its table {table} does not exist"));
+    };
+    let mut columns = Vec::with_capacity(found.len());
+    for (name, column) in names.iter().zip(found) {
+        let Some(column) = column else {
             return refuse(format!(
-                "table {table} has no column {key:?}, the batch key it names; check the spelling"
+                "table {table} has no column {name:?}, which its batch key names; check the spelling"
+            ));
+        };
+        if column.kind.is_none() {
+            return refuse(format!(
+                "its key column {table}.{name} is of type {}, which batching does not walk \
+                 (it walks {POSTGRES_KEY_TYPES}); key the batches by another unique column",
+                column.sql_type
             ));
         }
-        Some(Some(column)) => column,
-    };
-    if !column.supported {
+        if !column.not_null {
+            return refuse(format!(
+                "its key column {table}.{name} is nullable, and a row whose key is NULL is \
+                 never reached by any batch; make it NOT NULL first \
+                 (ALTER TABLE {table} ALTER COLUMN {name} SET NOT NULL), or key the batches \
+                 by another column"
+            ));
+        }
+        if column.not_integers > 0 {
+            return refuse(format!(
+                "{} row(s) of {table} hold a {name} that is not an integer in an integer column, \
+                 which batches cannot reach; convert them first",
+                column.not_integers
+            ));
+        }
+        columns.push(column);
+    }
+    if let Some(scope) = spec.scope()
+        && let Err(err) = DB::check_scope(conn, table, scope).await
+    {
         return refuse(format!(
-            "its key {table}.{key} is of type {}, and batching walks integer keys \
-             (smallint, integer, bigint)",
-            column.data_type
+            "its scope {scope:?} is not a valid condition on table {table}: {}",
+            describe_sqlx(&err)
         ));
     }
-    if column.nulls > 0 {
-        return refuse(format!(
-            "{} row(s) of {table} have a NULL {key}, which batches cannot reach; give them keys \
-             (or make the column NOT NULL) first",
-            column.nulls
+    let shape = Arc::new(KeyShape {
+        table: table.to_string(),
+        parts: columns
+            .iter()
+            .map(|c| KeyPart {
+                name: c.name.clone(),
+                sql_type: c.sql_type.clone(),
+                kind: c.kind.unwrap_or(KeyKind::Other),
+            })
+            .collect(),
+        scope: spec.scope().map(str::to_string),
+        casts: DB::ID == "postgres",
+    });
+    let mut warning = None;
+    if DB::key_index(conn, table, &columns).await?.is_none() {
+        let list = names.join(", ");
+        let create = format!(
+            "CREATE INDEX CONCURRENTLY {} ON {table} ({list})",
+            crate::sql::quote_ident(&format!("{table}_{}_idx", names.join("_")))
+        );
+        if !spec.scans_without_index() {
+            return refuse(format!(
+                "no index of {table} serves its key ({list}): every batch would read the whole \
+                 table. Create one first (on PostgreSQL: {create}), or, for a small table only, \
+                 set dangerously_scan_without_index = true in batch(..)"
+            ));
+        }
+        warning = Some(format!(
+            "no index serves the key ({list}) of {table}: every batch read the whole table \
+             (dangerously_scan_without_index); {create} would make each an index range scan"
         ));
     }
-    if column.not_integers > 0 {
-        return refuse(format!(
-            "{} row(s) of {table} hold a {key} that is not an integer, which batches cannot \
-             reach; convert them first",
-            column.not_integers
-        ));
-    }
-    if fresh_start {
+    if fresh_start && shape.is_single_integer() {
         let sql = format!(
             "SELECT CAST(min({}) AS bigint) FROM {}",
-            crate::sql::quote_ident(key),
+            crate::sql::quote_ident(names[0]),
             crate::sql::quote_ident(table)
         );
         let smallest = DB::fetch_i64(
@@ -524,12 +693,12 @@ pub(crate) async fn check_batch_key<DB: Backend>(
         .await?;
         if smallest == Some(i64::MIN) {
             return refuse(format!(
-                "{table} holds the key {} (the smallest bigint), which no batch can include: a \
-                 batch's statement selects `{key} > $1`, and $1 cannot be below it; renumber \
-                 that row first",
-                i64::MIN
+                "{table} holds the key {} (the smallest bigint), which the form `{} > $1` of a \
+                 first batch cannot include; renumber that row first",
+                i64::MIN,
+                names[0]
             ));
         }
     }
-    Ok(())
+    Ok((shape, warning))
 }

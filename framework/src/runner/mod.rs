@@ -13,6 +13,7 @@ mod layout;
 mod lock;
 mod plan;
 mod report;
+mod throttle;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +29,8 @@ use crate::registry;
 
 use apply::Failure;
 pub(crate) use apply::{BodyFailure, run_caught, writes_since};
-pub(crate) use batch::check_batch_key;
+pub(crate) use batch::{Sizer, batch_key};
+pub use throttle::Health;
 pub use lock::RunnerLock;
 use plan::{Mode, Plan};
 pub use report::{AppliedMigration, MigrationStatus, Progress, RunReport, State};
@@ -79,6 +81,8 @@ pub struct Migrator<DB: Backend> {
     only: Option<String>,
     up_to: Option<String>,
     stop: Option<StopSignal>,
+    health_checks: Vec<throttle::HealthCheck<DB>>,
+    throttle_interval: Duration,
 }
 
 /// Asks a run to stop at the next transaction boundary: after the migration or batch in
@@ -121,6 +125,8 @@ impl<DB: Backend> Clone for Migrator<DB> {
             only: self.only.clone(),
             up_to: self.up_to.clone(),
             stop: self.stop.clone(),
+            health_checks: self.health_checks.clone(),
+            throttle_interval: self.throttle_interval,
         }
     }
 }
@@ -157,6 +163,8 @@ impl<DB: Backend> Migrator<DB> {
             only: None,
             up_to: None,
             stop: None,
+            health_checks: Vec::new(),
+            throttle_interval: Duration::from_secs(1),
         }
     }
 
@@ -369,11 +377,18 @@ impl<DB: Backend> Migrator<DB> {
         code: &[(&'static Migration, Code<DB>)],
         mode: &Mode,
     ) -> Result<RunReport, Error> {
-        let ledger = pinned::<DB, _>(conn, async |conn| {
+        let (ledger, pauses) = pinned::<DB, _>(conn, async |conn| {
             self.prepare_ledger(conn).await?;
-            Ok(DB::read_ledger(conn, &self.ledger).await?)
+            Ok((
+                DB::read_ledger(conn, &self.ledger).await?,
+                DB::pause_state(conn, &self.ledger, None).await?,
+            ))
         })
         .await?;
+        let mut pauses: std::collections::BTreeMap<String, crate::ledger::Pause> = pauses
+            .into_iter()
+            .map(|p| (p.migration_id.clone(), p))
+            .collect();
         let mut warnings = Vec::new();
         if self.source.is_none() && migrations.is_empty() && !ledger.is_empty() {
             warnings.push(unlinked_warning(ledger.len()));
@@ -434,6 +449,10 @@ impl<DB: Backend> Migrator<DB> {
                 }
                 continue;
             };
+            if let Some(pause) = pauses.remove(migration.id()) {
+                report.paused.push(pause);
+                continue;
+            }
             if self.stop.as_ref().is_some_and(StopSignal::is_stopped) {
                 return Err(Error::Stopped {
                     after: match report.applied.last() {
@@ -471,7 +490,7 @@ impl<DB: Backend> Migrator<DB> {
                         after: format!(
                             "batch {batches} of {} committed (checkpoint {}); the next run resumes it",
                             migration.id(),
-                            checkpoint.map_or_else(|| "-".to_string(), |k| k.to_string())
+                            checkpoint.unwrap_or_else(|| "-".to_string())
                         ),
                         applied: report.applied.into_iter().map(|a| a.id).collect(),
                     });
@@ -482,6 +501,7 @@ impl<DB: Backend> Migrator<DB> {
                         batches,
                     });
                 }
+                Err(Failure::Paused(pause)) => report.paused.push(pause),
                 Err(Failure::Other(err)) => return Err(err),
             }
         }

@@ -8,8 +8,9 @@ use crate::backend::{Backend, pinned};
 use crate::error::Error;
 use crate::ledger::{Action, Attempt, LastRun, LedgerEntry};
 
-/// How far a batched migration has come: sent after every committed batch.
-#[derive(Clone, Debug, serde::Serialize)]
+/// How far a batched migration has come: sent after every committed batch, and while the
+/// runner waits on a health check (then with [`Progress::waiting`] set).
+#[derive(Clone, Debug, Default, serde::Serialize)]
 #[non_exhaustive]
 pub struct Progress {
     /// The migration's id.
@@ -20,12 +21,38 @@ pub struct Progress {
     pub keys_done: u64,
     /// Rows affected by this run so far, as the migration reported them.
     pub rows_affected: u64,
-    /// The planner's estimate of the table's rows, if known.
+    /// An estimate of the keys this run walks in all (the rows of the scope after the
+    /// checkpoint it started from): the planner's on PostgreSQL, a count on SQLite.
     pub estimated_total: Option<u64>,
     /// Keys processed per second by this run.
     pub keys_per_second: f64,
-    /// The last key done.
-    pub checkpoint: i64,
+    /// The time left at this rate, in seconds, when the total is known.
+    pub seconds_left: Option<f64>,
+    /// The last key done, as people read it (`41200`, `(7, 'a0ee..')`).
+    pub checkpoint: Option<String>,
+    /// Keys in the batch just committed.
+    pub batch_keys: u64,
+    /// The size that batch was asked for.
+    pub batch_size: u32,
+    /// How long that batch took, in milliseconds.
+    pub batch_ms: u64,
+    /// The target duration of a batch, in milliseconds, when the size adapts.
+    pub target_ms: Option<u64>,
+    /// The size of the next batch.
+    pub next_size: u32,
+    /// Why the runner waits before the next batch (a health check's reason); `None` after
+    /// a batch.
+    pub waiting: Option<String>,
+}
+
+impl Progress {
+    pub(super) fn waiting(id: &str, why: String) -> Self {
+        Progress {
+            id: id.to_string(),
+            waiting: Some(why),
+            ..Progress::default()
+        }
+    }
 }
 
 impl<DB: Backend> Migrator<DB> {
@@ -39,18 +66,23 @@ impl<DB: Backend> Migrator<DB> {
         self.ledger.validate()?;
         let migrations = self.load()?;
         let mut conn = self.pool.acquire().await?;
-        let (ledger, last_runs) = pinned::<DB, _>(&mut conn, async |conn| {
+        let (ledger, last_runs, pauses) = pinned::<DB, _>(&mut conn, async |conn| {
             self.ledger_layout(conn).await?;
             Ok(if DB::ledger_exists(conn, &self.ledger).await? {
                 (
                     DB::read_ledger(conn, &self.ledger).await?,
                     DB::last_runs(conn, &self.ledger).await?,
+                    DB::pause_state(conn, &self.ledger, None).await?,
                 )
             } else {
-                (Vec::new(), Vec::new())
+                (Vec::new(), Vec::new(), Vec::new())
             })
         })
         .await?;
+        let mut pauses: BTreeMap<String, crate::ledger::Pause> = pauses
+            .into_iter()
+            .map(|p| (p.migration_id.clone(), p))
+            .collect();
         let mut last_runs: BTreeMap<String, LastRun> = last_runs
             .into_iter()
             .map(|r| (r.migration_id.clone(), r))
@@ -71,12 +103,18 @@ impl<DB: Backend> Migrator<DB> {
                     Some(e) if e.is_running() => State::Running,
                     Some(_) => State::Applied,
                 };
+                let paused = pauses.remove(m.id());
+                let state = match (state, &paused) {
+                    (State::Pending | State::Running, Some(_)) => State::Paused,
+                    (state, _) => state,
+                };
                 MigrationStatus {
                     id: m.id().to_string(),
                     description: m.description().to_string(),
                     state,
                     ledger: entry,
                     last_run: last_runs.remove(m.id()),
+                    paused,
                 }
             })
             .collect();
@@ -85,6 +123,7 @@ impl<DB: Backend> Migrator<DB> {
             description: entry.description.clone(),
             state: State::Unknown,
             last_run: last_runs.remove(&entry.id),
+            paused: pauses.remove(&entry.id),
             ledger: Some(entry),
         }));
         statuses.sort_by(|a, b| a.id.cmp(&b.id));
@@ -108,6 +147,9 @@ pub struct RunReport {
     /// Pending migrations with no code for the connected backend (written for another
     /// one): skipped.
     pub not_for_backend: Vec<String>,
+    /// Migrations an operator paused (`datamig pause`): skipped, or stopped after the batch
+    /// in progress committed. `datamig resume` lets the next run go on.
+    pub paused: Vec<crate::ledger::Pause>,
     /// Things the operator should know that did not stop the run (a crate of migrations
     /// that is probably not linked).
     pub warnings: Vec<String>,
@@ -171,6 +213,9 @@ pub enum State {
     /// Not applied, and it has no code for the connected backend (it was written for
     /// another one): `run` skips it.
     NotForBackend,
+    /// Not applied (pending, or part-way through), and paused by an operator: `run` skips
+    /// it until `datamig resume`.
+    Paused,
 }
 
 /// One line of `status`.
@@ -187,4 +232,6 @@ pub struct MigrationStatus {
     pub ledger: Option<LedgerEntry>,
     /// Its last recorded attempt, if any.
     pub last_run: Option<LastRun>,
+    /// The pause in force, if an operator paused it.
+    pub paused: Option<crate::ledger::Pause>,
 }
