@@ -498,3 +498,163 @@ impl Instants {
         self.0 % below
     }
 }
+
+/// A primary PostgreSQL server and a streaming standby cloned from it with
+/// `pg_basebackup`, each in a container of the test image (`DATAMIG_TEST_POSTGRES_IMAGE`,
+/// default `postgres:15`): the standby's replay can be paused and resumed, so that its
+/// replay lag grows for real. Remove both with [`Replication::remove`].
+pub struct Replication {
+    primary: testcontainers::ContainerAsync<testcontainers_modules::postgres::Postgres>,
+    standby: testcontainers::ContainerAsync<testcontainers::GenericImage>,
+    /// The primary's `postgres` database, as the superuser `postgres`.
+    pub primary_url: String,
+    /// The standby's `postgres` database (read-only), as the superuser.
+    pub standby_url: String,
+}
+
+impl Replication {
+    /// Starts the primary, lets the standby replicate from it, clones it and starts the
+    /// standby; returns once the standby streams (it appears in the primary's
+    /// `pg_stat_replication`).
+    ///
+    /// # Errors
+    ///
+    /// When a container does not start; the message names the container's image.
+    pub async fn start() -> anyhow::Result<Self> {
+        use testcontainers::core::{IntoContainerPort, WaitFor};
+        use testcontainers::runners::AsyncRunner;
+        use testcontainers::{GenericImage, ImageExt};
+
+        let image = std::env::var(datamig::testing::IMAGE_VAR)
+            .ok()
+            .filter(|i| !i.is_empty())
+            .unwrap_or_else(|| datamig::testing::DEFAULT_IMAGE.to_string());
+        let (name, tag) = image.rsplit_once(':').unwrap_or((image.as_str(), "latest"));
+        let primary = testcontainers_modules::postgres::Postgres::default()
+            .with_name(name)
+            .with_tag(tag)
+            .with_label("datamig.test", "1")
+            .with_cmd(["-c", "fsync=off", "-c", "wal_level=replica"])
+            .with_startup_timeout(Duration::from_secs(120))
+            .start()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start the primary from image {image}: {e}"))?;
+        let primary_url = format!(
+            "postgres://postgres:postgres@{}:{}/postgres",
+            primary.get_host().await?,
+            primary.get_host_port_ipv4(5432).await?
+        );
+        let admin = PgPool::connect(&primary_url).await?;
+        // The images' pg_hba.conf lets no one replicate over the network: this test server
+        // trusts every connection, replication included.
+        let hba: String = sqlx::query_scalar("SELECT current_setting('hba_file')")
+            .fetch_one(&admin)
+            .await?;
+        let rewrite = format!(
+            "COPY (SELECT unnest(ARRAY['local all all trust', 'host all all all trust', \
+             'local replication all trust', 'host replication all all trust'])) TO '{}'",
+            hba.replace('\'', "''")
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(rewrite))
+            .execute(&admin)
+            .await?;
+        sqlx::query("SELECT pg_reload_conf()").execute(&admin).await?;
+
+        let primary_ip = primary.get_bridge_ip_address().await?;
+        let bin = "/usr/lib/postgresql/15/bin";
+        let script = format!(
+            "set -e; rm -rf /tmp/standby; \
+             {bin}/pg_basebackup -h {primary_ip} -p 5432 -U postgres -D /tmp/standby -R -X stream -c fast; \
+             chmod 700 /tmp/standby; \
+             exec {bin}/postgres -D /tmp/standby -c hot_standby=on -c listen_addresses='*' \
+               -c wal_receiver_status_interval=1s -c fsync=off"
+        );
+        let standby = GenericImage::new(name, tag)
+            .with_entrypoint("/bin/bash")
+            .with_exposed_port(5432.tcp())
+            .with_wait_for(WaitFor::message_on_stderr(
+                "database system is ready to accept read-only connections",
+            ))
+            .with_cmd(["-c", script.as_str()])
+            .with_user("postgres")
+            .with_label("datamig.test", "1")
+            .with_startup_timeout(Duration::from_secs(120))
+            .start()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start the standby from image {image}: {e}"))?;
+        let standby_url = format!(
+            "postgres://postgres:postgres@{}:{}/postgres",
+            standby.get_host().await?,
+            standby.get_host_port_ipv4(5432).await?
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let streaming: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+            )
+            .fetch_one(&admin)
+            .await?;
+            if streaming > 0 {
+                break;
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the standby did not stream from the primary within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        admin.close().await;
+        Ok(Replication {
+            primary,
+            standby,
+            primary_url,
+            standby_url,
+        })
+    }
+
+    /// Pauses the standby's replay (`pg_wal_replay_pause`) and waits until it is paused.
+    ///
+    /// # Errors
+    ///
+    /// When the standby does not answer, or does not pause within 10 s.
+    pub async fn pause_replay(&self) -> anyhow::Result<()> {
+        self.replay("pg_wal_replay_pause", "paused").await
+    }
+
+    /// Resumes the standby's replay and waits until it is no longer paused.
+    ///
+    /// # Errors
+    ///
+    /// When the standby does not answer, or does not resume within 10 s.
+    pub async fn resume_replay(&self) -> anyhow::Result<()> {
+        self.replay("pg_wal_replay_resume", "not paused").await
+    }
+
+    async fn replay(&self, function: &str, state: &str) -> anyhow::Result<()> {
+        let mut conn =
+            <sqlx::PgConnection as sqlx::Connection>::connect(&self.standby_url).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {function}()")))
+            .execute(&mut conn)
+            .await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let now: String = sqlx::query_scalar("SELECT pg_get_wal_replay_pause_state()")
+                .fetch_one(&mut conn)
+                .await?;
+            if now == state {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the standby's replay is {now:?}, not {state:?}, 10 s after {function}()"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Removes both containers.
+    pub async fn remove(self) {
+        let _ = self.standby.rm().await;
+        let _ = self.primary.rm().await;
+    }
+}

@@ -689,11 +689,12 @@ impl Steps for Postgres {
         // direction: the one shape that serves `ORDER BY key` and `(key) > (..)` together.
         type Candidate = (String, Vec<i16>, Vec<i64>, Vec<bool>, Vec<i16>);
         let candidates: Vec<Candidate> = query_as(
-            "SELECT c.relname::text, i.indkey::int2[],
+            "SELECT c.relname::text,
+                    ARRAY(SELECT x FROM unnest(i.indkey::int2[]) WITH ORDINALITY u(x, n) ORDER BY n),
                     ARRAY(SELECT x::bigint FROM unnest(i.indcollation::oid[]) WITH ORDINALITY u(x, n) ORDER BY n),
                     ARRAY(SELECT o.opcdefault FROM unnest(i.indclass::oid[]) WITH ORDINALITY u(x, n)
                           JOIN pg_opclass o ON o.oid = u.x ORDER BY n),
-                    i.indoption::int2[]
+                    ARRAY(SELECT x FROM unnest(i.indoption::int2[]) WITH ORDINALITY u(x, n) ORDER BY n)
              FROM pg_index i
              JOIN pg_class c ON c.oid = i.indexrelid
              JOIN pg_am am ON am.oid = c.relam
