@@ -84,34 +84,35 @@ impl<DB: Backend> Ctx<'_, DB> {
         batch: &Batch,
     ) -> Result<u64, sqlx::Error> {
         let sql = sql.into_sql_str();
-        let rows = match crate::key::render_marker(sql.as_str(), batch.shape(), batch.lower().is_some()) {
-            Some((rendered, _)) => {
-                DB::execute_keyed(
-                    self.tx(),
-                    sqlx::AssertSqlSafe(rendered).into_sql_str(),
-                    &batch.bounds(),
-                )
-                .await?
-            }
-            None if batch.shape().is_single_integer() => {
-                let bounds = [
-                    crate::key::KeyValue::Integer(batch.after()),
-                    crate::key::KeyValue::Integer(batch.last()),
-                ];
-                DB::execute_keyed(self.tx(), sql, &bounds).await?
-            }
-            None => {
-                return Err(sqlx::Error::Configuration(
-                    format!(
-                        "this migration's batches walk the key {}, which is not one integer \
+        let rows =
+            match crate::key::render_marker(sql.as_str(), batch.shape(), batch.lower().is_some()) {
+                Some((rendered, _)) => {
+                    DB::execute_keyed(
+                        self.tx(),
+                        sqlx::AssertSqlSafe(rendered).into_sql_str(),
+                        &batch.bounds(),
+                    )
+                    .await?
+                }
+                None if batch.shape().is_single_integer() => {
+                    let bounds = [
+                        crate::key::KeyValue::Integer(batch.after()),
+                        crate::key::KeyValue::Integer(batch.last()),
+                    ];
+                    DB::execute_keyed(self.tx(), sql, &bounds).await?
+                }
+                None => {
+                    return Err(sqlx::Error::Configuration(
+                        format!(
+                            "this migration's batches walk the key {}, which is not one integer \
                          column: write {{batch}} in the statement where the batch's rows are \
                          named (`UPDATE .. WHERE {{batch}} AND ..`), and datamig binds its bounds",
-                        batch.shape().names()
-                    )
-                    .into(),
-                ));
-            }
-        };
+                            batch.shape().names()
+                        )
+                        .into(),
+                    ));
+                }
+            };
         self.add_rows_affected(rows);
         Ok(rows)
     }

@@ -371,11 +371,7 @@ pub fn describe_checkpoint(text: &str) -> String {
 
 /// Replaces each `{batch}` (or `{batch:alias}`, whose columns are qualified by `alias`) in
 /// `sql` with the batch's predicate; `None` when `sql` has no such marker.
-pub(crate) fn render_marker(
-    sql: &str,
-    shape: &KeyShape,
-    lower: bool,
-) -> Option<(String, usize)> {
+pub(crate) fn render_marker(sql: &str, shape: &KeyShape, lower: bool) -> Option<(String, usize)> {
     if !sql.contains("{batch") {
         return None;
     }
@@ -450,7 +446,10 @@ mod tests {
     #[test]
     fn a_composite_range_is_a_row_comparison_with_typed_parameters() {
         let s = shape(
-            &[("tenant_id", "bigint", KeyKind::Integer), ("id", "uuid", KeyKind::Other)],
+            &[
+                ("tenant_id", "bigint", KeyKind::Integer),
+                ("id", "uuid", KeyKind::Other),
+            ],
             true,
         );
         let (sql, n) = s.range(true, true, 1, None);
@@ -476,13 +475,22 @@ mod tests {
         assert_eq!(int.decode("-5").unwrap(), key);
 
         let s = shape(
-            &[("tenant_id", "integer", KeyKind::Integer), ("name", "text", KeyKind::Other)],
+            &[
+                ("tenant_id", "integer", KeyKind::Integer),
+                ("name", "text", KeyKind::Other),
+            ],
             false,
         );
-        let key = Key(vec![KeyValue::Integer(7), KeyValue::Text("O'Brien \"x\"".into())]);
+        let key = Key(vec![
+            KeyValue::Integer(7),
+            KeyValue::Text("O'Brien \"x\"".into()),
+        ]);
         let text = s.encode(&key);
         assert_eq!(s.decode(&text).unwrap(), key);
-        assert_eq!(describe_checkpoint(&text), "tenant_id = 7, name = 'O''Brien \"x\"'");
+        assert_eq!(
+            describe_checkpoint(&text),
+            "tenant_id = 7, name = 'O''Brien \"x\"'"
+        );
         let blob = shape(&[("k", "BLOB", KeyKind::Other)], false);
         let key = Key(vec![KeyValue::Bytes(vec![0, 255, 16])]);
         assert_eq!(blob.decode(&blob.encode(&key)).unwrap(), key);
@@ -495,8 +503,8 @@ mod tests {
         let mut s = shape(&[("id", "uuid", KeyKind::Other)], true);
         s.scope = Some("deleted_at IS NULL".into());
         assert!(render_marker("UPDATE t SET a = 1 WHERE id > $1", &s, true).is_none());
-        let (sql, n) = render_marker("UPDATE t x SET a = 1 WHERE {batch:x} AND a <> 1", &s, false)
-            .unwrap();
+        let (sql, n) =
+            render_marker("UPDATE t x SET a = 1 WHERE {batch:x} AND a <> 1", &s, false).unwrap();
         assert_eq!(
             sql,
             "UPDATE t x SET a = 1 WHERE (\"x\".\"id\" <= CAST($1 AS uuid) AND (deleted_at IS NULL)) AND a <> 1"

@@ -88,9 +88,9 @@ pub use fingerprint::{
     Fingerprint, FingerprintOptions, TableDifference, TableFingerprint, fingerprint, fingerprint_on,
 };
 pub use idempotency::{IdempotencyCheck, TableChange};
+pub use key::{Key, KeyValue, describe_checkpoint};
 pub use ledger::{LastRun, LedgerConfig, LedgerEntry, Pause};
 pub use merge::{UpsertMode, UpsertReport};
-pub use key::{Key, KeyValue, describe_checkpoint};
 pub use migration::{Batch, BatchFn, BatchSpec, BoxFuture, Code, Location, Migration, MigrationFn};
 pub use registry::link_marker;
 pub use runner::{

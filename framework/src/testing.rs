@@ -65,6 +65,47 @@ pub const IMAGE_VAR: &str = "DATAMIG_TEST_POSTGRES_IMAGE";
 /// The image started when [`IMAGE_VAR`] is not set.
 pub const DEFAULT_IMAGE: &str = "postgres:15";
 
+/// The plan (`EXPLAIN`, one line per row) of the statement with which the runner finds
+/// the next batch of a batched `migration` on PostgreSQL: the first batch's, or, with
+/// `after_first`, the second's (bounded below by the first batch's last key). For a test
+/// that proves the walk is an index range scan, not a sequential scan, on the real table.
+///
+/// # Errors
+///
+/// [`Error::Config`] for a migration that is not batched or whose key the runner refuses
+/// (see [`crate::BatchSpec`]); [`Error::Database`].
+pub async fn next_batch_plan(
+    conn: &mut PgConnection,
+    migration: &crate::Migration,
+    after_first: bool,
+) -> Result<String, Error> {
+    use crate::backend::steps::Steps;
+    let spec = migration
+        .batch()
+        .ok_or_else(|| Error::Config(format!("migration {} is not batched", migration.id())))?;
+    let (shape, _) =
+        crate::runner::batch_key::<sqlx::Postgres>(conn, migration.id(), spec, true).await?;
+    let after = if after_first {
+        <sqlx::Postgres as Steps>::next_batch(conn, &shape, None, spec.size())
+            .await?
+            .map(|(key, _)| key)
+    } else {
+        None
+    };
+    let sql = format!("EXPLAIN {}", shape.next_batch_sql(after.is_some()));
+    let mut query = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql)).persistent(false);
+    for value in after.as_ref().map(crate::Key::values).unwrap_or_default() {
+        query = match value {
+            crate::KeyValue::Integer(n) => query.bind(*n),
+            crate::KeyValue::Text(t) => query.bind(t.clone()),
+            crate::KeyValue::Real(x) => query.bind(*x),
+            crate::KeyValue::Bytes(b) => query.bind(b.clone()),
+        };
+    }
+    let lines = query.bind(i64::from(spec.size())).fetch_all(conn).await?;
+    Ok(lines.join("\n"))
+}
+
 /// A fresh database on the shared test server.
 #[derive(Debug)]
 pub struct TestDatabase {

@@ -535,6 +535,7 @@ impl Replication {
             .with_tag(tag)
             .with_label("datamig.test", "1")
             .with_cmd(["-c", "fsync=off", "-c", "wal_level=replica"])
+            .with_network("bridge")
             .with_startup_timeout(Duration::from_secs(120))
             .start()
             .await
@@ -558,7 +559,9 @@ impl Replication {
         sqlx::raw_sql(sqlx::AssertSqlSafe(rewrite))
             .execute(&admin)
             .await?;
-        sqlx::query("SELECT pg_reload_conf()").execute(&admin).await?;
+        sqlx::query("SELECT pg_reload_conf()")
+            .execute(&admin)
+            .await?;
 
         let primary_ip = primary.get_bridge_ip_address().await?;
         let bin = "/usr/lib/postgresql/15/bin";
@@ -567,7 +570,7 @@ impl Replication {
              {bin}/pg_basebackup -h {primary_ip} -p 5432 -U postgres -D /tmp/standby -R -X stream -c fast; \
              chmod 700 /tmp/standby; \
              exec {bin}/postgres -D /tmp/standby -c hot_standby=on -c listen_addresses='*' \
-               -c wal_receiver_status_interval=1s -c fsync=off"
+               -c wal_receiver_status_interval=1s -c fsync=off -c unix_socket_directories=/tmp"
         );
         let standby = GenericImage::new(name, tag)
             .with_entrypoint("/bin/bash")
@@ -577,6 +580,7 @@ impl Replication {
             ))
             .with_cmd(["-c", script.as_str()])
             .with_user("postgres")
+            .with_network("bridge")
             .with_label("datamig.test", "1")
             .with_startup_timeout(Duration::from_secs(120))
             .start()
@@ -631,8 +635,7 @@ impl Replication {
     }
 
     async fn replay(&self, function: &str, state: &str) -> anyhow::Result<()> {
-        let mut conn =
-            <sqlx::PgConnection as sqlx::Connection>::connect(&self.standby_url).await?;
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&self.standby_url).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {function}()")))
             .execute(&mut conn)
             .await?;

@@ -255,10 +255,15 @@ async fn bad_batch_keys_are_refused_before_the_first_batch() -> anyhow::Result<(
     assert!(err.contains("table items has no column \"idd\""), "{err}");
     let err = refused(only(&nullable_key::MIGRATION)).await;
     assert!(
-        err.contains("its key column loose.k is nullable, and a row whose key is NULL is never reached"),
+        err.contains(
+            "its key column loose.k is nullable, and a row whose key is NULL is never reached"
+        ),
         "{err}"
     );
-    assert!(err.contains("ALTER TABLE loose ALTER COLUMN k SET NOT NULL"), "{err}");
+    assert!(
+        err.contains("ALTER TABLE loose ALTER COLUMN k SET NOT NULL"),
+        "{err}"
+    );
     let err = refused(only(&json_key::MIGRATION)).await;
     assert!(
         err.contains("its key column named.doc is of type jsonb, which batching does not walk"),

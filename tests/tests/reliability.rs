@@ -508,7 +508,10 @@ async fn bad_input_is_named_with_its_exit_code_and_changes_nothing() -> anyhow::
         db.url(),
         &["run"],
         2,
-        &format!("the ledger's checkpoint of {BUMP_ITEMS} is \"two hundred\", not a bigint key"),
+        &format!(
+            "the ledger's checkpoint of {BUMP_ITEMS} is \"two hundred\", which this migration \
+             cannot resume from"
+        ),
     )
     .await?;
     assert_eq!(data(db.pool()).await?, before);

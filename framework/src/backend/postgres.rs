@@ -665,8 +665,9 @@ impl Steps for Postgres {
                     kind: match base.as_str() {
                         "int2" | "int4" | "int8" => Some(KeyKind::Integer),
                         "date" | "timestamp" | "timestamptz" => Some(KeyKind::Temporal),
-                        "uuid" | "text" | "varchar" | "bpchar" | "citext" | "numeric"
-                        | "bytea" => Some(KeyKind::Other),
+                        "uuid" | "text" | "varchar" | "bpchar" | "citext" | "numeric" | "bytea" => {
+                            Some(KeyKind::Other)
+                        }
                         _ => None,
                     },
                     not_null,

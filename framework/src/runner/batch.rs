@@ -13,9 +13,9 @@ use super::{Migrator, StopSignal};
 use crate::backend::{Backend, pinned};
 use crate::ctx::Ctx;
 use crate::error::{Error, describe_sqlx};
-use crate::ledger::{Action, Attempt, LedgerWrite, STATUS_APPLIED, STATUS_RUNNING};
 use crate::key::{Key, KeyKind, KeyPart, KeyShape};
 use crate::ledger::Pause;
+use crate::ledger::{Action, Attempt, LedgerWrite, STATUS_APPLIED, STATUS_RUNNING};
 use crate::migration::{Batch, BatchFn, BatchSpec, Migration};
 
 impl<DB: Backend> Migrator<DB> {
@@ -279,10 +279,9 @@ impl<DB: Backend> Migrator<DB> {
         };
 
         let number = state.batches + 1;
-        if let (Some(after), Some(last)) = (
-            state.after.as_ref().and_then(Key::as_i64),
-            last.as_i64(),
-        ) && last <= after
+        if let (Some(after), Some(last)) =
+            (state.after.as_ref().and_then(Key::as_i64), last.as_i64())
+            && last <= after
         {
             // Keyset pagination must move forward: a batch that does not would repeat
             // forever, or end the migration with keys never reached.
@@ -472,7 +471,7 @@ impl BatchState {
 }
 
 /// The size of the next batch: fixed, or, with a target duration, scaled after each batch
-/// by how long its keys took, at most doubling or halving at a time, within the bounds.
+/// by how long its keys took: down at once, up at most twofold a batch, within the bounds.
 #[derive(Debug)]
 pub(crate) struct Sizer {
     size: u32,
@@ -512,8 +511,9 @@ impl Sizer {
         let per_key = took.as_secs_f64().max(1e-6) / keys as f64;
         let ideal = target.as_secs_f64() / per_key;
         let current = f64::from(self.size);
+        // Down at once (a batch that ran long holds its locks long), up at most twofold.
         let next = ideal
-            .clamp(current / 2.0, current * 2.0)
+            .min(current * 2.0)
             .clamp(f64::from(self.min), f64::from(self.max));
         self.size = next.round() as u32;
     }

@@ -30,10 +30,10 @@ use crate::registry;
 use apply::Failure;
 pub(crate) use apply::{BodyFailure, run_caught, writes_since};
 pub(crate) use batch::{Sizer, batch_key};
-pub use throttle::Health;
 pub use lock::RunnerLock;
 use plan::{Mode, Plan};
 pub use report::{AppliedMigration, MigrationStatus, Progress, RunReport, State};
+pub use throttle::Health;
 
 /// The warning of a run whose binary registers no migration at all while the ledger holds
 /// `applied` rows: the crate of migrations is almost certainly not linked.

@@ -27,7 +27,9 @@ pub enum Health {
 /// A health check: an async function of a connection (the runner's own, outside any
 /// migration transaction) that says whether the database can take the next batch.
 pub(crate) type HealthCheck<DB> = Arc<
-    dyn for<'c> Fn(&'c mut <DB as sqlx::Database>::Connection) -> BoxFuture<'c, anyhow::Result<Health>>
+    dyn for<'c> Fn(
+            &'c mut <DB as sqlx::Database>::Connection,
+        ) -> BoxFuture<'c, anyhow::Result<Health>>
         + Send
         + Sync,
 >;
@@ -93,9 +95,9 @@ impl<DB: Backend> Migrator<DB> {
             let mut reasons = Vec::new();
             for check in &self.health_checks {
                 let health = pinned::<DB, _>(conn, async |c| {
-                    check(c).await.map_err(|err| {
-                        Error::Config(format!("its health check failed: {err:#}"))
-                    })
+                    check(c)
+                        .await
+                        .map_err(|err| Error::Config(format!("its health check failed: {err:#}")))
                 })
                 .await;
                 match health {
