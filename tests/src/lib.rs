@@ -100,6 +100,27 @@ pub async fn create_fixture_tables(pool: &PgPool) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Creates the tables of the `datamig-keyed` binary's migrations: `keyed_uuid` (500 rows
+/// keyed by UUIDs in no particular order) and `keyed_pair` (500 rows keyed by
+/// `(tenant_id, id)`), each with `v = 0`. The same keys in every database.
+///
+/// # Errors
+///
+/// Any database error.
+pub async fn create_keyed_tables(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(
+        "CREATE TABLE keyed_uuid (id uuid PRIMARY KEY, v integer NOT NULL DEFAULT 0);
+         INSERT INTO keyed_uuid (id) SELECT md5(n::text)::uuid FROM generate_series(1, 500) AS n;
+         CREATE TABLE keyed_pair (tenant_id bigint NOT NULL, id uuid NOT NULL,
+                                  v integer NOT NULL DEFAULT 0, PRIMARY KEY (tenant_id, id));
+         INSERT INTO keyed_pair (tenant_id, id)
+             SELECT n % 7, md5(n::text)::uuid FROM generate_series(1, 500) AS n;",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// A fresh test database with the fixture tables, and `switches` turned on.
 ///
 /// # Errors

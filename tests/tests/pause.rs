@@ -43,9 +43,12 @@ async fn a_backfill_paused_from_another_process_stops_after_its_batch_and_resume
     })
     .await??;
 
-    let pause = datamig(db.url(), &["pause", BUMP_ITEMS, "--reason", "replica lag on web"])
-        .output()
-        .await?;
+    let pause = datamig(
+        db.url(),
+        &["pause", BUMP_ITEMS, "--reason", "replica lag on web"],
+    )
+    .output()
+    .await?;
     assert!(pause.status.success(), "{}", text(&pause.stderr));
     assert!(
         text(&pause.stdout).contains(&format!("{BUMP_ITEMS} is paused by postgres on ")),
@@ -145,7 +148,9 @@ async fn a_backfill_paused_from_another_process_stops_after_its_batch_and_resume
     let not_paused = datamig(db.url(), &["resume", BUMP_ITEMS]).output().await?;
     assert_eq!(not_paused.status.code(), Some(2));
     assert!(text(&not_paused.stderr).contains("is not paused; there is nothing to resume"));
-    let unknown = datamig(db.url(), &["pause", "20991231_nope"]).output().await?;
+    let unknown = datamig(db.url(), &["pause", "20991231_nope"])
+        .output()
+        .await?;
     assert_eq!(unknown.status.code(), Some(2));
     Ok(())
 }
@@ -171,7 +176,11 @@ async fn a_pause_on_sqlite_works_the_same() -> anyhow::Result<()> {
     assert_eq!(pause.migration_id, BUMP_ITEMS);
     let report = migrator.run().await?;
     assert_eq!(report.paused.len(), 1);
-    assert_eq!(report.applied.len(), 1, "count_runs ran; the paused backfill did not");
+    assert_eq!(
+        report.applied.len(),
+        1,
+        "count_runs ran; the paused backfill did not"
+    );
     let untouched: i64 = sqlx::query_scalar("SELECT sum(v) FROM items")
         .fetch_one(db.pool())
         .await?;

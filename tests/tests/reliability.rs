@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use datamig::Fingerprint;
 use datamig_tests::{
-    BUMP_ITEMS, COUNT_RUNS, Instants, counter, create_fixture_tables, fixture_database,
-    item_values, scalar, send, switch_on, text, url_for, wait_for_lock_holder,
+    BUMP_ITEMS, COUNT_RUNS, Instants, counter, create_fixture_tables, create_keyed_tables,
+    fixture_database, item_values, scalar, send, switch_on, text, url_for, wait_for_lock_holder,
     wait_for_sleeping_migration, wait_until,
 };
 use sqlx::PgPool;
@@ -138,6 +138,96 @@ async fn kills_at_random_instants_lose_nothing() -> anyhow::Result<()> {
     }
     println!(
         "RELIABILITY kill-at-any-instant: {kills} SIGKILLs (seed {seed}), nothing lost; killed {stages:?}"
+    );
+    Ok(())
+}
+
+/// After a complete run of `datamig-keyed`: both keyed backfills applied, every batch once.
+async fn assert_keyed_complete(pool: &PgPool, reference: &Fingerprint) -> anyhow::Result<()> {
+    let (uuid_ones, pair_ones): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM keyed_uuid WHERE v = 1),
+                (SELECT count(*) FROM keyed_pair WHERE v = 1)",
+    )
+    .fetch_one(pool)
+    .await?;
+    assert_eq!(
+        (uuid_ones, pair_ones),
+        (500, 500),
+        "every batch committed exactly once"
+    );
+    assert_eq!(
+        &data(pool).await?,
+        reference,
+        "the same data as an uninterrupted run"
+    );
+    let applied = scalar(
+        pool,
+        "SELECT count(*) FROM datamig_ledger WHERE status = 'applied'",
+    )
+    .await?;
+    assert_eq!(applied, 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn kills_at_random_instants_lose_nothing_with_uuid_and_composite_keys() -> anyhow::Result<()>
+{
+    let kills = env_number("DATAMIG_RELIABILITY_KEYED_KILLS", 20);
+    let (mut instants, seed) = Instants::from_env()?;
+    let keyed = |url: &str, args: &[&str]| {
+        datamig_tests::command(env!("CARGO_BIN_EXE_datamig-keyed"), url, args)
+    };
+    let reference_db = datamig::testing::postgres().await?;
+    create_keyed_tables(reference_db.pool()).await?;
+    let reference_run = keyed(reference_db.url(), &["run"]).output().await?;
+    assert!(
+        reference_run.status.success(),
+        "{}",
+        text(&reference_run.stderr)
+    );
+    let reference = data(reference_db.pool()).await?;
+
+    let mut stages: std::collections::BTreeMap<String, u32> = Default::default();
+    let mut done = 0;
+    while done < kills {
+        let wave = (kills - done).min(5);
+        let mut runs = Vec::new();
+        for _ in 0..wave {
+            let db = datamig::testing::postgres().await?;
+            create_keyed_tables(db.pool()).await?;
+            // The run takes about 1.1 s (ten batches of each backfill, 50 ms apiece) after
+            // the binary starts, which under load takes a while.
+            let delay = Duration::from_millis(instants.next_millis(2200));
+            runs.push(async move {
+                let mut child = keyed(db.url(), &["run"]).spawn()?;
+                tokio::time::sleep(delay).await;
+                child.start_kill()?; // SIGKILL
+                child.wait().await?;
+                let batches = scalar(
+                    db.pool(),
+                    "SELECT coalesce(sum(batches), 0)::bigint FROM datamig_ledger",
+                )
+                .await
+                .unwrap_or(0);
+                let next = keyed(db.url(), &["run", "--wait", "30s"]).output().await?;
+                anyhow::ensure!(
+                    next.status.success(),
+                    "the run after a kill failed: {}",
+                    text(&next.stderr)
+                );
+                Ok::<_, anyhow::Error>((db, format!("after {batches} of 20 batches")))
+            });
+        }
+        for result in futures_util::future::join_all(runs).await {
+            let (db, reached) = result?;
+            assert_keyed_complete(db.pool(), &reference).await?;
+            *stages.entry(reached).or_default() += 1;
+        }
+        done += wave;
+    }
+    println!(
+        "RELIABILITY kill-at-any-instant (UUID and composite keys): {kills} SIGKILLs (seed {seed}), \
+         nothing lost; killed {stages:?}"
     );
     Ok(())
 }
