@@ -293,10 +293,10 @@ impl KeyShape {
     /// Reads a checkpoint the ledger holds back into a key of this shape; the error says
     /// what does not match.
     pub(crate) fn decode(&self, text: &str) -> Result<Key, String> {
-        if self.is_single_integer() {
-            if let Ok(n) = text.trim().parse::<i64>() {
-                return Ok(Key(vec![KeyValue::Integer(n)]));
-            }
+        if self.is_single_integer()
+            && let Ok(n) = text.trim().parse::<i64>()
+        {
+            return Ok(Key(vec![KeyValue::Integer(n)]));
         }
         let parts = parse_checkpoint(text)?;
         let names: Vec<&str> = parts.iter().map(|(name, _, _)| name.as_str()).collect();
@@ -414,7 +414,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

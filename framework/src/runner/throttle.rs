@@ -162,7 +162,9 @@ impl Migrator<crate::Postgres> {
 /// The built-in check of [`Migrator::max_replay_lag`].
 #[cfg(feature = "postgres")]
 async fn replay_lag(conn: &mut sqlx::PgConnection, max: Duration) -> anyhow::Result<Health> {
-    let standbys: Vec<(Option<String>, Option<String>, Option<String>, Option<f64>)> =
+    /// A standby's name, address, state and replay lag in seconds.
+    type Standby = (Option<String>, Option<String>, Option<String>, Option<f64>);
+    let standbys: Vec<Standby> =
         sqlx::query_as(
             "SELECT application_name, client_addr::text, state,
                     EXTRACT(epoch FROM replay_lag)::float8
