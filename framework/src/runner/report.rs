@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::ledger::{Action, Attempt, LastRun, LedgerEntry};
 
 /// How far a batched migration has come: sent after every committed batch, and while the
-/// runner waits on a health check (then with [`Progress::waiting`] set).
+/// runner waits on a health check (then with its `waiting` field set).
 #[derive(Clone, Debug, Default, serde::Serialize)]
 #[non_exhaustive]
 pub struct Progress {

@@ -164,15 +164,14 @@ impl Migrator<crate::Postgres> {
 async fn replay_lag(conn: &mut sqlx::PgConnection, max: Duration) -> anyhow::Result<Health> {
     /// A standby's name, address, state and replay lag in seconds.
     type Standby = (Option<String>, Option<String>, Option<String>, Option<f64>);
-    let standbys: Vec<Standby> =
-        sqlx::query_as(
-            "SELECT application_name, client_addr::text, state,
+    let standbys: Vec<Standby> = sqlx::query_as(
+        "SELECT application_name, client_addr::text, state,
                     EXTRACT(epoch FROM replay_lag)::float8
              FROM pg_stat_replication",
-        )
-        .persistent(false)
-        .fetch_all(conn)
-        .await?;
+    )
+    .persistent(false)
+    .fetch_all(conn)
+    .await?;
     let mut behind = Vec::new();
     for (name, addr, state, lag) in standbys {
         if state.is_none() {
