@@ -85,9 +85,13 @@ impl Output {
                 "dry run: every change was rolled back, nothing was recorded"
             )?;
         }
+        let paused = match report.paused.len() {
+            0 => String::new(),
+            n => format!(", {n} paused"),
+        };
         writeln!(
             out,
-            "{} {}, {} pending, {} paused, {} already applied",
+            "{} {}, {} pending{paused}, {} already applied",
             report.applied.len(),
             if report.dry_run {
                 "would apply"
@@ -95,7 +99,6 @@ impl Output {
                 "applied"
             },
             report.pending.len(),
-            report.paused.len(),
             report.already_applied.len()
         )?;
         Ok(())
@@ -191,11 +194,14 @@ impl Output {
                 writeln!(out, "pending {id}")?;
             }
         }
+        let paused = match report.paused.len() {
+            0 => String::new(),
+            n => format!(" ({n} paused)"),
+        };
         writeln!(
             out,
-            "{} pending ({} paused), {} drifted",
+            "{} pending{paused}, {} drifted",
             report.pending.len(),
-            report.paused.len(),
             report.drifted.len()
         )?;
         Ok(())
@@ -460,18 +466,21 @@ fn describe_pause(pause: &Pause) -> String {
     )
 }
 
-/// `2 applied, 1 pending, 0 running, 0 paused, 0 drifted, 0 unknown`.
+/// `2 applied, 1 pending, 0 running, 0 drifted, 0 unknown` (`, 1 paused` when one is).
 fn summary(statuses: &[MigrationStatus]) -> String {
     let count = |state| statuses.iter().filter(|s| s.state == state).count();
     let mut line = format!(
-        "{} applied, {} pending, {} running, {} paused, {} drifted, {} unknown",
+        "{} applied, {} pending, {} running, {} drifted, {} unknown",
         count(State::Applied),
         count(State::Pending),
         count(State::Running),
-        count(State::Paused),
         count(State::Drifted),
         count(State::Unknown)
     );
+    let paused = count(State::Paused);
+    if paused > 0 {
+        line.push_str(&format!(", {paused} paused"));
+    }
     let other = count(State::NotForBackend);
     if other > 0 {
         line.push_str(&format!(", {other} not for this backend"));

@@ -28,7 +28,9 @@ pub struct Progress {
     pub keys_per_second: f64,
     /// The time left at this rate, in seconds, when the total is known.
     pub seconds_left: Option<f64>,
-    /// The last key done, as people read it (`41200`, `(7, 'a0ee..')`).
+    /// The last key done, as people read it (`41200`, `(7, 'a0ee..')`); in JSON, a number
+    /// for an integer key.
+    #[serde(serialize_with = "checkpoint_json")]
     pub checkpoint: Option<String>,
     /// Keys in the batch just committed.
     pub batch_keys: u64,
@@ -43,6 +45,18 @@ pub struct Progress {
     /// Why the runner waits before the next batch (a health check's reason); `None` after
     /// a batch.
     pub waiting: Option<String>,
+}
+
+/// A checkpoint in JSON: a number when it is one (an integer key), otherwise its text.
+fn checkpoint_json<S: serde::Serializer>(
+    checkpoint: &Option<String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match checkpoint.as_deref().map(|c| (c, c.parse::<i64>())) {
+        Some((_, Ok(n))) => serializer.serialize_i64(n),
+        Some((text, Err(_))) => serializer.serialize_str(text),
+        None => serializer.serialize_none(),
+    }
 }
 
 impl Progress {
