@@ -3,6 +3,8 @@
 #
 #     scripts/bench.sh                  the helpers against set-based SQL
 #     scripts/bench.sh --fingerprint    the fingerprint of a 10M-row table
+#     scripts/bench.sh --keys           batched backfills over UUID and composite keys, and
+#                                       an application's p99 during a backfill
 #
 # With DATABASE_URL set it runs against that server (its own bench_* tables only).
 # Otherwise against a throwaway PostgreSQL (scripts/test-env.sh).
@@ -11,4 +13,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ -z "${DATABASE_URL:-}" ]; then
   source scripts/test-env.sh
 fi
-cargo run -q --release -p datamig-examples --example benchmark -- "$@"
+if [ "${1:-}" = "--keys" ]; then
+  shift
+  cargo run -q --release -p datamig-examples --example keys_benchmark -- "$@"
+else
+  cargo run -q --release -p datamig-examples --example benchmark -- "$@"
+fi

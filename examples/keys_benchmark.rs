@@ -1,0 +1,466 @@
+//! The batched-keys benchmark: datamig's batched backfill over 1,000,000 rows keyed by
+//! random UUIDs, and by a composite key `(tenant_id, id)`, against the one set-based
+//! `UPDATE` on the same table, side by side on one server in one run; then an application
+//! load on the same table (short transactions updating the rows being backfilled): its p99
+//! latency alone, during a datamig backfill, and during the one-statement `UPDATE`; and the
+//! sizes a target duration chose.
+//!
+//!     scripts/bench.sh --keys   (or: cargo run --release -p datamig-examples --example keys_benchmark)
+//!
+//! Uses DATABASE_URL if set (its own bench_* tables only), else a throwaway PostgreSQL.
+//! Each timing is the median of `DATAMIG_BENCH_REPEAT` runs (default 3).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use datamig::prelude::*;
+use datamig::Progress;
+use sqlx::PgPool;
+
+const ROWS: i64 = 1_000_000;
+
+/// The backfill: every account's plan code from its plan, written only where it differs.
+const SET_BASED_UUID: &str =
+    "UPDATE bench_accounts SET plan_code = upper(plan) WHERE plan_code IS DISTINCT FROM upper(plan)";
+const SET_BASED_PAIR: &str = "UPDATE bench_tenant_accounts SET plan_code = upper(plan)
+     WHERE plan_code IS DISTINCT FROM upper(plan)";
+
+/// The backfill over the UUID key, 10,000 keys a batch.
+#[datamig::migration(
+    id = "20250301_0000_bench_uuid_backfill",
+    batch(table = "bench_accounts", key = "id", size = 10_000)
+)]
+async fn uuid_backfill(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result<()> {
+    ctx.execute_batch(
+        "UPDATE bench_accounts SET plan_code = upper(plan)
+         WHERE {batch} AND plan_code IS DISTINCT FROM upper(plan)",
+        &batch,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The backfill over the composite key, 10,000 keys a batch.
+#[datamig::migration(
+    id = "20250301_0001_bench_pair_backfill",
+    batch(table = "bench_tenant_accounts", key = "tenant_id, id", size = 10_000)
+)]
+async fn pair_backfill(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result<()> {
+    ctx.execute_batch(
+        "UPDATE bench_tenant_accounts SET plan_code = upper(plan)
+         WHERE {batch} AND plan_code IS DISTINCT FROM upper(plan)",
+        &batch,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The backfill beside the application's load: batches sized to take about 20 ms.
+#[datamig::migration(
+    id = "20250301_0002_bench_gentle_backfill",
+    batch(
+        table = "bench_accounts",
+        key = "id",
+        size = 1_000,
+        target = "20ms",
+        min_size = 100,
+        max_size = 20_000
+    )
+)]
+async fn gentle_backfill(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result<()> {
+    ctx.execute_batch(
+        "UPDATE bench_accounts SET plan_code = upper(plan)
+         WHERE {batch} AND plan_code IS DISTINCT FROM upper(plan)",
+        &batch,
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let (pool, _throwaway) = match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => (PgPool::connect(&url).await?, None),
+        _ => {
+            let db = datamig::testing::postgres().await?;
+            (db.pool().clone(), Some(db))
+        }
+    };
+    let repeat: usize = std::env::var("DATAMIG_BENCH_REPEAT")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let version: String = sqlx::query_scalar("SELECT version()")
+        .fetch_one(&pool)
+        .await?;
+    println!("server: {version}");
+    println!("rows: {ROWS} per table; timings are the median of {repeat} runs\n");
+    setup(&pool).await?;
+
+    let mut ok = true;
+    for (what, table, set_based, migration) in [
+        (
+            "random UUID key",
+            "bench_accounts",
+            SET_BASED_UUID,
+            &uuid_backfill::MIGRATION,
+        ),
+        (
+            "composite key (tenant_id, id)",
+            "bench_tenant_accounts",
+            SET_BASED_PAIR,
+            &pair_backfill::MIGRATION,
+        ),
+    ] {
+        let set_first = median(repeat, || async {
+            reset(&pool, table).await?;
+            timed(async { sqlx::query(set_based).execute(&pool).await.map(drop) }).await
+        })
+        .await?;
+        let set_second = median(repeat, || async {
+            timed(async { sqlx::query(set_based).execute(&pool).await.map(drop) }).await
+        })
+        .await?;
+        let set_rewritten = rewritten(&pool, table, || async {
+            sqlx::query(set_based).execute(&pool).await.map(drop)
+        })
+        .await?;
+        let first = median(repeat, || async {
+            reset(&pool, table).await?;
+            timed(async { migrator(&pool, migration).run().await.map(drop) }).await
+        })
+        .await?;
+        let rerun = || async {
+            migrator(&pool, migration)
+                .rerun(migration.id())
+                .await
+                .map(drop)
+        };
+        let second = median(repeat, || async { timed(rerun()).await }).await?;
+        let second_rewritten = rewritten(&pool, table, rerun).await?;
+        let missing: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {table} WHERE plan_code IS DISTINCT FROM upper(plan)"
+        )))
+        .fetch_one(&pool)
+        .await?;
+        anyhow::ensure!(missing == 0, "the backfill of {table} missed {missing} rows");
+
+        println!("{what}:");
+        println!("  set-based UPDATE, first run        {}", secs(set_first));
+        println!(
+            "  set-based UPDATE, second run       {}  ({set_rewritten} rows rewritten)",
+            secs(set_second)
+        );
+        println!("  datamig batched, first run         {}", secs(first));
+        println!(
+            "  datamig batched, second run        {}  ({second_rewritten} rows rewritten)",
+            secs(second)
+        );
+        ok &= ratio(&format!("{what}: first run / set-based"), first, set_first, 1.3);
+        ok &= ratio(
+            &format!("{what}: second run / set-based second run"),
+            second,
+            set_second,
+            1.5,
+        );
+        println!(
+            "check {what}: second run rows rewritten = {second_rewritten}  (target 0)  {}",
+            verdict(second_rewritten == 0)
+        );
+        ok &= second_rewritten == 0;
+        println!();
+    }
+
+    ok &= application_load(&pool).await?;
+    cleanup(&pool).await?;
+    println!(
+        "\n{}",
+        if ok {
+            "all targets met"
+        } else {
+            "SOME TARGETS MISSED"
+        }
+    );
+    Ok(())
+}
+
+/// The application's p99 alone, during datamig's backfill and during the one-statement
+/// `UPDATE`; and the sizes the target duration chose.
+async fn application_load(pool: &PgPool) -> anyhow::Result<bool> {
+    let clients = 4;
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT id::text FROM bench_accounts TABLESAMPLE SYSTEM (2) LIMIT 20000")
+            .fetch_all(pool)
+            .await?;
+    let ids = Arc::new(ids);
+    println!(
+        "application load: {clients} clients, each a loop of one-row UPDATE transactions on \
+         random rows of bench_accounts, 2 ms apart"
+    );
+
+    // Alone.
+    reset(pool, "bench_accounts").await?;
+    let load = Load::start(pool, clients, Arc::clone(&ids));
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let alone = load.stop().await?;
+
+    // During datamig's backfill.
+    reset(pool, "bench_accounts").await?;
+    let events: Arc<Mutex<Vec<Progress>>> = Arc::default();
+    let sink = Arc::clone(&events);
+    let load = Load::start(pool, clients, Arc::clone(&ids));
+    let started = Instant::now();
+    migrator(pool, &gentle_backfill::MIGRATION)
+        .on_progress(move |p| sink.lock().unwrap().push(p.clone()))
+        .run()
+        .await?;
+    let backfill_took = started.elapsed();
+    let during = load.stop().await?;
+
+    // During the one-statement UPDATE.
+    reset(pool, "bench_accounts").await?;
+    let load = Load::start(pool, clients, Arc::clone(&ids));
+    let started = Instant::now();
+    sqlx::query(SET_BASED_UUID).execute(pool).await?;
+    let update_took = started.elapsed();
+    let during_update = load.stop().await?;
+
+    println!(
+        "  p99 alone                                  {:.1} ms  ({} transactions)",
+        alone.p99_ms(),
+        alone.count()
+    );
+    println!(
+        "  p99 during datamig's backfill ({:.1} s)       {:.1} ms  ({} transactions)",
+        backfill_took.as_secs_f64(),
+        during.p99_ms(),
+        during.count()
+    );
+    println!(
+        "  p99 during the one-statement UPDATE ({:.1} s) {:.1} ms  ({} transactions, max {:.0} ms)",
+        update_took.as_secs_f64(),
+        during_update.p99_ms(),
+        during_update.count(),
+        during_update.max_ms()
+    );
+    let ok = ratio_value(
+        "application p99 during the backfill / p99 alone",
+        during.p99_ms(),
+        alone.p99_ms(),
+        2.0,
+    );
+    println!(
+        "ratio application p99 during the one-statement UPDATE / p99 alone = {:.1}x  (reported)",
+        during_update.p99_ms() / alone.p99_ms().max(1e-9)
+    );
+
+    let events = events.lock().unwrap().clone();
+    let mut sizes: Vec<u32> = events.iter().map(|e| e.batch_size).collect();
+    let mut took: Vec<u64> = events.iter().map(|e| e.batch_ms).collect();
+    let trace: Vec<String> = events
+        .iter()
+        .take(12)
+        .map(|e| format!("{}:{}ms", e.batch_size, e.batch_ms))
+        .collect();
+    sizes.sort_unstable();
+    took.sort_unstable();
+    let pick = |v: &[u64], q: f64| v[((v.len() - 1) as f64 * q) as usize];
+    let sizes64: Vec<u64> = sizes.iter().map(|s| u64::from(*s)).collect();
+    println!(
+        "adaptive size, target 20 ms: {} batches; sizes min {} / median {} / max {}; batch \
+         durations median {} ms, p90 {} ms, max {} ms; first batches (size:duration) {}",
+        events.len(),
+        pick(&sizes64, 0.0),
+        pick(&sizes64, 0.5),
+        pick(&sizes64, 1.0),
+        pick(&took, 0.5),
+        pick(&took, 0.9),
+        pick(&took, 1.0),
+        trace.join(" ")
+    );
+    Ok(ok)
+}
+
+/// Clients updating random rows until stopped, each transaction timed.
+struct Load {
+    stop: Arc<AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<anyhow::Result<Vec<Duration>>>>,
+}
+
+impl Load {
+    fn start(pool: &PgPool, clients: usize, ids: Arc<Vec<String>>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = (0..clients)
+            .map(|client| {
+                let (pool, ids, stop) = (pool.clone(), Arc::clone(&ids), Arc::clone(&stop));
+                tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    let mut conn = pool.acquire().await?;
+                    let mut state = 0x9e37_79b9_7f4a_7c15_u64 ^ (client as u64 + 1);
+                    while !stop.load(Ordering::Relaxed) {
+                        // xorshift: a random row each time.
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        let id = &ids[(state % ids.len() as u64) as usize];
+                        let started = Instant::now();
+                        sqlx::query("UPDATE bench_accounts SET hits = hits + 1 WHERE id = $1::uuid")
+                            .bind(id)
+                            .execute(&mut *conn)
+                            .await?;
+                        latencies.push(started.elapsed());
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Ok(latencies)
+                })
+            })
+            .collect();
+        Load { stop, clients }
+    }
+
+    async fn stop(self) -> anyhow::Result<Latencies> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for client in self.clients {
+            all.extend(client.await??);
+        }
+        all.sort();
+        Ok(Latencies(all))
+    }
+}
+
+struct Latencies(Vec<Duration>);
+
+impl Latencies {
+    fn p99_ms(&self) -> f64 {
+        let i = ((self.0.len().max(1) - 1) as f64 * 0.99) as usize;
+        self.0.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    }
+
+    fn max_ms(&self) -> f64 {
+        self.0.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    }
+
+    fn count(&self) -> usize {
+        self.0.len()
+    }
+}
+
+fn migrator(pool: &PgPool, migration: &'static datamig::Migration) -> Migrator<Postgres> {
+    Migrator::new(pool.clone()).migrations([migration]).ledger(
+        datamig::LedgerConfig::default()
+            .ledger_table("bench_keys_ledger")
+            .runs_table("bench_keys_runs"),
+    )
+}
+
+async fn setup(pool: &PgPool) -> anyhow::Result<()> {
+    cleanup(pool).await?;
+    sqlx::raw_sql(
+        "CREATE TABLE bench_accounts (id uuid PRIMARY KEY, plan text NOT NULL, plan_code text,
+                                      hits bigint NOT NULL DEFAULT 0);
+         INSERT INTO bench_accounts (id, plan)
+             SELECT gen_random_uuid(), (ARRAY['free', 'team', 'enterprise'])[1 + n % 3]
+             FROM generate_series(1, 1000000) AS n;
+         CREATE TABLE bench_tenant_accounts (tenant_id bigint NOT NULL, id uuid NOT NULL,
+                                             plan text NOT NULL, plan_code text,
+                                             PRIMARY KEY (tenant_id, id));
+         INSERT INTO bench_tenant_accounts (tenant_id, id, plan)
+             SELECT n % 1000, gen_random_uuid(), (ARRAY['free', 'team', 'enterprise'])[1 + n % 3]
+             FROM generate_series(1, 1000000) AS n;",
+    )
+    .execute(pool)
+    .await?;
+    sqlx::raw_sql("VACUUM ANALYZE bench_accounts, bench_tenant_accounts")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+async fn cleanup(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::raw_sql(
+        "DROP TABLE IF EXISTS bench_accounts, bench_tenant_accounts, bench_keys_ledger,
+                              bench_keys_runs",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Undoes the backfill of `table` and empties the ledger: the next run is a first run.
+async fn reset(pool: &PgPool, table: &str) -> anyhow::Result<()> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "UPDATE {table} SET plan_code = NULL WHERE plan_code IS NOT NULL;
+         DO $$ BEGIN
+           IF to_regclass('bench_keys_ledger') IS NOT NULL THEN
+             TRUNCATE bench_keys_ledger, bench_keys_runs;
+           END IF;
+         END $$;"
+    )))
+    .execute(pool)
+    .await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("VACUUM ANALYZE {table}")))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+async fn timed<F: Future<Output = Result<(), E>>, E: Into<anyhow::Error>>(
+    work: F,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    work.await.map_err(Into::into)?;
+    Ok(started.elapsed())
+}
+
+async fn median<F, Fut>(repeat: usize, mut measure: F) -> anyhow::Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Duration>>,
+{
+    let mut runs = Vec::new();
+    for _ in 0..repeat.max(1) {
+        runs.push(measure().await?);
+    }
+    runs.sort();
+    Ok(runs[runs.len() / 2])
+}
+
+/// Runs `work` and counts the rows of `table` it wrote (their `xmin` is newer).
+async fn rewritten<F, Fut, E>(pool: &PgPool, table: &str, work: F) -> anyhow::Result<i64>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Into<anyhow::Error>,
+{
+    let before: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
+        .fetch_one(pool)
+        .await?;
+    work().await.map_err(Into::into)?;
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {table} WHERE xmin::text::bigint > $1"
+    )))
+    .bind(before)
+    .fetch_one(pool)
+    .await?)
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "ok" } else { "MISSED" }
+}
+
+fn ratio(what: &str, ours: Duration, theirs: Duration, target: f64) -> bool {
+    ratio_value(what, ours.as_secs_f64(), theirs.as_secs_f64(), target)
+}
+
+fn ratio_value(what: &str, ours: f64, theirs: f64, target: f64) -> bool {
+    let ratio = ours / theirs.max(1e-9);
+    let ok = ratio <= target;
+    println!("ratio {what} = {ratio:.2}x  (target <= {target}x)  {}", verdict(ok));
+    ok
+}
