@@ -14,15 +14,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use datamig::prelude::*;
 use datamig::Progress;
+use datamig::prelude::*;
 use sqlx::PgPool;
 
 const ROWS: i64 = 1_000_000;
 
 /// The backfill: every account's plan code from its plan, written only where it differs.
-const SET_BASED_UUID: &str =
-    "UPDATE bench_accounts SET plan_code = upper(plan) WHERE plan_code IS DISTINCT FROM upper(plan)";
+const SET_BASED_UUID: &str = "UPDATE bench_accounts SET plan_code = upper(plan) WHERE plan_code IS DISTINCT FROM upper(plan)";
 const SET_BASED_PAIR: &str = "UPDATE bench_tenant_accounts SET plan_code = upper(plan)
      WHERE plan_code IS DISTINCT FROM upper(plan)";
 
@@ -144,7 +143,10 @@ async fn main() -> anyhow::Result<()> {
         )))
         .fetch_one(&pool)
         .await?;
-        anyhow::ensure!(missing == 0, "the backfill of {table} missed {missing} rows");
+        anyhow::ensure!(
+            missing == 0,
+            "the backfill of {table} missed {missing} rows"
+        );
 
         println!("{what}:");
         println!("  set-based UPDATE, first run        {}", secs(set_first));
@@ -157,7 +159,12 @@ async fn main() -> anyhow::Result<()> {
             "  datamig batched, second run        {}  ({second_rewritten} rows rewritten)",
             secs(second)
         );
-        ok &= ratio(&format!("{what}: first run / set-based"), first, set_first, 1.3);
+        ok &= ratio(
+            &format!("{what}: first run / set-based"),
+            first,
+            set_first,
+            1.3,
+        );
         ok &= ratio(
             &format!("{what}: second run / set-based second run"),
             second,
@@ -189,10 +196,11 @@ async fn main() -> anyhow::Result<()> {
 /// `UPDATE`; and the sizes the target duration chose.
 async fn application_load(pool: &PgPool) -> anyhow::Result<bool> {
     let clients = 4;
-    let ids: Vec<String> =
-        sqlx::query_scalar("SELECT id::text FROM bench_accounts TABLESAMPLE SYSTEM (2) LIMIT 20000")
-            .fetch_all(pool)
-            .await?;
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT id::text FROM bench_accounts TABLESAMPLE SYSTEM (2) LIMIT 20000",
+    )
+    .fetch_all(pool)
+    .await?;
     let ids = Arc::new(ids);
     println!(
         "application load: {clients} clients, each a loop of one-row UPDATE transactions on \
@@ -305,10 +313,12 @@ impl Load {
                         state ^= state << 17;
                         let id = &ids[(state % ids.len() as u64) as usize];
                         let started = Instant::now();
-                        sqlx::query("UPDATE bench_accounts SET hits = hits + 1 WHERE id = $1::uuid")
-                            .bind(id)
-                            .execute(&mut *conn)
-                            .await?;
+                        sqlx::query(
+                            "UPDATE bench_accounts SET hits = hits + 1 WHERE id = $1::uuid",
+                        )
+                        .bind(id)
+                        .execute(&mut *conn)
+                        .await?;
                         latencies.push(started.elapsed());
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
@@ -461,6 +471,9 @@ fn ratio(what: &str, ours: Duration, theirs: Duration, target: f64) -> bool {
 fn ratio_value(what: &str, ours: f64, theirs: f64, target: f64) -> bool {
     let ratio = ours / theirs.max(1e-9);
     let ok = ratio <= target;
-    println!("ratio {what} = {ratio:.2}x  (target <= {target}x)  {}", verdict(ok));
+    println!(
+        "ratio {what} = {ratio:.2}x  (target <= {target}x)  {}",
+        verdict(ok)
+    );
     ok
 }

@@ -767,3 +767,75 @@ async fn throttled_by_a_paused_standby(
     pool.close().await;
     Ok(())
 }
+
+/// A user's own health check: stressed while `maintenance` holds a row.
+#[tokio::test]
+async fn a_custom_health_check_holds_batches_until_it_says_healthy() -> anyhow::Result<()> {
+    let db = datamig::testing::postgres().await?;
+    sqlx::raw_sql(POSTGRES_TABLES).execute(db.pool()).await?;
+    sqlx::raw_sql("CREATE TABLE maintenance (why text NOT NULL); INSERT INTO maintenance VALUES ('vacuum of orders');")
+        .execute(db.pool())
+        .await?;
+    let (events, sink) = recorder();
+    let migrator = Migrator::new(db.pool().clone())
+        .migrations([&pair_key::MIGRATION])
+        .throttle_interval(Duration::from_millis(50))
+        .health_check(|conn| {
+            Box::pin(async move {
+                let why: Option<String> = sqlx::query_scalar("SELECT why FROM maintenance")
+                    .fetch_optional(conn)
+                    .await?;
+                Ok(match why {
+                    Some(why) => datamig::Health::Stressed(format!("maintenance: {why}")),
+                    None => datamig::Health::Healthy,
+                })
+            })
+        })
+        .on_progress(sink);
+    let run = tokio::spawn(async move { migrator.run().await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while events.lock().unwrap().len() < 3 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no waiting events");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    {
+        let events = events.lock().unwrap();
+        assert!(
+            events
+                .iter()
+                .all(|e| e.waiting.as_deref() == Some("maintenance: vacuum of orders")),
+            "{events:?}"
+        );
+    }
+    assert_eq!(
+        datamig_tests::scalar(db.pool(), "SELECT count(*) FROM by_pair WHERE hits > 0").await?,
+        0,
+        "no batch ran while the check said stressed"
+    );
+    sqlx::query("DELETE FROM maintenance")
+        .execute(db.pool())
+        .await?;
+    tokio::time::timeout(Duration::from_secs(60), run).await???;
+    assert_eq!(
+        datamig_tests::scalar(db.pool(), "SELECT count(*) FROM by_pair WHERE hits = 1").await?,
+        ROWS
+    );
+    // Progress for a composite key: rows done, the estimated total, the rate, time left.
+    let events = events.lock().unwrap();
+    let done: Vec<&Progress> = events.iter().filter(|e| e.waiting.is_none()).collect();
+    assert_eq!(done.len(), 14, "500 keys in batches of 37");
+    let last = done.last().expect("a batch");
+    assert_eq!(last.keys_done, 500);
+    assert!(last.estimated_total.is_some_and(|n| n > 0), "{last:?}");
+    assert!(
+        last.keys_per_second > 0.0 && last.seconds_left.is_some(),
+        "{last:?}"
+    );
+    assert!(
+        last.checkpoint
+            .as_deref()
+            .is_some_and(|c| c.starts_with('(')),
+        "a composite checkpoint, readable: {last:?}"
+    );
+    Ok(())
+}
