@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use datamig::prelude::*;
+use datamig_examples::bench::{median, ratio, secs, timed, verdict};
 use sqlx::PgPool;
 
 const USERS: i64 = 1_000_000;
@@ -294,27 +295,6 @@ async fn truncate(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn timed<F: Future<Output = Result<(), E>>, E: Into<anyhow::Error>>(
-    work: F,
-) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    work.await.map_err(Into::into)?;
-    Ok(started.elapsed())
-}
-
-async fn median<F, Fut>(repeat: usize, mut measure: F) -> anyhow::Result<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Duration>>,
-{
-    let mut runs = Vec::new();
-    for _ in 0..repeat.max(1) {
-        runs.push(measure().await?);
-    }
-    runs.sort();
-    Ok(runs[runs.len() / 2])
-}
-
 /// Runs `work` and counts the rows of `bench_settings` it wrote: rows whose `xmin` (the
 /// transaction that last wrote them) is newer than the transactions before it.
 async fn rewritten<F, Fut, E>(pool: &PgPool, work: F) -> anyhow::Result<i64>
@@ -463,21 +443,4 @@ fn peak_rss_kib() -> anyhow::Result<u64> {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/self/status"))
-}
-
-fn ratio(what: &str, ours: Duration, base: Duration, target: f64) -> bool {
-    let r = ours.as_secs_f64() / base.as_secs_f64();
-    println!(
-        "ratio {what} = {r:.2}x  (target <= {target}x)  {}",
-        verdict(r <= target)
-    );
-    r <= target
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "ok" } else { "MISSED" }
-}
-
-fn secs(d: Duration) -> String {
-    format!("{:.3}s", d.as_secs_f64())
 }

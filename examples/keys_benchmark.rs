@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use datamig::Progress;
 use datamig::prelude::*;
+use datamig_examples::bench::{median, ratio, ratio_value, secs, timed, verdict};
 use sqlx::PgPool;
 
 const ROWS: i64 = 1_000_000;
@@ -416,27 +417,6 @@ async fn reset(pool: &PgPool, table: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn timed<F: Future<Output = Result<(), E>>, E: Into<anyhow::Error>>(
-    work: F,
-) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    work.await.map_err(Into::into)?;
-    Ok(started.elapsed())
-}
-
-async fn median<F, Fut>(repeat: usize, mut measure: F) -> anyhow::Result<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Duration>>,
-{
-    let mut runs = Vec::new();
-    for _ in 0..repeat.max(1) {
-        runs.push(measure().await?);
-    }
-    runs.sort();
-    Ok(runs[runs.len() / 2])
-}
-
 /// Runs `work` and counts the rows of `table` it wrote (their `xmin` is newer).
 async fn rewritten<F, Fut, E>(pool: &PgPool, table: &str, work: F) -> anyhow::Result<i64>
 where
@@ -454,26 +434,4 @@ where
     .bind(before)
     .fetch_one(pool)
     .await?)
-}
-
-fn secs(d: Duration) -> String {
-    format!("{:.2} s", d.as_secs_f64())
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "ok" } else { "MISSED" }
-}
-
-fn ratio(what: &str, ours: Duration, theirs: Duration, target: f64) -> bool {
-    ratio_value(what, ours.as_secs_f64(), theirs.as_secs_f64(), target)
-}
-
-fn ratio_value(what: &str, ours: f64, theirs: f64, target: f64) -> bool {
-    let ratio = ours / theirs.max(1e-9);
-    let ok = ratio <= target;
-    println!(
-        "ratio {what} = {ratio:.2}x  (target <= {target}x)  {}",
-        verdict(ok)
-    );
-    ok
 }

@@ -1,1 +1,63 @@
 //! Runnable examples of datamig: `cargo run -p datamig-examples --example demo`.
+
+/// What the benchmarks share: timing, medians, and the lines that compare a figure with its
+/// target.
+pub mod bench {
+    use std::time::{Duration, Instant};
+
+    /// How long `work` took.
+    ///
+    /// # Errors
+    ///
+    /// The error of `work`.
+    pub async fn timed<F: Future<Output = Result<(), E>>, E: Into<anyhow::Error>>(
+        work: F,
+    ) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        work.await.map_err(Into::into)?;
+        Ok(started.elapsed())
+    }
+
+    /// The median of `repeat` measurements (at least one).
+    ///
+    /// # Errors
+    ///
+    /// The first error of a measurement.
+    pub async fn median<F, Fut>(repeat: usize, mut measure: F) -> anyhow::Result<Duration>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = anyhow::Result<Duration>>,
+    {
+        let mut runs = Vec::new();
+        for _ in 0..repeat.max(1) {
+            runs.push(measure().await?);
+        }
+        runs.sort();
+        Ok(runs[runs.len() / 2])
+    }
+
+    /// Prints `ratio WHAT = ours / base` against its target; whether it is met.
+    pub fn ratio(what: &str, ours: Duration, base: Duration, target: f64) -> bool {
+        ratio_value(what, ours.as_secs_f64(), base.as_secs_f64(), target)
+    }
+
+    /// As [`ratio`], of two numbers.
+    pub fn ratio_value(what: &str, ours: f64, base: f64, target: f64) -> bool {
+        let r = ours / base.max(1e-9);
+        println!(
+            "ratio {what} = {r:.2}x  (target <= {target}x)  {}",
+            verdict(r <= target)
+        );
+        r <= target
+    }
+
+    /// `ok` or `MISSED`.
+    pub fn verdict(ok: bool) -> &'static str {
+        if ok { "ok" } else { "MISSED" }
+    }
+
+    /// Seconds, to the millisecond.
+    pub fn secs(d: Duration) -> String {
+        format!("{:.3}s", d.as_secs_f64())
+    }
+}

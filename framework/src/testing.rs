@@ -93,16 +93,15 @@ pub async fn next_batch_plan(
         None
     };
     let sql = format!("EXPLAIN {}", shape.next_batch_sql(after.is_some()));
-    let mut query = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql)).persistent(false);
+    let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(false);
     for value in after.as_ref().map(crate::Key::values).unwrap_or_default() {
-        query = match value {
-            crate::KeyValue::Integer(n) => query.bind(*n),
-            crate::KeyValue::Text(t) => query.bind(t.clone()),
-            crate::KeyValue::Real(x) => query.bind(*x),
-            crate::KeyValue::Bytes(b) => query.bind(b.clone()),
-        };
+        query = crate::backend::bind_key_value(query, value);
     }
-    let lines = query.bind(i64::from(spec.size())).fetch_all(conn).await?;
+    let rows = query.bind(i64::from(spec.size())).fetch_all(conn).await?;
+    let lines = rows
+        .iter()
+        .map(|row| sqlx::Row::try_get::<String, _>(row, 0))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(lines.join("\n"))
 }
 

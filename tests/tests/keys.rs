@@ -228,6 +228,22 @@ async fn walk_every_key<DB: Backend>(
     Ok(())
 }
 
+/// Rows visited once in scope, rows visited more than once or out of scope, rows in scope.
+fn hits_sql(table: &str, scoped: bool) -> String {
+    let scope = if scoped {
+        "deleted_at IS NULL"
+    } else {
+        "1 = 1"
+    };
+    format!(
+        "SELECT count(*) FILTER (WHERE hits = 1 AND {scope}),
+                count(*) FILTER (WHERE hits > 1),
+                count(*) FILTER (WHERE hits > 0 AND NOT ({scope})),
+                count(*) FILTER (WHERE {scope})
+         FROM {table}"
+    )
+}
+
 #[tokio::test]
 async fn every_kind_of_key_is_walked_once_and_resumed_on_postgres() -> anyhow::Result<()> {
     let db = datamig::testing::postgres().await?;
@@ -236,17 +252,10 @@ async fn every_kind_of_key_is_walked_once_and_resumed_on_postgres() -> anyhow::R
     walk_every_key(
         db.pool(),
         async |table: &str, scoped: bool| {
-            let scope = if scoped { "deleted_at IS NULL" } else { "TRUE" };
             let (once, more, outside, in_scope): (i64, i64, i64, i64) =
-                sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "SELECT count(*) FILTER (WHERE hits = 1 AND {scope}),
-                        count(*) FILTER (WHERE hits > 1),
-                        count(*) FILTER (WHERE hits > 0 AND NOT ({scope})),
-                        count(*) FILTER (WHERE {scope})
-                 FROM {table}"
-                )))
-                .fetch_one(&pool)
-                .await?;
+                sqlx::query_as(sqlx::AssertSqlSafe(hits_sql(table, scoped)))
+                    .fetch_one(&pool)
+                    .await?;
             Ok((once, more + outside, in_scope))
         },
         async |table: &str| {
@@ -272,17 +281,10 @@ async fn every_kind_of_key_is_walked_once_and_resumed_on_sqlite() -> anyhow::Res
     walk_every_key(
         db.pool(),
         async |table: &str, scoped: bool| {
-            let scope = if scoped { "deleted_at IS NULL" } else { "1" };
             let (once, more, outside, in_scope): (i64, i64, i64, i64) =
-                sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "SELECT count(*) FILTER (WHERE hits = 1 AND {scope}),
-                        count(*) FILTER (WHERE hits > 1),
-                        count(*) FILTER (WHERE hits > 0 AND NOT ({scope})),
-                        count(*) FILTER (WHERE {scope})
-                 FROM {table}"
-                )))
-                .fetch_one(&pool)
-                .await?;
+                sqlx::query_as(sqlx::AssertSqlSafe(hits_sql(table, scoped)))
+                    .fetch_one(&pool)
+                    .await?;
             Ok((once, more + outside, in_scope))
         },
         async |table: &str| {

@@ -42,14 +42,10 @@ macro_rules! same_sql_steps {
             sql: sqlx::SqlStr,
             values: &[$crate::key::KeyValue],
         ) -> Result<u64, sqlx::Error> {
+            // `bind_key_value` is the backend module's own, where this macro expands.
             let mut query = sqlx::query(sql).persistent($persistent);
             for value in values {
-                query = match value {
-                    $crate::key::KeyValue::Integer(n) => query.bind(*n),
-                    $crate::key::KeyValue::Text(t) => query.bind(t.clone()),
-                    $crate::key::KeyValue::Real(x) => query.bind(*x),
-                    $crate::key::KeyValue::Bytes(b) => query.bind(b.clone()),
-                };
+                query = bind_key_value(query, value);
             }
             Ok(query.execute(conn).await?.rows_affected())
         }
@@ -111,6 +107,8 @@ macro_rules! same_sql_steps {
 
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "testing")]
+pub(crate) use postgres::bind_key_value;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 

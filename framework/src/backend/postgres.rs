@@ -767,16 +767,11 @@ impl Steps for Postgres {
         shape: &KeyShape,
         after: &Key,
     ) -> Result<bool, sqlx::Error> {
-        let mut q = query_scalar(AssertSqlSafe(shape.has_keys_after_sql()));
+        let mut q = query(AssertSqlSafe(shape.has_keys_after_sql()));
         for value in after.values() {
-            q = match value {
-                KeyValue::Integer(n) => q.bind(*n),
-                KeyValue::Text(t) => q.bind(t.clone()),
-                KeyValue::Real(x) => q.bind(*x),
-                KeyValue::Bytes(b) => q.bind(b.clone()),
-            };
+            q = bind_key_value(q, value);
         }
-        q.fetch_one(conn).await
+        q.fetch_one(conn).await?.try_get(0)
     }
 
     async fn estimate_rows(
@@ -785,19 +780,17 @@ impl Steps for Postgres {
         after: Option<&Key>,
     ) -> Result<Option<u64>, sqlx::Error> {
         // The planner's estimate: free, and close enough for a progress bar.
-        let mut q = query_scalar::<String>(AssertSqlSafe(format!(
+        let mut q = query(AssertSqlSafe(format!(
             "EXPLAIN {}",
             shape.rows_after_sql(after.is_some())
         )));
         for value in after.map(Key::values).unwrap_or_default() {
-            q = match value {
-                KeyValue::Integer(n) => q.bind(*n),
-                KeyValue::Text(t) => q.bind(t.clone()),
-                KeyValue::Real(x) => q.bind(*x),
-                KeyValue::Bytes(b) => q.bind(b.clone()),
-            };
+            q = bind_key_value(q, value);
         }
-        let first = q.fetch_optional(conn).await?.unwrap_or_default();
+        let first: String = match q.fetch_optional(conn).await? {
+            Some(row) => row.try_get(0)?,
+            None => String::new(),
+        };
         Ok(first
             .split("rows=")
             .nth(1)
@@ -946,7 +939,8 @@ impl Steps for Postgres {
 // (`sqlx_s_N`) stays in its server session, where through a transaction pooler another
 // client may meet it ("prepared statement \"sqlx_s_1\" already exists"), or miss it.
 
-fn bind_key_value<'q>(
+/// Binds one key value (integers as `bigint`, the rest as their text or bytes).
+pub(crate) fn bind_key_value<'q>(
     q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
     value: &KeyValue,
 ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {

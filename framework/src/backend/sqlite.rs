@@ -1080,6 +1080,7 @@ fn explain_upsert_error(table: &str, err: sqlx::Error) -> Error {
     }
 }
 
+/// Binds one key value with its storage class.
 fn bind_key_value<'q>(
     q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
     value: &KeyValue,
