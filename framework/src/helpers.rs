@@ -86,7 +86,7 @@ impl<DB: Backend> Ctx<'_, DB> {
         let sql = sql.into_sql_str();
         let rows =
             match crate::key::render_marker(sql.as_str(), batch.shape(), batch.lower().is_some()) {
-                Some((rendered, _)) => {
+                Some(rendered) => {
                     DB::execute_keyed(
                         self.tx(),
                         sqlx::AssertSqlSafe(rendered).into_sql_str(),

@@ -370,43 +370,38 @@ pub fn describe_checkpoint(text: &str) -> String {
 }
 
 /// Replaces each `{batch}` (or `{batch:alias}`, whose columns are qualified by `alias`) in
-/// `sql` with the batch's predicate; `None` when `sql` has no such marker.
-pub(crate) fn render_marker(sql: &str, shape: &KeyShape, lower: bool) -> Option<(String, usize)> {
-    if !sql.contains("{batch") {
+/// `sql` with the batch's predicate (its parameters from `$1`); `None` when `sql` has no
+/// such marker.
+pub(crate) fn render_marker(sql: &str, shape: &KeyShape, lower: bool) -> Option<String> {
+    const MARKER: &str = "{batch";
+    if !sql.contains(MARKER) {
         return None;
     }
     let mut out = String::with_capacity(sql.len() + 64);
     let mut rest = sql;
-    let mut params = 0;
-    while let Some(start) = rest.find("{batch") {
-        let after = &rest[start + "{batch".len()..];
-        let (qualifier, len) = if let Some(tail) = after.strip_prefix('}') {
-            let _ = tail;
-            (None, 1)
-        } else if let Some(tail) = after.strip_prefix(':') {
-            match tail.find('}') {
-                Some(end) => (Some(tail[..end].trim()), end + 2),
-                None => {
-                    out.push_str(&rest[..start + "{batch".len()]);
-                    rest = after;
-                    continue;
-                }
-            }
-        } else {
-            out.push_str(&rest[..start + "{batch".len()]);
+    while let Some(start) = rest.find(MARKER) {
+        let after = &rest[start + MARKER.len()..];
+        // `}` closes a plain marker; `:alias}` one that qualifies the columns.
+        let marker = match after.strip_prefix(':') {
+            Some(tail) => tail
+                .find('}')
+                .map(|end| (Some(tail[..end].trim()), end + 2)),
+            None => after.starts_with('}').then_some((None, 1)),
+        };
+        let Some((qualifier, len)) = marker else {
+            // Not a marker (`{batches}`, an unclosed `{batch:`): kept as written.
+            out.push_str(&rest[..start + MARKER.len()]);
             rest = after;
             continue;
         };
-        let (predicate, n) = shape.range(lower, true, 1, qualifier);
-        params = n;
         out.push_str(&rest[..start]);
         out.push('(');
-        out.push_str(&predicate);
+        out.push_str(&shape.range(lower, true, 1, qualifier).0);
         out.push(')');
         rest = &after[len..];
     }
     out.push_str(rest);
-    Some((out, params))
+    Some(out)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -503,12 +498,11 @@ mod tests {
         let mut s = shape(&[("id", "uuid", KeyKind::Other)], true);
         s.scope = Some("deleted_at IS NULL".into());
         assert!(render_marker("UPDATE t SET a = 1 WHERE id > $1", &s, true).is_none());
-        let (sql, n) =
+        let sql =
             render_marker("UPDATE t x SET a = 1 WHERE {batch:x} AND a <> 1", &s, false).unwrap();
         assert_eq!(
             sql,
             "UPDATE t x SET a = 1 WHERE (\"x\".\"id\" <= CAST($1 AS uuid) AND (deleted_at IS NULL)) AND a <> 1"
         );
-        assert_eq!(n, 1);
     }
 }
