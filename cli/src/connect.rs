@@ -178,6 +178,11 @@ fn schema_failed(dir: &Path, err: &sqlx::migrate::MigrateError) -> Failure {
     )
 }
 
+/// The connection options of a `postgres://` URL (a malformed URL is a usage error).
+pub(crate) fn postgres_options(url: &str) -> Result<PgConnectOptions, Failure> {
+    PgConnectOptions::from_str(url).map_err(|err| invalid(url, &err))
+}
+
 fn invalid(url: &str, err: &sqlx::Error) -> Failure {
     Failure::new(
         exit::USAGE,

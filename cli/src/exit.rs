@@ -26,3 +26,6 @@ pub const DIFFERENT: u8 = 8;
 /// frozen or cut off for longer than the lease. That transaction was rolled back; another
 /// runner may have taken over.
 pub const LEASE_LOST: u8 = 9;
+/// `copy`: the target rejected a row (a constraint, a value). That chunk was rolled back;
+/// the chunks committed before it are kept, and the same command run again resumes.
+pub const COPY_FAILED: u8 = 10;

@@ -31,8 +31,9 @@ use datamig::{
 };
 
 pub use opt::{
-    CheckIdempotencyOpts, Cli, Command, CompareOpts, Format, GlobalOpts, LockKind, NewOpts,
-    PauseOpts, ReasonOpts, RerunOpts, ResumeOpts, RunOpts, TablesOpts, UnlockOpts,
+    CheckIdempotencyOpts, Cli, Command, CompareOpts, CopyModeArg, CopyOpts, Format, GlobalOpts,
+    LockKind, NewOpts, PauseOpts, ReasonOpts, RerunOpts, ResumeOpts, RunOpts, TablesOpts,
+    UnlockOpts,
 };
 use output::Output;
 
@@ -76,6 +77,7 @@ pub async fn execute(cli: Cli) -> Result<u8, Failure> {
         // Writes files only: no database needed.
         Command::New(opts) => return scaffold::new_migration(opts, &out),
         Command::Compare(opts) => return compare(opts, &cli.global, &out).await,
+        Command::Copy(opts) => return copy(opts, &out).await,
         _ => {}
     }
     let (url, scheme) = connect::database_url(&cli.global)?;
@@ -213,7 +215,7 @@ async fn execute_on<DB: CliBackend>(
             out.fingerprint(&fingerprint)?;
             Ok(exit::OK)
         }
-        Command::New(_) | Command::Compare(_) => unreachable!("handled above"),
+        Command::New(_) | Command::Compare(_) | Command::Copy(_) => unreachable!("handled above"),
     }
 }
 
@@ -425,6 +427,61 @@ async fn compare(opts: &CompareOpts, global: &GlobalOpts, out: &Output) -> Resul
     })
 }
 
+/// `copy`: the rows of the source into the target's existing schema.
+async fn copy(opts: &CopyOpts, out: &Output) -> Result<u8, Failure> {
+    use datamig::copy::{Copier, CopyMode};
+    for url in [&opts.source, &opts.target] {
+        if connect::scheme(url)? != Scheme::Postgres {
+            return Err(Failure::new(
+                exit::USAGE,
+                format!(
+                    "copy moves rows between PostgreSQL databases: {} is not a postgres:// URL",
+                    connect::redact(url)
+                ),
+            ));
+        }
+    }
+    let mode = match opts.mode {
+        CopyModeArg::Empty => CopyMode::Empty,
+        CopyModeArg::Merge => CopyMode::Merge,
+        CopyModeArg::DangerouslyTruncate => CopyMode::DangerouslyTruncate,
+    };
+    let progress = std::sync::Arc::new(out.copy_progress());
+    let events = std::sync::Arc::clone(&progress);
+    let mut copier = Copier::with_options(
+        connect::postgres_options(&opts.source)?,
+        connect::postgres_options(&opts.target)?,
+    )
+    .tables(opts.tables.iter().cloned())
+    .exclude(opts.exclude.iter().cloned())
+    .mode(mode)
+    .jobs(usize::from(opts.jobs))
+    .chunk_rows(opts.chunk_rows)
+    .disable_triggers(opts.disable_triggers)
+    .analyze(!opts.no_analyze)
+    .sequences(!opts.no_sequences)
+    .verify(opts.verify)
+    .lock_timeout(opts.lock_timeout)
+    .on_event(move |event| events.update(event));
+    if let Some(schema) = &opts.progress_schema {
+        copier = copier.progress_schema(schema);
+    }
+    if opts.dry_run {
+        let plan = copier.plan().await?;
+        out.copy_plan(&plan)?;
+        return Ok(exit::OK);
+    }
+    let result = copier.run().await;
+    progress.finish();
+    let report = result?;
+    out.copy_report(&report)?;
+    let differs = report
+        .verification
+        .as_ref()
+        .is_some_and(|v| !v.differences.is_empty());
+    Ok(if differs { exit::DIFFERENT } else { exit::OK })
+}
+
 /// The fingerprint of the database at `url`.
 async fn fingerprint_at<DB: CliBackend>(
     url: &str,
@@ -496,7 +553,8 @@ impl Failure {
 impl From<Error> for Failure {
     fn from(err: Error) -> Self {
         let code = match &err {
-            Error::LockTimeout { .. } => exit::LOCK_TIMEOUT,
+            Error::LockTimeout { .. } | Error::CopyBlocked { .. } => exit::LOCK_TIMEOUT,
+            Error::CopyRejected { .. } => exit::COPY_FAILED,
             Error::Drift { .. } => exit::DRIFT,
             Error::MigrationFailed { .. } | Error::Interrupted { .. } => exit::MIGRATION_FAILED,
             Error::CommitOutcome {
@@ -512,6 +570,8 @@ impl From<Error> for Failure {
             | Error::UnsupportedBackend { .. }
             | Error::SchemaNotReady { .. }
             | Error::BehindPooler { .. }
+            | Error::CopyPlan { .. }
+            | Error::CopyRefused(_)
             | Error::Config(_) => exit::USAGE,
             _ => exit::UNEXPECTED,
         };

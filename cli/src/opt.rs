@@ -117,6 +117,80 @@ pub enum Command {
     Fingerprint(TablesOpts),
     /// Compare two databases table by table: row counts and checksums (exit 8 where they differ).
     Compare(CompareOpts),
+    /// Copy the rows of one PostgreSQL database into another whose schema exists: data only, resumable, verified.
+    Copy(CopyOpts),
+}
+
+/// How `copy` treats target tables that already hold rows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum CopyModeArg {
+    /// Refuse a target table holding rows this copy did not write (nothing is written).
+    #[default]
+    Empty,
+    /// Insert missing rows and update changed ones by primary key; never delete.
+    Merge,
+    /// Empty every selected target table first (TRUNCATE): the target's rows are lost.
+    DangerouslyTruncate,
+}
+
+/// Options of `copy`.
+#[derive(Debug, Args)]
+pub struct CopyOpts {
+    /// The source database's URL (postgres://...).
+    #[arg(long)]
+    pub source: String,
+
+    /// The target database's URL (postgres://...); its schema must exist.
+    #[arg(long)]
+    pub target: String,
+
+    /// Only these tables (`table` or `schema.table`, comma-separated); names bookkeeping tables too.
+    #[arg(long, value_delimiter = ',')]
+    pub tables: Vec<String>,
+
+    /// Leave these tables out (`table` or `schema.table`, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub exclude: Vec<String>,
+
+    /// What to do with target tables that already hold rows.
+    #[arg(long, value_enum, default_value_t = CopyModeArg::Empty)]
+    pub mode: CopyModeArg,
+
+    /// Chunks copied at once, each on its own pair of connections; big tables are split in key ranges.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
+
+    /// About how many rows one chunk holds (each chunk commits with its progress).
+    #[arg(long, default_value_t = 250_000)]
+    pub chunk_rows: u64,
+
+    /// Check and print the plan (tables, order, columns, chunks); write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Load with session_replication_role = replica: no triggers, no foreign-key checks (needs a superuser or GRANT SET ON PARAMETER).
+    #[arg(long)]
+    pub disable_triggers: bool,
+
+    /// Afterwards, compare row counts and checksums of every copied table (exit 8 where they differ).
+    #[arg(long)]
+    pub verify: bool,
+
+    /// Do not ANALYZE the copied tables afterwards.
+    #[arg(long)]
+    pub no_analyze: bool,
+
+    /// Do not move the target's sequences past the copied values afterwards.
+    #[arg(long)]
+    pub no_sequences: bool,
+
+    /// How long a statement on the target waits for a lock before the copy stops and names the sessions holding it.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub lock_timeout: Duration,
+
+    /// The schema of the target's datamig_copy_progress table (default: the first of its search_path).
+    #[arg(long)]
+    pub progress_schema: Option<String>,
 }
 
 /// Options of `check-idempotency`.

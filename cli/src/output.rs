@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use datamig::copy::{ColumnAction, CopyEvent, CopyPlan, CopyReport};
 use datamig::{
     CheckReport, Doctor, Drift, Fingerprint, IdempotencyCheck, MigrationStatus, Pause, Progress,
     RunReport, SessionInfo, State, TableDifference,
@@ -441,6 +442,162 @@ impl Output {
         Ok(())
     }
 
+    /// A copy's plan (`copy --dry-run`).
+    pub(crate) fn copy_plan(&self, plan: &CopyPlan) -> Result<(), Failure> {
+        if self.format == Format::Json {
+            return self.json(&json!({"type": "copy_plan", "plan": plan}));
+        }
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "copy {} ({}): {} table(s) in load order{}",
+            plan.copy,
+            plan.mode.name(),
+            plan.tables.len(),
+            if plan.resumed {
+                ", resuming an earlier run"
+            } else {
+                ""
+            }
+        )?;
+        for (i, t) in plan.tables.iter().enumerate() {
+            let mut notes = Vec::new();
+            if !t.after.is_empty() {
+                notes.push(format!("after {}", t.after.join(", ")));
+            }
+            if !t.cycle.is_empty() {
+                notes.push(format!("in a cycle with {}", t.cycle.join(", ")));
+            }
+            if let Some(why) = &t.whole {
+                notes.push(format!("whole: {why}"));
+            }
+            writeln!(
+                out,
+                "{:>3}. {}  ~{} rows, {} chunk(s){}{}",
+                i + 1,
+                t.table,
+                t.estimated_rows,
+                t.chunks,
+                if t.chunks_done > 0 {
+                    format!(" ({} done)", t.chunks_done)
+                } else {
+                    String::new()
+                },
+                if notes.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", notes.join("; "))
+                }
+            )?;
+            for c in &t.columns {
+                let what = match c.action {
+                    ColumnAction::Copy => continue,
+                    ColumnAction::Widen => format!(
+                        "{} -> {}",
+                        c.source_type.as_deref().unwrap_or("?"),
+                        c.target_type
+                    ),
+                    ColumnAction::TargetFills => {
+                        format!("not in the source: the target fills it ({})", c.target_type)
+                    }
+                    ColumnAction::Generated => "generated: not written".to_string(),
+                    _ => format!("{:?}", c.action),
+                };
+                writeln!(out, "       {}: {what}", c.name)?;
+            }
+        }
+        if !plan.left_out.is_empty() {
+            writeln!(
+                out,
+                "left out (name them in --tables to copy them): {}",
+                plan.left_out.join(", ")
+            )?;
+        }
+        writeln!(out, "dry run: nothing was written")?;
+        Ok(())
+    }
+
+    /// A copy's summary: per table, then sequences, analysis and verification.
+    pub(crate) fn copy_report(&self, report: &CopyReport) -> Result<(), Failure> {
+        if self.format == Format::Json {
+            return self.json(&json!({"type": "copy_report", "report": report}));
+        }
+        let mut out = std::io::stdout().lock();
+        if report.already_copied {
+            writeln!(
+                out,
+                "nothing to copy: every chunk of copy {} was committed by an earlier run",
+                report.plan.copy
+            )?;
+        } else {
+            let width = report
+                .tables
+                .iter()
+                .map(|t| t.table.len())
+                .max()
+                .unwrap_or(5)
+                .max(5);
+            writeln!(
+                out,
+                "{:<width$}  {:>12}  {:>10}  {:>8}  CHUNKS",
+                "TABLE", "ROWS", "MB", "SECONDS"
+            )?;
+            for t in &report.tables {
+                let mut chunks = format!("{}", t.chunks);
+                if t.chunks_skipped > 0 {
+                    chunks.push_str(&format!(" (+{} earlier)", t.chunks_skipped));
+                }
+                if t.inserted + t.updated > 0 {
+                    chunks.push_str(&format!("  {} inserted, {} updated", t.inserted, t.updated));
+                }
+                writeln!(
+                    out,
+                    "{:<width$}  {:>12}  {:>10.1}  {:>8.1}  {chunks}",
+                    t.table,
+                    t.rows,
+                    t.bytes as f64 / 1e6,
+                    t.seconds
+                )?;
+            }
+            writeln!(
+                out,
+                "copied {} rows ({:.1} MB) in {:.1} s, {:.1} MB/s",
+                report.rows,
+                report.bytes as f64 / 1e6,
+                report.seconds,
+                report.bytes as f64 / 1e6 / report.seconds.max(0.001)
+            )?;
+        }
+        for s in &report.sequences {
+            writeln!(
+                out,
+                "sequence {} ({}.{}): {} -> {}",
+                s.sequence,
+                s.table,
+                s.column,
+                s.from.map_or("unused".to_string(), |v| v.to_string()),
+                s.to
+            )?;
+        }
+        if !report.analyzed.is_empty() {
+            writeln!(out, "analyzed {} table(s)", report.analyzed.len())?;
+        }
+        drop(out);
+        if let Some(v) = &report.verification {
+            self.comparison(&v.source, &v.target, &v.differences)?;
+        }
+        Ok(())
+    }
+
+    /// Progress of a copy: bars per table and overall on a terminal, JSON lines in JSON mode.
+    pub(crate) fn copy_progress(&self) -> CopyProgress {
+        CopyProgress {
+            json: self.format == Format::Json,
+            bars: indicatif::MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+            state: Mutex::new(CopyBars::default()),
+        }
+    }
+
     /// Progress of batched migrations: a bar on a terminal, JSON lines in JSON mode.
     pub(crate) fn progress(&self) -> ProgressOutput {
         ProgressOutput {
@@ -449,6 +606,119 @@ impl Output {
             last_wait: Mutex::new(None),
         }
     }
+}
+
+/// Where a copy's events go.
+pub(crate) struct CopyProgress {
+    json: bool,
+    bars: indicatif::MultiProgress,
+    state: Mutex<CopyBars>,
+}
+
+#[derive(Default)]
+struct CopyBars {
+    overall: Option<ProgressBar>,
+    tables: std::collections::BTreeMap<String, ProgressBar>,
+    /// When each table's last progress line was printed (JSON: at most one a second).
+    printed: std::collections::BTreeMap<String, std::time::Instant>,
+}
+
+impl CopyProgress {
+    pub(crate) fn update(&self, event: &CopyEvent) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if self.json {
+            if let CopyEvent::Progress { table, .. } = event {
+                let now = std::time::Instant::now();
+                if state
+                    .printed
+                    .get(table)
+                    .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(1))
+                {
+                    return;
+                }
+                state.printed.insert(table.clone(), now);
+            }
+            let mut value = serde_json::to_value(event).unwrap_or(serde_json::Value::Null);
+            value["type"] = json!("copy_event");
+            let mut out = std::io::stdout().lock();
+            let _ = serde_json::to_writer(&mut out, &value);
+            let _ = writeln!(out);
+            return;
+        }
+        let style = |template: &str| {
+            ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ")
+        };
+        match event {
+            CopyEvent::Planned { plan } => {
+                let total: i64 = plan.tables.iter().map(|t| t.estimated_rows).sum();
+                let bar = self
+                    .bars
+                    .add(ProgressBar::new(u64::try_from(total).unwrap_or(0)));
+                bar.set_style(style(
+                    "overall [{bar:30}] {pos}/{len} rows, {msg}, eta {eta}",
+                ));
+                state.overall = Some(bar);
+            }
+            CopyEvent::Progress {
+                table,
+                rows,
+                bytes,
+                estimated_rows,
+                total_rows,
+                total_bytes,
+                ..
+            } => {
+                let bar = state.tables.entry(table.clone()).or_insert_with(|| {
+                    let bar = self.bars.add(ProgressBar::new(*estimated_rows));
+                    bar.set_style(style(
+                        "{prefix} [{bar:30}] {pos}/{len} rows, {msg}, eta {eta}",
+                    ));
+                    bar.set_prefix(table.clone());
+                    bar
+                });
+                bar.set_length((*estimated_rows).max(*rows));
+                bar.set_position(*rows);
+                bar.set_message(format!(
+                    "{:.1} MB, {}/s",
+                    *bytes as f64 / 1e6,
+                    indicatif::HumanBytes(rate(bar, *bytes))
+                ));
+                if let Some(overall) = &state.overall {
+                    overall.set_length(overall.length().unwrap_or(0).max(*total_rows));
+                    overall.set_position(*total_rows);
+                    overall.set_message(format!(
+                        "{:.1} MB, {}/s",
+                        *total_bytes as f64 / 1e6,
+                        indicatif::HumanBytes(rate(overall, *total_bytes))
+                    ));
+                }
+            }
+            CopyEvent::TableCopied { table, .. } => {
+                if let Some(bar) = state.tables.remove(table) {
+                    bar.finish_and_clear();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub(crate) fn finish(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, bar) in std::mem::take(&mut state.tables) {
+            bar.finish_and_clear();
+        }
+        if let Some(bar) = state.overall.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Bytes per second since the bar started.
+fn rate(bar: &ProgressBar, bytes: u64) -> u64 {
+    let seconds = bar.elapsed().as_secs_f64().max(0.001);
+    (bytes as f64 / seconds) as u64
 }
 
 /// `paused by app on web-1 at 2026-11-21 10:00:00 UTC: replica lag`.

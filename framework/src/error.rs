@@ -225,6 +225,60 @@ pub enum Error {
         missing: Vec<String>,
     },
 
+    /// A copy's plan found problems before any row moved: each names the table, the column
+    /// and both types where it matters. Nothing was written.
+    #[error(
+        "the copy cannot start: {} problem(s), nothing was written:\n  - {}",
+        .problems.len(),
+        .problems.join("\n  - ")
+    )]
+    CopyPlan {
+        /// Every problem found.
+        problems: Vec<String>,
+    },
+
+    /// A copy refused to start (or to go on) for the reason given; nothing of it was
+    /// written that is not recorded as committed.
+    #[error("the copy was refused: {0}")]
+    CopyRefused(String),
+
+    /// The target rejected a row of a copy. That chunk was rolled back; the chunks committed
+    /// before it are kept, and running the same copy again resumes after them.
+    #[error(
+        "the target rejected a row of {table} (chunk {chunk} of {chunks}): {message}. That chunk \
+         was rolled back; the {kept} chunk(s) committed before it are kept. Fix the row in the \
+         source (or the target's constraint) and run the same copy again: it resumes"
+    )]
+    CopyRejected {
+        /// `schema.table`.
+        table: String,
+        /// The chunk's number (from 1).
+        chunk: usize,
+        /// The table's chunks.
+        chunks: usize,
+        /// Chunks committed (by this run and earlier ones), kept.
+        kept: usize,
+        /// The database's words: the constraint, and the key or row it names.
+        message: String,
+    },
+
+    /// A copy waited for a lock on the target longer than its lock timeout. The chunk was
+    /// rolled back; the chunks before it are kept.
+    #[error(
+        "loading {table} waited for a lock longer than {}{}; the chunk was rolled back and the \
+         copy stopped. End or wait for those sessions, then run the same copy again: it resumes",
+        humantime(*.timeout),
+        describe_sessions(.sessions)
+    )]
+    CopyBlocked {
+        /// `schema.table`.
+        table: String,
+        /// The lock timeout.
+        timeout: Duration,
+        /// The sessions holding a conflicting lock or idle in a transaction.
+        sessions: Vec<crate::SessionInfo>,
+    },
+
     /// A configuration value is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -307,6 +361,36 @@ fn not_idempotent(
     }
     message.push_str(&parts.join(", and"));
     message
+}
+
+fn describe_sessions(sessions: &[crate::SessionInfo]) -> String {
+    if sessions.is_empty() {
+        return ": no session holds it any more".to_string();
+    }
+    let described: Vec<String> = sessions
+        .iter()
+        .map(|s| {
+            let mut text = format!("pid {}", s.pid);
+            if let Some(state) = &s.state {
+                text.push_str(&format!(" ({state}"));
+                if let Some(ms) = s.transaction_age_ms {
+                    text.push_str(&format!(", transaction open {} s", ms / 1000));
+                }
+                text.push(')');
+            }
+            if let Some(user) = &s.user {
+                text.push_str(&format!(" user {user}"));
+            }
+            if !s.application_name.is_empty() {
+                text.push_str(&format!(" application {}", s.application_name));
+            }
+            if let Some(query) = &s.query {
+                text.push_str(&format!(" last query: {}", query.replace('\n', " ")));
+            }
+            text
+        })
+        .collect();
+    format!(", held by: {}", described.join("; "))
 }
 
 #[cfg(test)]

@@ -57,7 +57,9 @@ mod error;
 mod sql;
 
 mod bulk;
-mod copy;
+#[cfg(feature = "postgres")]
+pub mod copy;
+mod copy_text;
 mod ctx;
 mod key;
 mod ledger;
@@ -81,7 +83,7 @@ mod upsert;
 pub use admin::{CheckReport, Doctor};
 pub use backend::Backend;
 pub use bulk::SequenceReset;
-pub use copy::{CopyRow, CopyValue, Value};
+pub use copy_text::{CopyRow, CopyValue, Value};
 pub use ctx::Ctx;
 pub use error::{Drift, Error, describe_sqlx};
 pub use fingerprint::{

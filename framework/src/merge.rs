@@ -1,7 +1,7 @@
 //! The statement of an upsert, as the backends run it: the request the builder checked,
 //! and the `INSERT .. ON CONFLICT` both databases share, built from its parts.
 
-use crate::copy::RowSink;
+use crate::copy_text::RowSink;
 use crate::error::Error;
 use crate::sql::{check_name, quote_ident};
 

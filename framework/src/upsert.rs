@@ -2,7 +2,7 @@
 //! in one set-based statement, with counts of what changed.
 
 use crate::backend::Backend;
-use crate::copy::CopyRow;
+use crate::copy_text::CopyRow;
 use crate::ctx::Ctx;
 use crate::error::Error;
 use crate::merge::{Source, UpsertMode, UpsertReport, UpsertRequest};

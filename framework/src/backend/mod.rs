@@ -106,7 +106,7 @@ macro_rules! same_sql_steps {
 }
 
 #[cfg(feature = "postgres")]
-mod postgres;
+pub(crate) mod postgres;
 #[cfg(feature = "testing")]
 pub(crate) use postgres::bind_key_value;
 #[cfg(feature = "sqlite")]

@@ -10,7 +10,7 @@ use sqlx::{AssertSqlSafe, Connection, Executor, Postgres, Row, SqlSafeStr};
 use super::steps::Steps;
 use super::{Backend, KeyColumn, LockToken, hex};
 use crate::bulk::SequenceReset;
-use crate::copy::RowSink;
+use crate::copy_text::RowSink;
 use crate::error::Error;
 use crate::key::{Key, KeyKind, KeyShape, KeyValue};
 use crate::ledger::{Attempt, LAYOUT, LastRun, LedgerConfig, LedgerWrite};
@@ -952,13 +952,13 @@ pub(crate) fn bind_key_value<'q>(
     }
 }
 
-fn query<'q>(
+pub(crate) fn query<'q>(
     sql: impl SqlSafeStr,
 ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
     sqlx::query(sql).persistent(false)
 }
 
-fn query_scalar<'q, O>(
+pub(crate) fn query_scalar<'q, O>(
     sql: impl SqlSafeStr,
 ) -> sqlx::query::QueryScalar<'q, Postgres, O, sqlx::postgres::PgArguments>
 where
@@ -967,7 +967,7 @@ where
     sqlx::query_scalar(sql).persistent(false)
 }
 
-fn query_as<'q, O>(
+pub(crate) fn query_as<'q, O>(
     sql: impl SqlSafeStr,
 ) -> sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments>
 where
@@ -1105,13 +1105,13 @@ async fn lock_key(conn: &mut PgConnection, config: &LedgerConfig) -> Result<i64,
     })
 }
 
-const SESSION_COLUMNS: &str = "SELECT a.pid, a.usename::text AS db_user, COALESCE(a.application_name, '') AS application_name,
+pub(crate) const SESSION_COLUMNS: &str = "SELECT a.pid, a.usename::text AS db_user, COALESCE(a.application_name, '') AS application_name,
         a.client_addr::text AS client_addr, a.state,
         (extract(epoch FROM now() - a.xact_start) * 1000)::bigint AS transaction_age_ms,
         (extract(epoch FROM now() - a.state_change) * 1000)::bigint AS state_age_ms,
         a.wait_event_type, pg_blocking_pids(a.pid) AS blocked_by, left(a.query, 500) AS query";
 
-fn session_info(row: &PgRow) -> Result<SessionInfo, sqlx::Error> {
+pub(crate) fn session_info(row: &PgRow) -> Result<SessionInfo, sqlx::Error> {
     Ok(SessionInfo {
         pid: row.try_get("pid")?,
         user: row.try_get("db_user")?,

@@ -1,0 +1,1377 @@
+//! A copy's run: connections and the shared snapshot, the plan's checks against the
+//! databases, chunks, the workers that stream them, and what follows.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures_util::TryStreamExt;
+use sha2::{Digest, Sha256};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{AssertSqlSafe, Connection, Row};
+use tokio::sync::Notify;
+
+use super::catalog::{self, Table, display};
+use super::plan::{self, Planned};
+use super::{
+    Copier, CopyEvent, CopyMode, CopyPlan, CopyReport, EventSink, SequenceSet, TableReport,
+    Verification,
+};
+use crate::backend::hex;
+use crate::backend::postgres::{SESSION_COLUMNS, query, query_scalar, session_info};
+use crate::error::Error;
+use crate::fingerprint::{Fingerprint, TableFingerprint};
+use crate::sql::quote_ident;
+
+const PROGRESS_TABLE: &str = "datamig_copy_progress";
+/// Bytes of `COPY` text gathered before they are sent on: rows arrive one message each.
+const SEND_BYTES: usize = 1 << 20;
+/// How long a connection may take to open.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A key position: each key column's value as text; `None` is the open end.
+type Bound = Option<Vec<String>>;
+
+/// One chunk of a table: the keys in `(lower, upper]`.
+#[derive(Clone, Debug)]
+struct Chunk {
+    number: usize,
+    lower: Bound,
+    upper: Bound,
+    done: bool,
+    rows: u64,
+}
+
+pub(super) async fn run(copier: &Copier, dry_run: bool) -> Result<CopyReport, Error> {
+    let started = Instant::now();
+    let mut src = connect(&copier.source, "source").await?;
+    let mut dst = connect(&copier.target, "target").await?;
+    source_session(&mut src).await?;
+    target_session(&mut dst, copier, false).await?;
+
+    let (src_id, dst_id) = (
+        catalog::identity(&mut src).await?,
+        catalog::identity(&mut dst).await?,
+    );
+    if src_id == dst_id {
+        return Err(Error::CopyRefused(
+            "the source and the target are the same database: a copy needs two databases; check the two URLs".into(),
+        ));
+    }
+
+    // The snapshot every read of this run sees, shared with the workers.
+    sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut src)
+        .await?;
+    let snapshot: String = query_scalar("SELECT pg_export_snapshot()")
+        .fetch_one(&mut src)
+        .await?;
+
+    let source_tables = catalog::read(&mut src).await?;
+    let target_tables = catalog::read(&mut dst).await?;
+    let (mut planned, left_out) = plan::plan(
+        &source_tables,
+        &target_tables,
+        &copier.selection,
+        copier.mode,
+        copier.disable_triggers,
+    )
+    .map_err(|problems| Error::CopyPlan { problems })?;
+
+    let mut problems = Vec::new();
+    if copier.disable_triggers && !may_disable_triggers(&mut dst).await? {
+        problems.push(
+            "--disable-triggers sets session_replication_role, which the target role may not: copy as a superuser, GRANT SET ON PARAMETER session_replication_role TO the role (PostgreSQL 15 and later), or copy without it".to_string(),
+        );
+    }
+    if copier.sequences {
+        for p in &planned {
+            for s in p.target.sequences.iter().filter(|s| !s.can_update) {
+                problems.push(format!(
+                    "the target role may not read and set sequence {} (of {}.{}), which the copy moves past the copied values: GRANT SELECT, UPDATE ON SEQUENCE {} TO it, or copy with --no-sequences",
+                    s.sequence, p.plan.table, s.column, s.sequence
+                ));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::CopyPlan { problems });
+    }
+
+    let name = catalog::copy_name(&mut src).await?;
+    let copy_id = match copier.mode {
+        CopyMode::Merge => format!("{name} merge"),
+        _ => name,
+    };
+    let progress = match &copier.progress_schema {
+        Some(schema) => format!("{}.{}", quote_ident(schema), quote_ident(PROGRESS_TABLE)),
+        None => quote_ident(PROGRESS_TABLE),
+    };
+    let mut recorded = read_progress(&mut dst, &progress, &copy_id).await?;
+    let finished_pass = !recorded.is_empty() && recorded.values().flatten().all(|c| c.done);
+    let restart = copier.mode == CopyMode::DangerouslyTruncate
+        || (copier.mode == CopyMode::Merge && finished_pass);
+    if restart {
+        recorded.clear();
+    }
+
+    if copier.mode == CopyMode::Empty {
+        let mut occupied = Vec::new();
+        for p in &planned {
+            let ours = recorded
+                .get(&p.plan.table)
+                .is_some_and(|chunks| chunks.iter().any(|c| c.done));
+            if !ours && has_rows(&mut dst, &p.target).await? {
+                occupied.push(p.plan.table.clone());
+            }
+        }
+        if !occupied.is_empty() {
+            return Err(Error::CopyRefused(format!(
+                "target table(s) {} already hold rows this copy did not write; nothing was written. Empty them, copy with --mode merge to insert missing rows and update changed ones by primary key, or with --mode dangerously-truncate to empty them first",
+                occupied.join(", ")
+            )));
+        }
+    }
+
+    let mut chunks: Vec<Vec<Chunk>> = Vec::new();
+    for p in &mut planned {
+        let table_chunks = match recorded.get(&p.plan.table) {
+            Some(existing) if !existing.is_empty() => existing.clone(),
+            _ => split(&mut src, p, copier.chunk_rows).await?,
+        };
+        p.plan.chunks = table_chunks.len();
+        p.plan.chunks_done = table_chunks.iter().filter(|c| c.done).count();
+        chunks.push(table_chunks);
+    }
+    let plan = CopyPlan {
+        copy: copy_id.clone(),
+        mode: copier.mode,
+        tables: planned.iter().map(|p| p.plan.clone()).collect(),
+        left_out,
+        resumed: planned.iter().any(|p| p.plan.chunks_done > 0),
+    };
+    let mut report = CopyReport {
+        plan: plan.clone(),
+        tables: planned
+            .iter()
+            .map(|p| TableReport {
+                table: p.plan.table.clone(),
+                chunks_skipped: p.plan.chunks_done,
+                ..TableReport::default()
+            })
+            .collect(),
+        rows: 0,
+        bytes: 0,
+        seconds: 0.0,
+        already_copied: false,
+        sequences: Vec::new(),
+        analyzed: Vec::new(),
+        verification: None,
+    };
+    if dry_run {
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+
+    ensure_progress_table(&mut dst, &progress, copier.progress_schema.as_deref()).await?;
+    let locked: bool =
+        query_scalar("SELECT pg_try_advisory_lock(hashtext('datamig copy'), hashtext($1))")
+            .bind(&copy_id)
+            .fetch_one(&mut dst)
+            .await?;
+    if !locked {
+        return Err(Error::CopyRefused(format!(
+            "another copy ({copy_id}) into this target is running; wait for it to finish"
+        )));
+    }
+    record_plan(
+        &mut dst, copier, &progress, &copy_id, &planned, &chunks, restart,
+    )
+    .await?;
+    emit(&copier.on_event, &CopyEvent::Planned { plan: plan.clone() });
+
+    let pending: usize = chunks.iter().flatten().filter(|c| !c.done).count();
+    report.already_copied = pending == 0;
+    let planned = Arc::new(planned);
+    if pending > 0 {
+        let outcome = copy_chunks(copier, &snapshot, &progress, &copy_id, &planned, chunks).await?;
+        report.tables = outcome;
+        report.rows = report.tables.iter().map(|t| t.rows).sum();
+        report.bytes = report.tables.iter().map(|t| t.bytes).sum();
+    }
+
+    if copier.sequences {
+        report.sequences = set_sequences(&mut dst, &planned, &copier.on_event).await?;
+    }
+    if copier.analyze {
+        for (p, t) in planned.iter().zip(&report.tables) {
+            if t.rows > 0 {
+                sqlx::raw_sql(AssertSqlSafe(format!("ANALYZE {}", p.target.ident())))
+                    .execute(&mut dst)
+                    .await?;
+                report.analyzed.push(p.plan.table.clone());
+                emit(
+                    &copier.on_event,
+                    &CopyEvent::Analyzed {
+                        table: p.plan.table.clone(),
+                    },
+                );
+            }
+        }
+    }
+    if copier.verify {
+        let source = fingerprint(&mut src, &planned, Side::Source).await?;
+        let target = fingerprint(&mut dst, &planned, Side::Target).await?;
+        let differences = source.differences(&target);
+        report.verification = Some(Verification {
+            source,
+            target,
+            differences,
+        });
+    }
+    sqlx::raw_sql("COMMIT").execute(&mut src).await?;
+    let _ = src.close().await;
+    let _ = dst.close().await;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn emit(sink: &Option<EventSink>, event: &CopyEvent) {
+    if let Some(sink) = sink {
+        sink(event);
+    }
+}
+
+async fn connect(options: &PgConnectOptions, side: &str) -> Result<PgConnection, Error> {
+    let options = options.clone().application_name("datamig-copy");
+    let connecting = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options));
+    let Ok(connected) = connecting.await else {
+        return Err(Error::Config(format!(
+            "cannot connect to the {side} database: no answer within {} s; check the host and port of its URL",
+            CONNECT_TIMEOUT.as_secs()
+        )));
+    };
+    connected.map_err(|err| match err {
+        sqlx::Error::Database(_)
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Configuration(_) => Error::Config(format!(
+            "cannot connect to the {side} database: {}",
+            crate::error::describe_sqlx(&err)
+        )),
+        other => Error::Database(other),
+    })
+}
+
+async fn source_session(conn: &mut PgConnection) -> Result<(), Error> {
+    sqlx::raw_sql(
+        "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; \
+         SET standard_conforming_strings = on; SET extra_float_digits = 3",
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The target's session: a lost commit loses a chunk and its progress row together, so
+/// `synchronous_commit` need not wait for the disk; locks wait at most the lock timeout.
+async fn target_session(conn: &mut PgConnection, copier: &Copier, load: bool) -> Result<(), Error> {
+    let mut sql = format!(
+        "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; \
+         SET standard_conforming_strings = on; SET synchronous_commit = off; SET lock_timeout = '{}ms'",
+        copier.lock_timeout.as_millis().max(1)
+    );
+    if load && copier.disable_triggers {
+        sql.push_str("; SET session_replication_role = replica");
+    }
+    sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await?;
+    Ok(())
+}
+
+async fn may_disable_triggers(conn: &mut PgConnection) -> Result<bool, Error> {
+    Ok(query_scalar(
+        "SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+             OR (current_setting('server_version_num')::int >= 150000
+                 AND has_parameter_privilege('session_replication_role', 'SET'))",
+    )
+    .fetch_one(conn)
+    .await?)
+}
+
+async fn has_rows(conn: &mut PgConnection, table: &Table) -> Result<bool, Error> {
+    Ok(query_scalar(AssertSqlSafe(format!(
+        "SELECT EXISTS (SELECT 1 FROM {})",
+        table.ident()
+    )))
+    .fetch_one(conn)
+    .await?)
+}
+
+/// This copy's chunks recorded in the target, by table.
+async fn read_progress(
+    conn: &mut PgConnection,
+    progress: &str,
+    copy_id: &str,
+) -> Result<BTreeMap<String, Vec<Chunk>>, Error> {
+    let exists: bool = query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(progress)
+        .fetch_one(&mut *conn)
+        .await?;
+    let mut out: BTreeMap<String, Vec<Chunk>> = BTreeMap::new();
+    if !exists {
+        return Ok(out);
+    }
+    let rows = query(AssertSqlSafe(format!(
+        "SELECT table_name, chunk, lower_key, upper_key, copied_at IS NOT NULL AS done, COALESCE(rows, 0) AS rows
+         FROM {progress} WHERE copy_name = $1 ORDER BY table_name, chunk"
+    )))
+    .bind(copy_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in rows {
+        let table: String = row.try_get("table_name")?;
+        let number: i32 = row.try_get("chunk")?;
+        let rows: i64 = row.try_get("rows")?;
+        out.entry(table).or_default().push(Chunk {
+            number: usize::try_from(number).unwrap_or(0),
+            lower: row.try_get("lower_key")?,
+            upper: row.try_get("upper_key")?,
+            done: row.try_get("done")?,
+            rows: u64::try_from(rows).unwrap_or(0),
+        });
+    }
+    Ok(out)
+}
+
+async fn ensure_progress_table(
+    conn: &mut PgConnection,
+    progress: &str,
+    schema: Option<&str>,
+) -> Result<(), Error> {
+    let exists: bool = query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(progress)
+        .fetch_one(&mut *conn)
+        .await?;
+    if exists {
+        return Ok(());
+    }
+    let ddl = format!(
+        "CREATE TABLE IF NOT EXISTS {progress} (
+             copy_name  text NOT NULL,
+             table_name text NOT NULL,
+             chunk      integer NOT NULL,
+             chunks     integer NOT NULL,
+             lower_key  text[],
+             upper_key  text[],
+             rows       bigint,
+             bytes      bigint,
+             copied_at  timestamptz,
+             copied_by  text,
+             PRIMARY KEY (copy_name, table_name, chunk)
+         )"
+    );
+    sqlx::raw_sql(AssertSqlSafe(ddl)).execute(conn).await.map_err(|err| {
+        Error::CopyRefused(format!(
+            "the copy keeps its progress in table {PROGRESS_TABLE} on the target{}, and the target role may not create it ({}): GRANT CREATE ON SCHEMA to the role, create the table as its owner, or choose a schema it may create in with --progress-schema",
+            schema.map(|s| format!(" (schema {s})")).unwrap_or_default(),
+            crate::error::describe_sqlx(&err)
+        ))
+    })?;
+    Ok(())
+}
+
+/// Writes the chunks of tables not yet recorded; for a restart (a truncating copy, a new
+/// merge pass), first empties the tables (truncate) and forgets the earlier chunks, in the
+/// same transaction.
+async fn record_plan(
+    conn: &mut PgConnection,
+    copier: &Copier,
+    progress: &str,
+    copy_id: &str,
+    planned: &[Planned],
+    chunks: &[Vec<Chunk>],
+    restart: bool,
+) -> Result<(), Error> {
+    let mut tx = conn.begin().await?;
+    if copier.mode == CopyMode::DangerouslyTruncate && !planned.is_empty() {
+        let tables: Vec<String> = planned.iter().map(|p| p.target.ident()).collect();
+        query(AssertSqlSafe(format!("TRUNCATE {}", tables.join(", "))))
+            .execute(&mut *tx)
+            .await
+            .map_err(|err| Error::CopyRefused(format!(
+                "--mode dangerously-truncate could not empty the target tables ({}); nothing was written",
+                crate::error::describe_sqlx(&err)
+            )))?;
+    }
+    if restart {
+        query(AssertSqlSafe(format!(
+            "DELETE FROM {progress} WHERE copy_name = $1"
+        )))
+        .bind(copy_id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let insert = format!(
+        "INSERT INTO {progress} (copy_name, table_name, chunk, chunks, lower_key, upper_key)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING"
+    );
+    for (p, table_chunks) in planned.iter().zip(chunks) {
+        for chunk in table_chunks {
+            query(AssertSqlSafe(insert.clone()))
+                .bind(copy_id)
+                .bind(&p.plan.table)
+                .bind(i32::try_from(chunk.number).unwrap_or(i32::MAX))
+                .bind(i32::try_from(table_chunks.len()).unwrap_or(i32::MAX))
+                .bind(&chunk.lower)
+                .bind(&chunk.upper)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The key ranges a table is copied in, measured in the run's snapshot.
+async fn split(
+    src: &mut PgConnection,
+    p: &mut Planned,
+    chunk_rows: u64,
+) -> Result<Vec<Chunk>, Error> {
+    let one = || {
+        vec![Chunk {
+            number: 1,
+            lower: None,
+            upper: None,
+            done: false,
+            rows: 0,
+        }]
+    };
+    let from = source_from(&p.source);
+    if p.plan.estimated_rows <= 0 {
+        p.plan.estimated_rows = query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {from}")))
+            .fetch_one(&mut *src)
+            .await?;
+    }
+    let estimate = u64::try_from(p.plan.estimated_rows).unwrap_or(0);
+    if p.plan.whole.is_some() || estimate <= chunk_rows {
+        return Ok(one());
+    }
+    let n = estimate.div_ceil(chunk_rows);
+    let key = &p.plan.key;
+    let types: Vec<&str> = key
+        .iter()
+        .map(|k| p.source.column(k).map_or("text", |c| c.sql_type.as_str()))
+        .collect();
+    let columns: Vec<String> = key.iter().map(|k| quote_ident(k)).collect();
+    let mut bounds: Vec<Vec<String>> = Vec::new();
+    if key.len() == 1 && matches!(types[0], "smallint" | "integer" | "bigint") {
+        let row = query(AssertSqlSafe(format!(
+            "SELECT min({c})::int8, max({c})::int8 FROM {from}",
+            c = columns[0]
+        )))
+        .fetch_one(&mut *src)
+        .await?;
+        let (Some(min), Some(max)): (Option<i64>, Option<i64>) = (row.try_get(0)?, row.try_get(1)?)
+        else {
+            return Ok(one());
+        };
+        let span = i128::from(max) - i128::from(min) + 1;
+        let n = i128::from(n).min(span).max(1);
+        for i in 1..n {
+            let bound = i128::from(min) + span * i / n - 1;
+            bounds.push(vec![bound.to_string()]);
+        }
+    } else {
+        // A sample of the keys, sorted in the index's order; its quantiles bound the chunks.
+        let wanted = n * 64;
+        let percent = (100.0 * wanted as f64 / estimate as f64).min(100.0);
+        let list = columns
+            .iter()
+            .map(|c| format!("{c}::text"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = query(AssertSqlSafe(format!(
+            "SELECT {list} FROM {from} TABLESAMPLE SYSTEM ({percent}) ORDER BY {}",
+            columns.join(", ")
+        )))
+        .fetch_all(&mut *src)
+        .await?;
+        let sample: Vec<Vec<String>> = rows
+            .iter()
+            .map(|row| {
+                (0..key.len())
+                    .map(|i| row.try_get::<String, _>(i))
+                    .collect()
+            })
+            .collect::<Result<_, _>>()?;
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        for i in 1..n {
+            if let Some(bound) = sample.get(sample.len() * i / n)
+                && bounds.last() != Some(bound)
+            {
+                bounds.push(bound.clone());
+            }
+        }
+    }
+    let mut chunks = Vec::new();
+    let mut lower: Bound = None;
+    for (i, bound) in bounds.into_iter().map(Some).chain([None]).enumerate() {
+        chunks.push(Chunk {
+            number: i + 1,
+            lower: lower.clone(),
+            upper: bound.clone(),
+            done: false,
+            rows: 0,
+        });
+        lower = bound;
+    }
+    Ok(chunks)
+}
+
+/// `ONLY "s"."t"` for a plain table (its inheritance children are tables of their own),
+/// the table itself for a partitioned one (read through its partitions).
+fn source_from(table: &Table) -> String {
+    if table.kind == "p" {
+        table.ident()
+    } else {
+        format!("ONLY {}", table.ident())
+    }
+}
+
+fn literal(value: &str, sql_type: &str) -> String {
+    format!("'{}'::{sql_type}", value.replace('\'', "''"))
+}
+
+/// `WHERE (k1, k2) > (..) AND (k1, k2) <= (..)` for a chunk, empty for a whole table.
+fn range_predicate(p: &Planned, chunk: &Chunk) -> String {
+    let columns: Vec<String> = p.plan.key.iter().map(|k| quote_ident(k)).collect();
+    let tuple = format!("({})", columns.join(", "));
+    let types: Vec<&str> = p
+        .plan
+        .key
+        .iter()
+        .map(|k| p.source.column(k).map_or("text", |c| c.sql_type.as_str()))
+        .collect();
+    let values = |bound: &[String]| {
+        let literals: Vec<String> = bound
+            .iter()
+            .zip(&types)
+            .map(|(v, t)| literal(v, t))
+            .collect();
+        format!("({})", literals.join(", "))
+    };
+    let mut conditions = Vec::new();
+    if let Some(lower) = &chunk.lower {
+        conditions.push(format!("{tuple} > {}", values(lower)));
+    }
+    if let Some(upper) = &chunk.upper {
+        conditions.push(format!("{tuple} <= {}", values(upper)));
+    }
+    if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    }
+}
+
+/// One transaction on the target: a chunk, or the chunks of a cycle's tables.
+struct Unit {
+    parts: Vec<(usize, Chunk)>,
+}
+
+enum Take {
+    Unit(Unit),
+    Wait,
+    Done,
+}
+
+struct Schedule {
+    queue: Vec<Unit>,
+    /// Chunks not yet committed, per table.
+    left: Vec<usize>,
+    /// Chunks committed, by any run.
+    committed: usize,
+    stop: bool,
+}
+
+impl Schedule {
+    fn take(&mut self, parents: &[Vec<usize>]) -> Take {
+        if self.stop || self.queue.is_empty() {
+            return Take::Done;
+        }
+        let ready = self.queue.iter().position(|unit| {
+            unit.parts.iter().all(|(table, _)| {
+                parents[*table].iter().all(|parent| {
+                    self.left[*parent] == 0 || unit.parts.iter().any(|(t, _)| t == parent)
+                })
+            })
+        });
+        match ready {
+            Some(i) => Take::Unit(self.queue.remove(i)),
+            None => Take::Wait,
+        }
+    }
+}
+
+/// What the workers share.
+struct Shared {
+    copier: Copier,
+    snapshot: String,
+    progress: String,
+    copy_id: String,
+    planned: Arc<Vec<Planned>>,
+    parents: Vec<Vec<usize>>,
+    chunk_counts: Vec<usize>,
+    schedule: Mutex<Schedule>,
+    notify: Notify,
+    /// Rows and bytes per table (rows include chunks committed before this run).
+    rows: Vec<AtomicU64>,
+    bytes: Vec<AtomicU64>,
+    total_estimate: u64,
+    reports: Mutex<Vec<TableReport>>,
+}
+
+impl Shared {
+    async fn next(&self) -> Option<Unit> {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self
+                .schedule
+                .lock()
+                .expect("schedule lock")
+                .take(&self.parents)
+            {
+                Take::Unit(unit) => return Some(unit),
+                Take::Done => return None,
+                Take::Wait => {}
+            }
+            notified.await;
+        }
+    }
+
+    fn stop(&self) {
+        self.schedule.lock().expect("schedule lock").stop = true;
+        self.notify.notify_waiters();
+    }
+
+    fn progress(&self, table: usize, rows: u64, bytes: u64) {
+        let table_rows = self.rows[table].fetch_add(rows, Ordering::Relaxed) + rows;
+        let table_bytes = self.bytes[table].fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if let Some(sink) = &self.copier.on_event {
+            sink(&CopyEvent::Progress {
+                table: self.planned[table].plan.table.clone(),
+                rows: table_rows,
+                bytes: table_bytes,
+                estimated_rows: u64::try_from(self.planned[table].plan.estimated_rows).unwrap_or(0),
+                total_rows: self.rows.iter().map(|r| r.load(Ordering::Relaxed)).sum(),
+                total_bytes: self.bytes.iter().map(|b| b.load(Ordering::Relaxed)).sum(),
+                total_estimated_rows: self.total_estimate,
+            });
+        }
+    }
+}
+
+async fn copy_chunks(
+    copier: &Copier,
+    snapshot: &str,
+    progress: &str,
+    copy_id: &str,
+    planned: &Arc<Vec<Planned>>,
+    chunks: Vec<Vec<Chunk>>,
+) -> Result<Vec<TableReport>, Error> {
+    let index: BTreeMap<&str, usize> = planned
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.plan.table.as_str(), i))
+        .collect();
+    let parents: Vec<Vec<usize>> = planned
+        .iter()
+        .map(|p| {
+            p.plan
+                .after
+                .iter()
+                .filter_map(|t| index.get(t.as_str()).copied())
+                .collect()
+        })
+        .collect();
+    let left: Vec<usize> = chunks
+        .iter()
+        .map(|c| c.iter().filter(|c| !c.done).count())
+        .collect();
+    let committed = chunks.iter().flatten().filter(|c| c.done).count();
+    let rows: Vec<AtomicU64> = chunks
+        .iter()
+        .map(|c| AtomicU64::new(c.iter().filter(|c| c.done).map(|c| c.rows).sum()))
+        .collect();
+    let chunk_counts = chunks.iter().map(Vec::len).collect();
+    // Units in load order; the chunks of a cycle's tables in one unit.
+    let mut queue: Vec<Unit> = Vec::new();
+    let mut grouped: BTreeMap<Vec<String>, usize> = BTreeMap::new();
+    for (table, table_chunks) in chunks.into_iter().enumerate() {
+        let p = &planned[table];
+        for chunk in table_chunks.into_iter().filter(|c| !c.done) {
+            if !p.plan.cycle.is_empty() && p.plan.whole.is_some() {
+                let mut members = p.plan.cycle.clone();
+                members.push(p.plan.table.clone());
+                members.sort();
+                if let Some(&at) = grouped.get(&members) {
+                    queue[at].parts.push((table, chunk));
+                    continue;
+                }
+                grouped.insert(members, queue.len());
+            }
+            queue.push(Unit {
+                parts: vec![(table, chunk)],
+            });
+        }
+    }
+    let workers = copier.jobs.min(queue.len()).max(1);
+    let shared = Arc::new(Shared {
+        copier: copier.clone(),
+        snapshot: snapshot.to_string(),
+        progress: progress.to_string(),
+        copy_id: copy_id.to_string(),
+        planned: Arc::clone(planned),
+        parents,
+        chunk_counts,
+        schedule: Mutex::new(Schedule {
+            queue,
+            left,
+            committed,
+            stop: false,
+        }),
+        notify: Notify::new(),
+        rows,
+        bytes: planned.iter().map(|_| AtomicU64::new(0)).collect(),
+        total_estimate: planned
+            .iter()
+            .map(|p| u64::try_from(p.plan.estimated_rows).unwrap_or(0))
+            .sum(),
+        reports: Mutex::new(
+            planned
+                .iter()
+                .map(|p| TableReport {
+                    table: p.plan.table.clone(),
+                    chunks_skipped: p.plan.chunks_done,
+                    ..TableReport::default()
+                })
+                .collect(),
+        ),
+    });
+    // Each worker is a task with its own pair of connections. The first failure stops the
+    // others at once: their chunk in progress is rolled back when its connection closes.
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let shared = Arc::clone(&shared);
+        tasks.spawn(async move { worker(&shared).await });
+    }
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.unwrap_or_else(|err| {
+            Err(Error::Config(format!(
+                "a copy worker stopped unexpectedly: {err}"
+            )))
+        });
+        if let Err(err) = result {
+            shared.stop();
+            tasks.abort_all();
+            failure.get_or_insert(err);
+        }
+    }
+    if let Some(err) = failure {
+        return Err(err);
+    }
+    let reports = shared.reports.lock().expect("reports lock").clone();
+    Ok(reports)
+}
+
+async fn worker(shared: &Shared) -> Result<(), Error> {
+    let mut src = connect(&shared.copier.source, "source").await?;
+    source_session(&mut src).await?;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+        shared.snapshot.replace('\'', "''")
+    )))
+    .execute(&mut src)
+    .await?;
+    let mut dst = connect(&shared.copier.target, "target").await?;
+    target_session(&mut dst, &shared.copier, true).await?;
+    while let Some(unit) = shared.next().await {
+        let started = Instant::now();
+        let outcome = copy_unit(shared, &mut src, &mut dst, &unit).await;
+        let done = match outcome {
+            Ok(done) => done,
+            Err(failure) => return Err(explain(shared, &mut src, &mut dst, &unit, failure).await),
+        };
+        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let mut finished = Vec::new();
+        {
+            let mut schedule = shared.schedule.lock().expect("schedule lock");
+            let mut reports = shared.reports.lock().expect("reports lock");
+            for ((table, chunk), counts) in unit.parts.iter().zip(&done) {
+                schedule.left[*table] -= 1;
+                schedule.committed += 1;
+                let report = &mut reports[*table];
+                report.rows += counts.rows;
+                report.inserted += counts.inserted;
+                report.updated += counts.updated;
+                report.bytes += counts.bytes;
+                report.chunks += 1;
+                report.seconds += started.elapsed().as_secs_f64() / unit.parts.len() as f64;
+                if schedule.left[*table] == 0 {
+                    finished.push((*table, report.rows));
+                }
+                let _ = chunk;
+            }
+        }
+        shared.notify.notify_waiters();
+        if let Some(sink) = &shared.copier.on_event {
+            for ((table, chunk), counts) in unit.parts.iter().zip(&done) {
+                sink(&CopyEvent::ChunkCopied {
+                    table: shared.planned[*table].plan.table.clone(),
+                    chunk: chunk.number,
+                    chunks: shared.chunk_counts[*table],
+                    rows: counts.rows,
+                    bytes: counts.bytes,
+                    ms,
+                });
+            }
+            for (table, rows) in finished {
+                sink(&CopyEvent::TableCopied {
+                    table: shared.planned[table].plan.table.clone(),
+                    rows,
+                });
+            }
+        }
+    }
+    let _ = sqlx::raw_sql("COMMIT").execute(&mut src).await;
+    let _ = src.close().await;
+    let _ = dst.close().await;
+    Ok(())
+}
+
+#[derive(Default)]
+struct Counts {
+    rows: u64,
+    bytes: u64,
+    inserted: u64,
+    updated: u64,
+}
+
+/// Where a chunk failed.
+enum Failure {
+    /// Reading the source.
+    Source(String, sqlx::Error),
+    /// Writing the target (the chunk's transaction is rolled back).
+    Target(usize, sqlx::Error),
+    /// Anything else.
+    Other(Error),
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(err: sqlx::Error) -> Self {
+        Failure::Other(Error::Database(err))
+    }
+}
+
+async fn copy_unit(
+    shared: &Shared,
+    src: &mut PgConnection,
+    dst: &mut PgConnection,
+    unit: &Unit,
+) -> Result<Vec<Counts>, Failure> {
+    let first = unit.parts[0].0;
+    let mut tx = dst.begin().await.map_err(|e| Failure::Target(first, e))?;
+    if unit.parts.len() > 1 {
+        sqlx::raw_sql("SET CONSTRAINTS ALL DEFERRED")
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| Failure::Target(first, e))?;
+    }
+    let mut done = Vec::new();
+    for (stage, (table, chunk)) in unit.parts.iter().enumerate() {
+        let p = &shared.planned[*table];
+        let columns: Vec<String> = p.plan.copied().map(|c| quote_ident(&c.name)).collect();
+        let list = columns.join(", ");
+        let select = format!(
+            "COPY (SELECT {list} FROM {}{}) TO STDOUT",
+            source_from(&p.source),
+            range_predicate(p, chunk)
+        );
+        let target = p.target.ident();
+        let merge = shared.copier.mode == CopyMode::Merge;
+        let into = if merge {
+            let stage = format!("datamig_copy_stage_{stage}");
+            sqlx::raw_sql(AssertSqlSafe(format!(
+                "CREATE TEMPORARY TABLE {stage} ON COMMIT DROP AS SELECT {list} FROM {target} WITH NO DATA"
+            )))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| Failure::Target(*table, e))?;
+            stage
+        } else {
+            target.clone()
+        };
+        let mut counts = Counts::default();
+        {
+            let mut copy_in = tx
+                .copy_in_raw(&format!("COPY {into} ({list}) FROM STDIN"))
+                .await
+                .map_err(|e| Failure::Target(*table, e))?;
+            let streamed = stream(shared, *table, src, &mut copy_in, &select).await;
+            match streamed {
+                Ok(bytes) => counts.bytes = bytes,
+                Err(failure) => {
+                    let _ = copy_in.abort("the copy stopped").await;
+                    return Err(failure);
+                }
+            }
+            counts.rows = copy_in
+                .finish()
+                .await
+                .map_err(|e| Failure::Target(*table, e))?;
+        }
+        if merge {
+            let (inserted, updated) = upsert(&mut tx, p, &into, &columns)
+                .await
+                .map_err(|e| Failure::Target(*table, e))?;
+            counts.inserted = inserted;
+            counts.updated = updated;
+            sqlx::raw_sql(AssertSqlSafe(format!("DROP TABLE {into}")))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| Failure::Target(*table, e))?;
+        }
+        let marked = query(AssertSqlSafe(format!(
+            "UPDATE {} SET copied_at = clock_timestamp(), rows = $1, bytes = $2, copied_by = $3
+             WHERE copy_name = $4 AND table_name = $5 AND chunk = $6 AND copied_at IS NULL",
+            &shared.progress
+        )))
+        .bind(i64::try_from(counts.rows).unwrap_or(i64::MAX))
+        .bind(i64::try_from(counts.bytes).unwrap_or(i64::MAX))
+        .bind(crate::session::runner_tag())
+        .bind(&shared.copy_id)
+        .bind(&p.plan.table)
+        .bind(i32::try_from(chunk.number).unwrap_or(i32::MAX))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| Failure::Target(*table, e))?;
+        if marked.rows_affected() != 1 {
+            return Err(Failure::Other(Error::CopyRefused(format!(
+                "chunk {} of {} was committed by another copy meanwhile; this chunk was rolled back: run the copy again to go on",
+                chunk.number, p.plan.table
+            ))));
+        }
+        done.push(counts);
+    }
+    tx.commit().await.map_err(|e| Failure::Target(first, e))?;
+    Ok(done)
+}
+
+/// Streams one `COPY .. TO STDOUT` into the open `COPY .. FROM STDIN`, in sends of about
+/// [`SEND_BYTES`]; returns the bytes streamed.
+async fn stream(
+    shared: &Shared,
+    table: usize,
+    src: &mut PgConnection,
+    copy_in: &mut sqlx::postgres::PgCopyIn<&mut PgConnection>,
+    select: &str,
+) -> Result<u64, Failure> {
+    let name = &shared.planned[table].plan.table;
+    let mut out = src
+        .copy_out_raw(select)
+        .await
+        .map_err(|e| Failure::Source(name.clone(), e))?;
+    let mut buf: Vec<u8> = Vec::with_capacity(SEND_BYTES + (64 << 10));
+    let mut total = 0_u64;
+    loop {
+        let data = out
+            .try_next()
+            .await
+            .map_err(|e| Failure::Source(name.clone(), e))?;
+        let end = data.is_none();
+        if let Some(data) = &data {
+            buf.extend_from_slice(data);
+        }
+        if buf.len() >= SEND_BYTES || (end && !buf.is_empty()) {
+            copy_in
+                .send(buf.as_slice())
+                .await
+                .map_err(|e| Failure::Target(table, e))?;
+            let rows = buf.iter().filter(|&&b| b == b'\n').count() as u64;
+            total += buf.len() as u64;
+            shared.progress(table, rows, buf.len() as u64);
+            buf.clear();
+        }
+        if end {
+            return Ok(total);
+        }
+    }
+}
+
+/// Inserts the staged rows, and updates the rows whose copied columns differ, by primary
+/// key; returns (inserted, updated).
+async fn upsert(
+    conn: &mut PgConnection,
+    p: &Planned,
+    stage: &str,
+    columns: &[String],
+) -> Result<(u64, u64), sqlx::Error> {
+    let list = columns.join(", ");
+    let key: Vec<String> = p
+        .target
+        .primary_key
+        .iter()
+        .map(|k| quote_ident(k))
+        .collect();
+    let always: Vec<&str> = p
+        .target
+        .columns
+        .iter()
+        .filter(|c| c.identity == "a")
+        .map(|c| c.name.as_str())
+        .collect();
+    let updatable: Vec<String> = p
+        .plan
+        .copied()
+        .filter(|c| !p.target.primary_key.contains(&c.name) && !always.contains(&c.name.as_str()))
+        .map(|c| quote_ident(&c.name))
+        .collect();
+    let overriding = if p.plan.copied().any(|c| always.contains(&c.name.as_str())) {
+        " OVERRIDING SYSTEM VALUE"
+    } else {
+        ""
+    };
+    let action = if updatable.is_empty() {
+        "DO NOTHING".to_string()
+    } else {
+        let set: Vec<String> = updatable
+            .iter()
+            .map(|c| format!("{c} = EXCLUDED.{c}"))
+            .collect();
+        let mine: Vec<String> = updatable.iter().map(|c| format!("current.{c}")).collect();
+        let theirs: Vec<String> = updatable.iter().map(|c| format!("EXCLUDED.{c}")).collect();
+        // Compared as text: every type has a text form, not every type an equality.
+        format!(
+            "DO UPDATE SET {} WHERE ROW({})::text IS DISTINCT FROM ROW({})::text",
+            set.join(", "),
+            mine.join(", "),
+            theirs.join(", ")
+        )
+    };
+    let sql = format!(
+        "WITH written AS (
+             INSERT INTO {} AS current ({list}){overriding} SELECT {list} FROM {stage}
+             ON CONFLICT ({}) {action}
+             RETURNING (xmax = 0) AS inserted)
+         SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written",
+        p.target.ident(),
+        key.join(", ")
+    );
+    let row = query(AssertSqlSafe(sql)).fetch_one(conn).await?;
+    let inserted: i64 = row.try_get(0)?;
+    let updated: i64 = row.try_get(1)?;
+    Ok((
+        u64::try_from(inserted).unwrap_or(0),
+        u64::try_from(updated).unwrap_or(0),
+    ))
+}
+
+/// Turns a chunk's failure into the error to report: a rejected row with its constraint and
+/// key, a lock wait with the sessions holding the lock.
+async fn explain(
+    shared: &Shared,
+    src: &mut PgConnection,
+    dst: &mut PgConnection,
+    unit: &Unit,
+    failure: Failure,
+) -> Error {
+    let kept = shared.schedule.lock().expect("schedule lock").committed;
+    let (table, err) = match failure {
+        Failure::Other(err) => return err,
+        Failure::Source(table, err) => {
+            return Error::Config(format!(
+                "reading {table} from the source failed: {}; the chunk was rolled back, the {kept} chunk(s) committed before it are kept: run the copy again to resume",
+                crate::error::describe_sqlx(&err)
+            ));
+        }
+        Failure::Target(table, err) => (table, err),
+    };
+    let name = shared.planned[table].plan.table.clone();
+    let (number, chunks) = unit
+        .parts
+        .iter()
+        .find(|(t, _)| *t == table)
+        .map_or((1, 1), |(t, c)| (c.number, shared.chunk_counts[*t]));
+    let Some(db) = err.as_database_error() else {
+        return Error::Database(err);
+    };
+    let pg = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>();
+    let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+    if code == "55P03" {
+        let sessions = blocking(dst, &shared.planned[table].target)
+            .await
+            .unwrap_or_default();
+        return Error::CopyBlocked {
+            table: name,
+            timeout: shared.copier.lock_timeout,
+            sessions,
+        };
+    }
+    let rejected = code.starts_with("22") || code.starts_with("23") || code == "P0001";
+    if !rejected {
+        return Error::Database(err);
+    }
+    let mut message = db.message().to_string();
+    if let Some(pg) = pg {
+        if let Some(detail) = pg.detail() {
+            message.push_str(&format!(" ({detail})"));
+        }
+        if let Some(context) = pg.r#where()
+            && context.starts_with("COPY ")
+        {
+            message.push_str(&format!("; at {context}"));
+        }
+        if code == "23503"
+            && let (Some(constraint), Some(detail)) = (pg.constraint(), pg.detail())
+            && let Some((_, chunk)) = unit.parts.iter().find(|(t, _)| *t == table)
+            && let Some(key) =
+                referencing_row(src, &shared.planned[table], chunk, constraint, detail).await
+        {
+            message.push_str(&format!("; the row with {key} holds it"));
+        }
+    }
+    Error::CopyRejected {
+        table: name,
+        chunk: number,
+        chunks,
+        kept,
+        message,
+    }
+}
+
+/// For a foreign key of one column that a chunk's row violates, that row's primary key (as
+/// `id = 42`), found in the source within the chunk.
+async fn referencing_row(
+    src: &mut PgConnection,
+    p: &Planned,
+    chunk: &Chunk,
+    constraint: &str,
+    detail: &str,
+) -> Option<String> {
+    let fk = p
+        .target
+        .foreign_keys
+        .iter()
+        .find(|fk| fk.name == constraint)?;
+    let [column] = fk.columns.as_slice() else {
+        return None;
+    };
+    let rest = detail.strip_prefix(&format!("Key ({column})=("))?;
+    let value = &rest[..rest.rfind(") is not present")?];
+    let sql_type = &p.source.column(column)?.sql_type;
+    if p.plan.key.is_empty() {
+        return None;
+    }
+    let keys: Vec<String> = p
+        .plan
+        .key
+        .iter()
+        .map(|k| format!("{}::text", quote_ident(k)))
+        .collect();
+    let range = range_predicate(p, chunk);
+    let condition = format!("{} = {}", quote_ident(column), literal(value, sql_type));
+    let filter = if range.is_empty() {
+        format!(" WHERE {condition}")
+    } else {
+        format!("{range} AND {condition}")
+    };
+    let row = query(AssertSqlSafe(format!(
+        "SELECT {} FROM {}{filter} LIMIT 1",
+        keys.join(", "),
+        source_from(&p.source)
+    )))
+    .fetch_optional(src)
+    .await
+    .ok()??;
+    let parts: Vec<String> = p
+        .plan
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("{k} = {}", row.try_get::<String, _>(i).unwrap_or_default()))
+        .collect();
+    Some(parts.join(", "))
+}
+
+/// Sessions on the target that hold a lock conflicting with loading `table`, or sit idle in
+/// a transaction.
+async fn blocking(
+    dst: &mut PgConnection,
+    table: &Table,
+) -> Result<Vec<crate::SessionInfo>, sqlx::Error> {
+    let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *dst).await;
+    let sql = format!(
+        "{SESSION_COLUMNS} FROM pg_stat_activity a
+         WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND a.backend_type = 'client backend'
+           AND (a.pid IN (SELECT l.pid FROM pg_locks l WHERE l.relation = to_regclass($1) AND l.granted
+                            AND l.mode IN ('ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock'))
+                OR a.state IN ('idle in transaction', 'idle in transaction (aborted)'))
+         ORDER BY a.xact_start NULLS LAST"
+    );
+    let rows = query(AssertSqlSafe(sql))
+        .bind(table.ident())
+        .fetch_all(dst)
+        .await?;
+    rows.iter().map(session_info).collect()
+}
+
+/// Moves each copied table's sequences past the copied values: to the source's position or
+/// the column's highest value, whichever is greater, and never backwards.
+async fn set_sequences(
+    dst: &mut PgConnection,
+    planned: &[Planned],
+    sink: &Option<EventSink>,
+) -> Result<Vec<SequenceSet>, Error> {
+    let mut set = Vec::new();
+    for p in planned {
+        for s in &p.target.sequences {
+            let source = p
+                .source
+                .sequences
+                .iter()
+                .find(|x| x.column == s.column)
+                .and_then(|x| x.last_value);
+            let integer = p.target.column(&s.column).is_some_and(|c| {
+                matches!(
+                    c.sql_type.as_str(),
+                    "smallint" | "integer" | "bigint" | "numeric"
+                )
+            });
+            let highest: Option<i64> = if integer {
+                query_scalar(AssertSqlSafe(format!(
+                    "SELECT max({})::int8 FROM {}",
+                    quote_ident(&s.column),
+                    p.target.ident()
+                )))
+                .fetch_one(&mut *dst)
+                .await?
+            } else {
+                None
+            };
+            let Some(wanted) = source.max(highest) else {
+                continue;
+            };
+            let current: Option<i64> = query_scalar(AssertSqlSafe(format!(
+                "SELECT CASE WHEN is_called THEN last_value END FROM {}",
+                s.sequence
+            )))
+            .fetch_one(&mut *dst)
+            .await?;
+            if current.is_some_and(|c| c >= wanted) {
+                continue;
+            }
+            query("SELECT setval($1::regclass, $2, true)")
+                .bind(&s.sequence)
+                .bind(wanted)
+                .execute(&mut *dst)
+                .await?;
+            let moved = SequenceSet {
+                sequence: s.sequence.clone(),
+                table: p.plan.table.clone(),
+                column: s.column.clone(),
+                from: current,
+                to: wanted,
+            };
+            if let Some(sink) = sink {
+                sink(&CopyEvent::SequenceSet(moved.clone()));
+            }
+            set.push(moved);
+        }
+    }
+    Ok(set)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    Source,
+    Target,
+}
+
+/// The fingerprint of the copied columns of every planned table, in key order (text keys
+/// in byte order, so that two databases of different collations agree).
+async fn fingerprint(
+    conn: &mut PgConnection,
+    planned: &[Planned],
+    side: Side,
+) -> Result<Fingerprint, Error> {
+    let mut out = Fingerprint::default();
+    for p in planned {
+        let table = if side == Side::Source {
+            &p.source
+        } else {
+            &p.target
+        };
+        let row = format!(
+            "ROW({})::text",
+            p.plan
+                .copied()
+                .map(|c| format!("t.{}", quote_ident(&c.name)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let order = if p.plan.key.is_empty() {
+            format!("{row} COLLATE \"C\"")
+        } else {
+            p.plan
+                .key
+                .iter()
+                .map(|k| {
+                    let collatable = table.column(k).is_some_and(|c| {
+                        c.sql_type == "text" || c.sql_type.starts_with("character")
+                    });
+                    let column = format!("t.{}", quote_ident(k));
+                    if collatable {
+                        format!("{column} COLLATE \"C\"")
+                    } else {
+                        column
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let from = if side == Side::Source {
+            source_from(table)
+        } else {
+            format!("ONLY {}", table.ident())
+        };
+        let from = if table.kind == "p" {
+            table.ident()
+        } else {
+            from
+        };
+        let sql =
+            format!("SELECT sha256(convert_to({row}, 'UTF8')) FROM {from} AS t ORDER BY {order}");
+        let mut all = Sha256::new();
+        let mut rows = 0_i64;
+        let mut hashes = query_scalar::<Vec<u8>>(AssertSqlSafe(sql)).fetch(&mut *conn);
+        while let Some(hash) = hashes.try_next().await? {
+            all.update(&hash);
+            rows += 1;
+        }
+        drop(hashes);
+        out.tables.insert(
+            display(&p.source.name),
+            TableFingerprint {
+                rows,
+                sha256: hex(&all.finalize()),
+                key: p.plan.key.clone(),
+            },
+        );
+    }
+    Ok(out)
+}

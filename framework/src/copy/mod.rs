@@ -1,0 +1,439 @@
+//! `datamig copy`: the rows of one PostgreSQL database into another whose schema already
+//! exists, data only, resumable and verified.
+//!
+//! ```no_run
+//! # async fn example(source: sqlx::PgPool, target: sqlx::PgPool) -> Result<(), datamig::Error> {
+//! use datamig::copy::{Copier, CopyMode};
+//!
+//! let report = Copier::new(&source, &target)
+//!     .exclude(["audit_log"])
+//!     .mode(CopyMode::Empty)
+//!     .jobs(2)
+//!     .verify(true)
+//!     .run()
+//!     .await?;
+//! println!("{} rows in {:.1} s", report.rows, report.seconds);
+//! # Ok(()) }
+//! ```
+//!
+//! What a run does, in order:
+//!
+//! 1. **Plan**, before any row moves ([`Copier::plan`] stops here and writes nothing): the
+//!    tables of the source (schema tools' and datamig's bookkeeping tables left out unless
+//!    named), each matched by schema and name in the target, columns by name; a source
+//!    column the target lacks, a target column the source lacks that is `NOT NULL` without a
+//!    default, types that differ (other than a lossless widening such as `integer` into
+//!    `bigint`), a missing privilege, a cycle of foreign keys that cannot be loaded: each is
+//!    named, and nothing is written. Generated columns are never written. Tables load
+//!    parents first by the target's foreign keys; a table that references itself loads in
+//!    one statement (its references are checked when all its rows are in); tables in a
+//!    cycle of `DEFERRABLE` keys load together in one transaction with the constraints
+//!    deferred. With [`Copier::disable_triggers`] the load runs in
+//!    `session_replication_role = replica` (no triggers, no foreign-key checks), which
+//!    needs a superuser or, from PostgreSQL 15, `GRANT SET ON PARAMETER`.
+//! 2. **Refuse a target that holds rows** this copy did not write ([`CopyMode::Empty`], the
+//!    default), naming the tables; [`CopyMode::Merge`] inserts missing rows and updates
+//!    changed ones by primary key (never deletes); [`CopyMode::DangerouslyTruncate`]
+//!    empties the selected target tables first.
+//! 3. **Copy** from one snapshot of the source, exported by the first connection and shared
+//!    by every worker (`--jobs`), so rows related by foreign keys agree while the source
+//!    takes writes. Each table is split in key ranges of its primary key (chunks of about
+//!    [`Copier::chunk_rows`] rows); each chunk streams `COPY .. TO STDOUT` from the source
+//!    into `COPY .. FROM STDIN` on the target, without parsing a row, and commits in one
+//!    transaction with its row in the target's `datamig_copy_progress` table. A copy killed
+//!    at any instant keeps the chunks that committed and nothing of the others; the same
+//!    command run again copies only the chunks left, and a finished copy run again copies
+//!    nothing and says so.
+//! 4. **Afterwards**: the sequences of serial and identity columns are set past the copied
+//!    values (the source's position or the highest value copied, never moved backwards);
+//!    every table that received rows is analyzed; with [`Copier::verify`] both sides are
+//!    fingerprinted, table by table (row count and a SHA-256 of the copied columns in key
+//!    order), and the differences returned.
+//!
+//! **What a resumed run reads.** A run reads one snapshot; a resumed run takes a new one,
+//! so the chunks it copies show the source as it is then, while the chunks committed
+//! before show it as it was. For an exact copy of a source that takes writes, copy while it
+//! runs, then stop the writes for a short window and run the same copy with
+//! [`CopyMode::Merge`]: it reads a fresh snapshot and inserts or updates every row that
+//! changed (rows deleted from the source stay in the target), then `--verify` proves the
+//! two equal.
+//!
+//! Both sides need direct connections (not a transaction pooler): the snapshot is shared
+//! through `pg_export_snapshot()`, which lives in one server session.
+
+mod catalog;
+mod load;
+mod plan;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool};
+
+pub use plan::{BOOKKEEPING_TABLES, ColumnAction, ColumnPlan, TablePlan};
+
+use crate::error::Error;
+use crate::fingerprint::{Fingerprint, TableDifference};
+
+/// How a copy treats target tables that already hold rows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum CopyMode {
+    /// The default: a target table holding rows this copy did not write is refused (by
+    /// name), and nothing is written.
+    #[default]
+    Empty,
+    /// Rows missing from the target are inserted and rows that differ are updated, by
+    /// primary key; nothing is deleted. Each merge is a pass over every row; an interrupted
+    /// pass resumes where it stopped.
+    Merge,
+    /// Every selected target table is emptied (`TRUNCATE`, in one transaction with the reset
+    /// of this copy's progress) before the copy starts. Rows in the target are lost.
+    DangerouslyTruncate,
+}
+
+impl CopyMode {
+    /// The CLI's name of the mode.
+    pub fn name(self) -> &'static str {
+        match self {
+            CopyMode::Empty => "empty",
+            CopyMode::Merge => "merge",
+            CopyMode::DangerouslyTruncate => "dangerously-truncate",
+        }
+    }
+
+    pub(crate) fn option(self) -> String {
+        format!("--mode {}", self.name())
+    }
+}
+
+/// Which tables a copy selects.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Selection {
+    pub(crate) tables: Vec<String>,
+    pub(crate) exclude: Vec<String>,
+}
+
+/// What a copy reports as it goes, to [`Copier::on_event`].
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CopyEvent {
+    /// The plan is checked and the chunks are known; rows are about to move.
+    Planned {
+        /// The plan.
+        plan: CopyPlan,
+    },
+    /// Rows of a table arrived in the target (not yet committed).
+    Progress {
+        /// `schema.table`.
+        table: String,
+        /// Rows of the table copied so far, including chunks committed by earlier runs.
+        rows: u64,
+        /// Bytes of `COPY` text of the table streamed by this run.
+        bytes: u64,
+        /// The source's estimate of the table's rows.
+        estimated_rows: u64,
+        /// Rows of every table copied so far.
+        total_rows: u64,
+        /// Bytes streamed by this run, all tables.
+        total_bytes: u64,
+        /// The estimate of every table's rows.
+        total_estimated_rows: u64,
+    },
+    /// A chunk committed with its progress row.
+    ChunkCopied {
+        /// `schema.table`.
+        table: String,
+        /// Its number (from 1).
+        chunk: usize,
+        /// The table's chunks.
+        chunks: usize,
+        /// Rows it wrote (merge: rows read from the source).
+        rows: u64,
+        /// Bytes of `COPY` text.
+        bytes: u64,
+        /// How long it took.
+        ms: u64,
+    },
+    /// Every chunk of a table is committed.
+    TableCopied {
+        /// `schema.table`.
+        table: String,
+        /// Rows of the table copied by this run.
+        rows: u64,
+    },
+    /// A sequence was moved forward.
+    SequenceSet(SequenceSet),
+    /// A table was analyzed.
+    Analyzed {
+        /// `schema.table`.
+        table: String,
+    },
+}
+
+/// The checked plan of a copy.
+#[derive(Clone, Debug, serde::Serialize)]
+#[non_exhaustive]
+pub struct CopyPlan {
+    /// The name the copy goes by in the target's progress table (the source's database
+    /// name and, where readable, its cluster's system identifier; `merge` passes add
+    /// ` merge`).
+    pub copy: String,
+    /// How target rows are treated.
+    pub mode: CopyMode,
+    /// The tables in load order.
+    pub tables: Vec<TablePlan>,
+    /// Bookkeeping tables of schema tools and extensions' tables, left out (name them in
+    /// `tables` to copy them).
+    pub left_out: Vec<String>,
+    /// Whether an earlier run of this copy committed chunks this run keeps.
+    pub resumed: bool,
+}
+
+/// A sequence moved forward after the copy.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct SequenceSet {
+    /// The sequence, schema-qualified.
+    pub sequence: String,
+    /// `schema.table` of the column it serves.
+    pub table: String,
+    /// The column.
+    pub column: String,
+    /// Its last value before (`None`: never used).
+    pub from: Option<i64>,
+    /// Its last value now: the next value it gives is after this one.
+    pub to: i64,
+}
+
+/// What a copy did to one table.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct TableReport {
+    /// `schema.table`.
+    pub table: String,
+    /// Rows this run wrote (merge: rows read from the source).
+    pub rows: u64,
+    /// Rows a merge inserted.
+    pub inserted: u64,
+    /// Rows a merge updated.
+    pub updated: u64,
+    /// Bytes of `COPY` text this run streamed.
+    pub bytes: u64,
+    /// Chunks this run committed.
+    pub chunks: usize,
+    /// Chunks committed by earlier runs, skipped.
+    pub chunks_skipped: usize,
+    /// Seconds spent on its chunks (summed over workers).
+    pub seconds: f64,
+}
+
+/// Both sides' fingerprints of the copied tables and columns.
+#[derive(Clone, Debug, serde::Serialize)]
+#[non_exhaustive]
+pub struct Verification {
+    /// The source's, read in the run's snapshot.
+    pub source: Fingerprint,
+    /// The target's, after the copy.
+    pub target: Fingerprint,
+    /// The tables that differ (empty: an exact copy).
+    pub differences: Vec<TableDifference>,
+}
+
+/// What a copy did.
+#[derive(Clone, Debug, serde::Serialize)]
+#[non_exhaustive]
+pub struct CopyReport {
+    /// The plan it followed.
+    pub plan: CopyPlan,
+    /// Per table, in load order.
+    pub tables: Vec<TableReport>,
+    /// Rows written by this run.
+    pub rows: u64,
+    /// Bytes of `COPY` text streamed by this run.
+    pub bytes: u64,
+    /// Seconds, start to end.
+    pub seconds: f64,
+    /// Every chunk had been committed by earlier runs: this run copied nothing.
+    pub already_copied: bool,
+    /// Sequences moved forward.
+    pub sequences: Vec<SequenceSet>,
+    /// Tables analyzed.
+    pub analyzed: Vec<String>,
+    /// The fingerprints, when verification was asked for.
+    pub verification: Option<Verification>,
+}
+
+/// Receives [`CopyEvent`]s, from whichever worker produced them.
+pub type EventSink = Arc<dyn Fn(&CopyEvent) + Send + Sync>;
+
+/// A copy from one PostgreSQL database into another: configure, then [`Copier::plan`] or
+/// [`Copier::run`]. See the [module docs](self).
+#[derive(Clone)]
+pub struct Copier {
+    source: PgConnectOptions,
+    target: PgConnectOptions,
+    selection: Selection,
+    mode: CopyMode,
+    jobs: usize,
+    chunk_rows: u64,
+    disable_triggers: bool,
+    analyze: bool,
+    sequences: bool,
+    verify: bool,
+    lock_timeout: Duration,
+    progress_schema: Option<String>,
+    on_event: Option<EventSink>,
+}
+
+impl std::fmt::Debug for Copier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Copier")
+            .field("mode", &self.mode)
+            .field("jobs", &self.jobs)
+            .field("chunk_rows", &self.chunk_rows)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Copier {
+    /// A copy from the database of `source` into the database of `target`, with the
+    /// defaults: every table, [`CopyMode::Empty`], one job, chunks of 250,000 rows,
+    /// sequences set and tables analyzed afterwards, no verification, a lock timeout of
+    /// 10 s. The pools' connection options are used to open the copy's own connections.
+    pub fn new(source: &PgPool, target: &PgPool) -> Self {
+        Copier::with_options(
+            (*source.connect_options()).clone(),
+            (*target.connect_options()).clone(),
+        )
+    }
+
+    /// A copy between the databases these options connect to.
+    pub fn with_options(source: PgConnectOptions, target: PgConnectOptions) -> Self {
+        Copier {
+            source,
+            target,
+            selection: Selection::default(),
+            mode: CopyMode::Empty,
+            jobs: 1,
+            chunk_rows: 250_000,
+            disable_triggers: false,
+            analyze: true,
+            sequences: true,
+            verify: false,
+            lock_timeout: Duration::from_secs(10),
+            progress_schema: None,
+            on_event: None,
+        }
+    }
+
+    /// Only these tables (`table` or `schema.table`); a bookkeeping table named here is
+    /// copied.
+    pub fn tables<S: Into<String>>(mut self, tables: impl IntoIterator<Item = S>) -> Self {
+        self.selection
+            .tables
+            .extend(tables.into_iter().map(Into::into));
+        self
+    }
+
+    /// Leaves these tables out (`table` or `schema.table`).
+    pub fn exclude<S: Into<String>>(mut self, tables: impl IntoIterator<Item = S>) -> Self {
+        self.selection
+            .exclude
+            .extend(tables.into_iter().map(Into::into));
+        self
+    }
+
+    /// How target tables that hold rows are treated.
+    pub fn mode(mut self, mode: CopyMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// How many chunks are copied at once, each on its own pair of connections (at least 1).
+    pub fn jobs(mut self, jobs: usize) -> Self {
+        self.jobs = jobs.max(1);
+        self
+    }
+
+    /// About how many rows a chunk holds (at least 1,000): tables with more are split in
+    /// key ranges of their primary key. Smaller chunks lose less to an interruption and
+    /// spread one table over more jobs; each costs a commit.
+    pub fn chunk_rows(mut self, rows: u64) -> Self {
+        self.chunk_rows = rows.max(1_000);
+        self
+    }
+
+    /// Loads with `session_replication_role = replica`: no user triggers fire and foreign
+    /// keys are not checked (so tables load in any split, cycles included). Needs a
+    /// superuser or, from PostgreSQL 15, `GRANT SET ON PARAMETER session_replication_role`;
+    /// refused before any row moves otherwise.
+    pub fn disable_triggers(mut self, disable: bool) -> Self {
+        self.disable_triggers = disable;
+        self
+    }
+
+    /// Whether to `ANALYZE` the tables that received rows (default: yes).
+    pub fn analyze(mut self, analyze: bool) -> Self {
+        self.analyze = analyze;
+        self
+    }
+
+    /// Whether to move the target's sequences past the copied values (default: yes).
+    pub fn sequences(mut self, sequences: bool) -> Self {
+        self.sequences = sequences;
+        self
+    }
+
+    /// Whether to fingerprint both sides afterwards ([`CopyReport::verification`]).
+    pub fn verify(mut self, verify: bool) -> Self {
+        self.verify = verify;
+        self
+    }
+
+    /// How long a statement on the target waits for a lock before the copy stops and names
+    /// the sessions holding it (default 10 s).
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// The schema of the target's `datamig_copy_progress` table (default: the first schema
+    /// of the target role's `search_path`).
+    pub fn progress_schema(mut self, schema: impl Into<String>) -> Self {
+        self.progress_schema = Some(schema.into());
+        self
+    }
+
+    /// Receives every [`CopyEvent`].
+    pub fn on_event(mut self, sink: impl Fn(&CopyEvent) + Send + Sync + 'static) -> Self {
+        self.on_event = Some(Arc::new(sink));
+        self
+    }
+
+    /// Checks everything a run checks before any row moves and returns the plan, with the
+    /// chunks each table would be split in: nothing is written to either database.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CopyPlan`] naming every mismatch, [`Error::CopyRefused`] (the same database
+    /// on both sides, a target holding rows, a missing privilege), [`Error::Database`].
+    pub async fn plan(&self) -> Result<CopyPlan, Error> {
+        load::run(self, true).await.map(|report| report.plan)
+    }
+
+    /// Runs the copy. See the [module docs](self) for what it does, and the errors of
+    /// [`Copier::plan`] for what stops it before any row moves.
+    ///
+    /// # Errors
+    ///
+    /// As [`Copier::plan`], and: [`Error::CopyRejected`] when the target rejects a row (its
+    /// chunk rolled back, the chunks before it kept); [`Error::CopyBlocked`] when a lock
+    /// wait on the target outlasts the lock timeout (naming the sessions holding it);
+    /// [`Error::Database`] when a connection fails (run the copy again to resume).
+    pub async fn run(&self) -> Result<CopyReport, Error> {
+        load::run(self, false).await
+    }
+}

@@ -1,0 +1,509 @@
+//! The plan of a copy, derived from the two catalogs alone (pure, unit-tested): which
+//! tables, which columns, in which order, and every reason the copy cannot start.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::catalog::{Table, TableName, display};
+use super::{CopyMode, Selection};
+
+/// Tables of schema tools and of datamig itself, left out unless named in `--tables`: their
+/// rows describe the schema of their own database, which the target's tools created.
+pub const BOOKKEEPING_TABLES: &[&str] = &[
+    "_sqlx_migrations",
+    "datamig_ledger",
+    "datamig_ledger_runs",
+    "datamig_ledger_lock",
+    "datamig_ledger_lease",
+    "datamig_ledger_layout",
+    "datamig_copy_progress",
+    "schema_migrations",
+    "ar_internal_metadata",
+    "flyway_schema_history",
+    "schema_version",
+    "alembic_version",
+    "__diesel_schema_migrations",
+    "refinery_schema_history",
+    "goose_db_version",
+    "django_migrations",
+    "knex_migrations",
+    "knex_migrations_lock",
+    "__EFMigrationsHistory",
+    "SequelizeMeta",
+    "gorp_migrations",
+    "databasechangelog",
+    "databasechangeloglock",
+    "seaql_migrations",
+];
+
+/// What happens to one column of a table.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ColumnAction {
+    /// Copied as it is (the same type on both sides).
+    Copy,
+    /// Copied into a wider type (`integer` into `bigint`, `varchar(20)` into `text`).
+    Widen,
+    /// Not in the source: the target fills it (its default, identity, or `NULL`).
+    TargetFills,
+    /// Generated on the target (or only generated on the source): never written.
+    Generated,
+}
+
+/// One column of a planned table.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ColumnPlan {
+    /// Its name.
+    pub name: String,
+    /// Its type in the source (`None`: not there).
+    pub source_type: Option<String>,
+    /// Its type in the target.
+    pub target_type: String,
+    /// What the copy does with it.
+    pub action: ColumnAction,
+}
+
+/// One table of a plan, in load order.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct TablePlan {
+    /// `schema.table`.
+    pub table: String,
+    /// Its columns as the target has them, and what the copy does with each.
+    pub columns: Vec<ColumnPlan>,
+    /// The primary key that orders and splits it (empty: none; it is copied whole).
+    pub key: Vec<String>,
+    /// The source's estimate of its rows.
+    pub estimated_rows: i64,
+    /// The tables it references, loaded before it.
+    pub after: Vec<String>,
+    /// Tables whose foreign keys form a cycle with it: loaded together in one transaction
+    /// with the constraints deferred.
+    pub cycle: Vec<String>,
+    /// Why it is copied in one piece rather than split in key ranges, if it must be.
+    pub whole: Option<String>,
+    /// How many chunks it is copied in (known once the source has been measured).
+    pub chunks: usize,
+    /// Chunks an earlier run of this copy committed.
+    pub chunks_done: usize,
+}
+
+impl TablePlan {
+    /// The columns the copy writes.
+    pub(crate) fn copied(&self) -> impl Iterator<Item = &ColumnPlan> {
+        self.columns
+            .iter()
+            .filter(|c| matches!(c.action, ColumnAction::Copy | ColumnAction::Widen))
+    }
+}
+
+/// A planned table with the catalog entries it came from.
+#[derive(Clone, Debug)]
+pub(crate) struct Planned {
+    pub(crate) plan: TablePlan,
+    pub(crate) source: Table,
+    pub(crate) target: Table,
+}
+
+/// Whether `name` (`table` or `schema.table`) names the table.
+pub(crate) fn names(name: &str, table: &TableName) -> bool {
+    name == table.1 || name == display(table)
+}
+
+/// The plan, or every problem found (each naming table, column and both types).
+pub(crate) fn plan(
+    source: &BTreeMap<TableName, Table>,
+    target: &BTreeMap<TableName, Table>,
+    selection: &Selection,
+    mode: CopyMode,
+    disable_triggers: bool,
+) -> Result<(Vec<Planned>, Vec<String>), Vec<String>> {
+    let mut problems = Vec::new();
+    let mut left_out = Vec::new();
+    for name in selection.tables.iter().chain(&selection.exclude) {
+        if !source.keys().any(|t| names(name, t)) && !target.keys().any(|t| names(name, t)) {
+            problems.push(format!("table {name} exists in neither database"));
+        }
+    }
+    let mut selected: Vec<&Table> = Vec::new();
+    for (name, table) in source {
+        let named = selection.tables.iter().any(|n| names(n, name));
+        if !selection.tables.is_empty() && !named {
+            continue;
+        }
+        if selection.exclude.iter().any(|n| names(n, name)) {
+            continue;
+        }
+        if !named && (BOOKKEEPING_TABLES.contains(&name.1.as_str()) || table.extension) {
+            left_out.push(display(name));
+            continue;
+        }
+        selected.push(table);
+    }
+    let chosen: BTreeSet<&TableName> = selected.iter().map(|t| &t.name).collect();
+
+    let mut planned = Vec::new();
+    for table in &selected {
+        let Some(theirs) = target.get(&table.name) else {
+            problems.push(format!(
+                "table {} is in the source but not in the target: create it with the application's schema migrations, or leave it out with --exclude",
+                display(&table.name)
+            ));
+            continue;
+        };
+        let before = problems.len();
+        let columns = match_columns(table, theirs, &mut problems);
+        check_privileges(table, theirs, mode, &mut problems);
+        if mode == CopyMode::Merge && theirs.primary_key.is_empty() {
+            problems.push(format!(
+                "table {} has no primary key in the target: --mode merge matches rows by primary key",
+                display(&table.name)
+            ));
+        }
+        if problems.len() > before {
+            continue;
+        }
+        let after: BTreeSet<String> = theirs
+            .foreign_keys
+            .iter()
+            .filter(|fk| fk.references != table.name && chosen.contains(&fk.references))
+            .map(|fk| display(&fk.references))
+            .collect();
+        let key = if theirs.primary_key == table.primary_key {
+            theirs.primary_key.clone()
+        } else {
+            Vec::new()
+        };
+        let self_reference = theirs
+            .foreign_keys
+            .iter()
+            .any(|fk| fk.references == table.name);
+        let whole = if key.is_empty() {
+            Some("it has no primary key (the same in both databases) to split it by".to_string())
+        } else if self_reference && !disable_triggers {
+            Some("it references itself: one statement loads it, so the references are checked once all its rows are in".to_string())
+        } else {
+            None
+        };
+        planned.push(Planned {
+            plan: TablePlan {
+                table: display(&table.name),
+                columns,
+                key,
+                estimated_rows: table.estimated_rows,
+                after: after.into_iter().collect(),
+                cycle: Vec::new(),
+                whole,
+                chunks: 0,
+                chunks_done: 0,
+            },
+            source: (*table).clone(),
+            target: theirs.clone(),
+        });
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let planned = order(planned, disable_triggers)?;
+    Ok((planned, left_out))
+}
+
+fn match_columns(source: &Table, target: &Table, problems: &mut Vec<String>) -> Vec<ColumnPlan> {
+    let table = display(&source.name);
+    for column in &source.columns {
+        if !column.generated && target.column(&column.name).is_none() {
+            problems.push(format!(
+                "column {table}.{} ({}) is in the source but not in the target",
+                column.name, column.sql_type
+            ));
+        }
+    }
+    let mut plans = Vec::new();
+    for column in &target.columns {
+        let ours = source.column(&column.name).filter(|c| !c.generated);
+        let action = if column.generated {
+            ColumnAction::Generated
+        } else if let Some(ours) = ours {
+            if ours.sql_type == column.sql_type {
+                ColumnAction::Copy
+            } else if widens(&ours.sql_type, &column.sql_type) {
+                ColumnAction::Widen
+            } else {
+                problems.push(format!(
+                    "column {table}.{} is {} in the source and {} in the target: the types are not compatible",
+                    column.name, ours.sql_type, column.sql_type
+                ));
+                continue;
+            }
+        } else if column.not_null && !column.has_default && column.identity.is_empty() {
+            let generated = source.column(&column.name).is_some_and(|c| c.generated);
+            problems.push(format!(
+                "column {table}.{} ({}) is NOT NULL without a default in the target, and the source {}",
+                column.name,
+                column.sql_type,
+                if generated { "only computes it (a generated column)" } else { "has no such column" }
+            ));
+            continue;
+        } else {
+            ColumnAction::TargetFills
+        };
+        plans.push(ColumnPlan {
+            name: column.name.clone(),
+            source_type: ours.map(|c| c.sql_type.clone()),
+            target_type: column.sql_type.clone(),
+            action,
+        });
+    }
+    plans
+}
+
+fn check_privileges(source: &Table, target: &Table, mode: CopyMode, problems: &mut Vec<String>) {
+    let table = display(&source.name);
+    if !source.can_select {
+        problems.push(format!(
+            "the source role may not SELECT from {table}: GRANT SELECT ON {} TO it",
+            source.ident()
+        ));
+    }
+    let mut need = vec![("INSERT", target.can_insert)];
+    match mode {
+        CopyMode::Merge => need.push(("UPDATE", target.can_update)),
+        CopyMode::DangerouslyTruncate => need.push(("TRUNCATE", target.can_truncate)),
+        CopyMode::Empty => {}
+    }
+    for (privilege, held) in need {
+        if !held {
+            problems.push(format!(
+                "the target role may not {privilege} into {table}, which {} needs: GRANT {privilege} ON {} TO it",
+                mode.option(),
+                target.ident()
+            ));
+        }
+    }
+}
+
+/// Whether every value of `from` is a value of `to`, written the same way in `COPY` text.
+pub(crate) fn widens(from: &str, to: &str) -> bool {
+    let integer_rank = |t: &str| match t {
+        "smallint" => Some(1),
+        "integer" => Some(2),
+        "bigint" => Some(3),
+        _ => None,
+    };
+    if let (Some(a), Some(b)) = (integer_rank(from), integer_rank(to)) {
+        return a <= b;
+    }
+    if integer_rank(from).is_some() && to == "numeric" {
+        return true;
+    }
+    let varchar_len = |t: &str| -> Option<Option<u64>> {
+        if t == "character varying" || t == "text" {
+            return Some(None);
+        }
+        t.strip_prefix("character varying(")
+            .and_then(|rest| rest.strip_suffix(')'))
+            .and_then(|n| n.parse().ok())
+            .map(Some)
+    };
+    if let (Some(a), Some(b)) = (varchar_len(from), varchar_len(to)) {
+        return match (a, b) {
+            (_, None) => true,
+            (Some(a), Some(b)) => a <= b,
+            (None, Some(_)) => false,
+        };
+    }
+    let numeric = |t: &str| -> Option<Option<(u32, u32)>> {
+        if t == "numeric" {
+            return Some(None);
+        }
+        let inner = t.strip_prefix("numeric(")?.strip_suffix(')')?;
+        let (p, s) = inner.split_once(',')?;
+        Some(Some((p.trim().parse().ok()?, s.trim().parse().ok()?)))
+    };
+    if let (Some(a), Some(b)) = (numeric(from), numeric(to)) {
+        return match (a, b) {
+            (_, None) => true,
+            (Some((p1, s1)), Some((p2, s2))) => s1 == s2 && p1 <= p2,
+            (None, Some(_)) => false,
+        };
+    }
+    (from.starts_with("timestamp(")
+        && from.ends_with(") without time zone")
+        && to == "timestamp without time zone")
+        || (from.starts_with("timestamp(")
+            && from.ends_with(") with time zone")
+            && to == "timestamp with time zone")
+}
+
+/// Parents before children; tables in a cycle of foreign keys together (when every key of
+/// the cycle is deferrable, or triggers are off), else the cycle is refused by name.
+fn order(planned: Vec<Planned>, disable_triggers: bool) -> Result<Vec<Planned>, Vec<String>> {
+    let index: BTreeMap<String, usize> = planned
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.plan.table.clone(), i))
+        .collect();
+    let edges: Vec<Vec<usize>> = planned
+        .iter()
+        .map(|p| {
+            p.plan
+                .after
+                .iter()
+                .filter_map(|t| index.get(t).copied())
+                .collect()
+        })
+        .collect();
+    let components = strongly_connected(&edges);
+    let mut problems = Vec::new();
+    for members in &components {
+        if members.len() < 2 || disable_triggers {
+            continue;
+        }
+        let inside: BTreeSet<&str> = members
+            .iter()
+            .map(|&m| planned[m].plan.table.as_str())
+            .collect();
+        let mut rigid: Vec<String> = Vec::new();
+        for &m in members {
+            let p = &planned[m];
+            for fk in &p.target.foreign_keys {
+                if inside.contains(display(&fk.references).as_str()) && !fk.deferrable {
+                    rigid.push(format!("{} on {}", fk.name, p.plan.table));
+                }
+            }
+        }
+        if !rigid.is_empty() {
+            problems.push(format!(
+                "the foreign keys of tables {} form a cycle, and {} {} not DEFERRABLE: make {} DEFERRABLE, or copy with --disable-triggers as a role that may set session_replication_role",
+                inside.iter().copied().collect::<Vec<_>>().join(", "),
+                rigid.join(", "),
+                if rigid.len() == 1 { "is" } else { "are" },
+                if rigid.len() == 1 { "it" } else { "them" },
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    // Components come out of Tarjan's algorithm with every component after the ones it
+    // references: parents first.
+    let mut slots: Vec<Option<Planned>> = planned.into_iter().map(Some).collect();
+    let mut ordered = Vec::new();
+    for members in &components {
+        let mut group: Vec<Planned> = members.iter().filter_map(|&m| slots[m].take()).collect();
+        group.sort_by(|a, b| a.plan.table.cmp(&b.plan.table));
+        if group.len() > 1 {
+            let names: Vec<String> = group.iter().map(|p| p.plan.table.clone()).collect();
+            for p in &mut group {
+                p.plan.cycle = names
+                    .iter()
+                    .filter(|n| **n != p.plan.table)
+                    .cloned()
+                    .collect();
+                if !disable_triggers {
+                    p.plan.whole = Some(
+                        "its foreign keys form a cycle: the tables of the cycle load in one transaction with the constraints deferred"
+                            .to_string(),
+                    );
+                }
+            }
+        }
+        ordered.extend(group);
+    }
+    Ok(ordered)
+}
+
+/// Tarjan's strongly connected components of `edges` (i → j: i references j), each
+/// component listed after every component it references.
+fn strongly_connected(edges: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    struct State<'a> {
+        edges: &'a [Vec<usize>],
+        index: Vec<Option<usize>>,
+        low: Vec<usize>,
+        on_stack: Vec<bool>,
+        stack: Vec<usize>,
+        next: usize,
+        out: Vec<Vec<usize>>,
+    }
+    fn visit(s: &mut State<'_>, v: usize) {
+        s.index[v] = Some(s.next);
+        s.low[v] = s.next;
+        s.next += 1;
+        s.stack.push(v);
+        s.on_stack[v] = true;
+        for &w in &s.edges[v] {
+            match s.index[w] {
+                None => {
+                    visit(s, w);
+                    s.low[v] = s.low[v].min(s.low[w]);
+                }
+                Some(i) if s.on_stack[w] => s.low[v] = s.low[v].min(i),
+                Some(_) => {}
+            }
+        }
+        if Some(s.low[v]) == s.index[v] {
+            let mut component = Vec::new();
+            while let Some(w) = s.stack.pop() {
+                s.on_stack[w] = false;
+                component.push(w);
+                if w == v {
+                    break;
+                }
+            }
+            s.out.push(component);
+        }
+    }
+    let n = edges.len();
+    let mut s = State {
+        edges,
+        index: vec![None; n],
+        low: vec![0; n],
+        on_stack: vec![false; n],
+        stack: Vec::new(),
+        next: 0,
+        out: Vec::new(),
+    };
+    for v in 0..n {
+        if s.index[v].is_none() {
+            visit(&mut s, v);
+        }
+    }
+    s.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn widening_is_lossless_only() {
+        assert!(widens("integer", "bigint"));
+        assert!(widens("smallint", "numeric"));
+        assert!(!widens("bigint", "integer"));
+        assert!(widens("character varying(20)", "text"));
+        assert!(widens("character varying(20)", "character varying(30)"));
+        assert!(!widens("character varying(30)", "character varying(20)"));
+        assert!(!widens("text", "character varying(20)"));
+        assert!(widens("numeric(10,2)", "numeric(12,2)"));
+        assert!(!widens("numeric(10,2)", "numeric(12,3)"));
+        assert!(!widens("real", "double precision"), "its text form changes");
+        assert!(!widens(
+            "timestamp without time zone",
+            "timestamp with time zone"
+        ));
+        assert!(!widens("text", "integer"));
+    }
+
+    #[test]
+    fn components_come_parents_first() {
+        // 0 → 1 → 2, 3 ↔ 4, 4 → 2
+        let edges = vec![vec![1], vec![2], vec![], vec![4], vec![3, 2]];
+        let components = strongly_connected(&edges);
+        let position = |v: usize| components.iter().position(|c| c.contains(&v)).unwrap();
+        assert!(position(2) < position(1) && position(1) < position(0));
+        assert!(position(2) < position(3));
+        assert_eq!(position(3), position(4));
+        assert_eq!(components.len(), 4);
+    }
+}
