@@ -585,6 +585,8 @@ enum Take {
     Unit(Unit),
     Wait,
     Done,
+    /// Nothing runs and nothing can start: the order is wrong (a bug, reported as such).
+    Stuck,
 }
 
 struct Schedule {
@@ -593,6 +595,8 @@ struct Schedule {
     left: Vec<usize>,
     /// Chunks committed, by any run.
     committed: usize,
+    /// Units taken and not yet finished.
+    running: usize,
     stop: bool,
 }
 
@@ -609,7 +613,11 @@ impl Schedule {
             })
         });
         match ready {
-            Some(i) => Take::Unit(self.queue.remove(i)),
+            Some(i) => {
+                self.running += 1;
+                Take::Unit(self.queue.remove(i))
+            }
+            None if self.running == 0 => Take::Stuck,
             None => Take::Wait,
         }
     }
@@ -634,7 +642,7 @@ struct Shared {
 }
 
 impl Shared {
-    async fn next(&self) -> Option<Unit> {
+    async fn next(&self) -> Result<Option<Unit>, Error> {
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
@@ -645,8 +653,13 @@ impl Shared {
                 .expect("schedule lock")
                 .take(&self.parents)
             {
-                Take::Unit(unit) => return Some(unit),
-                Take::Done => return None,
+                Take::Unit(unit) => return Ok(Some(unit)),
+                Take::Done => return Ok(None),
+                Take::Stuck => {
+                    return Err(Error::Config(
+                        "the copy's load order left chunks that can never start; this is a bug in datamig: please report it with the plan (--dry-run)".into(),
+                    ));
+                }
                 Take::Wait => {}
             }
             notified.await;
@@ -688,12 +701,15 @@ async fn copy_chunks(
         .enumerate()
         .map(|(i, p)| (p.plan.table.as_str(), i))
         .collect();
+    // A table waits for the tables it references, except those of its own cycle: they load
+    // with it (deferred constraints) or in any order (triggers off).
     let parents: Vec<Vec<usize>> = planned
         .iter()
         .map(|p| {
             p.plan
                 .after
                 .iter()
+                .filter(|t| !p.plan.cycle.contains(t))
                 .filter_map(|t| index.get(t.as_str()).copied())
                 .collect()
         })
@@ -742,6 +758,7 @@ async fn copy_chunks(
             queue,
             left,
             committed,
+            running: 0,
             stop: false,
         }),
         notify: Notify::new(),
@@ -800,7 +817,7 @@ async fn worker(shared: &Shared) -> Result<(), Error> {
     .await?;
     let mut dst = connect(&shared.copier.target, "target").await?;
     target_session(&mut dst, &shared.copier, true).await?;
-    while let Some(unit) = shared.next().await {
+    while let Some(unit) = shared.next().await? {
         let started = Instant::now();
         let outcome = copy_unit(shared, &mut src, &mut dst, &unit).await;
         let done = match outcome {
@@ -812,6 +829,7 @@ async fn worker(shared: &Shared) -> Result<(), Error> {
         {
             let mut schedule = shared.schedule.lock().expect("schedule lock");
             let mut reports = shared.reports.lock().expect("reports lock");
+            schedule.running -= 1;
             for ((table, chunk), counts) in unit.parts.iter().zip(&done) {
                 schedule.left[*table] -= 1;
                 schedule.committed += 1;
