@@ -5,11 +5,17 @@
 #     scripts/bench.sh --fingerprint    the fingerprint of a 10M-row table
 #     scripts/bench.sh --keys           batched backfills over UUID and composite keys, and
 #                                       an application's p99 during a backfill
+#     scripts/bench.sh --copy [SCALE]   `datamig copy` beside pg_dump | psql and pgcopydb
+#                                       (its own throwaway server: scripts/bench-copy.sh)
 #
 # With DATABASE_URL set it runs against that server (its own bench_* tables only).
 # Otherwise against a throwaway PostgreSQL (scripts/test-env.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [ "${1:-}" = "--copy" ]; then
+  shift
+  exec scripts/bench-copy.sh "$@"
+fi
 if [ -z "${DATABASE_URL:-}" ]; then
   source scripts/test-env.sh
 fi

@@ -27,6 +27,8 @@ use crate::sql::quote_ident;
 const PROGRESS_TABLE: &str = "datamig_copy_progress";
 /// Bytes of `COPY` text gathered before they are sent on: rows arrive one message each.
 const SEND_BYTES: usize = 1 << 20;
+/// Buffers of [`SEND_BYTES`] in flight between reading the source and writing the target.
+const BUFFERS: usize = 3;
 /// How long a connection may take to open.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -1004,18 +1006,39 @@ async fn stream(
         .copy_out_raw(select)
         .await
         .map_err(|e| Failure::Source(name.clone(), e))?;
-    let mut buf: Vec<u8> = Vec::with_capacity(SEND_BYTES + (64 << 10));
-    let mut total = 0_u64;
-    loop {
-        let data = out
-            .try_next()
-            .await
-            .map_err(|e| Failure::Source(name.clone(), e))?;
-        let end = data.is_none();
-        if let Some(data) = &data {
-            buf.extend_from_slice(data);
+    // The reader fills buffers while the writer sends the previous one, so that both
+    // servers work at once; a few buffers in flight keep memory constant.
+    let (full_tx, mut full_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(BUFFERS);
+    let (empty_tx, mut empty_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(BUFFERS + 1);
+    for _ in 0..BUFFERS {
+        let _ = empty_tx.try_send(Vec::with_capacity(SEND_BYTES + (64 << 10)));
+    }
+    let read = async move {
+        let mut buf = empty_rx.recv().await.unwrap_or_default();
+        loop {
+            let data = out
+                .try_next()
+                .await
+                .map_err(|e| Failure::Source(name.clone(), e))?;
+            let end = data.is_none();
+            if let Some(data) = &data {
+                buf.extend_from_slice(data);
+            }
+            if buf.len() >= SEND_BYTES || (end && !buf.is_empty()) {
+                if full_tx.send(buf).await.is_err() {
+                    // The writer failed; its error is the one to report.
+                    return Ok(());
+                }
+                buf = empty_rx.recv().await.unwrap_or_default();
+            }
+            if end {
+                return Ok::<(), Failure>(());
+            }
         }
-        if buf.len() >= SEND_BYTES || (end && !buf.is_empty()) {
+    };
+    let write = async move {
+        let mut total = 0_u64;
+        while let Some(mut buf) = full_rx.recv().await {
             copy_in
                 .send(buf.as_slice())
                 .await
@@ -1024,11 +1047,14 @@ async fn stream(
             total += buf.len() as u64;
             shared.progress(table, rows, buf.len() as u64);
             buf.clear();
+            let _ = empty_tx.send(buf).await;
         }
-        if end {
-            return Ok(total);
-        }
-    }
+        Ok::<u64, Failure>(total)
+    };
+    let (read, write) = tokio::join!(read, write);
+    let total = write?;
+    read?;
+    Ok(total)
 }
 
 /// Inserts the staged rows, and updates the rows whose copied columns differ, by primary
