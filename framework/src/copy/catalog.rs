@@ -24,6 +24,9 @@ pub(crate) struct Column {
     pub(crate) generated: bool,
     /// `a` for `GENERATED ALWAYS AS IDENTITY`, `d` for `BY DEFAULT`, empty otherwise.
     pub(crate) identity: String,
+    /// A type of PostgreSQL itself (not an enum, domain or composite of the database's):
+    /// its binary `COPY` form is the same in every database.
+    pub(crate) builtin_type: bool,
 }
 
 /// A foreign key of a table.
@@ -145,7 +148,7 @@ pub(crate) async fn read(
     for row in query(
         "SELECT a.attrelid::int8 AS oid, a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS sql_type,
                 a.attnotnull AS not_null, a.atthasdef AS has_default, a.attgenerated <> '' AS generated,
-                a.attidentity::text AS identity
+                a.attidentity::text AS identity, a.atttypid::int8 < 16384 AS builtin_type
          FROM pg_attribute a
          WHERE a.attrelid::int8 = ANY ($1) AND a.attnum > 0 AND NOT a.attisdropped
          ORDER BY a.attrelid, a.attnum",
@@ -163,6 +166,7 @@ pub(crate) async fn read(
                 has_default: row.try_get("has_default")?,
                 generated: row.try_get("generated")?,
                 identity: row.try_get("identity")?,
+                builtin_type: row.try_get("builtin_type")?,
             });
         }
     }

@@ -924,6 +924,15 @@ async fn copy_unit(
         );
         let target = p.target.ident();
         let merge = shared.copier.mode == CopyMode::Merge;
+        // The same built-in type on both sides: binary `COPY`, which neither server has to
+        // write as text or parse back.
+        let binary = p.plan.copied().all(|c| {
+            c.action == crate::copy::ColumnAction::Copy
+                && p.target.column(&c.name).is_some_and(|t| t.builtin_type)
+                && p.source.column(&c.name).is_some_and(|s| s.builtin_type)
+        });
+        let format = if binary { " (FORMAT binary)" } else { "" };
+        let select = format!("{select}{format}");
         let into = if merge {
             let stage = format!("datamig_copy_stage_{stage}");
             sqlx::raw_sql(AssertSqlSafe(format!(
@@ -939,7 +948,7 @@ async fn copy_unit(
         let mut counts = Counts::default();
         {
             let mut copy_in = tx
-                .copy_in_raw(&format!("COPY {into} ({list}) FROM STDIN"))
+                .copy_in_raw(&format!("COPY {into} ({list}) FROM STDIN{format}"))
                 .await
                 .map_err(|e| Failure::Target(*table, e))?;
             let streamed = stream(shared, *table, src, &mut copy_in, &select).await;
@@ -1008,13 +1017,16 @@ async fn stream(
         .map_err(|e| Failure::Source(name.clone(), e))?;
     // The reader fills buffers while the writer sends the previous one, so that both
     // servers work at once; a few buffers in flight keep memory constant.
-    let (full_tx, mut full_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(BUFFERS);
+    let (full_tx, mut full_rx) = tokio::sync::mpsc::channel::<(Vec<u8>, u64)>(BUFFERS);
     let (empty_tx, mut empty_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(BUFFERS + 1);
     for _ in 0..BUFFERS {
         let _ = empty_tx.try_send(Vec::with_capacity(SEND_BYTES + (64 << 10)));
     }
     let read = async move {
         let mut buf = empty_rx.recv().await.unwrap_or_default();
+        // The server sends each row in a message of its own (a binary copy's header rides
+        // with the first row, its trailer comes alone).
+        let mut rows = 0_u64;
         loop {
             let data = out
                 .try_next()
@@ -1023,9 +1035,14 @@ async fn stream(
             let end = data.is_none();
             if let Some(data) = &data {
                 buf.extend_from_slice(data);
+                rows += 1;
             }
             if buf.len() >= SEND_BYTES || (end && !buf.is_empty()) {
-                if full_tx.send(buf).await.is_err() {
+                if full_tx
+                    .send((buf, std::mem::take(&mut rows)))
+                    .await
+                    .is_err()
+                {
                     // The writer failed; its error is the one to report.
                     return Ok(());
                 }
@@ -1038,12 +1055,11 @@ async fn stream(
     };
     let write = async move {
         let mut total = 0_u64;
-        while let Some(mut buf) = full_rx.recv().await {
+        while let Some((mut buf, rows)) = full_rx.recv().await {
             copy_in
                 .send(buf.as_slice())
                 .await
                 .map_err(|e| Failure::Target(table, e))?;
-            let rows = buf.iter().filter(|&&b| b == b'\n').count() as u64;
             total += buf.len() as u64;
             shared.progress(table, rows, buf.len() as u64);
             buf.clear();
