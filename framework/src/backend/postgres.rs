@@ -273,17 +273,13 @@ impl Steps for Postgres {
         // stream to this process in key order, where they are hashed as they arrive: no
         // value grows with the table (aggregating them in the server fails past 1 GB), and
         // the result is the SHA-256 of the row hashes concatenated, as before.
-        let sql = format!(
-            "SELECT sha256(convert_to(t::text, 'UTF8')) FROM {ident} AS t ORDER BY {order}"
-        );
-        let mut all = Sha256::new();
-        let mut rows = 0_i64;
-        let mut stream = query_scalar::<Vec<u8>>(AssertSqlSafe(sql)).fetch(&mut *conn);
-        while let Some(hash) = stream.try_next().await? {
-            all.update(&hash);
-            rows += 1;
-        }
-        Ok((rows, hex(&all.finalize())))
+        hash_rows(
+            conn,
+            format!(
+                "SELECT sha256(convert_to(t::text, 'UTF8')) FROM {ident} AS t ORDER BY {order}"
+            ),
+        )
+        .await
     }
 
     async fn rows_missing_from(
@@ -950,6 +946,22 @@ pub(crate) fn bind_key_value<'q>(
         KeyValue::Real(x) => q.bind(*x),
         KeyValue::Bytes(b) => q.bind(b.clone()),
     }
+}
+
+/// Runs `sql`, a query of one `bytea` column (each row's SHA-256), and returns the number of
+/// rows and the SHA-256 (hex) of their hashes concatenated, hashed as they stream in.
+pub(crate) async fn hash_rows(
+    conn: &mut PgConnection,
+    sql: String,
+) -> Result<(i64, String), sqlx::Error> {
+    let mut all = Sha256::new();
+    let mut rows = 0_i64;
+    let mut stream = query_scalar::<Vec<u8>>(AssertSqlSafe(sql)).fetch(&mut *conn);
+    while let Some(hash) = stream.try_next().await? {
+        all.update(&hash);
+        rows += 1;
+    }
+    Ok((rows, hex(&all.finalize())))
 }
 
 pub(crate) fn query<'q>(

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures_util::TryStreamExt;
-use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::Notify;
@@ -18,8 +17,7 @@ use super::{
     Copier, CopyEvent, CopyMode, CopyPlan, CopyReport, EventSink, SequenceSet, TableReport,
     Verification,
 };
-use crate::backend::hex;
-use crate::backend::postgres::{SESSION_COLUMNS, query, query_scalar, session_info};
+use crate::backend::postgres::{SESSION_COLUMNS, hash_rows, query, query_scalar, session_info};
 use crate::error::Error;
 use crate::fingerprint::{Fingerprint, TableFingerprint};
 use crate::sql::quote_ident;
@@ -110,7 +108,15 @@ pub(super) async fn run(copier: &Copier, dry_run: bool) -> Result<CopyReport, Er
         Some(schema) => format!("{}.{}", quote_ident(schema), quote_ident(PROGRESS_TABLE)),
         None => quote_ident(PROGRESS_TABLE),
     };
-    let mut recorded = read_progress(&mut dst, &progress, &copy_id).await?;
+    let progress_exists: bool = query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(&progress)
+        .fetch_one(&mut dst)
+        .await?;
+    let mut recorded = if progress_exists {
+        read_progress(&mut dst, &progress, &copy_id).await?
+    } else {
+        BTreeMap::new()
+    };
     let finished_pass = !recorded.is_empty() && recorded.values().flatten().all(|c| c.done);
     let restart = copier.mode == CopyMode::DangerouslyTruncate
         || (copier.mode == CopyMode::Merge && finished_pass);
@@ -155,14 +161,7 @@ pub(super) async fn run(copier: &Copier, dry_run: bool) -> Result<CopyReport, Er
     };
     let mut report = CopyReport {
         plan: plan.clone(),
-        tables: planned
-            .iter()
-            .map(|p| TableReport {
-                table: p.plan.table.clone(),
-                chunks_skipped: p.plan.chunks_done,
-                ..TableReport::default()
-            })
-            .collect(),
+        tables: empty_reports(&planned),
         rows: 0,
         bytes: 0,
         seconds: 0.0,
@@ -176,7 +175,9 @@ pub(super) async fn run(copier: &Copier, dry_run: bool) -> Result<CopyReport, Er
         return Ok(report);
     }
 
-    ensure_progress_table(&mut dst, &progress, copier.progress_schema.as_deref()).await?;
+    if !progress_exists {
+        create_progress_table(&mut dst, &progress, copier.progress_schema.as_deref()).await?;
+    }
     let locked: bool =
         query_scalar("SELECT pg_try_advisory_lock(hashtext('datamig copy'), hashtext($1))")
             .bind(&copy_id)
@@ -237,6 +238,18 @@ pub(super) async fn run(copier: &Copier, dry_run: bool) -> Result<CopyReport, Er
     let _ = dst.close().await;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// A report per planned table, before this run copied anything.
+fn empty_reports(planned: &[Planned]) -> Vec<TableReport> {
+    planned
+        .iter()
+        .map(|p| TableReport {
+            table: p.plan.table.clone(),
+            chunks_skipped: p.plan.chunks_done,
+            ..TableReport::default()
+        })
+        .collect()
 }
 
 fn emit(sink: &Option<EventSink>, event: &CopyEvent) {
@@ -316,14 +329,7 @@ async fn read_progress(
     progress: &str,
     copy_id: &str,
 ) -> Result<BTreeMap<String, Vec<Chunk>>, Error> {
-    let exists: bool = query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(progress)
-        .fetch_one(&mut *conn)
-        .await?;
     let mut out: BTreeMap<String, Vec<Chunk>> = BTreeMap::new();
-    if !exists {
-        return Ok(out);
-    }
     let rows = query(AssertSqlSafe(format!(
         "SELECT table_name, chunk, lower_key, upper_key, copied_at IS NOT NULL AS done, COALESCE(rows, 0) AS rows
          FROM {progress} WHERE copy_name = $1 ORDER BY table_name, chunk"
@@ -346,18 +352,11 @@ async fn read_progress(
     Ok(out)
 }
 
-async fn ensure_progress_table(
+async fn create_progress_table(
     conn: &mut PgConnection,
     progress: &str,
     schema: Option<&str>,
 ) -> Result<(), Error> {
-    let exists: bool = query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(progress)
-        .fetch_one(&mut *conn)
-        .await?;
-    if exists {
-        return Ok(());
-    }
     let ddl = format!(
         "CREATE TABLE IF NOT EXISTS {progress} (
              copy_name  text NOT NULL,
@@ -770,16 +769,7 @@ async fn copy_chunks(
             .iter()
             .map(|p| u64::try_from(p.plan.estimated_rows).unwrap_or(0))
             .sum(),
-        reports: Mutex::new(
-            planned
-                .iter()
-                .map(|p| TableReport {
-                    table: p.plan.table.clone(),
-                    chunks_skipped: p.plan.chunks_done,
-                    ..TableReport::default()
-                })
-                .collect(),
-        ),
+        reports: Mutex::new(empty_reports(planned)),
     });
     // Each worker is a task with its own pair of connections. The first failure stops the
     // others at once: their chunk in progress is rolled back when its connection closes.
@@ -832,7 +822,7 @@ async fn worker(shared: &Shared) -> Result<(), Error> {
             let mut schedule = shared.schedule.lock().expect("schedule lock");
             let mut reports = shared.reports.lock().expect("reports lock");
             schedule.running -= 1;
-            for ((table, chunk), counts) in unit.parts.iter().zip(&done) {
+            for ((table, _), counts) in unit.parts.iter().zip(&done) {
                 schedule.left[*table] -= 1;
                 schedule.committed += 1;
                 let report = &mut reports[*table];
@@ -845,7 +835,6 @@ async fn worker(shared: &Shared) -> Result<(), Error> {
                 if schedule.left[*table] == 0 {
                     finished.push((*table, report.rows));
                 }
-                let _ = chunk;
             }
         }
         shared.notify.notify_waiters();
@@ -1404,31 +1393,16 @@ async fn fingerprint(
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let from = if side == Side::Source {
+        let sql = format!(
+            "SELECT sha256(convert_to({row}, 'UTF8')) FROM {} AS t ORDER BY {order}",
             source_from(table)
-        } else {
-            format!("ONLY {}", table.ident())
-        };
-        let from = if table.kind == "p" {
-            table.ident()
-        } else {
-            from
-        };
-        let sql =
-            format!("SELECT sha256(convert_to({row}, 'UTF8')) FROM {from} AS t ORDER BY {order}");
-        let mut all = Sha256::new();
-        let mut rows = 0_i64;
-        let mut hashes = query_scalar::<Vec<u8>>(AssertSqlSafe(sql)).fetch(&mut *conn);
-        while let Some(hash) = hashes.try_next().await? {
-            all.update(&hash);
-            rows += 1;
-        }
-        drop(hashes);
+        );
+        let (rows, sha256) = hash_rows(conn, sql).await?;
         out.tables.insert(
             display(&p.source.name),
             TableFingerprint {
                 rows,
-                sha256: hex(&all.finalize()),
+                sha256,
                 key: p.plan.key.clone(),
             },
         );
