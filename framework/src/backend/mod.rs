@@ -50,6 +50,34 @@ macro_rules! same_sql_steps {
             Ok(query.execute(conn).await?.rows_affected())
         }
 
+        async fn check_scope(
+            conn: &mut $conn,
+            table: &str,
+            scope: &str,
+        ) -> Result<(), sqlx::Error> {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT 1 FROM {} WHERE ({scope}) LIMIT 0",
+                $crate::sql::quote_ident(table)
+            )))
+            .persistent($persistent)
+            .execute(conn)
+            .await?;
+            Ok(())
+        }
+
+        async fn has_keys_after(
+            conn: &mut $conn,
+            shape: &$crate::key::KeyShape,
+            after: &$crate::key::Key,
+        ) -> Result<bool, sqlx::Error> {
+            let mut query =
+                sqlx::query(sqlx::AssertSqlSafe(shape.has_keys_after_sql())).persistent($persistent);
+            for value in after.values() {
+                query = bind_key_value(query, value);
+            }
+            sqlx::Row::try_get(&query.fetch_one(conn).await?, 0)
+        }
+
         async fn pause_state(
             conn: &mut $conn,
             config: &$crate::ledger::LedgerConfig,

@@ -719,20 +719,6 @@ impl Steps for Postgres {
             .map(|(name, ..)| name))
     }
 
-    async fn check_scope(
-        conn: &mut PgConnection,
-        table: &str,
-        scope: &str,
-    ) -> Result<(), sqlx::Error> {
-        query(AssertSqlSafe(format!(
-            "SELECT 1 FROM {} WHERE ({scope}) LIMIT 0",
-            quote_ident(table)
-        )))
-        .execute(conn)
-        .await?;
-        Ok(())
-    }
-
     async fn next_batch(
         conn: &mut PgConnection,
         shape: &KeyShape,
@@ -756,18 +742,6 @@ impl Steps for Postgres {
         }
         let keys: i64 = row.try_get(shape.parts.len())?;
         Ok(Some((Key(values), u64::try_from(keys).unwrap_or(0))))
-    }
-
-    async fn has_keys_after(
-        conn: &mut PgConnection,
-        shape: &KeyShape,
-        after: &Key,
-    ) -> Result<bool, sqlx::Error> {
-        let mut q = query(AssertSqlSafe(shape.has_keys_after_sql()));
-        for value in after.values() {
-            q = bind_key_value(q, value);
-        }
-        q.fetch_one(conn).await?.try_get(0)
     }
 
     async fn estimate_rows(

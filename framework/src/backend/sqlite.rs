@@ -595,20 +595,6 @@ impl Steps for Sqlite {
         Ok(None)
     }
 
-    async fn check_scope(
-        conn: &mut SqliteConnection,
-        table: &str,
-        scope: &str,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(AssertSqlSafe(format!(
-            "SELECT 1 FROM {} WHERE ({scope}) LIMIT 0",
-            quote_ident(table)
-        )))
-        .execute(conn)
-        .await?;
-        Ok(())
-    }
-
     async fn next_batch(
         conn: &mut SqliteConnection,
         shape: &KeyShape,
@@ -635,19 +621,6 @@ impl Steps for Sqlite {
         }
         let keys: i64 = row.try_get(2 * shape.parts.len())?;
         Ok(Some((Key(values), u64::try_from(keys).unwrap_or(0))))
-    }
-
-    async fn has_keys_after(
-        conn: &mut SqliteConnection,
-        shape: &KeyShape,
-        after: &Key,
-    ) -> Result<bool, sqlx::Error> {
-        let mut q = sqlx::query(AssertSqlSafe(shape.has_keys_after_sql()));
-        for value in after.values() {
-            q = bind_key_value(q, value);
-        }
-        let row = q.fetch_one(conn).await?;
-        row.try_get(0)
     }
 
     async fn estimate_rows(
