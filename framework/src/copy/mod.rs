@@ -62,6 +62,7 @@
 //! through `pg_export_snapshot()`, which lives in one server session.
 
 mod catalog;
+mod convert;
 mod load;
 mod plan;
 
@@ -70,6 +71,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool};
 
+pub use convert::UnixTime;
 pub use plan::{BOOKKEEPING_TABLES, ColumnAction, ColumnPlan, TablePlan};
 
 use crate::error::Error;

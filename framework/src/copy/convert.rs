@@ -1,0 +1,1012 @@
+//! SQLite's loose values into PostgreSQL's strict types, by the target column's type:
+//! each value is checked and written as `COPY` text, or refused with the reason. Pure and
+//! unit-tested; the copy's SQLite source calls it for every value it reads.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
+
+/// How integers stored in a date or timestamp column count time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum UnixTime {
+    /// Seconds since 1970-01-01 00:00:00 UTC.
+    Seconds,
+    /// Milliseconds since 1970-01-01 00:00:00 UTC.
+    Milliseconds,
+}
+
+impl UnixTime {
+    /// The name of the unit (`seconds`, `milliseconds`).
+    pub fn name(self) -> &'static str {
+        match self {
+            UnixTime::Seconds => "seconds",
+            UnixTime::Milliseconds => "milliseconds",
+        }
+    }
+}
+
+impl std::str::FromStr for UnixTime {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "s" | "seconds" => Ok(UnixTime::Seconds),
+            "ms" | "milliseconds" => Ok(UnixTime::Milliseconds),
+            other => Err(format!(
+                "unknown unit of Unix time {other:?}: use seconds or milliseconds"
+            )),
+        }
+    }
+}
+
+/// The PostgreSQL types SQLite values are converted into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Boolean,
+    /// An integer type with its range.
+    Int(i64, i64),
+    /// `text`, `varchar(n)`, `char(n)`: at most so many characters.
+    Text(Option<usize>),
+    Uuid,
+    Json,
+    Jsonb,
+    /// `numeric(p, s)`, or unconstrained.
+    Numeric(Option<(u32, u32)>),
+    Real,
+    Double,
+    Bytea,
+    Date,
+    Time,
+    Timestamp,
+    Timestamptz,
+}
+
+impl Kind {
+    /// The kind a column of this type (as `format_type` writes it) takes, if SQLite values
+    /// can be converted into it.
+    pub(crate) fn of(sql_type: &str) -> Option<Kind> {
+        let sized = |prefix: &str| -> Option<usize> {
+            sql_type
+                .strip_prefix(prefix)?
+                .strip_prefix('(')?
+                .strip_suffix(')')?
+                .parse()
+                .ok()
+        };
+        Some(match sql_type {
+            "boolean" => Kind::Boolean,
+            "smallint" => Kind::Int(i64::from(i16::MIN), i64::from(i16::MAX)),
+            "integer" => Kind::Int(i64::from(i32::MIN), i64::from(i32::MAX)),
+            "bigint" => Kind::Int(i64::MIN, i64::MAX),
+            "text" | "character varying" => Kind::Text(None),
+            "uuid" => Kind::Uuid,
+            "json" => Kind::Json,
+            "jsonb" => Kind::Jsonb,
+            "numeric" => Kind::Numeric(None),
+            "real" => Kind::Real,
+            "double precision" => Kind::Double,
+            "bytea" => Kind::Bytea,
+            "date" => Kind::Date,
+            "time without time zone" => Kind::Time,
+            "timestamp without time zone" => Kind::Timestamp,
+            "timestamp with time zone" => Kind::Timestamptz,
+            _ => {
+                if let Some(n) = sized("character varying").or_else(|| sized("character")) {
+                    Kind::Text(Some(n))
+                } else if let Some(inner) = sql_type
+                    .strip_prefix("numeric(")
+                    .and_then(|s| s.strip_suffix(')'))
+                {
+                    let (p, s) = inner.split_once(',')?;
+                    Kind::Numeric(Some((p.trim().parse().ok()?, s.trim().parse().ok()?)))
+                } else if let Some(p) = sql_type
+                    .strip_prefix("timestamp(")
+                    .and_then(|s| s.strip_suffix(") without time zone"))
+                {
+                    p.parse::<u8>().ok()?;
+                    Kind::Timestamp
+                } else if let Some(p) = sql_type
+                    .strip_prefix("timestamp(")
+                    .and_then(|s| s.strip_suffix(") with time zone"))
+                {
+                    p.parse::<u8>().ok()?;
+                    Kind::Timestamptz
+                } else {
+                    return None;
+                }
+            }
+        })
+    }
+
+    /// Whether integers in the column are Unix time, which needs a unit.
+    pub(crate) fn takes_unix_time(self) -> bool {
+        matches!(self, Kind::Date | Kind::Timestamp | Kind::Timestamptz)
+    }
+
+    /// What the plan says of the conversion.
+    pub(crate) fn describe(self, unix: Option<UnixTime>) -> String {
+        let unix = |what: &str| match unix {
+            Some(unit) => format!("{what}; integers as Unix {}", unit.name()),
+            None => what.to_string(),
+        };
+        match self {
+            Kind::Boolean => "integers 0/1 (or text true/false, t/f)".into(),
+            Kind::Int(lo, hi) => format!("integers, range-checked ({lo} to {hi})"),
+            Kind::Text(Some(n)) => format!("text, at most {n} characters"),
+            Kind::Text(None) => "text (integers and reals as written)".into(),
+            Kind::Uuid => "text uuids (any case, hyphens optional) or 16-byte blobs".into(),
+            Kind::Json | Kind::Jsonb => "text checked as JSON, numbers as JSON numbers".into(),
+            Kind::Numeric(Some((p, s))) => format!(
+                "integers, reals and decimal text, at most {} digits before the point and {s} after (never rounded)",
+                p - s
+            ),
+            Kind::Numeric(None) => "integers, reals and decimal text".into(),
+            Kind::Real => "reals and integers, within real's range and precision".into(),
+            Kind::Double => "reals and integers (exact up to 2^53)".into(),
+            Kind::Bytea => "blobs (text as its UTF-8 bytes)".into(),
+            Kind::Date => unix("ISO 8601 text (YYYY-MM-DD)"),
+            Kind::Time => "ISO 8601 text (HH:MM[:SS[.ffffff]])".into(),
+            Kind::Timestamp => unix("ISO 8601 text; an offset is converted to UTC"),
+            Kind::Timestamptz => unix("ISO 8601 text; without an offset, UTC"),
+        }
+    }
+}
+
+/// One SQLite value, by its storage class.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Value<'a> {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(&'a str),
+    Blob(&'a [u8]),
+}
+
+impl Value<'_> {
+    /// The value as a message shows it (long values shortened).
+    pub(crate) fn show(&self) -> String {
+        const MAX: usize = 60;
+        match self {
+            Value::Null => "NULL".into(),
+            Value::Integer(i) => format!("integer {i}"),
+            Value::Real(r) => format!("real {r}"),
+            Value::Text(t) => {
+                let shown: String = t.chars().take(MAX).collect();
+                let more = if t.chars().count() > MAX { "..." } else { "" };
+                format!("text '{}{more}'", shown.replace('\'', "''"))
+            }
+            Value::Blob(b) => {
+                let mut hex = String::new();
+                for byte in b.iter().take(MAX / 2) {
+                    let _ = write!(hex, "{byte:02x}");
+                }
+                let more = if b.len() > MAX / 2 { "..." } else { "" };
+                format!("blob x'{hex}{more}' ({} bytes)", b.len())
+            }
+        }
+    }
+}
+
+/// A column's conversion: its kind, whether it takes `NULL`, and the unit of Unix time.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Conversion {
+    pub(crate) kind: Kind,
+    pub(crate) not_null: bool,
+    pub(crate) unix: Option<UnixTime>,
+}
+
+impl Conversion {
+    /// Appends the value as `COPY` text (escaped, no delimiter) to `out`, or says why it
+    /// does not convert (`out` may then hold part of it).
+    pub(crate) fn write(&self, value: Value<'_>, out: &mut Vec<u8>) -> Result<(), String> {
+        match (self.kind, value) {
+            (_, Value::Null) if self.not_null => {
+                Err("NULL does not go into a NOT NULL column".into())
+            }
+            (_, Value::Null) => {
+                out.extend_from_slice(b"\\N");
+                Ok(())
+            }
+            (Kind::Boolean, v) => {
+                let b = match v {
+                    Value::Integer(0) => false,
+                    Value::Integer(1) => true,
+                    Value::Text(t) => match t.to_ascii_lowercase().as_str() {
+                        "0" | "f" | "false" => false,
+                        "1" | "t" | "true" => true,
+                        _ => return Err("a boolean is 0 or 1 (or text true/false, t/f)".into()),
+                    },
+                    _ => return Err("a boolean is 0 or 1 (or text true/false, t/f)".into()),
+                };
+                out.push(if b { b't' } else { b'f' });
+                Ok(())
+            }
+            (Kind::Int(lo, hi), v) => {
+                let i = match v {
+                    Value::Integer(i) => i,
+                    Value::Real(r) if r.fract() == 0.0 && r.abs() < 9.2e18 => r as i64,
+                    Value::Text(t) => t.parse::<i64>().map_err(|_| "not an integer".to_string())?,
+                    _ => return Err("not an integer".into()),
+                };
+                if i < lo || i > hi {
+                    return Err(format!("out of range ({lo} to {hi})"));
+                }
+                let _ = write!(Bytes(out), "{i}");
+                Ok(())
+            }
+            (Kind::Text(max), v) => {
+                let text: std::borrow::Cow<'_, str> = match v {
+                    Value::Text(t) => t.into(),
+                    Value::Integer(i) => i.to_string().into(),
+                    Value::Real(r) => r.to_string().into(),
+                    Value::Blob(b) => std::str::from_utf8(b)
+                        .map_err(|_| "a blob that is not UTF-8 text".to_string())?
+                        .into(),
+                    Value::Null => unreachable!("handled above"),
+                };
+                if text.contains('\0') {
+                    return Err("PostgreSQL text cannot hold the NUL character".into());
+                }
+                if let Some(max) = max
+                    && text.chars().count() > max
+                {
+                    return Err(format!(
+                        "{} characters, longer than {max}",
+                        text.chars().count()
+                    ));
+                }
+                escape(text.as_bytes(), out);
+                Ok(())
+            }
+            (Kind::Uuid, v) => {
+                let bytes = match v {
+                    Value::Text(t) => parse_uuid(t).ok_or("not a uuid")?,
+                    Value::Blob(b) if b.len() == 16 => b.try_into().expect("16 bytes"),
+                    _ => return Err("a uuid is text or a 16-byte blob".into()),
+                };
+                for (i, byte) in bytes.iter().enumerate() {
+                    if matches!(i, 4 | 6 | 8 | 10) {
+                        out.push(b'-');
+                    }
+                    let _ = write!(Bytes(out), "{byte:02x}");
+                }
+                Ok(())
+            }
+            (Kind::Json | Kind::Jsonb, v) => {
+                match v {
+                    Value::Text(t) => {
+                        serde_json::from_str::<serde::de::IgnoredAny>(t)
+                            .map_err(|e| format!("not JSON ({e})"))?;
+                        if self.kind == Kind::Jsonb && t.contains("\\u0000") {
+                            return Err("jsonb cannot hold \\u0000".into());
+                        }
+                        escape(t.as_bytes(), out);
+                    }
+                    Value::Integer(i) => {
+                        let _ = write!(Bytes(out), "{i}");
+                    }
+                    Value::Real(r) if r.is_finite() => {
+                        let _ = write!(Bytes(out), "{r}");
+                    }
+                    _ => return Err("JSON is text (or a number)".into()),
+                }
+                Ok(())
+            }
+            (Kind::Numeric(limits), v) => {
+                let text = match v {
+                    Value::Integer(i) => i.to_string(),
+                    Value::Real(r) if r.is_finite() => r.to_string(),
+                    Value::Text(t) => t.to_string(),
+                    _ => return Err("not a number".into()),
+                };
+                let (whole, fraction) =
+                    decimal_digits(&text).ok_or_else(|| "not a decimal number".to_string())?;
+                if let Some((p, s)) = limits {
+                    let before = u32::try_from(whole).unwrap_or(u32::MAX);
+                    let after = u32::try_from(fraction).unwrap_or(u32::MAX);
+                    if before > p - s {
+                        return Err(format!(
+                            "{before} digits before the point, more than numeric({p},{s}) holds ({})",
+                            p - s
+                        ));
+                    }
+                    if after > s {
+                        return Err(format!(
+                            "{after} digits after the point, more than numeric({p},{s}) keeps ({s}): it would be rounded"
+                        ));
+                    }
+                }
+                out.extend_from_slice(text.as_bytes());
+                Ok(())
+            }
+            (Kind::Real | Kind::Double, v) => {
+                let f = match v {
+                    Value::Real(r) => r,
+                    Value::Integer(i) => {
+                        let exact = if self.kind == Kind::Real {
+                            (i as f32) as i64 == i && i.unsigned_abs() <= 1 << 24
+                        } else {
+                            (i as f64) as i64 == i && i.unsigned_abs() <= 1 << 53
+                        };
+                        if !exact {
+                            return Err(
+                                "an integer the floating-point type cannot hold exactly".into()
+                            );
+                        }
+                        i as f64
+                    }
+                    Value::Text(t) => t
+                        .trim()
+                        .parse::<f64>()
+                        .map_err(|_| "not a number".to_string())?,
+                    _ => return Err("not a number".into()),
+                };
+                if f.is_nan() {
+                    out.extend_from_slice(b"NaN");
+                } else if f.is_infinite() {
+                    out.extend_from_slice(if f > 0.0 { b"Infinity" } else { b"-Infinity" });
+                } else if self.kind == Kind::Real {
+                    let g = f as f32;
+                    if g.is_infinite() || (g == 0.0 && f != 0.0) {
+                        return Err("out of range for real".into());
+                    }
+                    let _ = write!(Bytes(out), "{g:e}");
+                } else {
+                    let _ = write!(Bytes(out), "{f:e}");
+                }
+                Ok(())
+            }
+            (Kind::Bytea, v) => {
+                let bytes = match v {
+                    Value::Blob(b) => b,
+                    Value::Text(t) => t.as_bytes(),
+                    _ => return Err("bytea takes blobs (or text)".into()),
+                };
+                out.reserve(3 + 2 * bytes.len());
+                out.extend_from_slice(b"\\\\x");
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                for byte in bytes {
+                    out.push(HEX[usize::from(byte >> 4)]);
+                    out.push(HEX[usize::from(byte & 15)]);
+                }
+                Ok(())
+            }
+            (Kind::Time, v) => {
+                let Value::Text(t) = v else {
+                    return Err("a time is ISO 8601 text (HH:MM:SS)".into());
+                };
+                let time = parse_time(t.as_bytes())
+                    .and_then(|(time, rest)| rest.is_empty().then_some(time))
+                    .ok_or("not an ISO 8601 time (HH:MM[:SS[.ffffff]])")?;
+                write_time(time, out);
+                Ok(())
+            }
+            (Kind::Date | Kind::Timestamp | Kind::Timestamptz, v) => {
+                let moment = match v {
+                    Value::Text(t) => parse_datetime(t)?,
+                    Value::Integer(i) => Moment::Utc(unix(Ok(i), self.unix)?),
+                    Value::Real(r) if self.unix == Some(UnixTime::Seconds) => {
+                        Moment::Utc(unix(Err(r), self.unix)?)
+                    }
+                    _ => {
+                        return Err(
+                            "a date or timestamp is ISO 8601 text (or Unix time with a unit)"
+                                .into(),
+                        );
+                    }
+                };
+                let at = match moment {
+                    Moment::Local(at) => at,
+                    Moment::Utc(at) => at,
+                };
+                if self.kind == Kind::Date {
+                    if at.time() != NaiveTime::MIN {
+                        return Err("a date with a time of day: it would be truncated".into());
+                    }
+                    let _ = write!(Bytes(out), "{}", at.date().format("%Y-%m-%d"));
+                    return Ok(());
+                }
+                let _ = write!(Bytes(out), "{}", at.date().format("%Y-%m-%d"));
+                out.push(b' ');
+                write_time(at.time(), out);
+                if self.kind == Kind::Timestamptz {
+                    out.extend_from_slice(b"+00");
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A point in time read from text: with an offset (converted to UTC) or without one.
+enum Moment {
+    Local(NaiveDateTime),
+    Utc(NaiveDateTime),
+}
+
+/// Unix time: an integer (`Ok`) or a real (`Err`, seconds only) in the column's unit.
+fn unix(value: Result<i64, f64>, unit: Option<UnixTime>) -> Result<NaiveDateTime, String> {
+    let at = match (unit, value) {
+        (None, _) => {
+            return Err(
+                "an integer in a date or timestamp column: say whether it is Unix seconds or milliseconds (--unix-time TABLE.COLUMN=seconds)".into(),
+            );
+        }
+        (Some(UnixTime::Milliseconds), Ok(ms)) => DateTime::from_timestamp_millis(ms),
+        (Some(UnixTime::Seconds), Ok(s)) => DateTime::from_timestamp(s, 0),
+        (Some(UnixTime::Seconds), Err(r)) => {
+            let micros = (r * 1e6).round();
+            if !micros.is_finite() || micros.abs() > 9.2e18 {
+                None
+            } else {
+                DateTime::from_timestamp_micros(micros as i64)
+            }
+        }
+        (Some(UnixTime::Milliseconds), Err(_)) => None,
+    };
+    at.map(|at| at.naive_utc())
+        .filter(|at| (1..=9999).contains(&chrono::Datelike::year(at)))
+        .ok_or_else(|| "Unix time out of range (years 1 to 9999)".into())
+}
+
+/// `YYYY-MM-DD`, then optionally `T` or a space and a time, then optionally `Z` or an
+/// offset (`+HH`, `+HH:MM`, `+HHMM`), as ISO 8601 and SQLite's date functions write them.
+fn parse_datetime(text: &str) -> Result<Moment, String> {
+    const EXPECTED: &str = "not ISO 8601 (YYYY-MM-DD[ HH:MM[:SS[.ffffff]]][Z|+HH:MM])";
+    let b = text.as_bytes();
+    let digits = |s: &[u8]| -> Option<u32> {
+        s.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| std::str::from_utf8(s).ok()?.parse().ok())?
+    };
+    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
+        return Err(EXPECTED.into());
+    }
+    let (Some(y), Some(m), Some(d)) = (digits(&b[0..4]), digits(&b[5..7]), digits(&b[8..10]))
+    else {
+        return Err(EXPECTED.into());
+    };
+    let date = NaiveDate::from_ymd_opt(i32::try_from(y).unwrap_or(0), m, d)
+        .filter(|_| y >= 1)
+        .ok_or("not a date of the calendar")?;
+    let mut rest = &b[10..];
+    let mut time = NaiveTime::MIN;
+    if let [b'T' | b't' | b' ', after @ ..] = rest
+        && after.first().is_some_and(u8::is_ascii_digit)
+    {
+        let (t, r) = parse_time(after).ok_or(EXPECTED)?;
+        time = t;
+        rest = r;
+    }
+    let at = date.and_time(time);
+    if rest.is_empty() {
+        return Ok(Moment::Local(at));
+    }
+    if let [b' ', r @ ..] = rest {
+        rest = r;
+    }
+    let offset = match rest {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), zone @ ..] => {
+            let (h, m) = match zone {
+                [h1, h2] => (digits(&[*h1, *h2]), Some(0)),
+                [h1, h2, b':', m1, m2] | [h1, h2, m1, m2] => {
+                    (digits(&[*h1, *h2]), digits(&[*m1, *m2]))
+                }
+                _ => (None, None),
+            };
+            let (Some(h), Some(m)) = (h, m) else {
+                return Err(EXPECTED.into());
+            };
+            if h > 15 || m > 59 {
+                return Err("an offset out of range".into());
+            }
+            let seconds = i64::from(h * 3600 + m * 60);
+            if *sign == b'-' { -seconds } else { seconds }
+        }
+        _ => return Err(EXPECTED.into()),
+    };
+    Ok(Moment::Utc(at - chrono::TimeDelta::seconds(offset)))
+}
+
+/// `HH:MM[:SS[.f{1,6}]]` at the start of `b`; returns the time and what follows.
+fn parse_time(b: &[u8]) -> Option<(NaiveTime, &[u8])> {
+    let two = |s: &[u8]| -> Option<u32> {
+        match s {
+            [a, b] if a.is_ascii_digit() && b.is_ascii_digit() => {
+                Some(u32::from(a - b'0') * 10 + u32::from(b - b'0'))
+            }
+            _ => None,
+        }
+    };
+    if b.len() < 5 || b[2] != b':' {
+        return None;
+    }
+    let (h, m) = (two(&b[0..2])?, two(&b[3..5])?);
+    let mut rest = &b[5..];
+    let (mut s, mut micros) = (0, 0);
+    if let [b':', s1, s2, after @ ..] = rest {
+        s = two(&[*s1, *s2])?;
+        rest = after;
+        if let [b'.', after @ ..] = rest {
+            let n = after.iter().take_while(|c| c.is_ascii_digit()).count();
+            if n == 0 || n > 6 {
+                return None;
+            }
+            let mut value: u32 = std::str::from_utf8(&after[..n]).ok()?.parse().ok()?;
+            for _ in n..6 {
+                value *= 10;
+            }
+            micros = value;
+            rest = &after[n..];
+        }
+    }
+    Some((NaiveTime::from_hms_micro_opt(h, m, s, micros)?, rest))
+}
+
+fn write_time(time: NaiveTime, out: &mut Vec<u8>) {
+    let _ = write!(
+        Bytes(out),
+        "{:02}:{:02}:{:02}",
+        time.hour(),
+        time.minute(),
+        time.second()
+    );
+    let micros = time.nanosecond() / 1000;
+    if micros > 0 {
+        let _ = write!(Bytes(out), ".{micros:06}");
+    }
+}
+
+/// Digits before and after the point of a plain decimal number (`-12.50`, `.5`, `3.`),
+/// leading zeros not counted before it; `None` when it is not one.
+fn decimal_digits(text: &str) -> Option<(usize, usize)> {
+    let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    if whole.is_empty() && fraction.is_empty()
+        || !whole.bytes().all(|c| c.is_ascii_digit())
+        || !fraction.bytes().all(|c| c.is_ascii_digit())
+    {
+        return None;
+    }
+    Some((whole.trim_start_matches('0').len(), fraction.len()))
+}
+
+fn parse_uuid(text: &str) -> Option<[u8; 16]> {
+    let inner = text
+        .strip_prefix('{')
+        .and_then(|t| t.strip_suffix('}'))
+        .unwrap_or(text);
+    let hex: Vec<u8> = inner.bytes().filter(|&c| c != b'-').collect();
+    let hyphens = inner.len() - hex.len();
+    if hex.len() != 32 || !(hyphens == 0 || hyphens == 4 && is_hyphenated(inner.as_bytes())) {
+        return None;
+    }
+    let mut out = [0_u8; 16];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn is_hyphenated(b: &[u8]) -> bool {
+    b.len() == 36 && [8, 13, 18, 23].iter().all(|&i| b[i] == b'-')
+}
+
+/// Appends text with `COPY`'s escapes (backslash, newline, carriage return, tab).
+pub(crate) fn escape(bytes: &[u8], out: &mut Vec<u8>) {
+    if !bytes
+        .iter()
+        .any(|b| matches!(b, b'\\' | b'\n' | b'\r' | b'\t'))
+    {
+        out.extend_from_slice(bytes);
+        return;
+    }
+    for &b in bytes {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            other => out.push(other),
+        }
+    }
+}
+
+/// `write!` into a byte buffer.
+struct Bytes<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Bytes<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn convert(sql_type: &str, value: Value<'_>) -> Result<String, String> {
+        convert_with(sql_type, value, None, false)
+    }
+
+    fn convert_with(
+        sql_type: &str,
+        value: Value<'_>,
+        unix: Option<UnixTime>,
+        not_null: bool,
+    ) -> Result<String, String> {
+        let kind = Kind::of(sql_type).unwrap_or_else(|| panic!("{sql_type} has a kind"));
+        let mut out = Vec::new();
+        Conversion {
+            kind,
+            not_null,
+            unix,
+        }
+        .write(value, &mut out)?;
+        Ok(String::from_utf8(out).expect("utf-8"))
+    }
+
+    #[test]
+    fn integers_are_range_checked() {
+        assert_eq!(convert("smallint", Value::Integer(32767)).unwrap(), "32767");
+        assert!(
+            convert("smallint", Value::Integer(32768))
+                .unwrap_err()
+                .contains("out of range")
+        );
+        assert_eq!(
+            convert("integer", Value::Integer(-2147483648)).unwrap(),
+            "-2147483648"
+        );
+        assert!(convert("integer", Value::Integer(2147483648)).is_err());
+        assert_eq!(
+            convert("bigint", Value::Integer(i64::MAX)).unwrap(),
+            i64::MAX.to_string()
+        );
+        assert_eq!(convert("bigint", Value::Text("42")).unwrap(), "42");
+        assert_eq!(convert("bigint", Value::Real(3.0)).unwrap(), "3");
+        assert!(
+            convert("bigint", Value::Real(3.5))
+                .unwrap_err()
+                .contains("not an integer")
+        );
+        assert!(convert("bigint", Value::Text("4 2")).is_err());
+        assert!(convert("integer", Value::Blob(b"\x01")).is_err());
+    }
+
+    #[test]
+    fn booleans_are_zero_or_one() {
+        assert_eq!(convert("boolean", Value::Integer(0)).unwrap(), "f");
+        assert_eq!(convert("boolean", Value::Integer(1)).unwrap(), "t");
+        assert_eq!(convert("boolean", Value::Text("TRUE")).unwrap(), "t");
+        assert_eq!(convert("boolean", Value::Text("f")).unwrap(), "f");
+        assert!(
+            convert("boolean", Value::Integer(2))
+                .unwrap_err()
+                .contains("0 or 1")
+        );
+        assert!(convert("boolean", Value::Text("yes please")).is_err());
+        assert!(convert("boolean", Value::Real(1.0)).is_err());
+    }
+
+    #[test]
+    fn text_is_escaped_and_length_checked() {
+        assert_eq!(
+            convert("text", Value::Text("a\tb\nc\\d\re")).unwrap(),
+            "a\\tb\\nc\\\\d\\re"
+        );
+        assert_eq!(
+            convert("character varying(5)", Value::Text("héllo")).unwrap(),
+            "héllo"
+        );
+        assert!(
+            convert("character varying(4)", Value::Text("héllo"))
+                .unwrap_err()
+                .contains("5 characters, longer than 4")
+        );
+        assert!(convert("character(2)", Value::Text("abc")).is_err());
+        assert_eq!(convert("text", Value::Integer(7)).unwrap(), "7");
+        assert_eq!(convert("text", Value::Real(1.5)).unwrap(), "1.5");
+        assert_eq!(convert("text", Value::Blob("ü".as_bytes())).unwrap(), "ü");
+        assert!(
+            convert("text", Value::Blob(b"\xff"))
+                .unwrap_err()
+                .contains("UTF-8")
+        );
+        assert!(
+            convert("text", Value::Text("a\0b"))
+                .unwrap_err()
+                .contains("NUL")
+        );
+    }
+
+    #[test]
+    fn uuids_from_text_and_blobs() {
+        let canonical = "0191e4c5-7a8b-7c3d-9e0f-a1b2c3d4e5f6";
+        assert_eq!(convert("uuid", Value::Text(canonical)).unwrap(), canonical);
+        assert_eq!(
+            convert("uuid", Value::Text("{0191E4C57A8B7C3D9E0FA1B2C3D4E5F6}")).unwrap(),
+            canonical
+        );
+        let bytes = [
+            0x01, 0x91, 0xe4, 0xc5, 0x7a, 0x8b, 0x7c, 0x3d, 0x9e, 0x0f, 0xa1, 0xb2, 0xc3, 0xd4,
+            0xe5, 0xf6,
+        ];
+        assert_eq!(convert("uuid", Value::Blob(&bytes)).unwrap(), canonical);
+        assert!(
+            convert("uuid", Value::Text("0191e4c5-7a8b"))
+                .unwrap_err()
+                .contains("uuid")
+        );
+        assert!(convert("uuid", Value::Text("0191e4c57-a8b-7c3d-9e0f-a1b2c3d4e5f6")).is_err());
+        assert!(convert("uuid", Value::Blob(&bytes[..15])).is_err());
+        assert!(convert("uuid", Value::Integer(1)).is_err());
+    }
+
+    #[test]
+    fn json_is_checked() {
+        assert_eq!(
+            convert("jsonb", Value::Text("{\"a\": [1, 2]}")).unwrap(),
+            "{\"a\": [1, 2]}"
+        );
+        assert_eq!(
+            convert("json", Value::Text("\"x\\ny\"")).unwrap(),
+            "\"x\\\\ny\""
+        );
+        assert_eq!(convert("json", Value::Integer(3)).unwrap(), "3");
+        assert!(
+            convert("jsonb", Value::Text("{a: 1}"))
+                .unwrap_err()
+                .contains("not JSON")
+        );
+        assert!(
+            convert("jsonb", Value::Text("\"\\u0000\""))
+                .unwrap_err()
+                .contains("\\u0000")
+        );
+        assert!(convert("json", Value::Text("\"\\u0000\"")).is_ok());
+        assert!(convert("json", Value::Blob(b"{}")).is_err());
+    }
+
+    #[test]
+    fn numerics_are_never_rounded() {
+        assert_eq!(
+            convert("numeric(12,2)", Value::Real(19.99)).unwrap(),
+            "19.99"
+        );
+        assert_eq!(convert("numeric(12,2)", Value::Integer(5)).unwrap(), "5");
+        assert_eq!(
+            convert("numeric(12,2)", Value::Text("-0012.5")).unwrap(),
+            "-0012.5"
+        );
+        assert!(
+            convert("numeric(12,2)", Value::Real(1.555))
+                .unwrap_err()
+                .contains("would be rounded")
+        );
+        assert!(
+            convert("numeric(4,2)", Value::Integer(123))
+                .unwrap_err()
+                .contains("3 digits before the point")
+        );
+        assert_eq!(
+            convert("numeric", Value::Text("123456789.123456789")).unwrap(),
+            "123456789.123456789"
+        );
+        assert!(
+            convert("numeric", Value::Text("12abc"))
+                .unwrap_err()
+                .contains("decimal")
+        );
+        assert!(convert("numeric", Value::Real(f64::INFINITY)).is_err());
+        assert!(convert("numeric", Value::Blob(b"1")).is_err());
+    }
+
+    #[test]
+    fn floats_keep_every_digit() {
+        assert_eq!(
+            convert("double precision", Value::Real(0.1 + 0.2)).unwrap(),
+            "3.0000000000000004e-1"
+        );
+        assert_eq!(
+            convert("double precision", Value::Integer(3)).unwrap(),
+            "3e0"
+        );
+        assert_eq!(
+            convert("double precision", Value::Real(f64::NEG_INFINITY)).unwrap(),
+            "-Infinity"
+        );
+        assert_eq!(
+            convert("double precision", Value::Text("2.5")).unwrap(),
+            "2.5e0"
+        );
+        assert!(convert("double precision", Value::Integer((1 << 53) + 1)).is_err());
+        assert_eq!(convert("real", Value::Real(1.5)).unwrap(), "1.5e0");
+        assert!(
+            convert("real", Value::Real(1e39))
+                .unwrap_err()
+                .contains("out of range")
+        );
+        assert!(convert("real", Value::Real(1e-50)).is_err());
+        assert!(convert("real", Value::Integer(16_777_217)).is_err());
+        assert!(convert("real", Value::Text("abc")).is_err());
+    }
+
+    #[test]
+    fn blobs_become_bytea() {
+        assert_eq!(
+            convert("bytea", Value::Blob(&[0, 0xab, 0xff])).unwrap(),
+            "\\\\x00abff"
+        );
+        assert_eq!(convert("bytea", Value::Text("A")).unwrap(), "\\\\x41");
+        assert!(convert("bytea", Value::Integer(1)).is_err());
+    }
+
+    #[test]
+    fn dates_and_times_from_iso_text() {
+        assert_eq!(
+            convert("date", Value::Text("2024-02-29")).unwrap(),
+            "2024-02-29"
+        );
+        assert_eq!(
+            convert("date", Value::Text("2024-02-29 00:00:00")).unwrap(),
+            "2024-02-29"
+        );
+        assert!(
+            convert("date", Value::Text("2023-02-29"))
+                .unwrap_err()
+                .contains("calendar")
+        );
+        assert!(
+            convert("date", Value::Text("2024-02-29 10:00"))
+                .unwrap_err()
+                .contains("truncated")
+        );
+        assert!(
+            convert("date", Value::Text("29/02/2024"))
+                .unwrap_err()
+                .contains("ISO 8601")
+        );
+        assert_eq!(
+            convert("time without time zone", Value::Text("13:45")).unwrap(),
+            "13:45:00"
+        );
+        assert_eq!(
+            convert("time without time zone", Value::Text("13:45:01.5")).unwrap(),
+            "13:45:01.500000"
+        );
+        assert!(convert("time without time zone", Value::Text("25:00")).is_err());
+        assert_eq!(
+            convert(
+                "timestamp without time zone",
+                Value::Text("2024-05-01T12:30:00")
+            )
+            .unwrap(),
+            "2024-05-01 12:30:00"
+        );
+        assert_eq!(
+            convert(
+                "timestamp without time zone",
+                Value::Text("2024-05-01 12:30:00+02:00")
+            )
+            .unwrap(),
+            "2024-05-01 10:30:00"
+        );
+        assert_eq!(
+            convert(
+                "timestamp with time zone",
+                Value::Text("2024-05-01T12:30:00.123Z")
+            )
+            .unwrap(),
+            "2024-05-01 12:30:00.123000+00"
+        );
+        assert_eq!(
+            convert(
+                "timestamp with time zone",
+                Value::Text("2024-05-01 00:30:00-0130")
+            )
+            .unwrap(),
+            "2024-05-01 02:00:00+00"
+        );
+        assert_eq!(
+            convert("timestamp(3) with time zone", Value::Text("2024-05-01")).unwrap(),
+            "2024-05-01 00:00:00+00"
+        );
+        assert!(convert("timestamp with time zone", Value::Text("yesterday")).is_err());
+        assert!(
+            convert(
+                "timestamp with time zone",
+                Value::Text("2024-05-01 12:30:00.1234567")
+            )
+            .is_err()
+        );
+        assert!(
+            convert(
+                "timestamp with time zone",
+                Value::Text("2024-05-01 12:30+25")
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn unix_time_needs_its_unit() {
+        let err = convert("timestamp with time zone", Value::Integer(1_700_000_000)).unwrap_err();
+        assert!(err.contains("--unix-time"), "{err}");
+        let seconds = Some(UnixTime::Seconds);
+        let millis = Some(UnixTime::Milliseconds);
+        assert_eq!(
+            convert_with(
+                "timestamp with time zone",
+                Value::Integer(1_700_000_000),
+                seconds,
+                false
+            )
+            .unwrap(),
+            "2023-11-14 22:13:20+00"
+        );
+        assert_eq!(
+            convert_with(
+                "timestamp without time zone",
+                Value::Integer(1_700_000_000_123),
+                millis,
+                false
+            )
+            .unwrap(),
+            "2023-11-14 22:13:20.123000"
+        );
+        assert_eq!(
+            convert_with("timestamp with time zone", Value::Real(1.5), seconds, false).unwrap(),
+            "1970-01-01 00:00:01.500000+00"
+        );
+        assert_eq!(
+            convert_with("date", Value::Integer(86_400), seconds, false).unwrap(),
+            "1970-01-02"
+        );
+        assert!(convert_with("date", Value::Integer(86_401), seconds, false).is_err());
+        assert!(
+            convert_with(
+                "timestamp with time zone",
+                Value::Integer(i64::MAX),
+                seconds,
+                false
+            )
+            .is_err()
+        );
+        assert!(convert_with("timestamp with time zone", Value::Real(1.5), millis, false).is_err());
+    }
+
+    #[test]
+    fn null_stays_null_unless_the_column_refuses_it() {
+        assert_eq!(convert("integer", Value::Null).unwrap(), "\\N");
+        assert_eq!(convert("jsonb", Value::Null).unwrap(), "\\N");
+        assert!(
+            convert_with("integer", Value::Null, None, true)
+                .unwrap_err()
+                .contains("NOT NULL")
+        );
+    }
+
+    #[test]
+    fn kinds_of_types() {
+        assert_eq!(
+            Kind::of("character varying(20)"),
+            Some(Kind::Text(Some(20)))
+        );
+        assert_eq!(Kind::of("character(3)"), Some(Kind::Text(Some(3))));
+        assert_eq!(
+            Kind::of("numeric(10,2)"),
+            Some(Kind::Numeric(Some((10, 2))))
+        );
+        assert_eq!(
+            Kind::of("timestamp(3) without time zone"),
+            Some(Kind::Timestamp)
+        );
+        assert_eq!(Kind::of("inet"), None);
+        assert_eq!(Kind::of("public.mood"), None);
+    }
+}
