@@ -183,6 +183,11 @@ pub(crate) fn postgres_options(url: &str) -> Result<PgConnectOptions, Failure> {
     PgConnectOptions::from_str(url).map_err(|err| invalid(url, &err))
 }
 
+/// The connection options of a `sqlite:` URL (a malformed URL is a usage error).
+pub(crate) fn sqlite_options(url: &str) -> Result<SqliteConnectOptions, Failure> {
+    SqliteConnectOptions::from_str(url).map_err(|err| invalid(url, &err))
+}
+
 fn invalid(url: &str, err: &sqlx::Error) -> Failure {
     Failure::new(
         exit::USAGE,

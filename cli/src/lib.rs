@@ -403,11 +403,7 @@ async fn compare(opts: &CompareOpts, global: &GlobalOpts, out: &Output) -> Resul
         connect::scheme(&opts.target)?,
     ];
     if schemes[0] != schemes[1] {
-        return Err(Failure::new(
-            exit::USAGE,
-            "compare needs two databases of one kind (both PostgreSQL or both SQLite): each \
-             database writes its rows as text its own way, so fingerprints of two kinds never match",
-        ));
+        return compare_across(opts, schemes[0] == Scheme::Sqlite, out).await;
     }
     let mut sides = Vec::new();
     for url in [&opts.source, &opts.target] {
@@ -419,7 +415,7 @@ async fn compare(opts: &CompareOpts, global: &GlobalOpts, out: &Output) -> Resul
         });
     }
     let differences = sides[0].differences(&sides[1]);
-    out.comparison(&sides[0], &sides[1], &differences)?;
+    out.comparison(&sides[0], &sides[1], &differences, &[])?;
     Ok(if differences.is_empty() {
         exit::OK
     } else {
@@ -427,19 +423,91 @@ async fn compare(opts: &CompareOpts, global: &GlobalOpts, out: &Output) -> Resul
     })
 }
 
+/// `compare` of a SQLite and a PostgreSQL database: row by row in PostgreSQL's types.
+async fn compare_across(
+    opts: &CompareOpts,
+    sqlite_first: bool,
+    out: &Output,
+) -> Result<u8, Failure> {
+    let (sqlite, postgres) = if sqlite_first {
+        (&opts.source, &opts.target)
+    } else {
+        (&opts.target, &opts.source)
+    };
+    let mut copier = datamig::copy::Copier::from_sqlite(
+        connect::sqlite_options(sqlite)?,
+        connect::postgres_options(postgres)?,
+    )
+    .ledger(false);
+    copier = copier.tables(opts.tables.tables.iter().cloned());
+    let mut verification = copier.compare().await?;
+    if !sqlite_first {
+        // Named from the SQLite side; the source here is PostgreSQL.
+        for row in &mut verification.rows {
+            row.difference = match row.difference.as_str() {
+                "only in the source" => "only in the target".into(),
+                "only in the target" => "only in the source".into(),
+                other => other.into(),
+            };
+        }
+    }
+    let (left, right) = if sqlite_first {
+        (&verification.source, &verification.target)
+    } else {
+        (&verification.target, &verification.source)
+    };
+    let differences = left.differences(right);
+    out.comparison(left, right, &differences, &verification.rows)?;
+    Ok(if differences.is_empty() {
+        exit::OK
+    } else {
+        exit::DIFFERENT
+    })
+}
+
+/// The target of a copy: a PostgreSQL database.
+fn copy_target(url: &str) -> Result<sqlx::postgres::PgConnectOptions, Failure> {
+    if connect::scheme(url)? != Scheme::Postgres {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "copy writes into PostgreSQL: the target {} is not a postgres:// URL (the source may be postgres:// or sqlite:)",
+                connect::redact(url)
+            ),
+        ));
+    }
+    connect::postgres_options(url)
+}
+
+/// `TABLE.COLUMN=seconds|milliseconds`.
+fn parse_unix_time(given: &str) -> Result<(String, datamig::copy::UnixTime), Failure> {
+    let usage = |why: String| {
+        Failure::new(
+            exit::USAGE,
+            format!(
+                "--unix-time {given}: {why}; write TABLE.COLUMN=seconds or TABLE.COLUMN=milliseconds"
+            ),
+        )
+    };
+    let (column, unit) = given
+        .split_once('=')
+        .ok_or_else(|| usage("no unit".into()))?;
+    if !column.contains('.') {
+        return Err(usage("no table".into()));
+    }
+    Ok((column.to_string(), unit.parse().map_err(usage)?))
+}
+
 /// `copy`: the rows of the source into the target's existing schema.
 async fn copy(opts: &CopyOpts, out: &Output) -> Result<u8, Failure> {
     use datamig::copy::{Copier, CopyMode};
-    for url in [&opts.source, &opts.target] {
-        if connect::scheme(url)? != Scheme::Postgres {
-            return Err(Failure::new(
-                exit::USAGE,
-                format!(
-                    "copy moves rows between PostgreSQL databases: {} is not a postgres:// URL",
-                    connect::redact(url)
-                ),
-            ));
-        }
+    let target = copy_target(&opts.target)?;
+    let from_sqlite = connect::scheme(&opts.source)? == Scheme::Sqlite;
+    if !from_sqlite && (!opts.unix_time.is_empty() || opts.no_ledger) {
+        return Err(Failure::new(
+            exit::USAGE,
+            "--unix-time and --no-ledger apply to a SQLite source (--source sqlite:FILE)",
+        ));
     }
     let mode = match opts.mode {
         CopyModeArg::Empty => CopyMode::Empty,
@@ -448,10 +516,17 @@ async fn copy(opts: &CopyOpts, out: &Output) -> Result<u8, Failure> {
     };
     let progress = std::sync::Arc::new(out.copy_progress());
     let events = std::sync::Arc::clone(&progress);
-    let mut copier = Copier::with_options(
-        connect::postgres_options(&opts.source)?,
-        connect::postgres_options(&opts.target)?,
-    )
+    let mut copier = if from_sqlite {
+        let mut copier = Copier::from_sqlite(connect::sqlite_options(&opts.source)?, target)
+            .ledger(!opts.no_ledger);
+        for given in &opts.unix_time {
+            let (column, unit) = parse_unix_time(given)?;
+            copier = copier.unix_time(column, unit);
+        }
+        copier
+    } else {
+        Copier::with_options(connect::postgres_options(&opts.source)?, target)
+    }
     .tables(opts.tables.iter().cloned())
     .exclude(opts.exclude.iter().cloned())
     .mode(mode)
@@ -469,7 +544,11 @@ async fn copy(opts: &CopyOpts, out: &Output) -> Result<u8, Failure> {
     if opts.dry_run {
         let plan = copier.plan().await?;
         out.copy_plan(&plan)?;
-        return Ok(exit::OK);
+        return Ok(if plan.unconvertible_total > 0 {
+            exit::COPY_FAILED
+        } else {
+            exit::OK
+        });
     }
     let result = copier.run().await;
     progress.finish();
@@ -554,7 +633,7 @@ impl From<Error> for Failure {
     fn from(err: Error) -> Self {
         let code = match &err {
             Error::LockTimeout { .. } | Error::CopyBlocked { .. } => exit::LOCK_TIMEOUT,
-            Error::CopyRejected { .. } => exit::COPY_FAILED,
+            Error::CopyRejected { .. } | Error::CopyUnconvertible { .. } => exit::COPY_FAILED,
             Error::Drift { .. } => exit::DRIFT,
             Error::MigrationFailed { .. } | Error::Interrupted { .. } => exit::MIGRATION_FAILED,
             Error::CommitOutcome {

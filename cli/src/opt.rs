@@ -136,7 +136,7 @@ pub enum CopyModeArg {
 /// Options of `copy`.
 #[derive(Debug, Args)]
 pub struct CopyOpts {
-    /// The source database's URL (postgres://...).
+    /// The source database's URL (postgres://..., or sqlite:FILE to move a SQLite database into PostgreSQL).
     #[arg(long)]
     pub source: String,
 
@@ -191,6 +191,14 @@ pub struct CopyOpts {
     /// The schema of the target's datamig_copy_progress table (default: the first of its search_path).
     #[arg(long)]
     pub progress_schema: Option<String>,
+
+    /// A SQLite source: integers in this date/timestamp column are Unix time (TABLE.COLUMN=seconds|milliseconds; repeat or comma-separate).
+    #[arg(long, value_delimiter = ',', value_name = "TABLE.COLUMN=UNIT")]
+    pub unix_time: Vec<String>,
+
+    /// A SQLite source: leave datamig's ledger behind (by default it comes along, so that nothing runs twice).
+    #[arg(long)]
+    pub no_ledger: bool,
 }
 
 /// Options of `check-idempotency`.

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use datamig::copy::{ColumnAction, CopyEvent, CopyPlan, CopyReport};
+use datamig::copy::{ColumnAction, CopyEvent, CopyPlan, CopyReport, RowDifference};
 use datamig::{
     CheckReport, Doctor, Drift, Fingerprint, IdempotencyCheck, MigrationStatus, Pause, Progress,
     RunReport, SessionInfo, State, TableDifference,
@@ -410,10 +410,14 @@ impl Output {
         source: &Fingerprint,
         target: &Fingerprint,
         differences: &[TableDifference],
+        rows: &[RowDifference],
     ) -> Result<(), Failure> {
         if self.format == Format::Json {
-            return self
-                .json(&json!({"source": source, "target": target, "differences": differences}));
+            let mut value = json!({"source": source, "target": target, "differences": differences});
+            if !rows.is_empty() {
+                value["rows"] = json!(rows);
+            }
+            return self.json(&value);
         }
         let mut out = std::io::stdout().lock();
         let mut names: Vec<&String> = source.tables.keys().chain(target.tables.keys()).collect();
@@ -437,6 +441,9 @@ impl Output {
                 rows(source),
                 rows(target)
             )?;
+        }
+        for row in rows {
+            writeln!(out, "  {} {}: {}", row.table, row.key, row.difference)?;
         }
         writeln!(out, "{} tables differ", differences.len())?;
         Ok(())
@@ -501,6 +508,15 @@ impl Output {
                         format!("not in the source: the target fills it ({})", c.target_type)
                     }
                     ColumnAction::Generated => "generated: not written".to_string(),
+                    ColumnAction::Convert => format!(
+                        "{} -> {}: {}",
+                        c.source_type
+                            .as_deref()
+                            .filter(|t| !t.is_empty())
+                            .unwrap_or("(no declared type)"),
+                        c.target_type,
+                        c.conversion.as_deref().unwrap_or("converted")
+                    ),
                     _ => format!("{:?}", c.action),
                 };
                 writeln!(out, "       {}: {what}", c.name)?;
@@ -512,6 +528,36 @@ impl Output {
                 "left out (name them in --tables to copy them): {}",
                 plan.left_out.join(", ")
             )?;
+        }
+        if plan.unconvertible_total > 0 {
+            writeln!(
+                out,
+                "{} value(s) would not convert (every row was read):",
+                plan.unconvertible_total
+            )?;
+            // The first few in full, then how many per column (JSON lists the first 1,000).
+            const SHOWN: usize = 20;
+            for bad in plan.unconvertible.iter().take(SHOWN) {
+                writeln!(out, "  - {bad}")?;
+            }
+            if plan.unconvertible_total > SHOWN as u64 {
+                let mut per_column: std::collections::BTreeMap<(&str, &str), u64> =
+                    std::collections::BTreeMap::new();
+                for bad in &plan.unconvertible {
+                    *per_column.entry((&bad.table, &bad.column)).or_default() += 1;
+                }
+                let counted = plan.unconvertible.len() as u64;
+                writeln!(
+                    out,
+                    "  ... {} more; of the first {counted}, per column:",
+                    plan.unconvertible_total - SHOWN as u64
+                )?;
+                for ((table, column), n) in per_column {
+                    writeln!(out, "      {table}.{column}: {n}")?;
+                }
+            }
+        } else if plan.from_sqlite {
+            writeln!(out, "every value converts (every row was read)")?;
         }
         writeln!(out, "dry run: nothing was written")?;
         Ok(())
@@ -584,7 +630,7 @@ impl Output {
         }
         drop(out);
         if let Some(v) = &report.verification {
-            self.comparison(&v.source, &v.target, &v.differences)?;
+            self.comparison(&v.source, &v.target, &v.differences, &v.rows)?;
         }
         Ok(())
     }

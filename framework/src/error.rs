@@ -262,6 +262,24 @@ pub enum Error {
         message: String,
     },
 
+    /// A value of a copy's SQLite source does not convert into its target column's type.
+    /// That chunk was rolled back; the chunks committed before it are kept.
+    #[error(
+        "a value does not convert: {value} (chunk {chunk} of {chunks}). That chunk was rolled \
+         back; the {kept} chunk(s) committed before it are kept. Fix the value in the source \
+         and run the same copy again: it resumes"
+    )]
+    CopyUnconvertible {
+        /// The chunk's number (from 1).
+        chunk: usize,
+        /// The table's chunks.
+        chunks: usize,
+        /// Chunks committed (by this run and earlier ones), kept.
+        kept: usize,
+        /// The value, where it is, and why it does not convert.
+        value: Box<UnconvertibleValue>,
+    },
+
     /// A copy waited for a lock on the target longer than its lock timeout. The chunk was
     /// rolled back; the chunks before it are kept.
     #[error(
@@ -407,5 +425,34 @@ mod tests {
             describe_chain(&err),
             "loading users: error communicating with database: connection reset"
         );
+    }
+}
+
+/// A value of a copy's SQLite source that does not convert into its target column's type
+/// ([`Error::CopyUnconvertible`], and the list a copy's plan reads every row for).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct UnconvertibleValue {
+    /// `schema.table` in the target.
+    pub table: String,
+    /// The row's key, as `id = 42` (`rowid = 7` for a table without a primary key).
+    pub key: String,
+    /// The column.
+    pub column: String,
+    /// The value, as SQLite stores it (`text 'yesterday'`, `integer 2`).
+    pub value: String,
+    /// The target column's type.
+    pub target_type: String,
+    /// Why it does not convert.
+    pub reason: String,
+}
+
+impl std::fmt::Display for UnconvertibleValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}, row with {}, column {}: {} is not a {}: {}",
+            self.table, self.key, self.column, self.value, self.target_type, self.reason
+        )
     }
 }

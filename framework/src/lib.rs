@@ -85,7 +85,7 @@ pub use backend::Backend;
 pub use bulk::SequenceReset;
 pub use copy_text::{CopyRow, CopyValue, Value};
 pub use ctx::Ctx;
-pub use error::{Drift, Error, describe_sqlx};
+pub use error::{Drift, Error, UnconvertibleValue, describe_sqlx};
 pub use fingerprint::{
     Fingerprint, FingerprintOptions, TableDifference, TableFingerprint, fingerprint, fingerprint_on,
 };

@@ -12,10 +12,13 @@ use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::Notify;
 
 use super::catalog::{self, Table, display};
+use super::convert::Conversion;
 use super::plan::{self, Planned};
+#[cfg(feature = "sqlite")]
+use super::sqlite;
 use super::{
-    Copier, CopyEvent, CopyMode, CopyPlan, CopyReport, EventSink, SequenceSet, TableReport,
-    Verification,
+    Copier, CopyEvent, CopyMode, CopyPlan, CopyReport, EventSink, RowDifference, SequenceSet,
+    Source, TableReport, UnconvertibleValue, Verification,
 };
 use crate::backend::postgres::{SESSION_COLUMNS, hash_rows, query, query_scalar, session_info};
 use crate::error::Error;
@@ -24,9 +27,9 @@ use crate::sql::quote_ident;
 
 const PROGRESS_TABLE: &str = "datamig_copy_progress";
 /// Bytes of `COPY` text gathered before they are sent on: rows arrive one message each.
-const SEND_BYTES: usize = 1 << 20;
+pub(super) const SEND_BYTES: usize = 1 << 20;
 /// Buffers of [`SEND_BYTES`] in flight between reading the source and writing the target.
-const BUFFERS: usize = 3;
+pub(super) const BUFFERS: usize = 3;
 /// How long a connection may take to open.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -35,57 +38,167 @@ type Bound = Option<Vec<String>>;
 
 /// One chunk of a table: the keys in `(lower, upper]`.
 #[derive(Clone, Debug)]
-struct Chunk {
-    number: usize,
-    lower: Bound,
-    upper: Bound,
-    done: bool,
-    rows: u64,
+pub(super) struct Chunk {
+    pub(super) number: usize,
+    pub(super) lower: Bound,
+    pub(super) upper: Bound,
+    pub(super) done: bool,
+    pub(super) rows: u64,
 }
 
-pub(super) async fn run(copier: &Copier, dry_run: bool) -> Result<CopyReport, Error> {
-    let started = Instant::now();
-    let mut src = connect(&copier.source, "source").await?;
-    let mut dst = connect(&copier.target, "target").await?;
-    source_session(&mut src).await?;
-    target_session(&mut dst, copier, false).await?;
-
-    let (src_id, dst_id) = (
-        catalog::identity(&mut src).await?,
-        catalog::identity(&mut dst).await?,
-    );
-    if src_id == dst_id {
-        return Err(Error::CopyRefused(
-            "the source and the target are the same database: a copy needs two databases; check the two URLs".into(),
-        ));
+impl Chunk {
+    /// The whole table, in one chunk.
+    pub(super) fn whole() -> Chunk {
+        Chunk {
+            number: 1,
+            lower: None,
+            upper: None,
+            done: false,
+            rows: 0,
+        }
     }
 
-    // The snapshot every read of this run sees, shared with the workers.
-    sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut src)
-        .await?;
-    let snapshot: String = query_scalar("SELECT pg_export_snapshot()")
-        .fetch_one(&mut src)
-        .await?;
+    /// The chunks between these bounds, in order (the first and last open-ended).
+    pub(super) fn between(bounds: Vec<Vec<String>>) -> Vec<Chunk> {
+        let mut chunks = Vec::new();
+        let mut lower: Bound = None;
+        for (i, bound) in bounds.into_iter().map(Some).chain([None]).enumerate() {
+            chunks.push(Chunk {
+                number: i + 1,
+                lower: lower.clone(),
+                upper: bound.clone(),
+                done: false,
+                rows: 0,
+            });
+            lower = bound;
+        }
+        chunks
+    }
+}
 
-    let source_tables = catalog::read(&mut src).await?;
-    let target_tables = catalog::read(&mut dst).await?;
-    let (mut planned, left_out) = plan::plan(
+/// What a run is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Purpose {
+    /// The copy.
+    Run,
+    /// The plan only (a SQLite source's rows are read and checked): nothing written.
+    Plan,
+    /// The plan, then the comparison of both sides: nothing written.
+    Compare,
+}
+
+/// A connection to the source.
+pub(super) enum Reader {
+    Postgres(PgConnection),
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlx::sqlite::SqliteConnection),
+}
+
+pub(super) async fn run(copier: &Copier, purpose: Purpose) -> Result<CopyReport, Error> {
+    let started = Instant::now();
+    let mut dst = connect(&copier.target, "target").await?;
+    target_session(&mut dst, copier, false).await?;
+    let mut target_tables = catalog::read(&mut dst).await?;
+
+    // The source: its catalog and the name the copy goes by, read in the state every
+    // reader of this run sees (an exported snapshot, or a SQLite file's write lock).
+    let mut src;
+    let mut snapshot = String::new();
+    let source_tables;
+    let name;
+    match &copier.source {
+        Source::Postgres(options) => {
+            let mut conn = connect(options, "source").await?;
+            source_session(&mut conn).await?;
+            if catalog::identity(&mut conn).await? == catalog::identity(&mut dst).await? {
+                return Err(Error::CopyRefused(
+                    "the source and the target are the same database: a copy needs two databases; check the two URLs".into(),
+                ));
+            }
+            sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .execute(&mut conn)
+                .await?;
+            snapshot = query_scalar("SELECT pg_export_snapshot()")
+                .fetch_one(&mut conn)
+                .await?;
+            source_tables = catalog::read(&mut conn).await?;
+            name = catalog::copy_name(&mut conn).await?;
+            src = Reader::Postgres(conn);
+        }
+        #[cfg(feature = "sqlite")]
+        Source::Sqlite(options) => {
+            let mut conn = sqlite::open(options).await?;
+            if purpose == Purpose::Run {
+                sqlite::hold_writers(&mut conn).await?;
+            } else {
+                sqlx::raw_sql("BEGIN").execute(&mut conn).await?;
+            }
+            let schema: String = query_scalar("SELECT current_schema()::text")
+                .fetch_one(&mut dst)
+                .await?;
+            source_tables = sqlite::catalog(&mut conn, &schema, &target_tables).await?;
+            name = sqlite::copy_name(options);
+            src = Reader::Sqlite(conn);
+        }
+    }
+    let from_sqlite = !matches!(src, Reader::Postgres(_));
+
+    // datamig's ledger comes along from SQLite: created in the target where it is missing
+    // (when the copy runs; a plan leaves it out and says so).
+    let mut selection = copier.selection.clone();
+    let mut left_out_extra = Vec::new();
+    let source_has_ledger = source_tables
+        .keys()
+        .any(|t| plan::LEDGER_TABLES.contains(&t.1.as_str()));
+    if selection.ledger && source_has_ledger {
+        let missing = plan::LEDGER_TABLES.iter().any(|l| {
+            !target_tables
+                .keys()
+                .any(|t| t.1 == *l && source_tables.contains_key(t))
+        });
+        if missing && purpose == Purpose::Run {
+            ensure_target_ledger(&mut dst).await?;
+            target_tables = catalog::read(&mut dst).await?;
+        } else if missing {
+            selection.ledger = false;
+            left_out_extra.push(format!(
+                "{} (datamig's ledger: created in the target and copied when the copy runs)",
+                plan::LEDGER_TABLES.join(", ")
+            ));
+        }
+    }
+    let (mut planned, mut left_out) = plan::plan(
         &source_tables,
         &target_tables,
-        &copier.selection,
+        &selection,
         copier.mode,
         copier.disable_triggers,
+        from_sqlite.then_some(&copier.unix_time),
     )
     .map_err(|problems| Error::CopyPlan { problems })?;
+    left_out.extend(left_out_extra);
 
     let mut problems = Vec::new();
+    if from_sqlite {
+        for column in copier.unix_time.keys() {
+            let known = planned.iter().any(|p| {
+                column.rsplit_once('.').is_some_and(|(t, c)| {
+                    plan::names(t, &p.source.name) && p.plan.copied().any(|x| x.name == c)
+                })
+            });
+            if !known {
+                problems.push(format!(
+                    "--unix-time names {column}, which is no copied column (write TABLE.COLUMN)"
+                ));
+            }
+        }
+    }
     if copier.disable_triggers && !may_disable_triggers(&mut dst).await? {
         problems.push(
             "--disable-triggers sets session_replication_role, which the target role may not: copy as a superuser, GRANT SET ON PARAMETER session_replication_role TO the role (PostgreSQL 15 and later), or copy without it".to_string(),
         );
     }
-    if copier.sequences {
+    if copier.sequences && purpose == Purpose::Run {
         for p in &planned {
             for s in p.target.sequences.iter().filter(|s| !s.can_update) {
                 problems.push(format!(
@@ -98,8 +211,35 @@ pub(super) async fn run(copier: &Copier, dry_run: bool) -> Result<CopyReport, Er
     if !problems.is_empty() {
         return Err(Error::CopyPlan { problems });
     }
+    let conversions: Vec<Vec<Conversion>> = planned
+        .iter()
+        .map(|p| {
+            if from_sqlite {
+                #[cfg(feature = "sqlite")]
+                return sqlite::conversions(p, &copier.unix_time);
+            }
+            Vec::new()
+        })
+        .collect();
 
-    let name = catalog::copy_name(&mut src).await?;
+    if purpose == Purpose::Compare {
+        let verification = verify(&mut src, &mut dst, &planned, &conversions).await?;
+        let plan = CopyPlan {
+            copy: name,
+            mode: copier.mode,
+            tables: planned.iter().map(|p| p.plan.clone()).collect(),
+            left_out,
+            resumed: false,
+            from_sqlite,
+            unconvertible: Vec::new(),
+            unconvertible_total: 0,
+        };
+        let mut report = empty_report(plan, &planned);
+        report.verification = Some(verification);
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+
     let copy_id = match copier.mode {
         CopyMode::Merge => format!("{name} merge"),
         _ => name,
@@ -146,34 +286,38 @@ pub(super) async fn run(copier: &Copier, dry_run: bool) -> Result<CopyReport, Er
     for p in &mut planned {
         let table_chunks = match recorded.get(&p.plan.table) {
             Some(existing) if !existing.is_empty() => existing.clone(),
-            _ => split(&mut src, p, copier.chunk_rows).await?,
+            _ => match &mut src {
+                Reader::Postgres(conn) => split(conn, p, copier.chunk_rows).await?,
+                #[cfg(feature = "sqlite")]
+                Reader::Sqlite(conn) => sqlite::split(conn, p, copier.chunk_rows).await?,
+            },
         };
         p.plan.chunks = table_chunks.len();
         p.plan.chunks_done = table_chunks.iter().filter(|c| c.done).count();
         chunks.push(table_chunks);
     }
-    let plan = CopyPlan {
+    let mut plan = CopyPlan {
         copy: copy_id.clone(),
         mode: copier.mode,
         tables: planned.iter().map(|p| p.plan.clone()).collect(),
         left_out,
         resumed: planned.iter().any(|p| p.plan.chunks_done > 0),
+        from_sqlite,
+        unconvertible: Vec::new(),
+        unconvertible_total: 0,
     };
-    let mut report = CopyReport {
-        plan: plan.clone(),
-        tables: empty_reports(&planned),
-        rows: 0,
-        bytes: 0,
-        seconds: 0.0,
-        already_copied: false,
-        sequences: Vec::new(),
-        analyzed: Vec::new(),
-        verification: None,
-    };
-    if dry_run {
+    if purpose == Purpose::Plan {
+        #[cfg(feature = "sqlite")]
+        if let Reader::Sqlite(conn) = &mut src {
+            let (found, total) = sqlite::scan(conn, &planned, &conversions, 1000).await?;
+            plan.unconvertible = found;
+            plan.unconvertible_total = total;
+        }
+        let mut report = empty_report(plan, &planned);
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
+    let mut report = empty_report(plan.clone(), &planned);
 
     if !progress_exists {
         create_progress_table(&mut dst, &progress, copier.progress_schema.as_deref()).await?;
@@ -194,11 +338,30 @@ pub(super) async fn run(copier: &Copier, dry_run: bool) -> Result<CopyReport, Er
     .await?;
     emit(&copier.on_event, &CopyEvent::Planned { plan: plan.clone() });
 
+    // A SQLite source: the workers' readers (and one for verification) start their read
+    // transactions while this connection holds the write lock, then it lets writers go.
+    let mut readers = Vec::new();
+    #[cfg(feature = "sqlite")]
+    if let (Source::Sqlite(options), Reader::Sqlite(conn)) = (&copier.source, &mut src) {
+        for _ in 0..=copier.jobs {
+            readers.push(Reader::Sqlite(sqlite::reader(options).await?));
+        }
+        sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
+        if let Some(verifier) = readers.pop() {
+            src = verifier;
+        }
+    }
+
     let pending: usize = chunks.iter().flatten().filter(|c| !c.done).count();
     report.already_copied = pending == 0;
     let planned = Arc::new(planned);
     if pending > 0 {
-        let outcome = copy_chunks(copier, &snapshot, &progress, &copy_id, &planned, chunks).await?;
+        let work = Work {
+            chunks,
+            conversions: conversions.clone(),
+            readers,
+        };
+        let outcome = copy_chunks(copier, &snapshot, &progress, &copy_id, &planned, work).await?;
         report.tables = outcome;
         report.rows = report.tables.iter().map(|t| t.rows).sum();
         report.bytes = report.tables.iter().map(|t| t.bytes).sum();
@@ -224,20 +387,79 @@ pub(super) async fn run(copier: &Copier, dry_run: bool) -> Result<CopyReport, Er
         }
     }
     if copier.verify {
-        let source = fingerprint(&mut src, &planned, Side::Source).await?;
-        let target = fingerprint(&mut dst, &planned, Side::Target).await?;
-        let differences = source.differences(&target);
-        report.verification = Some(Verification {
-            source,
-            target,
-            differences,
-        });
+        report.verification = Some(verify(&mut src, &mut dst, &planned, &conversions).await?);
     }
-    sqlx::raw_sql("COMMIT").execute(&mut src).await?;
-    let _ = src.close().await;
+    match src {
+        Reader::Postgres(mut conn) => {
+            sqlx::raw_sql("COMMIT").execute(&mut conn).await?;
+            let _ = conn.close().await;
+        }
+        #[cfg(feature = "sqlite")]
+        Reader::Sqlite(mut conn) => {
+            let _ = sqlx::raw_sql("COMMIT").execute(&mut conn).await;
+            let _ = conn.close().await;
+        }
+    }
     let _ = dst.close().await;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// `'text'` as an SQL string literal.
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// Creates datamig's ledger in the target, as `datamig run` would on PostgreSQL.
+async fn ensure_target_ledger(dst: &mut PgConnection) -> Result<(), Error> {
+    use crate::backend::steps::Steps;
+    crate::Postgres::ensure_ledger(dst, &crate::LedgerConfig::default())
+        .await
+        .map_err(|err| {
+            Error::CopyRefused(format!(
+                "the copy brings datamig's ledger along and the target has none, which the target role may not create ({}): create it with `datamig status` as a role that may, or copy with --no-ledger",
+                crate::error::describe_sqlx(&err)
+            ))
+        })
+}
+
+/// The report of a run that copied nothing (yet).
+fn empty_report(plan: CopyPlan, planned: &[Planned]) -> CopyReport {
+    CopyReport {
+        plan,
+        tables: empty_reports(planned),
+        rows: 0,
+        bytes: 0,
+        seconds: 0.0,
+        already_copied: false,
+        sequences: Vec::new(),
+        analyzed: Vec::new(),
+        verification: None,
+    }
+}
+
+/// Both sides compared: fingerprints of the copied columns (and, for a SQLite source, the
+/// first rows that differ, compared in the target's types).
+async fn verify(
+    src: &mut Reader,
+    dst: &mut PgConnection,
+    planned: &[Planned],
+    conversions: &[Vec<Conversion>],
+) -> Result<Verification, Error> {
+    let (source, rows) = match src {
+        Reader::Postgres(conn) => (fingerprint(conn, planned, Side::Source).await?, Vec::new()),
+        #[cfg(feature = "sqlite")]
+        Reader::Sqlite(conn) => compare_rows(conn, dst, planned, conversions).await?,
+    };
+    let _ = conversions;
+    let target = fingerprint(dst, planned, Side::Target).await?;
+    let differences = source.differences(&target);
+    Ok(Verification {
+        source,
+        target,
+        differences,
+        rows,
+    })
 }
 
 /// A report per planned table, before this run copied anything.
@@ -440,15 +662,7 @@ async fn split(
     p: &mut Planned,
     chunk_rows: u64,
 ) -> Result<Vec<Chunk>, Error> {
-    let one = || {
-        vec![Chunk {
-            number: 1,
-            lower: None,
-            upper: None,
-            done: false,
-            rows: 0,
-        }]
-    };
+    let one = || vec![Chunk::whole()];
     let from = source_from(&p.source);
     if p.plan.estimated_rows <= 0 {
         p.plan.estimated_rows = query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {from}")))
@@ -516,19 +730,7 @@ async fn split(
             }
         }
     }
-    let mut chunks = Vec::new();
-    let mut lower: Bound = None;
-    for (i, bound) in bounds.into_iter().map(Some).chain([None]).enumerate() {
-        chunks.push(Chunk {
-            number: i + 1,
-            lower: lower.clone(),
-            upper: bound.clone(),
-            done: false,
-            rows: 0,
-        });
-        lower = bound;
-    }
-    Ok(chunks)
+    Ok(Chunk::between(bounds))
 }
 
 /// `ONLY "s"."t"` for a plain table (its inheritance children are tables of their own),
@@ -625,12 +827,16 @@ impl Schedule {
 }
 
 /// What the workers share.
-struct Shared {
+pub(super) struct Shared {
     copier: Copier,
     snapshot: String,
     progress: String,
     copy_id: String,
-    planned: Arc<Vec<Planned>>,
+    pub(super) planned: Arc<Vec<Planned>>,
+    /// Per table, each copied column's conversion (a SQLite source).
+    pub(super) conversions: Vec<Vec<Conversion>>,
+    /// Readers opened before the workers start (a SQLite source: in one state of the file).
+    readers: Mutex<Vec<Reader>>,
     parents: Vec<Vec<usize>>,
     chunk_counts: Vec<usize>,
     schedule: Mutex<Schedule>,
@@ -672,7 +878,7 @@ impl Shared {
         self.notify.notify_waiters();
     }
 
-    fn progress(&self, table: usize, rows: u64, bytes: u64) {
+    pub(super) fn progress(&self, table: usize, rows: u64, bytes: u64) {
         let table_rows = self.rows[table].fetch_add(rows, Ordering::Relaxed) + rows;
         let table_bytes = self.bytes[table].fetch_add(bytes, Ordering::Relaxed) + bytes;
         if let Some(sink) = &self.copier.on_event {
@@ -689,14 +895,26 @@ impl Shared {
     }
 }
 
+/// The chunks to copy, each table's conversions, and readers opened in advance.
+struct Work {
+    chunks: Vec<Vec<Chunk>>,
+    conversions: Vec<Vec<Conversion>>,
+    readers: Vec<Reader>,
+}
+
 async fn copy_chunks(
     copier: &Copier,
     snapshot: &str,
     progress: &str,
     copy_id: &str,
     planned: &Arc<Vec<Planned>>,
-    chunks: Vec<Vec<Chunk>>,
+    work: Work,
 ) -> Result<Vec<TableReport>, Error> {
+    let Work {
+        chunks,
+        conversions,
+        readers,
+    } = work;
     let index: BTreeMap<&str, usize> = planned
         .iter()
         .enumerate()
@@ -753,6 +971,8 @@ async fn copy_chunks(
         progress: progress.to_string(),
         copy_id: copy_id.to_string(),
         planned: Arc::clone(planned),
+        conversions,
+        readers: Mutex::new(readers),
         parents,
         chunk_counts,
         schedule: Mutex::new(Schedule {
@@ -799,14 +1019,27 @@ async fn copy_chunks(
 }
 
 async fn worker(shared: &Shared) -> Result<(), Error> {
-    let mut src = connect(&shared.copier.source, "source").await?;
-    source_session(&mut src).await?;
-    sqlx::raw_sql(AssertSqlSafe(format!(
-        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
-        shared.snapshot.replace('\'', "''")
-    )))
-    .execute(&mut src)
-    .await?;
+    let opened = shared.readers.lock().expect("readers lock").pop();
+    let mut src = match (opened, &shared.copier.source) {
+        (Some(reader), _) => reader,
+        (None, Source::Postgres(options)) => {
+            let mut conn = connect(options, "source").await?;
+            source_session(&mut conn).await?;
+            sqlx::raw_sql(AssertSqlSafe(format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+                shared.snapshot.replace('\'', "''")
+            )))
+            .execute(&mut conn)
+            .await?;
+            Reader::Postgres(conn)
+        }
+        #[cfg(feature = "sqlite")]
+        (None, Source::Sqlite(_)) => {
+            return Err(Error::Config(
+                "a copy worker found no SQLite reader; this is a bug in datamig".into(),
+            ));
+        }
+    };
     let mut dst = connect(&shared.copier.target, "target").await?;
     target_session(&mut dst, &shared.copier, true).await?;
     while let Some(unit) = shared.next().await? {
@@ -857,8 +1090,17 @@ async fn worker(shared: &Shared) -> Result<(), Error> {
             }
         }
     }
-    let _ = sqlx::raw_sql("COMMIT").execute(&mut src).await;
-    let _ = src.close().await;
+    match src {
+        Reader::Postgres(mut conn) => {
+            let _ = sqlx::raw_sql("COMMIT").execute(&mut conn).await;
+            let _ = conn.close().await;
+        }
+        #[cfg(feature = "sqlite")]
+        Reader::Sqlite(mut conn) => {
+            let _ = sqlx::raw_sql("COMMIT").execute(&mut conn).await;
+            let _ = conn.close().await;
+        }
+    }
     let _ = dst.close().await;
     Ok(())
 }
@@ -872,11 +1114,13 @@ struct Counts {
 }
 
 /// Where a chunk failed.
-enum Failure {
+pub(super) enum Failure {
     /// Reading the source.
     Source(String, sqlx::Error),
     /// Writing the target (the chunk's transaction is rolled back).
     Target(usize, sqlx::Error),
+    /// A value of a SQLite source that does not convert (the chunk is rolled back).
+    Value(usize, Box<UnconvertibleValue>),
     /// Anything else.
     Other(Error),
 }
@@ -889,7 +1133,7 @@ impl From<sqlx::Error> for Failure {
 
 async fn copy_unit(
     shared: &Shared,
-    src: &mut PgConnection,
+    src: &mut Reader,
     dst: &mut PgConnection,
     unit: &Unit,
 ) -> Result<Vec<Counts>, Failure> {
@@ -940,7 +1184,13 @@ async fn copy_unit(
                 .copy_in_raw(&format!("COPY {into} ({list}) FROM STDIN{format}"))
                 .await
                 .map_err(|e| Failure::Target(*table, e))?;
-            let streamed = stream(shared, *table, src, &mut copy_in, &select).await;
+            let streamed = match &mut *src {
+                Reader::Postgres(conn) => stream(shared, *table, conn, &mut copy_in, &select).await,
+                #[cfg(feature = "sqlite")]
+                Reader::Sqlite(conn) => {
+                    sqlite::stream(shared, *table, conn, chunk, &mut copy_in).await
+                }
+            };
             match streamed {
                 Ok(bytes) => counts.bytes = bytes,
                 Err(failure) => {
@@ -1134,14 +1384,29 @@ async fn upsert(
 /// key, a lock wait with the sessions holding the lock.
 async fn explain(
     shared: &Shared,
-    src: &mut PgConnection,
+    src: &mut Reader,
     dst: &mut PgConnection,
     unit: &Unit,
     failure: Failure,
 ) -> Error {
     let kept = shared.schedule.lock().expect("schedule lock").committed;
+    let locate = |table: usize| {
+        unit.parts
+            .iter()
+            .find(|(t, _)| *t == table)
+            .map_or((1, 1), |(t, c)| (c.number, shared.chunk_counts[*t]))
+    };
     let (table, err) = match failure {
         Failure::Other(err) => return err,
+        Failure::Value(table, bad) => {
+            let (chunk, chunks) = locate(table);
+            return Error::CopyUnconvertible {
+                chunk,
+                chunks,
+                kept,
+                value: bad,
+            };
+        }
         Failure::Source(table, err) => {
             return Error::Config(format!(
                 "reading {table} from the source failed: {}; the chunk was rolled back, the {kept} chunk(s) committed before it are kept: run the copy again to resume",
@@ -1151,11 +1416,7 @@ async fn explain(
         Failure::Target(table, err) => (table, err),
     };
     let name = shared.planned[table].plan.table.clone();
-    let (number, chunks) = unit
-        .parts
-        .iter()
-        .find(|(t, _)| *t == table)
-        .map_or((1, 1), |(t, c)| (c.number, shared.chunk_counts[*t]));
+    let (number, chunks) = locate(table);
     let Some(db) = err.as_database_error() else {
         return Error::Database(err);
     };
@@ -1188,6 +1449,7 @@ async fn explain(
         if code == "23503"
             && let (Some(constraint), Some(detail)) = (pg.constraint(), pg.detail())
             && let Some((_, chunk)) = unit.parts.iter().find(|(t, _)| *t == table)
+            && let Reader::Postgres(src) = src
             && let Some(key) =
                 referencing_row(src, &shared.planned[table], chunk, constraint, detail).await
         {
@@ -1365,39 +1627,8 @@ async fn fingerprint(
         } else {
             &p.target
         };
-        let row = format!(
-            "ROW({})::text",
-            p.plan
-                .copied()
-                .map(|c| format!("t.{}", quote_ident(&c.name)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let order = if p.plan.key.is_empty() {
-            format!("{row} COLLATE \"C\"")
-        } else {
-            p.plan
-                .key
-                .iter()
-                .map(|k| {
-                    let collatable = table.column(k).is_some_and(|c| {
-                        c.sql_type == "text" || c.sql_type.starts_with("character")
-                    });
-                    let column = format!("t.{}", quote_ident(k));
-                    if collatable {
-                        format!("{column} COLLATE \"C\"")
-                    } else {
-                        column
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let sql = format!(
-            "SELECT sha256(convert_to({row}, 'UTF8')) FROM {} AS t ORDER BY {order}",
-            source_from(table)
-        );
-        let (rows, sha256) = hash_rows(conn, sql).await?;
+        let (rows, sha256) =
+            hash_rows(conn, fingerprint_sql(p, table, &source_from(table))).await?;
         out.tables.insert(
             display(&p.source.name),
             TableFingerprint {
@@ -1408,4 +1639,144 @@ async fn fingerprint(
         );
     }
     Ok(out)
+}
+
+/// The rows of `from` (shaped as `table`) hashed one by one, in key order.
+fn fingerprint_sql(p: &Planned, table: &Table, from: &str) -> String {
+    let row = format!(
+        "ROW({})::text",
+        p.plan
+            .copied()
+            .map(|c| format!("t.{}", quote_ident(&c.name)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let order = if p.plan.key.is_empty() {
+        format!("{row} COLLATE \"C\"")
+    } else {
+        p.plan
+            .key
+            .iter()
+            .map(|k| {
+                let collatable = table
+                    .column(k)
+                    .is_some_and(|c| c.sql_type == "text" || c.sql_type.starts_with("character"));
+                let column = format!("t.{}", quote_ident(k));
+                if collatable {
+                    format!("{column} COLLATE \"C\"")
+                } else {
+                    column
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!("SELECT sha256(convert_to({row}, 'UTF8')) FROM {from} AS t ORDER BY {order}")
+}
+
+/// A SQLite source compared with the target in the target's types: each table's rows are
+/// converted as the copy converts them into a temporary table on the target (rolled back,
+/// nothing kept), fingerprinted like the target's, and joined with it by key to name the
+/// first rows that differ.
+#[cfg(feature = "sqlite")]
+async fn compare_rows(
+    conn: &mut sqlx::sqlite::SqliteConnection,
+    dst: &mut PgConnection,
+    planned: &[Planned],
+    conversions: &[Vec<Conversion>],
+) -> Result<(Fingerprint, Vec<RowDifference>), Error> {
+    let mut source = Fingerprint::default();
+    let mut differences = Vec::new();
+    let mut tx = dst.begin().await?;
+    for (i, (p, conversions)) in planned.iter().zip(conversions).enumerate() {
+        let stage = format!("datamig_compare_{i}");
+        let columns: Vec<String> = p.plan.copied().map(|c| quote_ident(&c.name)).collect();
+        let list = columns.join(", ");
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "CREATE TEMPORARY TABLE {stage} ON COMMIT DROP AS SELECT {list} FROM {} WITH NO DATA",
+            p.target.ident()
+        )))
+        .execute(&mut *tx)
+        .await?;
+        {
+            let mut copy_in = tx
+                .copy_in_raw(&format!("COPY {stage} ({list}) FROM STDIN"))
+                .await?;
+            if let Err(err) = sqlite::stream_all(conn, p, conversions, &mut copy_in).await {
+                let _ = copy_in.abort("the comparison stopped").await;
+                return Err(err);
+            }
+            copy_in.finish().await?;
+        }
+        let (rows, sha256) = hash_rows(&mut tx, fingerprint_sql(p, &p.target, &stage)).await?;
+        source.tables.insert(
+            display(&p.source.name),
+            TableFingerprint {
+                rows,
+                sha256,
+                key: p.plan.key.clone(),
+            },
+        );
+        let row = |side: &str| {
+            format!(
+                "ROW({})::text",
+                columns
+                    .iter()
+                    .map(|c| format!("{side}.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let target = source_from(&p.target);
+        let sql = if p.plan.key.is_empty() {
+            format!(
+                "(SELECT r, 'only in the source' FROM (SELECT {s} AS r FROM {stage} s EXCEPT ALL SELECT {t} FROM {target} t) x LIMIT 10)
+                 UNION ALL
+                 (SELECT r, 'only in the target' FROM (SELECT {t} AS r FROM {target} t EXCEPT ALL SELECT {s} FROM {stage} s) y LIMIT 10)",
+                s = row("s"),
+                t = row("t")
+            )
+        } else {
+            let keys: Vec<String> = p.plan.key.iter().map(|k| quote_ident(k)).collect();
+            let first = &keys[0];
+            let shown: Vec<String> = p
+                .plan
+                .key
+                .iter()
+                .zip(&keys)
+                .map(|(name, k)| {
+                    format!(
+                        "{} || ' = ' || COALESCE(s.{k}, t.{k})::text",
+                        quote_literal(name)
+                    )
+                })
+                .collect();
+            let on: Vec<String> = keys.iter().map(|k| format!("s.{k} = t.{k}")).collect();
+            format!(
+                "SELECT {}, CASE WHEN s.{first} IS NULL THEN 'only in the target'
+                                 WHEN t.{first} IS NULL THEN 'only in the source' ELSE 'differs' END
+                 FROM {stage} s FULL JOIN {target} t ON {}
+                 WHERE s.{first} IS NULL OR t.{first} IS NULL OR {} IS DISTINCT FROM {}
+                 ORDER BY {} LIMIT 10",
+                shown.join(" || ', ' || "),
+                on.join(" AND "),
+                row("s"),
+                row("t"),
+                keys.iter()
+                    .map(|k| format!("COALESCE(s.{k}, t.{k})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let found = query(AssertSqlSafe(sql)).fetch_all(&mut *tx).await?;
+        for r in found {
+            differences.push(RowDifference {
+                table: p.plan.table.clone(),
+                key: r.try_get(0)?,
+                difference: r.try_get(1)?,
+            });
+        }
+    }
+    tx.rollback().await?;
+    Ok((source, differences))
 }

@@ -65,7 +65,10 @@ mod catalog;
 mod convert;
 mod load;
 mod plan;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,6 +78,7 @@ pub use convert::UnixTime;
 pub use plan::{BOOKKEEPING_TABLES, ColumnAction, ColumnPlan, TablePlan};
 
 use crate::error::Error;
+pub use crate::error::UnconvertibleValue;
 use crate::fingerprint::{Fingerprint, TableDifference};
 
 /// How a copy treats target tables that already hold rows.
@@ -115,6 +119,8 @@ impl CopyMode {
 pub(crate) struct Selection {
     pub(crate) tables: Vec<String>,
     pub(crate) exclude: Vec<String>,
+    /// datamig's own ledger comes along (a copy from SQLite).
+    pub(crate) ledger: bool,
 }
 
 /// What a copy reports as it goes, to [`Copier::on_event`].
@@ -192,6 +198,25 @@ pub struct CopyPlan {
     pub left_out: Vec<String>,
     /// Whether an earlier run of this copy committed chunks this run keeps.
     pub resumed: bool,
+    /// The source is a SQLite database: its values are converted column by column.
+    pub from_sqlite: bool,
+    /// Values of a SQLite source that would not convert: [`Copier::plan`] reads every row
+    /// and lists the first 1,000 here ([`CopyPlan::unconvertible_total`] counts them all).
+    pub unconvertible: Vec<UnconvertibleValue>,
+    /// How many values would not convert.
+    pub unconvertible_total: u64,
+}
+
+/// A row that differs between the two sides of a verification or comparison.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct RowDifference {
+    /// `schema.table`.
+    pub table: String,
+    /// The row's key (`id = 42`); for a table without a primary key, the row itself.
+    pub key: String,
+    /// `only in the source`, `only in the target`, or `differs`.
+    pub difference: String,
 }
 
 /// A sequence moved forward after the copy.
@@ -242,6 +267,9 @@ pub struct Verification {
     pub target: Fingerprint,
     /// The tables that differ (empty: an exact copy).
     pub differences: Vec<TableDifference>,
+    /// The first rows that differ, by key (a SQLite source, whose rows are compared one by
+    /// one in the target's types; up to 10 per table).
+    pub rows: Vec<RowDifference>,
 }
 
 /// What a copy did.
@@ -275,7 +303,7 @@ pub type EventSink = Arc<dyn Fn(&CopyEvent) + Send + Sync>;
 /// [`Copier::run`]. See the [module docs](self).
 #[derive(Clone)]
 pub struct Copier {
-    source: PgConnectOptions,
+    source: Source,
     target: PgConnectOptions,
     selection: Selection,
     mode: CopyMode,
@@ -288,6 +316,15 @@ pub struct Copier {
     lock_timeout: Duration,
     progress_schema: Option<String>,
     on_event: Option<EventSink>,
+    unix_time: BTreeMap<String, UnixTime>,
+}
+
+/// Where a copy reads.
+#[derive(Clone)]
+pub(crate) enum Source {
+    Postgres(PgConnectOptions),
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlx::sqlite::SqliteConnectOptions),
 }
 
 impl std::fmt::Debug for Copier {
@@ -314,6 +351,23 @@ impl Copier {
 
     /// A copy between the databases these options connect to.
     pub fn with_options(source: PgConnectOptions, target: PgConnectOptions) -> Self {
+        Copier::from_source(Source::Postgres(source), target)
+    }
+
+    /// A copy from a SQLite database into the PostgreSQL database of `target`, whose schema
+    /// already exists: each value is converted by its target column's type (see the
+    /// [module docs](self#from-sqlite)). datamig's ledger comes along ([`Copier::ledger`]).
+    #[cfg(feature = "sqlite")]
+    pub fn from_sqlite(
+        source: sqlx::sqlite::SqliteConnectOptions,
+        target: PgConnectOptions,
+    ) -> Self {
+        let mut copier = Copier::from_source(Source::Sqlite(source), target);
+        copier.selection.ledger = true;
+        copier
+    }
+
+    fn from_source(source: Source, target: PgConnectOptions) -> Self {
         Copier {
             source,
             target,
@@ -328,7 +382,23 @@ impl Copier {
             lock_timeout: Duration::from_secs(10),
             progress_schema: None,
             on_event: None,
+            unix_time: BTreeMap::new(),
         }
+    }
+
+    /// A SQLite source: integers in this date or timestamp column (`table.column`) are Unix
+    /// time in `unit`. Without it such an integer does not convert (it is never guessed).
+    pub fn unix_time(mut self, column: impl Into<String>, unit: UnixTime) -> Self {
+        self.unix_time.insert(column.into(), unit);
+        self
+    }
+
+    /// A SQLite source: whether datamig's ledger (`datamig_ledger`, `datamig_runs`) comes
+    /// along (default: yes), so that the migrations applied on SQLite count as applied on
+    /// PostgreSQL. The target's ledger is created where it is missing.
+    pub fn ledger(mut self, ledger: bool) -> Self {
+        self.selection.ledger = ledger;
+        self
     }
 
     /// Only these tables (`table` or `schema.table`); a bookkeeping table named here is
@@ -423,7 +493,26 @@ impl Copier {
     /// [`Error::CopyPlan`] naming every mismatch, [`Error::CopyRefused`] (the same database
     /// on both sides, a target holding rows, a missing privilege), [`Error::Database`].
     pub async fn plan(&self) -> Result<CopyPlan, Error> {
-        load::run(self, true).await.map(|report| report.plan)
+        load::run(self, load::Purpose::Plan)
+            .await
+            .map(|report| report.plan)
+    }
+
+    /// Compares the selected tables of both databases row by row, writing nothing: for a
+    /// SQLite source each row is converted into the target's types as a copy would, and the
+    /// first rows that differ are named ([`Verification::rows`]); between two PostgreSQL
+    /// databases the tables' fingerprints are compared.
+    ///
+    /// # Errors
+    ///
+    /// As [`Copier::plan`].
+    pub async fn compare(&self) -> Result<Verification, Error> {
+        let report = load::run(self, load::Purpose::Compare).await?;
+        report.verification.ok_or_else(|| {
+            Error::Config(
+                "the comparison produced no verification; this is a bug in datamig".into(),
+            )
+        })
     }
 
     /// Runs the copy. See the [module docs](self) for what it does, and the errors of
@@ -436,6 +525,6 @@ impl Copier {
     /// wait on the target outlasts the lock timeout (naming the sessions holding it);
     /// [`Error::Database`] when a connection fails (run the copy again to resume).
     pub async fn run(&self) -> Result<CopyReport, Error> {
-        load::run(self, false).await
+        load::run(self, load::Purpose::Run).await
     }
 }

@@ -4,13 +4,19 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::catalog::{Table, TableName, display};
+use super::convert::{Kind, UnixTime};
 use super::{CopyMode, Selection};
+
+/// The tables of datamig's ledger that a copy from SQLite brings along (see
+/// [`Copier::ledger`](super::Copier::ledger)).
+pub(crate) const LEDGER_TABLES: &[&str] = &["datamig_ledger", "datamig_runs"];
 
 /// Tables of schema tools and of datamig itself, left out unless named in `--tables`: their
 /// rows describe the schema of their own database, which the target's tools created.
 pub const BOOKKEEPING_TABLES: &[&str] = &[
     "_sqlx_migrations",
     "datamig_ledger",
+    "datamig_runs",
     "datamig_ledger_runs",
     "datamig_ledger_lock",
     "datamig_ledger_lease",
@@ -48,6 +54,9 @@ pub enum ColumnAction {
     TargetFills,
     /// Generated on the target (or only generated on the source): never written.
     Generated,
+    /// Converted from SQLite's values into the target's type, value by value, checked
+    /// ([`ColumnPlan::conversion`] says how).
+    Convert,
 }
 
 /// One column of a planned table.
@@ -62,6 +71,10 @@ pub struct ColumnPlan {
     pub target_type: String,
     /// What the copy does with it.
     pub action: ColumnAction,
+    /// How its values are converted (a SQLite source), for example "integers 0/1 (or text
+    /// true/false, t/f)" for a `boolean`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversion: Option<String>,
 }
 
 /// One table of a plan, in load order.
@@ -92,9 +105,12 @@ pub struct TablePlan {
 impl TablePlan {
     /// The columns the copy writes.
     pub(crate) fn copied(&self) -> impl Iterator<Item = &ColumnPlan> {
-        self.columns
-            .iter()
-            .filter(|c| matches!(c.action, ColumnAction::Copy | ColumnAction::Widen))
+        self.columns.iter().filter(|c| {
+            matches!(
+                c.action,
+                ColumnAction::Copy | ColumnAction::Widen | ColumnAction::Convert
+            )
+        })
     }
 }
 
@@ -118,6 +134,7 @@ pub(crate) fn plan(
     selection: &Selection,
     mode: CopyMode,
     disable_triggers: bool,
+    sqlite: Option<&BTreeMap<String, UnixTime>>,
 ) -> Result<(Vec<Planned>, Vec<String>), Vec<String>> {
     let mut problems = Vec::new();
     let mut left_out = Vec::new();
@@ -128,7 +145,8 @@ pub(crate) fn plan(
     }
     let mut selected: Vec<&Table> = Vec::new();
     for (name, table) in source {
-        let named = selection.tables.iter().any(|n| names(n, name));
+        let named = selection.tables.iter().any(|n| names(n, name))
+            || (selection.ledger && LEDGER_TABLES.contains(&name.1.as_str()));
         if !selection.tables.is_empty() && !named {
             continue;
         }
@@ -153,7 +171,10 @@ pub(crate) fn plan(
             continue;
         };
         let before = problems.len();
-        let columns = match_columns(table, theirs, &mut problems);
+        let columns = match sqlite {
+            Some(unix) => convert_columns(table, theirs, unix, &mut problems),
+            None => match_columns(table, theirs, &mut problems),
+        };
         check_privileges(table, theirs, mode, &mut problems);
         if mode == CopyMode::Merge && theirs.primary_key.is_empty() {
             problems.push(format!(
@@ -253,6 +274,88 @@ fn match_columns(source: &Table, target: &Table, problems: &mut Vec<String>) -> 
             source_type: ours.map(|c| c.sql_type.clone()),
             target_type: column.sql_type.clone(),
             action,
+            conversion: None,
+        });
+    }
+    plans
+}
+
+/// The unit of Unix time given for a column (`table.column` or `schema.table.column`).
+pub(crate) fn unix_unit(
+    unix: &BTreeMap<String, UnixTime>,
+    table: &TableName,
+    column: &str,
+) -> Option<UnixTime> {
+    unix.iter()
+        .find(|(name, _)| {
+            name.rsplit_once('.')
+                .is_some_and(|(t, c)| c == column && names(t, table))
+        })
+        .map(|(_, unit)| *unit)
+}
+
+/// The columns of a table read from SQLite: each source column converted by the target
+/// column's type, which must be one SQLite's values convert into.
+fn convert_columns(
+    source: &Table,
+    target: &Table,
+    unix: &BTreeMap<String, UnixTime>,
+    problems: &mut Vec<String>,
+) -> Vec<ColumnPlan> {
+    let table = display(&source.name);
+    for column in &source.columns {
+        if !column.generated && target.column(&column.name).is_none() {
+            problems.push(format!(
+                "column {table}.{} ({}) is in the source but not in the target",
+                column.name,
+                if column.sql_type.is_empty() {
+                    "no declared type"
+                } else {
+                    &column.sql_type
+                }
+            ));
+        }
+    }
+    let mut plans = Vec::new();
+    for column in &target.columns {
+        let ours = source.column(&column.name).filter(|c| !c.generated);
+        let unit = unix_unit(unix, &source.name, &column.name);
+        let (action, conversion) = if column.generated {
+            (ColumnAction::Generated, None)
+        } else if ours.is_some() {
+            match Kind::of(&column.sql_type) {
+                Some(kind) => {
+                    if unit.is_some() && !kind.takes_unix_time() {
+                        problems.push(format!(
+                            "column {table}.{} is {} in the target: Unix time applies to date, timestamp and timestamptz columns only",
+                            column.name, column.sql_type
+                        ));
+                    }
+                    (ColumnAction::Convert, Some(kind.describe(unit)))
+                }
+                None => {
+                    problems.push(format!(
+                        "column {table}.{} is {} in the target, which SQLite values are not converted into (boolean, smallint, integer, bigint, text, varchar(n), char(n), uuid, json, jsonb, numeric, real, double precision, bytea, date, time, timestamp, timestamptz): change the column's type, or leave the table out with --exclude",
+                        column.name, column.sql_type
+                    ));
+                    continue;
+                }
+            }
+        } else if column.not_null && !column.has_default && column.identity.is_empty() {
+            problems.push(format!(
+                "column {table}.{} ({}) is NOT NULL without a default in the target, and the source has no such column",
+                column.name, column.sql_type
+            ));
+            continue;
+        } else {
+            (ColumnAction::TargetFills, None)
+        };
+        plans.push(ColumnPlan {
+            name: column.name.clone(),
+            source_type: ours.map(|c| c.sql_type.clone()),
+            target_type: column.sql_type.clone(),
+            action,
+            conversion,
         });
     }
     plans
