@@ -1,6 +1,7 @@
 //! SQLite's loose values into PostgreSQL's strict types, by the target column's type:
 //! each value is checked and written as `COPY` text, or refused with the reason. Pure and
 //! unit-tested; the copy's SQLite source calls it for every value it reads.
+#![cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 
 use std::fmt::Write as _;
 

@@ -15,9 +15,9 @@ use super::catalog::{self, Table, display};
 use super::convert::Conversion;
 use super::plan::{self, Planned};
 #[cfg(feature = "sqlite")]
-use super::sqlite;
+use super::{RowDifference, sqlite};
 use super::{
-    Copier, CopyEvent, CopyMode, CopyPlan, CopyReport, EventSink, RowDifference, SequenceSet,
+    Copier, CopyEvent, CopyMode, CopyPlan, CopyReport, EventSink, SequenceSet,
     Source, TableReport, UnconvertibleValue, Verification,
 };
 use crate::backend::postgres::{SESSION_COLUMNS, hash_rows, query, query_scalar, session_info};
@@ -103,7 +103,7 @@ pub(super) async fn run(copier: &Copier, purpose: Purpose) -> Result<CopyReport,
     // The source: its catalog and the name the copy goes by, read in the state every
     // reader of this run sees (an exported snapshot, or a SQLite file's write lock).
     let mut src;
-    let mut snapshot = String::new();
+    let snapshot: String;
     let source_tables;
     let name;
     match &copier.source {
@@ -138,6 +138,7 @@ pub(super) async fn run(copier: &Copier, purpose: Purpose) -> Result<CopyReport,
                 .await?;
             source_tables = sqlite::catalog(&mut conn, &schema, &target_tables).await?;
             name = sqlite::copy_name(options);
+            snapshot = String::new();
             src = Reader::Sqlite(conn);
         }
     }
@@ -211,16 +212,19 @@ pub(super) async fn run(copier: &Copier, purpose: Purpose) -> Result<CopyReport,
     if !problems.is_empty() {
         return Err(Error::CopyPlan { problems });
     }
+    #[cfg(feature = "sqlite")]
     let conversions: Vec<Vec<Conversion>> = planned
         .iter()
         .map(|p| {
             if from_sqlite {
-                #[cfg(feature = "sqlite")]
-                return sqlite::conversions(p, &copier.unix_time);
+                sqlite::conversions(p, &copier.unix_time)
+            } else {
+                Vec::new()
             }
-            Vec::new()
         })
         .collect();
+    #[cfg(not(feature = "sqlite"))]
+    let conversions: Vec<Vec<Conversion>> = vec![Vec::new(); planned.len()];
 
     if purpose == Purpose::Compare {
         let verification = verify(&mut src, &mut dst, &planned, &conversions).await?;
@@ -296,6 +300,7 @@ pub(super) async fn run(copier: &Copier, purpose: Purpose) -> Result<CopyReport,
         p.plan.chunks_done = table_chunks.iter().filter(|c| c.done).count();
         chunks.push(table_chunks);
     }
+    #[cfg_attr(not(feature = "sqlite"), allow(unused_mut))]
     let mut plan = CopyPlan {
         copy: copy_id.clone(),
         mode: copier.mode,
@@ -340,6 +345,7 @@ pub(super) async fn run(copier: &Copier, purpose: Purpose) -> Result<CopyReport,
 
     // A SQLite source: the workers' readers (and one for verification) start their read
     // transactions while this connection holds the write lock, then it lets writers go.
+    #[cfg_attr(not(feature = "sqlite"), allow(unused_mut))]
     let mut readers = Vec::new();
     #[cfg(feature = "sqlite")]
     if let (Source::Sqlite(options), Reader::Sqlite(conn)) = (&copier.source, &mut src) {
