@@ -412,6 +412,7 @@ pub(super) async fn run(copier: &Copier, purpose: Purpose) -> Result<CopyReport,
 }
 
 /// `'text'` as an SQL string literal.
+#[cfg(feature = "sqlite")]
 fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
@@ -840,6 +841,7 @@ pub(super) struct Shared {
     copy_id: String,
     pub(super) planned: Arc<Vec<Planned>>,
     /// Per table, each copied column's conversion (a SQLite source).
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(super) conversions: Vec<Vec<Conversion>>,
     /// Readers opened before the workers start (a SQLite source: in one state of the file).
     readers: Mutex<Vec<Reader>>,
@@ -1126,6 +1128,7 @@ pub(super) enum Failure {
     /// Writing the target (the chunk's transaction is rolled back).
     Target(usize, sqlx::Error),
     /// A value of a SQLite source that does not convert (the chunk is rolled back).
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     Value(usize, Box<UnconvertibleValue>),
     /// Anything else.
     Other(Error),
