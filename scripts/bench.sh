@@ -7,6 +7,8 @@
 #                                       an application's p99 during a backfill
 #     scripts/bench.sh --copy [SCALE]   `datamig copy` beside pg_dump | psql and pgcopydb
 #                                       (its own throwaway server: scripts/bench-copy.sh)
+#     scripts/bench.sh --sqlite [ROWS]  `datamig copy` from SQLite beside pgloader
+#                                       (scripts/bench-sqlite.sh)
 #
 # With DATABASE_URL set it runs against that server (its own bench_* tables only).
 # Otherwise against a throwaway PostgreSQL (scripts/test-env.sh).
@@ -15,6 +17,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ "${1:-}" = "--copy" ]; then
   shift
   exec scripts/bench-copy.sh "$@"
+fi
+if [ "${1:-}" = "--sqlite" ]; then
+  shift
+  exec scripts/bench-sqlite.sh "$@"
 fi
 if [ -z "${DATABASE_URL:-}" ]; then
   source scripts/test-env.sh

@@ -405,6 +405,12 @@ async fn compare(opts: &CompareOpts, global: &GlobalOpts, out: &Output) -> Resul
     if schemes[0] != schemes[1] {
         return compare_across(opts, schemes[0] == Scheme::Sqlite, out).await;
     }
+    if !opts.unix_time.is_empty() {
+        return Err(Failure::new(
+            exit::USAGE,
+            "--unix-time applies to a comparison of a SQLite and a PostgreSQL database",
+        ));
+    }
     let mut sides = Vec::new();
     for url in [&opts.source, &opts.target] {
         sides.push(match schemes[0] {
@@ -440,6 +446,10 @@ async fn compare_across(
     )
     .ledger(false);
     copier = copier.tables(opts.tables.tables.iter().cloned());
+    for given in &opts.unix_time {
+        let (column, unit) = parse_unix_time(given)?;
+        copier = copier.unix_time(column, unit);
+    }
     let mut verification = copier.compare().await?;
     if !sqlite_first {
         // Named from the SQLite side; the source here is PostgreSQL.

@@ -231,6 +231,10 @@ pub struct CompareOpts {
     /// Which tables.
     #[command(flatten)]
     pub tables: TablesOpts,
+
+    /// A SQLite side: integers in this date/timestamp column are Unix time (TABLE.COLUMN=seconds|milliseconds), as for copy.
+    #[arg(long, value_delimiter = ',', value_name = "TABLE.COLUMN=UNIT")]
+    pub unix_time: Vec<String>,
 }
 
 /// Options of `run`.

@@ -148,9 +148,11 @@ impl Kind {
             Kind::Double => "reals and integers (exact up to 2^53)".into(),
             Kind::Bytea => "blobs (text as its UTF-8 bytes)".into(),
             Kind::Date => unix("ISO 8601 text (YYYY-MM-DD)"),
-            Kind::Time => "ISO 8601 text (HH:MM[:SS[.ffffff]])".into(),
-            Kind::Timestamp => unix("ISO 8601 text; an offset is converted to UTC"),
-            Kind::Timestamptz => unix("ISO 8601 text; without an offset, UTC"),
+            Kind::Time => "ISO 8601 text (HH:MM[:SS[.f]]), to the microsecond".into(),
+            Kind::Timestamp => {
+                unix("ISO 8601 text, to the microsecond; an offset is converted to UTC")
+            }
+            Kind::Timestamptz => unix("ISO 8601 text, to the microsecond; without an offset, UTC"),
         }
     }
 }
@@ -381,6 +383,15 @@ impl Conversion {
                 let time = parse_time(t.as_bytes())
                     .and_then(|(time, rest)| rest.is_empty().then_some(time))
                     .ok_or("not an ISO 8601 time (HH:MM[:SS[.ffffff]])")?;
+                // Rounded to the microsecond; a time that would round past midnight is cut.
+                let day = NaiveDate::MIN;
+                let rounded = round_micros(day.and_time(time));
+                let time = if rounded.date() == day {
+                    rounded.time()
+                } else {
+                    time.with_nanosecond(time.nanosecond() / 1000 * 1000)
+                        .unwrap_or(time)
+                };
                 write_time(time, out);
                 Ok(())
             }
@@ -398,10 +409,10 @@ impl Conversion {
                         );
                     }
                 };
-                let at = match moment {
+                let at = round_micros(match moment {
                     Moment::Local(at) => at,
                     Moment::Utc(at) => at,
-                };
+                });
                 if self.kind == Kind::Date {
                     if at.time() != NaiveTime::MIN {
                         return Err("a date with a time of day: it would be truncated".into());
@@ -512,7 +523,8 @@ fn parse_datetime(text: &str) -> Result<Moment, String> {
     Ok(Moment::Utc(at - chrono::TimeDelta::seconds(offset)))
 }
 
-/// `HH:MM[:SS[.f{1,6}]]` at the start of `b`; returns the time and what follows.
+/// `HH:MM[:SS[.f{1,9}]]` at the start of `b`; returns the time (to the nanosecond) and
+/// what follows.
 fn parse_time(b: &[u8]) -> Option<(NaiveTime, &[u8])> {
     let two = |s: &[u8]| -> Option<u32> {
         match s {
@@ -527,24 +539,32 @@ fn parse_time(b: &[u8]) -> Option<(NaiveTime, &[u8])> {
     }
     let (h, m) = (two(&b[0..2])?, two(&b[3..5])?);
     let mut rest = &b[5..];
-    let (mut s, mut micros) = (0, 0);
+    let (mut s, mut nanos) = (0, 0);
     if let [b':', s1, s2, after @ ..] = rest {
         s = two(&[*s1, *s2])?;
         rest = after;
         if let [b'.', after @ ..] = rest {
             let n = after.iter().take_while(|c| c.is_ascii_digit()).count();
-            if n == 0 || n > 6 {
+            if n == 0 || n > 9 {
                 return None;
             }
             let mut value: u32 = std::str::from_utf8(&after[..n]).ok()?.parse().ok()?;
-            for _ in n..6 {
+            for _ in n..9 {
                 value *= 10;
             }
-            micros = value;
+            nanos = value;
             rest = &after[n..];
         }
     }
-    Some((NaiveTime::from_hms_micro_opt(h, m, s, micros)?, rest))
+    Some((NaiveTime::from_hms_nano_opt(h, m, s, nanos)?, rest))
+}
+
+/// To the microsecond, as PostgreSQL keeps it (rounded half up).
+fn round_micros(at: NaiveDateTime) -> NaiveDateTime {
+    let rounded = at + chrono::TimeDelta::nanoseconds(500);
+    rounded
+        .with_nanosecond(rounded.nanosecond() / 1000 * 1000)
+        .unwrap_or(at)
 }
 
 fn write_time(time: NaiveTime, out: &mut Vec<u8>) {
@@ -918,10 +938,26 @@ mod tests {
             "2024-05-01 00:00:00+00"
         );
         assert!(convert("timestamp with time zone", Value::Text("yesterday")).is_err());
+        assert_eq!(
+            convert(
+                "timestamp with time zone",
+                Value::Text("2024-05-01T12:30:59.999999733+00:00")
+            )
+            .unwrap(),
+            "2024-05-01 12:31:00+00"
+        );
+        assert_eq!(
+            convert(
+                "timestamp with time zone",
+                Value::Text("2024-05-01 12:30:00.1234564")
+            )
+            .unwrap(),
+            "2024-05-01 12:30:00.123456+00"
+        );
         assert!(
             convert(
                 "timestamp with time zone",
-                Value::Text("2024-05-01 12:30:00.1234567")
+                Value::Text("2024-05-01 12:30:00.1234567891")
             )
             .is_err()
         );

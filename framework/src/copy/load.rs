@@ -14,12 +14,12 @@ use tokio::sync::Notify;
 use super::catalog::{self, Table, display};
 use super::convert::Conversion;
 use super::plan::{self, Planned};
+use super::{
+    Copier, CopyEvent, CopyMode, CopyPlan, CopyReport, EventSink, SequenceSet, Source, TableReport,
+    UnconvertibleValue, Verification,
+};
 #[cfg(feature = "sqlite")]
 use super::{RowDifference, sqlite};
-use super::{
-    Copier, CopyEvent, CopyMode, CopyPlan, CopyReport, EventSink, SequenceSet,
-    Source, TableReport, UnconvertibleValue, Verification,
-};
 use crate::backend::postgres::{SESSION_COLUMNS, hash_rows, query, query_scalar, session_info};
 use crate::error::Error;
 use crate::fingerprint::{Fingerprint, TableFingerprint};
