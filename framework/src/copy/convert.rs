@@ -417,10 +417,10 @@ impl Conversion {
                     if at.time() != NaiveTime::MIN {
                         return Err("a date with a time of day: it would be truncated".into());
                     }
-                    let _ = write!(Bytes(out), "{}", at.date().format("%Y-%m-%d"));
+                    write_date(at.date(), out);
                     return Ok(());
                 }
-                let _ = write!(Bytes(out), "{}", at.date().format("%Y-%m-%d"));
+                write_date(at.date(), out);
                 out.push(b' ');
                 write_time(at.time(), out);
                 if self.kind == Kind::Timestamptz {
@@ -565,6 +565,17 @@ fn round_micros(at: NaiveDateTime) -> NaiveDateTime {
     rounded
         .with_nanosecond(rounded.nanosecond() / 1000 * 1000)
         .unwrap_or(at)
+}
+
+fn write_date(date: NaiveDate, out: &mut Vec<u8>) {
+    use chrono::Datelike;
+    let _ = write!(
+        Bytes(out),
+        "{:04}-{:02}-{:02}",
+        date.year(),
+        date.month(),
+        date.day()
+    );
 }
 
 fn write_time(time: NaiveTime, out: &mut Vec<u8>) {

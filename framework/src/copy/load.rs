@@ -91,7 +91,8 @@ pub(super) enum Purpose {
 pub(super) enum Reader {
     Postgres(PgConnection),
     #[cfg(feature = "sqlite")]
-    Sqlite(sqlx::sqlite::SqliteConnection),
+    /// A reader of a SQLite file (taken by its blocking thread while it reads).
+    Sqlite(Option<rusqlite::Connection>),
 }
 
 pub(super) async fn run(copier: &Copier, purpose: Purpose) -> Result<CopyReport, Error> {
@@ -103,6 +104,10 @@ pub(super) async fn run(copier: &Copier, purpose: Purpose) -> Result<CopyReport,
     // The source: its catalog and the name the copy goes by, read in the state every
     // reader of this run sees (an exported snapshot, or a SQLite file's write lock).
     let mut src;
+    // A SQLite source's own connection: the catalog, the chunks, and the write lock held
+    // while the readers start.
+    #[cfg(feature = "sqlite")]
+    let mut sqlite_main: Option<sqlx::sqlite::SqliteConnection> = None;
     let snapshot: String;
     let source_tables;
     let name;
@@ -139,7 +144,12 @@ pub(super) async fn run(copier: &Copier, purpose: Purpose) -> Result<CopyReport,
             source_tables = sqlite::catalog(&mut conn, &schema, &target_tables).await?;
             name = sqlite::copy_name(options);
             snapshot = String::new();
-            src = Reader::Sqlite(conn);
+            sqlite_main = Some(conn);
+            src = Reader::Sqlite(if purpose == Purpose::Run {
+                None
+            } else {
+                Some(sqlite::reader(options)?)
+            });
         }
     }
     let from_sqlite = !matches!(src, Reader::Postgres(_));
@@ -293,7 +303,10 @@ pub(super) async fn run(copier: &Copier, purpose: Purpose) -> Result<CopyReport,
             _ => match &mut src {
                 Reader::Postgres(conn) => split(conn, p, copier.chunk_rows).await?,
                 #[cfg(feature = "sqlite")]
-                Reader::Sqlite(conn) => sqlite::split(conn, p, copier.chunk_rows).await?,
+                Reader::Sqlite(_) => match sqlite_main.as_mut() {
+                    Some(conn) => sqlite::split(conn, p, copier.chunk_rows).await?,
+                    None => Vec::new(),
+                },
             },
         };
         p.plan.chunks = table_chunks.len();
@@ -348,9 +361,9 @@ pub(super) async fn run(copier: &Copier, purpose: Purpose) -> Result<CopyReport,
     #[cfg_attr(not(feature = "sqlite"), allow(unused_mut))]
     let mut readers = Vec::new();
     #[cfg(feature = "sqlite")]
-    if let (Source::Sqlite(options), Reader::Sqlite(conn)) = (&copier.source, &mut src) {
+    if let (Source::Sqlite(options), Some(conn)) = (&copier.source, sqlite_main.as_mut()) {
         for _ in 0..=copier.jobs {
-            readers.push(Reader::Sqlite(sqlite::reader(options).await?));
+            readers.push(Reader::Sqlite(Some(sqlite::reader(options)?)));
         }
         sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
         if let Some(verifier) = readers.pop() {
@@ -401,10 +414,11 @@ pub(super) async fn run(copier: &Copier, purpose: Purpose) -> Result<CopyReport,
             let _ = conn.close().await;
         }
         #[cfg(feature = "sqlite")]
-        Reader::Sqlite(mut conn) => {
-            let _ = sqlx::raw_sql("COMMIT").execute(&mut conn).await;
-            let _ = conn.close().await;
-        }
+        Reader::Sqlite(_) => {}
+    }
+    #[cfg(feature = "sqlite")]
+    if let Some(conn) = sqlite_main {
+        let _ = conn.close().await;
     }
     let _ = dst.close().await;
     report.seconds = started.elapsed().as_secs_f64();
@@ -1104,10 +1118,7 @@ async fn worker(shared: &Shared) -> Result<(), Error> {
             let _ = conn.close().await;
         }
         #[cfg(feature = "sqlite")]
-        Reader::Sqlite(mut conn) => {
-            let _ = sqlx::raw_sql("COMMIT").execute(&mut conn).await;
-            let _ = conn.close().await;
-        }
+        Reader::Sqlite(_) => {}
     }
     let _ = dst.close().await;
     Ok(())
@@ -1125,6 +1136,9 @@ struct Counts {
 pub(super) enum Failure {
     /// Reading the source.
     Source(String, sqlx::Error),
+    /// Reading the source, as its driver described it.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    SourceText(String, String),
     /// Writing the target (the chunk's transaction is rolled back).
     Target(usize, sqlx::Error),
     /// A value of a SQLite source that does not convert (the chunk is rolled back).
@@ -1422,6 +1436,11 @@ async fn explain(
                 crate::error::describe_sqlx(&err)
             ));
         }
+        Failure::SourceText(table, message) => {
+            return Error::Config(format!(
+                "reading {table} from the source failed: {message}; the chunk was rolled back, the {kept} chunk(s) committed before it are kept: run the copy again to resume"
+            ));
+        }
         Failure::Target(table, err) => (table, err),
     };
     let name = shared.planned[table].plan.table.clone();
@@ -1689,7 +1708,7 @@ fn fingerprint_sql(p: &Planned, table: &Table, from: &str) -> String {
 /// first rows that differ.
 #[cfg(feature = "sqlite")]
 async fn compare_rows(
-    conn: &mut sqlx::sqlite::SqliteConnection,
+    conn: &mut Option<rusqlite::Connection>,
     dst: &mut PgConnection,
     planned: &[Planned],
     conversions: &[Vec<Conversion>],

@@ -3,9 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use futures_util::TryStreamExt;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteRow};
-use sqlx::{AssertSqlSafe, Connection, Row, TypeInfo, ValueRef};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{AssertSqlSafe, Connection, Row};
 
 use super::UnconvertibleValue;
 use super::catalog::{Column, Table, TableName};
@@ -59,14 +58,30 @@ fn is_read_only(err: &sqlx::Error) -> bool {
         .is_some_and(|code| code == "8" || code.starts_with("8"))
 }
 
-/// A reader for a worker: its own connection in a read transaction, started while the
-/// main connection holds the write lock.
-pub(super) async fn reader(options: &SqliteConnectOptions) -> Result<SqliteConnection, Error> {
-    let mut conn = open(options).await?;
-    sqlx::raw_sql("BEGIN; SELECT count(*) FROM sqlite_schema")
-        .execute(&mut conn)
-        .await?;
-    Ok(conn)
+/// A reader: its own connection (read-only) in a read transaction, started at once. The
+/// rows are stepped on a blocking thread through the C API (the same SQLite library as
+/// the rest of datamig), converted there, and handed over in buffers of `COPY` text.
+pub(super) fn reader(options: &SqliteConnectOptions) -> Result<rusqlite::Connection, Error> {
+    use rusqlite::OpenFlags;
+    let file = options.get_filename();
+    let opened = rusqlite::Connection::open_with_flags(
+        file,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .and_then(|conn| {
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        conn.execute_batch("BEGIN")?;
+        conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
+        Ok(conn)
+    });
+    opened.map_err(|err| {
+        Error::Config(format!(
+            "cannot read the source SQLite database {}: {err}",
+            file.display()
+        ))
+    })
 }
 
 /// The tables of the SQLite database (its `main` schema), named as the target names them:
@@ -240,6 +255,83 @@ pub(super) async fn split(
     Ok(Chunk::between(bounds))
 }
 
+/// What a blocking reader needs of a table: owned, so it can move to its thread.
+#[derive(Clone)]
+struct Reading {
+    table: String,
+    sql: String,
+    /// Copied columns: name and target type, with their conversions.
+    columns: Vec<(String, String)>,
+    conversions: Vec<Conversion>,
+    /// The columns that name a row, and where they are in the `SELECT`.
+    key: Vec<(String, usize)>,
+}
+
+impl Reading {
+    fn new(p: &Planned, conversions: &[Conversion], chunk: &Chunk) -> Reading {
+        let (sql, key) = select(p, chunk);
+        Reading {
+            table: p.plan.table.clone(),
+            sql,
+            columns: p
+                .plan
+                .copied()
+                .map(|c| (c.name.clone(), c.target_type.clone()))
+                .collect(),
+            conversions: conversions.to_vec(),
+            key,
+        }
+    }
+
+    /// Converts one row into a line of `COPY` text appended to `out`; on a value that does
+    /// not convert, `out` is restored and the value described.
+    fn line(
+        &self,
+        row: &rusqlite::Row<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Box<UnconvertibleValue>> {
+        let start = out.len();
+        for (i, conversion) in self.conversions.iter().enumerate() {
+            if i > 0 {
+                out.push(b'\t');
+            }
+            let failure = match row.get_ref(i) {
+                Ok(v) => {
+                    let v = value(v);
+                    conversion
+                        .write(v, out)
+                        .err()
+                        .map(|reason| (v.show(), reason))
+                }
+                Err(err) => Some(("a value SQLite cannot read".to_string(), err.to_string())),
+            };
+            if let Some((shown, reason)) = failure {
+                out.truncate(start);
+                return Err(Box::new(self.bad(row, i, shown, reason)));
+            }
+        }
+        out.push(b'\n');
+        Ok(())
+    }
+
+    fn bad(
+        &self,
+        row: &rusqlite::Row<'_>,
+        i: usize,
+        value: String,
+        reason: String,
+    ) -> UnconvertibleValue {
+        UnconvertibleValue {
+            table: self.table.clone(),
+            key: key_of(row, &self.key),
+            column: self.columns[i].0.clone(),
+            value,
+            target_type: self.columns[i].1.clone(),
+            reason,
+        }
+    }
+}
+
 /// The `SELECT` of a chunk: the copied columns, then the key columns (or `_rowid_`) that
 /// name a row in messages; and the positions of those.
 fn select(p: &Planned, chunk: &Chunk) -> (String, Vec<(String, usize)>) {
@@ -277,21 +369,19 @@ fn select(p: &Planned, chunk: &Chunk) -> (String, Vec<(String, usize)>) {
             }
         })
         .collect();
-    let tuple = format!(
-        "({})",
-        p.plan
-            .key
-            .iter()
-            .map(|k| quote_ident(k))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let tuple = p
+        .plan
+        .key
+        .iter()
+        .map(|k| quote_ident(k))
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut conditions = Vec::new();
     if let Some(lower) = &chunk.lower {
-        conditions.push(format!("{tuple} > ({})", lower.join(", ")));
+        conditions.push(format!("({tuple}) > ({})", lower.join(", ")));
     }
     if let Some(upper) = &chunk.upper {
-        conditions.push(format!("{tuple} <= ({})", upper.join(", ")));
+        conditions.push(format!("({tuple}) <= ({})", upper.join(", ")));
     }
     let filter = if conditions.is_empty() {
         String::new()
@@ -301,7 +391,7 @@ fn select(p: &Planned, chunk: &Chunk) -> (String, Vec<(String, usize)>) {
     let order = if p.plan.key.is_empty() {
         String::new()
     } else {
-        format!(" ORDER BY {}", &tuple[1..tuple.len() - 1])
+        format!(" ORDER BY {tuple}")
     };
     (
         format!(
@@ -313,30 +403,24 @@ fn select(p: &Planned, chunk: &Chunk) -> (String, Vec<(String, usize)>) {
     )
 }
 
-/// The value of column `i` of a row, by its storage class.
-fn value(row: &SqliteRow, i: usize) -> Result<Value<'_>, sqlx::Error> {
-    let raw = row.try_get_raw(i)?;
-    if raw.is_null() {
-        return Ok(Value::Null);
+/// A SQLite value, by its storage class (text that is not UTF-8 is treated as the bytes
+/// it is, and refused where text is expected).
+fn value(v: rusqlite::types::ValueRef<'_>) -> Value<'_> {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Integer(i),
+        ValueRef::Real(r) => Value::Real(r),
+        ValueRef::Text(t) => std::str::from_utf8(t).map_or(Value::Blob(t), Value::Text),
+        ValueRef::Blob(b) => Value::Blob(b),
     }
-    let class = raw.type_info().name().to_string();
-    Ok(match class.as_str() {
-        "INTEGER" => Value::Integer(row.try_get_unchecked(i)?),
-        "REAL" => Value::Real(row.try_get_unchecked(i)?),
-        "BLOB" => Value::Blob(row.try_get_unchecked(i)?),
-        _ => match row.try_get_unchecked::<&str, _>(i) {
-            Ok(text) => Value::Text(text),
-            // Text that is not UTF-8: shown and refused as the bytes it is.
-            Err(_) => Value::Blob(row.try_get_unchecked(i)?),
-        },
-    })
 }
 
 /// The row's key as messages name it: `id = 42`, `tenant_id = 1, code = 'a'`.
-fn key_of(row: &SqliteRow, key: &[(String, usize)]) -> String {
+fn key_of(row: &rusqlite::Row<'_>, key: &[(String, usize)]) -> String {
     key.iter()
         .map(|(name, at)| {
-            let shown = match value(row, *at) {
+            let shown = match row.get_ref(*at).map(value) {
                 Ok(Value::Integer(i)) => i.to_string(),
                 Ok(Value::Real(r)) => r.to_string(),
                 Ok(Value::Text(t)) => format!("'{}'", t.replace('\'', "''")),
@@ -349,41 +433,109 @@ fn key_of(row: &SqliteRow, key: &[(String, usize)]) -> String {
         .join(", ")
 }
 
-/// Converts one row into a line of `COPY` text appended to `out`; on a value that does not
-/// convert, `out` is restored and the value described.
-fn convert_row(
-    p: &Planned,
-    conversions: &[Conversion],
-    key: &[(String, usize)],
-    row: &SqliteRow,
-    out: &mut Vec<u8>,
-) -> Result<(), Box<UnconvertibleValue>> {
-    let start = out.len();
-    for (i, (conversion, column)) in conversions.iter().zip(p.plan.copied()).enumerate() {
-        if i > 0 {
-            out.push(b'\t');
-        }
-        let failure = match value(row, i) {
-            Ok(v) => conversion
-                .write(v, out)
-                .err()
-                .map(|reason| (v.show(), reason)),
-            Err(err) => Some(("a value SQLite cannot read".to_string(), err.to_string())),
+/// How a blocking read ended.
+enum Ended {
+    Done,
+    /// The receiver went away (the writer failed): its error is the one to report.
+    Dropped,
+    Bad(Box<UnconvertibleValue>),
+    Failed(String),
+}
+
+/// On a blocking thread: steps the rows, converts each, sends full buffers (with their
+/// row counts), takes empty ones back.
+fn produce(
+    conn: &rusqlite::Connection,
+    reading: &Reading,
+    full: &tokio::sync::mpsc::Sender<(Vec<u8>, u64)>,
+    empty: &mut tokio::sync::mpsc::Receiver<Vec<u8>>,
+) -> Ended {
+    let mut stmt = match conn.prepare(&reading.sql) {
+        Ok(stmt) => stmt,
+        Err(err) => return Ended::Failed(err.to_string()),
+    };
+    let mut rows = match stmt.query([]) {
+        Ok(rows) => rows,
+        Err(err) => return Ended::Failed(err.to_string()),
+    };
+    let mut buf = empty.blocking_recv().unwrap_or_default();
+    let mut count = 0_u64;
+    loop {
+        let row = match rows.next() {
+            Ok(row) => row,
+            Err(err) => return Ended::Failed(err.to_string()),
         };
-        if let Some((shown, reason)) = failure {
-            out.truncate(start);
-            return Err(Box::new(UnconvertibleValue {
-                table: p.plan.table.clone(),
-                key: key_of(row, key),
-                column: column.name.clone(),
-                value: shown,
-                target_type: column.target_type.clone(),
-                reason,
-            }));
+        let end = row.is_none();
+        if let Some(row) = row {
+            if let Err(bad) = reading.line(row, &mut buf) {
+                return Ended::Bad(bad);
+            }
+            count += 1;
+        }
+        if buf.len() >= SEND_BYTES || (end && !buf.is_empty()) {
+            if full
+                .blocking_send((buf, std::mem::take(&mut count)))
+                .is_err()
+            {
+                return Ended::Dropped;
+            }
+            buf = empty.blocking_recv().unwrap_or_default();
+        }
+        if end {
+            return Ended::Done;
         }
     }
-    out.push(b'\n');
-    Ok(())
+}
+
+/// A blocking reader at work: full buffers (with their row counts) come out of `full`,
+/// emptied ones go back through `empty`.
+struct Pump {
+    full: tokio::sync::mpsc::Receiver<(Vec<u8>, u64)>,
+    empty: tokio::sync::mpsc::Sender<Vec<u8>>,
+    reader: tokio::task::JoinHandle<(rusqlite::Connection, Ended)>,
+}
+
+impl Pump {
+    /// Starts reading `reading`'s rows on a blocking thread with `conn` (handed back by
+    /// [`Pump::finish`]).
+    fn start(conn: &mut Option<rusqlite::Connection>, reading: Reading) -> Result<Pump, Error> {
+        let taken = conn.take().ok_or_else(|| {
+            Error::Config(
+                "a SQLite reader was lost after an earlier failure; run the copy again".into(),
+            )
+        })?;
+        let (full_tx, full) = tokio::sync::mpsc::channel::<(Vec<u8>, u64)>(BUFFERS);
+        let (empty, mut empty_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(BUFFERS + 1);
+        for _ in 0..BUFFERS {
+            let _ = empty.try_send(Vec::with_capacity(SEND_BYTES + (64 << 10)));
+        }
+        let reader = tokio::task::spawn_blocking(move || {
+            let ended = produce(&taken, &reading, &full_tx, &mut empty_rx);
+            (taken, ended)
+        });
+        Ok(Pump {
+            full,
+            empty,
+            reader,
+        })
+    }
+
+    /// Gives an emptied buffer back.
+    async fn recycle(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        let _ = self.empty.send(buf).await;
+    }
+
+    /// Stops taking buffers, waits for the reader and hands its connection back.
+    async fn finish(self, conn: &mut Option<rusqlite::Connection>) -> Result<Ended, Error> {
+        drop(self.full);
+        drop(self.empty);
+        let (taken, ended) = self.reader.await.map_err(|err| {
+            Error::Config(format!("the SQLite reader stopped unexpectedly: {err}"))
+        })?;
+        *conn = Some(taken);
+        Ok(ended)
+    }
 }
 
 /// Streams a chunk's rows, converted, into the open `COPY .. FROM STDIN`; returns the
@@ -391,132 +543,107 @@ fn convert_row(
 pub(super) async fn stream(
     shared: &Shared,
     table: usize,
-    conn: &mut SqliteConnection,
+    conn: &mut Option<rusqlite::Connection>,
     chunk: &Chunk,
     copy_in: &mut sqlx::postgres::PgCopyIn<&mut sqlx::postgres::PgConnection>,
 ) -> Result<u64, Failure> {
     let p = &shared.planned[table];
-    let conversions = &shared.conversions[table];
-    let (sql, key) = select(p, chunk);
-    let name = p.plan.table.clone();
-    let (full_tx, mut full_rx) = tokio::sync::mpsc::channel::<(Vec<u8>, u64)>(BUFFERS);
-    let (empty_tx, mut empty_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(BUFFERS + 1);
-    for _ in 0..BUFFERS {
-        let _ = empty_tx.try_send(Vec::with_capacity(SEND_BYTES + (64 << 10)));
+    let mut pump = Pump::start(conn, Reading::new(p, &shared.conversions[table], chunk))
+        .map_err(Failure::Other)?;
+    let mut total = 0_u64;
+    let mut failure = None;
+    while let Some((buf, rows)) = pump.full.recv().await {
+        if let Err(err) = copy_in.send(buf.as_slice()).await {
+            failure = Some(Failure::Target(table, err));
+            break;
+        }
+        total += buf.len() as u64;
+        shared.progress(table, rows, buf.len() as u64);
+        pump.recycle(buf).await;
     }
-    let read = async move {
-        let mut rows_stream = sqlx::query(AssertSqlSafe(sql)).fetch(&mut *conn);
-        let mut buf = empty_rx.recv().await.unwrap_or_default();
-        let mut rows = 0_u64;
-        loop {
-            let row = rows_stream
-                .try_next()
-                .await
-                .map_err(|e| Failure::Source(name.clone(), e))?;
-            let end = row.is_none();
-            if let Some(row) = &row {
-                convert_row(p, conversions, &key, row, &mut buf)
-                    .map_err(|bad| Failure::Value(table, bad))?;
-                rows += 1;
-            }
-            if buf.len() >= SEND_BYTES || (end && !buf.is_empty()) {
-                if full_tx
-                    .send((buf, std::mem::take(&mut rows)))
-                    .await
-                    .is_err()
-                {
-                    return Ok(());
-                }
-                buf = empty_rx.recv().await.unwrap_or_default();
-            }
-            if end {
-                return Ok::<(), Failure>(());
-            }
-        }
-    };
-    let write = async move {
-        let mut total = 0_u64;
-        while let Some((mut buf, rows)) = full_rx.recv().await {
-            copy_in
-                .send(buf.as_slice())
-                .await
-                .map_err(|e| Failure::Target(table, e))?;
-            total += buf.len() as u64;
-            shared.progress(table, rows, buf.len() as u64);
-            buf.clear();
-            let _ = empty_tx.send(buf).await;
-        }
-        Ok::<u64, Failure>(total)
-    };
-    let (read, write) = tokio::join!(read, write);
-    // A value that does not convert is the error to report, even if the target then
-    // complained of the copy's abrupt end.
-    read?;
-    write
+    match pump.finish(conn).await.map_err(Failure::Other)? {
+        // A value that does not convert is the error to report, even if the target then
+        // complained of the copy's abrupt end.
+        Ended::Bad(bad) => Err(Failure::Value(table, bad)),
+        Ended::Failed(message) => Err(Failure::SourceText(p.plan.table.clone(), message)),
+        Ended::Done | Ended::Dropped => failure.map_or(Ok(total), Err),
+    }
 }
 
 /// Reads every row of the planned tables and lists the values that would not convert (the
 /// first `limit` of them); returns the list and how many there are in all.
 pub(super) async fn scan(
-    conn: &mut SqliteConnection,
+    conn: &mut Option<rusqlite::Connection>,
     planned: &[Planned],
     conversions: &[Vec<Conversion>],
     limit: usize,
 ) -> Result<(Vec<UnconvertibleValue>, u64), Error> {
-    let mut found = Vec::new();
-    let mut total = 0_u64;
-    let mut line = Vec::new();
-    for (p, conversions) in planned.iter().zip(conversions) {
-        let (sql, key) = select(p, &Chunk::whole());
-        let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(&mut *conn);
-        while let Some(row) = rows.try_next().await? {
-            line.clear();
-            // A row may hold several values that do not convert: each is reported.
-            for (i, (conversion, column)) in conversions.iter().zip(p.plan.copied()).enumerate() {
-                let v = value(&row, i)?;
-                if let Err(reason) = conversion.write(v, &mut line) {
-                    total += 1;
-                    if found.len() < limit {
-                        found.push(UnconvertibleValue {
-                            table: p.plan.table.clone(),
-                            key: key_of(&row, &key),
-                            column: column.name.clone(),
-                            value: v.show(),
-                            target_type: column.target_type.clone(),
-                            reason,
-                        });
+    let Some(taken) = conn.take() else {
+        return Err(Error::Config("the SQLite reader was lost".into()));
+    };
+    let readings: Vec<Reading> = planned
+        .iter()
+        .zip(conversions)
+        .map(|(p, c)| Reading::new(p, c, &Chunk::whole()))
+        .collect();
+    let (taken, outcome) = tokio::task::spawn_blocking(move || {
+        let outcome = (|| {
+            let mut found = Vec::new();
+            let mut total = 0_u64;
+            let mut line = Vec::new();
+            for reading in &readings {
+                let mut stmt = taken.prepare(&reading.sql)?;
+                let mut rows = stmt.query([])?;
+                while let Some(row) = rows.next()? {
+                    // A row may hold several values that do not convert: each is reported.
+                    for (i, conversion) in reading.conversions.iter().enumerate() {
+                        line.clear();
+                        let v = value(row.get_ref(i)?);
+                        if let Err(reason) = conversion.write(v, &mut line) {
+                            total += 1;
+                            if found.len() < limit {
+                                found.push(reading.bad(row, i, v.show(), reason));
+                            }
+                        }
                     }
                 }
             }
-        }
-    }
-    Ok((found, total))
+            Ok::<_, rusqlite::Error>((found, total))
+        })();
+        (taken, outcome)
+    })
+    .await
+    .map_err(|err| Error::Config(format!("the SQLite reader stopped unexpectedly: {err}")))?;
+    *conn = Some(taken);
+    outcome
+        .map_err(|err| Error::Config(format!("reading the source SQLite database failed: {err}")))
 }
 
 /// Streams every row of a table, converted, into `COPY .. FROM STDIN` of a temporary
 /// table on the target (for a comparison in the target's types).
 pub(super) async fn stream_all(
-    conn: &mut SqliteConnection,
+    conn: &mut Option<rusqlite::Connection>,
     p: &Planned,
     conversions: &[Conversion],
     copy_in: &mut sqlx::postgres::PgCopyIn<&mut sqlx::postgres::PgConnection>,
 ) -> Result<(), Error> {
-    let (sql, key) = select(p, &Chunk::whole());
-    let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(&mut *conn);
-    let mut buf = Vec::with_capacity(SEND_BYTES + (64 << 10));
-    while let Some(row) = rows.try_next().await? {
-        if let Err(bad) = convert_row(p, conversions, &key, &row, &mut buf) {
-            return Err(Error::CopyRefused(format!(
-                "{bad}: the comparison converts every row as a copy would; fix the value in the source"
-            )));
+    let mut pump = Pump::start(conn, Reading::new(p, conversions, &Chunk::whole()))?;
+    let mut failure = None;
+    while let Some((buf, _)) = pump.full.recv().await {
+        if let Err(err) = copy_in.send(buf.as_slice()).await {
+            failure = Some(Error::Database(err));
+            break;
         }
-        if buf.len() >= SEND_BYTES {
-            copy_in.send(buf.as_slice()).await?;
-            buf.clear();
-        }
+        pump.recycle(buf).await;
     }
-    if !buf.is_empty() {
-        copy_in.send(buf.as_slice()).await?;
+    match pump.finish(conn).await? {
+        Ended::Bad(bad) => Err(Error::CopyRefused(format!(
+            "{bad}: the comparison converts every row as a copy would; fix the value in the source"
+        ))),
+        Ended::Failed(message) => Err(Error::Config(format!(
+            "reading {} from the source SQLite database failed: {message}",
+            p.plan.table
+        ))),
+        Ended::Done | Ended::Dropped => failure.map_or(Ok(()), Err),
     }
-    Ok(())
 }
