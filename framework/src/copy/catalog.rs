@@ -35,6 +35,8 @@ pub(crate) struct ForeignKey {
     pub(crate) name: String,
     pub(crate) columns: Vec<String>,
     pub(crate) references: TableName,
+    /// The referenced table's columns, in the order of `columns`.
+    pub(crate) referenced: Vec<String>,
     pub(crate) deferrable: bool,
 }
 
@@ -195,7 +197,10 @@ pub(crate) async fn read(
                 rc.relname::text AS ref_table, con.condeferrable AS deferrable,
                 ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord)
                       JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
-                      ORDER BY k.ord) AS columns
+                      ORDER BY k.ord) AS columns,
+                ARRAY(SELECT a.attname::text FROM unnest(con.confkey) WITH ORDINALITY AS k(attnum, ord)
+                      JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.attnum
+                      ORDER BY k.ord) AS referenced
          FROM pg_constraint con
          JOIN pg_class rc ON rc.oid = con.confrelid
          JOIN pg_namespace rn ON rn.oid = rc.relnamespace
@@ -212,6 +217,7 @@ pub(crate) async fn read(
                 name: row.try_get("name")?,
                 columns: row.try_get("columns")?,
                 references: (row.try_get("ref_schema")?, row.try_get("ref_table")?),
+                referenced: row.try_get("referenced")?,
                 deferrable: row.try_get("deferrable")?,
             });
         }

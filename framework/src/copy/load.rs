@@ -426,7 +426,6 @@ pub(super) async fn run(copier: &Copier, purpose: Purpose) -> Result<CopyReport,
 }
 
 /// `'text'` as an SQL string literal.
-#[cfg(feature = "sqlite")]
 fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
@@ -1141,6 +1140,8 @@ pub(super) enum Failure {
     SourceText(String, String),
     /// Writing the target (the chunk's transaction is rolled back).
     Target(usize, sqlx::Error),
+    /// A row the copy's own checks reject (the chunk is rolled back).
+    Rejected(usize, String),
     /// A value of a SQLite source that does not convert (the chunk is rolled back).
     #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     Value(usize, Box<UnconvertibleValue>),
@@ -1259,8 +1260,153 @@ async fn copy_unit(
         }
         done.push(counts);
     }
+    // Triggers off: the foreign keys are checked here, set-based, for the rows of this
+    // unit, before it commits (as the target's own checks would have, row by row).
+    if shared.copier.disable_triggers {
+        for (table, chunk) in &unit.parts {
+            if let Some(message) = dangling_reference(&mut tx, shared, *table, chunk)
+                .await
+                .map_err(|e| Failure::Target(*table, e))?
+            {
+                return Err(Failure::Rejected(*table, message));
+            }
+        }
+    }
     tx.commit().await.map_err(|e| Failure::Target(first, e))?;
     Ok(done)
+}
+
+/// The first row of a chunk whose foreign key names a row the target does not hold, as
+/// a message naming the constraint, the row and the missing key; `None` when every
+/// reference holds. Each key is one anti-join over the chunk's key range.
+async fn dangling_reference(
+    conn: &mut PgConnection,
+    shared: &Shared,
+    table: usize,
+    chunk: &Chunk,
+) -> Result<Option<String>, sqlx::Error> {
+    let p = &shared.planned[table];
+    let range = target_range(p, chunk, !shared.conversions[table].is_empty());
+    for fk in &p.target.foreign_keys {
+        if fk.referenced.len() != fk.columns.len() {
+            continue;
+        }
+        let parent = catalog::ident(&fk.references);
+        let present: Vec<String> = fk
+            .columns
+            .iter()
+            .map(|c| format!("c.{} IS NOT NULL", quote_ident(c)))
+            .collect();
+        let matched: Vec<String> = fk
+            .columns
+            .iter()
+            .zip(&fk.referenced)
+            .map(|(c, r)| format!("r.{} = c.{}", quote_ident(r), quote_ident(c)))
+            .collect();
+        let shown: Vec<String> = fk
+            .columns
+            .iter()
+            .map(|c| format!("c.{}::text", quote_ident(c)))
+            .collect();
+        let key: Vec<String> = p
+            .plan
+            .key
+            .iter()
+            .map(|k| {
+                format!(
+                    "{} || ' = ' || c.{}::text",
+                    quote_literal(k),
+                    quote_ident(k)
+                )
+            })
+            .collect();
+        let key = if key.is_empty() {
+            "'ctid = ' || c.ctid::text".to_string()
+        } else {
+            key.join(" || ', ' || ")
+        };
+        let sql = format!(
+            "SELECT {key}, concat_ws(', ', {}) FROM ONLY {} AS c
+             WHERE {}{range} AND NOT EXISTS (SELECT 1 FROM {parent} AS r WHERE {})
+             LIMIT 1",
+            shown.join(", "),
+            p.target.ident(),
+            present.join(" AND "),
+            matched.join(" AND ")
+        );
+        if let Some(row) = query(AssertSqlSafe(sql)).fetch_optional(&mut *conn).await? {
+            let (row_key, values): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+            return Ok(Some(format!(
+                "foreign key {} of the row with {row_key}: ({}) = ({values}) is not present in table {} (checked by the copy: triggers are off)",
+                fk.name,
+                fk.columns.join(", "),
+                display(&fk.references)
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// ` AND` the chunk's key range over the target's columns (empty for a whole table):
+/// bounds of a SQLite source are SQLite literals, compared in byte order as SQLite does.
+fn target_range(p: &Planned, chunk: &Chunk, from_sqlite: bool) -> String {
+    if !from_sqlite {
+        let range = range_predicate(p, chunk);
+        return range
+            .strip_prefix(" WHERE ")
+            .map_or(String::new(), |r| format!(" AND {r}"));
+    }
+    let columns: Vec<(String, String, bool)> = p
+        .plan
+        .key
+        .iter()
+        .map(|k| {
+            let sql_type = p
+                .target
+                .column(k)
+                .map_or("text".to_string(), |c| c.sql_type.clone());
+            let text = sql_type == "text" || sql_type.starts_with("character");
+            (quote_ident(k), sql_type, text)
+        })
+        .collect();
+    let tuple = columns
+        .iter()
+        .map(|(c, _, text)| {
+            if *text {
+                format!("c.{c} COLLATE \"C\"")
+            } else {
+                format!("c.{c}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let values = |bound: &[String]| {
+        bound
+            .iter()
+            .zip(&columns)
+            .map(|(v, (_, sql_type, text))| {
+                let literal = match v.strip_prefix("X'").or_else(|| v.strip_prefix("x'")) {
+                    Some(hex) => format!("'\\x{hex}::bytea"),
+                    None if v.starts_with('\'') => format!("{v}::{sql_type}"),
+                    None => v.clone(),
+                };
+                if *text {
+                    format!("{literal} COLLATE \"C\"")
+                } else {
+                    literal
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = String::new();
+    if let Some(lower) = &chunk.lower {
+        out.push_str(&format!(" AND ({tuple}) > ({})", values(lower)));
+    }
+    if let Some(upper) = &chunk.upper {
+        out.push_str(&format!(" AND ({tuple}) <= ({})", values(upper)));
+    }
+    out
 }
 
 /// Streams one `COPY .. TO STDOUT` into the open `COPY .. FROM STDIN`, in sends of about
@@ -1435,6 +1581,16 @@ async fn explain(
                 "reading {table} from the source failed: {}; the chunk was rolled back, the {kept} chunk(s) committed before it are kept: run the copy again to resume",
                 crate::error::describe_sqlx(&err)
             ));
+        }
+        Failure::Rejected(table, message) => {
+            let (chunk, chunks) = locate(table);
+            return Error::CopyRejected {
+                table: shared.planned[table].plan.table.clone(),
+                chunk,
+                chunks,
+                kept,
+                message,
+            };
         }
         Failure::SourceText(table, message) => {
             return Error::Config(format!(

@@ -202,7 +202,7 @@ pub(crate) fn plan(
             .any(|fk| fk.references == table.name);
         let whole = if key.is_empty() {
             Some("it has no primary key (the same in both databases) to split it by".to_string())
-        } else if self_reference && !disable_triggers {
+        } else if self_reference {
             Some("it references itself: one statement loads it, so the references are checked once all its rows are in".to_string())
         } else {
             None
@@ -504,12 +504,11 @@ fn order(planned: Vec<Planned>, disable_triggers: bool) -> Result<Vec<Planned>, 
                     .filter(|n| **n != p.plan.table)
                     .cloned()
                     .collect();
-                if !disable_triggers {
-                    p.plan.whole = Some(
-                        "its foreign keys form a cycle: the tables of the cycle load in one transaction with the constraints deferred"
-                            .to_string(),
-                    );
-                }
+                p.plan.whole = Some(if disable_triggers {
+                    "its foreign keys form a cycle: the tables of the cycle load in one transaction, their references checked once all their rows are in".to_string()
+                } else {
+                    "its foreign keys form a cycle: the tables of the cycle load in one transaction with the constraints deferred".to_string()
+                });
             }
         }
         ordered.extend(group);
