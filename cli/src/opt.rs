@@ -168,7 +168,7 @@ pub struct CopyOpts {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Load with session_replication_role = replica: no triggers, no foreign-key checks (needs a superuser or GRANT SET ON PARAMETER).
+    /// Load with session_replication_role = replica: no user triggers; the copy checks the foreign keys itself, per chunk (needs a superuser or GRANT SET ON PARAMETER).
     #[arg(long)]
     pub disable_triggers: bool,
 

@@ -29,8 +29,10 @@
 //!    one statement (its references are checked when all its rows are in); tables in a
 //!    cycle of `DEFERRABLE` keys load together in one transaction with the constraints
 //!    deferred. With [`Copier::disable_triggers`] the load runs in
-//!    `session_replication_role = replica` (no triggers, no foreign-key checks), which
-//!    needs a superuser or, from PostgreSQL 15, `GRANT SET ON PARAMETER`.
+//!    `session_replication_role = replica` (no user triggers, no row-by-row foreign-key
+//!    checks), which needs a superuser or, from PostgreSQL 15, `GRANT SET ON PARAMETER`;
+//!    the copy then checks each foreign key itself, set-based over each chunk before it
+//!    commits.
 //! 2. **Refuse a target that holds rows** this copy did not write ([`CopyMode::Empty`], the
 //!    default), naming the tables; [`CopyMode::Merge`] inserts missing rows and updates
 //!    changed ones by primary key (never deletes); [`CopyMode::DangerouslyTruncate`]
@@ -438,10 +440,13 @@ impl Copier {
         self
     }
 
-    /// Loads with `session_replication_role = replica`: no user triggers fire and foreign
-    /// keys are not checked (so tables load in any split, cycles included). Needs a
-    /// superuser or, from PostgreSQL 15, `GRANT SET ON PARAMETER session_replication_role`;
-    /// refused before any row moves otherwise.
+    /// Loads with `session_replication_role = replica`: no user triggers fire and the
+    /// server checks no foreign key row by row; the copy checks each foreign key itself,
+    /// one anti-join per key over each chunk before it commits (a row whose parent is
+    /// missing stops its chunk, [`Error::CopyRejected`]), and loads a cycle's tables in one
+    /// transaction whatever their keys' deferrability. Needs a superuser or, from
+    /// PostgreSQL 15, `GRANT SET ON PARAMETER session_replication_role`; refused before any
+    /// row moves otherwise.
     pub fn disable_triggers(mut self, disable: bool) -> Self {
         self.disable_triggers = disable;
         self
