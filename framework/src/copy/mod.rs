@@ -62,6 +62,25 @@
 //!
 //! Both sides need direct connections (not a transaction pooler): the snapshot is shared
 //! through `pg_export_snapshot()`, which lives in one server session.
+//!
+//! # From SQLite
+//!
+//! [`Copier::from_sqlite`] reads a SQLite file instead, with everything above, and converts
+//! each value by its **target column's type**, checked and never guessed: integers into
+//! `smallint`/`integer`/`bigint` (range-checked) and, as `0`/`1`, into `boolean`; text into
+//! `text`/`varchar(n)`/`char(n)` (length-checked), `uuid` (or 16-byte blobs), `json`/`jsonb`
+//! (parsed), `numeric(p,s)` (never rounded), `date`/`time`/`timestamp`/`timestamptz` (ISO
+//! 8601; UTC without an offset; integers only with [`Copier::unix_time`]); reals into
+//! `real`/`double precision`/`numeric`; blobs into `bytea`; `NULL` stays `NULL`. Any other
+//! target type is refused by the plan. [`Copier::plan`] reads every row and lists each value
+//! that would not convert ([`CopyPlan::unconvertible`]); a copy stops at the first, with
+//! [`Error::CopyUnconvertible`] naming table, key, column, value and type, keeping the
+//! chunks before it. Tables match by name in the target's first schema. Its readers start
+//! their read transactions while the copy holds the file's write lock, so they all read
+//! one state of it. datamig's ledger comes along ([`Copier::ledger`]), so migrations
+//! applied on SQLite count as applied on PostgreSQL. [`Copier::verify`] and
+//! [`Copier::compare`] convert the SQLite rows the same way into temporary tables on the
+//! target and compare them row by row, naming the first rows that differ.
 
 mod catalog;
 mod convert;
