@@ -771,7 +771,7 @@ async fn with_triggers_off_the_copy_checks_every_foreign_key_itself() -> anyhow:
     // A row whose parent is missing: the chunk holding it is rolled back, by name.
     sqlite_execute(
         src.pool(),
-        "UPDATE orders SET user_id = 999999 WHERE id = 2500",
+        "PRAGMA foreign_keys = OFF; UPDATE orders SET user_id = 999999 WHERE id = 2500",
     )
     .await?;
     let failed = datamig("", &args).output().await?;

@@ -380,8 +380,13 @@ pub(super) async fn run(copier: &Copier, purpose: Purpose) -> Result<CopyReport,
             conversions: conversions.clone(),
             readers,
         };
-        let outcome = copy_chunks(copier, &snapshot, &progress, &copy_id, &planned, work).await?;
+        let (outcome, analyzed) =
+            copy_chunks(copier, &snapshot, &progress, &copy_id, &planned, work).await?;
         report.tables = outcome;
+        report.analyzed = analyzed
+            .into_iter()
+            .map(|t| planned[t].plan.table.clone())
+            .collect();
         report.rows = report.tables.iter().map(|t| t.rows).sum();
         report.bytes = report.tables.iter().map(|t| t.bytes).sum();
     }
@@ -391,7 +396,7 @@ pub(super) async fn run(copier: &Copier, purpose: Purpose) -> Result<CopyReport,
     }
     if copier.analyze {
         for (p, t) in planned.iter().zip(&report.tables) {
-            if t.rows > 0 {
+            if t.rows > 0 && !report.analyzed.contains(&p.plan.table) {
                 sqlx::raw_sql(AssertSqlSafe(format!("ANALYZE {}", p.target.ident())))
                     .execute(&mut dst)
                     .await?;
@@ -867,6 +872,8 @@ pub(super) struct Shared {
     bytes: Vec<AtomicU64>,
     total_estimate: u64,
     reports: Mutex<Vec<TableReport>>,
+    /// Tables analyzed as soon as their last chunk committed.
+    analyzed: Mutex<Vec<usize>>,
 }
 
 impl Shared {
@@ -930,7 +937,7 @@ async fn copy_chunks(
     copy_id: &str,
     planned: &Arc<Vec<Planned>>,
     work: Work,
-) -> Result<Vec<TableReport>, Error> {
+) -> Result<(Vec<TableReport>, Vec<usize>), Error> {
     let Work {
         chunks,
         conversions,
@@ -1011,6 +1018,7 @@ async fn copy_chunks(
             .map(|p| u64::try_from(p.plan.estimated_rows).unwrap_or(0))
             .sum(),
         reports: Mutex::new(empty_reports(planned)),
+        analyzed: Mutex::new(Vec::new()),
     });
     // Each worker is a task with its own pair of connections. The first failure stops the
     // others at once: their chunk in progress is rolled back when its connection closes.
@@ -1036,7 +1044,8 @@ async fn copy_chunks(
         return Err(err);
     }
     let reports = shared.reports.lock().expect("reports lock").clone();
-    Ok(reports)
+    let analyzed = shared.analyzed.lock().expect("analyzed lock").clone();
+    Ok((reports, analyzed))
 }
 
 async fn worker(shared: &Shared) -> Result<(), Error> {
@@ -1071,6 +1080,34 @@ async fn worker(shared: &Shared) -> Result<(), Error> {
             Err(failure) => return Err(explain(shared, &mut src, &mut dst, &unit, failure).await),
         };
         let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        // A table this unit completes is analyzed before the tables that reference it may
+        // start: their foreign-key checks are planned with its statistics, not an empty
+        // table's.
+        if shared.copier.analyze {
+            let completes: Vec<usize> = {
+                let schedule = shared.schedule.lock().expect("schedule lock");
+                let mut ending: Vec<usize> = unit.parts.iter().map(|(t, _)| *t).collect();
+                ending.dedup();
+                ending
+                    .into_iter()
+                    .filter(|t| {
+                        schedule.left[*t] == unit.parts.iter().filter(|(x, _)| x == t).count()
+                    })
+                    .collect()
+            };
+            for table in completes {
+                let p = &shared.planned[table];
+                sqlx::raw_sql(AssertSqlSafe(format!("ANALYZE {}", p.target.ident())))
+                    .execute(&mut dst)
+                    .await?;
+                shared.analyzed.lock().expect("analyzed lock").push(table);
+                if let Some(sink) = &shared.copier.on_event {
+                    sink(&CopyEvent::Analyzed {
+                        table: p.plan.table.clone(),
+                    });
+                }
+            }
+        }
         let mut finished = Vec::new();
         {
             let mut schedule = shared.schedule.lock().expect("schedule lock");
