@@ -798,6 +798,10 @@ async fn bad_urls_the_same_database_and_missing_privileges_are_refused() -> anyh
 
     let (code, stderr) = copy("sqlite:app.db", dst.url(), &[]).await?;
     assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot open the source SQLite database app.db"),
+        "{stderr}"
+    );
 
     // A target role that may read but not write, and may not set session_replication_role.
     let role = format!("{}_reader", dst.name());
