@@ -30,16 +30,8 @@ reset_target() {
     -c "SET client_min_messages = warning" -c "DROP TABLE IF EXISTS datamig_copy_progress" -c "SELECT setval('items_id_seq', 1, false)" -c "CHECKPOINT" >/dev/null
 }
 
-# Runs a command; appends "name seconds peak-kB" to the results.
-RESULTS="$WORK/results"
-timed() {
-  local name="$1"; shift
-  reset_target
-  /usr/bin/time -f "%e %M" -o "$WORK/time" bash -c "$*" >"$WORK/out" 2>&1 || { cat "$WORK/out"; exit 1; }
-  read -r secs kb <"$WORK/time"
-  echo "$name $secs $kb" | tee -a "$RESULTS"
-  psql -At -d target -c "SELECT count(*) FROM pgbench_accounts" | grep -qx "$((SCALE * 100000))" \
-    || { echo "[bench] $name left an incomplete copy" >&2; exit 1; }
+complete() {
+  psql -At -d target -c "SELECT count(*) FROM pgbench_accounts" | grep -qx "$((SCALE * 100000))"
 }
 
 for round in $(seq 1 "$ROUNDS"); do

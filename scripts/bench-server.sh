@@ -1,7 +1,8 @@
 # Sourced by the copy benchmarks (scripts/bench-copy.sh, scripts/bench-sqlite.sh): one
 # throwaway PostgreSQL 15 server from the machine's binaries on port $PORT, the release
 # `datamig` in $DATAMIG, a work directory in $WORK (removed at exit, the server stopped),
-# and `need COMMAND PACKAGE` to install a tool from Debian's packages where missing.
+# `need COMMAND PACKAGE` to install a tool from Debian's packages where missing, and
+# `timed NAME COMMAND` (the caller defines `reset_target` and `complete NAME`).
 PGBIN="${PGBIN:-/usr/lib/postgresql/15/bin}"
 ROUNDS="${BENCH_ROUNDS:-2}"
 
@@ -27,3 +28,15 @@ runuser -u postgres -- "$PGBIN/initdb" -D "$WORK/data" -U postgres --auth=trust 
 runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w \
   -o "-p $PORT -k $WORK -c shared_buffers=1GB -c max_wal_size=8GB -c listen_addresses=127.0.0.1" start >/dev/null
 export PGHOST=127.0.0.1 PGPORT=$PORT PGUSER=postgres
+
+# Runs a command on an emptied target; appends "name seconds peak-kB" to the results and
+# stops the benchmark when the command failed or left the copy incomplete.
+RESULTS="$WORK/results"
+timed() {
+  local name="$1"; shift
+  reset_target
+  /usr/bin/time -f "%e %M" -o "$WORK/time" bash -c "$*" >"$WORK/out" 2>&1 || { cat "$WORK/out"; exit 1; }
+  read -r secs kb <"$WORK/time"
+  echo "$name $secs $kb" | tee -a "$RESULTS"
+  complete || { cat "$WORK/out"; echo "[bench] $name left an incomplete copy" >&2; exit 1; }
+}

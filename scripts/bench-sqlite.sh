@@ -73,15 +73,8 @@ reset_target() {
     -c "DROP TABLE IF EXISTS datamig_copy_progress, datamig_ledger, datamig_runs, datamig_ledger_layout" -c "CHECKPOINT" >/dev/null
 }
 
-RESULTS="$WORK/results"
-timed() {
-  local name="$1"; shift
-  reset_target
-  /usr/bin/time -f "%e %M" -o "$WORK/time" bash -c "$*" >"$WORK/out" 2>&1 || { cat "$WORK/out"; exit 1; }
-  read -r secs kb <"$WORK/time"
-  echo "$name $secs $kb" | tee -a "$RESULTS"
-  psql -At -d target -c "SELECT (SELECT count(*) FROM orders) + (SELECT count(*) FROM users)" | grep -qx "$((ROWS + USERS))" \
-    || { cat "$WORK/out"; echo "[bench] $name left an incomplete copy" >&2; exit 1; }
+complete() {
+  psql -At -d target -c "SELECT (SELECT count(*) FROM orders) + (SELECT count(*) FROM users)" | grep -qx "$((ROWS + USERS))"
 }
 
 UNIX="--unix-time users.last_seen=seconds"

@@ -10,6 +10,7 @@ use futures_util::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::Notify;
+use tokio::sync::mpsc::{Receiver, Sender};
 
 use super::catalog::{self, Table, display};
 use super::convert::Conversion;
@@ -29,7 +30,7 @@ const PROGRESS_TABLE: &str = "datamig_copy_progress";
 /// Bytes of `COPY` text gathered before they are sent on: rows arrive one message each.
 pub(super) const SEND_BYTES: usize = 1 << 20;
 /// Buffers of [`SEND_BYTES`] in flight between reading the source and writing the target.
-pub(super) const BUFFERS: usize = 3;
+const BUFFERS: usize = 3;
 /// How long a connection may take to open.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -1446,6 +1447,34 @@ fn target_range(p: &Planned, chunk: &Chunk, from_sqlite: bool) -> String {
     out
 }
 
+/// A buffer of `COPY` data and the rows in it.
+pub(super) type Filled = (Vec<u8>, u64);
+
+/// Full buffers of `COPY` data (with their row counts) going from a reader to a writer,
+/// and [`BUFFERS`] empty ones of about [`SEND_BYTES`] coming back to be filled again.
+pub(super) struct Buffers {
+    pub(super) full_tx: Sender<Filled>,
+    pub(super) full_rx: Receiver<Filled>,
+    pub(super) empty_tx: Sender<Vec<u8>>,
+    pub(super) empty_rx: Receiver<Vec<u8>>,
+}
+
+impl Buffers {
+    pub(super) fn new() -> Buffers {
+        let (full_tx, full_rx) = tokio::sync::mpsc::channel(BUFFERS);
+        let (empty_tx, empty_rx) = tokio::sync::mpsc::channel(BUFFERS + 1);
+        for _ in 0..BUFFERS {
+            let _ = empty_tx.try_send(Vec::with_capacity(SEND_BYTES + (64 << 10)));
+        }
+        Buffers {
+            full_tx,
+            full_rx,
+            empty_tx,
+            empty_rx,
+        }
+    }
+}
+
 /// Streams one `COPY .. TO STDOUT` into the open `COPY .. FROM STDIN`, in sends of about
 /// [`SEND_BYTES`]; returns the bytes streamed.
 async fn stream(
@@ -1462,11 +1491,12 @@ async fn stream(
         .map_err(|e| Failure::Source(name.clone(), e))?;
     // The reader fills buffers while the writer sends the previous one, so that both
     // servers work at once; a few buffers in flight keep memory constant.
-    let (full_tx, mut full_rx) = tokio::sync::mpsc::channel::<(Vec<u8>, u64)>(BUFFERS);
-    let (empty_tx, mut empty_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(BUFFERS + 1);
-    for _ in 0..BUFFERS {
-        let _ = empty_tx.try_send(Vec::with_capacity(SEND_BYTES + (64 << 10)));
-    }
+    let Buffers {
+        full_tx,
+        mut full_rx,
+        empty_tx,
+        mut empty_rx,
+    } = Buffers::new();
     let read = async move {
         let mut buf = empty_rx.recv().await.unwrap_or_default();
         // The server sends each row in a message of its own (a binary copy's header rides

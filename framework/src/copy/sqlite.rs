@@ -9,7 +9,7 @@ use sqlx::{AssertSqlSafe, Connection, Row};
 use super::UnconvertibleValue;
 use super::catalog::{Column, Table, TableName};
 use super::convert::{Conversion, Kind, UnixTime, Value};
-use super::load::{BUFFERS, Chunk, Failure, SEND_BYTES, Shared};
+use super::load::{Buffers, Chunk, Failure, SEND_BYTES, Shared};
 use super::plan::{Planned, unix_unit};
 use crate::error::Error;
 use crate::sql::quote_ident;
@@ -504,11 +504,12 @@ impl Pump {
                 "a SQLite reader was lost after an earlier failure; run the copy again".into(),
             )
         })?;
-        let (full_tx, full) = tokio::sync::mpsc::channel::<(Vec<u8>, u64)>(BUFFERS);
-        let (empty, mut empty_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(BUFFERS + 1);
-        for _ in 0..BUFFERS {
-            let _ = empty.try_send(Vec::with_capacity(SEND_BYTES + (64 << 10)));
-        }
+        let Buffers {
+            full_tx,
+            full_rx: full,
+            empty_tx: empty,
+            mut empty_rx,
+        } = Buffers::new();
         let reader = tokio::task::spawn_blocking(move || {
             let ended = produce(&taken, &reading, &full_tx, &mut empty_rx);
             (taken, ended)
