@@ -250,6 +250,10 @@ async fn run<DB: CliBackend>(
         migrator = DB::max_replay_lag(migrator, max)?;
     }
     migrator = migrator.throttle_interval(opts.throttle_interval);
+    if let Some(workers) = opts.workers {
+        migrator = migrator.workers(workers);
+    }
+    migrator = migrator.join(!opts.no_join);
     let progress = Arc::new(out.progress());
     let sink = Arc::clone(&progress);
     migrator = migrator.on_progress(move |event| sink.update(event));

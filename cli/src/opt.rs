@@ -280,6 +280,16 @@ pub struct RunOpts {
     /// How often a throttled run asks again whether the database can take the next batch.
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
     pub throttle_interval: Duration,
+
+    /// PostgreSQL: walk each batched migration with this many workers, each on a
+    /// connection of its own, whatever the migration declares (batch(.., workers = N)).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub workers: Option<u32>,
+
+    /// Do not join another runner's workers while waiting for the runner lock (by default a
+    /// run that finds a batched migration part-way with workers works ranges of it too).
+    #[arg(long)]
+    pub no_join: bool,
 }
 
 /// Options of `mark-applied` and `repair`.

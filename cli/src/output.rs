@@ -53,9 +53,10 @@ impl Output {
                 (false, true) => "re-ran",
                 (false, false) => "applied",
             };
-            let batches = match applied.batches {
-                0 => String::new(),
-                n => format!("  {n} batches"),
+            let batches = match (applied.batches, applied.workers) {
+                (0, _) => String::new(),
+                (n, 0 | 1) => format!("  {n} batches"),
+                (n, workers) => format!("  {n} batches by {workers} workers"),
             };
             writeln!(
                 out,
@@ -67,6 +68,17 @@ impl Output {
             for note in &applied.notes {
                 writeln!(out, "  {note}")?;
             }
+        }
+        for joined in &report.joined {
+            writeln!(
+                out,
+                "joined {} as {} worker(s) while another runner held the lock: {} batches, {} rows, {}",
+                joined.id,
+                joined.workers,
+                joined.batches,
+                joined.rows_affected,
+                humantime::format_duration(Duration::from_millis(joined.duration_ms))
+            )?;
         }
         for id in &report.not_for_backend {
             writeln!(out, "skipped {id}: not for this backend")?;
@@ -152,7 +164,21 @@ impl Output {
                 s.id,
                 state_name(s.state)
             )?;
-            if let Some(entry) = s.ledger.as_ref().filter(|e| e.is_running()) {
+            if !s.ranges.is_empty() {
+                let done = s.ranges.iter().filter(|r| r.done).count();
+                let batches: i64 = s.ranges.iter().map(|r| r.batches).sum();
+                let keys: i64 = s.ranges.iter().map(|r| r.keys_done).sum();
+                let held = s.ranges.iter().filter(|r| r.held).count();
+                writeln!(
+                    out,
+                    "{:<width$}  {done} of {} ranges done, {batches} batches, {keys} keys; {held} being worked:",
+                    "",
+                    s.ranges.len()
+                )?;
+                for range in &s.ranges {
+                    writeln!(out, "{:<width$}    {}", "", describe_range(range))?;
+                }
+            } else if let Some(entry) = s.ledger.as_ref().filter(|e| e.is_running()) {
                 writeln!(
                     out,
                     "{:<width$}  {} batches done, checkpoint {}",
@@ -767,6 +793,34 @@ fn rate(bar: &ProgressBar, bytes: u64) -> u64 {
     (bytes as f64 / seconds) as u64
 }
 
+/// One range of a migration walked by workers, for `status`:
+/// `range 2 (id > 250000, up to id = 375000): worked by web-1/4121/2, 31 batches, checkpoint id = 281000`.
+fn describe_range(range: &datamig::WorkRange) -> String {
+    let bound = |b: &Option<String>| b.as_deref().map(datamig::describe_checkpoint);
+    let keys = match (bound(&range.lower), bound(&range.upper)) {
+        (None, None) => "every key".to_string(),
+        (Some(lower), None) => format!("after {lower}"),
+        (None, Some(upper)) => format!("up to {upper}"),
+        (Some(lower), Some(upper)) => format!("after {lower}, up to {upper}"),
+    };
+    let who = match (&range.worker, range.held, range.done) {
+        (_, _, true) => "done".to_string(),
+        (Some(worker), true, false) => format!("worked by {worker}"),
+        (Some(worker), false, false) => format!("waiting (last worked by {worker})"),
+        (None, _, false) => "waiting".to_string(),
+    };
+    let at = match (&range.checkpoint, range.done) {
+        (Some(checkpoint), false) => {
+            format!(", checkpoint {}", datamig::describe_checkpoint(checkpoint))
+        }
+        _ => String::new(),
+    };
+    format!(
+        "range {} ({keys}): {who}, {} batches, {} keys{at}",
+        range.number, range.batches, range.keys_done
+    )
+}
+
 /// `paused by app on web-1 at 2026-11-21 10:00:00 UTC: replica lag`.
 fn describe_pause(pause: &Pause) -> String {
     format!(
@@ -889,6 +943,10 @@ impl ProgressOutput {
             bar.set_position(event.keys_done);
             match &event.waiting {
                 Some(why) => bar.set_message(format!("waiting: {why}")),
+                None if event.workers > 1 => bar.set_message(format!(
+                    "{:.0} keys/s by {} workers, batch of {} in {}ms",
+                    event.keys_per_second, event.workers, event.batch_keys, event.batch_ms
+                )),
                 None => bar.set_message(format!(
                     "{:.0} keys/s, batch of {} in {}ms",
                     event.keys_per_second, event.batch_keys, event.batch_ms

@@ -348,7 +348,7 @@ async fn run_in<DB: Backend>(
             let sizer = crate::runner::Sizer::new(spec);
             let (mut after, mut number) = (None, 0);
             while let Some((last, keys)) =
-                DB::next_batch(ctx.tx(), &shape, after.as_ref(), sizer.size()).await?
+                DB::next_batch(ctx.tx(), &shape, after.as_ref(), None, sizer.size()).await?
             {
                 number += 1;
                 let batch = Batch::new(after.clone(), last.clone(), number, keys, shape.clone());

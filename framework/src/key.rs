@@ -189,10 +189,20 @@ impl KeyShape {
 
     /// The key columns in key order (`ASC`), or reversed.
     pub(crate) fn order_by(&self, descending: bool) -> String {
+        self.order_by_in(descending, None)
+    }
+
+    /// The key columns in key order, qualified by `qualifier`: an outer query that selects
+    /// the key as text must order by the columns, and an unqualified name that is also an
+    /// output column's (`CAST("id" AS text)` is named `id`) would order by the text.
+    pub(crate) fn order_by_in(&self, descending: bool, qualifier: Option<&str>) -> String {
         self.parts
             .iter()
             .map(|p| {
-                let name = quote_ident(&p.name);
+                let name = match qualifier {
+                    Some(q) => format!("{}.{}", quote_ident(q), quote_ident(&p.name)),
+                    None => quote_ident(&p.name),
+                };
                 if descending {
                     format!("{name} DESC")
                 } else {
@@ -201,6 +211,11 @@ impl KeyShape {
             })
             .collect::<Vec<_>>()
             .join(", ")
+    }
+
+    /// The key columns as a select list (see `select_list`), for the backends' own queries.
+    pub(crate) fn key_select_list(&self) -> String {
+        self.select_list()
     }
 
     /// The key columns as a select list: on PostgreSQL each as the text (or `bigint`) the
@@ -224,10 +239,11 @@ impl KeyShape {
     }
 
     /// The statement that finds the next batch: the last key of the first `$N` keys after
-    /// the checkpoint (`after`), and how many there are. The inner query is an index range
-    /// scan in key order; the outer sorts at most one batch of keys.
-    pub(crate) fn next_batch_sql(&self, after: bool) -> String {
-        let (range, params) = self.range(after, false, 1, None);
+    /// the checkpoint (`after`), up to and including the range's last key (`upper`, with
+    /// several workers), and how many there are. The inner query is an index range scan in
+    /// key order; the outer sorts at most one batch of keys.
+    pub(crate) fn next_batch_sql(&self, after: bool, upper: bool) -> String {
+        let (range, params) = self.range(after, upper, 1, None);
         format!(
             "SELECT {}, count(*) OVER () FROM
                  (SELECT {} FROM {} WHERE {range} ORDER BY {} LIMIT ${}) AS batch
@@ -237,22 +253,23 @@ impl KeyShape {
             quote_ident(&self.table),
             self.order_by(false),
             params + 1,
-            self.order_by(true),
+            self.order_by_in(true, Some("batch")),
         )
     }
 
-    /// The statement that tells whether a key of the scope is after `$1..`.
-    pub(crate) fn has_keys_after_sql(&self) -> String {
-        let (range, _) = self.range(true, false, 1, None);
+    /// The statement that tells whether a key of the scope is after `$1..` (and, with
+    /// `upper`, at or before the next parameters: the end of a worker's range).
+    pub(crate) fn has_keys_after_sql(&self, upper: bool) -> String {
+        let (range, _) = self.range(true, upper, 1, None);
         format!(
             "SELECT EXISTS (SELECT 1 FROM {} WHERE {range})",
             quote_ident(&self.table)
         )
     }
 
-    /// `SELECT 1` of the rows of the scope after the checkpoint (`after`).
-    pub(crate) fn rows_after_sql(&self, after: bool) -> String {
-        let (range, _) = self.range(after, false, 1, None);
+    /// `SELECT 1` of the rows of the scope after the checkpoint (`after`), up to `upper`.
+    pub(crate) fn rows_after_sql(&self, after: bool, upper: bool) -> String {
+        let (range, _) = self.range(after, upper, 1, None);
         format!("SELECT 1 FROM {} WHERE {range}", quote_ident(&self.table))
     }
 

@@ -91,6 +91,25 @@ impl LedgerConfig {
         format!("{}_lease", self.ledger_table)
     }
 
+    /// The name of the table of a batched migration's key ranges while several workers
+    /// walk it (PostgreSQL): `<ledger table>_ranges`.
+    pub(crate) fn ranges_table_name(&self) -> String {
+        format!("{}_ranges", self.ledger_table)
+    }
+
+    /// The ranges table's quoted, schema-qualified name.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn ranges_ident(&self) -> String {
+        self.qualify(&self.ranges_table_name())
+    }
+
+    /// The key of the advisory lock with which a worker connected directly claims range
+    /// `range` of migration `id` (a session lock: it dies with the worker's session).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn range_key(&self, id: &str, range: i32) -> i64 {
+        self.key_of(&format!("{}:range:{id}:{range}", self.ledger_ident()))
+    }
+
     /// The lease table's quoted, schema-qualified name.
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn lease_ident(&self) -> String {
@@ -281,6 +300,71 @@ pub struct Pause {
     pub at: DateTime<Utc>,
     /// Why, if the operator said.
     pub reason: Option<String>,
+}
+
+/// One range of a batched migration's keys while several workers walk it (the rows of
+/// `<ledger>_ranges`, which `status` shows): the keys after `lower` up to and including
+/// `upper`, worked batch by batch by one worker at a time, its checkpoint committed with
+/// each batch. The ranges of a migration are removed when its last range commits, which
+/// applies the migration.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct WorkRange {
+    /// The migration's id.
+    pub migration_id: String,
+    /// The range's number, from 0 in key order.
+    pub number: i32,
+    /// Its keys start after this key (as the ledger stores checkpoints); `None`: from the
+    /// first key.
+    pub lower: Option<String>,
+    /// Its keys end with this key; `None`: up to the last key, including keys added later.
+    pub upper: Option<String>,
+    /// The last key of its last committed batch; `None` before its first batch.
+    pub checkpoint: Option<String>,
+    /// Whether every key of the range is done.
+    pub done: bool,
+    /// Batches committed in this range.
+    pub batches: i64,
+    /// Keys done in this range.
+    pub keys_done: i64,
+    /// Rows affected in this range, as the migration reported them.
+    pub rows_affected: i64,
+    /// The worker that claimed it last: `<host>/<pid>/<worker number>`.
+    pub worker: Option<String>,
+    /// Whether that worker holds the range now (its session is alive, or its lease has
+    /// not expired).
+    pub held: bool,
+    /// When that worker claimed it.
+    pub claimed_at: Option<DateTime<Utc>>,
+    /// When its last batch committed.
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// What one committed batch did to its range (see [`WorkRange`]). (Public only to the
+/// sealed backend steps; not reachable from outside the crate.)
+#[derive(Clone, Debug)]
+pub struct RangeStep {
+    /// The new checkpoint (`None`: unchanged).
+    pub(crate) checkpoint: Option<String>,
+    pub(crate) keys: u64,
+    pub(crate) rows: u64,
+    /// Whether the range has no key left.
+    pub(crate) done: bool,
+}
+
+/// A worker's hold on ranges: its token, its name, and how the hold is kept. (Public only
+/// to the sealed backend steps; not reachable from outside the crate.)
+#[derive(Clone, Debug)]
+pub struct Claim {
+    /// Random, unique to this worker: written into the range it holds and checked by every
+    /// batch, so a worker that lost its range (a lease expired) cannot commit into it.
+    pub(crate) token: String,
+    /// `<host>/<pid>/<worker number>`.
+    pub(crate) worker: String,
+    /// `None`: the hold is a session advisory lock, released when the worker's session
+    /// ends. `Some(ttl)`: a lease in the range's row, renewed by every batch (through a
+    /// transaction pooler).
+    pub(crate) lease: Option<std::time::Duration>,
 }
 
 /// Why a migration ran.

@@ -91,7 +91,7 @@ pub use fingerprint::{
 };
 pub use idempotency::{IdempotencyCheck, TableChange};
 pub use key::{Key, KeyValue, describe_checkpoint};
-pub use ledger::{LastRun, LedgerConfig, LedgerEntry, Pause};
+pub use ledger::{LastRun, LedgerConfig, LedgerEntry, Pause, WorkRange};
 pub use merge::{UpsertMode, UpsertReport};
 pub use migration::{Batch, BatchFn, BatchSpec, BoxFuture, Code, Location, Migration, MigrationFn};
 pub use registry::link_marker;

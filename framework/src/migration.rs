@@ -189,6 +189,7 @@ pub struct BatchSpec {
     min_size: u32,
     max_size: u32,
     scan_without_index: bool,
+    workers: u32,
 }
 
 impl BatchSpec {
@@ -256,6 +257,14 @@ impl BatchSpec {
         self.scan_without_index
     }
 
+    /// How many workers walk the key at once (`workers = 4`; 1 by default): the key space
+    /// is split into ranges recorded in the database, each worked by one worker at a time
+    /// on a connection of its own. PostgreSQL only; `run --workers N` overrides it. See
+    /// [`Migrator::workers`](crate::Migrator::workers).
+    pub fn workers(&self) -> u32 {
+        self.workers
+    }
+
     #[doc(hidden)]
     pub const fn __new(table: &'static str, key: &'static str, size: u32) -> Self {
         BatchSpec {
@@ -269,7 +278,14 @@ impl BatchSpec {
             min_size: 1,
             max_size: u32::MAX,
             scan_without_index: false,
+            workers: 1,
         }
+    }
+
+    #[doc(hidden)]
+    pub const fn __workers(mut self, workers: u32) -> Self {
+        self.workers = workers;
+        self
     }
 
     #[doc(hidden)]

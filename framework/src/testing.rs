@@ -86,15 +86,54 @@ pub async fn next_batch_plan(
     let (shape, _) =
         crate::runner::batch_key::<sqlx::Postgres>(conn, migration.id(), spec, true).await?;
     let after = if after_first {
-        <sqlx::Postgres as Steps>::next_batch(conn, &shape, None, spec.size())
+        <sqlx::Postgres as Steps>::next_batch(conn, &shape, None, None, spec.size())
             .await?
             .map(|(key, _)| key)
     } else {
         None
     };
-    let sql = format!("EXPLAIN {}", shape.next_batch_sql(after.is_some()));
+    let sql = format!("EXPLAIN {}", shape.next_batch_sql(after.is_some(), false));
     let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(false);
     for value in after.as_ref().map(crate::Key::values).unwrap_or_default() {
+        query = crate::backend::bind_key_value(query, value);
+    }
+    let rows = query.bind(i64::from(spec.size())).fetch_all(conn).await?;
+    let lines = rows
+        .iter()
+        .map(|row| sqlx::Row::try_get::<String, _>(row, 0))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(lines.join("\n"))
+}
+
+/// The plan (`EXPLAIN`, one line per row) of the statement with which a worker finds the
+/// next batch inside a range of a batched `migration` on PostgreSQL: the table's keys split
+/// into four ranges as workers split them, the second range bounded on both sides. For a
+/// test that proves workers walk their ranges by index range scans too.
+///
+/// # Errors
+///
+/// [`Error::Config`] for a migration that is not batched, whose key the runner refuses, or
+/// whose table holds too few keys for four ranges; [`Error::Database`].
+pub async fn range_batch_plan(
+    conn: &mut PgConnection,
+    migration: &crate::Migration,
+) -> Result<String, Error> {
+    use crate::backend::steps::Steps;
+    let spec = migration
+        .batch()
+        .ok_or_else(|| Error::Config(format!("migration {} is not batched", migration.id())))?;
+    let (shape, _) =
+        crate::runner::batch_key::<sqlx::Postgres>(conn, migration.id(), spec, true).await?;
+    let points = <sqlx::Postgres as Steps>::split_keys(conn, &shape, None, 4).await?;
+    let [lower, upper, ..] = points.as_slice() else {
+        return Err(Error::Config(format!(
+            "{} holds too few keys for four ranges",
+            shape.table
+        )));
+    };
+    let sql = format!("EXPLAIN {}", shape.next_batch_sql(true, true));
+    let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+    for value in lower.values().iter().chain(upper.values()) {
         query = crate::backend::bind_key_value(query, value);
     }
     let rows = query.bind(i64::from(spec.size())).fetch_all(conn).await?;

@@ -121,6 +121,36 @@ pub async fn create_keyed_tables(pool: &PgPool) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Creates the tables of the `datamig-workers` binary's migration: `spread` (ids 1 to
+/// `rows`, `v = 0`), `spread_log` (one row per committed batch: the client process and its
+/// keys) and `spread_settings` (how long each batch sleeps in the server).
+///
+/// # Errors
+///
+/// Any database error.
+pub async fn create_spread_tables(
+    pool: &PgPool,
+    rows: i64,
+    sleep_ms: i32,
+) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(
+        "CREATE TABLE spread (id bigint PRIMARY KEY, v integer NOT NULL DEFAULT 0);
+         CREATE TABLE spread_log (pid bigint NOT NULL, keys bigint NOT NULL);
+         CREATE TABLE spread_settings (sleep_ms integer NOT NULL);",
+    )
+    .execute(pool)
+    .await?;
+    sqlx::query("INSERT INTO spread (id) SELECT generate_series(1, $1)")
+        .bind(rows)
+        .execute(pool)
+        .await?;
+    sqlx::query("INSERT INTO spread_settings VALUES ($1)")
+        .bind(sleep_ms)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// A fresh test database with the fixture tables, and `switches` turned on.
 ///
 /// # Errors

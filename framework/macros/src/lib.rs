@@ -51,6 +51,7 @@ struct BatchArgs {
     min_size: Option<u32>,
     max_size: Option<u32>,
     scan_without_index: bool,
+    workers: u32,
 }
 
 impl BatchArgs {
@@ -67,6 +68,7 @@ impl BatchArgs {
             min_size: None,
             max_size: None,
             scan_without_index: false,
+            workers: 1,
         };
         list.parse_nested_meta(|meta| {
             let name = meta
@@ -103,11 +105,20 @@ impl BatchArgs {
                 "min_size" => args.min_size = Some(lit_int(&value)?.max(1)),
                 "max_size" => args.max_size = Some(lit_int(&value)?.max(1)),
                 "dangerously_scan_without_index" => args.scan_without_index = lit_bool(&value)?,
+                "workers" => {
+                    args.workers = lit_int(&value)?;
+                    if args.workers == 0 {
+                        return Err(syn::Error::new(
+                            value.span(),
+                            "a batched migration needs at least one worker",
+                        ));
+                    }
+                }
                 _ => {
                     return Err(meta.error(
                         "unknown argument to batch(..): expected `table = \"..\"`, `key = \"..\"`, \
                          `size = N`, `scope = \"..\"`, `target = \"200ms\"`, `min_size = N`, \
-                         `max_size = N`, `pause = \"50ms\"`, `retries = N` or \
+                         `max_size = N`, `pause = \"50ms\"`, `retries = N`, `workers = N` or \
                          `dangerously_scan_without_index = true`",
                     ));
                 }
@@ -316,6 +327,7 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
             let min_size = batch.min_size.unwrap_or(1);
             let max_size = batch.max_size.unwrap_or(u32::MAX);
             let scan_without_index = batch.scan_without_index;
+            let workers = batch.workers;
             let spec = quote! {
                 ::datamig::BatchSpec::__new(#table, #key, #size)
                     .__pause(#pause)
@@ -323,6 +335,7 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
                     .__scope(#scope)
                     .__target(#target, #min_size, #max_size)
                     .__scan_without_index(#scan_without_index)
+                    .__workers(#workers)
             };
             (
                 quote!(ctx: &'a mut ::datamig::Ctx<'c, #db>, batch: ::datamig::Batch),

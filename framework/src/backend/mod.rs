@@ -15,7 +15,9 @@ use sqlx::SqlStr;
 use crate::bulk::SequenceReset;
 use crate::error::Error;
 use crate::key::{Key, KeyKind, KeyShape, KeyValue};
-use crate::ledger::{Attempt, LastRun, LedgerConfig, LedgerEntry, Pause};
+use crate::ledger::{
+    Attempt, Claim, LastRun, LedgerConfig, LedgerEntry, Pause, RangeStep, WorkRange,
+};
 use crate::merge::{UpsertReport, UpsertRequest};
 use crate::migration::{Code, Migration};
 use crate::session::SessionInfo;
@@ -69,10 +71,13 @@ macro_rules! same_sql_steps {
             conn: &mut $conn,
             shape: &$crate::key::KeyShape,
             after: &$crate::key::Key,
+            upper: Option<&$crate::key::Key>,
         ) -> Result<bool, sqlx::Error> {
-            let mut query =
-                sqlx::query(sqlx::AssertSqlSafe(shape.has_keys_after_sql())).persistent($persistent);
-            for value in after.values() {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(
+                shape.has_keys_after_sql(upper.is_some()),
+            ))
+            .persistent($persistent);
+            for value in after.values().iter().chain(upper.map(|k| k.values()).unwrap_or_default()) {
                 query = bind_key_value(query, value);
             }
             sqlx::Row::try_get(&query.fetch_one(conn).await?, 0)
@@ -135,6 +140,8 @@ macro_rules! same_sql_steps {
 
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+#[cfg(feature = "postgres")]
+mod ranges;
 #[cfg(feature = "testing")]
 pub(crate) use postgres::bind_key_value;
 #[cfg(feature = "sqlite")]
@@ -431,29 +438,33 @@ pub(crate) mod steps {
             scope: &str,
         ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
-        /// The next batch of keys after `after` (from the first key when `None`), at most
-        /// `size`: its last key and how many keys it holds; `None` when no key is left.
-        /// Keyset pagination: an index range scan from the checkpoint, never `OFFSET`.
+        /// The next batch of keys after `after` (from the first key when `None`) and up to
+        /// `upper` (a worker's range; to the last key when `None`), at most `size`: its last
+        /// key and how many keys it holds; `None` when no key is left. Keyset pagination:
+        /// an index range scan from the checkpoint, never `OFFSET`.
         fn next_batch(
             conn: &mut Self::Connection,
             shape: &KeyShape,
             after: Option<&Key>,
+            upper: Option<&Key>,
             size: u32,
         ) -> impl Future<Output = Result<Option<(Key, u64)>, sqlx::Error>> + Send;
 
-        /// Whether any key of the scope is after `after`.
+        /// Whether any key of the scope is after `after` (and at or before `upper`).
         fn has_keys_after(
             conn: &mut Self::Connection,
             shape: &KeyShape,
             after: &Key,
+            upper: Option<&Key>,
         ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
 
-        /// An estimate of the rows of the scope after `after` (all, when `None`), for
-        /// progress.
+        /// An estimate of the rows of the scope after `after` (all, when `None`) and up to
+        /// `upper`, for progress.
         fn estimate_rows(
             conn: &mut Self::Connection,
             shape: &KeyShape,
             after: Option<&Key>,
+            upper: Option<&Key>,
         ) -> impl Future<Output = Result<Option<u64>, sqlx::Error>> + Send;
 
         /// Names this session, so that others can see who holds the runner lock.
@@ -498,6 +509,106 @@ pub(crate) mod steps {
         /// Whether an error is a lock timeout (worth retrying after a pause).
         fn is_lock_timeout(err: &sqlx::Error) -> bool;
 
+        /// Whether batched migrations may have more than one worker here (PostgreSQL). The
+        /// range steps below are only called where they may; elsewhere they fail.
+        const WORKERS: bool = false;
+
+        /// Creates the ranges table (`<ledger>_ranges`) where it is missing.
+        fn ensure_ranges(
+            _conn: &mut Self::Connection,
+            _config: &LedgerConfig,
+        ) -> impl Future<Output = Result<(), Error>> + Send {
+            async { Err(one_worker_only(Self::ID)) }
+        }
+
+        /// The ranges of migration `id` (of all, when `None`), by migration and number;
+        /// empty where there is no ranges table.
+        fn read_ranges(
+            _conn: &mut Self::Connection,
+            _config: &LedgerConfig,
+            _id: Option<&str>,
+        ) -> impl Future<Output = Result<Vec<WorkRange>, sqlx::Error>> + Send {
+            async { Ok(Vec::new()) }
+        }
+
+        /// Replaces the ranges of migration `id` by `bounds` (`(lower, upper]`, encoded).
+        fn replace_ranges(
+            _conn: &mut Self::Connection,
+            _config: &LedgerConfig,
+            _id: &str,
+            _bounds: &[(Option<String>, Option<String>)],
+        ) -> impl Future<Output = Result<(), Error>> + Send {
+            async { Err(one_worker_only(Self::ID)) }
+        }
+
+        /// Claims a range of migration `id` no live worker holds; `None` when none is left.
+        fn claim_range(
+            _conn: &mut Self::Connection,
+            _config: &LedgerConfig,
+            _id: &str,
+            _claim: &Claim,
+        ) -> impl Future<Output = Result<Option<i32>, Error>> + Send {
+            async { Err(one_worker_only(Self::ID)) }
+        }
+
+        /// Gives range `number` back.
+        fn release_range(
+            _conn: &mut Self::Connection,
+            _config: &LedgerConfig,
+            _id: &str,
+            _number: i32,
+            _claim: &Claim,
+        ) -> impl Future<Output = Result<(), Error>> + Send {
+            async { Err(one_worker_only(Self::ID)) }
+        }
+
+        /// In a batch's transaction: locks range `number` if `token` holds it and it has
+        /// keys left; its checkpoint, upper bound and batches.
+        #[allow(clippy::type_complexity)]
+        fn hold_range(
+            _conn: &mut Self::Connection,
+            _config: &LedgerConfig,
+            _id: &str,
+            _number: i32,
+            _token: &str,
+        ) -> impl Future<
+            Output = Result<Option<(Option<String>, Option<String>, i64)>, sqlx::Error>,
+        > + Send {
+            async { Err(sqlx::Error::Protocol(one_worker_only(Self::ID).to_string())) }
+        }
+
+        /// In a batch's transaction: records what it did in its range.
+        fn advance_range(
+            _conn: &mut Self::Connection,
+            _config: &LedgerConfig,
+            _id: &str,
+            _number: i32,
+            _claim: &Claim,
+            _step: &RangeStep,
+        ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+            async { Err(sqlx::Error::Protocol(one_worker_only(Self::ID).to_string())) }
+        }
+
+        /// In the transaction of a batch that finished its range: applies the migration
+        /// when no range has keys left (`true`).
+        fn finish_ranges(
+            _conn: &mut Self::Connection,
+            _config: &LedgerConfig,
+            _attempt: &Attempt,
+        ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send {
+            async { Err(sqlx::Error::Protocol(one_worker_only(Self::ID).to_string())) }
+        }
+
+        /// Keys splitting the scope after `after` into about `pieces` ranges.
+        fn split_keys(
+            _conn: &mut Self::Connection,
+            _shape: &KeyShape,
+            _after: Option<&Key>,
+            _pieces: usize,
+        ) -> impl Future<Output = Result<Vec<Key>, Error>> + Send {
+            async { Err(one_worker_only(Self::ID)) }
+        }
+
         /// Appends an attempt to the run history, with its error if it failed.
         fn record_run(
             conn: &mut Self::Connection,
@@ -506,6 +617,13 @@ pub(crate) mod steps {
             error: Option<&str>,
         ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
     }
+}
+
+/// The error of a range step on a backend that runs one worker only.
+fn one_worker_only(backend: &str) -> Error {
+    Error::Config(format!(
+        "{backend} runs a batched migration with one worker only: it takes one writer at a time"
+    ))
 }
 
 /// Runs `work` on `conn` inside a short transaction of its own where the backend asks for

@@ -13,7 +13,9 @@ use crate::bulk::SequenceReset;
 use crate::copy_text::RowSink;
 use crate::error::Error;
 use crate::key::{Key, KeyKind, KeyShape, KeyValue};
-use crate::ledger::{Attempt, LAYOUT, LastRun, LedgerConfig, LedgerWrite};
+use crate::ledger::{
+    Attempt, Claim, LAYOUT, LastRun, LedgerConfig, LedgerWrite, RangeStep, WorkRange,
+};
 use crate::merge::{NextRow, Plan, Source, UpsertReport, UpsertRequest, stage_name};
 use crate::migration::{Code, Migration};
 use crate::session::SessionInfo;
@@ -723,11 +725,17 @@ impl Steps for Postgres {
         conn: &mut PgConnection,
         shape: &KeyShape,
         after: Option<&Key>,
+        upper: Option<&Key>,
         size: u32,
     ) -> Result<Option<(Key, u64)>, sqlx::Error> {
-        let sql = shape.next_batch_sql(after.is_some());
+        let sql = shape.next_batch_sql(after.is_some(), upper.is_some());
         let mut q = query(AssertSqlSafe(sql));
-        for value in after.map(Key::values).unwrap_or_default() {
+        for value in after
+            .map(Key::values)
+            .unwrap_or_default()
+            .iter()
+            .chain(upper.map(Key::values).unwrap_or_default())
+        {
             q = bind_key_value(q, value);
         }
         let Some(row) = q.bind(i64::from(size)).fetch_optional(conn).await? else {
@@ -748,13 +756,19 @@ impl Steps for Postgres {
         conn: &mut PgConnection,
         shape: &KeyShape,
         after: Option<&Key>,
+        upper: Option<&Key>,
     ) -> Result<Option<u64>, sqlx::Error> {
         // The planner's estimate: free, and close enough for a progress bar.
         let mut q = query(AssertSqlSafe(format!(
             "EXPLAIN {}",
-            shape.rows_after_sql(after.is_some())
+            shape.rows_after_sql(after.is_some(), upper.is_some())
         )));
-        for value in after.map(Key::values).unwrap_or_default() {
+        for value in after
+            .map(Key::values)
+            .unwrap_or_default()
+            .iter()
+            .chain(upper.map(Key::values).unwrap_or_default())
+        {
             q = bind_key_value(q, value);
         }
         let first: String = match q.fetch_optional(conn).await? {
@@ -866,6 +880,86 @@ impl Steps for Postgres {
         err.as_database_error()
             .and_then(|e| e.code())
             .is_some_and(|c| c == "55P03")
+    }
+
+    const WORKERS: bool = true;
+
+    async fn ensure_ranges(conn: &mut PgConnection, config: &LedgerConfig) -> Result<(), Error> {
+        super::ranges::ensure(conn, config).await
+    }
+
+    async fn read_ranges(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+        id: Option<&str>,
+    ) -> Result<Vec<WorkRange>, sqlx::Error> {
+        super::ranges::read(conn, config, id).await
+    }
+
+    async fn replace_ranges(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+        id: &str,
+        bounds: &[(Option<String>, Option<String>)],
+    ) -> Result<(), Error> {
+        Ok(super::ranges::replace(conn, config, id, bounds).await?)
+    }
+
+    async fn claim_range(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+        id: &str,
+        claim: &Claim,
+    ) -> Result<Option<i32>, Error> {
+        Ok(super::ranges::claim(conn, config, id, claim).await?)
+    }
+
+    async fn release_range(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+        id: &str,
+        number: i32,
+        claim: &Claim,
+    ) -> Result<(), Error> {
+        Ok(super::ranges::release(conn, config, id, number, claim).await?)
+    }
+
+    async fn hold_range(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+        id: &str,
+        number: i32,
+        token: &str,
+    ) -> Result<Option<(Option<String>, Option<String>, i64)>, sqlx::Error> {
+        super::ranges::hold(conn, config, id, number, token).await
+    }
+
+    async fn advance_range(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+        id: &str,
+        number: i32,
+        claim: &Claim,
+        step: &RangeStep,
+    ) -> Result<(), sqlx::Error> {
+        super::ranges::advance(conn, config, id, number, claim, step).await
+    }
+
+    async fn finish_ranges(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+        attempt: &Attempt,
+    ) -> Result<bool, sqlx::Error> {
+        super::ranges::finish(conn, config, attempt).await
+    }
+
+    async fn split_keys(
+        conn: &mut PgConnection,
+        shape: &KeyShape,
+        after: Option<&Key>,
+        pieces: usize,
+    ) -> Result<Vec<Key>, Error> {
+        Ok(super::ranges::split(conn, shape, after, pieces).await?)
     }
 
     async fn record_run(

@@ -599,11 +599,17 @@ impl Steps for Sqlite {
         conn: &mut SqliteConnection,
         shape: &KeyShape,
         after: Option<&Key>,
+        upper: Option<&Key>,
         size: u32,
     ) -> Result<Option<(Key, u64)>, sqlx::Error> {
-        let sql = shape.next_batch_sql(after.is_some());
+        let sql = shape.next_batch_sql(after.is_some(), upper.is_some());
         let mut q = sqlx::query(AssertSqlSafe(sql));
-        for value in after.map(Key::values).unwrap_or_default() {
+        for value in after
+            .map(Key::values)
+            .unwrap_or_default()
+            .iter()
+            .chain(upper.map(Key::values).unwrap_or_default())
+        {
             q = bind_key_value(q, value);
         }
         let Some(row) = q.bind(i64::from(size)).fetch_optional(conn).await? else {
@@ -627,13 +633,19 @@ impl Steps for Sqlite {
         conn: &mut SqliteConnection,
         shape: &KeyShape,
         after: Option<&Key>,
+        upper: Option<&Key>,
     ) -> Result<Option<u64>, sqlx::Error> {
         // SQLite keeps no row estimate; counting walks the key's index, once per run.
         let mut q = sqlx::query(AssertSqlSafe(format!(
             "SELECT count(*) FROM ({})",
-            shape.rows_after_sql(after.is_some())
+            shape.rows_after_sql(after.is_some(), upper.is_some())
         )));
-        for value in after.map(Key::values).unwrap_or_default() {
+        for value in after
+            .map(Key::values)
+            .unwrap_or_default()
+            .iter()
+            .chain(upper.map(Key::values).unwrap_or_default())
+        {
             q = bind_key_value(q, value);
         }
         let rows: i64 = q.fetch_one(conn).await?.try_get(0)?;

@@ -187,7 +187,7 @@ impl<DB: Backend> Migrator<DB> {
     /// connection may be what failed, so a fresh one from the pool is the fallback.
     pub(super) async fn record_failure(
         &self,
-        conn: &mut PoolConnection<DB>,
+        conn: &mut DB::Connection,
         attempt: &Attempt,
         message: &str,
     ) -> Result<(), Error> {

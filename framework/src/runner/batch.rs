@@ -54,13 +54,35 @@ impl<DB: Backend> Migrator<DB> {
         if let Some(warning) = warning {
             state.notes.push(warning);
         }
+        let workers = self.workers_for(spec);
+        if !self.dry_run && DB::WORKERS {
+            let ranges = pinned::<DB, _>(conn, async |c| {
+                Ok(DB::read_ranges(c, &self.ledger, Some(migration.id())).await?)
+            })
+            .await
+            .map_err(Failure::Other)?;
+            // Ranges left by a run with workers are finished as ranges, whatever the count.
+            if workers > 1 || (step.resume.is_some() && !ranges.is_empty()) {
+                let job = super::workers::Job {
+                    migration,
+                    run,
+                    spec,
+                    shape,
+                    action: step.action,
+                    started_at: state.started_at,
+                };
+                return self
+                    .apply_with_workers(conn, job, step, state.notes, workers)
+                    .await;
+            }
+        }
         state.resume_from(&step, migration, &shape)?;
         let first_started_at = step
             .resume
             .as_ref()
             .map_or(state.started_at, |e| e.started_at);
         let estimated_total = pinned::<DB, _>(conn, async |c| {
-            Ok(DB::estimate_rows(c, &shape, state.after.as_ref()).await?)
+            Ok(DB::estimate_rows(c, &shape, state.after.as_ref(), None).await?)
         })
         .await
         .ok()
@@ -83,7 +105,12 @@ impl<DB: Backend> Migrator<DB> {
                     batches: state.batches,
                 });
             }
-            if let Err(failure) = self.wait_until_healthy(conn, migration, &state).await {
+            let position = Position {
+                batches: state.batches,
+                keys: state.run_keys,
+                checkpoint: state.after.as_ref().map(ToString::to_string),
+            };
+            if let Err(failure) = self.wait_until_healthy(conn, migration, &position).await {
                 return Err(match failure {
                     Failure::Migration { message, panicked } => {
                         self.batch_failure(conn, migration, step.action, &state, message, panicked)
@@ -198,6 +225,7 @@ impl<DB: Backend> Migrator<DB> {
                                 .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
                             next_size: sizer.size(),
                             waiting: None,
+                            workers: 1,
                         });
                     }
                     finished
@@ -213,6 +241,7 @@ impl<DB: Backend> Migrator<DB> {
                     batches: state.run_batches,
                     lock_retries: state.lock_retries,
                     rows_written: state.run_written,
+                    workers: 1,
                 });
             }
             if self.stop.as_ref().is_some_and(StopSignal::is_stopped) {
@@ -256,7 +285,7 @@ impl<DB: Backend> Migrator<DB> {
             let _ = tx.rollback().await;
             return Err(BatchError::Paused(pause));
         }
-        let next = DB::next_batch(&mut tx, shape, state.after.as_ref(), size)
+        let next = DB::next_batch(&mut tx, shape, state.after.as_ref(), None, size)
             .await
             .map_err(classify)?;
         let mut attempt = self.attempt(migration, action, state.started_at);
@@ -326,7 +355,7 @@ impl<DB: Backend> Migrator<DB> {
                 finished: true,
             });
         }
-        let finished = !DB::has_keys_after(&mut tx, shape, &last)
+        let finished = !DB::has_keys_after(&mut tx, shape, &last, None)
             .await
             .map_err(classify)?;
         attempt.status = if finished {
@@ -416,10 +445,21 @@ impl<DB: Backend> Migrator<DB> {
 
 /// A batch's `lock_timeout` when neither the migration nor the migrator sets one: a batch
 /// must never queue behind the application's locks for long.
-const DEFAULT_BATCH_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const DEFAULT_BATCH_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The most notes a batched migration keeps (the first ones).
-const MAX_NOTES: usize = 100;
+pub(super) const MAX_NOTES: usize = 100;
+
+/// Where a batched migration stands, for the progress events sent while it waits.
+#[derive(Debug, Default)]
+pub(super) struct Position {
+    /// Batches committed so far.
+    pub(super) batches: u64,
+    /// Keys done by this run.
+    pub(super) keys: u64,
+    /// The last key done, as people read it.
+    pub(super) checkpoint: Option<String>,
+}
 
 /// Where a batched migration stands, in this run.
 pub(super) struct BatchState {
@@ -536,7 +576,7 @@ enum BatchDone {
 }
 
 /// Why one batch did not commit.
-enum BatchError {
+pub(super) enum BatchError {
     /// It waited for a lock longer than its `lock_timeout`: worth retrying.
     LockTimeout(String),
     /// The body failed or panicked, a database error ended the batch, or the checkpoint moved.
@@ -553,7 +593,7 @@ impl BatchError {
     /// A database error inside batch `number`'s transaction (a lost connection, a
     /// constraint, at any step up to the commit) fails the migration like an error of its
     /// body: recorded and reported by id. A lock timeout is worth a retry.
-    fn database<DB: Backend>(err: sqlx::Error, number: u64) -> Self {
+    pub(super) fn database<DB: Backend>(err: sqlx::Error, number: u64) -> Self {
         if DB::is_lock_timeout(&err) {
             BatchError::LockTimeout(describe_sqlx(&err))
         } else {
@@ -565,7 +605,7 @@ impl BatchError {
     }
 
     /// A failure of the body of batch `number`.
-    fn body(failure: BodyFailure, number: u64) -> Self {
+    pub(super) fn body(failure: BodyFailure, number: u64) -> Self {
         if failure.lock_timeout {
             BatchError::LockTimeout(failure.message)
         } else {

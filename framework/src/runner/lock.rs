@@ -11,6 +11,9 @@ use super::Migrator;
 use crate::backend::{Backend, LockToken};
 use crate::error::Error;
 use crate::ledger::LedgerConfig;
+use crate::migration::{Code, Migration};
+
+use super::report::AppliedMigration;
 
 /// Which lock keeps two runners of one ledger apart.
 ///
@@ -95,6 +98,18 @@ impl<DB: Backend> Migrator<DB> {
         &self,
         work: impl AsyncFnOnce(&mut PoolConnection<DB>) -> Result<T, Error>,
     ) -> Result<T, Error> {
+        self.with_lock_or_join(None, async |conn, _| work(conn).await)
+            .await
+    }
+
+    /// [`Migrator::with_lock`], and while another runner holds the lock, joins the batched
+    /// migrations of `code` it walks with workers (see `join_running`); `work` gets what
+    /// this run did in them.
+    pub(crate) async fn with_lock_or_join<T>(
+        &self,
+        code: Option<&[(&'static Migration, Code<DB>)]>,
+        work: impl AsyncFnOnce(&mut PoolConnection<DB>, Vec<AppliedMigration>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         self.ledger.validate()?;
         let mut conn = self.pool.acquire().await?;
         if DB::CLOSE_RUNNER_CONNECTION {
@@ -109,8 +124,8 @@ impl<DB: Backend> Migrator<DB> {
                     return Err(Error::BehindPooler { evidence });
                 }
                 DB::tag_session(&mut conn, &crate::session::runner_tag()).await?;
-                self.acquire_lock(&mut conn, &token, None).await?;
-                let result = work(&mut conn).await;
+                let joined = self.acquire_lock(&mut conn, &token, None, code).await?;
+                let result = work(&mut conn, joined).await;
                 // Closing the connection releases PostgreSQL's lock too; unlocking
                 // explicitly is prompt, and SQLite's lock row needs it (should this future
                 // be dropped instead, the token dies with it and the next runner finds the
@@ -119,12 +134,14 @@ impl<DB: Backend> Migrator<DB> {
                 result
             }
             RunnerLock::Lease { ttl } => {
-                self.acquire_lock(&mut conn, &token, Some(ttl)).await?;
+                let joined = self
+                    .acquire_lock(&mut conn, &token, Some(ttl), code)
+                    .await?;
                 let renewal = Renewal::start::<DB>(&self.pool, &self.ledger, &token, ttl);
                 let fence = Fence {
                     token: token.as_str().to_string(),
                 };
-                let result = FENCE.scope(fence, work(&mut conn)).await;
+                let result = FENCE.scope(fence, work(&mut conn, joined)).await;
                 drop(renewal);
                 let _ = DB::release_lease(&mut conn, &self.ledger, &token).await;
                 result
@@ -132,21 +149,34 @@ impl<DB: Backend> Migrator<DB> {
         }
     }
 
+    /// Polls the runner lock until it is taken or the timeout passes. With `code`, while
+    /// another runner holds it, joins the batched migrations it walks with workers; the
+    /// timeout starts again after each join. Returns what the joins did.
     pub(super) async fn acquire_lock(
         &self,
         conn: &mut PoolConnection<DB>,
         token: &LockToken,
         lease: Option<Duration>,
-    ) -> Result<(), Error> {
-        let started = Instant::now();
+        code: Option<&[(&'static Migration, Code<DB>)]>,
+    ) -> Result<Vec<AppliedMigration>, Error> {
+        let mut started = Instant::now();
         let mut pause = Duration::from_millis(25);
+        let mut joined = Vec::new();
         loop {
             let taken = match lease {
                 None => DB::try_lock(conn, &self.ledger, token).await?,
                 Some(ttl) => DB::try_lease(conn, &self.ledger, token, ttl).await?,
             };
             if taken {
-                return Ok(());
+                return Ok(joined);
+            }
+            if let Some(code) = code {
+                let done = self.join_running(conn, code).await?;
+                if !done.is_empty() {
+                    joined.extend(done);
+                    started = Instant::now();
+                    continue;
+                }
             }
             let waited = started.elapsed();
             if waited >= self.runner_lock_timeout {

@@ -14,6 +14,7 @@ mod lock;
 mod plan;
 mod report;
 mod throttle;
+mod workers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,6 +84,8 @@ pub struct Migrator<DB: Backend> {
     stop: Option<StopSignal>,
     health_checks: Vec<throttle::HealthCheck<DB>>,
     throttle_interval: Duration,
+    workers: Option<u32>,
+    join: bool,
 }
 
 /// Asks a run to stop at the next transaction boundary: after the migration or batch in
@@ -127,6 +130,8 @@ impl<DB: Backend> Clone for Migrator<DB> {
             stop: self.stop.clone(),
             health_checks: self.health_checks.clone(),
             throttle_interval: self.throttle_interval,
+            workers: self.workers,
+            join: self.join,
         }
     }
 }
@@ -165,6 +170,8 @@ impl<DB: Backend> Migrator<DB> {
             stop: None,
             health_checks: Vec::new(),
             throttle_interval: Duration::from_secs(1),
+            workers: None,
+            join: true,
         }
     }
 
@@ -185,6 +192,42 @@ impl<DB: Backend> Migrator<DB> {
     /// [`Error::Stopped`].
     pub fn stop_on(mut self, signal: StopSignal) -> Self {
         self.stop = Some(signal);
+        self
+    }
+
+    /// Walks every batched migration of the run with `workers` workers, whatever it
+    /// declares (`batch(.., workers = N)`; 1 by default). PostgreSQL only: SQLite, which
+    /// takes one writer at a time, refuses more than one, and nothing runs.
+    ///
+    /// The migration's keys still to do are split into ranges (four a worker), recorded
+    /// in the table `<ledger>_ranges` in the transaction that records the migration as
+    /// running. Each worker holds a connection of its own and claims one range at a time
+    /// (on a direct connection with the range's session advisory lock, which the server
+    /// releases when a worker dies; under [`RunnerLock::Lease`] with a lease in the
+    /// range's row), works it batch by batch, each batch committing its range's checkpoint
+    /// with its changes, and claims the next. The batch that finishes the last range
+    /// applies the migration, once. Another run that finds the migration part-way joins
+    /// it ([`Migrator::join`]); a run after a kill resumes every range from its checkpoint.
+    /// The pool needs no more connections than before: each worker's is its own.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), datamig::Error> {
+    /// datamig::Migrator::new(pool).workers(4).run().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn workers(mut self, workers: u32) -> Self {
+        self.workers = Some(workers.max(1));
+        self
+    }
+
+    /// Whether this run, finding another runner holding the runner lock while it walks a
+    /// batched migration with workers, joins it as more workers (the default) instead of
+    /// only waiting. It joins only a migration for which it has the same code (checksum
+    /// and revision) that is not paused, works ranges no live worker holds until none is
+    /// left, then waits for the runner lock as before (the wait's timeout starts again).
+    /// What it did is in [`RunReport::joined`].
+    pub fn join(mut self, join: bool) -> Self {
+        self.join = join;
         self
     }
 
@@ -366,8 +409,14 @@ impl<DB: Backend> Migrator<DB> {
                 return Err(Error::UnknownId { id: id.clone() });
             }
         }
-        self.with_lock(async |conn| self.run_locked(conn, &migrations, &code, &mode).await)
-            .await
+        // A run of pending migrations may join another runner's workers while it waits.
+        let joinable = matches!(mode, Mode::Pending).then_some(code.as_slice());
+        self.with_lock_or_join(joinable, async |conn, joined| {
+            let mut report = self.run_locked(conn, &migrations, &code, &mode).await?;
+            report.joined = joined;
+            Ok(report)
+        })
+        .await
     }
 
     async fn run_locked(
@@ -431,6 +480,21 @@ impl<DB: Backend> Migrator<DB> {
             return Err(Error::Drift {
                 drifted: plan.drifted,
             });
+        }
+        if !DB::WORKERS {
+            for (migration, _) in code {
+                if let (Some(spec), true) =
+                    (migration.batch(), plan.steps.contains_key(migration.id()))
+                    && self.workers_for(spec) > 1
+                {
+                    return Err(Error::Config(format!(
+                        "migration {} asks for {} workers, and {} takes one writer at a time:                          it runs batched migrations with one worker only (run --workers 1, or                          Migrator::workers(1)); nothing ran",
+                        migration.id(),
+                        self.workers_for(spec),
+                        DB::ID
+                    )));
+                }
+            }
         }
 
         let mut report = RunReport {

@@ -45,6 +45,10 @@ pub struct Progress {
     /// Why the runner waits before the next batch (a health check's reason); `None` after
     /// a batch.
     pub waiting: Option<String>,
+    /// Workers of this process walking the migration (1 without workers). With several,
+    /// the counts and rates are their sums, and `checkpoint` is the last key of the batch
+    /// just committed, in its worker's range.
+    pub workers: u32,
 }
 
 /// A checkpoint in JSON: a number when it is one (an integer key), otherwise its text.
@@ -80,19 +84,27 @@ impl<DB: Backend> Migrator<DB> {
         self.ledger.validate()?;
         let migrations = self.load()?;
         let mut conn = self.pool.acquire().await?;
-        let (ledger, last_runs, pauses) = pinned::<DB, _>(&mut conn, async |conn| {
+        let (ledger, last_runs, pauses, ranges) = pinned::<DB, _>(&mut conn, async |conn| {
             self.ledger_layout(conn).await?;
             Ok(if DB::ledger_exists(conn, &self.ledger).await? {
                 (
                     DB::read_ledger(conn, &self.ledger).await?,
                     DB::last_runs(conn, &self.ledger).await?,
                     DB::pause_state(conn, &self.ledger, None).await?,
+                    DB::read_ranges(conn, &self.ledger, None).await?,
                 )
             } else {
-                (Vec::new(), Vec::new(), Vec::new())
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new())
             })
         })
         .await?;
+        let mut ranges_of: BTreeMap<String, Vec<crate::ledger::WorkRange>> = BTreeMap::new();
+        for range in ranges {
+            ranges_of
+                .entry(range.migration_id.clone())
+                .or_default()
+                .push(range);
+        }
         let mut pauses: BTreeMap<String, crate::ledger::Pause> = pauses
             .into_iter()
             .map(|p| (p.migration_id.clone(), p))
@@ -129,6 +141,7 @@ impl<DB: Backend> Migrator<DB> {
                     ledger: entry,
                     last_run: last_runs.remove(m.id()),
                     paused,
+                    ranges: ranges_of.remove(m.id()).unwrap_or_default(),
                 }
             })
             .collect();
@@ -138,6 +151,7 @@ impl<DB: Backend> Migrator<DB> {
             state: State::Unknown,
             last_run: last_runs.remove(&entry.id),
             paused: pauses.remove(&entry.id),
+            ranges: ranges_of.remove(&entry.id).unwrap_or_default(),
             ledger: Some(entry),
         }));
         statuses.sort_by(|a, b| a.id.cmp(&b.id));
@@ -169,6 +183,9 @@ pub struct RunReport {
     pub warnings: Vec<String>,
     /// Whether this was a dry run.
     pub dry_run: bool,
+    /// Batched migrations another runner was walking with workers, which this run joined
+    /// while it waited for the runner lock: what this run's workers did in each.
+    pub joined: Vec<AppliedMigration>,
 }
 
 /// One migration applied by a run.
@@ -192,6 +209,9 @@ pub struct AppliedMigration {
     /// For a re-run: the rows it wrote (inserted, updated, deleted), as the database
     /// counted them, including rows rewritten with equal values. `None` for a first run.
     pub rows_written: Option<u64>,
+    /// Workers of this process that walked it (1 without workers; 0 for a migration that
+    /// runs in one transaction).
+    pub workers: u32,
 }
 
 impl AppliedMigration {
@@ -205,6 +225,7 @@ impl AppliedMigration {
             batches: 0,
             lock_retries: 0,
             rows_written: None,
+            workers: 0,
         }
     }
 }
@@ -248,4 +269,8 @@ pub struct MigrationStatus {
     pub last_run: Option<LastRun>,
     /// The pause in force, if an operator paused it.
     pub paused: Option<crate::ledger::Pause>,
+    /// For a batched migration part-way through with workers: its ranges of keys, each
+    /// with the worker that holds (or last held) it and how far it has come. Empty
+    /// otherwise.
+    pub ranges: Vec<crate::ledger::WorkRange>,
 }

@@ -4,10 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
-
 use super::apply::Failure;
-use super::batch::BatchState;
+use super::batch::Position;
 use super::report::Progress;
 use super::{Migrator, StopSignal};
 use crate::backend::{Backend, pinned};
@@ -84,9 +82,9 @@ impl<DB: Backend> Migrator<DB> {
     /// batch loop would, when the run is asked to stop or the migration is paused.
     pub(super) async fn wait_until_healthy(
         &self,
-        conn: &mut PoolConnection<DB>,
+        conn: &mut DB::Connection,
         migration: &'static Migration,
-        state: &BatchState,
+        position: &Position,
     ) -> Result<(), Failure> {
         if self.health_checks.is_empty() {
             return Ok(());
@@ -122,15 +120,15 @@ impl<DB: Backend> Migrator<DB> {
             }
             if let Some(report) = &self.progress {
                 let mut event = Progress::waiting(migration.id(), reasons.join("; "));
-                event.batches = state.batches;
-                event.keys_done = state.run_keys;
-                event.checkpoint = state.after.as_ref().map(ToString::to_string);
+                event.batches = position.batches;
+                event.keys_done = position.keys;
+                event.checkpoint = position.checkpoint.clone();
                 report(&event);
             }
             if self.stop.as_ref().is_some_and(StopSignal::is_stopped) {
                 return Err(Failure::Stopped {
-                    batches: state.batches,
-                    checkpoint: state.after.as_ref().map(ToString::to_string),
+                    batches: position.batches,
+                    checkpoint: position.checkpoint.clone(),
                 });
             }
             let paused = pinned::<DB, _>(conn, async |c| {

@@ -1,0 +1,752 @@
+//! Several workers on one batched migration (PostgreSQL).
+//!
+//! The key space is split into ranges recorded in the database (`<ledger>_ranges`), in the
+//! transaction that records the migration as running. Each worker, on a connection of its
+//! own, claims a range no live worker holds (a session advisory lock per range on a direct
+//! connection, so a worker that dies gives its range back with its session; a lease in the
+//! range's row through a transaction pooler), then works it batch by batch: every batch
+//! locks the range's row, reads the checkpoint there, runs, and commits the new checkpoint
+//! with its changes. A batch therefore never depends on what a worker remembers, and two
+//! workers can never commit the same keys. The batch that finishes the last range applies
+//! the migration (`finish_ranges`). Workers of another `run` (another host) join through
+//! the same tables: see `join_running`.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use sqlx::pool::PoolConnection;
+
+use super::apply::{Failure, run_caught, writes_after, writes_before};
+use super::batch::{BatchError, DEFAULT_BATCH_LOCK_TIMEOUT, MAX_NOTES, Position, Sizer};
+use super::plan::Step;
+use super::report::{AppliedMigration, Progress};
+use super::{Migrator, RunnerLock, StopSignal};
+use crate::backend::{Backend, LockToken, pinned};
+use crate::ctx::Ctx;
+use crate::error::Error;
+use crate::key::{Key, KeyShape};
+use crate::ledger::{Action, Claim, LedgerWrite, RangeStep, STATUS_RUNNING};
+use crate::migration::{Batch, BatchFn, BatchSpec, Code, Migration};
+use crate::session::host_name;
+
+/// Ranges per worker: more ranges than workers, so that a worker that finishes early (or
+/// joins late) finds work, and the last range left is short.
+const RANGES_PER_WORKER: usize = 4;
+
+/// How often a worker that found every remaining range held by others looks again.
+const CLAIM_POLL: Duration = Duration::from_millis(200);
+
+/// One batched migration as its workers walk it.
+pub(super) struct Job<'a, DB: Backend> {
+    pub(super) migration: &'static Migration,
+    pub(super) run: BatchFn<DB>,
+    pub(super) spec: &'a BatchSpec,
+    pub(super) shape: Arc<KeyShape>,
+    pub(super) action: Action,
+    pub(super) started_at: DateTime<Utc>,
+}
+
+/// What the workers of this process share while they walk one migration.
+struct Team {
+    workers: u32,
+    /// Raised when one worker fails, is paused or interrupted: the others stop after the
+    /// batch in progress.
+    halt: AtomicBool,
+    batches: AtomicU64,
+    keys: AtomicU64,
+    rows: AtomicU64,
+    lock_retries: AtomicU64,
+    written: Mutex<Option<u64>>,
+    notes: Mutex<Vec<String>>,
+    estimated_total: Option<u64>,
+    clock: Instant,
+}
+
+impl Team {
+    fn halted(&self) -> bool {
+        self.halt.load(Ordering::SeqCst)
+    }
+}
+
+/// Why a worker left a range.
+enum RangeEnd {
+    /// It has no key left.
+    Done,
+    /// The worker no longer holds it (its lease expired and another worker took it), or it
+    /// was finished meanwhile: claim another.
+    Lost,
+    /// The team halted.
+    Halted,
+}
+
+/// What one batch of a range did.
+enum RangeBatch {
+    /// The worker does not hold the range (any more).
+    Lost,
+    /// The range had no key left; it is now done.
+    Empty,
+    /// A batch committed.
+    Committed {
+        last: Key,
+        keys: u64,
+        rows: u64,
+        written: Option<u64>,
+        notes: Vec<String>,
+        range_done: bool,
+    },
+}
+
+impl<DB: Backend> Migrator<DB> {
+    /// How many workers walk `spec`'s migration in this run: the migrator's, else the
+    /// migration's own.
+    pub(super) fn workers_for(&self, spec: &BatchSpec) -> u32 {
+        self.workers.unwrap_or(spec.workers()).max(1)
+    }
+
+    /// Runs a batched migration with `workers` workers (under the runner lock): splits the
+    /// keys still to do into ranges, unless a previous run left them, records them with
+    /// the migration as running in one transaction, then works them until none is left.
+    pub(super) async fn apply_with_workers(
+        &self,
+        conn: &mut PoolConnection<DB>,
+        job: Job<'_, DB>,
+        step: Step,
+        notes: Vec<String>,
+        workers: u32,
+    ) -> Result<AppliedMigration, Failure> {
+        let (migration, shape, started_at) =
+            (job.migration, Arc::clone(&job.shape), job.started_at);
+        let id = migration.id();
+        pinned::<DB, _>(conn, async |c| DB::ensure_ranges(c, &self.ledger).await)
+            .await
+            .map_err(Failure::Other)?;
+        let existing = pinned::<DB, _>(conn, async |c| {
+            Ok(DB::read_ranges(c, &self.ledger, Some(id)).await?)
+        })
+        .await
+        .map_err(Failure::Other)?;
+        if step.resume.is_none() || existing.is_empty() {
+            // A fresh start, a re-run, or a resume from one worker's checkpoint: split
+            // what is left after the checkpoint.
+            let after = match step.resume.as_ref().and_then(|e| e.checkpoint.as_deref()) {
+                None => None,
+                Some(text) => Some(shape.decode(text).map_err(|why| {
+                    Failure::Other(Error::Config(format!(
+                        "the ledger's checkpoint of {id} is {text:?}, which this migration cannot \
+                         resume from: {why}"
+                    )))
+                })?),
+            };
+            let pieces = workers as usize * RANGES_PER_WORKER;
+            let points = pinned::<DB, _>(conn, async |c| {
+                DB::split_keys(c, &shape, after.as_ref(), pieces).await
+            })
+            .await
+            .map_err(Failure::Other)?;
+            let mut bounds = Vec::with_capacity(points.len() + 1);
+            let mut lower = after.as_ref().map(|k| shape.encode(k));
+            for point in &points {
+                let upper = shape.encode(point);
+                bounds.push((lower.replace(upper.clone()), Some(upper)));
+            }
+            bounds.push((lower, None));
+            let mut attempt = self.attempt(migration, step.action, started_at);
+            attempt.status = STATUS_RUNNING;
+            attempt.write = match &step.resume {
+                Some(entry) => LedgerWrite::Continue {
+                    expected: entry.checkpoint.clone(),
+                },
+                None => step.ledger_write(),
+            };
+            attempt.checkpoint = after.as_ref().map(|k| shape.encode(k));
+            if let Some(entry) = &step.resume {
+                attempt.first_started_at = entry.started_at;
+                attempt.batches = u64::try_from(entry.batches).unwrap_or(0);
+                attempt.total_rows = u64::try_from(entry.rows_affected).unwrap_or(0);
+            }
+            attempt.notes = notes.clone();
+            let mut tx = self
+                .begin(conn, None)
+                .await
+                .map_err(|e| Failure::Other(e.into()))?;
+            if let Err(err) = self.fence(&mut tx, id).await {
+                let _ = tx.rollback().await;
+                return Err(Failure::Other(err));
+            }
+            if !DB::write_ledger(&mut tx, &self.ledger, &attempt)
+                .await
+                .map_err(Failure::db)?
+            {
+                let _ = tx.rollback().await;
+                return Err(Failure::Migration {
+                    message: "its ledger row changed before its ranges were recorded (another \
+                              runner moved it); nothing ran"
+                        .to_string(),
+                    panicked: false,
+                });
+            }
+            DB::replace_ranges(&mut tx, &self.ledger, id, &bounds)
+                .await
+                .map_err(Failure::Other)?;
+            tx.commit().await.map_err(Failure::db)?;
+        }
+        let team = self.work_ranges(&job, workers, notes).await?;
+        let applied = pinned::<DB, _>(conn, async |c| Ok(DB::read_ledger(c, &self.ledger).await?))
+            .await
+            .map_err(Failure::Other)?
+            .into_iter()
+            .any(|row| row.id == id && !row.is_running());
+        if !applied {
+            return Err(Failure::Other(Error::Config(format!(
+                "the workers of {id} found no range left, yet its ledger row is not applied; \
+                 run `datamig status` and report this"
+            ))));
+        }
+        Ok(team_report(&team, id, step.action))
+    }
+
+    /// Works the ranges of `job` with `workers` workers, each on a connection of its own,
+    /// until no range has keys left (another process's workers may be working some).
+    async fn work_ranges(
+        &self,
+        job: &Job<'_, DB>,
+        workers: u32,
+        notes: Vec<String>,
+    ) -> Result<Team, Failure> {
+        let estimated_total = self.estimate_left(job).await;
+        let team = Team {
+            workers,
+            halt: AtomicBool::new(false),
+            batches: AtomicU64::new(0),
+            keys: AtomicU64::new(0),
+            rows: AtomicU64::new(0),
+            lock_retries: AtomicU64::new(0),
+            written: Mutex::new(None),
+            notes: Mutex::new(notes),
+            estimated_total,
+            clock: Instant::now(),
+        };
+        let results =
+            futures_util::future::join_all((0..workers).map(|n| self.worker(job, &team, n + 1)))
+                .await;
+        // The most telling failure: a migration's own, then the runner's, then a stop.
+        let rank = |f: &Failure| match f {
+            Failure::Migration { .. } => 0,
+            Failure::Other(_) => 1,
+            Failure::Interrupted { .. } => 2,
+            Failure::Paused(_) => 3,
+            Failure::Stopped { .. } => 4,
+        };
+        if let Some(failure) = results
+            .into_iter()
+            .filter_map(Result::err)
+            .min_by_key(|f| rank(f))
+        {
+            return Err(failure);
+        }
+        Ok(team)
+    }
+
+    /// The planner's estimate of the keys left in the ranges, for progress.
+    async fn estimate_left(&self, job: &Job<'_, DB>) -> Option<u64> {
+        let mut conn = self.pool.acquire().await.ok()?;
+        pinned::<DB, _>(&mut conn, async |c| {
+            let mut total = 0;
+            for range in DB::read_ranges(c, &self.ledger, Some(job.migration.id())).await? {
+                if range.done {
+                    continue;
+                }
+                let decode = |text: Option<&str>| text.and_then(|t| job.shape.decode(t).ok());
+                let after = decode(range.checkpoint.as_deref().or(range.lower.as_deref()));
+                let upper = decode(range.upper.as_deref());
+                total += DB::estimate_rows(c, &job.shape, after.as_ref(), upper.as_ref())
+                    .await?
+                    .unwrap_or(0);
+            }
+            Ok(total)
+        })
+        .await
+        .ok()
+    }
+
+    /// One worker: claims ranges and works them until none is left.
+    async fn worker(&self, job: &Job<'_, DB>, team: &Team, number: u32) -> Result<(), Failure> {
+        let id = job.migration.id();
+        // A connection of its own, never returned to the pool: the session holds the
+        // worker's advisory locks, and closing it releases them whatever happens.
+        let mut conn = self.pool.acquire().await.map_err(Failure::db)?.detach();
+        let token = LockToken::new();
+        let claim = Claim {
+            token: token.as_str().to_string(),
+            worker: format!("{}/{}/{number}", host_name(), std::process::id()),
+            lease: match self.runner_lock {
+                RunnerLock::Advisory => None,
+                RunnerLock::Lease { ttl } => Some(ttl),
+            },
+        };
+        let mut sizer = Sizer::new(job.spec);
+        loop {
+            if team.halted() {
+                return Ok(());
+            }
+            if self.stop.as_ref().is_some_and(StopSignal::is_stopped) {
+                return Err(Failure::Stopped {
+                    batches: team.batches.load(Ordering::SeqCst),
+                    checkpoint: None,
+                });
+            }
+            let claimed = pinned::<DB, _>(&mut conn, async |c| {
+                DB::claim_range(c, &self.ledger, id, &claim).await
+            })
+            .await
+            .map_err(Failure::Other)?;
+            let Some(range) = claimed else {
+                let left = pinned::<DB, _>(&mut conn, async |c| {
+                    Ok(DB::read_ranges(c, &self.ledger, Some(id)).await?)
+                })
+                .await
+                .map_err(Failure::Other)?;
+                if left.iter().all(|r| r.done) {
+                    return Ok(());
+                }
+                // Other workers hold what is left: wait for them to finish (or die),
+                // stopping for a pause as they do.
+                let paused = pinned::<DB, _>(&mut conn, async |c| {
+                    Ok(DB::pause_state(c, &self.ledger, Some(id)).await?)
+                })
+                .await
+                .map_err(Failure::Other)?;
+                if let Some(pause) = paused.into_iter().next() {
+                    return Err(Failure::Paused(pause));
+                }
+                tokio::time::sleep(CLAIM_POLL).await;
+                continue;
+            };
+            let outcome = self
+                .work_range(&mut conn, job, team, &claim, range, &mut sizer)
+                .await;
+            let released = pinned::<DB, _>(&mut conn, async |c| {
+                DB::release_range(c, &self.ledger, id, range, &claim).await
+            })
+            .await;
+            match outcome {
+                Ok(RangeEnd::Done | RangeEnd::Lost) => released.map_err(Failure::Other)?,
+                Ok(RangeEnd::Halted) => return Ok(()),
+                Err(failure) => {
+                    team.halt.store(true, Ordering::SeqCst);
+                    return Err(failure);
+                }
+            }
+        }
+    }
+
+    /// Works range `range` batch by batch until it has no key left.
+    async fn work_range(
+        &self,
+        conn: &mut DB::Connection,
+        job: &Job<'_, DB>,
+        team: &Team,
+        claim: &Claim,
+        range: i32,
+        sizer: &mut Sizer,
+    ) -> Result<RangeEnd, Failure> {
+        let migration = job.migration;
+        let timeouts = (
+            migration
+                .lock_timeout()
+                .or(self.lock_timeout)
+                .or(Some(DEFAULT_BATCH_LOCK_TIMEOUT)),
+            migration.statement_timeout().or(self.statement_timeout),
+        );
+        let mut position = Position::default();
+        loop {
+            if team.halted() {
+                return Ok(RangeEnd::Halted);
+            }
+            position.batches = team.batches.load(Ordering::SeqCst);
+            position.keys = team.keys.load(Ordering::SeqCst);
+            self.wait_until_healthy(conn, migration, &position).await?;
+            let size = sizer.size();
+            let began = Instant::now();
+            let mut retries = 0;
+            let outcome = loop {
+                match self
+                    .range_batch(conn, job, team, claim, range, size, timeouts)
+                    .await
+                {
+                    Err(BatchError::LockTimeout(_)) if retries < job.spec.retries() => {
+                        retries += 1;
+                        team.lock_retries.fetch_add(1, Ordering::SeqCst);
+                        let backoff = Duration::from_millis(100 * (1 << retries.min(6)));
+                        tokio::time::sleep(backoff).await;
+                    }
+                    other => break other,
+                }
+            };
+            let (last, keys, range_done) = match outcome {
+                Ok(RangeBatch::Lost) => return Ok(RangeEnd::Lost),
+                Ok(RangeBatch::Empty) => return Ok(RangeEnd::Done),
+                Ok(RangeBatch::Committed {
+                    last,
+                    keys,
+                    rows,
+                    written,
+                    notes,
+                    range_done,
+                }) => {
+                    team.keys.fetch_add(keys, Ordering::SeqCst);
+                    team.rows.fetch_add(rows, Ordering::SeqCst);
+                    team.batches.fetch_add(1, Ordering::SeqCst);
+                    if let Some(written) = written
+                        && let Ok(mut total) = team.written.lock()
+                    {
+                        *total.get_or_insert(0) += written;
+                    }
+                    if let Ok(mut kept) = team.notes.lock() {
+                        let room = MAX_NOTES.saturating_sub(kept.len());
+                        kept.extend(notes.into_iter().take(room));
+                    }
+                    (last, keys, range_done)
+                }
+                Err(BatchError::Paused(pause)) => return Err(Failure::Paused(pause)),
+                Err(BatchError::Commit(err)) => {
+                    return Err(Failure::Other(Error::CommitOutcome {
+                        id: migration.id().to_string(),
+                        error: crate::error::describe_sqlx(&err),
+                        applied: None,
+                    }));
+                }
+                Err(BatchError::Fenced(err)) => return Err(Failure::Other(err)),
+                Err(BatchError::LockTimeout(message)) => {
+                    return Err(self
+                        .range_failure(conn, job, team, range, message, false)
+                        .await);
+                }
+                Err(BatchError::Failed { message, panicked }) => {
+                    return Err(self
+                        .range_failure(conn, job, team, range, message, panicked)
+                        .await);
+                }
+            };
+            let took = began.elapsed();
+            sizer.record(keys, took);
+            position.checkpoint = Some(last.to_string());
+            if let Some(report) = &self.progress {
+                let keys_done = team.keys.load(Ordering::SeqCst);
+                let rate = keys_done as f64 / team.clock.elapsed().as_secs_f64().max(1e-9);
+                report(&Progress {
+                    id: migration.id().to_string(),
+                    batches: team.batches.load(Ordering::SeqCst),
+                    keys_done,
+                    rows_affected: team.rows.load(Ordering::SeqCst),
+                    estimated_total: team.estimated_total,
+                    keys_per_second: rate,
+                    seconds_left: team
+                        .estimated_total
+                        .map(|total| total.saturating_sub(keys_done) as f64 / rate.max(1e-9)),
+                    checkpoint: position.checkpoint.clone(),
+                    batch_keys: keys,
+                    batch_size: size,
+                    batch_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                    target_ms: job
+                        .spec
+                        .target()
+                        .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+                    next_size: sizer.size(),
+                    waiting: None,
+                    workers: team.workers,
+                });
+            }
+            if range_done {
+                return Ok(RangeEnd::Done);
+            }
+            let batches = team.batches.load(Ordering::SeqCst);
+            if self
+                .interrupt_after_batches
+                .is_some_and(|limit| batches >= limit)
+            {
+                team.halt.store(true, Ordering::SeqCst);
+                return Err(Failure::Interrupted { batches });
+            }
+            if self.stop.as_ref().is_some_and(StopSignal::is_stopped) {
+                return Err(Failure::Stopped {
+                    batches,
+                    checkpoint: position.checkpoint.clone(),
+                });
+            }
+            if let Some(pause) = job.spec.pause() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+
+    /// A batch of range `range` failed: recorded in the run history.
+    async fn range_failure(
+        &self,
+        conn: &mut DB::Connection,
+        job: &Job<'_, DB>,
+        team: &Team,
+        range: i32,
+        message: String,
+        panicked: bool,
+    ) -> Failure {
+        let message = format!("range {range}: {message}");
+        let mut attempt = self.attempt(job.migration, job.action, job.started_at);
+        attempt.rows_affected = team.rows.load(Ordering::SeqCst);
+        attempt.batches = team.batches.load(Ordering::SeqCst);
+        match self.record_failure(conn, &attempt, &message).await {
+            Ok(()) => Failure::Migration { message, panicked },
+            Err(err) => Failure::Other(err),
+        }
+    }
+
+    /// One batch of range `range`, in its own transaction: the range's row locked and its
+    /// checkpoint read there, the body, the new checkpoint, and, when the range is done
+    /// and no other is left, the migration applied.
+    #[allow(clippy::too_many_arguments)]
+    async fn range_batch(
+        &self,
+        conn: &mut DB::Connection,
+        job: &Job<'_, DB>,
+        team: &Team,
+        claim: &Claim,
+        range: i32,
+        size: u32,
+        (lock_timeout, statement_timeout): (Option<Duration>, Option<Duration>),
+    ) -> Result<RangeBatch, BatchError> {
+        let migration = job.migration;
+        let id = migration.id();
+        let classify = |err| BatchError::database::<DB>(err, 0);
+        let mut tx = self.begin(conn, lock_timeout).await.map_err(classify)?;
+        DB::set_local_timeouts(&mut tx, lock_timeout, statement_timeout, self.idle_limit())
+            .await
+            .map_err(classify)?;
+        if let Some(pause) = DB::pause_state(&mut tx, &self.ledger, Some(id))
+            .await
+            .map_err(classify)?
+            .pop()
+        {
+            let _ = tx.rollback().await;
+            return Err(BatchError::Paused(pause));
+        }
+        let Some((after, upper, batches)) =
+            DB::hold_range(&mut tx, &self.ledger, id, range, &claim.token)
+                .await
+                .map_err(classify)?
+        else {
+            let _ = tx.rollback().await;
+            return Ok(RangeBatch::Lost);
+        };
+        let decode = |text: Option<String>| -> Result<Option<Key>, BatchError> {
+            text.map(|t| {
+                job.shape.decode(&t).map_err(|why| BatchError::Failed {
+                    message: format!(
+                        "its range {range} holds the position {t:?}, which this migration \
+                         cannot resume from: {why}"
+                    ),
+                    panicked: false,
+                })
+            })
+            .transpose()
+        };
+        let (after, upper) = (decode(after)?, decode(upper)?);
+        let mut attempt = self.attempt(migration, job.action, job.started_at);
+        attempt.rows_affected = team.rows.load(Ordering::SeqCst);
+        attempt.notes = team.notes.lock().map(|n| n.clone()).unwrap_or_default();
+        let next = DB::next_batch(&mut tx, &job.shape, after.as_ref(), upper.as_ref(), size)
+            .await
+            .map_err(classify)?;
+        let Some((last, keys)) = next else {
+            // Nothing left in the range (its last keys were deleted since it was split).
+            let step = RangeStep {
+                checkpoint: None,
+                keys: 0,
+                rows: 0,
+                done: true,
+            };
+            DB::advance_range(&mut tx, &self.ledger, id, range, claim, &step)
+                .await
+                .map_err(classify)?;
+            self.finish(&mut tx, &attempt).await?;
+            tx.commit().await.map_err(BatchError::Commit)?;
+            return Ok(RangeBatch::Empty);
+        };
+        let number = u64::try_from(batches).unwrap_or(0) + 1;
+        let before = writes_before::<DB>(&mut tx, job.action)
+            .await
+            .map_err(classify)?;
+        let mut ctx = Ctx::new(&mut *tx, id, false);
+        let batch = Batch::new(after, last.clone(), number, keys, Arc::clone(&job.shape));
+        let mut outcome = run_caught::<DB>((job.run)(&mut ctx, batch)).await;
+        let written = writes_after(&mut ctx, before, &mut outcome).await;
+        let rows = ctx.rows_affected();
+        let notes = ctx.notes().to_vec();
+        if let Err(failure) = outcome {
+            let _ = tx.rollback().await;
+            return Err(BatchError::body(failure, number));
+        }
+        let range_done = !DB::has_keys_after(&mut tx, &job.shape, &last, upper.as_ref())
+            .await
+            .map_err(classify)?;
+        let step = RangeStep {
+            checkpoint: Some(job.shape.encode(&last)),
+            keys,
+            rows,
+            done: range_done,
+        };
+        DB::advance_range(&mut tx, &self.ledger, id, range, claim, &step)
+            .await
+            .map_err(classify)?;
+        if range_done {
+            attempt.rows_affected += rows;
+            self.finish(&mut tx, &attempt).await?;
+        }
+        tx.commit().await.map_err(BatchError::Commit)?;
+        Ok(RangeBatch::Committed {
+            last,
+            keys,
+            rows,
+            written,
+            notes,
+            range_done,
+        })
+    }
+
+    /// In the transaction of a batch that finished its range: applies the migration when
+    /// no range is left, with its run-history row.
+    async fn finish(
+        &self,
+        tx: &mut DB::Connection,
+        attempt: &crate::ledger::Attempt,
+    ) -> Result<bool, BatchError> {
+        let classify = |err| BatchError::database::<DB>(err, 0);
+        let mut attempt = attempt.clone();
+        attempt.finished_at = Utc::now();
+        let applied = DB::finish_ranges(tx, &self.ledger, &attempt)
+            .await
+            .map_err(classify)?;
+        if applied {
+            DB::record_run(tx, &self.ledger, &attempt, None)
+                .await
+                .map_err(classify)?;
+        }
+        Ok(applied)
+    }
+
+    /// While another runner holds the runner lock: joins every batched migration it is
+    /// walking with workers, for which this binary has the same code, as this run's
+    /// workers, until no range is left. Returns what this run did in each.
+    pub(super) async fn join_running(
+        &self,
+        conn: &mut DB::Connection,
+        code: &[(&'static Migration, Code<DB>)],
+    ) -> Result<Vec<AppliedMigration>, Error> {
+        if self.dry_run || !self.join || !DB::WORKERS {
+            return Ok(Vec::new());
+        }
+        let ranges = pinned::<DB, _>(conn, async |c| {
+            Ok(DB::read_ranges(c, &self.ledger, None).await?)
+        })
+        .await?;
+        let mut ids: Vec<String> = ranges
+            .iter()
+            .filter(|r| !r.done)
+            .map(|r| r.migration_id.clone())
+            .collect();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (ledger, pauses) = pinned::<DB, _>(conn, async |c| {
+            Ok((
+                DB::read_ledger(c, &self.ledger).await?,
+                DB::pause_state(c, &self.ledger, None).await?,
+            ))
+        })
+        .await?;
+        let mut joined = Vec::new();
+        for id in ids {
+            let Some((migration, Code::Batched(run))) =
+                code.iter().find(|(m, _)| m.id() == id).copied()
+            else {
+                continue;
+            };
+            let Some(spec) = migration.batch() else {
+                continue;
+            };
+            // Only the same code, still running, not paused.
+            if !ledger.iter().any(|row| {
+                row.id == id
+                    && row.is_running()
+                    && row.checksum == migration.checksum()
+                    && row.revision == migration.revision()
+            }) || pauses.iter().any(|p| p.migration_id == id)
+            {
+                continue;
+            }
+            let Ok((shape, _)) = pinned::<DB, _>(conn, async |c| {
+                super::batch_key::<DB>(c, migration.id(), spec, false).await
+            })
+            .await
+            else {
+                continue;
+            };
+            let job = Job {
+                migration,
+                run,
+                spec,
+                shape,
+                action: Action::Resume,
+                started_at: Utc::now(),
+            };
+            match self
+                .work_ranges(&job, self.workers_for(spec), Vec::new())
+                .await
+            {
+                Ok(team) => joined.push(team_report(&team, &id, Action::Resume)),
+                // Paused: the runner that takes the lock next reports it.
+                Err(Failure::Paused(_)) => {}
+                Err(Failure::Migration { message, panicked }) => {
+                    return Err(Error::MigrationFailed {
+                        id,
+                        message,
+                        panicked,
+                        applied_before: Vec::new(),
+                    });
+                }
+                Err(Failure::Stopped { batches, .. }) => {
+                    return Err(Error::Stopped {
+                        after: format!(
+                            "{batches} batch(es) of {id}, joined as a worker, committed; the \
+                             next run resumes it"
+                        ),
+                        applied: Vec::new(),
+                    });
+                }
+                Err(Failure::Interrupted { batches }) => {
+                    return Err(Error::Interrupted { id, batches });
+                }
+                Err(Failure::Other(err)) => return Err(err),
+            }
+        }
+        Ok(joined)
+    }
+}
+
+/// What this process's workers did in one migration.
+fn team_report(team: &Team, id: &str, action: Action) -> AppliedMigration {
+    AppliedMigration {
+        id: id.to_string(),
+        rerun: action == Action::Rerun,
+        rows_affected: team.rows.load(Ordering::SeqCst),
+        duration_ms: u64::try_from(team.clock.elapsed().as_millis()).unwrap_or(u64::MAX),
+        notes: team.notes.lock().map(|n| n.clone()).unwrap_or_default(),
+        batches: team.batches.load(Ordering::SeqCst),
+        lock_retries: team.lock_retries.load(Ordering::SeqCst),
+        rows_written: team.written.lock().map(|w| *w).unwrap_or(None),
+        workers: team.workers,
+    }
+}
