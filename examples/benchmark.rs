@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use datamig::prelude::*;
-use datamig_examples::bench::{median, ratio, secs, timed, verdict};
+use datamig_examples::bench::{median, peak_rss_kib, ratio, secs, timed, verdict};
 use sqlx::PgPool;
 
 const USERS: i64 = 1_000_000;
@@ -433,14 +433,4 @@ async fn fingerprint_child(url: &str) -> anyhow::Result<()> {
     let sha = &fingerprint.tables["public.bench_fingerprint"].sha256;
     println!("{sha} {}", peak_rss_kib()?);
     Ok(())
-}
-
-/// This process's peak resident set (VmHWM), in KiB.
-fn peak_rss_kib() -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/self/status"))
 }

@@ -56,6 +56,20 @@ pub mod bench {
         if ok { "ok" } else { "MISSED" }
     }
 
+    /// This process's peak resident set (VmHWM), in KiB.
+    ///
+    /// # Errors
+    ///
+    /// Without `/proc/self/status` (not Linux).
+    pub fn peak_rss_kib() -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string("/proc/self/status")?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/self/status"))
+    }
+
     /// Seconds, to the millisecond.
     pub fn secs(d: Duration) -> String {
         format!("{:.3}s", d.as_secs_f64())

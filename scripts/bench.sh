@@ -5,6 +5,7 @@
 #     scripts/bench.sh --fingerprint    the fingerprint of a 10M-row table
 #     scripts/bench.sh --keys           batched backfills over UUID and composite keys, and
 #                                       an application's p99 during a backfill
+#     scripts/bench.sh --workers        the 1M-row backfill with 1, 2 and 4 workers
 #     scripts/bench.sh --copy [SCALE]   `datamig copy` beside pg_dump | psql and pgcopydb
 #                                       (its own throwaway server: scripts/bench-copy.sh)
 #     scripts/bench.sh --sqlite [ROWS]  `datamig copy` from SQLite beside pgloader
@@ -28,6 +29,9 @@ fi
 if [ "${1:-}" = "--keys" ]; then
   shift
   cargo run -q --release -p datamig-examples --example keys_benchmark -- "$@"
+elif [ "${1:-}" = "--workers" ]; then
+  shift
+  cargo run -q --release -p datamig-examples --example workers_benchmark -- "$@"
 else
   cargo run -q --release -p datamig-examples --example benchmark -- "$@"
 fi

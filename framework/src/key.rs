@@ -214,6 +214,7 @@ impl KeyShape {
     }
 
     /// The key columns as a select list (see `select_list`), for the backends' own queries.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn key_select_list(&self) -> String {
         self.select_list()
     }

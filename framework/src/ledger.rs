@@ -343,6 +343,7 @@ pub struct WorkRange {
 /// What one committed batch did to its range (see [`WorkRange`]). (Public only to the
 /// sealed backend steps; not reachable from outside the crate.)
 #[derive(Clone, Debug)]
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub struct RangeStep {
     /// The new checkpoint (`None`: unchanged).
     pub(crate) checkpoint: Option<String>,
@@ -355,6 +356,7 @@ pub struct RangeStep {
 /// A worker's hold on ranges: its token, its name, and how the hold is kept. (Public only
 /// to the sealed backend steps; not reachable from outside the crate.)
 #[derive(Clone, Debug)]
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub struct Claim {
     /// Random, unique to this worker: written into the range it holds and checked by every
     /// batch, so a worker that lost its range (a lease expired) cannot commit into it.

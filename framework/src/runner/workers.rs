@@ -278,6 +278,13 @@ impl<DB: Backend> Migrator<DB> {
         // A connection of its own, never returned to the pool: the session holds the
         // worker's advisory locks, and closing it releases them whatever happens.
         let mut conn = self.pool.acquire().await.map_err(Failure::db)?.detach();
+        if matches!(self.runner_lock, RunnerLock::Advisory) {
+            // Named like its runner, so `pg_stat_activity` shows whose it is. (Not through
+            // a pooler, where the setting would outlive this client's transaction.)
+            DB::tag_session(&mut conn, &crate::session::runner_tag())
+                .await
+                .map_err(Failure::db)?;
+        }
         let token = LockToken::new();
         let claim = Claim {
             token: token.as_str().to_string(),
@@ -677,6 +684,12 @@ impl<DB: Backend> Migrator<DB> {
             let Some(spec) = migration.batch() else {
                 continue;
             };
+            // Only what this run would apply (`only`, `up_to`).
+            let selected = self.only.as_ref().is_none_or(|only| &id == only)
+                && self.up_to.as_ref().is_none_or(|last| &id <= last);
+            if !selected {
+                continue;
+            }
             // Only the same code, still running, not paused.
             if !ledger.iter().any(|row| {
                 row.id == id
