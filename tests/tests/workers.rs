@@ -26,6 +26,10 @@ async fn hit_ints<DB: Backend>(ctx: &mut Ctx<'_, DB>, batch: Batch) -> anyhow::R
         .await?;
     ctx.execute("INSERT INTO batch_log (backend) VALUES (pg_backend_pid())")
         .await?;
+    // A few milliseconds in the server: a range of 13 batches outlasts the other workers'
+    // first claims, so every worker gets ranges however busy the machine is.
+    ctx.fetch_i64("SELECT 0::bigint FROM pg_sleep(0.005)")
+        .await?;
     Ok(())
 }
 
@@ -44,6 +48,8 @@ async fn hit_uuids(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result<
     ctx.execute_batch("UPDATE by_uuid SET hits = hits + 1 WHERE {batch}", &batch)
         .await?;
     ctx.execute("INSERT INTO batch_log (backend) VALUES (pg_backend_pid())")
+        .await?;
+    ctx.fetch_i64("SELECT 0::bigint FROM pg_sleep(0.005)")
         .await?;
     Ok(())
 }
@@ -421,7 +427,8 @@ async fn wait_for_batches(pool: &PgPool, batches: i64) -> anyhow::Result<i64> {
 #[tokio::test]
 async fn workers_in_several_processes_apply_each_key_exactly_once() -> anyhow::Result<()> {
     let db = datamig::testing::postgres().await?;
-    create_spread_tables(db.pool(), 4000, 5).await?;
+    // 20 ms a batch: the run lasts seconds, longer than starting the other two processes.
+    create_spread_tables(db.pool(), 4000, 20).await?;
     let runs: Vec<_> = (0..3)
         .map(|_| workers_bin(db.url(), &["run", "--workers", "2", "--format", "json"]).output())
         .collect();
@@ -471,7 +478,8 @@ async fn workers_in_several_processes_apply_each_key_exactly_once() -> anyhow::R
 #[tokio::test]
 async fn a_run_joins_a_migration_in_progress_and_status_shows_the_workers() -> anyhow::Result<()> {
     let db = datamig::testing::postgres().await?;
-    create_spread_tables(db.pool(), 3000, 20).await?;
+    // 40 ms a batch: what is left lasts seconds, longer than starting the second run.
+    create_spread_tables(db.pool(), 3000, 40).await?;
     let first = workers_bin(db.url(), &["run", "--workers", "2"]).spawn()?;
     // Two workers hold one range each; the other six wait for a worker.
     wait_for_batches(db.pool(), 3).await?;

@@ -229,9 +229,23 @@ impl<DB: Backend> Migrator<DB> {
             estimated_total,
             clock: Instant::now(),
         };
-        let results =
-            futures_util::future::join_all((0..workers).map(|n| self.worker(job, &team, n + 1)))
-                .await;
+        // Every worker's connection first, so that the workers start together (and a
+        // server that cannot take that many connections fails the run before any batch).
+        let connections = futures_util::future::join_all(
+            (0..workers)
+                .map(|_| async { Ok::<_, sqlx::Error>(self.pool.acquire().await?.detach()) }),
+        )
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Failure::db)?;
+        let results = futures_util::future::join_all(
+            connections
+                .into_iter()
+                .zip(1..)
+                .map(|(conn, n)| self.worker(conn, job, &team, n)),
+        )
+        .await;
         // The most telling failure: a migration's own, then the runner's, then a stop.
         let rank = |f: &Failure| match f {
             Failure::Migration { .. } => 0,
@@ -273,11 +287,16 @@ impl<DB: Backend> Migrator<DB> {
     }
 
     /// One worker: claims ranges and works them until none is left.
-    async fn worker(&self, job: &Job<'_, DB>, team: &Team, number: u32) -> Result<(), Failure> {
+    /// `conn` is the worker's own, never returned to the pool: its session holds the
+    /// worker's advisory locks, and closing it releases them whatever happens.
+    async fn worker(
+        &self,
+        mut conn: DB::Connection,
+        job: &Job<'_, DB>,
+        team: &Team,
+        number: u32,
+    ) -> Result<(), Failure> {
         let id = job.migration.id();
-        // A connection of its own, never returned to the pool: the session holds the
-        // worker's advisory locks, and closing it releases them whatever happens.
-        let mut conn = self.pool.acquire().await.map_err(Failure::db)?.detach();
         if matches!(self.runner_lock, RunnerLock::Advisory) {
             // Named like its runner, so `pg_stat_activity` shows whose it is. (Not through
             // a pooler, where the setting would outlive this client's transaction.)
