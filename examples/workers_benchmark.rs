@@ -199,8 +199,10 @@ async fn reset(pool: &PgPool) -> anyhow::Result<()> {
     .await?;
     // The backfill's foreign-key checks lock rows of `bench_users`: vacuumed between runs,
     // so no run pays for (or leaves to the next) an autovacuum of the last one's locks.
-    sqlx::raw_sql("VACUUM ANALYZE bench_settings; VACUUM ANALYZE bench_users")
-        .execute(pool)
-        .await?;
+    for table in ["bench_settings", "bench_users"] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("VACUUM ANALYZE {table}")))
+            .execute(pool)
+            .await?;
+    }
     Ok(())
 }
