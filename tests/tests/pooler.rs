@@ -478,3 +478,73 @@ async fn runners_with_the_other_lock_keep_out_too() -> anyhow::Result<()> {
     assert_applied_once(other.pool()).await?;
     Ok(())
 }
+
+/// Workers through the pooler hold their ranges by lease: three runs with two workers each,
+/// one SIGKILLed part-way; its ranges are taken over once their leases expire, and every key
+/// is done exactly once.
+#[tokio::test]
+async fn workers_hold_their_ranges_by_lease_through_pgbouncer() -> anyhow::Result<()> {
+    let db = datamig::testing::postgres().await?;
+    datamig_tests::create_spread_tables(db.pool(), 3000, 20).await?;
+    let bouncer = PgBouncer::start(db.url()).await?;
+    let url = bouncer.url(db.url())?;
+    let workers = |url: &str| {
+        datamig_tests::command(
+            env!("CARGO_BIN_EXE_datamig-workers"),
+            url,
+            &[
+                "--lock",
+                "lease",
+                "--lease-ttl",
+                "2s",
+                "run",
+                "--workers",
+                "2",
+                "--wait",
+                "60s",
+            ],
+        )
+    };
+    let mut victim = workers(&url).spawn()?;
+    let others: Vec<_> = (0..2)
+        .map(|_| workers(&url).spawn())
+        .collect::<Result<_, _>>()?;
+    wait_until(
+        db.pool(),
+        "SELECT count(*) FROM (SELECT 1 FROM spread_log OFFSET 9) AS ten",
+    )
+    .await?;
+    victim.start_kill()?;
+    victim.wait().await?;
+    for other in others {
+        let output = other.wait_with_output().await?;
+        assert!(output.status.success(), "{}", text(&output.stderr));
+    }
+    let last = workers(&url).output().await?;
+    assert!(last.status.success(), "{}", text(&last.stderr));
+    assert_eq!(
+        scalar(db.pool(), "SELECT count(*) FROM spread WHERE v <> 1").await?,
+        0,
+        "every key once"
+    );
+    let (status, batches): (String, i64) =
+        sqlx::query_as("SELECT status, batches FROM datamig_ledger WHERE id = $1")
+            .bind("20250301_0000_spread_ids")
+            .fetch_one(db.pool())
+            .await?;
+    assert_eq!(status, "applied");
+    assert_eq!(
+        batches,
+        scalar(db.pool(), "SELECT count(*) FROM spread_log").await?,
+        "every committed batch counted once"
+    );
+    assert_eq!(
+        scalar(
+            db.pool(),
+            "SELECT count(*) FROM datamig_runs WHERE outcome = 'succeeded' AND action IN ('apply', 'resume')"
+        )
+        .await?,
+        1
+    );
+    Ok(())
+}
