@@ -682,3 +682,58 @@ async fn a_pause_stops_every_worker_after_its_batch_and_a_resume_finishes() -> a
     assert_eq!((status.as_str(), succeeded), ("applied", 1));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_stressed_database_holds_every_worker_until_it_recovers() -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let db = datamig::testing::postgres().await?;
+    sqlx::raw_sql(TABLES).execute(db.pool()).await?;
+    sqlx::raw_sql("CREATE TABLE stress (why text)")
+        .execute(db.pool())
+        .await?;
+    sqlx::query("INSERT INTO stress VALUES ('replica behind')")
+        .execute(db.pool())
+        .await?;
+    let asked = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&asked);
+    let waits = Arc::new(AtomicU64::new(0));
+    let seen = Arc::clone(&waits);
+    let migrator = Migrator::new(db.pool().clone())
+        .migrations([&hit_ints::MIGRATION])
+        .workers(4)
+        .throttle_interval(Duration::from_millis(20))
+        .on_progress(move |event| {
+            if event.waiting.as_deref() == Some("replica behind") {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .health_check(move |conn| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                let why: Option<String> = sqlx::query_scalar("SELECT why FROM stress")
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                Ok(why.map_or(datamig::Health::Healthy, datamig::Health::Stressed))
+            })
+        });
+    let run = tokio::spawn(async move { migrator.run().await });
+    // Every worker asks before its first batch, and again while stressed.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while asked.load(Ordering::SeqCst) < 12 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await?;
+    assert_eq!(
+        scalar(db.pool(), "SELECT count(*) FROM batch_log").await?,
+        0,
+        "no worker ran a batch while the database said it was stressed"
+    );
+    assert!(waits.load(Ordering::SeqCst) >= 4, "the waits were reported");
+    sqlx::query("DELETE FROM stress").execute(db.pool()).await?;
+    let report = tokio::time::timeout(Duration::from_secs(60), run).await???;
+    assert_eq!(report.applied[0].workers, 4);
+    assert_eq!(hits(db.pool(), "by_int", "true").await?, vec![(1, 5000)]);
+    Ok(())
+}
