@@ -70,6 +70,28 @@ pub mod bench {
             .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/self/status"))
     }
 
+    /// Creates `bench_users` (1,000,000 users) and the empty `bench_settings` that the
+    /// backfills fill, and vacuums the users: the helpers' and the workers' benchmarks
+    /// measure the same backfill.
+    ///
+    /// # Errors
+    ///
+    /// Any database error.
+    pub async fn create_users_and_settings(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+        sqlx::raw_sql(
+            "CREATE TABLE bench_users (id bigint PRIMARY KEY, email text NOT NULL);
+             CREATE TABLE bench_settings (user_id bigint PRIMARY KEY REFERENCES bench_users (id),
+                 email_enabled boolean NOT NULL, push_enabled boolean NOT NULL);
+             INSERT INTO bench_users SELECT n, 'user' || n || '@example.com' FROM generate_series(1, 1000000) AS n;",
+        )
+        .execute(pool)
+        .await?;
+        sqlx::raw_sql("VACUUM ANALYZE bench_users")
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+
     /// Seconds, to the millisecond.
     pub fn secs(d: Duration) -> String {
         format!("{:.3}s", d.as_secs_f64())

@@ -163,18 +163,7 @@ fn migrator(pool: &PgPool) -> Migrator<Postgres> {
 
 async fn setup(pool: &PgPool) -> anyhow::Result<()> {
     cleanup(pool).await?;
-    sqlx::raw_sql(
-        "CREATE TABLE bench_users (id bigint PRIMARY KEY, email text NOT NULL);
-         CREATE TABLE bench_settings (user_id bigint PRIMARY KEY REFERENCES bench_users (id),
-             email_enabled boolean NOT NULL, push_enabled boolean NOT NULL);
-         INSERT INTO bench_users SELECT n, 'user' || n || '@example.com' FROM generate_series(1, 1000000) AS n;",
-    )
-    .execute(pool)
-    .await?;
-    sqlx::raw_sql("VACUUM ANALYZE bench_users")
-        .execute(pool)
-        .await?;
-    Ok(())
+    datamig_examples::bench::create_users_and_settings(pool).await
 }
 
 async fn cleanup(pool: &PgPool) -> anyhow::Result<()> {
