@@ -247,11 +247,9 @@ async fn measure(
 }
 
 fn migrator(pool: &PgPool, migration: &'static datamig::Migration) -> Migrator<Postgres> {
-    Migrator::new(pool.clone()).migrations([migration]).ledger(
-        datamig::LedgerConfig::default()
-            .ledger_table("bench_ledger")
-            .runs_table("bench_runs"),
-    )
+    Migrator::new(pool.clone())
+        .migrations([migration])
+        .ledger(datamig_examples::bench::ledger())
 }
 
 async fn setup(pool: &PgPool) -> anyhow::Result<()> {
@@ -270,14 +268,7 @@ async fn cleanup(pool: &PgPool) -> anyhow::Result<()> {
 
 /// Empties the target and the ledger: the next run is a first run.
 async fn truncate(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::raw_sql(
-        "TRUNCATE bench_settings;
-         DO $$ BEGIN
-           IF to_regclass('bench_ledger') IS NOT NULL THEN TRUNCATE bench_ledger, bench_runs; END IF;
-         END $$;",
-    )
-    .execute(pool)
-    .await?;
+    datamig_examples::bench::empty_settings_and_ledger(pool).await?;
     sqlx::raw_sql("VACUUM ANALYZE bench_settings")
         .execute(pool)
         .await?;

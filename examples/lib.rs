@@ -92,6 +92,32 @@ pub mod bench {
         Ok(())
     }
 
+    /// The ledger the benchmarks record their runs in (`bench_ledger`, `bench_runs`).
+    pub fn ledger() -> datamig::LedgerConfig {
+        datamig::LedgerConfig::default()
+            .ledger_table("bench_ledger")
+            .runs_table("bench_runs")
+    }
+
+    /// Empties `bench_settings` and the benchmarks' ledger (and ranges, where a run with
+    /// workers left the table): the next run is a first run.
+    ///
+    /// # Errors
+    ///
+    /// Any database error.
+    pub async fn empty_settings_and_ledger(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+        sqlx::raw_sql(
+            "TRUNCATE bench_settings;
+             DO $$ BEGIN
+               IF to_regclass('bench_ledger') IS NOT NULL THEN TRUNCATE bench_ledger, bench_runs; END IF;
+               IF to_regclass('bench_ledger_ranges') IS NOT NULL THEN TRUNCATE bench_ledger_ranges; END IF;
+             END $$;",
+        )
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+
     /// Seconds, to the millisecond.
     pub fn secs(d: Duration) -> String {
         format!("{:.3}s", d.as_secs_f64())

@@ -154,11 +154,7 @@ async fn child(workers: u32, url: &str) -> anyhow::Result<()> {
 fn migrator(pool: &PgPool) -> Migrator<Postgres> {
     Migrator::new(pool.clone())
         .migrations([&workers_backfill::MIGRATION])
-        .ledger(
-            datamig::LedgerConfig::default()
-                .ledger_table("bench_ledger")
-                .runs_table("bench_runs"),
-        )
+        .ledger(datamig_examples::bench::ledger())
 }
 
 async fn setup(pool: &PgPool) -> anyhow::Result<()> {
@@ -177,15 +173,7 @@ async fn cleanup(pool: &PgPool) -> anyhow::Result<()> {
 
 /// Empties the target and the ledger: the next run is a first run.
 async fn reset(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::raw_sql(
-        "TRUNCATE bench_settings;
-         DO $$ BEGIN
-           IF to_regclass('bench_ledger') IS NOT NULL THEN TRUNCATE bench_ledger, bench_runs; END IF;
-           IF to_regclass('bench_ledger_ranges') IS NOT NULL THEN TRUNCATE bench_ledger_ranges; END IF;
-         END $$;",
-    )
-    .execute(pool)
-    .await?;
+    datamig_examples::bench::empty_settings_and_ledger(pool).await?;
     // The backfill's foreign-key checks lock rows of `bench_users`: vacuumed between runs,
     // so no run pays for (or leaves to the next) an autovacuum of the last one's locks.
     for table in ["bench_settings", "bench_users"] {

@@ -56,13 +56,17 @@ impl<DB: Backend> Migrator<DB> {
         }
         let workers = self.workers_for(spec);
         if !self.dry_run && DB::WORKERS {
-            let ranges = pinned::<DB, _>(conn, async |c| {
-                Ok(DB::read_ranges(c, &self.ledger, Some(migration.id())).await?)
-            })
-            .await
-            .map_err(Failure::Other)?;
-            // Ranges left by a run with workers are finished as ranges, whatever the count.
-            if workers > 1 || (step.resume.is_some() && !ranges.is_empty()) {
+            // Ranges left by a run with workers are finished as ranges, whatever the count
+            // (looked for only where there can be some: a migration part-way).
+            let ranges_left = workers == 1
+                && step.resume.is_some()
+                && !pinned::<DB, _>(conn, async |c| {
+                    Ok(DB::read_ranges(c, &self.ledger, Some(migration.id())).await?)
+                })
+                .await
+                .map_err(Failure::Other)?
+                .is_empty();
+            if workers > 1 || ranges_left {
                 let job = super::workers::Job {
                     migration,
                     run,
