@@ -32,16 +32,41 @@ use datamig::{
 
 pub use opt::{
     CheckIdempotencyOpts, Cli, Command, CompareOpts, CopyModeArg, CopyOpts, Format, GlobalOpts,
-    LockKind, NewOpts, PauseOpts, ReasonOpts, RerunOpts, ResumeOpts, RunOpts, TablesOpts,
-    UnlockOpts,
+    LockKind, LogFormat, NewOpts, PauseOpts, ReasonOpts, RerunOpts, ResumeOpts, RunOpts,
+    TablesOpts, UnlockOpts,
 };
 use output::Output;
 
-/// Parses the command line, runs the command, and returns its exit code.
+/// Which migrations a `datamig` binary has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Build {
+    /// An application's own binary, linked with its crate of migrations: every command.
+    Application,
+    /// The installed binary (`cargo install datamig-cli`), with no migrations compiled in:
+    /// the commands that need none (status and verify list the ledger; check, doctor,
+    /// unlock, pause, resume, fingerprint, compare, copy); `run`, `new`, `rerun`,
+    /// `mark-applied`, `repair` and `check-idempotency` say that they need the
+    /// application's own binary, and how to build it.
+    LedgerOnly,
+}
+
+/// Parses the command line, runs the command, and returns its exit code: the entry point
+/// of an application's own binary, linked with its migrations.
 ///
 /// Usage errors exit with [`exit::USAGE`] after clap's message.
 pub fn main() -> ExitCode {
+    main_for(Build::Application)
+}
+
+/// The entry point of a `datamig` binary built as `build` says: [`main`] is
+/// `main_for(Build::Application)`; the installed binary is
+/// `main_for(Build::LedgerOnly)`.
+pub fn main_for(build: Build) -> ExitCode {
     let cli = Cli::parse();
+    if let Err(message) = init_logging(&cli.global) {
+        eprintln!("error: {message}");
+        return ExitCode::from(exit::USAGE);
+    }
     // A migration that panics is caught, rolled back and reported in one line on stderr;
     // Rust's default report of the panic would add a second, with a hint about backtraces.
     // With RUST_BACKTRACE set, the default report (and its backtrace) stays.
@@ -61,7 +86,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::UNEXPECTED);
         }
     };
-    match runtime.block_on(execute(cli)) {
+    match runtime.block_on(execute_for(cli, build)) {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
             eprintln!("error: {}", failure.message);
@@ -70,9 +95,21 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Runs one parsed command; returns the exit code, or the failure to print.
+/// Runs one parsed command in an application's own binary; returns the exit code, or the
+/// failure to print.
 pub async fn execute(cli: Cli) -> Result<u8, Failure> {
+    execute_for(cli, Build::Application).await
+}
+
+/// Runs one parsed command in a binary built as `build` says; returns the exit code, or
+/// the failure to print.
+pub async fn execute_for(cli: Cli, build: Build) -> Result<u8, Failure> {
     let out = Output::new(cli.global.format);
+    if build == Build::LedgerOnly
+        && let Some(command) = needs_migrations(&cli.command)
+    {
+        return Err(Failure::new(exit::USAGE, needs_application_binary(command)));
+    }
     match &cli.command {
         // Writes files only: no database needed.
         Command::New(opts) => return scaffold::new_migration(opts, &out),
@@ -85,13 +122,79 @@ pub async fn execute(cli: Cli) -> Result<u8, Failure> {
     match scheme {
         Scheme::Postgres => {
             let pool = Postgres::connect(url, pooled).await?;
-            execute_on(cli, pool, &out).await
+            execute_on(cli, pool, &out, build).await
         }
         Scheme::Sqlite => {
             let pool = Sqlite::connect(url, pooled).await?;
-            execute_on(cli, pool, &out).await
+            execute_on(cli, pool, &out, build).await
         }
     }
+}
+
+/// Sends the spans and events of `tracing` to stderr, filtered by `--log` (else
+/// `RUST_LOG`; nothing when neither is set), as text or JSON lines. Span closes are logged
+/// too: they carry the fields filled when the run, a migration, a batch or a chunk ends.
+fn init_logging(global: &GlobalOpts) -> Result<(), String> {
+    use tracing_subscriber::fmt::format::FmtSpan;
+    let directives = match &global.log {
+        Some(filter) => filter.clone(),
+        None => match std::env::var("RUST_LOG") {
+            Ok(filter) if !filter.trim().is_empty() => filter,
+            _ => return Ok(()),
+        },
+    };
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .parse(&directives)
+        .map_err(|err| {
+            format!(
+                "invalid log filter {directives:?}: {err}; write it as RUST_LOG does \
+                 (info, or datamig=debug,sqlx=warn)"
+            )
+        })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_span_events(FmtSpan::CLOSE);
+    let installed = match global.log_format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
+    };
+    installed.map_err(|err| format!("cannot install the log subscriber: {err}"))
+}
+
+/// The name of a command that needs the migrations' code, or `None`.
+fn needs_migrations(command: &Command) -> Option<&'static str> {
+    Some(match command {
+        Command::Run(_) => "run",
+        Command::New(_) => "new",
+        Command::Rerun(_) => "rerun",
+        Command::MarkApplied(_) => "mark-applied",
+        Command::Repair(_) => "repair",
+        Command::CheckIdempotency(_) => "check-idempotency",
+        _ => return None,
+    })
+}
+
+/// What the installed binary says of a command that needs the application's migrations.
+fn needs_application_binary(command: &str) -> String {
+    format!(
+        "`datamig {command}` needs your application's migrations, and this datamig binary has \
+         none compiled in. Build your application's own datamig binary: add datamig-cli to the \
+         crate that holds your migrations and write src/bin/datamig.rs:
+
+    fn main() -> std::process::ExitCode {{
+        my_app_migrations::link(); // the crate of migrations' link()
+        datamig_cli::main()
+    }}
+
+then: cargo run --bin datamig -- {command}"
+    )
 }
 
 /// Runs one command against the database of `pool`.
@@ -99,6 +202,7 @@ async fn execute_on<DB: CliBackend>(
     cli: Cli,
     pool: sqlx::Pool<DB>,
     out: &Output,
+    build: Build,
 ) -> Result<u8, Failure> {
     let mut ledger = LedgerConfig::default()
         .ledger_table(&cli.global.ledger_table)
@@ -110,7 +214,19 @@ async fn execute_on<DB: CliBackend>(
         LockKind::Advisory => RunnerLock::Advisory,
         LockKind::Lease => RunnerLock::lease_for(cli.global.lease_ttl),
     };
-    let migrator = Migrator::new(pool).ledger(ledger).runner_lock(lock);
+    let mut migrator = Migrator::new(pool).ledger(ledger).runner_lock(lock);
+    if build == Build::LedgerOnly {
+        migrator = migrator.ledger_only();
+        if matches!(
+            cli.command,
+            Command::Status | Command::Check | Command::Verify | Command::Doctor
+        ) {
+            eprintln!(
+                "note: this datamig binary has no migrations compiled in: it reads the ledger \
+                 alone; pending migrations and drift need your application's own binary"
+            );
+        }
+    }
     match cli.command {
         Command::Run(opts) => run(migrator, &opts, out).await,
         Command::Status => {
@@ -128,6 +244,11 @@ async fn execute_on<DB: CliBackend>(
             } else {
                 exit::OK
             })
+        }
+        Command::Verify if build == Build::LedgerOnly => {
+            let statuses = migrator.status().await?;
+            out.ledger(&statuses)?;
+            Ok(exit::OK)
         }
         Command::Verify => {
             let report = migrator.check().await?;

@@ -64,6 +64,26 @@ pub struct GlobalOpts {
     /// third of this). A runner frozen longer loses it, and commits nothing after.
     #[arg(long, value_parser = parse_duration, env = "DATAMIG_LEASE_TTL", default_value = "30s", global = true)]
     pub lease_ttl: Duration,
+
+    /// What to log on stderr, as a `RUST_LOG` filter (`info`, `datamig=debug,sqlx=warn`):
+    /// spans and events of the run, each migration, each batch and each copy chunk.
+    /// Default: the `RUST_LOG` environment variable, else nothing.
+    #[arg(long, env = "DATAMIG_LOG", global = true)]
+    pub log: Option<String>,
+
+    /// The format of the log on stderr: `text`, or `json` (one object a line, with the
+    /// fields of its spans). Results stay on stdout.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// The format of the log on stderr (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One line of text an event, with its spans' fields.
+    Text,
+    /// One JSON object an event: `timestamp`, `level`, `fields`, `target`, `span`, `spans`.
+    Json,
 }
 
 /// The runner lock (`--lock`).

@@ -276,6 +276,40 @@ impl Output {
         Ok(())
     }
 
+    /// `verify` without the migrations' code: every ledger row, with the checksum and
+    /// revision it was applied with, when, where and by which release.
+    pub(crate) fn ledger(&self, statuses: &[MigrationStatus]) -> Result<(), Failure> {
+        let rows: Vec<&datamig::LedgerEntry> =
+            statuses.iter().filter_map(|s| s.ledger.as_ref()).collect();
+        if self.format == Format::Json {
+            return self.json(&json!({ "ledger": rows }));
+        }
+        let mut out = std::io::stdout().lock();
+        for e in &rows {
+            writeln!(
+                out,
+                "{}  {}  checksum {} revision {}  at {} on {}{}  runs {}",
+                e.id,
+                e.status,
+                e.checksum,
+                e.revision,
+                e.finished_at.format("%Y-%m-%d %H:%M:%S"),
+                e.host,
+                e.app_version
+                    .as_deref()
+                    .map(|v| format!(" (version {v})"))
+                    .unwrap_or_default(),
+                e.run_count
+            )?;
+        }
+        writeln!(
+            out,
+            "{} ledger rows; checksums are compared with the code by the application's own binary",
+            rows.len()
+        )?;
+        Ok(())
+    }
+
     /// A pause set or lifted.
     pub(crate) fn paused(&self, pause: &Pause, verb: &str) -> Result<(), Failure> {
         if self.format == Format::Json {

@@ -74,6 +74,7 @@ impl<DB: Backend> Migrator<DB> {
     /// [`Error::UnknownId`]; [`Error::Config`] when it is already in the ledger or the
     /// reason is empty; as [`Migrator::run`] for the lock and the database.
     pub async fn mark_applied(&self, id: &str, reason: &str) -> Result<(), Error> {
+        self.needs_code("mark-applied")?;
         let migration = self.find(id)?;
         require_reason(reason)?;
         self.with_lock(async |conn| {
@@ -110,6 +111,7 @@ impl<DB: Backend> Migrator<DB> {
     /// [`Error::UnknownId`]; [`Error::Config`] when the migration is not applied or not
     /// drifted, or the reason is empty; as [`Migrator::run`] for the lock and the database.
     pub async fn repair(&self, id: &str, reason: &str) -> Result<Drift, Error> {
+        self.needs_code("repair")?;
         let migration = self.find(id)?;
         require_reason(reason)?;
         self.with_lock(async |conn| {
@@ -165,16 +167,35 @@ impl<DB: Backend> Migrator<DB> {
     /// [`Error::UnknownId`]; [`Error::Config`] when it is applied already;
     /// [`Error::Database`].
     pub async fn pause(&self, id: &str, reason: Option<&str>) -> Result<Pause, Error> {
-        let migration = self.find(id)?;
-        self.ensure_ledger_for_pause().await?;
+        let migration = if self.is_ledger_only() {
+            None
+        } else {
+            Some(self.find(id)?)
+        };
+        if migration.is_some() {
+            self.ensure_ledger_for_pause().await?;
+        }
         let mut conn = self.pool().acquire().await?;
         pinned::<DB, _>(&mut conn, async |conn| {
-            let ledger = DB::read_ledger(conn, self.ledger_config()).await?;
-            if let Some(entry) = ledger.iter().find(|e| e.id == id)
+            let ledger =
+                if migration.is_some() || DB::ledger_exists(conn, self.ledger_config()).await? {
+                    DB::read_ledger(conn, self.ledger_config()).await?
+                } else {
+                    Vec::new()
+                };
+            let entry = ledger.iter().find(|e| e.id == id);
+            if let Some(entry) = entry
                 && !entry.is_running()
             {
                 return Err(Error::Config(format!(
                     "migration {id} is applied; there is nothing to pause"
+                )));
+            }
+            if migration.is_none() && entry.is_none() {
+                return Err(Error::Config(format!(
+                    "migration {id} is not in the ledger: without the migrations' code only a \
+                     migration the ledger records as part-way can be paused; to pause one \
+                     before it starts, use the application's own binary"
                 )));
             }
             if let Some(pause) = DB::pause_state(conn, self.ledger_config(), Some(id))
@@ -183,7 +204,10 @@ impl<DB: Backend> Migrator<DB> {
             {
                 return Ok(pause);
             }
-            let mut attempt = self.attempt(migration, Action::Pause, Utc::now());
+            let mut attempt = match migration {
+                Some(migration) => self.attempt(migration, Action::Pause, Utc::now()),
+                None => self.attempt_for(id, entry, Action::Pause),
+            };
             attempt.reason = reason.map(str::to_string);
             DB::record_run(conn, self.ledger_config(), &attempt, None).await?;
             DB::pause_state(conn, self.ledger_config(), Some(id))
@@ -202,22 +226,34 @@ impl<DB: Backend> Migrator<DB> {
     ///
     /// [`Error::UnknownId`]; [`Error::Config`] when it is not paused; [`Error::Database`].
     pub async fn resume(&self, id: &str) -> Result<Pause, Error> {
-        let migration = self.find(id)?;
+        let migration = if self.is_ledger_only() {
+            None
+        } else {
+            Some(self.find(id)?)
+        };
         let mut conn = self.pool().acquire().await?;
         pinned::<DB, _>(&mut conn, async |conn| {
-            let paused = if DB::ledger_exists(conn, self.ledger_config()).await? {
-                DB::pause_state(conn, self.ledger_config(), Some(id))
+            let (paused, entry) = if DB::ledger_exists(conn, self.ledger_config()).await? {
+                let pause = DB::pause_state(conn, self.ledger_config(), Some(id))
                     .await?
-                    .pop()
+                    .pop();
+                let entry = DB::read_ledger(conn, self.ledger_config())
+                    .await?
+                    .into_iter()
+                    .find(|e| e.id == id);
+                (pause, entry)
             } else {
-                None
+                (None, None)
             };
             let Some(pause) = paused else {
                 return Err(Error::Config(format!(
                     "migration {id} is not paused; there is nothing to resume"
                 )));
             };
-            let mut attempt = self.attempt(migration, Action::Unpause, Utc::now());
+            let mut attempt = match migration {
+                Some(migration) => self.attempt(migration, Action::Unpause, Utc::now()),
+                None => self.attempt_for(id, entry.as_ref(), Action::Unpause),
+            };
             attempt.reason = Some(format!(
                 "lifts the pause by {} from {} at {}",
                 pause.by,
@@ -313,6 +349,40 @@ impl<DB: Backend> Migrator<DB> {
             lock_holders,
             blocking_sessions,
         })
+    }
+
+    /// An attempt of a ledger-only migrator, which has no code: the checksum, revision and
+    /// description come from the ledger row (empty before the migration started).
+    fn attempt_for(
+        &self,
+        id: &str,
+        entry: Option<&crate::ledger::LedgerEntry>,
+        action: Action,
+    ) -> crate::ledger::Attempt {
+        let now = Utc::now();
+        crate::ledger::Attempt {
+            write: LedgerWrite::Insert,
+            status: crate::ledger::STATUS_APPLIED,
+            checkpoint: None,
+            batches: 0,
+            first_started_at: now,
+            total_rows: 0,
+            id: id.to_string().into(),
+            checksum: entry.map(|e| e.checksum.clone()).unwrap_or_default().into(),
+            revision: entry.map_or(0, |e| e.revision),
+            description: entry
+                .map(|e| e.description.clone())
+                .unwrap_or_default()
+                .into(),
+            action,
+            started_at: now,
+            finished_at: now,
+            rows_affected: 0,
+            notes: Vec::new(),
+            host: crate::session::host_name(),
+            app_version: self.app_version.clone(),
+            reason: None,
+        }
     }
 
     fn find(&self, id: &str) -> Result<&'static Migration, Error> {

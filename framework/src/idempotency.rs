@@ -255,6 +255,7 @@ impl<DB: Backend> Migrator<DB> {
     /// [`Error::MigrationFailed`] when a run fails (everything is rolled back); as
     /// [`Migrator::run`] for the lock and the database.
     pub async fn check_idempotency(&self) -> Result<Vec<IdempotencyCheck>, Error> {
+        self.needs_code("the idempotency check")?;
         let migrations = self.load()?;
         if let Some(only) = self.only_id()
             && !migrations.iter().any(|m| m.id() == only)

@@ -1,6 +1,8 @@
 //! The ledger (`datamig_ledger`: one row per applied migration) and the run history
 //! (`datamig_runs`: one row per attempt), their configuration and their rows.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
@@ -418,10 +420,10 @@ pub struct Attempt {
     pub(crate) first_started_at: DateTime<Utc>,
     /// Rows affected in all, over every batch and resume.
     pub(crate) total_rows: u64,
-    pub(crate) id: &'static str,
-    pub(crate) checksum: &'static str,
+    pub(crate) id: Cow<'static, str>,
+    pub(crate) checksum: Cow<'static, str>,
     pub(crate) revision: u32,
-    pub(crate) description: &'static str,
+    pub(crate) description: Cow<'static, str>,
     pub(crate) action: Action,
     pub(crate) started_at: DateTime<Utc>,
     pub(crate) finished_at: DateTime<Utc>,

@@ -66,6 +66,7 @@ mod ledger;
 mod merge;
 mod migration;
 mod session;
+mod trace;
 
 mod backend;
 

@@ -572,10 +572,10 @@ impl Steps for Postgres {
                 "UPDATE {ledger} SET checksum = $2, revision = $3, description = $4 WHERE id = $1"
             );
             let done = query(AssertSqlSafe(sql))
-                .bind(a.id)
-                .bind(a.checksum)
+                .bind(a.id.as_ref())
+                .bind(a.checksum.as_ref())
                 .bind(i32::try_from(a.revision).unwrap_or(i32::MAX))
-                .bind(a.description)
+                .bind(a.description.as_ref())
                 .execute(conn)
                 .await?;
             return Ok(done.rows_affected() == 1);
@@ -606,10 +606,10 @@ impl Steps for Postgres {
         // re-run (whose run count is bound last).
         let (expected, run_count) = a.write.expected();
         let done = query(AssertSqlSafe(sql))
-            .bind(a.id)
-            .bind(a.checksum)
+            .bind(a.id.as_ref())
+            .bind(a.checksum.as_ref())
             .bind(i32::try_from(a.revision).unwrap_or(i32::MAX))
-            .bind(a.description)
+            .bind(a.description.as_ref())
             .bind(a.first_started_at)
             .bind(a.finished_at)
             .bind(a.total_duration_ms())
@@ -975,14 +975,14 @@ impl Steps for Postgres {
             config.runs_ident()
         );
         query(AssertSqlSafe(sql))
-            .bind(a.id)
+            .bind(a.id.as_ref())
             .bind(a.action.as_str())
             .bind(if error.is_some() {
                 "failed"
             } else {
                 "succeeded"
             })
-            .bind(a.checksum)
+            .bind(a.checksum.as_ref())
             .bind(i32::try_from(a.revision).unwrap_or(i32::MAX))
             .bind(a.started_at)
             .bind(a.finished_at)

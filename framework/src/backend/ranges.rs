@@ -358,7 +358,7 @@ pub(crate) async fn finish(
     let running: Option<i32> = query_scalar(AssertSqlSafe(format!(
         "SELECT 1 FROM {ledger} WHERE id = $1 AND status = 'running' FOR UPDATE"
     )))
-    .bind(a.id)
+    .bind(a.id.as_ref())
     .fetch_optional(&mut *conn)
     .await?;
     if running.is_none() {
@@ -369,7 +369,7 @@ pub(crate) async fn finish(
                 COALESCE(sum(rows_affected), 0)::bigint
          FROM {ranges} WHERE migration_id = $1"
     )))
-    .bind(a.id)
+    .bind(a.id.as_ref())
     .fetch_one(&mut *conn)
     .await?;
     if left > 0 {
@@ -382,7 +382,7 @@ pub(crate) async fn finish(
              app_version = $6, notes = COALESCE($7, notes), applied_by = current_user
          WHERE id = $1 AND status = 'running'"
     )))
-    .bind(a.id)
+    .bind(a.id.as_ref())
     .bind(a.finished_at)
     .bind(rows)
     .bind(batches)
@@ -394,7 +394,7 @@ pub(crate) async fn finish(
     query(AssertSqlSafe(format!(
         "DELETE FROM {ranges} WHERE migration_id = $1"
     )))
-    .bind(a.id)
+    .bind(a.id.as_ref())
     .execute(conn)
     .await?;
     Ok(true)

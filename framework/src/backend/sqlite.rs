@@ -443,10 +443,10 @@ impl Steps for Sqlite {
                 "UPDATE {ledger} SET checksum = $2, revision = $3, description = $4 WHERE id = $1"
             );
             let done = sqlx::query(AssertSqlSafe(sql))
-                .bind(a.id)
-                .bind(a.checksum)
+                .bind(a.id.as_ref())
+                .bind(a.checksum.as_ref())
                 .bind(i64::from(a.revision))
-                .bind(a.description)
+                .bind(a.description.as_ref())
                 .execute(conn)
                 .await?;
             return Ok(done.rows_affected() == 1);
@@ -478,10 +478,10 @@ impl Steps for Sqlite {
         // re-run (whose run count is bound last).
         let (expected, run_count) = a.write.expected();
         let done = sqlx::query(AssertSqlSafe(sql))
-            .bind(a.id)
-            .bind(a.checksum)
+            .bind(a.id.as_ref())
+            .bind(a.checksum.as_ref())
             .bind(i64::from(a.revision))
-            .bind(a.description)
+            .bind(a.description.as_ref())
             .bind(a.first_started_at)
             .bind(a.finished_at)
             .bind(a.total_duration_ms())
@@ -759,14 +759,14 @@ impl Steps for Sqlite {
             config.runs_ident()
         );
         sqlx::query(AssertSqlSafe(sql))
-            .bind(a.id)
+            .bind(a.id.as_ref())
             .bind(a.action.as_str())
             .bind(if error.is_some() {
                 "failed"
             } else {
                 "succeeded"
             })
-            .bind(a.checksum)
+            .bind(a.checksum.as_ref())
             .bind(i64::from(a.revision))
             .bind(a.started_at)
             .bind(a.finished_at)

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use tracing::Instrument;
 
 use futures_util::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
@@ -96,7 +97,55 @@ pub(super) enum Reader {
     Sqlite(Option<rusqlite::Connection>),
 }
 
+/// One copy (or plan, or comparison) in the span `copy` (see [`crate::trace`]).
 pub(super) async fn run(copier: &Copier, purpose: Purpose) -> Result<CopyReport, Error> {
+    let span = tracing::info_span!(
+        "copy",
+        source = copier.source.kind(),
+        purpose = ?purpose,
+        mode = copier.mode.name(),
+        jobs = copier.jobs,
+        tables = tracing::field::Empty,
+        rows = tracing::field::Empty,
+        bytes = tracing::field::Empty,
+        duration_ms = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    let started = Instant::now();
+    let result = run_traced(copier, purpose).instrument(span.clone()).await;
+    let duration_ms = crate::trace::millis(started.elapsed());
+    span.record("duration_ms", duration_ms);
+    match &result {
+        Ok(report) => {
+            span.record("tables", report.tables.len());
+            span.record("rows", report.rows);
+            span.record("bytes", report.bytes);
+            span.record(
+                "outcome",
+                if report.already_copied {
+                    "already_copied"
+                } else {
+                    "ok"
+                },
+            );
+            tracing::info!(
+                parent: &span,
+                tables = report.tables.len(),
+                rows = report.rows,
+                bytes = report.bytes,
+                duration_ms,
+                "copy finished"
+            );
+        }
+        Err(err) => {
+            span.record("outcome", crate::trace::outcome(err));
+            tracing::error!(parent: &span, error = %err, duration_ms, "copy failed");
+        }
+    }
+    result
+}
+
+async fn run_traced(copier: &Copier, purpose: Purpose) -> Result<CopyReport, Error> {
     let started = Instant::now();
     let mut dst = connect(&copier.target, "target").await?;
     target_session(&mut dst, copier, false).await?;
@@ -1026,7 +1075,8 @@ async fn copy_chunks(
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..workers {
         let shared = Arc::clone(&shared);
-        tasks.spawn(async move { worker(&shared).await });
+        // The chunks' spans are children of the copy's span.
+        tasks.spawn(async move { worker(&shared).await }.in_current_span());
     }
     let mut failure = None;
     while let Some(joined) = tasks.join_next().await {
@@ -1075,12 +1125,46 @@ async fn worker(shared: &Shared) -> Result<(), Error> {
     target_session(&mut dst, &shared.copier, true).await?;
     while let Some(unit) = shared.next().await? {
         let started = Instant::now();
-        let outcome = copy_unit(shared, &mut src, &mut dst, &unit).await;
+        let span = tracing::info_span!(
+            "copy_chunk",
+            tables = %unit
+                .parts
+                .iter()
+                .map(|(t, _)| shared.planned[*t].plan.table.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            chunks = %unit
+                .parts
+                .iter()
+                .map(|(_, c)| c.number.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            rows = tracing::field::Empty,
+            bytes = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let outcome = copy_unit(shared, &mut src, &mut dst, &unit)
+            .instrument(span.clone())
+            .await;
+        let ms = crate::trace::millis(started.elapsed());
+        span.record("duration_ms", ms);
         let done = match outcome {
             Ok(done) => done,
-            Err(failure) => return Err(explain(shared, &mut src, &mut dst, &unit, failure).await),
+            Err(failure) => {
+                let err = explain(shared, &mut src, &mut dst, &unit, failure).await;
+                span.record("outcome", crate::trace::outcome(&err));
+                tracing::error!(parent: &span, error = %err, duration_ms = ms, "chunk failed");
+                return Err(err);
+            }
         };
-        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let (rows, bytes) = done
+            .iter()
+            .fold((0, 0), |(r, b), c| (r + c.rows, b + c.bytes));
+        span.record("rows", rows);
+        span.record("bytes", bytes);
+        span.record("outcome", "committed");
+        tracing::info!(parent: &span, rows, bytes, duration_ms = ms, "chunk copied");
         // A table this unit completes is analyzed before the tables that reference it may
         // start: their foreign-key checks are planned with its statistics, not an empty
         // table's.

@@ -348,6 +348,17 @@ pub(crate) enum Source {
     Sqlite(sqlx::sqlite::SqliteConnectOptions),
 }
 
+impl Source {
+    /// The source's backend, as the `copy` span's `source` field names it.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Source::Postgres(_) => "postgres",
+            #[cfg(feature = "sqlite")]
+            Source::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
 impl std::fmt::Debug for Copier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Copier")

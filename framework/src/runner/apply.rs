@@ -168,10 +168,10 @@ impl<DB: Backend> Migrator<DB> {
             batches: 0,
             first_started_at: started_at,
             total_rows: 0,
-            id: migration.id(),
-            checksum: migration.checksum(),
+            id: migration.id().into(),
+            checksum: migration.checksum().into(),
             revision: migration.revision(),
-            description: migration.description(),
+            description: migration.description().into(),
             action,
             started_at,
             finished_at: Utc::now(),
@@ -194,7 +194,7 @@ impl<DB: Backend> Migrator<DB> {
         // A runner that lost its lease records nothing more: the failure was most likely
         // its transaction ended by the server while it was frozen, and the lease's new
         // holder owns the ledger now.
-        if let Some(lost) = self.lost_lease(attempt.id).await {
+        if let Some(lost) = self.lost_lease(&attempt.id).await {
             return Err(lost);
         }
         let record = async |conn: &mut DB::Connection| {

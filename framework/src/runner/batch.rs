@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
@@ -262,7 +263,45 @@ impl<DB: Backend> Migrator<DB> {
 
     /// One batch in its own transaction.
     #[allow(clippy::too_many_arguments)]
+    /// One batch in the span `batch` (see [`crate::trace`]).
+    #[allow(clippy::too_many_arguments)]
     async fn batch(
+        &self,
+        conn: &mut PoolConnection<DB>,
+        migration: &'static Migration,
+        run: BatchFn<DB>,
+        (shape, size): (&Arc<KeyShape>, u32),
+        state: &BatchState,
+        action: Action,
+        first_started_at: DateTime<Utc>,
+        timeouts: (Option<Duration>, Option<Duration>),
+    ) -> Result<BatchDone, BatchError> {
+        let span = batch_span(migration.id(), state.batches + 1, size, None);
+        let began = Instant::now();
+        let result = self
+            .batch_untraced(
+                conn,
+                migration,
+                run,
+                (shape, size),
+                state,
+                action,
+                first_started_at,
+                timeouts,
+            )
+            .instrument(span.clone())
+            .await;
+        let counts = match &result {
+            Ok(BatchDone::Committed { keys, rows, .. }) => Ok(Some((*keys, *rows))),
+            Ok(BatchDone::NothingLeft) => Ok(None),
+            Err(err) => Err(err),
+        };
+        batch_ended(&span, counts, began.elapsed());
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn batch_untraced(
         &self,
         conn: &mut PoolConnection<DB>,
         migration: &'static Migration,
@@ -398,7 +437,7 @@ impl<DB: Backend> Migrator<DB> {
             attempt.status = STATUS_APPLIED;
         }
         let classify = |err| BatchError::database::<DB>(err, attempt.batches);
-        if let Err(err) = self.fence(&mut tx, attempt.id).await {
+        if let Err(err) = self.fence(&mut tx, &attempt.id).await {
             let _ = tx.rollback().await;
             return Err(BatchError::Fenced(err));
         }
@@ -745,4 +784,62 @@ pub(crate) async fn batch_key<DB: Backend>(
         }
     }
     Ok((shape, warning))
+}
+
+/// The span of one batch: `id`, `batch` (its number), `size`, and with workers `worker` and
+/// `range`; `keys`, `rows`, `duration_ms` and `outcome` are filled when it ends.
+pub(super) fn batch_span(
+    id: &str,
+    number: u64,
+    size: u32,
+    worker: Option<(&str, i32)>,
+) -> tracing::Span {
+    tracing::info_span!(
+        "batch",
+        id,
+        batch = number,
+        size,
+        worker = worker.map(|(w, _)| w),
+        range = worker.map(|(_, r)| r),
+        keys = tracing::field::Empty,
+        rows = tracing::field::Empty,
+        duration_ms = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    )
+}
+
+/// Fills a batch span's closing fields and emits its closing event: `counts` is the keys
+/// and rows of a committed batch, `None` when no key was left.
+pub(super) fn batch_ended(
+    span: &tracing::Span,
+    counts: Result<Option<(u64, u64)>, &BatchError>,
+    elapsed: Duration,
+) {
+    let duration_ms = crate::trace::millis(elapsed);
+    span.record("duration_ms", duration_ms);
+    match counts {
+        Ok(Some((keys, rows))) => {
+            span.record("keys", keys);
+            span.record("rows", rows);
+            span.record("outcome", "committed");
+            tracing::info!(parent: span, keys, rows, duration_ms, "batch committed");
+        }
+        Ok(None) => {
+            span.record("keys", 0);
+            span.record("rows", 0);
+            span.record("outcome", "nothing_left");
+            tracing::debug!(parent: span, duration_ms, "no key left");
+        }
+        Err(err) => {
+            let (outcome, message) = match err {
+                BatchError::LockTimeout(message) => ("lock_timeout", message.clone()),
+                BatchError::Failed { message, .. } => ("failed", message.clone()),
+                BatchError::Commit(err) => ("commit_unknown", err.to_string()),
+                BatchError::Fenced(err) => ("fenced", err.to_string()),
+                BatchError::Paused(pause) => ("paused", format!("paused by {}", pause.by)),
+            };
+            span.record("outcome", outcome);
+            tracing::warn!(parent: span, outcome, error = %message, duration_ms, "batch did not commit");
+        }
+    }
 }

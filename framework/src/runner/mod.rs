@@ -18,6 +18,7 @@ mod workers;
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use sqlx::Pool;
 use sqlx::pool::PoolConnection;
@@ -75,7 +76,7 @@ pub struct Migrator<DB: Backend> {
     runner_lock_timeout: Duration,
     lock_timeout: Option<Duration>,
     statement_timeout: Option<Duration>,
-    app_version: Option<String>,
+    pub(crate) app_version: Option<String>,
     dry_run: bool,
     progress: Option<ProgressFn>,
     interrupt_after_batches: Option<u64>,
@@ -86,6 +87,7 @@ pub struct Migrator<DB: Backend> {
     throttle_interval: Duration,
     workers: Option<u32>,
     join: bool,
+    ledger_only: bool,
 }
 
 /// Asks a run to stop at the next transaction boundary: after the migration or batch in
@@ -132,6 +134,7 @@ impl<DB: Backend> Clone for Migrator<DB> {
             throttle_interval: self.throttle_interval,
             workers: self.workers,
             join: self.join,
+            ledger_only: self.ledger_only,
         }
     }
 }
@@ -172,6 +175,7 @@ impl<DB: Backend> Migrator<DB> {
             throttle_interval: Duration::from_secs(1),
             workers: None,
             join: true,
+            ledger_only: false,
         }
     }
 
@@ -279,6 +283,41 @@ impl<DB: Backend> Migrator<DB> {
         self
     }
 
+    /// A migrator with no migrations' code: it reads and manages the ledger alone, as the
+    /// installed `datamig` binary does (it has no migrations compiled in).
+    ///
+    /// [`status`](Migrator::status) then reports each ledger row by what the ledger
+    /// records (applied, running, paused) instead of as unknown to this build, and drift is
+    /// not computed; [`check`](Migrator::check) lists what is part-way or paused;
+    /// [`pause`](Migrator::pause) takes a migration the ledger records as part-way, and
+    /// [`resume`](Migrator::resume) any paused one. What needs the code refuses with
+    /// [`Error::Config`] before touching anything: [`run`](Migrator::run),
+    /// [`rerun`](Migrator::rerun), [`mark_applied`](Migrator::mark_applied),
+    /// [`repair`](Migrator::repair) and
+    /// [`check_idempotency`](Migrator::check_idempotency).
+    pub fn ledger_only(mut self) -> Self {
+        self.source = Some(Vec::new());
+        self.ledger_only = true;
+        self
+    }
+
+    /// Whether this migrator reads the ledger alone ([`Migrator::ledger_only`]).
+    pub fn is_ledger_only(&self) -> bool {
+        self.ledger_only
+    }
+
+    /// Refuses `operation` on a ledger-only migrator: it needs the migrations' code.
+    pub(crate) fn needs_code(&self, operation: &str) -> Result<(), Error> {
+        if self.ledger_only {
+            return Err(Error::Config(format!(
+                "{operation} needs the migrations' code, and this migrator reads the ledger \
+                 only (no migrations compiled in): use the application's own binary or \
+                 Migrator, which links its crate of migrations"
+            )));
+        }
+        Ok(())
+    }
+
     /// Where the ledger and run history live (table names and schema).
     pub fn ledger(mut self, config: LedgerConfig) -> Self {
         self.ledger = config;
@@ -370,7 +409,56 @@ impl<DB: Backend> Migrator<DB> {
         self.run_with(Mode::Rerun(id.to_string())).await
     }
 
+    /// One run, in the span `run` (fields: `backend`, `mode`, `dry_run`, and when it ends
+    /// `applied`, `already_applied`, `paused`, `duration_ms`, `outcome`), with an event
+    /// when it ends.
     async fn run_with(&self, mode: Mode) -> Result<RunReport, Error> {
+        let span = tracing::info_span!(
+            "run",
+            backend = DB::ID,
+            mode = match mode {
+                Mode::Pending => "run",
+                Mode::Rerun(_) => "rerun",
+            },
+            dry_run = self.dry_run,
+            applied = tracing::field::Empty,
+            already_applied = tracing::field::Empty,
+            paused = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let started = std::time::Instant::now();
+        let result = self.run_traced(mode).instrument(span.clone()).await;
+        let duration_ms = crate::trace::millis(started.elapsed());
+        span.record("duration_ms", duration_ms);
+        match &result {
+            Ok(report) => {
+                span.record("applied", report.applied.len());
+                span.record("already_applied", report.already_applied.len());
+                span.record("paused", report.paused.len());
+                span.record("outcome", "ok");
+                tracing::info!(
+                    parent: &span,
+                    applied = report.applied.len(),
+                    already_applied = report.already_applied.len(),
+                    paused = report.paused.len(),
+                    duration_ms,
+                    "run finished"
+                );
+            }
+            Err(err) => {
+                span.record("outcome", crate::trace::outcome(err));
+                tracing::error!(parent: &span, error = %err, duration_ms, "run failed");
+            }
+        }
+        result
+    }
+
+    async fn run_traced(&self, mode: Mode) -> Result<RunReport, Error> {
+        self.needs_code(match mode {
+            Mode::Rerun(_) => "rerun",
+            _ => "run",
+        })?;
         self.ledger.validate()?;
         let migrations = self.load()?;
         let unsupported = |m: &Migration| Error::UnsupportedBackend {
@@ -514,6 +602,7 @@ impl<DB: Backend> Migrator<DB> {
                 continue;
             };
             if let Some(pause) = pauses.remove(migration.id()) {
+                tracing::info!(id = migration.id(), by = %pause.by, "migration paused by an operator: skipped");
                 report.paused.push(pause);
                 continue;
             }
@@ -526,16 +615,33 @@ impl<DB: Backend> Migrator<DB> {
                     applied: report.applied.into_iter().map(|a| a.id).collect(),
                 });
             }
-            let result = match (run, migration.batch()) {
-                (Code::Once(run), _) => self.apply(conn, migration, *run, step).await,
-                (Code::Batched(run), Some(spec)) => {
-                    self.apply_batched(conn, migration, *run, spec, step).await
+            let span = tracing::info_span!(
+                "migration",
+                id = migration.id(),
+                action = step.action.as_str(),
+                batched = migration.batch().is_some(),
+                rows = tracing::field::Empty,
+                batches = tracing::field::Empty,
+                workers = tracing::field::Empty,
+                duration_ms = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+            );
+            let started = std::time::Instant::now();
+            let result = async {
+                match (run, migration.batch()) {
+                    (Code::Once(run), _) => self.apply(conn, migration, *run, step).await,
+                    (Code::Batched(run), Some(spec)) => {
+                        self.apply_batched(conn, migration, *run, spec, step).await
+                    }
+                    (Code::Batched(_), None) => Err(Failure::Other(Error::Config(format!(
+                        "migration {} is batched but has no batch specification",
+                        migration.id()
+                    )))),
                 }
-                (Code::Batched(_), None) => Err(Failure::Other(Error::Config(format!(
-                    "migration {} is batched but has no batch specification",
-                    migration.id()
-                )))),
-            };
+            }
+            .instrument(span.clone())
+            .await;
+            migration_ended(&span, &result, started.elapsed());
             match result {
                 Ok(applied) => report.applied.push(applied),
                 Err(Failure::Migration { message, panicked }) => {
@@ -570,5 +676,54 @@ impl<DB: Backend> Migrator<DB> {
             }
         }
         Ok(report)
+    }
+}
+
+/// Fills the `migration` span's closing fields from what applying it came to, and emits
+/// its closing event.
+fn migration_ended(
+    span: &tracing::Span,
+    result: &Result<AppliedMigration, Failure>,
+    elapsed: Duration,
+) {
+    let duration_ms = crate::trace::millis(elapsed);
+    span.record("duration_ms", duration_ms);
+    match result {
+        Ok(applied) => {
+            span.record("rows", applied.rows_affected);
+            span.record("batches", applied.batches);
+            span.record("workers", applied.workers);
+            span.record("outcome", "applied");
+            tracing::info!(
+                parent: span,
+                rows = applied.rows_affected,
+                batches = applied.batches,
+                workers = applied.workers,
+                duration_ms,
+                "migration applied"
+            );
+        }
+        Err(Failure::Migration { message, panicked }) => {
+            span.record("outcome", "failed");
+            tracing::error!(parent: span, error = %message, panicked, duration_ms, "migration failed");
+        }
+        Err(Failure::Stopped { batches, .. }) => {
+            span.record("outcome", "stopped");
+            span.record("batches", batches);
+            tracing::warn!(parent: span, batches, duration_ms, "migration stopped on request");
+        }
+        Err(Failure::Interrupted { batches }) => {
+            span.record("outcome", "interrupted");
+            span.record("batches", batches);
+            tracing::warn!(parent: span, batches, duration_ms, "migration interrupted");
+        }
+        Err(Failure::Paused(pause)) => {
+            span.record("outcome", "paused");
+            tracing::warn!(parent: span, by = %pause.by, host = %pause.host, duration_ms, "migration paused");
+        }
+        Err(Failure::Other(err)) => {
+            span.record("outcome", crate::trace::outcome(err));
+            tracing::error!(parent: span, error = %err, duration_ms, "migration failed");
+        }
     }
 }

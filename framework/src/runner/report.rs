@@ -145,15 +145,39 @@ impl<DB: Backend> Migrator<DB> {
                 }
             })
             .collect();
-        statuses.extend(entries.into_values().map(|entry| MigrationStatus {
-            id: entry.id.clone(),
-            description: entry.description.clone(),
-            state: State::Unknown,
-            last_run: last_runs.remove(&entry.id),
-            paused: pauses.remove(&entry.id),
-            ranges: ranges_of.remove(&entry.id).unwrap_or_default(),
-            ledger: Some(entry),
+        // Without the code (a ledger-only migrator), a row's state is what the ledger
+        // records; with it, a row no migration has is unknown to this build.
+        let ledger_only = self.ledger_only;
+        statuses.extend(entries.into_values().map(|entry| {
+            let paused = pauses.remove(&entry.id);
+            let state = match (ledger_only, paused.is_some(), entry.is_running()) {
+                (false, _, _) => State::Unknown,
+                (true, true, _) => State::Paused,
+                (true, false, true) => State::Running,
+                (true, false, false) => State::Applied,
+            };
+            MigrationStatus {
+                id: entry.id.clone(),
+                description: entry.description.clone(),
+                state,
+                last_run: last_runs.remove(&entry.id),
+                paused,
+                ranges: ranges_of.remove(&entry.id).unwrap_or_default(),
+                ledger: Some(entry),
+            }
         }));
+        if ledger_only {
+            // Paused before they started: in the run history only.
+            statuses.extend(pauses.into_values().map(|pause| MigrationStatus {
+                id: pause.migration_id.clone(),
+                description: String::new(),
+                state: State::Paused,
+                ledger: None,
+                last_run: last_runs.remove(&pause.migration_id),
+                paused: Some(pause),
+                ranges: Vec::new(),
+            }));
+        }
         statuses.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(statuses)
     }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
@@ -534,6 +535,37 @@ impl<DB: Backend> Migrator<DB> {
     /// and no other is left, the migration applied.
     #[allow(clippy::too_many_arguments)]
     async fn range_batch(
+        &self,
+        conn: &mut DB::Connection,
+        job: &Job<'_, DB>,
+        team: &Team,
+        claim: &Claim,
+        range: i32,
+        size: u32,
+        timeouts: (Option<Duration>, Option<Duration>),
+    ) -> Result<RangeBatch, BatchError> {
+        let span = super::batch::batch_span(
+            job.migration.id(),
+            team.batches.load(Ordering::SeqCst) + 1,
+            size,
+            Some((&claim.worker, range)),
+        );
+        let began = Instant::now();
+        let result = self
+            .range_batch_untraced(conn, job, team, claim, range, size, timeouts)
+            .instrument(span.clone())
+            .await;
+        let counts = match &result {
+            Ok(RangeBatch::Committed { keys, rows, .. }) => Ok(Some((*keys, *rows))),
+            Ok(RangeBatch::Lost | RangeBatch::Empty) => Ok(None),
+            Err(err) => Err(err),
+        };
+        super::batch::batch_ended(&span, counts, began.elapsed());
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn range_batch_untraced(
         &self,
         conn: &mut DB::Connection,
         job: &Job<'_, DB>,

@@ -5,7 +5,7 @@ use assert_cmd::Command;
 use serde_json::Value;
 
 fn datamig(url: &str) -> Command {
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin!("datamig"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_datamig-demo"));
     cmd.env("DATABASE_URL", url)
         .env_remove("DATAMIG_LEDGER_TABLE")
         .env_remove("DATAMIG_RUNS_TABLE");

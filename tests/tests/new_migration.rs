@@ -46,7 +46,7 @@ async fn new_writes_a_migration_that_compiles_and_shows_up_in_status() -> anyhow
     std::fs::write(app.join("src/main.rs"), MAIN_RS)?;
 
     let src = app.join("src");
-    let created = Command::new(assert_cmd::cargo::cargo_bin!("datamig"))
+    let created = Command::new(env!("CARGO_BIN_EXE_datamig-demo"))
         .args(["new", "backfill_widgets", "--format", "json", "--dir"])
         .arg(&src)
         .env_remove("DATABASE_URL")
@@ -66,7 +66,7 @@ async fn new_writes_a_migration_that_compiles_and_shows_up_in_status() -> anyhow
     assert!(src.join(format!("{module}.rs")).is_file());
     assert!(std::fs::read_to_string(src.join("lib.rs"))?.ends_with(&format!("\nmod {module};\n")));
 
-    let again = Command::new(assert_cmd::cargo::cargo_bin!("datamig"))
+    let again = Command::new(env!("CARGO_BIN_EXE_datamig-demo"))
         .args(["new", "Bad-Name", "--dir"])
         .arg(&src)
         .output()?;

@@ -12,7 +12,7 @@ const BACKFILL: &str = "20241114_0930_backfill_notification_settings";
 const NORMALIZE: &str = "20241120_1200_normalize_user_emails";
 
 fn datamig(url: &str) -> Command {
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin!("datamig"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_datamig-demo"));
     cmd.env("DATABASE_URL", url);
     cmd
 }
@@ -307,7 +307,7 @@ async fn run_with_schema_applies_the_schema_migrations_first() -> anyhow::Result
 async fn two_run_processes_started_together_both_exit_0_and_apply_once() -> anyhow::Result<()> {
     let db = demo_database().await?;
     let spawn = || {
-        std::process::Command::new(assert_cmd::cargo::cargo_bin!("datamig"))
+        std::process::Command::new(env!("CARGO_BIN_EXE_datamig-demo"))
             .args(["run"])
             .env("DATABASE_URL", db.url())
             .stdout(std::process::Stdio::piped())
