@@ -135,7 +135,7 @@ What you just saw:
   do the same with datamig::testing::assert_all_idempotent.
 
 Next:
-  cargo run -p datamig-cli --features demo -- status --database-url sqlite:{}
+  cargo run -p datamig-examples --example my_datamig -- status --database-url sqlite:{}
   scripts/demo.sh     the same migrations on PostgreSQL
   scripts/test.sh     the test suite",
         shown.display()
