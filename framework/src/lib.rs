@@ -49,6 +49,8 @@
 //! does not link a crate that nothing refers to. Give the crate a `pub fn link()` that calls
 //! [`link_marker`] and call it from every binary (see [`registry`]).
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 // Layers, each importing only those above it: data types (`error`, `sql`, `ledger`,
 // `session`, `migration`, `ctx`, `copy`, `bulk`, `merge`); the per-database steps
 // (`backend`); then what is written once over them (`helpers`, `upsert`, `portable`,
@@ -169,6 +171,34 @@ pub use sqlx;
 /// The checksum is SHA-256 of the body's tokens: reformatting and comments do not change
 /// it, any edit does.
 pub use datamig_macros::migration;
+
+/// Guides: how to do the jobs datamig is for, each a page with examples that compile.
+///
+/// - [backfills](guides::backfills): a migration for existing rows, small or big, on any key, on a busy
+///   database.
+/// - [deploy](guides::deploy): running pending migrations from a deploy pipeline, the exit codes, logs and
+///   traces.
+/// - [testing](guides::testing): proving each migration idempotent against a real database in CI.
+/// - [copying](guides::copying): moving the data of one database into another whose schema exists.
+/// - [poolers](guides::poolers): running through PgBouncer in transaction mode.
+pub mod guides {
+    #[cfg(feature = "postgres")]
+    #[doc = include_str!("../docs/backfills.md")]
+    pub mod backfills {}
+    #[cfg(feature = "postgres")]
+    #[doc = include_str!("../docs/deploy.md")]
+    pub mod deploy {}
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+    #[doc = include_str!("../docs/testing.md")]
+    pub mod testing {}
+    #[cfg(all(feature = "postgres", feature = "sqlite"))]
+    #[doc = include_str!("../docs/copying.md")]
+    pub mod copying {}
+    #[cfg(feature = "postgres")]
+    #[doc = include_str!("../docs/poolers.md")]
+    pub mod poolers {}
+}
 
 /// The names a migration module usually needs.
 pub mod prelude {
