@@ -82,6 +82,8 @@ pub(crate) enum KeyKind {
     /// Read and bound as `i64`.
     Integer,
     /// A date or timestamp: read in ISO 8601 whatever the session's `DateStyle`.
+    /// (PostgreSQL only: SQLite has no such types.)
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     Temporal,
     /// Read in the database's text form (PostgreSQL), or as stored (SQLite).
     Other,

@@ -663,8 +663,10 @@ pub struct KeyColumn {
     /// any value).
     pub(crate) not_integers: i64,
     /// Its number in the table (PostgreSQL's `attnum`), for matching indexes.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) number: i64,
     /// Its collation (PostgreSQL's `attcollation`), for matching indexes.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) collation: i64,
 }
 
