@@ -165,7 +165,9 @@ fn init_logging(global: &GlobalOpts) -> Result<(), String> {
             .with_span_list(true)
             .try_init(),
     };
-    installed.map_err(|err| format!("cannot install the log subscriber: {err}"))
+    installed.map_err(|err| format!("cannot install the log subscriber: {err}"))?;
+    output::LOGGING.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
 }
 
 /// The name of a command that needs the migrations' code, or `None`.

@@ -17,6 +17,20 @@ use serde_json::json;
 use crate::Failure;
 use crate::opt::Format;
 
+/// Whether the log goes to stderr (`--log`, `RUST_LOG`): progress bars are not drawn there
+/// then, so that the log's lines stay whole.
+pub(crate) static LOGGING: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Where progress bars are drawn: stderr on a terminal, nowhere while the log goes there.
+fn bar_target() -> ProgressDrawTarget {
+    if LOGGING.load(std::sync::atomic::Ordering::Relaxed) {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    }
+}
+
 /// Prints results in the chosen format.
 pub(crate) struct Output {
     format: Format,
@@ -699,7 +713,7 @@ impl Output {
     pub(crate) fn copy_progress(&self) -> CopyProgress {
         CopyProgress {
             json: self.format == Format::Json,
-            bars: indicatif::MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+            bars: indicatif::MultiProgress::with_draw_target(bar_target()),
             state: Mutex::new(CopyBars::default()),
         }
     }
@@ -958,8 +972,7 @@ impl ProgressOutput {
                 old.finish_and_clear();
             }
             // Drawn on stderr, and not at all when stderr is not a terminal.
-            let bar =
-                ProgressBar::with_draw_target(event.estimated_total, ProgressDrawTarget::stderr());
+            let bar = ProgressBar::with_draw_target(event.estimated_total, bar_target());
             bar.set_style(
                 ProgressStyle::with_template(
                     "{prefix} [{bar:30}] {pos}/{len} keys, {msg}, eta {eta}",
