@@ -165,6 +165,21 @@ pub async fn fixture_database(switches: &[&str]) -> anyhow::Result<datamig::test
     Ok(db)
 }
 
+/// A fresh database with the fixture tables, empty: the target of a copy of a fixture
+/// database.
+///
+/// # Errors
+///
+/// Any database error, or the test server not starting.
+pub async fn empty_fixture_database() -> anyhow::Result<datamig::testing::TestDatabase> {
+    let db = datamig::testing::postgres().await?;
+    create_fixture_tables(db.pool()).await?;
+    sqlx::raw_sql("DELETE FROM counter; DELETE FROM items")
+        .execute(db.pool())
+        .await?;
+    Ok(db)
+}
+
 /// Turns a fixture switch on.
 ///
 /// # Errors

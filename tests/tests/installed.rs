@@ -304,11 +304,7 @@ async fn the_installed_binary_serves_a_postgres_ledger_and_refuses_what_needs_co
 -> anyhow::Result<()> {
     let db = datamig_tests::fixture_database(&[]).await?;
     part_way(db.pool()).await?;
-    let target = datamig::testing::postgres().await?;
-    datamig_tests::create_fixture_tables(target.pool()).await?;
-    sqlx::raw_sql("DELETE FROM counter; DELETE FROM items")
-        .execute(target.pool())
-        .await?;
+    let target = datamig_tests::empty_fixture_database().await?;
     every_command(db.url(), target.url(), false).await?;
     // The pause and its lifting are in the run history, with who and from where.
     let actions: Vec<(String,)> = sqlx::query_as(
@@ -338,11 +334,7 @@ async fn the_installed_binary_serves_a_sqlite_ledger_and_refuses_what_needs_code
     .await?;
     part_way(db.pool()).await?;
     // Its data moves into PostgreSQL with the same installed binary.
-    let target = datamig::testing::postgres().await?;
-    datamig_tests::create_fixture_tables(target.pool()).await?;
-    sqlx::raw_sql("DELETE FROM counter; DELETE FROM items")
-        .execute(target.pool())
-        .await?;
+    let target = datamig_tests::empty_fixture_database().await?;
     every_command(db.url(), target.url(), true).await?;
     let actions: Vec<(String,)> = sqlx::query_as(
         "SELECT action FROM datamig_runs WHERE migration_id = ? AND action IN ('pause', 'unpause') ORDER BY run_id",

@@ -206,11 +206,7 @@ async fn a_subscriber_sees_the_run_each_migration_and_each_batch_with_their_fiel
 async fn a_subscriber_sees_a_copy_and_each_of_its_chunks() -> anyhow::Result<()> {
     captured();
     let source = datamig_tests::fixture_database(&[]).await?;
-    let target = datamig::testing::postgres().await?;
-    datamig_tests::create_fixture_tables(target.pool()).await?;
-    sqlx::raw_sql("DELETE FROM counter; DELETE FROM items")
-        .execute(target.pool())
-        .await?;
+    let target = datamig_tests::empty_fixture_database().await?;
     // 4,000 items: the copy splits them in key ranges of about 1,000 rows.
     sqlx::raw_sql(
         "INSERT INTO items SELECT n, 0 FROM generate_series(1001, 4000) AS n; ANALYZE items",
