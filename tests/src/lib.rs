@@ -180,6 +180,37 @@ pub async fn empty_fixture_database() -> anyhow::Result<datamig::testing::TestDa
     Ok(db)
 }
 
+/// The fixture tables on SQLite: `counter` (n = 0), `items` (ids 1 to 1000, v = 0) and an
+/// empty `fixture_switches`.
+pub const SQLITE_FIXTURE_TABLES: &str = "CREATE TABLE counter (n INTEGER NOT NULL);
+     INSERT INTO counter VALUES (0);
+     CREATE TABLE items (id INTEGER PRIMARY KEY, v INTEGER NOT NULL);
+     WITH RECURSIVE seq (n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE n < 1000)
+     INSERT INTO items SELECT n, 0 FROM seq;
+     CREATE TABLE fixture_switches (name TEXT PRIMARY KEY);";
+
+/// A fresh SQLite file with the fixture tables ([`SQLITE_FIXTURE_TABLES`]) and
+/// `fixture_switches` holding `switches`.
+///
+/// # Errors
+///
+/// Any database error.
+pub async fn sqlite_fixture_database(
+    switches: &[&str],
+) -> anyhow::Result<datamig::testing::SqliteTestDatabase> {
+    let db = datamig::testing::sqlite().await?;
+    sqlx::raw_sql(SQLITE_FIXTURE_TABLES)
+        .execute(db.pool())
+        .await?;
+    for switch in switches {
+        sqlx::query("INSERT INTO fixture_switches VALUES ($1)")
+            .bind(switch)
+            .execute(db.pool())
+            .await?;
+    }
+    Ok(db)
+}
+
 /// Turns a fixture switch on.
 ///
 /// # Errors

@@ -321,17 +321,7 @@ async fn the_installed_binary_serves_a_postgres_ledger_and_refuses_what_needs_co
 #[tokio::test]
 async fn the_installed_binary_serves_a_sqlite_ledger_and_refuses_what_needs_code()
 -> anyhow::Result<()> {
-    let db = datamig::testing::sqlite().await?;
-    sqlx::raw_sql(
-        "CREATE TABLE counter (n integer NOT NULL);
-         INSERT INTO counter VALUES (0);
-         CREATE TABLE items (id integer PRIMARY KEY NOT NULL, v integer NOT NULL);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000)
-         INSERT INTO items SELECT i, 0 FROM n;
-         CREATE TABLE fixture_switches (name text PRIMARY KEY);",
-    )
-    .execute(db.pool())
-    .await?;
+    let db = datamig_tests::sqlite_fixture_database(&[]).await?;
     part_way(db.pool()).await?;
     // Its data moves into PostgreSQL with the same installed binary.
     let target = datamig_tests::empty_fixture_database().await?;

@@ -9,36 +9,12 @@
 use std::process::Output;
 
 use datamig::prelude::*;
-use datamig::testing::SqliteTestDatabase;
 use datamig::{Error, State};
 use datamig_tests::{BUMP_ITEMS, COUNT_RUNS, text};
 use sqlx::SqlitePool;
 
 fn datamig(url: &str, args: &[&str]) -> tokio::process::Command {
     datamig_tests::command(env!("CARGO_BIN_EXE_datamig-fixtures"), url, args)
-}
-
-/// A fresh SQLite file with `counter` (n = 0), `items` (ids 1 to 1000, v = 0) and
-/// `fixture_switches` holding `switches`.
-async fn fixture_file(switches: &[&str]) -> anyhow::Result<SqliteTestDatabase> {
-    let db = datamig::testing::sqlite().await?;
-    sqlx::raw_sql(
-        "CREATE TABLE counter (n INTEGER NOT NULL);
-         INSERT INTO counter VALUES (0);
-         CREATE TABLE items (id INTEGER PRIMARY KEY, v INTEGER NOT NULL);
-         WITH RECURSIVE seq (n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE n < 1000)
-         INSERT INTO items SELECT n, 0 FROM seq;
-         CREATE TABLE fixture_switches (name TEXT PRIMARY KEY);",
-    )
-    .execute(db.pool())
-    .await?;
-    for switch in switches {
-        sqlx::query("INSERT INTO fixture_switches VALUES ($1)")
-            .bind(switch)
-            .execute(db.pool())
-            .await?;
-    }
-    Ok(db)
 }
 
 async fn scalar(pool: &SqlitePool, sql: &'static str) -> anyhow::Result<i64> {
@@ -66,7 +42,7 @@ fn fixtures(pool: &SqlitePool) -> Migrator<sqlx::Sqlite> {
 
 #[tokio::test]
 async fn the_second_run_applies_nothing() -> anyhow::Result<()> {
-    let db = fixture_file(&[]).await?;
+    let db = datamig_tests::sqlite_fixture_database(&[]).await?;
 
     let first = fixtures(db.pool()).app_version("1.0").run().await?;
     let applied: Vec<&str> = first.applied.iter().map(|a| a.id.as_str()).collect();
@@ -117,7 +93,7 @@ async fn the_second_run_applies_nothing() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn four_processes_on_one_file_apply_once() -> anyhow::Result<()> {
-    let db = fixture_file(&[]).await?;
+    let db = datamig_tests::sqlite_fixture_database(&[]).await?;
 
     let children: Vec<_> = (0..4)
         .map(|_| datamig(db.url(), &["run", "--wait", "60s"]).spawn())
@@ -150,7 +126,7 @@ async fn four_processes_on_one_file_apply_once() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn concurrent_runners_in_one_process_apply_once() -> anyhow::Result<()> {
-    let db = fixture_file(&[]).await?;
+    let db = datamig_tests::sqlite_fixture_database(&[]).await?;
     let runs: Vec<_> = (0..4)
         .map(|_| {
             let migrator = fixtures(db.pool());
@@ -171,7 +147,7 @@ async fn concurrent_runners_in_one_process_apply_once() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_failing_or_panicking_migration_leaves_nothing() -> anyhow::Result<()> {
     for switch in ["fail", "panic"] {
-        let db = fixture_file(&[switch]).await?;
+        let db = datamig_tests::sqlite_fixture_database(&[switch]).await?;
         let err = fixtures(db.pool())
             .run()
             .await
@@ -206,7 +182,7 @@ async fn a_failing_or_panicking_migration_leaves_nothing() -> anyhow::Result<()>
 #[tokio::test]
 async fn a_failing_batch_keeps_the_batches_before_it_and_the_next_run_resumes() -> anyhow::Result<()>
 {
-    let db = fixture_file(&["fail_batch_3"]).await?;
+    let db = datamig_tests::sqlite_fixture_database(&["fail_batch_3"]).await?;
     let bump = Migrator::new(db.pool().clone()).migrations([&datamig_tests::bump_items::MIGRATION]);
     let err = bump.run().await.expect_err("batch 3 fails");
     assert!(
@@ -239,8 +215,8 @@ async fn a_failing_batch_keeps_the_batches_before_it_and_the_next_run_resumes() 
 
 #[tokio::test]
 async fn an_interrupted_batched_migration_converges() -> anyhow::Result<()> {
-    let interrupted = fixture_file(&[]).await?;
-    let uninterrupted = fixture_file(&[]).await?;
+    let interrupted = datamig_tests::sqlite_fixture_database(&[]).await?;
+    let uninterrupted = datamig_tests::sqlite_fixture_database(&[]).await?;
     datamig::testing::assert_interruption_converges(
         interrupted.pool(),
         uninterrupted.pool(),
@@ -254,7 +230,7 @@ async fn an_interrupted_batched_migration_converges() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn drift_stops_the_run_and_changes_nothing() -> anyhow::Result<()> {
-    let db = fixture_file(&[]).await?;
+    let db = datamig_tests::sqlite_fixture_database(&[]).await?;
     let count =
         Migrator::new(db.pool().clone()).migrations([&datamig_tests::count_runs::MIGRATION]);
     count.run().await?;
@@ -278,7 +254,7 @@ async fn drift_stops_the_run_and_changes_nothing() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_dry_run_keeps_nothing() -> anyhow::Result<()> {
-    let db = fixture_file(&[]).await?;
+    let db = datamig_tests::sqlite_fixture_database(&[]).await?;
     let report = fixtures(db.pool()).dry_run(true).run().await?;
     assert!(report.dry_run);
     assert_eq!(report.applied.len(), 2);
@@ -293,7 +269,7 @@ async fn a_dry_run_keeps_nothing() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_killed_runner_leaves_nothing_and_its_stale_lock_is_taken_over() -> anyhow::Result<()> {
-    let db = fixture_file(&["slow"]).await?;
+    let db = datamig_tests::sqlite_fixture_database(&["slow"]).await?;
 
     let mut child = datamig(db.url(), &["run"]).spawn()?;
     // The runner holds the lock row, then sleeps 3 s inside count_runs' transaction.
@@ -368,7 +344,7 @@ async fn a_killed_runner_leaves_nothing_and_its_stale_lock_is_taken_over() -> an
 
 #[tokio::test]
 async fn unlock_releases_the_lock_of_a_killed_runner() -> anyhow::Result<()> {
-    let db = fixture_file(&[]).await?;
+    let db = datamig_tests::sqlite_fixture_database(&[]).await?;
     // A lock row as a killed runner of this host leaves it: a process that no longer runs.
     let mut gone = std::process::Command::new("true").spawn()?;
     let pid = gone.id();
@@ -399,7 +375,7 @@ async fn unlock_releases_the_lock_of_a_killed_runner() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_lock_held_by_another_host_makes_the_runner_wait_and_time_out() -> anyhow::Result<()> {
-    let db = fixture_file(&[]).await?;
+    let db = datamig_tests::sqlite_fixture_database(&[]).await?;
     fixtures(db.pool()).status().await?;
     sqlx::raw_sql(
         "CREATE TABLE datamig_ledger_lock (id INTEGER PRIMARY KEY CHECK (id = 1), host TEXT NOT NULL,
@@ -434,7 +410,7 @@ async fn a_lock_held_by_another_host_makes_the_runner_wait_and_time_out() -> any
 #[tokio::test]
 async fn the_idempotency_harness_works_on_sqlite() -> anyhow::Result<()> {
     // count_runs adds one on every run: the harness names the table and the rows.
-    let db = fixture_file(&[]).await?;
+    let db = datamig_tests::sqlite_fixture_database(&[]).await?;
     let err = datamig::testing::assert_idempotent_with(&fixtures(db.pool()), COUNT_RUNS)
         .await
         .expect_err("count_runs is not idempotent");
@@ -450,7 +426,7 @@ async fn the_idempotency_harness_works_on_sqlite() -> anyhow::Result<()> {
     }
 
     // The check before a deploy: both runs in one transaction, rolled back.
-    let db = fixture_file(&[]).await?;
+    let db = datamig_tests::sqlite_fixture_database(&[]).await?;
     let checks = fixtures(db.pool()).check_idempotency().await?;
     assert_eq!(checks.len(), 2);
     assert!(checks.iter().all(|c| !c.is_idempotent()));
@@ -607,7 +583,7 @@ async fn the_upsert_helper_counts_and_rewrites_nothing_on_a_second_run() -> anyh
 
 #[tokio::test]
 async fn another_tools_ledger_table_is_named_not_touched() -> anyhow::Result<()> {
-    let db = fixture_file(&[]).await?;
+    let db = datamig_tests::sqlite_fixture_database(&[]).await?;
     sqlx::query("CREATE TABLE datamig_ledger (id TEXT PRIMARY KEY, note TEXT)")
         .execute(db.pool())
         .await?;
@@ -639,7 +615,7 @@ async fn paused_bump<DB: Backend>(ctx: &mut Ctx<'_, DB>, batch: Batch) -> anyhow
 
 #[tokio::test]
 async fn a_batch_waiting_for_the_write_lock_retries_and_commits_once() -> anyhow::Result<()> {
-    let db = fixture_file(&[]).await?;
+    let db = datamig_tests::sqlite_fixture_database(&[]).await?;
     let migrator = Migrator::new(db.pool().clone())
         .migrations([&paused_bump::MIGRATION])
         .lock_timeout(std::time::Duration::from_millis(200));
@@ -678,16 +654,9 @@ async fn a_batch_waiting_for_the_write_lock_retries_and_commits_once() -> anyhow
 async fn an_in_memory_database_shared_by_the_pool_works_too() -> anyhow::Result<()> {
     // `sqlite::memory:` through sqlx is one database shared by the pool's connections.
     let pool = SqlitePool::connect("sqlite::memory:").await?;
-    sqlx::raw_sql(
-        "CREATE TABLE counter (n INTEGER NOT NULL);
-         INSERT INTO counter VALUES (0);
-         CREATE TABLE items (id INTEGER PRIMARY KEY, v INTEGER NOT NULL);
-         WITH RECURSIVE seq (n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE n < 1000)
-         INSERT INTO items SELECT n, 0 FROM seq;
-         CREATE TABLE fixture_switches (name TEXT PRIMARY KEY);",
-    )
-    .execute(&pool)
-    .await?;
+    sqlx::raw_sql(datamig_tests::SQLITE_FIXTURE_TABLES)
+        .execute(&pool)
+        .await?;
     let first = fixtures(&pool).run().await?;
     assert_eq!(first.applied.len(), 2);
     let second = fixtures(&pool).run().await?;

@@ -261,9 +261,7 @@ impl<DB: Backend> Migrator<DB> {
         }
     }
 
-    /// One batch in its own transaction.
-    #[allow(clippy::too_many_arguments)]
-    /// One batch in the span `batch` (see [`crate::trace`]).
+    /// One batch in its own transaction, in the span `batch` (see [`crate::trace`]).
     #[allow(clippy::too_many_arguments)]
     async fn batch(
         &self,
@@ -278,19 +276,121 @@ impl<DB: Backend> Migrator<DB> {
     ) -> Result<BatchDone, BatchError> {
         let span = batch_span(migration.id(), state.batches + 1, size, None);
         let began = Instant::now();
-        let result = self
-            .batch_untraced(
-                conn,
-                migration,
-                run,
-                (shape, size),
-                state,
-                action,
-                first_started_at,
-                timeouts,
-            )
-            .instrument(span.clone())
-            .await;
+        let result = async {
+            let (lock_timeout, statement_timeout) = timeouts;
+            let classify = |err| BatchError::database::<DB>(err, state.batches + 1);
+            let mut tx = self.begin(conn, lock_timeout).await.map_err(classify)?;
+            DB::set_local_timeouts(&mut tx, lock_timeout, statement_timeout, self.idle_limit())
+                .await
+                .map_err(classify)?;
+            // An operator's pause (`datamig pause`, from any host) stops the migration here:
+            // after the batch before this one committed, before this one does anything.
+            if !self.dry_run
+                && let Some(pause) = DB::pause_state(&mut tx, &self.ledger, Some(migration.id()))
+                    .await
+                    .map_err(classify)?
+                    .pop()
+            {
+                let _ = tx.rollback().await;
+                return Err(BatchError::Paused(pause));
+            }
+            let next = DB::next_batch(&mut tx, shape, state.after.as_ref(), None, size)
+                .await
+                .map_err(classify)?;
+            let mut attempt = self.attempt(migration, action, state.started_at);
+            attempt.first_started_at = first_started_at;
+            attempt.write = state.write.clone();
+            attempt.batches = state.batches;
+            attempt.checkpoint = state.after.as_ref().map(|k| shape.encode(k));
+            attempt.notes = state.notes.clone();
+
+            let Some((last, keys)) = next else {
+                // No key left (an empty table, or a resume at the very end): applied now.
+                if self.dry_run {
+                    tx.rollback().await.map_err(classify)?;
+                    return Ok(BatchDone::NothingLeft);
+                }
+                attempt.rows_affected = state.run_rows;
+                attempt.total_rows = state.total_rows;
+                self.commit_batch(tx, &attempt, true).await?;
+                return Ok(BatchDone::NothingLeft);
+            };
+
+            let number = state.batches + 1;
+            if let (Some(after), Some(last)) =
+                (state.after.as_ref().and_then(Key::as_i64), last.as_i64())
+                && last <= after
+            {
+                // Keyset pagination must move forward: a batch that does not would repeat
+                // forever, or end the migration with keys never reached.
+                let _ = tx.rollback().await;
+                return Err(BatchError::Failed {
+                    message: format!(
+                        "batch {number}: its last key {last} is not after the checkpoint {after}; \
+                         the key column {}.{} does not order the rows as batching needs",
+                        shape.table,
+                        shape.names()
+                    ),
+                    panicked: false,
+                });
+            }
+            let before = writes_before::<DB>(&mut tx, action)
+                .await
+                .map_err(classify)?;
+            let mut ctx = Ctx::new(&mut *tx, migration.id(), self.dry_run);
+            let batch = Batch::new(
+                state.after.clone(),
+                last.clone(),
+                number,
+                keys,
+                Arc::clone(shape),
+            );
+            let mut outcome = run_caught::<DB>(run(&mut ctx, batch)).await;
+            let written = writes_after(&mut ctx, before, &mut outcome).await;
+            let rows = ctx.rows_affected();
+            let notes = ctx.notes().to_vec();
+            if let Err(failure) = outcome {
+                let _ = tx.rollback().await;
+                return Err(BatchError::body(failure, number));
+            }
+            if self.dry_run {
+                tx.rollback().await.map_err(classify)?;
+                return Ok(BatchDone::Committed {
+                    last,
+                    keys,
+                    rows,
+                    written,
+                    notes,
+                    finished: true,
+                });
+            }
+            let finished = !DB::has_keys_after(&mut tx, shape, &last, None)
+                .await
+                .map_err(classify)?;
+            attempt.status = if finished {
+                STATUS_APPLIED
+            } else {
+                STATUS_RUNNING
+            };
+            attempt.checkpoint = Some(shape.encode(&last));
+            attempt.batches = number;
+            attempt.rows_affected = state.run_rows + rows;
+            attempt.total_rows = state.total_rows + rows;
+            let room = MAX_NOTES.saturating_sub(attempt.notes.len());
+            attempt.notes.extend(notes.iter().take(room).cloned());
+            attempt.finished_at = Utc::now();
+            self.commit_batch(tx, &attempt, finished).await?;
+            Ok(BatchDone::Committed {
+                last,
+                keys,
+                rows,
+                written,
+                notes,
+                finished,
+            })
+        }
+        .instrument(span.clone())
+        .await;
         let counts = match &result {
             Ok(BatchDone::Committed { keys, rows, .. }) => Ok(Some((*keys, *rows))),
             Ok(BatchDone::NothingLeft) => Ok(None),
@@ -298,130 +398,6 @@ impl<DB: Backend> Migrator<DB> {
         };
         batch_ended(&span, counts, began.elapsed());
         result
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn batch_untraced(
-        &self,
-        conn: &mut PoolConnection<DB>,
-        migration: &'static Migration,
-        run: BatchFn<DB>,
-        (shape, size): (&Arc<KeyShape>, u32),
-        state: &BatchState,
-        action: Action,
-        first_started_at: DateTime<Utc>,
-        (lock_timeout, statement_timeout): (Option<Duration>, Option<Duration>),
-    ) -> Result<BatchDone, BatchError> {
-        let classify = |err| BatchError::database::<DB>(err, state.batches + 1);
-        let mut tx = self.begin(conn, lock_timeout).await.map_err(classify)?;
-        DB::set_local_timeouts(&mut tx, lock_timeout, statement_timeout, self.idle_limit())
-            .await
-            .map_err(classify)?;
-        // An operator's pause (`datamig pause`, from any host) stops the migration here:
-        // after the batch before this one committed, before this one does anything.
-        if !self.dry_run
-            && let Some(pause) = DB::pause_state(&mut tx, &self.ledger, Some(migration.id()))
-                .await
-                .map_err(classify)?
-                .pop()
-        {
-            let _ = tx.rollback().await;
-            return Err(BatchError::Paused(pause));
-        }
-        let next = DB::next_batch(&mut tx, shape, state.after.as_ref(), None, size)
-            .await
-            .map_err(classify)?;
-        let mut attempt = self.attempt(migration, action, state.started_at);
-        attempt.first_started_at = first_started_at;
-        attempt.write = state.write.clone();
-        attempt.batches = state.batches;
-        attempt.checkpoint = state.after.as_ref().map(|k| shape.encode(k));
-        attempt.notes = state.notes.clone();
-
-        let Some((last, keys)) = next else {
-            // No key left (an empty table, or a resume at the very end): applied now.
-            if self.dry_run {
-                tx.rollback().await.map_err(classify)?;
-                return Ok(BatchDone::NothingLeft);
-            }
-            attempt.rows_affected = state.run_rows;
-            attempt.total_rows = state.total_rows;
-            self.commit_batch(tx, &attempt, true).await?;
-            return Ok(BatchDone::NothingLeft);
-        };
-
-        let number = state.batches + 1;
-        if let (Some(after), Some(last)) =
-            (state.after.as_ref().and_then(Key::as_i64), last.as_i64())
-            && last <= after
-        {
-            // Keyset pagination must move forward: a batch that does not would repeat
-            // forever, or end the migration with keys never reached.
-            let _ = tx.rollback().await;
-            return Err(BatchError::Failed {
-                message: format!(
-                    "batch {number}: its last key {last} is not after the checkpoint {after}; \
-                     the key column {}.{} does not order the rows as batching needs",
-                    shape.table,
-                    shape.names()
-                ),
-                panicked: false,
-            });
-        }
-        let before = writes_before::<DB>(&mut tx, action)
-            .await
-            .map_err(classify)?;
-        let mut ctx = Ctx::new(&mut *tx, migration.id(), self.dry_run);
-        let batch = Batch::new(
-            state.after.clone(),
-            last.clone(),
-            number,
-            keys,
-            Arc::clone(shape),
-        );
-        let mut outcome = run_caught::<DB>(run(&mut ctx, batch)).await;
-        let written = writes_after(&mut ctx, before, &mut outcome).await;
-        let rows = ctx.rows_affected();
-        let notes = ctx.notes().to_vec();
-        if let Err(failure) = outcome {
-            let _ = tx.rollback().await;
-            return Err(BatchError::body(failure, number));
-        }
-        if self.dry_run {
-            tx.rollback().await.map_err(classify)?;
-            return Ok(BatchDone::Committed {
-                last,
-                keys,
-                rows,
-                written,
-                notes,
-                finished: true,
-            });
-        }
-        let finished = !DB::has_keys_after(&mut tx, shape, &last, None)
-            .await
-            .map_err(classify)?;
-        attempt.status = if finished {
-            STATUS_APPLIED
-        } else {
-            STATUS_RUNNING
-        };
-        attempt.checkpoint = Some(shape.encode(&last));
-        attempt.batches = number;
-        attempt.rows_affected = state.run_rows + rows;
-        attempt.total_rows = state.total_rows + rows;
-        let room = MAX_NOTES.saturating_sub(attempt.notes.len());
-        attempt.notes.extend(notes.iter().take(room).cloned());
-        attempt.finished_at = Utc::now();
-        self.commit_batch(tx, &attempt, finished).await?;
-        Ok(BatchDone::Committed {
-            last,
-            keys,
-            rows,
-            written,
-            notes,
-            finished,
-        })
     }
 
     /// Writes the checkpoint (and, for the last batch, the run history) in the batch's

@@ -551,10 +551,107 @@ impl<DB: Backend> Migrator<DB> {
             Some((&claim.worker, range)),
         );
         let began = Instant::now();
-        let result = self
-            .range_batch_untraced(conn, job, team, claim, range, size, timeouts)
-            .instrument(span.clone())
-            .await;
+        let result = async {
+            let (lock_timeout, statement_timeout) = timeouts;
+            let migration = job.migration;
+            let id = migration.id();
+            let classify = |err| BatchError::database::<DB>(err, 0);
+            let mut tx = self.begin(conn, lock_timeout).await.map_err(classify)?;
+            DB::set_local_timeouts(&mut tx, lock_timeout, statement_timeout, self.idle_limit())
+                .await
+                .map_err(classify)?;
+            if let Some(pause) = DB::pause_state(&mut tx, &self.ledger, Some(id))
+                .await
+                .map_err(classify)?
+                .pop()
+            {
+                let _ = tx.rollback().await;
+                return Err(BatchError::Paused(pause));
+            }
+            let Some((after, upper, batches)) =
+                DB::hold_range(&mut tx, &self.ledger, id, range, &claim.token)
+                    .await
+                    .map_err(classify)?
+            else {
+                let _ = tx.rollback().await;
+                return Ok(RangeBatch::Lost);
+            };
+            let decode = |text: Option<String>| -> Result<Option<Key>, BatchError> {
+                text.map(|t| {
+                    job.shape.decode(&t).map_err(|why| BatchError::Failed {
+                        message: format!(
+                            "its range {range} holds the position {t:?}, which this migration \
+                             cannot resume from: {why}"
+                        ),
+                        panicked: false,
+                    })
+                })
+                .transpose()
+            };
+            let (after, upper) = (decode(after)?, decode(upper)?);
+            let mut attempt = self.attempt(migration, job.action, job.started_at);
+            attempt.rows_affected = team.rows.load(Ordering::SeqCst);
+            attempt.notes = team.notes.lock().map(|n| n.clone()).unwrap_or_default();
+            let next = DB::next_batch(&mut tx, &job.shape, after.as_ref(), upper.as_ref(), size)
+                .await
+                .map_err(classify)?;
+            let Some((last, keys)) = next else {
+                // Nothing left in the range (its last keys were deleted since it was split).
+                let step = RangeStep {
+                    checkpoint: None,
+                    keys: 0,
+                    rows: 0,
+                    done: true,
+                };
+                DB::advance_range(&mut tx, &self.ledger, id, range, claim, &step)
+                    .await
+                    .map_err(classify)?;
+                self.finish(&mut tx, &attempt).await?;
+                tx.commit().await.map_err(BatchError::Commit)?;
+                return Ok(RangeBatch::Empty);
+            };
+            let number = u64::try_from(batches).unwrap_or(0) + 1;
+            let before = writes_before::<DB>(&mut tx, job.action)
+                .await
+                .map_err(classify)?;
+            let mut ctx = Ctx::new(&mut *tx, id, false);
+            let batch = Batch::new(after, last.clone(), number, keys, Arc::clone(&job.shape));
+            let mut outcome = run_caught::<DB>((job.run)(&mut ctx, batch)).await;
+            let written = writes_after(&mut ctx, before, &mut outcome).await;
+            let rows = ctx.rows_affected();
+            let notes = ctx.notes().to_vec();
+            if let Err(failure) = outcome {
+                let _ = tx.rollback().await;
+                return Err(BatchError::body(failure, number));
+            }
+            let range_done = !DB::has_keys_after(&mut tx, &job.shape, &last, upper.as_ref())
+                .await
+                .map_err(classify)?;
+            let step = RangeStep {
+                checkpoint: Some(job.shape.encode(&last)),
+                keys,
+                rows,
+                done: range_done,
+            };
+            DB::advance_range(&mut tx, &self.ledger, id, range, claim, &step)
+                .await
+                .map_err(classify)?;
+            if range_done {
+                attempt.rows_affected += rows;
+                self.finish(&mut tx, &attempt).await?;
+            }
+            tx.commit().await.map_err(BatchError::Commit)?;
+            Ok(RangeBatch::Committed {
+                last,
+                keys,
+                rows,
+                written,
+                notes,
+                range_done,
+            })
+        }
+        .instrument(span.clone())
+        .await;
         let counts = match &result {
             Ok(RangeBatch::Committed { keys, rows, .. }) => Ok(Some((*keys, *rows))),
             Ok(RangeBatch::Lost | RangeBatch::Empty) => Ok(None),
@@ -562,115 +659,6 @@ impl<DB: Backend> Migrator<DB> {
         };
         super::batch::batch_ended(&span, counts, began.elapsed());
         result
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn range_batch_untraced(
-        &self,
-        conn: &mut DB::Connection,
-        job: &Job<'_, DB>,
-        team: &Team,
-        claim: &Claim,
-        range: i32,
-        size: u32,
-        (lock_timeout, statement_timeout): (Option<Duration>, Option<Duration>),
-    ) -> Result<RangeBatch, BatchError> {
-        let migration = job.migration;
-        let id = migration.id();
-        let classify = |err| BatchError::database::<DB>(err, 0);
-        let mut tx = self.begin(conn, lock_timeout).await.map_err(classify)?;
-        DB::set_local_timeouts(&mut tx, lock_timeout, statement_timeout, self.idle_limit())
-            .await
-            .map_err(classify)?;
-        if let Some(pause) = DB::pause_state(&mut tx, &self.ledger, Some(id))
-            .await
-            .map_err(classify)?
-            .pop()
-        {
-            let _ = tx.rollback().await;
-            return Err(BatchError::Paused(pause));
-        }
-        let Some((after, upper, batches)) =
-            DB::hold_range(&mut tx, &self.ledger, id, range, &claim.token)
-                .await
-                .map_err(classify)?
-        else {
-            let _ = tx.rollback().await;
-            return Ok(RangeBatch::Lost);
-        };
-        let decode = |text: Option<String>| -> Result<Option<Key>, BatchError> {
-            text.map(|t| {
-                job.shape.decode(&t).map_err(|why| BatchError::Failed {
-                    message: format!(
-                        "its range {range} holds the position {t:?}, which this migration \
-                         cannot resume from: {why}"
-                    ),
-                    panicked: false,
-                })
-            })
-            .transpose()
-        };
-        let (after, upper) = (decode(after)?, decode(upper)?);
-        let mut attempt = self.attempt(migration, job.action, job.started_at);
-        attempt.rows_affected = team.rows.load(Ordering::SeqCst);
-        attempt.notes = team.notes.lock().map(|n| n.clone()).unwrap_or_default();
-        let next = DB::next_batch(&mut tx, &job.shape, after.as_ref(), upper.as_ref(), size)
-            .await
-            .map_err(classify)?;
-        let Some((last, keys)) = next else {
-            // Nothing left in the range (its last keys were deleted since it was split).
-            let step = RangeStep {
-                checkpoint: None,
-                keys: 0,
-                rows: 0,
-                done: true,
-            };
-            DB::advance_range(&mut tx, &self.ledger, id, range, claim, &step)
-                .await
-                .map_err(classify)?;
-            self.finish(&mut tx, &attempt).await?;
-            tx.commit().await.map_err(BatchError::Commit)?;
-            return Ok(RangeBatch::Empty);
-        };
-        let number = u64::try_from(batches).unwrap_or(0) + 1;
-        let before = writes_before::<DB>(&mut tx, job.action)
-            .await
-            .map_err(classify)?;
-        let mut ctx = Ctx::new(&mut *tx, id, false);
-        let batch = Batch::new(after, last.clone(), number, keys, Arc::clone(&job.shape));
-        let mut outcome = run_caught::<DB>((job.run)(&mut ctx, batch)).await;
-        let written = writes_after(&mut ctx, before, &mut outcome).await;
-        let rows = ctx.rows_affected();
-        let notes = ctx.notes().to_vec();
-        if let Err(failure) = outcome {
-            let _ = tx.rollback().await;
-            return Err(BatchError::body(failure, number));
-        }
-        let range_done = !DB::has_keys_after(&mut tx, &job.shape, &last, upper.as_ref())
-            .await
-            .map_err(classify)?;
-        let step = RangeStep {
-            checkpoint: Some(job.shape.encode(&last)),
-            keys,
-            rows,
-            done: range_done,
-        };
-        DB::advance_range(&mut tx, &self.ledger, id, range, claim, &step)
-            .await
-            .map_err(classify)?;
-        if range_done {
-            attempt.rows_affected += rows;
-            self.finish(&mut tx, &attempt).await?;
-        }
-        tx.commit().await.map_err(BatchError::Commit)?;
-        Ok(RangeBatch::Committed {
-            last,
-            keys,
-            rows,
-            written,
-            notes,
-            range_done,
-        })
     }
 
     /// In the transaction of a batch that finished its range: applies the migration when
