@@ -33,7 +33,7 @@ use datamig::{
 pub use opt::{
     CheckIdempotencyOpts, Cli, Command, CompareOpts, CopyModeArg, CopyOpts, Format, GlobalOpts,
     LockKind, LogFormat, NewOpts, PauseOpts, ReasonOpts, RerunOpts, ResumeOpts, RunOpts,
-    TablesOpts, UnlockOpts,
+    TablesOpts, TriggersArg, UnlockOpts,
 };
 use output::Output;
 
@@ -637,7 +637,7 @@ fn parse_unix_time(given: &str) -> Result<(String, datamig::copy::UnixTime), Fai
 
 /// `copy`: the rows of the source into the target's existing schema.
 async fn copy(opts: &CopyOpts, out: &Output) -> Result<u8, Failure> {
-    use datamig::copy::{Copier, CopyMode};
+    use datamig::copy::{Copier, CopyMode, Triggers};
     let target = copy_target(&opts.target)?;
     let from_sqlite = connect::scheme(&opts.source)? == Scheme::Sqlite;
     if !from_sqlite && (!opts.unix_time.is_empty() || opts.no_ledger) {
@@ -669,7 +669,11 @@ async fn copy(opts: &CopyOpts, out: &Output) -> Result<u8, Failure> {
     .mode(mode)
     .jobs(usize::from(opts.jobs))
     .chunk_rows(opts.chunk_rows)
-    .disable_triggers(opts.disable_triggers)
+    .triggers(match opts.triggers {
+        TriggersArg::Auto => Triggers::Auto,
+        TriggersArg::On => Triggers::On,
+        TriggersArg::Off => Triggers::Off,
+    })
     .analyze(!opts.no_analyze)
     .sequences(!opts.no_sequences)
     .verify(opts.verify)

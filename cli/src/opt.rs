@@ -141,6 +141,18 @@ pub enum Command {
     Copy(CopyOpts),
 }
 
+/// Whether the target's triggers fire while `copy` loads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum TriggersArg {
+    /// Off where the role may set session_replication_role and no table has triggers of its own: the copy then checks the foreign keys itself, set-based; on otherwise.
+    #[default]
+    Auto,
+    /// On: user triggers fire and the server checks each foreign key row by row.
+    On,
+    /// Off whatever the tables' triggers (user triggers do not fire); needs a superuser or GRANT SET ON PARAMETER session_replication_role.
+    Off,
+}
+
 /// How `copy` treats target tables that already hold rows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum CopyModeArg {
@@ -188,9 +200,9 @@ pub struct CopyOpts {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Load with session_replication_role = replica: no user triggers; the copy checks the foreign keys itself, per chunk (needs a superuser or GRANT SET ON PARAMETER).
-    #[arg(long)]
-    pub disable_triggers: bool,
+    /// Whether the target's triggers fire during the load: with them off (session_replication_role = replica) the copy checks each foreign key itself, set-based per chunk, instead of the server row by row.
+    #[arg(long, value_enum, default_value_t = TriggersArg::Auto)]
+    pub triggers: TriggersArg,
 
     /// Afterwards, compare row counts and checksums of every copied table (exit 8 where they differ).
     #[arg(long)]

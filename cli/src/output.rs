@@ -541,6 +541,15 @@ impl Output {
                 ""
             }
         )?;
+        writeln!(
+            out,
+            "foreign keys: {}",
+            if plan.triggers_off {
+                "checked by the copy, one anti-join per key over each chunk (triggers off)"
+            } else {
+                "checked by the server, row by row (triggers on)"
+            }
+        )?;
         for (i, t) in plan.tables.iter().enumerate() {
             let mut notes = Vec::new();
             if !t.after.is_empty() {

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use datamig::Error;
-use datamig::copy::{Copier, CopyMode};
+use datamig::copy::{Copier, CopyMode, Triggers};
 use datamig::testing::TestDatabase;
 use datamig_tests::{Instants, text, url_for};
 use sqlx::{AssertSqlSafe, PgPool};
@@ -519,8 +519,10 @@ async fn self_references_and_cycles_load_or_are_refused_by_name() -> anyhow::Res
              COMMIT;",
         )
         .await?;
+        // The server's own checks (triggers on): a cycle loads only when deferrable.
         let outcome = Copier::new(src.pool(), dst.pool())
             .chunk_rows(1_000)
+            .triggers(datamig::copy::Triggers::On)
             .run()
             .await;
         if loads {
@@ -546,14 +548,14 @@ async fn self_references_and_cycles_load_or_are_refused_by_name() -> anyhow::Res
                 "{message}"
             );
             assert_eq!(count(dst.pool(), "SELECT count(*) FROM a").await?, 0);
-            // A superuser may load it with the triggers off: the cycle's tables in one
-            // transaction, their references checked by the copy before it commits.
+            // A superuser loads it with the triggers off, by default: the cycle's tables
+            // in one transaction, their references checked by the copy before it commits.
             let report = Copier::new(src.pool(), dst.pool())
                 .chunk_rows(1_000)
-                .disable_triggers(true)
                 .run()
                 .await?;
             assert_eq!(report.rows, 6_000);
+            assert!(report.plan.triggers_off);
             assert!(
                 report
                     .plan
@@ -714,17 +716,117 @@ async fn a_rejected_row_stops_its_chunk_keeps_the_others_and_a_fixed_source_resu
 async fn a_missing_foreign_key_names_the_row_that_holds_it() -> anyhow::Result<()> {
     let src = source(3_000).await?;
     let dst = target().await?;
-    // The target's customers come from elsewhere and lack one the orders need.
-    let err = Copier::new(src.pool(), dst.pool())
-        .exclude(["customers", "events"])
+    // The target's customers come from elsewhere and lack one the orders need: whether
+    // the copy checks the key (triggers off, a superuser's default) or the server does.
+    execute(
+        dst.pool(),
+        "INSERT INTO customers (id, name) SELECT g, 'elsewhere' FROM generate_series(2, 3000) g",
+    )
+    .await?;
+    for (triggers, by_copy) in [(Triggers::Auto, true), (Triggers::On, false)] {
+        let err = Copier::new(src.pool(), dst.pool())
+            .exclude(["customers", "events"])
+            .chunk_rows(1_000)
+            .triggers(triggers)
+            .run()
+            .await
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, Error::CopyRejected { .. }), "{message}");
+        assert!(message.contains("orders_customer_id_fkey"), "{message}");
+        assert!(message.contains("customer_id"), "{message}");
+        assert_eq!(
+            message.contains("checked by the copy"),
+            by_copy,
+            "{message}"
+        );
+        assert!(message.contains("the row with id = 3000"), "{message}");
+        // Only the chunks before the dangling row's committed: order 3000 holds it.
+        assert_eq!(
+            count(
+                dst.pool(),
+                "SELECT count(*) FROM orders WHERE customer_id = 1"
+            )
+            .await?,
+            0
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn triggers_stay_on_where_turning_them_off_would_change_the_load() -> anyhow::Result<()> {
+    let src = source(2_000).await?;
+    let dst = target().await?;
+    // A trigger of the target's own: turning triggers off would skip it, so the default
+    // keeps them on (and the trigger sees every row); --triggers off skips it, as asked.
+    execute(
+        dst.pool(),
+        "CREATE TABLE order_audit (order_id bigint);
+         CREATE FUNCTION audit_order() RETURNS trigger LANGUAGE plpgsql AS
+           'BEGIN INSERT INTO order_audit VALUES (NEW.id); RETURN NEW; END';
+         CREATE TRIGGER audited AFTER INSERT ON orders FOR EACH ROW EXECUTE FUNCTION audit_order();",
+    )
+    .await?;
+    let plan = Copier::new(src.pool(), dst.pool()).plan().await?;
+    assert!(!plan.triggers_off);
+    let report = Copier::new(src.pool(), dst.pool())
         .chunk_rows(1_000)
         .run()
-        .await
-        .unwrap_err();
-    let message = err.to_string();
-    assert!(matches!(err, Error::CopyRejected { .. }), "{message}");
-    assert!(message.contains("orders_customer_id_fkey"), "{message}");
-    assert!(message.contains("the row with id = "), "{message}");
+        .await?;
+    assert!(!report.plan.triggers_off);
+    assert_eq!(
+        count(dst.pool(), "SELECT count(*) FROM order_audit").await?,
+        2_000
+    );
+    assert_same(src.pool(), dst.pool()).await?;
+
+    // Without it a superuser's copy turns them off; the plan says so.
+    let other = target().await?;
+    let out = datamig(&[
+        "copy",
+        "--source",
+        src.url(),
+        "--target",
+        other.url(),
+        "--dry-run",
+    ])
+    .output()
+    .await?;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains("foreign keys: checked by the copy, one anti-join per key over each chunk (triggers off)"),
+        "{stdout}"
+    );
+
+    // --triggers off: the trigger does not fire, the rows arrive all the same.
+    let third = target().await?;
+    execute(
+        third.pool(),
+        "CREATE TABLE order_audit (order_id bigint);
+         CREATE FUNCTION audit_order() RETURNS trigger LANGUAGE plpgsql AS
+           'BEGIN INSERT INTO order_audit VALUES (NEW.id); RETURN NEW; END';
+         CREATE TRIGGER audited AFTER INSERT ON orders FOR EACH ROW EXECUTE FUNCTION audit_order();",
+    )
+    .await?;
+    let out = datamig(&[
+        "copy",
+        "--source",
+        src.url(),
+        "--target",
+        third.url(),
+        "--triggers",
+        "off",
+    ])
+    .output()
+    .await?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        count(third.pool(), "SELECT count(*) FROM order_audit").await?,
+        0
+    );
+    assert_same(src.pool(), third.pool()).await?;
     Ok(())
 }
 
@@ -828,7 +930,7 @@ async fn bad_urls_the_same_database_and_missing_privileges_are_refused() -> anyh
         &format!("GRANT INSERT ON ALL TABLES IN SCHEMA public TO {role}"),
     )
     .await?;
-    let (code, stderr) = copy(src.url(), &reader, &["--disable-triggers"]).await?;
+    let (code, stderr) = copy(src.url(), &reader, &["--triggers", "off"]).await?;
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("session_replication_role"), "{stderr}");
     let (code, stderr) = copy(src.url(), &reader, &["--mode", "merge"]).await?;
@@ -863,6 +965,8 @@ async fn bad_urls_the_same_database_and_missing_privileges_are_refused() -> anyh
         last["report"]["verification"]["differences"],
         serde_json::json!([])
     );
+    // That role may not set session_replication_role: the server checked the keys.
+    assert_eq!(last["report"]["plan"]["triggers_off"], false, "{stdout}");
     assert!(
         stdout
             .lines()

@@ -766,7 +766,8 @@ async fn with_triggers_off_the_copy_checks_every_foreign_key_itself() -> anyhow:
         UNIX,
         "--chunk-rows",
         "1000",
-        "--disable-triggers",
+        "--triggers",
+        "off",
     ];
     // A row whose parent is missing: the chunk holding it is rolled back, by name.
     sqlite_execute(

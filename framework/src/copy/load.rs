@@ -1,7 +1,7 @@
 //! A copy's run: connections and the shared snapshot, the plan's checks against the
 //! databases, chunks, the workers that stream them, and what follows.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -13,16 +13,18 @@ use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::Notify;
 use tokio::sync::mpsc::{Receiver, Sender};
 
-use super::catalog::{self, Table, display};
+use super::catalog::{self, Table, TableName, display};
 use super::convert::Conversion;
 use super::plan::{self, Planned};
 use super::{
     Copier, CopyEvent, CopyMode, CopyPlan, CopyReport, EventSink, SequenceSet, Source, TableReport,
-    UnconvertibleValue, Verification,
+    Triggers, UnconvertibleValue, Verification,
 };
 #[cfg(feature = "sqlite")]
 use super::{RowDifference, sqlite};
-use crate::backend::postgres::{SESSION_COLUMNS, hash_rows, query, query_scalar, session_info};
+use crate::backend::postgres::{
+    SESSION_COLUMNS, hash_rows, query, query_as, query_scalar, session_info,
+};
 use crate::error::Error;
 use crate::fingerprint::{Fingerprint, TableFingerprint};
 use crate::sql::quote_ident;
@@ -228,15 +230,41 @@ async fn run_traced(copier: &Copier, purpose: Purpose) -> Result<CopyReport, Err
             ));
         }
     }
-    let (mut planned, mut left_out) = plan::plan(
-        &source_tables,
-        &target_tables,
-        &selection,
-        copier.mode,
-        copier.disable_triggers,
-        from_sqlite.then_some(&copier.unix_time),
-    )
-    .map_err(|problems| Error::CopyPlan { problems })?;
+    // Triggers off where the role may and that changes nothing but the speed.
+    let may_turn_off = may_disable_triggers(&mut dst).await?;
+    let mut triggers_off = match copier.triggers {
+        Triggers::On => false,
+        Triggers::Off => true,
+        Triggers::Auto => may_turn_off,
+    };
+    let plan_with = |off: bool| {
+        plan::plan(
+            &source_tables,
+            &target_tables,
+            &selection,
+            copier.mode,
+            off,
+            from_sqlite.then_some(&copier.unix_time),
+        )
+        .map_err(|problems| Error::CopyPlan { problems })
+    };
+    let (mut planned, mut left_out) = plan_with(triggers_off)?;
+    if copier.triggers == Triggers::Auto && triggers_off {
+        let kept = tables_keeping_triggers(&mut dst).await?;
+        if planned.iter().any(|p| kept.contains(&p.target.name)) {
+            triggers_off = false;
+            (planned, left_out) = plan_with(false)?;
+        }
+    }
+    let resolved = Copier {
+        triggers: if triggers_off {
+            Triggers::Off
+        } else {
+            Triggers::On
+        },
+        ..copier.clone()
+    };
+    let copier = &resolved;
     left_out.extend(left_out_extra);
 
     let mut problems = Vec::new();
@@ -254,9 +282,9 @@ async fn run_traced(copier: &Copier, purpose: Purpose) -> Result<CopyReport, Err
             }
         }
     }
-    if copier.disable_triggers && !may_disable_triggers(&mut dst).await? {
+    if triggers_off && !may_turn_off {
         problems.push(
-            "--disable-triggers sets session_replication_role, which the target role may not: copy as a superuser, GRANT SET ON PARAMETER session_replication_role TO the role (PostgreSQL 15 and later), or copy without it".to_string(),
+            "--triggers off sets session_replication_role, which the target role may not: copy as a superuser, GRANT SET ON PARAMETER session_replication_role TO the role (PostgreSQL 15 and later), or copy with --triggers on".to_string(),
         );
     }
     if copier.sequences && purpose == Purpose::Run {
@@ -295,6 +323,7 @@ async fn run_traced(copier: &Copier, purpose: Purpose) -> Result<CopyReport, Err
             left_out,
             resumed: false,
             from_sqlite,
+            triggers_off,
             unconvertible: Vec::new(),
             unconvertible_total: 0,
         };
@@ -371,6 +400,7 @@ async fn run_traced(copier: &Copier, purpose: Purpose) -> Result<CopyReport, Err
         left_out,
         resumed: planned.iter().any(|p| p.plan.chunks_done > 0),
         from_sqlite,
+        triggers_off,
         unconvertible: Vec::new(),
         unconvertible_total: 0,
     };
@@ -594,11 +624,31 @@ async fn target_session(conn: &mut PgConnection, copier: &Copier, load: bool) ->
          SET standard_conforming_strings = on; SET synchronous_commit = off; SET lock_timeout = '{}ms'",
         copier.lock_timeout.as_millis().max(1)
     );
-    if load && copier.disable_triggers {
+    if load && copier.triggers == Triggers::Off {
         sql.push_str("; SET session_replication_role = replica");
     }
     sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await?;
     Ok(())
+}
+
+/// The target's tables (partitioned ones through their partitions) whose load would
+/// change with triggers off: a trigger of their own that fires in the origin or replica
+/// role, or a `MATCH FULL` foreign key (the copy's own check follows `MATCH SIMPLE`).
+async fn tables_keeping_triggers(conn: &mut PgConnection) -> Result<BTreeSet<TableName>, Error> {
+    let rows: Vec<(String, String)> = query_as(
+        "SELECT DISTINCT n.nspname::text, c.relname::text
+         FROM (SELECT tgrelid AS rel FROM pg_trigger
+               WHERE NOT tgisinternal AND tgenabled IN ('O', 'R')
+               UNION SELECT conrelid FROM pg_constraint
+               WHERE contype = 'f' AND confmatchtype = 'f') AS x
+         CROSS JOIN LATERAL (SELECT x.rel UNION SELECT relid FROM pg_partition_ancestors(x.rel))
+             AS a (relid)
+         JOIN pg_class c ON c.oid = a.relid
+         JOIN pg_namespace n ON n.oid = c.relnamespace",
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
 }
 
 async fn may_disable_triggers(conn: &mut PgConnection) -> Result<bool, Error> {
@@ -1384,7 +1434,7 @@ async fn copy_unit(
     }
     // Triggers off: the foreign keys are checked here, set-based, for the rows of this
     // unit, before it commits (as the target's own checks would have, row by row).
-    if shared.copier.disable_triggers {
+    if shared.copier.triggers == Triggers::Off {
         for (table, chunk) in &unit.parts {
             if let Some(message) = dangling_reference(&mut tx, shared, *table, chunk)
                 .await

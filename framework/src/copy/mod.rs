@@ -28,11 +28,11 @@
 //!    parents first by the target's foreign keys; a table that references itself loads in
 //!    one statement (its references are checked when all its rows are in); tables in a
 //!    cycle of `DEFERRABLE` keys load together in one transaction with the constraints
-//!    deferred. With [`Copier::disable_triggers`] the load runs in
-//!    `session_replication_role = replica` (no user triggers, no row-by-row foreign-key
-//!    checks), which needs a superuser or, from PostgreSQL 15, `GRANT SET ON PARAMETER`;
-//!    the copy then checks each foreign key itself, set-based over each chunk before it
-//!    commits.
+//!    deferred. Where the role may and no table has triggers of its own
+//!    ([`Triggers::Auto`]), the load runs in `session_replication_role = replica` (no
+//!    row-by-row foreign-key checks by the server) and the copy checks each foreign key
+//!    itself, set-based over each chunk before it commits; [`Triggers::Off`] does so
+//!    whatever the triggers, [`Triggers::On`] never.
 //! 2. **Refuse a target that holds rows** this copy did not write ([`CopyMode::Empty`], the
 //!    default), naming the tables; [`CopyMode::Merge`] inserts missing rows and updates
 //!    changed ones by primary key (never deletes); [`CopyMode::DangerouslyTruncate`]
@@ -221,6 +221,10 @@ pub struct CopyPlan {
     pub resumed: bool,
     /// The source is a SQLite database: its values are converted column by column.
     pub from_sqlite: bool,
+    /// The load runs with the target's triggers off (`session_replication_role =
+    /// replica`) and the copy checks every foreign key itself, set-based over each chunk;
+    /// otherwise the server checks them row by row. See [`Triggers`].
+    pub triggers_off: bool,
     /// Values of a SQLite source that would not convert: [`Copier::plan`] reads every row
     /// and lists the first 1,000 here ([`CopyPlan::unconvertible_total`] counts them all).
     pub unconvertible: Vec<UnconvertibleValue>,
@@ -330,7 +334,7 @@ pub struct Copier {
     mode: CopyMode,
     jobs: usize,
     chunk_rows: u64,
-    disable_triggers: bool,
+    triggers: Triggers,
     analyze: bool,
     sequences: bool,
     verify: bool,
@@ -338,6 +342,25 @@ pub struct Copier {
     progress_schema: Option<String>,
     on_event: Option<EventSink>,
     unix_time: BTreeMap<String, UnixTime>,
+}
+
+/// Whether the target's triggers fire while a copy loads ([`Copier::triggers`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Triggers {
+    /// Off when that changes nothing but the speed: the target role may set
+    /// `session_replication_role` (a superuser or, from PostgreSQL 15, `GRANT SET ON
+    /// PARAMETER`), and no selected target table has a trigger of its own that replica
+    /// mode would skip or start, nor a `MATCH FULL` foreign key; the foreign keys are then
+    /// checked by the copy, set-based. On otherwise. The plan says which
+    /// ([`CopyPlan::triggers_off`]).
+    #[default]
+    Auto,
+    /// On: user triggers fire, and the server checks each foreign key row by row.
+    On,
+    /// Off whatever the tables' triggers (user triggers do not fire); refused before any
+    /// row moves where the role may not set `session_replication_role`.
+    Off,
 }
 
 /// Where a copy reads.
@@ -407,7 +430,7 @@ impl Copier {
             mode: CopyMode::Empty,
             jobs: 1,
             chunk_rows: 250_000,
-            disable_triggers: false,
+            triggers: Triggers::Auto,
             analyze: true,
             sequences: true,
             verify: false,
@@ -470,15 +493,15 @@ impl Copier {
         self
     }
 
-    /// Loads with `session_replication_role = replica`: no user triggers fire and the
-    /// server checks no foreign key row by row; the copy checks each foreign key itself,
-    /// one anti-join per key over each chunk before it commits (a row whose parent is
-    /// missing stops its chunk, [`Error::CopyRejected`]), and loads a cycle's tables in one
-    /// transaction whatever their keys' deferrability. Needs a superuser or, from
-    /// PostgreSQL 15, `GRANT SET ON PARAMETER session_replication_role`; refused before any
-    /// row moves otherwise.
-    pub fn disable_triggers(mut self, disable: bool) -> Self {
-        self.disable_triggers = disable;
+    /// Whether the target's triggers fire during the load (default [`Triggers::Auto`]:
+    /// off where that changes nothing but the speed). With them off the load runs in
+    /// `session_replication_role = replica` and the server checks no foreign key row by
+    /// row; the copy checks each foreign key itself, one anti-join per key over each
+    /// chunk before it commits (a row whose parent is missing stops its chunk,
+    /// [`Error::CopyRejected`]), and loads a cycle's tables in one transaction whatever
+    /// their keys' deferrability.
+    pub fn triggers(mut self, triggers: Triggers) -> Self {
+        self.triggers = triggers;
         self
     }
 

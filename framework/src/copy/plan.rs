@@ -478,7 +478,7 @@ fn order(planned: Vec<Planned>, disable_triggers: bool) -> Result<Vec<Planned>, 
         }
         if !rigid.is_empty() {
             problems.push(format!(
-                "the foreign keys of tables {} form a cycle, and {} {} not DEFERRABLE: make {} DEFERRABLE, or copy with --disable-triggers as a role that may set session_replication_role",
+                "the foreign keys of tables {} form a cycle, and {} {} not DEFERRABLE: make {} DEFERRABLE, or copy with --triggers off as a role that may set session_replication_role",
                 inside.iter().copied().collect::<Vec<_>>().join(", "),
                 rigid.join(", "),
                 if rigid.len() == 1 { "is" } else { "are" },
