@@ -797,3 +797,112 @@ async fn with_triggers_off_the_copy_checks_every_foreign_key_itself() -> anyhow:
     assert_converted(dst.pool(), 300, 3000).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn edge_values_arrive_exactly_through_binary_copy() -> anyhow::Result<()> {
+    // Each value as SQLite holds it, the target column's type, and PostgreSQL's text of
+    // what arrived (the copy writes PostgreSQL's binary forms; the server decodes them).
+    let cases: &[(&str, &str, &str)] = &[
+        ("'0'", "numeric", "0"),
+        ("'-0.00'", "numeric(5,2)", "0.00"),
+        (
+            "'-12345678901234567890.000000000000000001'",
+            "numeric",
+            "-12345678901234567890.000000000000000001",
+        ),
+        ("'0.0001'", "numeric(10,4)", "0.0001"),
+        ("'10000'", "numeric", "10000"),
+        ("'.5'", "numeric(3,2)", "0.50"),
+        ("-7.25", "numeric(6,2)", "-7.25"),
+        ("123", "numeric", "123"),
+        (
+            "'1999-12-31 23:59:59.999999'",
+            "timestamp",
+            "1999-12-31 23:59:59.999999",
+        ),
+        ("'0001-01-01 00:00:00'", "timestamp", "0001-01-01 00:00:00"),
+        (
+            "'9999-12-31T23:59:59Z'",
+            "timestamptz",
+            "9999-12-31 23:59:59+00",
+        ),
+        (
+            "'2024-06-01 12:00:00+05:30'",
+            "timestamptz",
+            "2024-06-01 06:30:00+00",
+        ),
+        ("'1970-01-01'", "date", "1970-01-01"),
+        ("'2400-02-29'", "date", "2400-02-29"),
+        ("'23:59:59.000001'", "time", "23:59:59.000001"),
+        ("-32768", "smallint", "-32768"),
+        ("2147483647", "integer", "2147483647"),
+        ("-9223372036854775808", "bigint", "-9223372036854775808"),
+        ("0.1", "real", "0.1"),
+        ("-1e300", "double precision", "-1e+300"),
+        ("'ab'", "char(4)", "ab"),
+        ("'€uro'", "varchar(4)", "€uro"),
+        ("'[1, {\"k\": null}]'", "jsonb", "[1, {\"k\": null}]"),
+        ("'{\"b\":1,  \"a\":2}'", "json", "{\"b\":1,  \"a\":2}"),
+        ("x''", "bytea", "\\x"),
+        (
+            "'{00112233-4455-6677-8899-AABBCCDDEEFF}'",
+            "uuid",
+            "00112233-4455-6677-8899-aabbccddeeff",
+        ),
+        ("0", "boolean", "false"),
+        ("NULL", "numeric", "NULL"),
+    ];
+    let src = datamig::testing::sqlite().await?;
+    let dst = datamig::testing::postgres().await?;
+    let mut sqlite_columns = Vec::new();
+    let mut sqlite_values = Vec::new();
+    let mut pg_columns = Vec::new();
+    let mut texts = Vec::new();
+    for (i, (value, pg_type, _)) in cases.iter().enumerate() {
+        sqlite_columns.push(format!("c{i}"));
+        sqlite_values.push(value.to_string());
+        pg_columns.push(format!("c{i} {pg_type}"));
+        texts.push(format!("coalesce(c{i}::text, 'NULL')"));
+    }
+    sqlite_execute(
+        src.pool(),
+        &format!(
+            "CREATE TABLE edge (id INTEGER PRIMARY KEY, {});
+             INSERT INTO edge VALUES (1, {});",
+            sqlite_columns.join(", "),
+            sqlite_values.join(", ")
+        ),
+    )
+    .await?;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE TABLE edge (id bigint PRIMARY KEY, {})",
+        pg_columns.join(", ")
+    )))
+    .execute(dst.pool())
+    .await?;
+    let out = datamig(
+        "",
+        &[
+            "copy",
+            "--source",
+            src.url(),
+            "--target",
+            dst.url(),
+            "--verify",
+        ],
+    )
+    .output()
+    .await?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let got: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT unnest(ARRAY[{}]) FROM edge",
+        texts.join(", ")
+    )))
+    .fetch_all(dst.pool())
+    .await?;
+    for ((value, pg_type, expected), got) in cases.iter().zip(&got) {
+        assert_eq!(got, expected, "{value} into {pg_type}");
+    }
+    assert_eq!(got.len(), cases.len());
+    Ok(())
+}

@@ -1,5 +1,5 @@
 //! SQLite's loose values into PostgreSQL's strict types, by the target column's type:
-//! each value is checked and written as `COPY` text, or refused with the reason. Pure and
+//! each value is checked and written in binary `COPY`, or refused with the reason. Pure and
 //! unit-tested; the copy's SQLite source calls it for every value it reads.
 #![cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 
@@ -200,32 +200,151 @@ pub(crate) struct Conversion {
     pub(crate) unix: Option<UnixTime>,
 }
 
+/// A value checked against its column's type, before it is written in either of
+/// `COPY`'s formats.
+pub(crate) enum Typed<'a> {
+    Null,
+    Boolean(bool),
+    Int(i64),
+    Text(std::borrow::Cow<'a, str>),
+    Uuid([u8; 16]),
+    /// JSON text (or a number), checked.
+    Json(std::borrow::Cow<'a, str>),
+    /// A plain decimal number (`-12.50`), checked against the column's precision.
+    Numeric(std::borrow::Cow<'a, str>),
+    Float(f64),
+    Bytes(&'a [u8]),
+    Time(NaiveTime),
+    Date(NaiveDate),
+    Timestamp(NaiveDateTime),
+}
+
 impl Conversion {
     /// Appends the value as `COPY` text (escaped, no delimiter) to `out`, or says why it
-    /// does not convert (`out` may then hold part of it).
+    /// does not convert (`out` is then unchanged): the readable form the unit tests
+    /// compare; the copy writes [`Conversion::write_binary`], which the copy's tests check
+    /// against a real server.
+    #[cfg(test)]
     pub(crate) fn write(&self, value: Value<'_>, out: &mut Vec<u8>) -> Result<(), String> {
-        match (self.kind, value) {
+        match self.check(value)? {
+            Typed::Null => out.extend_from_slice(b"\\N"),
+            Typed::Boolean(b) => out.push(if b { b't' } else { b'f' }),
+            Typed::Int(i) => {
+                let _ = write!(Bytes(out), "{i}");
+            }
+            Typed::Text(text) | Typed::Json(text) => escape(text.as_bytes(), out),
+            Typed::Uuid(bytes) => {
+                for (i, byte) in bytes.iter().enumerate() {
+                    if matches!(i, 4 | 6 | 8 | 10) {
+                        out.push(b'-');
+                    }
+                    let _ = write!(Bytes(out), "{byte:02x}");
+                }
+            }
+            Typed::Numeric(text) => out.extend_from_slice(text.as_bytes()),
+            Typed::Float(f) => {
+                if f.is_nan() {
+                    out.extend_from_slice(b"NaN");
+                } else if f.is_infinite() {
+                    out.extend_from_slice(if f > 0.0 { b"Infinity" } else { b"-Infinity" });
+                } else if self.kind == Kind::Real {
+                    let _ = write!(Bytes(out), "{:e}", f as f32);
+                } else {
+                    let _ = write!(Bytes(out), "{f:e}");
+                }
+            }
+            Typed::Bytes(bytes) => {
+                out.reserve(3 + 2 * bytes.len());
+                out.extend_from_slice(b"\\\\x");
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                for byte in bytes {
+                    out.push(HEX[usize::from(byte >> 4)]);
+                    out.push(HEX[usize::from(byte & 15)]);
+                }
+            }
+            Typed::Time(time) => write_time(time, out),
+            Typed::Date(date) => write_date(date, out),
+            Typed::Timestamp(at) => {
+                write_date(at.date(), out);
+                out.push(b' ');
+                write_time(at.time(), out);
+                if self.kind == Kind::Timestamptz {
+                    out.extend_from_slice(b"+00");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends the value as one field of binary `COPY` (its length, then PostgreSQL's
+    /// binary form of the column's type) to `out`, or says why it does not convert
+    /// (`out` is then unchanged).
+    pub(crate) fn write_binary(&self, value: Value<'_>, out: &mut Vec<u8>) -> Result<(), String> {
+        let field = |out: &mut Vec<u8>, bytes: &[u8]| {
+            out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+            out.extend_from_slice(bytes);
+        };
+        match self.check(value)? {
+            Typed::Null => out.extend_from_slice(&(-1_i32).to_be_bytes()),
+            Typed::Boolean(b) => field(out, &[u8::from(b)]),
+            Typed::Int(i) => match self.kind {
+                Kind::Int(lo, _) if lo >= i64::from(i16::MIN) => {
+                    field(out, &(i as i16).to_be_bytes());
+                }
+                Kind::Int(lo, _) if lo >= i64::from(i32::MIN) => {
+                    field(out, &(i as i32).to_be_bytes());
+                }
+                _ => field(out, &i.to_be_bytes()),
+            },
+            Typed::Text(text) => field(out, text.as_bytes()),
+            Typed::Json(text) if self.kind == Kind::Jsonb => {
+                out.extend_from_slice(&(text.len() as i32 + 1).to_be_bytes());
+                out.push(1);
+                out.extend_from_slice(text.as_bytes());
+            }
+            Typed::Json(text) => field(out, text.as_bytes()),
+            Typed::Uuid(bytes) => field(out, &bytes),
+            Typed::Numeric(text) => {
+                let start = out.len();
+                out.extend_from_slice(&0_i32.to_be_bytes());
+                numeric_binary(&text, out);
+                let len = (out.len() - start - 4) as i32;
+                out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+            }
+            Typed::Float(f) if self.kind == Kind::Real => field(out, &(f as f32).to_be_bytes()),
+            Typed::Float(f) => field(out, &f.to_be_bytes()),
+            Typed::Bytes(bytes) => field(out, bytes),
+            Typed::Time(time) => field(out, &micros_of_day(time).to_be_bytes()),
+            Typed::Date(date) => {
+                let days = (date - POSTGRES_EPOCH).num_days() as i32;
+                field(out, &days.to_be_bytes());
+            }
+            Typed::Timestamp(at) => {
+                let days = (at.date() - POSTGRES_EPOCH).num_days();
+                let micros = days * 86_400_000_000 + micros_of_day(at.time());
+                field(out, &micros.to_be_bytes());
+            }
+        }
+        Ok(())
+    }
+
+    /// The value checked against the column's type, or why it does not convert.
+    pub(crate) fn check<'a>(&self, value: Value<'a>) -> Result<Typed<'a>, String> {
+        Ok(match (self.kind, value) {
             (_, Value::Null) if self.not_null => {
-                Err("NULL does not go into a NOT NULL column".into())
+                return Err("NULL does not go into a NOT NULL column".into());
             }
-            (_, Value::Null) => {
-                out.extend_from_slice(b"\\N");
-                Ok(())
-            }
-            (Kind::Boolean, v) => {
-                let b = match v {
-                    Value::Integer(0) => false,
-                    Value::Integer(1) => true,
-                    Value::Text(t) => match t.to_ascii_lowercase().as_str() {
-                        "0" | "f" | "false" => false,
-                        "1" | "t" | "true" => true,
-                        _ => return Err("a boolean is 0 or 1 (or text true/false, t/f)".into()),
-                    },
+            (_, Value::Null) => Typed::Null,
+            (Kind::Boolean, v) => Typed::Boolean(match v {
+                Value::Integer(0) => false,
+                Value::Integer(1) => true,
+                Value::Text(t) => match t.to_ascii_lowercase().as_str() {
+                    "0" | "f" | "false" => false,
+                    "1" | "t" | "true" => true,
                     _ => return Err("a boolean is 0 or 1 (or text true/false, t/f)".into()),
-                };
-                out.push(if b { b't' } else { b'f' });
-                Ok(())
-            }
+                },
+                _ => return Err("a boolean is 0 or 1 (or text true/false, t/f)".into()),
+            }),
             (Kind::Int(lo, hi), v) => {
                 let i = match v {
                     Value::Integer(i) => i,
@@ -236,8 +355,7 @@ impl Conversion {
                 if i < lo || i > hi {
                     return Err(format!("out of range ({lo} to {hi})"));
                 }
-                let _ = write!(Bytes(out), "{i}");
-                Ok(())
+                Typed::Int(i)
             }
             (Kind::Text(max), v) => {
                 let text: std::borrow::Cow<'_, str> = match v {
@@ -260,48 +378,31 @@ impl Conversion {
                         text.chars().count()
                     ));
                 }
-                escape(text.as_bytes(), out);
-                Ok(())
+                Typed::Text(text)
             }
-            (Kind::Uuid, v) => {
-                let bytes = match v {
-                    Value::Text(t) => parse_uuid(t).ok_or("not a uuid")?,
-                    Value::Blob(b) if b.len() == 16 => b.try_into().expect("16 bytes"),
-                    _ => return Err("a uuid is text or a 16-byte blob".into()),
-                };
-                for (i, byte) in bytes.iter().enumerate() {
-                    if matches!(i, 4 | 6 | 8 | 10) {
-                        out.push(b'-');
+            (Kind::Uuid, v) => Typed::Uuid(match v {
+                Value::Text(t) => parse_uuid(t).ok_or("not a uuid")?,
+                Value::Blob(b) if b.len() == 16 => b.try_into().expect("16 bytes"),
+                _ => return Err("a uuid is text or a 16-byte blob".into()),
+            }),
+            (Kind::Json | Kind::Jsonb, v) => Typed::Json(match v {
+                Value::Text(t) => {
+                    serde_json::from_str::<serde::de::IgnoredAny>(t)
+                        .map_err(|e| format!("not JSON ({e})"))?;
+                    if self.kind == Kind::Jsonb && t.contains("\\u0000") {
+                        return Err("jsonb cannot hold \\u0000".into());
                     }
-                    let _ = write!(Bytes(out), "{byte:02x}");
+                    t.into()
                 }
-                Ok(())
-            }
-            (Kind::Json | Kind::Jsonb, v) => {
-                match v {
-                    Value::Text(t) => {
-                        serde_json::from_str::<serde::de::IgnoredAny>(t)
-                            .map_err(|e| format!("not JSON ({e})"))?;
-                        if self.kind == Kind::Jsonb && t.contains("\\u0000") {
-                            return Err("jsonb cannot hold \\u0000".into());
-                        }
-                        escape(t.as_bytes(), out);
-                    }
-                    Value::Integer(i) => {
-                        let _ = write!(Bytes(out), "{i}");
-                    }
-                    Value::Real(r) if r.is_finite() => {
-                        let _ = write!(Bytes(out), "{r}");
-                    }
-                    _ => return Err("JSON is text (or a number)".into()),
-                }
-                Ok(())
-            }
+                Value::Integer(i) => i.to_string().into(),
+                Value::Real(r) if r.is_finite() => r.to_string().into(),
+                _ => return Err("JSON is text (or a number)".into()),
+            }),
             (Kind::Numeric(limits), v) => {
-                let text = match v {
-                    Value::Integer(i) => i.to_string(),
-                    Value::Real(r) if r.is_finite() => r.to_string(),
-                    Value::Text(t) => t.to_string(),
+                let text: std::borrow::Cow<'_, str> = match v {
+                    Value::Integer(i) => i.to_string().into(),
+                    Value::Real(r) if r.is_finite() => r.to_string().into(),
+                    Value::Text(t) => t.into(),
                     _ => return Err("not a number".into()),
                 };
                 let (whole, fraction) =
@@ -321,8 +422,7 @@ impl Conversion {
                         ));
                     }
                 }
-                out.extend_from_slice(text.as_bytes());
-                Ok(())
+                Typed::Numeric(text)
             }
             (Kind::Real | Kind::Double, v) => {
                 let f = match v {
@@ -346,36 +446,19 @@ impl Conversion {
                         .map_err(|_| "not a number".to_string())?,
                     _ => return Err("not a number".into()),
                 };
-                if f.is_nan() {
-                    out.extend_from_slice(b"NaN");
-                } else if f.is_infinite() {
-                    out.extend_from_slice(if f > 0.0 { b"Infinity" } else { b"-Infinity" });
-                } else if self.kind == Kind::Real {
+                if self.kind == Kind::Real && f.is_finite() {
                     let g = f as f32;
                     if g.is_infinite() || (g == 0.0 && f != 0.0) {
                         return Err("out of range for real".into());
                     }
-                    let _ = write!(Bytes(out), "{g:e}");
-                } else {
-                    let _ = write!(Bytes(out), "{f:e}");
                 }
-                Ok(())
+                Typed::Float(f)
             }
-            (Kind::Bytea, v) => {
-                let bytes = match v {
-                    Value::Blob(b) => b,
-                    Value::Text(t) => t.as_bytes(),
-                    _ => return Err("bytea takes blobs (or text)".into()),
-                };
-                out.reserve(3 + 2 * bytes.len());
-                out.extend_from_slice(b"\\\\x");
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                for byte in bytes {
-                    out.push(HEX[usize::from(byte >> 4)]);
-                    out.push(HEX[usize::from(byte & 15)]);
-                }
-                Ok(())
-            }
+            (Kind::Bytea, v) => Typed::Bytes(match v {
+                Value::Blob(b) => b,
+                Value::Text(t) => t.as_bytes(),
+                _ => return Err("bytea takes blobs (or text)".into()),
+            }),
             (Kind::Time, v) => {
                 let Value::Text(t) = v else {
                     return Err("a time is ISO 8601 text (HH:MM:SS)".into());
@@ -386,14 +469,12 @@ impl Conversion {
                 // Rounded to the microsecond; a time that would round past midnight is cut.
                 let day = NaiveDate::MIN;
                 let rounded = round_micros(day.and_time(time));
-                let time = if rounded.date() == day {
+                Typed::Time(if rounded.date() == day {
                     rounded.time()
                 } else {
                     time.with_nanosecond(time.nanosecond() / 1000 * 1000)
                         .unwrap_or(time)
-                };
-                write_time(time, out);
-                Ok(())
+                })
             }
             (Kind::Date | Kind::Timestamp | Kind::Timestamptz, v) => {
                 let moment = match v {
@@ -417,18 +498,62 @@ impl Conversion {
                     if at.time() != NaiveTime::MIN {
                         return Err("a date with a time of day: it would be truncated".into());
                     }
-                    write_date(at.date(), out);
-                    return Ok(());
+                    Typed::Date(at.date())
+                } else {
+                    Typed::Timestamp(at)
                 }
-                write_date(at.date(), out);
-                out.push(b' ');
-                write_time(at.time(), out);
-                if self.kind == Kind::Timestamptz {
-                    out.extend_from_slice(b"+00");
-                }
-                Ok(())
             }
-        }
+        })
+    }
+}
+
+/// Day zero of PostgreSQL's binary dates and timestamps.
+const POSTGRES_EPOCH: NaiveDate = NaiveDate::from_ymd_opt(2000, 1, 1).expect("a date");
+
+fn micros_of_day(time: NaiveTime) -> i64 {
+    i64::from(time.num_seconds_from_midnight()) * 1_000_000 + i64::from(time.nanosecond() / 1000)
+}
+
+/// A plain decimal number (as [`decimal_digits`] accepts it) in `numeric`'s binary form:
+/// the count of base-10,000 digits, the weight of the first, the sign, the display scale,
+/// then the digits (leading and trailing zero digits left out).
+fn numeric_binary(text: &str, out: &mut Vec<u8>) {
+    let negative = text.starts_with('-');
+    let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    let whole = whole.trim_start_matches('0');
+    // Whole digits padded on the left and fraction digits on the right to groups of four.
+    let lead = (4 - whole.len() % 4) % 4;
+    let mut decimal: Vec<u8> = Vec::with_capacity(lead + whole.len() + fraction.len() + 3);
+    decimal.resize(lead, 0);
+    decimal.extend(whole.bytes().map(|c| c - b'0'));
+    decimal.extend(fraction.bytes().map(|c| c - b'0'));
+    decimal.resize(decimal.len().div_ceil(4) * 4, 0);
+    let mut groups: Vec<i16> = decimal
+        .chunks(4)
+        .map(|g| g.iter().fold(0_i16, |n, &d| n * 10 + i16::from(d)))
+        .collect();
+    let mut weight = ((lead + whole.len()) / 4) as i16 - 1;
+    let leading = groups.iter().take_while(|&&g| g == 0).count();
+    groups.drain(..leading);
+    weight -= leading as i16;
+    while groups.last() == Some(&0) {
+        groups.pop();
+    }
+    if groups.is_empty() {
+        weight = 0;
+    }
+    let sign: u16 = if negative && !groups.is_empty() {
+        0x4000
+    } else {
+        0
+    };
+    out.extend_from_slice(&(groups.len() as i16).to_be_bytes());
+    out.extend_from_slice(&weight.to_be_bytes());
+    out.extend_from_slice(&sign.to_be_bytes());
+    out.extend_from_slice(&(fraction.len() as i16).to_be_bytes());
+    for g in groups {
+        out.extend_from_slice(&g.to_be_bytes());
     }
 }
 
@@ -567,6 +692,7 @@ fn round_micros(at: NaiveDateTime) -> NaiveDateTime {
         .unwrap_or(at)
 }
 
+#[cfg(test)]
 fn write_date(date: NaiveDate, out: &mut Vec<u8>) {
     use chrono::Datelike;
     let _ = write!(
@@ -578,6 +704,7 @@ fn write_date(date: NaiveDate, out: &mut Vec<u8>) {
     );
 }
 
+#[cfg(test)]
 fn write_time(time: NaiveTime, out: &mut Vec<u8>) {
     let _ = write!(
         Bytes(out),
@@ -628,7 +755,8 @@ fn is_hyphenated(b: &[u8]) -> bool {
 }
 
 /// Appends text with `COPY`'s escapes (backslash, newline, carriage return, tab).
-pub(crate) fn escape(bytes: &[u8], out: &mut Vec<u8>) {
+#[cfg(test)]
+fn escape(bytes: &[u8], out: &mut Vec<u8>) {
     if !bytes
         .iter()
         .any(|b| matches!(b, b'\\' | b'\n' | b'\r' | b'\t'))
@@ -648,8 +776,10 @@ pub(crate) fn escape(bytes: &[u8], out: &mut Vec<u8>) {
 }
 
 /// `write!` into a byte buffer.
+#[cfg(test)]
 struct Bytes<'a>(&'a mut Vec<u8>);
 
+#[cfg(test)]
 impl std::fmt::Write for Bytes<'_> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
         self.0.extend_from_slice(s.as_bytes());
@@ -680,6 +810,97 @@ mod tests {
         }
         .write(value, &mut out)?;
         Ok(String::from_utf8(out).expect("utf-8"))
+    }
+
+    fn binary(sql_type: &str, value: Value<'_>) -> Vec<u8> {
+        let kind = Kind::of(sql_type).unwrap_or_else(|| panic!("{sql_type} has a kind"));
+        let mut out = Vec::new();
+        Conversion {
+            kind,
+            not_null: false,
+            unix: None,
+        }
+        .write_binary(value, &mut out)
+        .expect("converts");
+        let (len, body) = out.split_at(4);
+        let len = i32::from_be_bytes(len.try_into().expect("4 bytes"));
+        if len >= 0 {
+            assert_eq!(len as usize, body.len(), "the field's length");
+        }
+        body.to_vec()
+    }
+
+    /// `numeric`'s binary form as (digit count, weight, sign, scale, digits).
+    fn numeric(text: &str) -> (i16, i16, u16, i16, Vec<i16>) {
+        let b = binary("numeric", Value::Text(text));
+        let word = |i: usize| i16::from_be_bytes([b[2 * i], b[2 * i + 1]]);
+        let n = word(0);
+        let digits = (0..n as usize).map(|i| word(4 + i)).collect();
+        (n, word(1), word(2) as u16, word(3), digits)
+    }
+
+    #[test]
+    fn numbers_are_written_in_binary_as_postgresql_reads_them() {
+        assert_eq!(numeric("12345.67"), (3, 1, 0, 2, vec![1, 2345, 6700]));
+        assert_eq!(numeric("-0.00001"), (1, -2, 0x4000, 5, vec![1000]));
+        assert_eq!(numeric("0.5"), (1, -1, 0, 1, vec![5000]));
+        assert_eq!(numeric("+007"), (1, 0, 0, 0, vec![7]));
+        assert_eq!(numeric("10000"), (1, 1, 0, 0, vec![1]));
+        assert_eq!(numeric("-0.00"), (0, 0, 0, 2, vec![]));
+        assert_eq!(numeric("3."), (1, 0, 0, 0, vec![3]));
+        assert_eq!(binary("smallint", Value::Integer(-2)), vec![0xff, 0xfe]);
+        assert_eq!(binary("integer", Value::Integer(258)), vec![0, 0, 1, 2]);
+        assert_eq!(binary("bigint", Value::Integer(1)), 1_i64.to_be_bytes());
+        assert_eq!(binary("boolean", Value::Integer(1)), vec![1]);
+        assert_eq!(
+            binary("double precision", Value::Real(0.5)),
+            0.5_f64.to_be_bytes()
+        );
+        assert_eq!(binary("real", Value::Integer(3)), 3.0_f32.to_be_bytes());
+    }
+
+    #[test]
+    fn times_text_and_nulls_are_written_in_binary() {
+        // Days and microseconds since 2000-01-01, the offset taken off.
+        assert_eq!(
+            binary("date", Value::Text("2000-01-02")),
+            1_i32.to_be_bytes()
+        );
+        assert_eq!(
+            binary("date", Value::Text("1999-12-31")),
+            (-1_i32).to_be_bytes()
+        );
+        assert_eq!(
+            binary(
+                "timestamp with time zone",
+                Value::Text("2000-01-01T01:00:00.5+01:00")
+            ),
+            500_000_i64.to_be_bytes()
+        );
+        assert_eq!(
+            binary("time without time zone", Value::Text("00:00:01.25")),
+            1_250_000_i64.to_be_bytes()
+        );
+        assert_eq!(binary("jsonb", Value::Text("{}")), b"\x01{}");
+        assert_eq!(binary("json", Value::Text("{}")), b"{}");
+        assert_eq!(
+            binary("character varying(5)", Value::Text("tab\t")),
+            b"tab\t"
+        );
+        assert_eq!(
+            binary("uuid", Value::Text("00112233-4455-6677-8899-aabbccddeeff")),
+            (0..16).map(|i| i * 0x11).collect::<Vec<u8>>()
+        );
+        assert_eq!(binary("bytea", Value::Blob(&[0, 255])), vec![0, 255]);
+        let mut null = Vec::new();
+        Conversion {
+            kind: Kind::Text(None),
+            not_null: false,
+            unix: None,
+        }
+        .write_binary(Value::Null, &mut null)
+        .expect("converts");
+        assert_eq!(null, (-1_i32).to_be_bytes());
     }
 
     #[test]

@@ -1355,11 +1355,13 @@ async fn copy_unit(
         let merge = shared.copier.mode == CopyMode::Merge;
         // The same built-in type on both sides: binary `COPY`, which neither server has to
         // write as text or parse back.
-        let binary = p.plan.copied().all(|c| {
-            c.action == crate::copy::ColumnAction::Copy
-                && p.target.column(&c.name).is_some_and(|t| t.builtin_type)
-                && p.source.column(&c.name).is_some_and(|s| s.builtin_type)
-        });
+        // A SQLite source's values are converted into binary `COPY` (see `sqlite::stream`).
+        let binary = !shared.conversions[*table].is_empty()
+            || p.plan.copied().all(|c| {
+                c.action == crate::copy::ColumnAction::Copy
+                    && p.target.column(&c.name).is_some_and(|t| t.builtin_type)
+                    && p.source.column(&c.name).is_some_and(|s| s.builtin_type)
+            });
         let format = if binary { " (FORMAT binary)" } else { "" };
         let select = format!("{select}{format}");
         let into = if merge {
@@ -2085,7 +2087,7 @@ async fn compare_rows(
         .await?;
         {
             let mut copy_in = tx
-                .copy_in_raw(&format!("COPY {stage} ({list}) FROM STDIN"))
+                .copy_in_raw(&format!("COPY {stage} ({list}) FROM STDIN (FORMAT binary)"))
                 .await?;
             if let Err(err) = sqlite::stream_all(conn, p, conversions, &mut copy_in).await {
                 let _ = copy_in.abort("the comparison stopped").await;

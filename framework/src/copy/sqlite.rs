@@ -283,23 +283,22 @@ impl Reading {
         }
     }
 
-    /// Converts one row into a line of `COPY` text appended to `out`; on a value that does
-    /// not convert, `out` is restored and the value described.
-    fn line(
+    /// Converts one row into a tuple of binary `COPY` appended to `out`; on a value that
+    /// does not convert, `out` is restored and the value described.
+    fn tuple(
         &self,
         row: &rusqlite::Row<'_>,
         out: &mut Vec<u8>,
     ) -> Result<(), Box<UnconvertibleValue>> {
         let start = out.len();
+        let fields = i16::try_from(self.conversions.len()).unwrap_or(i16::MAX);
+        out.extend_from_slice(&fields.to_be_bytes());
         for (i, conversion) in self.conversions.iter().enumerate() {
-            if i > 0 {
-                out.push(b'\t');
-            }
             let failure = match row.get_ref(i) {
                 Ok(v) => {
                     let v = value(v);
                     conversion
-                        .write(v, out)
+                        .write_binary(v, out)
                         .err()
                         .map(|reason| (v.show(), reason))
                 }
@@ -310,7 +309,6 @@ impl Reading {
                 return Err(Box::new(self.bad(row, i, shown, reason)));
             }
         }
-        out.push(b'\n');
         Ok(())
     }
 
@@ -442,8 +440,12 @@ enum Ended {
     Failed(String),
 }
 
-/// On a blocking thread: steps the rows, converts each, sends full buffers (with their
-/// row counts), takes empty ones back.
+/// The start of binary `COPY` data: the signature, no flags, no header extension.
+const BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+/// On a blocking thread: steps the rows, converts each into binary `COPY` (the header
+/// first, the trailer last), sends full buffers (with their row counts), takes empty ones
+/// back.
 fn produce(
     conn: &rusqlite::Connection,
     reading: &Reading,
@@ -459,6 +461,7 @@ fn produce(
         Err(err) => return Ended::Failed(err.to_string()),
     };
     let mut buf = empty.blocking_recv().unwrap_or_default();
+    buf.extend_from_slice(BINARY_HEADER);
     let mut count = 0_u64;
     loop {
         let row = match rows.next() {
@@ -467,12 +470,14 @@ fn produce(
         };
         let end = row.is_none();
         if let Some(row) = row {
-            if let Err(bad) = reading.line(row, &mut buf) {
+            if let Err(bad) = reading.tuple(row, &mut buf) {
                 return Ended::Bad(bad);
             }
             count += 1;
+        } else {
+            buf.extend_from_slice(&(-1_i16).to_be_bytes());
         }
-        if buf.len() >= SEND_BYTES || (end && !buf.is_empty()) {
+        if buf.len() >= SEND_BYTES || end {
             if full
                 .blocking_send((buf, std::mem::take(&mut count)))
                 .is_err()
@@ -591,16 +596,14 @@ pub(super) async fn scan(
         let outcome = (|| {
             let mut found = Vec::new();
             let mut total = 0_u64;
-            let mut line = Vec::new();
             for reading in &readings {
                 let mut stmt = taken.prepare(&reading.sql)?;
                 let mut rows = stmt.query([])?;
                 while let Some(row) = rows.next()? {
                     // A row may hold several values that do not convert: each is reported.
                     for (i, conversion) in reading.conversions.iter().enumerate() {
-                        line.clear();
                         let v = value(row.get_ref(i)?);
-                        if let Err(reason) = conversion.write(v, &mut line) {
+                        if let Err(reason) = conversion.check(v) {
                             total += 1;
                             if found.len() < limit {
                                 found.push(reading.bad(row, i, v.show(), reason));
