@@ -667,7 +667,10 @@ async fn copy(opts: &CopyOpts, out: &Output) -> Result<u8, Failure> {
     .tables(opts.tables.iter().cloned())
     .exclude(opts.exclude.iter().cloned())
     .mode(mode)
-    .jobs(usize::from(opts.jobs))
+    .jobs(
+        opts.jobs
+            .map_or_else(datamig::copy::default_jobs, usize::from),
+    )
     .chunk_rows(opts.chunk_rows)
     .triggers(match opts.triggers {
         TriggersArg::Auto => Triggers::Auto,

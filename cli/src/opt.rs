@@ -188,9 +188,9 @@ pub struct CopyOpts {
     #[arg(long, value_enum, default_value_t = CopyModeArg::Empty)]
     pub mode: CopyModeArg,
 
-    /// Chunks copied at once, each on its own pair of connections; big tables are split in key ranges.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub jobs: u16,
+    /// Chunks copied at once, each on its own pair of connections; big tables are split in key ranges (default: this machine's cores, at most 4).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: Option<u16>,
 
     /// About how many rows one chunk holds (each chunk commits with its progress).
     #[arg(long, default_value_t = 250_000)]

@@ -344,6 +344,13 @@ pub struct Copier {
     unix_time: BTreeMap<String, UnixTime>,
 }
 
+/// The jobs a copy runs with unless told ([`Copier::jobs`]): the cores this machine has,
+/// at most 4 (two servers' backends and the copy's own work share them when all run on one
+/// machine; more jobs than that mostly wait on one another).
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
+}
+
 /// Whether the target's triggers fire while a copy loads ([`Copier::triggers`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -428,7 +435,7 @@ impl Copier {
             target,
             selection: Selection::default(),
             mode: CopyMode::Empty,
-            jobs: 1,
+            jobs: default_jobs(),
             chunk_rows: 250_000,
             triggers: Triggers::Auto,
             analyze: true,
@@ -479,7 +486,8 @@ impl Copier {
         self
     }
 
-    /// How many chunks are copied at once, each on its own pair of connections (at least 1).
+    /// How many chunks are copied at once, each on its own pair of connections (at least
+    /// 1; by default [`default_jobs`]: this machine's cores, at most 4).
     pub fn jobs(mut self, jobs: usize) -> Self {
         self.jobs = jobs.max(1);
         self
