@@ -83,10 +83,11 @@ for round in $(seq 1 "$ROUNDS"); do
   timed pgloader "pgloader '$WORK/pgloader.load'"
   # By default (a superuser, no triggers of the tables' own) the copy checks the foreign
   # keys itself, set-based; --triggers on leaves them to the server, row by row.
+  # The default --jobs is the machine's cores (at most 4).
   timed datamig "'$DATAMIG' copy --source 'sqlite:$DB' --target '$DST' $UNIX"
-  timed datamig_jobs_2 "'$DATAMIG' copy --source 'sqlite:$DB' --target '$DST' $UNIX --jobs 2"
+  timed datamig_jobs_1 "'$DATAMIG' copy --source 'sqlite:$DB' --target '$DST' $UNIX --jobs 1"
   timed datamig_triggers_on "'$DATAMIG' copy --source 'sqlite:$DB' --target '$DST' $UNIX --triggers on"
-  timed datamig_jobs_2_triggers_on "'$DATAMIG' copy --source 'sqlite:$DB' --target '$DST' $UNIX --jobs 2 --triggers on"
+  timed datamig_jobs_1_triggers_on "'$DATAMIG' copy --source 'sqlite:$DB' --target '$DST' $UNIX --jobs 1 --triggers on"
 done
 # The copy's own check, row by row in PostgreSQL's types, after a finished copy.
 /usr/bin/time -f "%e %M" -o "$WORK/time" "$DATAMIG" copy --source "sqlite:$DB" --target "$DST" $UNIX --verify >"$WORK/out" 2>&1
@@ -101,7 +102,7 @@ best() { awk -v n="$1" '$1 == n {print $2}' "$RESULTS" | sort -n | head -1; }
 rss() { awk -v n="$1" '$1 == n {print $3}' "$RESULTS" | sort -n | tail -1; }
 BASE=$(best pgloader)
 printf "%-28s %10s %11s %12s\n" command "best s" "x pgloader" "peak RSS MB"
-for name in pgloader datamig datamig_jobs_2 datamig_triggers_on datamig_jobs_2_triggers_on verify; do
+for name in pgloader datamig datamig_jobs_1 datamig_triggers_on datamig_jobs_1_triggers_on verify; do
   b=$(best $name)
   r=$(awk -v k="$(rss $name)" 'BEGIN {printf "%.0f", k / 1024}')
   printf "%-28s %10s %11s %12s\n" "$name" "$b" "$(awk -v a="$b" -v c="$BASE" 'BEGIN {printf "%.2f", a / c}')" "$r"

@@ -30,7 +30,7 @@ use crate::fingerprint::{Fingerprint, TableFingerprint};
 use crate::sql::quote_ident;
 
 const PROGRESS_TABLE: &str = "datamig_copy_progress";
-/// Bytes of `COPY` text gathered before they are sent on: rows arrive one message each.
+/// Bytes of `COPY` data gathered before they are sent on: rows arrive one message each.
 pub(super) const SEND_BYTES: usize = 1 << 20;
 /// Buffers of [`SEND_BYTES`] in flight between reading the source and writing the target.
 const BUFFERS: usize = 3;

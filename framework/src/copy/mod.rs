@@ -160,7 +160,7 @@ pub enum CopyEvent {
         table: String,
         /// Rows of the table copied so far, including chunks committed by earlier runs.
         rows: u64,
-        /// Bytes of `COPY` text of the table streamed by this run.
+        /// Bytes of `COPY` data of the table streamed by this run.
         bytes: u64,
         /// The source's estimate of the table's rows.
         estimated_rows: u64,
@@ -181,7 +181,7 @@ pub enum CopyEvent {
         chunks: usize,
         /// Rows it wrote (merge: rows read from the source).
         rows: u64,
-        /// Bytes of `COPY` text.
+        /// Bytes of `COPY` data.
         bytes: u64,
         /// How long it took.
         ms: u64,
@@ -272,7 +272,7 @@ pub struct TableReport {
     pub inserted: u64,
     /// Rows a merge updated.
     pub updated: u64,
-    /// Bytes of `COPY` text this run streamed.
+    /// Bytes of `COPY` data this run streamed.
     pub bytes: u64,
     /// Chunks this run committed.
     pub chunks: usize,
@@ -307,7 +307,7 @@ pub struct CopyReport {
     pub tables: Vec<TableReport>,
     /// Rows written by this run.
     pub rows: u64,
-    /// Bytes of `COPY` text streamed by this run.
+    /// Bytes of `COPY` data streamed by this run.
     pub bytes: u64,
     /// Seconds, start to end.
     pub seconds: f64,

@@ -1,5 +1,5 @@
 //! A copy's SQLite source: its catalog, its chunks, and its rows read and converted into
-//! the target's types as `COPY` text, value by value (see [`super::convert`]).
+//! the target's types in binary `COPY`, value by value (see [`super::convert`]).
 
 use std::collections::BTreeMap;
 
@@ -60,7 +60,7 @@ fn is_read_only(err: &sqlx::Error) -> bool {
 
 /// A reader: its own connection (read-only) in a read transaction, started at once. The
 /// rows are stepped on a blocking thread through the C API (the same SQLite library as
-/// the rest of datamig), converted there, and handed over in buffers of `COPY` text.
+/// the rest of datamig), converted there, and handed over in buffers of binary `COPY`.
 pub(super) fn reader(options: &SqliteConnectOptions) -> Result<rusqlite::Connection, Error> {
     use rusqlite::OpenFlags;
     let file = options.get_filename();
