@@ -680,6 +680,9 @@ async fn a_rejected_row_stops_its_chunk_keeps_the_others_and_a_fixed_source_resu
         dst.url(),
         "--chunk-rows",
         "1000",
+        // One chunk at a time: which chunks are in before the bad one is then certain.
+        "--jobs",
+        "1",
     ];
     let out = datamig(&args).output().await?;
     let stderr = text(&out.stderr);

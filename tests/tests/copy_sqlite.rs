@@ -512,6 +512,9 @@ async fn a_bad_value_keeps_the_chunks_before_it_and_a_fixed_source_resumes() -> 
         UNIX,
         "--chunk-rows",
         "1000",
+        // One chunk at a time: which chunks are in before the bad one is then certain.
+        "--jobs",
+        "1",
     ];
     let failed = datamig("", &args).output().await?;
     let stderr = text(&failed.stderr);
@@ -768,6 +771,8 @@ async fn with_triggers_off_the_copy_checks_every_foreign_key_itself() -> anyhow:
         "1000",
         "--triggers",
         "off",
+        "--jobs",
+        "1",
     ];
     // A row whose parent is missing: the chunk holding it is rolled back, by name.
     sqlite_execute(
