@@ -26,18 +26,17 @@ const SET_BASED_UUID: &str = "UPDATE bench_accounts SET plan_code = upper(plan) 
 const SET_BASED_PAIR: &str = "UPDATE bench_tenant_accounts SET plan_code = upper(plan)
      WHERE plan_code IS DISTINCT FROM upper(plan)";
 
+/// One batch of the backfill of `bench_accounts`, whatever its size.
+const ACCOUNTS_BATCH: &str = "UPDATE bench_accounts SET plan_code = upper(plan)
+     WHERE {batch} AND plan_code IS DISTINCT FROM upper(plan)";
+
 /// The backfill over the UUID key, 10,000 keys a batch.
 #[datamig::migration(
     id = "20250301_0000_bench_uuid_backfill",
     batch(table = "bench_accounts", key = "id", size = 10_000)
 )]
 async fn uuid_backfill(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result<()> {
-    ctx.execute_batch(
-        "UPDATE bench_accounts SET plan_code = upper(plan)
-         WHERE {batch} AND plan_code IS DISTINCT FROM upper(plan)",
-        &batch,
-    )
-    .await?;
+    ctx.execute_batch(ACCOUNTS_BATCH, &batch).await?;
     Ok(())
 }
 
@@ -69,12 +68,7 @@ async fn pair_backfill(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Res
     )
 )]
 async fn gentle_backfill(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result<()> {
-    ctx.execute_batch(
-        "UPDATE bench_accounts SET plan_code = upper(plan)
-         WHERE {batch} AND plan_code IS DISTINCT FROM upper(plan)",
-        &batch,
-    )
-    .await?;
+    ctx.execute_batch(ACCOUNTS_BATCH, &batch).await?;
     Ok(())
 }
 
@@ -213,12 +207,7 @@ async fn main() -> anyhow::Result<()> {
     )
 )]
 async fn paced_backfill(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result<()> {
-    ctx.execute_batch(
-        "UPDATE bench_accounts SET plan_code = upper(plan)
-         WHERE {batch} AND plan_code IS DISTINCT FROM upper(plan)",
-        &batch,
-    )
-    .await?;
+    ctx.execute_batch(ACCOUNTS_BATCH, &batch).await?;
     Ok(())
 }
 

@@ -757,20 +757,19 @@ async fn a_missing_foreign_key_names_the_row_that_holds_it() -> anyhow::Result<(
     Ok(())
 }
 
+/// A trigger of the target's own: each order inserted is written down in `order_audit`.
+const AUDIT_TRIGGER: &str = "CREATE TABLE order_audit (order_id bigint);
+     CREATE FUNCTION audit_order() RETURNS trigger LANGUAGE plpgsql AS
+       'BEGIN INSERT INTO order_audit VALUES (NEW.id); RETURN NEW; END';
+     CREATE TRIGGER audited AFTER INSERT ON orders FOR EACH ROW EXECUTE FUNCTION audit_order();";
+
 #[tokio::test]
 async fn triggers_stay_on_where_turning_them_off_would_change_the_load() -> anyhow::Result<()> {
     let src = source(2_000).await?;
     let dst = target().await?;
     // A trigger of the target's own: turning triggers off would skip it, so the default
     // keeps them on (and the trigger sees every row); --triggers off skips it, as asked.
-    execute(
-        dst.pool(),
-        "CREATE TABLE order_audit (order_id bigint);
-         CREATE FUNCTION audit_order() RETURNS trigger LANGUAGE plpgsql AS
-           'BEGIN INSERT INTO order_audit VALUES (NEW.id); RETURN NEW; END';
-         CREATE TRIGGER audited AFTER INSERT ON orders FOR EACH ROW EXECUTE FUNCTION audit_order();",
-    )
-    .await?;
+    execute(dst.pool(), AUDIT_TRIGGER).await?;
     let plan = Copier::new(src.pool(), dst.pool()).plan().await?;
     assert!(!plan.triggers_off);
     let report = Copier::new(src.pool(), dst.pool())
@@ -805,14 +804,7 @@ async fn triggers_stay_on_where_turning_them_off_would_change_the_load() -> anyh
 
     // --triggers off: the trigger does not fire, the rows arrive all the same.
     let third = target().await?;
-    execute(
-        third.pool(),
-        "CREATE TABLE order_audit (order_id bigint);
-         CREATE FUNCTION audit_order() RETURNS trigger LANGUAGE plpgsql AS
-           'BEGIN INSERT INTO order_audit VALUES (NEW.id); RETURN NEW; END';
-         CREATE TRIGGER audited AFTER INSERT ON orders FOR EACH ROW EXECUTE FUNCTION audit_order();",
-    )
-    .await?;
+    execute(third.pool(), AUDIT_TRIGGER).await?;
     let out = datamig(&[
         "copy",
         "--source",
