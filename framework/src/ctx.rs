@@ -31,6 +31,22 @@ pub struct Ctx<'c, DB: sqlx::Database> {
     rows_affected: u64,
     uncounted_writes: u64,
     notes: Vec<String>,
+    /// Whether the body reached the transaction itself (through [`Ctx::tx`] or a helper
+    /// that moves rows built in Rust), where a rest check could not guard its statements.
+    unguarded: bool,
+    /// Set while the body runs as a check of the rest of a batched migration's keys.
+    rest: Option<RestCheck>,
+}
+
+/// A batched migration's check of all its remaining keys in one statement: each `{batch}`
+/// becomes the scope followed by `guard`, a call that fails the statement on the first row
+/// it would change. The check holds when the body ran to its end with nothing spoiling it.
+#[derive(Debug)]
+pub(crate) struct RestCheck {
+    guard: &'static str,
+    /// A statement failed (the guard, or anything else), changed rows, or could not be
+    /// guarded: the rest must be walked batch by batch.
+    spoiled: bool,
 }
 
 impl<'c, DB: sqlx::Database> Ctx<'c, DB> {
@@ -42,7 +58,53 @@ impl<'c, DB: sqlx::Database> Ctx<'c, DB> {
             rows_affected: 0,
             uncounted_writes: 0,
             notes: Vec::new(),
+            unguarded: false,
+            rest: None,
         }
+    }
+
+    /// This context runs the body as a check of the rest of a batched migration's keys
+    /// (see [`RestCheck`]).
+    pub(crate) fn checking_rest(mut self, guard: &'static str) -> Self {
+        self.rest = Some(RestCheck {
+            guard,
+            spoiled: false,
+        });
+        self
+    }
+
+    /// The guard of a rest check in progress.
+    pub(crate) fn rest_guard(&self) -> Option<&'static str> {
+        self.rest.as_ref().map(|r| r.guard)
+    }
+
+    /// A statement of a rest check failed or could not be guarded.
+    pub(crate) fn spoil_rest(&mut self) {
+        if let Some(rest) = &mut self.rest {
+            rest.spoiled = true;
+        }
+    }
+
+    /// Whether a rest check holds so far: every statement guarded, none failed, no row
+    /// changed.
+    pub(crate) fn rest_holds(&self) -> bool {
+        self.rest.as_ref().is_some_and(|r| !r.spoiled) && !self.unguarded && self.rows_affected == 0
+    }
+
+    /// Whether every statement of the body went through the helpers that name a batch's
+    /// rows with `{batch}`, count rows, or read one value: what a rest check can guard.
+    pub(crate) fn guarded_only(&self) -> bool {
+        !self.unguarded
+    }
+
+    /// The body moves rows a rest check cannot guard.
+    pub(crate) fn mark_unguarded(&mut self) {
+        self.unguarded = true;
+    }
+
+    /// The transaction, for datamig's own statements.
+    pub(crate) fn conn(&mut self) -> &mut DB::Connection {
+        self.conn
     }
 
     /// The migration's transaction, for any sqlx query:
@@ -51,6 +113,7 @@ impl<'c, DB: sqlx::Database> Ctx<'c, DB> {
     /// Rows changed through it are not counted automatically; report them with
     /// [`Ctx::add_rows_affected`], or run statements with [`Ctx::execute`], which does.
     pub fn tx(&mut self) -> &mut DB::Connection {
+        self.unguarded = true;
         self.conn
     }
 

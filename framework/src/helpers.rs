@@ -26,7 +26,9 @@ impl<DB: Backend> Ctx<'_, DB> {
     /// In a migration generic over the backend, write SQL both databases accept
     /// (`lower`, `trim`, `coalesce`, `ON CONFLICT .. DO NOTHING`, `$1` parameters).
     pub async fn execute(&mut self, sql: impl SqlSafeStr) -> Result<u64, sqlx::Error> {
-        let rows = DB::execute(self.tx(), sql.into_sql_str()).await?;
+        let rows = DB::execute(self.conn(), sql.into_sql_str())
+            .await
+            .inspect_err(|_| self.spoil_rest())?;
         self.add_rows_affected(rows);
         Ok(rows)
     }
@@ -47,7 +49,9 @@ impl<DB: Backend> Ctx<'_, DB> {
     /// # Ok(()) }
     /// ```
     pub async fn fetch_i64(&mut self, sql: impl SqlSafeStr) -> Result<Option<i64>, sqlx::Error> {
-        DB::fetch_i64(self.tx(), sql.into_sql_str()).await
+        DB::fetch_i64(self.conn(), sql.into_sql_str())
+            .await
+            .inspect_err(|_| self.spoil_rest())
     }
 
     /// Executes one statement for the rows of a batch and adds the rows it affected to
@@ -84,35 +88,54 @@ impl<DB: Backend> Ctx<'_, DB> {
         batch: &Batch,
     ) -> Result<u64, sqlx::Error> {
         let sql = sql.into_sql_str();
-        let rows =
-            match crate::key::render_marker(sql.as_str(), batch.shape(), batch.lower().is_some()) {
-                Some(rendered) => {
-                    DB::execute_keyed(
-                        self.tx(),
-                        sqlx::AssertSqlSafe(rendered).into_sql_str(),
-                        &batch.bounds(),
-                    )
-                    .await?
-                }
-                None if batch.shape().is_single_integer() => {
-                    let bounds = [
-                        crate::key::KeyValue::Integer(batch.after()),
-                        crate::key::KeyValue::Integer(batch.last()),
-                    ];
-                    DB::execute_keyed(self.tx(), sql, &bounds).await?
-                }
-                None => {
-                    return Err(sqlx::Error::Configuration(
-                        format!(
-                            "this migration's batches walk the key {}, which is not one integer \
+        let guard = self.rest_guard();
+        let rendered =
+            crate::key::render_marker(sql.as_str(), batch.shape(), batch.lower().is_some(), guard);
+        let rows = match rendered {
+            Some(rendered) => {
+                // A rest check binds nothing: its `{batch}` is the scope and the guard.
+                let bounds = if guard.is_some() {
+                    Vec::new()
+                } else {
+                    batch.bounds()
+                };
+                DB::execute_keyed(
+                    self.conn(),
+                    sqlx::AssertSqlSafe(rendered).into_sql_str(),
+                    &bounds,
+                )
+                .await
+                .inspect_err(|_| self.spoil_rest())?
+            }
+            None if guard.is_some() => {
+                // `$1`/`$2` name the rows without a marker to guard: such a statement
+                // must never run over all the rest at once.
+                self.spoil_rest();
+                return Err(sqlx::Error::Configuration(
+                    "datamig checks the rest of a batched migration only through \
+                         statements that name their rows with {batch}"
+                        .into(),
+                ));
+            }
+            None if batch.shape().is_single_integer() => {
+                let bounds = [
+                    crate::key::KeyValue::Integer(batch.after()),
+                    crate::key::KeyValue::Integer(batch.last()),
+                ];
+                DB::execute_keyed(self.conn(), sql, &bounds).await?
+            }
+            None => {
+                return Err(sqlx::Error::Configuration(
+                    format!(
+                        "this migration's batches walk the key {}, which is not one integer \
                          column: write {{batch}} in the statement where the batch's rows are \
                          named (`UPDATE .. WHERE {{batch}} AND ..`), and datamig binds its bounds",
-                            batch.shape().names()
-                        )
-                        .into(),
-                    ));
-                }
-            };
+                        batch.shape().names()
+                    )
+                    .into(),
+                ));
+            }
+        };
         self.add_rows_affected(rows);
         Ok(rows)
     }
@@ -145,7 +168,7 @@ impl<DB: Backend> Ctx<'_, DB> {
         for table in tables {
             let table = table.as_ref();
             check_name("table", table)?;
-            resets.extend(DB::reset_sequences(self.tx(), table).await?);
+            resets.extend(DB::reset_sequences(self.conn(), table).await?);
         }
         Ok(resets)
     }
@@ -166,7 +189,7 @@ impl<DB: Backend> Ctx<'_, DB> {
         for table in tables {
             let table = table.as_ref();
             check_name("table", table)?;
-            DB::analyze(self.tx(), table).await?;
+            DB::analyze(self.conn(), table).await?;
         }
         Ok(())
     }

@@ -345,11 +345,11 @@ async fn run_in<DB: Backend>(
         }
         (Code::Batched(run), Some(spec)) => {
             let (shape, _) =
-                crate::runner::batch_key::<DB>(ctx.tx(), migration.id(), spec, true).await?;
+                crate::runner::batch_key::<DB>(ctx.conn(), migration.id(), spec, true).await?;
             let sizer = crate::runner::Sizer::new(spec);
             let (mut after, mut number) = (None, 0);
             while let Some((last, keys)) =
-                DB::next_batch(ctx.tx(), &shape, after.as_ref(), None, sizer.size()).await?
+                DB::next_batch(ctx.conn(), &shape, after.as_ref(), None, sizer.size()).await?
             {
                 number += 1;
                 let batch = Batch::new(after.clone(), last.clone(), number, keys, shape.clone());

@@ -260,6 +260,18 @@ impl KeyShape {
         )
     }
 
+    /// The statement that finds the scope's last key after `$1..` (all, without `after`):
+    /// one backward step of the key's index.
+    pub(crate) fn last_key_sql(&self, after: bool) -> String {
+        let (range, _) = self.range(after, false, 1, None);
+        format!(
+            "SELECT {} FROM {} WHERE {range} ORDER BY {} LIMIT 1",
+            self.select_list(),
+            quote_ident(&self.table),
+            self.order_by(true),
+        )
+    }
+
     /// The statement that tells whether a key of the scope is after `$1..` (and, with
     /// `upper`, at or before the next parameters: the end of a worker's range).
     pub(crate) fn has_keys_after_sql(&self, upper: bool) -> String {
@@ -392,7 +404,16 @@ pub fn describe_checkpoint(text: &str) -> String {
 /// Replaces each `{batch}` (or `{batch:alias}`, whose columns are qualified by `alias`) in
 /// `sql` with the batch's predicate (its parameters from `$1`); `None` when `sql` has no
 /// such marker.
-pub(crate) fn render_marker(sql: &str, shape: &KeyShape, lower: bool) -> Option<String> {
+///
+/// With `rest_guard`, the predicate is the scope alone followed by that call, and binds
+/// nothing: the statement then reads every row of the scope and fails on the first row it
+/// would change (see `Ctx::checking_rest`).
+pub(crate) fn render_marker(
+    sql: &str,
+    shape: &KeyShape,
+    lower: bool,
+    rest_guard: Option<&str>,
+) -> Option<String> {
     const MARKER: &str = "{batch";
     if !sql.contains(MARKER) {
         return None;
@@ -416,7 +437,14 @@ pub(crate) fn render_marker(sql: &str, shape: &KeyShape, lower: bool) -> Option<
         };
         out.push_str(&rest[..start]);
         out.push('(');
-        out.push_str(&shape.range(lower, true, 1, qualifier).0);
+        match rest_guard {
+            None => out.push_str(&shape.range(lower, true, 1, qualifier).0),
+            Some(guard) => {
+                out.push_str(&shape.range(false, false, 1, qualifier).0);
+                out.push_str(" AND ");
+                out.push_str(guard);
+            }
+        }
         out.push(')');
         rest = &after[len..];
     }
@@ -517,12 +545,32 @@ mod tests {
     fn markers_are_replaced_and_text_without_one_is_left_alone() {
         let mut s = shape(&[("id", "uuid", KeyKind::Other)], true);
         s.scope = Some("deleted_at IS NULL".into());
-        assert!(render_marker("UPDATE t SET a = 1 WHERE id > $1", &s, true).is_none());
-        let sql =
-            render_marker("UPDATE t x SET a = 1 WHERE {batch:x} AND a <> 1", &s, false).unwrap();
+        assert!(render_marker("UPDATE t SET a = 1 WHERE id > $1", &s, true, None).is_none());
+        let sql = render_marker(
+            "UPDATE t x SET a = 1 WHERE {batch:x} AND a <> 1",
+            &s,
+            false,
+            None,
+        )
+        .unwrap();
         assert_eq!(
             sql,
             "UPDATE t x SET a = 1 WHERE (\"x\".\"id\" <= CAST($1 AS uuid) AND (deleted_at IS NULL)) AND a <> 1"
         );
+        // Checking the rest: the scope and the guard, no bound to bind.
+        let sql = render_marker(
+            "UPDATE t SET a = 1 WHERE {batch} AND a <> 1",
+            &s,
+            true,
+            Some("g()"),
+        )
+        .unwrap();
+        assert_eq!(
+            sql,
+            "UPDATE t SET a = 1 WHERE ((deleted_at IS NULL) AND g()) AND a <> 1"
+        );
+        s.scope = None;
+        let sql = render_marker("UPDATE t SET a = 1 WHERE {batch}", &s, true, Some("g()")).unwrap();
+        assert_eq!(sql, "UPDATE t SET a = 1 WHERE (TRUE AND g())");
     }
 }

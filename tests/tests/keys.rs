@@ -841,3 +841,152 @@ async fn a_custom_health_check_holds_batches_until_it_says_healthy() -> anyhow::
     );
     Ok(())
 }
+
+/// Idempotent: only a row whose plan code is missing or stale changes.
+#[datamig::migration(
+    id = "20250101_0030_plan_codes",
+    batch(table = "plans", key = "id", size = 100)
+)]
+async fn plan_codes(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result<()> {
+    ctx.execute_batch(
+        "UPDATE plans SET plan_code = upper(plan) \
+         WHERE {batch} AND plan_code IS DISTINCT FROM upper(plan)",
+        &batch,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The same statement through the transaction itself, which no check can guard.
+#[datamig::migration(
+    id = "20250101_0031_plan_codes_raw",
+    batch(table = "plans_raw", key = "id", size = 100)
+)]
+async fn plan_codes_raw(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result<()> {
+    let done = sqlx::query(
+        "UPDATE plans_raw SET plan_code = upper(plan) \
+         WHERE id > $1 AND id <= $2 AND plan_code IS DISTINCT FROM upper(plan)",
+    )
+    .bind(batch.after())
+    .bind(batch.last())
+    .execute(ctx.tx())
+    .await?;
+    ctx.add_rows_affected(done.rows_affected());
+    Ok(())
+}
+
+/// The `$1`/`$2` form without a marker, which a check cannot guard either.
+#[datamig::migration(
+    id = "20250101_0032_plan_codes_bounds",
+    batch(table = "plans_bounds", key = "id", size = 100)
+)]
+async fn plan_codes_bounds(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result<()> {
+    ctx.execute_batch(
+        "UPDATE plans_bounds SET plan_code = upper(plan) \
+         WHERE id > $1 AND id <= $2 AND plan_code IS DISTINCT FROM upper(plan)",
+        &batch,
+    )
+    .await?;
+    Ok(())
+}
+
+const PLAN_TABLES: &str = "
+    CREATE TABLE plans (id uuid PRIMARY KEY, plan text NOT NULL, plan_code text);
+    INSERT INTO plans (id, plan)
+        SELECT md5(n::text)::uuid, (ARRAY['free', 'pro', 'team'])[1 + n % 3]
+        FROM generate_series(1, 2000) AS n;
+    CREATE TABLE plans_raw (id bigint PRIMARY KEY, plan text NOT NULL, plan_code text);
+    INSERT INTO plans_raw (id, plan)
+        SELECT n, (ARRAY['free', 'pro', 'team'])[1 + n % 3] FROM generate_series(1, 2000) AS n;
+    CREATE TABLE plans_bounds (LIKE plans_raw INCLUDING ALL);
+    INSERT INTO plans_bounds SELECT * FROM plans_raw;";
+
+/// `(batches, rows affected, rows written, notes)` of a re-run of `id`.
+async fn rerun_counts(pool: &PgPool, id: &str) -> anyhow::Result<(u64, u64, u64, String)> {
+    let report = Migrator::new(pool.clone()).rerun(id).await?;
+    let applied = &report.applied[0];
+    Ok((
+        applied.batches,
+        applied.rows_affected,
+        applied.rows_written.expect("a re-run counts its writes"),
+        applied.notes.join("; "),
+    ))
+}
+
+#[tokio::test]
+async fn a_run_with_nothing_left_to_do_checks_the_rest_in_one_statement() -> anyhow::Result<()> {
+    let db = datamig::testing::postgres().await?;
+    let pool = db.pool();
+    sqlx::raw_sql(PLAN_TABLES).execute(pool).await?;
+    let migrator = Migrator::new(pool.clone()).migrations([
+        &plan_codes::MIGRATION,
+        &plan_codes_raw::MIGRATION,
+        &plan_codes_bounds::MIGRATION,
+    ]);
+    let first = migrator.run().await?;
+    for applied in &first.applied {
+        assert_eq!(
+            (applied.batches, applied.rows_affected),
+            (20, 2000),
+            "{}",
+            applied.id
+        );
+    }
+    let stale = "SELECT count(*) FROM plans WHERE plan_code IS DISTINCT FROM upper(plan)";
+
+    // Nothing to do: one batch walked, then every key after it checked in one statement,
+    // committed as the last batch with the checkpoint at the last key.
+    let (batches, rows, written, notes) = rerun_counts(pool, plan_codes::MIGRATION.id()).await?;
+    assert_eq!((batches, rows, written), (2, 0, 0), "{notes}");
+    assert!(notes.contains("checked in one statement"), "{notes}");
+    let entry = migrator
+        .status()
+        .await?
+        .into_iter()
+        .find(|s| s.id == plan_codes::MIGRATION.id())
+        .and_then(|s| s.ledger)
+        .expect("its ledger row");
+    let last: String = sqlx::query_scalar("SELECT id::text FROM plans ORDER BY id DESC LIMIT 1")
+        .fetch_one(pool)
+        .await?;
+    assert_eq!(
+        datamig::describe_checkpoint(entry.checkpoint.as_deref().unwrap_or_default()),
+        format!("id = '{last}'")
+    );
+    assert_eq!((entry.status.as_str(), entry.batches), ("applied", 2));
+    assert_eq!(
+        datamig_tests::scalar(
+            pool,
+            "SELECT count(*) FROM pg_proc WHERE proname = 'datamig_rest_has_work'"
+        )
+        .await?,
+        0,
+        "the guard is gone with its transaction"
+    );
+
+    // One stale row in batch 4: the checks after batch 1 and after batch 3 find it and roll
+    // back (each failed check doubles the quiet batches before the next), the walk fixes
+    // it, and after four quiet batches more the rest is checked again and holds.
+    sqlx::query(
+        "UPDATE plans SET plan_code = NULL
+         WHERE id = (SELECT id FROM plans ORDER BY id OFFSET 350 LIMIT 1)",
+    )
+    .execute(pool)
+    .await?;
+    let (batches, rows, written, notes) = rerun_counts(pool, plan_codes::MIGRATION.id()).await?;
+    assert_eq!((rows, written), (1, 1), "{notes}");
+    assert_eq!(datamig_tests::scalar(pool, stale).await?, 0);
+    assert_eq!(batches, 9, "{notes}");
+    assert!(notes.contains("batch 9: no row after"), "{notes}");
+
+    // Statements a check cannot guard are walked batch by batch, as before.
+    for id in [
+        plan_codes_raw::MIGRATION.id(),
+        plan_codes_bounds::MIGRATION.id(),
+    ] {
+        let (batches, rows, written, notes) = rerun_counts(pool, id).await?;
+        assert_eq!((batches, rows, written), (20, 0, 0), "{id}: {notes}");
+        assert!(!notes.contains("checked in one statement"), "{id}: {notes}");
+    }
+    Ok(())
+}

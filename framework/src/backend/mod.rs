@@ -509,6 +509,58 @@ pub(crate) mod steps {
         /// Whether an error is a lock timeout (worth retrying after a pause).
         fn is_lock_timeout(err: &sqlx::Error) -> bool;
 
+        /// Whether a batched migration whose batch changed nothing may check all its
+        /// remaining keys in one statement (PostgreSQL; see `Ctx::checking_rest`). The
+        /// rest-check steps below are only called where it may; elsewhere they fail.
+        const CHECKS_REST: bool = false;
+
+        /// The call a rest check appends to each `{batch}`: it fails the statement, with an
+        /// error [`Steps::is_rest_work`] recognises, on the first row it would change.
+        const REST_GUARD: &'static str = "";
+
+        /// Prepares the transaction of a rest check: creates the guard (a temporary
+        /// function, gone at the end of the transaction) and bounds the check's statements
+        /// to `limit`.
+        fn begin_rest_check(
+            _conn: &mut Self::Connection,
+            _limit: Duration,
+        ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+            async {
+                Err(sqlx::Error::Configuration(
+                    "no rest check on this backend".into(),
+                ))
+            }
+        }
+
+        /// Drops the guard, before the check's transaction commits.
+        fn end_rest_check(
+            _conn: &mut Self::Connection,
+        ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+            async {
+                Err(sqlx::Error::Configuration(
+                    "no rest check on this backend".into(),
+                ))
+            }
+        }
+
+        /// Whether an error is the guard's: a row after the checkpoint still needs work.
+        fn is_rest_work(_err: &sqlx::Error) -> bool {
+            false
+        }
+
+        /// The last key of the scope after `after` (in all of it, without `after`).
+        fn last_key(
+            _conn: &mut Self::Connection,
+            _shape: &KeyShape,
+            _after: Option<&Key>,
+        ) -> impl Future<Output = Result<Option<Key>, sqlx::Error>> + Send {
+            async {
+                Err(sqlx::Error::Configuration(
+                    "no rest check on this backend".into(),
+                ))
+            }
+        }
+
         /// Whether batched migrations may have more than one worker here (PostgreSQL). The
         /// range steps below are only called where they may; elsewhere they fail.
         const WORKERS: bool = false;

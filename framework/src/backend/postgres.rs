@@ -741,15 +741,11 @@ impl Steps for Postgres {
         let Some(row) = q.bind(i64::from(size)).fetch_optional(conn).await? else {
             return Ok(None);
         };
-        let mut values = Vec::with_capacity(shape.parts.len());
-        for (i, part) in shape.parts.iter().enumerate() {
-            values.push(match part.kind {
-                KeyKind::Integer => KeyValue::Integer(row.try_get(i)?),
-                _ => KeyValue::Text(row.try_get(i)?),
-            });
-        }
         let keys: i64 = row.try_get(shape.parts.len())?;
-        Ok(Some((Key(values), u64::try_from(keys).unwrap_or(0))))
+        Ok(Some((
+            key_of_row(shape, &row)?,
+            u64::try_from(keys).unwrap_or(0),
+        )))
     }
 
     async fn estimate_rows(
@@ -880,6 +876,64 @@ impl Steps for Postgres {
         err.as_database_error()
             .and_then(|e| e.code())
             .is_some_and(|c| c == "55P03")
+    }
+
+    const CHECKS_REST: bool = true;
+
+    const REST_GUARD: &'static str = "pg_temp.datamig_rest_has_work()";
+
+    async fn begin_rest_check(conn: &mut PgConnection, limit: Duration) -> Result<(), sqlx::Error> {
+        // One statement reads the whole scope: a custom plan for it (a generic one would
+        // not see that the bounds cover most of the table), and no JIT, whose compilation
+        // the guard's cost would trigger. The guard's cost sorts it after the statement's
+        // own conditions, so it is called only for a row the statement would change.
+        query(AssertSqlSafe(format!(
+            "SELECT set_config('plan_cache_mode', 'force_custom_plan', true),
+                    set_config('jit', 'off', true),
+                    set_config('statement_timeout', '{}ms', true)",
+            limit.as_millis().max(1)
+        )))
+        .execute(&mut *conn)
+        .await?;
+        query(
+            "CREATE OR REPLACE FUNCTION pg_temp.datamig_rest_has_work() RETURNS boolean
+             LANGUAGE plpgsql VOLATILE COST 1000 AS $$
+             BEGIN
+                 RAISE EXCEPTION USING ERRCODE = 'DMR01',
+                     MESSAGE = 'datamig: a row after the checkpoint still needs work';
+             END $$",
+        )
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn end_rest_check(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        query("DROP FUNCTION pg_temp.datamig_rest_has_work()")
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    fn is_rest_work(err: &sqlx::Error) -> bool {
+        err.as_database_error()
+            .and_then(|e| e.code())
+            .is_some_and(|c| c == "DMR01")
+    }
+
+    async fn last_key(
+        conn: &mut PgConnection,
+        shape: &KeyShape,
+        after: Option<&Key>,
+    ) -> Result<Option<Key>, sqlx::Error> {
+        let mut q = query(AssertSqlSafe(shape.last_key_sql(after.is_some())));
+        for value in after.map(Key::values).unwrap_or_default() {
+            q = bind_key_value(q, value);
+        }
+        match q.fetch_optional(conn).await? {
+            Some(row) => key_of_row(shape, &row).map(Some),
+            None => Ok(None),
+        }
     }
 
     const WORKERS: bool = true;
@@ -1342,4 +1396,16 @@ async fn stage_rows(
     }
     copy.finish().await?;
     Ok(stage)
+}
+
+/// The key in the first columns of a row of `KeyShape::select_list`.
+fn key_of_row(shape: &KeyShape, row: &PgRow) -> Result<Key, sqlx::Error> {
+    let mut values = Vec::with_capacity(shape.parts.len());
+    for (i, part) in shape.parts.iter().enumerate() {
+        values.push(match part.kind {
+            KeyKind::Integer => KeyValue::Integer(row.try_get(i)?),
+            _ => KeyValue::Text(row.try_get(i)?),
+        });
+    }
+    Ok(Key(values))
 }

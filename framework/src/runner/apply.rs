@@ -248,7 +248,7 @@ pub(crate) async fn writes_since<DB: Backend>(
     ctx: &mut Ctx<'_, DB>,
     before: u64,
 ) -> Result<u64, sqlx::Error> {
-    let after = DB::write_count(ctx.tx()).await?;
+    let after = DB::write_count(ctx.conn()).await?;
     Ok(after
         .saturating_sub(before)
         .saturating_sub(ctx.uncounted_writes()))

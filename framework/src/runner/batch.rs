@@ -100,6 +100,10 @@ impl<DB: Backend> Migrator<DB> {
             migration.statement_timeout().or(self.statement_timeout),
         );
         let mut sizer = Sizer::new(spec);
+        // After batches that changed nothing, the rest of the keys is checked in one
+        // statement (see `Ctx::checking_rest`); each check that finds work doubles the
+        // batches that must change nothing before the next.
+        let (mut check_rest, mut quiet_batches, mut quiet_needed) = (false, 0u64, 1u64);
 
         loop {
             if self
@@ -125,6 +129,7 @@ impl<DB: Backend> Migrator<DB> {
                 });
             }
             let size = sizer.size();
+            let rest = std::mem::take(&mut check_rest);
             let began = Instant::now();
             let mut retries = 0;
             let outcome = loop {
@@ -133,7 +138,7 @@ impl<DB: Backend> Migrator<DB> {
                         conn,
                         migration,
                         run,
-                        (&shape, size),
+                        (&shape, size, rest),
                         &state,
                         step.action,
                         first_started_at,
@@ -141,6 +146,10 @@ impl<DB: Backend> Migrator<DB> {
                     )
                     .await
                 {
+                    // A check of the rest that could not run is no failure: the walk goes on.
+                    Err(BatchError::LockTimeout(_) | BatchError::Failed { .. }) if rest => {
+                        break Ok(BatchDone::WorkLeft);
+                    }
                     Err(BatchError::LockTimeout(_)) if retries < spec.retries() => {
                         retries += 1;
                         state.lock_retries += 1;
@@ -182,6 +191,11 @@ impl<DB: Backend> Migrator<DB> {
             };
             let finished = match done {
                 BatchDone::NothingLeft => true,
+                BatchDone::WorkLeft => {
+                    quiet_batches = 0;
+                    quiet_needed = quiet_needed.saturating_mul(2);
+                    continue;
+                }
                 BatchDone::Committed {
                     last,
                     keys,
@@ -189,9 +203,20 @@ impl<DB: Backend> Migrator<DB> {
                     written,
                     notes,
                     finished,
+                    guarded,
                 } => {
                     let took = began.elapsed();
-                    sizer.record(keys, took);
+                    if rest {
+                        quiet_batches = 0;
+                    } else {
+                        sizer.record(keys, took);
+                        quiet_batches = if rows == 0 && guarded {
+                            quiet_batches + 1
+                        } else {
+                            0
+                        };
+                    }
+                    check_rest = DB::CHECKS_REST && !self.dry_run && quiet_batches >= quiet_needed;
                     if let Some(written) = written {
                         *state.run_written.get_or_insert(0) += written;
                     }
@@ -262,13 +287,18 @@ impl<DB: Backend> Migrator<DB> {
     }
 
     /// One batch in its own transaction, in the span `batch` (see [`crate::trace`]).
+    ///
+    /// With `rest`, the batch is every key left, and the body runs as a check (see
+    /// `Ctx::checking_rest`): it commits, as one batch that changed nothing, only where no
+    /// row after the checkpoint needed work; otherwise it rolls back with
+    /// [`BatchDone::WorkLeft`].
     #[allow(clippy::too_many_arguments)]
     async fn batch(
         &self,
         conn: &mut PoolConnection<DB>,
         migration: &'static Migration,
         run: BatchFn<DB>,
-        (shape, size): (&Arc<KeyShape>, u32),
+        (shape, size, rest): (&Arc<KeyShape>, u32, bool),
         state: &BatchState,
         action: Action,
         first_started_at: DateTime<Utc>,
@@ -294,9 +324,25 @@ impl<DB: Backend> Migrator<DB> {
                 let _ = tx.rollback().await;
                 return Err(BatchError::Paused(pause));
             }
-            let next = DB::next_batch(&mut tx, shape, state.after.as_ref(), None, size)
-                .await
-                .map_err(classify)?;
+            let next = if rest {
+                match DB::last_key(&mut tx, shape, state.after.as_ref())
+                    .await
+                    .map_err(classify)?
+                {
+                    Some(last) => {
+                        let keys =
+                            DB::estimate_rows(&mut tx, shape, state.after.as_ref(), Some(&last))
+                                .await
+                                .map_err(classify)?;
+                        Some((last, keys.unwrap_or(0)))
+                    }
+                    None => None,
+                }
+            } else {
+                DB::next_batch(&mut tx, shape, state.after.as_ref(), None, size)
+                    .await
+                    .map_err(classify)?
+            };
             let mut attempt = self.attempt(migration, action, state.started_at);
             attempt.first_started_at = first_started_at;
             attempt.write = state.write.clone();
@@ -334,10 +380,21 @@ impl<DB: Backend> Migrator<DB> {
                     panicked: false,
                 });
             }
+            if rest {
+                let limit = statement_timeout.map_or(REST_CHECK_LIMIT, |t| t.min(REST_CHECK_LIMIT));
+                if DB::begin_rest_check(&mut tx, limit).await.is_err() {
+                    // No guard here (a role without TEMP, for one): the walk goes on.
+                    let _ = tx.rollback().await;
+                    return Ok(BatchDone::WorkLeft);
+                }
+            }
             let before = writes_before::<DB>(&mut tx, action)
                 .await
                 .map_err(classify)?;
             let mut ctx = Ctx::new(&mut *tx, migration.id(), self.dry_run);
+            if rest {
+                ctx = ctx.checking_rest(DB::REST_GUARD);
+            }
             let batch = Batch::new(
                 state.after.clone(),
                 last.clone(),
@@ -348,7 +405,24 @@ impl<DB: Backend> Migrator<DB> {
             let mut outcome = run_caught::<DB>(run(&mut ctx, batch)).await;
             let written = writes_after(&mut ctx, before, &mut outcome).await;
             let rows = ctx.rows_affected();
-            let notes = ctx.notes().to_vec();
+            let guarded = ctx.guarded_only();
+            let mut notes = ctx.notes().to_vec();
+            if rest {
+                if outcome.is_err() || !ctx.rest_holds() || written.is_some_and(|w| w > 0) {
+                    // A row still needs work, or the body did what a check cannot guard.
+                    let _ = tx.rollback().await;
+                    return Ok(BatchDone::WorkLeft);
+                }
+                DB::end_rest_check(&mut tx).await.map_err(classify)?;
+                notes.push(format!(
+                    "batch {number}: no row after {} needed work, checked in one statement \
+                     instead of walked (about {keys} keys)",
+                    state
+                        .after
+                        .as_ref()
+                        .map_or_else(|| "the first key".to_string(), ToString::to_string)
+                ));
+            }
             if let Err(failure) = outcome {
                 let _ = tx.rollback().await;
                 return Err(BatchError::body(failure, number));
@@ -362,6 +436,7 @@ impl<DB: Backend> Migrator<DB> {
                     written,
                     notes,
                     finished: true,
+                    guarded,
                 });
             }
             let finished = !DB::has_keys_after(&mut tx, shape, &last, None)
@@ -387,6 +462,7 @@ impl<DB: Backend> Migrator<DB> {
                 written,
                 notes,
                 finished,
+                guarded,
             })
         }
         .instrument(span.clone())
@@ -394,6 +470,11 @@ impl<DB: Backend> Migrator<DB> {
         let counts = match &result {
             Ok(BatchDone::Committed { keys, rows, .. }) => Ok(Some((*keys, *rows))),
             Ok(BatchDone::NothingLeft) => Ok(None),
+            Ok(BatchDone::WorkLeft) => {
+                span.record("outcome", "work_left");
+                tracing::debug!(parent: &span, "the rest still needs work: walked batch by batch");
+                return result;
+            }
             Err(err) => Err(err),
         };
         batch_ended(&span, counts, began.elapsed());
@@ -465,6 +546,10 @@ impl<DB: Backend> Migrator<DB> {
 /// A batch's `lock_timeout` when neither the migration nor the migrator sets one: a batch
 /// must never queue behind the application's locks for long.
 pub(super) const DEFAULT_BATCH_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The longest a check of the rest of a batched migration's keys may run (less where the
+/// migration's `statement_timeout` is shorter): past it, the walk goes on batch by batch.
+pub(super) const REST_CHECK_LIMIT: Duration = Duration::from_secs(10);
 
 /// The most notes a batched migration keeps (the first ones).
 pub(super) const MAX_NOTES: usize = 100;
@@ -582,6 +667,9 @@ impl Sizer {
 enum BatchDone {
     /// No key was left: the migration is applied.
     NothingLeft,
+    /// A check of the rest found a row that still needs work (or could not run): rolled
+    /// back, and the walk goes on.
+    WorkLeft,
     /// A batch committed (or, in a dry run, ran and rolled back).
     Committed {
         last: Key,
@@ -591,6 +679,8 @@ enum BatchDone {
         written: Option<u64>,
         notes: Vec<String>,
         finished: bool,
+        /// Whether the body ran only statements a rest check can guard.
+        guarded: bool,
     },
 }
 
