@@ -73,6 +73,12 @@ impl<DB: Backend> Ctx<'_, DB> {
     /// # Ok(()) }
     /// ```
     ///
+    /// On PostgreSQL, after a batch that changed nothing, datamig checks every key left in
+    /// one statement: the body runs with `{batch}` rendered as the scope and a guard that
+    /// fails the statement on the first row it would change (see the backfills guide).
+    /// A statement that changes rows only where they need it
+    /// (`.. AND email <> lower(email)`) is what lets that check find nothing to do.
+    ///
     /// Without the marker, for a key of one integer column, `$1` is bound to
     /// [`Batch::after`] and `$2` to [`Batch::last`]:
     /// `UPDATE users SET .. WHERE id > $1 AND id <= $2` (the scope is then the

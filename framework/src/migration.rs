@@ -168,7 +168,8 @@ impl Batch {
         self.number
     }
 
-    /// How many keys the batch holds.
+    /// How many keys the batch holds (for the check of all the keys left in one
+    /// statement, see the backfills guide, the planner's estimate).
     pub fn keys(&self) -> u64 {
         self.keys
     }

@@ -490,6 +490,14 @@ async fn run_traced(copier: &Copier, purpose: Purpose) -> Result<CopyReport, Err
             }
         }
     }
+    if pending > 0 {
+        // The chunks committed with `synchronous_commit = off`: one transaction that
+        // commits durably flushes the WAL up to its own commit, every chunk's included,
+        // before the copy says it is done.
+        sqlx::raw_sql("BEGIN; SET LOCAL synchronous_commit = on; SELECT txid_current(); COMMIT")
+            .execute(&mut dst)
+            .await?;
+    }
     if copier.verify {
         report.verification = Some(verify(&mut src, &mut dst, &planned, &conversions).await?);
     }
