@@ -261,14 +261,16 @@ impl KeyShape {
     }
 
     /// The statement that finds the scope's last key after `$1..` (all, without `after`):
-    /// one backward step of the key's index.
+    /// one backward step of the key's index. The order names the table's columns through
+    /// an alias: bare, `"id"` would name the select list's `CAST("id" AS text)`, and sort
+    /// by it, reading the whole table.
     pub(crate) fn last_key_sql(&self, after: bool) -> String {
         let (range, _) = self.range(after, false, 1, None);
         format!(
-            "SELECT {} FROM {} WHERE {range} ORDER BY {} LIMIT 1",
+            "SELECT {} FROM {} AS datamig_key WHERE {range} ORDER BY {} LIMIT 1",
             self.select_list(),
             quote_ident(&self.table),
-            self.order_by(true),
+            self.order_by_in(true, Some("datamig_key")),
         )
     }
 

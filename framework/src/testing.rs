@@ -105,6 +105,40 @@ pub async fn next_batch_plan(
     Ok(lines.join("\n"))
 }
 
+/// The plan (`EXPLAIN`, one line per row) of the statement with which a batched
+/// `migration` on PostgreSQL finds its last key after the first batch, before it checks
+/// every key left in one statement: for a test that proves it is one backward step of the
+/// key's index, not a read of the table.
+///
+/// # Errors
+///
+/// As [`next_batch_plan`].
+pub async fn last_key_plan(
+    conn: &mut PgConnection,
+    migration: &crate::Migration,
+) -> Result<String, Error> {
+    use crate::backend::steps::Steps;
+    let spec = migration
+        .batch()
+        .ok_or_else(|| Error::Config(format!("migration {} is not batched", migration.id())))?;
+    let (shape, _) =
+        crate::runner::batch_key::<sqlx::Postgres>(conn, migration.id(), spec, true).await?;
+    let after = <sqlx::Postgres as Steps>::next_batch(conn, &shape, None, None, spec.size())
+        .await?
+        .map(|(key, _)| key);
+    let sql = format!("EXPLAIN {}", shape.last_key_sql(after.is_some()));
+    let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+    for value in after.as_ref().map(crate::Key::values).unwrap_or_default() {
+        query = crate::backend::bind_key_value(query, value);
+    }
+    let rows = query.fetch_all(conn).await?;
+    let lines = rows
+        .iter()
+        .map(|row| sqlx::Row::try_get::<String, _>(row, 0))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(lines.join("\n"))
+}
+
 /// The plan (`EXPLAIN`, one line per row) of the statement with which a worker finds the
 /// next batch inside a range of a batched `migration` on PostgreSQL: the table's keys split
 /// into four ranges as workers split them, the second range bounded on both sides. For a

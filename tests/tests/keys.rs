@@ -343,6 +343,18 @@ async fn the_next_batch_is_found_by_an_index_range_scan_for_every_key() -> anyho
                 );
             }
         }
+        // The last key, found before the rest is checked in one statement: one step back.
+        let plan = datamig::testing::last_key_plan(&mut conn, migration).await?;
+        assert!(
+            plan.contains(&format!("Scan Backward using {table}_pkey on {table}")),
+            "{}: the last key is not one backward step of {table}_pkey:\n{plan}",
+            migration.id()
+        );
+        assert!(
+            !plan.contains("Seq Scan") && !plan.contains("Sort"),
+            "{}:\n{plan}",
+            migration.id()
+        );
     }
     Ok(())
 }
