@@ -215,6 +215,25 @@ async fn paced_backfill(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Re
     Ok(())
 }
 
+/// Between the two: batches of about 10 ms, a 10 ms pause after each (half the time the
+/// database is the application's alone).
+#[datamig::migration(
+    id = "20250301_0004_bench_balanced_backfill",
+    batch(
+        table = "bench_accounts",
+        key = "id",
+        size = 1_000,
+        target = "10ms",
+        min_size = 100,
+        max_size = 20_000,
+        pause = "10ms"
+    )
+)]
+async fn balanced_backfill(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result<()> {
+    ctx.execute_batch(ACCOUNTS_BATCH, &batch).await?;
+    Ok(())
+}
+
 /// The application's p99 alone, during datamig's backfill and during the one-statement
 /// `UPDATE`; and the sizes the target duration chose.
 async fn application_load(pool: &PgPool) -> anyhow::Result<bool> {
@@ -238,7 +257,11 @@ async fn application_load(pool: &PgPool) -> anyhow::Result<bool> {
 
     // During datamig's backfill: batches of about 20 ms back to back, then paced ones.
     let mut backfills = Vec::new();
-    for migration in [&gentle_backfill::MIGRATION, &paced_backfill::MIGRATION] {
+    for migration in [
+        &gentle_backfill::MIGRATION,
+        &paced_backfill::MIGRATION,
+        &balanced_backfill::MIGRATION,
+    ] {
         reset(pool, "bench_accounts").await?;
         let events: Arc<Mutex<Vec<Progress>>> = Arc::default();
         let sink = Arc::clone(&events);
@@ -270,6 +293,7 @@ async fn application_load(pool: &PgPool) -> anyhow::Result<bool> {
     let settings = [
         "target 20 ms, no pause",
         "target 5 ms, 10 ms pause after each batch",
+        "target 10 ms, 10 ms pause after each batch",
     ];
     for ((took, during, events), what) in backfills.iter().zip(settings) {
         println!(
@@ -298,6 +322,11 @@ async fn application_load(pool: &PgPool) -> anyhow::Result<bool> {
         backfills[1].1.p99_ms(),
         alone.p99_ms(),
         2.0,
+    );
+    println!(
+        "ratio application p99 during the balanced backfill (target 10 ms, 10 ms pause) / p99 \
+         alone = {:.2}x  (reported)",
+        backfills[2].1.p99_ms() / alone.p99_ms().max(1e-9)
     );
     println!(
         "ratio application p99 during the one-statement UPDATE / p99 alone = {:.1}x  (reported)",
