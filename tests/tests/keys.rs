@@ -1000,5 +1000,29 @@ async fn a_run_with_nothing_left_to_do_checks_the_rest_in_one_statement() -> any
         assert_eq!((batches, rows, written), (20, 0, 0), "{id}: {notes}");
         assert!(!notes.contains("checked in one statement"), "{id}: {notes}");
     }
+
+    // A role that may not create temporary objects has no guard: it walks, as before.
+    let role = format!("no_temp_{}", db.name());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {role} LOGIN PASSWORD 'no-temp' NOSUPERUSER;
+         REVOKE TEMPORARY ON DATABASE {db} FROM PUBLIC;
+         GRANT CONNECT ON DATABASE {db} TO {role};
+         GRANT USAGE ON SCHEMA public TO {role};
+         GRANT SELECT, INSERT, UPDATE ON plans, datamig_ledger, datamig_runs,
+                                          datamig_ledger_layout TO {role};",
+        db = db.name()
+    )))
+    .execute(pool)
+    .await?;
+    let restricted = PgPool::connect(&datamig_tests::url_for(db.url(), &role, "no-temp")?).await?;
+    let may_temp: bool =
+        sqlx::query_scalar("SELECT has_database_privilege(current_database(), 'TEMPORARY')")
+            .fetch_one(&restricted)
+            .await?;
+    assert!(!may_temp, "the role may not create temporary objects");
+    let (batches, rows, written, notes) =
+        rerun_counts(&restricted, plan_codes::MIGRATION.id()).await?;
+    assert_eq!((batches, rows, written), (20, 0, 0), "{notes}");
+    assert_eq!(datamig_tests::scalar(pool, stale).await?, 0);
     Ok(())
 }
