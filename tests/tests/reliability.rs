@@ -290,8 +290,11 @@ async fn sixteen_runners_kept_waiting_each_say_so_within_their_timeout() -> anyh
         let (output, took) = result?;
         assert_eq!(output.status.code(), Some(5), "{}", text(&output.stderr));
         assert!(text(&output.stderr).contains("could not acquire the migration lock within 300ms"));
+        // Exit 5 already says it gave up while the holder kept the lock (a waiter that
+        // waited it out would have taken the lock and exited 0); the wall time adds the
+        // start of 16 processes at once on a small machine (2.55 s seen on 2 cores).
         assert!(
-            took < Duration::from_millis(2500),
+            took < Duration::from_secs(5),
             "a waiter gave up only after {took:?}"
         );
     }
