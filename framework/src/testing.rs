@@ -79,30 +79,15 @@ pub async fn next_batch_plan(
     migration: &crate::Migration,
     after_first: bool,
 ) -> Result<String, Error> {
-    use crate::backend::steps::Steps;
-    let spec = migration
-        .batch()
-        .ok_or_else(|| Error::Config(format!("migration {} is not batched", migration.id())))?;
-    let (shape, _) =
-        crate::runner::batch_key::<sqlx::Postgres>(conn, migration.id(), spec, true).await?;
+    let (spec, shape) = batched(conn, migration).await?;
     let after = if after_first {
-        <sqlx::Postgres as Steps>::next_batch(conn, &shape, None, None, spec.size())
-            .await?
-            .map(|(key, _)| key)
+        first_batch_end(conn, spec, &shape).await?
     } else {
         None
     };
-    let sql = format!("EXPLAIN {}", shape.next_batch_sql(after.is_some(), false));
-    let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(false);
-    for value in after.as_ref().map(crate::Key::values).unwrap_or_default() {
-        query = crate::backend::bind_key_value(query, value);
-    }
-    let rows = query.bind(i64::from(spec.size())).fetch_all(conn).await?;
-    let lines = rows
-        .iter()
-        .map(|row| sqlx::Row::try_get::<String, _>(row, 0))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(lines.join("\n"))
+    let sql = shape.next_batch_sql(after.is_some(), false);
+    let bounds = after.as_ref().map(crate::Key::values).unwrap_or_default();
+    explain(conn, sql, bounds, Some(spec.size())).await
 }
 
 /// The plan (`EXPLAIN`, one line per row) of the statement with which a batched
@@ -117,26 +102,11 @@ pub async fn last_key_plan(
     conn: &mut PgConnection,
     migration: &crate::Migration,
 ) -> Result<String, Error> {
-    use crate::backend::steps::Steps;
-    let spec = migration
-        .batch()
-        .ok_or_else(|| Error::Config(format!("migration {} is not batched", migration.id())))?;
-    let (shape, _) =
-        crate::runner::batch_key::<sqlx::Postgres>(conn, migration.id(), spec, true).await?;
-    let after = <sqlx::Postgres as Steps>::next_batch(conn, &shape, None, None, spec.size())
-        .await?
-        .map(|(key, _)| key);
-    let sql = format!("EXPLAIN {}", shape.last_key_sql(after.is_some()));
-    let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(false);
-    for value in after.as_ref().map(crate::Key::values).unwrap_or_default() {
-        query = crate::backend::bind_key_value(query, value);
-    }
-    let rows = query.fetch_all(conn).await?;
-    let lines = rows
-        .iter()
-        .map(|row| sqlx::Row::try_get::<String, _>(row, 0))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(lines.join("\n"))
+    let (spec, shape) = batched(conn, migration).await?;
+    let after = first_batch_end(conn, spec, &shape).await?;
+    let sql = shape.last_key_sql(after.is_some());
+    let bounds = after.as_ref().map(crate::Key::values).unwrap_or_default();
+    explain(conn, sql, bounds, None).await
 }
 
 /// The plan (`EXPLAIN`, one line per row) of the statement with which a worker finds the
@@ -153,11 +123,7 @@ pub async fn range_batch_plan(
     migration: &crate::Migration,
 ) -> Result<String, Error> {
     use crate::backend::steps::Steps;
-    let spec = migration
-        .batch()
-        .ok_or_else(|| Error::Config(format!("migration {} is not batched", migration.id())))?;
-    let (shape, _) =
-        crate::runner::batch_key::<sqlx::Postgres>(conn, migration.id(), spec, true).await?;
+    let (spec, shape) = batched(conn, migration).await?;
     let points = <sqlx::Postgres as Steps>::split_keys(conn, &shape, None, 4).await?;
     let [lower, upper, ..] = points.as_slice() else {
         return Err(Error::Config(format!(
@@ -165,12 +131,60 @@ pub async fn range_batch_plan(
             shape.table
         )));
     };
-    let sql = format!("EXPLAIN {}", shape.next_batch_sql(true, true));
-    let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(false);
-    for value in lower.values().iter().chain(upper.values()) {
+    let bounds: Vec<_> = lower
+        .values()
+        .iter()
+        .chain(upper.values())
+        .cloned()
+        .collect();
+    let sql = shape.next_batch_sql(true, true);
+    explain(conn, sql, &bounds, Some(spec.size())).await
+}
+
+/// The batch settings of a batched `migration` and its key, checked as the runner checks
+/// them.
+async fn batched<'m>(
+    conn: &mut PgConnection,
+    migration: &'m crate::Migration,
+) -> Result<(&'m crate::BatchSpec, Arc<crate::key::KeyShape>), Error> {
+    let spec = migration
+        .batch()
+        .ok_or_else(|| Error::Config(format!("migration {} is not batched", migration.id())))?;
+    let (shape, _) =
+        crate::runner::batch_key::<sqlx::Postgres>(conn, migration.id(), spec, true).await?;
+    Ok((spec, shape))
+}
+
+/// The last key of a batched migration's first batch.
+async fn first_batch_end(
+    conn: &mut PgConnection,
+    spec: &crate::BatchSpec,
+    shape: &crate::key::KeyShape,
+) -> Result<Option<crate::Key>, Error> {
+    use crate::backend::steps::Steps;
+    Ok(
+        <sqlx::Postgres as Steps>::next_batch(conn, shape, None, None, spec.size())
+            .await?
+            .map(|(key, _)| key),
+    )
+}
+
+/// `EXPLAIN sql` with the key values bound (then the batch size, where the statement takes
+/// one), one line of the plan per row.
+async fn explain(
+    conn: &mut PgConnection,
+    sql: String,
+    bounds: &[crate::key::KeyValue],
+    size: Option<u32>,
+) -> Result<String, Error> {
+    let mut query = sqlx::query(AssertSqlSafe(format!("EXPLAIN {sql}"))).persistent(false);
+    for value in bounds {
         query = crate::backend::bind_key_value(query, value);
     }
-    let rows = query.bind(i64::from(spec.size())).fetch_all(conn).await?;
+    if let Some(size) = size {
+        query = query.bind(i64::from(size));
+    }
+    let rows = query.fetch_all(conn).await?;
     let lines = rows
         .iter()
         .map(|row| sqlx::Row::try_get::<String, _>(row, 0))
