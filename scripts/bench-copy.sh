@@ -7,7 +7,8 @@
 # One throwaway PostgreSQL 15 server from the machine's binaries holds both databases:
 # the source (pgbench's tables plus `items`, a table with a serial key) and the target (the
 # same schema, emptied before every run). Each command is timed with /usr/bin/time (wall
-# seconds and the client's peak RSS); runs alternate between the tools, twice.
+# seconds, the client's peak RSS and CPU time) and /proc/stat (the machine's busy CPU time);
+# runs alternate between the tools, BENCH_ROUNDS times (default 2).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SCALE="${1:-50}"
@@ -67,11 +68,19 @@ echo "PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'), pgcopydb $(p
 echo "source: pgbench scale $SCALE + items (1M rows), $SIZE; $(nproc) cores"
 best() { awk -v n="$1" '$1 == n {print $2}' "$RESULTS" | sort -n | head -1; }
 rss() { awk -v n="$1" '$1 == n {print $3}' "$RESULTS" | sort -n | tail -1; }
+# The median of column $2 over the rounds of command $1 ("-" where not measured).
+median() {
+  awk -v n="$1" -v c="$2" '$1 == n && $c ~ /^[0-9.]+$/ {print $c}' "$RESULTS" | sort -n |
+    awk '{v[NR] = $1} END {if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}'
+}
 BASE=$(best pg_dump_pipe)
-printf "%-20s %10s %10s %12s\n" command "best s" "x pg_dump" "peak RSS MB"
+MED=$(median pg_dump_pipe 2)
+printf "%-20s %8s %10s %8s %10s %12s %11s %12s\n" command "best s" "x pg_dump" "median s" "x median" "peak RSS MB" "client CPU" "machine CPU"
 for name in pg_dump_pipe pgcopydb_1 pgcopydb_2 datamig_1 datamig_2 killed_and_resumed verify; do
   b=$(best $name)
+  m=$(median $name 2)
   r=$(rss $name)
   [ "$r" = "-" ] || r=$(awk -v k="$r" 'BEGIN {printf "%.0f", k / 1024}')
-  printf "%-20s %10s %10s %12s\n" "$name" "$b" "$(awk -v a="$b" -v c="$BASE" 'BEGIN {printf "%.2f", a / c}')" "$r"
+  printf "%-20s %8s %10s %8s %10s %12s %11s %12s\n" "$name" "$b" "$(awk -v a="$b" -v c="$BASE" 'BEGIN {printf "%.2f", a / c}')" \
+    "$m" "$(awk -v a="$m" -v c="$MED" 'BEGIN {printf "%.2f", a / c}')" "$r" "$(median $name 4)" "$(median $name 5)"
 done

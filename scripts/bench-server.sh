@@ -29,14 +29,21 @@ runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w 
   -o "-p $PORT -k $WORK -c shared_buffers=1GB -c max_wal_size=8GB -c listen_addresses=127.0.0.1" start >/dev/null
 export PGHOST=127.0.0.1 PGPORT=$PORT PGUSER=postgres
 
-# Runs a command on an emptied target; appends "name seconds peak-kB" to the results and
-# stops the benchmark when the command failed or left the copy incomplete.
+# The machine's busy CPU time so far, in hundredths of a second (all cores, from /proc/stat).
+busy_ticks() { awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+
+# Runs a command on an emptied target; appends "name seconds peak-kB client-cpu-s
+# machine-cpu-s" to the results (client: the command's own processes, user + system;
+# machine: every process, the servers' included) and stops the benchmark when the command
+# failed or left the copy incomplete.
 RESULTS="$WORK/results"
 timed() {
   local name="$1"; shift
   reset_target
-  /usr/bin/time -f "%e %M" -o "$WORK/time" bash -c "$*" >"$WORK/out" 2>&1 || { cat "$WORK/out"; exit 1; }
-  read -r secs kb <"$WORK/time"
-  echo "$name $secs $kb" | tee -a "$RESULTS"
+  local before; before=$(busy_ticks)
+  /usr/bin/time -f "%e %M %U %S" -o "$WORK/time" bash -c "$*" >"$WORK/out" 2>&1 || { cat "$WORK/out"; exit 1; }
+  local machine; machine=$(awk -v a="$before" -v b="$(busy_ticks)" 'BEGIN {printf "%.1f", (b - a) / 100}')
+  read -r secs kb user sys <"$WORK/time"
+  echo "$name $secs $kb $(awk -v u="$user" -v s="$sys" 'BEGIN {printf "%.1f", u + s}') $machine" | tee -a "$RESULTS"
   complete || { cat "$WORK/out"; echo "[bench] $name left an incomplete copy" >&2; exit 1; }
 }
