@@ -29,8 +29,9 @@ runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w 
   -o "-p $PORT -k $WORK -c shared_buffers=1GB -c max_wal_size=8GB -c listen_addresses=127.0.0.1" start >/dev/null
 export PGHOST=127.0.0.1 PGPORT=$PORT PGUSER=postgres
 
-# The machine's busy CPU time so far, in hundredths of a second (all cores, from /proc/stat).
-busy_ticks() { awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+# The machine's busy CPU time so far, in hundredths of a second (all cores, from /proc/stat:
+# user, nice, system, irq and softirq; not the time the host stole).
+busy_ticks() { awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 
 # Runs a command on an emptied target; appends "name seconds peak-kB client-cpu-s
 # machine-cpu-s" to the results (client: the command's own processes, user + system;
