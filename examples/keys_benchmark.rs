@@ -239,8 +239,9 @@ async fn balanced_backfill(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow:
 ///
 /// The load runs without a break while each backfill runs in windows of
 /// `DATAMIG_BENCH_WINDOW` seconds (default 5), stopped at a batch boundary
-/// ([`StopSignal`]) and resumed from its checkpoint after a window of the load alone: every
-/// transaction is counted as alone or during by when it ended, so the two p99s are taken
+/// ([`StopSignal`]) and resumed from its checkpoint after a window of the load alone: a
+/// transaction that ran, even in part, inside a backfill's window counts as during it, the
+/// others as alone (see [`Timed::split`]), so the two p99s are taken
 /// over the same stretch of time and share the machine's own ups and downs (on a shared
 /// 2-core machine the p99 of the load alone moves by several times from one minute to the
 /// next, more than any backfill moves it).
@@ -260,10 +261,9 @@ async fn application_load(pool: &PgPool) -> anyhow::Result<bool> {
     let ids = Arc::new(ids);
     println!(
         "application load: {clients} clients, each a loop of one-row UPDATE transactions on \
-         random rows of bench_accounts, 2 ms apart; each backfill runs in {:.0} s windows \
-         between {:.0} s windows of the load alone",
-        window.as_secs_f64(),
-        window.as_secs_f64()
+         random rows of bench_accounts, 2 ms apart; each backfill runs in {seconds:.0} s \
+         windows between {seconds:.0} s windows of the load alone",
+        seconds = window.as_secs_f64()
     );
 
     let settings = [
