@@ -917,6 +917,16 @@ struct Unit {
     parts: Vec<(usize, Chunk)>,
 }
 
+impl Unit {
+    /// The tables of this unit, each once.
+    fn tables(&self) -> Vec<usize> {
+        let mut tables: Vec<usize> = self.parts.iter().map(|(t, _)| *t).collect();
+        tables.sort_unstable();
+        tables.dedup();
+        tables
+    }
+}
+
 enum Take {
     Unit(Unit),
     Wait,
@@ -933,6 +943,8 @@ struct Schedule {
     committed: usize,
     /// Units taken and not yet finished.
     running: usize,
+    /// Units taken and not yet finished, per table.
+    loading: Vec<usize>,
     stop: bool,
 }
 
@@ -941,20 +953,53 @@ impl Schedule {
         if self.stop || self.queue.is_empty() {
             return Take::Done;
         }
-        let ready = self.queue.iter().position(|unit| {
-            unit.parts.iter().all(|(table, _)| {
-                parents[*table].iter().all(|parent| {
-                    self.left[*parent] == 0 || unit.parts.iter().any(|(t, _)| t == parent)
+        // Of the units whose parents are loaded, the first of a table the fewest workers
+        // are loading: two loads into one table contend for its indexes' pages (only one
+        // of them appends at the right edge of a B-tree), two loads into two tables don't.
+        let ready = self
+            .queue
+            .iter()
+            .enumerate()
+            .filter(|(_, unit)| {
+                unit.parts.iter().all(|(table, _)| {
+                    parents[*table].iter().all(|parent| {
+                        self.left[*parent] == 0 || unit.parts.iter().any(|(t, _)| t == parent)
+                    })
                 })
             })
-        });
+            .min_by_key(|(i, unit)| {
+                let loading = unit
+                    .parts
+                    .iter()
+                    .map(|(t, _)| self.loading[*t])
+                    .max()
+                    .unwrap_or(0);
+                (loading, *i)
+            })
+            .map(|(i, _)| i);
         match ready {
             Some(i) => {
                 self.running += 1;
-                Take::Unit(self.queue.remove(i))
+                let unit = self.queue.remove(i);
+                for table in unit.tables() {
+                    self.loading[table] += 1;
+                }
+                Take::Unit(unit)
             }
             None if self.running == 0 => Take::Stuck,
             None => Take::Wait,
+        }
+    }
+
+    /// A unit taken has committed.
+    fn finished(&mut self, unit: &Unit) {
+        self.running -= 1;
+        for table in unit.tables() {
+            self.loading[table] -= 1;
+        }
+        for (table, _) in &unit.parts {
+            self.left[*table] -= 1;
+            self.committed += 1;
         }
     }
 }
@@ -1116,6 +1161,7 @@ async fn copy_chunks(
             left,
             committed,
             running: 0,
+            loading: vec![0; planned.len()],
             stop: false,
         }),
         notify: Notify::new(),
@@ -1229,9 +1275,7 @@ async fn worker(shared: &Shared) -> Result<(), Error> {
         if shared.copier.analyze {
             let completes: Vec<usize> = {
                 let schedule = shared.schedule.lock().expect("schedule lock");
-                let mut ending: Vec<usize> = unit.parts.iter().map(|(t, _)| *t).collect();
-                ending.dedup();
-                ending
+                unit.tables()
                     .into_iter()
                     .filter(|t| {
                         schedule.left[*t] == unit.parts.iter().filter(|(x, _)| x == t).count()
@@ -1255,10 +1299,8 @@ async fn worker(shared: &Shared) -> Result<(), Error> {
         {
             let mut schedule = shared.schedule.lock().expect("schedule lock");
             let mut reports = shared.reports.lock().expect("reports lock");
-            schedule.running -= 1;
+            schedule.finished(&unit);
             for ((table, _), counts) in unit.parts.iter().zip(&done) {
-                schedule.left[*table] -= 1;
-                schedule.committed += 1;
                 let report = &mut reports[*table];
                 report.rows += counts.rows;
                 report.inserted += counts.inserted;
@@ -2174,4 +2216,69 @@ async fn compare_rows(
     }
     tx.rollback().await?;
     Ok((source, differences))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(chunks: &[usize]) -> Schedule {
+        let mut queue = Vec::new();
+        for (table, n) in chunks.iter().enumerate() {
+            for chunk in Chunk::between((1..*n).map(|b| vec![b.to_string()]).collect()) {
+                queue.push(Unit {
+                    parts: vec![(table, chunk)],
+                });
+            }
+        }
+        Schedule {
+            queue,
+            left: chunks.to_vec(),
+            committed: 0,
+            running: 0,
+            loading: vec![0; chunks.len()],
+            stop: false,
+        }
+    }
+
+    fn taken(take: Take) -> (usize, usize) {
+        match take {
+            Take::Unit(unit) => (unit.parts[0].0, unit.parts[0].1.number),
+            Take::Wait => panic!("waits"),
+            Take::Done => panic!("done"),
+            Take::Stuck => panic!("stuck"),
+        }
+    }
+
+    #[test]
+    fn a_second_worker_takes_a_table_nobody_is_loading() {
+        let mut s = schedule(&[3, 2]);
+        let parents = vec![vec![], vec![]];
+        assert_eq!(taken(s.take(&parents)), (0, 1));
+        assert_eq!(taken(s.take(&parents)), (1, 1));
+        // Both tables are being loaded: the queue's order decides, the chunks in order.
+        assert_eq!(taken(s.take(&parents)), (0, 2));
+        assert_eq!(s.loading, vec![2, 1]);
+    }
+
+    #[test]
+    fn a_busy_table_is_shared_when_nothing_else_is_ready() {
+        let mut s = schedule(&[3, 1]);
+        // Table 1 references table 0: it waits for all of table 0's chunks.
+        let parents = vec![vec![], vec![0]];
+        let first = Unit {
+            parts: vec![(0, s.queue[0].parts[0].1.clone())],
+        };
+        assert_eq!(taken(s.take(&parents)), (0, 1));
+        assert_eq!(taken(s.take(&parents)), (0, 2));
+        s.finished(&first);
+        assert_eq!(taken(s.take(&parents)), (0, 3));
+        assert!(matches!(s.take(&parents), Take::Wait));
+        s.finished(&first);
+        s.finished(&first);
+        assert_eq!(s.left, vec![0, 1]);
+        assert_eq!(s.loading, vec![0, 0]);
+        assert_eq!(taken(s.take(&parents)), (1, 1));
+        assert!(matches!(s.take(&parents), Take::Done));
+    }
 }

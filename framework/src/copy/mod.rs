@@ -42,7 +42,11 @@
 //!    takes writes. Each table is split in key ranges of its primary key (chunks of about
 //!    [`Copier::chunk_rows`] rows); each chunk streams `COPY .. TO STDOUT` from the source
 //!    into `COPY .. FROM STDIN` on the target, without parsing a row, and commits in one
-//!    transaction with its row in the target's `datamig_copy_progress` table. A copy killed
+//!    transaction with its row in the target's `datamig_copy_progress` table. A worker
+//!    free for the next chunk takes one of a table no other worker is loading where one is
+//!    ready (parents loaded), then the chunks of a shared table in key order: two loads
+//!    into one table contend for its indexes' pages, and only one of them can append at
+//!    the right edge of each B-tree. A copy killed
 //!    at any instant keeps the chunks that committed and nothing of the others; the same
 //!    command run again copies only the chunks left, and a finished copy run again copies
 //!    nothing and says so.
