@@ -73,14 +73,22 @@ median() {
   awk -v n="$1" -v c="$2" '$1 == n && $c ~ /^[0-9.]+$/ {print $c}' "$RESULTS" | sort -n |
     awk '{v[NR] = $1} END {if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}'
 }
+# The median over the rounds of command $1's time divided by the pipe's in the same round
+# (each round runs the pipe first): paired, so a slow minute of the host weighs on both.
+paired() {
+  awk -v n="$1" '$1 == "pg_dump_pipe" {pipe = $2} $1 == n && $2 ~ /^[0-9.]+$/ && pipe > 0 {print $2 / pipe}' "$RESULTS" |
+    sort -n | awk '{v[NR] = $1} END {if (NR == 0) print "-"; else if (NR % 2) printf "%.2f\n", v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}'
+}
 BASE=$(best pg_dump_pipe)
 MED=$(median pg_dump_pipe 2)
-printf "%-20s %8s %10s %8s %10s %12s %11s %12s\n" command "best s" "x pg_dump" "median s" "x median" "peak RSS MB" "client CPU" "machine CPU"
+printf "%-20s %8s %10s %8s %10s %9s %12s %11s %12s\n" command "best s" "x pg_dump" "median s" "x median" "x paired" "peak RSS MB" "client CPU" "machine CPU"
 for name in pg_dump_pipe pgcopydb_1 pgcopydb_2 datamig_1 datamig_2 killed_and_resumed verify; do
   b=$(best $name)
   m=$(median $name 2)
   r=$(rss $name)
   [ "$r" = "-" ] || r=$(awk -v k="$r" 'BEGIN {printf "%.0f", k / 1024}')
-  printf "%-20s %8s %10s %8s %10s %12s %11s %12s\n" "$name" "$b" "$(awk -v a="$b" -v c="$BASE" 'BEGIN {printf "%.2f", a / c}')" \
-    "$m" "$(awk -v a="$m" -v c="$MED" 'BEGIN {printf "%.2f", a / c}')" "$r" "$(median $name 4)" "$(median $name 5)"
+  x=-
+  case $name in pgcopydb_* | datamig_*) x=$(paired $name) ;; esac
+  printf "%-20s %8s %10s %8s %10s %9s %12s %11s %12s\n" "$name" "$b" "$(awk -v a="$b" -v c="$BASE" 'BEGIN {printf "%.2f", a / c}')" \
+    "$m" "$(awk -v a="$m" -v c="$MED" 'BEGIN {printf "%.2f", a / c}')" "$x" "$r" "$(median $name 4)" "$(median $name 5)"
 done
