@@ -68,16 +68,16 @@ echo "PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'), pgcopydb $(p
 echo "source: pgbench scale $SCALE + items (1M rows), $SIZE; $(nproc) cores"
 best() { awk -v n="$1" '$1 == n {print $2}' "$RESULTS" | sort -n | head -1; }
 rss() { awk -v n="$1" '$1 == n {print $3}' "$RESULTS" | sort -n | tail -1; }
-# The median of column $2 over the rounds of command $1 ("-" where not measured).
-median() {
-  awk -v n="$1" -v c="$2" '$1 == n && $c ~ /^[0-9.]+$/ {print $c}' "$RESULTS" | sort -n |
-    awk '{v[NR] = $1} END {if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}'
+# The middle of the sorted numbers on standard input ("-" when there are none).
+middle() {
+  sort -n | awk '{v[NR] = $1} END {if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}'
 }
+# The median of column $2 over the rounds of command $1 ("-" where not measured).
+median() { awk -v n="$1" -v c="$2" '$1 == n && $c ~ /^[0-9.]+$/ {print $c}' "$RESULTS" | middle; }
 # The median over the rounds of command $1's time divided by the pipe's in the same round
 # (each round runs the pipe first): paired, so a slow minute of the host weighs on both.
 paired() {
-  awk -v n="$1" '$1 == "pg_dump_pipe" {pipe = $2} $1 == n && $2 ~ /^[0-9.]+$/ && pipe > 0 {print $2 / pipe}' "$RESULTS" |
-    sort -n | awk '{v[NR] = $1} END {if (NR == 0) print "-"; else if (NR % 2) printf "%.2f\n", v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}'
+  awk -v n="$1" '$1 == "pg_dump_pipe" {pipe = $2} $1 == n && $2 ~ /^[0-9.]+$/ && pipe > 0 {printf "%.2f\n", $2 / pipe}' "$RESULTS" | middle
 }
 BASE=$(best pg_dump_pipe)
 MED=$(median pg_dump_pipe 2)
