@@ -776,7 +776,9 @@ impl Failure {
 impl From<Error> for Failure {
     fn from(err: Error) -> Self {
         let code = match &err {
-            Error::LockTimeout { .. } | Error::CopyBlocked { .. } => exit::LOCK_TIMEOUT,
+            Error::LockTimeout { .. } | Error::RangesHeld { .. } | Error::CopyBlocked { .. } => {
+                exit::LOCK_TIMEOUT
+            }
             Error::CopyRejected { .. } | Error::CopyUnconvertible { .. } => exit::COPY_FAILED,
             Error::Drift { .. } => exit::DRIFT,
             Error::MigrationFailed { .. } | Error::Interrupted { .. } => exit::MIGRATION_FAILED,

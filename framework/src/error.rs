@@ -39,6 +39,27 @@ pub enum Error {
         timeout: Duration,
     },
 
+    /// A worker of migration `id` found every range of keys left held by other workers
+    /// (of this runner or another), and those ranges made no progress for `waited`: their
+    /// workers are stopped, frozen or cut off while their sessions still hold the ranges.
+    /// What the workers committed stays; the next run resumes every range.
+    #[error(
+        "a worker of migration {id} waited {} for ranges of keys that other workers hold and \
+         that made no progress meanwhile: {}. Stop or end the process that holds them (its \
+         sessions keep the ranges until they end), then run again: every range resumes from \
+         its checkpoint",
+        humantime(*.waited),
+        .ranges.join("; ")
+    )]
+    RangesHeld {
+        /// The migration's id.
+        id: String,
+        /// Each range left, in words: its number, its holder and when it last moved.
+        ranges: Vec<String>,
+        /// How long the worker waited without progress.
+        waited: Duration,
+    },
+
     /// The runner's lease on the lock ([`crate::RunnerLock::Lease`]) ran out before a
     /// transaction of migration `id` committed: the runner was frozen, paused or cut off
     /// for longer than the lease, and another runner may have taken over. That transaction

@@ -24,7 +24,9 @@ pub(crate) fn millis(elapsed: Duration) -> u64 {
 /// The `outcome` field of a span that ended with `err`.
 pub(crate) fn outcome(err: &Error) -> &'static str {
     match err {
-        Error::LockTimeout { .. } | Error::CopyBlocked { .. } => "lock_timeout",
+        Error::LockTimeout { .. } | Error::RangesHeld { .. } | Error::CopyBlocked { .. } => {
+            "lock_timeout"
+        }
         Error::Drift { .. } => "drift",
         Error::MigrationFailed { .. } => "failed",
         Error::Interrupted { .. } => "interrupted",

@@ -163,7 +163,9 @@ impl<DB: Backend> Migrator<DB> {
             };
             let done = match outcome {
                 Ok(done) => done,
-                Err(BatchError::Fenced(err)) => return Err(Failure::Other(err)),
+                Err(BatchError::Fenced(err) | BatchError::ReadBack(err)) => {
+                    return Err(Failure::Other(err));
+                }
                 Err(BatchError::Paused(pause)) => return Err(Failure::Paused(pause)),
                 Err(BatchError::Commit(err)) => {
                     // Committed if the ledger row moved past this runner's checkpoint.
@@ -180,7 +182,10 @@ impl<DB: Backend> Migrator<DB> {
                     let (message, panicked) = match err {
                         BatchError::LockTimeout(message) => (message, false),
                         BatchError::Failed { message, panicked } => (message, panicked),
-                        BatchError::Commit(_) | BatchError::Fenced(_) | BatchError::Paused(_) => {
+                        BatchError::Commit(_)
+                        | BatchError::Fenced(_)
+                        | BatchError::ReadBack(_)
+                        | BatchError::Paused(_) => {
                             unreachable!("matched above")
                         }
                     };
@@ -694,6 +699,9 @@ pub(super) enum BatchError {
     Commit(sqlx::Error),
     /// The runner's lease ran out before the batch could commit (fencing): rolled back.
     Fenced(Error),
+    /// Its `COMMIT` returned an error, and the database, read again, said what became of
+    /// it ([`Error::CommitOutcome`]).
+    ReadBack(Error),
     /// An operator paused the migration: this batch did not begin.
     Paused(Pause),
 }
@@ -902,6 +910,7 @@ pub(super) fn batch_ended(
                 BatchError::Failed { message, .. } => ("failed", message.clone()),
                 BatchError::Commit(err) => ("commit_unknown", err.to_string()),
                 BatchError::Fenced(err) => ("fenced", err.to_string()),
+                BatchError::ReadBack(err) => ("commit_failed", err.to_string()),
                 BatchError::Paused(pause) => ("paused", format!("paused by {}", pause.by)),
             };
             span.record("outcome", outcome);

@@ -234,9 +234,25 @@ impl<DB: Backend> Migrator<DB> {
     /// Inside the transaction of migration `id`, just before its ledger row is written:
     /// fails with [`Error::LeaseLost`] when the run holds a lease no longer. Nothing to
     /// check under the advisory lock, which the session holds until it ends.
+    ///
+    /// Under a lease, a transaction that finds no lease in its task (code of the run moved
+    /// into a task of its own, where the task-local is not set) fails closed: it cannot
+    /// prove it holds the lease, so it does not commit.
     pub(crate) async fn fence(&self, conn: &mut DB::Connection, id: &str) -> Result<(), Error> {
-        let Ok(token) = FENCE.try_with(|fence| fence.token.clone()) else {
-            return Ok(());
+        let token = match (
+            &self.runner_lock,
+            FENCE.try_with(|fence| fence.token.clone()),
+        ) {
+            (_, Ok(token)) => token,
+            (RunnerLock::Advisory, Err(_)) => return Ok(()),
+            (RunnerLock::Lease { .. }, Err(_)) => {
+                return Err(Error::LeaseLost {
+                    id: id.to_string(),
+                    reason: "this transaction runs outside the task that holds the lease, so \
+                             it cannot check it (a bug in datamig: please report it)"
+                        .to_string(),
+                });
+            }
         };
         match DB::lease_lost(conn, &self.ledger, &token).await? {
             None => Ok(()),
@@ -292,5 +308,38 @@ impl Renewal {
 impl Drop for Renewal {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_transaction_outside_the_task_holding_the_lease_fails_closed() {
+        let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+        let under_lease = Migrator::new(pool.clone()).runner_lock(RunnerLock::lease());
+        let mut conn = pool.acquire().await.unwrap();
+        // The run's task holds the lease; a task spawned from it does not see it.
+        let outside =
+            tokio::spawn(
+                async move { under_lease.fence(&mut conn, "20250101_0000_spawned").await },
+            )
+            .await
+            .unwrap();
+        match outside {
+            Err(Error::LeaseLost { id, reason }) => {
+                assert_eq!(id, "20250101_0000_spawned");
+                assert!(reason.contains("outside the task"), "{reason}");
+            }
+            other => panic!("a fence outside the lease's task passed: {other:?}"),
+        }
+        // Under the advisory lock there is no lease to check.
+        let advisory = Migrator::new(pool.clone());
+        let mut conn = pool.acquire().await.unwrap();
+        advisory
+            .fence(&mut conn, "20250101_0000_spawned")
+            .await
+            .unwrap();
     }
 }

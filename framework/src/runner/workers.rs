@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
@@ -56,6 +56,8 @@ struct Team {
     /// Raised when one worker fails, is paused or interrupted: the others stop after the
     /// batch in progress.
     halt: AtomicBool,
+    /// Workers of this team working a range now.
+    busy: AtomicU32,
     batches: AtomicU64,
     keys: AtomicU64,
     rows: AtomicU64,
@@ -221,6 +223,7 @@ impl<DB: Backend> Migrator<DB> {
         let team = Team {
             workers,
             halt: AtomicBool::new(false),
+            busy: AtomicU32::new(0),
             batches: AtomicU64::new(0),
             keys: AtomicU64::new(0),
             rows: AtomicU64::new(0),
@@ -315,6 +318,9 @@ impl<DB: Backend> Migrator<DB> {
             },
         };
         let mut sizer = Sizer::new(job.spec);
+        // Since when this worker has found no range to claim, and how the ranges left
+        // stood then.
+        let mut waiting: Option<(Instant, Vec<(i32, i64, Option<DateTime<Utc>>)>)> = None;
         loop {
             if team.halted() {
                 return Ok(());
@@ -336,7 +342,8 @@ impl<DB: Backend> Migrator<DB> {
                 })
                 .await
                 .map_err(Failure::Other)?;
-                if left.iter().all(|r| r.done) {
+                let left: Vec<_> = left.into_iter().filter(|r| !r.done).collect();
+                if left.is_empty() {
                     return Ok(());
                 }
                 // Other workers hold what is left: wait for them to finish (or die),
@@ -349,12 +356,37 @@ impl<DB: Backend> Migrator<DB> {
                 if let Some(pause) = paused.into_iter().next() {
                     return Err(Failure::Paused(pause));
                 }
-                tokio::time::sleep(CLAIM_POLL).await;
+                // The wait has a deadline: ranges held by a process that is stopped (or
+                // cut off with its session alive) never move. It counts only while no
+                // worker of this team works a range (a teammate's long batch is no stall)
+                // and starts again whenever a range left moves.
+                let moved = left
+                    .iter()
+                    .map(|r| (r.number, r.batches, r.updated_at))
+                    .collect::<Vec<_>>();
+                let teammates_busy = team.busy.load(Ordering::SeqCst) > 0;
+                match &waiting {
+                    Some((since, seen)) if *seen == moved && !teammates_busy => {
+                        if since.elapsed() >= self.runner_lock_timeout {
+                            team.halt.store(true, Ordering::SeqCst);
+                            return Err(Failure::Other(Error::RangesHeld {
+                                id: id.to_string(),
+                                ranges: left.iter().map(describe_held).collect(),
+                                waited: since.elapsed(),
+                            }));
+                        }
+                    }
+                    _ => waiting = Some((Instant::now(), moved)),
+                }
+                tokio::time::sleep(CLAIM_POLL.min(self.runner_lock_timeout)).await;
                 continue;
             };
+            waiting = None;
+            team.busy.fetch_add(1, Ordering::SeqCst);
             let outcome = self
                 .work_range(&mut conn, job, team, &claim, range, &mut sizer)
                 .await;
+            team.busy.fetch_sub(1, Ordering::SeqCst);
             let released = pinned::<DB, _>(&mut conn, async |c| {
                 DB::release_range(c, &self.ledger, id, range, &claim).await
             })
@@ -446,7 +478,9 @@ impl<DB: Backend> Migrator<DB> {
                         applied: None,
                     }));
                 }
-                Err(BatchError::Fenced(err)) => return Err(Failure::Other(err)),
+                Err(BatchError::Fenced(err) | BatchError::ReadBack(err)) => {
+                    return Err(Failure::Other(err));
+                }
                 Err(BatchError::LockTimeout(message)) => {
                     return Err(self
                         .range_failure(conn, job, team, range, message, false)
@@ -607,7 +641,9 @@ impl<DB: Backend> Migrator<DB> {
                     .await
                     .map_err(classify)?;
                 self.finish(&mut tx, &attempt).await?;
-                tx.commit().await.map_err(BatchError::Commit)?;
+                if let Err(err) = tx.commit().await {
+                    return Err(self.range_commit_failed(id, range, batches, err).await);
+                }
                 return Ok(RangeBatch::Empty);
             };
             let number = u64::try_from(batches).unwrap_or(0) + 1;
@@ -640,7 +676,9 @@ impl<DB: Backend> Migrator<DB> {
                 attempt.rows_affected += rows;
                 self.finish(&mut tx, &attempt).await?;
             }
-            tx.commit().await.map_err(BatchError::Commit)?;
+            if let Err(err) = tx.commit().await {
+                return Err(self.range_commit_failed(id, range, batches, err).await);
+            }
             Ok(RangeBatch::Committed {
                 last,
                 keys,
@@ -659,6 +697,46 @@ impl<DB: Backend> Migrator<DB> {
         };
         super::batch::batch_ended(&span, counts, began.elapsed());
         result
+    }
+
+    /// The `COMMIT` of a batch of range `range` (which had `batches` batches before it)
+    /// failed: whether it committed is read again on a connection of its own, as for a
+    /// one-shot migration. It did if the range counts more batches, or if the range is gone
+    /// and the migration applied (the batch finished the last range).
+    async fn range_commit_failed(
+        &self,
+        id: &str,
+        range: i32,
+        batches: i64,
+        err: sqlx::Error,
+    ) -> BatchError {
+        let read = async {
+            let mut fresh = self.pool.acquire().await?;
+            pinned::<DB, _>(&mut fresh, async |c| {
+                Ok((
+                    DB::read_ranges(c, &self.ledger, Some(id)).await?,
+                    DB::read_ledger(c, &self.ledger).await?,
+                ))
+            })
+            .await
+        };
+        let committed = match read.await {
+            Ok((ranges, ledger)) => Some(match ranges.iter().find(|r| r.number == range) {
+                Some(row) => row.batches > batches,
+                None => {
+                    ranges.is_empty() && ledger.iter().any(|row| row.id == id && !row.is_running())
+                }
+            }),
+            Err::<_, Error>(_) => None,
+        };
+        BatchError::ReadBack(Error::CommitOutcome {
+            id: id.to_string(),
+            error: format!(
+                "a batch of range {range}: {}",
+                crate::error::describe_sqlx(&err)
+            ),
+            applied: committed,
+        })
     }
 
     /// In the transaction of a batch that finished its range: applies the migration when
@@ -801,4 +879,21 @@ fn team_report(team: &Team, id: &str, action: Action) -> AppliedMigration {
         rows_written: team.written.lock().map(|w| *w).unwrap_or(None),
         workers: team.workers,
     }
+}
+
+/// A range left, in words, for [`Error::RangesHeld`].
+fn describe_held(range: &crate::ledger::WorkRange) -> String {
+    let holder = match (&range.worker, range.held) {
+        (Some(worker), true) => format!("held by worker {worker}"),
+        (Some(worker), false) => format!("last claimed by worker {worker}, not held now"),
+        (None, _) => "never claimed".to_string(),
+    };
+    let moved = match range.updated_at {
+        Some(at) => format!("last batch committed at {at}"),
+        None => "no batch committed".to_string(),
+    };
+    format!(
+        "range {} ({holder}; {} batch(es), {moved})",
+        range.number, range.batches
+    )
 }
