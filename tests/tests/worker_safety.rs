@@ -90,6 +90,13 @@ async fn walk_uuids(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result
     Ok(())
 }
 
+/// Runs `migrator` in a task of its own.
+fn spawn_run(
+    migrator: Migrator<Postgres>,
+) -> tokio::task::JoinHandle<Result<datamig::RunReport, Error>> {
+    tokio::spawn(async move { migrator.run().await })
+}
+
 async fn exec(pool: &PgPool, sql: &str) -> anyhow::Result<()> {
     sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
         .execute(pool)
@@ -251,11 +258,10 @@ async fn a_joiner_with_old_code_claims_no_range_of_a_rerun_of_new_code() -> anyh
     .await?;
     // The old code's runner holds the lock and walks with two workers; another runner of
     // the old code joins it.
-    let old_runner = tokio::spawn(
+    let old_runner = spawn_run(
         Migrator::new(db.pool().clone())
             .migrations([&bump_v1::MIGRATION])
-            .workers(2)
-            .run(),
+            .workers(2),
     );
     wait_for(
         db.pool(),
@@ -264,12 +270,11 @@ async fn a_joiner_with_old_code_claims_no_range_of_a_rerun_of_new_code() -> anyh
         Duration::from_secs(60),
     )
     .await?;
-    let joiner = tokio::spawn(
+    let joiner = spawn_run(
         Migrator::new(db.pool().clone())
             .migrations([&bump_v1::MIGRATION])
             .workers(2)
-            .runner_lock_timeout(Duration::from_secs(120))
-            .run(),
+            .runner_lock_timeout(Duration::from_secs(120)),
     );
     // Joined: four ranges held at once.
     wait_for(
@@ -333,11 +338,10 @@ async fn a_lease_cannot_change_hands_between_the_fence_and_the_commit() -> anyho
              FOR EACH ROW EXECUTE FUNCTION slow_ledger();",
     )
     .await?;
-    let runner = tokio::spawn(
+    let runner = spawn_run(
         Migrator::new(db.pool().clone())
             .migrations([&one_shot::MIGRATION])
-            .runner_lock(RunnerLock::lease_for(Duration::from_secs(30)))
-            .run(),
+            .runner_lock(RunnerLock::lease_for(Duration::from_secs(30))),
     );
     wait_for(
         db.pool(),

@@ -7,15 +7,18 @@ use tracing::Instrument;
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 
-use super::apply::{BodyFailure, Failure, run_caught, writes_after, writes_before};
+use super::apply::Failure;
+use super::key_check::batch_key;
 use super::plan::Step;
-use super::report::{AppliedMigration, Progress};
+use super::report::AppliedMigration;
+use super::walk::{
+    BatchError, BodyRun, MAX_NOTES, Position, Retry, Sizer, Timeouts, Walked, batch_ended,
+    batch_span, run_body,
+};
 use super::{Migrator, StopSignal};
 use crate::backend::{Backend, pinned};
-use crate::ctx::Ctx;
-use crate::error::{Error, describe_sqlx};
-use crate::key::{Key, KeyKind, KeyPart, KeyShape};
-use crate::ledger::Pause;
+use crate::error::Error;
+use crate::key::{Key, KeyShape};
 use crate::ledger::{Action, Attempt, LedgerWrite, STATUS_APPLIED, STATUS_RUNNING};
 use crate::migration::{Batch, BatchFn, BatchSpec, Migration};
 
@@ -92,13 +95,7 @@ impl<DB: Backend> Migrator<DB> {
         .await
         .ok()
         .flatten();
-        let timeouts = (
-            migration
-                .lock_timeout()
-                .or(self.lock_timeout)
-                .or(Some(DEFAULT_BATCH_LOCK_TIMEOUT)),
-            migration.statement_timeout().or(self.statement_timeout),
-        );
+        let timeouts = self.batch_timeouts(migration);
         let mut sizer = Sizer::new(spec);
         // After batches that changed nothing, the rest of the keys is checked in one
         // statement (see `Ctx::checking_rest`); each check that finds work doubles the
@@ -131,9 +128,9 @@ impl<DB: Backend> Migrator<DB> {
             let size = sizer.size();
             let rest = std::mem::take(&mut check_rest);
             let began = Instant::now();
-            let mut retries = 0;
+            let mut retry = Retry::new(spec.retries());
             let outcome = loop {
-                match self
+                let result = match self
                     .batch(
                         conn,
                         migration,
@@ -148,18 +145,14 @@ impl<DB: Backend> Migrator<DB> {
                 {
                     // A check of the rest that could not run is no failure: the walk goes on.
                     Err(BatchError::LockTimeout(_) | BatchError::Failed { .. }) if rest => {
-                        break Ok(BatchDone::WorkLeft);
+                        Ok(BatchDone::WorkLeft)
                     }
-                    Err(BatchError::LockTimeout(_)) if retries < spec.retries() => {
-                        retries += 1;
-                        state.lock_retries += 1;
-                        // A busy table slows the migration down instead of stalling the
-                        // application: back off, then try the same batch again.
-                        let backoff = Duration::from_millis(100 * (1 << retries.min(6)));
-                        tokio::time::sleep(backoff).await;
-                    }
-                    other => break other,
+                    other => other,
+                };
+                if !retry.again(&result).await {
+                    break result;
                 }
+                state.lock_retries += 1;
             };
             let done = match outcome {
                 Ok(done) => done,
@@ -238,31 +231,21 @@ impl<DB: Backend> Migrator<DB> {
                     // Bounded: a migration of many batches must not grow without limit.
                     let room = MAX_NOTES.saturating_sub(state.notes.len());
                     state.notes.extend(notes.into_iter().take(room));
-                    if let Some(report) = &self.progress {
-                        let elapsed = clock.elapsed().as_secs_f64().max(1e-9);
-                        let rate = state.run_keys as f64 / elapsed;
-                        report(&Progress {
-                            id: migration.id().to_string(),
-                            batches: state.batches,
-                            keys_done: state.run_keys,
-                            rows_affected: state.run_rows,
-                            estimated_total,
-                            keys_per_second: rate,
-                            seconds_left: estimated_total.map(|total| {
-                                total.saturating_sub(state.run_keys) as f64 / rate.max(1e-9)
-                            }),
-                            checkpoint: state.after.as_ref().map(ToString::to_string),
-                            batch_keys: keys,
-                            batch_size: size,
-                            batch_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
-                            target_ms: spec
-                                .target()
-                                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-                            next_size: sizer.size(),
-                            waiting: None,
-                            workers: 1,
-                        });
-                    }
+                    self.report_batch(Walked {
+                        id: migration.id(),
+                        batches: state.batches,
+                        keys_done: state.run_keys,
+                        rows_affected: state.run_rows,
+                        estimated_total,
+                        elapsed: clock.elapsed(),
+                        checkpoint: state.after.as_ref().map(ToString::to_string),
+                        batch_keys: keys,
+                        batch_size: size,
+                        took,
+                        spec,
+                        next_size: sizer.size(),
+                        workers: 1,
+                    });
                     finished
                 }
             };
@@ -307,28 +290,15 @@ impl<DB: Backend> Migrator<DB> {
         state: &BatchState,
         action: Action,
         first_started_at: DateTime<Utc>,
-        timeouts: (Option<Duration>, Option<Duration>),
+        timeouts: Timeouts,
     ) -> Result<BatchDone, BatchError> {
         let span = batch_span(migration.id(), state.batches + 1, size, None);
         let began = Instant::now();
         let result = async {
-            let (lock_timeout, statement_timeout) = timeouts;
             let classify = |err| BatchError::database::<DB>(err, state.batches + 1);
-            let mut tx = self.begin(conn, lock_timeout).await.map_err(classify)?;
-            DB::set_local_timeouts(&mut tx, lock_timeout, statement_timeout, self.idle_limit())
-                .await
-                .map_err(classify)?;
-            // An operator's pause (`datamig pause`, from any host) stops the migration here:
-            // after the batch before this one committed, before this one does anything.
-            if !self.dry_run
-                && let Some(pause) = DB::pause_state(&mut tx, &self.ledger, Some(migration.id()))
-                    .await
-                    .map_err(classify)?
-                    .pop()
-            {
-                let _ = tx.rollback().await;
-                return Err(BatchError::Paused(pause));
-            }
+            let mut tx = self
+                .begin_batch(conn, migration.id(), state.batches + 1, timeouts)
+                .await?;
             let next = if rest {
                 match DB::last_key(&mut tx, shape, state.after.as_ref())
                     .await
@@ -386,19 +356,14 @@ impl<DB: Backend> Migrator<DB> {
                 });
             }
             if rest {
-                let limit = statement_timeout.map_or(REST_CHECK_LIMIT, |t| t.min(REST_CHECK_LIMIT));
+                let limit = timeouts
+                    .statement
+                    .map_or(REST_CHECK_LIMIT, |t| t.min(REST_CHECK_LIMIT));
                 if DB::begin_rest_check(&mut tx, limit).await.is_err() {
                     // No guard here (a role without TEMP, for one): the walk goes on.
                     let _ = tx.rollback().await;
                     return Ok(BatchDone::WorkLeft);
                 }
-            }
-            let before = writes_before::<DB>(&mut tx, action)
-                .await
-                .map_err(classify)?;
-            let mut ctx = Ctx::new(&mut *tx, migration.id(), self.dry_run);
-            if rest {
-                ctx = ctx.checking_rest(DB::REST_GUARD);
             }
             let batch = Batch::new(
                 state.after.clone(),
@@ -407,13 +372,25 @@ impl<DB: Backend> Migrator<DB> {
                 keys,
                 Arc::clone(shape),
             );
-            let mut outcome = run_caught::<DB>(run(&mut ctx, batch)).await;
-            let written = writes_after(&mut ctx, before, &mut outcome).await;
-            let rows = ctx.rows_affected();
-            let guarded = ctx.guarded_only();
-            let mut notes = ctx.notes().to_vec();
+            let BodyRun {
+                outcome,
+                written,
+                rows,
+                mut notes,
+                guarded,
+                rest_holds,
+            } = run_body::<DB>(
+                &mut tx,
+                migration.id(),
+                action,
+                self.dry_run,
+                rest,
+                run,
+                batch,
+            )
+            .await?;
             if rest {
-                if outcome.is_err() || !ctx.rest_holds() || written.is_some_and(|w| w > 0) {
+                if outcome.is_err() || !rest_holds || written.is_some_and(|w| w > 0) {
                     // A row still needs work, or the body did what a check cannot guard.
                     let _ = tx.rollback().await;
                     return Ok(BatchDone::WorkLeft);
@@ -548,27 +525,9 @@ impl<DB: Backend> Migrator<DB> {
     }
 }
 
-/// A batch's `lock_timeout` when neither the migration nor the migrator sets one: a batch
-/// must never queue behind the application's locks for long.
-pub(super) const DEFAULT_BATCH_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// The longest a check of the rest of a batched migration's keys may run (less where the
 /// migration's `statement_timeout` is shorter): past it, the walk goes on batch by batch.
 pub(super) const REST_CHECK_LIMIT: Duration = Duration::from_secs(10);
-
-/// The most notes a batched migration keeps (the first ones).
-pub(super) const MAX_NOTES: usize = 100;
-
-/// Where a batched migration stands, for the progress events sent while it waits.
-#[derive(Debug, Default)]
-pub(super) struct Position {
-    /// Batches committed so far.
-    pub(super) batches: u64,
-    /// Keys done by this run.
-    pub(super) keys: u64,
-    /// The last key done, as people read it.
-    pub(super) checkpoint: Option<String>,
-}
 
 /// Where a batched migration stands, in this run.
 pub(super) struct BatchState {
@@ -619,55 +578,6 @@ impl BatchState {
     }
 }
 
-/// The size of the next batch: fixed, or, with a target duration, scaled after each batch
-/// by how long its keys took: down at once, up at most twofold a batch, within the bounds.
-#[derive(Debug)]
-pub(crate) struct Sizer {
-    size: u32,
-    target: Option<Duration>,
-    min: u32,
-    max: u32,
-}
-
-impl Sizer {
-    pub(crate) fn new(spec: &BatchSpec) -> Self {
-        let (min, max) = (spec.min_size().max(1), spec.max_size().max(1));
-        Sizer {
-            size: if spec.target().is_some() {
-                spec.size().clamp(min, max.max(min))
-            } else {
-                spec.size()
-            },
-            target: spec.target(),
-            min,
-            max: max.max(min),
-        }
-    }
-
-    /// The size of the next batch.
-    pub(crate) fn size(&self) -> u32 {
-        self.size
-    }
-
-    /// A batch of `keys` keys took `took`.
-    pub(crate) fn record(&mut self, keys: u64, took: Duration) {
-        let Some(target) = self.target else {
-            return;
-        };
-        if keys == 0 {
-            return;
-        }
-        let per_key = took.as_secs_f64().max(1e-6) / keys as f64;
-        let ideal = target.as_secs_f64() / per_key;
-        let current = f64::from(self.size);
-        // Down at once (a batch that ran long holds its locks long), up at most twofold.
-        let next = ideal
-            .min(current * 2.0)
-            .clamp(f64::from(self.min), f64::from(self.max));
-        self.size = next.round() as u32;
-    }
-}
-
 /// What one batch did.
 enum BatchDone {
     /// No key was left: the migration is applied.
@@ -687,234 +597,4 @@ enum BatchDone {
         /// Whether the body ran only statements a rest check can guard.
         guarded: bool,
     },
-}
-
-/// Why one batch did not commit.
-pub(super) enum BatchError {
-    /// It waited for a lock longer than its `lock_timeout`: worth retrying.
-    LockTimeout(String),
-    /// The body failed or panicked, a database error ended the batch, or the checkpoint moved.
-    Failed { message: String, panicked: bool },
-    /// Its `COMMIT` returned an error: whether it committed is unknown.
-    Commit(sqlx::Error),
-    /// The runner's lease ran out before the batch could commit (fencing): rolled back.
-    Fenced(Error),
-    /// Its `COMMIT` returned an error, and the database, read again, said what became of
-    /// it ([`Error::CommitOutcome`]).
-    ReadBack(Error),
-    /// An operator paused the migration: this batch did not begin.
-    Paused(Pause),
-}
-
-impl BatchError {
-    /// A database error inside batch `number`'s transaction (a lost connection, a
-    /// constraint, at any step up to the commit) fails the migration like an error of its
-    /// body: recorded and reported by id. A lock timeout is worth a retry.
-    pub(super) fn database<DB: Backend>(err: sqlx::Error, number: u64) -> Self {
-        if DB::is_lock_timeout(&err) {
-            BatchError::LockTimeout(describe_sqlx(&err))
-        } else {
-            BatchError::Failed {
-                message: format!("batch {number}: {}", describe_sqlx(&err)),
-                panicked: false,
-            }
-        }
-    }
-
-    /// A failure of the body of batch `number`.
-    pub(super) fn body(failure: BodyFailure, number: u64) -> Self {
-        if failure.lock_timeout {
-            BatchError::LockTimeout(failure.message)
-        } else {
-            BatchError::Failed {
-                message: format!("batch {number}: {}", failure.message),
-                panicked: failure.panicked,
-            }
-        }
-    }
-}
-
-/// The key types batching walks on PostgreSQL, for messages.
-const POSTGRES_KEY_TYPES: &str = "smallint, integer, bigint, uuid, text, varchar, char, citext, \
-                                  numeric, bytea, date, timestamp, timestamptz";
-
-/// Checks a batched migration's key and scope before its first batch, and returns the
-/// key's shape (and a warning to record, for a key no index serves that the migration
-/// allowed): the table and the columns exist, each column is `NOT NULL` and of a type
-/// batching walks, the scope is a valid condition, and an index serves the key. On a fresh
-/// start of a key of one integer column, the smallest key must be reachable by the first
-/// batch's `$1` too. Nothing is written: a refusal leaves the database as it was.
-pub(crate) async fn batch_key<DB: Backend>(
-    conn: &mut DB::Connection,
-    id: &str,
-    spec: &BatchSpec,
-    fresh_start: bool,
-) -> Result<(Arc<KeyShape>, Option<String>), Error> {
-    let table = spec.table();
-    let refuse = |why: String| {
-        Err(Error::Config(format!(
-            "batched migration {id}: {why}; nothing ran"
-        )))
-    };
-    let names = spec.key_columns();
-    if names.is_empty() {
-        return refuse(format!(
-            "its key {:?} names no column; write key = \"id\" or key = \"tenant_id, id\"",
-            spec.key()
-        ));
-    }
-    let Some(found) = DB::key_columns(conn, table, &names).await? else {
-        return refuse(format!("its table {table} does not exist"));
-    };
-    let mut columns = Vec::with_capacity(found.len());
-    for (name, column) in names.iter().zip(found) {
-        let Some(column) = column else {
-            return refuse(format!(
-                "table {table} has no column {name:?}, which its batch key names; check the spelling"
-            ));
-        };
-        if column.kind.is_none() {
-            return refuse(format!(
-                "its key column {table}.{name} is of type {}, which batching does not walk \
-                 (it walks {POSTGRES_KEY_TYPES}); key the batches by another unique column",
-                column.sql_type
-            ));
-        }
-        if !column.not_null {
-            return refuse(format!(
-                "its key column {table}.{name} is nullable, and a row whose key is NULL is \
-                 never reached by any batch; make it NOT NULL first \
-                 (ALTER TABLE {table} ALTER COLUMN {name} SET NOT NULL), or key the batches \
-                 by another column"
-            ));
-        }
-        if column.not_integers > 0 {
-            return refuse(format!(
-                "{} row(s) of {table} hold a {name} that is not an integer in an integer column, \
-                 which batches cannot reach; convert them first",
-                column.not_integers
-            ));
-        }
-        columns.push(column);
-    }
-    if let Some(scope) = spec.scope()
-        && let Err(err) = DB::check_scope(conn, table, scope).await
-    {
-        return refuse(format!(
-            "its scope {scope:?} is not a valid condition on table {table}: {}",
-            describe_sqlx(&err)
-        ));
-    }
-    let shape = Arc::new(KeyShape {
-        table: table.to_string(),
-        parts: columns
-            .iter()
-            .map(|c| KeyPart {
-                name: c.name.clone(),
-                sql_type: c.sql_type.clone(),
-                kind: c.kind.unwrap_or(KeyKind::Other),
-            })
-            .collect(),
-        scope: spec.scope().map(str::to_string),
-        casts: DB::ID == "postgres",
-    });
-    let mut warning = None;
-    if DB::key_index(conn, table, &columns).await?.is_none() {
-        let list = names.join(", ");
-        let create = format!(
-            "CREATE INDEX CONCURRENTLY {} ON {table} ({list})",
-            crate::sql::quote_ident(&format!("{table}_{}_idx", names.join("_")))
-        );
-        if !spec.scans_without_index() {
-            return refuse(format!(
-                "no index of {table} serves its key ({list}): every batch would read the whole \
-                 table. Create one first (on PostgreSQL: {create}), or, for a small table only, \
-                 set dangerously_scan_without_index = true in batch(..)"
-            ));
-        }
-        warning = Some(format!(
-            "no index serves the key ({list}) of {table}: every batch read the whole table \
-             (dangerously_scan_without_index); {create} would make each an index range scan"
-        ));
-    }
-    if fresh_start && shape.is_single_integer() {
-        let sql = format!(
-            "SELECT CAST(min({}) AS bigint) FROM {}",
-            crate::sql::quote_ident(names[0]),
-            crate::sql::quote_ident(table)
-        );
-        let smallest = DB::fetch_i64(
-            conn,
-            sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(sql)),
-        )
-        .await?;
-        if smallest == Some(i64::MIN) {
-            return refuse(format!(
-                "{table} holds the key {} (the smallest bigint), which the form `{} > $1` of a \
-                 first batch cannot include; renumber that row first",
-                i64::MIN,
-                names[0]
-            ));
-        }
-    }
-    Ok((shape, warning))
-}
-
-/// The span of one batch: `id`, `batch` (its number), `size`, and with workers `worker` and
-/// `range`; `keys`, `rows`, `duration_ms` and `outcome` are filled when it ends.
-pub(super) fn batch_span(
-    id: &str,
-    number: u64,
-    size: u32,
-    worker: Option<(&str, i32)>,
-) -> tracing::Span {
-    tracing::info_span!(
-        "batch",
-        id,
-        batch = number,
-        size,
-        worker = worker.map(|(w, _)| w),
-        range = worker.map(|(_, r)| r),
-        keys = tracing::field::Empty,
-        rows = tracing::field::Empty,
-        duration_ms = tracing::field::Empty,
-        outcome = tracing::field::Empty,
-    )
-}
-
-/// Fills a batch span's closing fields and emits its closing event: `counts` is the keys
-/// and rows of a committed batch, `None` when no key was left.
-pub(super) fn batch_ended(
-    span: &tracing::Span,
-    counts: Result<Option<(u64, u64)>, &BatchError>,
-    elapsed: Duration,
-) {
-    let duration_ms = crate::trace::millis(elapsed);
-    span.record("duration_ms", duration_ms);
-    match counts {
-        Ok(Some((keys, rows))) => {
-            span.record("keys", keys);
-            span.record("rows", rows);
-            span.record("outcome", "committed");
-            tracing::info!(parent: span, keys, rows, duration_ms, "batch committed");
-        }
-        Ok(None) => {
-            span.record("keys", 0);
-            span.record("rows", 0);
-            span.record("outcome", "nothing_left");
-            tracing::debug!(parent: span, duration_ms, "no key left");
-        }
-        Err(err) => {
-            let (outcome, message) = match err {
-                BatchError::LockTimeout(message) => ("lock_timeout", message.clone()),
-                BatchError::Failed { message, .. } => ("failed", message.clone()),
-                BatchError::Commit(err) => ("commit_unknown", err.to_string()),
-                BatchError::Fenced(err) => ("fenced", err.to_string()),
-                BatchError::ReadBack(err) => ("commit_failed", err.to_string()),
-                BatchError::Paused(pause) => ("paused", format!("paused by {}", pause.by)),
-            };
-            span.record("outcome", outcome);
-            tracing::warn!(parent: span, outcome, error = %message, duration_ms, "batch did not commit");
-        }
-    }
 }

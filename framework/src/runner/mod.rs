@@ -9,11 +9,14 @@
 
 mod apply;
 mod batch;
+mod join;
+mod key_check;
 mod layout;
 mod lock;
 mod plan;
 mod report;
 mod throttle;
+mod walk;
 mod workers;
 
 use std::sync::Arc;
@@ -31,11 +34,12 @@ use crate::registry;
 
 use apply::Failure;
 pub(crate) use apply::{BodyFailure, run_caught, writes_since};
-pub(crate) use batch::{Sizer, batch_key};
+pub(crate) use key_check::batch_key;
 pub use lock::RunnerLock;
 use plan::{Mode, Plan};
 pub use report::{AppliedMigration, MigrationStatus, Progress, RunReport, State};
 pub use throttle::Health;
+pub(crate) use walk::Sizer;
 
 /// The warning of a run whose binary registers no migration at all while the ledger holds
 /// `applied` rows: the crate of migrations is almost certainly not linked.

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::apply::Failure;
-use super::batch::Position;
 use super::report::Progress;
+use super::walk::Position;
 use super::{Migrator, StopSignal};
 use crate::backend::{Backend, pinned};
 use crate::error::Error;

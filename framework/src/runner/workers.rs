@@ -9,7 +9,7 @@
 //! with its changes. A batch therefore never depends on what a worker remembers, and two
 //! workers can never commit the same keys. The batch that finishes the last range applies
 //! the migration (`finish_ranges`). Workers of another `run` (another host) join through
-//! the same tables: see `join_running`.
+//! the same tables: see `join.rs`.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -20,17 +20,19 @@ use tracing::Instrument;
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 
-use super::apply::{Failure, run_caught, writes_after, writes_before};
-use super::batch::{BatchError, DEFAULT_BATCH_LOCK_TIMEOUT, MAX_NOTES, Position, Sizer};
+use super::apply::Failure;
 use super::plan::Step;
-use super::report::{AppliedMigration, Progress};
+use super::report::AppliedMigration;
+use super::walk::{
+    BatchError, BodyRun, MAX_NOTES, Position, Retry, Sizer, Timeouts, Walked, batch_ended,
+    batch_span, run_body,
+};
 use super::{Migrator, RunnerLock, StopSignal};
 use crate::backend::{Backend, LockToken, pinned};
-use crate::ctx::Ctx;
 use crate::error::Error;
 use crate::key::{Key, KeyShape};
 use crate::ledger::{Action, Claim, LedgerWrite, RangeStep, STATUS_RUNNING};
-use crate::migration::{Batch, BatchFn, BatchSpec, Code, Migration};
+use crate::migration::{Batch, BatchFn, BatchSpec, Migration};
 use crate::session::host_name;
 
 /// Ranges per worker: more ranges than workers, so that a worker that finishes early (or
@@ -51,7 +53,7 @@ pub(super) struct Job<'a, DB: Backend> {
 }
 
 /// What the workers of this process share while they walk one migration.
-struct Team {
+pub(super) struct Team {
     workers: u32,
     /// Raised when one worker fails, is paused or interrupted: the others stop after the
     /// batch in progress.
@@ -73,6 +75,10 @@ impl Team {
         self.halt.load(Ordering::SeqCst)
     }
 }
+
+/// How a range left stood when a worker looked: its number, batches and last commit. A
+/// worker waiting for ranges others hold compares these to tell a stall from progress.
+type RangeMark = (i32, i64, Option<DateTime<Utc>>);
 
 /// Why a worker left a range.
 enum RangeEnd {
@@ -213,7 +219,7 @@ impl<DB: Backend> Migrator<DB> {
 
     /// Works the ranges of `job` with `workers` workers, each on a connection of its own,
     /// until no range has keys left (another process's workers may be working some).
-    async fn work_ranges(
+    pub(super) async fn work_ranges(
         &self,
         job: &Job<'_, DB>,
         workers: u32,
@@ -320,7 +326,7 @@ impl<DB: Backend> Migrator<DB> {
         let mut sizer = Sizer::new(job.spec);
         // Since when this worker has found no range to claim, and how the ranges left
         // stood then.
-        let mut waiting: Option<(Instant, Vec<(i32, i64, Option<DateTime<Utc>>)>)> = None;
+        let mut waiting: Option<(Instant, Vec<RangeMark>)> = None;
         loop {
             if team.halted() {
                 return Ok(());
@@ -413,13 +419,7 @@ impl<DB: Backend> Migrator<DB> {
         sizer: &mut Sizer,
     ) -> Result<RangeEnd, Failure> {
         let migration = job.migration;
-        let timeouts = (
-            migration
-                .lock_timeout()
-                .or(self.lock_timeout)
-                .or(Some(DEFAULT_BATCH_LOCK_TIMEOUT)),
-            migration.statement_timeout().or(self.statement_timeout),
-        );
+        let timeouts = self.batch_timeouts(migration);
         let mut position = Position::default();
         loop {
             if team.halted() {
@@ -430,20 +430,15 @@ impl<DB: Backend> Migrator<DB> {
             self.wait_until_healthy(conn, migration, &position).await?;
             let size = sizer.size();
             let began = Instant::now();
-            let mut retries = 0;
+            let mut retry = Retry::new(job.spec.retries());
             let outcome = loop {
-                match self
+                let result = self
                     .range_batch(conn, job, team, claim, range, size, timeouts)
-                    .await
-                {
-                    Err(BatchError::LockTimeout(_)) if retries < job.spec.retries() => {
-                        retries += 1;
-                        team.lock_retries.fetch_add(1, Ordering::SeqCst);
-                        let backoff = Duration::from_millis(100 * (1 << retries.min(6)));
-                        tokio::time::sleep(backoff).await;
-                    }
-                    other => break other,
+                    .await;
+                if !retry.again(&result).await {
+                    break result;
                 }
+                team.lock_retries.fetch_add(1, Ordering::SeqCst);
             };
             let (last, keys, range_done) = match outcome {
                 Ok(RangeBatch::Lost) => return Ok(RangeEnd::Lost),
@@ -495,32 +490,21 @@ impl<DB: Backend> Migrator<DB> {
             let took = began.elapsed();
             sizer.record(keys, took);
             position.checkpoint = Some(last.to_string());
-            if let Some(report) = &self.progress {
-                let keys_done = team.keys.load(Ordering::SeqCst);
-                let rate = keys_done as f64 / team.clock.elapsed().as_secs_f64().max(1e-9);
-                report(&Progress {
-                    id: migration.id().to_string(),
-                    batches: team.batches.load(Ordering::SeqCst),
-                    keys_done,
-                    rows_affected: team.rows.load(Ordering::SeqCst),
-                    estimated_total: team.estimated_total,
-                    keys_per_second: rate,
-                    seconds_left: team
-                        .estimated_total
-                        .map(|total| total.saturating_sub(keys_done) as f64 / rate.max(1e-9)),
-                    checkpoint: position.checkpoint.clone(),
-                    batch_keys: keys,
-                    batch_size: size,
-                    batch_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
-                    target_ms: job
-                        .spec
-                        .target()
-                        .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-                    next_size: sizer.size(),
-                    waiting: None,
-                    workers: team.workers,
-                });
-            }
+            self.report_batch(Walked {
+                id: migration.id(),
+                batches: team.batches.load(Ordering::SeqCst),
+                keys_done: team.keys.load(Ordering::SeqCst),
+                rows_affected: team.rows.load(Ordering::SeqCst),
+                estimated_total: team.estimated_total,
+                elapsed: team.clock.elapsed(),
+                checkpoint: position.checkpoint.clone(),
+                batch_keys: keys,
+                batch_size: size,
+                took,
+                spec: job.spec,
+                next_size: sizer.size(),
+                workers: team.workers,
+            });
             if range_done {
                 return Ok(RangeEnd::Done);
             }
@@ -576,9 +560,9 @@ impl<DB: Backend> Migrator<DB> {
         claim: &Claim,
         range: i32,
         size: u32,
-        timeouts: (Option<Duration>, Option<Duration>),
+        timeouts: Timeouts,
     ) -> Result<RangeBatch, BatchError> {
-        let span = super::batch::batch_span(
+        let span = batch_span(
             job.migration.id(),
             team.batches.load(Ordering::SeqCst) + 1,
             size,
@@ -586,22 +570,10 @@ impl<DB: Backend> Migrator<DB> {
         );
         let began = Instant::now();
         let result = async {
-            let (lock_timeout, statement_timeout) = timeouts;
             let migration = job.migration;
             let id = migration.id();
             let classify = |err| BatchError::database::<DB>(err, 0);
-            let mut tx = self.begin(conn, lock_timeout).await.map_err(classify)?;
-            DB::set_local_timeouts(&mut tx, lock_timeout, statement_timeout, self.idle_limit())
-                .await
-                .map_err(classify)?;
-            if let Some(pause) = DB::pause_state(&mut tx, &self.ledger, Some(id))
-                .await
-                .map_err(classify)?
-                .pop()
-            {
-                let _ = tx.rollback().await;
-                return Err(BatchError::Paused(pause));
-            }
+            let mut tx = self.begin_batch(conn, id, 0, timeouts).await?;
             let Some((after, upper, batches)) =
                 DB::hold_range(&mut tx, &self.ledger, id, range, &claim.token)
                     .await
@@ -647,15 +619,14 @@ impl<DB: Backend> Migrator<DB> {
                 return Ok(RangeBatch::Empty);
             };
             let number = u64::try_from(batches).unwrap_or(0) + 1;
-            let before = writes_before::<DB>(&mut tx, job.action)
-                .await
-                .map_err(classify)?;
-            let mut ctx = Ctx::new(&mut *tx, id, false);
             let batch = Batch::new(after, last.clone(), number, keys, Arc::clone(&job.shape));
-            let mut outcome = run_caught::<DB>((job.run)(&mut ctx, batch)).await;
-            let written = writes_after(&mut ctx, before, &mut outcome).await;
-            let rows = ctx.rows_affected();
-            let notes = ctx.notes().to_vec();
+            let BodyRun {
+                outcome,
+                written,
+                rows,
+                notes,
+                ..
+            } = run_body::<DB>(&mut tx, id, job.action, false, false, job.run, batch).await?;
             if let Err(failure) = outcome {
                 let _ = tx.rollback().await;
                 return Err(BatchError::body(failure, number));
@@ -695,7 +666,7 @@ impl<DB: Backend> Migrator<DB> {
             Ok(RangeBatch::Lost | RangeBatch::Empty) => Ok(None),
             Err(err) => Err(err),
         };
-        super::batch::batch_ended(&span, counts, began.elapsed());
+        batch_ended(&span, counts, began.elapsed());
         result
     }
 
@@ -759,115 +730,10 @@ impl<DB: Backend> Migrator<DB> {
         }
         Ok(applied)
     }
-
-    /// While another runner holds the runner lock: joins every batched migration it is
-    /// walking with workers, for which this binary has the same code, as this run's
-    /// workers, until no range is left. Returns what this run did in each.
-    pub(super) async fn join_running(
-        &self,
-        conn: &mut DB::Connection,
-        code: &[(&'static Migration, Code<DB>)],
-    ) -> Result<Vec<AppliedMigration>, Error> {
-        if self.dry_run || !self.join || !DB::WORKERS {
-            return Ok(Vec::new());
-        }
-        let ranges = pinned::<DB, _>(conn, async |c| {
-            Ok(DB::read_ranges(c, &self.ledger, None).await?)
-        })
-        .await?;
-        let mut ids: Vec<String> = ranges
-            .iter()
-            .filter(|r| !r.done)
-            .map(|r| r.migration_id.clone())
-            .collect();
-        ids.dedup();
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (ledger, pauses) = pinned::<DB, _>(conn, async |c| {
-            Ok((
-                DB::read_ledger(c, &self.ledger).await?,
-                DB::pause_state(c, &self.ledger, None).await?,
-            ))
-        })
-        .await?;
-        let mut joined = Vec::new();
-        for id in ids {
-            let Some((migration, Code::Batched(run))) =
-                code.iter().find(|(m, _)| m.id() == id).copied()
-            else {
-                continue;
-            };
-            let Some(spec) = migration.batch() else {
-                continue;
-            };
-            // Only what this run would apply (`only`, `up_to`).
-            let selected = self.only.as_ref().is_none_or(|only| &id == only)
-                && self.up_to.as_ref().is_none_or(|last| &id <= last);
-            if !selected {
-                continue;
-            }
-            // Only the same code, still running, not paused.
-            if !ledger.iter().any(|row| {
-                row.id == id
-                    && row.is_running()
-                    && row.checksum == migration.checksum()
-                    && row.revision == migration.revision()
-            }) || pauses.iter().any(|p| p.migration_id == id)
-            {
-                continue;
-            }
-            let Ok((shape, _)) = pinned::<DB, _>(conn, async |c| {
-                super::batch_key::<DB>(c, migration.id(), spec, false).await
-            })
-            .await
-            else {
-                continue;
-            };
-            let job = Job {
-                migration,
-                run,
-                spec,
-                shape,
-                action: Action::Resume,
-                started_at: Utc::now(),
-            };
-            match self
-                .work_ranges(&job, self.workers_for(spec), Vec::new())
-                .await
-            {
-                Ok(team) => joined.push(team_report(&team, &id, Action::Resume)),
-                // Paused: the runner that takes the lock next reports it.
-                Err(Failure::Paused(_)) => {}
-                Err(Failure::Migration { message, panicked }) => {
-                    return Err(Error::MigrationFailed {
-                        id,
-                        message,
-                        panicked,
-                        applied_before: Vec::new(),
-                    });
-                }
-                Err(Failure::Stopped { batches, .. }) => {
-                    return Err(Error::Stopped {
-                        after: format!(
-                            "{batches} batch(es) of {id}, joined as a worker, committed; the \
-                             next run resumes it"
-                        ),
-                        applied: Vec::new(),
-                    });
-                }
-                Err(Failure::Interrupted { batches }) => {
-                    return Err(Error::Interrupted { id, batches });
-                }
-                Err(Failure::Other(err)) => return Err(err),
-            }
-        }
-        Ok(joined)
-    }
 }
 
 /// What this process's workers did in one migration.
-fn team_report(team: &Team, id: &str, action: Action) -> AppliedMigration {
+pub(super) fn team_report(team: &Team, id: &str, action: Action) -> AppliedMigration {
     AppliedMigration {
         id: id.to_string(),
         rerun: action == Action::Rerun,
