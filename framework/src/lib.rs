@@ -176,8 +176,9 @@ pub use datamig_macros::migration;
 ///
 /// - [backfills](guides::backfills): a migration for existing rows, small or big, on any key, on a busy
 ///   database.
-/// - [deploy](guides::deploy): running pending migrations from a deploy pipeline, the exit codes, logs and
-///   traces.
+/// - [deploy](guides::deploy): running pending migrations from a deploy pipeline, the exit codes, the
+///   ledger, logs and traces.
+/// - [cli](guides::cli): the command line: its two builds, every command, its output.
 /// - [testing](guides::testing): proving each migration idempotent against a real database in CI.
 /// - [copying](guides::copying): moving the data of one database into another whose schema exists.
 /// - [poolers](guides::poolers): running through PgBouncer in transaction mode.
@@ -188,6 +189,9 @@ pub mod guides {
     #[cfg(feature = "postgres")]
     #[doc = include_str!("../docs/deploy.md")]
     pub mod deploy {}
+    #[cfg(feature = "postgres")]
+    #[doc = include_str!("../docs/cli.md")]
+    pub mod cli {}
     #[cfg(feature = "testing")]
     #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     #[doc = include_str!("../docs/testing.md")]
