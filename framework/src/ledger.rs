@@ -369,6 +369,11 @@ pub struct Claim {
     /// ends. `Some(ttl)`: a lease in the range's row, renewed by every batch (through a
     /// transaction pooler).
     pub(crate) lease: Option<std::time::Duration>,
+    /// The checksum and revision of the code this worker runs. A range belongs to the run
+    /// its migration's ledger row records: a claim takes a range only while that row
+    /// records the same code, so a worker of old code still joined when a re-run of new
+    /// code replaced the ranges claims none of them.
+    pub(crate) code: (String, u32),
 }
 
 /// Why a migration ran.

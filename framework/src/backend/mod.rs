@@ -139,6 +139,8 @@ macro_rules! same_sql_steps {
 }
 
 #[cfg(feature = "postgres")]
+pub(crate) mod isolation;
+#[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 #[cfg(feature = "postgres")]
 mod ranges;

@@ -8,13 +8,17 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use sqlx::postgres::PgConnection;
-use sqlx::{AssertSqlSafe, Connection, Row};
+use sqlx::{AssertSqlSafe, Row};
 
+use super::isolation::begin_read_committed;
 use super::postgres::{bind_key_value, query, query_as, query_scalar};
 use crate::error::Error;
 use crate::key::{Key, KeyKind, KeyShape, KeyValue};
 use crate::ledger::{Attempt, Claim, LedgerConfig, RangeStep, WorkRange};
 use crate::sql::quote_ident;
+
+/// The most rows a heap page of 8 kB holds (PostgreSQL's `MaxHeapTuplesPerPage`).
+const MAX_ROWS_PER_PAGE: f64 = 291.0;
 
 /// A duration in whole milliseconds, for `$n * interval '1 millisecond'`.
 fn millis(d: Duration) -> i64 {
@@ -36,7 +40,7 @@ pub(crate) async fn exists(
 /// role without `CREATE` gets an error naming what to do.
 pub(crate) async fn ensure(conn: &mut PgConnection, config: &LedgerConfig) -> Result<(), Error> {
     let ranges = config.ranges_ident();
-    let mut tx = conn.begin().await?;
+    let mut tx = begin_read_committed(conn).await?;
     if exists(&mut tx, config).await? {
         return Ok(());
     }
@@ -184,8 +188,21 @@ pub(crate) async fn claim(
     claim: &Claim,
 ) -> Result<Option<i32>, sqlx::Error> {
     let ranges = config.ranges_ident();
+    // The ranges belong to the run the ledger row records: only a worker of that run's
+    // code takes one (see `Claim::code`).
+    let ledger = config.ledger_ident();
+    let same_run = |n: usize| {
+        format!(
+            "EXISTS (SELECT 1 FROM {ledger} WHERE id = $1 AND checksum = ${n} AND revision = ${})",
+            n + 1
+        )
+    };
+    let (checksum, revision) = (
+        &claim.code.0,
+        i32::try_from(claim.code.1).unwrap_or(i32::MAX),
+    );
     if let Some(ttl) = claim.lease {
-        let mut tx = conn.begin().await?;
+        let mut tx = begin_read_committed(conn).await?;
         let sql = format!(
             "UPDATE {ranges} SET token = $2, worker = $3, claimed_at = clock_timestamp(),
                  expires_at = clock_timestamp() + $4 * interval '1 millisecond'
@@ -193,14 +210,18 @@ pub(crate) async fn claim(
                  SELECT migration_id, range_no FROM {ranges}
                  WHERE migration_id = $1 AND NOT done
                    AND (expires_at IS NULL OR expires_at <= clock_timestamp())
+                   AND {}
                  ORDER BY range_no LIMIT 1 FOR UPDATE SKIP LOCKED)
-             RETURNING range_no"
+             RETURNING range_no",
+            same_run(5)
         );
         let taken: Option<i32> = query_scalar(AssertSqlSafe(sql))
             .bind(id)
             .bind(&claim.token)
             .bind(&claim.worker)
             .bind(millis(ttl))
+            .bind(checksum)
+            .bind(revision)
             .fetch_optional(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -210,10 +231,14 @@ pub(crate) async fn claim(
         "SELECT range_no FROM {ranges}
          WHERE migration_id = $1 AND NOT done
            AND (expires_at IS NULL OR expires_at = 'infinity' OR expires_at <= clock_timestamp())
-         ORDER BY range_no"
+           AND {}
+         ORDER BY range_no",
+        same_run(2)
     );
     let candidates: Vec<i32> = query_scalar(AssertSqlSafe(sql))
         .bind(id)
+        .bind(checksum)
+        .bind(revision)
         .fetch_all(&mut *conn)
         .await?;
     for number in candidates {
@@ -231,19 +256,23 @@ pub(crate) async fn claim(
             "UPDATE {ranges} SET token = $3, worker = $4, claimed_at = clock_timestamp(),
                  expires_at = 'infinity'
              WHERE migration_id = $1 AND range_no = $2 AND NOT done
-               AND (expires_at IS NULL OR expires_at = 'infinity' OR expires_at <= clock_timestamp())"
+               AND (expires_at IS NULL OR expires_at = 'infinity' OR expires_at <= clock_timestamp())
+               AND {}",
+            same_run(5)
         );
         let done = query(AssertSqlSafe(sql))
             .bind(id)
             .bind(number)
             .bind(&claim.token)
             .bind(&claim.worker)
+            .bind(checksum)
+            .bind(revision)
             .execute(&mut *conn)
             .await?;
         if done.rows_affected() == 1 {
             return Ok(Some(number));
         }
-        // Finished (or leased) since the list was read.
+        // Finished, leased, or replaced by a run of other code since the list was read.
         query("SELECT pg_advisory_unlock($1)")
             .bind(key)
             .execute(&mut *conn)
@@ -266,7 +295,7 @@ pub(crate) async fn release(
          WHERE migration_id = $1 AND range_no = $2 AND token = $3",
         config.ranges_ident()
     );
-    let mut tx = conn.begin().await?;
+    let mut tx = begin_read_committed(conn).await?;
     query(AssertSqlSafe(sql))
         .bind(id)
         .bind(number)
@@ -448,29 +477,49 @@ pub(crate) async fn split(
             .map(|p| Key(vec![KeyValue::Integer(p)]))
             .collect());
     }
-    let estimate: f64 = query_scalar(
-        "SELECT COALESCE(max(reltuples), -1)::float8 FROM pg_class WHERE oid = to_regclass($1)",
+    // How many rows the table holds, from its size now rather than its statistics, which
+    // may be missing or stale (a table filled since its last ANALYZE): its pages times the
+    // rows a page holds by the statistics, or, without them, the most a page can hold. So a
+    // table of millions of rows is never taken for a small one and read whole.
+    let (pages, density): (f64, Option<f64>) = query_as(
+        "SELECT pg_relation_size(c.oid)::float8 / current_setting('block_size')::float8,
+                CASE WHEN c.relpages > 0 AND c.reltuples > 0
+                     THEN c.reltuples::float8 / c.relpages END
+         FROM pg_class c WHERE c.oid = to_regclass($1)",
     )
     .bind(&table)
-    .fetch_one(&mut *conn)
-    .await?;
-    // About 200 sampled keys a range: quantiles within a few percent.
+    .fetch_optional(&mut *conn)
+    .await?
+    .unwrap_or((0.0, None));
+    let estimate = pages * density.unwrap_or(MAX_ROWS_PER_PAGE);
+    // About 200 sampled keys a range: quantiles within a few percent. Whatever the
+    // estimate, at most `cap` keys are read: a sample that reaches it is taken again, four
+    // times sparser (a cut-short sample would hold only the table's first pages).
     let wanted = (pieces * 200) as f64;
-    let sample = if estimate > wanted * 20.0 {
-        let percent = (100.0 * wanted * 4.0 / estimate).clamp(0.0001, 100.0);
-        format!(" TABLESAMPLE SYSTEM ({percent})")
+    let cap = (wanted * 20.0) as i64;
+    let mut percent = if estimate > wanted * 20.0 {
+        Some((100.0 * wanted * 4.0 / estimate).clamp(0.0001, 100.0))
     } else {
-        String::new()
+        None
     };
-    let sql = format!(
-        "SELECT {} FROM (SELECT {} FROM {table}{sample} WHERE {range}) AS sample ORDER BY {}",
-        shape.key_select_list(),
-        shape.order_by(false),
-        shape.order_by_in(false, Some("sample"))
-    );
-    let rows = bind_after(query(AssertSqlSafe(sql)))
-        .fetch_all(&mut *conn)
-        .await?;
+    let rows = loop {
+        let sample = percent.map_or_else(String::new, |p| format!(" TABLESAMPLE SYSTEM ({p})"));
+        let sql = format!(
+            "SELECT {} FROM (SELECT {} FROM {table}{sample} WHERE {range} LIMIT {}) AS sample \
+             ORDER BY {}",
+            shape.key_select_list(),
+            shape.order_by(false),
+            cap + 1,
+            shape.order_by_in(false, Some("sample"))
+        );
+        let rows = bind_after(query(AssertSqlSafe(sql)))
+            .fetch_all(&mut *conn)
+            .await?;
+        if (rows.len() as i64) <= cap {
+            break rows;
+        }
+        percent = Some(percent.map_or(100.0 * wanted * 4.0 / rows.len() as f64, |p| p / 4.0));
+    };
     let mut keys = Vec::with_capacity(rows.len());
     for row in &rows {
         let mut values = Vec::with_capacity(shape.parts.len());

@@ -322,6 +322,10 @@ impl<DB: Backend> Migrator<DB> {
                 RunnerLock::Advisory => None,
                 RunnerLock::Lease { ttl } => Some(ttl),
             },
+            code: (
+                job.migration.checksum().to_string(),
+                job.migration.revision(),
+            ),
         };
         let mut sizer = Sizer::new(job.spec);
         // Since when this worker has found no range to claim, and how the ranges left
