@@ -15,17 +15,22 @@ use tokio::sync::mpsc::{Receiver, Sender};
 
 use super::catalog::{self, Table, TableName, display};
 use super::convert::Conversion;
+use super::copier::{Copier, SourceOptions as Source};
+use super::event::{CopyEvent, EventSink, emit};
+use super::options::{CopyMode, Purpose, Triggers};
 use super::plan::{self, Planned};
-use super::{
-    Copier, CopyEvent, CopyMode, CopyPlan, CopyReport, EventSink, SequenceSet, Source, TableReport,
-    Triggers, UnconvertibleValue, Verification,
+#[cfg(feature = "sqlite")]
+use super::report::RowDifference;
+use super::report::{
+    CopyPlan, CopyReport, SequenceSet, TableReport, Verification, empty_report, empty_reports,
 };
 #[cfg(feature = "sqlite")]
-use super::{RowDifference, sqlite};
+use super::sqlite;
 use crate::backend::postgres::{
     SESSION_COLUMNS, hash_rows, query, query_as, query_scalar, session_info,
 };
 use crate::error::Error;
+use crate::error::UnconvertibleValue;
 use crate::fingerprint::{Fingerprint, TableFingerprint};
 use crate::sql::quote_ident;
 
@@ -78,17 +83,6 @@ impl Chunk {
         }
         chunks
     }
-}
-
-/// What a run is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Purpose {
-    /// The copy.
-    Run,
-    /// The plan only (a SQLite source's rows are read and checked): nothing written.
-    Plan,
-    /// The plan, then the comparison of both sides: nothing written.
-    Compare,
 }
 
 /// A connection to the source.
@@ -536,21 +530,6 @@ async fn ensure_target_ledger(dst: &mut PgConnection) -> Result<(), Error> {
         })
 }
 
-/// The report of a run that copied nothing (yet).
-fn empty_report(plan: CopyPlan, planned: &[Planned]) -> CopyReport {
-    CopyReport {
-        plan,
-        tables: empty_reports(planned),
-        rows: 0,
-        bytes: 0,
-        seconds: 0.0,
-        already_copied: false,
-        sequences: Vec::new(),
-        analyzed: Vec::new(),
-        verification: None,
-    }
-}
-
 /// Both sides compared: fingerprints of the copied columns (and, for a SQLite source, the
 /// first rows that differ, compared in the target's types).
 async fn verify(
@@ -573,24 +552,6 @@ async fn verify(
         differences,
         rows,
     })
-}
-
-/// A report per planned table, before this run copied anything.
-fn empty_reports(planned: &[Planned]) -> Vec<TableReport> {
-    planned
-        .iter()
-        .map(|p| TableReport {
-            table: p.plan.table.clone(),
-            chunks_skipped: p.plan.chunks_done,
-            ..TableReport::default()
-        })
-        .collect()
-}
-
-fn emit(sink: &Option<EventSink>, event: &CopyEvent) {
-    if let Some(sink) = sink {
-        sink(event);
-    }
 }
 
 async fn connect(options: &PgConnectOptions, side: &str) -> Result<PgConnection, Error> {

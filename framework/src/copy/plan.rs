@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::catalog::{Table, TableName, display};
 use super::convert::{Kind, UnixTime};
-use super::{CopyMode, Selection};
+use super::options::{CopyMode, Selection};
 
 /// The tables of datamig's ledger that a copy from SQLite brings along (see
 /// [`Copier::ledger`](super::Copier::ledger)).

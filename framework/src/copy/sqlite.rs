@@ -6,12 +6,11 @@ use std::collections::BTreeMap;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{AssertSqlSafe, Connection, Row};
 
-use super::UnconvertibleValue;
 use super::catalog::{Column, Table, TableName};
 use super::convert::{Conversion, Kind, UnixTime, Value};
 use super::load::{Buffers, Chunk, Failure, SEND_BYTES, Shared};
 use super::plan::{Planned, unix_unit};
-use crate::error::Error;
+use crate::error::{Error, UnconvertibleValue};
 use crate::sql::quote_ident;
 
 /// Opens the SQLite file (never creating it).
