@@ -8,83 +8,37 @@ use std::time::Instant;
 use tracing::Instrument;
 
 use futures_util::TryStreamExt;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::PgConnection;
 use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::Notify;
-use tokio::sync::mpsc::{Receiver, Sender};
 
 use super::catalog::{self, Table, TableName, display};
+use super::chunk::{Chunk, range_predicate};
+use super::connect::{connect, source_session, target_session};
 use super::convert::Conversion;
 use super::copier::{Copier, SourceOptions as Source};
 use super::event::{CopyEvent, EventSink, emit};
+use super::failure::Failure;
+use super::fingerprint::{Side, fingerprint, fingerprint_sql};
 use super::options::{CopyMode, Purpose, Triggers};
+use super::pipe::{Buffers, SEND_BYTES};
 use super::plan::{self, Planned};
 #[cfg(feature = "sqlite")]
 use super::report::RowDifference;
 use super::report::{
     CopyPlan, CopyReport, SequenceSet, TableReport, Verification, empty_report, empty_reports,
 };
+use super::sql::{literal, quote_literal, source_from};
 #[cfg(feature = "sqlite")]
 use super::sqlite;
 use crate::backend::postgres::{
     SESSION_COLUMNS, hash_rows, query, query_as, query_scalar, session_info,
 };
 use crate::error::Error;
-use crate::error::UnconvertibleValue;
 use crate::fingerprint::{Fingerprint, TableFingerprint};
 use crate::sql::quote_ident;
 
 const PROGRESS_TABLE: &str = "datamig_copy_progress";
-/// Bytes of `COPY` data gathered before they are sent on: rows arrive one message each.
-pub(super) const SEND_BYTES: usize = 1 << 20;
-/// Buffers of [`SEND_BYTES`] in flight between reading the source and writing the target.
-const BUFFERS: usize = 3;
-/// How long a connection may take to open.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// A key position: each key column's value as text; `None` is the open end.
-type Bound = Option<Vec<String>>;
-
-/// One chunk of a table: the keys in `(lower, upper]`.
-#[derive(Clone, Debug)]
-pub(super) struct Chunk {
-    pub(super) number: usize,
-    pub(super) lower: Bound,
-    pub(super) upper: Bound,
-    pub(super) done: bool,
-    pub(super) rows: u64,
-}
-
-impl Chunk {
-    /// The whole table, in one chunk.
-    pub(super) fn whole() -> Chunk {
-        Chunk {
-            number: 1,
-            lower: None,
-            upper: None,
-            done: false,
-            rows: 0,
-        }
-    }
-
-    /// The chunks between these bounds, in order (the first and last open-ended).
-    pub(super) fn between(bounds: Vec<Vec<String>>) -> Vec<Chunk> {
-        let mut chunks = Vec::new();
-        let mut lower: Bound = None;
-        for (i, bound) in bounds.into_iter().map(Some).chain([None]).enumerate() {
-            chunks.push(Chunk {
-                number: i + 1,
-                lower: lower.clone(),
-                upper: bound.clone(),
-                done: false,
-                rows: 0,
-            });
-            lower = bound;
-        }
-        chunks
-    }
-}
-
 /// A connection to the source.
 pub(super) enum Reader {
     Postgres(PgConnection),
@@ -512,11 +466,6 @@ async fn run_traced(copier: &Copier, purpose: Purpose) -> Result<CopyReport, Err
     Ok(report)
 }
 
-/// `'text'` as an SQL string literal.
-fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
-
 /// Creates datamig's ledger in the target, as `datamig run` would on PostgreSQL.
 async fn ensure_target_ledger(dst: &mut PgConnection) -> Result<(), Error> {
     use crate::backend::steps::Steps;
@@ -552,52 +501,6 @@ async fn verify(
         differences,
         rows,
     })
-}
-
-async fn connect(options: &PgConnectOptions, side: &str) -> Result<PgConnection, Error> {
-    let options = options.clone().application_name("datamig-copy");
-    let connecting = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options));
-    let Ok(connected) = connecting.await else {
-        return Err(Error::Config(format!(
-            "cannot connect to the {side} database: no answer within {} s; check the host and port of its URL",
-            CONNECT_TIMEOUT.as_secs()
-        )));
-    };
-    connected.map_err(|err| match err {
-        sqlx::Error::Database(_)
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Configuration(_) => Error::Config(format!(
-            "cannot connect to the {side} database: {}",
-            crate::error::describe_sqlx(&err)
-        )),
-        other => Error::Database(other),
-    })
-}
-
-async fn source_session(conn: &mut PgConnection) -> Result<(), Error> {
-    sqlx::raw_sql(
-        "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; \
-         SET standard_conforming_strings = on; SET extra_float_digits = 3",
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// The target's session: a lost commit loses a chunk and its progress row together, so
-/// `synchronous_commit` need not wait for the disk; locks wait at most the lock timeout.
-async fn target_session(conn: &mut PgConnection, copier: &Copier, load: bool) -> Result<(), Error> {
-    let mut sql = format!(
-        "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; \
-         SET standard_conforming_strings = on; SET synchronous_commit = off; SET lock_timeout = '{}ms'",
-        copier.lock_timeout.as_millis().max(1)
-    );
-    if load && copier.triggers == Triggers::Off {
-        sql.push_str("; SET session_replication_role = replica");
-    }
-    sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await?;
-    Ok(())
 }
 
 /// The target's tables (partitioned ones through their partitions) whose load would
@@ -825,52 +728,6 @@ async fn split(
         }
     }
     Ok(Chunk::between(bounds))
-}
-
-/// `ONLY "s"."t"` for a plain table (its inheritance children are tables of their own),
-/// the table itself for a partitioned one (read through its partitions).
-fn source_from(table: &Table) -> String {
-    if table.kind == "p" {
-        table.ident()
-    } else {
-        format!("ONLY {}", table.ident())
-    }
-}
-
-fn literal(value: &str, sql_type: &str) -> String {
-    format!("'{}'::{sql_type}", value.replace('\'', "''"))
-}
-
-/// `WHERE (k1, k2) > (..) AND (k1, k2) <= (..)` for a chunk, empty for a whole table.
-fn range_predicate(p: &Planned, chunk: &Chunk) -> String {
-    let columns: Vec<String> = p.plan.key.iter().map(|k| quote_ident(k)).collect();
-    let tuple = format!("({})", columns.join(", "));
-    let types: Vec<&str> = p
-        .plan
-        .key
-        .iter()
-        .map(|k| p.source.column(k).map_or("text", |c| c.sql_type.as_str()))
-        .collect();
-    let values = |bound: &[String]| {
-        let literals: Vec<String> = bound
-            .iter()
-            .zip(&types)
-            .map(|(v, t)| literal(v, t))
-            .collect();
-        format!("({})", literals.join(", "))
-    };
-    let mut conditions = Vec::new();
-    if let Some(lower) = &chunk.lower {
-        conditions.push(format!("{tuple} > {}", values(lower)));
-    }
-    if let Some(upper) = &chunk.upper {
-        conditions.push(format!("{tuple} <= {}", values(upper)));
-    }
-    if conditions.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", conditions.join(" AND "))
-    }
 }
 
 /// One transaction on the target: a chunk, or the chunks of a cycle's tables.
@@ -1314,30 +1171,6 @@ struct Counts {
     updated: u64,
 }
 
-/// Where a chunk failed.
-pub(super) enum Failure {
-    /// Reading the source.
-    Source(String, sqlx::Error),
-    /// Reading the source, as its driver described it.
-    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
-    SourceText(String, String),
-    /// Writing the target (the chunk's transaction is rolled back).
-    Target(usize, sqlx::Error),
-    /// A row the copy's own checks reject (the chunk is rolled back).
-    Rejected(usize, String),
-    /// A value of a SQLite source that does not convert (the chunk is rolled back).
-    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
-    Value(usize, Box<UnconvertibleValue>),
-    /// Anything else.
-    Other(Error),
-}
-
-impl From<sqlx::Error> for Failure {
-    fn from(err: sqlx::Error) -> Self {
-        Failure::Other(Error::Database(err))
-    }
-}
-
 async fn copy_unit(
     shared: &Shared,
     src: &mut Reader,
@@ -1592,34 +1425,6 @@ fn target_range(p: &Planned, chunk: &Chunk, from_sqlite: bool) -> String {
         out.push_str(&format!(" AND ({tuple}) <= ({})", values(upper)));
     }
     out
-}
-
-/// A buffer of `COPY` data and the rows in it.
-pub(super) type Filled = (Vec<u8>, u64);
-
-/// Full buffers of `COPY` data (with their row counts) going from a reader to a writer,
-/// and [`BUFFERS`] empty ones of about [`SEND_BYTES`] coming back to be filled again.
-pub(super) struct Buffers {
-    pub(super) full_tx: Sender<Filled>,
-    pub(super) full_rx: Receiver<Filled>,
-    pub(super) empty_tx: Sender<Vec<u8>>,
-    pub(super) empty_rx: Receiver<Vec<u8>>,
-}
-
-impl Buffers {
-    pub(super) fn new() -> Buffers {
-        let (full_tx, full_rx) = tokio::sync::mpsc::channel(BUFFERS);
-        let (empty_tx, empty_rx) = tokio::sync::mpsc::channel(BUFFERS + 1);
-        for _ in 0..BUFFERS {
-            let _ = empty_tx.try_send(Vec::with_capacity(SEND_BYTES + (64 << 10)));
-        }
-        Buffers {
-            full_tx,
-            full_rx,
-            empty_tx,
-            empty_rx,
-        }
-    }
 }
 
 /// Streams one `COPY .. TO STDOUT` into the open `COPY .. FROM STDIN`, in sends of about
@@ -2003,73 +1808,6 @@ async fn set_sequences(
         }
     }
     Ok(set)
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Side {
-    Source,
-    Target,
-}
-
-/// The fingerprint of the copied columns of every planned table, in key order (text keys
-/// in byte order, so that two databases of different collations agree).
-async fn fingerprint(
-    conn: &mut PgConnection,
-    planned: &[Planned],
-    side: Side,
-) -> Result<Fingerprint, Error> {
-    let mut out = Fingerprint::default();
-    for p in planned {
-        let table = if side == Side::Source {
-            &p.source
-        } else {
-            &p.target
-        };
-        let (rows, sha256) =
-            hash_rows(conn, fingerprint_sql(p, table, &source_from(table))).await?;
-        out.tables.insert(
-            display(&p.source.name),
-            TableFingerprint {
-                rows,
-                sha256,
-                key: p.plan.key.clone(),
-            },
-        );
-    }
-    Ok(out)
-}
-
-/// The rows of `from` (shaped as `table`) hashed one by one, in key order.
-fn fingerprint_sql(p: &Planned, table: &Table, from: &str) -> String {
-    let row = format!(
-        "ROW({})::text",
-        p.plan
-            .copied()
-            .map(|c| format!("t.{}", quote_ident(&c.name)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    let order = if p.plan.key.is_empty() {
-        format!("{row} COLLATE \"C\"")
-    } else {
-        p.plan
-            .key
-            .iter()
-            .map(|k| {
-                let collatable = table
-                    .column(k)
-                    .is_some_and(|c| c.sql_type == "text" || c.sql_type.starts_with("character"));
-                let column = format!("t.{}", quote_ident(k));
-                if collatable {
-                    format!("{column} COLLATE \"C\"")
-                } else {
-                    column
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    format!("SELECT sha256(convert_to({row}, 'UTF8')) FROM {from} AS t ORDER BY {order}")
 }
 
 /// A SQLite source compared with the target in the target's types: each table's rows are

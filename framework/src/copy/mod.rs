@@ -87,13 +87,19 @@
 //! target and compare them row by row, naming the first rows that differ.
 
 mod catalog;
+mod chunk;
+mod connect;
 mod convert;
 mod copier;
 mod event;
+mod failure;
+mod fingerprint;
 mod load;
 mod options;
+mod pipe;
 mod plan;
 mod report;
+mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 

@@ -7,8 +7,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{AssertSqlSafe, Connection, Row};
 
 use super::catalog::{Column, Table, TableName};
+use super::chunk::Chunk;
 use super::convert::{Conversion, Kind, UnixTime, Value};
-use super::load::{Buffers, Chunk, Failure, SEND_BYTES, Shared};
+use super::failure::Failure;
+use super::load::Shared;
+use super::pipe::{Buffers, SEND_BYTES};
 use super::plan::{Planned, unix_unit};
 use crate::error::{Error, UnconvertibleValue};
 use crate::sql::quote_ident;
