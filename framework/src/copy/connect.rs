@@ -32,17 +32,6 @@ pub(super) async fn connect(options: &PgConnectOptions, side: &str) -> Result<Pg
     })
 }
 
-/// The source's session: no timeouts, and values written as `COPY` reads them back.
-pub(super) async fn source_session(conn: &mut PgConnection) -> Result<(), Error> {
-    sqlx::raw_sql(
-        "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; \
-         SET standard_conforming_strings = on; SET extra_float_digits = 3",
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// The target's session: a lost commit loses a chunk and its progress row together, so
 /// `synchronous_commit` need not wait for the disk; locks wait at most the lock timeout.
 pub(super) async fn target_session(

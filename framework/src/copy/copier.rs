@@ -46,17 +46,6 @@ pub(crate) enum SourceOptions {
     Sqlite(sqlx::sqlite::SqliteConnectOptions),
 }
 
-impl SourceOptions {
-    /// The source's backend, as the `copy` span's `source` field names it.
-    pub(crate) fn kind(&self) -> &'static str {
-        match self {
-            SourceOptions::Postgres(_) => "postgres",
-            #[cfg(feature = "sqlite")]
-            SourceOptions::Sqlite(_) => "sqlite",
-        }
-    }
-}
-
 impl std::fmt::Debug for Copier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Copier")

@@ -7,51 +7,52 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tracing::Instrument;
 
-use futures_util::TryStreamExt;
 use sqlx::postgres::PgConnection;
 use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::Notify;
 
 use super::catalog::{self, Table, TableName, display};
-use super::chunk::{Chunk, range_predicate};
-use super::connect::{connect, source_session, target_session};
-use super::convert::Conversion;
-use super::copier::{Copier, SourceOptions as Source};
+use super::chunk::Chunk;
+use super::connect::{connect, target_session};
+use super::copier::{Copier, SourceOptions};
 use super::event::{CopyEvent, EventSink, emit};
 use super::failure::Failure;
-use super::fingerprint::{Side, fingerprint, fingerprint_sql};
+use super::fingerprint::{Side, fingerprint};
 use super::options::{CopyMode, Purpose, Triggers};
-use super::pipe::{Buffers, SEND_BYTES};
 use super::plan::{self, Planned};
-#[cfg(feature = "sqlite")]
-use super::report::RowDifference;
 use super::report::{
     CopyPlan, CopyReport, SequenceSet, TableReport, Verification, empty_report, empty_reports,
 };
-use super::sql::{literal, quote_literal, source_from};
+use super::source::postgres::PostgresSource;
 #[cfg(feature = "sqlite")]
-use super::sqlite;
-use crate::backend::postgres::{
-    SESSION_COLUMNS, hash_rows, query, query_as, query_scalar, session_info,
-};
+use super::source::sqlite::SqliteSource;
+use super::source::{Opened, Reader, Readers, Source};
+use super::sql::quote_literal;
+use crate::backend::postgres::{SESSION_COLUMNS, query, query_as, query_scalar, session_info};
 use crate::error::Error;
-use crate::fingerprint::{Fingerprint, TableFingerprint};
 use crate::sql::quote_ident;
 
 const PROGRESS_TABLE: &str = "datamig_copy_progress";
-/// A connection to the source.
-pub(super) enum Reader {
-    Postgres(PgConnection),
-    #[cfg(feature = "sqlite")]
-    /// A reader of a SQLite file (taken by its blocking thread while it reads).
-    Sqlite(Option<rusqlite::Connection>),
+/// One copy (or plan, or comparison), from the source the copier names.
+pub(super) async fn run(copier: &Copier, purpose: Purpose) -> Result<CopyReport, Error> {
+    match &copier.source {
+        SourceOptions::Postgres(options) => {
+            traced::<PostgresSource>(copier, options, purpose).await
+        }
+        #[cfg(feature = "sqlite")]
+        SourceOptions::Sqlite(options) => traced::<SqliteSource>(copier, options, purpose).await,
+    }
 }
 
 /// One copy (or plan, or comparison) in the span `copy` (see [`crate::trace`]).
-pub(super) async fn run(copier: &Copier, purpose: Purpose) -> Result<CopyReport, Error> {
+async fn traced<S: Source>(
+    copier: &Copier,
+    options: &S::Options,
+    purpose: Purpose,
+) -> Result<CopyReport, Error> {
     let span = tracing::info_span!(
         "copy",
-        source = copier.source.kind(),
+        source = S::KIND,
         purpose = ?purpose,
         mode = copier.mode.name(),
         jobs = copier.jobs,
@@ -62,7 +63,9 @@ pub(super) async fn run(copier: &Copier, purpose: Purpose) -> Result<CopyReport,
         outcome = tracing::field::Empty,
     );
     let started = Instant::now();
-    let result = run_traced(copier, purpose).instrument(span.clone()).await;
+    let result = copy::<S>(copier, options, purpose)
+        .instrument(span.clone())
+        .await;
     let duration_ms = crate::trace::millis(started.elapsed());
     span.record("duration_ms", duration_ms);
     match &result {
@@ -95,7 +98,11 @@ pub(super) async fn run(copier: &Copier, purpose: Purpose) -> Result<CopyReport,
     result
 }
 
-async fn run_traced(copier: &Copier, purpose: Purpose) -> Result<CopyReport, Error> {
+async fn copy<S: Source>(
+    copier: &Copier,
+    options: &S::Options,
+    purpose: Purpose,
+) -> Result<CopyReport, Error> {
     let started = Instant::now();
     let mut dst = connect(&copier.target, "target").await?;
     target_session(&mut dst, copier, false).await?;
@@ -103,56 +110,11 @@ async fn run_traced(copier: &Copier, purpose: Purpose) -> Result<CopyReport, Err
 
     // The source: its catalog and the name the copy goes by, read in the state every
     // reader of this run sees (an exported snapshot, or a SQLite file's write lock).
-    let mut src;
-    // A SQLite source's own connection: the catalog, the chunks, and the write lock held
-    // while the readers start.
-    #[cfg(feature = "sqlite")]
-    let mut sqlite_main: Option<sqlx::sqlite::SqliteConnection> = None;
-    let snapshot: String;
-    let source_tables;
-    let name;
-    match &copier.source {
-        Source::Postgres(options) => {
-            let mut conn = connect(options, "source").await?;
-            source_session(&mut conn).await?;
-            if catalog::identity(&mut conn).await? == catalog::identity(&mut dst).await? {
-                return Err(Error::CopyRefused(
-                    "the source and the target are the same database: a copy needs two databases; check the two URLs".into(),
-                ));
-            }
-            sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                .execute(&mut conn)
-                .await?;
-            snapshot = query_scalar("SELECT pg_export_snapshot()")
-                .fetch_one(&mut conn)
-                .await?;
-            source_tables = catalog::read(&mut conn).await?;
-            name = catalog::copy_name(&mut conn).await?;
-            src = Reader::Postgres(conn);
-        }
-        #[cfg(feature = "sqlite")]
-        Source::Sqlite(options) => {
-            let mut conn = sqlite::open(options).await?;
-            if purpose == Purpose::Run {
-                sqlite::hold_writers(&mut conn).await?;
-            } else {
-                sqlx::raw_sql("BEGIN").execute(&mut conn).await?;
-            }
-            let schema: String = query_scalar("SELECT current_schema()::text")
-                .fetch_one(&mut dst)
-                .await?;
-            source_tables = sqlite::catalog(&mut conn, &schema, &target_tables).await?;
-            name = sqlite::copy_name(options);
-            snapshot = String::new();
-            sqlite_main = Some(conn);
-            src = Reader::Sqlite(if purpose == Purpose::Run {
-                None
-            } else {
-                Some(sqlite::reader(options)?)
-            });
-        }
-    }
-    let from_sqlite = !matches!(src, Reader::Postgres(_));
+    let Opened {
+        mut source,
+        tables: source_tables,
+        name,
+    } = S::open(options, copier, &mut dst, &target_tables, purpose).await?;
 
     // datamig's ledger comes along from SQLite: created in the target where it is missing
     // (when the copy runs; a plan leaves it out and says so).
@@ -185,23 +147,23 @@ async fn run_traced(copier: &Copier, purpose: Purpose) -> Result<CopyReport, Err
         Triggers::Off => true,
         Triggers::Auto => may_turn_off,
     };
-    let plan_with = |off: bool| {
+    let plan_with = |source: &S, off: bool| {
         plan::plan(
             &source_tables,
             &target_tables,
             &selection,
             copier.mode,
             off,
-            from_sqlite.then_some(&copier.unix_time),
+            |theirs, ours, problems| source.columns(theirs, ours, problems),
         )
         .map_err(|problems| Error::CopyPlan { problems })
     };
-    let (mut planned, mut left_out) = plan_with(triggers_off)?;
+    let (mut planned, mut left_out) = plan_with(&source, triggers_off)?;
     if copier.triggers == Triggers::Auto && triggers_off {
         let kept = tables_keeping_triggers(&mut dst).await?;
         if planned.iter().any(|p| kept.contains(&p.target.name)) {
             triggers_off = false;
-            (planned, left_out) = plan_with(false)?;
+            (planned, left_out) = plan_with(&source, false)?;
         }
     }
     let resolved = Copier {
@@ -216,20 +178,7 @@ async fn run_traced(copier: &Copier, purpose: Purpose) -> Result<CopyReport, Err
     left_out.extend(left_out_extra);
 
     let mut problems = Vec::new();
-    if from_sqlite {
-        for column in copier.unix_time.keys() {
-            let known = planned.iter().any(|p| {
-                column.rsplit_once('.').is_some_and(|(t, c)| {
-                    plan::names(t, &p.source.name) && p.plan.copied().any(|x| x.name == c)
-                })
-            });
-            if !known {
-                problems.push(format!(
-                    "--unix-time names {column}, which is no copied column (write TABLE.COLUMN)"
-                ));
-            }
-        }
-    }
+    source.check(&planned, &mut problems);
     if triggers_off && !may_turn_off {
         problems.push(
             "--triggers off sets session_replication_role, which the target role may not: copy as a superuser, GRANT SET ON PARAMETER session_replication_role TO the role (PostgreSQL 15 and later), or copy with --triggers on".to_string(),
@@ -248,22 +197,10 @@ async fn run_traced(copier: &Copier, purpose: Purpose) -> Result<CopyReport, Err
     if !problems.is_empty() {
         return Err(Error::CopyPlan { problems });
     }
-    #[cfg(feature = "sqlite")]
-    let conversions: Vec<Vec<Conversion>> = planned
-        .iter()
-        .map(|p| {
-            if from_sqlite {
-                sqlite::conversions(p, &copier.unix_time)
-            } else {
-                Vec::new()
-            }
-        })
-        .collect();
-    #[cfg(not(feature = "sqlite"))]
-    let conversions: Vec<Vec<Conversion>> = vec![Vec::new(); planned.len()];
+    let from_sqlite = S::KIND == "sqlite";
 
     if purpose == Purpose::Compare {
-        let verification = verify(&mut src, &mut dst, &planned, &conversions).await?;
+        let verification = verify(&mut source, &mut dst, &planned).await?;
         let plan = CopyPlan {
             copy: name,
             mode: copier.mode,
@@ -327,20 +264,12 @@ async fn run_traced(copier: &Copier, purpose: Purpose) -> Result<CopyReport, Err
     for p in &mut planned {
         let table_chunks = match recorded.get(&p.plan.table) {
             Some(existing) if !existing.is_empty() => existing.clone(),
-            _ => match &mut src {
-                Reader::Postgres(conn) => split(conn, p, copier.chunk_rows).await?,
-                #[cfg(feature = "sqlite")]
-                Reader::Sqlite(_) => match sqlite_main.as_mut() {
-                    Some(conn) => sqlite::split(conn, p, copier.chunk_rows).await?,
-                    None => Vec::new(),
-                },
-            },
+            _ => source.split(p, copier.chunk_rows).await?,
         };
         p.plan.chunks = table_chunks.len();
         p.plan.chunks_done = table_chunks.iter().filter(|c| c.done).count();
         chunks.push(table_chunks);
     }
-    #[cfg_attr(not(feature = "sqlite"), allow(unused_mut))]
     let mut plan = CopyPlan {
         copy: copy_id.clone(),
         mode: copier.mode,
@@ -353,12 +282,9 @@ async fn run_traced(copier: &Copier, purpose: Purpose) -> Result<CopyReport, Err
         unconvertible_total: 0,
     };
     if purpose == Purpose::Plan {
-        #[cfg(feature = "sqlite")]
-        if let Reader::Sqlite(conn) = &mut src {
-            let (found, total) = sqlite::scan(conn, &planned, &conversions, 1000).await?;
-            plan.unconvertible = found;
-            plan.unconvertible_total = total;
-        }
+        let (found, total) = source.unconvertible(&planned, 1000).await?;
+        plan.unconvertible = found;
+        plan.unconvertible_total = total;
         let mut report = empty_report(plan, &planned);
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
@@ -384,32 +310,15 @@ async fn run_traced(copier: &Copier, purpose: Purpose) -> Result<CopyReport, Err
     .await?;
     emit(&copier.on_event, &CopyEvent::Planned { plan: plan.clone() });
 
-    // A SQLite source: the workers' readers (and one for verification) start their read
-    // transactions while this connection holds the write lock, then it lets writers go.
-    #[cfg_attr(not(feature = "sqlite"), allow(unused_mut))]
-    let mut readers = Vec::new();
-    #[cfg(feature = "sqlite")]
-    if let (Source::Sqlite(options), Some(conn)) = (&copier.source, sqlite_main.as_mut()) {
-        for _ in 0..=copier.jobs {
-            readers.push(Reader::Sqlite(Some(sqlite::reader(options)?)));
-        }
-        sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
-        if let Some(verifier) = readers.pop() {
-            src = verifier;
-        }
-    }
+    // The workers' readers, in the state the source was opened in.
+    let readers = source.readers(copier.jobs).await?;
 
     let pending: usize = chunks.iter().flatten().filter(|c| !c.done).count();
     report.already_copied = pending == 0;
     let planned = Arc::new(planned);
     if pending > 0 {
-        let work = Work {
-            chunks,
-            conversions: conversions.clone(),
-            readers,
-        };
         let (outcome, analyzed) =
-            copy_chunks(copier, &snapshot, &progress, &copy_id, &planned, work).await?;
+            copy_chunks::<S>(copier, readers, &progress, &copy_id, &planned, chunks).await?;
         report.tables = outcome;
         report.analyzed = analyzed
             .into_iter()
@@ -447,20 +356,9 @@ async fn run_traced(copier: &Copier, purpose: Purpose) -> Result<CopyReport, Err
             .await?;
     }
     if copier.verify {
-        report.verification = Some(verify(&mut src, &mut dst, &planned, &conversions).await?);
+        report.verification = Some(verify(&mut source, &mut dst, &planned).await?);
     }
-    match src {
-        Reader::Postgres(mut conn) => {
-            sqlx::raw_sql("COMMIT").execute(&mut conn).await?;
-            let _ = conn.close().await;
-        }
-        #[cfg(feature = "sqlite")]
-        Reader::Sqlite(_) => {}
-    }
-    #[cfg(feature = "sqlite")]
-    if let Some(conn) = sqlite_main {
-        let _ = conn.close().await;
-    }
+    source.close().await?;
     let _ = dst.close().await;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
@@ -481,18 +379,12 @@ async fn ensure_target_ledger(dst: &mut PgConnection) -> Result<(), Error> {
 
 /// Both sides compared: fingerprints of the copied columns (and, for a SQLite source, the
 /// first rows that differ, compared in the target's types).
-async fn verify(
-    src: &mut Reader,
+async fn verify<S: Source>(
+    src: &mut S,
     dst: &mut PgConnection,
     planned: &[Planned],
-    conversions: &[Vec<Conversion>],
 ) -> Result<Verification, Error> {
-    let (source, rows) = match src {
-        Reader::Postgres(conn) => (fingerprint(conn, planned, Side::Source).await?, Vec::new()),
-        #[cfg(feature = "sqlite")]
-        Reader::Sqlite(conn) => compare_rows(conn, dst, planned, conversions).await?,
-    };
-    let _ = conversions;
+    let (source, rows) = src.verify(dst, planned).await?;
     let target = fingerprint(dst, planned, Side::Target).await?;
     let differences = source.differences(&target);
     Ok(Verification {
@@ -653,83 +545,6 @@ async fn record_plan(
     Ok(())
 }
 
-/// The key ranges a table is copied in, measured in the run's snapshot.
-async fn split(
-    src: &mut PgConnection,
-    p: &mut Planned,
-    chunk_rows: u64,
-) -> Result<Vec<Chunk>, Error> {
-    let one = || vec![Chunk::whole()];
-    let from = source_from(&p.source);
-    if p.plan.estimated_rows <= 0 {
-        p.plan.estimated_rows = query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {from}")))
-            .fetch_one(&mut *src)
-            .await?;
-    }
-    let estimate = u64::try_from(p.plan.estimated_rows).unwrap_or(0);
-    if p.plan.whole.is_some() || estimate <= chunk_rows {
-        return Ok(one());
-    }
-    let n = estimate.div_ceil(chunk_rows);
-    let key = &p.plan.key;
-    let types: Vec<&str> = key
-        .iter()
-        .map(|k| p.source.column(k).map_or("text", |c| c.sql_type.as_str()))
-        .collect();
-    let columns: Vec<String> = key.iter().map(|k| quote_ident(k)).collect();
-    let mut bounds: Vec<Vec<String>> = Vec::new();
-    if key.len() == 1 && matches!(types[0], "smallint" | "integer" | "bigint") {
-        let row = query(AssertSqlSafe(format!(
-            "SELECT min({c})::int8, max({c})::int8 FROM {from}",
-            c = columns[0]
-        )))
-        .fetch_one(&mut *src)
-        .await?;
-        let (Some(min), Some(max)): (Option<i64>, Option<i64>) = (row.try_get(0)?, row.try_get(1)?)
-        else {
-            return Ok(one());
-        };
-        let span = i128::from(max) - i128::from(min) + 1;
-        let n = i128::from(n).min(span).max(1);
-        for i in 1..n {
-            let bound = i128::from(min) + span * i / n - 1;
-            bounds.push(vec![bound.to_string()]);
-        }
-    } else {
-        // A sample of the keys, sorted in the index's order; its quantiles bound the chunks.
-        let wanted = n * 64;
-        let percent = (100.0 * wanted as f64 / estimate as f64).min(100.0);
-        let list = columns
-            .iter()
-            .map(|c| format!("{c}::text"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let rows = query(AssertSqlSafe(format!(
-            "SELECT {list} FROM {from} TABLESAMPLE SYSTEM ({percent}) ORDER BY {}",
-            columns.join(", ")
-        )))
-        .fetch_all(&mut *src)
-        .await?;
-        let sample: Vec<Vec<String>> = rows
-            .iter()
-            .map(|row| {
-                (0..key.len())
-                    .map(|i| row.try_get::<String, _>(i))
-                    .collect()
-            })
-            .collect::<Result<_, _>>()?;
-        let n = usize::try_from(n).unwrap_or(usize::MAX);
-        for i in 1..n {
-            if let Some(bound) = sample.get(sample.len() * i / n)
-                && bounds.last() != Some(bound)
-            {
-                bounds.push(bound.clone());
-            }
-        }
-    }
-    Ok(Chunk::between(bounds))
-}
-
 /// One transaction on the target: a chunk, or the chunks of a cycle's tables.
 struct Unit {
     parts: Vec<(usize, Chunk)>,
@@ -823,17 +638,13 @@ impl Schedule {
 }
 
 /// What the workers share.
-pub(super) struct Shared {
+pub(super) struct Shared<S: Source> {
     copier: Copier,
-    snapshot: String,
     progress: String,
     copy_id: String,
     pub(super) planned: Arc<Vec<Planned>>,
-    /// Per table, each copied column's conversion (a SQLite source).
-    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
-    pub(super) conversions: Vec<Vec<Conversion>>,
-    /// Readers opened before the workers start (a SQLite source: in one state of the file).
-    readers: Mutex<Vec<Reader>>,
+    /// What hands each worker its reader of the source.
+    readers: S::Readers,
     parents: Vec<Vec<usize>>,
     chunk_counts: Vec<usize>,
     schedule: Mutex<Schedule>,
@@ -847,7 +658,7 @@ pub(super) struct Shared {
     analyzed: Mutex<Vec<usize>>,
 }
 
-impl Shared {
+impl<S: Source> Shared<S> {
     async fn next(&self) -> Result<Option<Unit>, Error> {
         loop {
             let notified = self.notify.notified();
@@ -894,26 +705,14 @@ impl Shared {
     }
 }
 
-/// The chunks to copy, each table's conversions, and readers opened in advance.
-struct Work {
-    chunks: Vec<Vec<Chunk>>,
-    conversions: Vec<Vec<Conversion>>,
-    readers: Vec<Reader>,
-}
-
-async fn copy_chunks(
+async fn copy_chunks<S: Source>(
     copier: &Copier,
-    snapshot: &str,
+    readers: S::Readers,
     progress: &str,
     copy_id: &str,
     planned: &Arc<Vec<Planned>>,
-    work: Work,
+    chunks: Vec<Vec<Chunk>>,
 ) -> Result<(Vec<TableReport>, Vec<usize>), Error> {
-    let Work {
-        chunks,
-        conversions,
-        readers,
-    } = work;
     let index: BTreeMap<&str, usize> = planned
         .iter()
         .enumerate()
@@ -966,12 +765,10 @@ async fn copy_chunks(
     let workers = copier.jobs.min(queue.len()).max(1);
     let shared = Arc::new(Shared {
         copier: copier.clone(),
-        snapshot: snapshot.to_string(),
         progress: progress.to_string(),
         copy_id: copy_id.to_string(),
         planned: Arc::clone(planned),
-        conversions,
-        readers: Mutex::new(readers),
+        readers,
         parents,
         chunk_counts,
         schedule: Mutex::new(Schedule {
@@ -998,7 +795,7 @@ async fn copy_chunks(
     for _ in 0..workers {
         let shared = Arc::clone(&shared);
         // The chunks' spans are children of the copy's span.
-        tasks.spawn(async move { worker(&shared).await }.in_current_span());
+        tasks.spawn(async move { worker::<S>(&shared).await }.in_current_span());
     }
     let mut failure = None;
     while let Some(joined) = tasks.join_next().await {
@@ -1021,28 +818,8 @@ async fn copy_chunks(
     Ok((reports, analyzed))
 }
 
-async fn worker(shared: &Shared) -> Result<(), Error> {
-    let opened = shared.readers.lock().expect("readers lock").pop();
-    let mut src = match (opened, &shared.copier.source) {
-        (Some(reader), _) => reader,
-        (None, Source::Postgres(options)) => {
-            let mut conn = connect(options, "source").await?;
-            source_session(&mut conn).await?;
-            sqlx::raw_sql(AssertSqlSafe(format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
-                shared.snapshot.replace('\'', "''")
-            )))
-            .execute(&mut conn)
-            .await?;
-            Reader::Postgres(conn)
-        }
-        #[cfg(feature = "sqlite")]
-        (None, Source::Sqlite(_)) => {
-            return Err(Error::Config(
-                "a copy worker found no SQLite reader; this is a bug in datamig".into(),
-            ));
-        }
-    };
+async fn worker<S: Source>(shared: &Shared<S>) -> Result<(), Error> {
+    let mut src = shared.readers.open().await?;
     let mut dst = connect(&shared.copier.target, "target").await?;
     target_session(&mut dst, &shared.copier, true).await?;
     while let Some(unit) = shared.next().await? {
@@ -1151,14 +928,7 @@ async fn worker(shared: &Shared) -> Result<(), Error> {
             }
         }
     }
-    match src {
-        Reader::Postgres(mut conn) => {
-            let _ = sqlx::raw_sql("COMMIT").execute(&mut conn).await;
-            let _ = conn.close().await;
-        }
-        #[cfg(feature = "sqlite")]
-        Reader::Sqlite(_) => {}
-    }
+    src.close().await;
     let _ = dst.close().await;
     Ok(())
 }
@@ -1171,9 +941,9 @@ struct Counts {
     updated: u64,
 }
 
-async fn copy_unit(
-    shared: &Shared,
-    src: &mut Reader,
+async fn copy_unit<S: Source>(
+    shared: &Shared<S>,
+    src: &mut S::Reader,
     dst: &mut PgConnection,
     unit: &Unit,
 ) -> Result<Vec<Counts>, Failure> {
@@ -1190,24 +960,9 @@ async fn copy_unit(
         let p = &shared.planned[*table];
         let columns: Vec<String> = p.plan.copied().map(|c| quote_ident(&c.name)).collect();
         let list = columns.join(", ");
-        let select = format!(
-            "COPY (SELECT {list} FROM {}{}) TO STDOUT",
-            source_from(&p.source),
-            range_predicate(p, chunk)
-        );
         let target = p.target.ident();
         let merge = shared.copier.mode == CopyMode::Merge;
-        // The same built-in type on both sides: binary `COPY`, which neither server has to
-        // write as text or parse back.
-        // A SQLite source's values are converted into binary `COPY` (see `sqlite::stream`).
-        let binary = !shared.conversions[*table].is_empty()
-            || p.plan.copied().all(|c| {
-                c.action == crate::copy::ColumnAction::Copy
-                    && p.target.column(&c.name).is_some_and(|t| t.builtin_type)
-                    && p.source.column(&c.name).is_some_and(|s| s.builtin_type)
-            });
-        let format = if binary { " (FORMAT binary)" } else { "" };
-        let select = format!("{select}{format}");
+        let format = if S::binary(p) { " (FORMAT binary)" } else { "" };
         let into = if merge {
             let stage = format!("datamig_copy_stage_{stage}");
             sqlx::raw_sql(AssertSqlSafe(format!(
@@ -1226,13 +981,8 @@ async fn copy_unit(
                 .copy_in_raw(&format!("COPY {into} ({list}) FROM STDIN{format}"))
                 .await
                 .map_err(|e| Failure::Target(*table, e))?;
-            let streamed = match &mut *src {
-                Reader::Postgres(conn) => stream(shared, *table, conn, &mut copy_in, &select).await,
-                #[cfg(feature = "sqlite")]
-                Reader::Sqlite(conn) => {
-                    sqlite::stream(shared, *table, conn, chunk, &mut copy_in).await
-                }
-            };
+            let progress = |rows, bytes| shared.progress(*table, rows, bytes);
+            let streamed = src.stream(p, *table, chunk, &mut copy_in, &progress).await;
             match streamed {
                 Ok(bytes) => counts.bytes = bytes,
                 Err(failure) => {
@@ -1282,7 +1032,8 @@ async fn copy_unit(
     // unit, before it commits (as the target's own checks would have, row by row).
     if shared.copier.triggers == Triggers::Off {
         for (table, chunk) in &unit.parts {
-            if let Some(message) = dangling_reference(&mut tx, shared, *table, chunk)
+            let p = &shared.planned[*table];
+            if let Some(message) = dangling_reference(&mut tx, p, &S::target_range(p, chunk))
                 .await
                 .map_err(|e| Failure::Target(*table, e))?
             {
@@ -1299,12 +1050,9 @@ async fn copy_unit(
 /// reference holds. Each key is one anti-join over the chunk's key range.
 async fn dangling_reference(
     conn: &mut PgConnection,
-    shared: &Shared,
-    table: usize,
-    chunk: &Chunk,
+    p: &Planned,
+    range: &str,
 ) -> Result<Option<String>, sqlx::Error> {
-    let p = &shared.planned[table];
-    let range = target_range(p, chunk, !shared.conversions[table].is_empty());
     for fk in &p.target.foreign_keys {
         if fk.referenced.len() != fk.columns.len() {
             continue;
@@ -1363,141 +1111,6 @@ async fn dangling_reference(
         }
     }
     Ok(None)
-}
-
-/// ` AND` the chunk's key range over the target's columns (empty for a whole table):
-/// bounds of a SQLite source are SQLite literals, compared in byte order as SQLite does.
-fn target_range(p: &Planned, chunk: &Chunk, from_sqlite: bool) -> String {
-    if !from_sqlite {
-        let range = range_predicate(p, chunk);
-        return range
-            .strip_prefix(" WHERE ")
-            .map_or(String::new(), |r| format!(" AND {r}"));
-    }
-    let columns: Vec<(String, String, bool)> = p
-        .plan
-        .key
-        .iter()
-        .map(|k| {
-            let sql_type = p
-                .target
-                .column(k)
-                .map_or("text".to_string(), |c| c.sql_type.clone());
-            let text = sql_type == "text" || sql_type.starts_with("character");
-            (quote_ident(k), sql_type, text)
-        })
-        .collect();
-    let tuple = columns
-        .iter()
-        .map(|(c, _, text)| {
-            if *text {
-                format!("c.{c} COLLATE \"C\"")
-            } else {
-                format!("c.{c}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let values = |bound: &[String]| {
-        bound
-            .iter()
-            .zip(&columns)
-            .map(|(v, (_, sql_type, text))| {
-                let literal = match v.strip_prefix("X'").or_else(|| v.strip_prefix("x'")) {
-                    Some(hex) => format!("'\\x{hex}::bytea"),
-                    None if v.starts_with('\'') => format!("{v}::{sql_type}"),
-                    None => v.clone(),
-                };
-                if *text {
-                    format!("{literal} COLLATE \"C\"")
-                } else {
-                    literal
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let mut out = String::new();
-    if let Some(lower) = &chunk.lower {
-        out.push_str(&format!(" AND ({tuple}) > ({})", values(lower)));
-    }
-    if let Some(upper) = &chunk.upper {
-        out.push_str(&format!(" AND ({tuple}) <= ({})", values(upper)));
-    }
-    out
-}
-
-/// Streams one `COPY .. TO STDOUT` into the open `COPY .. FROM STDIN`, in sends of about
-/// [`SEND_BYTES`]; returns the bytes streamed.
-async fn stream(
-    shared: &Shared,
-    table: usize,
-    src: &mut PgConnection,
-    copy_in: &mut sqlx::postgres::PgCopyIn<&mut PgConnection>,
-    select: &str,
-) -> Result<u64, Failure> {
-    let name = &shared.planned[table].plan.table;
-    let mut out = src
-        .copy_out_raw(select)
-        .await
-        .map_err(|e| Failure::Source(name.clone(), e))?;
-    // The reader fills buffers while the writer sends the previous one, so that both
-    // servers work at once; a few buffers in flight keep memory constant.
-    let Buffers {
-        full_tx,
-        mut full_rx,
-        empty_tx,
-        mut empty_rx,
-    } = Buffers::new();
-    let read = async move {
-        let mut buf = empty_rx.recv().await.unwrap_or_default();
-        // The server sends each row in a message of its own (a binary copy's header rides
-        // with the first row, its trailer comes alone).
-        let mut rows = 0_u64;
-        loop {
-            let data = out
-                .try_next()
-                .await
-                .map_err(|e| Failure::Source(name.clone(), e))?;
-            let end = data.is_none();
-            if let Some(data) = &data {
-                buf.extend_from_slice(data);
-                rows += 1;
-            }
-            if buf.len() >= SEND_BYTES || (end && !buf.is_empty()) {
-                if full_tx
-                    .send((buf, std::mem::take(&mut rows)))
-                    .await
-                    .is_err()
-                {
-                    // The writer failed; its error is the one to report.
-                    return Ok(());
-                }
-                buf = empty_rx.recv().await.unwrap_or_default();
-            }
-            if end {
-                return Ok::<(), Failure>(());
-            }
-        }
-    };
-    let write = async move {
-        let mut total = 0_u64;
-        while let Some((mut buf, rows)) = full_rx.recv().await {
-            copy_in
-                .send(buf.as_slice())
-                .await
-                .map_err(|e| Failure::Target(table, e))?;
-            total += buf.len() as u64;
-            shared.progress(table, rows, buf.len() as u64);
-            buf.clear();
-            let _ = empty_tx.send(buf).await;
-        }
-        Ok::<u64, Failure>(total)
-    };
-    let (read, write) = tokio::join!(read, write);
-    let total = write?;
-    read?;
-    Ok(total)
 }
 
 /// Inserts the staged rows, and updates the rows whose copied columns differ, by primary
@@ -1570,9 +1183,9 @@ async fn upsert(
 
 /// Turns a chunk's failure into the error to report: a rejected row with its constraint and
 /// key, a lock wait with the sessions holding the lock.
-async fn explain(
-    shared: &Shared,
-    src: &mut Reader,
+async fn explain<S: Source>(
+    shared: &Shared<S>,
+    src: &mut S::Reader,
     dst: &mut PgConnection,
     unit: &Unit,
     failure: Failure,
@@ -1652,9 +1265,9 @@ async fn explain(
         if code == "23503"
             && let (Some(constraint), Some(detail)) = (pg.constraint(), pg.detail())
             && let Some((_, chunk)) = unit.parts.iter().find(|(t, _)| *t == table)
-            && let Reader::Postgres(src) = src
-            && let Some(key) =
-                referencing_row(src, &shared.planned[table], chunk, constraint, detail).await
+            && let Some(key) = src
+                .referencing_row(&shared.planned[table], chunk, constraint, detail)
+                .await
         {
             message.push_str(&format!("; the row with {key} holds it"));
         }
@@ -1666,60 +1279,6 @@ async fn explain(
         kept,
         message,
     }
-}
-
-/// For a foreign key of one column that a chunk's row violates, that row's primary key (as
-/// `id = 42`), found in the source within the chunk.
-async fn referencing_row(
-    src: &mut PgConnection,
-    p: &Planned,
-    chunk: &Chunk,
-    constraint: &str,
-    detail: &str,
-) -> Option<String> {
-    let fk = p
-        .target
-        .foreign_keys
-        .iter()
-        .find(|fk| fk.name == constraint)?;
-    let [column] = fk.columns.as_slice() else {
-        return None;
-    };
-    let rest = detail.strip_prefix(&format!("Key ({column})=("))?;
-    let value = &rest[..rest.rfind(") is not present")?];
-    let sql_type = &p.source.column(column)?.sql_type;
-    if p.plan.key.is_empty() {
-        return None;
-    }
-    let keys: Vec<String> = p
-        .plan
-        .key
-        .iter()
-        .map(|k| format!("{}::text", quote_ident(k)))
-        .collect();
-    let range = range_predicate(p, chunk);
-    let condition = format!("{} = {}", quote_ident(column), literal(value, sql_type));
-    let filter = if range.is_empty() {
-        format!(" WHERE {condition}")
-    } else {
-        format!("{range} AND {condition}")
-    };
-    let row = query(AssertSqlSafe(format!(
-        "SELECT {} FROM {}{filter} LIMIT 1",
-        keys.join(", "),
-        source_from(&p.source)
-    )))
-    .fetch_optional(src)
-    .await
-    .ok()??;
-    let parts: Vec<String> = p
-        .plan
-        .key
-        .iter()
-        .enumerate()
-        .map(|(i, k)| format!("{k} = {}", row.try_get::<String, _>(i).unwrap_or_default()))
-        .collect();
-    Some(parts.join(", "))
 }
 
 /// Sessions on the target that hold a lock conflicting with loading `table`, or sit idle in
@@ -1808,113 +1367,6 @@ async fn set_sequences(
         }
     }
     Ok(set)
-}
-
-/// A SQLite source compared with the target in the target's types: each table's rows are
-/// converted as the copy converts them into a temporary table on the target (rolled back,
-/// nothing kept), fingerprinted like the target's, and joined with it by key to name the
-/// first rows that differ.
-#[cfg(feature = "sqlite")]
-async fn compare_rows(
-    conn: &mut Option<rusqlite::Connection>,
-    dst: &mut PgConnection,
-    planned: &[Planned],
-    conversions: &[Vec<Conversion>],
-) -> Result<(Fingerprint, Vec<RowDifference>), Error> {
-    let mut source = Fingerprint::default();
-    let mut differences = Vec::new();
-    let mut tx = dst.begin().await?;
-    for (i, (p, conversions)) in planned.iter().zip(conversions).enumerate() {
-        let stage = format!("datamig_compare_{i}");
-        let columns: Vec<String> = p.plan.copied().map(|c| quote_ident(&c.name)).collect();
-        let list = columns.join(", ");
-        sqlx::raw_sql(AssertSqlSafe(format!(
-            "CREATE TEMPORARY TABLE {stage} ON COMMIT DROP AS SELECT {list} FROM {} WITH NO DATA",
-            p.target.ident()
-        )))
-        .execute(&mut *tx)
-        .await?;
-        {
-            let mut copy_in = tx
-                .copy_in_raw(&format!("COPY {stage} ({list}) FROM STDIN (FORMAT binary)"))
-                .await?;
-            if let Err(err) = sqlite::stream_all(conn, p, conversions, &mut copy_in).await {
-                let _ = copy_in.abort("the comparison stopped").await;
-                return Err(err);
-            }
-            copy_in.finish().await?;
-        }
-        let (rows, sha256) = hash_rows(&mut tx, fingerprint_sql(p, &p.target, &stage)).await?;
-        source.tables.insert(
-            display(&p.source.name),
-            TableFingerprint {
-                rows,
-                sha256,
-                key: p.plan.key.clone(),
-            },
-        );
-        let row = |side: &str| {
-            format!(
-                "ROW({})::text",
-                columns
-                    .iter()
-                    .map(|c| format!("{side}.{c}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        };
-        let target = source_from(&p.target);
-        let sql = if p.plan.key.is_empty() {
-            format!(
-                "(SELECT r, 'only in the source' FROM (SELECT {s} AS r FROM {stage} s EXCEPT ALL SELECT {t} FROM {target} t) x LIMIT 10)
-                 UNION ALL
-                 (SELECT r, 'only in the target' FROM (SELECT {t} AS r FROM {target} t EXCEPT ALL SELECT {s} FROM {stage} s) y LIMIT 10)",
-                s = row("s"),
-                t = row("t")
-            )
-        } else {
-            let keys: Vec<String> = p.plan.key.iter().map(|k| quote_ident(k)).collect();
-            let first = &keys[0];
-            let shown: Vec<String> = p
-                .plan
-                .key
-                .iter()
-                .zip(&keys)
-                .map(|(name, k)| {
-                    format!(
-                        "{} || ' = ' || COALESCE(s.{k}, t.{k})::text",
-                        quote_literal(name)
-                    )
-                })
-                .collect();
-            let on: Vec<String> = keys.iter().map(|k| format!("s.{k} = t.{k}")).collect();
-            format!(
-                "SELECT {}, CASE WHEN s.{first} IS NULL THEN 'only in the target'
-                                 WHEN t.{first} IS NULL THEN 'only in the source' ELSE 'differs' END
-                 FROM {stage} s FULL JOIN {target} t ON {}
-                 WHERE s.{first} IS NULL OR t.{first} IS NULL OR {} IS DISTINCT FROM {}
-                 ORDER BY {} LIMIT 10",
-                shown.join(" || ', ' || "),
-                on.join(" AND "),
-                row("s"),
-                row("t"),
-                keys.iter()
-                    .map(|k| format!("COALESCE(s.{k}, t.{k})"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        };
-        let found = query(AssertSqlSafe(sql)).fetch_all(&mut *tx).await?;
-        for r in found {
-            differences.push(RowDifference {
-                table: p.plan.table.clone(),
-                key: r.try_get(0)?,
-                difference: r.try_get(1)?,
-            });
-        }
-    }
-    tx.rollback().await?;
-    Ok((source, differences))
 }
 
 #[cfg(test)]

@@ -99,9 +99,8 @@ mod options;
 mod pipe;
 mod plan;
 mod report;
+mod source;
 mod sql;
-#[cfg(feature = "sqlite")]
-mod sqlite;
 
 pub use convert::UnixTime;
 pub use copier::{Copier, default_jobs};
