@@ -1,9 +1,5 @@
-//! A chunk of a table (a range of its primary key, the unit a copy commits) and its
-//! predicate in PostgreSQL's SQL.
-
-use super::plan::Planned;
-use super::sql::literal;
-use crate::sql::quote_ident;
+//! A chunk of a table: a range of its primary key, the unit a copy commits. Each source
+//! writes its bounds in its own SQL (see `source/`).
 
 /// A key position: each key column's value as text; `None` is the open end.
 pub(super) type Bound = Option<Vec<String>>;
@@ -45,37 +41,5 @@ impl Chunk {
             lower = bound;
         }
         chunks
-    }
-}
-
-/// `WHERE (k1, k2) > (..) AND (k1, k2) <= (..)` for a chunk, empty for a whole table.
-pub(super) fn range_predicate(p: &Planned, chunk: &Chunk) -> String {
-    let columns: Vec<String> = p.plan.key.iter().map(|k| quote_ident(k)).collect();
-    let tuple = format!("({})", columns.join(", "));
-    let types: Vec<&str> = p
-        .plan
-        .key
-        .iter()
-        .map(|k| p.source.column(k).map_or("text", |c| c.sql_type.as_str()))
-        .collect();
-    let values = |bound: &[String]| {
-        let literals: Vec<String> = bound
-            .iter()
-            .zip(&types)
-            .map(|(v, t)| literal(v, t))
-            .collect();
-        format!("({})", literals.join(", "))
-    };
-    let mut conditions = Vec::new();
-    if let Some(lower) = &chunk.lower {
-        conditions.push(format!("{tuple} > {}", values(lower)));
-    }
-    if let Some(upper) = &chunk.upper {
-        conditions.push(format!("{tuple} <= {}", values(upper)));
-    }
-    if conditions.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", conditions.join(" AND "))
     }
 }

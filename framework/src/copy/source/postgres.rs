@@ -12,7 +12,7 @@ use sqlx::{AssertSqlSafe, Connection, Row};
 use super::{Opened, Reader, Readers, Source};
 use crate::backend::postgres::{query, query_scalar};
 use crate::copy::catalog::{self, Table, TableName};
-use crate::copy::chunk::{Chunk, range_predicate};
+use crate::copy::chunk::Chunk;
 use crate::copy::connect::connect;
 use crate::copy::copier::Copier;
 use crate::copy::failure::Failure;
@@ -421,4 +421,37 @@ async fn referencing_row(
         .map(|(i, k)| format!("{k} = {}", row.try_get::<String, _>(i).unwrap_or_default()))
         .collect();
     Some(parts.join(", "))
+}
+
+/// `WHERE (k1, k2) > (..) AND (k1, k2) <= (..)` for a chunk (its bounds cast to the key
+/// columns' types), empty for a whole table.
+fn range_predicate(p: &Planned, chunk: &Chunk) -> String {
+    let columns: Vec<String> = p.plan.key.iter().map(|k| quote_ident(k)).collect();
+    let tuple = format!("({})", columns.join(", "));
+    let types: Vec<&str> = p
+        .plan
+        .key
+        .iter()
+        .map(|k| p.source.column(k).map_or("text", |c| c.sql_type.as_str()))
+        .collect();
+    let values = |bound: &[String]| {
+        let literals: Vec<String> = bound
+            .iter()
+            .zip(&types)
+            .map(|(v, t)| literal(v, t))
+            .collect();
+        format!("({})", literals.join(", "))
+    };
+    let mut conditions = Vec::new();
+    if let Some(lower) = &chunk.lower {
+        conditions.push(format!("{tuple} > {}", values(lower)));
+    }
+    if let Some(upper) = &chunk.upper {
+        conditions.push(format!("{tuple} <= {}", values(upper)));
+    }
+    if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    }
 }
