@@ -86,6 +86,9 @@
 //! [`Copier::compare`] convert the SQLite rows the same way into temporary tables on the
 //! target and compare them row by row, naming the first rows that differ.
 
+// Three layers, each importing only from the ones before it (no two files import each
+// other). First the data and what both sides share: the options and the builder, the
+// catalogs, the plan, chunks, the schedule, failures, reports, connections, fingerprints.
 mod catalog;
 mod chunk;
 mod connect;
@@ -94,13 +97,30 @@ mod copier;
 mod event;
 mod failure;
 mod fingerprint;
-mod load;
 mod options;
 mod pipe;
 mod plan;
 mod report;
-mod source;
+mod schedule;
 mod sql;
+
+// Where a copy reads: the `Source` trait and its implementations.
+mod source;
+
+// Then the phases, written once over `Source`, and `run`: the flow of one copy through
+// them. This file only declares them, re-exports the public types and holds the entry
+// points.
+mod check;
+mod explain;
+mod finish;
+mod foreign_keys;
+mod load;
+mod merge;
+mod progress;
+mod run;
+mod shared;
+mod verify;
+mod workers;
 
 pub use convert::UnixTime;
 pub use copier::{Copier, default_jobs};
@@ -122,7 +142,7 @@ impl Copier {
     /// [`Error::CopyPlan`] naming every mismatch, [`Error::CopyRefused`] (the same database
     /// on both sides, a target holding rows, a missing privilege), [`Error::Database`].
     pub async fn plan(&self) -> Result<CopyPlan, Error> {
-        load::run(self, Purpose::Plan)
+        run::run(self, Purpose::Plan)
             .await
             .map(|report| report.plan)
     }
@@ -136,7 +156,7 @@ impl Copier {
     ///
     /// As [`Copier::plan`].
     pub async fn compare(&self) -> Result<Verification, Error> {
-        let report = load::run(self, Purpose::Compare).await?;
+        let report = run::run(self, Purpose::Compare).await?;
         report.verification.ok_or_else(|| {
             Error::Config(
                 "the comparison produced no verification; this is a bug in datamig".into(),
@@ -154,6 +174,6 @@ impl Copier {
     /// wait on the target outlasts the lock timeout (naming the sessions holding it);
     /// [`Error::Database`] when a connection fails (run the copy again to resume).
     pub async fn run(&self) -> Result<CopyReport, Error> {
-        load::run(self, Purpose::Run).await
+        run::run(self, Purpose::Run).await
     }
 }
