@@ -4,8 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::catalog::{Table, TableName, display};
-use super::convert::{Kind, UnixTime};
-use super::{CopyMode, Selection};
+use super::options::{CopyMode, Selection};
 
 /// The tables of datamig's ledger that a copy from SQLite brings along (see
 /// [`Copier::ledger`](super::Copier::ledger)).
@@ -127,14 +126,15 @@ pub(crate) fn names(name: &str, table: &TableName) -> bool {
     name == table.1 || name == display(table)
 }
 
-/// The plan, or every problem found (each naming table, column and both types).
+/// The plan, or every problem found (each naming table, column and both types). `columns`
+/// plans the columns of one table as the source reads them.
 pub(crate) fn plan(
     source: &BTreeMap<TableName, Table>,
     target: &BTreeMap<TableName, Table>,
     selection: &Selection,
     mode: CopyMode,
     disable_triggers: bool,
-    sqlite: Option<&BTreeMap<String, UnixTime>>,
+    columns: impl Fn(&Table, &Table, &mut Vec<String>) -> Vec<ColumnPlan>,
 ) -> Result<(Vec<Planned>, Vec<String>), Vec<String>> {
     let mut problems = Vec::new();
     let mut left_out = Vec::new();
@@ -171,10 +171,7 @@ pub(crate) fn plan(
             continue;
         };
         let before = problems.len();
-        let columns = match sqlite {
-            Some(unix) => convert_columns(table, theirs, unix, &mut problems),
-            None => match_columns(table, theirs, &mut problems),
-        };
+        let columns = columns(table, theirs, &mut problems);
         check_privileges(table, theirs, mode, &mut problems);
         if mode == CopyMode::Merge && theirs.primary_key.is_empty() {
             problems.push(format!(
@@ -230,7 +227,13 @@ pub(crate) fn plan(
     Ok((planned, left_out))
 }
 
-fn match_columns(source: &Table, target: &Table, problems: &mut Vec<String>) -> Vec<ColumnPlan> {
+/// The columns of a table read from a source whose types are PostgreSQL's: matched by name,
+/// each of the same type or a lossless widening.
+pub(crate) fn match_columns(
+    source: &Table,
+    target: &Table,
+    problems: &mut Vec<String>,
+) -> Vec<ColumnPlan> {
     let table = display(&source.name);
     for column in &source.columns {
         if !column.generated && target.column(&column.name).is_none() {
@@ -275,87 +278,6 @@ fn match_columns(source: &Table, target: &Table, problems: &mut Vec<String>) -> 
             target_type: column.sql_type.clone(),
             action,
             conversion: None,
-        });
-    }
-    plans
-}
-
-/// The unit of Unix time given for a column (`table.column` or `schema.table.column`).
-pub(crate) fn unix_unit(
-    unix: &BTreeMap<String, UnixTime>,
-    table: &TableName,
-    column: &str,
-) -> Option<UnixTime> {
-    unix.iter()
-        .find(|(name, _)| {
-            name.rsplit_once('.')
-                .is_some_and(|(t, c)| c == column && names(t, table))
-        })
-        .map(|(_, unit)| *unit)
-}
-
-/// The columns of a table read from SQLite: each source column converted by the target
-/// column's type, which must be one SQLite's values convert into.
-fn convert_columns(
-    source: &Table,
-    target: &Table,
-    unix: &BTreeMap<String, UnixTime>,
-    problems: &mut Vec<String>,
-) -> Vec<ColumnPlan> {
-    let table = display(&source.name);
-    for column in &source.columns {
-        if !column.generated && target.column(&column.name).is_none() {
-            problems.push(format!(
-                "column {table}.{} ({}) is in the source but not in the target",
-                column.name,
-                if column.sql_type.is_empty() {
-                    "no declared type"
-                } else {
-                    &column.sql_type
-                }
-            ));
-        }
-    }
-    let mut plans = Vec::new();
-    for column in &target.columns {
-        let ours = source.column(&column.name).filter(|c| !c.generated);
-        let unit = unix_unit(unix, &source.name, &column.name);
-        let (action, conversion) = if column.generated {
-            (ColumnAction::Generated, None)
-        } else if ours.is_some() {
-            match Kind::of(&column.sql_type) {
-                Some(kind) => {
-                    if unit.is_some() && !kind.takes_unix_time() {
-                        problems.push(format!(
-                            "column {table}.{} is {} in the target: Unix time applies to date, timestamp and timestamptz columns only",
-                            column.name, column.sql_type
-                        ));
-                    }
-                    (ColumnAction::Convert, Some(kind.describe(unit)))
-                }
-                None => {
-                    problems.push(format!(
-                        "column {table}.{} is {} in the target, which SQLite values are not converted into (boolean, smallint, integer, bigint, text, varchar(n), char(n), uuid, json, jsonb, numeric, real, double precision, bytea, date, time, timestamp, timestamptz): change the column's type, or leave the table out with --exclude",
-                        column.name, column.sql_type
-                    ));
-                    continue;
-                }
-            }
-        } else if column.not_null && !column.has_default && column.identity.is_empty() {
-            problems.push(format!(
-                "column {table}.{} ({}) is NOT NULL without a default in the target, and the source has no such column",
-                column.name, column.sql_type
-            ));
-            continue;
-        } else {
-            (ColumnAction::TargetFills, None)
-        };
-        plans.push(ColumnPlan {
-            name: column.name.clone(),
-            source_type: ours.map(|c| c.sql_type.clone()),
-            target_type: column.sql_type.clone(),
-            action,
-            conversion,
         });
     }
     plans

@@ -1,259 +1,16 @@
-//! A copy's SQLite source: its catalog, its chunks, and its rows read and converted into
-//! the target's types in binary `COPY`, value by value (see [`super::convert`]).
+//! A SQLite source's rows read on a blocking thread through the C API, each value
+//! converted by its target column's type (see `convert.rs`) into binary `COPY`, and handed
+//! over in the pipe's buffers.
 
-use std::collections::BTreeMap;
+use sqlx::postgres::{PgConnection, PgCopyIn};
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
-use sqlx::{AssertSqlSafe, Connection, Row};
-
-use super::UnconvertibleValue;
-use super::catalog::{Column, Table, TableName};
-use super::convert::{Conversion, Kind, UnixTime, Value};
-use super::load::{Buffers, Chunk, Failure, SEND_BYTES, Shared};
-use super::plan::{Planned, unix_unit};
-use crate::error::Error;
+use crate::copy::chunk::Chunk;
+use crate::copy::convert::{Conversion, Value};
+use crate::copy::failure::Failure;
+use crate::copy::pipe::{Buffers, SEND_BYTES};
+use crate::copy::plan::Planned;
+use crate::error::{Error, UnconvertibleValue};
 use crate::sql::quote_ident;
-
-/// Opens the SQLite file (never creating it).
-pub(super) async fn open(options: &SqliteConnectOptions) -> Result<SqliteConnection, Error> {
-    let options = options.clone().create_if_missing(false);
-    SqliteConnection::connect_with(&options)
-        .await
-        .map_err(|err| {
-            Error::Config(format!(
-                "cannot open the source SQLite database {}: {}",
-                options.get_filename().display(),
-                crate::error::describe_sqlx(&err)
-            ))
-        })
-}
-
-/// The name the copy goes by in the target's progress table.
-pub(super) fn copy_name(options: &SqliteConnectOptions) -> String {
-    let file = options.get_filename();
-    let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
-    format!("sqlite:{}", file.display())
-}
-
-/// Takes the write lock, so that no writer commits while the copy's readers start their
-/// read transactions: they all see one state of the file. `false` for a file the copy may
-/// not write (opened read-only), which no one writes through it.
-pub(super) async fn hold_writers(conn: &mut SqliteConnection) -> Result<bool, Error> {
-    match sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await {
-        Ok(_) => Ok(true),
-        Err(err) if is_read_only(&err) => {
-            sqlx::raw_sql("BEGIN").execute(&mut *conn).await?;
-            Ok(false)
-        }
-        Err(err) => Err(Error::Config(format!(
-            "cannot take the source SQLite database's write lock, which the copy holds while its readers start so that they all read one state of the file: {}; stop the application's writes, or run the copy again",
-            crate::error::describe_sqlx(&err)
-        ))),
-    }
-}
-
-fn is_read_only(err: &sqlx::Error) -> bool {
-    err.as_database_error()
-        .and_then(|db| db.code())
-        .is_some_and(|code| code == "8" || code.starts_with("8"))
-}
-
-/// A reader: its own connection (read-only) in a read transaction, started at once. The
-/// rows are stepped on a blocking thread through the C API (the same SQLite library as
-/// the rest of datamig), converted there, and handed over in buffers of binary `COPY`.
-pub(super) fn reader(options: &SqliteConnectOptions) -> Result<rusqlite::Connection, Error> {
-    use rusqlite::OpenFlags;
-    let file = options.get_filename();
-    let opened = rusqlite::Connection::open_with_flags(
-        file,
-        OpenFlags::SQLITE_OPEN_READ_ONLY
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI,
-    )
-    .and_then(|conn| {
-        conn.busy_timeout(std::time::Duration::from_secs(30))?;
-        conn.execute_batch("BEGIN")?;
-        conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
-        Ok(conn)
-    });
-    opened.map_err(|err| {
-        Error::Config(format!(
-            "cannot read the source SQLite database {}: {err}",
-            file.display()
-        ))
-    })
-}
-
-/// The tables of the SQLite database (its `main` schema), named as the target names them:
-/// SQLite's names match regardless of case, so a table or column is matched exactly, or
-/// else case-insensitively when only one target name fits. Each table is placed in
-/// `schema`, the target's first schema.
-pub(super) async fn catalog(
-    conn: &mut SqliteConnection,
-    schema: &str,
-    target: &BTreeMap<TableName, Table>,
-) -> Result<BTreeMap<TableName, Table>, Error> {
-    let rows = sqlx::query(
-        "SELECT name, type FROM pragma_table_list WHERE schema = 'main' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND type <> 'view' ORDER BY name",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    let in_schema: Vec<&Table> = target.values().filter(|t| t.name.0 == schema).collect();
-    let mut out = BTreeMap::new();
-    for row in rows {
-        let local: String = row.try_get("name")?;
-        let kind: String = row.try_get("type")?;
-        let theirs = fit(&local, in_schema.iter().map(|t| (t.name.1.as_str(), *t)));
-        let name = (
-            schema.to_string(),
-            theirs.map_or(local.clone(), |t| t.name.1.clone()),
-        );
-        let columns = sqlx::query(
-            "SELECT name, type, \"notnull\", dflt_value IS NOT NULL AS has_default, pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid",
-        )
-        .bind(&local)
-        .fetch_all(&mut *conn)
-        .await?;
-        let mut table_columns = Vec::new();
-        let mut key: Vec<(i64, String)> = Vec::new();
-        for c in columns {
-            let local: String = c.try_get("name")?;
-            let column_name = theirs
-                .and_then(|t| fit(&local, t.columns.iter().map(|c| (c.name.as_str(), c))))
-                .map_or(local, |c| c.name.clone());
-            let hidden: i64 = c.try_get("hidden")?;
-            let pk: i64 = c.try_get("pk")?;
-            if pk > 0 {
-                key.push((pk, column_name.clone()));
-            }
-            table_columns.push(Column {
-                name: column_name,
-                sql_type: c.try_get("type")?,
-                not_null: c.try_get::<i64, _>("notnull")? != 0,
-                has_default: c.try_get("has_default")?,
-                generated: hidden >= 2,
-                identity: String::new(),
-                builtin_type: false,
-            });
-        }
-        key.sort();
-        let estimated_rows: i64 = if kind == "table" {
-            sqlx::query_scalar(AssertSqlSafe(format!(
-                "SELECT count(*) FROM {}",
-                quote_ident(&local)
-            )))
-            .fetch_one(&mut *conn)
-            .await?
-        } else {
-            0
-        };
-        out.insert(
-            name.clone(),
-            Table {
-                name,
-                kind: "r".into(),
-                estimated_rows,
-                // Virtual tables and their shadow tables belong to their module (FTS, R*Tree).
-                extension: kind != "table",
-                columns: table_columns,
-                primary_key: key.into_iter().map(|(_, k)| k).collect(),
-                foreign_keys: Vec::new(),
-                sequences: Vec::new(),
-                can_select: true,
-                can_insert: false,
-                can_update: false,
-                can_truncate: false,
-            },
-        );
-    }
-    Ok(out)
-}
-
-/// The target's name for a SQLite name: the same, or else the one that matches it
-/// ignoring case, when only one does.
-fn fit<'a, T>(local: &str, names: impl Iterator<Item = (&'a str, T)>) -> Option<T> {
-    let mut folded = Vec::new();
-    for (name, item) in names {
-        if name == local {
-            return Some(item);
-        }
-        if name.eq_ignore_ascii_case(local) {
-            folded.push(item);
-        }
-    }
-    (folded.len() == 1).then(|| folded.pop()).flatten()
-}
-
-/// The conversion of each copied column of a planned table.
-pub(super) fn conversions(p: &Planned, unix: &BTreeMap<String, UnixTime>) -> Vec<Conversion> {
-    p.plan
-        .copied()
-        .map(|c| {
-            let target = p.target.column(&c.name);
-            Conversion {
-                kind: Kind::of(&c.target_type).unwrap_or(Kind::Text(None)),
-                not_null: target.is_some_and(|t| t.not_null),
-                unix: unix_unit(unix, &p.source.name, &c.name),
-            }
-        })
-        .collect()
-}
-
-/// The key ranges a table is copied in: even ranges of an integer key, else ranges of
-/// `chunk_rows` rows in the key's order. Bounds are SQLite literals (`quote()`).
-pub(super) async fn split(
-    conn: &mut SqliteConnection,
-    p: &Planned,
-    chunk_rows: u64,
-) -> Result<Vec<Chunk>, Error> {
-    let estimate = u64::try_from(p.plan.estimated_rows).unwrap_or(0);
-    if p.plan.whole.is_some() || estimate <= chunk_rows {
-        return Ok(vec![Chunk::whole()]);
-    }
-    let table = quote_ident(&p.source.name.1);
-    let columns: Vec<String> = p.plan.key.iter().map(|k| quote_ident(k)).collect();
-    let mut bounds: Vec<Vec<String>> = Vec::new();
-    let integer_key = p.plan.key.len() == 1
-        && p.source
-            .column(&p.plan.key[0])
-            .is_some_and(|c| c.sql_type.eq_ignore_ascii_case("integer"));
-    if integer_key {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT min({c}), max({c}), typeof(min({c})), typeof(max({c})) FROM {table}",
-            c = columns[0]
-        )))
-        .fetch_one(&mut *conn)
-        .await?;
-        let kinds: (String, String) = (row.try_get(2)?, row.try_get(3)?);
-        if kinds.0 == "integer" && kinds.1 == "integer" {
-            let (min, max): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-            let span = i128::from(max) - i128::from(min) + 1;
-            let n = i128::from(estimate.div_ceil(chunk_rows)).min(span).max(1);
-            for i in 1..n {
-                bounds.push(vec![(i128::from(min) + span * i / n - 1).to_string()]);
-            }
-            return Ok(Chunk::between(bounds));
-        }
-    }
-    let quoted: Vec<String> = columns.iter().map(|c| format!("quote({c})")).collect();
-    let rows = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {} FROM (SELECT {}, row_number() OVER (ORDER BY {}) AS n FROM {table}) WHERE n % ?1 = 0",
-        quoted.join(", "),
-        columns.join(", "),
-        columns.join(", ")
-    )))
-    .bind(i64::try_from(chunk_rows).unwrap_or(i64::MAX))
-    .fetch_all(&mut *conn)
-    .await?;
-    for row in rows {
-        bounds.push(
-            (0..columns.len())
-                .map(|i| row.try_get::<String, _>(i))
-                .collect::<Result<_, _>>()?,
-        );
-    }
-    Ok(Chunk::between(bounds))
-}
 
 /// What a blocking reader needs of a table: owned, so it can move to its thread.
 #[derive(Clone)]
@@ -547,15 +304,16 @@ impl Pump {
 /// Streams a chunk's rows, converted, into the open `COPY .. FROM STDIN`; returns the
 /// bytes streamed. The first value that does not convert stops it.
 pub(super) async fn stream(
-    shared: &Shared,
+    p: &Planned,
+    conversions: &[Conversion],
     table: usize,
     conn: &mut Option<rusqlite::Connection>,
     chunk: &Chunk,
-    copy_in: &mut sqlx::postgres::PgCopyIn<&mut sqlx::postgres::PgConnection>,
+    copy_in: &mut PgCopyIn<&mut PgConnection>,
+    progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<u64, Failure> {
-    let p = &shared.planned[table];
-    let mut pump = Pump::start(conn, Reading::new(p, &shared.conversions[table], chunk))
-        .map_err(Failure::Other)?;
+    let mut pump =
+        Pump::start(conn, Reading::new(p, conversions, chunk)).map_err(Failure::Other)?;
     let mut total = 0_u64;
     let mut failure = None;
     while let Some((buf, rows)) = pump.full.recv().await {
@@ -564,7 +322,7 @@ pub(super) async fn stream(
             break;
         }
         total += buf.len() as u64;
-        shared.progress(table, rows, buf.len() as u64);
+        progress(rows, buf.len() as u64);
         pump.recycle(buf).await;
     }
     match pump.finish(conn).await.map_err(Failure::Other)? {
@@ -629,7 +387,7 @@ pub(super) async fn stream_all(
     conn: &mut Option<rusqlite::Connection>,
     p: &Planned,
     conversions: &[Conversion],
-    copy_in: &mut sqlx::postgres::PgCopyIn<&mut sqlx::postgres::PgConnection>,
+    copy_in: &mut PgCopyIn<&mut PgConnection>,
 ) -> Result<(), Error> {
     let mut pump = Pump::start(conn, Reading::new(p, conversions, &Chunk::whole()))?;
     let mut failure = None;

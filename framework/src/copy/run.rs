@@ -1,0 +1,264 @@
+//! One copy, plan or comparison from start to end, its phases in order: the catalogs of
+//! both sides (the source opened in the state every reader sees), the checked plan, what
+//! earlier runs recorded, the chunks, the plan recorded in the target, the load by the
+//! workers, what follows it, and the verification.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sqlx::Connection;
+use tracing::Instrument;
+
+use super::catalog;
+use super::check::{self, Checked};
+use super::chunk::Chunk;
+use super::connect::{connect, target_session};
+use super::copier::{Copier, SourceOptions};
+use super::event::{CopyEvent, emit};
+use super::finish;
+use super::options::{CopyMode, Purpose, Triggers};
+use super::progress;
+use super::report::{CopyPlan, CopyReport, empty_report};
+use super::source::postgres::PostgresSource;
+#[cfg(feature = "sqlite")]
+use super::source::sqlite::SqliteSource;
+use super::source::{Opened, Source};
+use super::verify::verify;
+use super::workers::copy_chunks;
+use crate::error::Error;
+
+/// One copy (or plan, or comparison), from the source the copier names.
+pub(super) async fn run(copier: &Copier, purpose: Purpose) -> Result<CopyReport, Error> {
+    match &copier.source {
+        SourceOptions::Postgres(options) => {
+            traced::<PostgresSource>(copier, options, purpose).await
+        }
+        #[cfg(feature = "sqlite")]
+        SourceOptions::Sqlite(options) => traced::<SqliteSource>(copier, options, purpose).await,
+    }
+}
+
+/// One copy (or plan, or comparison) in the span `copy` (see [`crate::trace`]).
+async fn traced<S: Source>(
+    copier: &Copier,
+    options: &S::Options,
+    purpose: Purpose,
+) -> Result<CopyReport, Error> {
+    let span = tracing::info_span!(
+        "copy",
+        source = S::KIND,
+        purpose = ?purpose,
+        mode = copier.mode.name(),
+        jobs = copier.jobs,
+        tables = tracing::field::Empty,
+        rows = tracing::field::Empty,
+        bytes = tracing::field::Empty,
+        duration_ms = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    let started = Instant::now();
+    let result = copy::<S>(copier, options, purpose)
+        .instrument(span.clone())
+        .await;
+    let duration_ms = crate::trace::millis(started.elapsed());
+    span.record("duration_ms", duration_ms);
+    match &result {
+        Ok(report) => {
+            span.record("tables", report.tables.len());
+            span.record("rows", report.rows);
+            span.record("bytes", report.bytes);
+            span.record(
+                "outcome",
+                if report.already_copied {
+                    "already_copied"
+                } else {
+                    "ok"
+                },
+            );
+            tracing::info!(
+                parent: &span,
+                tables = report.tables.len(),
+                rows = report.rows,
+                bytes = report.bytes,
+                duration_ms,
+                "copy finished"
+            );
+        }
+        Err(err) => {
+            span.record("outcome", crate::trace::outcome(err));
+            tracing::error!(parent: &span, error = %err, duration_ms, "copy failed");
+        }
+    }
+    result
+}
+
+/// The phases of one copy from a source of kind `S`.
+async fn copy<S: Source>(
+    copier: &Copier,
+    options: &S::Options,
+    purpose: Purpose,
+) -> Result<CopyReport, Error> {
+    let started = Instant::now();
+
+    // 1. The catalogs: the target's, then the source's and the name the copy goes by, read
+    //    in the state every reader of this run sees (an exported snapshot, or a SQLite
+    //    file's write lock).
+    let mut dst = connect(&copier.target, "target").await?;
+    target_session(&mut dst, copier, false).await?;
+    let target_tables = catalog::read(&mut dst).await?;
+    let Opened {
+        mut source,
+        tables: source_tables,
+        name,
+    } = S::open(options, copier, &mut dst, &target_tables, purpose).await?;
+
+    // 2. The plan, checked against both databases; the triggers decided.
+    let Checked {
+        mut planned,
+        left_out,
+        copier,
+    } = check::plan(
+        copier,
+        purpose,
+        &mut source,
+        &source_tables,
+        &mut dst,
+        target_tables,
+    )
+    .await?;
+    let copier = &copier;
+    let triggers_off = copier.triggers == Triggers::Off;
+    let from_sqlite = S::KIND == "sqlite";
+
+    if purpose == Purpose::Compare {
+        let verification = verify(&mut source, &mut dst, &planned).await?;
+        let plan = CopyPlan {
+            copy: name,
+            mode: copier.mode,
+            tables: planned.iter().map(|p| p.plan.clone()).collect(),
+            left_out,
+            resumed: false,
+            from_sqlite,
+            triggers_off,
+            unconvertible: Vec::new(),
+            unconvertible_total: 0,
+        };
+        let mut report = empty_report(plan, &planned);
+        report.verification = Some(verification);
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+
+    // 3. What earlier runs of this copy recorded: kept, or forgotten by a restart (a
+    //    truncating copy, a new merge pass). A target holding rows this copy did not write
+    //    is refused.
+    let copy_id = match copier.mode {
+        CopyMode::Merge => format!("{name} merge"),
+        _ => name,
+    };
+    let progress = progress::table(copier.progress_schema.as_deref());
+    let progress_exists = progress::exists(&mut dst, &progress).await?;
+    let mut recorded = if progress_exists {
+        progress::read(&mut dst, &progress, &copy_id).await?
+    } else {
+        BTreeMap::new()
+    };
+    let finished_pass = !recorded.is_empty() && recorded.values().flatten().all(|c| c.done);
+    let restart = copier.mode == CopyMode::DangerouslyTruncate
+        || (copier.mode == CopyMode::Merge && finished_pass);
+    if restart {
+        recorded.clear();
+    }
+    if copier.mode == CopyMode::Empty {
+        check::refuse_occupied(&mut dst, &planned, &recorded).await?;
+    }
+
+    // 4. The chunks: those recorded, or the source's split of each table.
+    let mut chunks: Vec<Vec<Chunk>> = Vec::new();
+    for p in &mut planned {
+        let table_chunks = match recorded.get(&p.plan.table) {
+            Some(existing) if !existing.is_empty() => existing.clone(),
+            _ => source.split(p, copier.chunk_rows).await?,
+        };
+        p.plan.chunks = table_chunks.len();
+        p.plan.chunks_done = table_chunks.iter().filter(|c| c.done).count();
+        chunks.push(table_chunks);
+    }
+    let mut plan = CopyPlan {
+        copy: copy_id.clone(),
+        mode: copier.mode,
+        tables: planned.iter().map(|p| p.plan.clone()).collect(),
+        left_out,
+        resumed: planned.iter().any(|p| p.plan.chunks_done > 0),
+        from_sqlite,
+        triggers_off,
+        unconvertible: Vec::new(),
+        unconvertible_total: 0,
+    };
+    if purpose == Purpose::Plan {
+        let (found, total) = source.unconvertible(&planned, 1000).await?;
+        plan.unconvertible = found;
+        plan.unconvertible_total = total;
+        let mut report = empty_report(plan, &planned);
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+    let mut report = empty_report(plan.clone(), &planned);
+
+    // 5. The plan recorded in the target, under the copy's lock, before any row moves.
+    if !progress_exists {
+        progress::create(&mut dst, &progress, copier.progress_schema.as_deref()).await?;
+    }
+    progress::lock(&mut dst, &copy_id).await?;
+    progress::record(
+        &mut dst, copier, &progress, &copy_id, &planned, &chunks, restart,
+    )
+    .await?;
+    emit(&copier.on_event, &CopyEvent::Planned { plan: plan.clone() });
+
+    // 6. The load: the workers' readers, in the state the source was opened in, and the
+    //    workers streaming the chunks left.
+    let readers = source.readers(copier.jobs).await?;
+    let pending: usize = chunks.iter().flatten().filter(|c| !c.done).count();
+    report.already_copied = pending == 0;
+    let planned = Arc::new(planned);
+    if pending > 0 {
+        let (outcome, analyzed) =
+            copy_chunks::<S>(copier, readers, &progress, &copy_id, &planned, chunks).await?;
+        report.tables = outcome;
+        report.analyzed = analyzed
+            .into_iter()
+            .map(|t| planned[t].plan.table.clone())
+            .collect();
+        report.rows = report.tables.iter().map(|t| t.rows).sum();
+        report.bytes = report.tables.iter().map(|t| t.bytes).sum();
+    }
+
+    // 7. Afterwards: sequences, ANALYZE, and one durable commit.
+    if copier.sequences {
+        report.sequences = finish::set_sequences(&mut dst, &planned, &copier.on_event).await?;
+    }
+    if copier.analyze {
+        finish::analyze(
+            &mut dst,
+            &planned,
+            &report.tables,
+            &mut report.analyzed,
+            &copier.on_event,
+        )
+        .await?;
+    }
+    if pending > 0 {
+        finish::flush(&mut dst).await?;
+    }
+
+    // 8. The verification.
+    if copier.verify {
+        report.verification = Some(verify(&mut source, &mut dst, &planned).await?);
+    }
+    source.close().await?;
+    let _ = dst.close().await;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}

@@ -1,0 +1,230 @@
+//! Which unit of work a free worker takes next: units whose parents are loaded, first of
+//! a table no other worker is loading (two loads into one B-tree cost the target more CPU
+//! than two into two), then in key order. Pure and unit-tested.
+
+use std::collections::BTreeMap;
+
+use super::chunk::Chunk;
+use super::plan::Planned;
+
+/// One transaction on the target: a chunk, or the chunks of a cycle's tables.
+pub(super) struct Unit {
+    pub(super) parts: Vec<(usize, Chunk)>,
+}
+
+impl Unit {
+    /// The tables of this unit, each once.
+    pub(super) fn tables(&self) -> Vec<usize> {
+        let mut tables: Vec<usize> = self.parts.iter().map(|(t, _)| *t).collect();
+        tables.sort_unstable();
+        tables.dedup();
+        tables
+    }
+}
+
+/// What a free worker gets.
+pub(super) enum Take {
+    /// The unit to load.
+    Unit(Unit),
+    /// None is ready yet: wait for a unit to commit.
+    Wait,
+    /// None is left, or the copy stops.
+    Done,
+    /// Nothing runs and nothing can start: the order is wrong (a bug, reported as such).
+    Stuck,
+}
+
+/// The units left to load, and what is loading.
+pub(super) struct Schedule {
+    pub(super) queue: Vec<Unit>,
+    /// Chunks not yet committed, per table.
+    pub(super) left: Vec<usize>,
+    /// Chunks committed, by any run.
+    pub(super) committed: usize,
+    /// Units taken and not yet finished.
+    pub(super) running: usize,
+    /// Units taken and not yet finished, per table.
+    pub(super) loading: Vec<usize>,
+    pub(super) stop: bool,
+}
+
+/// The tables each table waits for: those it references, except those of its own cycle
+/// (they load with it, with deferred constraints, or in any order with triggers off).
+pub(super) fn parents(planned: &[Planned]) -> Vec<Vec<usize>> {
+    let index: BTreeMap<&str, usize> = planned
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.plan.table.as_str(), i))
+        .collect();
+    planned
+        .iter()
+        .map(|p| {
+            p.plan
+                .after
+                .iter()
+                .filter(|t| !p.plan.cycle.contains(t))
+                .filter_map(|t| index.get(t.as_str()).copied())
+                .collect()
+        })
+        .collect()
+}
+
+impl Schedule {
+    /// The units of the chunks not yet done, in load order; the chunks of a cycle's tables
+    /// in one unit.
+    pub(super) fn new(planned: &[Planned], chunks: Vec<Vec<Chunk>>) -> Schedule {
+        let left: Vec<usize> = chunks
+            .iter()
+            .map(|c| c.iter().filter(|c| !c.done).count())
+            .collect();
+        let committed = chunks.iter().flatten().filter(|c| c.done).count();
+        let mut queue: Vec<Unit> = Vec::new();
+        let mut grouped: BTreeMap<Vec<String>, usize> = BTreeMap::new();
+        for (table, table_chunks) in chunks.into_iter().enumerate() {
+            let p = &planned[table];
+            for chunk in table_chunks.into_iter().filter(|c| !c.done) {
+                if !p.plan.cycle.is_empty() && p.plan.whole.is_some() {
+                    let mut members = p.plan.cycle.clone();
+                    members.push(p.plan.table.clone());
+                    members.sort();
+                    if let Some(&at) = grouped.get(&members) {
+                        queue[at].parts.push((table, chunk));
+                        continue;
+                    }
+                    grouped.insert(members, queue.len());
+                }
+                queue.push(Unit {
+                    parts: vec![(table, chunk)],
+                });
+            }
+        }
+        Schedule {
+            queue,
+            left,
+            committed,
+            running: 0,
+            loading: vec![0; planned.len()],
+            stop: false,
+        }
+    }
+
+    /// The next unit for a free worker; `parents[t]`: the tables table `t` waits for.
+    pub(super) fn take(&mut self, parents: &[Vec<usize>]) -> Take {
+        if self.stop || self.queue.is_empty() {
+            return Take::Done;
+        }
+        // Of the units whose parents are loaded, the first of a table the fewest workers
+        // are loading: two loads into one table contend for its indexes' pages (only one
+        // of them appends at the right edge of a B-tree), two loads into two tables don't.
+        let ready = self
+            .queue
+            .iter()
+            .enumerate()
+            .filter(|(_, unit)| {
+                unit.parts.iter().all(|(table, _)| {
+                    parents[*table].iter().all(|parent| {
+                        self.left[*parent] == 0 || unit.parts.iter().any(|(t, _)| t == parent)
+                    })
+                })
+            })
+            .min_by_key(|(i, unit)| {
+                let loading = unit
+                    .parts
+                    .iter()
+                    .map(|(t, _)| self.loading[*t])
+                    .max()
+                    .unwrap_or(0);
+                (loading, *i)
+            })
+            .map(|(i, _)| i);
+        match ready {
+            Some(i) => {
+                self.running += 1;
+                let unit = self.queue.remove(i);
+                for table in unit.tables() {
+                    self.loading[table] += 1;
+                }
+                Take::Unit(unit)
+            }
+            None if self.running == 0 => Take::Stuck,
+            None => Take::Wait,
+        }
+    }
+
+    /// A unit taken has committed.
+    pub(super) fn finished(&mut self, unit: &Unit) {
+        self.running -= 1;
+        for table in unit.tables() {
+            self.loading[table] -= 1;
+        }
+        for (table, _) in &unit.parts {
+            self.left[*table] -= 1;
+            self.committed += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(chunks: &[usize]) -> Schedule {
+        let mut queue = Vec::new();
+        for (table, n) in chunks.iter().enumerate() {
+            for chunk in Chunk::between((1..*n).map(|b| vec![b.to_string()]).collect()) {
+                queue.push(Unit {
+                    parts: vec![(table, chunk)],
+                });
+            }
+        }
+        Schedule {
+            queue,
+            left: chunks.to_vec(),
+            committed: 0,
+            running: 0,
+            loading: vec![0; chunks.len()],
+            stop: false,
+        }
+    }
+
+    fn taken(take: Take) -> (usize, usize) {
+        match take {
+            Take::Unit(unit) => (unit.parts[0].0, unit.parts[0].1.number),
+            Take::Wait => panic!("waits"),
+            Take::Done => panic!("done"),
+            Take::Stuck => panic!("stuck"),
+        }
+    }
+
+    #[test]
+    fn a_second_worker_takes_a_table_nobody_is_loading() {
+        let mut s = schedule(&[3, 2]);
+        let parents = vec![vec![], vec![]];
+        assert_eq!(taken(s.take(&parents)), (0, 1));
+        assert_eq!(taken(s.take(&parents)), (1, 1));
+        // Both tables are being loaded: the queue's order decides, the chunks in order.
+        assert_eq!(taken(s.take(&parents)), (0, 2));
+        assert_eq!(s.loading, vec![2, 1]);
+    }
+
+    #[test]
+    fn a_busy_table_is_shared_when_nothing_else_is_ready() {
+        let mut s = schedule(&[3, 1]);
+        // Table 1 references table 0: it waits for all of table 0's chunks.
+        let parents = vec![vec![], vec![0]];
+        let first = Unit {
+            parts: vec![(0, s.queue[0].parts[0].1.clone())],
+        };
+        assert_eq!(taken(s.take(&parents)), (0, 1));
+        assert_eq!(taken(s.take(&parents)), (0, 2));
+        s.finished(&first);
+        assert_eq!(taken(s.take(&parents)), (0, 3));
+        assert!(matches!(s.take(&parents), Take::Wait));
+        s.finished(&first);
+        s.finished(&first);
+        assert_eq!(s.left, vec![0, 1]);
+        assert_eq!(s.loading, vec![0, 0]);
+        assert_eq!(taken(s.take(&parents)), (1, 1));
+        assert!(matches!(s.take(&parents), Take::Done));
+    }
+}

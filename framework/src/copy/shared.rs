@@ -1,0 +1,137 @@
+//! What the workers of a copy share: the plan, the schedule, the readers of the source,
+//! and the counts behind the progress events and the report.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::Notify;
+
+use super::chunk::Chunk;
+use super::copier::Copier;
+use super::event::CopyEvent;
+use super::plan::Planned;
+use super::report::{TableReport, empty_reports};
+use super::schedule::{Schedule, Take, Unit, parents};
+use super::source::Source;
+use crate::error::Error;
+
+/// What the workers share.
+pub(super) struct Shared<S: Source> {
+    pub(super) copier: Copier,
+    /// The progress table.
+    pub(super) progress: String,
+    /// The name of the copy in the progress table.
+    pub(super) copy_id: String,
+    pub(super) planned: Arc<Vec<Planned>>,
+    /// What hands each worker its reader of the source.
+    pub(super) readers: S::Readers,
+    /// Per table, the tables it waits for.
+    parents: Vec<Vec<usize>>,
+    /// Per table, its chunks (of every run).
+    pub(super) chunk_counts: Vec<usize>,
+    pub(super) schedule: Mutex<Schedule>,
+    /// Wakes the workers waiting for a unit to become ready.
+    pub(super) notify: Notify,
+    /// Rows and bytes per table (rows include chunks committed before this run).
+    rows: Vec<AtomicU64>,
+    bytes: Vec<AtomicU64>,
+    total_estimate: u64,
+    /// What this run did, per table.
+    pub(super) reports: Mutex<Vec<TableReport>>,
+    /// Tables analyzed as soon as their last chunk committed.
+    pub(super) analyzed: Mutex<Vec<usize>>,
+}
+
+impl<S: Source> Shared<S> {
+    /// The state of a load of `chunks` (per planned table, done or not).
+    pub(super) fn new(
+        copier: Copier,
+        readers: S::Readers,
+        progress: &str,
+        copy_id: &str,
+        planned: Arc<Vec<Planned>>,
+        chunks: Vec<Vec<Chunk>>,
+    ) -> Shared<S> {
+        let rows: Vec<AtomicU64> = chunks
+            .iter()
+            .map(|c| AtomicU64::new(c.iter().filter(|c| c.done).map(|c| c.rows).sum()))
+            .collect();
+        let chunk_counts = chunks.iter().map(Vec::len).collect();
+        let parents = parents(&planned);
+        let schedule = Schedule::new(&planned, chunks);
+        Shared {
+            progress: progress.to_string(),
+            copy_id: copy_id.to_string(),
+            readers,
+            parents,
+            chunk_counts,
+            schedule: Mutex::new(schedule),
+            notify: Notify::new(),
+            rows,
+            bytes: planned.iter().map(|_| AtomicU64::new(0)).collect(),
+            total_estimate: planned
+                .iter()
+                .map(|p| u64::try_from(p.plan.estimated_rows).unwrap_or(0))
+                .sum(),
+            reports: Mutex::new(empty_reports(&planned)),
+            analyzed: Mutex::new(Vec::new()),
+            planned,
+            copier,
+        }
+    }
+
+    /// The units left to load.
+    pub(super) fn units(&self) -> usize {
+        self.schedule.lock().expect("schedule lock").queue.len()
+    }
+
+    /// The next unit for this worker, waiting while none is ready; `None` when all are
+    /// taken or the copy stops.
+    pub(super) async fn next(&self) -> Result<Option<Unit>, Error> {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self
+                .schedule
+                .lock()
+                .expect("schedule lock")
+                .take(&self.parents)
+            {
+                Take::Unit(unit) => return Ok(Some(unit)),
+                Take::Done => return Ok(None),
+                Take::Stuck => {
+                    return Err(Error::Config(
+                        "the copy's load order left chunks that can never start; this is a bug in datamig: please report it with the plan (--dry-run)".into(),
+                    ));
+                }
+                Take::Wait => {}
+            }
+            notified.await;
+        }
+    }
+
+    /// Stops the workers: none takes another unit.
+    pub(super) fn stop(&self) {
+        self.schedule.lock().expect("schedule lock").stop = true;
+        self.notify.notify_waiters();
+    }
+
+    /// Rows and bytes of `table` streamed: a progress event.
+    pub(super) fn progress(&self, table: usize, rows: u64, bytes: u64) {
+        let table_rows = self.rows[table].fetch_add(rows, Ordering::Relaxed) + rows;
+        let table_bytes = self.bytes[table].fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if let Some(sink) = &self.copier.on_event {
+            sink(&CopyEvent::Progress {
+                table: self.planned[table].plan.table.clone(),
+                rows: table_rows,
+                bytes: table_bytes,
+                estimated_rows: u64::try_from(self.planned[table].plan.estimated_rows).unwrap_or(0),
+                total_rows: self.rows.iter().map(|r| r.load(Ordering::Relaxed)).sum(),
+                total_bytes: self.bytes.iter().map(|b| b.load(Ordering::Relaxed)).sum(),
+                total_estimated_rows: self.total_estimate,
+            });
+        }
+    }
+}
