@@ -107,8 +107,11 @@ pub(super) async fn analyze(
 /// transaction that commits durably flushes the WAL up to its own commit, every chunk's
 /// included, before the copy says it is done.
 pub(super) async fn flush(dst: &mut PgConnection) -> Result<(), Error> {
-    sqlx::raw_sql("BEGIN; SET LOCAL synchronous_commit = on; SELECT txid_current(); COMMIT")
-        .execute(dst)
-        .await?;
+    sqlx::raw_sql(
+        "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit = on;
+         SELECT txid_current(); COMMIT",
+    )
+    .execute(dst)
+    .await?;
     Ok(())
 }

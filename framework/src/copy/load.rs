@@ -2,7 +2,6 @@
 //! from the source's reader into `COPY .. FROM STDIN` (or into a stage, merged), marked in
 //! the progress table, and, with triggers off, its foreign keys checked before it commits.
 
-use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 
 use super::failure::Failure;
@@ -34,7 +33,9 @@ pub(super) async fn load<S: Source>(
     unit: &Unit,
 ) -> Result<Vec<Counts>, Failure> {
     let first = unit.parts[0].0;
-    let mut tx = dst.begin().await.map_err(|e| Failure::Target(first, e))?;
+    let mut tx = crate::backend::isolation::begin_read_committed(dst)
+        .await
+        .map_err(|e| Failure::Target(first, e))?;
     if unit.parts.len() > 1 {
         sqlx::raw_sql("SET CONSTRAINTS ALL DEFERRED")
             .execute(&mut *tx)

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use sqlx::postgres::PgConnection;
-use sqlx::{AssertSqlSafe, Connection, Row};
+use sqlx::{AssertSqlSafe, Row};
 
 use super::chunk::Chunk;
 use super::copier::Copier;
@@ -123,7 +123,7 @@ pub(super) async fn record(
     chunks: &[Vec<Chunk>],
     restart: bool,
 ) -> Result<(), Error> {
-    let mut tx = conn.begin().await?;
+    let mut tx = crate::backend::isolation::begin_read_committed(conn).await?;
     if copier.mode == CopyMode::DangerouslyTruncate && !planned.is_empty() {
         let tables: Vec<String> = planned.iter().map(|p| p.target.ident()).collect();
         query(AssertSqlSafe(format!("TRUNCATE {}", tables.join(", "))))

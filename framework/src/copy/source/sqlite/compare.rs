@@ -1,7 +1,7 @@
 //! A SQLite source compared with the target in the target's types.
 
 use sqlx::postgres::PgConnection;
-use sqlx::{AssertSqlSafe, Connection, Row};
+use sqlx::{AssertSqlSafe, Row};
 
 use super::rows::stream_all;
 use crate::backend::postgres::{hash_rows, query};
@@ -27,7 +27,7 @@ pub(super) async fn compare_rows(
 ) -> Result<(Fingerprint, Vec<RowDifference>), Error> {
     let mut source = Fingerprint::default();
     let mut differences = Vec::new();
-    let mut tx = dst.begin().await?;
+    let mut tx = crate::backend::isolation::begin_read_committed(dst).await?;
     for (i, (p, conversions)) in planned.iter().zip(conversions).enumerate() {
         let stage = format!("datamig_compare_{i}");
         let columns: Vec<String> = p.plan.copied().map(|c| quote_ident(&c.name)).collect();
