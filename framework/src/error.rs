@@ -158,7 +158,7 @@ pub enum Error {
         /// The migration's id.
         id: String,
         /// The tables the second run changed, with sample rows.
-        changes: Vec<crate::idempotency::TableChange>,
+        changes: Vec<crate::table_change::TableChange>,
         /// Rows the second run reported as inserted or updated.
         second_run_rows: u64,
         /// Rows the second run wrote, as the database counted them.
@@ -345,7 +345,7 @@ pub(crate) fn describe_chain(err: &anyhow::Error) -> String {
 
 fn not_idempotent(
     id: &str,
-    changes: &[crate::idempotency::TableChange],
+    changes: &[crate::table_change::TableChange],
     second_run_rows: u64,
     second_run_writes: u64,
 ) -> String {

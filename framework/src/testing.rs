@@ -54,7 +54,8 @@ use tokio::sync::OnceCell;
 use crate::backend::Backend;
 use crate::error::Error;
 use crate::fingerprint::{FingerprintOptions, fingerprint_on};
-use crate::idempotency::{IdempotencyCheck, changes_between, snapshot_rows};
+use crate::idempotency::{changes_between, snapshot_rows};
+use crate::idempotency_check::IdempotencyCheck;
 use crate::runner::Migrator;
 use crate::sql::quote_ident;
 
