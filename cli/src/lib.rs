@@ -446,7 +446,7 @@ async fn unlock<DB: CliBackend>(
         return Ok(exit::OK);
     }
     // The same name the runners put in their session tag.
-    let this_host = datamig::host_name();
+    let this_host = datamig::__private::host_name();
     for holder in &holders {
         let held_by = if holder.lease {
             "its lease".to_string()
@@ -455,7 +455,7 @@ async fn unlock<DB: CliBackend>(
         };
         let verdict = match holder.runner() {
             Some((host, pid)) if host == this_host => {
-                if datamig::local_process_alive(pid) {
+                if datamig::__private::local_process_alive(pid) {
                     return Err(Failure::new(
                         exit::LOCK_TIMEOUT,
                         format!(

@@ -315,7 +315,7 @@ pub(crate) fn humantime(d: Duration) -> String {
 
 /// A sqlx error in words. For a database error: the server's message and its SQLSTATE
 /// (sqlx's own `Display` adds the line of the server's C source, which only misleads).
-pub fn describe_sqlx(err: &sqlx::Error) -> String {
+pub(crate) fn describe_sqlx(err: &sqlx::Error) -> String {
     match err {
         sqlx::Error::Database(db) => match db.code() {
             Some(code) => format!("{} (SQLSTATE {code})", db.message()),

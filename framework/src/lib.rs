@@ -92,23 +92,23 @@ mod upsert;
 pub use admin::{CheckReport, Doctor};
 pub use backend::Backend;
 pub use bulk::SequenceReset;
-pub use copy_text::{CopyRow, CopyValue, Value};
+pub use copy_text::{BindValue, CopyRow, CopyValue};
 pub use ctx::Ctx;
-pub use error::{Drift, Error, UnconvertibleValue, describe_sqlx};
+pub use error::{Drift, Error, UnconvertibleValue};
 pub use fingerprint::{
     Fingerprint, FingerprintOptions, TableDifference, TableFingerprint, fingerprint, fingerprint_on,
 };
 pub use idempotency_check::IdempotencyCheck;
-pub use key::{Key, KeyValue, describe_checkpoint};
+pub use key::{Key, KeyValue};
 pub use ledger::{LastRun, LedgerConfig, LedgerEntry, Pause, WorkRange};
 pub use merge::{UpsertMode, UpsertReport};
-pub use migration::{Batch, BatchFn, BatchSpec, BoxFuture, Code, Location, Migration, MigrationFn};
+pub use migration::{Batch, BatchSpec, Location, Migration};
 pub use registry::link_marker;
 pub use runner::{
     AppliedMigration, Health, MigrationStatus, Migrator, Progress, RunReport, RunnerLock, State,
     StopSignal,
 };
-pub use session::{SessionInfo, host_name, local_process_alive};
+pub use session::SessionInfo;
 #[cfg(feature = "postgres")]
 pub use sqlx::Postgres;
 #[cfg(feature = "sqlite")]
@@ -216,11 +216,15 @@ pub mod prelude {
     pub use sqlx::Sqlite;
 }
 
+/// What the `#[migration]` attribute's code and the `datamig` command line use, and tests
+/// look at: no part of the API, and no promise of stability.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::key::describe_checkpoint;
     pub use crate::migration::BoxFuture;
     pub use crate::portable::{Portable, PortableBatched};
     pub use crate::registry::Registered;
+    pub use crate::session::{host_name, local_process_alive};
     pub use anyhow;
     pub use inventory;
 }

@@ -185,7 +185,7 @@ async fn walk_every_key<DB: Backend>(
             .as_ref()
             .and_then(|e| e.checkpoint.clone())
             .expect("a checkpoint");
-        let readable = datamig::describe_checkpoint(&checkpoint);
+        let readable = datamig::__private::describe_checkpoint(&checkpoint);
         if table == "by_int" {
             assert_eq!(
                 checkpoint, readable,
@@ -962,7 +962,7 @@ async fn a_run_with_nothing_left_to_do_checks_the_rest_in_one_statement() -> any
         .fetch_one(pool)
         .await?;
     assert_eq!(
-        datamig::describe_checkpoint(entry.checkpoint.as_deref().unwrap_or_default()),
+        datamig::__private::describe_checkpoint(entry.checkpoint.as_deref().unwrap_or_default()),
         format!("id = '{last}'")
     );
     assert_eq!((entry.status.as_str(), entry.batches), ("applied", 2));

@@ -492,7 +492,7 @@ async fn a_run_joins_a_migration_in_progress_and_status_shows_the_workers() -> a
         assert!(
             shown.contains(&format!(
                 "worked by {}/{first_pid}/{worker}",
-                datamig::host_name()
+                datamig::__private::host_name()
             )),
             "{shown}"
         );
