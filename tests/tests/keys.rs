@@ -875,12 +875,16 @@ async fn plan_codes(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result
     batch(table = "plans_raw", key = "id", size = 100)
 )]
 async fn plan_codes_raw(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result<()> {
+    let (after, last) = batch
+        .after()
+        .zip(batch.last())
+        .ok_or_else(|| anyhow::anyhow!("plans_raw's key is one integer column"))?;
     let done = sqlx::query(
         "UPDATE plans_raw SET plan_code = upper(plan) \
          WHERE id > $1 AND id <= $2 AND plan_code IS DISTINCT FROM upper(plan)",
     )
-    .bind(batch.after())
-    .bind(batch.last())
+    .bind(after)
+    .bind(last)
     .execute(ctx.tx())
     .await?;
     ctx.add_rows_affected(done.rows_affected());
