@@ -86,6 +86,10 @@ pub enum Error {
     },
 
     /// A migration returned an error or panicked; its transaction was rolled back.
+    ///
+    /// The error the body returned is this error's [`source`](std::error::Error::source),
+    /// with its own causes after it: walk them to find a `sqlx::Error` (its SQLSTATE, for
+    /// one) with `downcast_ref`.
     #[error("migration {id} {}: {message}; its changes were rolled back", if *.panicked { "panicked" } else { "failed" })]
     MigrationFailed {
         /// The migration's id.
@@ -96,6 +100,11 @@ pub enum Error {
         panicked: bool,
         /// The migrations this run applied before the failure (they stay applied).
         applied_before: Vec<String>,
+        /// The error the body returned, or the database's error that ended its
+        /// transaction; `None` for a panic, and for a failure the runner found (a ledger
+        /// row another runner moved, a health check that failed).
+        #[source]
+        source: Option<BoxError>,
     },
 
     /// A batched migration was stopped on purpose after some batches (fault injection in
@@ -301,6 +310,9 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
 }
+
+/// An error of any type, kept as the source of an [`Error`]: what a migration body returned.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Formats a duration for people: `500ms`, `5s`, `2.5s`.
 pub(crate) fn humantime(d: Duration) -> String {

@@ -263,6 +263,7 @@ async fn run_in<DB: Backend>(
         },
         panicked: failure.panicked,
         applied_before: Vec::new(),
+        source: failure.source,
     };
     match (code, migration.batch()) {
         (Code::Once(run), _) => {

@@ -121,8 +121,13 @@ impl<DB: Backend> Migrator<DB> {
             };
             if let Err(failure) = self.wait_until_healthy(conn, migration, &position).await {
                 return Err(match failure {
-                    Failure::Migration { message, panicked } => {
-                        self.batch_failure(conn, migration, step.action, &state, message, panicked)
+                    Failure::Migration {
+                        message,
+                        panicked,
+                        source,
+                    } => {
+                        let failure = (message, panicked, source);
+                        self.batch_failure(conn, migration, step.action, &state, failure)
                             .await
                     }
                     other => other,
@@ -147,10 +152,10 @@ impl<DB: Backend> Migrator<DB> {
                     .await
                 {
                     // A check of the rest that could not run is no failure: the walk goes on.
-                    Err(BatchError::LockTimeout(_) | BatchError::Failed { .. }) if rest => {
+                    Err(BatchError::LockTimeout(..) | BatchError::Failed { .. }) if rest => {
                         break Ok(BatchDone::WorkLeft);
                     }
-                    Err(BatchError::LockTimeout(_)) if retries < spec.retries() => {
+                    Err(BatchError::LockTimeout(..)) if retries < spec.retries() => {
                         retries += 1;
                         state.lock_retries += 1;
                         // A busy table slows the migration down instead of stalling the
@@ -177,15 +182,19 @@ impl<DB: Backend> Migrator<DB> {
                         .await);
                 }
                 Err(err) => {
-                    let (message, panicked) = match err {
-                        BatchError::LockTimeout(message) => (message, false),
-                        BatchError::Failed { message, panicked } => (message, panicked),
+                    let failure = match err {
+                        BatchError::LockTimeout(message, source) => (message, false, source),
+                        BatchError::Failed {
+                            message,
+                            panicked,
+                            source,
+                        } => (message, panicked, source),
                         BatchError::Commit(_) | BatchError::Fenced(_) | BatchError::Paused(_) => {
                             unreachable!("matched above")
                         }
                     };
                     return Err(self
-                        .batch_failure(conn, migration, step.action, &state, message, panicked)
+                        .batch_failure(conn, migration, step.action, &state, failure)
                         .await);
                 }
             };
@@ -378,6 +387,7 @@ impl<DB: Backend> Migrator<DB> {
                         shape.names()
                     ),
                     panicked: false,
+                    source: None,
                 });
             }
             if rest {
@@ -508,6 +518,7 @@ impl<DB: Backend> Migrator<DB> {
                           another runner must have moved it"
                     .to_string(),
                 panicked: false,
+                source: None,
             });
         }
         if finished {
@@ -519,25 +530,33 @@ impl<DB: Backend> Migrator<DB> {
         tx.commit().await.map_err(BatchError::Commit)
     }
 
-    /// Records a batch failure in the run history and turns it into a [`Failure`].
+    /// Records a batch failure (its message, whether it panicked, its error) in the run
+    /// history and turns it into a [`Failure`].
     async fn batch_failure(
         &self,
         conn: &mut PoolConnection<DB>,
         migration: &'static Migration,
         action: Action,
         state: &BatchState,
-        message: String,
-        panicked: bool,
+        (message, panicked, source): (String, bool, Option<crate::error::BoxError>),
     ) -> Failure {
         if self.dry_run {
-            return Failure::Migration { message, panicked };
+            return Failure::Migration {
+                message,
+                panicked,
+                source,
+            };
         }
         let mut attempt = self.attempt(migration, action, state.started_at);
         attempt.rows_affected = state.run_rows;
         attempt.checkpoint = state.checkpoint.clone();
         attempt.batches = state.batches;
         match self.record_failure(conn, &attempt, &message).await {
-            Ok(()) => Failure::Migration { message, panicked },
+            Ok(()) => Failure::Migration {
+                message,
+                panicked,
+                source,
+            },
             Err(err) => Failure::Other(err),
         }
     }
@@ -686,10 +705,15 @@ enum BatchDone {
 
 /// Why one batch did not commit.
 pub(super) enum BatchError {
-    /// It waited for a lock longer than its `lock_timeout`: worth retrying.
-    LockTimeout(String),
-    /// The body failed or panicked, a database error ended the batch, or the checkpoint moved.
-    Failed { message: String, panicked: bool },
+    /// It waited for a lock longer than its `lock_timeout`: worth retrying. With the error.
+    LockTimeout(String, Option<crate::error::BoxError>),
+    /// The body failed or panicked, a database error ended the batch, or the checkpoint
+    /// moved. With the error, if there is one.
+    Failed {
+        message: String,
+        panicked: bool,
+        source: Option<crate::error::BoxError>,
+    },
     /// Its `COMMIT` returned an error: whether it committed is unknown.
     Commit(sqlx::Error),
     /// The runner's lease ran out before the batch could commit (fencing): rolled back.
@@ -704,11 +728,12 @@ impl BatchError {
     /// body: recorded and reported by id. A lock timeout is worth a retry.
     pub(super) fn database<DB: Backend>(err: sqlx::Error, number: u64) -> Self {
         if DB::is_lock_timeout(&err) {
-            BatchError::LockTimeout(describe_sqlx(&err))
+            BatchError::LockTimeout(describe_sqlx(&err), Some(Box::new(err)))
         } else {
             BatchError::Failed {
                 message: format!("batch {number}: {}", describe_sqlx(&err)),
                 panicked: false,
+                source: Some(Box::new(err)),
             }
         }
     }
@@ -716,11 +741,12 @@ impl BatchError {
     /// A failure of the body of batch `number`.
     pub(super) fn body(failure: BodyFailure, number: u64) -> Self {
         if failure.lock_timeout {
-            BatchError::LockTimeout(failure.message)
+            BatchError::LockTimeout(failure.message, failure.source)
         } else {
             BatchError::Failed {
                 message: format!("batch {number}: {}", failure.message),
                 panicked: failure.panicked,
+                source: failure.source,
             }
         }
     }
@@ -898,7 +924,7 @@ pub(super) fn batch_ended(
         }
         Err(err) => {
             let (outcome, message) = match err {
-                BatchError::LockTimeout(message) => ("lock_timeout", message.clone()),
+                BatchError::LockTimeout(message, _) => ("lock_timeout", message.clone()),
                 BatchError::Failed { message, .. } => ("failed", message.clone()),
                 BatchError::Commit(err) => ("commit_unknown", err.to_string()),
                 BatchError::Fenced(err) => ("fenced", err.to_string()),

@@ -644,12 +644,17 @@ impl<DB: Backend> Migrator<DB> {
             migration_ended(&span, &result, started.elapsed());
             match result {
                 Ok(applied) => report.applied.push(applied),
-                Err(Failure::Migration { message, panicked }) => {
+                Err(Failure::Migration {
+                    message,
+                    panicked,
+                    source,
+                }) => {
                     return Err(Error::MigrationFailed {
                         id: migration.id().to_string(),
                         message,
                         panicked,
                         applied_before: report.applied.into_iter().map(|a| a.id).collect(),
+                        source,
                     });
                 }
                 Err(Failure::Stopped {
@@ -703,7 +708,9 @@ fn migration_ended(
                 "migration applied"
             );
         }
-        Err(Failure::Migration { message, panicked }) => {
+        Err(Failure::Migration {
+            message, panicked, ..
+        }) => {
             span.record("outcome", "failed");
             tracing::error!(parent: span, error = %message, panicked, duration_ms, "migration failed");
         }

@@ -187,6 +187,7 @@ impl<DB: Backend> Migrator<DB> {
                               runner moved it); nothing ran"
                         .to_string(),
                     panicked: false,
+                    source: None,
                 });
             }
             DB::replace_ranges(&mut tx, &self.ledger, id, &bounds)
@@ -404,7 +405,7 @@ impl<DB: Backend> Migrator<DB> {
                     .range_batch(conn, job, team, claim, range, size, timeouts)
                     .await
                 {
-                    Err(BatchError::LockTimeout(_)) if retries < job.spec.retries() => {
+                    Err(BatchError::LockTimeout(..)) if retries < job.spec.retries() => {
                         retries += 1;
                         team.lock_retries.fetch_add(1, Ordering::SeqCst);
                         let backoff = Duration::from_millis(100 * (1 << retries.min(6)));
@@ -447,14 +448,18 @@ impl<DB: Backend> Migrator<DB> {
                     }));
                 }
                 Err(BatchError::Fenced(err)) => return Err(Failure::Other(err)),
-                Err(BatchError::LockTimeout(message)) => {
+                Err(BatchError::LockTimeout(message, source)) => {
                     return Err(self
-                        .range_failure(conn, job, team, range, message, false)
+                        .range_failure(conn, job, team, range, (message, false, source))
                         .await);
                 }
-                Err(BatchError::Failed { message, panicked }) => {
+                Err(BatchError::Failed {
+                    message,
+                    panicked,
+                    source,
+                }) => {
                     return Err(self
-                        .range_failure(conn, job, team, range, message, panicked)
+                        .range_failure(conn, job, team, range, (message, panicked, source))
                         .await);
                 }
             };
@@ -517,15 +522,18 @@ impl<DB: Backend> Migrator<DB> {
         job: &Job<'_, DB>,
         team: &Team,
         range: i32,
-        message: String,
-        panicked: bool,
+        (message, panicked, source): (String, bool, Option<crate::error::BoxError>),
     ) -> Failure {
         let message = format!("range {range}: {message}");
         let mut attempt = self.attempt(job.migration, job.action, job.started_at);
         attempt.rows_affected = team.rows.load(Ordering::SeqCst);
         attempt.batches = team.batches.load(Ordering::SeqCst);
         match self.record_failure(conn, &attempt, &message).await {
-            Ok(()) => Failure::Migration { message, panicked },
+            Ok(()) => Failure::Migration {
+                message,
+                panicked,
+                source,
+            },
             Err(err) => Failure::Other(err),
         }
     }
@@ -584,6 +592,7 @@ impl<DB: Backend> Migrator<DB> {
                              cannot resume from: {why}"
                         ),
                         panicked: false,
+                        source: None,
                     })
                 })
                 .transpose()
@@ -761,12 +770,17 @@ impl<DB: Backend> Migrator<DB> {
                 Ok(team) => joined.push(team_report(&team, &id, Action::Resume)),
                 // Paused: the runner that takes the lock next reports it.
                 Err(Failure::Paused(_)) => {}
-                Err(Failure::Migration { message, panicked }) => {
+                Err(Failure::Migration {
+                    message,
+                    panicked,
+                    source,
+                }) => {
                     return Err(Error::MigrationFailed {
                         id,
                         message,
                         panicked,
                         applied_before: Vec::new(),
+                        source,
                     });
                 }
                 Err(Failure::Stopped { batches, .. }) => {
