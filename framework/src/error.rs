@@ -306,9 +306,17 @@ pub enum Error {
         sessions: Vec<crate::SessionInfo>,
     },
 
-    /// A configuration value is invalid.
+    /// A configuration value is invalid, or the caller asked for what cannot be done (a
+    /// command the ledger's state does not allow, a migration declared wrong). The message
+    /// says what to change.
     #[error("invalid configuration: {0}")]
     Config(String),
+
+    /// Something failed while datamig worked that is neither the caller's configuration nor
+    /// a migration's own failure: a state of the ledger datamig did not expect, a test server
+    /// that would not start. The message names what failed and what to do.
+    #[error("{0}")]
+    Runtime(String),
 }
 
 /// An error of any type, kept as the source of an [`Error`]: what a migration body returned.

@@ -291,8 +291,9 @@ async fn run_in<DB: Backend>(
             let written = writes_since(&mut ctx, before).await?;
             Ok((ctx.rows_affected(), written))
         }
-        (Code::Batched(_), None) => Err(Error::Config(format!(
-            "migration {} is batched but has no batch specification",
+        (Code::Batched(_), None) => Err(Error::Runtime(format!(
+            "migration {} is batched but has no batch specification: its descriptor was not \
+             built by #[migration]; declare it with the attribute",
             migration.id()
         ))),
     }

@@ -633,8 +633,9 @@ impl<DB: Backend> Migrator<DB> {
                     (Code::Batched(run), Some(spec)) => {
                         self.apply_batched(conn, migration, *run, spec, step).await
                     }
-                    (Code::Batched(_), None) => Err(Failure::Other(Error::Config(format!(
-                        "migration {} is batched but has no batch specification",
+                    (Code::Batched(_), None) => Err(Failure::Other(Error::Runtime(format!(
+                        "migration {} is batched but has no batch specification: its \
+                         descriptor was not built by #[migration]; declare it with the attribute",
                         migration.id()
                     )))),
                 }

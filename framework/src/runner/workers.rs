@@ -202,7 +202,7 @@ impl<DB: Backend> Migrator<DB> {
             .into_iter()
             .any(|row| row.id == id && !row.is_running());
         if !applied {
-            return Err(Failure::Other(Error::Config(format!(
+            return Err(Failure::Other(Error::Runtime(format!(
                 "the workers of {id} found no range left, yet its ledger row is not applied; \
                  run `datamig status` and report this"
             ))));
