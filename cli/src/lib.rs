@@ -446,7 +446,7 @@ async fn unlock<DB: CliBackend>(
         return Ok(exit::OK);
     }
     // The same name the runners put in their session tag.
-    let this_host = datamig::host_name();
+    let this_host = datamig::__private::host_name();
     for holder in &holders {
         let held_by = if holder.lease {
             "its lease".to_string()
@@ -455,7 +455,7 @@ async fn unlock<DB: CliBackend>(
         };
         let verdict = match holder.runner() {
             Some((host, pid)) if host == this_host => {
-                if datamig::local_process_alive(pid) {
+                if datamig::__private::local_process_alive(pid) {
                     return Err(Failure::new(
                         exit::LOCK_TIMEOUT,
                         format!(
@@ -798,6 +798,7 @@ impl From<Error> for Failure {
             | Error::CopyPlan { .. }
             | Error::CopyRefused(_)
             | Error::Config(_) => exit::USAGE,
+            Error::Runtime(_) => exit::UNEXPECTED,
             _ => exit::UNEXPECTED,
         };
         let mut message = err.to_string();
@@ -816,5 +817,33 @@ impl From<Error> for Failure {
 impl From<std::io::Error> for Failure {
     fn from(err: std::io::Error) -> Self {
         Failure::new(exit::UNEXPECTED, format!("cannot write the output: {err}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Error, Failure, exit};
+
+    #[test]
+    fn a_runtime_failure_exits_as_unexpected_and_bad_configuration_as_usage() {
+        let runtime = Failure::from(Error::Runtime(
+            "the workers of m found no range left, yet its ledger row is not applied".into(),
+        ));
+        assert_eq!(runtime.code, exit::UNEXPECTED);
+        assert!(
+            runtime.message.starts_with("the workers of m"),
+            "{}",
+            runtime.message
+        );
+        let config = Failure::from(Error::Config("a reason is required".into()));
+        assert_eq!(config.code, exit::USAGE);
+        let failed = Failure::from(Error::MigrationFailed {
+            id: "m".into(),
+            message: "boom".into(),
+            panicked: false,
+            applied_before: Vec::new(),
+            source: None,
+        });
+        assert_eq!(failed.code, exit::MIGRATION_FAILED);
     }
 }

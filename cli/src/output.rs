@@ -201,7 +201,7 @@ impl Output {
                     entry
                         .checkpoint
                         .as_deref()
-                        .map_or_else(|| "-".to_string(), datamig::describe_checkpoint)
+                        .map_or_else(|| "-".to_string(), datamig::__private::describe_checkpoint)
                 )?;
             }
             if let Some(pause) = &s.paused {
@@ -853,7 +853,7 @@ fn rate(bar: &ProgressBar, bytes: u64) -> u64 {
 /// One range of a migration walked by workers, for `status`:
 /// `range 2 (id > 250000, up to id = 375000): worked by web-1/4121/2, 31 batches, checkpoint id = 281000`.
 fn describe_range(range: &datamig::WorkRange) -> String {
-    let bound = |b: &Option<String>| b.as_deref().map(datamig::describe_checkpoint);
+    let bound = |b: &Option<String>| b.as_deref().map(datamig::__private::describe_checkpoint);
     let keys = match (bound(&range.lower), bound(&range.upper)) {
         (None, None) => "every key".to_string(),
         (Some(lower), None) => format!("after {lower}"),
@@ -868,7 +868,10 @@ fn describe_range(range: &datamig::WorkRange) -> String {
     };
     let at = match (&range.checkpoint, range.done) {
         (Some(checkpoint), false) => {
-            format!(", checkpoint {}", datamig::describe_checkpoint(checkpoint))
+            format!(
+                ", checkpoint {}",
+                datamig::__private::describe_checkpoint(checkpoint)
+            )
         }
         _ => String::new(),
     };

@@ -213,7 +213,12 @@ impl<DB: Backend> Migrator<DB> {
             DB::pause_state(conn, self.ledger_config(), Some(id))
                 .await?
                 .pop()
-                .ok_or_else(|| Error::Config(format!("the pause of {id} was not recorded")))
+                .ok_or_else(|| {
+                    Error::Runtime(format!(
+                        "the pause of {id} was written but does not read back; run `datamig \
+                         status` to see whether {id} is paused, and pause it again if not"
+                    ))
+                })
         })
         .await
     }

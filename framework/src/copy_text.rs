@@ -14,12 +14,12 @@ pub trait CopyValue {
     fn write_copy(&self, out: &mut Vec<u8>);
 
     /// The value, to bind as a parameter.
-    fn to_value(&self) -> Value;
+    fn to_value(&self) -> BindValue;
 }
 
 /// A value bound as a parameter (see [`CopyValue::to_value`]).
 #[derive(Clone, Debug, PartialEq)]
-pub enum Value {
+pub enum BindValue {
     /// `NULL`.
     Null,
     /// A boolean (an integer 0 or 1 on SQLite).
@@ -39,7 +39,7 @@ pub(crate) enum RowSink<'a> {
     Copy(&'a mut Vec<u8>),
     /// Appends the row's values.
     #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
-    Values(&'a mut Vec<Value>),
+    Values(&'a mut Vec<BindValue>),
 }
 
 impl RowSink<'_> {
@@ -59,7 +59,7 @@ pub trait CopyRow {
     fn write_values(&self, out: &mut Vec<u8>);
 
     /// Appends the values, to bind.
-    fn push_values(&self, out: &mut Vec<Value>);
+    fn push_values(&self, out: &mut Vec<BindValue>);
 }
 
 /// Appends one row and its line end.
@@ -90,8 +90,8 @@ macro_rules! copy_display {
                 let _ = write!(out, "{}", self);
             }
 
-            fn to_value(&self) -> Value {
-                Value::Int(i64::from(*self))
+            fn to_value(&self) -> BindValue {
+                BindValue::Int(i64::from(*self))
             }
         }
     )*};
@@ -103,8 +103,8 @@ impl CopyValue for bool {
         out.extend_from_slice(if *self { b"true" } else { b"false" });
     }
 
-    fn to_value(&self) -> Value {
-        Value::Bool(*self)
+    fn to_value(&self) -> BindValue {
+        BindValue::Bool(*self)
     }
 }
 
@@ -113,8 +113,8 @@ impl CopyValue for f32 {
         f64::from(*self).write_copy(out);
     }
 
-    fn to_value(&self) -> Value {
-        Value::Float(f64::from(*self))
+    fn to_value(&self) -> BindValue {
+        BindValue::Float(f64::from(*self))
     }
 }
 
@@ -130,8 +130,8 @@ impl CopyValue for f64 {
         out.extend_from_slice(text.as_bytes());
     }
 
-    fn to_value(&self) -> Value {
-        Value::Float(*self)
+    fn to_value(&self) -> BindValue {
+        BindValue::Float(*self)
     }
 }
 
@@ -140,8 +140,8 @@ impl CopyValue for str {
         write_escaped(self, out);
     }
 
-    fn to_value(&self) -> Value {
-        Value::Text(self.to_string())
+    fn to_value(&self) -> BindValue {
+        BindValue::Text(self.to_string())
     }
 }
 
@@ -150,8 +150,8 @@ impl CopyValue for String {
         write_escaped(self, out);
     }
 
-    fn to_value(&self) -> Value {
-        Value::Text(self.clone())
+    fn to_value(&self) -> BindValue {
+        BindValue::Text(self.clone())
     }
 }
 
@@ -160,7 +160,7 @@ impl<T: CopyValue + ?Sized> CopyValue for &T {
         (**self).write_copy(out);
     }
 
-    fn to_value(&self) -> Value {
+    fn to_value(&self) -> BindValue {
         (**self).to_value()
     }
 }
@@ -173,8 +173,8 @@ impl<T: CopyValue> CopyValue for Option<T> {
         }
     }
 
-    fn to_value(&self) -> Value {
-        self.as_ref().map_or(Value::Null, CopyValue::to_value)
+    fn to_value(&self) -> BindValue {
+        self.as_ref().map_or(BindValue::Null, CopyValue::to_value)
     }
 }
 
@@ -183,8 +183,8 @@ impl CopyValue for NaiveDate {
         out.extend_from_slice(self.format("%Y-%m-%d").to_string().as_bytes());
     }
 
-    fn to_value(&self) -> Value {
-        Value::Text(self.format("%Y-%m-%d").to_string())
+    fn to_value(&self) -> BindValue {
+        BindValue::Text(self.format("%Y-%m-%d").to_string())
     }
 }
 
@@ -193,8 +193,8 @@ impl CopyValue for NaiveDateTime {
         out.extend_from_slice(self.format("%Y-%m-%d %H:%M:%S%.f").to_string().as_bytes());
     }
 
-    fn to_value(&self) -> Value {
-        Value::Text(self.format("%Y-%m-%d %H:%M:%S%.f").to_string())
+    fn to_value(&self) -> BindValue {
+        BindValue::Text(self.format("%Y-%m-%d %H:%M:%S%.f").to_string())
     }
 }
 
@@ -203,8 +203,8 @@ impl<Tz: TimeZone> CopyValue for DateTime<Tz> {
         out.extend_from_slice(self.to_rfc3339().as_bytes());
     }
 
-    fn to_value(&self) -> Value {
-        Value::Text(self.to_rfc3339())
+    fn to_value(&self) -> BindValue {
+        BindValue::Text(self.to_rfc3339())
     }
 }
 
@@ -223,7 +223,7 @@ macro_rules! copy_tuple {
             }
 
             #[allow(non_snake_case)]
-            fn push_values(&self, out: &mut Vec<Value>) {
+            fn push_values(&self, out: &mut Vec<BindValue>) {
                 let ($first, $($rest,)*) = self;
                 out.push($first.to_value());
                 $(out.push($rest.to_value());)*

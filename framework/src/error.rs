@@ -107,6 +107,10 @@ pub enum Error {
     },
 
     /// A migration returned an error or panicked; its transaction was rolled back.
+    ///
+    /// The error the body returned is this error's [`source`](std::error::Error::source),
+    /// with its own causes after it: walk them to find a `sqlx::Error` (its SQLSTATE, for
+    /// one) with `downcast_ref`.
     #[error("migration {id} {}: {message}; its changes were rolled back", if *.panicked { "panicked" } else { "failed" })]
     MigrationFailed {
         /// The migration's id.
@@ -117,6 +121,11 @@ pub enum Error {
         panicked: bool,
         /// The migrations this run applied before the failure (they stay applied).
         applied_before: Vec<String>,
+        /// The error the body returned, or the database's error that ended its
+        /// transaction; `None` for a panic, and for a failure the runner found (a ledger
+        /// row another runner moved, a health check that failed).
+        #[source]
+        source: Option<BoxError>,
     },
 
     /// A batched migration was stopped on purpose after some batches (fault injection in
@@ -179,7 +188,7 @@ pub enum Error {
         /// The migration's id.
         id: String,
         /// The tables the second run changed, with sample rows.
-        changes: Vec<crate::idempotency::TableChange>,
+        changes: Vec<crate::table_change::TableChange>,
         /// Rows the second run reported as inserted or updated.
         second_run_rows: u64,
         /// Rows the second run wrote, as the database counted them.
@@ -318,10 +327,21 @@ pub enum Error {
         sessions: Vec<crate::SessionInfo>,
     },
 
-    /// A configuration value is invalid.
+    /// A configuration value is invalid, or the caller asked for what cannot be done (a
+    /// command the ledger's state does not allow, a migration declared wrong). The message
+    /// says what to change.
     #[error("invalid configuration: {0}")]
     Config(String),
+
+    /// Something failed while datamig worked that is neither the caller's configuration nor
+    /// a migration's own failure: a state of the ledger datamig did not expect, a test server
+    /// that would not start. The message names what failed and what to do.
+    #[error("{0}")]
+    Runtime(String),
 }
+
+/// An error of any type, kept as the source of an [`Error`]: what a migration body returned.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Formats a duration for people: `500ms`, `5s`, `2.5s`.
 pub(crate) fn humantime(d: Duration) -> String {
@@ -336,7 +356,7 @@ pub(crate) fn humantime(d: Duration) -> String {
 
 /// A sqlx error in words. For a database error: the server's message and its SQLSTATE
 /// (sqlx's own `Display` adds the line of the server's C source, which only misleads).
-pub fn describe_sqlx(err: &sqlx::Error) -> String {
+pub(crate) fn describe_sqlx(err: &sqlx::Error) -> String {
     match err {
         sqlx::Error::Database(db) => match db.code() {
             Some(code) => format!("{} (SQLSTATE {code})", db.message()),
@@ -366,7 +386,7 @@ pub(crate) fn describe_chain(err: &anyhow::Error) -> String {
 
 fn not_idempotent(
     id: &str,
-    changes: &[crate::idempotency::TableChange],
+    changes: &[crate::table_change::TableChange],
     second_run_rows: u64,
     second_run_writes: u64,
 ) -> String {

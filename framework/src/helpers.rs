@@ -123,24 +123,26 @@ impl<DB: Backend> Ctx<'_, DB> {
                         .into(),
                 ));
             }
-            None if batch.shape().is_single_integer() => {
-                let bounds = [
-                    crate::key::KeyValue::Integer(batch.after()),
-                    crate::key::KeyValue::Integer(batch.last()),
-                ];
-                DB::execute_keyed(self.conn(), sql, &bounds).await?
-            }
-            None => {
-                return Err(sqlx::Error::Configuration(
-                    format!(
-                        "this migration's batches walk the key {}, which is not one integer \
-                         column: write {{batch}} in the statement where the batch's rows are \
-                         named (`UPDATE .. WHERE {{batch}} AND ..`), and datamig binds its bounds",
-                        batch.shape().names()
-                    )
-                    .into(),
-                ));
-            }
+            None => match (batch.after(), batch.last()) {
+                (Some(after), Some(last)) => {
+                    let bounds = [
+                        crate::key::KeyValue::Integer(after),
+                        crate::key::KeyValue::Integer(last),
+                    ];
+                    DB::execute_keyed(self.conn(), sql, &bounds).await?
+                }
+                _ => {
+                    return Err(sqlx::Error::Configuration(
+                        format!(
+                            "this migration's batches walk the key {}, which is not one integer \
+                             column: write {{batch}} in the statement where the batch's rows are \
+                             named (`UPDATE .. WHERE {{batch}} AND ..`), and datamig binds its bounds",
+                            batch.shape().names()
+                        )
+                        .into(),
+                    ));
+                }
+            },
         };
         self.add_rows_affected(rows);
         Ok(rows)

@@ -9,83 +9,12 @@ use crate::backend::{Backend, pinned};
 use crate::ctx::Ctx;
 use crate::error::Error;
 use crate::fingerprint::{FingerprintOptions, TableDifference, fingerprint_on, tables};
+use crate::idempotency_check::IdempotencyCheck;
 use crate::merge::stage_name;
 use crate::migration::{Batch, Code, Migration};
 use crate::runner::{BodyFailure, Migrator, run_caught, writes_since};
 use crate::sql::quote_ident;
-
-/// A table a second run changed, with a few rows that differ.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-#[non_exhaustive]
-pub struct TableChange {
-    /// `schema.table`.
-    pub table: String,
-    /// Rows before the second run.
-    pub rows_before: i64,
-    /// Rows after the second run.
-    pub rows_after: i64,
-    /// Up to five rows (as text) that were there before and are not after.
-    pub only_before: Vec<String>,
-    /// Up to five rows (as text) that are there after and were not before.
-    pub only_after: Vec<String>,
-}
-
-/// The result of running one migration twice.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-#[non_exhaustive]
-pub struct IdempotencyCheck {
-    /// The migration's id.
-    pub id: String,
-    /// Rows the first run reported as affected.
-    pub first_run_rows: u64,
-    /// Rows the second run reported as affected (inserted or updated): 0 when idempotent.
-    pub second_run_rows: u64,
-    /// Rows the second run wrote, as the database counted them (PostgreSQL's
-    /// `pg_stat_xact_user_tables`, SQLite's `total_changes()`): 0 when idempotent. A second
-    /// run that rewrites rows with equal values (`now()` in one transaction, writes through
-    /// `ctx.tx()` the helpers do not count) shows here although the data is unchanged.
-    pub second_run_writes: u64,
-    /// Tables the second run changed: none when idempotent.
-    pub changes: Vec<TableChange>,
-}
-
-impl IdempotencyCheck {
-    pub(crate) fn new(
-        id: &str,
-        first_run_rows: u64,
-        second_run_rows: u64,
-        second_run_writes: u64,
-        changes: Vec<TableChange>,
-    ) -> Self {
-        IdempotencyCheck {
-            id: id.to_string(),
-            first_run_rows,
-            second_run_rows,
-            second_run_writes,
-            changes,
-        }
-    }
-
-    /// Whether the second run changed nothing, reported no row inserted or updated, and
-    /// wrote no row.
-    pub fn is_idempotent(&self) -> bool {
-        self.changes.is_empty() && self.second_run_rows == 0 && self.second_run_writes == 0
-    }
-
-    /// The failure this check is, if it is one.
-    pub fn into_result(self) -> Result<(), Error> {
-        if self.is_idempotent() {
-            Ok(())
-        } else {
-            Err(Error::NotIdempotent {
-                id: self.id,
-                changes: self.changes,
-                second_run_rows: self.second_run_rows,
-                second_run_writes: self.second_run_writes,
-            })
-        }
-    }
-}
+use crate::table_change::TableChange;
 
 /// Copies of the tables, in temporary tables of one session, to show which rows changed.
 pub(crate) struct Snapshot {
@@ -334,6 +263,7 @@ async fn run_in<DB: Backend>(
         },
         panicked: failure.panicked,
         applied_before: Vec::new(),
+        source: failure.source,
     };
     match (code, migration.batch()) {
         (Code::Once(run), _) => {
@@ -361,8 +291,9 @@ async fn run_in<DB: Backend>(
             let written = writes_since(&mut ctx, before).await?;
             Ok((ctx.rows_affected(), written))
         }
-        (Code::Batched(_), None) => Err(Error::Config(format!(
-            "migration {} is batched but has no batch specification",
+        (Code::Batched(_), None) => Err(Error::Runtime(format!(
+            "migration {} is batched but has no batch specification: its descriptor was not \
+             built by #[migration]; declare it with the attribute",
             migration.id()
         ))),
     }

@@ -51,28 +51,34 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-// Layers, each importing only those above it: data types (`error`, `sql`, `ledger`,
-// `session`, `migration`, `ctx`, `copy`, `bulk`, `merge`); the per-database steps
-// (`backend`); then what is written once over them (`helpers`, `upsert`, `portable`,
-// `runner`, `admin`, `fingerprint`, `idempotency`, `testing`).
-mod error;
-mod sql;
-
+// Three layers, each importing only from itself and the layers before it, never from this
+// root (which only declares and re-exports), and no two modules importing each other:
+// `tests/layers.rs` checks both; its `LAYERS` table is this list.
+//
+// 1. Data, no database code: `bulk`, `copy_text`, `ctx`, `error`, `idempotency_check`,
+//    `key`, `ledger`, `merge`, `migration`, `session`, `sql`, `table_change`, `trace`.
+// 2. The per-database steps: `backend`.
+// 3. What is written once over those steps: `admin`, `copy`, `fingerprint`, `helpers`,
+//    `idempotency`, `portable`, `registry`, `runner`, `testing`, `upsert`.
 mod bulk;
-#[cfg(feature = "postgres")]
-pub mod copy;
 mod copy_text;
 mod ctx;
+mod error;
+mod idempotency_check;
 mod key;
 mod ledger;
 mod merge;
 mod migration;
 mod session;
+mod sql;
+mod table_change;
 mod trace;
 
 mod backend;
 
 mod admin;
+#[cfg(feature = "postgres")]
+pub mod copy;
 mod fingerprint;
 mod helpers;
 mod idempotency;
@@ -86,27 +92,28 @@ mod upsert;
 pub use admin::{CheckReport, Doctor};
 pub use backend::Backend;
 pub use bulk::SequenceReset;
-pub use copy_text::{CopyRow, CopyValue, Value};
+pub use copy_text::{BindValue, CopyRow, CopyValue};
 pub use ctx::Ctx;
-pub use error::{Drift, Error, UnconvertibleValue, describe_sqlx};
+pub use error::{Drift, Error, UnconvertibleValue};
 pub use fingerprint::{
     Fingerprint, FingerprintOptions, TableDifference, TableFingerprint, fingerprint, fingerprint_on,
 };
-pub use idempotency::{IdempotencyCheck, TableChange};
-pub use key::{Key, KeyValue, describe_checkpoint};
+pub use idempotency_check::IdempotencyCheck;
+pub use key::{Key, KeyValue};
 pub use ledger::{LastRun, LedgerConfig, LedgerEntry, Pause, WorkRange};
 pub use merge::{UpsertMode, UpsertReport};
-pub use migration::{Batch, BatchFn, BatchSpec, BoxFuture, Code, Location, Migration, MigrationFn};
+pub use migration::{Batch, BatchSpec, Location, Migration};
 pub use registry::link_marker;
 pub use runner::{
     AppliedMigration, Health, MigrationStatus, Migrator, Progress, RunReport, RunnerLock, State,
     StopSignal,
 };
-pub use session::{SessionInfo, host_name, local_process_alive};
+pub use session::SessionInfo;
 #[cfg(feature = "postgres")]
 pub use sqlx::Postgres;
 #[cfg(feature = "sqlite")]
 pub use sqlx::Sqlite;
+pub use table_change::TableChange;
 pub use upsert::Upsert;
 
 /// Connection options that work through a transaction pooler without support for
@@ -213,11 +220,15 @@ pub mod prelude {
     pub use sqlx::Sqlite;
 }
 
+/// What the `#[migration]` attribute's code and the `datamig` command line use, and tests
+/// look at: no part of the API, and no promise of stability.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::key::describe_checkpoint;
     pub use crate::migration::BoxFuture;
     pub use crate::portable::{Portable, PortableBatched};
     pub use crate::registry::Registered;
+    pub use crate::session::{host_name, local_process_alive};
     pub use anyhow;
     pub use inventory;
 }

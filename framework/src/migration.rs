@@ -56,7 +56,8 @@ impl<DB: sqlx::Database> Copy for Code<DB> {}
 ///
 /// `{batch:u}` qualifies the columns with `u`, for a statement that aliases the table or
 /// joins another. For a key of one integer column, the form that binds `$1` to
-/// [`Batch::after`] and `$2` to [`Batch::last`] works too.
+/// [`Batch::after`] and `$2` to [`Batch::last`] works too (each `Some` for such a key, and
+/// `None` for any other).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
     lower: Option<Key>,
@@ -83,59 +84,42 @@ impl Batch {
         }
     }
 
-    /// For a key of one integer column: the last key of the previous batch (exclusive
-    /// lower bound), or `i64::MIN` for the first batch.
+    /// For a key of one integer column: `Some` of the last key of the previous batch (the
+    /// exclusive lower bound), or `Some(i64::MIN)` for the first batch, so that `id > $1`
+    /// holds for each of its keys.
     ///
-    /// # Panics
-    ///
-    /// For any other key, whose bounds are [`Batch::lower`] and [`Batch::upper`]; write
-    /// `{batch}` in the statement instead.
-    pub fn after(&self) -> i64 {
+    /// `None` for any other key (a UUID, text, a date or timestamp, a numeric, a key of
+    /// several columns), whose bounds are [`Batch::lower`] and [`Batch::upper`]; for those,
+    /// write `{batch}` in the statement and datamig binds the bounds.
+    pub fn after(&self) -> Option<i64> {
+        if !self.shape.is_single_integer() {
+            return None;
+        }
         match &self.lower {
-            None => {
-                self.integer_key("after");
-                i64::MIN
-            }
-            Some(key) => key.as_i64().unwrap_or_else(|| self.integer_key("after")),
+            None => Some(i64::MIN),
+            Some(key) => key.as_i64(),
         }
     }
 
-    /// For a key of one integer column: the last key of this batch (inclusive upper
-    /// bound).
-    ///
-    /// # Panics
-    ///
-    /// For any other key; see [`Batch::after`].
-    pub fn last(&self) -> i64 {
-        self.upper
-            .as_i64()
-            .unwrap_or_else(|| self.integer_key("last"))
-    }
-
-    fn integer_key(&self, what: &str) -> i64 {
-        if self.shape.is_single_integer() {
-            return 0;
+    /// For a key of one integer column: `Some` of the last key of this batch (the
+    /// inclusive upper bound). `None` for any other key; see [`Batch::after`].
+    pub fn last(&self) -> Option<i64> {
+        if !self.shape.is_single_integer() {
+            return None;
         }
-        panic!(
-            "Batch::{what}() is for a key of one integer column, and this migration walks \
-             {} ({}): write {{batch}} in the statement where the batch's rows are named",
-            self.shape.names(),
-            self.shape
-                .parts
-                .iter()
-                .map(|p| p.sql_type.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
+        self.upper.as_i64()
     }
 
-    /// The last key of the previous batch (exclusive lower bound); `None` for the first
-    /// batch, which starts at the smallest key.
+    /// The last key of the previous batch (exclusive lower bound), for every kind of key:
+    /// one [`KeyValue`] per key column, an integer as [`KeyValue::Integer`] and a UUID,
+    /// text, date or numeric in the database's text form. `None` for the first batch,
+    /// which starts at the smallest key.
     pub fn lower(&self) -> Option<&Key> {
         self.lower.as_ref()
     }
 
-    /// The last key of this batch (inclusive upper bound).
+    /// The last key of this batch (inclusive upper bound), for every kind of key; see
+    /// [`Batch::lower`].
     pub fn upper(&self) -> &Key {
         &self.upper
     }
@@ -543,5 +527,86 @@ impl fmt::Debug for Migration {
             .field("batch", &self.batch)
             .field("backends", &self.backends())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::Batch;
+    use crate::key::{Key, KeyKind, KeyPart, KeyShape, KeyValue};
+
+    fn batch(columns: &[(&str, &str, KeyKind)], lower: Option<Key>, upper: Key) -> Batch {
+        let shape = KeyShape {
+            table: "t".into(),
+            parts: columns
+                .iter()
+                .map(|(name, sql_type, kind)| KeyPart {
+                    name: name.to_string(),
+                    sql_type: sql_type.to_string(),
+                    kind: *kind,
+                })
+                .collect(),
+            scope: None,
+            casts: true,
+        };
+        Batch::new(lower, upper, 1, 100, Arc::new(shape))
+    }
+
+    fn text(value: &str) -> KeyValue {
+        KeyValue::Text(value.to_string())
+    }
+
+    #[test]
+    fn an_integer_key_gives_its_bounds_and_the_first_batch_starts_below_every_key() {
+        let id = [("id", "bigint", KeyKind::Integer)];
+        let first = batch(&id, None, Key(vec![KeyValue::Integer(100)]));
+        assert_eq!((first.after(), first.last()), (Some(i64::MIN), Some(100)));
+        let next = batch(
+            &id,
+            Some(Key(vec![KeyValue::Integer(100)])),
+            Key(vec![KeyValue::Integer(200)]),
+        );
+        assert_eq!((next.after(), next.last()), (Some(100), Some(200)));
+    }
+
+    #[test]
+    fn a_uuid_key_has_no_integer_bounds_and_keeps_its_typed_ones() {
+        let id = [("id", "uuid", KeyKind::Other)];
+        let lower = Key(vec![text("0b5e0d52-9f5a-4a44-9b1f-3f5e4b2a0c01")]);
+        let upper = Key(vec![text("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")]);
+        let first = batch(&id, None, upper.clone());
+        assert_eq!((first.after(), first.last()), (None, None));
+        let next = batch(&id, Some(lower.clone()), upper.clone());
+        assert_eq!((next.after(), next.last()), (None, None));
+        assert_eq!((next.lower(), next.upper()), (Some(&lower), &upper));
+    }
+
+    #[test]
+    fn a_text_key_has_no_integer_bounds_even_when_its_values_read_as_numbers() {
+        let code = [("code", "text", KeyKind::Other)];
+        let next = batch(&code, Some(Key(vec![text("10")])), Key(vec![text("42")]));
+        assert_eq!((next.after(), next.last()), (None, None));
+        assert_eq!(next.bounds(), vec![text("10"), text("42")]);
+    }
+
+    #[test]
+    fn a_composite_key_has_no_integer_bounds_even_when_every_column_is_an_integer() {
+        let columns = [
+            ("tenant_id", "bigint", KeyKind::Integer),
+            ("id", "bigint", KeyKind::Integer),
+        ];
+        let upper = Key(vec![KeyValue::Integer(7), KeyValue::Integer(3)]);
+        let first = batch(&columns, None, upper.clone());
+        assert_eq!((first.after(), first.last()), (None, None));
+        let next = batch(
+            &columns,
+            Some(Key(vec![KeyValue::Integer(7), KeyValue::Integer(1)])),
+            upper.clone(),
+        );
+        assert_eq!((next.after(), next.last()), (None, None));
+        assert_eq!(next.upper(), &upper);
+        assert_eq!(next.lower().map(Key::values).map(<[_]>::len), Some(2));
     }
 }

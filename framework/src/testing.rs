@@ -54,7 +54,8 @@ use tokio::sync::OnceCell;
 use crate::backend::Backend;
 use crate::error::Error;
 use crate::fingerprint::{FingerprintOptions, fingerprint_on};
-use crate::idempotency::{IdempotencyCheck, changes_between, snapshot_rows};
+use crate::idempotency::{changes_between, snapshot_rows};
+use crate::idempotency_check::IdempotencyCheck;
 use crate::runner::Migrator;
 use crate::sql::quote_ident;
 
@@ -222,7 +223,7 @@ impl TestDatabase {
 ///
 /// # Errors
 ///
-/// [`Error::Config`] when the server cannot be started or reached, with what to do;
+/// [`Error::Runtime`] when the server cannot be started or reached, with what to do;
 /// [`Error::Database`] when creating the database fails.
 pub async fn postgres() -> Result<TestDatabase, Error> {
     let server = SERVER
@@ -233,7 +234,7 @@ pub async fn postgres() -> Result<TestDatabase, Error> {
         })
         .await
         .as_ref()
-        .map_err(|e| Error::Config(e.clone()))?;
+        .map_err(|e| Error::Runtime(e.clone()))?;
 
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let name = format!(

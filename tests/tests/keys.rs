@@ -185,7 +185,7 @@ async fn walk_every_key<DB: Backend>(
             .as_ref()
             .and_then(|e| e.checkpoint.clone())
             .expect("a checkpoint");
-        let readable = datamig::describe_checkpoint(&checkpoint);
+        let readable = datamig::__private::describe_checkpoint(&checkpoint);
         if table == "by_int" {
             assert_eq!(
                 checkpoint, readable,
@@ -875,12 +875,16 @@ async fn plan_codes(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result
     batch(table = "plans_raw", key = "id", size = 100)
 )]
 async fn plan_codes_raw(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result<()> {
+    let (after, last) = batch
+        .after()
+        .zip(batch.last())
+        .ok_or_else(|| anyhow::anyhow!("plans_raw's key is one integer column"))?;
     let done = sqlx::query(
         "UPDATE plans_raw SET plan_code = upper(plan) \
          WHERE id > $1 AND id <= $2 AND plan_code IS DISTINCT FROM upper(plan)",
     )
-    .bind(batch.after())
-    .bind(batch.last())
+    .bind(after)
+    .bind(last)
     .execute(ctx.tx())
     .await?;
     ctx.add_rows_affected(done.rows_affected());
@@ -962,7 +966,7 @@ async fn a_run_with_nothing_left_to_do_checks_the_rest_in_one_statement() -> any
         .fetch_one(pool)
         .await?;
     assert_eq!(
-        datamig::describe_checkpoint(entry.checkpoint.as_deref().unwrap_or_default()),
+        datamig::__private::describe_checkpoint(entry.checkpoint.as_deref().unwrap_or_default()),
         format!("id = '{last}'")
     );
     assert_eq!((entry.status.as_str(), entry.batches), ("applied", 2));

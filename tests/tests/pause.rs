@@ -93,7 +93,7 @@ async fn a_backfill_paused_from_another_process_stops_after_its_batch_and_resume
         (action.as_str(), user.as_str(), reason.as_deref()),
         ("pause", "postgres", Some("replica lag on web"))
     );
-    assert_eq!(host, datamig::host_name());
+    assert_eq!(host, datamig::__private::host_name());
 
     // status and check show it paused; a run skips it and changes nothing.
     let status = datamig(db.url(), &["status"]).output().await?;

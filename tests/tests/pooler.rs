@@ -405,7 +405,7 @@ async fn doctor_names_the_lease_holder_and_unlock_releases_a_dead_holders_lease(
     assert!(
         stdout.contains(&format!(
             "runner lock: lease held by datamig/{}/{pid} (user postgres); it holds the lease until",
-            datamig::host_name()
+            datamig::__private::host_name()
         )),
         "{stdout}"
     );
@@ -428,7 +428,7 @@ async fn doctor_names_the_lease_holder_and_unlock_releases_a_dead_holders_lease(
     assert!(
         text(&unlock.stdout).contains(&format!(
             "released the lock: removed the lease of datamig/{}/{pid} (its runner, process {pid} on this host, is gone)",
-            datamig::host_name()
+            datamig::__private::host_name()
         )),
         "{}",
         text(&unlock.stdout)

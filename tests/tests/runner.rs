@@ -158,11 +158,17 @@ async fn assert_failure_leaves_nothing(
             message,
             panicked,
             applied_before,
+            source,
         } => {
             assert_eq!(id, failing.id());
             assert!(message.contains(expect_message), "message: {message}");
             assert_eq!(*panicked, expect_panicked);
             assert_eq!(applied_before, &vec![write_ok::MIGRATION.id().to_string()]);
+            // The body's error is the source (its context first); a panic has none.
+            match source {
+                Some(source) => assert_eq!(source.to_string(), "boom: refusing to go on"),
+                None => assert!(expect_panicked, "a returned error is kept as the source"),
+            }
         }
         other => panic!("expected MigrationFailed, got {other:?}"),
     }

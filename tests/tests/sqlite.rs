@@ -354,7 +354,7 @@ async fn unlock_releases_the_lock_of_a_killed_runner() -> anyhow::Result<()> {
         "INSERT INTO datamig_ledger_lock (id, host, pid, token, acquired_at)
          VALUES (1, $1, $2, 'killed', '2026-01-01T00:00:00Z')",
     )
-    .bind(datamig::host_name())
+    .bind(datamig::__private::host_name())
     .bind(i64::from(pid))
     .execute(db.pool())
     .await?;

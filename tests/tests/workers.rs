@@ -89,7 +89,11 @@ async fn fail_mid(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result<(
     ctx.execute_batch("UPDATE by_int SET hits = hits + 1 WHERE {batch}", &batch)
         .await?;
     let fail = ctx.fetch_i64("SELECT count(*) FROM fail_flag").await? == Some(1);
-    if fail && batch.after() < 2500 && batch.last() >= 2500 {
+    let holds_2500 = batch
+        .after()
+        .zip(batch.last())
+        .is_some_and(|(after, last)| after < 2500 && last >= 2500);
+    if fail && holds_2500 {
         anyhow::bail!("key 2500 is bad");
     }
     Ok(())
@@ -492,7 +496,7 @@ async fn a_run_joins_a_migration_in_progress_and_status_shows_the_workers() -> a
         assert!(
             shown.contains(&format!(
                 "worked by {}/{first_pid}/{worker}",
-                datamig::host_name()
+                datamig::__private::host_name()
             )),
             "{shown}"
         );

@@ -17,7 +17,7 @@ use sqlx::{AssertSqlSafe, Connection, Row, Sqlite};
 use super::steps::Steps;
 use super::{Backend, KeyColumn, LockToken, hex, os_user};
 use crate::bulk::SequenceReset;
-use crate::copy_text::{RowSink, Value};
+use crate::copy_text::{BindValue as Value, RowSink};
 use crate::error::Error;
 use crate::key::{Key, KeyKind, KeyShape, KeyValue};
 use crate::ledger::{Attempt, LAYOUT, LastRun, LedgerConfig, LedgerWrite};

@@ -12,7 +12,7 @@ use super::plan::Step;
 use super::report::AppliedMigration;
 use crate::backend::{Backend, pinned};
 use crate::ctx::Ctx;
-use crate::error::{Error, describe_chain, describe_sqlx};
+use crate::error::{BoxError, Error, describe_chain, describe_sqlx};
 use crate::ledger::{Action, Attempt, LedgerWrite, STATUS_APPLIED};
 use crate::migration::{Migration, MigrationFn};
 use crate::session::host_name;
@@ -79,9 +79,9 @@ impl<DB: Backend> Migrator<DB> {
                 let recorded = match DB::write_ledger(&mut tx, &self.ledger, &attempt).await {
                     Ok(true) => DB::record_run(&mut tx, &self.ledger, &attempt, None)
                         .await
-                        .map_err(|e| recording_failed(&e)),
+                        .map_err(recording_failed),
                     Ok(false) => Err(ledger_row_moved()),
-                    Err(err) => Err(recording_failed(&err)),
+                    Err(err) => Err(recording_failed(err)),
                 };
                 match recorded {
                     Ok(()) => match tx.commit().await {
@@ -111,6 +111,7 @@ impl<DB: Backend> Migrator<DB> {
                 Failure::Migration {
                     message: failure.message,
                     panicked: failure.panicked,
+                    source: failure.source,
                 }
             }
         };
@@ -261,14 +262,16 @@ fn ledger_row_moved() -> Failure {
                   this run was rolled back"
             .to_string(),
         panicked: false,
+        source: None,
     }
 }
 
 /// The failure of a migration whose ledger row could not be written.
-fn recording_failed(err: &sqlx::Error) -> Failure {
+fn recording_failed(err: sqlx::Error) -> Failure {
     Failure::Migration {
-        message: format!("recording it in the ledger failed: {}", describe_sqlx(err)),
+        message: format!("recording it in the ledger failed: {}", describe_sqlx(&err)),
         panicked: false,
+        source: Some(Box::new(err)),
     }
 }
 
@@ -280,6 +283,8 @@ pub(crate) struct BodyFailure {
     pub(crate) panicked: bool,
     /// Whether the error was a lock timeout.
     pub(crate) lock_timeout: bool,
+    /// The error itself (`None` for a panic).
+    pub(crate) source: Option<BoxError>,
 }
 
 impl BodyFailure {
@@ -289,6 +294,7 @@ impl BodyFailure {
             message: describe_sqlx(&err),
             panicked: false,
             lock_timeout: false,
+            source: Some(Box::new(err)),
         }
     }
 }
@@ -306,18 +312,26 @@ pub(crate) async fn run_caught<DB: Backend>(
                 .chain()
                 .filter_map(|c| c.downcast_ref::<sqlx::Error>())
                 .any(DB::is_lock_timeout),
+            // Moved out of anyhow's box, the body's own error stays downcastable (a `sqlx::Error`).
+            source: Some(err.reallocate_into_boxed_dyn_error_without_backtrace()),
         }),
         Err(panic) => Err(BodyFailure {
             message: panic_message(panic.as_ref()),
             panicked: true,
             lock_timeout: false,
+            source: None,
         }),
     }
 }
 
 pub(super) enum Failure {
-    /// The migration itself failed (or could not be recorded): reported by id.
-    Migration { message: String, panicked: bool },
+    /// The migration itself failed (or could not be recorded): reported by id, with the
+    /// error that failed it.
+    Migration {
+        message: String,
+        panicked: bool,
+        source: Option<BoxError>,
+    },
     /// Fault injection stopped a batched migration after this many batches in all.
     Interrupted { batches: u64 },
     /// The stop signal stopped a batched migration after a committed batch.

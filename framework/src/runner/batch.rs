@@ -118,8 +118,13 @@ impl<DB: Backend> Migrator<DB> {
             };
             if let Err(failure) = self.wait_until_healthy(conn, migration, &position).await {
                 return Err(match failure {
-                    Failure::Migration { message, panicked } => {
-                        self.batch_failure(conn, migration, step.action, &state, message, panicked)
+                    Failure::Migration {
+                        message,
+                        panicked,
+                        source,
+                    } => {
+                        let failure = (message, panicked, source);
+                        self.batch_failure(conn, migration, step.action, &state, failure)
                             .await
                     }
                     other => other,
@@ -144,7 +149,7 @@ impl<DB: Backend> Migrator<DB> {
                     .await
                 {
                     // A check of the rest that could not run is no failure: the walk goes on.
-                    Err(BatchError::LockTimeout(_) | BatchError::Failed { .. }) if rest => {
+                    Err(BatchError::LockTimeout(..) | BatchError::Failed { .. }) if rest => {
                         Ok(BatchDone::WorkLeft)
                     }
                     other => other,
@@ -172,9 +177,13 @@ impl<DB: Backend> Migrator<DB> {
                         .await);
                 }
                 Err(err) => {
-                    let (message, panicked) = match err {
-                        BatchError::LockTimeout(message) => (message, false),
-                        BatchError::Failed { message, panicked } => (message, panicked),
+                    let failure = match err {
+                        BatchError::LockTimeout(message, source) => (message, false, source),
+                        BatchError::Failed {
+                            message,
+                            panicked,
+                            source,
+                        } => (message, panicked, source),
                         BatchError::Commit(_)
                         | BatchError::Fenced(_)
                         | BatchError::ReadBack(_)
@@ -183,7 +192,7 @@ impl<DB: Backend> Migrator<DB> {
                         }
                     };
                     return Err(self
-                        .batch_failure(conn, migration, step.action, &state, message, panicked)
+                        .batch_failure(conn, migration, step.action, &state, failure)
                         .await);
                 }
             };
@@ -353,6 +362,7 @@ impl<DB: Backend> Migrator<DB> {
                         shape.names()
                     ),
                     panicked: false,
+                    source: None,
                 });
             }
             if rest {
@@ -490,6 +500,7 @@ impl<DB: Backend> Migrator<DB> {
                           another runner must have moved it"
                     .to_string(),
                 panicked: false,
+                source: None,
             });
         }
         if finished {
@@ -501,25 +512,33 @@ impl<DB: Backend> Migrator<DB> {
         tx.commit().await.map_err(BatchError::Commit)
     }
 
-    /// Records a batch failure in the run history and turns it into a [`Failure`].
+    /// Records a batch failure (its message, whether it panicked, its error) in the run
+    /// history and turns it into a [`Failure`].
     async fn batch_failure(
         &self,
         conn: &mut PoolConnection<DB>,
         migration: &'static Migration,
         action: Action,
         state: &BatchState,
-        message: String,
-        panicked: bool,
+        (message, panicked, source): (String, bool, Option<crate::error::BoxError>),
     ) -> Failure {
         if self.dry_run {
-            return Failure::Migration { message, panicked };
+            return Failure::Migration {
+                message,
+                panicked,
+                source,
+            };
         }
         let mut attempt = self.attempt(migration, action, state.started_at);
         attempt.rows_affected = state.run_rows;
         attempt.checkpoint = state.checkpoint.clone();
         attempt.batches = state.batches;
         match self.record_failure(conn, &attempt, &message).await {
-            Ok(()) => Failure::Migration { message, panicked },
+            Ok(()) => Failure::Migration {
+                message,
+                panicked,
+                source,
+            },
             Err(err) => Failure::Other(err),
         }
     }

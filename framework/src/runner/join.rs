@@ -92,12 +92,17 @@ impl<DB: Backend> Migrator<DB> {
                 Ok(team) => joined.push(team_report(&team, &id, Action::Resume)),
                 // Paused: the runner that takes the lock next reports it.
                 Err(Failure::Paused(_)) => {}
-                Err(Failure::Migration { message, panicked }) => {
+                Err(Failure::Migration {
+                    message,
+                    panicked,
+                    source,
+                }) => {
                     return Err(Error::MigrationFailed {
                         id,
                         message,
                         panicked,
                         applied_before: Vec::new(),
+                        source,
                     });
                 }
                 Err(Failure::Stopped { batches, .. }) => {

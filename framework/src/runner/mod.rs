@@ -637,8 +637,9 @@ impl<DB: Backend> Migrator<DB> {
                     (Code::Batched(run), Some(spec)) => {
                         self.apply_batched(conn, migration, *run, spec, step).await
                     }
-                    (Code::Batched(_), None) => Err(Failure::Other(Error::Config(format!(
-                        "migration {} is batched but has no batch specification",
+                    (Code::Batched(_), None) => Err(Failure::Other(Error::Runtime(format!(
+                        "migration {} is batched but has no batch specification: its \
+                         descriptor was not built by #[migration]; declare it with the attribute",
                         migration.id()
                     )))),
                 }
@@ -648,12 +649,17 @@ impl<DB: Backend> Migrator<DB> {
             migration_ended(&span, &result, started.elapsed());
             match result {
                 Ok(applied) => report.applied.push(applied),
-                Err(Failure::Migration { message, panicked }) => {
+                Err(Failure::Migration {
+                    message,
+                    panicked,
+                    source,
+                }) => {
                     return Err(Error::MigrationFailed {
                         id: migration.id().to_string(),
                         message,
                         panicked,
                         applied_before: report.applied.into_iter().map(|a| a.id).collect(),
+                        source,
                     });
                 }
                 Err(Failure::Stopped {
@@ -707,7 +713,9 @@ fn migration_ended(
                 "migration applied"
             );
         }
-        Err(Failure::Migration { message, panicked }) => {
+        Err(Failure::Migration {
+            message, panicked, ..
+        }) => {
             span.record("outcome", "failed");
             tracing::error!(parent: span, error = %message, panicked, duration_ms, "migration failed");
         }

@@ -105,12 +105,14 @@ impl<DB: Backend> Migrator<DB> {
                         return Err(Failure::Migration {
                             message,
                             panicked: false,
+                            source: None,
                         });
                     }
                     Err(err) => {
                         return Err(Failure::Migration {
                             message: format!("its health check failed: {err}"),
                             panicked: false,
+                            source: Some(Box::new(err)),
                         });
                     }
                 }

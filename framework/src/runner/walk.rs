@@ -84,10 +84,15 @@ impl Sizer {
 
 /// Why one batch did not commit.
 pub(super) enum BatchError {
-    /// It waited for a lock longer than its `lock_timeout`: worth retrying.
-    LockTimeout(String),
-    /// The body failed or panicked, a database error ended the batch, or the checkpoint moved.
-    Failed { message: String, panicked: bool },
+    /// It waited for a lock longer than its `lock_timeout`: worth retrying. With the error.
+    LockTimeout(String, Option<crate::error::BoxError>),
+    /// The body failed or panicked, a database error ended the batch, or the checkpoint
+    /// moved. With the error, if there is one.
+    Failed {
+        message: String,
+        panicked: bool,
+        source: Option<crate::error::BoxError>,
+    },
     /// Its `COMMIT` returned an error: whether it committed is unknown.
     Commit(sqlx::Error),
     /// The runner's lease ran out before the batch could commit (fencing): rolled back.
@@ -105,11 +110,12 @@ impl BatchError {
     /// body: recorded and reported by id. A lock timeout is worth a retry.
     pub(super) fn database<DB: Backend>(err: sqlx::Error, number: u64) -> Self {
         if DB::is_lock_timeout(&err) {
-            BatchError::LockTimeout(describe_sqlx(&err))
+            BatchError::LockTimeout(describe_sqlx(&err), Some(Box::new(err)))
         } else {
             BatchError::Failed {
                 message: format!("batch {number}: {}", describe_sqlx(&err)),
                 panicked: false,
+                source: Some(Box::new(err)),
             }
         }
     }
@@ -117,11 +123,12 @@ impl BatchError {
     /// A failure of the body of batch `number`.
     pub(super) fn body(failure: BodyFailure, number: u64) -> Self {
         if failure.lock_timeout {
-            BatchError::LockTimeout(failure.message)
+            BatchError::LockTimeout(failure.message, failure.source)
         } else {
             BatchError::Failed {
                 message: format!("batch {number}: {}", failure.message),
                 panicked: failure.panicked,
+                source: failure.source,
             }
         }
     }
@@ -173,7 +180,7 @@ pub(super) fn batch_ended(
         }
         Err(err) => {
             let (outcome, message) = match err {
-                BatchError::LockTimeout(message) => ("lock_timeout", message.clone()),
+                BatchError::LockTimeout(message, _) => ("lock_timeout", message.clone()),
                 BatchError::Failed { message, .. } => ("failed", message.clone()),
                 BatchError::Commit(err) => ("commit_unknown", err.to_string()),
                 BatchError::Fenced(err) => ("fenced", err.to_string()),
@@ -353,7 +360,7 @@ impl Retry {
 
     /// Whether to run the batch again after `result`; backs off first when so.
     pub(super) async fn again<T>(&mut self, result: &Result<T, BatchError>) -> bool {
-        if !matches!(result, Err(BatchError::LockTimeout(_))) || self.tries >= self.retries {
+        if !matches!(result, Err(BatchError::LockTimeout(..))) || self.tries >= self.retries {
             return false;
         }
         self.tries += 1;

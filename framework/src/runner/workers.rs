@@ -195,6 +195,7 @@ impl<DB: Backend> Migrator<DB> {
                               runner moved it); nothing ran"
                         .to_string(),
                     panicked: false,
+                    source: None,
                 });
             }
             DB::replace_ranges(&mut tx, &self.ledger, id, &bounds)
@@ -209,7 +210,7 @@ impl<DB: Backend> Migrator<DB> {
             .into_iter()
             .any(|row| row.id == id && !row.is_running());
         if !applied {
-            return Err(Failure::Other(Error::Config(format!(
+            return Err(Failure::Other(Error::Runtime(format!(
                 "the workers of {id} found no range left, yet its ledger row is not applied; \
                  run `datamig status` and report this"
             ))));
@@ -480,14 +481,18 @@ impl<DB: Backend> Migrator<DB> {
                 Err(BatchError::Fenced(err) | BatchError::ReadBack(err)) => {
                     return Err(Failure::Other(err));
                 }
-                Err(BatchError::LockTimeout(message)) => {
+                Err(BatchError::LockTimeout(message, source)) => {
                     return Err(self
-                        .range_failure(conn, job, team, range, message, false)
+                        .range_failure(conn, job, team, range, (message, false, source))
                         .await);
                 }
-                Err(BatchError::Failed { message, panicked }) => {
+                Err(BatchError::Failed {
+                    message,
+                    panicked,
+                    source,
+                }) => {
                     return Err(self
-                        .range_failure(conn, job, team, range, message, panicked)
+                        .range_failure(conn, job, team, range, (message, panicked, source))
                         .await);
                 }
             };
@@ -539,15 +544,18 @@ impl<DB: Backend> Migrator<DB> {
         job: &Job<'_, DB>,
         team: &Team,
         range: i32,
-        message: String,
-        panicked: bool,
+        (message, panicked, source): (String, bool, Option<crate::error::BoxError>),
     ) -> Failure {
         let message = format!("range {range}: {message}");
         let mut attempt = self.attempt(job.migration, job.action, job.started_at);
         attempt.rows_affected = team.rows.load(Ordering::SeqCst);
         attempt.batches = team.batches.load(Ordering::SeqCst);
         match self.record_failure(conn, &attempt, &message).await {
-            Ok(()) => Failure::Migration { message, panicked },
+            Ok(()) => Failure::Migration {
+                message,
+                panicked,
+                source,
+            },
             Err(err) => Failure::Other(err),
         }
     }
@@ -594,6 +602,7 @@ impl<DB: Backend> Migrator<DB> {
                              cannot resume from: {why}"
                         ),
                         panicked: false,
+                        source: None,
                     })
                 })
                 .transpose()
