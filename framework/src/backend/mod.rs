@@ -7,8 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use sqlx::{ColumnIndex, Decode, Row, Type};
+use chrono::Utc;
 
 use sqlx::SqlStr;
 
@@ -22,128 +21,14 @@ use crate::merge::{UpsertReport, UpsertRequest};
 use crate::migration::{Code, Migration};
 use crate::session::SessionInfo;
 
-/// The steps whose SQL both backends share (in the syntax both accept: `CAST(.. AS bigint)`,
-/// `$N` parameters), for `impl Steps` blocks: their bodies are the
-/// same text, but sqlx's query results have no common trait to write them once generically.
-macro_rules! same_sql_steps {
-    ($conn:ty, $persistent:expr) => {
-        async fn execute(conn: &mut $conn, sql: sqlx::SqlStr) -> Result<u64, sqlx::Error> {
-            Ok(sqlx::query(sql).persistent($persistent).execute(conn).await?.rows_affected())
-        }
-
-        async fn fetch_i64(conn: &mut $conn, sql: sqlx::SqlStr) -> Result<Option<i64>, sqlx::Error> {
-            Ok(sqlx::query_scalar::<_, Option<i64>>(sql)
-                .persistent($persistent)
-                .fetch_optional(conn)
-                .await?
-                .flatten())
-        }
-
-        async fn execute_keyed(
-            conn: &mut $conn,
-            sql: sqlx::SqlStr,
-            values: &[$crate::key::KeyValue],
-        ) -> Result<u64, sqlx::Error> {
-            // `bind_key_value` is the backend module's own, where this macro expands.
-            let mut query = sqlx::query(sql).persistent($persistent);
-            for value in values {
-                query = bind_key_value(query, value);
-            }
-            Ok(query.execute(conn).await?.rows_affected())
-        }
-
-        async fn check_scope(
-            conn: &mut $conn,
-            table: &str,
-            scope: &str,
-        ) -> Result<(), sqlx::Error> {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT 1 FROM {} WHERE ({scope}) LIMIT 0",
-                $crate::sql::quote_ident(table)
-            )))
-            .persistent($persistent)
-            .execute(conn)
-            .await?;
-            Ok(())
-        }
-
-        async fn has_keys_after(
-            conn: &mut $conn,
-            shape: &$crate::key::KeyShape,
-            after: &$crate::key::Key,
-            upper: Option<&$crate::key::Key>,
-        ) -> Result<bool, sqlx::Error> {
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(
-                shape.has_keys_after_sql(upper.is_some()),
-            ))
-            .persistent($persistent);
-            for value in after.values().iter().chain(upper.map(|k| k.values()).unwrap_or_default()) {
-                query = bind_key_value(query, value);
-            }
-            sqlx::Row::try_get(&query.fetch_one(conn).await?, 0)
-        }
-
-        async fn pause_state(
-            conn: &mut $conn,
-            config: &$crate::ledger::LedgerConfig,
-            id: Option<&str>,
-        ) -> Result<Vec<$crate::ledger::Pause>, sqlx::Error> {
-            // A migration is paused when its latest pause or unpause in the run history is
-            // a pause (an index scan of (migration_id, run_id) per migration).
-            let runs = config.runs_ident();
-            let sql = format!(
-                "SELECT migration_id, db_user, host, finished_at, reason FROM {runs} AS r
-                 WHERE action = 'pause' AND ($1 IS NULL OR migration_id = $1)
-                   AND run_id = (SELECT max(run_id) FROM {runs}
-                                 WHERE migration_id = r.migration_id
-                                   AND action IN ('pause', 'unpause'))
-                 ORDER BY migration_id"
-            );
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .persistent($persistent)
-                .bind(id)
-                .fetch_all(conn)
-                .await?;
-            rows.iter()
-                .map(|row| {
-                    Ok($crate::ledger::Pause {
-                        migration_id: sqlx::Row::try_get(row, "migration_id")?,
-                        by: sqlx::Row::try_get(row, "db_user")?,
-                        host: sqlx::Row::try_get(row, "host")?,
-                        at: sqlx::Row::try_get(row, "finished_at")?,
-                        reason: sqlx::Row::try_get(row, "reason")?,
-                    })
-                })
-                .collect()
-        }
-
-        async fn read_ledger(
-            conn: &mut $conn,
-            config: &$crate::ledger::LedgerConfig,
-        ) -> Result<Vec<$crate::ledger::LedgerEntry>, sqlx::Error> {
-            let sql = format!(
-                "SELECT id, checksum, revision, description, started_at, finished_at, duration_ms,
-                        rows_affected, notes, applied_by, host, app_version, run_count,
-                        status, checkpoint, batches
-                 FROM {} ORDER BY id",
-                config.ledger_ident()
-            );
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .persistent($persistent)
-                .fetch_all(conn)
-                .await?;
-            rows.iter().map($crate::backend::ledger_entry).collect()
-        }
-
-    };
-}
-
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 #[cfg(feature = "postgres")]
 mod ranges;
 #[cfg(feature = "testing")]
-pub(crate) use postgres::bind_key_value;
+pub(crate) use shared::bind_key_value;
+mod dialect;
+mod shared;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -188,6 +73,14 @@ pub(crate) mod steps {
         /// where a transaction pooler hands each transaction, and each statement outside
         /// one, to whichever server session is free.
         const PIN_IN_TRANSACTION: bool;
+
+        /// How this backend's SQL differs where the statements are written once
+        /// (`shared.rs`).
+        const DIALECT: super::dialect::Dialect;
+
+        /// The rows a statement affected, from its result (sqlx's results have no common
+        /// trait for it).
+        fn rows_affected(result: &Self::QueryResult) -> u64;
 
         /// This backend's code of a migration, if it has any.
         fn code(migration: &Migration) -> Option<Code<Self>>;
@@ -777,49 +670,7 @@ impl Drop for LockToken {
     }
 }
 
-/// The operating-system user running datamig, recorded as `applied_by` where the database
-/// has no users of its own (SQLite).
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
-pub(crate) fn os_user() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .or_else(|_| std::env::var("USERNAME"))
-        .unwrap_or_else(|_| "unknown".to_string())
-}
-
 /// Bytes as lowercase hex.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A ledger row, from the columns `read_ledger` selects.
-pub(crate) fn ledger_entry<'r, R>(row: &'r R) -> Result<LedgerEntry, sqlx::Error>
-where
-    R: Row,
-    &'static str: ColumnIndex<R>,
-    String: Decode<'r, R::Database> + Type<R::Database>,
-    Option<String>: Decode<'r, R::Database> + Type<R::Database>,
-    i32: Decode<'r, R::Database> + Type<R::Database>,
-    i64: Decode<'r, R::Database> + Type<R::Database>,
-    DateTime<Utc>: Decode<'r, R::Database> + Type<R::Database>,
-{
-    let revision: i32 = row.try_get("revision")?;
-    Ok(LedgerEntry {
-        id: row.try_get("id")?,
-        checksum: row.try_get("checksum")?,
-        revision: u32::try_from(revision).unwrap_or(0),
-        description: row.try_get("description")?,
-        started_at: row.try_get("started_at")?,
-        finished_at: row.try_get("finished_at")?,
-        duration_ms: row.try_get("duration_ms")?,
-        rows_affected: row.try_get("rows_affected")?,
-        notes: row.try_get("notes")?,
-        applied_by: row.try_get("applied_by")?,
-        host: row.try_get("host")?,
-        app_version: row.try_get("app_version")?,
-        run_count: row.try_get("run_count")?,
-        status: row.try_get("status")?,
-        checkpoint: row.try_get("checkpoint")?,
-        batches: row.try_get("batches")?,
-    })
 }

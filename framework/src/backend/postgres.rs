@@ -5,8 +5,11 @@ use std::time::Duration;
 use futures_util::TryStreamExt;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnection, PgRow};
-use sqlx::{AssertSqlSafe, Connection, Executor, Postgres, Row, SqlSafeStr};
+use sqlx::{AssertSqlSafe, Connection, Executor, Postgres, Row, SqlSafeStr, SqlStr};
 
+use super::dialect::{Actor, Dialect};
+use super::shared::Shared;
+pub(crate) use super::shared::bind_key_value;
 use super::steps::Steps;
 use super::{Backend, KeyColumn, LockToken, hex};
 use crate::bulk::SequenceReset;
@@ -14,7 +17,7 @@ use crate::copy_text::RowSink;
 use crate::error::Error;
 use crate::key::{Key, KeyKind, KeyShape, KeyValue};
 use crate::ledger::{
-    Attempt, Claim, LAYOUT, LastRun, LedgerConfig, LedgerWrite, RangeStep, WorkRange,
+    Attempt, Claim, LAYOUT, LastRun, LedgerConfig, LedgerEntry, Pause, RangeStep, WorkRange,
 };
 use crate::merge::{NextRow, Plan, Source, UpsertReport, UpsertRequest, stage_name};
 use crate::migration::{Code, Migration};
@@ -28,7 +31,62 @@ impl Steps for Postgres {
     const CLOSE_RUNNER_CONNECTION: bool = true;
     const PIN_IN_TRANSACTION: bool = true;
 
-    same_sql_steps!(PgConnection, false);
+    const DIALECT: Dialect = Dialect {
+        actor: Actor::DatabaseUser,
+        persistent: false,
+    };
+
+    fn rows_affected(result: &<Self as sqlx::Database>::QueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    async fn execute(conn: &mut PgConnection, sql: SqlStr) -> Result<u64, sqlx::Error> {
+        Shared::<Self>::execute(conn, sql).await
+    }
+
+    async fn fetch_i64(conn: &mut PgConnection, sql: SqlStr) -> Result<Option<i64>, sqlx::Error> {
+        Shared::<Self>::fetch_i64(conn, sql).await
+    }
+
+    async fn execute_keyed(
+        conn: &mut PgConnection,
+        sql: SqlStr,
+        values: &[KeyValue],
+    ) -> Result<u64, sqlx::Error> {
+        Shared::<Self>::execute_keyed(conn, sql, values).await
+    }
+
+    async fn check_scope(
+        conn: &mut PgConnection,
+        table: &str,
+        scope: &str,
+    ) -> Result<(), sqlx::Error> {
+        Shared::<Self>::check_scope(conn, table, scope).await
+    }
+
+    async fn has_keys_after(
+        conn: &mut PgConnection,
+        shape: &KeyShape,
+        after: &Key,
+        upper: Option<&Key>,
+    ) -> Result<bool, sqlx::Error> {
+        Shared::<Self>::has_keys_after(conn, shape, after, upper).await
+    }
+
+    async fn pause_state(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+        id: Option<&str>,
+    ) -> Result<Vec<Pause>, sqlx::Error> {
+        Shared::<Self>::pause_state(conn, config, id).await
+    }
+
+    async fn read_ledger(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+    ) -> Result<Vec<LedgerEntry>, sqlx::Error> {
+        Shared::<Self>::read_ledger(conn, config).await
+    }
 
     fn code(migration: &Migration) -> Option<Code<Self>> {
         migration.postgres_code()
@@ -327,23 +385,7 @@ impl Steps for Postgres {
         conn: &mut PgConnection,
         config: &LedgerConfig,
     ) -> Result<Vec<LastRun>, sqlx::Error> {
-        let sql = format!(
-            "SELECT DISTINCT ON (migration_id) migration_id, outcome, error, finished_at
-             FROM {} WHERE action NOT IN ('pause', 'unpause')
-             ORDER BY migration_id, run_id DESC",
-            config.runs_ident()
-        );
-        let rows = query(AssertSqlSafe(sql)).fetch_all(conn).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(LastRun {
-                    migration_id: row.try_get("migration_id")?,
-                    outcome: row.try_get("outcome")?,
-                    error: row.try_get("error")?,
-                    finished_at: row.try_get("finished_at")?,
-                })
-            })
-            .collect()
+        Shared::<Self>::last_runs(conn, config).await
     }
 
     async fn try_lock(
@@ -566,65 +608,7 @@ impl Steps for Postgres {
         config: &LedgerConfig,
         a: &Attempt,
     ) -> Result<bool, sqlx::Error> {
-        let ledger = config.ledger_ident();
-        if a.write == LedgerWrite::Accept {
-            let sql = format!(
-                "UPDATE {ledger} SET checksum = $2, revision = $3, description = $4 WHERE id = $1"
-            );
-            let done = query(AssertSqlSafe(sql))
-                .bind(a.id.as_ref())
-                .bind(a.checksum.as_ref())
-                .bind(i32::try_from(a.revision).unwrap_or(i32::MAX))
-                .bind(a.description.as_ref())
-                .execute(conn)
-                .await?;
-            return Ok(done.rows_affected() == 1);
-        }
-        let sql = match &a.write {
-            LedgerWrite::Insert => format!(
-                "INSERT INTO {ledger} (id, checksum, revision, description, started_at, finished_at,
-                     duration_ms, rows_affected, notes, host, app_version, status, checkpoint, batches)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-            ),
-            LedgerWrite::Rerun { .. } => format!(
-                "UPDATE {ledger} SET checksum = $2, revision = $3, description = $4,
-                     started_at = $5, finished_at = $6, duration_ms = $7, rows_affected = $8,
-                     notes = $9, host = $10, app_version = $11, status = $12, checkpoint = $13,
-                     batches = $14, applied_by = current_user, run_count = run_count + 1
-                 WHERE id = $1 AND checksum = $15 AND run_count = $16"
-            ),
-            LedgerWrite::Accept => unreachable!("handled above"),
-            LedgerWrite::Continue { .. } => format!(
-                "UPDATE {ledger} SET checksum = $2, revision = $3, description = $4,
-                     started_at = $5, finished_at = $6, duration_ms = $7, rows_affected = $8,
-                     notes = $9, host = $10, app_version = $11, status = $12, checkpoint = $13,
-                     batches = $14, applied_by = current_user
-                 WHERE id = $1 AND status = 'running' AND checkpoint IS NOT DISTINCT FROM $15"
-            ),
-        };
-        // `$15` is what the row must hold: the checkpoint of a batch, the checksum of a
-        // re-run (whose run count is bound last).
-        let (expected, run_count) = a.write.expected();
-        let done = query(AssertSqlSafe(sql))
-            .bind(a.id.as_ref())
-            .bind(a.checksum.as_ref())
-            .bind(i32::try_from(a.revision).unwrap_or(i32::MAX))
-            .bind(a.description.as_ref())
-            .bind(a.first_started_at)
-            .bind(a.finished_at)
-            .bind(a.total_duration_ms())
-            .bind(a.total_rows_i64())
-            .bind(a.notes_text())
-            .bind(&a.host)
-            .bind(&a.app_version)
-            .bind(a.status)
-            .bind(&a.checkpoint)
-            .bind(i64::try_from(a.batches).unwrap_or(i64::MAX))
-            .bind(expected)
-            .bind(run_count)
-            .execute(conn)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        Shared::<Self>::write_ledger(conn, config, a).await
     }
 
     async fn key_columns(
@@ -1022,33 +1006,7 @@ impl Steps for Postgres {
         a: &Attempt,
         error: Option<&str>,
     ) -> Result<(), sqlx::Error> {
-        let sql = format!(
-            "INSERT INTO {} (migration_id, action, outcome, checksum, revision, started_at,
-                 finished_at, duration_ms, rows_affected, error, host, app_version, reason)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            config.runs_ident()
-        );
-        query(AssertSqlSafe(sql))
-            .bind(a.id.as_ref())
-            .bind(a.action.as_str())
-            .bind(if error.is_some() {
-                "failed"
-            } else {
-                "succeeded"
-            })
-            .bind(a.checksum.as_ref())
-            .bind(i32::try_from(a.revision).unwrap_or(i32::MAX))
-            .bind(a.started_at)
-            .bind(a.finished_at)
-            .bind(a.duration_ms())
-            .bind(a.rows_i64())
-            .bind(error)
-            .bind(&a.host)
-            .bind(&a.app_version)
-            .bind(&a.reason)
-            .execute(conn)
-            .await?;
-        Ok(())
+        Shared::<Self>::record_run(conn, config, a, error).await
     }
 }
 
@@ -1056,19 +1014,6 @@ impl Steps for Postgres {
 // only until the next one, on the server session that runs it. A named statement
 // (`sqlx_s_N`) stays in its server session, where through a transaction pooler another
 // client may meet it ("prepared statement \"sqlx_s_1\" already exists"), or miss it.
-
-/// Binds one key value (integers as `bigint`, the rest as their text or bytes).
-pub(crate) fn bind_key_value<'q>(
-    q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
-    value: &KeyValue,
-) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
-    match value {
-        KeyValue::Integer(n) => q.bind(*n),
-        KeyValue::Text(t) => q.bind(t.clone()),
-        KeyValue::Real(x) => q.bind(*x),
-        KeyValue::Bytes(b) => q.bind(b.clone()),
-    }
-}
 
 /// Runs `sql`, a query of one `bytea` column (each row's SHA-256), and returns the number of
 /// rows and the SHA-256 (hex) of their hashes concatenated, hashed as they stream in.

@@ -11,16 +11,18 @@ use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use sha2::{Digest, Sha256};
-use sqlx::sqlite::{SqliteConnection, SqliteRow};
-use sqlx::{AssertSqlSafe, Connection, Row, Sqlite};
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{AssertSqlSafe, Connection, Row, SqlStr, Sqlite};
 
+use super::dialect::{Actor, Dialect};
+use super::shared::{Shared, bind_key_value};
 use super::steps::Steps;
-use super::{Backend, KeyColumn, LockToken, hex, os_user};
+use super::{Backend, KeyColumn, LockToken, hex};
 use crate::bulk::SequenceReset;
 use crate::copy_text::{RowSink, Value};
 use crate::error::Error;
 use crate::key::{Key, KeyKind, KeyShape, KeyValue};
-use crate::ledger::{Attempt, LAYOUT, LastRun, LedgerConfig, LedgerWrite};
+use crate::ledger::{Attempt, LAYOUT, LastRun, LedgerConfig, LedgerEntry, Pause};
 use crate::merge::{Plan, Source, UpsertMode, UpsertReport, UpsertRequest, stage_name};
 use crate::migration::{Code, Migration};
 use crate::session::{SessionInfo, host_name, local_process_alive};
@@ -41,7 +43,65 @@ impl Steps for Sqlite {
     const CLOSE_RUNNER_CONNECTION: bool = false;
     const PIN_IN_TRANSACTION: bool = false;
 
-    same_sql_steps!(SqliteConnection, true);
+    const DIALECT: Dialect = Dialect {
+        actor: Actor::OsUser,
+        persistent: true,
+    };
+
+    fn rows_affected(result: &<Self as sqlx::Database>::QueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    async fn execute(conn: &mut SqliteConnection, sql: SqlStr) -> Result<u64, sqlx::Error> {
+        Shared::<Self>::execute(conn, sql).await
+    }
+
+    async fn fetch_i64(
+        conn: &mut SqliteConnection,
+        sql: SqlStr,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        Shared::<Self>::fetch_i64(conn, sql).await
+    }
+
+    async fn execute_keyed(
+        conn: &mut SqliteConnection,
+        sql: SqlStr,
+        values: &[KeyValue],
+    ) -> Result<u64, sqlx::Error> {
+        Shared::<Self>::execute_keyed(conn, sql, values).await
+    }
+
+    async fn check_scope(
+        conn: &mut SqliteConnection,
+        table: &str,
+        scope: &str,
+    ) -> Result<(), sqlx::Error> {
+        Shared::<Self>::check_scope(conn, table, scope).await
+    }
+
+    async fn has_keys_after(
+        conn: &mut SqliteConnection,
+        shape: &KeyShape,
+        after: &Key,
+        upper: Option<&Key>,
+    ) -> Result<bool, sqlx::Error> {
+        Shared::<Self>::has_keys_after(conn, shape, after, upper).await
+    }
+
+    async fn pause_state(
+        conn: &mut SqliteConnection,
+        config: &LedgerConfig,
+        id: Option<&str>,
+    ) -> Result<Vec<Pause>, sqlx::Error> {
+        Shared::<Self>::pause_state(conn, config, id).await
+    }
+
+    async fn read_ledger(
+        conn: &mut SqliteConnection,
+        config: &LedgerConfig,
+    ) -> Result<Vec<LedgerEntry>, sqlx::Error> {
+        Shared::<Self>::read_ledger(conn, config).await
+    }
 
     fn code(migration: &Migration) -> Option<Code<Self>> {
         migration.sqlite_code()
@@ -325,24 +385,7 @@ impl Steps for Sqlite {
         conn: &mut SqliteConnection,
         config: &LedgerConfig,
     ) -> Result<Vec<LastRun>, sqlx::Error> {
-        let runs = config.runs_ident();
-        let sql = format!(
-            "SELECT migration_id, outcome, error, finished_at FROM {runs} AS r
-             WHERE run_id = (SELECT max(run_id) FROM {runs} WHERE migration_id = r.migration_id
-                             AND action NOT IN ('pause', 'unpause'))
-             ORDER BY migration_id"
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(conn).await?;
-        rows.iter()
-            .map(|row: &SqliteRow| {
-                Ok(LastRun {
-                    migration_id: row.try_get("migration_id")?,
-                    outcome: row.try_get("outcome")?,
-                    error: row.try_get("error")?,
-                    finished_at: row.try_get("finished_at")?,
-                })
-            })
-            .collect()
+        Shared::<Self>::last_runs(conn, config).await
     }
 
     async fn try_lock(
@@ -437,67 +480,7 @@ impl Steps for Sqlite {
         config: &LedgerConfig,
         a: &Attempt,
     ) -> Result<bool, sqlx::Error> {
-        let ledger = config.ledger_ident();
-        if a.write == LedgerWrite::Accept {
-            let sql = format!(
-                "UPDATE {ledger} SET checksum = $2, revision = $3, description = $4 WHERE id = $1"
-            );
-            let done = sqlx::query(AssertSqlSafe(sql))
-                .bind(a.id.as_ref())
-                .bind(a.checksum.as_ref())
-                .bind(i64::from(a.revision))
-                .bind(a.description.as_ref())
-                .execute(conn)
-                .await?;
-            return Ok(done.rows_affected() == 1);
-        }
-        let sql = match &a.write {
-            LedgerWrite::Insert => format!(
-                "INSERT INTO {ledger} (id, checksum, revision, description, started_at, finished_at,
-                     duration_ms, rows_affected, notes, host, app_version, status, checkpoint, batches,
-                     applied_by)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $16)"
-            ),
-            LedgerWrite::Rerun { .. } => format!(
-                "UPDATE {ledger} SET checksum = $2, revision = $3, description = $4,
-                     started_at = $5, finished_at = $6, duration_ms = $7, rows_affected = $8,
-                     notes = $9, host = $10, app_version = $11, status = $12, checkpoint = $13,
-                     batches = $14, applied_by = $16, run_count = run_count + 1
-                 WHERE id = $1 AND checksum = $15 AND run_count = $17"
-            ),
-            LedgerWrite::Accept => unreachable!("handled above"),
-            LedgerWrite::Continue { .. } => format!(
-                "UPDATE {ledger} SET checksum = $2, revision = $3, description = $4,
-                     started_at = $5, finished_at = $6, duration_ms = $7, rows_affected = $8,
-                     notes = $9, host = $10, app_version = $11, status = $12, checkpoint = $13,
-                     batches = $14, applied_by = $16
-                 WHERE id = $1 AND status = 'running' AND checkpoint IS $15"
-            ),
-        };
-        // `$15` is what the row must hold: the checkpoint of a batch, the checksum of a
-        // re-run (whose run count is bound last).
-        let (expected, run_count) = a.write.expected();
-        let done = sqlx::query(AssertSqlSafe(sql))
-            .bind(a.id.as_ref())
-            .bind(a.checksum.as_ref())
-            .bind(i64::from(a.revision))
-            .bind(a.description.as_ref())
-            .bind(a.first_started_at)
-            .bind(a.finished_at)
-            .bind(a.total_duration_ms())
-            .bind(a.total_rows_i64())
-            .bind(a.notes_text())
-            .bind(&a.host)
-            .bind(&a.app_version)
-            .bind(a.status)
-            .bind(&a.checkpoint)
-            .bind(i64::try_from(a.batches).unwrap_or(i64::MAX))
-            .bind(expected)
-            .bind(os_user())
-            .bind(run_count)
-            .execute(conn)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        Shared::<Self>::write_ledger(conn, config, a).await
     }
 
     async fn key_columns(
@@ -752,34 +735,7 @@ impl Steps for Sqlite {
         a: &Attempt,
         error: Option<&str>,
     ) -> Result<(), sqlx::Error> {
-        let sql = format!(
-            "INSERT INTO {} (migration_id, action, outcome, checksum, revision, started_at,
-                 finished_at, duration_ms, rows_affected, error, host, app_version, reason, db_user)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-            config.runs_ident()
-        );
-        sqlx::query(AssertSqlSafe(sql))
-            .bind(a.id.as_ref())
-            .bind(a.action.as_str())
-            .bind(if error.is_some() {
-                "failed"
-            } else {
-                "succeeded"
-            })
-            .bind(a.checksum.as_ref())
-            .bind(i64::from(a.revision))
-            .bind(a.started_at)
-            .bind(a.finished_at)
-            .bind(a.duration_ms())
-            .bind(a.rows_i64())
-            .bind(error)
-            .bind(&a.host)
-            .bind(&a.app_version)
-            .bind(&a.reason)
-            .bind(os_user())
-            .execute(conn)
-            .await?;
-        Ok(())
+        Shared::<Self>::record_run(conn, config, a, error).await
     }
 }
 
@@ -1062,18 +1018,5 @@ fn explain_upsert_error(table: &str, err: sqlx::Error) -> Error {
         ))
     } else {
         Error::Database(err)
-    }
-}
-
-/// Binds one key value with its storage class.
-fn bind_key_value<'q>(
-    q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
-    value: &KeyValue,
-) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
-    match value {
-        KeyValue::Integer(n) => q.bind(*n),
-        KeyValue::Text(t) => q.bind(t.clone()),
-        KeyValue::Real(x) => q.bind(*x),
-        KeyValue::Bytes(b) => q.bind(b.clone()),
     }
 }
