@@ -13,41 +13,21 @@ use chrono::{DateTime, Utc};
 use sqlx::database::HasStatementCache;
 use sqlx::query::Query;
 use sqlx::{
-    AssertSqlSafe, ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row, SqlSafeStr,
-    SqlStr, Type,
+    AssertSqlSafe, ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, SqlSafeStr, SqlStr,
+    Type,
 };
 
-use super::steps::Steps;
+use super::steps::ConnectionSteps;
+use super::values::bind_key_value;
 use crate::key::{Key, KeyShape, KeyValue};
 use crate::ledger::{Attempt, LastRun, LedgerConfig, LedgerEntry, LedgerWrite, Pause};
-
-/// Binds one key value with its storage class: integers as `bigint`, the rest as their
-/// text, real number or bytes.
-pub(crate) fn bind_key_value<'q, DB>(
-    q: Query<'q, DB, DB::Arguments>,
-    value: &KeyValue,
-) -> Query<'q, DB, DB::Arguments>
-where
-    DB: Database,
-    for<'t> i64: Encode<'t, DB> + Type<DB>,
-    for<'t> f64: Encode<'t, DB> + Type<DB>,
-    for<'t, 'v> &'v str: Encode<'t, DB> + Type<DB>,
-    for<'t, 'v> &'v [u8]: Encode<'t, DB> + Type<DB>,
-{
-    match value {
-        KeyValue::Integer(n) => q.bind(*n),
-        KeyValue::Text(t) => q.bind(t.as_str()),
-        KeyValue::Real(x) => q.bind(*x),
-        KeyValue::Bytes(b) => q.bind(b.as_slice()),
-    }
-}
 
 /// The statements both backends run alike, for backend `DB`.
 pub(crate) struct Shared<DB>(PhantomData<DB>);
 
 impl<DB> Shared<DB>
 where
-    DB: Steps + HasStatementCache,
+    DB: ConnectionSteps + HasStatementCache,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
     usize: ColumnIndex<DB::Row>,

@@ -525,7 +525,7 @@ fn quote_literal(text: &str) -> String {
 
 /// Creates datamig's ledger in the target, as `datamig run` would on PostgreSQL.
 async fn ensure_target_ledger(dst: &mut PgConnection) -> Result<(), Error> {
-    use crate::backend::steps::Steps;
+    use crate::backend::steps::LedgerSteps;
     crate::Postgres::ensure_ledger(dst, &crate::LedgerConfig::default())
         .await
         .map_err(|err| {
