@@ -116,3 +116,57 @@ impl ConnectionSteps for Sqlite {
 // runner refuses more than one worker here, and the range steps keep the trait's defaults,
 // which fail.
 impl RangeSteps for Sqlite {}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sqlx::{Connection, Sqlite, SqliteConnection};
+
+    use crate::backend::steps::{RangeSteps, WalkSteps};
+    use crate::error::Error;
+    use crate::ledger::LedgerConfig;
+
+    /// The typed error a step SQLite cannot take fails with, directly or as the source of
+    /// sqlx's error.
+    fn is_unsupported(err: &(dyn std::error::Error + 'static)) -> bool {
+        let err = match err.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::Configuration(source)) => &**source,
+            _ => err,
+        };
+        matches!(
+            err.downcast_ref::<Error>(),
+            Some(Error::Unsupported {
+                backend: "sqlite",
+                ..
+            })
+        )
+    }
+
+    #[tokio::test]
+    async fn the_steps_of_workers_and_of_the_rest_check_fail_with_a_typed_error() {
+        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        let ledger = LedgerConfig::default();
+        let err = <Sqlite as RangeSteps>::ensure_ranges(&mut conn, &ledger)
+            .await
+            .unwrap_err();
+        assert!(is_unsupported(&err), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "sqlite cannot run a batched migration with several workers: it takes one writer at a time"
+        );
+        let err = <Sqlite as RangeSteps>::hold_range(&mut conn, &ledger, "m", 0, "token")
+            .await
+            .unwrap_err();
+        assert!(is_unsupported(&err), "{err}");
+        let err = <Sqlite as WalkSteps>::begin_rest_check(&mut conn, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(is_unsupported(&err), "{err}");
+        // Reading the ranges is not a step of a worker: there are none.
+        let ranges = <Sqlite as RangeSteps>::read_ranges(&mut conn, &ledger, None)
+            .await
+            .unwrap();
+        assert!(ranges.is_empty());
+    }
+}

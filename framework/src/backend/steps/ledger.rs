@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use super::ConnectionSteps;
+use super::connection::ConnectionSteps;
 use crate::ledger::{Attempt, LastRun, LedgerConfig, LedgerEntry, Pause};
 
 /// The ledger's steps. Most are written once for every backend (`shared.rs`).

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use super::ConnectionSteps;
+use super::connection::ConnectionSteps;
 use crate::backend::lock_token::LockToken;
 use crate::error::Error;
 use crate::ledger::LedgerConfig;

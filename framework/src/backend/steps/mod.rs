@@ -7,6 +7,7 @@ mod ledger;
 mod lock;
 mod ranges;
 mod tables;
+mod unsupported;
 mod upsert;
 mod walk;
 

@@ -3,7 +3,8 @@
 
 use std::future::Future;
 
-use super::ConnectionSteps;
+use super::connection::ConnectionSteps;
+use super::unsupported::{WORKERS, unsupported, unsupported_sqlx};
 use crate::error::Error;
 use crate::key::{Key, KeyShape};
 use crate::ledger::{Attempt, Claim, LedgerConfig, RangeStep, WorkRange};
@@ -11,7 +12,8 @@ use crate::ledger::{Attempt, Claim, LedgerConfig, RangeStep, WorkRange};
 /// The steps of several workers.
 pub trait RangeSteps: ConnectionSteps {
     /// Whether batched migrations may have more than one worker here (PostgreSQL). The
-    /// range steps below are only called where they may; elsewhere they fail.
+    /// range steps below are only called where they may; elsewhere they fail with
+    /// [`Error::Unsupported`](crate::Error::Unsupported) (the ranges read: none).
     const WORKERS: bool = false;
 
     /// Creates the ranges table (`<ledger>_ranges`) where it is missing.
@@ -19,7 +21,7 @@ pub trait RangeSteps: ConnectionSteps {
         _conn: &mut Self::Connection,
         _config: &LedgerConfig,
     ) -> impl Future<Output = Result<(), Error>> + Send {
-        async { Err(one_worker_only(Self::ID)) }
+        async { Err(unsupported(Self::ID, WORKERS)) }
     }
 
     /// The ranges of migration `id` (of all, when `None`), by migration and number;
@@ -39,7 +41,7 @@ pub trait RangeSteps: ConnectionSteps {
         _id: &str,
         _bounds: &[(Option<String>, Option<String>)],
     ) -> impl Future<Output = Result<(), Error>> + Send {
-        async { Err(one_worker_only(Self::ID)) }
+        async { Err(unsupported(Self::ID, WORKERS)) }
     }
 
     /// Claims a range of migration `id` no live worker holds; `None` when none is left.
@@ -49,7 +51,7 @@ pub trait RangeSteps: ConnectionSteps {
         _id: &str,
         _claim: &Claim,
     ) -> impl Future<Output = Result<Option<i32>, Error>> + Send {
-        async { Err(one_worker_only(Self::ID)) }
+        async { Err(unsupported(Self::ID, WORKERS)) }
     }
 
     /// Gives range `number` back.
@@ -60,7 +62,7 @@ pub trait RangeSteps: ConnectionSteps {
         _number: i32,
         _claim: &Claim,
     ) -> impl Future<Output = Result<(), Error>> + Send {
-        async { Err(one_worker_only(Self::ID)) }
+        async { Err(unsupported(Self::ID, WORKERS)) }
     }
 
     /// In a batch's transaction: locks range `number` if `token` holds it and it has
@@ -74,7 +76,7 @@ pub trait RangeSteps: ConnectionSteps {
         _token: &str,
     ) -> impl Future<Output = Result<Option<(Option<String>, Option<String>, i64)>, sqlx::Error>> + Send
     {
-        async { Err(sqlx::Error::Protocol(one_worker_only(Self::ID).to_string())) }
+        async { Err(unsupported_sqlx(Self::ID, WORKERS)) }
     }
 
     /// In a batch's transaction: records what it did in its range.
@@ -86,7 +88,7 @@ pub trait RangeSteps: ConnectionSteps {
         _claim: &Claim,
         _step: &RangeStep,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
-        async { Err(sqlx::Error::Protocol(one_worker_only(Self::ID).to_string())) }
+        async { Err(unsupported_sqlx(Self::ID, WORKERS)) }
     }
 
     /// In the transaction of a batch that finished its range: applies the migration
@@ -96,7 +98,7 @@ pub trait RangeSteps: ConnectionSteps {
         _config: &LedgerConfig,
         _attempt: &Attempt,
     ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send {
-        async { Err(sqlx::Error::Protocol(one_worker_only(Self::ID).to_string())) }
+        async { Err(unsupported_sqlx(Self::ID, WORKERS)) }
     }
 
     /// Keys splitting the scope after `after` into about `pieces` ranges.
@@ -106,13 +108,6 @@ pub trait RangeSteps: ConnectionSteps {
         _after: Option<&Key>,
         _pieces: usize,
     ) -> impl Future<Output = Result<Vec<Key>, Error>> + Send {
-        async { Err(one_worker_only(Self::ID)) }
+        async { Err(unsupported(Self::ID, WORKERS)) }
     }
-}
-
-/// The error of a range step on a backend that runs one worker only.
-fn one_worker_only(backend: &str) -> Error {
-    Error::Config(format!(
-        "{backend} runs a batched migration with one worker only: it takes one writer at a time"
-    ))
 }

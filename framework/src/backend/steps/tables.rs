@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use super::ConnectionSteps;
+use super::connection::ConnectionSteps;
 use crate::bulk::SequenceReset;
 use crate::error::Error;
 

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 
-use super::ConnectionSteps;
+use super::connection::ConnectionSteps;
 use crate::error::Error;
 use crate::merge::{UpsertReport, UpsertRequest};
 
@@ -10,7 +10,7 @@ use crate::merge::{UpsertReport, UpsertRequest};
 /// its counts come back differ by database.
 pub trait UpsertSteps: ConnectionSteps {
     /// Runs an upsert built by [`crate::Upsert`]. Returns what it did, and how many rows
-    /// it wrote to temporary staging tables where [`TableSteps::write_count`](super::TableSteps::write_count) counts those.
+    /// it wrote to temporary staging tables where [`TableSteps::write_count`](super::tables::TableSteps::write_count) counts those.
     fn upsert(
         conn: &mut Self::Connection,
         request: UpsertRequest<'_>,

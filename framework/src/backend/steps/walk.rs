@@ -4,7 +4,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use super::ConnectionSteps;
+use super::connection::ConnectionSteps;
+use super::unsupported::{REST_CHECK, unsupported_sqlx};
 use crate::key::{Key, KeyKind, KeyShape};
 
 /// The walk's steps. The rest check is PostgreSQL's: elsewhere its steps fail.
@@ -64,7 +65,8 @@ pub trait WalkSteps: ConnectionSteps {
 
     /// Whether a batched migration whose batch changed nothing may check all its
     /// remaining keys in one statement (PostgreSQL; see `Ctx::checking_rest`). The
-    /// rest-check steps below are only called where it may; elsewhere they fail.
+    /// rest-check steps below are only called where it may; elsewhere they fail with
+    /// [`Error::Unsupported`](crate::Error::Unsupported).
     const CHECKS_REST: bool = false;
 
     /// The call a rest check appends to each `{batch}`: it fails the statement, with an
@@ -78,22 +80,14 @@ pub trait WalkSteps: ConnectionSteps {
         _conn: &mut Self::Connection,
         _limit: Duration,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
-        async {
-            Err(sqlx::Error::Configuration(
-                "no rest check on this backend".into(),
-            ))
-        }
+        async { Err(unsupported_sqlx(Self::ID, REST_CHECK)) }
     }
 
     /// Drops the guard, before the check's transaction commits.
     fn end_rest_check(
         _conn: &mut Self::Connection,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
-        async {
-            Err(sqlx::Error::Configuration(
-                "no rest check on this backend".into(),
-            ))
-        }
+        async { Err(unsupported_sqlx(Self::ID, REST_CHECK)) }
     }
 
     /// Whether an error is the guard's: a row after the checkpoint still needs work.
@@ -107,11 +101,7 @@ pub trait WalkSteps: ConnectionSteps {
         _shape: &KeyShape,
         _after: Option<&Key>,
     ) -> impl Future<Output = Result<Option<Key>, sqlx::Error>> + Send {
-        async {
-            Err(sqlx::Error::Configuration(
-                "no rest check on this backend".into(),
-            ))
-        }
+        async { Err(unsupported_sqlx(Self::ID, REST_CHECK)) }
     }
 }
 
