@@ -1,7 +1,8 @@
 //! The statements every backend runs alike, written once over the backend: the ledger's
 //! writes (the exactly-once statements) and reads, the run history, pauses, and the plain
 //! statements of a migration's helpers and of the walk. Where the databases differ, the
-//! difference is data ([`Dialect`](super::dialect::Dialect)), not a second copy of the statement.
+//! difference is data ([`Dialect`](super::dialect::Dialect)), not a second copy of the
+//! statement.
 //!
 //! Each backend's step calls the function here in one line. The functions are generic over
 //! the backend with the bounds sqlx needs to run a statement and bind and read its values

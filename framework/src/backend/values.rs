@@ -1,5 +1,5 @@
-//! Values going into statements and coming out of them alike on every backend: key values
-//! bound with their storage class, bytes written as hex.
+//! Values written alike on every backend: a key value bound with its storage class, bytes
+//! as hex.
 
 use sqlx::query::Query;
 use sqlx::{Database, Encode, Type};

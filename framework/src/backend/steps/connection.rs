@@ -10,7 +10,7 @@ use crate::backend::dialect::Dialect;
 use crate::key::KeyValue;
 use crate::migration::{Code, Migration};
 
-/// The steps the runner composes first. Every method runs on the runner's connection.
+/// The steps every other group requires. Every method runs on the runner's connection.
 pub trait ConnectionSteps: sqlx::Database + Sized {
     /// The backend's short name, as users see it (`postgres`).
     const ID: &'static str;
@@ -22,9 +22,9 @@ pub trait ConnectionSteps: sqlx::Database + Sized {
     const CLOSE_RUNNER_CONNECTION: bool;
 
     /// Whether datamig runs each statement it sends outside a migration's transaction
-    /// inside a short transaction of its own (see [`pinned`](crate::backend::pinned)): on PostgreSQL,
-    /// where a transaction pooler hands each transaction, and each statement outside
-    /// one, to whichever server session is free.
+    /// inside a short transaction of its own (see [`pinned`](crate::backend::pinned)): on
+    /// PostgreSQL, where a transaction pooler hands each transaction, and each statement
+    /// outside one, to whichever server session is free.
     const PIN_IN_TRANSACTION: bool;
 
     /// How this backend's SQL differs where the statements are written once

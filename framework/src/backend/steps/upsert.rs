@@ -10,7 +10,8 @@ use crate::merge::{UpsertReport, UpsertRequest};
 /// its counts come back differ by database.
 pub trait UpsertSteps: ConnectionSteps {
     /// Runs an upsert built by [`crate::Upsert`]. Returns what it did, and how many rows
-    /// it wrote to temporary staging tables where [`TableSteps::write_count`](super::tables::TableSteps::write_count) counts those.
+    /// it wrote to temporary staging tables where
+    /// [`TableSteps::write_count`](super::tables::TableSteps::write_count) counts those.
     fn upsert(
         conn: &mut Self::Connection,
         request: UpsertRequest<'_>,
