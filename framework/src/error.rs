@@ -241,6 +241,18 @@ pub enum Error {
         available: String,
     },
 
+    /// A step the backend cannot take: SQLite runs a batched migration with one worker (it
+    /// takes one writer at a time) and cannot check a migration's keys left in one
+    /// statement. The runner asks a backend only for what it can do, so this names a step
+    /// asked of the wrong backend; nothing of it ran.
+    #[error("{backend} cannot {step}")]
+    Unsupported {
+        /// The backend (`sqlite`).
+        backend: &'static str,
+        /// What it cannot do.
+        step: &'static str,
+    },
+
     /// A ledger table exists but is not shaped as datamig's (another tool's table of the
     /// same name, or an edited one).
     #[error(

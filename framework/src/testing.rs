@@ -123,9 +123,9 @@ pub async fn range_batch_plan(
     conn: &mut PgConnection,
     migration: &crate::Migration,
 ) -> Result<String, Error> {
-    use crate::backend::steps::Steps;
+    use crate::backend::steps::RangeSteps;
     let (spec, shape) = batched(conn, migration).await?;
-    let points = <sqlx::Postgres as Steps>::split_keys(conn, &shape, None, 4).await?;
+    let points = <sqlx::Postgres as RangeSteps>::split_keys(conn, &shape, None, 4).await?;
     let [lower, upper, ..] = points.as_slice() else {
         return Err(Error::Config(format!(
             "{} holds too few keys for four ranges",
@@ -162,9 +162,9 @@ async fn first_batch_end(
     spec: &crate::BatchSpec,
     shape: &crate::key::KeyShape,
 ) -> Result<Option<crate::Key>, Error> {
-    use crate::backend::steps::Steps;
+    use crate::backend::steps::WalkSteps;
     Ok(
-        <sqlx::Postgres as Steps>::next_batch(conn, shape, None, None, spec.size())
+        <sqlx::Postgres as WalkSteps>::next_batch(conn, shape, None, None, spec.size())
             .await?
             .map(|(key, _)| key),
     )

@@ -125,7 +125,7 @@ pub(super) async fn plan<S: Source>(
 
 /// Creates datamig's ledger in the target, as `datamig run` would on PostgreSQL.
 async fn ensure_target_ledger(dst: &mut PgConnection) -> Result<(), Error> {
-    use crate::backend::steps::Steps;
+    use crate::backend::steps::LedgerSteps;
     crate::Postgres::ensure_ledger(dst, &crate::LedgerConfig::default())
         .await
         .map_err(|err| {

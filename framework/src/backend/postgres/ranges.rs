@@ -5,13 +5,14 @@
 //! range, which applies the migration.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use sqlx::postgres::PgConnection;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{AssertSqlSafe, Postgres, Row};
 
-use super::isolation::begin_read_committed;
-use super::postgres::{bind_key_value, query, query_as, query_scalar};
+use super::sql::{millis, query, query_as, query_scalar};
+use crate::backend::isolation::begin_read_committed;
+use crate::backend::steps::RangeSteps;
+use crate::backend::values::bind_key_value;
 use crate::error::Error;
 use crate::key::{Key, KeyKind, KeyShape, KeyValue};
 use crate::ledger::{Attempt, Claim, LedgerConfig, RangeStep, WorkRange};
@@ -20,9 +21,86 @@ use crate::sql::quote_ident;
 /// The most rows a heap page of 8 kB holds (PostgreSQL's `MaxHeapTuplesPerPage`).
 const MAX_ROWS_PER_PAGE: f64 = 291.0;
 
-/// A duration in whole milliseconds, for `$n * interval '1 millisecond'`.
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+impl RangeSteps for Postgres {
+    const WORKERS: bool = true;
+
+    async fn ensure_ranges(conn: &mut PgConnection, config: &LedgerConfig) -> Result<(), Error> {
+        self::ensure(conn, config).await
+    }
+
+    async fn read_ranges(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+        id: Option<&str>,
+    ) -> Result<Vec<WorkRange>, sqlx::Error> {
+        self::read(conn, config, id).await
+    }
+
+    async fn replace_ranges(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+        id: &str,
+        bounds: &[(Option<String>, Option<String>)],
+    ) -> Result<(), Error> {
+        Ok(self::replace(conn, config, id, bounds).await?)
+    }
+
+    async fn claim_range(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+        id: &str,
+        claim: &Claim,
+    ) -> Result<Option<i32>, Error> {
+        Ok(self::claim(conn, config, id, claim).await?)
+    }
+
+    async fn release_range(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+        id: &str,
+        number: i32,
+        claim: &Claim,
+    ) -> Result<(), Error> {
+        Ok(self::release(conn, config, id, number, claim).await?)
+    }
+
+    async fn hold_range(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+        id: &str,
+        number: i32,
+        token: &str,
+    ) -> Result<Option<(Option<String>, Option<String>, i64)>, sqlx::Error> {
+        self::hold(conn, config, id, number, token).await
+    }
+
+    async fn advance_range(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+        id: &str,
+        number: i32,
+        claim: &Claim,
+        step: &RangeStep,
+    ) -> Result<(), sqlx::Error> {
+        self::advance(conn, config, id, number, claim, step).await
+    }
+
+    async fn finish_ranges(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+        attempt: &Attempt,
+    ) -> Result<bool, sqlx::Error> {
+        self::finish(conn, config, attempt).await
+    }
+
+    async fn split_keys(
+        conn: &mut PgConnection,
+        shape: &KeyShape,
+        after: Option<&Key>,
+        pieces: usize,
+    ) -> Result<Vec<Key>, Error> {
+        Ok(self::split(conn, shape, after, pieces).await?)
+    }
 }
 
 /// Whether the ranges table exists.

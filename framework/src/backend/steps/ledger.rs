@@ -1,0 +1,69 @@
+//! The ledger's steps: its tables, its rows (the exactly-once writes among them), the run
+//! history, pauses, and the schema migrations of `sqlx migrate`.
+
+use std::future::Future;
+
+use super::connection::ConnectionSteps;
+use crate::ledger::{Attempt, LastRun, LedgerConfig, LedgerEntry, Pause};
+
+/// The ledger's steps. Most are written once for every backend (`shared.rs`).
+pub trait LedgerSteps: ConnectionSteps {
+    /// Creates the ledger, run-history and layout tables where they are missing and
+    /// records the current layout: the DDL of a new ledger, and the upgrade of an older
+    /// one. The runner calls it only when the ledger is missing or older, so a role
+    /// without DDL privileges works on a current ledger.
+    fn ensure_ledger(
+        conn: &mut Self::Connection,
+        config: &LedgerConfig,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// Whether the ledger table exists (read-only commands do not create it).
+    fn ledger_exists(
+        conn: &mut Self::Connection,
+        config: &LedgerConfig,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+
+    /// Every ledger row, by id.
+    fn read_ledger(
+        conn: &mut Self::Connection,
+        config: &LedgerConfig,
+    ) -> impl Future<Output = Result<Vec<LedgerEntry>, sqlx::Error>> + Send;
+
+    /// Writes the ledger row of an attempt, as its `write` says. Runs inside the
+    /// migration's (or the batch's) transaction. `false` when a `Continue` found the row
+    /// no longer at the expected checkpoint.
+    fn write_ledger(
+        conn: &mut Self::Connection,
+        config: &LedgerConfig,
+        attempt: &Attempt,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+
+    /// Appends an attempt to the run history, with its error if it failed.
+    fn record_run(
+        conn: &mut Self::Connection,
+        config: &LedgerConfig,
+        attempt: &Attempt,
+        error: Option<&str>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// The last recorded attempt of each migration.
+    fn last_runs(
+        conn: &mut Self::Connection,
+        config: &LedgerConfig,
+    ) -> impl Future<Output = Result<Vec<LastRun>, sqlx::Error>> + Send;
+
+    /// The pauses in force (of one migration, or of all): for each paused migration,
+    /// its latest pause in the run history.
+    fn pause_state(
+        conn: &mut Self::Connection,
+        config: &LedgerConfig,
+        id: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<Pause>, sqlx::Error>> + Send;
+
+    /// Whether the schema migration `version` of `sqlx migrate` has been applied
+    /// (`_sqlx_migrations`).
+    fn schema_version_applied(
+        conn: &mut Self::Connection,
+        version: i64,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+}

@@ -1,0 +1,128 @@
+//! The steps of a batched migration's walk over its key: the key's columns and index, its
+//! scope, the next batch, and the check of every key left in one statement.
+
+use std::future::Future;
+use std::time::Duration;
+
+use super::connection::ConnectionSteps;
+use super::unsupported::{REST_CHECK, unsupported_sqlx};
+use crate::key::{Key, KeyKind, KeyShape};
+
+/// The walk's steps. The rest check is PostgreSQL's: elsewhere its steps fail.
+pub trait WalkSteps: ConnectionSteps {
+    /// The key columns `names` of `table`: `None` when the table does not exist;
+    /// otherwise each column (`None` when it does not exist) with its type.
+    fn key_columns(
+        conn: &mut Self::Connection,
+        table: &str,
+        names: &[&str],
+    ) -> impl Future<Output = Result<Option<Vec<Option<KeyColumn>>>, sqlx::Error>> + Send;
+
+    /// The name of an index whose leading columns are the key's, in order, that can
+    /// serve the key's range scans in its order; `None` when there is none.
+    fn key_index(
+        conn: &mut Self::Connection,
+        table: &str,
+        columns: &[KeyColumn],
+    ) -> impl Future<Output = Result<Option<String>, sqlx::Error>> + Send;
+
+    /// Fails with the database's own error when `scope` is not a valid condition on
+    /// `table`.
+    fn check_scope(
+        conn: &mut Self::Connection,
+        table: &str,
+        scope: &str,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// The next batch of keys after `after` (from the first key when `None`) and up to
+    /// `upper` (a worker's range; to the last key when `None`), at most `size`: its last
+    /// key and how many keys it holds; `None` when no key is left. Keyset pagination:
+    /// an index range scan from the checkpoint, never `OFFSET`.
+    fn next_batch(
+        conn: &mut Self::Connection,
+        shape: &KeyShape,
+        after: Option<&Key>,
+        upper: Option<&Key>,
+        size: u32,
+    ) -> impl Future<Output = Result<Option<(Key, u64)>, sqlx::Error>> + Send;
+
+    /// Whether any key of the scope is after `after` (and at or before `upper`).
+    fn has_keys_after(
+        conn: &mut Self::Connection,
+        shape: &KeyShape,
+        after: &Key,
+        upper: Option<&Key>,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+
+    /// An estimate of the rows of the scope after `after` (all, when `None`) and up to
+    /// `upper`, for progress.
+    fn estimate_rows(
+        conn: &mut Self::Connection,
+        shape: &KeyShape,
+        after: Option<&Key>,
+        upper: Option<&Key>,
+    ) -> impl Future<Output = Result<Option<u64>, sqlx::Error>> + Send;
+
+    /// Whether a batched migration whose batch changed nothing may check all its
+    /// remaining keys in one statement (PostgreSQL; see `Ctx::checking_rest`). The
+    /// rest-check steps below are only called where it may; elsewhere they fail with
+    /// [`Error::Unsupported`](crate::Error::Unsupported).
+    const CHECKS_REST: bool = false;
+
+    /// The call a rest check appends to each `{batch}`: it fails the statement, with an
+    /// error [`Self::is_rest_work`] recognises, on the first row it would change.
+    const REST_GUARD: &'static str = "";
+
+    /// Prepares the transaction of a rest check: creates the guard (a temporary
+    /// function, gone at the end of the transaction) and bounds the check's statements
+    /// to `limit`.
+    fn begin_rest_check(
+        _conn: &mut Self::Connection,
+        _limit: Duration,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        async { Err(unsupported_sqlx(Self::ID, REST_CHECK)) }
+    }
+
+    /// Drops the guard, before the check's transaction commits.
+    fn end_rest_check(
+        _conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        async { Err(unsupported_sqlx(Self::ID, REST_CHECK)) }
+    }
+
+    /// Whether an error is the guard's: a row after the checkpoint still needs work.
+    fn is_rest_work(_err: &sqlx::Error) -> bool {
+        false
+    }
+
+    /// The last key of the scope after `after` (in all of it, without `after`).
+    fn last_key(
+        _conn: &mut Self::Connection,
+        _shape: &KeyShape,
+        _after: Option<&Key>,
+    ) -> impl Future<Output = Result<Option<Key>, sqlx::Error>> + Send {
+        async { Err(unsupported_sqlx(Self::ID, REST_CHECK)) }
+    }
+}
+
+/// One column of a batched migration's key, as [`WalkSteps::key_columns`] finds it.
+/// (Public only to the sealed backend steps; not reachable from outside the crate.)
+#[derive(Debug, Clone)]
+pub struct KeyColumn {
+    pub(crate) name: String,
+    /// Its type, as the database writes it.
+    pub(crate) sql_type: String,
+    /// How batching reads and binds it; `None` for a type batching does not walk.
+    pub(crate) kind: Option<KeyKind>,
+    /// Whether the column is `NOT NULL` (or otherwise cannot hold a `NULL`).
+    pub(crate) not_null: bool,
+    /// Rows whose key is not an integer in an integer column (SQLite, whose columns take
+    /// any value).
+    pub(crate) not_integers: i64,
+    /// Its number in the table (PostgreSQL's `attnum`), for matching indexes.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) number: i64,
+    /// Its collation (PostgreSQL's `attcollation`), for matching indexes.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) collation: i64,
+}
