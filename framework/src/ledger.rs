@@ -342,6 +342,11 @@ pub struct WorkRange {
     pub updated_at: Option<DateTime<Utc>>,
 }
 
+/// How a range not done stood when a worker looked: its number, its batches and when its
+/// last batch committed. A worker waiting for ranges others hold compares these to tell a
+/// stall from progress. (Public only to the sealed backend steps.)
+pub type RangeMark = (i32, i64, Option<DateTime<Utc>>);
+
 /// What one committed batch did to its range (see [`WorkRange`]). (Public only to the
 /// sealed backend steps; not reachable from outside the crate.)
 #[derive(Clone, Debug)]

@@ -31,7 +31,7 @@ use super::{Migrator, RunnerLock, StopSignal};
 use crate::backend::{Backend, LockToken, pinned};
 use crate::error::Error;
 use crate::key::{Key, KeyShape};
-use crate::ledger::{Action, Claim, LedgerWrite, RangeStep, STATUS_RUNNING};
+use crate::ledger::{Action, Claim, LedgerWrite, RangeMark, RangeStep, STATUS_RUNNING};
 use crate::migration::{Batch, BatchFn, BatchSpec, Migration};
 use crate::session::host_name;
 
@@ -75,10 +75,6 @@ impl Team {
         self.halt.load(Ordering::SeqCst)
     }
 }
-
-/// How a range left stood when a worker looked: its number, batches and last commit. A
-/// worker waiting for ranges others hold compares these to tell a stall from progress.
-type RangeMark = (i32, i64, Option<DateTime<Utc>>);
 
 /// Why a worker left a range.
 enum RangeEnd {
@@ -348,13 +344,12 @@ impl<DB: Backend> Migrator<DB> {
             .await
             .map_err(Failure::Other)?;
             let Some(range) = claimed else {
-                let left = pinned::<DB, _>(&mut conn, async |c| {
-                    Ok(DB::read_ranges(c, &self.ledger, Some(id)).await?)
+                let marks = pinned::<DB, _>(&mut conn, async |c| {
+                    Ok(DB::range_marks(c, &self.ledger, id).await?)
                 })
                 .await
                 .map_err(Failure::Other)?;
-                let left: Vec<_> = left.into_iter().filter(|r| !r.done).collect();
-                if left.is_empty() {
+                if marks.is_empty() {
                     return Ok(());
                 }
                 // Other workers hold what is left: wait for them to finish (or die),
@@ -371,23 +366,28 @@ impl<DB: Backend> Migrator<DB> {
                 // cut off with its session alive) never move. It counts only while no
                 // worker of this team works a range (a teammate's long batch is no stall)
                 // and starts again whenever a range left moves.
-                let moved = left
-                    .iter()
-                    .map(|r| (r.number, r.batches, r.updated_at))
-                    .collect::<Vec<_>>();
                 let teammates_busy = team.busy.load(Ordering::SeqCst) > 0;
                 match &waiting {
-                    Some((since, seen)) if *seen == moved && !teammates_busy => {
+                    Some((since, seen)) if *seen == marks && !teammates_busy => {
                         if since.elapsed() >= self.runner_lock_timeout {
                             team.halt.store(true, Ordering::SeqCst);
+                            let left = pinned::<DB, _>(&mut conn, async |c| {
+                                Ok(DB::read_ranges(c, &self.ledger, Some(id)).await?)
+                            })
+                            .await
+                            .map_err(Failure::Other)?;
                             return Err(Failure::Other(Error::RangesHeld {
                                 id: id.to_string(),
-                                ranges: left.iter().map(describe_held).collect(),
+                                ranges: left
+                                    .iter()
+                                    .filter(|r| !r.done)
+                                    .map(describe_held)
+                                    .collect(),
                                 waited: since.elapsed(),
                             }));
                         }
                     }
-                    _ => waiting = Some((Instant::now(), moved)),
+                    _ => waiting = Some((Instant::now(), marks)),
                 }
                 tokio::time::sleep(CLAIM_POLL.min(self.runner_lock_timeout)).await;
                 continue;

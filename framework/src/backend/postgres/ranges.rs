@@ -15,7 +15,7 @@ use crate::backend::steps::RangeSteps;
 use crate::backend::values::bind_key_value;
 use crate::error::Error;
 use crate::key::{Key, KeyKind, KeyShape, KeyValue};
-use crate::ledger::{Attempt, Claim, LedgerConfig, RangeStep, WorkRange};
+use crate::ledger::{Attempt, Claim, LedgerConfig, RangeMark, RangeStep, WorkRange};
 use crate::sql::quote_ident;
 
 /// The most rows a heap page of 8 kB holds (PostgreSQL's `MaxHeapTuplesPerPage`).
@@ -34,6 +34,19 @@ impl RangeSteps for Postgres {
         id: Option<&str>,
     ) -> Result<Vec<WorkRange>, sqlx::Error> {
         self::read(conn, config, id).await
+    }
+
+    async fn range_marks(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+        id: &str,
+    ) -> Result<Vec<RangeMark>, sqlx::Error> {
+        let sql = format!(
+            "SELECT range_no, batches, updated_at FROM {}
+             WHERE migration_id = $1 AND NOT done ORDER BY range_no",
+            config.ranges_ident()
+        );
+        query_as(AssertSqlSafe(sql)).bind(id).fetch_all(conn).await
     }
 
     async fn replace_ranges(

@@ -7,7 +7,7 @@ use super::connection::ConnectionSteps;
 use super::unsupported::{WORKERS, unsupported, unsupported_sqlx};
 use crate::error::Error;
 use crate::key::{Key, KeyShape};
-use crate::ledger::{Attempt, Claim, LedgerConfig, RangeStep, WorkRange};
+use crate::ledger::{Attempt, Claim, LedgerConfig, RangeMark, RangeStep, WorkRange};
 
 /// The steps of several workers.
 pub trait RangeSteps: ConnectionSteps {
@@ -31,6 +31,17 @@ pub trait RangeSteps: ConnectionSteps {
         _config: &LedgerConfig,
         _id: Option<&str>,
     ) -> impl Future<Output = Result<Vec<WorkRange>, sqlx::Error>> + Send {
+        async { Ok(Vec::new()) }
+    }
+
+    /// How each range of migration `id` that is not done stands: its number, its batches
+    /// and when its last batch committed. One read of the ranges table alone (no look at
+    /// the server's locks): what a worker waiting for ranges others hold polls.
+    fn range_marks(
+        _conn: &mut Self::Connection,
+        _config: &LedgerConfig,
+        _id: &str,
+    ) -> impl Future<Output = Result<Vec<RangeMark>, sqlx::Error>> + Send {
         async { Ok(Vec::new()) }
     }
 
