@@ -41,7 +41,7 @@ pub(super) async fn explain<S: Source>(
             };
         }
         Failure::Source(table, err) => {
-            return Error::Config(format!(
+            return Error::Runtime(format!(
                 "reading {table} from the source failed: {}; the chunk was rolled back, the {kept} chunk(s) committed before it are kept: run the copy again to resume",
                 crate::error::describe_sqlx(&err)
             ));
@@ -57,7 +57,7 @@ pub(super) async fn explain<S: Source>(
             };
         }
         Failure::SourceText(table, message) => {
-            return Error::Config(format!(
+            return Error::Runtime(format!(
                 "reading {table} from the source failed: {message}; the chunk was rolled back, the {kept} chunk(s) committed before it are kept: run the copy again to resume"
             ));
         }

@@ -158,7 +158,7 @@ impl Copier {
     pub async fn compare(&self) -> Result<Verification, Error> {
         let report = run::run(self, Purpose::Compare).await?;
         report.verification.ok_or_else(|| {
-            Error::Config(
+            Error::Runtime(
                 "the comparison produced no verification; this is a bug in datamig".into(),
             )
         })

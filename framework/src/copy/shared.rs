@@ -102,7 +102,7 @@ impl<S: Source> Shared<S> {
                 Take::Unit(unit) => return Ok(Some(unit)),
                 Take::Done => return Ok(None),
                 Take::Stuck => {
-                    return Err(Error::Config(
+                    return Err(Error::Runtime(
                         "the copy's load order left chunks that can never start; this is a bug in datamig: please report it with the plan (--dry-run)".into(),
                     ));
                 }

@@ -49,7 +49,7 @@ pub(super) async fn copy_chunks<S: Source>(
     let mut failure = None;
     while let Some(joined) = tasks.join_next().await {
         let result = joined.unwrap_or_else(|err| {
-            Err(Error::Config(format!(
+            Err(Error::Runtime(format!(
                 "a copy worker stopped unexpectedly: {err}"
             )))
         });

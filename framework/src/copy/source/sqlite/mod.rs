@@ -235,7 +235,7 @@ impl Readers for SqliteReaders {
     async fn open(&self) -> Result<SqliteReader, Error> {
         let conn = self.readers.lock().expect("readers lock").pop();
         if conn.is_none() {
-            return Err(Error::Config(
+            return Err(Error::Runtime(
                 "a copy worker found no SQLite reader; this is a bug in datamig".into(),
             ));
         }
@@ -302,7 +302,7 @@ async fn hold_writers(conn: &mut SqliteConnection) -> Result<bool, Error> {
             sqlx::raw_sql("BEGIN").execute(&mut *conn).await?;
             Ok(false)
         }
-        Err(err) => Err(Error::Config(format!(
+        Err(err) => Err(Error::Runtime(format!(
             "cannot take the source SQLite database's write lock, which the copy holds while its readers start so that they all read one state of the file: {}; stop the application's writes, or run the copy again",
             crate::error::describe_sqlx(&err)
         ))),

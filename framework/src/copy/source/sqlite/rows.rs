@@ -262,7 +262,7 @@ impl Pump {
     /// [`Pump::finish`]).
     fn start(conn: &mut Option<rusqlite::Connection>, reading: Reading) -> Result<Pump, Error> {
         let taken = conn.take().ok_or_else(|| {
-            Error::Config(
+            Error::Runtime(
                 "a SQLite reader was lost after an earlier failure; run the copy again".into(),
             )
         })?;
@@ -294,7 +294,7 @@ impl Pump {
         drop(self.full);
         drop(self.empty);
         let (taken, ended) = self.reader.await.map_err(|err| {
-            Error::Config(format!("the SQLite reader stopped unexpectedly: {err}"))
+            Error::Runtime(format!("the SQLite reader stopped unexpectedly: {err}"))
         })?;
         *conn = Some(taken);
         Ok(ended)
@@ -343,7 +343,7 @@ pub(super) async fn scan(
     limit: usize,
 ) -> Result<(Vec<UnconvertibleValue>, u64), Error> {
     let Some(taken) = conn.take() else {
-        return Err(Error::Config("the SQLite reader was lost".into()));
+        return Err(Error::Runtime("the SQLite reader was lost".into()));
     };
     let readings: Vec<Reading> = planned
         .iter()
@@ -375,10 +375,10 @@ pub(super) async fn scan(
         (taken, outcome)
     })
     .await
-    .map_err(|err| Error::Config(format!("the SQLite reader stopped unexpectedly: {err}")))?;
+    .map_err(|err| Error::Runtime(format!("the SQLite reader stopped unexpectedly: {err}")))?;
     *conn = Some(taken);
     outcome
-        .map_err(|err| Error::Config(format!("reading the source SQLite database failed: {err}")))
+        .map_err(|err| Error::Runtime(format!("reading the source SQLite database failed: {err}")))
 }
 
 /// Streams every row of a table, converted, into `COPY .. FROM STDIN` of a temporary
@@ -402,7 +402,7 @@ pub(super) async fn stream_all(
         Ended::Bad(bad) => Err(Error::CopyRefused(format!(
             "{bad}: the comparison converts every row as a copy would; fix the value in the source"
         ))),
-        Ended::Failed(message) => Err(Error::Config(format!(
+        Ended::Failed(message) => Err(Error::Runtime(format!(
             "reading {} from the source SQLite database failed: {message}",
             p.plan.table
         ))),
