@@ -758,3 +758,13 @@ impl Replication {
         let _ = self.primary.rm().await;
     }
 }
+
+/// A table `doomed` whose deferred trigger ends the session during the `COMMIT` of any
+/// transaction that inserted into it: a `COMMIT` that fails, with its outcome unknown to
+/// the client until it reads the database again.
+pub const DOOMED_AT_COMMIT: &str = "
+    CREATE TABLE doomed (id bigint);
+    CREATE FUNCTION end_session() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NULL; END $$;
+    CREATE CONSTRAINT TRIGGER end_session_at_commit AFTER INSERT ON doomed
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION end_session();";

@@ -731,16 +731,7 @@ async fn doomed_commit(ctx: &mut Ctx<'_, Postgres>) -> anyhow::Result<()> {
 async fn a_failed_commit_is_reported_as_unknown_then_read_back_from_the_ledger()
 -> anyhow::Result<()> {
     let db = fixture_database(&[]).await?;
-    exec(
-        db.pool(),
-        "CREATE TABLE doomed (id integer);
-         CREATE FUNCTION end_session() RETURNS trigger LANGUAGE plpgsql AS
-             $$ BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NULL; END $$;
-         CREATE CONSTRAINT TRIGGER end_session_at_commit AFTER INSERT ON doomed
-             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION end_session();"
-            .to_string(),
-    )
-    .await?;
+    exec(db.pool(), datamig_tests::DOOMED_AT_COMMIT.to_string()).await?;
     let err = Migrator::new(db.pool().clone())
         .migrations([&doomed_commit::MIGRATION])
         .run()

@@ -393,14 +393,10 @@ async fn a_workers_batch_whose_commit_fails_is_read_back() -> anyhow::Result<()>
         db.pool(),
         "CREATE TABLE slow (id bigint PRIMARY KEY, hits integer NOT NULL DEFAULT 0);
          INSERT INTO slow (id) SELECT generate_series(1, 400);
-         ANALYZE slow;
-         CREATE TABLE doomed (id bigint);
-         CREATE FUNCTION end_session() RETURNS trigger LANGUAGE plpgsql AS
-             $$ BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NULL; END $$;
-         CREATE CONSTRAINT TRIGGER end_session_at_commit AFTER INSERT ON doomed
-             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION end_session();",
+         ANALYZE slow;",
     )
     .await?;
+    exec(db.pool(), datamig_tests::DOOMED_AT_COMMIT).await?;
     let err = Migrator::new(db.pool().clone())
         .migrations([&doomed_batch::MIGRATION])
         .workers(2)
