@@ -54,7 +54,7 @@
 // Layers, each importing only those above it: data types (`error`, `sql`, `ledger`,
 // `session`, `migration`, `ctx`, `copy`, `bulk`, `merge`); the per-database steps
 // (`backend`); then what is written once over them (`helpers`, `upsert`, `portable`,
-// `runner`, `admin`, `fingerprint`, `idempotency`, `testing`).
+// `runner`, `admin`, `fleet`, `fingerprint`, `idempotency`, `testing`).
 mod error;
 mod sql;
 
@@ -74,6 +74,7 @@ mod backend;
 
 mod admin;
 mod fingerprint;
+mod fleet;
 mod helpers;
 mod idempotency;
 mod portable;
@@ -91,6 +92,10 @@ pub use ctx::Ctx;
 pub use error::{Drift, Error, UnconvertibleValue, describe_sqlx};
 pub use fingerprint::{
     Fingerprint, FingerprintOptions, TableDifference, TableFingerprint, fingerprint, fingerprint_on,
+};
+pub use fleet::{
+    Fleet, FleetBackend, FleetEvent, FleetReport, Halted, OnFailure, Outcome, Target, TargetReport,
+    Targets,
 };
 pub use idempotency::{IdempotencyCheck, TableChange};
 pub use key::{Key, KeyValue, describe_checkpoint};
@@ -181,6 +186,7 @@ pub use datamig_macros::migration;
 /// - [testing](guides::testing): proving each migration idempotent against a real database in CI.
 /// - [copying](guides::copying): moving the data of one database into another whose schema exists.
 /// - [poolers](guides::poolers): running through PgBouncer in transaction mode.
+/// - [fleets](guides::fleets): one deploy across many databases and tenant schemas.
 pub mod guides {
     #[cfg(feature = "postgres")]
     #[doc = include_str!("../docs/backfills.md")]
@@ -198,6 +204,9 @@ pub mod guides {
     #[cfg(feature = "postgres")]
     #[doc = include_str!("../docs/poolers.md")]
     pub mod poolers {}
+    #[cfg(feature = "postgres")]
+    #[doc = include_str!("../docs/fleets.md")]
+    pub mod fleets {}
 }
 
 /// The names a migration module usually needs.

@@ -1,0 +1,494 @@
+//! A fleet's targets: each a database URL and, for a schema-per-tenant database, the
+//! tenant's schema. Read from a file (one a line) or from a query's rows; a malformed line
+//! is named by its number, a target named twice is refused, and a URL's password is never
+//! shown (a target's name is built from the URL's parts without it).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::error::Error;
+
+use super::connect::FleetBackend;
+
+/// One database (or one schema of a database) a fleet migrates.
+///
+/// Its [`name`](Target::name) is what every report, progress line, error and trace shows:
+/// the URL without its password and its parameters, and the schema
+/// (`postgres://app@db1:5432/shop schema=tenant_7`, `sqlite:data/eu.db`). The URL itself,
+/// which may hold the password, is shown nowhere.
+#[derive(Clone)]
+pub struct Target {
+    url: String,
+    schema: Option<String>,
+    line: usize,
+    name: String,
+    /// What makes two targets one: the server, port and database (the file for SQLite)
+    /// and the schema, whoever connects.
+    identity: String,
+    backend: &'static str,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the URL: it may hold the password.
+        f.debug_struct("Target")
+            .field("name", &self.name)
+            .field("line", &self.line)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Target {
+    /// A target: the database at `url`, and for a schema-per-tenant database the tenant's
+    /// `schema` (the ledger lives there, and the migrations run with it first on the
+    /// search path). `line` is where it was read from (1 for the first), for messages.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadTarget`] when `url` is not a `postgres://` or `sqlite:` URL this build
+    /// can connect to, or names a schema for a SQLite file.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let target = datamig::Target::new(1, "postgres://app:secret@db1/shop", Some("tenant_7"))?;
+    /// assert_eq!(target.name(), "postgres://app@db1:5432/shop schema=tenant_7");
+    /// # Ok::<(), datamig::Error>(())
+    /// ```
+    pub fn new(line: usize, url: &str, schema: Option<&str>) -> Result<Self, Error> {
+        let bad = |reason: String| Error::BadTarget { line, reason };
+        if let Some(schema) = schema {
+            crate::sql::check_name("schema", schema).map_err(|e| bad(e.to_string()))?;
+        }
+        let (backend, identity, name) = if url.starts_with("postgres://")
+            || url.starts_with("postgresql://")
+        {
+            postgres_identity(url).map_err(bad)?
+        } else if url.starts_with("sqlite:") {
+            if schema.is_some() {
+                return Err(bad(format!(
+                    "{}: schema= applies to PostgreSQL targets, and a SQLite file has no schemas",
+                    redact(url)
+                )));
+            }
+            sqlite_identity(url).map_err(bad)?
+        } else {
+            return Err(bad(format!(
+                "{} is not a database URL: write postgres://user:password@host:port/database \
+                 or sqlite:path/to/file.db, optionally followed by schema=NAME",
+                redact(url)
+            )));
+        };
+        let (identity, name) = match schema {
+            Some(schema) => (
+                format!("{identity} schema={schema}"),
+                format!("{name} schema={schema}"),
+            ),
+            None => (identity, name),
+        };
+        Ok(Target {
+            url: url.to_string(),
+            schema: schema.map(str::to_string),
+            line,
+            name,
+            identity,
+            backend,
+        })
+    }
+
+    /// What reports, progress, errors and traces call it: the URL without its password
+    /// and parameters, then ` schema=NAME` for a tenant schema.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The tenant's schema, for a schema-per-tenant target.
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+
+    /// Where it was read from: the line of the file, or the row of the query, from 1.
+    pub fn line(&self) -> usize {
+        self.line
+    }
+
+    /// Its backend's name (`postgres`, `sqlite`), as [`Backend`](crate::Backend)s name
+    /// themselves.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// The URL as given, password included: for connecting, never for showing.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+/// A fleet's list of targets, in the order given, each named once.
+///
+/// # Examples
+///
+/// ```
+/// let targets = datamig::Targets::parse(
+///     "# one schema per tenant, and a database per region
+///      postgres://app:secret@db1/shop schema=tenant_1
+///      postgres://app:secret@db1/shop schema=tenant_2
+///      postgres://app:secret@db2/shop_eu",
+/// )?;
+/// assert_eq!(targets.len(), 3);
+/// assert_eq!(targets.iter().nth(1).unwrap().line(), 3);
+/// # Ok::<(), datamig::Error>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Targets {
+    targets: Vec<Target>,
+}
+
+impl Targets {
+    /// Reads targets from text: one a line, a database URL optionally followed by
+    /// whitespace and `schema=NAME`. Blank lines and lines starting with `#` are skipped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadTarget`] naming the first malformed line; [`Error::DuplicateTarget`]
+    /// when two lines name the same database (and schema), whoever connects.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        let mut entries = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            if let Some((url, schema)) = parse_line(index + 1, line)? {
+                entries.push((index + 1, url.to_string(), schema.map(str::to_string)));
+            }
+        }
+        Self::from_entries(entries)
+    }
+
+    /// Reads the targets file at `path` (see [`Targets::parse`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when the file cannot be read; as [`Targets::parse`].
+    pub fn read(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            Error::Config(format!(
+                "cannot read the targets file {}: {err}",
+                path.display()
+            ))
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Reads targets from a query on the database at `database_url` (a `tenants` table,
+    /// say): its first column is a target's URL, its second, if any, the tenant's schema
+    /// (`NULL` for none). A row whose URL is `NULL` names a schema of the database at
+    /// `database_url` itself. Rows are numbered from 1 in messages, as lines are.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), datamig::Error> {
+    /// use datamig::{Postgres, Targets};
+    ///
+    /// let targets = Targets::query::<Postgres>(
+    ///     "postgres://deploy@db1/shop",
+    ///     "SELECT NULL, schema_name FROM tenants WHERE active ORDER BY id",
+    /// )
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unreachable`] when the database cannot be reached; [`Error::Config`] when
+    /// the query fails or its columns are not text; as [`Targets::parse`] for the rows.
+    pub async fn query<DB: FleetBackend>(database_url: &str, sql: &str) -> Result<Self, Error> {
+        let rows = DB::query_targets(database_url, sql).await?;
+        let mut entries = Vec::with_capacity(rows.len());
+        for (index, (url, schema)) in rows.into_iter().enumerate() {
+            let row = index + 1;
+            let url = url.unwrap_or_else(|| database_url.to_string());
+            let url = url.trim();
+            if url.is_empty() {
+                return Err(Error::BadTarget {
+                    line: row,
+                    reason: "the query's first column (the URL) is empty".to_string(),
+                });
+            }
+            let schema = schema
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty());
+            entries.push((row, url.to_string(), schema));
+        }
+        Self::from_entries(entries)
+    }
+
+    /// Targets from `(line, URL, schema)` entries, each target once.
+    fn from_entries(
+        entries: impl IntoIterator<Item = (usize, String, Option<String>)>,
+    ) -> Result<Self, Error> {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut targets = Vec::new();
+        for (line, url, schema) in entries {
+            let target = Target::new(line, &url, schema.as_deref())?;
+            if let Some(first_line) = seen.get(&target.identity) {
+                return Err(Error::DuplicateTarget {
+                    target: target.name,
+                    line,
+                    first_line: *first_line,
+                });
+            }
+            seen.insert(target.identity.clone(), line);
+            targets.push(target);
+        }
+        Ok(Targets { targets })
+    }
+
+    /// How many targets there are.
+    pub fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+
+    /// The targets, in the order given.
+    pub fn iter(&self) -> std::slice::Iter<'_, Target> {
+        self.targets.iter()
+    }
+
+    /// The backend every target shares, or `None` when there are none.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the first line of another backend than the first line's:
+    /// a fleet migrates databases of one backend.
+    pub fn backend(&self) -> Result<Option<&'static str>, Error> {
+        let Some(first) = self.targets.first() else {
+            return Ok(None);
+        };
+        match self.targets.iter().find(|t| t.backend != first.backend) {
+            Some(other) => Err(Error::Config(format!(
+                "the targets mix backends: line {} is a {} target and line {} a {} one; \
+                 a fleet migrates databases of one backend, so give each its own targets",
+                first.line, first.backend, other.line, other.backend
+            ))),
+            None => Ok(Some(first.backend)),
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Targets {
+    type Item = &'a Target;
+    type IntoIter = std::slice::Iter<'a, Target>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.targets.iter()
+    }
+}
+
+/// One line of a targets file: `None` for a blank line or a comment, else the URL and the
+/// schema.
+fn parse_line(line: usize, text: &str) -> Result<Option<(&str, Option<&str>)>, Error> {
+    let text = text.trim();
+    if text.is_empty() || text.starts_with('#') {
+        return Ok(None);
+    }
+    let mut words = text.split_whitespace();
+    let url = words.next().unwrap_or_default();
+    let mut schema = None;
+    for word in words {
+        let bad = |reason: String| Error::BadTarget { line, reason };
+        match word.strip_prefix("schema=") {
+            Some("") => return Err(bad("schema= names no schema".to_string())),
+            Some(_) if schema.is_some() => {
+                return Err(bad("schema= is given twice".to_string()));
+            }
+            Some(name) => schema = Some(name),
+            None => {
+                return Err(bad(format!(
+                    "unexpected {:?} after the URL: a line is a database URL, optionally \
+                     followed by schema=NAME",
+                    redact(word)
+                )));
+            }
+        }
+    }
+    Ok(Some((url, schema)))
+}
+
+/// `(backend, identity, name)` of a `postgres://` URL.
+#[cfg(feature = "postgres")]
+fn postgres_identity(url: &str) -> Result<(&'static str, String, String), String> {
+    use std::str::FromStr;
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)
+        .map_err(|err| format!("invalid URL {}: {}", redact(url), describe_invalid(&err)))?;
+    let host = match options.get_socket() {
+        Some(socket) => socket.display().to_string(),
+        None => options.get_host().to_lowercase(),
+    };
+    let port = options.get_port();
+    let user = options.get_username();
+    let database = options.get_database().unwrap_or(user);
+    Ok((
+        "postgres",
+        format!("postgres://{host}:{port}/{database}"),
+        format!("postgres://{user}@{host}:{port}/{database}"),
+    ))
+}
+
+#[cfg(not(feature = "postgres"))]
+fn postgres_identity(url: &str) -> Result<(&'static str, String, String), String> {
+    Err(format!(
+        "{}: this datamig is built without its PostgreSQL backend (cargo feature `postgres`)",
+        redact(url)
+    ))
+}
+
+/// `(backend, identity, name)` of a `sqlite:` URL.
+#[cfg(feature = "sqlite")]
+fn sqlite_identity(url: &str) -> Result<(&'static str, String, String), String> {
+    use std::str::FromStr;
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+        .map_err(|err| format!("invalid URL {}: {}", redact(url), describe_invalid(&err)))?;
+    let file = options.get_filename();
+    let identity = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    Ok((
+        "sqlite",
+        format!("sqlite:{}", identity.display()),
+        format!("sqlite:{}", file.display()),
+    ))
+}
+
+#[cfg(not(feature = "sqlite"))]
+fn sqlite_identity(url: &str) -> Result<(&'static str, String, String), String> {
+    Err(format!(
+        "{}: this datamig is built without its SQLite backend (cargo feature `sqlite`)",
+        redact(url)
+    ))
+}
+
+/// Why a URL does not parse, without repeating the URL.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+fn describe_invalid(err: &sqlx::Error) -> String {
+    match err {
+        sqlx::Error::Configuration(cause) => cause.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// A URL for messages: the password replaced by `***`, the parameters (which may hold one)
+/// by `?...`.
+pub(crate) fn redact(url: &str) -> String {
+    let url = match url.find('?') {
+        Some(at) => format!("{}?...", &url[..at]),
+        None => url.to_string(),
+    };
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url;
+    };
+    let rest = &url[scheme_end..];
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => match authority[..at].find(':') {
+            Some(colon) => format!(
+                "{}{}:***{}",
+                &url[..scheme_end],
+                &authority[..colon],
+                &url[scheme_end + at..]
+            ),
+            None => url,
+        },
+        None => url,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_urls_with_an_optional_schema() {
+        let targets = Targets::parse(
+            "\n# tenants\npostgres://app:pw@db1/shop schema=t1\n  postgres://app:pw@DB1:5432/shop   schema=t2  \n\
+             sqlite:eu.db\n",
+        )
+        .unwrap();
+        let names: Vec<(&str, usize)> = targets.iter().map(|t| (t.name(), t.line())).collect();
+        assert_eq!(
+            names,
+            [
+                ("postgres://app@db1:5432/shop schema=t1", 3),
+                ("postgres://app@db1:5432/shop schema=t2", 4),
+                ("sqlite:eu.db", 5),
+            ]
+        );
+        assert_eq!(targets.iter().next().unwrap().schema(), Some("t1"));
+        assert!(targets.backend().is_err(), "mixed backends are named");
+    }
+
+    #[test]
+    fn a_malformed_line_is_named_by_its_number_without_the_password() {
+        for (text, words) in [
+            (
+                "postgres://a:pw1@h/db\nmysql://u:hunter2@h/db\n",
+                "not a database URL",
+            ),
+            (
+                "postgres://a:pw1@h/db\n\npostgres://u:hunter2@h/db shema=x\n",
+                "unexpected",
+            ),
+            ("postgres://u:hunter2@h:notaport/db\n", "invalid URL"),
+            ("sqlite:a.db schema=x\n", "no schemas"),
+            ("postgres://u:hunter2@h/db schema=\n", "names no schema"),
+        ] {
+            let err = Targets::parse(text).unwrap_err();
+            let message = err.to_string();
+            let line = text.lines().count();
+            assert!(
+                matches!(err, Error::BadTarget { line: l, .. } if l == line),
+                "{message}"
+            );
+            assert!(message.contains(&format!("line {line}")), "{message}");
+            assert!(message.contains(words), "{message}");
+            assert!(!message.contains("hunter2"), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_target_named_twice_is_refused_whoever_connects() {
+        let err = Targets::parse(
+            "postgres://a:x@db1/shop schema=t1\npostgres://a:x@db1/shop schema=t2\n\
+             postgres://b:y@db1:5432/shop?sslmode=disable schema=t1\n",
+        )
+        .unwrap_err();
+        match &err {
+            Error::DuplicateTarget {
+                target,
+                line,
+                first_line,
+            } => {
+                assert_eq!((*line, *first_line), (3, 1));
+                assert_eq!(target, "postgres://b@db1:5432/shop schema=t1");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The same database without a schema is another target.
+        assert_eq!(
+            Targets::parse("postgres://a@db1/shop\npostgres://a@db1/shop schema=t1")
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn passwords_and_parameters_are_redacted() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db?password=x"),
+            "postgres://u:***@h:5432/db?..."
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        let target = Target::new(1, "postgres://u:secret@h/db?password=x", None).unwrap();
+        assert!(!format!("{target:?} {}", target.name()).contains("secret"));
+    }
+}
