@@ -376,30 +376,21 @@ fn describe_invalid(err: &sqlx::Error) -> String {
     }
 }
 
-/// A URL for messages: the password replaced by `***`, the parameters (which may hold one)
-/// by `?...`.
+/// A URL (or what was meant as one) for messages: the parameters, which may hold a
+/// password, replaced by `?...`, and any password before an `@` by `***`.
 pub(crate) fn redact(url: &str) -> String {
-    let url = match url.find('?') {
+    let mut text = match url.find('?') {
         Some(at) => format!("{}?...", &url[..at]),
         None => url.to_string(),
     };
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url;
-    };
-    let rest = &url[scheme_end..];
-    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-    match authority.rfind('@') {
-        Some(at) => match authority[..at].find(':') {
-            Some(colon) => format!(
-                "{}{}:***{}",
-                &url[..scheme_end],
-                &authority[..colon],
-                &url[scheme_end + at..]
-            ),
-            None => url,
-        },
-        None => url,
+    // `user:password@host`: whatever follows the user's `:` up to the `@`.
+    if let Some(at) = text.rfind('@') {
+        let start = text[..at].rfind("//").map_or(0, |i| i + 2);
+        if let Some(colon) = text[start..at].find(':') {
+            text.replace_range(start + colon + 1..at, "***");
+        }
     }
+    text
 }
 
 #[cfg(test)]
@@ -488,6 +479,9 @@ mod tests {
             "postgres://u:***@h:5432/db?..."
         );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("postgres//u:secret@h/db"), "postgres//u:***@h/db");
+        assert_eq!(redact("postgres://h:5432/db"), "postgres://h:5432/db");
+        assert_eq!(redact("postgres://u:pa/ss@h/db"), "postgres://u:***@h/db");
         let target = Target::new(1, "postgres://u:secret@h/db?password=x", None).unwrap();
         assert!(!format!("{target:?} {}", target.name()).contains("secret"));
     }
