@@ -8,6 +8,7 @@
 //! summary (`report.rs`).
 
 mod connect;
+mod pools;
 mod report;
 mod rollout;
 mod target;
@@ -24,6 +25,7 @@ use crate::ledger::{LedgerConfig, Pause};
 use crate::runner::{MigrationStatus, Migrator, RunReport, RunnerLock, State, StopSignal};
 
 pub use connect::FleetBackend;
+use pools::Pools;
 pub use report::{FleetEvent, FleetReport, Outcome, TargetReport};
 pub use rollout::{Halted, OnFailure};
 use rollout::{Rollout, roll};
@@ -373,18 +375,43 @@ impl<DB: FleetBackend> Fleet<DB> {
         migrator
     }
 
-    /// One target: reach it, run `work` on its migrator, close its pool; in the span
-    /// `target`.
+    /// One target, in the span `target`: its database's pool (opened by the first of its
+    /// targets), the target checked (it connects, its schema exists), then `work` on its
+    /// migrator, every connection it is handed reset for it.
     async fn visit<T>(
         &self,
         target: &Target,
+        pools: &Pools<DB>,
         work: &impl AsyncFn(Migrator<DB>) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let pooled = matches!(self.runner_lock, RunnerLock::Lease { .. });
-        let pool = DB::open_target(target, pooled).await?;
-        let result = work(self.migrator(target, pool.clone())).await;
-        pool.close().await;
+        let result = connect::for_target(target, async {
+            let pool = pools.get(target, || self.open_database(target)).await?;
+            DB::check_target(&pool, target).await?;
+            // The pool's sessions serve the database's other targets after this one: the
+            // runner hands its connection back once it released the lock.
+            let migrator = self
+                .migrator(target, pool)
+                .pooler_checked()
+                .reuse_runner_connection();
+            work(migrator).await
+        })
+        .await;
+        pools.done(target).await;
         result
+    }
+
+    /// The pool of `target`'s database, two connections for each target that may run at
+    /// once; under the advisory lock, checked for a transaction pooler (once a database,
+    /// so each run skips its own check).
+    async fn open_database(&self, target: &Target) -> Result<sqlx::Pool<DB>, Error> {
+        let pooled = matches!(self.runner_lock, RunnerLock::Lease { .. });
+        let size = u32::try_from(self.concurrency.saturating_mul(2)).unwrap_or(u32::MAX);
+        let pool = DB::open_database(target, pooled, size).await?;
+        if !pooled && let Err(err) = connect::no_pooler(&pool, target).await {
+            pool.close().await;
+            return Err(err);
+        }
+        Ok(pool)
     }
 
     /// The fleet, in the span `fleet`: the targets rolled out, each in its span `target`,
@@ -416,6 +443,7 @@ impl<DB: FleetBackend> Fleet<DB> {
         );
         let started = Instant::now();
         let ended = AtomicUsize::new(0);
+        let pools = Pools::new(targets.iter().copied());
         let durations: Vec<AtomicUsize> = (0..total).map(|_| AtomicUsize::new(0)).collect();
         let emit = |event: FleetEvent| {
             if let Some(events) = &self.events {
@@ -442,9 +470,10 @@ impl<DB: FleetBackend> Fleet<DB> {
                 );
                 let durations = &durations;
                 let outcome_of = &outcome_of;
+                let pools = &pools;
                 async move {
                     let began = Instant::now();
-                    let result = self.visit(target, work).instrument(target_span.clone()).await;
+                    let result = self.visit(target, pools, work).instrument(target_span.clone()).await;
                     let duration_ms = crate::trace::millis(began.elapsed());
                     durations[index].store(
                         usize::try_from(duration_ms).unwrap_or(usize::MAX),
@@ -483,6 +512,7 @@ impl<DB: FleetBackend> Fleet<DB> {
         )
         .instrument(span.clone())
         .await;
+        pools.close_all().await;
 
         let report = FleetReport {
             targets: targets

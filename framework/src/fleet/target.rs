@@ -25,6 +25,8 @@ pub struct Target {
     /// What makes two targets one: the server, port and database (the file for SQLite)
     /// and the schema, whoever connects.
     identity: String,
+    /// The database alone: the server, port and database (the file for SQLite).
+    database: String,
     backend: &'static str,
 }
 
@@ -79,6 +81,7 @@ impl Target {
                 redact(url)
             )));
         };
+        let database = identity.clone();
         let (identity, name) = match schema {
             Some(schema) => (
                 format!("{identity} schema={schema}"),
@@ -92,6 +95,7 @@ impl Target {
             line,
             name,
             identity,
+            database,
             backend,
         })
     }
@@ -116,6 +120,11 @@ impl Target {
     /// themselves.
     pub fn backend(&self) -> &'static str {
         self.backend
+    }
+
+    /// The database, whatever the schema: what the targets of one database share.
+    pub(crate) fn database(&self) -> &str {
+        &self.database
     }
 
     /// The URL as given, password included: for connecting, never for showing.
