@@ -1,11 +1,12 @@
 //! Fleets: the same migrations across many databases, or many tenant schemas of one, in
-//! one deploy. Written once over [`Migrator`]: each target gets a migrator of its own on a
-//! small pool of its own, with its own ledger and runner lock, as a single run would.
+//! one deploy. Written once over [`Migrator`]: each target gets a migrator of its own, with
+//! its own ledger and runner lock, as a single run would.
 //!
 //! One fleet command, by phase: the targets (`target.rs`: read, checked, each named once),
-//! the rollout (`rollout.rs`: which target starts when), each target (`connect.rs`: reach
-//! it, its schema first on the search path; then the command on its migrator), and the
-//! summary (`report.rs`).
+//! the rollout (`rollout.rs`: which target starts when), each target (`pools.rs`: its
+//! database's pool, shared by the database's targets; `connect.rs`: each session reset for
+//! the target it serves, its schema first on the search path; then the command on its
+//! migrator), and the summary (`report.rs`).
 
 mod connect;
 mod pools;
@@ -40,13 +41,17 @@ type EventFn = Arc<dyn Fn(&FleetEvent) + Send + Sync>;
 /// Runs the same migrations on every target of a list: databases, and tenant schemas of
 /// databases, of one backend.
 ///
-/// Each target gets its own [`Migrator`] on a pool of its own (two connections, opened when
-/// the target starts and closed when it ends), with its own ledger and runner lock: two
-/// fleets running at once, or a fleet and a single run, still apply each migration once
-/// per target, and a fleet run after a failure or a kill starts only what is left. For a
+/// Each target gets its own [`Migrator`], with its own ledger and runner lock: two fleets
+/// running at once, or a fleet and a single run, still apply each migration once per
+/// target, and a fleet run after a failure or a kill starts only what is left. For a
 /// tenant schema (`schema=NAME`), the ledger lives in that schema and every connection has
 /// it first on its search path, so a body written for one tenant (`UPDATE users ..`) runs
 /// for each.
+///
+/// The targets of one database share its sessions: a pool opened when the first of them
+/// starts and closed when the last has ended, each connection reset before it serves a
+/// target (`RESET ALL`, `DISCARD TEMP`, the target's schema first on the search path). A
+/// tenant with nothing pending then costs a few statements, not a new server process.
 ///
 /// At most [`concurrency`](Fleet::concurrency) targets run at once (default
 /// [`Fleet::DEFAULT_CONCURRENCY`]), in the order given; the first
@@ -124,9 +129,10 @@ impl<DB: FleetBackend> Fleet<DB> {
         }
     }
 
-    /// Runs at most `targets` targets at once (at least 1). Each holds up to two
-    /// connections of its own while it runs (plus its workers', for a batched migration
-    /// walked by several): the fleet never holds more than twice this many.
+    /// Runs at most `targets` targets at once (at least 1). A running target uses up to
+    /// two connections (plus its workers', for a batched migration walked by several); a
+    /// database's pool holds at most twice this many, and its idle ones until its last
+    /// target has ended.
     pub fn concurrency(mut self, targets: usize) -> Self {
         self.concurrency = targets.max(1);
         self
