@@ -27,7 +27,7 @@ fn datamig(args: &[&str]) -> tokio::process::Command {
 struct Setup {
     file: PathBuf,
     places: Vec<(PgPool, String)>,
-    _databases: Vec<TestDatabase>,
+    databases: Vec<TestDatabase>,
 }
 
 impl Setup {
@@ -54,7 +54,7 @@ impl Setup {
         Ok(Setup {
             file: targets_file(&lines.join("\n"))?,
             places,
-            _databases: kept,
+            databases: kept,
         })
     }
 
@@ -781,5 +781,62 @@ async fn tenants_sharing_sessions_each_get_a_session_reset_for_them() -> anyhow:
         0,
         "public was never migrated"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn through_a_transaction_pooler_databases_take_the_lease_and_tenant_schemas_are_refused()
+-> anyhow::Result<()> {
+    let fleet = Setup::new(0, 2).await?;
+    let bouncer = datamig_tests::PgBouncer::start(fleet.databases[0].url()).await?;
+    let lines = fleet
+        .databases
+        .iter()
+        .map(|db| bouncer.url(db.url()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let file = targets_file(&lines.join("\n"))?;
+    let path = file.to_str().unwrap_or_default();
+
+    // The advisory lock does not hold through it: each target refuses, nothing runs.
+    let run = datamig(&["run", "--targets", path, "--on-failure", "continue"])
+        .output()
+        .await?;
+    let stdout = text(&run.stdout);
+    assert_eq!(
+        run.status.code(),
+        Some(2),
+        "{stdout}\n{}",
+        text(&run.stderr)
+    );
+    assert!(stdout.contains("transaction pooler"), "{stdout}");
+    assert!(fleet.states().await?.iter().all(|s| s.0 == 0));
+
+    let run = datamig(&["run", "--targets", path, "--lock", "lease"])
+        .output()
+        .await?;
+    let stdout = text(&run.stdout);
+    assert!(run.status.success(), "{stdout}\n{}", text(&run.stderr));
+    assert!(stdout.contains("2 targets: 2 applied"), "{stdout}");
+    fleet.assert_applied_once().await?;
+
+    // A tenant schema needs a session that keeps its search path.
+    let tenant = targets_file(&format!("{} schema=public", lines[0]))?;
+    let run = datamig(&[
+        "run",
+        "--targets",
+        tenant.to_str().unwrap_or_default(),
+        "--lock",
+        "lease",
+    ])
+    .output()
+    .await?;
+    assert_eq!(run.status.code(), Some(2));
+    assert!(
+        text(&run.stderr).contains("the lease lock is for transaction poolers"),
+        "{}",
+        text(&run.stderr)
+    );
+    let _ = std::fs::remove_file(file);
+    let _ = std::fs::remove_file(tenant);
     Ok(())
 }
