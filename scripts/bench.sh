@@ -6,6 +6,8 @@
 #     scripts/bench.sh --keys           batched backfills over UUID and composite keys, and
 #                                       an application's p99 during a backfill
 #     scripts/bench.sh --workers        the 1M-row backfill with 1, 2 and 4 workers
+#     scripts/bench.sh --fleet          two migrations to 200 tenant schemas: `run --targets`
+#                                       against a shell loop of `datamig run`
 #     scripts/bench.sh --copy [SCALE]   `datamig copy` beside pg_dump | psql and pgcopydb
 #                                       (its own throwaway server: scripts/bench-copy.sh)
 #     scripts/bench.sh --sqlite [ROWS]  `datamig copy` from SQLite beside pgloader
@@ -32,6 +34,9 @@ if [ "${1:-}" = "--keys" ]; then
 elif [ "${1:-}" = "--workers" ]; then
   shift
   cargo run -q --release -p datamig-examples --example workers_benchmark -- "$@"
+elif [ "${1:-}" = "--fleet" ]; then
+  shift
+  cargo run -q --release -p datamig-examples --example fleet_benchmark -- "$@"
 else
   cargo run -q --release -p datamig-examples --example benchmark -- "$@"
 fi

@@ -1,4 +1,9 @@
 //! The exit codes of the CLI, one per kind of outcome, for deploy pipelines to act on.
+//!
+//! With `--targets` (a fleet), the exit code is the worst outcome over the targets, in the
+//! order of [`worst`]: 130, 1, 4, 9, 3, 2, 5, 10, 8, 7, 6, 0. A target that could not be
+//! reached or names a missing schema counts as 2; targets left unreached count as the
+//! failure that stopped the fleet (130 when it was interrupted).
 
 /// Success.
 pub const OK: u8 = 0;
@@ -29,3 +34,28 @@ pub const LEASE_LOST: u8 = 9;
 /// `copy`: the target rejected a row (a constraint, a value). That chunk was rolled back;
 /// the chunks committed before it are kept, and the same command run again resumes.
 pub const COPY_FAILED: u8 = 10;
+
+/// The worse of two exit codes, for a fleet's exit code over its targets. From the worst:
+/// [`INTERRUPTED`] (the fleet did not finish), [`UNEXPECTED`], [`MIGRATION_FAILED`],
+/// [`LEASE_LOST`], [`DRIFT`], [`USAGE`] (a target unreachable, a schema missing),
+/// [`LOCK_TIMEOUT`], [`COPY_FAILED`], [`DIFFERENT`], [`NOT_IDEMPOTENT`], [`PENDING`],
+/// [`OK`].
+pub fn worst(a: u8, b: u8) -> u8 {
+    const ORDER: [u8; 12] = [
+        INTERRUPTED,
+        UNEXPECTED,
+        MIGRATION_FAILED,
+        LEASE_LOST,
+        DRIFT,
+        USAGE,
+        LOCK_TIMEOUT,
+        COPY_FAILED,
+        DIFFERENT,
+        NOT_IDEMPOTENT,
+        PENDING,
+        OK,
+    ];
+    // A code not in the list ranks first: nothing unknown is hidden behind a known one.
+    let rank = |code| ORDER.iter().position(|c| *c == code).unwrap_or(0);
+    if rank(b) < rank(a) { b } else { a }
+}

@@ -16,6 +16,8 @@
 
 mod connect;
 pub mod exit;
+mod fleet;
+mod fleet_output;
 mod opt;
 mod output;
 mod scaffold;
@@ -35,6 +37,7 @@ pub use opt::{
     LockKind, LogFormat, NewOpts, PauseOpts, ReasonOpts, RerunOpts, ResumeOpts, RunOpts,
     TablesOpts, TriggersArg, UnlockOpts,
 };
+pub use opt::{FleetOpts, OnFailureArg};
 use output::Output;
 
 /// Which migrations a `datamig` binary has.
@@ -109,6 +112,9 @@ pub async fn execute_for(cli: Cli, build: Build) -> Result<u8, Failure> {
         && let Some(command) = needs_migrations(&cli.command)
     {
         return Err(Failure::new(exit::USAGE, needs_application_binary(command)));
+    }
+    if fleet::wanted(&cli)? {
+        return fleet::execute(cli, build).await;
     }
     match &cli.command {
         // Writes files only: no database needed.
@@ -797,6 +803,10 @@ impl From<Error> for Failure {
             | Error::BehindPooler { .. }
             | Error::CopyPlan { .. }
             | Error::CopyRefused(_)
+            | Error::BadTarget { .. }
+            | Error::DuplicateTarget { .. }
+            | Error::Unreachable { .. }
+            | Error::SchemaMissing { .. }
             | Error::Config(_) => exit::USAGE,
             Error::Runtime(_) => exit::UNEXPECTED,
             _ => exit::UNEXPECTED,

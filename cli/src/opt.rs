@@ -75,6 +75,46 @@ pub struct GlobalOpts {
     /// fields of its spans). Results stay on stdout.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+
+    /// Many databases at once (`run`, `status`, `check`, `verify`, `pause`, `resume`).
+    #[command(flatten)]
+    pub fleet: FleetOpts,
+}
+
+/// The targets of a command run across many databases or tenant schemas.
+#[derive(Debug, Args)]
+pub struct FleetOpts {
+    /// Run the command on every target of this file instead of one database: one a line,
+    /// a database URL, optionally followed by `schema=NAME` for a tenant schema (the ledger
+    /// lives there and the migrations run with it first on the search path); `#` comments.
+    /// `-` reads standard input.
+    #[arg(
+        long,
+        value_name = "FILE",
+        global = true,
+        conflicts_with = "targets_query"
+    )]
+    pub targets: Option<std::path::PathBuf>,
+
+    /// Like --targets, from a query on --database-url: its first column a target's URL
+    /// (NULL: a schema of that same database), its second, if any, the schema.
+    #[arg(long, value_name = "SQL", global = true)]
+    pub targets_query: Option<String>,
+
+    /// With --targets: how many targets at once (each holds up to two connections).
+    #[arg(long, value_name = "N", default_value_t = 4, global = true,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: u16,
+}
+
+/// What a fleet's `run` does once a target failed (`--on-failure`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OnFailureArg {
+    /// Start no new target; the ones running finish their run.
+    #[default]
+    Stop,
+    /// Try every target.
+    Continue,
 }
 
 /// The format of the log on stderr (`--log-format`).
@@ -322,6 +362,14 @@ pub struct RunOpts {
     /// run that finds a batched migration part-way with workers works ranges of it too).
     #[arg(long)]
     pub no_join: bool,
+
+    /// With --targets: run the first K targets first, and stop if one of them fails.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub canary: usize,
+
+    /// With --targets: once a target failed, start no other (`stop`) or try every one.
+    #[arg(long, value_enum, default_value_t = OnFailureArg::Stop)]
+    pub on_failure: OnFailureArg,
 }
 
 /// Options of `mark-applied` and `repair`.

@@ -23,7 +23,7 @@ pub(crate) static LOGGING: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
 /// Where progress bars are drawn: stderr on a terminal, nowhere while the log goes there.
-fn bar_target() -> ProgressDrawTarget {
+pub(crate) fn bar_target() -> ProgressDrawTarget {
     if LOGGING.load(std::sync::atomic::Ordering::Relaxed) {
         ProgressDrawTarget::hidden()
     } else {
@@ -882,7 +882,7 @@ fn describe_range(range: &datamig::WorkRange) -> String {
 }
 
 /// `paused by app on web-1 at 2026-11-21 10:00:00 UTC: replica lag`.
-fn describe_pause(pause: &Pause) -> String {
+pub(crate) fn describe_pause(pause: &Pause) -> String {
     format!(
         "paused by {} on {} at {}{}",
         pause.by,
@@ -918,7 +918,7 @@ fn summary(statuses: &[MigrationStatus]) -> String {
     line
 }
 
-fn state_name(state: State) -> &'static str {
+pub(crate) fn state_name(state: State) -> &'static str {
     match state {
         State::Applied => "applied",
         State::Pending => "pending",

@@ -350,6 +350,52 @@ pub enum Error {
     /// that would not start. The message names what failed and what to do.
     #[error("{0}")]
     Runtime(String),
+
+    /// A line of a fleet's targets (or a row of its targets query) is not a target. Nothing
+    /// ran on any target.
+    #[error("targets, line {line}: {reason}; nothing ran")]
+    BadTarget {
+        /// The line of the file, or the row of the query's result, from 1.
+        line: usize,
+        /// What is wrong with it (its URL shown without the password).
+        reason: String,
+    },
+
+    /// A fleet's targets name one target twice (the same database, and the same schema).
+    /// Nothing ran on any target.
+    #[error(
+        "targets, line {line}: {target} is already the target of line {first_line}; each \
+         target may appear once; nothing ran"
+    )]
+    DuplicateTarget {
+        /// The target's name (never its password).
+        target: String,
+        /// The line naming it again.
+        line: usize,
+        /// The line naming it first.
+        first_line: usize,
+    },
+
+    /// A fleet's target could not be reached: nothing ran on it.
+    #[error("cannot connect to target {target}: {reason}; nothing ran there")]
+    Unreachable {
+        /// The target's name (never its password).
+        target: String,
+        /// Why, in the driver's or the server's words.
+        reason: String,
+    },
+
+    /// A fleet's target names a schema its database does not have: nothing ran on it.
+    #[error(
+        "target {target}: schema {schema} does not exist in that database; nothing ran there \
+         (create it, or take the target out)"
+    )]
+    SchemaMissing {
+        /// The target's name (never its password).
+        target: String,
+        /// The schema.
+        schema: String,
+    },
 }
 
 /// An error of any type, kept as the source of an [`Error`]: what a migration body returned.

@@ -15,6 +15,9 @@ pub struct LedgerConfig {
     schema: Option<String>,
     ledger_table: String,
     runs_table: String,
+    /// Whether the runner lock's key names the schema even when it is the search path's
+    /// first (a fleet's tenant schemas: see `lock_per_schema`).
+    lock_per_schema: bool,
 }
 
 impl Default for LedgerConfig {
@@ -23,6 +26,7 @@ impl Default for LedgerConfig {
             schema: None,
             ledger_table: "datamig_ledger".to_string(),
             runs_table: "datamig_runs".to_string(),
+            lock_per_schema: false,
         }
     }
 }
@@ -45,6 +49,17 @@ impl LedgerConfig {
     /// Names the run-history table (default `datamig_runs`).
     pub fn runs_table(mut self, name: impl Into<String>) -> Self {
         self.runs_table = name.into();
+        self
+    }
+
+    /// Keys the runner lock by the ledger's schema even where that schema is the search
+    /// path's first. A fleet's tenant schemas in one database each run with their own
+    /// schema first on the search path: without this, every tenant's ledger would take the
+    /// key of the unqualified name, one lock for all of them, and the tenants of one
+    /// database would wait for each other. The key is then the one a runner configured
+    /// with this schema takes when another schema is first on its search path.
+    pub(crate) fn lock_per_schema(mut self) -> Self {
+        self.lock_per_schema = true;
         self
     }
 
@@ -161,7 +176,7 @@ impl LedgerConfig {
     /// search path's first, where an unqualified name lands) has the key of the
     /// unqualified name, so `schema("public")` and no schema are one lock.
     pub fn lock_key_in(&self, current_schema: &str) -> i64 {
-        if self.schema.as_deref() == Some(current_schema) {
+        if self.schema.as_deref() == Some(current_schema) && !self.lock_per_schema {
             self.key_of(&quote_ident(&self.ledger_table))
         } else {
             self.lock_key()

@@ -58,8 +58,8 @@
 // 1. Data, no database code: `bulk`, `copy_text`, `ctx`, `error`, `idempotency_check`,
 //    `key`, `ledger`, `merge`, `migration`, `session`, `sql`, `table_change`, `trace`.
 // 2. The per-database steps: `backend`.
-// 3. What is written once over those steps: `admin`, `copy`, `fingerprint`, `helpers`,
-//    `idempotency`, `portable`, `registry`, `runner`, `testing`, `upsert`.
+// 3. What is written once over those steps: `admin`, `copy`, `fingerprint`, `fleet`,
+//    `helpers`, `idempotency`, `portable`, `registry`, `runner`, `testing`, `upsert`.
 mod bulk;
 mod copy_text;
 mod ctx;
@@ -80,6 +80,7 @@ mod admin;
 #[cfg(feature = "postgres")]
 pub mod copy;
 mod fingerprint;
+mod fleet;
 mod helpers;
 mod idempotency;
 mod portable;
@@ -97,6 +98,10 @@ pub use ctx::Ctx;
 pub use error::{Drift, Error, UnconvertibleValue};
 pub use fingerprint::{
     Fingerprint, FingerprintOptions, TableDifference, TableFingerprint, fingerprint, fingerprint_on,
+};
+pub use fleet::{
+    Fleet, FleetBackend, FleetEvent, FleetReport, Halted, OnFailure, Outcome, Target, TargetReport,
+    Targets,
 };
 pub use idempotency_check::IdempotencyCheck;
 pub use key::{Key, KeyValue};
@@ -116,24 +121,8 @@ pub use sqlx::Sqlite;
 pub use table_change::TableChange;
 pub use upsert::Upsert;
 
-/// Connection options that work through a transaction pooler without support for
-/// prepared statements (PgBouncer before 1.21, or with `max_prepared_statements = 0`, in
-/// `transaction` mode), with the pooler's default settings:
-///
-/// - no statement cache (`statement_cache_capacity(0)`, the URL parameter
-///   `statement-cache-capacity=0`): sqlx then prepares each statement unnamed, in the
-///   same transaction that runs it, instead of naming it `sqlx_s_N` once per session,
-///   a name another client may already have created on the pooled server session;
-/// - no `extra_float_digits` startup parameter, which PgBouncer refuses
-///   (`unsupported startup parameter`) unless listed in its `ignore_startup_parameters`.
-///
-/// datamig runs each of its own statements inside a transaction, where a transaction
-/// pooler keeps one server session. Pair these options with [`RunnerLock::Lease`]. The
-/// `datamig` command line connects this way always.
 #[cfg(feature = "postgres")]
-pub fn pooler_safe(options: sqlx::postgres::PgConnectOptions) -> sqlx::postgres::PgConnectOptions {
-    options.statement_cache_capacity(0).extra_float_digits(None)
-}
+pub use session::pooler_safe;
 
 /// The sqlx this datamig is built with, so that an application need not match its version
 /// by hand: `datamig::sqlx::query(..)`.
@@ -189,6 +178,7 @@ pub use datamig_macros::migration;
 /// - [testing](guides::testing): proving each migration idempotent against a real database in CI.
 /// - [copying](guides::copying): moving the data of one database into another whose schema exists.
 /// - [poolers](guides::poolers): running through PgBouncer in transaction mode.
+/// - [fleets](guides::fleets): one deploy across many databases and tenant schemas.
 pub mod guides {
     #[cfg(feature = "postgres")]
     #[doc = include_str!("../docs/backfills.md")]
@@ -209,6 +199,9 @@ pub mod guides {
     #[cfg(feature = "postgres")]
     #[doc = include_str!("../docs/poolers.md")]
     pub mod poolers {}
+    #[cfg(feature = "postgres")]
+    #[doc = include_str!("../docs/fleets.md")]
+    pub mod fleets {}
 }
 
 /// The names a migration module usually needs.

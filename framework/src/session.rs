@@ -64,3 +64,22 @@ pub(crate) fn runner_tag() -> String {
 pub fn host_name() -> String {
     gethostname::gethostname().to_string_lossy().into_owned()
 }
+
+/// Connection options that work through a transaction pooler without support for
+/// prepared statements (PgBouncer before 1.21, or with `max_prepared_statements = 0`, in
+/// `transaction` mode), with the pooler's default settings:
+///
+/// - no statement cache (`statement_cache_capacity(0)`, the URL parameter
+///   `statement-cache-capacity=0`): sqlx then prepares each statement unnamed, in the
+///   same transaction that runs it, instead of naming it `sqlx_s_N` once per session,
+///   a name another client may already have created on the pooled server session;
+/// - no `extra_float_digits` startup parameter, which PgBouncer refuses
+///   (`unsupported startup parameter`) unless listed in its `ignore_startup_parameters`.
+///
+/// datamig runs each of its own statements inside a transaction, where a transaction
+/// pooler keeps one server session. Pair these options with [`RunnerLock::Lease`](crate::RunnerLock::Lease). The
+/// `datamig` command line connects this way always.
+#[cfg(feature = "postgres")]
+pub fn pooler_safe(options: sqlx::postgres::PgConnectOptions) -> sqlx::postgres::PgConnectOptions {
+    options.statement_cache_capacity(0).extra_float_digits(None)
+}

@@ -8,9 +8,15 @@
 //! | `batch` | `id`, `batch` (its number), `size`, `worker` and `range` (with workers); when it ends `keys`, `rows`, `duration_ms`, `outcome` |
 //! | `copy` | `source` (`postgres`, `sqlite`), `mode`, `jobs`; when it ends `tables`, `rows`, `bytes`, `duration_ms`, `outcome` |
 //! | `copy_chunk` | `tables`, `chunks`; when it ends `rows`, `bytes`, `duration_ms`, `outcome` |
+//! | `fleet` | `backend`, `command` (`run`, `status`, `check`, `pause`, `resume`, `each`), `targets`, `concurrency`, `canary`; when it ends `applied`, `already_applied`, `done`, `failed`, `not_reached`, `duration_ms`, `outcome` |
+//! | `target` | `target` (its name: the URL without its password, and its schema); when it ends `outcome`, `duration_ms` |
+//!
+//! A fleet's `target` spans sit inside its `fleet` span, and each holds that target's `run`
+//! span (or the span of the command).
 //!
 //! Each ends with an event carrying the same figures (`run finished`, `migration applied`,
-//! `batch committed`, `copy finished`, `chunk copied`, or what failed, at WARN or ERROR).
+//! `batch committed`, `copy finished`, `chunk copied`, `target finished`, `fleet finished`,
+//! or what failed, at WARN or ERROR).
 
 use std::time::Duration;
 
@@ -33,7 +39,13 @@ pub(crate) fn outcome(err: &Error) -> &'static str {
         Error::Stopped { .. } => "stopped",
         Error::CopyRejected { .. } | Error::CopyUnconvertible { .. } => "rejected",
         Error::CopyPlan { .. } | Error::CopyRefused(_) => "refused",
-        Error::Config(_) | Error::UnknownId { .. } | Error::DuplicateId { .. } => "config",
+        Error::Config(_)
+        | Error::UnknownId { .. }
+        | Error::DuplicateId { .. }
+        | Error::BadTarget { .. }
+        | Error::DuplicateTarget { .. }
+        | Error::SchemaMissing { .. } => "config",
+        Error::Unreachable { .. } => "unreachable",
         Error::SchemaNotReady { .. } => "schema_not_ready",
         _ => "error",
     }

@@ -54,6 +54,7 @@ const LAYERS: &[Layer] = &[
             "admin",
             "copy",
             "fingerprint",
+            "fleet",
             "helpers",
             "idempotency",
             "portable",

@@ -111,39 +111,43 @@ impl<DB: Backend> Migrator<DB> {
         work: impl AsyncFnOnce(&mut PoolConnection<DB>, Vec<AppliedMigration>) -> Result<T, Error>,
     ) -> Result<T, Error> {
         self.ledger.validate()?;
-        let mut conn = self.pool.acquire().await?;
-        if DB::CLOSE_RUNNER_CONNECTION {
-            conn.close_on_drop();
-        }
+        let mut runner = RunnerConnection {
+            conn: self.pool.acquire().await?,
+            close: DB::CLOSE_RUNNER_CONNECTION,
+        };
+        let conn = &mut runner.conn;
         let token = LockToken::new();
         match self.runner_lock {
             RunnerLock::Advisory => {
-                if let Some(evidence) =
-                    DB::pooler_evidence(&mut conn, &self.pool.connect_options()).await?
+                if !self.pooler_checked
+                    && let Some(evidence) =
+                        DB::pooler_evidence(conn, &self.pool.connect_options()).await?
                 {
                     return Err(Error::BehindPooler { evidence });
                 }
-                DB::tag_session(&mut conn, &crate::session::runner_tag()).await?;
-                let joined = self.acquire_lock(&mut conn, &token, None, code).await?;
-                let result = work(&mut conn, joined).await;
+                DB::tag_session(conn, &crate::session::runner_tag()).await?;
+                let joined = self.acquire_lock(conn, &token, None, code).await?;
+                let result = work(conn, joined).await;
                 // Closing the connection releases PostgreSQL's lock too; unlocking
                 // explicitly is prompt, and SQLite's lock row needs it (should this future
                 // be dropped instead, the token dies with it and the next runner finds the
                 // row stale).
-                let _ = DB::unlock(&mut conn, &self.ledger, &token).await;
+                let unlocked = DB::unlock(conn, &self.ledger, &token).await;
+                // A fleet's next target may have a session that holds no lock any more.
+                if unlocked.is_ok() && self.reuse_runner_connection {
+                    runner.close = false;
+                }
                 result
             }
             RunnerLock::Lease { ttl } => {
-                let joined = self
-                    .acquire_lock(&mut conn, &token, Some(ttl), code)
-                    .await?;
+                let joined = self.acquire_lock(conn, &token, Some(ttl), code).await?;
                 let renewal = Renewal::start::<DB>(&self.pool, &self.ledger, &token, ttl);
                 let fence = Fence {
                     token: token.as_str().to_string(),
                 };
-                let result = FENCE.scope(fence, work(&mut conn, joined)).await;
+                let result = FENCE.scope(fence, work(conn, joined)).await;
                 drop(renewal);
-                let _ = DB::release_lease(&mut conn, &self.ledger, &token).await;
+                let _ = DB::release_lease(conn, &self.ledger, &token).await;
                 result
             }
         }
@@ -260,6 +264,23 @@ impl<DB: Backend> Migrator<DB> {
                 id: id.to_string(),
                 reason,
             }),
+        }
+    }
+}
+
+/// The runner's connection: closed when dropped where the runner lock belongs to the
+/// session (PostgreSQL), so that a run dropped half-way (a timeout, Ctrl-C) never hands a
+/// locked session to the pool; handed back to the pool only by a run that unlocked it and
+/// was asked to (`Migrator::reuse_runner_connection`).
+struct RunnerConnection<DB: Backend> {
+    conn: PoolConnection<DB>,
+    close: bool,
+}
+
+impl<DB: Backend> Drop for RunnerConnection<DB> {
+    fn drop(&mut self) {
+        if self.close {
+            self.conn.close_on_drop();
         }
     }
 }

@@ -92,6 +92,13 @@ pub struct Migrator<DB: Backend> {
     workers: Option<u32>,
     join: bool,
     ledger_only: bool,
+    /// Whether the absence of a transaction pooler was already checked on this server (by
+    /// a fleet, once for all its targets there): the advisory lock's own check, which
+    /// opens a second connection, is skipped.
+    pooler_checked: bool,
+    /// Whether the runner's connection goes back to the pool after a run that released
+    /// the lock (a fleet's pool serves its next target), instead of being closed.
+    reuse_runner_connection: bool,
 }
 
 /// Asks a run to stop at the next transaction boundary: after the migration or batch in
@@ -139,6 +146,8 @@ impl<DB: Backend> Clone for Migrator<DB> {
             workers: self.workers,
             join: self.join,
             ledger_only: self.ledger_only,
+            pooler_checked: self.pooler_checked,
+            reuse_runner_connection: self.reuse_runner_connection,
         }
     }
 }
@@ -180,6 +189,8 @@ impl<DB: Backend> Migrator<DB> {
             workers: None,
             join: true,
             ledger_only: false,
+            pooler_checked: false,
+            reuse_runner_connection: false,
         }
     }
 
@@ -236,6 +247,22 @@ impl<DB: Backend> Migrator<DB> {
     /// What it did is in [`RunReport::joined`].
     pub fn join(mut self, join: bool) -> Self {
         self.join = join;
+        self
+    }
+
+    /// Skips the advisory lock's check for a transaction pooler: the caller checked this
+    /// server already (a fleet checks each server once, not each of its targets).
+    pub(crate) fn pooler_checked(mut self) -> Self {
+        self.pooler_checked = true;
+        self
+    }
+
+    /// Hands the runner's connection back to the pool after a run that released the
+    /// runner lock, instead of closing it: for a fleet, whose pool serves its next target
+    /// (and resets each session it hands out). A run that did not release the lock still
+    /// closes it.
+    pub(crate) fn reuse_runner_connection(mut self) -> Self {
+        self.reuse_runner_connection = true;
         self
     }
 
