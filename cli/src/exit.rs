@@ -28,4 +28,9 @@ pub const DIFFERENT: u8 = 8;
 pub const LEASE_LOST: u8 = 9;
 /// `copy`: the target rejected a row (a constraint, a value). That chunk was rolled back;
 /// the chunks committed before it are kept, and the same command run again resumes.
+/// (With `--fail-fast`; without it, such a table is reported with [`COPY_INCOMPLETE`].)
 pub const COPY_FAILED: u8 = 10;
+/// `copy`: some tables were not finished (the target rejected a row of each, or they
+/// reference one that was not): each was rolled back to its last committed chunk and is
+/// listed; every other table was copied. The same command run again resumes just those.
+pub const COPY_INCOMPLETE: u8 = 11;

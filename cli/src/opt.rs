@@ -216,6 +216,10 @@ pub struct CopyOpts {
     #[arg(long)]
     pub no_sequences: bool,
 
+    /// Stop at the first table whose rows the target rejects (exit 10), instead of going on with the other tables and listing those not finished at the end (exit 11).
+    #[arg(long)]
+    pub fail_fast: bool,
+
     /// How long a statement on the target waits for a lock before the copy stops and names the sessions holding it.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub lock_timeout: Duration,

@@ -25,6 +25,7 @@ pub struct Copier {
     pub(super) analyze: bool,
     pub(super) sequences: bool,
     pub(super) verify: bool,
+    pub(super) fail_fast: bool,
     pub(super) lock_timeout: Duration,
     pub(super) progress_schema: Option<String>,
     pub(super) on_event: Option<EventSink>,
@@ -98,6 +99,7 @@ impl Copier {
             analyze: true,
             sequences: true,
             verify: false,
+            fail_fast: false,
             lock_timeout: Duration::from_secs(10),
             progress_schema: None,
             on_event: None,
@@ -185,6 +187,21 @@ impl Copier {
     /// Whether to fingerprint both sides afterwards ([`CopyReport::verification`](crate::copy::CopyReport::verification)).
     pub fn verify(mut self, verify: bool) -> Self {
         self.verify = verify;
+        self
+    }
+
+    /// Whether the first table whose rows the target rejects stops the copy (default: no).
+    ///
+    /// By default a table whose chunk the target rejects (a constraint, a trigger, a value
+    /// its type refuses) is rolled back to its last committed chunk and the other tables go
+    /// on, except those that reference it; the run then ends with
+    /// [`Error::CopyIncomplete`](crate::Error::CopyIncomplete) listing each table not
+    /// finished, and the same copy run again resumes just those. With `fail_fast` the copy
+    /// stops at the first ([`Error::CopyRejected`](crate::Error::CopyRejected),
+    /// [`Error::CopyUnconvertible`](crate::Error::CopyUnconvertible)), the other workers'
+    /// chunks in progress rolled back.
+    pub fn fail_fast(mut self, fail_fast: bool) -> Self {
+        self.fail_fast = fail_fast;
         self
     }
 

@@ -92,6 +92,7 @@
 mod catalog;
 mod chunk;
 mod connect;
+mod context;
 mod convert;
 mod copier;
 mod event;
@@ -102,7 +103,9 @@ mod pipe;
 mod plan;
 mod report;
 mod schedule;
+mod shapes;
 mod sql;
+mod triggers;
 
 // Where a copy reads: the `Source` trait and its implementations.
 mod source;
@@ -130,7 +133,7 @@ pub use plan::{BOOKKEEPING_TABLES, ColumnAction, ColumnPlan, TablePlan};
 pub use report::{CopyPlan, CopyReport, RowDifference, SequenceSet, TableReport, Verification};
 
 use crate::error::Error;
-pub use crate::error::UnconvertibleValue;
+pub use crate::error::{TableFailure, UnconvertibleValue};
 use options::Purpose;
 
 impl Copier {
