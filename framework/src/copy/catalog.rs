@@ -150,9 +150,19 @@ pub(crate) async fn read(
     conn: &mut PgConnection,
     side: &str,
 ) -> Result<BTreeMap<TableName, Table>, Error> {
-    read_tables(conn)
+    let during = || format!("reading the catalog of the {side} database");
+    // The catalog queries are cheap, but their estimates are not: compiling them (JIT)
+    // would cost more than running them.
+    sqlx::raw_sql("SET jit = off")
+        .execute(&mut *conn)
         .await
-        .during(|| format!("reading the catalog of the {side} database"))
+        .during(during)?;
+    let tables = read_tables(conn).await.during(during)?;
+    sqlx::raw_sql("RESET jit")
+        .execute(&mut *conn)
+        .await
+        .during(during)?;
+    Ok(tables)
 }
 
 async fn read_tables(conn: &mut PgConnection) -> Result<BTreeMap<TableName, Table>, sqlx::Error> {
