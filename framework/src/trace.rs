@@ -32,6 +32,7 @@ pub(crate) fn outcome(err: &Error) -> &'static str {
         Error::Interrupted { .. } => "interrupted",
         Error::Stopped { .. } => "stopped",
         Error::CopyRejected { .. } | Error::CopyUnconvertible { .. } => "rejected",
+        Error::CopyIncomplete { .. } => "incomplete",
         Error::CopyPlan { .. } | Error::CopyRefused(_) => "refused",
         Error::Config(_) | Error::UnknownId { .. } | Error::DuplicateId { .. } => "config",
         Error::SchemaNotReady { .. } => "schema_not_ready",

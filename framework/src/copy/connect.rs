@@ -28,7 +28,10 @@ pub(super) async fn connect(options: &PgConnectOptions, side: &str) -> Result<Pg
             "cannot connect to the {side} database: {}",
             crate::error::describe_sqlx(&err)
         )),
-        other => Error::Database(other),
+        other => Error::CopyDatabase {
+            during: format!("connecting to the {side} database"),
+            error: other,
+        },
     })
 }
 
