@@ -193,7 +193,22 @@ pub(crate) fn plan(
         let before = problems.len();
         let columns = columns(table, theirs, &mut problems);
         check_privileges(table, theirs, mode, &mut problems);
-        shapes::check(table, theirs, &columns, mode, &mut problems);
+        let copied: Vec<&str> = columns
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c.action,
+                    ColumnAction::Copy | ColumnAction::Widen | ColumnAction::Convert
+                )
+            })
+            .map(|c| c.name.as_str())
+            .collect();
+        let same_type: Vec<&str> = columns
+            .iter()
+            .filter(|c| c.action == ColumnAction::Copy)
+            .map(|c| c.name.as_str())
+            .collect();
+        shapes::check(table, theirs, (&copied, &same_type), mode, &mut problems);
         if mode == CopyMode::Merge && theirs.primary_key.is_empty() {
             problems.push(format!(
                 "table {} has no primary key in the target: --mode merge matches rows by primary key",

@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 
 use super::catalog::{Table, TableName, display};
 use super::options::CopyMode;
-use super::plan::{ColumnAction, ColumnPlan};
 
 /// Problems of the selection: a partition selected with one of its ancestors (its rows
 /// would be copied twice), or excluded while its root is copied (its rows would come
@@ -38,11 +37,13 @@ pub(crate) fn partitions(selected: &[&Table], excluded: &[&Table], problems: &mu
 }
 
 /// Problems of one table's shape: row-level security on either side, a merge with no
-/// column to match, the database's own types defined differently.
+/// column to match, the database's own types defined differently, values no copy can
+/// write. `copied`: the columns the copy writes; `same_type`: those of them copied as they
+/// are (the same type on both sides).
 pub(crate) fn check(
     source: &Table,
     target: &Table,
-    columns: &[ColumnPlan],
+    (copied, same_type): (&[&str], &[&str]),
     mode: CopyMode,
     problems: &mut Vec<String>,
 ) {
@@ -66,31 +67,23 @@ pub(crate) fn check(
             policies(list)
         ));
     }
-    let copied = columns.iter().any(|c| {
-        matches!(
-            c.action,
-            ColumnAction::Copy | ColumnAction::Widen | ColumnAction::Convert
-        )
-    });
-    if !copied && mode == CopyMode::Merge {
+    if copied.is_empty() && mode == CopyMode::Merge {
         problems.push(format!(
             "table {table} has no column to copy: --mode merge matches rows by their primary key's values"
         ));
     }
-    for plan in columns.iter().filter(|c| c.action == ColumnAction::Copy) {
-        let (Some(ours), Some(theirs)) = (source.column(&plan.name), target.column(&plan.name))
-        else {
+    for name in same_type {
+        let (Some(ours), Some(theirs)) = (source.column(name), target.column(name)) else {
             continue;
         };
         if !theirs.unwritable.is_empty() {
             problems.push(format!(
-                "column {table}.{} is of type {}, whose input refuses every value (the server fills it itself): no copy can write it, pg_dump's included. Leave the table out with --exclude",
-                plan.name,
+                "column {table}.{name} is of type {}, whose input refuses every value (the server fills it itself): no copy can write it, pg_dump's included. Leave the table out with --exclude",
                 theirs.unwritable.join(", ")
             ));
         }
         for difference in type_differences(&ours.user_types, &theirs.user_types) {
-            problems.push(format!("column {table}.{}: {difference}", plan.name));
+            problems.push(format!("column {table}.{name}: {difference}"));
         }
     }
 }
