@@ -52,7 +52,8 @@ pub(super) struct Recorded {
     pub(super) sources: Vec<String>,
 }
 
-/// This copy's chunks recorded in the target, by table, and the sources they came from.
+/// This copy's chunks recorded in the target, by table, and the sources they came from (a
+/// table an older datamig created, not yet given its `source_id` column, reads as none).
 pub(super) async fn read(
     conn: &mut PgConnection,
     progress: &str,
@@ -62,8 +63,8 @@ pub(super) async fn read(
     let mut out = Recorded::default();
     let rows = query(AssertSqlSafe(format!(
         "SELECT table_name, chunk, lower_key, upper_key, copied_at IS NOT NULL AS done, COALESCE(rows, 0) AS rows,
-                source_id
-         FROM {progress} WHERE copy_name = $1 ORDER BY table_name, chunk"
+                to_jsonb(p) ->> 'source_id' AS source_id
+         FROM {progress} AS p WHERE copy_name = $1 ORDER BY table_name, chunk"
     )))
     .bind(copy_id)
     .fetch_all(&mut *conn)
