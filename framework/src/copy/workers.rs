@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::FutureExt;
 use sqlx::{AssertSqlSafe, Connection};
 use tracing::Instrument;
 
@@ -16,7 +17,7 @@ use super::context::During;
 use super::copier::Copier;
 use super::event::CopyEvent;
 use super::explain::explain;
-use super::failure::{Explained, Place, Rejection};
+use super::failure::{Explained, Failure, Place, Rejection};
 use super::load::load;
 use super::plan::Planned;
 use super::report::TableReport;
@@ -109,9 +110,30 @@ async fn worker<S: Source>(shared: &Shared<S>) -> Result<(), Error> {
             duration_ms = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
-        let outcome = load::<S>(shared, &mut src, &mut dst, &unit)
-            .instrument(span.clone())
-            .await;
+        // A panic while loading is a bug; it is reported naming the unit's tables.
+        let outcome = std::panic::AssertUnwindSafe(
+            load::<S>(shared, &mut src, &mut dst, &unit).instrument(span.clone()),
+        )
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(Failure::Other(Error::Config(format!(
+                "loading {}: the copy worker panicked ({why}); this is a bug in datamig: please report it. The chunk was rolled back; run the copy again to resume",
+                unit.parts
+                    .iter()
+                    .map(|(t, c)| format!(
+                        "chunk {} of {} of {}",
+                        c.number, shared.chunk_counts[*t], shared.planned[*t].plan.table
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))))
+        });
         let ms = crate::trace::millis(started.elapsed());
         span.record("duration_ms", ms);
         let done = match outcome {

@@ -257,6 +257,8 @@ fn produce(
 /// A blocking reader at work: full buffers (with their row counts) come out of `full`,
 /// emptied ones go back through `empty`.
 struct Pump {
+    /// The table read, for messages.
+    table: String,
     full: tokio::sync::mpsc::Receiver<(Vec<u8>, u64)>,
     empty: tokio::sync::mpsc::Sender<Vec<u8>>,
     reader: tokio::task::JoinHandle<(rusqlite::Connection, Ended)>,
@@ -267,9 +269,10 @@ impl Pump {
     /// [`Pump::finish`]).
     fn start(conn: &mut Option<rusqlite::Connection>, reading: Reading) -> Result<Pump, Error> {
         let taken = conn.take().ok_or_else(|| {
-            Error::Config(
-                "a SQLite reader was lost after an earlier failure; run the copy again".into(),
-            )
+            Error::Config(format!(
+                "reading {}: the SQLite reader was lost after an earlier failure; run the copy again",
+                reading.table
+            ))
         })?;
         let Buffers {
             full_tx,
@@ -277,11 +280,13 @@ impl Pump {
             empty_tx: empty,
             mut empty_rx,
         } = Buffers::new();
+        let table = reading.table.clone();
         let reader = tokio::task::spawn_blocking(move || {
             let ended = produce(&taken, &reading, &full_tx, &mut empty_rx);
             (taken, ended)
         });
         Ok(Pump {
+            table,
             full,
             empty,
             reader,
@@ -299,7 +304,10 @@ impl Pump {
         drop(self.full);
         drop(self.empty);
         let (taken, ended) = self.reader.await.map_err(|err| {
-            Error::Config(format!("the SQLite reader stopped unexpectedly: {err}"))
+            Error::Config(format!(
+                "reading {}: the SQLite reader stopped unexpectedly ({err}); run the copy again",
+                self.table
+            ))
         })?;
         *conn = Some(taken);
         Ok(ended)
@@ -353,9 +361,10 @@ pub(super) async fn count(
         quote_ident(&p.source.name.1)
     );
     let Some(taken) = conn.take() else {
-        return Err(Failure::Other(Error::Config(
-            "a SQLite reader was lost after an earlier failure; run the copy again".into(),
-        )));
+        return Err(Failure::Other(Error::Config(format!(
+            "counting {}: the SQLite reader was lost after an earlier failure; run the copy again",
+            p.plan.table
+        ))));
     };
     let (taken, counted) = tokio::task::spawn_blocking(move || {
         let counted = taken.query_row(&sql, rusqlite::params_from_iter(&params), |row| {
@@ -366,7 +375,8 @@ pub(super) async fn count(
     .await
     .map_err(|err| {
         Failure::Other(Error::Config(format!(
-            "the SQLite reader stopped unexpectedly: {err}"
+            "counting {}: the SQLite reader stopped unexpectedly ({err}); run the copy again",
+            p.plan.table
         )))
     })?;
     *conn = Some(taken);
@@ -384,7 +394,14 @@ pub(super) async fn scan(
     limit: usize,
 ) -> Result<(Vec<UnconvertibleValue>, u64), Error> {
     let Some(taken) = conn.take() else {
-        return Err(Error::Config("the SQLite reader was lost".into()));
+        return Err(Error::Config(format!(
+            "reading {}: the SQLite reader was lost after an earlier failure; run the plan again",
+            planned
+                .iter()
+                .map(|p| p.plan.table.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
     };
     let readings: Vec<Reading> = planned
         .iter()
@@ -417,7 +434,16 @@ pub(super) async fn scan(
         (taken, outcome)
     })
     .await
-    .map_err(|err| Error::Config(format!("the SQLite reader stopped unexpectedly: {err}")))?;
+    .map_err(|err| {
+        Error::Config(format!(
+            "reading {}: the SQLite reader stopped unexpectedly ({err})",
+            planned
+                .iter()
+                .map(|p| p.plan.table.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
     *conn = Some(taken);
     outcome.map_err(|err| {
         Error::Config(format!(
