@@ -94,6 +94,30 @@ async fn an_orphan_in_a_partition_is_caught_with_triggers_off() -> anyhow::Resul
         0,
         "no orphan was loaded"
     );
+    // A partition copied alone is checked against the key it inherits.
+    let alone = datamig::testing::postgres().await?;
+    execute(
+        alone.pool(),
+        &format!(
+            "CREATE TABLE parents (id int PRIMARY KEY); {}",
+            readings.replace("{fk}", "REFERENCES parents (id)")
+        ),
+    )
+    .await?;
+    let failed_alone = crate::failed(
+        Copier::new(src.pool(), alone.pool())
+            .tables(["parents", "readings_2024"])
+            .run()
+            .await,
+    );
+    assert!(
+        failed_alone.len() == 1
+            && failed_alone[0].table == "public.readings_2024"
+            && failed_alone[0]
+                .message
+                .contains("(parent_id) = (999) is not present in table public.parents"),
+        "{failed_alone:?}"
+    );
     Ok(())
 }
 

@@ -323,7 +323,13 @@ async fn read_tables(conn: &mut PgConnection) -> Result<BTreeMap<TableName, Tabl
          FROM pg_constraint con
          JOIN pg_class rc ON rc.oid = con.confrelid
          JOIN pg_namespace rn ON rn.oid = rc.relnamespace
-         WHERE con.contype = 'f' AND con.conparentid = 0 AND con.conrelid::int8 = ANY ($1)
+         WHERE con.contype = 'f' AND con.conrelid::int8 = ANY ($1)
+           -- A partition's copy of its parent's key counts (a partition may be copied
+           -- alone); the copies a key makes for each partition of the table it references
+           -- do not (the key itself references the partitioned table).
+           AND (con.conparentid = 0
+                OR (SELECT parent.conrelid FROM pg_constraint parent WHERE parent.oid = con.conparentid)
+                   <> con.conrelid)
          ORDER BY con.conname",
     )
     .bind(&oids)
