@@ -161,12 +161,13 @@ impl Copier {
     }
 
     /// Whether the target's triggers fire during the load (default [`Triggers::Auto`]:
-    /// off where that changes nothing but the speed). With them off the load runs in
-    /// `session_replication_role = replica` and the server checks no foreign key row by
-    /// row; the copy checks each foreign key itself, one anti-join per key over each
-    /// chunk before it commits (a row whose parent is missing stops its chunk,
-    /// [`Error::CopyRejected`](crate::Error::CopyRejected)), and loads a cycle's tables in one transaction whatever
-    /// their keys' deferrability.
+    /// off, table by table, where that changes nothing but the speed). A table loading
+    /// with them off does so in `session_replication_role = replica` and the server
+    /// checks none of its foreign keys row by row; the copy checks each one itself, one
+    /// anti-join per key over exactly the rows each chunk wrote, before it commits (a row
+    /// whose parent is missing stops its table, named in
+    /// [`Error::CopyIncomplete`](crate::Error::CopyIncomplete)), and loads a cycle of such
+    /// tables in one transaction whatever their keys' deferrability.
     pub fn triggers(mut self, triggers: Triggers) -> Self {
         self.triggers = triggers;
         self
