@@ -33,15 +33,20 @@ pub const DIFFERENT: u8 = 8;
 pub const LEASE_LOST: u8 = 9;
 /// `copy`: the target rejected a row (a constraint, a value). That chunk was rolled back;
 /// the chunks committed before it are kept, and the same command run again resumes.
+/// (With `--fail-fast`; without it, such a table is reported with [`COPY_INCOMPLETE`].)
 pub const COPY_FAILED: u8 = 10;
+/// `copy`: some tables were not finished (the target rejected a row of each, or they
+/// reference one that was not): each was rolled back to its last committed chunk and is
+/// listed; every other table was copied. The same command run again resumes just those.
+pub const COPY_INCOMPLETE: u8 = 11;
 
 /// The worse of two exit codes, for a fleet's exit code over its targets. From the worst:
 /// [`INTERRUPTED`] (the fleet did not finish), [`UNEXPECTED`], [`MIGRATION_FAILED`],
 /// [`LEASE_LOST`], [`DRIFT`], [`USAGE`] (a target unreachable, a schema missing),
-/// [`LOCK_TIMEOUT`], [`COPY_FAILED`], [`DIFFERENT`], [`NOT_IDEMPOTENT`], [`PENDING`],
+/// [`LOCK_TIMEOUT`], [`COPY_FAILED`], [`COPY_INCOMPLETE`], [`DIFFERENT`], [`NOT_IDEMPOTENT`], [`PENDING`],
 /// [`OK`].
 pub fn worst(a: u8, b: u8) -> u8 {
-    const ORDER: [u8; 12] = [
+    const ORDER: [u8; 13] = [
         INTERRUPTED,
         UNEXPECTED,
         MIGRATION_FAILED,
@@ -50,6 +55,7 @@ pub fn worst(a: u8, b: u8) -> u8 {
         USAGE,
         LOCK_TIMEOUT,
         COPY_FAILED,
+        COPY_INCOMPLETE,
         DIFFERENT,
         NOT_IDEMPOTENT,
         PENDING,

@@ -686,6 +686,7 @@ async fn copy(opts: &CopyOpts, out: &Output) -> Result<u8, Failure> {
     .analyze(!opts.no_analyze)
     .sequences(!opts.no_sequences)
     .verify(opts.verify)
+    .fail_fast(opts.fail_fast)
     .lock_timeout(opts.lock_timeout)
     .on_event(move |event| events.update(event));
     if let Some(schema) = &opts.progress_schema {
@@ -786,6 +787,7 @@ impl From<Error> for Failure {
                 exit::LOCK_TIMEOUT
             }
             Error::CopyRejected { .. } | Error::CopyUnconvertible { .. } => exit::COPY_FAILED,
+            Error::CopyIncomplete { .. } => exit::COPY_INCOMPLETE,
             Error::Drift { .. } => exit::DRIFT,
             Error::MigrationFailed { .. } | Error::Interrupted { .. } => exit::MIGRATION_FAILED,
             Error::CommitOutcome {

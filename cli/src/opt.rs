@@ -184,12 +184,12 @@ pub enum Command {
 /// Whether the target's triggers fire while `copy` loads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum TriggersArg {
-    /// Off where the role may set session_replication_role and no table has triggers of its own: the copy then checks the foreign keys itself, set-based; on otherwise.
+    /// Table by table: off where the role may set session_replication_role and the table has no trigger of its own that this would skip (the copy then checks its foreign keys itself, set-based); on otherwise. The plan says why a table keeps its triggers.
     #[default]
     Auto,
     /// On: user triggers fire and the server checks each foreign key row by row.
     On,
-    /// Off whatever the tables' triggers (user triggers do not fire); needs a superuser or GRANT SET ON PARAMETER session_replication_role.
+    /// Off whatever the tables' triggers, as pg_dump --disable-triggers: no trigger fires, not even one enabled ALWAYS; needs a superuser or GRANT SET ON PARAMETER session_replication_role.
     Off,
 }
 
@@ -255,6 +255,10 @@ pub struct CopyOpts {
     /// Do not move the target's sequences past the copied values afterwards.
     #[arg(long)]
     pub no_sequences: bool,
+
+    /// Stop at the first table whose rows the target rejects (exit 10), instead of going on with the other tables and listing those not finished at the end (exit 11).
+    #[arg(long)]
+    pub fail_fast: bool,
 
     /// How long a statement on the target waits for a lock before the copy stops and names the sessions holding it.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]

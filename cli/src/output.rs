@@ -541,13 +541,19 @@ impl Output {
                 ""
             }
         )?;
+        let kept = plan.tables.iter().filter(|t| !t.triggers_off).count();
         writeln!(
             out,
             "foreign keys: {}",
             if plan.triggers_off {
                 "checked by the copy, one anti-join per key over each chunk (triggers off)"
+                    .to_string()
+            } else if kept == plan.tables.len() {
+                "checked by the server, row by row (triggers on)".to_string()
             } else {
-                "checked by the server, row by row (triggers on)"
+                format!(
+                    "checked by the copy, one anti-join per key over each chunk (triggers off), except for the {kept} table(s) that keep their triggers"
+                )
             }
         )?;
         for (i, t) in plan.tables.iter().enumerate() {
@@ -560,6 +566,16 @@ impl Output {
             }
             if let Some(why) = &t.whole {
                 notes.push(format!("whole: {why}"));
+            }
+            if let Some(why) = &t.triggers {
+                notes.push(format!(
+                    "{}: {why}",
+                    if t.triggers_off {
+                        "triggers off"
+                    } else {
+                        "keeps its triggers"
+                    }
+                ));
             }
             writeln!(
                 out,
@@ -828,6 +844,12 @@ impl CopyProgress {
                 if let Some(bar) = state.tables.remove(table) {
                     bar.finish_and_clear();
                 }
+            }
+            CopyEvent::TableFailed { failure } => {
+                if let Some(bar) = state.tables.remove(&failure.table) {
+                    bar.finish_and_clear();
+                }
+                let _ = self.bars.println(format!("not finished: {failure}"));
             }
             _ => {}
         }

@@ -339,6 +339,29 @@ pub enum Error {
         sessions: Vec<crate::SessionInfo>,
     },
 
+    /// Some tables of a copy failed (the target rejected a row, a value did not convert)
+    /// and were rolled back to their last committed chunk, with the tables that reference
+    /// them left for later; every other table was copied. Running the same copy again
+    /// resumes just those.
+    #[error("{}", copy_incomplete(.failed, *.copied))]
+    CopyIncomplete {
+        /// Each table not finished, and why.
+        failed: Vec<TableFailure>,
+        /// How many tables were copied in full.
+        copied: usize,
+    },
+
+    /// A database error during a copy, with what the copy was doing: the table, the chunk
+    /// and the statement where it had them.
+    #[error("{during}: {}", describe_sqlx(.error))]
+    CopyDatabase {
+        /// What the copy was doing (`loading chunk 3 of 12 of public.orders`).
+        during: String,
+        /// The database's error.
+        #[source]
+        error: sqlx::Error,
+    },
+
     /// A configuration value is invalid, or the caller asked for what cannot be done (a
     /// command the ledger's state does not allow, a migration declared wrong). The message
     /// says what to change.
@@ -554,4 +577,63 @@ impl std::fmt::Display for UnconvertibleValue {
             self.table, self.key, self.column, self.value, self.target_type, self.reason
         )
     }
+}
+
+/// A table a copy did not finish ([`Error::CopyIncomplete`]): where it stopped and why.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct TableFailure {
+    /// `schema.table`.
+    pub table: String,
+    /// The chunk that was rolled back (from 1); `None` for a table that never started.
+    pub chunk: Option<usize>,
+    /// The table's chunks.
+    pub chunks: usize,
+    /// Its chunks committed (by this run and earlier ones), kept.
+    pub kept: usize,
+    /// The row, where it is known (`id = 42`, or the target's words for it).
+    pub row: Option<String>,
+    /// The column, where it is known.
+    pub column: Option<String>,
+    /// The constraint that rejected the row, where one did.
+    pub constraint: Option<String>,
+    /// The trigger that rejected the row, where one did.
+    pub trigger: Option<String>,
+    /// What happened, in the database's words (or why the table did not start).
+    pub message: String,
+}
+
+impl std::fmt::Display for TableFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.table)?;
+        if let Some(chunk) = self.chunk {
+            write!(f, " (chunk {chunk} of {}", self.chunks)?;
+            if let Some(row) = &self.row {
+                write!(f, ", row with {row}")?;
+            }
+            if let Some(column) = &self.column {
+                write!(f, ", column {column}")?;
+            }
+            if let Some(constraint) = &self.constraint {
+                write!(f, ", constraint {constraint}")?;
+            }
+            if let Some(trigger) = &self.trigger {
+                write!(f, ", trigger {trigger}")?;
+            }
+            write!(f, "; {} chunk(s) kept)", self.kept)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+fn copy_incomplete(failed: &[TableFailure], copied: usize) -> String {
+    format!(
+        "the copy did not finish {} table(s) ({copied} copied in full):\n  - {}\nEach was rolled back to its last committed chunk. Fix the rows in the source (or the target's constraints or triggers) and run the same copy again: it resumes just those",
+        failed.len(),
+        failed
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n  - ")
+    )
 }

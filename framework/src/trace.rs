@@ -38,6 +38,7 @@ pub(crate) fn outcome(err: &Error) -> &'static str {
         Error::Interrupted { .. } => "interrupted",
         Error::Stopped { .. } => "stopped",
         Error::CopyRejected { .. } | Error::CopyUnconvertible { .. } => "rejected",
+        Error::CopyIncomplete { .. } => "incomplete",
         Error::CopyPlan { .. } | Error::CopyRefused(_) => "refused",
         Error::Config(_)
         | Error::UnknownId { .. }

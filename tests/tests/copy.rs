@@ -683,6 +683,8 @@ async fn a_rejected_row_stops_its_chunk_keeps_the_others_and_a_fixed_source_resu
         // One chunk at a time: which chunks are in before the bad one is then certain.
         "--jobs",
         "1",
+        // The first rejected row stops the copy (without it, the other tables go on).
+        "--fail-fast",
     ];
     let out = datamig(&args).output().await?;
     let stderr = text(&out.stderr);
@@ -731,6 +733,7 @@ async fn a_missing_foreign_key_names_the_row_that_holds_it() -> anyhow::Result<(
             .exclude(["customers", "events"])
             .chunk_rows(1_000)
             .triggers(triggers)
+            .fail_fast(true)
             .run()
             .await
             .unwrap_err();

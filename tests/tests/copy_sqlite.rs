@@ -438,7 +438,8 @@ async fn every_value_that_does_not_convert_is_named_by_the_plan_and_stops_its_ch
         "the plan wrote nothing"
     );
 
-    // The copy stops at the first one, naming table, key, column, value and type.
+    // The copy stops at the first one (--fail-fast), naming table, key, column, value and
+    // type.
     let run = datamig(
         "",
         &[
@@ -449,6 +450,7 @@ async fn every_value_that_does_not_convert_is_named_by_the_plan_and_stops_its_ch
             dst.url(),
             "--unix-time",
             "kinds.tz=seconds",
+            "--fail-fast",
         ],
     )
     .output()
@@ -515,6 +517,7 @@ async fn a_bad_value_keeps_the_chunks_before_it_and_a_fixed_source_resumes() -> 
         // One chunk at a time: which chunks are in before the bad one is then certain.
         "--jobs",
         "1",
+        "--fail-fast",
     ];
     let failed = datamig("", &args).output().await?;
     let stderr = text(&failed.stderr);
@@ -782,7 +785,12 @@ async fn with_triggers_off_the_copy_checks_every_foreign_key_itself() -> anyhow:
     .await?;
     let failed = datamig("", &args).output().await?;
     let stderr = text(&failed.stderr);
-    assert_eq!(failed.status.code(), Some(10), "{stderr}");
+    // The other tables were copied; orders is listed as not finished.
+    assert_eq!(failed.status.code(), Some(11), "{stderr}");
+    assert!(
+        stderr.contains("public.orders (chunk 3 of 3; 2 chunk(s) kept)"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("foreign key orders_user_id_fkey of the row with id = 2500: (user_id) = (999999) is not present in table public.users"),
         "{stderr}"

@@ -1,19 +1,22 @@
-//! What a copy needs to know of one PostgreSQL database: its tables, their columns, keys,
-//! foreign keys and sequences, and what the connected role may do with them. Read in a
-//! handful of catalog queries, whatever the number of tables.
+//! What a copy needs to know of one PostgreSQL database: its tables (partitions with
+//! their ancestors), their columns with what their types allow, keys, foreign keys,
+//! sequences, triggers, row security, and what the connected role may do with them. Read
+//! in a handful of catalog queries, whatever the number of tables.
 
 use std::collections::BTreeMap;
 
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
 
+use super::context::During;
 use crate::backend::postgres::{query, query_scalar};
+use crate::error::Error;
 
 /// A table's name: schema and table.
 pub(crate) type TableName = (String, String);
 
 /// One column.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Column {
     pub(crate) name: String,
     /// As `format_type` writes it (`integer`, `character varying(20)`, `public.mood`).
@@ -24,9 +27,18 @@ pub(crate) struct Column {
     pub(crate) generated: bool,
     /// `a` for `GENERATED ALWAYS AS IDENTITY`, `d` for `BY DEFAULT`, empty otherwise.
     pub(crate) identity: String,
-    /// A type of PostgreSQL itself (not an enum, domain or composite of the database's):
-    /// its binary `COPY` form is the same in every database.
-    pub(crate) builtin_type: bool,
+    /// Its binary `COPY` form means the same in every database: every type it is made of
+    /// (elements, base types, members, subtypes) is PostgreSQL's own, has binary send and
+    /// receive functions, and names no object by OID (`regclass`, `regtype`, ...).
+    pub(crate) binary: bool,
+    /// Its type has a collation: its order (and a key range over it) depends on it.
+    pub(crate) collatable: bool,
+    /// The database's own types it is made of (enums, composites, domains, ranges, base
+    /// types of extensions), each as `name: definition`, to compare with the other side.
+    pub(crate) user_types: Vec<String>,
+    /// The types it is made of whose input refuses every value (`pg_node_tree`, planner
+    /// statistics): no copy can write them.
+    pub(crate) unwritable: Vec<String>,
 }
 
 /// A foreign key of a table.
@@ -38,6 +50,8 @@ pub(crate) struct ForeignKey {
     /// The referenced table's columns, in the order of `columns`.
     pub(crate) referenced: Vec<String>,
     pub(crate) deferrable: bool,
+    /// `MATCH FULL` (the copy's own check follows `MATCH SIMPLE`).
+    pub(crate) match_full: bool,
 }
 
 /// A sequence a column takes its values from (`serial`, identity, or a `nextval` default).
@@ -53,12 +67,27 @@ pub(crate) struct ColumnSequence {
     pub(crate) can_update: bool,
 }
 
-/// One table.
+/// A trigger of a table's own (not one a constraint made).
 #[derive(Clone, Debug)]
+pub(crate) struct Trigger {
+    pub(crate) name: String,
+    /// The table it is defined on (a partition's, for a partitioned table).
+    pub(crate) on: TableName,
+    /// `O` fires in the origin role (the default), `R` only in the replica role, `A`
+    /// always, `D` never.
+    pub(crate) enabled: String,
+    /// Its function, as `schema.name`.
+    pub(crate) function: String,
+}
+
+/// One table.
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Table {
     pub(crate) name: TableName,
     /// `p` for a partitioned table (read through its partitions), `r` otherwise.
     pub(crate) kind: String,
+    /// For a partition, its partitioned ancestors, nearest first.
+    pub(crate) ancestors: Vec<TableName>,
     /// The planner's estimate of its rows (summed over partitions), 0 when never analyzed.
     pub(crate) estimated_rows: i64,
     /// Owned by an extension (`CREATE EXTENSION` made it): its rows are the extension's.
@@ -67,10 +96,17 @@ pub(crate) struct Table {
     pub(crate) primary_key: Vec<String>,
     pub(crate) foreign_keys: Vec<ForeignKey>,
     pub(crate) sequences: Vec<ColumnSequence>,
+    /// Its own triggers and, for a partitioned table, its partitions'.
+    pub(crate) triggers: Vec<Trigger>,
+    /// Row-level security that applies to the connected role: the table's policies (empty:
+    /// none, so every row is hidden). `None`: the role sees and writes every row.
+    pub(crate) row_security: Option<Vec<String>>,
     pub(crate) can_select: bool,
     pub(crate) can_insert: bool,
     pub(crate) can_update: bool,
     pub(crate) can_truncate: bool,
+    /// The role may alter the table (it owns it, or is a superuser).
+    pub(crate) owned: bool,
 }
 
 impl Table {
@@ -98,11 +134,38 @@ pub(crate) fn display(name: &TableName) -> String {
     format!("{}.{}", name.0, name.1)
 }
 
-/// Every user table of the database (system schemas, partitions and temporary tables left
-/// out: a partitioned table is read and written through its parent).
+/// The types that name a database object by its OID: their binary form is that number,
+/// which means another object (or nothing) in another database; their text form is the
+/// object's name.
+const OID_NAMING_TYPES: &str = "'regproc'::regtype, 'regprocedure'::regtype, 'regoper'::regtype, 'regoperator'::regtype, 'regclass'::regtype, 'regcollation'::regtype, 'regtype'::regtype, 'regrole'::regtype, 'regnamespace'::regtype, 'regconfig'::regtype, 'regdictionary'::regtype";
+
+/// The types whose input function refuses every value: the server fills them itself
+/// (expression trees, planner statistics, index summaries).
+const UNWRITABLE_TYPES: &str = "'pg_node_tree'::regtype, 'pg_ndistinct'::regtype, 'pg_dependencies'::regtype, 'pg_mcv_list'::regtype, 'pg_brin_bloom_summary'::regtype, 'pg_brin_minmax_multi_summary'::regtype, 'gtsvector'::regtype";
+
+/// Every user table of the database, partitions included (each with its ancestors: a
+/// partitioned table is read and written through its root unless a partition is named);
+/// system schemas and temporary tables left out. `side` names the database in messages.
 pub(crate) async fn read(
     conn: &mut PgConnection,
-) -> Result<BTreeMap<TableName, Table>, sqlx::Error> {
+    side: &str,
+) -> Result<BTreeMap<TableName, Table>, Error> {
+    let during = || format!("reading the catalog of the {side} database");
+    // The catalog queries are cheap, but their estimates are not: compiling them (JIT)
+    // would cost more than running them.
+    sqlx::raw_sql("SET jit = off")
+        .execute(&mut *conn)
+        .await
+        .during(during)?;
+    let tables = read_tables(conn).await.during(during)?;
+    sqlx::raw_sql("RESET jit")
+        .execute(&mut *conn)
+        .await
+        .during(during)?;
+    Ok(tables)
+}
+
+async fn read_tables(conn: &mut PgConnection) -> Result<BTreeMap<TableName, Table>, sqlx::Error> {
     let rows = query(
         "SELECT c.oid::int8 AS oid, n.nspname::text AS schema, c.relname::text AS name, c.relkind::text AS kind,
                 CASE WHEN c.relkind = 'p'
@@ -111,12 +174,21 @@ pub(crate) async fn read(
                      ELSE greatest(c.reltuples, 0) END::int8 AS estimated_rows,
                 EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
                           AND d.deptype = 'e') AS extension,
+                ARRAY(SELECT an.nspname::text FROM pg_partition_ancestors(c.oid) WITH ORDINALITY AS x (relid, ord)
+                      JOIN pg_class ac ON ac.oid = x.relid JOIN pg_namespace an ON an.oid = ac.relnamespace
+                      WHERE x.relid <> c.oid ORDER BY x.ord) AS ancestor_schemas,
+                ARRAY(SELECT ac.relname::text FROM pg_partition_ancestors(c.oid) WITH ORDINALITY AS x (relid, ord)
+                      JOIN pg_class ac ON ac.oid = x.relid
+                      WHERE x.relid <> c.oid ORDER BY x.ord) AS ancestor_names,
+                row_security_active(c.oid) AS row_security,
+                ARRAY(SELECT p.polname::text FROM pg_policy p WHERE p.polrelid = c.oid ORDER BY 1) AS policies,
                 has_table_privilege(c.oid, 'SELECT') AS can_select,
                 has_table_privilege(c.oid, 'INSERT') AS can_insert,
                 has_table_privilege(c.oid, 'UPDATE') AS can_update,
-                has_table_privilege(c.oid, 'TRUNCATE') AS can_truncate
+                has_table_privilege(c.oid, 'TRUNCATE') AS can_truncate,
+                pg_has_role(c.relowner, 'USAGE') AS owned
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+         WHERE c.relkind IN ('r', 'p')
            AND n.nspname NOT IN ('pg_catalog', 'information_schema')
            AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
          ORDER BY 2, 3",
@@ -127,37 +199,80 @@ pub(crate) async fn read(
     for row in &rows {
         let oid: i64 = row.try_get("oid")?;
         let name: TableName = (row.try_get("schema")?, row.try_get("name")?);
+        let schemas: Vec<String> = row.try_get("ancestor_schemas")?;
+        let names: Vec<String> = row.try_get("ancestor_names")?;
+        let policies: Vec<String> = row.try_get("policies")?;
+        let row_security: bool = row.try_get("row_security")?;
         by_oid.insert(
             oid,
             Table {
                 name,
                 kind: row.try_get("kind")?,
+                ancestors: schemas.into_iter().zip(names).collect(),
                 estimated_rows: row.try_get("estimated_rows")?,
                 extension: row.try_get("extension")?,
-                columns: Vec::new(),
-                primary_key: Vec::new(),
-                foreign_keys: Vec::new(),
-                sequences: Vec::new(),
+                row_security: row_security.then_some(policies),
                 can_select: row.try_get("can_select")?,
                 can_insert: row.try_get("can_insert")?,
                 can_update: row.try_get("can_update")?,
                 can_truncate: row.try_get("can_truncate")?,
+                owned: row.try_get("owned")?,
+                ..Table::default()
             },
         );
     }
     let oids: Vec<i64> = by_oid.keys().copied().collect();
 
-    for row in query(
-        "SELECT a.attrelid::int8 AS oid, a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS sql_type,
+    // Each column's type with everything it is made of (array elements, domains' base
+    // types, composites' members, ranges' subtypes, multiranges' ranges): whether binary
+    // `COPY` means the same in another database, and the database's own types among them.
+    let columns = format!(
+        "WITH RECURSIVE closure (root, t) AS (
+             SELECT DISTINCT a.atttypid, a.atttypid FROM pg_attribute a
+             WHERE a.attrelid::int8 = ANY ($1) AND a.attnum > 0 AND NOT a.attisdropped
+             UNION
+             SELECT c.root, d.dep FROM closure c JOIN pg_type ty ON ty.oid = c.t
+             CROSS JOIN LATERAL (
+                 SELECT ty.typelem WHERE ty.typelem <> 0
+                 UNION ALL SELECT ty.typbasetype WHERE ty.typbasetype <> 0
+                 UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = ty.oid
+                 UNION ALL SELECT r.rngtypid FROM pg_range r WHERE r.rngmultitypid = ty.oid
+                 UNION ALL SELECT m.atttypid FROM pg_attribute m
+                           WHERE ty.typrelid <> 0 AND m.attrelid = ty.typrelid AND m.attnum > 0 AND NOT m.attisdropped
+             ) AS d (dep)
+         ),
+         facts AS (
+             SELECT c.root,
+                    bool_and(ty.oid < 16384 AND ty.typsend <> 0 AND ty.typreceive <> 0
+                             AND ty.oid NOT IN ({OID_NAMING_TYPES})) AS binary,
+                    COALESCE(array_agg(format_type(ty.oid, NULL) || ': ' || CASE ty.typtype
+                        WHEN 'e' THEN 'enum (' || COALESCE((SELECT string_agg(quote_literal(e.enumlabel), ', ' ORDER BY e.enumsortorder)
+                                                            FROM pg_enum e WHERE e.enumtypid = ty.oid), '') || ')'
+                        WHEN 'c' THEN 'composite (' || COALESCE((SELECT string_agg(quote_ident(m.attname) || ' ' || format_type(m.atttypid, m.atttypmod), ', ' ORDER BY m.attnum)
+                                                                 FROM pg_attribute m WHERE m.attrelid = ty.typrelid AND m.attnum > 0 AND NOT m.attisdropped), '') || ')'
+                        WHEN 'd' THEN 'domain over ' || format_type(ty.typbasetype, ty.typtypmod)
+                        WHEN 'r' THEN 'range of ' || (SELECT format_type(r.rngsubtype, NULL) FROM pg_range r WHERE r.rngtypid = ty.oid)
+                        WHEN 'm' THEN 'multirange'
+                        ELSE 'base type' END ORDER BY ty.oid)
+                        FILTER (WHERE ty.oid >= 16384 AND ty.typcategory <> 'A'), '{{}}') AS user_types,
+                    COALESCE(array_agg(format_type(ty.oid, NULL) ORDER BY ty.oid)
+                        FILTER (WHERE ty.oid IN ({UNWRITABLE_TYPES})), '{{}}') AS unwritable
+             FROM closure c JOIN pg_type ty ON ty.oid = c.t
+             GROUP BY c.root
+         )
+         SELECT a.attrelid::int8 AS oid, a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS sql_type,
                 a.attnotnull AS not_null, a.atthasdef AS has_default, a.attgenerated <> '' AS generated,
-                a.attidentity::text AS identity, a.atttypid::int8 < 16384 AS builtin_type
-         FROM pg_attribute a
+                a.attidentity::text AS identity, COALESCE(f.binary, false) AS binary,
+                a.attcollation <> 0 AS collatable, COALESCE(f.user_types, '{{}}') AS user_types,
+                COALESCE(f.unwritable, '{{}}') AS unwritable
+         FROM pg_attribute a LEFT JOIN facts f ON f.root = a.atttypid
          WHERE a.attrelid::int8 = ANY ($1) AND a.attnum > 0 AND NOT a.attisdropped
-         ORDER BY a.attrelid, a.attnum",
-    )
-    .bind(&oids)
-    .fetch_all(&mut *conn)
-    .await?
+         ORDER BY a.attrelid, a.attnum"
+    );
+    for row in query(sqlx::AssertSqlSafe(columns))
+        .bind(&oids)
+        .fetch_all(&mut *conn)
+        .await?
     {
         let oid: i64 = row.try_get("oid")?;
         if let Some(table) = by_oid.get_mut(&oid) {
@@ -168,7 +283,10 @@ pub(crate) async fn read(
                 has_default: row.try_get("has_default")?,
                 generated: row.try_get("generated")?,
                 identity: row.try_get("identity")?,
-                builtin_type: row.try_get("builtin_type")?,
+                binary: row.try_get("binary")?,
+                collatable: row.try_get("collatable")?,
+                user_types: row.try_get("user_types")?,
+                unwritable: row.try_get("unwritable")?,
             });
         }
     }
@@ -195,6 +313,7 @@ pub(crate) async fn read(
     for row in query(
         "SELECT con.conrelid::int8 AS oid, con.conname::text AS name, rn.nspname::text AS ref_schema,
                 rc.relname::text AS ref_table, con.condeferrable AS deferrable,
+                con.confmatchtype = 'f' AS match_full,
                 ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord)
                       JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
                       ORDER BY k.ord) AS columns,
@@ -204,7 +323,13 @@ pub(crate) async fn read(
          FROM pg_constraint con
          JOIN pg_class rc ON rc.oid = con.confrelid
          JOIN pg_namespace rn ON rn.oid = rc.relnamespace
-         WHERE con.contype = 'f' AND con.conparentid = 0 AND con.conrelid::int8 = ANY ($1)
+         WHERE con.contype = 'f' AND con.conrelid::int8 = ANY ($1)
+           -- A partition's copy of its parent's key counts (a partition may be copied
+           -- alone); the copies a key makes for each partition of the table it references
+           -- do not (the key itself references the partitioned table).
+           AND (con.conparentid = 0
+                OR (SELECT parent.conrelid FROM pg_constraint parent WHERE parent.oid = con.conparentid)
+                   <> con.conrelid)
          ORDER BY con.conname",
     )
     .bind(&oids)
@@ -219,6 +344,7 @@ pub(crate) async fn read(
                 references: (row.try_get("ref_schema")?, row.try_get("ref_table")?),
                 referenced: row.try_get("referenced")?,
                 deferrable: row.try_get("deferrable")?,
+                match_full: row.try_get("match_full")?,
             });
         }
     }
@@ -262,10 +388,48 @@ pub(crate) async fn read(
         }
     }
 
-    Ok(by_oid
+    let mut triggers: Vec<(i64, Trigger)> = Vec::new();
+    for row in query(
+        "SELECT t.tgrelid::int8 AS oid, t.tgname::text AS name, t.tgenabled::text AS enabled,
+                pn.nspname::text || '.' || p.proname::text AS function
+         FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_namespace pn ON pn.oid = p.pronamespace
+         WHERE NOT t.tgisinternal AND t.tgrelid::int8 = ANY ($1)
+         ORDER BY 1, 2",
+    )
+    .bind(&oids)
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        let oid: i64 = row.try_get("oid")?;
+        if let Some(table) = by_oid.get(&oid) {
+            triggers.push((
+                oid,
+                Trigger {
+                    name: row.try_get("name")?,
+                    on: table.name.clone(),
+                    enabled: row.try_get("enabled")?,
+                    function: row.try_get("function")?,
+                },
+            ));
+        }
+    }
+    let mut tables: BTreeMap<TableName, Table> = by_oid
         .into_values()
         .map(|table| (table.name.clone(), table))
-        .collect())
+        .collect();
+    // A partitioned table's rows are written into its partitions: their triggers fire.
+    for (_, trigger) in triggers {
+        let mut owners = vec![trigger.on.clone()];
+        if let Some(table) = tables.get(&trigger.on) {
+            owners.extend(table.ancestors.iter().cloned());
+        }
+        for owner in owners {
+            if let Some(table) = tables.get_mut(&owner) {
+                table.triggers.push(trigger.clone());
+            }
+        }
+    }
+    Ok(tables)
 }
 
 /// Who this database is: the same value on two connections means the same database.
@@ -278,22 +442,33 @@ pub(crate) async fn identity(conn: &mut PgConnection) -> Result<String, sqlx::Er
     .await
 }
 
-/// The name a copy from this database goes by in the target's progress table: the
-/// database's name and, where the role may read it, the cluster's system identifier (the
-/// same across restarts, different for every cluster).
-pub(crate) async fn copy_name(conn: &mut PgConnection) -> Result<String, sqlx::Error> {
-    let database: String = query_scalar("SELECT current_database()::text")
-        .fetch_one(&mut *conn)
-        .await?;
+/// The name a copy from this database goes by in the target's progress table (the
+/// database's name and, where the role may read it, the cluster's system identifier), and
+/// the source's identity stored with its chunks: the cluster's system identifier (the
+/// same across restarts, different for every cluster) and the database's OID.
+pub(crate) async fn copy_name(conn: &mut PgConnection) -> Result<(String, String), sqlx::Error> {
+    let (database, oid): (String, i64) =
+        sqlx::query_as("SELECT current_database()::text, d.oid::int8 FROM pg_database d WHERE d.datname = current_database()")
+            .persistent(false)
+            .fetch_one(&mut *conn)
+            .await?;
     let readable: bool =
         query_scalar("SELECT has_function_privilege('pg_control_system()', 'EXECUTE')")
             .fetch_one(&mut *conn)
             .await?;
     if !readable {
-        return Ok(database);
+        return Ok((
+            database.clone(),
+            format!(
+                "postgres database {database} (oid {oid}) of a cluster whose system identifier the role may not read"
+            ),
+        ));
     }
     let system: i64 = query_scalar("SELECT system_identifier FROM pg_control_system()")
         .fetch_one(&mut *conn)
         .await?;
-    Ok(format!("{database}@{system}"))
+    Ok((
+        format!("{database}@{system}"),
+        format!("postgres system {system} database oid {oid}"),
+    ))
 }

@@ -1,5 +1,5 @@
 //! The plan checked against both databases before any row moves: datamig's ledger brought
-//! along, the target's triggers on or off, what only the source can check, the privileges
+//! along, each table's triggers on or off, what only the source can check, the privileges
 //! the copy needs, and target tables that hold rows this copy did not write.
 
 use std::collections::BTreeMap;
@@ -9,11 +9,13 @@ use sqlx::postgres::PgConnection;
 
 use super::catalog::{self, Table, TableName};
 use super::chunk::Chunk;
+use super::context::{During, statement};
 use super::copier::Copier;
-use super::foreign_keys::{may_disable_triggers, tables_keeping_triggers};
-use super::options::{Purpose, Triggers};
+use super::options::Purpose;
 use super::plan::{self, Planned};
 use super::source::Source;
+use super::sql::source_from;
+use super::triggers::{self, may_disable_triggers};
 use crate::backend::postgres::query_scalar;
 use crate::error::Error;
 
@@ -23,7 +25,7 @@ pub(super) struct Checked {
     pub(super) planned: Vec<Planned>,
     /// The tables left out, and why.
     pub(super) left_out: Vec<String>,
-    /// The copier with its triggers decided: [`Triggers::On`] or [`Triggers::Off`].
+    /// The copier.
     pub(super) copier: Copier,
 }
 
@@ -51,7 +53,7 @@ pub(super) async fn plan<S: Source>(
         });
         if missing && purpose == Purpose::Run {
             ensure_target_ledger(dst).await?;
-            target_tables = catalog::read(dst).await?;
+            target_tables = catalog::read(dst, "target").await?;
         } else if missing {
             selection.ledger = false;
             left_out_extra.push(format!(
@@ -60,49 +62,28 @@ pub(super) async fn plan<S: Source>(
             ));
         }
     }
-    // Triggers off where the role may and that changes nothing but the speed.
+    // Each table's triggers off where the role may and that changes nothing but the speed
+    // (auto), or as asked.
     let may_turn_off = may_disable_triggers(dst).await?;
-    let mut triggers_off = match copier.triggers {
-        Triggers::On => false,
-        Triggers::Off => true,
-        Triggers::Auto => may_turn_off,
-    };
-    let plan_with = |source: &S, off: bool| {
-        plan::plan(
-            source_tables,
-            &target_tables,
-            &selection,
-            copier.mode,
-            off,
-            |theirs, ours, problems| source.columns(theirs, ours, problems),
-        )
-        .map_err(|problems| Error::CopyPlan { problems })
-    };
-    let (mut planned, mut left_out) = plan_with(source, triggers_off)?;
-    if copier.triggers == Triggers::Auto && triggers_off {
-        let kept = tables_keeping_triggers(dst).await?;
-        if planned.iter().any(|p| kept.contains(&p.target.name)) {
-            triggers_off = false;
-            (planned, left_out) = plan_with(source, false)?;
-        }
-    }
-    let copier = Copier {
-        triggers: if triggers_off {
-            Triggers::Off
-        } else {
-            Triggers::On
-        },
-        ..copier.clone()
-    };
+    let (planned, mut left_out) = plan::plan(
+        source_tables,
+        &target_tables,
+        &selection,
+        copier.mode,
+        |target| triggers::choose(copier.triggers, may_turn_off, target),
+        |theirs, ours, problems| source.columns(theirs, ours, problems),
+    )
+    .map_err(|problems| Error::CopyPlan { problems })?;
+    let copier = copier.clone();
     left_out.extend(left_out_extra);
 
     let mut problems = Vec::new();
     source.check(&planned, &mut problems);
-    if triggers_off && !may_turn_off {
-        problems.push(
-            "--triggers off sets session_replication_role, which the target role may not: copy as a superuser, GRANT SET ON PARAMETER session_replication_role TO the role (PostgreSQL 15 and later), or copy with --triggers on".to_string(),
-        );
-    }
+    let choices: Vec<(String, &Table, &triggers::TriggerChoice)> = planned
+        .iter()
+        .map(|p| (p.plan.table.clone(), &p.target, &p.triggers))
+        .collect();
+    triggers::check(copier.triggers, may_turn_off, &choices, &mut problems);
     if copier.sequences && purpose == Purpose::Run {
         for p in &planned {
             for s in p.target.sequences.iter().filter(|s| !s.can_update) {
@@ -161,12 +142,18 @@ pub(super) async fn refuse_occupied(
     Ok(())
 }
 
-/// Whether the table holds a row.
+/// Whether the table holds a row (of its own: an inheritance parent's children are tables
+/// of their own).
 async fn has_rows(conn: &mut PgConnection, table: &Table) -> Result<bool, Error> {
-    Ok(query_scalar(AssertSqlSafe(format!(
-        "SELECT EXISTS (SELECT 1 FROM {})",
-        table.ident()
-    )))
-    .fetch_one(conn)
-    .await?)
+    let sql = format!("SELECT EXISTS (SELECT 1 FROM {})", source_from(table));
+    query_scalar(AssertSqlSafe(sql.clone()))
+        .fetch_one(conn)
+        .await
+        .during(|| {
+            format!(
+                "reading whether target table {} holds rows ({})",
+                catalog::display(&table.name),
+                statement(&sql)
+            )
+        })
 }

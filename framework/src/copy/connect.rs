@@ -3,8 +3,8 @@
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, Connection};
 
+use super::context::During;
 use super::copier::Copier;
-use super::options::Triggers;
 use crate::error::Error;
 
 /// How long a connection may take to open.
@@ -28,25 +28,31 @@ pub(super) async fn connect(options: &PgConnectOptions, side: &str) -> Result<Pg
             "cannot connect to the {side} database: {}",
             crate::error::describe_sqlx(&err)
         )),
-        other => Error::Database(other),
+        other => Error::CopyDatabase {
+            during: format!("connecting to the {side} database"),
+            error: other,
+        },
     })
 }
 
+/// What both sides' sessions set: no timeouts; every row or an error (never rows hidden by
+/// row-level security); values in text `COPY` written and read alike in any database
+/// (dates and intervals in one style, `money` in one locale, XML as content).
+pub(super) const SESSION: &str = "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; \
+     SET standard_conforming_strings = on; SET row_security = off; SET DateStyle = ISO; \
+     SET IntervalStyle = postgres; SET lc_monetary = 'C'; SET xmloption = content";
+
 /// The target's session: a lost commit loses a chunk and its progress row together, so
 /// `synchronous_commit` need not wait for the disk; locks wait at most the lock timeout.
-pub(super) async fn target_session(
-    conn: &mut PgConnection,
-    copier: &Copier,
-    load: bool,
-) -> Result<(), Error> {
-    let mut sql = format!(
-        "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; \
-         SET standard_conforming_strings = on; SET synchronous_commit = off; SET lock_timeout = '{}ms'",
+/// (Triggers are turned off per transaction, for the tables that load so.)
+pub(super) async fn target_session(conn: &mut PgConnection, copier: &Copier) -> Result<(), Error> {
+    let sql = format!(
+        "{SESSION}; SET synchronous_commit = off; SET lock_timeout = '{}ms'",
         copier.lock_timeout.as_millis().max(1)
     );
-    if load && copier.triggers == Triggers::Off {
-        sql.push_str("; SET session_replication_role = replica");
-    }
-    sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await?;
+    sqlx::raw_sql(AssertSqlSafe(sql))
+        .execute(conn)
+        .await
+        .during(|| "setting up the target's session".into())?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::report::{CopyPlan, SequenceSet};
+use crate::error::TableFailure;
 
 /// What a copy reports as it goes, to [`Copier::on_event`](crate::copy::Copier::on_event).
 #[derive(Clone, Debug, serde::Serialize)]
@@ -52,6 +53,12 @@ pub enum CopyEvent {
         table: String,
         /// Rows of the table copied by this run.
         rows: u64,
+    },
+    /// A table stopped at its last committed chunk: the target rejected a row of it (or
+    /// it references a table that failed, and was not started). The other tables go on.
+    TableFailed {
+        /// Where it stopped and why.
+        failure: TableFailure,
     },
     /// A sequence was moved forward.
     SequenceSet(SequenceSet),

@@ -1,9 +1,12 @@
 //! A table's fingerprint in PostgreSQL, on either side: its row count and a SHA-256 of its
-//! copied columns in key order.
+//! copied columns in key order, or, for a table without a key, in the order of the rows'
+//! own hashes: no column's values are sorted or compared (a type may have no ordering or
+//! equality, `box`, `json`, `xml`), only keys and the hashes of the rows' text.
 
 use sqlx::postgres::PgConnection;
 
 use super::catalog::{Table, display};
+use super::context::During;
 use super::plan::Planned;
 use super::sql::source_from;
 use crate::backend::postgres::hash_rows;
@@ -32,8 +35,19 @@ pub(super) async fn fingerprint(
         } else {
             &p.target
         };
-        let (rows, sha256) =
-            hash_rows(conn, fingerprint_sql(p, table, &source_from(table))).await?;
+        let (rows, sha256) = hash_rows(conn, fingerprint_sql(p, table, &source_from(table)))
+            .await
+            .during(|| {
+                format!(
+                    "fingerprinting {} on the {}",
+                    p.plan.table,
+                    if side == Side::Source {
+                        "source"
+                    } else {
+                        "target"
+                    }
+                )
+            })?;
         out.tables.insert(
             display(&p.source.name),
             TableFingerprint {
@@ -46,7 +60,9 @@ pub(super) async fn fingerprint(
     Ok(out)
 }
 
-/// The rows of `from` (shaped as `table`) hashed one by one, in key order.
+/// The rows of `from` (shaped as `table`) hashed one by one, in key order (a collatable
+/// key in byte order, so that two databases of different collations agree), or in the
+/// order of the hashes for a table without a key.
 pub(super) fn fingerprint_sql(p: &Planned, table: &Table, from: &str) -> String {
     let row = format!(
         "ROW({})::text",
@@ -56,25 +72,23 @@ pub(super) fn fingerprint_sql(p: &Planned, table: &Table, from: &str) -> String 
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let order = if p.plan.key.is_empty() {
-        format!("{row} COLLATE \"C\"")
-    } else {
-        p.plan
-            .key
-            .iter()
-            .map(|k| {
-                let collatable = table
-                    .column(k)
-                    .is_some_and(|c| c.sql_type == "text" || c.sql_type.starts_with("character"));
-                let column = format!("t.{}", quote_ident(k));
-                if collatable {
-                    format!("{column} COLLATE \"C\"")
-                } else {
-                    column
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    format!("SELECT sha256(convert_to({row}, 'UTF8')) FROM {from} AS t ORDER BY {order}")
+    let hash = format!("sha256(convert_to({row}, 'UTF8'))");
+    if p.plan.key.is_empty() {
+        return format!("SELECT {hash} AS h FROM {from} AS t ORDER BY h");
+    }
+    let order = p
+        .plan
+        .key
+        .iter()
+        .map(|k| {
+            let column = format!("t.{}", quote_ident(k));
+            if table.column(k).is_some_and(|c| c.collatable) {
+                format!("{column} COLLATE \"C\"")
+            } else {
+                column
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("SELECT {hash} FROM {from} AS t ORDER BY {order}")
 }

@@ -4,6 +4,7 @@
 use sqlx::AssertSqlSafe;
 use sqlx::postgres::PgConnection;
 
+use super::context::During;
 use super::event::{CopyEvent, EventSink, emit};
 use super::plan::Planned;
 use super::report::{SequenceSet, TableReport};
@@ -33,6 +34,12 @@ pub(super) async fn set_sequences(
                     "smallint" | "integer" | "bigint" | "numeric"
                 )
             });
+            let during = || {
+                format!(
+                    "moving sequence {} of {}.{} past the copied values",
+                    s.sequence, p.plan.table, s.column
+                )
+            };
             let highest: Option<i64> = if integer {
                 query_scalar(AssertSqlSafe(format!(
                     "SELECT max({})::int8 FROM {}",
@@ -40,7 +47,8 @@ pub(super) async fn set_sequences(
                     p.target.ident()
                 )))
                 .fetch_one(&mut *dst)
-                .await?
+                .await
+                .during(during)?
             } else {
                 None
             };
@@ -52,7 +60,8 @@ pub(super) async fn set_sequences(
                 s.sequence
             )))
             .fetch_one(&mut *dst)
-            .await?;
+            .await
+            .during(during)?;
             if current.is_some_and(|c| c >= wanted) {
                 continue;
             }
@@ -60,7 +69,8 @@ pub(super) async fn set_sequences(
                 .bind(&s.sequence)
                 .bind(wanted)
                 .execute(&mut *dst)
-                .await?;
+                .await
+                .during(during)?;
             let moved = SequenceSet {
                 sequence: s.sequence.clone(),
                 table: p.plan.table.clone(),
@@ -90,7 +100,8 @@ pub(super) async fn analyze(
         if t.rows > 0 && !analyzed.contains(&p.plan.table) {
             sqlx::raw_sql(AssertSqlSafe(format!("ANALYZE {}", p.target.ident())))
                 .execute(&mut *dst)
-                .await?;
+                .await
+                .during(|| format!("analyzing target table {}", p.plan.table))?;
             analyzed.push(p.plan.table.clone());
             emit(
                 sink,
@@ -112,6 +123,7 @@ pub(super) async fn flush(dst: &mut PgConnection) -> Result<(), Error> {
          SELECT txid_current(); COMMIT",
     )
     .execute(dst)
-    .await?;
+    .await
+    .during(|| "the durable commit that flushes the copied chunks on the target".into())?;
     Ok(())
 }

@@ -1,66 +1,62 @@
-//! Foreign keys with the target's triggers off: whether the role may turn them off, which
-//! tables must keep them on, and the copy's own check of each key over each chunk.
+//! The copy's own check of each foreign key, for the tables loaded with the target's
+//! triggers off (see `triggers.rs`): one anti-join per key over exactly the rows the
+//! chunk's transaction wrote, before it commits.
 //!
-//! Why: where the target role may set `session_replication_role` and no selected table has
-//! triggers of its own, the load runs in replica mode and each key is checked with one
-//! anti-join over each chunk before it commits, instead of the server's row-by-row checks:
-//! the same guarantee at a third of the time, with no DDL on the target's tables.
-
-use std::collections::BTreeSet;
+//! Why: where the target role may set `session_replication_role` and a table has no
+//! trigger of its own, the load runs in replica mode and each key is checked set-based,
+//! instead of the server's row-by-row checks: the same guarantee at a third of the time,
+//! with no DDL on the target's tables.
+//!
+//! Exactly the rows written: those of the chunk's key range (its bounds bound, and cast to
+//! the target's types) whose `xmin` is the transaction's own. Where the two sides may order
+//! the key differently (a collatable column, whose collations may differ; a SQLite source,
+//! which orders by storage class and bytes), the source's bounds may not select in the
+//! target the rows they selected in the source: the rows of the range written by this
+//! transaction are then counted, and if they are fewer than the transaction wrote, every
+//! row it wrote is checked (a scan of the table) instead of the range.
 
 use sqlx::AssertSqlSafe;
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
 
-use super::catalog::{self, TableName, display};
+use super::catalog::{self, display};
 use super::plan::Planned;
-use super::sql::quote_literal;
-use crate::backend::postgres::{query, query_as, query_scalar};
-use crate::error::Error;
+use super::sql::{Predicate, quote_literal, source_from};
+use crate::backend::postgres::query;
 use crate::sql::quote_ident;
 
-/// Whether the target role may set `session_replication_role`.
-pub(super) async fn may_disable_triggers(conn: &mut PgConnection) -> Result<bool, Error> {
-    Ok(query_scalar(
-        "SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
-             OR (current_setting('server_version_num')::int >= 150000
-                 AND has_parameter_privilege('session_replication_role', 'SET'))",
-    )
-    .fetch_one(conn)
-    .await?)
-}
-
-/// The target's tables (partitioned ones through their partitions) whose load would
-/// change with triggers off: a trigger of their own that fires in the origin or replica
-/// role, or a `MATCH FULL` foreign key (the copy's own check follows `MATCH SIMPLE`).
-pub(super) async fn tables_keeping_triggers(
-    conn: &mut PgConnection,
-) -> Result<BTreeSet<TableName>, Error> {
-    let rows: Vec<(String, String)> = query_as(
-        "SELECT DISTINCT n.nspname::text, c.relname::text
-         FROM (SELECT tgrelid AS rel FROM pg_trigger
-               WHERE NOT tgisinternal AND tgenabled IN ('O', 'R')
-               UNION SELECT conrelid FROM pg_constraint
-               WHERE contype = 'f' AND confmatchtype = 'f') AS x
-         CROSS JOIN LATERAL (SELECT x.rel UNION SELECT relid FROM pg_partition_ancestors(x.rel))
-             AS a (relid)
-         JOIN pg_class c ON c.oid = a.relid
-         JOIN pg_namespace n ON n.oid = c.relnamespace",
-    )
-    .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().collect())
-}
+/// Rows this transaction wrote.
+const WRITTEN_HERE: &str = "c.xmin = pg_current_xact_id()::xid";
 
 /// The first row of a chunk whose foreign key names a row the target does not hold, as
 /// a message naming the constraint, the row and the missing key; `None` when every
-/// reference holds. Each key is one anti-join over the chunk's key range (`range`, over the
-/// target's columns aliased `c`).
+/// reference holds. `range` is the chunk's key range over the target's columns (aliased
+/// `c`), `written` the rows the transaction wrote into the table.
 pub(super) async fn dangling_reference(
     conn: &mut PgConnection,
     p: &Planned,
-    range: &str,
+    range: &Predicate,
+    written: u64,
 ) -> Result<Option<String>, sqlx::Error> {
+    if p.target.foreign_keys.is_empty() || written == 0 {
+        return Ok(None);
+    }
+    let from = source_from(&p.target);
+    let mut scope = range.clone();
+    if !range.sql.is_empty() && !range.exact {
+        let sql = format!(
+            "SELECT count(*) FROM {from} AS c WHERE {WRITTEN_HERE}{}",
+            range.sql
+        );
+        let in_range: i64 = range
+            .apply(query(AssertSqlSafe(sql)))
+            .fetch_one(&mut *conn)
+            .await?
+            .try_get(0)?;
+        if u64::try_from(in_range).unwrap_or(0) != written {
+            scope = Predicate::default();
+        }
+    }
     for fk in &p.target.foreign_keys {
         if fk.referenced.len() != fk.columns.len() {
             continue;
@@ -100,15 +96,19 @@ pub(super) async fn dangling_reference(
             key.join(" || ', ' || ")
         };
         let sql = format!(
-            "SELECT {key}, concat_ws(', ', {}) FROM ONLY {} AS c
-             WHERE {}{range} AND NOT EXISTS (SELECT 1 FROM {parent} AS r WHERE {})
+            "SELECT {key}, concat_ws(', ', {}) FROM {from} AS c
+             WHERE {WRITTEN_HERE} AND {}{} AND NOT EXISTS (SELECT 1 FROM {parent} AS r WHERE {})
              LIMIT 1",
             shown.join(", "),
-            p.target.ident(),
             present.join(" AND "),
+            scope.sql,
             matched.join(" AND ")
         );
-        if let Some(row) = query(AssertSqlSafe(sql)).fetch_optional(&mut *conn).await? {
+        if let Some(row) = scope
+            .apply(query(AssertSqlSafe(sql)))
+            .fetch_optional(&mut *conn)
+            .await?
+        {
             let (row_key, values): (String, String) = (row.try_get(0)?, row.try_get(1)?);
             return Ok(Some(format!(
                 "foreign key {} of the row with {row_key}: ({}) = ({values}) is not present in table {} (checked by the copy: triggers are off)",

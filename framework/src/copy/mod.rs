@@ -20,19 +20,29 @@
 //!
 //! 1. **Plan**, before any row moves ([`Copier::plan`] stops here and writes nothing): the
 //!    tables of the source (schema tools' and datamig's bookkeeping tables left out unless
-//!    named), each matched by schema and name in the target, columns by name; a source
-//!    column the target lacks, a target column the source lacks that is `NOT NULL` without a
-//!    default, types that differ (other than a lossless widening such as `integer` into
-//!    `bigint`), a missing privilege, a cycle of foreign keys that cannot be loaded: each is
-//!    named, and nothing is written. Generated columns are never written. Tables load
-//!    parents first by the target's foreign keys; a table that references itself loads in
-//!    one statement (its references are checked when all its rows are in); tables in a
-//!    cycle of `DEFERRABLE` keys load together in one transaction with the constraints
-//!    deferred. Where the role may and no table has triggers of its own
-//!    ([`Triggers::Auto`]), the load runs in `session_replication_role = replica` (no
-//!    row-by-row foreign-key checks by the server) and the copy checks each foreign key
-//!    itself, set-based over each chunk before it commits; [`Triggers::Off`] does so
-//!    whatever the triggers, [`Triggers::On`] never.
+//!    named; a partitioned table through its root, a partition only when named, never
+//!    both; inheritance children as tables of their own, each parent read `ONLY`), each
+//!    matched by schema and name in the target, columns by name; a source column the
+//!    target lacks, a target column the source lacks that is `NOT NULL` without a default,
+//!    types that differ (other than a lossless widening such as `integer` into `bigint`),
+//!    an enum, composite, domain or range defined differently, a type whose input refuses
+//!    every value (`pg_node_tree`), row-level security that would hide rows from the
+//!    source role or refuse the target role's writes (naming the policies), a missing
+//!    privilege, a cycle of foreign keys that cannot be loaded: each is named, and nothing
+//!    is written. Generated columns are never written; a table with no column to copy
+//!    (every column dropped) has its rows counted and inserted. Tables load parents first
+//!    by the target's foreign keys; a table that references itself loads in one statement
+//!    (its references are checked when all its rows are in); tables in a cycle of
+//!    `DEFERRABLE` keys load together in one transaction with the constraints deferred.
+//!    Each table loads with the target's triggers on or off by itself, the plan saying why
+//!    ([`TablePlan::triggers`]): with [`Triggers::Auto`], off where the role may and that
+//!    changes nothing but the speed (no trigger of its own that replica mode would skip or
+//!    start, no `MATCH FULL` key); off, its transactions run in `session_replication_role
+//!    = replica` (no row-by-row foreign-key checks by the server) and the copy checks each
+//!    foreign key itself, set-based over exactly the rows each chunk wrote, before it
+//!    commits. [`Triggers::Off`] turns every table's off, and disables the triggers that
+//!    fire in the replica role too (`ALWAYS`, `REPLICA`) within each chunk's transaction,
+//!    as `pg_dump --disable-triggers` does; [`Triggers::On`] never.
 //! 2. **Refuse a target that holds rows** this copy did not write ([`CopyMode::Empty`], the
 //!    default), naming the tables; [`CopyMode::Merge`] inserts missing rows and updates
 //!    changed ones by primary key (never deletes); [`CopyMode::DangerouslyTruncate`]
@@ -41,20 +51,31 @@
 //!    by every worker (`--jobs`), so rows related by foreign keys agree while the source
 //!    takes writes. Each table is split in key ranges of its primary key (chunks of about
 //!    [`Copier::chunk_rows`] rows); each chunk streams `COPY .. TO STDOUT` from the source
-//!    into `COPY .. FROM STDIN` on the target, without parsing a row, and commits in one
-//!    transaction with its row in the target's `datamig_copy_progress` table. A worker
+//!    into `COPY .. FROM STDIN` on the target, without parsing a row (in binary where
+//!    every column's binary form means the same in the target, in text otherwise: a type
+//!    without binary I/O, the database's own types, types naming objects by OID), and
+//!    commits in one transaction with its row in the target's `datamig_copy_progress`
+//!    table. A worker
 //!    free for the next chunk takes one of a table no other worker is loading where one is
 //!    ready (parents loaded), then the chunks of a shared table in key order: two loads
 //!    into one table contend for its indexes' pages, and only one of them can append at
 //!    the right edge of each B-tree. A copy killed
 //!    at any instant keeps the chunks that committed and nothing of the others; the same
 //!    command run again copies only the chunks left, and a finished copy run again copies
-//!    nothing and says so.
+//!    nothing and says so. A chunk whose rows the target rejects (a constraint, a trigger,
+//!    a value of the wrong type) is rolled back and stops its table (and the tables that
+//!    reference it) at the last committed chunk; every other table goes on, and the run
+//!    ends with [`Error::CopyIncomplete`] listing each table not finished
+//!    ([`Copier::fail_fast`] stops at the first instead). The progress table records the
+//!    source each chunk came from (a PostgreSQL cluster's system identifier and the
+//!    database's OID, a SQLite file's identity): chunks of another source of the same name
+//!    are refused, not taken as done.
 //! 4. **Afterwards**: the sequences of serial and identity columns are set past the copied
 //!    values (the source's position or the highest value copied, never moved backwards);
 //!    every table that received rows is analyzed; with [`Copier::verify`] both sides are
 //!    fingerprinted, table by table (row count and a SHA-256 of the copied columns in key
-//!    order), and the differences returned.
+//!    order, or in the order of the rows' hashes for a table without a key: no column is
+//!    sorted or compared, whatever its type), and the differences returned.
 //!
 //! **What a resumed run reads.** A run reads one snapshot; a resumed run takes a new one,
 //! so the chunks it copies show the source as it is then, while the chunks committed
@@ -92,6 +113,7 @@
 mod catalog;
 mod chunk;
 mod connect;
+mod context;
 mod convert;
 mod copier;
 mod event;
@@ -102,7 +124,9 @@ mod pipe;
 mod plan;
 mod report;
 mod schedule;
+mod shapes;
 mod sql;
+mod triggers;
 
 // Where a copy reads: the `Source` trait and its implementations.
 mod source;
@@ -130,7 +154,7 @@ pub use plan::{BOOKKEEPING_TABLES, ColumnAction, ColumnPlan, TablePlan};
 pub use report::{CopyPlan, CopyReport, RowDifference, SequenceSet, TableReport, Verification};
 
 use crate::error::Error;
-pub use crate::error::UnconvertibleValue;
+pub use crate::error::{TableFailure, UnconvertibleValue};
 use options::Purpose;
 
 impl Copier {
@@ -139,8 +163,10 @@ impl Copier {
     ///
     /// # Errors
     ///
-    /// [`Error::CopyPlan`] naming every mismatch, [`Error::CopyRefused`] (the same database
-    /// on both sides, a target holding rows, a missing privilege), [`Error::Database`].
+    /// [`Error::CopyPlan`] naming every mismatch and every shape the copy cannot take,
+    /// [`Error::CopyRefused`] (the same database on both sides, a target holding rows, a
+    /// missing privilege, chunks recorded from another source of the same name),
+    /// [`Error::CopyDatabase`] saying what the copy was doing when the database failed.
     pub async fn plan(&self) -> Result<CopyPlan, Error> {
         run::run(self, Purpose::Plan)
             .await
@@ -169,10 +195,14 @@ impl Copier {
     ///
     /// # Errors
     ///
-    /// As [`Copier::plan`], and: [`Error::CopyRejected`] when the target rejects a row (its
-    /// chunk rolled back, the chunks before it kept); [`Error::CopyBlocked`] when a lock
-    /// wait on the target outlasts the lock timeout (naming the sessions holding it);
-    /// [`Error::Database`] when a connection fails (run the copy again to resume).
+    /// As [`Copier::plan`], and: [`Error::CopyIncomplete`] when the target rejected rows of
+    /// some tables (each stopped at its last committed chunk, the tables referencing it not
+    /// started, every other table copied; run the copy again to resume just those), or
+    /// with [`Copier::fail_fast`], [`Error::CopyRejected`] or [`Error::CopyUnconvertible`]
+    /// at the first such row; [`Error::CopyBlocked`] when a lock wait on the target
+    /// outlasts the lock timeout (naming the sessions holding it);
+    /// [`Error::CopyDatabase`] (naming the table and chunk) or [`Error::Config`] when a
+    /// connection fails (run the copy again to resume).
     pub async fn run(&self) -> Result<CopyReport, Error> {
         run::run(self, Purpose::Run).await
     }

@@ -47,18 +47,21 @@ pub(crate) struct Selection {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Triggers {
-    /// Off when that changes nothing but the speed: the target role may set
-    /// `session_replication_role` (a superuser or, from PostgreSQL 15, `GRANT SET ON
-    /// PARAMETER`), and no selected target table has a trigger of its own that replica
-    /// mode would skip or start, nor a `MATCH FULL` foreign key; the foreign keys are then
-    /// checked by the copy, set-based. On otherwise. The plan says which
-    /// ([`CopyPlan::triggers_off`](crate::copy::CopyPlan::triggers_off)).
+    /// Table by table, off when that changes nothing but the speed: the target role may
+    /// set `session_replication_role` (a superuser or, from PostgreSQL 15, `GRANT SET ON
+    /// PARAMETER`), and the table has no trigger of its own that replica mode would skip
+    /// or start, nor a `MATCH FULL` foreign key; its foreign keys are then checked by the
+    /// copy, set-based. On otherwise. The plan says which, and why a table keeps its
+    /// triggers ([`TablePlan::triggers`](crate::copy::TablePlan::triggers)).
     #[default]
     Auto,
     /// On: user triggers fire, and the server checks each foreign key row by row.
     On,
-    /// Off whatever the tables' triggers (user triggers do not fire); refused before any
-    /// row moves where the role may not set `session_replication_role`.
+    /// Off for every table whatever its triggers, as `pg_dump --disable-triggers`: no
+    /// trigger fires (those enabled `ALWAYS` or `REPLICA`, which the replica role would
+    /// not stop, are disabled within each chunk's transaction and enabled again before it
+    /// commits, which needs the table's owner or a superuser). Refused before any row
+    /// moves where the role may not set `session_replication_role`.
     Off,
 }
 

@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::catalog::{Table, TableName, display};
 use super::options::{CopyMode, Selection};
+use super::shapes;
+use super::triggers::TriggerChoice;
 
 /// The tables of datamig's ledger that a copy from SQLite brings along (see
 /// [`Copier::ledger`](super::Copier::ledger)).
@@ -99,6 +101,14 @@ pub struct TablePlan {
     pub chunks: usize,
     /// Chunks an earlier run of this copy committed.
     pub chunks_done: usize,
+    /// It loads with the target's triggers off (`session_replication_role = replica`),
+    /// its foreign keys checked by the copy, set-based over each chunk; otherwise the
+    /// server checks them row by row and its triggers fire.
+    pub triggers_off: bool,
+    /// Why it keeps its triggers (a trigger of its own that would not fire, a `MATCH FULL`
+    /// key, a role that may not turn them off), or what turning them off does to triggers
+    /// that fire in the replica role too.
+    pub triggers: Option<String>,
 }
 
 impl TablePlan {
@@ -119,6 +129,8 @@ pub(crate) struct Planned {
     pub(crate) plan: TablePlan,
     pub(crate) source: Table,
     pub(crate) target: Table,
+    /// How it loads: triggers on or off, and the triggers disabled while it does.
+    pub(crate) triggers: TriggerChoice,
 }
 
 /// Whether `name` (`table` or `schema.table`) names the table.
@@ -127,13 +139,14 @@ pub(crate) fn names(name: &str, table: &TableName) -> bool {
 }
 
 /// The plan, or every problem found (each naming table, column and both types). `columns`
-/// plans the columns of one table as the source reads them.
+/// plans the columns of one table as the source reads them; `triggers` says how a target
+/// table loads.
 pub(crate) fn plan(
     source: &BTreeMap<TableName, Table>,
     target: &BTreeMap<TableName, Table>,
     selection: &Selection,
     mode: CopyMode,
-    disable_triggers: bool,
+    triggers: impl Fn(&Table) -> TriggerChoice,
     columns: impl Fn(&Table, &Table, &mut Vec<String>) -> Vec<ColumnPlan>,
 ) -> Result<(Vec<Planned>, Vec<String>), Vec<String>> {
     let mut problems = Vec::new();
@@ -144,13 +157,19 @@ pub(crate) fn plan(
         }
     }
     let mut selected: Vec<&Table> = Vec::new();
+    let mut excluded: Vec<&Table> = Vec::new();
     for (name, table) in source {
         let named = selection.tables.iter().any(|n| names(n, name))
             || (selection.ledger && LEDGER_TABLES.contains(&name.1.as_str()));
+        if selection.exclude.iter().any(|n| names(n, name)) {
+            excluded.push(table);
+            continue;
+        }
         if !selection.tables.is_empty() && !named {
             continue;
         }
-        if selection.exclude.iter().any(|n| names(n, name)) {
+        // A partition is read through its root, unless it is named.
+        if !table.ancestors.is_empty() && !named {
             continue;
         }
         if !named && (BOOKKEEPING_TABLES.contains(&name.1.as_str()) || table.extension) {
@@ -159,6 +178,7 @@ pub(crate) fn plan(
         }
         selected.push(table);
     }
+    shapes::partitions(&selected, &excluded, &mut problems);
     let chosen: BTreeSet<&TableName> = selected.iter().map(|t| &t.name).collect();
 
     let mut planned = Vec::new();
@@ -173,6 +193,22 @@ pub(crate) fn plan(
         let before = problems.len();
         let columns = columns(table, theirs, &mut problems);
         check_privileges(table, theirs, mode, &mut problems);
+        let copied: Vec<&str> = columns
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c.action,
+                    ColumnAction::Copy | ColumnAction::Widen | ColumnAction::Convert
+                )
+            })
+            .map(|c| c.name.as_str())
+            .collect();
+        let same_type: Vec<&str> = columns
+            .iter()
+            .filter(|c| c.action == ColumnAction::Copy)
+            .map(|c| c.name.as_str())
+            .collect();
+        shapes::check(table, theirs, (&copied, &same_type), mode, &mut problems);
         if mode == CopyMode::Merge && theirs.primary_key.is_empty() {
             problems.push(format!(
                 "table {} has no primary key in the target: --mode merge matches rows by primary key",
@@ -204,6 +240,7 @@ pub(crate) fn plan(
         } else {
             None
         };
+        let choice = triggers(theirs);
         planned.push(Planned {
             plan: TablePlan {
                 table: display(&table.name),
@@ -215,15 +252,18 @@ pub(crate) fn plan(
                 whole,
                 chunks: 0,
                 chunks_done: 0,
+                triggers_off: choice.off,
+                triggers: choice.why.clone(),
             },
             source: (*table).clone(),
             target: theirs.clone(),
+            triggers: choice,
         });
     }
     if !problems.is_empty() {
         return Err(problems);
     }
-    let planned = order(planned, disable_triggers)?;
+    let planned = order(planned)?;
     Ok((planned, left_out))
 }
 
@@ -362,8 +402,9 @@ pub(crate) fn widens(from: &str, to: &str) -> bool {
 }
 
 /// Parents before children; tables in a cycle of foreign keys together (when every key of
-/// the cycle is deferrable, or triggers are off), else the cycle is refused by name.
-fn order(planned: Vec<Planned>, disable_triggers: bool) -> Result<Vec<Planned>, Vec<String>> {
+/// the cycle is deferrable, or every table of it loads with triggers off), else the cycle
+/// is refused by name.
+fn order(planned: Vec<Planned>) -> Result<Vec<Planned>, Vec<String>> {
     let index: BTreeMap<String, usize> = planned
         .iter()
         .enumerate()
@@ -382,7 +423,7 @@ fn order(planned: Vec<Planned>, disable_triggers: bool) -> Result<Vec<Planned>, 
     let components = strongly_connected(&edges);
     let mut problems = Vec::new();
     for members in &components {
-        if members.len() < 2 || disable_triggers {
+        if members.len() < 2 || members.iter().all(|&m| planned[m].triggers.off) {
             continue;
         }
         let inside: BTreeSet<&str> = members
@@ -400,7 +441,7 @@ fn order(planned: Vec<Planned>, disable_triggers: bool) -> Result<Vec<Planned>, 
         }
         if !rigid.is_empty() {
             problems.push(format!(
-                "the foreign keys of tables {} form a cycle, and {} {} not DEFERRABLE: make {} DEFERRABLE, or copy with --triggers off as a role that may set session_replication_role",
+                "the foreign keys of tables {} form a cycle, and {} {} not DEFERRABLE: make {} DEFERRABLE, or copy with --triggers off as a role that may set session_replication_role (a table of the cycle keeps its triggers otherwise)",
                 inside.iter().copied().collect::<Vec<_>>().join(", "),
                 rigid.join(", "),
                 if rigid.len() == 1 { "is" } else { "are" },
@@ -420,6 +461,7 @@ fn order(planned: Vec<Planned>, disable_triggers: bool) -> Result<Vec<Planned>, 
         group.sort_by(|a, b| a.plan.table.cmp(&b.plan.table));
         if group.len() > 1 {
             let names: Vec<String> = group.iter().map(|p| p.plan.table.clone()).collect();
+            let disable_triggers = group.iter().all(|p| p.triggers.off);
             for p in &mut group {
                 p.plan.cycle = names
                     .iter()

@@ -25,9 +25,11 @@ pub struct CopyPlan {
     pub resumed: bool,
     /// The source is a SQLite database: its values are converted column by column.
     pub from_sqlite: bool,
-    /// The load runs with the target's triggers off (`session_replication_role =
+    /// Every table loads with the target's triggers off (`session_replication_role =
     /// replica`) and the copy checks every foreign key itself, set-based over each chunk;
-    /// otherwise the server checks them row by row. See [`Triggers`](crate::copy::Triggers).
+    /// otherwise some or all keep their triggers and the server checks their keys row by
+    /// row ([`TablePlan::triggers_off`](crate::copy::TablePlan::triggers_off) says which).
+    /// See [`Triggers`](crate::copy::Triggers).
     pub triggers_off: bool,
     /// Values of a SQLite source that would not convert: [`Copier::plan`](crate::copy::Copier::plan) reads every row
     /// and lists the first 1,000 here ([`CopyPlan::unconvertible_total`] counts them all).

@@ -1,9 +1,9 @@
 //! One copy, plan or comparison from start to end, its phases in order: the catalogs of
 //! both sides (the source opened in the state every reader sees), the checked plan, what
-//! earlier runs recorded, the chunks, the plan recorded in the target, the load by the
-//! workers, what follows it, and the verification.
+//! earlier runs recorded (from this source only), the chunks, the plan recorded in the
+//! target, the load by the workers, what follows it, and the verification; or, where
+//! tables failed, the list of those not finished.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,7 +17,7 @@ use super::connect::{connect, target_session};
 use super::copier::{Copier, SourceOptions};
 use super::event::{CopyEvent, emit};
 use super::finish;
-use super::options::{CopyMode, Purpose, Triggers};
+use super::options::{CopyMode, Purpose};
 use super::progress;
 use super::report::{CopyPlan, CopyReport, empty_report};
 use super::source::postgres::PostgresSource;
@@ -25,7 +25,7 @@ use super::source::postgres::PostgresSource;
 use super::source::sqlite::SqliteSource;
 use super::source::{Opened, Source};
 use super::verify::verify;
-use super::workers::copy_chunks;
+use super::workers::{Loaded, copy_chunks};
 use crate::error::Error;
 
 /// One copy (or plan, or comparison), from the source the copier names.
@@ -105,12 +105,14 @@ async fn copy<S: Source>(
     //    in the state every reader of this run sees (an exported snapshot, or a SQLite
     //    file's write lock).
     let mut dst = connect(&copier.target, "target").await?;
-    target_session(&mut dst, copier, false).await?;
-    let target_tables = catalog::read(&mut dst).await?;
+    target_session(&mut dst, copier).await?;
+    let target_tables = catalog::read(&mut dst, "target").await?;
     let Opened {
         mut source,
         tables: source_tables,
         name,
+        identity,
+        version,
     } = S::open(options, copier, &mut dst, &target_tables, purpose).await?;
 
     // 2. The plan, checked against both databases; the triggers decided.
@@ -128,7 +130,7 @@ async fn copy<S: Source>(
     )
     .await?;
     let copier = &copier;
-    let triggers_off = copier.triggers == Triggers::Off;
+    let triggers_off = planned.iter().all(|p| p.triggers.off);
     let from_sqlite = S::KIND == "sqlite";
 
     if purpose == Purpose::Compare {
@@ -151,25 +153,31 @@ async fn copy<S: Source>(
     }
 
     // 3. What earlier runs of this copy recorded: kept, or forgotten by a restart (a
-    //    truncating copy, a new merge pass). A target holding rows this copy did not write
-    //    is refused.
+    //    truncating copy, a new merge pass). Chunks recorded from another source of the
+    //    same name, and a target holding rows this copy did not write, are refused.
     let copy_id = match copier.mode {
         CopyMode::Merge => format!("{name} merge"),
         _ => name,
     };
     let progress = progress::table(copier.progress_schema.as_deref());
     let progress_exists = progress::exists(&mut dst, &progress).await?;
+    if progress_exists && purpose == Purpose::Run {
+        progress::upgrade(&mut dst, &progress).await?;
+    }
     let mut recorded = if progress_exists {
         progress::read(&mut dst, &progress, &copy_id).await?
     } else {
-        BTreeMap::new()
+        progress::Recorded::default()
     };
-    let finished_pass = !recorded.is_empty() && recorded.values().flatten().all(|c| c.done);
+    let finished_pass =
+        !recorded.chunks.is_empty() && recorded.chunks.values().flatten().all(|c| c.done);
     let restart = copier.mode == CopyMode::DangerouslyTruncate
         || (copier.mode == CopyMode::Merge && finished_pass);
     if restart {
-        recorded.clear();
+        recorded = progress::Recorded::default();
     }
+    progress::refuse_other_source(&recorded, &identity, &copy_id, &progress)?;
+    let recorded = recorded.chunks;
     if copier.mode == CopyMode::Empty {
         check::refuse_occupied(&mut dst, &planned, &recorded).await?;
     }
@@ -212,7 +220,7 @@ async fn copy<S: Source>(
     }
     progress::lock(&mut dst, &copy_id).await?;
     progress::record(
-        &mut dst, copier, &progress, &copy_id, &planned, &chunks, restart,
+        &mut dst, copier, &progress, &copy_id, &identity, &planned, &chunks, restart,
     )
     .await?;
     emit(&copier.on_event, &CopyEvent::Planned { plan: plan.clone() });
@@ -223,16 +231,26 @@ async fn copy<S: Source>(
     let pending: usize = chunks.iter().flatten().filter(|c| !c.done).count();
     report.already_copied = pending == 0;
     let planned = Arc::new(planned);
+    let mut failures = Vec::new();
     if pending > 0 {
-        let (outcome, analyzed) =
-            copy_chunks::<S>(copier, readers, &progress, &copy_id, &planned, chunks).await?;
-        report.tables = outcome;
-        report.analyzed = analyzed
+        let loaded: Loaded = copy_chunks::<S>(
+            copier,
+            readers,
+            &progress,
+            (&copy_id, &version),
+            &planned,
+            chunks,
+        )
+        .await?;
+        report.tables = loaded.reports;
+        report.analyzed = loaded
+            .analyzed
             .into_iter()
             .map(|t| planned[t].plan.table.clone())
             .collect();
         report.rows = report.tables.iter().map(|t| t.rows).sum();
         report.bytes = report.tables.iter().map(|t| t.bytes).sum();
+        failures = loaded.failures;
     }
 
     // 7. Afterwards: sequences, ANALYZE, and one durable commit.
@@ -251,6 +269,21 @@ async fn copy<S: Source>(
     }
     if pending > 0 {
         finish::flush(&mut dst).await?;
+    }
+    if !failures.is_empty() {
+        // What committed stays (flushed above); the tables not finished are listed, and the
+        // same copy run again resumes just those.
+        let _ = source.close().await;
+        let _ = dst.close().await;
+        let failed: Vec<&str> = failures.iter().map(|f| f.table.as_str()).collect();
+        let copied = planned
+            .iter()
+            .filter(|p| !failed.contains(&p.plan.table.as_str()))
+            .count();
+        return Err(Error::CopyIncomplete {
+            failed: failures,
+            copied,
+        });
     }
 
     // 8. The verification.

@@ -1,6 +1,8 @@
 //! Which unit of work a free worker takes next: units whose parents are loaded, first of
 //! a table no other worker is loading (two loads into one B-tree cost the target more CPU
-//! than two into two), then in key order. Pure and unit-tested.
+//! than two into two), then in key order; and what is left when a table fails (its
+//! chunks, and those of the tables that reference it, are not started). Pure and
+//! unit-tested.
 
 use std::collections::BTreeMap;
 
@@ -45,6 +47,11 @@ pub(super) struct Schedule {
     pub(super) running: usize,
     /// Units taken and not yet finished, per table.
     pub(super) loading: Vec<usize>,
+    /// Tables loaded by one unit at a time (their triggers are disabled within each
+    /// chunk's transaction, which locks the table).
+    pub(super) exclusive: Vec<bool>,
+    /// Tables that failed, or reference one that did: none of their units starts.
+    pub(super) failed: Vec<bool>,
     pub(super) stop: bool,
 }
 
@@ -104,6 +111,11 @@ impl Schedule {
             committed,
             running: 0,
             loading: vec![0; planned.len()],
+            exclusive: planned
+                .iter()
+                .map(|p| !p.triggers.disable.is_empty())
+                .collect(),
+            failed: vec![false; planned.len()],
             stop: false,
         }
     }
@@ -122,9 +134,10 @@ impl Schedule {
             .enumerate()
             .filter(|(_, unit)| {
                 unit.parts.iter().all(|(table, _)| {
-                    parents[*table].iter().all(|parent| {
-                        self.left[*parent] == 0 || unit.parts.iter().any(|(t, _)| t == parent)
-                    })
+                    !(self.exclusive[*table] && self.loading[*table] > 0)
+                        && parents[*table].iter().all(|parent| {
+                            self.left[*parent] == 0 || unit.parts.iter().any(|(t, _)| t == parent)
+                        })
                 })
             })
             .min_by_key(|(i, unit)| {
@@ -149,6 +162,42 @@ impl Schedule {
             None if self.running == 0 => Take::Stuck,
             None => Take::Wait,
         }
+    }
+
+    /// A unit taken was rolled back: its tables failed (see [`Schedule::fail`]).
+    pub(super) fn rolled_back(&mut self, unit: &Unit) {
+        self.running -= 1;
+        for table in unit.tables() {
+            self.loading[table] -= 1;
+        }
+    }
+
+    /// Tables that failed: none of their units left starts, nor any of the tables that
+    /// reference them (directly or not), which would wait for them forever. Returns those
+    /// tables left behind because a table they reference failed, each with that table.
+    pub(super) fn fail(&mut self, tables: &[usize], parents: &[Vec<usize>]) -> Vec<(usize, usize)> {
+        for &t in tables {
+            self.failed[t] = true;
+        }
+        let mut behind = Vec::new();
+        loop {
+            let found = (0..parents.len()).find_map(|t| {
+                if self.failed[t] || self.left[t] == 0 {
+                    return None;
+                }
+                parents[t]
+                    .iter()
+                    .find(|p| self.failed[**p])
+                    .map(|p| (t, *p))
+            });
+            let Some((t, parent)) = found else { break };
+            self.failed[t] = true;
+            behind.push((t, parent));
+        }
+        let failed = &self.failed;
+        self.queue
+            .retain(|unit| !unit.parts.iter().any(|(t, _)| failed[*t]));
+        behind
     }
 
     /// A unit taken has committed.
@@ -183,6 +232,8 @@ mod tests {
             committed: 0,
             running: 0,
             loading: vec![0; chunks.len()],
+            exclusive: vec![false; chunks.len()],
+            failed: vec![false; chunks.len()],
             stop: false,
         }
     }
@@ -226,5 +277,31 @@ mod tests {
         assert_eq!(s.loading, vec![0, 0]);
         assert_eq!(taken(s.take(&parents)), (1, 1));
         assert!(matches!(s.take(&parents), Take::Done));
+    }
+
+    #[test]
+    fn a_failed_table_leaves_its_children_behind_and_the_others_go_on() {
+        // Table 1 references table 0, table 2 references table 1; table 3 stands alone.
+        let mut s = schedule(&[2, 1, 1, 2]);
+        let parents = vec![vec![], vec![0], vec![1], vec![]];
+        let first = Unit {
+            parts: vec![(0, s.queue[0].parts[0].1.clone())],
+        };
+        assert_eq!(taken(s.take(&parents)), (0, 1));
+        s.rolled_back(&first);
+        assert_eq!(s.fail(&[0], &parents), vec![(1, 0), (2, 1)]);
+        assert_eq!(taken(s.take(&parents)), (3, 1));
+        assert_eq!(taken(s.take(&parents)), (3, 2));
+        assert!(matches!(s.take(&parents), Take::Done));
+        assert_eq!(s.loading, vec![0, 0, 0, 2]);
+    }
+
+    #[test]
+    fn an_exclusive_table_loads_one_unit_at_a_time() {
+        let mut s = schedule(&[2]);
+        s.exclusive[0] = true;
+        let parents = vec![vec![]];
+        assert_eq!(taken(s.take(&parents)), (0, 1));
+        assert!(matches!(s.take(&parents), Take::Wait));
     }
 }

@@ -1,5 +1,5 @@
 //! What the workers of a copy share: the plan, the schedule, the readers of the source,
-//! and the counts behind the progress events and the report.
+//! the counts behind the progress events and the report, and the tables that failed.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -14,7 +14,7 @@ use super::plan::Planned;
 use super::report::{TableReport, empty_reports};
 use super::schedule::{Schedule, Take, Unit, parents};
 use super::source::Source;
-use crate::error::Error;
+use crate::error::{Error, TableFailure};
 
 /// What the workers share.
 pub(super) struct Shared<S: Source> {
@@ -23,11 +23,13 @@ pub(super) struct Shared<S: Source> {
     pub(super) progress: String,
     /// The name of the copy in the progress table.
     pub(super) copy_id: String,
+    /// The state of the source this run reads, recorded with each chunk.
+    pub(super) source_version: String,
     pub(super) planned: Arc<Vec<Planned>>,
     /// What hands each worker its reader of the source.
     pub(super) readers: S::Readers,
     /// Per table, the tables it waits for.
-    parents: Vec<Vec<usize>>,
+    pub(super) parents: Vec<Vec<usize>>,
     /// Per table, its chunks (of every run).
     pub(super) chunk_counts: Vec<usize>,
     pub(super) schedule: Mutex<Schedule>,
@@ -41,6 +43,8 @@ pub(super) struct Shared<S: Source> {
     pub(super) reports: Mutex<Vec<TableReport>>,
     /// Tables analyzed as soon as their last chunk committed.
     pub(super) analyzed: Mutex<Vec<usize>>,
+    /// Tables not finished, and why, in the order they failed.
+    pub(super) failures: Mutex<Vec<TableFailure>>,
 }
 
 impl<S: Source> Shared<S> {
@@ -49,7 +53,7 @@ impl<S: Source> Shared<S> {
         copier: Copier,
         readers: S::Readers,
         progress: &str,
-        copy_id: &str,
+        (copy_id, source_version): (&str, &str),
         planned: Arc<Vec<Planned>>,
         chunks: Vec<Vec<Chunk>>,
     ) -> Shared<S> {
@@ -63,6 +67,7 @@ impl<S: Source> Shared<S> {
         Shared {
             progress: progress.to_string(),
             copy_id: copy_id.to_string(),
+            source_version: source_version.to_string(),
             readers,
             parents,
             chunk_counts,
@@ -76,6 +81,7 @@ impl<S: Source> Shared<S> {
                 .sum(),
             reports: Mutex::new(empty_reports(&planned)),
             analyzed: Mutex::new(Vec::new()),
+            failures: Mutex::new(Vec::new()),
             planned,
             copier,
         }

@@ -1,39 +1,53 @@
 //! The worker pool: each worker a task with its own reader of the source and its own
-//! target connection, taking units from the schedule until none is left or one fails.
+//! target connection, taking units from the schedule until none is left. A unit whose
+//! rows are refused stops its tables (and those that reference them) and the worker goes
+//! on with fresh connections; anything else (or any refusal, with `fail_fast`) stops the
+//! copy.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::FutureExt;
 use sqlx::{AssertSqlSafe, Connection};
 use tracing::Instrument;
 
 use super::chunk::Chunk;
 use super::connect::{connect, target_session};
+use super::context::During;
 use super::copier::Copier;
 use super::event::CopyEvent;
 use super::explain::explain;
+use super::failure::{Explained, Failure, Place, Rejection};
 use super::load::load;
 use super::plan::Planned;
 use super::report::TableReport;
+use super::schedule::Unit;
 use super::shared::Shared;
 use super::source::{Reader, Readers, Source};
-use crate::error::Error;
+use crate::error::{Error, TableFailure};
 
-/// Copies the chunks not yet done with up to `copier.jobs` workers; the reports per table
-/// and the tables analyzed as soon as their last chunk committed.
+/// What the workers did: per table, the tables analyzed as soon as their last chunk
+/// committed, and the tables not finished.
+pub(super) struct Loaded {
+    pub(super) reports: Vec<TableReport>,
+    pub(super) analyzed: Vec<usize>,
+    pub(super) failures: Vec<TableFailure>,
+}
+
+/// Copies the chunks not yet done with up to `copier.jobs` workers.
 pub(super) async fn copy_chunks<S: Source>(
     copier: &Copier,
     readers: S::Readers,
     progress: &str,
-    copy_id: &str,
+    copy: (&str, &str),
     planned: &Arc<Vec<Planned>>,
     chunks: Vec<Vec<Chunk>>,
-) -> Result<(Vec<TableReport>, Vec<usize>), Error> {
+) -> Result<Loaded, Error> {
     let shared = Arc::new(Shared::new(
         copier.clone(),
         readers,
         progress,
-        copy_id,
+        copy,
         Arc::clone(planned),
         chunks,
     ));
@@ -50,7 +64,7 @@ pub(super) async fn copy_chunks<S: Source>(
     while let Some(joined) = tasks.join_next().await {
         let result = joined.unwrap_or_else(|err| {
             Err(Error::Runtime(format!(
-                "a copy worker stopped unexpectedly: {err}"
+                "a copy worker stopped unexpectedly ({err}); the chunks it was loading were rolled back: run the copy again to resume"
             )))
         });
         if let Err(err) = result {
@@ -62,9 +76,11 @@ pub(super) async fn copy_chunks<S: Source>(
     if let Some(err) = failure {
         return Err(err);
     }
-    let reports = shared.reports.lock().expect("reports lock").clone();
-    let analyzed = shared.analyzed.lock().expect("analyzed lock").clone();
-    Ok((reports, analyzed))
+    Ok(Loaded {
+        reports: shared.reports.lock().expect("reports lock").clone(),
+        analyzed: shared.analyzed.lock().expect("analyzed lock").clone(),
+        failures: shared.failures.lock().expect("failures lock").clone(),
+    })
 }
 
 /// One worker: its own reader and target connection; for each unit it takes, the load in
@@ -72,7 +88,7 @@ pub(super) async fn copy_chunks<S: Source>(
 async fn worker<S: Source>(shared: &Shared<S>) -> Result<(), Error> {
     let mut src = shared.readers.open().await?;
     let mut dst = connect(&shared.copier.target, "target").await?;
-    target_session(&mut dst, &shared.copier, true).await?;
+    target_session(&mut dst, &shared.copier).await?;
     while let Some(unit) = shared.next().await? {
         let started = Instant::now();
         let span = tracing::info_span!(
@@ -94,18 +110,59 @@ async fn worker<S: Source>(shared: &Shared<S>) -> Result<(), Error> {
             duration_ms = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
-        let outcome = load::<S>(shared, &mut src, &mut dst, &unit)
-            .instrument(span.clone())
-            .await;
+        // A panic while loading is a bug; it is reported naming the unit's tables.
+        let outcome = std::panic::AssertUnwindSafe(
+            load::<S>(shared, &mut src, &mut dst, &unit).instrument(span.clone()),
+        )
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(Failure::Other(Error::Config(format!(
+                "loading {}: the copy worker panicked ({why}); this is a bug in datamig: please report it. The chunk was rolled back; run the copy again to resume",
+                unit.parts
+                    .iter()
+                    .map(|(t, c)| format!(
+                        "chunk {} of {} of {}",
+                        c.number, shared.chunk_counts[*t], shared.planned[*t].plan.table
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))))
+        });
         let ms = crate::trace::millis(started.elapsed());
         span.record("duration_ms", ms);
         let done = match outcome {
             Ok(done) => done,
             Err(failure) => {
-                let err = explain(shared, &mut src, &mut dst, &unit, failure).await;
-                span.record("outcome", crate::trace::outcome(&err));
-                tracing::error!(parent: &span, error = %err, duration_ms = ms, "chunk failed");
-                return Err(err);
+                let rejection = match explain(shared, &mut src, &mut dst, &unit, failure).await {
+                    Explained::Stop(err) => {
+                        span.record("outcome", crate::trace::outcome(&err));
+                        tracing::error!(parent: &span, error = %err, duration_ms = ms, "chunk failed");
+                        return Err(err);
+                    }
+                    Explained::Table(rejection) => rejection,
+                };
+                if shared.copier.fail_fast {
+                    let place = place(shared, &unit, rejection.table, true);
+                    let err = rejection.into_error(place);
+                    span.record("outcome", crate::trace::outcome(&err));
+                    tracing::error!(parent: &span, error = %err, duration_ms = ms, "chunk failed");
+                    return Err(err);
+                }
+                span.record("outcome", "rejected");
+                fail_tables(shared, &unit, rejection);
+                // The reader may be mid-`COPY` and the target's transaction is aborted:
+                // the next unit starts on fresh connections.
+                src = shared.readers.recover(src).await?;
+                let _ = dst.close().await;
+                dst = connect(&shared.copier.target, "target").await?;
+                target_session(&mut dst, &shared.copier).await?;
+                continue;
             }
         };
         let (rows, bytes) = done
@@ -132,7 +189,8 @@ async fn worker<S: Source>(shared: &Shared<S>) -> Result<(), Error> {
                 let p = &shared.planned[table];
                 sqlx::raw_sql(AssertSqlSafe(format!("ANALYZE {}", p.target.ident())))
                     .execute(&mut dst)
-                    .await?;
+                    .await
+                    .during(|| format!("analyzing target table {}", p.plan.table))?;
                 shared.analyzed.lock().expect("analyzed lock").push(table);
                 if let Some(sink) = &shared.copier.on_event {
                     sink(&CopyEvent::Analyzed {
@@ -182,4 +240,82 @@ async fn worker<S: Source>(shared: &Shared<S>) -> Result<(), Error> {
     src.close().await;
     let _ = dst.close().await;
     Ok(())
+}
+
+/// Where a refused unit's table stands: its chunk, its chunks, and the chunks kept (every
+/// table's when the copy stops, `all`, else the table's own).
+fn place<S: Source>(shared: &Shared<S>, unit: &Unit, table: usize, all: bool) -> Place {
+    let schedule = shared.schedule.lock().expect("schedule lock");
+    let chunks = shared.chunk_counts[table];
+    Place {
+        table: shared.planned[table].plan.table.clone(),
+        chunk: unit
+            .parts
+            .iter()
+            .find(|(t, _)| *t == table)
+            .map_or(1, |(_, c)| c.number),
+        chunks,
+        kept: if all {
+            schedule.committed
+        } else {
+            chunks - schedule.left[table]
+        },
+    }
+}
+
+/// Records a refused unit: its tables stop at their last committed chunk, and so do the
+/// tables that reference them (not started); each is reported, and the other workers
+/// go on.
+fn fail_tables<S: Source>(shared: &Shared<S>, unit: &Unit, rejection: Rejection) {
+    let rejected = rejection.table;
+    let tables = unit.tables();
+    let behind = {
+        let mut schedule = shared.schedule.lock().expect("schedule lock");
+        schedule.rolled_back(unit);
+        schedule.fail(&tables, &shared.parents)
+    };
+    let mut failures = vec![rejection.into_table_failure(place(shared, unit, rejected, false))];
+    let name = |t: usize| shared.planned[t].plan.table.clone();
+    for &t in tables.iter().filter(|t| **t != rejected) {
+        let place = place(shared, unit, t, false);
+        failures.push(TableFailure {
+            table: place.table,
+            chunk: Some(place.chunk),
+            chunks: place.chunks,
+            kept: place.kept,
+            message: format!(
+                "rolled back with {}, which it loads with in one transaction (their foreign keys form a cycle)",
+                name(rejected)
+            ),
+            ..TableFailure::default()
+        });
+    }
+    for (t, parent) in behind {
+        let schedule = shared.schedule.lock().expect("schedule lock");
+        failures.push(TableFailure {
+            table: name(t),
+            chunk: None,
+            chunks: shared.chunk_counts[t],
+            kept: shared.chunk_counts[t] - schedule.left[t],
+            message: format!(
+                "not started: it references {}, which did not finish",
+                name(parent)
+            ),
+            ..TableFailure::default()
+        });
+    }
+    shared.notify.notify_waiters();
+    for failure in &failures {
+        tracing::error!(table = %failure.table, failure = %failure, "table failed");
+        if let Some(sink) = &shared.copier.on_event {
+            sink(&CopyEvent::TableFailed {
+                failure: failure.clone(),
+            });
+        }
+    }
+    shared
+        .failures
+        .lock()
+        .expect("failures lock")
+        .extend(failures);
 }

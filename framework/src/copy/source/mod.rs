@@ -18,6 +18,7 @@ use super::failure::Failure;
 use super::options::Purpose;
 use super::plan::{ColumnPlan, Planned};
 use super::report::RowDifference;
+use super::sql::Predicate;
 use crate::error::{Error, UnconvertibleValue};
 use crate::fingerprint::Fingerprint;
 
@@ -33,6 +34,11 @@ pub(super) struct Opened<S> {
     pub(super) tables: BTreeMap<TableName, Table>,
     /// The name the copy goes by in the target's progress table.
     pub(super) name: String,
+    /// Who the source is, recorded with the copy's chunks: a copy of the same name from
+    /// another source is refused.
+    pub(super) identity: String,
+    /// The state of the source this run reads, recorded with each chunk it copies.
+    pub(super) version: String,
 }
 
 /// A database a copy reads from, opened for one run (its own session: the catalog, the
@@ -113,8 +119,9 @@ pub(super) trait Source: Sized + Send + 'static {
     fn binary(p: &Planned) -> bool;
 
     /// ` AND` a chunk's key range over the target's columns (aliased `c`), empty for a
-    /// whole table: its bounds written as this source writes them.
-    fn target_range(p: &Planned, chunk: &Chunk) -> String;
+    /// whole table: its bounds, as this source writes them, bound and cast to the target
+    /// columns' types.
+    fn target_range(p: &Planned, chunk: &Chunk) -> Predicate;
 }
 
 /// What hands each worker a reader of the run's state; shared by the workers.
@@ -124,6 +131,13 @@ pub(super) trait Readers: Send + Sync + 'static {
 
     /// A reader for one worker.
     fn open(&self) -> impl Future<Output = Result<Self::Reader, Error>> + Send;
+
+    /// A reader to go on with after a chunk failed mid-read: the same, or a new one in the
+    /// run's state.
+    fn recover(
+        &self,
+        reader: Self::Reader,
+    ) -> impl Future<Output = Result<Self::Reader, Error>> + Send;
 }
 
 /// A worker's connection to the source.
@@ -138,6 +152,15 @@ pub(super) trait Reader: Send + 'static {
         chunk: &Chunk,
         copy_in: &mut PgCopyIn<&mut PgConnection>,
         progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> impl Future<Output = Result<u64, Failure>> + Send;
+
+    /// The rows of a chunk of table `p` (the plan's `table`th), for a table with no column
+    /// to copy.
+    fn count(
+        &mut self,
+        p: &Planned,
+        table: usize,
+        chunk: &Chunk,
     ) -> impl Future<Output = Result<u64, Failure>> + Send;
 
     /// For a foreign key of one column that a row of the chunk violates (the target's

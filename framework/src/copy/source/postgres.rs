@@ -1,7 +1,13 @@
 //! A PostgreSQL source: one connection exports a snapshot that every reader imports, so
 //! that all of them read one state of the database while it takes writes; tables split in
 //! primary-key ranges; each chunk streamed as `COPY .. TO STDOUT` into the target's
-//! `COPY .. FROM STDIN` without parsing a row.
+//! `COPY .. FROM STDIN` without parsing a row: in binary where every column's binary form
+//! means the same in the target, in text otherwise (a type without binary send and
+//! receive, one of the database's own types, a type that names objects by OID).
+//!
+//! A chunk's bounds are bound wherever a statement takes parameters. `COPY` takes none: its
+//! bounds are first bound to a `SELECT` that casts each to its key column's type and
+//! returns it quoted by the server, and only that literal is written into the `COPY`.
 
 use std::collections::BTreeMap;
 
@@ -13,7 +19,8 @@ use super::{Opened, Reader, Readers, Source};
 use crate::backend::postgres::{query, query_scalar};
 use crate::copy::catalog::{self, Table, TableName};
 use crate::copy::chunk::Chunk;
-use crate::copy::connect::connect;
+use crate::copy::connect::{SESSION, connect};
+use crate::copy::context::During;
 use crate::copy::copier::Copier;
 use crate::copy::failure::Failure;
 use crate::copy::fingerprint::{Side, fingerprint};
@@ -21,7 +28,7 @@ use crate::copy::options::Purpose;
 use crate::copy::pipe::{Buffers, SEND_BYTES};
 use crate::copy::plan::{self, ColumnAction, ColumnPlan, Planned};
 use crate::copy::report::RowDifference;
-use crate::copy::sql::{literal, source_from};
+use crate::copy::sql::{Predicate, source_from};
 use crate::error::Error;
 use crate::fingerprint::Fingerprint;
 use crate::sql::quote_ident;
@@ -61,27 +68,39 @@ impl Source for PostgresSource {
     ) -> Result<Opened<Self>, Error> {
         let mut conn = connect(options, "source").await?;
         source_session(&mut conn).await?;
-        if catalog::identity(&mut conn).await? == catalog::identity(target).await? {
+        let ours = catalog::identity(&mut conn)
+            .await
+            .during(|| "reading which database the source is".into())?;
+        let theirs = catalog::identity(target)
+            .await
+            .during(|| "reading which database the target is".into())?;
+        if ours == theirs {
             return Err(Error::CopyRefused(
                 "the source and the target are the same database: a copy needs two databases; check the two URLs".into(),
             ));
         }
         sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .execute(&mut conn)
-            .await?;
-        let snapshot = query_scalar("SELECT pg_export_snapshot()")
+            .await
+            .during(|| "beginning the source's read transaction".into())?;
+        let snapshot: String = query_scalar("SELECT pg_export_snapshot()")
             .fetch_one(&mut conn)
-            .await?;
-        let tables = catalog::read(&mut conn).await?;
-        let name = catalog::copy_name(&mut conn).await?;
+            .await
+            .during(|| "exporting the source's snapshot (pg_export_snapshot())".into())?;
+        let tables = catalog::read(&mut conn, "source").await?;
+        let (name, identity) = catalog::copy_name(&mut conn)
+            .await
+            .during(|| "reading the source's name and system identifier".into())?;
         Ok(Opened {
             source: PostgresSource {
                 conn,
                 options: options.clone(),
-                snapshot,
+                snapshot: snapshot.clone(),
             },
             tables,
             name,
+            identity,
+            version: format!("snapshot {snapshot}"),
         })
     }
 
@@ -117,26 +136,27 @@ impl Source for PostgresSource {
     }
 
     async fn close(mut self) -> Result<(), Error> {
-        sqlx::raw_sql("COMMIT").execute(&mut self.conn).await?;
+        sqlx::raw_sql("COMMIT")
+            .execute(&mut self.conn)
+            .await
+            .during(|| "ending the source's read transaction".into())?;
         let _ = self.conn.close().await;
         Ok(())
     }
 
-    /// The same built-in type on both sides: binary `COPY`, which neither server has to
-    /// write as text or parse back.
+    /// Binary `COPY`, which neither server has to write as text or parse back, where every
+    /// column is of the same type on both sides and its binary form means the same in
+    /// both databases; text otherwise.
     fn binary(p: &Planned) -> bool {
         p.plan.copied().all(|c| {
             c.action == ColumnAction::Copy
-                && p.target.column(&c.name).is_some_and(|t| t.builtin_type)
-                && p.source.column(&c.name).is_some_and(|s| s.builtin_type)
+                && p.target.column(&c.name).is_some_and(|t| t.binary)
+                && p.source.column(&c.name).is_some_and(|s| s.binary)
         })
     }
 
-    fn target_range(p: &Planned, chunk: &Chunk) -> String {
-        let range = range_predicate(p, chunk);
-        range
-            .strip_prefix(" WHERE ")
-            .map_or(String::new(), |r| format!(" AND {r}"))
+    fn target_range(p: &Planned, chunk: &Chunk) -> Predicate {
+        range(p, chunk, &p.target, "c.")
     }
 }
 
@@ -146,13 +166,26 @@ impl Readers for PostgresReaders {
     async fn open(&self) -> Result<PostgresReader, Error> {
         let mut conn = connect(&self.options, "source").await?;
         source_session(&mut conn).await?;
+        // The snapshot's name comes from the source's own pg_export_snapshot().
         sqlx::raw_sql(AssertSqlSafe(format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
             self.snapshot.replace('\'', "''")
         )))
         .execute(&mut conn)
-        .await?;
+        .await
+        .during(|| {
+            format!(
+                "importing the source's snapshot {} into a reader",
+                self.snapshot
+            )
+        })?;
         Ok(PostgresReader { conn })
+    }
+
+    /// A new reader in the run's snapshot: the old one may be mid-`COPY`.
+    async fn recover(&self, reader: PostgresReader) -> Result<PostgresReader, Error> {
+        let _ = reader.conn.close().await;
+        self.open().await
     }
 }
 
@@ -176,20 +209,30 @@ impl Reader for PostgresReader {
         } else {
             ""
         };
+        let range = copy_range(&mut self.conn, p, chunk)
+            .await
+            .map_err(|e| Failure::Source(table, e))?;
         let select = format!(
-            "COPY (SELECT {list} FROM {}{}) TO STDOUT{format}",
+            "COPY (SELECT {list} FROM {}{range}) TO STDOUT{format}",
             source_from(&p.source),
-            range_predicate(p, chunk)
         );
-        stream(
-            &mut self.conn,
-            &select,
-            &p.plan.table,
-            table,
-            copy_in,
-            progress,
-        )
-        .await
+        stream(&mut self.conn, &select, table, copy_in, progress).await
+    }
+
+    async fn count(&mut self, p: &Planned, table: usize, chunk: &Chunk) -> Result<u64, Failure> {
+        let range = range(p, chunk, &p.source, "");
+        let sql = format!(
+            "SELECT count(*) FROM {} WHERE true{}",
+            source_from(&p.source),
+            range.sql
+        );
+        let rows: i64 = range
+            .apply(query(AssertSqlSafe(sql)))
+            .fetch_one(&mut self.conn)
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(|e| Failure::Source(table, e))?;
+        Ok(u64::try_from(rows).unwrap_or(0))
     }
 
     async fn referencing_row(
@@ -208,14 +251,16 @@ impl Reader for PostgresReader {
     }
 }
 
-/// The source's session: no timeouts, and values written as `COPY` reads them back.
+/// The source's session: no timeouts, every row or an error (never rows hidden by
+/// row-level security), and values written as `COPY` reads them back in any database
+/// (floats to the last digit, dates and intervals in one style, `money` in one locale).
 pub(super) async fn source_session(conn: &mut PgConnection) -> Result<(), Error> {
-    sqlx::raw_sql(
-        "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; \
-         SET standard_conforming_strings = on; SET extra_float_digits = 3",
-    )
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "{SESSION}; SET extra_float_digits = 3; SET bytea_output = hex"
+    )))
     .execute(conn)
-    .await?;
+    .await
+    .during(|| "setting up the source's session".into())?;
     Ok(())
 }
 
@@ -227,10 +272,12 @@ async fn split(
 ) -> Result<Vec<Chunk>, Error> {
     let one = || vec![Chunk::whole()];
     let from = source_from(&p.source);
+    let during = || format!("splitting {} into chunks", p.plan.table);
     if p.plan.estimated_rows <= 0 {
         p.plan.estimated_rows = query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {from}")))
             .fetch_one(&mut *src)
-            .await?;
+            .await
+            .during(during)?;
     }
     let estimate = u64::try_from(p.plan.estimated_rows).unwrap_or(0);
     if p.plan.whole.is_some() || estimate <= chunk_rows {
@@ -250,9 +297,12 @@ async fn split(
             c = columns[0]
         )))
         .fetch_one(&mut *src)
-        .await?;
-        let (Some(min), Some(max)): (Option<i64>, Option<i64>) = (row.try_get(0)?, row.try_get(1)?)
-        else {
+        .await
+        .during(during)?;
+        let (Some(min), Some(max)): (Option<i64>, Option<i64>) = (
+            row.try_get(0).during(during)?,
+            row.try_get(1).during(during)?,
+        ) else {
             return Ok(one());
         };
         let span = i128::from(max) - i128::from(min) + 1;
@@ -275,7 +325,8 @@ async fn split(
             columns.join(", ")
         )))
         .fetch_all(&mut *src)
-        .await?;
+        .await
+        .during(during)?;
         let sample: Vec<Vec<String>> = rows
             .iter()
             .map(|row| {
@@ -283,7 +334,8 @@ async fn split(
                     .map(|i| row.try_get::<String, _>(i))
                     .collect()
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_, _>>()
+            .during(during)?;
         let n = usize::try_from(n).unwrap_or(usize::MAX);
         for i in 1..n {
             if let Some(bound) = sample.get(sample.len() * i / n)
@@ -301,7 +353,6 @@ async fn split(
 async fn stream(
     src: &mut PgConnection,
     select: &str,
-    name: &str,
     table: usize,
     copy_in: &mut PgCopyIn<&mut PgConnection>,
     progress: &(dyn Fn(u64, u64) + Sync),
@@ -309,7 +360,7 @@ async fn stream(
     let mut out = src
         .copy_out_raw(select)
         .await
-        .map_err(|e| Failure::Source(name.to_string(), e))?;
+        .map_err(|e| Failure::Source(table, e))?;
     // The reader fills buffers while the writer sends the previous one, so that both
     // servers work at once; a few buffers in flight keep memory constant.
     let Buffers {
@@ -327,7 +378,7 @@ async fn stream(
             let data = out
                 .try_next()
                 .await
-                .map_err(|e| Failure::Source(name.to_string(), e))?;
+                .map_err(|e| Failure::Source(table, e))?;
             let end = data.is_none();
             if let Some(data) = &data {
                 buf.extend_from_slice(data);
@@ -398,21 +449,20 @@ async fn referencing_row(
         .iter()
         .map(|k| format!("{}::text", quote_ident(k)))
         .collect();
-    let range = range_predicate(p, chunk);
-    let condition = format!("{} = {}", quote_ident(column), literal(value, sql_type));
-    let filter = if range.is_empty() {
-        format!(" WHERE {condition}")
-    } else {
-        format!("{range} AND {condition}")
-    };
-    let row = query(AssertSqlSafe(format!(
-        "SELECT {} FROM {}{filter} LIMIT 1",
+    let mut filter = range(p, chunk, &p.source, "");
+    let value = filter.bind(value);
+    filter.and(&format!("{} = {value}::{sql_type}", quote_ident(column)));
+    let sql = format!(
+        "SELECT {} FROM {} WHERE true{} LIMIT 1",
         keys.join(", "),
-        source_from(&p.source)
-    )))
-    .fetch_optional(src)
-    .await
-    .ok()??;
+        source_from(&p.source),
+        filter.sql
+    );
+    let row = filter
+        .apply(query(AssertSqlSafe(sql)))
+        .fetch_optional(src)
+        .await
+        .ok()??;
     let parts: Vec<String> = p
         .plan
         .key
@@ -423,35 +473,109 @@ async fn referencing_row(
     Some(parts.join(", "))
 }
 
-/// `WHERE (k1, k2) > (..) AND (k1, k2) <= (..)` for a chunk (its bounds cast to the key
-/// columns' types), empty for a whole table.
-fn range_predicate(p: &Planned, chunk: &Chunk) -> String {
-    let columns: Vec<String> = p.plan.key.iter().map(|k| quote_ident(k)).collect();
-    let tuple = format!("({})", columns.join(", "));
-    let types: Vec<&str> = p
-        .plan
+/// The key columns of a chunk's range with their types in `table` (the source's or the
+/// target's).
+fn key_types<'a>(p: &'a Planned, table: &'a Table) -> Vec<(String, &'a str)> {
+    p.plan
         .key
         .iter()
-        .map(|k| p.source.column(k).map_or("text", |c| c.sql_type.as_str()))
-        .collect();
-    let values = |bound: &[String]| {
-        let literals: Vec<String> = bound
+        .map(|k| {
+            (
+                quote_ident(k),
+                table.column(k).map_or("text", |c| c.sql_type.as_str()),
+            )
+        })
+        .collect()
+}
+
+/// ` AND (k1, k2) > (..) AND (k1, k2) <= (..)` for a chunk, over the columns of `table`
+/// prefixed with `alias` (`c.`), each bound value written by `value` (from the value and
+/// its column's type); empty for a whole table.
+fn range_with(
+    p: &Planned,
+    chunk: &Chunk,
+    table: &Table,
+    alias: &str,
+    value: &mut dyn FnMut(&str, &str) -> String,
+) -> String {
+    let keys = key_types(p, table);
+    if chunk.null_keys {
+        let any_null: Vec<String> = keys
             .iter()
-            .zip(&types)
-            .map(|(v, t)| literal(v, t))
+            .map(|(k, _)| format!("{alias}{k} IS NULL"))
             .collect();
-        format!("({})", literals.join(", "))
-    };
-    let mut conditions = Vec::new();
-    if let Some(lower) = &chunk.lower {
-        conditions.push(format!("{tuple} > {}", values(lower)));
+        return format!(" AND ({})", any_null.join(" OR "));
     }
-    if let Some(upper) = &chunk.upper {
-        conditions.push(format!("{tuple} <= {}", values(upper)));
+    let tuple = format!(
+        "({})",
+        keys.iter()
+            .map(|(k, _)| format!("{alias}{k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut out = String::new();
+    for (bound, op) in [(&chunk.lower, ">"), (&chunk.upper, "<=")] {
+        if let Some(bound) = bound {
+            let values: Vec<String> = bound
+                .iter()
+                .zip(&keys)
+                .map(|(v, (_, t))| value(v, t))
+                .collect();
+            out.push_str(&format!(" AND {tuple} {op} ({})", values.join(", ")));
+        }
     }
-    if conditions.is_empty() {
+    out
+}
+
+/// A chunk's range (see [`range_with`]), its bounds bound and cast to the columns' types.
+fn range(p: &Planned, chunk: &Chunk, table: &Table, alias: &str) -> Predicate {
+    let mut binds = Vec::new();
+    let sql = range_with(p, chunk, table, alias, &mut |v, t| {
+        binds.push(v.to_string());
+        format!("${}::{t}", binds.len())
+    });
+    // A collatable key may order differently in the target's collation.
+    let exact = !p.plan.key.iter().any(|k| {
+        p.source.column(k).is_some_and(|c| c.collatable)
+            || table.column(k).is_some_and(|c| c.collatable)
+    });
+    Predicate { sql, binds, exact }
+}
+
+/// ` WHERE (k1, k2) > (..) AND (k1, k2) <= (..)` for a chunk's `COPY .. TO STDOUT`, which
+/// takes no parameters: its bounds bound to a `SELECT` that casts each to its key column's
+/// type and quotes it, and only the server's literals written here. Empty for a whole
+/// table.
+async fn copy_range(
+    src: &mut PgConnection,
+    p: &Planned,
+    chunk: &Chunk,
+) -> Result<String, sqlx::Error> {
+    let mut typed: Vec<(String, String)> = Vec::new();
+    let shape = range_with(p, chunk, &p.source, "", &mut |v, t| {
+        typed.push((v.to_string(), t.to_string()));
         String::new()
+    });
+    let condition = if typed.is_empty() {
+        shape
     } else {
-        format!(" WHERE {}", conditions.join(" AND "))
-    }
+        let quoting: Vec<String> = typed
+            .iter()
+            .enumerate()
+            .map(|(i, (_, t))| format!("quote_literal(${}::{t})", i + 1))
+            .collect();
+        let sql = format!("SELECT ARRAY[{}]::text[]", quoting.join(", "));
+        let mut q = query(AssertSqlSafe(sql));
+        for (v, _) in &typed {
+            q = q.bind(v.as_str());
+        }
+        let literals: Vec<String> = q.fetch_one(&mut *src).await?.try_get(0)?;
+        let mut literals = literals.into_iter();
+        range_with(p, chunk, &p.source, "", &mut |_, t| {
+            format!("{}::{t}", literals.next().unwrap_or_default())
+        })
+    };
+    Ok(condition
+        .strip_prefix(" AND ")
+        .map_or(String::new(), |c| format!(" WHERE {c}")))
 }

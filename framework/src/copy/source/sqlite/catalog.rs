@@ -9,7 +9,6 @@ use sqlx::{AssertSqlSafe, Row};
 use crate::copy::catalog::{Column, Table, TableName, display};
 use crate::copy::convert::{Conversion, Kind, UnixTime};
 use crate::copy::plan::{ColumnAction, ColumnPlan, Planned, names};
-use crate::error::Error;
 use crate::sql::quote_ident;
 
 /// The tables of the SQLite database (its `main` schema), named as the target names them:
@@ -20,7 +19,7 @@ pub(super) async fn catalog(
     conn: &mut SqliteConnection,
     schema: &str,
     target: &BTreeMap<TableName, Table>,
-) -> Result<BTreeMap<TableName, Table>, Error> {
+) -> Result<BTreeMap<TableName, Table>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT name, type FROM pragma_table_list WHERE schema = 'main' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND type <> 'view' ORDER BY name",
     )
@@ -61,7 +60,7 @@ pub(super) async fn catalog(
                 has_default: c.try_get("has_default")?,
                 generated: hidden >= 2,
                 identity: String::new(),
-                builtin_type: false,
+                ..Column::default()
             });
         }
         key.sort();
@@ -88,9 +87,7 @@ pub(super) async fn catalog(
                 foreign_keys: Vec::new(),
                 sequences: Vec::new(),
                 can_select: true,
-                can_insert: false,
-                can_update: false,
-                can_truncate: false,
+                ..Table::default()
             },
         );
     }

@@ -6,6 +6,7 @@ use sqlx::{AssertSqlSafe, Row};
 use super::rows::stream_all;
 use crate::backend::postgres::{hash_rows, query};
 use crate::copy::catalog::display;
+use crate::copy::context::During;
 use crate::copy::convert::Conversion;
 use crate::copy::fingerprint::fingerprint_sql;
 use crate::copy::plan::Planned;
@@ -27,8 +28,11 @@ pub(super) async fn compare_rows(
 ) -> Result<(Fingerprint, Vec<RowDifference>), Error> {
     let mut source = Fingerprint::default();
     let mut differences = Vec::new();
-    let mut tx = crate::backend::isolation::begin_read_committed(dst).await?;
+    let mut tx = crate::backend::isolation::begin_read_committed(dst)
+        .await
+        .during(|| "beginning the comparison's transaction on the target".into())?;
     for (i, (p, conversions)) in planned.iter().zip(conversions).enumerate() {
+        let during = || format!("comparing {} with the target", p.plan.table);
         let stage = format!("datamig_compare_{i}");
         let columns: Vec<String> = p.plan.copied().map(|c| quote_ident(&c.name)).collect();
         let list = columns.join(", ");
@@ -37,18 +41,22 @@ pub(super) async fn compare_rows(
             p.target.ident()
         )))
         .execute(&mut *tx)
-        .await?;
+        .await
+        .during(during)?;
         {
             let mut copy_in = tx
                 .copy_in_raw(&format!("COPY {stage} ({list}) FROM STDIN (FORMAT binary)"))
-                .await?;
+                .await
+                .during(during)?;
             if let Err(err) = stream_all(conn, p, conversions, &mut copy_in).await {
                 let _ = copy_in.abort("the comparison stopped").await;
                 return Err(err);
             }
-            copy_in.finish().await?;
+            copy_in.finish().await.during(during)?;
         }
-        let (rows, sha256) = hash_rows(&mut tx, fingerprint_sql(p, &p.target, &stage)).await?;
+        let (rows, sha256) = hash_rows(&mut tx, fingerprint_sql(p, &p.target, &stage))
+            .await
+            .during(during)?;
         source.tables.insert(
             display(&p.source.name),
             TableFingerprint {
@@ -108,15 +116,20 @@ pub(super) async fn compare_rows(
                     .join(", ")
             )
         };
-        let found = query(AssertSqlSafe(sql)).fetch_all(&mut *tx).await?;
+        let found = query(AssertSqlSafe(sql))
+            .fetch_all(&mut *tx)
+            .await
+            .during(during)?;
         for r in found {
             differences.push(RowDifference {
                 table: p.plan.table.clone(),
-                key: r.try_get(0)?,
-                difference: r.try_get(1)?,
+                key: r.try_get(0).during(during)?,
+                difference: r.try_get(1).during(during)?,
             });
         }
     }
-    tx.rollback().await?;
+    tx.rollback()
+        .await
+        .during(|| "ending the comparison's transaction on the target".into())?;
     Ok((source, differences))
 }

@@ -1,7 +1,11 @@
 //! A SQLite source: the copy's own connection reads the catalog and measures the chunks;
 //! readers of their own (read-only, one per worker and one for verification) start their
 //! read transactions while that connection holds the file's write lock, so that they all
-//! read one state of it. Each value is converted by its target column's type.
+//! read one state of it. Each value is converted by its target column's type. A key that
+//! allows `NULL` (SQLite permits it outside `INTEGER PRIMARY KEY`) gets a chunk of its own
+//! for the rows holding one, which no key range selects. A copy is identified by the
+//! file's identity (its device and inode), and records the file's change counter with
+//! each chunk.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -14,16 +18,19 @@ use super::{Opened, Reader, Readers, Source};
 use crate::backend::postgres::query_scalar;
 use crate::copy::catalog::{Table, TableName};
 use crate::copy::chunk::Chunk;
+use crate::copy::context::During;
 use crate::copy::convert::UnixTime;
 use crate::copy::copier::Copier;
 use crate::copy::failure::Failure;
 use crate::copy::options::Purpose;
 use crate::copy::plan::{self, ColumnPlan, Planned};
 use crate::copy::report::RowDifference;
+use crate::copy::sql::Predicate;
 use crate::error::{Error, UnconvertibleValue};
 use crate::fingerprint::Fingerprint;
 use crate::sql::quote_ident;
 
+mod bounds;
 mod catalog;
 mod compare;
 mod rows;
@@ -70,13 +77,20 @@ impl Source for SqliteSource {
         if purpose == Purpose::Run {
             hold_writers(&mut main).await?;
         } else {
-            sqlx::raw_sql("BEGIN").execute(&mut main).await?;
+            sqlx::raw_sql("BEGIN")
+                .execute(&mut main)
+                .await
+                .during(|| "beginning the source SQLite database's read transaction".into())?;
         }
         let schema: String = query_scalar("SELECT current_schema()::text")
             .fetch_one(&mut *target)
-            .await?;
-        let tables = catalog::catalog(&mut main, &schema, target_tables).await?;
+            .await
+            .during(|| "reading the target's first schema (current_schema())".into())?;
+        let tables = catalog::catalog(&mut main, &schema, target_tables)
+            .await
+            .during(|| "reading the catalog of the source SQLite database".into())?;
         let name = copy_name(options);
+        let (identity, version) = identity(options)?;
         let reader = if purpose == Purpose::Run {
             None
         } else {
@@ -91,6 +105,8 @@ impl Source for SqliteSource {
             },
             tables,
             name,
+            identity,
+            version,
         })
     }
 
@@ -141,7 +157,10 @@ impl Source for SqliteSource {
         for _ in 0..=jobs {
             readers.push(reader(&self.options)?);
         }
-        sqlx::raw_sql("ROLLBACK").execute(&mut self.main).await?;
+        sqlx::raw_sql("ROLLBACK")
+            .execute(&mut self.main)
+            .await
+            .during(|| "letting the source SQLite database's writers go".into())?;
         if let Some(verifier) = readers.pop() {
             self.reader = Some(verifier);
         }
@@ -173,59 +192,8 @@ impl Source for SqliteSource {
         true
     }
 
-    /// Bounds are SQLite literals, compared in byte order as SQLite does.
-    fn target_range(p: &Planned, chunk: &Chunk) -> String {
-        let columns: Vec<(String, String, bool)> = p
-            .plan
-            .key
-            .iter()
-            .map(|k| {
-                let sql_type = p
-                    .target
-                    .column(k)
-                    .map_or("text".to_string(), |c| c.sql_type.clone());
-                let text = sql_type == "text" || sql_type.starts_with("character");
-                (quote_ident(k), sql_type, text)
-            })
-            .collect();
-        let tuple = columns
-            .iter()
-            .map(|(c, _, text)| {
-                if *text {
-                    format!("c.{c} COLLATE \"C\"")
-                } else {
-                    format!("c.{c}")
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        let values = |bound: &[String]| {
-            bound
-                .iter()
-                .zip(&columns)
-                .map(|(v, (_, sql_type, text))| {
-                    let literal = match v.strip_prefix("X'").or_else(|| v.strip_prefix("x'")) {
-                        Some(hex) => format!("'\\x{hex}::bytea"),
-                        None if v.starts_with('\'') => format!("{v}::{sql_type}"),
-                        None => v.clone(),
-                    };
-                    if *text {
-                        format!("{literal} COLLATE \"C\"")
-                    } else {
-                        literal
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let mut out = String::new();
-        if let Some(lower) = &chunk.lower {
-            out.push_str(&format!(" AND ({tuple}) > ({})", values(lower)));
-        }
-        if let Some(upper) = &chunk.upper {
-            out.push_str(&format!(" AND ({tuple}) <= ({})", values(upper)));
-        }
-        out
+    fn target_range(p: &Planned, chunk: &Chunk) -> Predicate {
+        bounds::target_range(p, chunk)
     }
 }
 
@@ -243,6 +211,12 @@ impl Readers for SqliteReaders {
             conn,
             unix_time: self.unix_time.clone(),
         })
+    }
+
+    /// The same reader: its connection is back from the thread that read (its read
+    /// transaction, and the state it reads, unchanged).
+    async fn recover(&self, reader: SqliteReader) -> Result<SqliteReader, Error> {
+        Ok(reader)
     }
 }
 
@@ -268,6 +242,10 @@ impl Reader for SqliteReader {
         .await
     }
 
+    async fn count(&mut self, p: &Planned, table: usize, chunk: &Chunk) -> Result<u64, Failure> {
+        rows::count(&mut self.conn, p, table, chunk).await
+    }
+
     async fn close(self) {}
 }
 
@@ -285,6 +263,43 @@ async fn open(options: &SqliteConnectOptions) -> Result<SqliteConnection, Error>
         })
 }
 
+/// The file's identity (recorded with the copy's chunks: another file of the same name is
+/// refused) and its content version (its header's change counter, recorded with each
+/// chunk copied).
+fn identity(options: &SqliteConnectOptions) -> Result<(String, String), Error> {
+    let file = options.get_filename();
+    let unreadable = |err: std::io::Error| {
+        Error::Config(format!(
+            "cannot read the source SQLite database {}: {err}",
+            file.display()
+        ))
+    };
+    let meta = std::fs::metadata(file).map_err(unreadable)?;
+    #[cfg(unix)]
+    let identity = {
+        use std::os::unix::fs::MetadataExt;
+        format!("sqlite file device {} inode {}", meta.dev(), meta.ino())
+    };
+    #[cfg(not(unix))]
+    let identity = format!(
+        "sqlite file created {:?}",
+        meta.created()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+    );
+    let mut header = [0_u8; 28];
+    let version = match std::fs::File::open(file)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
+    {
+        Ok(()) => format!(
+            "change counter {}",
+            u32::from_be_bytes([header[24], header[25], header[26], header[27]])
+        ),
+        Err(_) => "change counter unknown".to_string(),
+    };
+    Ok((identity, version))
+}
+
 /// The name the copy goes by in the target's progress table.
 fn copy_name(options: &SqliteConnectOptions) -> String {
     let file = options.get_filename();
@@ -299,7 +314,10 @@ async fn hold_writers(conn: &mut SqliteConnection) -> Result<bool, Error> {
     match sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await {
         Ok(_) => Ok(true),
         Err(err) if is_read_only(&err) => {
-            sqlx::raw_sql("BEGIN").execute(&mut *conn).await?;
+            sqlx::raw_sql("BEGIN")
+                .execute(&mut *conn)
+                .await
+                .during(|| "beginning the source SQLite database's read transaction".into())?;
             Ok(false)
         }
         Err(err) => Err(Error::Runtime(format!(
@@ -342,7 +360,8 @@ fn reader(options: &SqliteConnectOptions) -> Result<rusqlite::Connection, Error>
 }
 
 /// The key ranges a table is copied in: even ranges of an integer key, else ranges of
-/// `chunk_rows` rows in the key's order. Bounds are SQLite literals (`quote()`).
+/// `chunk_rows` rows in the key's order; and, where the key allows `NULL`, a chunk of the
+/// rows holding one. Bounds are SQLite literals (`quote()`).
 async fn split(
     conn: &mut SqliteConnection,
     p: &Planned,
@@ -352,6 +371,36 @@ async fn split(
     if p.plan.whole.is_some() || estimate <= chunk_rows {
         return Ok(vec![Chunk::whole()]);
     }
+    let mut chunks = split_ranges(conn, p, chunk_rows, estimate)
+        .await
+        .during(|| format!("splitting {} into chunks", p.plan.table))?;
+    if key_allows_null(p) {
+        chunks.push(Chunk::null_keys(&chunks));
+    }
+    Ok(chunks)
+}
+
+/// Whether a row's key may hold a `NULL`: a key column not declared `NOT NULL`, other than
+/// an `INTEGER PRIMARY KEY` (the rowid, never `NULL`).
+fn key_allows_null(p: &Planned) -> bool {
+    let rowid = p.plan.key.len() == 1
+        && p.source
+            .column(&p.plan.key[0])
+            .is_some_and(|c| c.sql_type.eq_ignore_ascii_case("integer"));
+    !rowid
+        && p.plan
+            .key
+            .iter()
+            .any(|k| p.source.column(k).is_some_and(|c| !c.not_null))
+}
+
+/// The key ranges of a table (rows whose key holds a `NULL` are in none).
+async fn split_ranges(
+    conn: &mut SqliteConnection,
+    p: &Planned,
+    chunk_rows: u64,
+    estimate: u64,
+) -> Result<Vec<Chunk>, sqlx::Error> {
     let table = quote_ident(&p.source.name.1);
     let columns: Vec<String> = p.plan.key.iter().map(|k| quote_ident(k)).collect();
     let mut bounds: Vec<Vec<String>> = Vec::new();
@@ -378,11 +427,13 @@ async fn split(
         }
     }
     let quoted: Vec<String> = columns.iter().map(|c| format!("quote({c})")).collect();
+    let present: Vec<String> = columns.iter().map(|c| format!("{c} IS NOT NULL")).collect();
     let rows = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {} FROM (SELECT {}, row_number() OVER (ORDER BY {}) AS n FROM {table}) WHERE n % ?1 = 0",
+        "SELECT {} FROM (SELECT {}, row_number() OVER (ORDER BY {}) AS n FROM {table} WHERE {}) WHERE n % ?1 = 0",
         quoted.join(", "),
         columns.join(", "),
-        columns.join(", ")
+        columns.join(", "),
+        present.join(" AND ")
     )))
     .bind(i64::try_from(chunk_rows).unwrap_or(i64::MAX))
     .fetch_all(&mut *conn)

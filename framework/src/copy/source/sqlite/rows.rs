@@ -2,8 +2,10 @@
 //! converted by its target column's type (see `convert.rs`) into binary `COPY`, and handed
 //! over in the pipe's buffers.
 
+use rusqlite::types::Value as Bound;
 use sqlx::postgres::{PgConnection, PgCopyIn};
 
+use super::bounds::sqlite_range;
 use crate::copy::chunk::Chunk;
 use crate::copy::convert::{Conversion, Value};
 use crate::copy::failure::Failure;
@@ -17,6 +19,8 @@ use crate::sql::quote_ident;
 struct Reading {
     table: String,
     sql: String,
+    /// The chunk's bounds, bound to `sql`'s `?n`.
+    params: Vec<Bound>,
     /// Copied columns: name and target type, with their conversions.
     columns: Vec<(String, String)>,
     conversions: Vec<Conversion>,
@@ -25,11 +29,18 @@ struct Reading {
 }
 
 impl Reading {
-    fn new(p: &Planned, conversions: &[Conversion], chunk: &Chunk) -> Reading {
-        let (sql, key) = select(p, chunk);
-        Reading {
+    /// `Err` when a bound read back from the progress table is not a SQLite value.
+    fn new(p: &Planned, conversions: &[Conversion], chunk: &Chunk) -> Result<Reading, String> {
+        let (sql, params, key) = select(p, chunk).map_err(|why| {
+            format!(
+                "chunk {} of {} has bounds in the target's progress table that SQLite cannot have written: {why}; delete the copy's rows from the progress table and run it again",
+                chunk.number, p.plan.table
+            )
+        })?;
+        Ok(Reading {
             table: p.plan.table.clone(),
             sql,
+            params,
             columns: p
                 .plan
                 .copied()
@@ -37,7 +48,7 @@ impl Reading {
                 .collect(),
             conversions: conversions.to_vec(),
             key,
-        }
+        })
     }
 
     /// Converts one row into a tuple of binary `COPY` appended to `out`; on a value that
@@ -87,9 +98,13 @@ impl Reading {
     }
 }
 
+/// What a reader selects: its SQL, the values bound to it, the key columns that name a row
+/// in messages with where they are.
+type Select = (String, Vec<Bound>, Vec<(String, usize)>);
+
 /// The `SELECT` of a chunk: the copied columns, then the key columns (or `_rowid_`) that
-/// name a row in messages; and the positions of those.
-fn select(p: &Planned, chunk: &Chunk) -> (String, Vec<(String, usize)>) {
+/// name a row in messages; the chunk's bounds bound; and the positions of those columns.
+fn select(p: &Planned, chunk: &Chunk) -> Result<Select, String> {
     let mut list: Vec<String> = p.plan.copied().map(|c| c.name.clone()).collect();
     let mut key = Vec::new();
     let key_columns: Vec<String> = if p.plan.key.is_empty() {
@@ -131,31 +146,21 @@ fn select(p: &Planned, chunk: &Chunk) -> (String, Vec<(String, usize)>) {
         .map(|k| quote_ident(k))
         .collect::<Vec<_>>()
         .join(", ");
-    let mut conditions = Vec::new();
-    if let Some(lower) = &chunk.lower {
-        conditions.push(format!("({tuple}) > ({})", lower.join(", ")));
-    }
-    if let Some(upper) = &chunk.upper {
-        conditions.push(format!("({tuple}) <= ({})", upper.join(", ")));
-    }
-    let filter = if conditions.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", conditions.join(" AND "))
-    };
+    let (filter, params) = sqlite_range(p, chunk)?;
     let order = if p.plan.key.is_empty() {
         String::new()
     } else {
         format!(" ORDER BY {tuple}")
     };
-    (
+    Ok((
         format!(
             "SELECT {} FROM {}{filter}{order}",
             quoted.join(", "),
             quote_ident(&p.source.name.1)
         ),
+        params,
         key,
-    )
+    ))
 }
 
 /// A SQLite value, by its storage class (text that is not UTF-8 is treated as the bytes
@@ -213,7 +218,7 @@ fn produce(
         Ok(stmt) => stmt,
         Err(err) => return Ended::Failed(err.to_string()),
     };
-    let mut rows = match stmt.query([]) {
+    let mut rows = match stmt.query(rusqlite::params_from_iter(&reading.params)) {
         Ok(rows) => rows,
         Err(err) => return Ended::Failed(err.to_string()),
     };
@@ -252,6 +257,8 @@ fn produce(
 /// A blocking reader at work: full buffers (with their row counts) come out of `full`,
 /// emptied ones go back through `empty`.
 struct Pump {
+    /// The table read, for messages.
+    table: String,
     full: tokio::sync::mpsc::Receiver<(Vec<u8>, u64)>,
     empty: tokio::sync::mpsc::Sender<Vec<u8>>,
     reader: tokio::task::JoinHandle<(rusqlite::Connection, Ended)>,
@@ -262,9 +269,10 @@ impl Pump {
     /// [`Pump::finish`]).
     fn start(conn: &mut Option<rusqlite::Connection>, reading: Reading) -> Result<Pump, Error> {
         let taken = conn.take().ok_or_else(|| {
-            Error::Runtime(
-                "a SQLite reader was lost after an earlier failure; run the copy again".into(),
-            )
+            Error::Runtime(format!(
+                "reading {}: the SQLite reader was lost after an earlier failure; run the copy again",
+                reading.table
+            ))
         })?;
         let Buffers {
             full_tx,
@@ -272,11 +280,13 @@ impl Pump {
             empty_tx: empty,
             mut empty_rx,
         } = Buffers::new();
+        let table = reading.table.clone();
         let reader = tokio::task::spawn_blocking(move || {
             let ended = produce(&taken, &reading, &full_tx, &mut empty_rx);
             (taken, ended)
         });
         Ok(Pump {
+            table,
             full,
             empty,
             reader,
@@ -294,7 +304,10 @@ impl Pump {
         drop(self.full);
         drop(self.empty);
         let (taken, ended) = self.reader.await.map_err(|err| {
-            Error::Runtime(format!("the SQLite reader stopped unexpectedly: {err}"))
+            Error::Runtime(format!(
+                "reading {}: the SQLite reader stopped unexpectedly ({err}); run the copy again",
+                self.table
+            ))
         })?;
         *conn = Some(taken);
         Ok(ended)
@@ -312,8 +325,9 @@ pub(super) async fn stream(
     copy_in: &mut PgCopyIn<&mut PgConnection>,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<u64, Failure> {
-    let mut pump =
-        Pump::start(conn, Reading::new(p, conversions, chunk)).map_err(Failure::Other)?;
+    let reading =
+        Reading::new(p, conversions, chunk).map_err(|why| Failure::SourceText(table, why))?;
+    let mut pump = Pump::start(conn, reading).map_err(Failure::Other)?;
     let mut total = 0_u64;
     let mut failure = None;
     while let Some((buf, rows)) = pump.full.recv().await {
@@ -329,9 +343,46 @@ pub(super) async fn stream(
         // A value that does not convert is the error to report, even if the target then
         // complained of the copy's abrupt end.
         Ended::Bad(bad) => Err(Failure::Value(table, bad)),
-        Ended::Failed(message) => Err(Failure::SourceText(p.plan.table.clone(), message)),
+        Ended::Failed(message) => Err(Failure::SourceText(table, message)),
         Ended::Done | Ended::Dropped => failure.map_or(Ok(total), Err),
     }
+}
+
+/// The rows of a chunk (a table with no column to copy).
+pub(super) async fn count(
+    conn: &mut Option<rusqlite::Connection>,
+    p: &Planned,
+    table: usize,
+    chunk: &Chunk,
+) -> Result<u64, Failure> {
+    let (filter, params) = sqlite_range(p, chunk).map_err(|why| Failure::SourceText(table, why))?;
+    let sql = format!(
+        "SELECT count(*) FROM {}{filter}",
+        quote_ident(&p.source.name.1)
+    );
+    let Some(taken) = conn.take() else {
+        return Err(Failure::Other(Error::Config(format!(
+            "counting {}: the SQLite reader was lost after an earlier failure; run the copy again",
+            p.plan.table
+        ))));
+    };
+    let (taken, counted) = tokio::task::spawn_blocking(move || {
+        let counted = taken.query_row(&sql, rusqlite::params_from_iter(&params), |row| {
+            row.get::<_, i64>(0)
+        });
+        (taken, counted)
+    })
+    .await
+    .map_err(|err| {
+        Failure::Other(Error::Config(format!(
+            "counting {}: the SQLite reader stopped unexpectedly ({err}); run the copy again",
+            p.plan.table
+        )))
+    })?;
+    *conn = Some(taken);
+    counted
+        .map(|n| u64::try_from(n).unwrap_or(0))
+        .map_err(|err| Failure::SourceText(table, err.to_string()))
 }
 
 /// Reads every row of the planned tables and lists the values that would not convert (the
@@ -343,20 +394,28 @@ pub(super) async fn scan(
     limit: usize,
 ) -> Result<(Vec<UnconvertibleValue>, u64), Error> {
     let Some(taken) = conn.take() else {
-        return Err(Error::Runtime("the SQLite reader was lost".into()));
+        return Err(Error::Runtime(format!(
+            "reading {}: the SQLite reader was lost after an earlier failure; run the plan again",
+            planned
+                .iter()
+                .map(|p| p.plan.table.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
     };
     let readings: Vec<Reading> = planned
         .iter()
         .zip(conversions)
         .map(|(p, c)| Reading::new(p, c, &Chunk::whole()))
-        .collect();
+        .collect::<Result<_, String>>()
+        .map_err(Error::Config)?;
     let (taken, outcome) = tokio::task::spawn_blocking(move || {
         let outcome = (|| {
             let mut found = Vec::new();
             let mut total = 0_u64;
             for reading in &readings {
                 let mut stmt = taken.prepare(&reading.sql)?;
-                let mut rows = stmt.query([])?;
+                let mut rows = stmt.query(rusqlite::params_from_iter(&reading.params))?;
                 while let Some(row) = rows.next()? {
                     // A row may hold several values that do not convert: each is reported.
                     for (i, conversion) in reading.conversions.iter().enumerate() {
@@ -375,10 +434,27 @@ pub(super) async fn scan(
         (taken, outcome)
     })
     .await
-    .map_err(|err| Error::Runtime(format!("the SQLite reader stopped unexpectedly: {err}")))?;
+    .map_err(|err| {
+        Error::Runtime(format!(
+            "reading {}: the SQLite reader stopped unexpectedly ({err})",
+            planned
+                .iter()
+                .map(|p| p.plan.table.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
     *conn = Some(taken);
-    outcome
-        .map_err(|err| Error::Runtime(format!("reading the source SQLite database failed: {err}")))
+    outcome.map_err(|err| {
+        Error::Runtime(format!(
+            "reading the source SQLite database's tables ({}) failed: {err}",
+            planned
+                .iter()
+                .map(|p| p.plan.table.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })
 }
 
 /// Streams every row of a table, converted, into `COPY .. FROM STDIN` of a temporary
@@ -389,11 +465,18 @@ pub(super) async fn stream_all(
     conversions: &[Conversion],
     copy_in: &mut PgCopyIn<&mut PgConnection>,
 ) -> Result<(), Error> {
-    let mut pump = Pump::start(conn, Reading::new(p, conversions, &Chunk::whole()))?;
+    let reading = Reading::new(p, conversions, &Chunk::whole()).map_err(Error::Config)?;
+    let mut pump = Pump::start(conn, reading)?;
     let mut failure = None;
     while let Some((buf, _)) = pump.full.recv().await {
         if let Err(err) = copy_in.send(buf.as_slice()).await {
-            failure = Some(Error::Database(err));
+            failure = Some(Error::CopyDatabase {
+                during: format!(
+                    "comparing {}: sending its converted rows to the target",
+                    p.plan.table
+                ),
+                error: err,
+            });
             break;
         }
         pump.recycle(buf).await;
