@@ -169,7 +169,7 @@ async fn run<DB: CliBackend + FleetBackend>(
             "--max-replay-lag watches the standbys of a PostgreSQL server; SQLite has none",
         ));
     }
-    let setup = MigratorSetup::from(opts);
+    let setup = opts.clone();
     let progress = Arc::new(out.progress(fleet.targets().len()));
     let events = Arc::clone(&progress);
     let stop = StopSignal::new();
@@ -179,7 +179,14 @@ async fn run<DB: CliBackend + FleetBackend>(
             OnFailureArg::Stop => OnFailure::Stop,
             OnFailureArg::Continue => OnFailure::Continue,
         })
-        .configure(move |m| setup.apply::<DB>(m))
+        .configure(move |m| {
+            let m = crate::configure_run::<DB>(m, &setup);
+            match setup.max_replay_lag {
+                // Refused on SQLite before the fleet starts.
+                Some(max) => DB::max_replay_lag(m.clone(), max).unwrap_or(m),
+                None => m,
+            }
+        })
         .on_event(move |event| events.update(event))
         .stop_on(stop.clone());
 
@@ -211,71 +218,4 @@ async fn run<DB: CliBackend + FleetBackend>(
     };
     progress.finish();
     out.run(result?)
-}
-
-/// What `run` sets on each target's migrator, taken from its options once.
-#[derive(Clone)]
-struct MigratorSetup {
-    dry_run: bool,
-    wait: std::time::Duration,
-    lock_timeout: Option<std::time::Duration>,
-    statement_timeout: Option<std::time::Duration>,
-    app_version: Option<String>,
-    to: Option<String>,
-    only: Option<String>,
-    max_replay_lag: Option<std::time::Duration>,
-    throttle_interval: std::time::Duration,
-    workers: Option<u32>,
-    join: bool,
-}
-
-impl From<&RunOpts> for MigratorSetup {
-    fn from(opts: &RunOpts) -> Self {
-        MigratorSetup {
-            dry_run: opts.dry_run,
-            wait: opts.wait,
-            lock_timeout: opts.lock_timeout,
-            statement_timeout: opts.statement_timeout,
-            app_version: opts.app_version.clone(),
-            to: opts.to.clone(),
-            only: opts.only.clone(),
-            max_replay_lag: opts.max_replay_lag,
-            throttle_interval: opts.throttle_interval,
-            workers: opts.workers,
-            join: !opts.no_join,
-        }
-    }
-}
-
-impl MigratorSetup {
-    fn apply<DB: CliBackend>(&self, mut migrator: Migrator<DB>) -> Migrator<DB> {
-        migrator = migrator
-            .dry_run(self.dry_run)
-            .runner_lock_timeout(self.wait)
-            .throttle_interval(self.throttle_interval)
-            .join(self.join);
-        if let Some(timeout) = self.lock_timeout {
-            migrator = migrator.lock_timeout(timeout);
-        }
-        if let Some(timeout) = self.statement_timeout {
-            migrator = migrator.statement_timeout(timeout);
-        }
-        if let Some(version) = &self.app_version {
-            migrator = migrator.app_version(version);
-        }
-        if let Some(id) = &self.to {
-            migrator = migrator.up_to(id);
-        }
-        if let Some(id) = &self.only {
-            migrator = migrator.only(id);
-        }
-        if let Some(workers) = self.workers {
-            migrator = migrator.workers(workers);
-        }
-        if let Some(max) = self.max_replay_lag {
-            // Refused on SQLite before the fleet starts.
-            migrator = DB::max_replay_lag(migrator.clone(), max).unwrap_or(migrator);
-        }
-        migrator
-    }
 }

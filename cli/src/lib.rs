@@ -348,18 +348,17 @@ async fn execute_on<DB: CliBackend>(
     }
 }
 
-async fn run<DB: CliBackend>(
+/// Sets on `migrator` what `run`'s options say, but the standbys' replay lag, which only
+/// PostgreSQL watches (the caller sets it): for one run, and for each target of a fleet.
+pub(crate) fn configure_run<DB: CliBackend>(
     mut migrator: Migrator<DB>,
     opts: &RunOpts,
-    out: &Output,
-) -> Result<u8, Failure> {
-    if let Some(dir) = &opts.schema {
-        let applied = DB::apply_schema(migrator.pool(), dir).await?;
-        out.schema_applied(dir, applied)?;
-    }
+) -> Migrator<DB> {
     migrator = migrator
         .dry_run(opts.dry_run)
-        .runner_lock_timeout(opts.wait);
+        .runner_lock_timeout(opts.wait)
+        .throttle_interval(opts.throttle_interval)
+        .join(!opts.no_join);
     if let Some(timeout) = opts.lock_timeout {
         migrator = migrator.lock_timeout(timeout);
     }
@@ -375,14 +374,25 @@ async fn run<DB: CliBackend>(
     if let Some(id) = &opts.only {
         migrator = migrator.only(id);
     }
-    if let Some(max) = opts.max_replay_lag {
-        migrator = DB::max_replay_lag(migrator, max)?;
-    }
-    migrator = migrator.throttle_interval(opts.throttle_interval);
     if let Some(workers) = opts.workers {
         migrator = migrator.workers(workers);
     }
-    migrator = migrator.join(!opts.no_join);
+    migrator
+}
+
+async fn run<DB: CliBackend>(
+    mut migrator: Migrator<DB>,
+    opts: &RunOpts,
+    out: &Output,
+) -> Result<u8, Failure> {
+    if let Some(dir) = &opts.schema {
+        let applied = DB::apply_schema(migrator.pool(), dir).await?;
+        out.schema_applied(dir, applied)?;
+    }
+    migrator = configure_run(migrator, opts);
+    if let Some(max) = opts.max_replay_lag {
+        migrator = DB::max_replay_lag(migrator, max)?;
+    }
     let progress = Arc::new(out.progress());
     let sink = Arc::clone(&progress);
     migrator = migrator.on_progress(move |event| sink.update(event));

@@ -314,7 +314,7 @@ pub struct CompareOpts {
 }
 
 /// Options of `run`.
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct RunOpts {
     /// Execute each pending migration and roll it back: report what it would do, keep nothing.
     #[arg(long)]
