@@ -137,6 +137,7 @@ mod source;
 mod check;
 mod explain;
 mod finish;
+mod follow;
 mod foreign_keys;
 mod load;
 mod merge;
@@ -149,6 +150,7 @@ mod workers;
 pub use convert::UnixTime;
 pub use copier::{Copier, default_jobs};
 pub use event::{CopyEvent, EventSink};
+pub use follow::{Cutover, CutoverReport, FollowStatus, Writer};
 pub use options::{CopyMode, Triggers};
 pub use plan::{BOOKKEEPING_TABLES, ColumnAction, ColumnPlan, TablePlan};
 pub use report::{CopyPlan, CopyReport, RowDifference, SequenceSet, TableReport, Verification};
@@ -204,6 +206,9 @@ impl Copier {
     /// [`Error::CopyDatabase`] (naming the table and chunk) or [`Error::Config`] when a
     /// connection fails (run the copy again to resume).
     pub async fn run(&self) -> Result<CopyReport, Error> {
+        if self.follow {
+            return follow::run(self).await;
+        }
         run::run(self, Purpose::Run).await
     }
 }
