@@ -414,44 +414,25 @@ pub(super) async fn apply_direct(
     } else {
         format!("DO UPDATE SET {}", sets.join(", "))
     };
-    let insert = format!(
-        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {} t WHERE {} ON CONFLICT ({}) {conflict}",
+    // One statement: the old row deleted, its values taken into the new one (a unique
+    // value it keeps does not meet itself).
+    let sql = format!(
+        "WITH t AS (DELETE FROM {} t WHERE {} RETURNING t.*)
+         INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM t ON CONFLICT ({}) {conflict}",
+        shape.only,
+        matches.join(" AND "),
         shape.ident,
         names.join(", "),
         select.join(", "),
-        shape.only,
-        matches.join(" AND "),
         shape.key_list()
     );
-    let mut q = sqlx::query::<Postgres>(AssertSqlSafe(insert));
+    let mut q = sqlx::query::<Postgres>(AssertSqlSafe(sql));
     for b in &binds {
         q = q.bind(b.clone());
     }
     q.execute(&mut *conn)
         .await
         .map_err(|e| (format!("moving a row of {} to its new key", shape.table), e))?;
-    let key_binds = &binds[binds.len() - shape.key.len()..];
-    let delete_matches: Vec<String> = shape
-        .key
-        .iter()
-        .enumerate()
-        .map(|(j, i)| format!("t.{} = ${}::{}", shape.column(*i), j + 1, shape.types[*i]))
-        .collect();
-    let delete = format!(
-        "DELETE FROM {} t WHERE {}",
-        shape.only,
-        delete_matches.join(" AND ")
-    );
-    let mut q = sqlx::query::<Postgres>(AssertSqlSafe(delete));
-    for b in key_binds {
-        q = q.bind(b.clone());
-    }
-    q.execute(&mut *conn).await.map_err(|e| {
-        (
-            format!("deleting the old key of a moved row of {}", shape.table),
-            e,
-        )
-    })?;
     Ok(())
 }
 

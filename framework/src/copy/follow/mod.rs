@@ -54,6 +54,8 @@ pub(super) async fn run(copier: &Copier) -> Result<CopyReport, Error> {
     target_session(&mut dst, copier).await?;
     let follow = state::table(copier.progress_schema.as_deref());
     state::create(&mut dst, &follow).await?;
+    // One follower per copy and target: its lock, held until it ends.
+    lock(&mut dst, &copy_id).await?;
     let name = slot::name(&copy_id, &target_identity);
     let recorded = state::read(&mut dst, &follow, &copy_id).await?;
     let finished = recorded
@@ -65,8 +67,14 @@ pub(super) async fn run(copier: &Copier) -> Result<CopyReport, Error> {
             recorded.map(|r| r.status).unwrap_or_default()
         )));
     }
+    // A follow killed during its initial copy starts that copy over, from a new slot: the
+    // chunks committed so far came from a snapshot that is gone, and rows copied from two
+    // snapshots can break the target's unique and foreign keys before the changes between
+    // them are applied.
+    let interrupted = recorded.as_ref().is_some_and(|r| r.status == "copying");
     match &recorded {
-        Some(r) if !finished => {
+        Some(r) if !finished && !interrupted => {
+            slot::take_over(&mut src, &r.slot).await?;
             if !slot::exists(&mut src, &r.slot).await? {
                 return Err(Error::FollowStopped(format!(
                     "replication slot {} of copy {copy_id} is gone from the source (dropped, or invalidated by max_slot_wal_keep_size): the changes made since are lost to it. Abandon the follow (datamig cutover --abandon) and copy again with --mode dangerously-truncate",
@@ -76,6 +84,7 @@ pub(super) async fn run(copier: &Copier) -> Result<CopyReport, Error> {
         }
         _ => {
             // A slot recorded nowhere is a copy's killed while creating it: never read.
+            slot::take_over(&mut src, &name).await?;
             slot::remove(&mut src, &name).await?;
             slot::create(&mut src, &name, &planned).await?;
             state::insert(&mut dst, &follow, &copy_id, &name, &name).await?;
@@ -83,8 +92,12 @@ pub(super) async fn run(copier: &Copier) -> Result<CopyReport, Error> {
     }
 
     // 3. The copy, from a snapshot taken now (its first one recorded).
-    let initial = copier.clone().verify(false).sequences(false);
+    let mut initial = copier.clone().verify(false).sequences(false);
+    if interrupted {
+        initial = initial.mode(CopyMode::DangerouslyTruncate);
+    }
     let mut report = run::run(&initial, Purpose::Run).await?;
+    state::set_status(&mut dst, &follow, &copy_id, "following", None).await?;
     let recorded = state::read(&mut dst, &follow, &copy_id)
         .await?
         .ok_or_else(|| Error::Runtime(format!("copy {copy_id}'s row in {follow} is gone")))?;
@@ -98,8 +111,7 @@ pub(super) async fn run(copier: &Copier) -> Result<CopyReport, Error> {
             ))
         })?;
 
-    // 4. The follow, holding the copy's lock, until a cut-over's position is applied.
-    super::progress::lock(&mut dst, &copy_id).await?;
+    // 4. The follow, until a cut-over's position is applied.
     let replica =
         sqlx::raw_sql("SET session_replication_role = replica; RESET session_replication_role")
             .execute(&mut dst)
@@ -180,6 +192,26 @@ struct Outcome {
     analyzed: usize,
     tables: usize,
     differences: Vec<String>,
+}
+
+/// Takes the follow's lock of `copy_id` in this target (a session lock), or refuses:
+/// another follower of the copy runs.
+async fn lock(conn: &mut PgConnection, copy_id: &str) -> Result<(), Error> {
+    let locked: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('datamig follow'), hashtext($1))")
+            .bind(copy_id)
+            .fetch_one(conn)
+            .await
+            .map_err(|error| Error::CopyDatabase {
+                during: format!("taking the follow lock of copy {copy_id} on the target"),
+                error,
+            })?;
+    if !locked {
+        return Err(Error::CopyRefused(format!(
+            "another follower of copy {copy_id} into this target is running; stop it first (or cut over)"
+        )));
+    }
+    Ok(())
 }
 
 /// The source's session for a follow.

@@ -43,8 +43,9 @@ pub(in crate::copy) async fn refuse_unkeyed(
         let rows = query(
             "SELECT c.oid::regclass::text AS rel, c.relreplident::text AS ident,
                     EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) AS keyed
-             FROM pg_partition_tree($1::regclass) t JOIN pg_class c ON c.oid = t.relid
-             WHERE t.isleaf",
+             FROM pg_class c
+             WHERE (c.oid = $1::regclass AND c.relkind = 'r')
+                OR c.oid IN (SELECT relid FROM pg_partition_tree($1::regclass) WHERE isleaf)",
         )
         .bind(p.source.ident())
         .fetch_all(&mut *conn)
@@ -82,6 +83,34 @@ pub(in crate::copy) async fn check_source(conn: &mut PgConnection) -> Result<(),
         )));
     }
     Ok(())
+}
+
+/// Frees the slot from a server process still reading it for a follower that is gone
+/// (killed: the server notices only when its function returns): the caller holds the
+/// follow's lock, so no live follower of this copy reads it. Waits until it is free.
+pub(in crate::copy) async fn take_over(conn: &mut PgConnection, name: &str) -> Result<(), Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let active: Option<Option<i32>> =
+            query_scalar("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1")
+                .bind(name)
+                .fetch_optional(&mut *conn)
+                .await
+                .during(|| format!("looking for replication slot {name} on the source"))?;
+        let Some(Some(pid)) = active else {
+            return Ok(());
+        };
+        let _ = query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(&mut *conn)
+            .await;
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::CopyRefused(format!(
+                "replication slot {name} on the source is held by server process {pid}, left by a follower of this copy that is gone, and the source role may not end it: end it (SELECT pg_terminate_backend({pid})) and run the copy again"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// Drops the slot and the publication where they exist (a follow recorded nowhere, left

@@ -326,6 +326,8 @@ impl<'a> Follower<'a> {
         let mut tx_lsn = 0u64;
         let mut tx_started = Instant::now();
         let mut tx_time = None;
+        // Changes of the source transaction being read.
+        let mut cur_changes = 0usize;
 
         let peek_sql = slot::peek_sql();
         let upto_text = upto.map(|l| l.to_string());
@@ -363,14 +365,27 @@ impl<'a> Follower<'a> {
                             tx_started = Instant::now();
                         }
                         txn = Some(Txn { lsn, time, skip });
+                        cur_changes = 0;
                     }
-                    Message::Relation(r) => self.relation(r).await?,
+                    Message::Relation(r) => {
+                        if let Err(err) = self.relation(r).await {
+                            // The transactions read before the change of schema are
+                            // applied and kept; the one it is in is not.
+                            if open && cur_changes == 0 && tx_txns > 0 {
+                                tx_rows += self.write(&mut batch).await?;
+                                self.commit(tx_lsn, tx_rows, tx_txns).await?;
+                                open = false;
+                            }
+                            return Err(err.into());
+                        }
+                    }
                     Message::Insert { oid, new } => {
                         if txn.as_ref().is_some_and(|t| !t.skip) {
                             let t = self.table_of(oid)?;
                             let key = self.key(t, &new)?;
                             batch.insert(t, key, new);
                             tx_changes += 1;
+                            cur_changes += 1;
                         }
                     }
                     Message::Update { oid, old, new } => {
@@ -382,6 +397,7 @@ impl<'a> Follower<'a> {
                                 None => None,
                             };
                             tx_changes += 1;
+                            cur_changes += 1;
                             if let Some(direct) = batch.update(t, old_key, new_key, new) {
                                 tx_rows += self.write(&mut batch).await?;
                                 let shape = self.shapes[t].as_ref().expect("described");
@@ -398,6 +414,7 @@ impl<'a> Follower<'a> {
                             let key = self.key(t, &old)?;
                             batch.delete(t, key);
                             tx_changes += 1;
+                            cur_changes += 1;
                         }
                     }
                     Message::Truncate { oids, .. } => {
@@ -413,6 +430,7 @@ impl<'a> Follower<'a> {
                                 .collect();
                             apply::truncate(&mut self.dst, &shapes).await.map_err(failed)?;
                             tx_changes += 1;
+                            cur_changes += 1;
                         }
                     }
                     Message::Commit { lsn: _, end } => {
