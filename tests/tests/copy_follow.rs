@@ -308,13 +308,23 @@ async fn sigkilled_followers_resume_into_an_exact_copy() -> anyhow::Result<()> {
     .output()
     .await?;
     if !cutover.status.success() {
+        let sessions: Vec<String> = sqlx::query_scalar(
+            "SELECT concat_ws(' | ', pid, datname, state, wait_event_type, wait_event, left(query, 150))
+             FROM pg_stat_activity WHERE datname LIKE 'datamig_test%'",
+        )
+        .fetch_all(src.pool())
+        .await?;
+        let follow: Vec<String> = sqlx::query_scalar("SELECT f::text FROM datamig_copy_follow f")
+            .fetch_all(dst.pool())
+            .await?;
         follower.start_kill()?;
         let follower = follower.wait_with_output().await?;
         panic!(
-            "cutover failed: {}{}\nthe follower said: {}",
+            "cutover failed: {}{}\nthe follower said: {}\nsessions:\n{}\nfollow: {follow:?}",
             text(&cutover.stdout),
             text(&cutover.stderr),
-            text(&follower.stderr)
+            text(&follower.stderr),
+            sessions.join("\n")
         );
     }
     assert!(

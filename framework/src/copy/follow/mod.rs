@@ -87,6 +87,7 @@ pub(super) async fn run(copier: &Copier) -> Result<CopyReport, Error> {
             slot::take_over(&mut src, &name).await?;
             slot::remove(&mut src, &name).await?;
             slot::create(&mut src, &name, &planned).await?;
+            slot::settle(&mut src).await?;
             state::insert(&mut dst, &follow, &copy_id, &name, &name).await?;
         }
     }
@@ -194,24 +195,26 @@ struct Outcome {
     differences: Vec<String>,
 }
 
-/// Takes the follow's lock of `copy_id` in this target (a session lock), or refuses:
-/// another follower of the copy runs.
+/// Takes the follow's lock of `copy_id` in this target (a session lock), waiting at most
+/// the lock timeout (the session of a follower just killed ends once the server notices),
+/// or refuses: another follower of the copy runs.
 async fn lock(conn: &mut PgConnection, copy_id: &str) -> Result<(), Error> {
-    let locked: bool =
-        sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('datamig follow'), hashtext($1))")
-            .bind(copy_id)
-            .fetch_one(conn)
-            .await
-            .map_err(|error| Error::CopyDatabase {
-                during: format!("taking the follow lock of copy {copy_id} on the target"),
-                error,
-            })?;
-    if !locked {
-        return Err(Error::CopyRefused(format!(
-            "another follower of copy {copy_id} into this target is running; stop it first (or cut over)"
-        )));
+    let locked = sqlx::query("SELECT pg_advisory_lock(hashtext('datamig follow'), hashtext($1))")
+        .bind(copy_id)
+        .execute(conn)
+        .await;
+    match locked {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("55P03") => {
+            Err(Error::CopyRefused(format!(
+                "another follower of copy {copy_id} into this target is running; stop it first (or cut over)"
+            )))
+        }
+        Err(error) => Err(Error::CopyDatabase {
+            during: format!("taking the follow lock of copy {copy_id} on the target"),
+            error,
+        }),
     }
-    Ok(())
 }
 
 /// The source's session for a follow.

@@ -185,6 +185,38 @@ pub(in crate::copy) async fn create(
     Ok(lsn.parse().unwrap_or(0))
 }
 
+/// Waits until every transaction running just after the slot was created has left the
+/// server's list of running transactions.
+///
+/// Why: a transaction writes its commit record before it leaves that list. One whose
+/// commit record precedes the slot's consistent point is not in the slot's stream; were it
+/// still listed when the copy's snapshot is taken, the snapshot would not show it either,
+/// and its changes would be in neither. Every such transaction is listed in a snapshot
+/// taken now (after the slot returned); once none of those is listed any more, a snapshot
+/// taken afterwards shows each of them that committed.
+pub(in crate::copy) async fn settle(conn: &mut PgConnection) -> Result<(), Error> {
+    let first: String = query_scalar("SELECT pg_current_snapshot()::text")
+        .fetch_one(&mut *conn)
+        .await
+        .during(|| "reading the source's running transactions".into())?;
+    let Some(first) = super::snapshot::Snapshot::parse(&first) else {
+        return Ok(());
+    };
+    loop {
+        let now: String = query_scalar("SELECT pg_current_snapshot()::text")
+            .fetch_one(&mut *conn)
+            .await
+            .during(|| "reading the source's running transactions".into())?;
+        let Some(now) = super::snapshot::Snapshot::parse(&now) else {
+            return Ok(());
+        };
+        if !first.running.iter().any(|x| now.running.contains(x)) {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Whether the slot exists.
 pub(in crate::copy) async fn exists(conn: &mut PgConnection, name: &str) -> Result<bool, Error> {
     query_scalar("SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)")
