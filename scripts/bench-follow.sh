@@ -5,7 +5,9 @@
 #
 # One throwaway PostgreSQL 15 server (wal_level=logical) holds the source and the target.
 # 1. pgbench's own rate with 4 clients for 30 s while no follower runs (its changes wait in
-#    the slot), then the follower's rate applying exactly those changes once started;
+#    the slot), then the follower's rate applying exactly those changes once started, and
+#    pgcopydb's `follow` (with wal2json, its slot made before pgbench) applying the same
+#    changes to a copy of the target as it was before pgbench;
 # 2. the lag under a steady 500 tx/s for 60 s, sampled every 0.2 s from the follower's row;
 # 3. the cut-over (`cutover --max-lag 1s`, from its start to its exit, verification
 #    included);
@@ -17,6 +19,8 @@ SCALE="${1:-50}"
 PORT="${BENCH_PORT:-55441}"
 BENCH_SERVER_OPTS="-c wal_level=logical -c max_replication_slots=10"
 source scripts/bench-server.sh
+need pgcopydb pgcopydb
+[ -f "$PGBIN/../lib/wal2json.so" ] || need /nonexistent-wal2json postgresql-15-wal2json
 SRC="postgres://postgres@127.0.0.1:$PORT/source"
 DST="postgres://postgres@127.0.0.1:$PORT/target"
 psql -q -d postgres -c "CREATE DATABASE source" -c "CREATE DATABASE target"
@@ -42,12 +46,19 @@ wait_status following "$follower"
 copied=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
 echo "copy_then_following $copied s" | tee -a "$RESULTS"
 kill -9 "$follower"; wait "$follower" 2>/dev/null || true
+# The target as it is now, for pgcopydb; its slot and replication origin from now on.
+until psql -q -d postgres -c "CREATE DATABASE target2 TEMPLATE target" 2>/dev/null; do sleep 0.2; done
+DST2="postgres://postgres@127.0.0.1:$PORT/target2"
+(cd "$WORK" && pgcopydb stream setup --source "$SRC" --target "$DST2" --dir "$WORK/pgcopydb" >"$WORK/pgcopydb.setup" 2>&1) \
+  || { cat "$WORK/pgcopydb.setup"; exit 1; }
 
 echo "[bench] pgbench, 4 clients, 30 s, no follower running"
 "$PGBIN/pgbench" -n -c 4 -j 2 -T 30 source >"$WORK/pgbench.out" 2>&1
 produced=$(awk '/number of transactions actually processed/ {split($0, a, ": "); split(a[2], b, "/"); print b[1]}' "$WORK/pgbench.out")
 tps=$(awk '/^tps = / {print $3; exit}' "$WORK/pgbench.out")
 echo "pgbench_rate $tps tx/s ($produced transactions)" | tee -a "$RESULTS"
+END=$(psql -At -d source -c "SELECT pg_current_wal_lsn()")
+HISTORY=$(psql -At -d source -c "SELECT count(*) FROM pgbench_history")
 before=$(applied)
 start=$(date +%s.%N)
 /usr/bin/time -f "%M" -o "$WORK/follower.rss" "$DATAMIG" copy --source "$SRC" --target "$DST" --follow >/dev/null 2>"$WORK/follower.err" &
@@ -55,6 +66,16 @@ follower=$!
 until [ "$(applied)" -ge "$((before + produced))" ]; do sleep 0.05; done
 secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.2f", b - a}')
 echo "apply_rate $(awk -v n="$produced" -v s="$secs" 'BEGIN {printf "%.0f", n / s}') tx/s ($produced in $secs s, start-up included)" | tee -a "$RESULTS"
+
+echo "[bench] pgcopydb follow, the same changes"
+(cd "$WORK" && pgcopydb stream sentinel set apply --source "$SRC" >/dev/null 2>&1)
+start=$(date +%s.%N)
+(cd "$WORK" && pgcopydb follow --source "$SRC" --target "$DST2" --dir "$WORK/pgcopydb" --resume --not-consistent --endpos "$END" >"$WORK/pgcopydb.out" 2>&1) \
+  || { tail -20 "$WORK/pgcopydb.out"; exit 1; }
+secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.2f", b - a}')
+[ "$(psql -At -d target2 -c "SELECT count(*) FROM pgbench_history")" = "$HISTORY" ] || { echo "[bench] pgcopydb left target2 incomplete"; exit 1; }
+echo "pgcopydb_follow_rate $(awk -v n="$produced" -v s="$secs" 'BEGIN {printf "%.0f", n / s}') tx/s ($produced in $secs s, start-up included)" | tee -a "$RESULTS"
+(cd "$WORK" && pgcopydb stream cleanup --source "$SRC" --target "$DST2" --dir "$WORK/pgcopydb" >/dev/null 2>&1) || true
 
 echo "[bench] lag at 500 tx/s for 60 s"
 "$PGBIN/pgbench" -n -c 4 -j 2 -R 500 -T 60 source >"$WORK/pgbench-500.out" 2>&1 &
@@ -94,5 +115,5 @@ for rows in 10000 1000000; do
 done
 
 echo
-echo "PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'), pgbench $("$PGBIN/pgbench" --version | awk '{print $3}'), $("$DATAMIG" --version); $(nproc) cores"
+echo "PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'), pgcopydb $(pgcopydb --version 2>&1 | grep -o "version [0-9.-]*" | head -1 | cut -d" " -f2) with wal2json, pgbench $("$PGBIN/pgbench" --version | awk '{print $3}'), $("$DATAMIG" --version); $(nproc) cores"
 cat "$RESULTS"
