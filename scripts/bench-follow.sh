@@ -73,8 +73,15 @@ echo "apply_rate $(awk -v n="$produced" -v s="$secs" 'BEGIN {printf "%.0f", n / 
 echo "[bench] pgcopydb follow, the same changes (at most ${PGCOPYDB_SECONDS:=120} s)"
 (cd "$WORK" && pgcopydb stream sentinel set apply --source "$SRC" >/dev/null 2>&1)
 start=$(date +%s.%N)
-(cd "$WORK" && timeout "$PGCOPYDB_SECONDS" pgcopydb follow --source "$SRC" --target "$DST2" --dir "$WORK/pgcopydb" --resume --not-consistent --endpos "$END" >"$WORK/pgcopydb.out" 2>&1) \
-  || echo "[bench] pgcopydb follow stopped after $PGCOPYDB_SECONDS s"
+# In a process group of its own: its processes do not all stop on SIGTERM.
+(cd "$WORK" && exec setsid pgcopydb follow --source "$SRC" --target "$DST2" --dir "$WORK/pgcopydb" --resume --not-consistent --endpos "$END" >"$WORK/pgcopydb.out" 2>&1) &
+pgc=$!
+for _ in $(seq 1 "$PGCOPYDB_SECONDS"); do kill -0 "$pgc" 2>/dev/null || break; sleep 1; done
+if kill -0 "$pgc" 2>/dev/null; then
+  echo "[bench] pgcopydb follow stopped after $PGCOPYDB_SECONDS s"
+  kill -KILL -- "-$pgc" 2>/dev/null || true
+fi
+wait "$pgc" 2>/dev/null || true
 secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.2f", b - a}')
 # Each pgbench transaction inserts one pgbench_history row.
 done_txns=$(psql -At -d target2 -c "SELECT count(*) FROM pgbench_history")

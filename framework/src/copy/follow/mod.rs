@@ -148,7 +148,10 @@ pub(super) async fn run(copier: &Copier) -> Result<CopyReport, Error> {
     // 5. The cut-over: sequences, statistics, the comparison, the slot and publication
     //    dropped.
     state::set_status(&mut dst, &follow, &copy_id, "cutting over", None).await?;
-    let end = copier.clone().verify(true);
+    // The tables followed, by name: a table the selection left out may be gone by now.
+    let mut end = copier.clone().verify(true);
+    end.selection.tables = planned.iter().map(|p| p.plan.table.clone()).collect();
+    end.selection.exclude.clear();
     let finished = run::run(&end, Purpose::Cutover).await;
     let finished = match finished {
         Ok(finished) => finished,
