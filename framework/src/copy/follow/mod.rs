@@ -88,7 +88,13 @@ pub(super) async fn run(copier: &Copier) -> Result<CopyReport, Error> {
             slot::remove(&mut src, &name).await?;
             slot::create(&mut src, &name, &planned).await?;
             slot::settle(&mut src).await?;
-            state::insert(&mut dst, &follow, &copy_id, &name, &name).await?;
+            if finished {
+                // A new follow after one that ended: no cut-over of the old one applies.
+                state::insert(&mut dst, &follow, &copy_id, &name, &name).await?;
+                state::clear_cutover(&mut dst, &follow, &copy_id).await?;
+            } else {
+                state::insert(&mut dst, &follow, &copy_id, &name, &name).await?;
+            }
         }
     }
 

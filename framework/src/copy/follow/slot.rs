@@ -244,17 +244,23 @@ pub(in crate::copy) async fn advance(
     name: &str,
     lsn: u64,
 ) -> Result<(), Error> {
-    query("SELECT pg_replication_slot_advance($1, '0/0'::pg_lsn + $2::numeric)")
-        .bind(name)
-        .bind(lsn.to_string())
-        .execute(conn)
-        .await
-        .during(|| {
-            format!(
-                "confirming position {} to replication slot {name}",
-                lsn_text(lsn)
-            )
-        })?;
+    // Never backwards (the slot refuses): a cut-over's position may lie before what an
+    // earlier peek confirmed.
+    query(
+        "SELECT pg_replication_slot_advance(slot_name, '0/0'::pg_lsn + $2::numeric)
+         FROM pg_replication_slots
+         WHERE slot_name = $1 AND confirmed_flush_lsn < '0/0'::pg_lsn + $2::numeric",
+    )
+    .bind(name)
+    .bind(lsn.to_string())
+    .execute(conn)
+    .await
+    .during(|| {
+        format!(
+            "confirming position {} to replication slot {name}",
+            lsn_text(lsn)
+        )
+    })?;
     Ok(())
 }
 

@@ -127,7 +127,9 @@ pub(in crate::copy) async fn read(
 }
 
 /// Records a new follow of `copy_id` (its slot and publication just created), replacing
-/// a row left by a follow that was cut over or abandoned.
+/// a row left by a follow that was cut over or abandoned, or whose initial copy starts
+/// over. A cut-over already asked for is kept: the new copy's snapshot comes after its
+/// position, so the follow then has nothing to apply before it.
 pub(in crate::copy) async fn insert(
     conn: &mut PgConnection,
     follow: &str,
@@ -138,7 +140,7 @@ pub(in crate::copy) async fn insert(
     query(AssertSqlSafe(format!(
         "INSERT INTO {follow} (copy_name, slot, publication, status) VALUES ($1, $2, $3, 'copying')
          ON CONFLICT (copy_name) DO UPDATE SET slot = EXCLUDED.slot, publication = EXCLUDED.publication,
-             snapshot = NULL, applied_lsn = '0/0', applied_at = NULL, cutover_lsn = NULL, status = 'copying',
+             snapshot = NULL, applied_lsn = '0/0', applied_at = NULL, status = 'copying',
              message = NULL, lag_bytes = NULL, lag_seconds = NULL, rows_per_second = NULL, rows = 0,
              transactions = 0, updated_at = clock_timestamp()"
     )))
@@ -236,6 +238,22 @@ pub(in crate::copy) async fn lag(
     .execute(conn)
     .await
     .during(|| format!("recording copy {copy_id}'s lag in {follow}"))?;
+    Ok(())
+}
+
+/// Forgets a cut-over asked of an earlier follow.
+pub(in crate::copy) async fn clear_cutover(
+    conn: &mut PgConnection,
+    follow: &str,
+    copy_id: &str,
+) -> Result<(), Error> {
+    query(AssertSqlSafe(format!(
+        "UPDATE {follow} SET cutover_lsn = NULL WHERE copy_name = $1"
+    )))
+    .bind(copy_id)
+    .execute(conn)
+    .await
+    .during(|| format!("resetting copy {copy_id}'s follow in {follow}"))?;
     Ok(())
 }
 

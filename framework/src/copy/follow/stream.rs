@@ -153,17 +153,26 @@ impl<'a> Follower<'a> {
                 )));
             }
             let upto = recorded.cutover_lsn;
-            let (_, next) = slot::position(&mut self.src).await?;
+            let (wal, next) = slot::position(&mut self.src).await?;
             let peeked = self.peek_once(upto, next, one_by_one).await?;
             if peeked.conflict {
                 one_by_one = true;
                 continue;
             }
             one_by_one = false;
-            if let Some(end) = peeked.confirm {
+            let drained = peeked.messages < PEEK_CHANGES as usize;
+            // A drained peek read every transaction committed before the WAL position
+            // taken ahead of it (up to the cut-over's, if asked), and the target committed
+            // what it applied of them: the slot may let go of the WAL before that, which
+            // else it would decode again at every peek (other databases' WAL included).
+            let mut confirm = peeked.confirm;
+            if drained {
+                let reached = upto.map_or(wal, |u| u.min(wal));
+                confirm = Some(confirm.map_or(reached, |c| c.max(reached)));
+            }
+            if let Some(end) = confirm {
                 slot::advance(&mut self.src, &self.slot, end).await?;
             }
-            let drained = peeked.messages < PEEK_CHANGES as usize;
             self.report(drained && peeked.applied == 0, peeked.confirm)
                 .await?;
             if upto.is_some() && drained {
