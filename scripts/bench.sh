@@ -10,6 +10,8 @@
 #                                       against a shell loop of `datamig run`
 #     scripts/bench.sh --copy [SCALE]   `datamig copy` beside pg_dump | psql and pgcopydb
 #                                       (its own throwaway server: scripts/bench-copy.sh)
+#     scripts/bench.sh --follow [SCALE] `datamig copy --follow` under pgbench: apply rate,
+#                                       lag, cut-over, memory (scripts/bench-follow.sh)
 #     scripts/bench.sh --sqlite [ROWS]  `datamig copy` from SQLite beside pgloader
 #                                       (scripts/bench-sqlite.sh)
 #
@@ -20,6 +22,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ "${1:-}" = "--copy" ]; then
   shift
   exec scripts/bench-copy.sh "$@"
+fi
+if [ "${1:-}" = "--follow" ]; then
+  shift
+  exec scripts/bench-follow.sh "$@"
 fi
 if [ "${1:-}" = "--sqlite" ]; then
   shift

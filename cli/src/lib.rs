@@ -33,9 +33,9 @@ use datamig::{
 };
 
 pub use opt::{
-    CheckIdempotencyOpts, Cli, Command, CompareOpts, CopyModeArg, CopyOpts, Format, GlobalOpts,
-    LockKind, LogFormat, NewOpts, PauseOpts, ReasonOpts, RerunOpts, ResumeOpts, RunOpts,
-    TablesOpts, TriggersArg, UnlockOpts,
+    CheckIdempotencyOpts, Cli, Command, CompareOpts, CopyModeArg, CopyOpts, CutoverOpts, Format,
+    GlobalOpts, LockKind, LogFormat, NewOpts, PauseOpts, ReasonOpts, RerunOpts, ResumeOpts,
+    RunOpts, TablesOpts, TriggersArg, UnlockOpts,
 };
 pub use opt::{FleetOpts, OnFailureArg};
 use output::Output;
@@ -121,6 +121,7 @@ pub async fn execute_for(cli: Cli, build: Build) -> Result<u8, Failure> {
         Command::New(opts) => return scaffold::new_migration(opts, &out),
         Command::Compare(opts) => return compare(opts, &cli.global, &out).await,
         Command::Copy(opts) => return copy(opts, &out).await,
+        Command::Cutover(opts) => return cutover(opts, &out).await,
         _ => {}
     }
     let (url, scheme) = connect::database_url(&cli.global)?;
@@ -344,7 +345,9 @@ async fn execute_on<DB: CliBackend>(
             out.fingerprint(&fingerprint)?;
             Ok(exit::OK)
         }
-        Command::New(_) | Command::Compare(_) | Command::Copy(_) => unreachable!("handled above"),
+        Command::New(_) | Command::Compare(_) | Command::Copy(_) | Command::Cutover(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 
@@ -698,6 +701,7 @@ async fn copy(opts: &CopyOpts, out: &Output) -> Result<u8, Failure> {
     .verify(opts.verify)
     .fail_fast(opts.fail_fast)
     .lock_timeout(opts.lock_timeout)
+    .follow(opts.follow)
     .on_event(move |event| events.update(event));
     if let Some(schema) = &opts.progress_schema {
         copier = copier.progress_schema(schema);
@@ -720,6 +724,37 @@ async fn copy(opts: &CopyOpts, out: &Output) -> Result<u8, Failure> {
         .as_ref()
         .is_some_and(|v| !v.differences.is_empty());
     Ok(if differs { exit::DIFFERENT } else { exit::OK })
+}
+
+/// `cutover`: the end of an online copy (or its abandon, or its state).
+async fn cutover(opts: &CutoverOpts, out: &Output) -> Result<u8, Failure> {
+    let mut cutover = datamig::copy::Cutover::new(
+        connect::postgres_options(&opts.source)?,
+        copy_target(&opts.target)?,
+    )
+    .timeout(opts.timeout);
+    if let Some(lag) = opts.max_lag {
+        cutover = cutover.max_lag(lag);
+    }
+    if let Some(schema) = &opts.progress_schema {
+        cutover = cutover.progress_schema(schema);
+    }
+    if opts.status {
+        out.follow_status(&cutover.status().await?)?;
+        return Ok(exit::OK);
+    }
+    if opts.abandon {
+        out.follow_status(&cutover.abandon().await?)?;
+        return Ok(exit::OK);
+    }
+    out.cutover_started();
+    let report = cutover.run().await?;
+    out.cutover_report(&report)?;
+    Ok(if report.differences.is_empty() {
+        exit::OK
+    } else {
+        exit::DIFFERENT
+    })
 }
 
 /// The fingerprint of the database at `url`.
@@ -798,6 +833,7 @@ impl From<Error> for Failure {
             }
             Error::CopyRejected { .. } | Error::CopyUnconvertible { .. } => exit::COPY_FAILED,
             Error::CopyIncomplete { .. } => exit::COPY_INCOMPLETE,
+            Error::FollowStopped(_) => exit::FOLLOW_STOPPED,
             Error::Drift { .. } => exit::DRIFT,
             Error::MigrationFailed { .. } | Error::Interrupted { .. } => exit::MIGRATION_FAILED,
             Error::CommitOutcome {

@@ -179,6 +179,40 @@ pub enum Command {
     Compare(CompareOpts),
     /// Copy the rows of one PostgreSQL database into another whose schema exists: data only, resumable, verified.
     Copy(CopyOpts),
+    /// End an online copy (copy --follow): wait until every change committed on the source is applied, set the sequences, analyze, verify, drop the slot; or --abandon it, or show its --status.
+    Cutover(CutoverOpts),
+}
+
+/// Options of `cutover`.
+#[derive(Debug, Args)]
+pub struct CutoverOpts {
+    /// The source database's URL, as the copy was given it.
+    #[arg(long)]
+    pub source: String,
+
+    /// The target database's URL, as the copy was given it.
+    #[arg(long)]
+    pub target: String,
+
+    /// First wait until the follower is at most this far behind the source (as 1s, 500ms).
+    #[arg(long, value_parser = parse_duration)]
+    pub max_lag: Option<Duration>,
+
+    /// Give up after this long (the follow goes on).
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    pub timeout: Duration,
+
+    /// Drop the follow for good instead: its replication slot and publication on the source (the target keeps what was applied). Stop its follower first.
+    #[arg(long, conflicts_with_all = ["status", "max_lag"])]
+    pub abandon: bool,
+
+    /// Only show the follow's state: its lag, rows applied, status.
+    #[arg(long)]
+    pub status: bool,
+
+    /// The schema of the target's progress tables, as the copy was given it.
+    #[arg(long)]
+    pub progress_schema: Option<String>,
 }
 
 /// Whether the target's triggers fire while `copy` loads.
@@ -227,6 +261,10 @@ pub struct CopyOpts {
     /// What to do with target tables that already hold rows.
     #[arg(long, value_enum, default_value_t = CopyModeArg::Empty)]
     pub mode: CopyModeArg,
+
+    /// After the copy, apply every change committed on the source (logical decoding; the source needs wal_level = logical) until `datamig cutover` from another terminal ends it. Killed, the same command resumes.
+    #[arg(long)]
+    pub follow: bool,
 
     /// Chunks copied at once, each on its own pair of connections; big tables are split in key ranges (default: this machine's cores, at most 4).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]

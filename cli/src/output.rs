@@ -663,6 +663,91 @@ impl Output {
     }
 
     /// A copy's summary: per table, then sequences, analysis and verification.
+    /// A follow's state (`cutover --status`, `--abandon`).
+    pub(crate) fn follow_status(
+        &self,
+        status: &datamig::copy::FollowStatus,
+    ) -> Result<(), Failure> {
+        if self.format == Format::Json {
+            return self.json(&json!({"type": "follow_status", "status": status}));
+        }
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "copy {}: {}{}",
+            status.copy,
+            status.status,
+            status
+                .message
+                .as_deref()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default()
+        )?;
+        writeln!(
+            out,
+            "  slot {} (publication {}), applied up to {}: {} rows in {} source transactions",
+            status.slot, status.publication, status.applied, status.rows, status.transactions
+        )?;
+        if let (Some(bytes), Some(seconds)) = (status.lag_bytes, status.lag_seconds) {
+            writeln!(
+                out,
+                "  lag {:.1} s, {} of WAL retained by the slot, {:.0} rows/s; recorded {:.0} s ago",
+                seconds,
+                indicatif::HumanBytes(u64::try_from(bytes).unwrap_or(0)),
+                status.rows_per_second.unwrap_or(0.0),
+                status.updated_seconds_ago
+            )?;
+        }
+        Ok(())
+    }
+
+    /// What a cut-over waits for (stderr: stdout holds the report).
+    pub(crate) fn cutover_started(&self) {
+        if self.format != Format::Json {
+            eprintln!(
+                "cut-over: the application's writes to the source must be stopped now; what commits after the position taken is not in the target"
+            );
+        }
+    }
+
+    /// What a cut-over did.
+    pub(crate) fn cutover_report(
+        &self,
+        report: &datamig::copy::CutoverReport,
+    ) -> Result<(), Failure> {
+        if self.format == Format::Json {
+            return self.json(&json!({"type": "cutover_report", "report": report}));
+        }
+        let mut out = std::io::stdout().lock();
+        for w in &report.writers {
+            writeln!(
+                out,
+                "warning: transaction of pid {} ({} from {}, {}, open {:.1} s) was writing on the source at the cut-over: what it commits later is not in the target ({})",
+                w.pid, w.user, w.client, w.application, w.seconds, w.query
+            )?;
+        }
+        writeln!(
+            out,
+            "cut over copy {} at source position {} in {:.1} s: {} sequence(s) set, {} table(s) analyzed, {} table(s) verified{}",
+            report.copy,
+            report.position,
+            report.seconds,
+            report.sequences,
+            report.analyzed,
+            report.tables,
+            if report.differences.is_empty() {
+                ", all equal".to_string()
+            } else {
+                format!("; DIFFERENT: {}", report.differences.join(", "))
+            }
+        )?;
+        writeln!(
+            out,
+            "the slot and the publication are dropped from the source"
+        )?;
+        Ok(())
+    }
+
     pub(crate) fn copy_report(&self, report: &CopyReport) -> Result<(), Failure> {
         if self.format == Format::Json {
             return self.json(&json!({"type": "copy_report", "report": report}));
@@ -764,6 +849,8 @@ pub(crate) struct CopyProgress {
 struct CopyBars {
     overall: Option<ProgressBar>,
     tables: std::collections::BTreeMap<String, ProgressBar>,
+    /// The follow's lag, once following.
+    follow: Option<ProgressBar>,
     /// When each table's last progress line was printed (JSON: at most one a second).
     printed: std::collections::BTreeMap<String, std::time::Instant>,
 }
@@ -845,6 +932,28 @@ impl CopyProgress {
                     bar.finish_and_clear();
                 }
             }
+            CopyEvent::Following {
+                applied_lsn,
+                lag_bytes,
+                lag_seconds,
+                rows_per_second,
+                rows,
+                transactions,
+            } => {
+                if let Some(overall) = state.overall.take() {
+                    overall.finish_and_clear();
+                }
+                let bar = state.follow.get_or_insert_with(|| {
+                    let bar = self.bars.add(ProgressBar::new_spinner());
+                    bar.set_style(style("following {spinner} {msg}"));
+                    bar
+                });
+                bar.tick();
+                bar.set_message(format!(
+                    "lag {lag_seconds:.1} s, {} behind, {rows_per_second:.0} rows/s; {rows} rows in {transactions} transactions applied, up to {applied_lsn}",
+                    indicatif::HumanBytes(*lag_bytes)
+                ));
+            }
             CopyEvent::TableFailed { failure } => {
                 if let Some(bar) = state.tables.remove(&failure.table) {
                     bar.finish_and_clear();
@@ -861,6 +970,9 @@ impl CopyProgress {
             bar.finish_and_clear();
         }
         if let Some(bar) = state.overall.take() {
+            bar.finish_and_clear();
+        }
+        if let Some(bar) = state.follow.take() {
             bar.finish_and_clear();
         }
     }

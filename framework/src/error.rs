@@ -362,6 +362,13 @@ pub enum Error {
         error: sqlx::Error,
     },
 
+    /// A followed copy ([`Copier::follow`](crate::copy::Copier::follow)) stopped following
+    /// the source: the reason (a schema change on the source, a change the target refused,
+    /// the slot gone), with what was applied. Every source transaction before the position
+    /// it names is in the target.
+    #[error("the follow stopped: {0}")]
+    FollowStopped(String),
+
     /// A configuration value is invalid, or the caller asked for what cannot be done (a
     /// command the ledger's state does not allow, a migration declared wrong). The message
     /// says what to change.

@@ -177,6 +177,7 @@ pub use datamig_macros::migration;
 /// - [cli](guides::cli): the command line: its two builds, every command, its output.
 /// - [testing](guides::testing): proving each migration idempotent against a real database in CI.
 /// - [copying](guides::copying): moving the data of one database into another whose schema exists.
+/// - [online copy](guides::online_copy): copying while the source takes writes, then cutting over in seconds.
 /// - [poolers](guides::poolers): running through PgBouncer in transaction mode.
 /// - [fleets](guides::fleets): one deploy across many databases and tenant schemas.
 pub mod guides {
@@ -196,6 +197,8 @@ pub mod guides {
     #[cfg(all(feature = "postgres", feature = "sqlite"))]
     #[doc = include_str!("../docs/copying.md")]
     pub mod copying {}
+    #[doc = include_str!("../docs/online-copy.md")]
+    pub mod online_copy {}
     #[cfg(feature = "postgres")]
     #[doc = include_str!("../docs/poolers.md")]
     pub mod poolers {}

@@ -584,7 +584,17 @@ async fn start_container()
         .with_name(name)
         .with_tag(tag)
         .with_label("datamig.test", "1")
-        .with_cmd(["-c", "fsync=off", "-c", "max_connections=300"])
+        // wal_level=logical: `datamig copy --follow` reads changes by logical decoding.
+        .with_cmd([
+            "-c",
+            "fsync=off",
+            "-c",
+            "max_connections=300",
+            "-c",
+            "wal_level=logical",
+            "-c",
+            "max_replication_slots=64",
+        ])
         .with_startup_timeout(Duration::from_secs(120))
         .start()
         .await

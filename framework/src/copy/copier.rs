@@ -30,6 +30,8 @@ pub struct Copier {
     pub(super) progress_schema: Option<String>,
     pub(super) on_event: Option<EventSink>,
     pub(super) unix_time: BTreeMap<String, UnixTime>,
+    pub(super) follow: bool,
+    pub(super) follow_poll: Duration,
 }
 
 /// The jobs a copy runs with unless told ([`Copier::jobs`]): the cores this machine has,
@@ -104,7 +106,25 @@ impl Copier {
             progress_schema: None,
             on_event: None,
             unix_time: BTreeMap::new(),
+            follow: false,
+            follow_poll: Duration::from_millis(100),
         }
+    }
+
+    /// After the copy, follow the source: apply every change committed on it since the
+    /// copy's snapshot, until a cut-over ([`Cutover::run`](crate::copy::Cutover::run)) from
+    /// another process stops it. See [the online copy](crate::copy#online-copy-follow).
+    /// PostgreSQL sources only; the source needs `wal_level = logical`.
+    pub fn follow(mut self, follow: bool) -> Self {
+        self.follow = follow;
+        self
+    }
+
+    /// How long the follower waits before reading the source's changes again when it found
+    /// none (default 100 ms).
+    pub fn follow_poll(mut self, poll: Duration) -> Self {
+        self.follow_poll = poll;
+        self
     }
 
     /// A SQLite source: integers in this date or timestamp column (`table.column`) are Unix

@@ -67,6 +67,22 @@ pub enum CopyEvent {
         /// `schema.table`.
         table: String,
     },
+    /// The follow's lag, about once a second ([`Copier::follow`](crate::copy::Copier::follow)).
+    Following {
+        /// The source's commit position last applied.
+        applied_lsn: String,
+        /// WAL bytes of the source the follower has not confirmed (the slot retains them).
+        lag_bytes: u64,
+        /// Seconds between the last applied transaction's commit on the source and now (0
+        /// when nothing is waiting).
+        lag_seconds: f64,
+        /// Rows applied a second since the last event.
+        rows_per_second: f64,
+        /// Rows applied by this follower.
+        rows: u64,
+        /// Source transactions applied by this follower.
+        transactions: u64,
+    },
 }
 
 /// Receives [`CopyEvent`]s, from whichever worker produced them.

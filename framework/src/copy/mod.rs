@@ -88,6 +88,19 @@
 //! Both sides need direct connections (not a transaction pooler): the snapshot is shared
 //! through `pg_export_snapshot()`, which lives in one server session.
 //!
+//! # Online copy (follow)
+//!
+//! With [`Copier::follow`], [`Copier::run`] copies, then applies every change the source
+//! commits, until [`Cutover::run`] from another process ends it: the follower applies
+//! everything committed up to the cut-over's position, sets the sequences, analyzes,
+//! verifies and drops its replication slot, and `run` returns the report. The changes are
+//! read by logical decoding (`pgoutput`, a publication of the copied tables, a slot made
+//! before the copy's snapshot; the source needs `wal_level = logical`), each source
+//! transaction the snapshot already showed skipped; they are applied many source
+//! transactions per target transaction, set-based, with the position in the target's
+//! `datamig_copy_follow` committed alongside: a follower killed at any instant and run
+//! again resumes there. See the guide [`crate::guides::online_copy`].
+//!
 //! # From SQLite
 //!
 //! [`Copier::from_sqlite`] reads a SQLite file instead, with everything above, and converts
@@ -137,6 +150,7 @@ mod source;
 mod check;
 mod explain;
 mod finish;
+mod follow;
 mod foreign_keys;
 mod load;
 mod merge;
@@ -149,6 +163,7 @@ mod workers;
 pub use convert::UnixTime;
 pub use copier::{Copier, default_jobs};
 pub use event::{CopyEvent, EventSink};
+pub use follow::{Cutover, CutoverReport, FollowStatus, Writer};
 pub use options::{CopyMode, Triggers};
 pub use plan::{BOOKKEEPING_TABLES, ColumnAction, ColumnPlan, TablePlan};
 pub use report::{CopyPlan, CopyReport, RowDifference, SequenceSet, TableReport, Verification};
@@ -204,6 +219,9 @@ impl Copier {
     /// [`Error::CopyDatabase`] (naming the table and chunk) or [`Error::Config`] when a
     /// connection fails (run the copy again to resume).
     pub async fn run(&self) -> Result<CopyReport, Error> {
+        if self.follow {
+            return follow::run(self).await;
+        }
         run::run(self, Purpose::Run).await
     }
 }

@@ -74,4 +74,7 @@ pub(super) enum Purpose {
     Plan,
     /// The plan, then the comparison of both sides: nothing written.
     Compare,
+    /// The end of a follow: the plan, the sequences set, every table analyzed, both sides
+    /// compared; no row copied.
+    Cutover,
 }

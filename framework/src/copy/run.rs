@@ -17,6 +17,7 @@ use super::connect::{connect, target_session};
 use super::copier::{Copier, SourceOptions};
 use super::event::{CopyEvent, emit};
 use super::finish;
+use super::follow;
 use super::options::{CopyMode, Purpose};
 use super::progress;
 use super::report::{CopyPlan, CopyReport, empty_report};
@@ -93,6 +94,42 @@ async fn traced<S: Source>(
     result
 }
 
+/// The checked plan of a copy from a PostgreSQL source, with its catalog entries, the
+/// copy's name, and the target's identity: what a follow publishes and applies by. Nothing
+/// is written.
+pub(super) async fn checked(
+    copier: &Copier,
+    options: &sqlx::postgres::PgConnectOptions,
+) -> Result<(String, Vec<super::plan::Planned>, String), Error> {
+    let mut dst = connect(&copier.target, "target").await?;
+    target_session(&mut dst, copier).await?;
+    let target_tables = catalog::read(&mut dst, "target").await?;
+    let (_, target) = catalog::copy_name(&mut dst)
+        .await
+        .map_err(|error| Error::CopyDatabase {
+            during: "reading the target's system identifier".into(),
+            error,
+        })?;
+    let Opened {
+        mut source,
+        tables: source_tables,
+        name,
+        ..
+    } = PostgresSource::open(options, copier, &mut dst, &target_tables, Purpose::Plan).await?;
+    let Checked { planned, .. } = check::plan(
+        copier,
+        Purpose::Plan,
+        &mut source,
+        &source_tables,
+        &mut dst,
+        target_tables,
+    )
+    .await?;
+    source.close().await?;
+    let _ = dst.close().await;
+    Ok((name, planned, target))
+}
+
 /// The phases of one copy from a source of kind `S`.
 async fn copy<S: Source>(
     copier: &Copier,
@@ -113,6 +150,7 @@ async fn copy<S: Source>(
         name,
         identity,
         version,
+        xids,
     } = S::open(options, copier, &mut dst, &target_tables, purpose).await?;
 
     // 2. The plan, checked against both databases; the triggers decided.
@@ -132,6 +170,53 @@ async fn copy<S: Source>(
     let copier = &copier;
     let triggers_off = planned.iter().all(|p| p.triggers.off);
     let from_sqlite = S::KIND == "sqlite";
+
+    if purpose == Purpose::Cutover {
+        // The end of a follow: every change applied; the sequences, the statistics and
+        // the comparison, as a copy's end has them.
+        let plan = CopyPlan {
+            copy: name,
+            mode: copier.mode,
+            tables: planned.iter().map(|p| p.plan.clone()).collect(),
+            left_out,
+            resumed: true,
+            from_sqlite,
+            triggers_off,
+            unconvertible: Vec::new(),
+            unconvertible_total: 0,
+        };
+        let mut report = empty_report(plan, &planned);
+        if copier.sequences {
+            report.sequences = finish::set_sequences(&mut dst, &planned, &copier.on_event).await?;
+        }
+        if copier.analyze {
+            let every: Vec<_> = report
+                .tables
+                .iter()
+                .cloned()
+                .map(|mut t| {
+                    t.rows = t.rows.max(1);
+                    t
+                })
+                .collect();
+            finish::analyze(
+                &mut dst,
+                &planned,
+                &every,
+                &mut report.analyzed,
+                &copier.on_event,
+            )
+            .await?;
+        }
+        finish::flush(&mut dst).await?;
+        if copier.verify {
+            report.verification = Some(verify(&mut source, &mut dst, &planned).await?);
+        }
+        source.close().await?;
+        let _ = dst.close().await;
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
 
     if purpose == Purpose::Compare {
         let verification = verify(&mut source, &mut dst, &planned).await?;
@@ -178,6 +263,11 @@ async fn copy<S: Source>(
     }
     progress::refuse_other_source(&recorded, &identity, &copy_id, &progress)?;
     let recorded = recorded.chunks;
+    if let Some(xids) = &xids {
+        // A followed copy: its first snapshot, recorded before any row moves.
+        let follow = follow::state::table(copier.progress_schema.as_deref());
+        follow::state::record_snapshot(&mut dst, &follow, &copy_id, xids).await?;
+    }
     if copier.mode == CopyMode::Empty {
         check::refuse_occupied(&mut dst, &planned, &recorded).await?;
     }

@@ -39,6 +39,9 @@ pub(super) struct Opened<S> {
     pub(super) identity: String,
     /// The state of the source this run reads, recorded with each chunk it copies.
     pub(super) version: String,
+    /// A followed copy's snapshot of a PostgreSQL source as `pg_current_snapshot()` writes
+    /// it (which transactions the copied rows hold).
+    pub(super) xids: Option<String>,
 }
 
 /// A database a copy reads from, opened for one run (its own session: the catalog, the

@@ -61,10 +61,10 @@ impl Source for PostgresSource {
 
     async fn open(
         options: &PgConnectOptions,
-        _copier: &Copier,
+        copier: &Copier,
         target: &mut PgConnection,
         _target_tables: &BTreeMap<TableName, Table>,
-        _purpose: Purpose,
+        purpose: Purpose,
     ) -> Result<Opened<Self>, Error> {
         let mut conn = connect(options, "source").await?;
         source_session(&mut conn).await?;
@@ -87,6 +87,18 @@ impl Source for PostgresSource {
             .fetch_one(&mut conn)
             .await
             .during(|| "exporting the source's snapshot (pg_export_snapshot())".into())?;
+        // A followed copy records which source transactions its rows hold: the change
+        // stream applies only the others.
+        let xids = if copier.follow && purpose == Purpose::Run {
+            Some(
+                query_scalar::<String>("SELECT pg_current_snapshot()::text")
+                    .fetch_one(&mut conn)
+                    .await
+                    .during(|| "reading the source's snapshot (pg_current_snapshot())".into())?,
+            )
+        } else {
+            None
+        };
         let tables = catalog::read(&mut conn, "source").await?;
         let (name, identity) = catalog::copy_name(&mut conn)
             .await
@@ -101,6 +113,7 @@ impl Source for PostgresSource {
             name,
             identity,
             version: format!("snapshot {snapshot}"),
+            xids,
         })
     }
 

@@ -107,6 +107,7 @@ impl Source for SqliteSource {
             name,
             identity,
             version,
+            xids: None,
         })
     }
 
