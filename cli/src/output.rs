@@ -72,9 +72,16 @@ impl Output {
                 (n, 0 | 1) => format!("  {n} batches"),
                 (n, workers) => format!("  {n} batches by {workers} workers"),
             };
+            let paced = match applied.paced_ms {
+                0 => String::new(),
+                ms => format!(
+                    "  ({} paused for other sessions)",
+                    humantime::format_duration(Duration::from_millis(ms))
+                ),
+            };
             writeln!(
                 out,
-                "{verb} {}  {} rows  {}{batches}",
+                "{verb} {}  {} rows  {}{batches}{paced}",
                 applied.id,
                 applied.rows_affected,
                 humantime::format_duration(Duration::from_millis(applied.duration_ms))
@@ -1022,14 +1029,19 @@ impl ProgressOutput {
                 bar.set_length(total.max(event.keys_done));
             }
             bar.set_position(event.keys_done);
+            let pacing = event
+                .pacing
+                .as_ref()
+                .map(|p| format!("; {p}"))
+                .unwrap_or_default();
             match &event.waiting {
                 Some(why) => bar.set_message(format!("waiting: {why}")),
                 None if event.workers > 1 => bar.set_message(format!(
-                    "{:.0} keys/s by {} workers, batch of {} in {}ms",
+                    "{:.0} keys/s by {} workers, batch of {} in {}ms{pacing}",
                     event.keys_per_second, event.workers, event.batch_keys, event.batch_ms
                 )),
                 None => bar.set_message(format!(
-                    "{:.0} keys/s, batch of {} in {}ms",
+                    "{:.0} keys/s, batch of {} in {}ms{pacing}",
                     event.keys_per_second, event.batch_keys, event.batch_ms
                 )),
             }

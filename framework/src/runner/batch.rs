@@ -9,6 +9,7 @@ use sqlx::pool::PoolConnection;
 
 use super::apply::Failure;
 use super::key_check::batch_key;
+use super::pace::{Observed, Pacer};
 use super::plan::Step;
 use super::report::AppliedMigration;
 use super::walk::{
@@ -16,7 +17,7 @@ use super::walk::{
     batch_span, run_body,
 };
 use super::{Migrator, StopSignal};
-use crate::backend::{Backend, pinned};
+use crate::backend::{Backend, LoadSample, pinned};
 use crate::error::Error;
 use crate::key::{Key, KeyShape};
 use crate::ledger::{Action, Attempt, LedgerWrite, STATUS_APPLIED, STATUS_RUNNING};
@@ -49,6 +50,7 @@ impl<DB: Backend> Migrator<DB> {
             lock_retries: 0,
             run_written: None,
             checkpoint: None,
+            paced: Duration::ZERO,
         };
         let (shape, warning) = pinned::<DB, _>(conn, async |c| {
             batch_key::<DB>(c, migration.id(), spec, step.resume.is_none()).await
@@ -97,10 +99,16 @@ impl<DB: Backend> Migrator<DB> {
         .flatten();
         let timeouts = self.batch_timeouts(migration);
         let mut sizer = Sizer::new(spec);
+        // Without settings of its own, the walk paces itself (`pace.rs`).
+        let mut pacer = spec
+            .paces()
+            .then(|| Pacer::new(spec.min_size(), spec.max_size()));
+        let mut next_size = pacer.as_ref().map_or(sizer.size(), Pacer::first_size);
         // After batches that changed nothing, the rest of the keys is checked in one
         // statement (see `Ctx::checking_rest`); each check that finds work doubles the
         // batches that must change nothing before the next.
         let (mut check_rest, mut quiet_batches, mut quiet_needed) = (false, 0u64, 1u64);
+        let mut pause_after = Duration::ZERO;
 
         loop {
             if self
@@ -130,7 +138,7 @@ impl<DB: Backend> Migrator<DB> {
                     other => other,
                 });
             }
-            let size = sizer.size();
+            let size = next_size;
             let rest = std::mem::take(&mut check_rest);
             let began = Instant::now();
             let mut retry = Retry::new(spec.retries());
@@ -141,6 +149,7 @@ impl<DB: Backend> Migrator<DB> {
                         migration,
                         run,
                         (&shape, size, rest),
+                        pacer.is_some(),
                         &state,
                         step.action,
                         first_started_at,
@@ -211,12 +220,25 @@ impl<DB: Backend> Migrator<DB> {
                     notes,
                     finished,
                     guarded,
+                    sample,
                 } => {
                     let took = began.elapsed();
+                    let mut pace = None;
                     if rest {
                         quiet_batches = 0;
                     } else {
                         sizer.record(keys, took);
+                        next_size = sizer.size();
+                        if let Some(pacer) = pacer.as_mut() {
+                            let decision = pacer.next(&Observed {
+                                keys,
+                                took,
+                                sample,
+                                own_commits: 1,
+                            });
+                            next_size = decision.size;
+                            pace = Some(decision);
+                        }
                         quiet_batches = if rows == 0 && guarded {
                             quiet_batches + 1
                         } else {
@@ -252,9 +274,16 @@ impl<DB: Backend> Migrator<DB> {
                         batch_size: size,
                         took,
                         spec,
-                        next_size: sizer.size(),
+                        next_size,
                         workers: 1,
+                        pace: pace.as_ref(),
                     });
+                    if let Some(decision) = pace.filter(|d| !finished && d.pause > Duration::ZERO) {
+                        pause_after = decision.pause;
+                        if decision.paced {
+                            state.paced += decision.pause;
+                        }
+                    }
                     finished
                 }
             };
@@ -269,6 +298,7 @@ impl<DB: Backend> Migrator<DB> {
                     lock_retries: state.lock_retries,
                     rows_written: state.run_written,
                     workers: 1,
+                    paced_ms: u64::try_from(state.paced.as_millis()).unwrap_or(u64::MAX),
                 });
             }
             if self.stop.as_ref().is_some_and(StopSignal::is_stopped) {
@@ -279,6 +309,9 @@ impl<DB: Backend> Migrator<DB> {
             }
             if let Some(pause) = spec.pause() {
                 tokio::time::sleep(pause).await;
+            }
+            if !std::mem::take(&mut pause_after).is_zero() {
+                tokio::time::sleep(pause_after).await;
             }
         }
     }
@@ -296,6 +329,7 @@ impl<DB: Backend> Migrator<DB> {
         migration: &'static Migration,
         run: BatchFn<DB>,
         (shape, size, rest): (&Arc<KeyShape>, u32, bool),
+        sample: bool,
         state: &BatchState,
         action: Action,
         first_started_at: DateTime<Utc>,
@@ -429,8 +463,15 @@ impl<DB: Backend> Migrator<DB> {
                     notes,
                     finished: true,
                     guarded,
+                    sample: None,
                 });
             }
+            // While the batch still holds its locks: who else is there, and who waits for it.
+            let sample = if sample && !rest {
+                DB::load_sample(&mut tx, &[]).await.map_err(classify)?
+            } else {
+                None
+            };
             let finished = !DB::has_keys_after(&mut tx, shape, &last, None)
                 .await
                 .map_err(classify)?;
@@ -455,6 +496,7 @@ impl<DB: Backend> Migrator<DB> {
                 notes,
                 finished,
                 guarded,
+                sample,
             })
         }
         .instrument(span.clone())
@@ -563,6 +605,8 @@ pub(super) struct BatchState {
     notes: Vec<String>,
     lock_retries: u64,
     run_written: Option<u64>,
+    /// Time spent pausing for other sessions (pacing).
+    paced: Duration,
 }
 
 impl BatchState {
@@ -615,5 +659,7 @@ enum BatchDone {
         finished: bool,
         /// Whether the body ran only statements a rest check can guard.
         guarded: bool,
+        /// What the database showed about the other sessions while it ran (pacing only).
+        sample: Option<LoadSample>,
     },
 }

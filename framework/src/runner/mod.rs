@@ -13,6 +13,7 @@ mod join;
 mod key_check;
 mod layout;
 mod lock;
+mod pace;
 mod plan;
 mod report;
 mod throttle;

@@ -49,6 +49,13 @@ pub struct Progress {
     /// the counts and rates are their sums, and `checkpoint` is the last key of the batch
     /// just committed, in its worker's range.
     pub workers: u32,
+    /// What the pacing does before the next batch and why ("full speed: no other session
+    /// active", "pausing 12 ms: 3 application sessions active"); `None` where the
+    /// migration sets its batches by hand (or `pace = false`).
+    pub pacing: Option<String>,
+    /// How long the runner pauses before the next batch, in milliseconds (the pacing's
+    /// pause; 0 at full speed).
+    pub pause_ms: u64,
 }
 
 /// A checkpoint in JSON: a number when it is one (an integer key), otherwise its text.
@@ -236,6 +243,9 @@ pub struct AppliedMigration {
     /// Workers of this process that walked it (1 without workers; 0 for a migration that
     /// runs in one transaction).
     pub workers: u32,
+    /// Time this run spent pausing for other sessions of the database (the pacing), in
+    /// milliseconds.
+    pub paced_ms: u64,
 }
 
 impl AppliedMigration {
@@ -250,6 +260,7 @@ impl AppliedMigration {
             lock_retries: 0,
             rows_written: None,
             workers: 0,
+            paced_ms: 0,
         }
     }
 }

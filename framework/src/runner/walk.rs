@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::Migrator;
 use super::apply::{BodyFailure, run_caught, writes_after, writes_before};
+use super::pace::Decision;
 use super::report::Progress;
 use crate::backend::Backend;
 use crate::ctx::Ctx;
@@ -234,6 +235,8 @@ pub(super) struct Walked<'a> {
     pub(super) spec: &'a BatchSpec,
     pub(super) next_size: u32,
     pub(super) workers: u32,
+    /// What the pacing decided after the batch, when it paces.
+    pub(super) pace: Option<&'a Decision>,
 }
 
 impl<DB: Backend> Migrator<DB> {
@@ -308,6 +311,10 @@ impl<DB: Backend> Migrator<DB> {
             next_size: walked.next_size,
             waiting: None,
             workers: walked.workers,
+            pacing: walked.pace.map(|d| d.reason.clone()),
+            pause_ms: walked.pace.map_or(0, |d| {
+                u64::try_from(d.pause.as_millis()).unwrap_or(u64::MAX)
+            }),
         });
     }
 }
