@@ -113,6 +113,22 @@ impl Output {
                 pause.migration_id
             )?;
         }
+        for cancel in &report.cancelled {
+            writeln!(
+                out,
+                "cancelled {}: by {} on {} at {}{}; not applied, `datamig run --restart` starts \
+                 it again from its first key",
+                cancel.migration_id,
+                cancel.by,
+                cancel.host,
+                cancel.at.format("%Y-%m-%d %H:%M:%S UTC"),
+                cancel
+                    .reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            )?;
+        }
         if report.dry_run {
             writeln!(
                 out,
@@ -345,6 +361,20 @@ impl Output {
                 pause.migration_id,
                 describe_pause(pause),
                 pause.migration_id
+            ),
+            "cancelled" => format!(
+                "{} is cancelled by {} on {} at {}{}; a run in progress stops it after the batch \
+                 in progress commits, and runs leave it alone until `datamig run --restart`, \
+                 which starts it again from its first key",
+                pause.migration_id,
+                pause.by,
+                pause.host,
+                pause.at.format("%Y-%m-%d %H:%M:%S UTC"),
+                pause
+                    .reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
             ),
             _ => format!(
                 "resumed {} (it was {}); the next run continues it from its checkpoint",

@@ -138,10 +138,10 @@ impl<DB: Backend> Migrator<DB> {
                     other => other,
                 });
             }
-            let size = next_size;
+            let mut size = next_size;
             let rest = std::mem::take(&mut check_rest);
             let began = Instant::now();
-            let mut retry = Retry::new(spec.retries());
+            let mut retry = Retry::new(spec.retries(), spec.min_size());
             let outcome = loop {
                 let result = match self
                     .batch(
@@ -158,15 +158,33 @@ impl<DB: Backend> Migrator<DB> {
                     .await
                 {
                     // A check of the rest that could not run is no failure: the walk goes on.
-                    Err(BatchError::LockTimeout(..) | BatchError::Failed { .. }) if rest => {
-                        Ok(BatchDone::WorkLeft)
-                    }
+                    Err(
+                        BatchError::LockTimeout(..)
+                        | BatchError::StatementTimeout { .. }
+                        | BatchError::Failed { .. },
+                    ) if rest => Ok(BatchDone::WorkLeft),
                     other => other,
                 };
-                if !retry.again(&result).await {
-                    break result;
+                let halvings = retry.halvings;
+                if !retry.again(&result, &mut size).await {
+                    break result.map_err(|err| {
+                        err.smallest_failed(size, spec.min_size().max(1), timeouts.statement)
+                    });
                 }
-                state.lock_retries += 1;
+                if retry.halvings == halvings {
+                    state.lock_retries += 1;
+                } else {
+                    state.notes.push(format!(
+                        "batch {}: ran past the statement timeout; tried again with {size} keys",
+                        state.batches + 1
+                    ));
+                    // A fixed size stays at the half that fits; a size that adapts finds
+                    // its own again.
+                    next_size = next_size.min(size);
+                    if let Some(sizer) = sizer.fixed_mut() {
+                        *sizer = size;
+                    }
+                }
             };
             let done = match outcome {
                 Ok(done) => done,
@@ -174,6 +192,12 @@ impl<DB: Backend> Migrator<DB> {
                     return Err(Failure::Other(err));
                 }
                 Err(BatchError::Paused(pause)) => return Err(Failure::Paused(pause)),
+                Err(BatchError::Cancelled(cancel)) => {
+                    let counts = (state.batches, state.run_rows, state.checkpoint.clone());
+                    return Err(self
+                        .cancelled(conn, migration, step.action, cancel, counts)
+                        .await);
+                }
                 Err(BatchError::Commit(err)) => {
                     // Committed if the ledger row moved past this runner's checkpoint.
                     let from = state.after.as_ref().map(|k| shape.encode(k));
@@ -187,7 +211,10 @@ impl<DB: Backend> Migrator<DB> {
                 }
                 Err(err) => {
                     let failure = match err {
-                        BatchError::LockTimeout(message, source) => (message, false, source),
+                        BatchError::LockTimeout(message, source)
+                        | BatchError::StatementTimeout {
+                            message, source, ..
+                        } => (message, false, source),
                         BatchError::Failed {
                             message,
                             panicked,
@@ -196,7 +223,8 @@ impl<DB: Backend> Migrator<DB> {
                         BatchError::Commit(_)
                         | BatchError::Fenced(_)
                         | BatchError::ReadBack(_)
-                        | BatchError::Paused(_) => {
+                        | BatchError::Paused(_)
+                        | BatchError::Cancelled(_) => {
                             unreachable!("matched above")
                         }
                     };
@@ -451,7 +479,15 @@ impl<DB: Backend> Migrator<DB> {
             }
             if let Err(failure) = outcome {
                 let _ = tx.rollback().await;
-                return Err(BatchError::body(failure, number));
+                return Err(BatchError::body(failure, number).with_keys(|| {
+                    format!(
+                        "after {} up to {last}",
+                        state
+                            .after
+                            .as_ref()
+                            .map_or_else(|| "the first key".to_string(), ToString::to_string)
+                    )
+                }));
             }
             if self.dry_run {
                 tx.rollback().await.map_err(classify)?;
@@ -637,6 +673,13 @@ impl BatchState {
         self.write = LedgerWrite::Continue {
             expected: entry.checkpoint.clone(),
         };
+        if step.restart {
+            // From the first key; the first batch's write still names the row's checkpoint.
+            self.after = None;
+            self.checkpoint = None;
+            self.batches = 0;
+            self.total_rows = 0;
+        }
         Ok(())
     }
 }

@@ -20,7 +20,7 @@ use crate::backend::LoadSample;
 pub(super) const IDLE_TARGET: Duration = Duration::from_millis(300);
 
 /// The duration a batch shrinks to while other sessions are busy.
-pub(super) const BUSY_TARGET: Duration = Duration::from_millis(20);
+pub(super) const BUSY_TARGET: Duration = Duration::from_millis(10);
 
 /// The size of the first batch, before anything was measured.
 pub(super) const FIRST_SIZE: u32 = 1_000;
@@ -37,7 +37,11 @@ const BUSY_COMMITS: f64 = 5.0;
 
 /// How much slower per key than on the idle database a batch may run before the slowdown
 /// alone counts as load (a batch's time varies by a few tens of per cent by itself).
-const SLOW_FACTOR: f64 = 2.0;
+const SLOW_FACTOR: f64 = 2.5;
+
+/// The weight of the latest idle batch in the idle baseline (a moving average: one fast
+/// batch does not set it, nor one slow one).
+const BASELINE_WEIGHT: f64 = 0.2;
 
 /// Calm samples in a row after which the pacing goes back to full speed (one quiet
 /// instant between an application's transactions is not an idle database).
@@ -63,7 +67,8 @@ pub(crate) struct Pacer {
     size: u32,
     min: u32,
     max: u32,
-    /// The shortest time per key measured while the database was idle, in seconds.
+    /// The time per key measured while the database was idle (a moving average), in
+    /// seconds.
     baseline: Option<f64>,
     /// Calm samples in a row.
     calm: u32,
@@ -161,8 +166,11 @@ impl Pacer {
             if let Some(per_key) = per_key
                 && batch.keys >= u64::from(self.min.max(100).min(self.size))
             {
-                // The idle baseline: the fastest batch measured with nobody else there.
-                self.baseline = Some(self.baseline.map_or(per_key, |b| b.min(per_key)));
+                // The idle baseline: batches measured with nobody else there.
+                self.baseline = Some(
+                    self.baseline
+                        .map_or(per_key, |b| b + (per_key - b) * BASELINE_WEIGHT),
+                );
             }
         }
         let busy = loaded || self.calm < CALM_SAMPLES;
@@ -256,9 +264,9 @@ mod tests {
         pacer.next(&batch(1_000, 10, sample(0, 0, 0)));
         let decision = pacer.next(&batch(2_000, 20, sample(1, 3, 0)));
         assert!(decision.paced);
-        // 10 µs a key: a 20 ms batch holds 2,000 keys.
-        assert_eq!(decision.size, 2_000);
-        assert!(decision.pause >= Duration::from_millis(20), "{decision:?}");
+        // 10 µs a key: a 10 ms batch holds 1,000 keys.
+        assert_eq!(decision.size, 1_000);
+        assert!(decision.pause >= Duration::from_millis(10), "{decision:?}");
         assert!(
             decision.reason.starts_with("pausing ")
                 && decision

@@ -209,6 +209,10 @@ pub struct RunReport {
     /// Migrations an operator paused (`datamig pause`): skipped, or stopped after the batch
     /// in progress committed. `datamig resume` lets the next run go on.
     pub paused: Vec<crate::ledger::Pause>,
+    /// Migrations an operator cancelled (`datamig cancel`): stopped by this run after the
+    /// batch in progress committed, or skipped. Not applied: `run --restart` starts them
+    /// again from their first key.
+    pub cancelled: Vec<crate::ledger::Pause>,
     /// Things the operator should know that did not stop the run (a crate of migrations
     /// that is probably not linked).
     pub warnings: Vec<String>,

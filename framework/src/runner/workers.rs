@@ -267,7 +267,7 @@ impl<DB: Backend> Migrator<DB> {
             Failure::Migration { .. } => 0,
             Failure::Other(_) => 1,
             Failure::Interrupted { .. } => 2,
-            Failure::Paused(_) => 3,
+            Failure::Paused(_) | Failure::Cancelled(_) => 3,
             Failure::Stopped { .. } => 4,
         };
         if let Some(failure) = results
@@ -460,9 +460,9 @@ impl<DB: Backend> Migrator<DB> {
             position.batches = team.batches.load(Ordering::SeqCst);
             position.keys = team.keys.load(Ordering::SeqCst);
             self.wait_until_healthy(conn, migration, &position).await?;
-            let size = pacer.as_ref().map_or(sizer.size(), |_| next_size);
+            let mut size = pacer.as_ref().map_or(sizer.size(), |_| next_size);
             let began = Instant::now();
-            let mut retry = Retry::new(job.spec.retries());
+            let mut retry = Retry::new(job.spec.retries(), job.spec.min_size());
             let outcome = loop {
                 let result = self
                     .range_batch(
@@ -475,10 +475,20 @@ impl<DB: Backend> Migrator<DB> {
                         timeouts,
                     )
                     .await;
-                if !retry.again(&result).await {
-                    break result;
+                let halvings = retry.halvings;
+                if !retry.again(&result, &mut size).await {
+                    break result.map_err(|err| {
+                        err.smallest_failed(size, job.spec.min_size().max(1), timeouts.statement)
+                    });
                 }
-                team.lock_retries.fetch_add(1, Ordering::SeqCst);
+                if retry.halvings == halvings {
+                    team.lock_retries.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    next_size = next_size.min(size);
+                    if let Some(fixed) = sizer.fixed_mut() {
+                        *fixed = size;
+                    }
+                }
             };
             let (last, keys, range_done, mut load) = match outcome {
                 Ok(RangeBatch::Lost) => return Ok(RangeEnd::Lost),
@@ -507,6 +517,17 @@ impl<DB: Backend> Migrator<DB> {
                     (last, keys, range_done, sample)
                 }
                 Err(BatchError::Paused(pause)) => return Err(Failure::Paused(pause)),
+                Err(BatchError::Cancelled(cancel)) => {
+                    team.halt.store(true, Ordering::SeqCst);
+                    let counts = (
+                        team.batches.load(Ordering::SeqCst),
+                        team.rows.load(Ordering::SeqCst),
+                        None,
+                    );
+                    return Err(self
+                        .cancelled(conn, job.migration, job.action, cancel, counts)
+                        .await);
+                }
                 Err(BatchError::Commit(err)) => {
                     return Err(Failure::Other(Error::CommitOutcome {
                         id: migration.id().to_string(),
@@ -517,7 +538,12 @@ impl<DB: Backend> Migrator<DB> {
                 Err(BatchError::Fenced(err) | BatchError::ReadBack(err)) => {
                     return Err(Failure::Other(err));
                 }
-                Err(BatchError::LockTimeout(message, source)) => {
+                Err(
+                    BatchError::LockTimeout(message, source)
+                    | BatchError::StatementTimeout {
+                        message, source, ..
+                    },
+                ) => {
                     return Err(self
                         .range_failure(conn, job, team, range, (message, false, source))
                         .await);
@@ -687,6 +713,9 @@ impl<DB: Backend> Migrator<DB> {
                 return Ok(RangeBatch::Empty);
             };
             let number = u64::try_from(batches).unwrap_or(0) + 1;
+            let from = after
+                .as_ref()
+                .map_or_else(|| "the range's first key".to_string(), ToString::to_string);
             let batch = Batch::new(after, last.clone(), number, keys, Arc::clone(&job.shape));
             let BodyRun {
                 outcome,
@@ -697,7 +726,8 @@ impl<DB: Backend> Migrator<DB> {
             } = run_body::<DB>(&mut tx, id, job.action, false, false, job.run, batch).await?;
             if let Err(failure) = outcome {
                 let _ = tx.rollback().await;
-                return Err(BatchError::body(failure, number));
+                return Err(BatchError::body(failure, number)
+                    .with_keys(|| format!("after {from} up to {last}")));
             }
             // While the batch still holds its locks: who else is there, and who waits for it.
             let sample = if sample {
