@@ -599,6 +599,10 @@ const TPCB_RATE: u32 = 200;
 /// under load against its time on the idle server.
 async fn self_paced(pool: &PgPool, repeat: usize) -> anyhow::Result<bool> {
     tpcb_setup(pool).await?;
+    // The backfill on a pool of its own, as `datamig run` has: the benchmark's own
+    // sessions (the resets, the one-statement UPDATE) are not datamig's.
+    let datamig_pool = PgPool::connect_with(pool.connect_options().as_ref().clone()).await?;
+    let datamig_pool = &datamig_pool;
     let migration = &self_paced_backfill::MIGRATION;
     println!(
         "\nself-paced backfill (no batch settings) of bench_tpcb_accounts, pgbench's TPC-B \
@@ -615,7 +619,7 @@ async fn self_paced(pool: &PgPool, repeat: usize) -> anyhow::Result<bool> {
         let events: Arc<Mutex<Vec<Progress>>> = Arc::default();
         let sink = Arc::clone(&events);
         let began = Instant::now();
-        let report = migrator(pool, migration)
+        let report = migrator(datamig_pool, migration)
             .on_progress(move |p| sink.lock().unwrap().push(p.clone()))
             .run()
             .await?;
@@ -671,7 +675,7 @@ async fn self_paced(pool: &PgPool, repeat: usize) -> anyhow::Result<bool> {
         };
         let sink = Arc::clone(&events);
         let began = Instant::now();
-        let result = migrator(pool, migration)
+        let result = migrator(datamig_pool, migration)
             .stop_on(stop)
             .on_progress(move |p| sink.lock().unwrap().push(p.clone()))
             .run()

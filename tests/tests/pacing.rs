@@ -86,7 +86,9 @@ async fn paced_database(rows: i64) -> anyhow::Result<datamig::testing::TestDatab
     )))
     .execute(db.pool())
     .await?;
-    sqlx::raw_sql("VACUUM ANALYZE paced").execute(db.pool()).await?;
+    sqlx::raw_sql("VACUUM ANALYZE paced")
+        .execute(db.pool())
+        .await?;
     db.pool().close().await;
     Ok(db)
 }
