@@ -627,12 +627,21 @@ async fn self_paced(pool: &PgPool, repeat: usize) -> anyhow::Result<bool> {
         idle_paced += report.applied.iter().map(|a| a.paced_ms).sum::<u64>();
         let events = events.lock().unwrap();
         idle_batches.push(events.len());
-        if let Some(why) = events
-            .iter()
-            .filter_map(|e| e.pacing.as_deref())
-            .find(|p| !p.starts_with("full speed"))
-        {
-            println!("  (paced on the idle server: {why})");
+        // Why it paced, if it did: each kind of reason (the part after the pause) counted.
+        let mut why: std::collections::BTreeMap<String, usize> = Default::default();
+        for pacing in events.iter().filter_map(|e| e.pacing.as_deref()) {
+            if let Some((_, reason)) = pacing.split_once(": ") {
+                *why.entry(
+                    reason
+                        .split(|c: char| c.is_ascii_digit())
+                        .collect::<Vec<_>>()
+                        .join("N"),
+                )
+                .or_default() += 1;
+            }
+        }
+        if !why.is_empty() {
+            println!("  (paced on the idle server, batches by reason: {why:?})");
         }
     }
     statement.sort();
