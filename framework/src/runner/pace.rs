@@ -76,6 +76,8 @@ pub(crate) struct Pacer {
     busy: bool,
     /// The last commit counter read, and when (for the commit rate).
     commits: Option<(i64, f64)>,
+    /// This walk's own commits since then.
+    own_commits: i64,
 }
 
 /// One batch as the pacing sees it: its keys, how long it took, and what the database
@@ -102,6 +104,7 @@ impl Pacer {
             calm: CALM_SAMPLES,
             busy: false,
             commits: None,
+            own_commits: 0,
         }
     }
 
@@ -116,6 +119,7 @@ impl Pacer {
             (batch.keys > 0).then(|| batch.took.as_secs_f64().max(1e-6) / batch.keys as f64);
         let mut reasons: Vec<String> = Vec::new();
         let mut weight = 0.0f64;
+        self.own_commits += batch.own_commits;
         if let Some(sample) = &batch.sample {
             if sample.lock_waits > 0 {
                 reasons.push(format!(
@@ -137,15 +141,17 @@ impl Pacer {
                 if let Some((before, at)) = self.commits {
                     let span = sample.at - at;
                     if span >= 0.5 {
-                        let others = (commits - before - batch.own_commits).max(0) as f64 / span;
+                        let others = (commits - before - self.own_commits).max(0) as f64 / span;
                         if others > BUSY_COMMITS && busy_sessions == 0 {
                             reasons.push(format!("{others:.0} commits a second by others"));
                             weight += 1.0;
                         }
                         self.commits = Some((commits, sample.at));
+                        self.own_commits = 0;
                     }
                 } else {
                     self.commits = Some((commits, sample.at));
+                    self.own_commits = 0;
                 }
             }
         }
@@ -350,13 +356,22 @@ mod tests {
         let mut ours = batch(1_000, 10, at(150, 1.0));
         ours.own_commits = 50;
         assert!(!pacer.next(&ours).paced);
-        // 200 in the next second, 10 of them ours.
-        let mut theirs = batch(1_000, 10, at(350, 2.0));
+        // Ours over several batches within a window: all left out.
+        for (commits, at_s) in [(160, 1.2), (170, 1.4)] {
+            let mut ours = batch(1_000, 10, at(commits, at_s));
+            ours.own_commits = 10;
+            assert!(!pacer.next(&ours).paced);
+        }
+        let mut ours = batch(1_000, 10, at(180, 1.6));
+        ours.own_commits = 10;
+        assert!(!pacer.next(&ours).paced);
+        // 200 in the next 0.6 s, 10 of them ours.
+        let mut theirs = batch(1_000, 10, at(380, 2.2));
         theirs.own_commits = 10;
         let decision = pacer.next(&theirs);
         assert!(decision.paced, "{decision:?}");
         assert!(
-            decision.reason.contains("190 commits a second by others"),
+            decision.reason.contains("317 commits a second by others"),
             "{}",
             decision.reason
         );
