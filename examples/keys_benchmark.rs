@@ -616,6 +616,10 @@ async fn self_paced(pool: &PgPool, repeat: usize) -> anyhow::Result<bool> {
             timed(async { sqlx::query(TPCB_SET_BASED).execute(pool).await.map(drop) }).await?,
         );
         tpcb_reset(pool).await?;
+        // An idle server is one no session used within the last second: the reset's
+        // sessions would count as an application's for that second (see the backfills
+        // guide), and the one-statement UPDATE has no such second to wait.
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
         let events: Arc<Mutex<Vec<Progress>>> = Arc::default();
         let sink = Arc::clone(&events);
         let began = Instant::now();
