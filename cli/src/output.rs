@@ -86,6 +86,16 @@ impl Output {
                 applied.rows_affected,
                 humantime::format_duration(Duration::from_millis(applied.duration_ms))
             )?;
+            if let (Some(keys), Some(ms)) = (applied.estimated_keys, applied.estimated_ms) {
+                writeln!(
+                    out,
+                    "  estimate: about {keys} keys, {} rows a batch in the {} batches tried; \
+                     the whole migration would take about {} on this database now",
+                    applied.rows_affected / applied.batches.max(1),
+                    applied.batches,
+                    humantime::format_duration(Duration::from_secs(ms.div_ceil(1000)))
+                )?;
+            }
             for note in &applied.notes {
                 writeln!(out, "  {note}")?;
             }

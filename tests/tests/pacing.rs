@@ -439,3 +439,49 @@ async fn cancel_names_what_it_cannot_cancel() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_dry_run_estimates_a_batched_migration_and_changes_nothing() -> anyhow::Result<()> {
+    let db = paced_database(200_000).await?;
+    let events: Arc<Mutex<Vec<Progress>>> = Arc::default();
+    let report = migrator(&db, &self_paced::MIGRATION, &events)
+        .await?
+        .dry_run(true)
+        .run()
+        .await?;
+    assert!(report.dry_run);
+    let applied = &report.applied[0];
+    // Three batches, each rolled back; the walk's keys and its time estimated from them.
+    assert_eq!(applied.batches, 3, "{applied:?}");
+    assert_eq!(applied.rows_affected, 1_000 + 2_000 + 4_000);
+    assert_eq!(applied.estimated_keys, Some(200_000));
+    assert!(applied.estimated_ms.is_some(), "{applied:?}");
+    assert_eq!(done_rows(db.url()).await?, 0);
+    let mut conn = PgConnection::connect(db.url()).await?;
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM datamig_ledger) + (SELECT count(*) FROM datamig_runs)",
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    assert_eq!(rows, 0, "a dry run records nothing");
+
+    // The CLI prints the estimate.
+    let fixtures = fixture_database(&[]).await?;
+    let dry = datamig(fixtures.url(), &["run", "--dry-run"])
+        .output()
+        .await?;
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    assert!(
+        text(&dry.stdout).contains(&format!("would apply {BUMP_ITEMS}"))
+            && text(&dry.stdout).contains("  estimate: about ")
+            // (the keys are the planner's estimate: this table was never analysed)
+            && text(&dry.stdout).contains(
+                " keys, 100 rows a batch in the 3 batches tried; the whole migration would take \
+                 about "
+            ),
+        "{}",
+        text(&dry.stdout)
+    );
+    assert!(item_values(fixtures.pool()).await?.iter().all(|v| *v == 0));
+    Ok(())
+}

@@ -315,8 +315,20 @@ impl<DB: Backend> Migrator<DB> {
                     finished
                 }
             };
-            if finished || self.dry_run {
+            if finished || (self.dry_run && state.run_batches >= DRY_RUN_BATCHES) {
+                let elapsed = clock.elapsed();
+                // In a dry run: the whole walk at the rate of its first batches.
+                let estimated_ms = (self.dry_run && state.run_keys > 0)
+                    .then(|| {
+                        estimated_total.map(|total| {
+                            let per_key = elapsed.as_secs_f64() / state.run_keys as f64;
+                            (per_key * total.max(state.run_keys) as f64 * 1000.0) as u64
+                        })
+                    })
+                    .flatten();
                 return Ok(AppliedMigration {
+                    estimated_keys: estimated_total.filter(|_| self.dry_run),
+                    estimated_ms,
                     id: migration.id().to_string(),
                     rerun: step.action == Action::Rerun,
                     rows_affected: state.run_rows,
@@ -490,6 +502,11 @@ impl<DB: Backend> Migrator<DB> {
                 }));
             }
             if self.dry_run {
+                // A sample of the walk for the estimate: the next batches read on from
+                // here, though this one's changes are rolled back.
+                let finished = !DB::has_keys_after(&mut tx, shape, &last, None)
+                    .await
+                    .map_err(classify)?;
                 tx.rollback().await.map_err(classify)?;
                 return Ok(BatchDone::Committed {
                     last,
@@ -497,7 +514,7 @@ impl<DB: Backend> Migrator<DB> {
                     rows,
                     written,
                     notes,
-                    finished: true,
+                    finished,
                     guarded,
                     sample: None,
                 });
@@ -621,6 +638,9 @@ impl<DB: Backend> Migrator<DB> {
         }
     }
 }
+
+/// Batches a dry run walks (each rolled back) to estimate a batched migration's time.
+pub(super) const DRY_RUN_BATCHES: u64 = 3;
 
 /// The longest a check of the rest of a batched migration's keys may run (less where the
 /// migration's `statement_timeout` is shorter): past it, the walk goes on batch by batch.

@@ -406,8 +406,9 @@ impl<DB: Backend> Migrator<DB> {
 
     /// Executes each pending migration inside its transaction, reports rows affected, and
     /// rolls back: nothing the migrations do is kept and nothing is recorded. (The ledger
-    /// tables themselves are created if missing.) A batched migration runs its first batch
-    /// only.
+    /// tables themselves are created if missing.) A batched migration runs its first three
+    /// batches (each rolled back) and reports the keys it would walk and an estimate of
+    /// the whole walk's time on this database now ([`AppliedMigration::estimated_ms`]).
     pub fn dry_run(mut self, dry_run: bool) -> Self {
         self.dry_run = dry_run;
         self

@@ -250,6 +250,13 @@ pub struct AppliedMigration {
     /// Time this run spent pausing for other sessions of the database (the pacing), in
     /// milliseconds.
     pub paced_ms: u64,
+    /// In a dry run of a batched migration: the keys its walk would visit (the planner's
+    /// estimate on PostgreSQL, a count on SQLite).
+    pub estimated_keys: Option<u64>,
+    /// In a dry run of a batched migration: how long the whole walk would take on this
+    /// database now, in milliseconds, at the rate of the batches it ran (and rolled back),
+    /// pauses included.
+    pub estimated_ms: Option<u64>,
 }
 
 impl AppliedMigration {
@@ -265,6 +272,8 @@ impl AppliedMigration {
             rows_written: None,
             workers: 0,
             paced_ms: 0,
+            estimated_keys: None,
+            estimated_ms: None,
         }
     }
 }

@@ -851,6 +851,8 @@ pub(super) fn team_report(team: &Team, id: &str, action: Action) -> AppliedMigra
         rows_written: team.written.lock().map(|w| *w).unwrap_or(None),
         workers: team.workers,
         paced_ms: team.paced_ms.load(Ordering::SeqCst),
+        estimated_keys: None,
+        estimated_ms: None,
     }
 }
 
