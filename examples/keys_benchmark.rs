@@ -3,7 +3,9 @@
 //! `UPDATE` on the same table, side by side on one server in one run; then an application
 //! load on the same table (short transactions updating the rows being backfilled): its p99
 //! latency alone, during a datamig backfill, and during the one-statement `UPDATE`; and the
-//! sizes a target duration chose.
+//! sizes a target duration chose; then the self-paced backfill (no batch settings at all)
+//! of pgbench's TPC-B accounts (1M), on an idle server against the one-statement `UPDATE`,
+//! and beside TPC-B transactions at 200 a second (`DATAMIG_BENCH_PART=pace` alone).
 //!
 //!     scripts/bench.sh --keys   (or: cargo run --release -p datamig-examples --example keys_benchmark)
 //!
@@ -95,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
     // DATAMIG_BENCH_PART=load measures the application load alone; =keys the backfills
     // over the two keys alone.
     let part = std::env::var("DATAMIG_BENCH_PART").unwrap_or_default();
-    let (only_load, only_keys) = (part == "load", part == "keys");
+    let (only_load, only_keys, only_pace) = (part == "load", part == "keys", part == "pace");
     let mut ok = true;
     for (what, table, set_based, migration) in [
         (
@@ -111,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
             &pair_backfill::MIGRATION,
         ),
     ] {
-        if only_load {
+        if only_load || only_pace {
             break;
         }
         let set_first = median(repeat, || async {
@@ -181,8 +183,11 @@ async fn main() -> anyhow::Result<()> {
         println!();
     }
 
-    if !only_keys {
+    if !only_keys && !only_pace {
         ok &= application_load(&pool).await?;
+    }
+    if !only_keys && !only_load {
+        ok &= self_paced(&pool, repeat).await?;
     }
     cleanup(&pool).await?;
     println!(
@@ -519,7 +524,8 @@ async fn setup(pool: &PgPool) -> anyhow::Result<()> {
 async fn cleanup(pool: &PgPool) -> anyhow::Result<()> {
     sqlx::raw_sql(
         "DROP TABLE IF EXISTS bench_accounts, bench_tenant_accounts, bench_keys_ledger,
-                              bench_keys_runs",
+                              bench_keys_runs, bench_tpcb_accounts, bench_tpcb_branches,
+                              bench_tpcb_tellers, bench_tpcb_history",
     )
     .execute(pool)
     .await?;
@@ -561,4 +567,332 @@ where
     .bind(before)
     .fetch_one(pool)
     .await?)
+}
+
+/// The backfill of pgbench's accounts, one statement.
+const TPCB_SET_BASED: &str = "UPDATE bench_tpcb_accounts
+     SET grade = CASE WHEN abalance < 0 THEN 'owing' ELSE 'clear' END WHERE grade IS NULL";
+
+/// The same backfill batched, with no batch settings: datamig paces it.
+#[datamig::migration(
+    id = "20250301_0005_bench_self_paced_backfill",
+    batch(table = "bench_tpcb_accounts", key = "aid")
+)]
+async fn self_paced_backfill(ctx: &mut Ctx<'_, Postgres>, batch: Batch) -> anyhow::Result<()> {
+    ctx.execute_batch(
+        "UPDATE bench_tpcb_accounts
+         SET grade = CASE WHEN abalance < 0 THEN 'owing' ELSE 'clear' END
+         WHERE {batch} AND grade IS NULL",
+        &batch,
+    )
+    .await?;
+    Ok(())
+}
+
+/// TPC-B transactions a second, in all, beside the self-paced backfill.
+const TPCB_RATE: u32 = 200;
+
+/// The self-paced backfill of 1M accounts: on the idle server against the one-statement
+/// `UPDATE` (interleaved, medians of `repeat`), then beside pgbench's TPC-B transaction at
+/// [`TPCB_RATE`] a second, in interleaved windows as [`application_load`] does: the
+/// application's p99 during the backfill against its p99 alone, and the backfill's time
+/// under load against its time on the idle server.
+async fn self_paced(pool: &PgPool, repeat: usize) -> anyhow::Result<bool> {
+    tpcb_setup(pool).await?;
+    // The backfill on a pool of its own, as `datamig run` has: the benchmark's own
+    // sessions (the resets, the one-statement UPDATE) are not datamig's.
+    let datamig_pool = PgPool::connect_with(pool.connect_options().as_ref().clone()).await?;
+    let datamig_pool = &datamig_pool;
+    let migration = &self_paced_backfill::MIGRATION;
+    println!(
+        "\nself-paced backfill (no batch settings) of bench_tpcb_accounts, pgbench's TPC-B \
+         tables at scale 10 (1,000,000 accounts):"
+    );
+    let (mut statement, mut backfill, mut idle_paced) = (Vec::new(), Vec::new(), 0u64);
+    let mut idle_batches = Vec::new();
+    for _ in 0..repeat.max(1) {
+        tpcb_reset(pool).await?;
+        statement.push(
+            timed(async { sqlx::query(TPCB_SET_BASED).execute(pool).await.map(drop) }).await?,
+        );
+        tpcb_reset(pool).await?;
+        // An idle server is one no session used within the last second: the reset's
+        // sessions would count as an application's for that second (see the backfills
+        // guide), and the one-statement UPDATE has no such second to wait.
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let events: Arc<Mutex<Vec<Progress>>> = Arc::default();
+        let sink = Arc::clone(&events);
+        let began = Instant::now();
+        let report = migrator(datamig_pool, migration)
+            .on_progress(move |p| sink.lock().unwrap().push(p.clone()))
+            .run()
+            .await?;
+        backfill.push(began.elapsed());
+        idle_paced += report.applied.iter().map(|a| a.paced_ms).sum::<u64>();
+        let events = events.lock().unwrap();
+        idle_batches.push(events.len());
+        // Why it paced, if it did: each kind of reason (the part after the pause) counted.
+        let mut why: std::collections::BTreeMap<String, usize> = Default::default();
+        for pacing in events.iter().filter_map(|e| e.pacing.as_deref()) {
+            if let Some((_, reason)) = pacing.split_once(": ") {
+                *why.entry(
+                    reason
+                        .split(|c: char| c.is_ascii_digit())
+                        .collect::<Vec<_>>()
+                        .join("N"),
+                )
+                .or_default() += 1;
+            }
+        }
+        if !why.is_empty() {
+            println!("  (paced on the idle server, batches by reason: {why:?})");
+        }
+    }
+    statement.sort();
+    backfill.sort();
+    let (one, idle) = (statement[statement.len() / 2], backfill[backfill.len() / 2]);
+    println!("  one-statement UPDATE, idle server        {}", secs(one));
+    println!(
+        "  datamig self-paced, idle server          {}  (batches per run {idle_batches:?}, \
+         {idle_paced} ms paused in all runs)",
+        secs(idle)
+    );
+    let mut ok = ratio(
+        "self-paced backfill on an idle server / one UPDATE",
+        idle,
+        one,
+        1.3,
+    );
+
+    // Beside the TPC-B load, in windows.
+    let window = Duration::from_secs_f64(
+        std::env::var("DATAMIG_BENCH_WINDOW")
+            .ok()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(5.0),
+    );
+    tpcb_reset(pool).await?;
+    let events: Arc<Mutex<Vec<Progress>>> = Arc::default();
+    let load = Tpcb::start(pool, 4, TPCB_RATE);
+    let mut during = Vec::new();
+    let mut paced_ms = 0;
+    loop {
+        tokio::time::sleep(window).await;
+        let stop = StopSignal::new();
+        let timer = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(window).await;
+                stop.stop();
+            })
+        };
+        let sink = Arc::clone(&events);
+        let began = Instant::now();
+        let result = migrator(datamig_pool, migration)
+            .stop_on(stop)
+            .on_progress(move |p| sink.lock().unwrap().push(p.clone()))
+            .run()
+            .await;
+        during.push((began, Instant::now()));
+        timer.abort();
+        match result {
+            Ok(report) => {
+                paced_ms += report.applied.iter().map(|a| a.paced_ms).sum::<u64>();
+                break;
+            }
+            Err(datamig::Error::Stopped { .. }) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    tokio::time::sleep(window).await;
+    let (alone, busy) = load.stop().await?.split(&during);
+    let took: Duration = during.iter().map(|(from, to)| *to - *from).sum();
+    let events = events.lock().unwrap().clone();
+    let paused: u64 = events.iter().map(|e| e.pause_ms).sum();
+    let full = events
+        .iter()
+        .filter(|e| {
+            e.pacing
+                .as_deref()
+                .is_some_and(|p| p.starts_with("full speed"))
+        })
+        .count();
+    let mut reasons: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e.pacing.as_deref())
+        .filter(|p| !p.starts_with("full speed"))
+        .collect();
+    reasons.dedup();
+    let mut sizes: Vec<u32> = events.iter().map(|e| e.batch_size).collect();
+    sizes.sort_unstable();
+    println!(
+        "  beside TPC-B at {TPCB_RATE} tx/s (4 clients): backfill {:.1} s in {} windows, {} \
+         batches ({full} at full speed), sizes median {}, {:.1} s paused ({paced_ms} ms in \
+         the last window's report); p99 alone {:.2} ms ({} transactions), during {:.2} ms ({} \
+         transactions)",
+        took.as_secs_f64(),
+        during.len(),
+        events.len(),
+        sizes.get(sizes.len() / 2).copied().unwrap_or(0),
+        paused as f64 / 1000.0,
+        alone.p99_ms(),
+        alone.count(),
+        busy.p99_ms(),
+        busy.count()
+    );
+    println!(
+        "  first reasons: {}",
+        reasons
+            .iter()
+            .take(3)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    ok &= ratio_value(
+        "TPC-B p99 during the self-paced backfill / p99 alone",
+        busy.p99_ms(),
+        alone.p99_ms(),
+        1.5,
+    );
+    ok &= ratio(
+        "self-paced backfill under load / on the idle server",
+        took,
+        idle,
+        3.0,
+    );
+    Ok(ok)
+}
+
+/// pgbench's TPC-B tables at scale 10, as `pgbench -i -s 10` makes them (with a column to
+/// backfill), under the benchmark's own names.
+async fn tpcb_setup(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::raw_sql(
+        "DROP TABLE IF EXISTS bench_tpcb_accounts, bench_tpcb_branches, bench_tpcb_tellers,
+                              bench_tpcb_history;
+         CREATE TABLE bench_tpcb_branches (bid int PRIMARY KEY, bbalance int, filler char(88));
+         CREATE TABLE bench_tpcb_tellers (tid int PRIMARY KEY, bid int, tbalance int,
+                                          filler char(84));
+         CREATE TABLE bench_tpcb_accounts (aid int PRIMARY KEY, bid int, abalance int,
+                                           filler char(84), grade text);
+         CREATE TABLE bench_tpcb_history (tid int, bid int, aid int, delta int,
+                                          mtime timestamp, filler char(22));
+         INSERT INTO bench_tpcb_branches SELECT n, 0, '' FROM generate_series(1, 10) AS n;
+         INSERT INTO bench_tpcb_tellers SELECT n, (n - 1) / 10 + 1, 0, ''
+             FROM generate_series(1, 100) AS n;
+         INSERT INTO bench_tpcb_accounts (aid, bid, abalance, filler)
+             SELECT n, (n - 1) / 100000 + 1, 0, '' FROM generate_series(1, 1000000) AS n;",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Undoes the backfill, empties the ledger and the history, and vacuums.
+async fn tpcb_reset(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::raw_sql(
+        "UPDATE bench_tpcb_accounts SET grade = NULL WHERE grade IS NOT NULL;
+         TRUNCATE bench_tpcb_history;
+         DO $$ BEGIN
+           IF to_regclass('bench_keys_ledger') IS NOT NULL THEN
+             TRUNCATE bench_keys_ledger, bench_keys_runs;
+           END IF;
+         END $$;",
+    )
+    .execute(pool)
+    .await?;
+    sqlx::raw_sql("VACUUM ANALYZE bench_tpcb_accounts, bench_tpcb_branches, bench_tpcb_tellers")
+        .execute(pool)
+        .await?;
+    sqlx::raw_sql("CHECKPOINT").execute(pool).await?;
+    Ok(())
+}
+
+/// Clients running pgbench's TPC-B transaction at `rate` a second in all, each on a fixed
+/// schedule; a transaction's latency runs from when it was due (as `pgbench --rate`
+/// counts it), so one kept waiting delays the next.
+struct Tpcb {
+    stop: Arc<AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<anyhow::Result<Vec<Ended>>>>,
+}
+
+impl Tpcb {
+    fn start(pool: &PgPool, clients: u32, rate: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let every = Duration::from_secs_f64(f64::from(clients) / f64::from(rate));
+        let clients = (0..clients)
+            .map(|client| {
+                let (pool, stop) = (pool.clone(), Arc::clone(&stop));
+                tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    let mut conn = pool.acquire().await?;
+                    let mut state = 0x9e37_79b9_7f4a_7c15_u64 ^ (u64::from(client) + 1);
+                    let mut next = move |n: u64| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        i32::try_from(state % n).unwrap_or(0)
+                    };
+                    let mut schedule = tokio::time::interval(every);
+                    schedule.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                    while !stop.load(Ordering::Relaxed) {
+                        let due = schedule.tick().await.into_std();
+                        let (aid, bid, tid) = (next(1_000_000) + 1, next(10) + 1, next(100) + 1);
+                        let delta = next(10_001) - 5_000;
+                        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                        sqlx::query(
+                            "UPDATE bench_tpcb_accounts SET abalance = abalance + $1 WHERE aid = $2",
+                        )
+                        .bind(delta)
+                        .bind(aid)
+                        .execute(&mut *tx)
+                        .await?;
+                        let _: Option<i32> = sqlx::query_scalar(
+                            "SELECT abalance FROM bench_tpcb_accounts WHERE aid = $1",
+                        )
+                        .bind(aid)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        sqlx::query(
+                            "UPDATE bench_tpcb_tellers SET tbalance = tbalance + $1 WHERE tid = $2",
+                        )
+                        .bind(delta)
+                        .bind(tid)
+                        .execute(&mut *tx)
+                        .await?;
+                        sqlx::query(
+                            "UPDATE bench_tpcb_branches SET bbalance = bbalance + $1 WHERE bid = $2",
+                        )
+                        .bind(delta)
+                        .bind(bid)
+                        .execute(&mut *tx)
+                        .await?;
+                        sqlx::query(
+                            "INSERT INTO bench_tpcb_history (tid, bid, aid, delta, mtime)
+                             VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)",
+                        )
+                        .bind(tid)
+                        .bind(bid)
+                        .bind(aid)
+                        .bind(delta)
+                        .execute(&mut *tx)
+                        .await?;
+                        tx.commit().await?;
+                        latencies.push((Instant::now(), due.elapsed()));
+                    }
+                    Ok(latencies)
+                })
+            })
+            .collect();
+        Tpcb { stop, clients }
+    }
+
+    async fn stop(self) -> anyhow::Result<Timed> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for client in self.clients {
+            all.extend(client.await??);
+        }
+        Ok(Timed(all))
+    }
 }

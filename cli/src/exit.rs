@@ -1,9 +1,9 @@
 //! The exit codes of the CLI, one per kind of outcome, for deploy pipelines to act on.
 //!
 //! With `--targets` (a fleet), the exit code is the worst outcome over the targets, in the
-//! order of [`worst`]: 130, 1, 4, 9, 12, 3, 2, 5, 10, 11, 8, 7, 6, 0. A target that could not be
-//! reached or names a missing schema counts as 2; targets left unreached count as the
-//! failure that stopped the fleet (130 when it was interrupted).
+//! order of [`worst`]: 130, 1, 4, 9, 12, 3, 2, 5, 13, 10, 11, 8, 7, 6, 0. A target that
+//! could not be reached or names a missing schema counts as 2; targets left unreached count
+//! as the failure that stopped the fleet (130 when it was interrupted).
 
 /// Success.
 pub const OK: u8 = 0;
@@ -43,14 +43,18 @@ pub const COPY_INCOMPLETE: u8 = 11;
 /// the target refused, the slot gone, a cut-over that timed out). Every source transaction
 /// before the position named is applied; the message says what to do.
 pub const FOLLOW_STOPPED: u8 = 12;
+/// `run`: a migration an operator cancelled (`datamig cancel`) was stopped after the batch
+/// in progress committed, or left alone: it is not applied, and `run --restart` starts it
+/// again from its first key. Everything else the run had to do was done.
+pub const CANCELLED: u8 = 13;
 
 /// The worse of two exit codes, for a fleet's exit code over its targets. From the worst:
 /// [`INTERRUPTED`] (the fleet did not finish), [`UNEXPECTED`], [`MIGRATION_FAILED`],
-/// [`LEASE_LOST`], [`FOLLOW_STOPPED`], [`DRIFT`], [`USAGE`] (a target unreachable, a schema missing),
-/// [`LOCK_TIMEOUT`], [`COPY_FAILED`], [`COPY_INCOMPLETE`], [`DIFFERENT`], [`NOT_IDEMPOTENT`], [`PENDING`],
-/// [`OK`].
+/// [`LEASE_LOST`], [`FOLLOW_STOPPED`], [`DRIFT`], [`USAGE`] (a target unreachable, a schema
+/// missing), [`LOCK_TIMEOUT`], [`CANCELLED`], [`COPY_FAILED`], [`COPY_INCOMPLETE`],
+/// [`DIFFERENT`], [`NOT_IDEMPOTENT`], [`PENDING`], [`OK`].
 pub fn worst(a: u8, b: u8) -> u8 {
-    const ORDER: [u8; 14] = [
+    const ORDER: [u8; 15] = [
         INTERRUPTED,
         UNEXPECTED,
         MIGRATION_FAILED,
@@ -59,6 +63,7 @@ pub fn worst(a: u8, b: u8) -> u8 {
         DRIFT,
         USAGE,
         LOCK_TIMEOUT,
+        CANCELLED,
         COPY_FAILED,
         COPY_INCOMPLETE,
         DIFFERENT,

@@ -310,6 +310,11 @@ async fn execute_on<DB: CliBackend>(
             out.paused(&pause, "resumed")?;
             Ok(exit::OK)
         }
+        Command::Cancel(opts) => {
+            let cancel = migrator.cancel(&opts.id, opts.reason.as_deref()).await?;
+            out.paused(&cancel, "cancelled")?;
+            Ok(exit::OK)
+        }
         Command::Unlock(opts) => unlock(migrator, &opts, out).await,
         Command::Doctor => {
             let doctor = migrator.doctor().await?;
@@ -359,6 +364,7 @@ pub(crate) fn configure_run<DB: CliBackend>(
 ) -> Migrator<DB> {
     migrator = migrator
         .dry_run(opts.dry_run)
+        .restart(opts.restart)
         .runner_lock_timeout(opts.wait)
         .throttle_interval(opts.throttle_interval)
         .join(!opts.no_join);
@@ -451,7 +457,11 @@ async fn run<DB: CliBackend>(
         eprintln!("warning: {warning}");
     }
     out.run(&report)?;
-    Ok(exit::OK)
+    Ok(if report.cancelled.is_empty() {
+        exit::OK
+    } else {
+        exit::CANCELLED
+    })
 }
 
 async fn unlock<DB: CliBackend>(

@@ -165,6 +165,8 @@ pub enum Command {
     Pause(PauseOpts),
     /// Lift a pause: the next run continues the migration from its checkpoint.
     Resume(ResumeOpts),
+    /// Cancel a migration: a run in progress (on any host) stops it after the batch in progress commits and records it cancelled (exit 13); later runs leave it alone until `run --restart`.
+    Cancel(PauseOpts),
     /// Release the runner lock left by a runner that is gone. Refuses while its holder runs.
     Unlock(UnlockOpts),
     /// Write a new migration file with a fresh timestamped id into a crate of migrations.
@@ -365,6 +367,10 @@ pub struct RunOpts {
     /// Apply only this pending migration.
     #[arg(long, value_name = "ID")]
     pub only: Option<String>,
+
+    /// Start cancelled migrations (`datamig cancel`) again, from their first key; without it a run leaves them alone and exits 12.
+    #[arg(long)]
+    pub restart: bool,
 
     /// Apply the sqlx schema migrations of this directory first (as `sqlx migrate run`).
     #[arg(long, value_name = "DIR")]

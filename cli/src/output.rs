@@ -72,13 +72,30 @@ impl Output {
                 (n, 0 | 1) => format!("  {n} batches"),
                 (n, workers) => format!("  {n} batches by {workers} workers"),
             };
+            let paced = match applied.paced_ms {
+                0 => String::new(),
+                ms => format!(
+                    "  ({} paused for other sessions)",
+                    humantime::format_duration(Duration::from_millis(ms))
+                ),
+            };
             writeln!(
                 out,
-                "{verb} {}  {} rows  {}{batches}",
+                "{verb} {}  {} rows  {}{batches}{paced}",
                 applied.id,
                 applied.rows_affected,
                 humantime::format_duration(Duration::from_millis(applied.duration_ms))
             )?;
+            if let (Some(keys), Some(ms)) = (applied.estimated_keys, applied.estimated_ms) {
+                writeln!(
+                    out,
+                    "  estimate: about {keys} keys, {} rows a batch in the {} batches tried; \
+                     the whole migration would take about {} on this database now",
+                    applied.rows_affected / applied.batches.max(1),
+                    applied.batches,
+                    humantime::format_duration(Duration::from_secs(ms.div_ceil(1000)))
+                )?;
+            }
             for note in &applied.notes {
                 writeln!(out, "  {note}")?;
             }
@@ -104,6 +121,22 @@ impl Output {
                 pause.migration_id,
                 describe_pause(pause),
                 pause.migration_id
+            )?;
+        }
+        for cancel in &report.cancelled {
+            writeln!(
+                out,
+                "cancelled {}: by {} on {} at {}{}; not applied, `datamig run --restart` starts \
+                 it again from its first key",
+                cancel.migration_id,
+                cancel.by,
+                cancel.host,
+                cancel.at.format("%Y-%m-%d %H:%M:%S UTC"),
+                cancel
+                    .reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
             )?;
         }
         if report.dry_run {
@@ -338,6 +371,20 @@ impl Output {
                 pause.migration_id,
                 describe_pause(pause),
                 pause.migration_id
+            ),
+            "cancelled" => format!(
+                "{} is cancelled by {} on {} at {}{}; a run in progress stops it after the batch \
+                 in progress commits, and runs leave it alone until `datamig run --restart`, \
+                 which starts it again from its first key",
+                pause.migration_id,
+                pause.by,
+                pause.host,
+                pause.at.format("%Y-%m-%d %H:%M:%S UTC"),
+                pause
+                    .reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
             ),
             _ => format!(
                 "resumed {} (it was {}); the next run continues it from its checkpoint",
@@ -1134,14 +1181,19 @@ impl ProgressOutput {
                 bar.set_length(total.max(event.keys_done));
             }
             bar.set_position(event.keys_done);
+            let pacing = event
+                .pacing
+                .as_ref()
+                .map(|p| format!("; {p}"))
+                .unwrap_or_default();
             match &event.waiting {
                 Some(why) => bar.set_message(format!("waiting: {why}")),
                 None if event.workers > 1 => bar.set_message(format!(
-                    "{:.0} keys/s by {} workers, batch of {} in {}ms",
+                    "{:.0} keys/s by {} workers, batch of {} in {}ms{pacing}",
                     event.keys_per_second, event.workers, event.batch_keys, event.batch_ms
                 )),
                 None => bar.set_message(format!(
-                    "{:.0} keys/s, batch of {} in {}ms",
+                    "{:.0} keys/s, batch of {} in {}ms{pacing}",
                     event.keys_per_second, event.batch_keys, event.batch_ms
                 )),
             }

@@ -223,6 +223,75 @@ impl<DB: Backend> Migrator<DB> {
         .await
     }
 
+    /// Cancels a migration that is not applied yet: a `run` in progress on any host stops
+    /// it after the batch in progress commits and records that attempt as `cancelled`;
+    /// later runs leave it alone (and report it cancelled) until one runs with
+    /// [`Migrator::restart`] (`run --restart`), which starts it again from its first key.
+    /// Unlike a pause, nothing but a restart lifts it. Recorded in the run history
+    /// (`cancel`) with who, from where, when and why; takes no lock. Returns the cancel in
+    /// force (an earlier one, when it was cancelled already).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownId`]; [`Error::Config`] when it is applied already;
+    /// [`Error::Database`].
+    pub async fn cancel(&self, id: &str, reason: Option<&str>) -> Result<Pause, Error> {
+        let migration = if self.is_ledger_only() {
+            None
+        } else {
+            Some(self.find(id)?)
+        };
+        if migration.is_some() {
+            self.ensure_ledger_for_pause().await?;
+        }
+        let mut conn = self.pool().acquire().await?;
+        pinned::<DB, _>(&mut conn, async |conn| {
+            let ledger =
+                if migration.is_some() || DB::ledger_exists(conn, self.ledger_config()).await? {
+                    DB::read_ledger(conn, self.ledger_config()).await?
+                } else {
+                    Vec::new()
+                };
+            let entry = ledger.iter().find(|e| e.id == id);
+            if let Some(entry) = entry
+                && !entry.is_running()
+            {
+                return Err(Error::Config(format!(
+                    "migration {id} is applied; there is nothing to cancel"
+                )));
+            }
+            if migration.is_none() && entry.is_none() {
+                return Err(Error::Config(format!(
+                    "migration {id} is not in the ledger: without the migrations' code only a \
+                     migration the ledger records as part-way can be cancelled; to cancel one \
+                     before it starts, use the application's own binary"
+                )));
+            }
+            if let Some(cancel) = DB::cancel_state(conn, self.ledger_config(), Some(id))
+                .await?
+                .pop()
+            {
+                return Ok(cancel);
+            }
+            let mut attempt = match migration {
+                Some(migration) => self.attempt(migration, Action::Cancel, Utc::now()),
+                None => self.attempt_for(id, entry, Action::Cancel),
+            };
+            attempt.reason = reason.map(str::to_string);
+            DB::record_run(conn, self.ledger_config(), &attempt, None).await?;
+            DB::cancel_state(conn, self.ledger_config(), Some(id))
+                .await?
+                .pop()
+                .ok_or_else(|| {
+                    Error::Runtime(format!(
+                        "the cancel of {id} was written but does not read back; run `datamig \
+                         status` to see whether {id} is cancelled, and cancel it again if not"
+                    ))
+                })
+        })
+        .await
+    }
+
     /// Lifts the pause of a migration: the next `run` continues it from its checkpoint.
     /// Recorded in the run history (`unpause`) with who, from where and when. Returns the
     /// pause it lifted.
@@ -387,6 +456,7 @@ impl<DB: Backend> Migrator<DB> {
             host: crate::session::host_name(),
             app_version: self.app_version.clone(),
             reason: None,
+            cancelled: false,
         }
     }
 

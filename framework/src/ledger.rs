@@ -303,17 +303,18 @@ pub struct LastRun {
     pub finished_at: DateTime<Utc>,
 }
 
-/// A pause of a migration by an operator (`datamig pause`), in force until a resume.
+/// A pause of a migration by an operator (`datamig pause`), in force until a resume; or
+/// its cancellation (`datamig cancel`), in force until `run --restart`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Pause {
     /// The migration's id.
     pub migration_id: String,
-    /// The database role that paused it.
+    /// The database role that paused (or cancelled) it.
     pub by: String,
-    /// The host it was paused from.
+    /// The host it was paused (or cancelled) from.
     pub host: String,
-    /// When it was paused.
+    /// When it was paused (or cancelled).
     pub at: DateTime<Utc>,
     /// Why, if the operator said.
     pub reason: Option<String>,
@@ -413,6 +414,11 @@ pub enum Action {
     Pause,
     /// A pause lifted by an operator (`datamig resume`).
     Unpause,
+    /// Cancelled by an operator (`datamig cancel`): a running one stops after its batch,
+    /// and `run` leaves it alone until `run --restart`.
+    Cancel,
+    /// A cancelled migration started again from its first key (`run --restart`).
+    Restart,
 }
 
 impl Action {
@@ -425,6 +431,8 @@ impl Action {
             Action::Repair => "repair",
             Action::Pause => "pause",
             Action::Unpause => "unpause",
+            Action::Cancel => "cancel",
+            Action::Restart => "restart",
         }
     }
 }
@@ -458,6 +466,9 @@ pub struct Attempt {
     pub(crate) app_version: Option<String>,
     /// Why an operator did it (`mark-applied`, `repair`).
     pub(crate) reason: Option<String>,
+    /// Whether the attempt stopped because an operator cancelled it (recorded with the
+    /// outcome `cancelled`).
+    pub(crate) cancelled: bool,
 }
 
 /// How a ledger row is written.

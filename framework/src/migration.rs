@@ -175,6 +175,7 @@ pub struct BatchSpec {
     max_size: u32,
     scan_without_index: bool,
     workers: u32,
+    pace: bool,
 }
 
 impl BatchSpec {
@@ -209,8 +210,8 @@ impl BatchSpec {
         self.pause
     }
 
-    /// How many times a batch that hit its lock timeout is retried (with backoff) before
-    /// the migration fails.
+    /// How many times one batch is retried (with backoff) after a lock timeout, or split
+    /// in halves after a statement timeout, before the migration fails.
     pub fn retries(&self) -> u32 {
         self.retries
     }
@@ -226,12 +227,13 @@ impl BatchSpec {
         self.target
     }
 
-    /// The smallest size a target duration may choose.
+    /// The smallest size a target duration or the pacing may choose, and the smallest
+    /// half a batch that hit its statement timeout is split into.
     pub fn min_size(&self) -> u32 {
         self.min_size
     }
 
-    /// The largest size a target duration may choose.
+    /// The largest size a target duration or the pacing may choose.
     pub fn max_size(&self) -> u32 {
         self.max_size
     }
@@ -250,6 +252,20 @@ impl BatchSpec {
         self.workers
     }
 
+    /// Whether datamig paces the batches itself (the default when none of `size`, `target`
+    /// and `pause` is written; `pace = false` turns it off): back-to-back batches of a
+    /// size near the most efficient one while nobody else uses the database, short
+    /// batches with pauses while other sessions are busy. See the backfills guide.
+    pub fn paces(&self) -> bool {
+        self.pace
+    }
+
+    #[doc(hidden)]
+    pub const fn __pace(mut self, pace: bool) -> Self {
+        self.pace = pace;
+        self
+    }
+
     #[doc(hidden)]
     pub const fn __new(table: &'static str, key: &'static str, size: u32) -> Self {
         BatchSpec {
@@ -264,6 +280,7 @@ impl BatchSpec {
             max_size: u32::MAX,
             scan_without_index: false,
             workers: 1,
+            pace: false,
         }
     }
 

@@ -44,6 +44,10 @@ struct BatchArgs {
     table: Option<String>,
     key: Option<String>,
     size: u32,
+    /// Whether `size` was written.
+    size_given: bool,
+    /// `pace = true | false`, when written.
+    pace: Option<bool>,
     pause_ms: Option<u64>,
     retries: u32,
     scope: Option<String>,
@@ -61,6 +65,8 @@ impl BatchArgs {
             table: None,
             key: None,
             size: 10_000,
+            size_given: false,
+            pace: None,
             pause_ms: None,
             retries: 5,
             scope: None,
@@ -80,7 +86,9 @@ impl BatchArgs {
             match name.as_str() {
                 "table" => args.table = Some(lit_str(&value)?),
                 "key" => args.key = Some(lit_str(&value)?),
+                "pace" => args.pace = Some(lit_bool(&value)?),
                 "size" => {
+                    args.size_given = true;
                     args.size = lit_int(&value)?;
                     if args.size == 0 {
                         return Err(syn::Error::new(
@@ -118,18 +126,29 @@ impl BatchArgs {
                     return Err(meta.error(
                         "unknown argument to batch(..): expected `table = \"..\"`, `key = \"..\"`, \
                          `size = N`, `scope = \"..\"`, `target = \"200ms\"`, `min_size = N`, \
-                         `max_size = N`, `pause = \"50ms\"`, `retries = N`, `workers = N` or \
-                         `dangerously_scan_without_index = true`",
+                         `max_size = N`, `pause = \"50ms\"`, `pace = false`, `retries = N`, \
+                         `workers = N` or `dangerously_scan_without_index = true`",
                     ));
                 }
             }
             Ok(())
         })?;
-        if (args.min_size.is_some() || args.max_size.is_some()) && args.target_ms.is_none() {
+        let by_hand = args.size_given || args.target_ms.is_some() || args.pause_ms.is_some();
+        if args.pace == Some(true) && by_hand {
             return Err(syn::Error::new(
                 args.span,
-                "min_size and max_size bound a size that adapts to a target duration: add \
-                 target = \"200ms\" (or leave them out for a fixed size)",
+                "pace = true leaves the batches' size and pauses to datamig, and size, target \
+                 and pause set them by hand: keep one or the other (min_size and max_size may \
+                 bound the pacing)",
+            ));
+        }
+        args.pace = Some(args.pace.unwrap_or(!by_hand));
+        if args.max_size.is_some() && args.target_ms.is_none() && args.pace == Some(false) {
+            return Err(syn::Error::new(
+                args.span,
+                "max_size bounds a size that adapts, to a target duration or by the pacing: \
+                 add target = \"200ms\", or leave out size, pause and pace = false (or leave \
+                 max_size out for a fixed size)",
             ));
         }
         if let (Some(min), Some(max)) = (args.min_size, args.max_size)
@@ -328,6 +347,7 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
             let max_size = batch.max_size.unwrap_or(u32::MAX);
             let scan_without_index = batch.scan_without_index;
             let workers = batch.workers;
+            let pace = batch.pace.unwrap_or(false);
             let spec = quote! {
                 ::datamig::BatchSpec::__new(#table, #key, #size)
                     .__pause(#pause)
@@ -336,6 +356,7 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
                     .__target(#target, #min_size, #max_size)
                     .__scan_without_index(#scan_without_index)
                     .__workers(#workers)
+                    .__pace(#pace)
             };
             (
                 quote!(ctx: &'a mut ::datamig::Ctx<'c, #db>, batch: ::datamig::Batch),

@@ -24,6 +24,7 @@ pub(crate) mod steps;
 mod values;
 
 pub use lock_token::LockToken;
+pub(crate) use steps::LoadSample;
 use steps::{
     ConnectionSteps, LedgerSteps, LockSteps, RangeSteps, TableSteps, UpsertSteps, WalkSteps,
 };

@@ -126,13 +126,34 @@ where
     ) -> Result<Vec<Pause>, sqlx::Error> {
         // A migration is paused when its latest pause or unpause in the run history is
         // a pause (an index scan of (migration_id, run_id) per migration).
+        Self::marks_in_force(conn, config, id, ("pause", "unpause")).await
+    }
+
+    /// The cancellations in force (of one migration, or of all): a migration is
+    /// cancelled when its latest cancel or restart in the run history is a cancel.
+    pub(crate) async fn cancel_state(
+        conn: &mut DB::Connection,
+        config: &LedgerConfig,
+        id: Option<&str>,
+    ) -> Result<Vec<Pause>, sqlx::Error> {
+        Self::marks_in_force(conn, config, id, ("cancel", "restart")).await
+    }
+
+    /// The marks an operator set (`on`) and did not lift since (`off`), in the run
+    /// history: pauses, cancellations. The actions are constants of this file.
+    async fn marks_in_force(
+        conn: &mut DB::Connection,
+        config: &LedgerConfig,
+        id: Option<&str>,
+        (on, off): (&'static str, &'static str),
+    ) -> Result<Vec<Pause>, sqlx::Error> {
         let runs = config.runs_ident();
         let sql = format!(
             "SELECT migration_id, db_user, host, finished_at, reason FROM {runs} AS r
-             WHERE action = 'pause' AND ($1 IS NULL OR migration_id = $1)
+             WHERE action = '{on}' AND ($1 IS NULL OR migration_id = $1)
                AND run_id = (SELECT max(run_id) FROM {runs}
                              WHERE migration_id = r.migration_id
-                               AND action IN ('pause', 'unpause'))
+                               AND action IN ('{on}', '{off}'))
              ORDER BY migration_id"
         );
         let rows = Self::query(AssertSqlSafe(sql))
@@ -306,7 +327,9 @@ where
         let mut query = Self::query(AssertSqlSafe(sql))
             .bind(a.id.as_ref())
             .bind(a.action.as_str())
-            .bind(if error.is_some() {
+            .bind(if a.cancelled {
+                "cancelled"
+            } else if error.is_some() {
                 "failed"
             } else {
                 "succeeded"
@@ -342,7 +365,7 @@ where
         let sql = format!(
             "SELECT migration_id, outcome, error, finished_at FROM {runs} AS r
              WHERE run_id = (SELECT max(run_id) FROM {runs} WHERE migration_id = r.migration_id
-                             AND action NOT IN ('pause', 'unpause'))
+                             AND action NOT IN ('pause', 'unpause', 'cancel', 'restart'))
              ORDER BY migration_id"
         );
         let rows = Self::query(AssertSqlSafe(sql)).fetch_all(conn).await?;

@@ -181,6 +181,7 @@ impl<DB: Backend> Migrator<DB> {
             host: host_name(),
             app_version: self.app_version.clone(),
             reason: None,
+            cancelled: false,
         }
     }
 
@@ -283,6 +284,8 @@ pub(crate) struct BodyFailure {
     pub(crate) panicked: bool,
     /// Whether the error was a lock timeout.
     pub(crate) lock_timeout: bool,
+    /// Whether the error was the statement timeout.
+    pub(crate) statement_timeout: bool,
     /// The error itself (`None` for a panic).
     pub(crate) source: Option<BoxError>,
 }
@@ -294,6 +297,7 @@ impl BodyFailure {
             message: describe_sqlx(&err),
             panicked: false,
             lock_timeout: false,
+            statement_timeout: false,
             source: Some(Box::new(err)),
         }
     }
@@ -312,6 +316,10 @@ pub(crate) async fn run_caught<DB: Backend>(
                 .chain()
                 .filter_map(|c| c.downcast_ref::<sqlx::Error>())
                 .any(DB::is_lock_timeout),
+            statement_timeout: err
+                .chain()
+                .filter_map(|c| c.downcast_ref::<sqlx::Error>())
+                .any(DB::is_statement_timeout),
             // Moved out of anyhow's box, the body's own error stays downcastable (a `sqlx::Error`).
             source: Some(err.reallocate_into_boxed_dyn_error_without_backtrace()),
         }),
@@ -319,6 +327,7 @@ pub(crate) async fn run_caught<DB: Backend>(
             message: panic_message(panic.as_ref()),
             panicked: true,
             lock_timeout: false,
+            statement_timeout: false,
             source: None,
         }),
     }
@@ -341,6 +350,8 @@ pub(super) enum Failure {
     },
     /// An operator paused the migration: `run` skips it and goes on.
     Paused(crate::ledger::Pause),
+    /// An operator cancelled the migration (recorded): `run` goes on with the next one.
+    Cancelled(crate::ledger::Pause),
     /// The runner could not do its part.
     Other(Error),
 }

@@ -9,6 +9,7 @@ use sqlx::pool::PoolConnection;
 
 use super::apply::Failure;
 use super::key_check::batch_key;
+use super::pace::{Observed, Pacer};
 use super::plan::Step;
 use super::report::AppliedMigration;
 use super::walk::{
@@ -16,7 +17,7 @@ use super::walk::{
     batch_span, run_body,
 };
 use super::{Migrator, StopSignal};
-use crate::backend::{Backend, pinned};
+use crate::backend::{Backend, LoadSample, pinned};
 use crate::error::Error;
 use crate::key::{Key, KeyShape};
 use crate::ledger::{Action, Attempt, LedgerWrite, STATUS_APPLIED, STATUS_RUNNING};
@@ -49,6 +50,7 @@ impl<DB: Backend> Migrator<DB> {
             lock_retries: 0,
             run_written: None,
             checkpoint: None,
+            paced: Duration::ZERO,
         };
         let (shape, warning) = pinned::<DB, _>(conn, async |c| {
             batch_key::<DB>(c, migration.id(), spec, step.resume.is_none()).await
@@ -97,10 +99,16 @@ impl<DB: Backend> Migrator<DB> {
         .flatten();
         let timeouts = self.batch_timeouts(migration);
         let mut sizer = Sizer::new(spec);
+        // Without settings of its own, the walk paces itself (`pace.rs`).
+        let mut pacer = spec
+            .paces()
+            .then(|| Pacer::new(spec.min_size(), spec.max_size()));
+        let mut next_size = pacer.as_ref().map_or(sizer.size(), Pacer::first_size);
         // After batches that changed nothing, the rest of the keys is checked in one
         // statement (see `Ctx::checking_rest`); each check that finds work doubles the
         // batches that must change nothing before the next.
         let (mut check_rest, mut quiet_batches, mut quiet_needed) = (false, 0u64, 1u64);
+        let mut pause_after = Duration::ZERO;
 
         loop {
             if self
@@ -130,10 +138,10 @@ impl<DB: Backend> Migrator<DB> {
                     other => other,
                 });
             }
-            let size = sizer.size();
+            let mut size = next_size;
             let rest = std::mem::take(&mut check_rest);
             let began = Instant::now();
-            let mut retry = Retry::new(spec.retries());
+            let mut retry = Retry::new(spec.retries(), spec.min_size());
             let outcome = loop {
                 let result = match self
                     .batch(
@@ -141,6 +149,7 @@ impl<DB: Backend> Migrator<DB> {
                         migration,
                         run,
                         (&shape, size, rest),
+                        pacer.is_some(),
                         &state,
                         step.action,
                         first_started_at,
@@ -149,15 +158,33 @@ impl<DB: Backend> Migrator<DB> {
                     .await
                 {
                     // A check of the rest that could not run is no failure: the walk goes on.
-                    Err(BatchError::LockTimeout(..) | BatchError::Failed { .. }) if rest => {
-                        Ok(BatchDone::WorkLeft)
-                    }
+                    Err(
+                        BatchError::LockTimeout(..)
+                        | BatchError::StatementTimeout { .. }
+                        | BatchError::Failed { .. },
+                    ) if rest => Ok(BatchDone::WorkLeft),
                     other => other,
                 };
-                if !retry.again(&result).await {
-                    break result;
+                let halvings = retry.halvings;
+                if !retry.again(&result, &mut size).await {
+                    break result.map_err(|err| {
+                        err.smallest_failed(size, spec.min_size().max(1), timeouts.statement)
+                    });
                 }
-                state.lock_retries += 1;
+                if retry.halvings == halvings {
+                    state.lock_retries += 1;
+                } else {
+                    state.notes.push(format!(
+                        "batch {}: ran past the statement timeout; tried again with {size} keys",
+                        state.batches + 1
+                    ));
+                    // A fixed size stays at the half that fits; a size that adapts finds
+                    // its own again.
+                    next_size = next_size.min(size);
+                    if let Some(sizer) = sizer.fixed_mut() {
+                        *sizer = size;
+                    }
+                }
             };
             let done = match outcome {
                 Ok(done) => done,
@@ -165,6 +192,12 @@ impl<DB: Backend> Migrator<DB> {
                     return Err(Failure::Other(err));
                 }
                 Err(BatchError::Paused(pause)) => return Err(Failure::Paused(pause)),
+                Err(BatchError::Cancelled(cancel)) => {
+                    let counts = (state.batches, state.run_rows, state.checkpoint.clone());
+                    return Err(self
+                        .cancelled(conn, migration, step.action, cancel, counts)
+                        .await);
+                }
                 Err(BatchError::Commit(err)) => {
                     // Committed if the ledger row moved past this runner's checkpoint.
                     let from = state.after.as_ref().map(|k| shape.encode(k));
@@ -178,7 +211,10 @@ impl<DB: Backend> Migrator<DB> {
                 }
                 Err(err) => {
                     let failure = match err {
-                        BatchError::LockTimeout(message, source) => (message, false, source),
+                        BatchError::LockTimeout(message, source)
+                        | BatchError::StatementTimeout {
+                            message, source, ..
+                        } => (message, false, source),
                         BatchError::Failed {
                             message,
                             panicked,
@@ -187,7 +223,8 @@ impl<DB: Backend> Migrator<DB> {
                         BatchError::Commit(_)
                         | BatchError::Fenced(_)
                         | BatchError::ReadBack(_)
-                        | BatchError::Paused(_) => {
+                        | BatchError::Paused(_)
+                        | BatchError::Cancelled(_) => {
                             unreachable!("matched above")
                         }
                     };
@@ -211,12 +248,25 @@ impl<DB: Backend> Migrator<DB> {
                     notes,
                     finished,
                     guarded,
+                    sample,
                 } => {
                     let took = began.elapsed();
+                    let mut pace = None;
                     if rest {
                         quiet_batches = 0;
                     } else {
                         sizer.record(keys, took);
+                        next_size = sizer.size();
+                        if let Some(pacer) = pacer.as_mut() {
+                            let decision = pacer.next(&Observed {
+                                keys,
+                                took,
+                                sample,
+                                own_commits: 1,
+                            });
+                            next_size = decision.size;
+                            pace = Some(decision);
+                        }
                         quiet_batches = if rows == 0 && guarded {
                             quiet_batches + 1
                         } else {
@@ -252,14 +302,33 @@ impl<DB: Backend> Migrator<DB> {
                         batch_size: size,
                         took,
                         spec,
-                        next_size: sizer.size(),
+                        next_size,
                         workers: 1,
+                        pace: pace.as_ref(),
                     });
+                    if let Some(decision) = pace.filter(|d| !finished && d.pause > Duration::ZERO) {
+                        pause_after = decision.pause;
+                        if decision.paced {
+                            state.paced += decision.pause;
+                        }
+                    }
                     finished
                 }
             };
-            if finished || self.dry_run {
+            if finished || (self.dry_run && state.run_batches >= DRY_RUN_BATCHES) {
+                let elapsed = clock.elapsed();
+                // In a dry run: the whole walk at the rate of its first batches.
+                let estimated_ms = (self.dry_run && state.run_keys > 0)
+                    .then(|| {
+                        estimated_total.map(|total| {
+                            let per_key = elapsed.as_secs_f64() / state.run_keys as f64;
+                            (per_key * total.max(state.run_keys) as f64 * 1000.0) as u64
+                        })
+                    })
+                    .flatten();
                 return Ok(AppliedMigration {
+                    estimated_keys: estimated_total.filter(|_| self.dry_run),
+                    estimated_ms,
                     id: migration.id().to_string(),
                     rerun: step.action == Action::Rerun,
                     rows_affected: state.run_rows,
@@ -269,6 +338,7 @@ impl<DB: Backend> Migrator<DB> {
                     lock_retries: state.lock_retries,
                     rows_written: state.run_written,
                     workers: 1,
+                    paced_ms: u64::try_from(state.paced.as_millis()).unwrap_or(u64::MAX),
                 });
             }
             if self.stop.as_ref().is_some_and(StopSignal::is_stopped) {
@@ -279,6 +349,9 @@ impl<DB: Backend> Migrator<DB> {
             }
             if let Some(pause) = spec.pause() {
                 tokio::time::sleep(pause).await;
+            }
+            if !std::mem::take(&mut pause_after).is_zero() {
+                tokio::time::sleep(pause_after).await;
             }
         }
     }
@@ -296,6 +369,7 @@ impl<DB: Backend> Migrator<DB> {
         migration: &'static Migration,
         run: BatchFn<DB>,
         (shape, size, rest): (&Arc<KeyShape>, u32, bool),
+        sample: bool,
         state: &BatchState,
         action: Action,
         first_started_at: DateTime<Utc>,
@@ -417,9 +491,22 @@ impl<DB: Backend> Migrator<DB> {
             }
             if let Err(failure) = outcome {
                 let _ = tx.rollback().await;
-                return Err(BatchError::body(failure, number));
+                return Err(BatchError::body(failure, number).with_keys(|| {
+                    format!(
+                        "after {} up to {last}",
+                        state
+                            .after
+                            .as_ref()
+                            .map_or_else(|| "the first key".to_string(), ToString::to_string)
+                    )
+                }));
             }
             if self.dry_run {
+                // A sample of the walk for the estimate: the next batches read on from
+                // here, though this one's changes are rolled back.
+                let finished = !DB::has_keys_after(&mut tx, shape, &last, None)
+                    .await
+                    .map_err(classify)?;
                 tx.rollback().await.map_err(classify)?;
                 return Ok(BatchDone::Committed {
                     last,
@@ -427,10 +514,17 @@ impl<DB: Backend> Migrator<DB> {
                     rows,
                     written,
                     notes,
-                    finished: true,
+                    finished,
                     guarded,
+                    sample: None,
                 });
             }
+            // While the batch still holds its locks: who else is there, and who waits for it.
+            let sample = if sample && !rest {
+                DB::load_sample(&mut tx, &[]).await.map_err(classify)?
+            } else {
+                None
+            };
             let finished = !DB::has_keys_after(&mut tx, shape, &last, None)
                 .await
                 .map_err(classify)?;
@@ -455,6 +549,7 @@ impl<DB: Backend> Migrator<DB> {
                 notes,
                 finished,
                 guarded,
+                sample,
             })
         }
         .instrument(span.clone())
@@ -544,6 +639,9 @@ impl<DB: Backend> Migrator<DB> {
     }
 }
 
+/// Batches a dry run walks (each rolled back) to estimate a batched migration's time.
+pub(super) const DRY_RUN_BATCHES: u64 = 3;
+
 /// The longest a check of the rest of a batched migration's keys may run (less where the
 /// migration's `statement_timeout` is shorter): past it, the walk goes on batch by batch.
 pub(super) const REST_CHECK_LIMIT: Duration = Duration::from_secs(10);
@@ -563,6 +661,8 @@ pub(super) struct BatchState {
     notes: Vec<String>,
     lock_retries: u64,
     run_written: Option<u64>,
+    /// Time spent pausing for other sessions (pacing).
+    paced: Duration,
 }
 
 impl BatchState {
@@ -593,6 +693,13 @@ impl BatchState {
         self.write = LedgerWrite::Continue {
             expected: entry.checkpoint.clone(),
         };
+        if step.restart {
+            // From the first key; the first batch's write still names the row's checkpoint.
+            self.after = None;
+            self.checkpoint = None;
+            self.batches = 0;
+            self.total_rows = 0;
+        }
         Ok(())
     }
 }
@@ -615,5 +722,7 @@ enum BatchDone {
         finished: bool,
         /// Whether the body ran only statements a rest check can guard.
         guarded: bool,
+        /// What the database showed about the other sessions while it ran (pacing only).
+        sample: Option<LoadSample>,
     },
 }

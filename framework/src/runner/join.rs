@@ -91,7 +91,7 @@ impl<DB: Backend> Migrator<DB> {
             {
                 Ok(team) => joined.push(team_report(&team, &id, Action::Resume)),
                 // Paused: the runner that takes the lock next reports it.
-                Err(Failure::Paused(_)) => {}
+                Err(Failure::Paused(_) | Failure::Cancelled(_)) => {}
                 Err(Failure::Migration {
                     message,
                     panicked,

@@ -13,6 +13,7 @@ mod join;
 mod key_check;
 mod layout;
 mod lock;
+mod pace;
 mod plan;
 mod report;
 mod throttle;
@@ -82,6 +83,7 @@ pub struct Migrator<DB: Backend> {
     statement_timeout: Option<Duration>,
     pub(crate) app_version: Option<String>,
     dry_run: bool,
+    restart: bool,
     progress: Option<ProgressFn>,
     interrupt_after_batches: Option<u64>,
     only: Option<String>,
@@ -136,6 +138,7 @@ impl<DB: Backend> Clone for Migrator<DB> {
             statement_timeout: self.statement_timeout,
             app_version: self.app_version.clone(),
             dry_run: self.dry_run,
+            restart: self.restart,
             progress: self.progress.clone(),
             interrupt_after_batches: self.interrupt_after_batches,
             only: self.only.clone(),
@@ -179,6 +182,7 @@ impl<DB: Backend> Migrator<DB> {
             statement_timeout: None,
             app_version: None,
             dry_run: false,
+            restart: false,
             progress: None,
             interrupt_after_batches: None,
             only: None,
@@ -392,10 +396,19 @@ impl<DB: Backend> Migrator<DB> {
         self
     }
 
+    /// Starts again, from their first key, the migrations an operator cancelled
+    /// ([`Migrator::cancel`], `run --restart`); without it a run leaves them alone and
+    /// reports them in [`RunReport::cancelled`].
+    pub fn restart(mut self, restart: bool) -> Self {
+        self.restart = restart;
+        self
+    }
+
     /// Executes each pending migration inside its transaction, reports rows affected, and
     /// rolls back: nothing the migrations do is kept and nothing is recorded. (The ledger
-    /// tables themselves are created if missing.) A batched migration runs its first batch
-    /// only.
+    /// tables themselves are created if missing.) A batched migration runs its first three
+    /// batches (each rolled back) and reports the keys it would walk and an estimate of
+    /// the whole walk's time on this database now ([`AppliedMigration::estimated_ms`]).
     pub fn dry_run(mut self, dry_run: bool) -> Self {
         self.dry_run = dry_run;
         self
@@ -545,14 +558,19 @@ impl<DB: Backend> Migrator<DB> {
         code: &[(&'static Migration, Code<DB>)],
         mode: &Mode,
     ) -> Result<RunReport, Error> {
-        let (ledger, pauses) = pinned::<DB, _>(conn, async |conn| {
+        let (ledger, pauses, cancels) = pinned::<DB, _>(conn, async |conn| {
             self.prepare_ledger(conn).await?;
             Ok((
                 DB::read_ledger(conn, &self.ledger).await?,
                 DB::pause_state(conn, &self.ledger, None).await?,
+                DB::cancel_state(conn, &self.ledger, None).await?,
             ))
         })
         .await?;
+        let mut cancels: std::collections::BTreeMap<String, crate::ledger::Pause> = cancels
+            .into_iter()
+            .map(|p| (p.migration_id.clone(), p))
+            .collect();
         let mut pauses: std::collections::BTreeMap<String, crate::ledger::Pause> = pauses
             .into_iter()
             .map(|p| (p.migration_id.clone(), p))
@@ -637,6 +655,31 @@ impl<DB: Backend> Migrator<DB> {
                 report.paused.push(pause);
                 continue;
             }
+            let mut step = step;
+            if let Some(cancel) = cancels.remove(migration.id()) {
+                if !self.restart || self.dry_run {
+                    tracing::info!(id = migration.id(), by = %cancel.by, "migration cancelled by an operator: skipped (run --restart starts it again)");
+                    report.cancelled.push(cancel);
+                    continue;
+                }
+                // Started again from its first key: the cancel is lifted in the run history.
+                let mut attempt = self.attempt(
+                    migration,
+                    crate::ledger::Action::Restart,
+                    chrono::Utc::now(),
+                );
+                attempt.reason = Some(format!(
+                    "starts again from the first key after the cancel by {} from {} at {}",
+                    cancel.by,
+                    cancel.host,
+                    cancel.at.to_rfc3339()
+                ));
+                pinned::<DB, _>(conn, async |c| {
+                    Ok(DB::record_run(c, &self.ledger, &attempt, None).await?)
+                })
+                .await?;
+                step.restart = true;
+            }
             if self.stop.as_ref().is_some_and(StopSignal::is_stopped) {
                 return Err(Error::Stopped {
                     after: match report.applied.last() {
@@ -709,6 +752,7 @@ impl<DB: Backend> Migrator<DB> {
                     });
                 }
                 Err(Failure::Paused(pause)) => report.paused.push(pause),
+                Err(Failure::Cancelled(cancel)) => report.cancelled.push(cancel),
                 Err(Failure::Other(err)) => return Err(err),
             }
         }
@@ -759,6 +803,10 @@ fn migration_ended(
         Err(Failure::Paused(pause)) => {
             span.record("outcome", "paused");
             tracing::warn!(parent: span, by = %pause.by, host = %pause.host, duration_ms, "migration paused");
+        }
+        Err(Failure::Cancelled(cancel)) => {
+            span.record("outcome", "cancelled");
+            tracing::warn!(parent: span, by = %cancel.by, host = %cancel.host, duration_ms, "migration cancelled");
         }
         Err(Failure::Other(err)) => {
             span.record("outcome", crate::trace::outcome(err));

@@ -36,6 +36,9 @@ pub(super) struct Step {
     /// For a re-run: the ledger row it replaces. The ledger write checks the row is still
     /// this one, as a batch checks its checkpoint.
     pub(super) replaces: Option<LedgerEntry>,
+    /// A cancelled migration started again (`run --restart`): from its first key, whatever
+    /// its checkpoint.
+    pub(super) restart: bool,
 }
 
 impl Step {
@@ -55,6 +58,7 @@ impl Step {
             action,
             resume: None,
             replaces: None,
+            restart: false,
         }
     }
 }

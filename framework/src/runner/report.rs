@@ -49,6 +49,13 @@ pub struct Progress {
     /// the counts and rates are their sums, and `checkpoint` is the last key of the batch
     /// just committed, in its worker's range.
     pub workers: u32,
+    /// What the pacing does before the next batch and why ("full speed: no other session
+    /// active", "pausing 12 ms: 3 application sessions active"); `None` where the
+    /// migration sets its batches by hand (or `pace = false`).
+    pub pacing: Option<String>,
+    /// How long the runner pauses before the next batch, in milliseconds (the pacing's
+    /// pause; 0 at full speed).
+    pub pause_ms: u64,
 }
 
 /// A checkpoint in JSON: a number when it is one (an integer key), otherwise its text.
@@ -202,6 +209,10 @@ pub struct RunReport {
     /// Migrations an operator paused (`datamig pause`): skipped, or stopped after the batch
     /// in progress committed. `datamig resume` lets the next run go on.
     pub paused: Vec<crate::ledger::Pause>,
+    /// Migrations an operator cancelled (`datamig cancel`): stopped by this run after the
+    /// batch in progress committed, or skipped. Not applied: `run --restart` starts them
+    /// again from their first key.
+    pub cancelled: Vec<crate::ledger::Pause>,
     /// Things the operator should know that did not stop the run (a crate of migrations
     /// that is probably not linked).
     pub warnings: Vec<String>,
@@ -236,6 +247,16 @@ pub struct AppliedMigration {
     /// Workers of this process that walked it (1 without workers; 0 for a migration that
     /// runs in one transaction).
     pub workers: u32,
+    /// Time this run spent pausing for other sessions of the database (the pacing), in
+    /// milliseconds.
+    pub paced_ms: u64,
+    /// In a dry run of a batched migration: the keys its walk would visit (the planner's
+    /// estimate on PostgreSQL, a count on SQLite).
+    pub estimated_keys: Option<u64>,
+    /// In a dry run of a batched migration: how long the whole walk would take on this
+    /// database now, in milliseconds, at the rate of the batches it ran (and rolled back),
+    /// pauses included.
+    pub estimated_ms: Option<u64>,
 }
 
 impl AppliedMigration {
@@ -250,6 +271,9 @@ impl AppliedMigration {
             lock_retries: 0,
             rows_written: None,
             workers: 0,
+            paced_ms: 0,
+            estimated_keys: None,
+            estimated_ms: None,
         }
     }
 }

@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use super::Migrator;
-use super::apply::{BodyFailure, run_caught, writes_after, writes_before};
+use super::apply::{BodyFailure, Failure, run_caught, writes_after, writes_before};
+use super::pace::Decision;
 use super::report::Progress;
 use crate::backend::Backend;
 use crate::ctx::Ctx;
@@ -63,6 +64,11 @@ impl Sizer {
         self.size
     }
 
+    /// The size itself, when it is fixed (no target duration).
+    pub(super) fn fixed_mut(&mut self) -> Option<&mut u32> {
+        self.target.is_none().then_some(&mut self.size)
+    }
+
     /// A batch of `keys` keys took `took`.
     pub(crate) fn record(&mut self, keys: u64, took: Duration) {
         let Some(target) = self.target else {
@@ -86,6 +92,13 @@ impl Sizer {
 pub(super) enum BatchError {
     /// It waited for a lock longer than its `lock_timeout`: worth retrying. With the error.
     LockTimeout(String, Option<crate::error::BoxError>),
+    /// A statement ran past its `statement_timeout`: worth trying in halves. With the
+    /// error and the batch's keys, as people read them.
+    StatementTimeout {
+        message: String,
+        keys: String,
+        source: Option<crate::error::BoxError>,
+    },
     /// The body failed or panicked, a database error ended the batch, or the checkpoint
     /// moved. With the error, if there is one.
     Failed {
@@ -102,6 +115,8 @@ pub(super) enum BatchError {
     ReadBack(Error),
     /// An operator paused the migration: this batch did not begin.
     Paused(Pause),
+    /// An operator cancelled the migration: this batch did not begin.
+    Cancelled(Pause),
 }
 
 impl BatchError {
@@ -111,6 +126,12 @@ impl BatchError {
     pub(super) fn database<DB: Backend>(err: sqlx::Error, number: u64) -> Self {
         if DB::is_lock_timeout(&err) {
             BatchError::LockTimeout(describe_sqlx(&err), Some(Box::new(err)))
+        } else if DB::is_statement_timeout(&err) {
+            BatchError::StatementTimeout {
+                message: format!("batch {number}: {}", describe_sqlx(&err)),
+                keys: String::new(),
+                source: Some(Box::new(err)),
+            }
         } else {
             BatchError::Failed {
                 message: format!("batch {number}: {}", describe_sqlx(&err)),
@@ -120,10 +141,56 @@ impl BatchError {
         }
     }
 
+    /// Names the keys of the batch a statement timeout stopped (`keys` describes them).
+    pub(super) fn with_keys(self, keys: impl FnOnce() -> String) -> Self {
+        match self {
+            BatchError::StatementTimeout {
+                message, source, ..
+            } => BatchError::StatementTimeout {
+                message,
+                keys: keys(),
+                source,
+            },
+            other => other,
+        }
+    }
+
+    /// The failure of a batch whose statement timeout ended it at the smallest size it
+    /// may take (`min`, after halving from larger sizes): names its keys, for the operator
+    /// to look at; anything else as it is.
+    pub(super) fn smallest_failed(self, size: u32, min: u32, timeout: Option<Duration>) -> Self {
+        match self {
+            BatchError::StatementTimeout {
+                message,
+                keys,
+                source,
+            } => BatchError::Failed {
+                message: format!(
+                    "{message}; the batch of keys {keys} ({size} keys, the smallest it may be \
+                     split into: min_size = {min}) ran past the statement timeout{}, as did \
+                     every larger batch from the same checkpoint. Look at these rows (a lock \
+                     held elsewhere, a slow trigger, a row much bigger than the others), then \
+                     raise statement_timeout or lower min_size and run again: the migration \
+                     resumes from its checkpoint",
+                    timeout.map_or(String::new(), |t| format!(" of {} ms", t.as_millis()))
+                ),
+                panicked: false,
+                source,
+            },
+            other => other,
+        }
+    }
+
     /// A failure of the body of batch `number`.
     pub(super) fn body(failure: BodyFailure, number: u64) -> Self {
         if failure.lock_timeout {
             BatchError::LockTimeout(failure.message, failure.source)
+        } else if failure.statement_timeout {
+            BatchError::StatementTimeout {
+                message: format!("batch {number}: {}", failure.message),
+                keys: String::new(),
+                source: failure.source,
+            }
         } else {
             BatchError::Failed {
                 message: format!("batch {number}: {}", failure.message),
@@ -181,11 +248,15 @@ pub(super) fn batch_ended(
         Err(err) => {
             let (outcome, message) = match err {
                 BatchError::LockTimeout(message, _) => ("lock_timeout", message.clone()),
+                BatchError::StatementTimeout { message, .. } => {
+                    ("statement_timeout", message.clone())
+                }
                 BatchError::Failed { message, .. } => ("failed", message.clone()),
                 BatchError::Commit(err) => ("commit_unknown", err.to_string()),
                 BatchError::Fenced(err) => ("fenced", err.to_string()),
                 BatchError::ReadBack(err) => ("commit_failed", err.to_string()),
                 BatchError::Paused(pause) => ("paused", format!("paused by {}", pause.by)),
+                BatchError::Cancelled(pause) => ("cancelled", format!("cancelled by {}", pause.by)),
             };
             span.record("outcome", outcome);
             tracing::warn!(parent: span, outcome, error = %message, duration_ms, "batch did not commit");
@@ -234,6 +305,8 @@ pub(super) struct Walked<'a> {
     pub(super) spec: &'a BatchSpec,
     pub(super) next_size: u32,
     pub(super) workers: u32,
+    /// What the pacing decided after the batch, when it paces.
+    pub(super) pace: Option<&'a Decision>,
 }
 
 impl<DB: Backend> Migrator<DB> {
@@ -249,9 +322,9 @@ impl<DB: Backend> Migrator<DB> {
     }
 
     /// Begins batch `number` of migration `id`: its transaction, its local timeouts, and,
-    /// unless this is a dry run, an operator's pause (`datamig pause`, from any host),
-    /// which stops the migration here: after the batch before this one committed, before
-    /// this one does anything.
+    /// unless this is a dry run, an operator's pause or cancel (`datamig pause`, `datamig
+    /// cancel`, from any host), which stops the migration here: after the batch before
+    /// this one committed, before this one does anything.
     pub(super) async fn begin_batch<'c>(
         &self,
         conn: &'c mut DB::Connection,
@@ -278,7 +351,49 @@ impl<DB: Backend> Migrator<DB> {
             let _ = tx.rollback().await;
             return Err(BatchError::Paused(pause));
         }
+        if !self.dry_run
+            && let Some(cancel) = DB::cancel_state(&mut tx, &self.ledger, Some(id))
+                .await
+                .map_err(classify)?
+                .pop()
+        {
+            let _ = tx.rollback().await;
+            return Err(BatchError::Cancelled(cancel));
+        }
         Ok(tx)
+    }
+
+    /// Records that an operator's cancel stopped `migration` (the run history's row of this
+    /// attempt, outcome `cancelled`, with `counts`: its batches, this run's rows, its
+    /// checkpoint) and turns it into [`Failure::Cancelled`].
+    pub(super) async fn cancelled(
+        &self,
+        conn: &mut DB::Connection,
+        migration: &'static Migration,
+        action: Action,
+        cancel: Pause,
+        (batches, rows, checkpoint): (u64, u64, Option<String>),
+    ) -> Failure {
+        let mut attempt = self.attempt(migration, action, chrono::Utc::now());
+        attempt.batches = batches;
+        attempt.rows_affected = rows;
+        attempt.checkpoint = checkpoint;
+        attempt.cancelled = true;
+        let message = format!(
+            "cancelled by {} from {} at {}{}",
+            cancel.by,
+            cancel.host,
+            cancel.at.to_rfc3339(),
+            cancel
+                .reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
+        match self.record_failure(conn, &attempt, &message).await {
+            Ok(()) => Failure::Cancelled(cancel),
+            Err(err) => Failure::Other(err),
+        }
     }
 
     /// Sends the progress event of a batch that committed.
@@ -308,6 +423,10 @@ impl<DB: Backend> Migrator<DB> {
             next_size: walked.next_size,
             waiting: None,
             workers: walked.workers,
+            pacing: walked.pace.map(|d| d.reason.clone()),
+            pause_ms: walked.pace.map_or(0, |d| {
+                u64::try_from(d.pause.as_millis()).unwrap_or(u64::MAX)
+            }),
         });
     }
 }
@@ -345,27 +464,47 @@ pub(super) async fn run_body<DB: Backend>(
     })
 }
 
-/// The retries of one batch after lock timeouts: a busy table slows the migration down
-/// instead of stalling the application. Back off, then try the same batch again, at most
-/// `retries` times.
+/// The retries of one batch: after a lock timeout, back off and try the same batch again,
+/// at most `retries` times (a busy table slows the migration down instead of stalling the
+/// application); after a statement timeout, try the first half of it, down to `min` keys.
 pub(super) struct Retry {
     tries: u32,
     retries: u32,
+    min: u32,
+    /// Halvings after statement timeouts so far.
+    pub(super) halvings: u32,
 }
 
 impl Retry {
-    pub(super) fn new(retries: u32) -> Self {
-        Retry { tries: 0, retries }
+    pub(super) fn new(retries: u32, min: u32) -> Self {
+        Retry {
+            tries: 0,
+            retries,
+            min: min.max(1),
+            halvings: 0,
+        }
     }
 
-    /// Whether to run the batch again after `result`; backs off first when so.
-    pub(super) async fn again<T>(&mut self, result: &Result<T, BatchError>) -> bool {
-        if !matches!(result, Err(BatchError::LockTimeout(..))) || self.tries >= self.retries {
-            return false;
+    /// Whether to run the batch again after `result`, and at what `size`; backs off first
+    /// after a lock timeout.
+    pub(super) async fn again<T>(
+        &mut self,
+        result: &Result<T, BatchError>,
+        size: &mut u32,
+    ) -> bool {
+        match result {
+            Err(BatchError::StatementTimeout { .. }) if *size > self.min => {
+                *size = (*size / 2).max(self.min);
+                self.halvings += 1;
+                true
+            }
+            Err(BatchError::LockTimeout(..)) if self.tries < self.retries => {
+                self.tries += 1;
+                let backoff = Duration::from_millis(100 * (1 << self.tries.min(6)));
+                tokio::time::sleep(backoff).await;
+                true
+            }
+            _ => false,
         }
-        self.tries += 1;
-        let backoff = Duration::from_millis(100 * (1 << self.tries.min(6)));
-        tokio::time::sleep(backoff).await;
-        true
     }
 }

@@ -21,6 +21,7 @@ use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 
 use super::apply::Failure;
+use super::pace::{Observed, Pacer};
 use super::plan::Step;
 use super::report::AppliedMigration;
 use super::walk::{
@@ -28,7 +29,7 @@ use super::walk::{
     batch_span, run_body,
 };
 use super::{Migrator, RunnerLock, StopSignal};
-use crate::backend::{Backend, LockToken, pinned};
+use crate::backend::{Backend, LoadSample, LockToken, pinned};
 use crate::error::Error;
 use crate::key::{Key, KeyShape};
 use crate::ledger::{Action, Claim, LedgerWrite, RangeMark, RangeStep, STATUS_RUNNING};
@@ -68,6 +69,10 @@ pub(super) struct Team {
     notes: Mutex<Vec<String>>,
     estimated_total: Option<u64>,
     clock: Instant,
+    /// The server sessions of this team's workers, left out of the pacing's signals.
+    sessions: Mutex<Vec<i32>>,
+    /// Time the workers spent pausing for other sessions (pacing), in milliseconds.
+    paced_ms: AtomicU64,
 }
 
 impl Team {
@@ -101,6 +106,8 @@ enum RangeBatch {
         written: Option<u64>,
         notes: Vec<String>,
         range_done: bool,
+        /// What the database showed about the other sessions while it ran (pacing only).
+        sample: Option<LoadSample>,
     },
 }
 
@@ -235,6 +242,8 @@ impl<DB: Backend> Migrator<DB> {
             notes: Mutex::new(notes),
             estimated_total,
             clock: Instant::now(),
+            sessions: Mutex::new(Vec::new()),
+            paced_ms: AtomicU64::new(0),
         };
         // Every worker's connection first, so that the workers start together (and a
         // server that cannot take that many connections fails the run before any batch).
@@ -258,7 +267,7 @@ impl<DB: Backend> Migrator<DB> {
             Failure::Migration { .. } => 0,
             Failure::Other(_) => 1,
             Failure::Interrupted { .. } => 2,
-            Failure::Paused(_) => 3,
+            Failure::Paused(_) | Failure::Cancelled(_) => 3,
             Failure::Stopped { .. } => 4,
         };
         if let Some(failure) = results
@@ -325,6 +334,16 @@ impl<DB: Backend> Migrator<DB> {
             ),
         };
         let mut sizer = Sizer::new(job.spec);
+        let mut pacer = job
+            .spec
+            .paces()
+            .then(|| Pacer::new(job.spec.min_size(), job.spec.max_size()));
+        if pacer.is_some()
+            && let Ok(Some(session)) = DB::session_id(&mut conn).await
+            && let Ok(mut sessions) = team.sessions.lock()
+        {
+            sessions.push(session);
+        }
         // Since when this worker has found no range to claim, and how the ranges left
         // stood then.
         let mut waiting: Option<(Instant, Vec<RangeMark>)> = None;
@@ -395,7 +414,14 @@ impl<DB: Backend> Migrator<DB> {
             waiting = None;
             team.busy.fetch_add(1, Ordering::SeqCst);
             let outcome = self
-                .work_range(&mut conn, job, team, &claim, range, &mut sizer)
+                .work_range(
+                    &mut conn,
+                    job,
+                    team,
+                    &claim,
+                    range,
+                    (&mut sizer, &mut pacer),
+                )
                 .await;
             team.busy.fetch_sub(1, Ordering::SeqCst);
             let released = pinned::<DB, _>(&mut conn, async |c| {
@@ -421,11 +447,12 @@ impl<DB: Backend> Migrator<DB> {
         team: &Team,
         claim: &Claim,
         range: i32,
-        sizer: &mut Sizer,
+        (sizer, pacer): (&mut Sizer, &mut Option<Pacer>),
     ) -> Result<RangeEnd, Failure> {
         let migration = job.migration;
         let timeouts = self.batch_timeouts(migration);
         let mut position = Position::default();
+        let mut next_size = pacer.as_ref().map_or(sizer.size(), Pacer::first_size);
         loop {
             if team.halted() {
                 return Ok(RangeEnd::Halted);
@@ -433,19 +460,37 @@ impl<DB: Backend> Migrator<DB> {
             position.batches = team.batches.load(Ordering::SeqCst);
             position.keys = team.keys.load(Ordering::SeqCst);
             self.wait_until_healthy(conn, migration, &position).await?;
-            let size = sizer.size();
+            let mut size = pacer.as_ref().map_or(sizer.size(), |_| next_size);
             let began = Instant::now();
-            let mut retry = Retry::new(job.spec.retries());
+            let mut retry = Retry::new(job.spec.retries(), job.spec.min_size());
             let outcome = loop {
                 let result = self
-                    .range_batch(conn, job, team, claim, range, size, timeouts)
+                    .range_batch(
+                        conn,
+                        job,
+                        team,
+                        claim,
+                        range,
+                        (size, pacer.is_some()),
+                        timeouts,
+                    )
                     .await;
-                if !retry.again(&result).await {
-                    break result;
+                let halvings = retry.halvings;
+                if !retry.again(&result, &mut size).await {
+                    break result.map_err(|err| {
+                        err.smallest_failed(size, job.spec.min_size().max(1), timeouts.statement)
+                    });
                 }
-                team.lock_retries.fetch_add(1, Ordering::SeqCst);
+                if retry.halvings == halvings {
+                    team.lock_retries.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    next_size = next_size.min(size);
+                    if let Some(fixed) = sizer.fixed_mut() {
+                        *fixed = size;
+                    }
+                }
             };
-            let (last, keys, range_done) = match outcome {
+            let (last, keys, range_done, mut load) = match outcome {
                 Ok(RangeBatch::Lost) => return Ok(RangeEnd::Lost),
                 Ok(RangeBatch::Empty) => return Ok(RangeEnd::Done),
                 Ok(RangeBatch::Committed {
@@ -455,6 +500,7 @@ impl<DB: Backend> Migrator<DB> {
                     written,
                     notes,
                     range_done,
+                    sample,
                 }) => {
                     team.keys.fetch_add(keys, Ordering::SeqCst);
                     team.rows.fetch_add(rows, Ordering::SeqCst);
@@ -468,9 +514,20 @@ impl<DB: Backend> Migrator<DB> {
                         let room = MAX_NOTES.saturating_sub(kept.len());
                         kept.extend(notes.into_iter().take(room));
                     }
-                    (last, keys, range_done)
+                    (last, keys, range_done, sample)
                 }
                 Err(BatchError::Paused(pause)) => return Err(Failure::Paused(pause)),
+                Err(BatchError::Cancelled(cancel)) => {
+                    team.halt.store(true, Ordering::SeqCst);
+                    let counts = (
+                        team.batches.load(Ordering::SeqCst),
+                        team.rows.load(Ordering::SeqCst),
+                        None,
+                    );
+                    return Err(self
+                        .cancelled(conn, job.migration, job.action, cancel, counts)
+                        .await);
+                }
                 Err(BatchError::Commit(err)) => {
                     return Err(Failure::Other(Error::CommitOutcome {
                         id: migration.id().to_string(),
@@ -481,7 +538,12 @@ impl<DB: Backend> Migrator<DB> {
                 Err(BatchError::Fenced(err) | BatchError::ReadBack(err)) => {
                     return Err(Failure::Other(err));
                 }
-                Err(BatchError::LockTimeout(message, source)) => {
+                Err(
+                    BatchError::LockTimeout(message, source)
+                    | BatchError::StatementTimeout {
+                        message, source, ..
+                    },
+                ) => {
                     return Err(self
                         .range_failure(conn, job, team, range, (message, false, source))
                         .await);
@@ -498,6 +560,15 @@ impl<DB: Backend> Migrator<DB> {
             };
             let took = began.elapsed();
             sizer.record(keys, took);
+            let decision = pacer.as_mut().map(|pacer| {
+                pacer.next(&Observed {
+                    keys,
+                    took,
+                    sample: load.take(),
+                    own_commits: i64::from(team.workers),
+                })
+            });
+            next_size = decision.as_ref().map_or(sizer.size(), |d| d.size);
             position.checkpoint = Some(last.to_string());
             self.report_batch(Walked {
                 id: migration.id(),
@@ -511,8 +582,9 @@ impl<DB: Backend> Migrator<DB> {
                 batch_size: size,
                 took,
                 spec: job.spec,
-                next_size: sizer.size(),
+                next_size,
                 workers: team.workers,
+                pace: decision.as_ref(),
             });
             if range_done {
                 return Ok(RangeEnd::Done);
@@ -533,6 +605,15 @@ impl<DB: Backend> Migrator<DB> {
             }
             if let Some(pause) = job.spec.pause() {
                 tokio::time::sleep(pause).await;
+            }
+            if let Some(decision) = decision.filter(|d| !d.pause.is_zero()) {
+                if decision.paced {
+                    team.paced_ms.fetch_add(
+                        u64::try_from(decision.pause.as_millis()).unwrap_or(u64::MAX),
+                        Ordering::SeqCst,
+                    );
+                }
+                tokio::time::sleep(decision.pause).await;
             }
         }
     }
@@ -571,7 +652,7 @@ impl<DB: Backend> Migrator<DB> {
         team: &Team,
         claim: &Claim,
         range: i32,
-        size: u32,
+        (size, sample): (u32, bool),
         timeouts: Timeouts,
     ) -> Result<RangeBatch, BatchError> {
         let span = batch_span(
@@ -632,6 +713,9 @@ impl<DB: Backend> Migrator<DB> {
                 return Ok(RangeBatch::Empty);
             };
             let number = u64::try_from(batches).unwrap_or(0) + 1;
+            let from = after
+                .as_ref()
+                .map_or_else(|| "the range's first key".to_string(), ToString::to_string);
             let batch = Batch::new(after, last.clone(), number, keys, Arc::clone(&job.shape));
             let BodyRun {
                 outcome,
@@ -642,8 +726,16 @@ impl<DB: Backend> Migrator<DB> {
             } = run_body::<DB>(&mut tx, id, job.action, false, false, job.run, batch).await?;
             if let Err(failure) = outcome {
                 let _ = tx.rollback().await;
-                return Err(BatchError::body(failure, number));
+                return Err(BatchError::body(failure, number)
+                    .with_keys(|| format!("after {from} up to {last}")));
             }
+            // While the batch still holds its locks: who else is there, and who waits for it.
+            let sample = if sample {
+                let own = team.sessions.lock().map(|s| s.clone()).unwrap_or_default();
+                DB::load_sample(&mut tx, &own).await.map_err(classify)?
+            } else {
+                None
+            };
             let range_done = !DB::has_keys_after(&mut tx, &job.shape, &last, upper.as_ref())
                 .await
                 .map_err(classify)?;
@@ -670,6 +762,7 @@ impl<DB: Backend> Migrator<DB> {
                 written,
                 notes,
                 range_done,
+                sample,
             })
         }
         .instrument(span.clone())
@@ -757,6 +850,9 @@ pub(super) fn team_report(team: &Team, id: &str, action: Action) -> AppliedMigra
         lock_retries: team.lock_retries.load(Ordering::SeqCst),
         rows_written: team.written.lock().map(|w| *w).unwrap_or(None),
         workers: team.workers,
+        paced_ms: team.paced_ms.load(Ordering::SeqCst),
+        estimated_keys: None,
+        estimated_ms: None,
     }
 }
 

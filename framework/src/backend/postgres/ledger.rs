@@ -122,6 +122,14 @@ impl LedgerSteps for Postgres {
         Shared::<Self>::pause_state(conn, config, id).await
     }
 
+    async fn cancel_state(
+        conn: &mut PgConnection,
+        config: &LedgerConfig,
+        id: Option<&str>,
+    ) -> Result<Vec<Pause>, sqlx::Error> {
+        Shared::<Self>::cancel_state(conn, config, id).await
+    }
+
     async fn schema_version_applied(
         conn: &mut PgConnection,
         version: i64,

@@ -104,6 +104,14 @@ impl ConnectionSteps for Postgres {
             .is_some_and(|c| c == "55P03")
     }
 
+    fn is_statement_timeout(err: &sqlx::Error) -> bool {
+        // 57014 query_canceled, raised by statement_timeout and by a cancel request alike:
+        // only the timeout's message says which.
+        err.as_database_error().is_some_and(|e| {
+            e.code().is_some_and(|c| c == "57014") && e.message().contains("statement timeout")
+        })
+    }
+
     async fn server_version(conn: &mut PgConnection) -> Result<String, sqlx::Error> {
         query_scalar("SELECT version()").fetch_one(conn).await
     }

@@ -9,7 +9,7 @@ use sqlx::{AssertSqlSafe, Postgres, Row};
 
 use super::sql::{query, query_as, query_scalar};
 use crate::backend::shared::Shared;
-use crate::backend::steps::{KeyColumn, WalkSteps};
+use crate::backend::steps::{KeyColumn, LoadSample, WalkSteps};
 use crate::backend::values::bind_key_value;
 use crate::key::{Key, KeyKind, KeyShape, KeyValue};
 use crate::sql::quote_ident;
@@ -181,6 +181,51 @@ impl WalkSteps for Postgres {
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|n| n.parse().ok()))
+    }
+
+    async fn load_sample(
+        conn: &mut PgConnection,
+        own: &[i32],
+    ) -> Result<Option<LoadSample>, sqlx::Error> {
+        // Client sessions of this database only, not datamig's (its runners tag theirs
+        // `datamig/<host>/<pid>`; `own` are this walk's workers). A session of another role
+        // shows its state only to members of pg_read_all_stats: then it counts through the
+        // commit counter alone. `pg_blocking_pids` runs only for a session waiting on a
+        // lock (it takes the lock manager's locks).
+        let row: (i32, i32, i32, Option<i64>, f64) = query_as(
+            "SELECT count(*) FILTER (WHERE a.state = 'active')::int4,
+                    count(*) FILTER (WHERE a.state IS DISTINCT FROM 'active'
+                        AND a.state_change > clock_timestamp() - interval '1 second')::int4,
+                    count(*) FILTER (WHERE CASE WHEN a.wait_event_type = 'Lock'
+                        THEN pg_backend_pid() = ANY (pg_blocking_pids(a.pid))
+                        ELSE false END)::int4,
+                    (SELECT d.xact_commit FROM pg_stat_database d
+                     WHERE d.datname = current_database())::int8,
+                    EXTRACT(epoch FROM clock_timestamp())::float8
+             FROM pg_stat_activity a
+             WHERE a.datname = current_database() AND a.backend_type = 'client backend'
+               AND a.pid <> pg_backend_pid() AND NOT (a.pid = ANY ($1))
+               AND coalesce(a.application_name, '') NOT LIKE 'datamig/%'",
+        )
+        .bind(own)
+        .fetch_one(conn)
+        .await?;
+        let count = |n: i32| u32::try_from(n).unwrap_or(0);
+        Ok(Some(LoadSample {
+            active: count(row.0),
+            recent: count(row.1),
+            lock_waits: count(row.2),
+            commits: row.3,
+            at: row.4,
+        }))
+    }
+
+    async fn session_id(conn: &mut PgConnection) -> Result<Option<i32>, sqlx::Error> {
+        Ok(Some(
+            query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(conn)
+                .await?,
+        ))
     }
 
     const CHECKS_REST: bool = true;

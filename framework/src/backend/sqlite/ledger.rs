@@ -123,6 +123,14 @@ impl LedgerSteps for Sqlite {
         Shared::<Self>::pause_state(conn, config, id).await
     }
 
+    async fn cancel_state(
+        conn: &mut SqliteConnection,
+        config: &LedgerConfig,
+        id: Option<&str>,
+    ) -> Result<Vec<Pause>, sqlx::Error> {
+        Shared::<Self>::cancel_state(conn, config, id).await
+    }
+
     async fn schema_version_applied(
         conn: &mut SqliteConnection,
         version: i64,

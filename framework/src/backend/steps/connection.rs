@@ -78,6 +78,12 @@ pub trait ConnectionSteps: sqlx::Database + Sized {
     /// Whether an error is a lock timeout (worth retrying after a pause).
     fn is_lock_timeout(err: &sqlx::Error) -> bool;
 
+    /// Whether an error is the statement timeout (a batch that hits it is split in
+    /// halves). Never on a database without one (SQLite).
+    fn is_statement_timeout(_err: &sqlx::Error) -> bool {
+        false
+    }
+
     /// The server's version string.
     fn server_version(
         conn: &mut Self::Connection,

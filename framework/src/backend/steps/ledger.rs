@@ -60,6 +60,14 @@ pub trait LedgerSteps: ConnectionSteps {
         id: Option<&str>,
     ) -> impl Future<Output = Result<Vec<Pause>, sqlx::Error>> + Send;
 
+    /// The cancellations in force (of one migration, or of all): for each cancelled
+    /// migration, its latest cancel in the run history (none since restarted).
+    fn cancel_state(
+        conn: &mut Self::Connection,
+        config: &LedgerConfig,
+        id: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<Pause>, sqlx::Error>> + Send;
+
     /// Whether the schema migration `version` of `sqlx migrate` has been applied
     /// (`_sqlx_migrations`).
     fn schema_version_applied(

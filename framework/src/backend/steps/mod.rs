@@ -17,4 +17,4 @@ pub use lock::LockSteps;
 pub use ranges::RangeSteps;
 pub use tables::TableSteps;
 pub use upsert::UpsertSteps;
-pub use walk::{KeyColumn, WalkSteps};
+pub use walk::{KeyColumn, LoadSample, WalkSteps};

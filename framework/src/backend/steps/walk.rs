@@ -103,6 +103,44 @@ pub trait WalkSteps: ConnectionSteps {
     ) -> impl Future<Output = Result<Option<Key>, sqlx::Error>> + Send {
         async { Err(unsupported_sqlx(Self::ID, REST_CHECK)) }
     }
+
+    /// What the database shows about everyone else while a batch of this walk runs
+    /// (called inside the batch's transaction, after its body): the pacing's signals.
+    /// `None` where the database shows no other session (SQLite): the pacing then goes by
+    /// the batches' own time. `own` are the other sessions of this walk (its workers),
+    /// left out with this one.
+    fn load_sample(
+        _conn: &mut Self::Connection,
+        _own: &[i32],
+    ) -> impl Future<Output = Result<Option<LoadSample>, sqlx::Error>> + Send {
+        async { Ok(None) }
+    }
+
+    /// This session's id on the server (PostgreSQL's backend pid), to tell a walk's own
+    /// sessions from the application's; `None` where there is none.
+    fn session_id(
+        _conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<Option<i32>, sqlx::Error>> + Send {
+        async { Ok(None) }
+    }
+}
+
+/// What the database showed about its other sessions at one instant, for the pacing of a
+/// batched migration (see [`WalkSteps::load_sample`]). Sessions of datamig (its runners'
+/// `datamig/..` sessions, the walk's own) and of other databases are left out.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LoadSample {
+    /// Other sessions running a statement now.
+    pub(crate) active: u32,
+    /// Other sessions that ran one within the last second (an application's pooled
+    /// connections between two transactions).
+    pub(crate) recent: u32,
+    /// Other sessions waiting for a lock this session holds.
+    pub(crate) lock_waits: u32,
+    /// The database's commit counter (everyone's, this walk's included), when readable.
+    pub(crate) commits: Option<i64>,
+    /// The server's clock, in seconds.
+    pub(crate) at: f64,
 }
 
 /// One column of a batched migration's key, as [`WalkSteps::key_columns`] finds it.
