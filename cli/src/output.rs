@@ -1092,6 +1092,10 @@ fn summary(statuses: &[MigrationStatus]) -> String {
     if paused > 0 {
         line.push_str(&format!(", {paused} paused"));
     }
+    let cancelled = count(State::Cancelled);
+    if cancelled > 0 {
+        line.push_str(&format!(", {cancelled} cancelled"));
+    }
     let other = count(State::NotForBackend);
     if other > 0 {
         line.push_str(&format!(", {other} not for this backend"));
@@ -1108,6 +1112,7 @@ pub(crate) fn state_name(state: State) -> &'static str {
         State::Unknown => "unknown",
         State::NotForBackend => "not for this backend",
         State::Paused => "paused",
+        State::Cancelled => "cancelled",
         _ => "other",
     }
 }

@@ -59,7 +59,12 @@ impl<DB: Backend> Migrator<DB> {
                 .collect()
         };
         Ok(CheckReport {
-            pending: ids(&[State::Pending, State::Running, State::Paused]),
+            pending: ids(&[
+                State::Pending,
+                State::Running,
+                State::Paused,
+                State::Cancelled,
+            ]),
             drifted: ids(&[State::Drifted]),
             unknown: ids(&[State::Unknown]),
             paused: ids(&[State::Paused]),

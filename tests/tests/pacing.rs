@@ -394,6 +394,24 @@ async fn a_backfill_cancelled_from_another_process_stops_and_starts_again_only_o
     );
     assert_eq!(item_values(db.pool()).await?, before);
 
+    // `status` names it cancelled.
+    let status = datamig(db.url(), &["status", "--format", "json"])
+        .output()
+        .await?;
+    let listed: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    let line = listed
+        .as_array()
+        .and_then(|all| all.iter().find(|m| m["id"] == BUMP_ITEMS))
+        .unwrap_or_else(|| panic!("{BUMP_ITEMS} in {listed}"));
+    assert_eq!(line["state"], "cancelled", "{line}");
+    assert_eq!(line["cancelled"]["reason"], "wrong column", "{line}");
+    let human = datamig(db.url(), &["status"]).output().await?;
+    assert!(
+        text(&human.stdout).contains("1 cancelled"),
+        "{}",
+        text(&human.stdout)
+    );
+
     // A resume is not a restart.
     let resume = datamig(db.url(), &["resume", BUMP_ITEMS]).output().await?;
     assert_eq!(resume.status.code(), Some(2), "{}", text(&resume.stdout));

@@ -91,20 +91,22 @@ impl<DB: Backend> Migrator<DB> {
         self.ledger.validate()?;
         let migrations = self.load()?;
         let mut conn = self.pool.acquire().await?;
-        let (ledger, last_runs, pauses, ranges) = pinned::<DB, _>(&mut conn, async |conn| {
-            self.ledger_layout(conn).await?;
-            Ok(if DB::ledger_exists(conn, &self.ledger).await? {
-                (
-                    DB::read_ledger(conn, &self.ledger).await?,
-                    DB::last_runs(conn, &self.ledger).await?,
-                    DB::pause_state(conn, &self.ledger, None).await?,
-                    DB::read_ranges(conn, &self.ledger, None).await?,
-                )
-            } else {
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new())
+        let (ledger, last_runs, pauses, cancels, ranges) =
+            pinned::<DB, _>(&mut conn, async |conn| {
+                self.ledger_layout(conn).await?;
+                Ok(if DB::ledger_exists(conn, &self.ledger).await? {
+                    (
+                        DB::read_ledger(conn, &self.ledger).await?,
+                        DB::last_runs(conn, &self.ledger).await?,
+                        DB::pause_state(conn, &self.ledger, None).await?,
+                        DB::cancel_state(conn, &self.ledger, None).await?,
+                        DB::read_ranges(conn, &self.ledger, None).await?,
+                    )
+                } else {
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new())
+                })
             })
-        })
-        .await?;
+            .await?;
         let mut ranges_of: BTreeMap<String, Vec<crate::ledger::WorkRange>> = BTreeMap::new();
         for range in ranges {
             ranges_of
@@ -115,6 +117,10 @@ impl<DB: Backend> Migrator<DB> {
         let mut pauses: BTreeMap<String, crate::ledger::Pause> = pauses
             .into_iter()
             .map(|p| (p.migration_id.clone(), p))
+            .collect();
+        let mut cancels: BTreeMap<String, crate::ledger::Pause> = cancels
+            .into_iter()
+            .map(|c| (c.migration_id.clone(), c))
             .collect();
         let mut last_runs: BTreeMap<String, LastRun> = last_runs
             .into_iter()
@@ -137,9 +143,11 @@ impl<DB: Backend> Migrator<DB> {
                     Some(_) => State::Applied,
                 };
                 let paused = pauses.remove(m.id());
-                let state = match (state, &paused) {
-                    (State::Pending | State::Running, Some(_)) => State::Paused,
-                    (state, _) => state,
+                let cancelled = cancels.remove(m.id());
+                let state = match (state, &paused, &cancelled) {
+                    (State::Pending | State::Running, _, Some(_)) => State::Cancelled,
+                    (State::Pending | State::Running, Some(_), None) => State::Paused,
+                    (state, _, _) => state,
                 };
                 MigrationStatus {
                     id: m.id().to_string(),
@@ -148,6 +156,7 @@ impl<DB: Backend> Migrator<DB> {
                     ledger: entry,
                     last_run: last_runs.remove(m.id()),
                     paused,
+                    cancelled,
                     ranges: ranges_of.remove(m.id()).unwrap_or_default(),
                 }
             })
@@ -157,10 +166,12 @@ impl<DB: Backend> Migrator<DB> {
         let ledger_only = self.ledger_only;
         statuses.extend(entries.into_values().map(|entry| {
             let paused = pauses.remove(&entry.id);
-            let state = match (ledger_only, paused.is_some(), entry.is_running()) {
+            let cancelled = cancels.remove(&entry.id);
+            let state = match (ledger_only, cancelled.is_some(), paused.is_some()) {
                 (false, _, _) => State::Unknown,
-                (true, true, _) => State::Paused,
-                (true, false, true) => State::Running,
+                (true, true, _) => State::Cancelled,
+                (true, false, true) => State::Paused,
+                (true, false, false) if entry.is_running() => State::Running,
                 (true, false, false) => State::Applied,
             };
             MigrationStatus {
@@ -169,6 +180,7 @@ impl<DB: Backend> Migrator<DB> {
                 state,
                 last_run: last_runs.remove(&entry.id),
                 paused,
+                cancelled,
                 ranges: ranges_of.remove(&entry.id).unwrap_or_default(),
                 ledger: Some(entry),
             }
@@ -182,6 +194,7 @@ impl<DB: Backend> Migrator<DB> {
                 ledger: None,
                 last_run: last_runs.remove(&pause.migration_id),
                 paused: Some(pause),
+                cancelled: None,
                 ranges: Vec::new(),
             }));
         }
@@ -299,6 +312,9 @@ pub enum State {
     /// Not applied (pending, or part-way through), and paused by an operator: `run` skips
     /// it until `datamig resume`.
     Paused,
+    /// Not applied, and cancelled by an operator (`datamig cancel`): `run` leaves it alone
+    /// until `run --restart` starts it again from its first key.
+    Cancelled,
 }
 
 /// One line of `status`.
@@ -317,6 +333,8 @@ pub struct MigrationStatus {
     pub last_run: Option<LastRun>,
     /// The pause in force, if an operator paused it.
     pub paused: Option<crate::ledger::Pause>,
+    /// The cancellation in force, if an operator cancelled it (`datamig cancel`).
+    pub cancelled: Option<crate::ledger::Pause>,
     /// For a batched migration part-way through with workers: its ranges of keys, each
     /// with the worker that holds (or last held) it and how far it has come. Empty
     /// otherwise.
