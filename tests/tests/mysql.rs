@@ -562,3 +562,107 @@ async fn the_command_line_runs_and_reads_a_mariadb_url() -> anyhow::Result<()> {
         .await?;
     Ok(())
 }
+
+/// Bumps `keyed_char.v` (a `CHAR(36)` UUID key), 37 keys a batch.
+#[datamig::migration(
+    id = "20240401_0000_bump_char_uuid",
+    batch(table = "keyed_char", key = "id", size = 37)
+)]
+async fn bump_char_uuid(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result<()> {
+    ctx.execute_batch("UPDATE keyed_char SET v = v + 1 WHERE {batch}", &batch)
+        .await?;
+    Ok(())
+}
+
+/// Bumps `keyed_binary.v` (a `BINARY(16)` UUID key), 37 keys a batch.
+#[datamig::migration(
+    id = "20240401_0001_bump_binary_uuid",
+    batch(table = "keyed_binary", key = "id", size = 37)
+)]
+async fn bump_binary_uuid(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result<()> {
+    ctx.execute_batch("UPDATE keyed_binary SET v = v + 1 WHERE {batch}", &batch)
+        .await?;
+    Ok(())
+}
+
+/// Bumps `keyed_text.v` (a `VARCHAR` key, some values with `é`), 37 keys a batch.
+#[datamig::migration(
+    id = "20240401_0002_bump_text",
+    batch(table = "keyed_text", key = "code", size = 37)
+)]
+async fn bump_text(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result<()> {
+    ctx.execute_batch("UPDATE keyed_text SET v = v + 1 WHERE {batch}", &batch)
+        .await?;
+    Ok(())
+}
+
+/// Bumps `keyed_pair.v` (the composite key `(tenant_id, id)`), 37 keys a batch.
+#[datamig::migration(
+    id = "20240401_0003_bump_pair",
+    batch(table = "keyed_pair", key = "tenant_id, id", size = 37)
+)]
+async fn bump_pair(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result<()> {
+    ctx.execute_batch("UPDATE keyed_pair SET v = v + 1 WHERE {batch}", &batch)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn batches_walk_uuid_text_and_composite_keys_reaching_every_row_once() -> anyhow::Result<()> {
+    let db = datamig::testing::mysql().await?;
+    let numbers = "WITH RECURSIVE s (n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 500)";
+    let uuid = "LOWER(CONCAT_WS('-', SUBSTR(MD5(n), 1, 8), SUBSTR(MD5(n), 9, 4), SUBSTR(MD5(n), 13, 4), SUBSTR(MD5(n), 17, 4), SUBSTR(MD5(n), 21)))";
+    for sql in [
+        "CREATE TABLE keyed_char (id char(36) PRIMARY KEY, v int NOT NULL DEFAULT 0)".to_string(),
+        format!("INSERT INTO keyed_char (id) {numbers} SELECT {uuid} FROM s"),
+        "CREATE TABLE keyed_binary (id binary(16) PRIMARY KEY, v int NOT NULL DEFAULT 0)"
+            .to_string(),
+        format!("INSERT INTO keyed_binary (id) {numbers} SELECT UNHEX(MD5(n)) FROM s"),
+        "CREATE TABLE keyed_text (code varchar(40) PRIMARY KEY, v int NOT NULL DEFAULT 0)"
+            .to_string(),
+        format!(
+            "INSERT INTO keyed_text (code) {numbers} SELECT CONCAT(IF(n % 2 = 0, 'K', 'k'), n, IF(n % 3 = 0, 'é', '')) FROM s"
+        ),
+        "CREATE TABLE keyed_pair (tenant_id bigint NOT NULL, id binary(16) NOT NULL,
+             v int NOT NULL DEFAULT 0, PRIMARY KEY (tenant_id, id))"
+            .to_string(),
+        format!(
+            "INSERT INTO keyed_pair (tenant_id, id) {numbers} SELECT n % 7, UNHEX(MD5(n)) FROM s"
+        ),
+    ] {
+        sqlx::query(AssertSqlSafe(sql)).execute(db.pool()).await?;
+    }
+    let report = Migrator::new(db.pool().clone())
+        .migrations([
+            &bump_char_uuid::MIGRATION,
+            &bump_binary_uuid::MIGRATION,
+            &bump_text::MIGRATION,
+            &bump_pair::MIGRATION,
+        ])
+        .run()
+        .await?;
+    assert_eq!(report.applied.len(), 4);
+    for applied in &report.applied {
+        assert_eq!(applied.batches, 14, "{}: 500 keys, 37 a batch", applied.id);
+    }
+    for table in ["keyed_char", "keyed_binary", "keyed_text", "keyed_pair"] {
+        let (once, other): (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT CAST(SUM(v = 1) AS signed), CAST(SUM(v <> 1) AS signed) FROM {table}"
+        )))
+        .fetch_one(db.pool())
+        .await?;
+        assert_eq!((once, other), (500, 0), "{table}: every row exactly once");
+    }
+    // The checkpoint of a non-integer key names its column, type and value.
+    let checkpoint: Option<String> =
+        sqlx::query_scalar("SELECT checkpoint FROM datamig_ledger WHERE id = ?")
+            .bind(bump_pair::MIGRATION.id())
+            .fetch_one(db.pool())
+            .await?;
+    let checkpoint = checkpoint.unwrap_or_default();
+    assert!(
+        checkpoint.contains("tenant_id") && checkpoint.contains("\"hex\""),
+        "{checkpoint}"
+    );
+    Ok(())
+}

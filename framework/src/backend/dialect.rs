@@ -83,9 +83,21 @@ fn os_user() -> String {
 /// parameters are not `$1`, `$2`.. once each, in order, is a mistake of datamig's: it
 /// panics in debug builds.
 pub(crate) fn to_mysql(sql: &str) -> String {
+    let (out, params) = to_mysql_params(sql);
+    debug_assert!(
+        params.iter().enumerate().all(|(i, n)| *n == i + 1),
+        "MySQL parameters out of order in: {sql}"
+    );
+    out
+}
+
+/// [`to_mysql`] for a statement whose numbered parameters may repeat or come in any
+/// order: also returns, for each `?` in order, the number of the parameter it stands for,
+/// so that the caller binds `values[n - 1]` at each.
+pub(crate) fn to_mysql_params(sql: &str) -> (String, Vec<usize>) {
     let mut out = String::with_capacity(sql.len());
     let mut chars = sql.chars().peekable();
-    let mut next_param = 1u32;
+    let mut params = Vec::new();
     while let Some(c) = chars.next() {
         match c {
             '\'' => {
@@ -133,13 +145,12 @@ pub(crate) fn to_mysql(sql: &str) -> String {
                 out.push('`');
             }
             '$' if chars.peek().is_some_and(char::is_ascii_digit) => {
-                let mut n = 0u32;
+                let mut n = 0usize;
                 while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
-                    n = n * 10 + d;
+                    n = n * 10 + d as usize;
                     chars.next();
                 }
-                debug_assert_eq!(n, next_param, "MySQL parameters out of order in: {sql}");
-                next_param += 1;
+                params.push(n);
                 out.push('?');
             }
             c if c.is_ascii_alphabetic() || c == '_' => {
@@ -163,7 +174,7 @@ pub(crate) fn to_mysql(sql: &str) -> String {
             _ => out.push(c),
         }
     }
-    out
+    (out, params)
 }
 
 #[cfg(test)]

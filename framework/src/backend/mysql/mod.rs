@@ -99,12 +99,19 @@ impl ConnectionSteps for MySql {
         Shared::<Self>::fetch_i64(conn, sql).await
     }
 
+    /// A batch's statement: its row-value comparisons written out and its values bound at
+    /// each `$n`, repeated as the written-out form repeats them (see [`sql::keyed`]).
     async fn execute_keyed(
         conn: &mut MySqlConnection,
         sql: SqlStr,
         values: &[KeyValue],
     ) -> Result<u64, sqlx::Error> {
-        Shared::<Self>::execute_keyed(conn, sql, values).await
+        let (text, params) = sql::keyed(sql.as_str());
+        let values: Vec<&KeyValue> = values.iter().collect();
+        let done = sql::bind_keyed(sqlx::query(sqlx::AssertSqlSafe(text)), &params, &values)
+            .execute(conn)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     fn rows_affected(result: &<Self as sqlx::Database>::QueryResult) -> u64 {

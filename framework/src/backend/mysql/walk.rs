@@ -13,10 +13,9 @@ use sqlx::mysql::MySqlConnection;
 use sqlx::{AssertSqlSafe, MySql, Row};
 
 use super::ledger::table_exists;
-use super::sql::{query, query_as, query_scalar};
+use super::sql::{bind_keyed, keyed, query_as, query_scalar};
 use crate::backend::shared::Shared;
 use crate::backend::steps::{KeyColumn, WalkSteps};
-use crate::backend::values::bind_key_value;
 use crate::key::{Key, KeyKind, KeyShape, KeyValue};
 use crate::sql::quote_ident;
 
@@ -134,16 +133,11 @@ impl WalkSteps for MySql {
             params + 1,
             shape.order_by_in(true, Some("batch")),
         );
-        let mut q = query(AssertSqlSafe(sql));
-        for value in after
-            .map(Key::values)
-            .unwrap_or_default()
-            .iter()
-            .chain(upper.map(Key::values).unwrap_or_default())
-        {
-            q = bind_key_value(q, value);
-        }
-        let Some(row) = q.bind(i64::from(size)).fetch_optional(conn).await? else {
+        let (text, numbers) = keyed(&sql);
+        let size = KeyValue::Integer(i64::from(size));
+        let values: Vec<&KeyValue> = bounds(after, upper).chain([&size]).collect();
+        let q = bind_keyed(sqlx::query(AssertSqlSafe(text)), &numbers, &values);
+        let Some(row) = q.fetch_optional(conn).await? else {
             return Ok(None);
         };
         let mut values = Vec::with_capacity(shape.parts.len());
@@ -164,7 +158,12 @@ impl WalkSteps for MySql {
         after: &Key,
         upper: Option<&Key>,
     ) -> Result<bool, sqlx::Error> {
-        Shared::<Self>::has_keys_after(conn, shape, after, upper).await
+        let (text, numbers) = keyed(&shape.has_keys_after_sql(upper.is_some()));
+        let values: Vec<&KeyValue> = bounds(Some(after), upper).collect();
+        bind_keyed(sqlx::query(AssertSqlSafe(text)), &numbers, &values)
+            .fetch_one(conn)
+            .await?
+            .try_get(0)
     }
 
     async fn estimate_rows(
@@ -179,16 +178,11 @@ impl WalkSteps for MySql {
             quote_ident(&shape.table),
             shape.range(after.is_some(), upper.is_some(), 1, None).0
         );
-        let mut q = query(AssertSqlSafe(sql));
-        for value in after
-            .map(Key::values)
-            .unwrap_or_default()
-            .iter()
-            .chain(upper.map(Key::values).unwrap_or_default())
-        {
-            q = bind_key_value(q, value);
-        }
-        let rows = q.fetch_all(conn).await?;
+        let (text, numbers) = keyed(&sql);
+        let values: Vec<&KeyValue> = bounds(after, upper).collect();
+        let rows = bind_keyed(sqlx::query(AssertSqlSafe(text)), &numbers, &values)
+            .fetch_all(conn)
+            .await?;
         let estimate = rows
             .first()
             .and_then(|row| row.try_get::<Option<i64>, _>("rows").ok().flatten())
@@ -199,6 +193,18 @@ impl WalkSteps for MySql {
             });
         Ok(estimate.and_then(|n| u64::try_from(n).ok()))
     }
+}
+
+/// The values of a range's bounds, in the order of its parameters.
+fn bounds<'k>(
+    after: Option<&'k Key>,
+    upper: Option<&'k Key>,
+) -> impl Iterator<Item = &'k KeyValue> {
+    after
+        .map(Key::values)
+        .unwrap_or_default()
+        .iter()
+        .chain(upper.map(Key::values).unwrap_or_default())
 }
 
 /// How batching reads and binds a column of MySQL type `data_type`; `None` for a type it
