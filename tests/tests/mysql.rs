@@ -500,6 +500,15 @@ async fn the_proof_names_the_table_a_second_run_changed() -> anyhow::Result<()> 
         }
         other => panic!("expected NotIdempotent, got {other:?}"),
     }
+    // The write counter (InnoDB's rows modified by the re-run's transaction) sees the
+    // re-run's one row, not the ledger's.
+    let db = fixture_database(&[]).await?;
+    let check = datamig::testing::check_idempotent(&fixtures(db.pool()), COUNT_RUNS).await?;
+    assert_eq!(
+        (check.second_run_rows, check.second_run_writes),
+        (1, 1),
+        "{check:?}"
+    );
     Ok(())
 }
 
@@ -663,6 +672,191 @@ async fn batches_walk_uuid_text_and_composite_keys_reaching_every_row_once() -> 
     assert!(
         checkpoint.contains("tenant_id") && checkpoint.contains("\"hex\""),
         "{checkpoint}"
+    );
+    Ok(())
+}
+
+/// Merges `wanted` into `plans` from a query, where a value differs.
+#[datamig::migration(id = "20240701_0000_plans_from_query")]
+async fn plans_from_query(ctx: &mut Ctx<'_, MySql>) -> anyhow::Result<()> {
+    let report = ctx
+        .upsert("plans")
+        .key(["user_id"])
+        .from_query("SELECT user_id, plan, seats FROM wanted")
+        .update_if_changed()
+        .execute()
+        .await?;
+    ctx.note(format!("{report:?}"));
+    Ok(())
+}
+
+/// The same rows as `wanted`, from Rust values.
+#[datamig::migration(id = "20240701_0001_plans_from_rows")]
+async fn plans_from_rows(ctx: &mut Ctx<'_, MySql>) -> anyhow::Result<()> {
+    let report = ctx
+        .upsert("plans")
+        .key(["user_id"])
+        .rows(
+            ["user_id", "plan", "seats"],
+            vec![
+                (1_i64, "free", None::<i64>),
+                (2, "team", Some(5)),
+                (3, "pro", Some(1)),
+            ],
+        )
+        .overwrite()
+        .execute()
+        .await?;
+    ctx.note(format!("{report:?}"));
+    Ok(())
+}
+
+/// Inserts user 4, leaves user 1 alone.
+#[datamig::migration(id = "20240701_0002_plans_insert_missing")]
+async fn plans_insert_missing(ctx: &mut Ctx<'_, MySql>) -> anyhow::Result<()> {
+    let report = ctx
+        .upsert("plans")
+        .key(["user_id"])
+        .rows(["user_id", "plan"], vec![(4_i64, "free"), (1, "pro")])
+        .insert_missing()
+        .execute()
+        .await?;
+    ctx.note(format!("{report:?}"));
+    Ok(())
+}
+
+/// Brings key 5 twice.
+#[datamig::migration(id = "20240701_0003_plans_key_twice")]
+async fn plans_key_twice(ctx: &mut Ctx<'_, MySql>) -> anyhow::Result<()> {
+    ctx.upsert("plans")
+        .key(["user_id"])
+        .rows(["user_id", "plan"], vec![(5_i64, "free"), (5, "pro")])
+        .overwrite()
+        .execute()
+        .await?;
+    Ok(())
+}
+
+/// Uses a column without a unique index as the key.
+#[datamig::migration(id = "20240701_0004_plans_not_a_key")]
+async fn plans_not_a_key(ctx: &mut Ctx<'_, MySql>) -> anyhow::Result<()> {
+    ctx.upsert("plans")
+        .key(["plan"])
+        .rows(["plan", "seats"], vec![("free", 1_i64)])
+        .overwrite()
+        .execute()
+        .await?;
+    Ok(())
+}
+
+/// 20,000 rows of 4 values from Rust: more than one statement's 65,535 parameters.
+#[datamig::migration(id = "20240701_0005_many_rows")]
+async fn many_rows(ctx: &mut Ctx<'_, MySql>) -> anyhow::Result<()> {
+    let rows: Vec<(i64, String, i64, f64)> = (1..=20_000)
+        .map(|n| (n, format!("name {n}"), n % 7, n as f64 / 4.0))
+        .collect();
+    let report = ctx
+        .upsert("wide")
+        .key(["id"])
+        .rows(["id", "name", "grp", "score"], rows)
+        .update_if_changed()
+        .execute()
+        .await?;
+    ctx.note(format!("{report:?}"));
+    Ok(())
+}
+
+/// Runs one migration; returns its note, or its failure.
+async fn run_one(
+    pool: &MySqlPool,
+    migration: &'static datamig::Migration,
+) -> Result<String, Error> {
+    let report = Migrator::new(pool.clone())
+        .migrations([migration])
+        .run()
+        .await?;
+    Ok(report.applied[0].notes.join(" "))
+}
+
+#[tokio::test]
+async fn the_upsert_counts_and_rewrites_nothing_on_a_second_run() -> anyhow::Result<()> {
+    let db = datamig::testing::mysql().await?;
+    for sql in [
+        "CREATE TABLE plans (user_id bigint PRIMARY KEY, plan varchar(20) NOT NULL, seats bigint)",
+        "INSERT INTO plans VALUES (1, 'free', NULL), (2, 'pro', 3)",
+        "CREATE TABLE wanted (user_id bigint, plan varchar(20), seats bigint)",
+        "INSERT INTO wanted VALUES (1, 'free', NULL), (2, 'team', 5), (3, 'pro', 1)",
+    ] {
+        sqlx::query(sql).execute(db.pool()).await?;
+    }
+    let pool = db.pool();
+    assert_eq!(
+        run_one(pool, &plans_from_query::MIGRATION).await?,
+        "UpsertReport { inserted: 1, updated: 1, unchanged: 1 }"
+    );
+    assert_eq!(
+        run_one(pool, &plans_from_rows::MIGRATION).await?,
+        "UpsertReport { inserted: 0, updated: 0, unchanged: 3 }",
+        "equal rows are not rewritten, even when overwriting"
+    );
+    assert_eq!(
+        run_one(pool, &plans_insert_missing::MIGRATION).await?,
+        "UpsertReport { inserted: 1, updated: 0, unchanged: 1 }"
+    );
+    let plans: Vec<(i64, String, Option<i64>)> =
+        sqlx::query_as("SELECT user_id, plan, seats FROM plans ORDER BY user_id")
+            .fetch_all(pool)
+            .await?;
+    assert_eq!(
+        plans,
+        [
+            (1, "free".to_string(), None),
+            (2, "team".to_string(), Some(5)),
+            (3, "pro".to_string(), Some(1)),
+            (4, "free".to_string(), None)
+        ]
+    );
+    let twice = run_one(pool, &plans_key_twice::MIGRATION)
+        .await
+        .expect_err("a key twice");
+    assert!(
+        twice.to_string().contains("the same key more than once"),
+        "{twice}"
+    );
+    let not_a_key = run_one(pool, &plans_not_a_key::MIGRATION)
+        .await
+        .expect_err("plan is not a key");
+    assert!(
+        not_a_key
+            .to_string()
+            .contains("is not a primary key or unique index"),
+        "{not_a_key}"
+    );
+    assert_eq!(scalar(pool, "SELECT count(*) FROM plans").await?, 4);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_large_upsert_is_split_under_the_parameter_limit_and_proven_idempotent()
+-> anyhow::Result<()> {
+    let db = datamig::testing::mysql().await?;
+    sqlx::query(
+        "CREATE TABLE wide (id bigint PRIMARY KEY, name varchar(40) NOT NULL, grp bigint NOT NULL, score double NOT NULL)",
+    )
+    .execute(db.pool())
+    .await?;
+    let migrator = Migrator::new(db.pool().clone()).migrations([&many_rows::MIGRATION]);
+    let check = datamig::testing::check_idempotent(&migrator, many_rows::MIGRATION.id()).await?;
+    assert!(check.is_idempotent(), "{check:?}");
+    assert_eq!(check.first_run_rows, 20_000, "{check:?}");
+    assert_eq!(
+        (check.second_run_rows, check.second_run_writes),
+        (0, 0),
+        "{check:?}"
+    );
+    assert_eq!(
+        scalar(db.pool(), "SELECT count(*) FROM wide").await?,
+        20_000
     );
     Ok(())
 }

@@ -126,3 +126,9 @@ mod tests {
         );
     }
 }
+
+/// Text written in standard SQL (`"name"`), as MySQL reads it; for text without
+/// parameters.
+pub(crate) fn render(sql: &str) -> String {
+    crate::backend::dialect::to_mysql(sql)
+}

@@ -128,8 +128,13 @@ impl TableSteps for MySql {
     /// InnoDB's count of the rows this session's transaction has modified
     /// (`information_schema.INNODB_TRX.trx_rows_modified`): inserted, updated and deleted,
     /// rows rewritten with equal values left out (MySQL does not write a row whose values do
-    /// not change). 0 outside a transaction.
+    /// not change), rows of temporary tables counted. 0 outside a transaction.
+    ///
+    /// InnoDB refreshes what `INNODB_TRX` shows at most every 100 ms (a cache shared by
+    /// every session): the reading waits past that, so that it counts the statements just
+    /// run. Only the proof (`check-idempotency`, a re-run) reads it, twice a migration.
     async fn write_count(conn: &mut MySqlConnection) -> Result<u64, sqlx::Error> {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
         let count: Option<i64> = query_scalar(
             "SELECT CAST(trx_rows_modified AS signed) FROM information_schema.INNODB_TRX
              WHERE trx_mysql_thread_id = CONNECTION_ID()",
