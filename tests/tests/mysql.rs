@@ -201,6 +201,19 @@ async fn ddl_through_sqlx(ctx: &mut Ctx<'_, MySql>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes, creates a table with the option whose name warns, writes again.
+#[datamig::migration(id = "20240301_0002_ddl_allowed")]
+async fn ddl_allowed(ctx: &mut Ctx<'_, MySql>) -> anyhow::Result<()> {
+    ctx.execute("UPDATE counter SET n = n + 1").await?;
+    ctx.dangerously_execute_non_atomic_ddl(
+        "CREATE TABLE IF NOT EXISTS made_on_purpose (id int PRIMARY KEY)",
+    )
+    .await?;
+    ctx.execute("INSERT INTO made_on_purpose VALUES (1)")
+        .await?;
+    Ok(())
+}
+
 async fn table_exists(pool: &MySqlPool, name: &str) -> anyhow::Result<bool> {
     Ok(sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM information_schema.TABLES
@@ -265,6 +278,33 @@ async fn ddl_sent_around_the_helpers_is_found_by_its_implicit_commit_and_named()
         .map(|s| s.state)
         .collect();
     assert_eq!(states, [State::Pending]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn ddl_allowed_by_name_runs_and_its_ledger_row_says_it_was_not_atomic() -> anyhow::Result<()>
+{
+    let db = fixture_database(&[]).await?;
+    let report = Migrator::new(db.pool().clone())
+        .migrations([&ddl_allowed::MIGRATION])
+        .run()
+        .await?;
+    assert_eq!(report.applied.len(), 1);
+    assert!(table_exists(db.pool(), "made_on_purpose").await?);
+    assert_eq!(
+        scalar(db.pool(), "SELECT count(*) FROM made_on_purpose").await?,
+        1
+    );
+    assert_eq!(counter(db.pool()).await?, 1);
+    let notes: Option<String> = sqlx::query_scalar("SELECT notes FROM datamig_ledger WHERE id = ?")
+        .bind(ddl_allowed::MIGRATION.id())
+        .fetch_one(db.pool())
+        .await?;
+    let notes = notes.unwrap_or_default();
+    assert!(
+        notes.contains("not atomic: MySQL committed the migration's transaction at: CREATE TABLE IF NOT EXISTS made_on_purpose"),
+        "{notes}"
+    );
     Ok(())
 }
 

@@ -16,7 +16,7 @@ mod dialect;
 pub(crate) mod isolation;
 mod lock_token;
 #[cfg(feature = "mysql")]
-mod mysql;
+pub(crate) mod mysql;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 mod shared;

@@ -185,6 +185,30 @@ impl ConnectionSteps for MySql {
     }
 }
 
+/// Runs `sql`, a statement MySQL commits implicitly, in the middle of a migration's
+/// transaction, then begins a new transaction (as [`ConnectionSteps::begin`] does) in which
+/// the rest of the body and the ledger row commit together. What the body wrote before it
+/// is committed with it: the run is not atomic.
+pub(crate) async fn execute_non_atomic_ddl(
+    conn: &mut MySqlConnection,
+    sql: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&mut *conn)
+        .await?;
+    // `COMMIT` first: a statement that does not commit (a typo of DDL) must not leave the
+    // old transaction open under the new one. Then the new transaction, which sqlx's
+    // `Transaction` commits or rolls back at the end as it would have the first.
+    for statement in [
+        "COMMIT",
+        "SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        "START TRANSACTION WITH CONSISTENT SNAPSHOT",
+    ] {
+        sqlx::raw_sql(statement).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// The kind of statement `sql` is, when MySQL commits the transaction it runs in
 /// (an implicit commit): DDL (`CREATE`, `ALTER`, `DROP`, `RENAME`, `TRUNCATE`; not on
 /// temporary tables), `LOCK TABLES`, a new `BEGIN`, the table maintenance statements
