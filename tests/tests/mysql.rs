@@ -900,3 +900,56 @@ async fn a_large_upsert_is_split_under_the_parameter_limit_and_proven_idempotent
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_demo_applications_migrations_run_unchanged_and_prove_idempotent() -> anyhow::Result<()>
+{
+    datamig_demo_migrations::link();
+    let db = datamig::testing::mysql().await?;
+    datamig_demo_migrations::mysql_schema()
+        .run(db.pool())
+        .await?;
+    assert_eq!(
+        datamig_demo_migrations::seed_users_mysql(db.pool(), 1_000).await?,
+        1_000
+    );
+    let migrator = Migrator::new(db.pool().clone()).migrations([
+        &datamig_demo_migrations::backfill_notification_settings::MIGRATION,
+        &datamig_demo_migrations::normalize_user_emails::MIGRATION,
+    ]);
+    let report = migrator.run().await?;
+    assert_eq!(report.applied.len(), 2);
+    assert_eq!(report.applied[0].rows_affected, 1_000);
+    assert_eq!(
+        scalar(
+            db.pool(),
+            "SELECT count(*) FROM notification_settings WHERE email_enabled AND push_enabled"
+        )
+        .await?,
+        1_000
+    );
+    assert_eq!(
+        scalar(
+            db.pool(),
+            "SELECT count(*) FROM users WHERE email <> lower(trim(email))"
+        )
+        .await?,
+        0
+    );
+    assert_eq!(
+        scalar(
+            db.pool(),
+            "SELECT count(*) FROM users WHERE email = 'user3@example.com'"
+        )
+        .await?,
+        1
+    );
+    for id in [
+        datamig_demo_migrations::backfill_notification_settings::MIGRATION.id(),
+        datamig_demo_migrations::normalize_user_emails::MIGRATION.id(),
+    ] {
+        let check = datamig::testing::check_idempotent(&migrator, id).await?;
+        assert!(check.is_idempotent(), "{check:?}");
+    }
+    Ok(())
+}
