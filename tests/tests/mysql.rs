@@ -953,3 +953,43 @@ async fn the_demo_applications_migrations_run_unchanged_and_prove_idempotent() -
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn each_batch_is_an_index_range_scan_for_integer_and_composite_keys() -> anyhow::Result<()> {
+    let db = fixture_database(&[]).await?;
+    sqlx::query(
+        "CREATE TABLE keyed_pair (tenant_id bigint NOT NULL, id binary(16) NOT NULL,
+             v int NOT NULL DEFAULT 0, PRIMARY KEY (tenant_id, id))",
+    )
+    .execute(db.pool())
+    .await?;
+    sqlx::query(
+        "INSERT INTO keyed_pair (tenant_id, id) WITH RECURSIVE s (n) AS
+             (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 1000)
+         SELECT a.n % 7, UNHEX(MD5(a.n * 10 + b.n)) FROM s AS a JOIN s AS b ON b.n <= 5",
+    )
+    .execute(db.pool())
+    .await?;
+    sqlx::query("ANALYZE TABLE keyed_pair")
+        .execute(db.pool())
+        .await?;
+    let mut conn = db.pool().acquire().await?;
+    for (migration, table) in [
+        (&datamig_tests::bump_items::MIGRATION, "items"),
+        (&bump_pair::MIGRATION, "keyed_pair"),
+    ] {
+        let plan = datamig::testing::mysql_next_batch_plan(&mut conn, migration, true).await?;
+        assert!(
+            plan.lines()
+                .any(|line| line.starts_with(&format!("{table} range PRIMARY"))),
+            "{table}: the second batch must be a range scan of the primary key:\n{plan}"
+        );
+        assert!(
+            !plan
+                .lines()
+                .any(|line| line.starts_with(&format!("{table} ALL"))),
+            "{table}:\n{plan}"
+        );
+    }
+    Ok(())
+}

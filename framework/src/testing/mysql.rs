@@ -110,6 +110,75 @@ pub async fn mysql() -> Result<MySqlTestDatabase, Error> {
     Ok(MySqlTestDatabase { name, url, pool })
 }
 
+/// The plan (`EXPLAIN`, one line per table it reads: `table type key rows`) of the
+/// statement with which the runner finds the next batch of a batched `migration` on MySQL:
+/// the first batch's, or, with `after_first`, the second's (bounded below by the first
+/// batch's last key). For a test that proves each batch is an index range scan (`range`
+/// on the key's index), not a read of the whole table (`ALL`).
+///
+/// # Errors
+///
+/// [`Error::Config`] for a migration that is not batched or whose key the runner refuses;
+/// [`Error::Database`].
+pub async fn mysql_next_batch_plan(
+    conn: &mut MySqlConnection,
+    migration: &crate::Migration,
+    after_first: bool,
+) -> Result<String, Error> {
+    use crate::backend::steps::WalkSteps;
+    use sqlx::Row;
+    let spec = migration
+        .batch()
+        .ok_or_else(|| Error::Config(format!("migration {} is not batched", migration.id())))?;
+    let (shape, _) =
+        crate::runner::batch_key::<sqlx::MySql>(conn, migration.id(), spec, true).await?;
+    let after = if after_first {
+        <sqlx::MySql as WalkSteps>::next_batch(conn, &shape, None, None, spec.size())
+            .await?
+            .map(|(key, _)| key)
+    } else {
+        None
+    };
+    let sql = crate::backend::mysql::next_batch_sql(&shape, after.is_some(), false);
+    let (text, numbers) = crate::backend::mysql::keyed(&sql);
+    let size = crate::key::KeyValue::Integer(i64::from(spec.size()));
+    let values: Vec<&crate::key::KeyValue> = after
+        .as_ref()
+        .map(crate::Key::values)
+        .unwrap_or_default()
+        .iter()
+        .chain([&size])
+        .collect();
+    let rows = crate::backend::mysql::bind_keyed(
+        sqlx::query(AssertSqlSafe(format!("EXPLAIN {text}"))),
+        &numbers,
+        &values,
+    )
+    .fetch_all(conn)
+    .await?;
+    let mut lines = Vec::new();
+    for row in &rows {
+        let text = |name: &str| -> String {
+            row.try_get::<Option<String>, _>(name)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| "NULL".to_string())
+        };
+        let estimate = row
+            .try_get::<Option<u64>, _>("rows")
+            .ok()
+            .flatten()
+            .map_or_else(|| "NULL".to_string(), |n| n.to_string());
+        lines.push(format!(
+            "{} {} {} {estimate}",
+            text("table"),
+            text("type"),
+            text("key")
+        ));
+    }
+    Ok(lines.join("\n"))
+}
+
 async fn connect_with_retry(url: &str) -> Result<MySqlConnection, Error> {
     let mut attempt = 0;
     loop {

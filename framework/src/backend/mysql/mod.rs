@@ -20,6 +20,11 @@ mod tables;
 mod upsert;
 mod walk;
 
+#[cfg(feature = "testing")]
+pub(crate) use self::sql::{bind_keyed, keyed};
+#[cfg(feature = "testing")]
+pub(crate) use self::walk::next_batch_sql;
+
 use std::time::Duration;
 
 use sqlx::mysql::MySqlConnection;

@@ -119,20 +119,7 @@ impl WalkSteps for MySql {
         upper: Option<&Key>,
         size: u32,
     ) -> Result<Option<(Key, u64)>, sqlx::Error> {
-        // The first `size` keys after the checkpoint (an index range scan in key order),
-        // then the last of them and how many there are.
-        let (range, params) = shape.range(after.is_some(), upper.is_some(), 1, None);
-        let sql = format!(
-            "SELECT {}, count(*) OVER () FROM
-                 (SELECT {} FROM {} WHERE {range} ORDER BY {} LIMIT ${}) AS batch
-             ORDER BY {} LIMIT 1",
-            select_list(shape, "batch"),
-            shape.order_by(false),
-            quote_ident(&shape.table),
-            shape.order_by(false),
-            params + 1,
-            shape.order_by_in(true, Some("batch")),
-        );
+        let sql = next_batch_sql(shape, after.is_some(), upper.is_some());
         let (text, numbers) = keyed(&sql);
         let size = KeyValue::Integer(i64::from(size));
         let values: Vec<&KeyValue> = bounds(after, upper).chain([&size]).collect();
@@ -193,6 +180,25 @@ impl WalkSteps for MySql {
             });
         Ok(estimate.and_then(|n| u64::try_from(n).ok()))
     }
+}
+
+/// The statement that finds the next batch (standard SQL; see [`keyed`]): the first
+/// `size` keys after the checkpoint (an index range scan in key order), then the last of
+/// them and how many there are. Its parameters: the checkpoint's values (with `after`),
+/// the range's end's (with `upper`), then the size.
+pub(crate) fn next_batch_sql(shape: &KeyShape, after: bool, upper: bool) -> String {
+    let (range, params) = shape.range(after, upper, 1, None);
+    format!(
+        "SELECT {}, count(*) OVER () FROM
+             (SELECT {} FROM {} WHERE {range} ORDER BY {} LIMIT ${}) AS batch
+         ORDER BY {} LIMIT 1",
+        select_list(shape, "batch"),
+        shape.order_by(false),
+        quote_ident(&shape.table),
+        shape.order_by(false),
+        params + 1,
+        shape.order_by_in(true, Some("batch")),
+    )
 }
 
 /// The values of a range's bounds, in the order of its parameters.
