@@ -456,7 +456,7 @@ async fn the_lease_lock_runs_and_a_live_lease_of_another_runner_keeps_it_out() -
     .execute(db.pool())
     .await?;
     let err = fixtures(db.pool())
-        .runner_lock(lease.clone())
+        .runner_lock(lease)
         .runner_lock_timeout(Duration::from_millis(500))
         .run()
         .await

@@ -232,13 +232,7 @@ impl LedgerSteps for MySql {
                                AND action IN ('pause', 'unpause'))
              ORDER BY migration_id"
         );
-        let rows: Vec<(
-            String,
-            String,
-            String,
-            chrono::DateTime<chrono::Utc>,
-            Option<String>,
-        )> = super::sql::query_as(AssertSqlSafe(sql))
+        let rows: Vec<PauseRow> = super::sql::query_as(AssertSqlSafe(sql))
             .bind(id)
             .fetch_all(conn)
             .await?;
@@ -269,6 +263,15 @@ impl LedgerSteps for MySql {
         .await
     }
 }
+
+/// A pause, as `pause_state` reads it: migration, by, host, at, reason.
+type PauseRow = (
+    String,
+    String,
+    String,
+    chrono::DateTime<chrono::Utc>,
+    Option<String>,
+);
 
 /// Whether table `table` exists in database `schema` (the connection's, without one).
 pub(super) async fn table_exists(

@@ -126,9 +126,9 @@ impl ConnectionSteps for MySql {
     /// MySQL has no `SET LOCAL`: the session's values are set, and the runner's
     /// connection, which never returns to the pool, ends with them.
     ///
-    /// - `lock_timeout` is `innodb_lock_wait_timeout` (a row lock; whole seconds, at least
-    ///   1) and `lock_wait_timeout` (a table's metadata lock, which DDL and `LOCK TABLES`
-    ///   take).
+    /// - `lock_timeout` is `innodb_lock_wait_timeout` (a row lock, in whole seconds, at
+    ///   least one) and `lock_wait_timeout` (a table's metadata lock, which DDL and
+    ///   `LOCK TABLES` take).
     /// - `statement_timeout` is `max_statement_time` (MariaDB, seconds) or
     ///   `max_execution_time` (MySQL 8, milliseconds, read-only `SELECT`s only: MySQL has
     ///   no limit on a writing statement).

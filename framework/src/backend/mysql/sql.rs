@@ -102,6 +102,12 @@ fn expand_row_comparisons(sql: &str) -> String {
     .into_owned()
 }
 
+/// Text written in standard SQL (`"name"`), as MySQL reads it; for text without
+/// parameters.
+pub(crate) fn render(sql: &str) -> String {
+    crate::backend::dialect::to_mysql(sql)
+}
+
 #[cfg(test)]
 mod tests {
     use super::keyed;
@@ -125,10 +131,4 @@ mod tests {
             "(`u`.`a` >= ? AND (`u`.`a` > ? OR (`u`.`a` = ? AND (`u`.`b` > ? OR (`u`.`b` = ? AND `u`.`c` > ?)))))"
         );
     }
-}
-
-/// Text written in standard SQL (`"name"`), as MySQL reads it; for text without
-/// parameters.
-pub(crate) fn render(sql: &str) -> String {
-    crate::backend::dialect::to_mysql(sql)
 }
