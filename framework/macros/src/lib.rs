@@ -423,9 +423,9 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
 /// argument `batch: Batch` for a batched migration) and returns the backend.
 fn check_signature(func: &ItemFn, batch: Option<&BatchArgs>) -> syn::Result<BackendKind> {
     const SHAPE: &str = "expected `async fn name(ctx: &mut datamig::Ctx<'_, Postgres>) -> anyhow::Result<()>` \
-                         (or `Ctx<'_, Sqlite>`, or `async fn name<DB: datamig::Backend>(ctx: &mut Ctx<'_, DB>)` for every backend)";
+                         (or `Ctx<'_, Sqlite>`, `Ctx<'_, MySql>`, or `async fn name<DB: datamig::Backend>(ctx: &mut Ctx<'_, DB>)` for every backend)";
     const BATCHED: &str = "expected `async fn name(ctx: &mut datamig::Ctx<'_, Postgres>, batch: datamig::Batch) \
-                           -> anyhow::Result<()>` (or `Ctx<'_, Sqlite>`, or generic over `DB: datamig::Backend`) \
+                           -> anyhow::Result<()>` (or `Ctx<'_, Sqlite>`, `Ctx<'_, MySql>`, or generic over `DB: datamig::Backend`) \
                            with `batch(table = \"..\", key = \"..\")`";
     let shape = if batch.is_some() { BATCHED } else { SHAPE };
     let sig = &func.sig;
