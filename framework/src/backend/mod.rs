@@ -34,7 +34,7 @@ pub(crate) use values::bind_key_value;
 
 /// A database datamig can migrate: [`Postgres`](crate::Postgres) and
 /// [`Sqlite`](crate::Sqlite), each behind the cargo feature of the same name (both on by
-/// default).
+/// default), and `MySql` (MySQL and MariaDB, feature `mysql`).
 ///
 /// A migration generic over it runs on every backend compiled in:
 ///
