@@ -993,3 +993,150 @@ async fn each_batch_is_an_index_range_scan_for_integer_and_composite_keys() -> a
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn doctor_names_the_session_that_blocks_and_a_lock_wait_times_out_by_name()
+-> anyhow::Result<()> {
+    let db = fixture_database(&[]).await?;
+    // Another session holds the counter's row, idle in its transaction.
+    let mut blocker = db.pool().acquire().await?;
+    sqlx::query("BEGIN").execute(&mut *blocker).await?;
+    sqlx::query("UPDATE counter SET n = n")
+        .execute(&mut *blocker)
+        .await?;
+    let blocker_id: i64 = sqlx::query_scalar("SELECT CAST(CONNECTION_ID() AS signed)")
+        .fetch_one(&mut *blocker)
+        .await?;
+
+    let started = Instant::now();
+    let err = fixtures(db.pool())
+        .lock_timeout(Duration::from_secs(1))
+        .run()
+        .await
+        .expect_err("the row is held");
+    let message = err.to_string();
+    assert!(message.contains("Lock wait timeout exceeded"), "{message}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(ledger_rows(db.pool()).await?, 0);
+
+    // While the blocker still holds its row, a runner waits behind it: doctor names both.
+    let waiting = {
+        let migrator = fixtures(db.pool()).lock_timeout(Duration::from_secs(20));
+        tokio::spawn(async move { migrator.run().await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let doctor = loop {
+        let doctor = fixtures(db.pool()).doctor().await?;
+        if doctor
+            .blocking_sessions
+            .iter()
+            .any(|s| !s.blocked_by.is_empty())
+        {
+            break doctor;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no waiting session: {doctor:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let blocker_pid = i32::try_from(blocker_id)?;
+    let idle = doctor
+        .blocking_sessions
+        .iter()
+        .find(|s| s.pid == blocker_pid)
+        .ok_or_else(|| anyhow::anyhow!("the blocker is not named: {doctor:?}"))?;
+    assert_eq!(
+        idle.state.as_deref(),
+        Some("idle in transaction"),
+        "{idle:?}"
+    );
+    assert!(
+        doctor
+            .blocking_sessions
+            .iter()
+            .any(|s| s.blocked_by == [blocker_pid]),
+        "{doctor:?}"
+    );
+    assert!(
+        doctor.server_version.contains("MariaDB"),
+        "{}",
+        doctor.server_version
+    );
+    sqlx::query("ROLLBACK").execute(&mut *blocker).await?;
+    let report = waiting.await??;
+    assert_eq!(report.applied.len(), 1);
+    Ok(())
+}
+
+/// A batched migration keyed by a floating-point column.
+#[datamig::migration(
+    id = "20240401_0004_bump_by_score",
+    batch(table = "scored", key = "score", size = 10)
+)]
+async fn bump_by_score(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result<()> {
+    ctx.execute_batch("UPDATE scored SET v = v + 1 WHERE {batch}", &batch)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_key_of_a_type_batching_does_not_walk_is_refused_by_name() -> anyhow::Result<()> {
+    let db = datamig::testing::mysql().await?;
+    sqlx::query("CREATE TABLE scored (score double PRIMARY KEY, v int NOT NULL DEFAULT 0)")
+        .execute(db.pool())
+        .await?;
+    sqlx::query("INSERT INTO scored (score) VALUES (0.5), (1.5)")
+        .execute(db.pool())
+        .await?;
+    let err = Migrator::new(db.pool().clone())
+        .migrations([&bump_by_score::MIGRATION])
+        .run()
+        .await
+        .expect_err("a double key is refused");
+    let message = err.to_string();
+    assert!(
+        message.contains("its key column scored.score is of type double"),
+        "{message}"
+    );
+    assert!(message.contains("binary, varbinary"), "{message}");
+    assert_eq!(
+        scalar(db.pool(), "SELECT count(*) FROM scored WHERE v <> 0").await?,
+        0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_paused_backfill_is_skipped_and_runs_once_resumed() -> anyhow::Result<()> {
+    let db = fixture_database(&[]).await?;
+    let migrator = Migrator::new(db.pool().clone()).migrations([
+        &datamig_tests::count_runs::MIGRATION,
+        &datamig_tests::bump_items::MIGRATION,
+    ]);
+    let pause = migrator.pause(BUMP_ITEMS, Some("replica lag")).await?;
+    assert_eq!(pause.migration_id, BUMP_ITEMS);
+    assert_eq!(pause.reason.as_deref(), Some("replica lag"));
+    let report = migrator.run().await?;
+    assert_eq!(report.paused.len(), 1);
+    assert_eq!(
+        report.applied.len(),
+        1,
+        "count_runs ran; the paused backfill did not"
+    );
+    assert_eq!(
+        scalar(db.pool(), "SELECT count(*) FROM items WHERE v <> 0").await?,
+        0
+    );
+    let status = migrator.status().await?;
+    let paused = status.iter().find(|s| s.id == BUMP_ITEMS).expect("listed");
+    assert_eq!(paused.state, State::Paused);
+    migrator.resume(BUMP_ITEMS).await?;
+    assert_eq!(migrator.run().await?.applied.len(), 1);
+    assert_eq!(
+        scalar(db.pool(), "SELECT count(*) FROM items WHERE v = 1").await?,
+        300
+    );
+    Ok(())
+}
