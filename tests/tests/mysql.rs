@@ -370,22 +370,31 @@ async fn twenty_killed_runners_leave_the_ledger_and_the_data_agreeing() -> anyho
         let _ = child.wait().await?;
         wait_for_no_lock_holder(db.pool()).await?;
         let n = counter(db.pool()).await?;
-        let applied = scalar_bound(
-            db.pool(),
-            "SELECT count(*) FROM datamig_ledger WHERE id = ? AND status = 'applied'",
-            COUNT_RUNS,
-        )
-        .await?;
+        // A kill before the runner created the ledger leaves none.
+        let ledger = table_exists(db.pool(), "datamig_ledger").await?;
+        let applied = if ledger {
+            scalar_bound(
+                db.pool(),
+                "SELECT count(*) FROM datamig_ledger WHERE id = ? AND status = 'applied'",
+                COUNT_RUNS,
+            )
+            .await?
+        } else {
+            0
+        };
         assert_eq!(
             n, applied,
             "kill {kill}: counter {n} with {applied} ledger rows"
         );
         // The batched migration: every committed batch once, and its checkpoint says which.
-        let bump: Option<(String, Option<String>)> =
+        let bump: Option<(String, Option<String>)> = if ledger {
             sqlx::query_as("SELECT status, checkpoint FROM datamig_ledger WHERE id = ?")
                 .bind(BUMP_ITEMS)
                 .fetch_optional(db.pool())
-                .await?;
+                .await?
+        } else {
+            None
+        };
         let bumped = scalar(db.pool(), "SELECT count(*) FROM items WHERE v = 1").await?;
         assert_eq!(
             scalar(db.pool(), "SELECT count(*) FROM items WHERE v > 1").await?,
@@ -1039,7 +1048,8 @@ async fn doctor_names_the_session_that_blocks_and_a_lock_wait_times_out_by_name(
             break doctor;
         }
         anyhow::ensure!(Instant::now() < deadline, "no waiting session: {doctor:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // InnoDB refreshes INNODB_TRX only when nobody read it for 100 ms.
+        tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let blocker_pid = i32::try_from(blocker_id)?;
     let idle = doctor

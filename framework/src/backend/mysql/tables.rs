@@ -125,23 +125,24 @@ impl TableSteps for MySql {
             .collect())
     }
 
-    /// InnoDB's count of the rows this session's transaction has modified
-    /// (`information_schema.INNODB_TRX.trx_rows_modified`): inserted, updated and deleted,
-    /// rows rewritten with equal values left out (MySQL does not write a row whose values do
-    /// not change), rows of temporary tables counted. 0 outside a transaction.
+    /// InnoDB's count of the rows this session's transaction has modified: inserted,
+    /// updated and deleted, rows rewritten with equal values left out (MySQL does not write
+    /// a row whose values do not change), rows of temporary tables counted. 0 outside a
+    /// transaction.
     ///
-    /// InnoDB refreshes what `INNODB_TRX` shows at most every 100 ms (a cache shared by
-    /// every session): the reading waits past that, so that it counts the statements just
-    /// run. Only the proof (`check-idempotency`, a re-run) reads it, twice a migration.
+    /// Read from the transaction's `undo log entries` in `SHOW ENGINE INNODB STATUS`, the
+    /// number `information_schema.INNODB_TRX` shows as `trx_rows_modified`: that view is a
+    /// cache InnoDB refreshes at most every 100 ms, and a reading right after a statement
+    /// would miss it. Both need the `PROCESS` privilege; only the proof
+    /// (`check-idempotency`, a re-run) reads it.
     async fn write_count(conn: &mut MySqlConnection) -> Result<u64, sqlx::Error> {
-        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-        let count: Option<i64> = query_scalar(
-            "SELECT CAST(trx_rows_modified AS signed) FROM information_schema.INNODB_TRX
-             WHERE trx_mysql_thread_id = CONNECTION_ID()",
-        )
-        .fetch_optional(conn)
-        .await?;
-        Ok(count.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
+        let id: i64 = query_scalar("SELECT CAST(CONNECTION_ID() AS signed)")
+            .fetch_one(&mut *conn)
+            .await?;
+        let (_, _, status): (String, String, String) = query_as("SHOW ENGINE INNODB STATUS")
+            .fetch_one(conn)
+            .await?;
+        Ok(undo_entries(&status, id))
     }
 
     /// InnoDB moves a table's `AUTO_INCREMENT` counter past every key inserted with an
@@ -231,4 +232,46 @@ async fn row_text(
             .collect::<Vec<_>>()
             .join(", ")
     ))
+}
+
+/// The undo log entries of the transaction of session `id` in the text of
+/// `SHOW ENGINE INNODB STATUS` (0 without one: no transaction, or nothing written).
+fn undo_entries(status: &str, id: i64) -> u64 {
+    // MariaDB writes "MariaDB thread id N,", MySQL "MySQL thread id N,".
+    let session = format!(" thread id {id},");
+    status
+        .split("---TRANSACTION ")
+        .find(|block| block.contains(&session))
+        .and_then(|block| {
+            let rest = &block[block.find("undo log entries ")? + "undo log entries ".len()..];
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::undo_entries;
+
+    #[test]
+    fn the_undo_entries_of_this_sessions_transaction_are_read_from_the_status() {
+        let status = "LIST OF TRANSACTIONS FOR EACH SESSION:
+---TRANSACTION 61, ACTIVE 2 sec
+2 lock struct(s), heap size 1128, 1 row lock(s), undo log entries 7
+MariaDB thread id 110, OS thread handle 1, query id 9 localhost root
+---TRANSACTION 58, ACTIVE 0 sec
+1 lock struct(s), heap size 1128, 0 row lock(s), undo log entries 2
+MySQL thread id 10, OS thread handle 1, query id 69 localhost root starting
+---TRANSACTION 421, not started
+MariaDB thread id 11, OS thread handle 1, query id 70 localhost root
+--------
+FILE I/O";
+        assert_eq!(undo_entries(status, 10), 2);
+        assert_eq!(undo_entries(status, 110), 7);
+        assert_eq!(undo_entries(status, 11), 0);
+        assert_eq!(undo_entries(status, 12), 0);
+    }
 }
