@@ -13,6 +13,9 @@
 //! - backfill: `email = lower(email)` over 1M users keyed by an integer and by a
 //!   `CHAR(36)` UUID, batched (10,000 keys a batch), against one `UPDATE`.
 //!
+//! The emails are `utf8mb4_bin`: under MySQL's default, case-insensitive collation
+//! `email <> lower(email)` would find nothing to do.
+//!
 //! Rows rewritten by a second run: rows whose `touched` column (`ON UPDATE
 //! CURRENT_TIMESTAMP(6)`, which MySQL moves only when a row's values change) is newer than
 //! the run's start.
@@ -118,8 +121,8 @@ async fn setup(pool: &MySqlPool) -> anyhow::Result<()> {
     }
     exec(pool, "CREATE TABLE bench_settings (user_id bigint PRIMARY KEY, plan varchar(20) NOT NULL, enabled boolean NOT NULL, touched datetime(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)) ENGINE=InnoDB").await?;
     exec(pool, "CREATE TABLE bench_staged (user_id bigint PRIMARY KEY, plan varchar(20) NOT NULL, enabled boolean NOT NULL) ENGINE=InnoDB").await?;
-    exec(pool, "CREATE TABLE bench_users (id bigint PRIMARY KEY, email varchar(100) NOT NULL, touched datetime(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)) ENGINE=InnoDB").await?;
-    exec(pool, "CREATE TABLE bench_uuid_users (id char(36) PRIMARY KEY, email varchar(100) NOT NULL, touched datetime(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)) ENGINE=InnoDB").await?;
+    exec(pool, "CREATE TABLE bench_users (id bigint PRIMARY KEY, email varchar(100) COLLATE utf8mb4_bin NOT NULL, touched datetime(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)) ENGINE=InnoDB").await?;
+    exec(pool, "CREATE TABLE bench_uuid_users (id char(36) PRIMARY KEY, email varchar(100) COLLATE utf8mb4_bin NOT NULL, touched datetime(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)) ENGINE=InnoDB").await?;
     // 1M numbers from a 1,000-row table joined with itself (recursive CTEs stop at 1,000
     // iterations by default).
     exec(pool, "DROP TABLE IF EXISTS bench_n").await?;

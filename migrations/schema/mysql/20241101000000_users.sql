@@ -3,6 +3,8 @@
 -- datamig migrations only change rows.
 CREATE TABLE users (
     id         bigint NOT NULL AUTO_INCREMENT PRIMARY KEY,
-    email      varchar(320) NOT NULL,
+    -- Binary: emails compare as written, so `email <> lower(email)` finds upper case (the
+    -- default collation, utf8mb4_general_ci, ignores case).
+    email      varchar(320) COLLATE utf8mb4_bin NOT NULL,
     created_at datetime(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
 ) ENGINE=InnoDB;
