@@ -668,6 +668,16 @@ async fn copy(opts: &CopyOpts, out: &Output) -> Result<u8, Failure> {
     use datamig::copy::{Copier, CopyMode, Triggers};
     let target = copy_target(&opts.target)?;
     let from_sqlite = connect::scheme(&opts.source)? == Scheme::Sqlite;
+    if connect::scheme(&opts.source)? == Scheme::MySql {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "copy reads from PostgreSQL or SQLite: the source {} is a MySQL database, which \
+                 copy does not read yet",
+                connect::redact(&opts.source)
+            ),
+        ));
+    }
     if !from_sqlite && (!opts.unix_time.is_empty() || opts.no_ledger) {
         return Err(Failure::new(
             exit::USAGE,
