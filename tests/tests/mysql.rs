@@ -612,6 +612,25 @@ async fn the_command_line_runs_and_reads_a_mariadb_url() -> anyhow::Result<()> {
         "{}",
         text(&status.stdout)
     );
+    // Not available on MySQL: said by name, exit 2.
+    let copy = datamig(
+        &url,
+        &[
+            "copy",
+            "--source",
+            &url,
+            "--target",
+            "postgres://u@127.0.0.1:1/x",
+        ],
+    )
+    .output()
+    .await?;
+    assert_eq!(copy.status.code(), Some(2), "{}", text(&copy.stderr));
+    assert!(
+        text(&copy.stderr).contains("is a MySQL database, which copy does not read yet"),
+        "{}",
+        text(&copy.stderr)
+    );
     // No lock is held: unlock says so and succeeds.
     let unlock = datamig(&url, &["unlock"]).output().await?;
     assert!(unlock.status.success(), "{}", text(&unlock.stderr));
