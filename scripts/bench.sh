@@ -14,6 +14,9 @@
 #                                       lag, cut-over, memory (scripts/bench-follow.sh)
 #     scripts/bench.sh --sqlite [ROWS]  `datamig copy` from SQLite beside pgloader
 #                                       (scripts/bench-sqlite.sh)
+#     scripts/bench.sh --mysql          the upsert and batched backfills on MariaDB against
+#                                       set-based statements (DATABASE_URL=mysql://.. or a
+#                                       throwaway MariaDB)
 #
 # With DATABASE_URL set it runs against that server (its own bench_* tables only).
 # Otherwise against a throwaway PostgreSQL (scripts/test-env.sh).
@@ -40,6 +43,9 @@ if [ "${1:-}" = "--keys" ]; then
 elif [ "${1:-}" = "--workers" ]; then
   shift
   cargo run -q --release -p datamig-examples --example workers_benchmark -- "$@"
+elif [ "${1:-}" = "--mysql" ]; then
+  shift
+  cargo run -q --release -p datamig-examples --example mysql_benchmark -- "$@"
 elif [ "${1:-}" = "--fleet" ]; then
   shift
   cargo run -q --release -p datamig-examples --example fleet_benchmark -- "$@"

@@ -21,7 +21,8 @@ pub struct Cli {
 /// Options every command takes.
 #[derive(Debug, Args)]
 pub struct GlobalOpts {
-    /// The database to migrate: postgres://user:password@host:5432/app, or sqlite:app.db
+    /// The database to migrate: postgres://user:password@host:5432/app,
+    /// mysql://user:password@host:3306/app (or mariadb://..), or sqlite:app.db
     /// (sqlite:app.db?mode=rwc creates the file if it is missing).
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,

@@ -202,3 +202,67 @@ impl<DB: Backend> Ctx<'_, DB> {
         Ok(())
     }
 }
+
+#[cfg(feature = "mysql")]
+impl Ctx<'_, crate::MySql> {
+    /// Runs one DDL statement (`ALTER TABLE`, `CREATE INDEX`, ..) inside a migration on
+    /// MySQL or MariaDB, which commit DDL implicitly: the migration is then **not atomic**.
+    ///
+    /// # Warning
+    ///
+    /// MySQL commits the migration's transaction when it runs DDL: what the body wrote
+    /// before this call is committed at once, before the ledger row, and no rollback can
+    /// undo it or the DDL. Should the run fail or be killed after it, the migration stays
+    /// pending with those writes done, and runs again from the start: write such a body so
+    /// that it converges (`CREATE TABLE IF NOT EXISTS`, updates that find nothing left to
+    /// do). After the statement a new transaction begins, in which the rest of the body and
+    /// the ledger row commit together; the ledger row's notes say that the run was not
+    /// atomic and which statement made it so.
+    ///
+    /// Without this method, DDL in a body is refused before it is sent (through
+    /// [`Ctx::execute`]) or found by its implicit commit before the ledger row is written
+    /// (through [`Ctx::tx`]), and the run fails naming it. Prefer a schema migration that
+    /// runs before the data migration.
+    ///
+    /// ```no_run
+    /// # use datamig::prelude::*;
+    /// # async fn body(ctx: &mut Ctx<'_, MySql>) -> anyhow::Result<()> {
+    /// ctx.dangerously_execute_non_atomic_ddl(
+    ///     "CREATE TABLE IF NOT EXISTS user_settings (user_id bigint PRIMARY KEY)",
+    /// )
+    /// .await?;
+    /// ctx.execute("INSERT IGNORE INTO user_settings (user_id) SELECT id FROM users")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] in a dry run (DDL cannot be rolled back, so it cannot be tried);
+    /// [`Error::Database`] when the statement fails: MySQL commits before it runs a DDL
+    /// statement, so what the body wrote before it is committed even then.
+    pub async fn dangerously_execute_non_atomic_ddl(
+        &mut self,
+        sql: impl SqlSafeStr,
+    ) -> Result<(), Error> {
+        let sql = sql.into_sql_str();
+        if self.is_dry_run() {
+            return Err(Error::Config(format!(
+                "migration {} runs DDL, which MySQL cannot roll back, so it cannot run in a dry \
+                 run: {}",
+                self.id(),
+                sql.as_str()
+            )));
+        }
+        crate::backend::mysql::execute_non_atomic_ddl(self.tx(), sql.as_str()).await?;
+        let flat = sql
+            .as_str()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        self.note(format!(
+            "not atomic: MySQL committed the migration's transaction at: {flat}"
+        ));
+        Ok(())
+    }
+}

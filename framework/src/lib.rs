@@ -5,8 +5,10 @@
 //! every deploy, recorded in a checksummed ledger, and proven harmless to run twice.
 //!
 //! Backends: PostgreSQL and SQLite, each a cargo feature (`postgres`, `sqlite`, both on by
-//! default). A migration is written for one (`Ctx<'_, Postgres>`, `Ctx<'_, Sqlite>`) or,
-//! generic over [`Backend`], once for every backend compiled in.
+//! default), and MySQL and MariaDB (`mysql`, off by default; see the [mysql
+//! guide](guides::mysql) for what differs). A migration is written for one
+//! (`Ctx<'_, Postgres>`, `Ctx<'_, Sqlite>`, `Ctx<'_, MySql>`) or, generic over
+//! [`Backend`], once for every backend compiled in.
 //!
 //! ```no_run
 //! use datamig::prelude::*;
@@ -114,6 +116,8 @@ pub use runner::{
     StopSignal,
 };
 pub use session::SessionInfo;
+#[cfg(feature = "mysql")]
+pub use sqlx::MySql;
 #[cfg(feature = "postgres")]
 pub use sqlx::Postgres;
 #[cfg(feature = "sqlite")]
@@ -180,6 +184,8 @@ pub use datamig_macros::migration;
 /// - [online copy](guides::online_copy): copying while the source takes writes, then cutting over in seconds.
 /// - [poolers](guides::poolers): running through PgBouncer in transaction mode.
 /// - [fleets](guides::fleets): one deploy across many databases and tenant schemas.
+/// - [mysql](guides::mysql): MySQL and MariaDB: what holds as on PostgreSQL, and what
+///   cannot (atomic DDL).
 pub mod guides {
     #[cfg(feature = "postgres")]
     #[doc = include_str!("../docs/backfills.md")]
@@ -205,11 +211,17 @@ pub mod guides {
     #[cfg(feature = "postgres")]
     #[doc = include_str!("../docs/fleets.md")]
     pub mod fleets {}
+    #[cfg(feature = "mysql")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
+    #[doc = include_str!("../docs/mysql.md")]
+    pub mod mysql {}
 }
 
 /// The names a migration module usually needs.
 pub mod prelude {
     pub use crate::{Backend, Batch, Ctx, Migrator, migration};
+    #[cfg(feature = "mysql")]
+    pub use sqlx::MySql;
     #[cfg(feature = "postgres")]
     pub use sqlx::Postgres;
     #[cfg(feature = "sqlite")]

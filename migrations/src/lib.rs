@@ -4,10 +4,11 @@
 //! settings when they sign up; the users who already exist need them too, and that is a data
 //! migration. A second one cleans up email addresses.
 //!
-//! The data migrations are written once, generic over the backend, and run on PostgreSQL
-//! and SQLite alike. The schema they need is in `schema/postgres/` and `schema/sqlite/`, as
-//! `sqlx` schema migrations with the same versions ([`schema`], [`sqlite_schema`]): a
-//! schema tool changes tables, datamig changes rows.
+//! The data migrations are written once, generic over the backend, and run on PostgreSQL,
+//! SQLite and MySQL (MariaDB) alike. The schema they need is in `schema/postgres/`,
+//! `schema/sqlite/` and `schema/mysql/`, as `sqlx` schema migrations with the same versions
+//! ([`schema`], [`sqlite_schema`], [`mysql_schema`]): a schema tool changes tables,
+//! datamig changes rows.
 
 use datamig::prelude::*;
 
@@ -31,6 +32,12 @@ pub fn schema() -> sqlx::migrate::Migrator {
 /// versions as [`schema`], in SQLite's types.
 pub fn sqlite_schema() -> sqlx::migrate::Migrator {
     sqlx::migrate!("./schema/sqlite")
+}
+
+/// The demo application's MySQL and MariaDB schema migrations (`schema/mysql/`): the same
+/// tables and versions as [`schema`], in MySQL's types.
+pub fn mysql_schema() -> sqlx::migrate::Migrator {
+    sqlx::migrate!("./schema/mysql")
 }
 
 /// The email of demo user `n`: every third one upper case with stray spaces.
@@ -69,6 +76,33 @@ pub async fn seed_users_sqlite(pool: &sqlx::SqlitePool, count: i64) -> Result<u6
          )
          INSERT INTO users (email) SELECT {SEED_EMAIL} FROM seq WHERE $1 > 0"
     )))
+    .bind(count)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(inserted)
+}
+
+/// [`seed_users`] for MySQL and MariaDB (sqlx turns on `PIPES_AS_CONCAT`, so `||` joins
+/// text as elsewhere).
+///
+/// # Errors
+///
+/// Any database error.
+pub async fn seed_users_mysql(pool: &sqlx::MySqlPool, count: i64) -> Result<u64, sqlx::Error> {
+    let existing: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(pool)
+        .await?;
+    let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO users (email)
+         WITH RECURSIVE seq (n) AS (
+             SELECT ? + 1 UNION ALL SELECT n + 1 FROM seq WHERE n < ? + ?
+         )
+         SELECT {SEED_EMAIL} FROM seq WHERE ? > 0"
+    )))
+    .bind(existing)
+    .bind(existing)
+    .bind(count)
     .bind(count)
     .execute(pool)
     .await?
@@ -115,7 +149,7 @@ pub async fn normalize_user_emails<DB: Backend>(
     ctx: &mut Ctx<'_, DB>,
     batch: Batch,
 ) -> anyhow::Result<()> {
-    // SQL both backends accept: `lower`, `trim`, `<>` (email is NOT NULL), `$1`, `$2`.
+    // SQL every backend accepts: `lower`, `trim`, `<>` (email is NOT NULL), `$1`, `$2`.
     ctx.execute_batch(
         "UPDATE users SET email = lower(trim(email))
          WHERE id > $1 AND id <= $2 AND email <> lower(trim(email))",

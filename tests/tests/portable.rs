@@ -13,14 +13,14 @@ const OUTCOME: &str = "SELECT u.id, u.email, s.email_enabled, s.push_enabled
                        ORDER BY u.id";
 
 #[test]
-fn the_demo_migrations_have_code_for_both_backends() {
+fn the_demo_migrations_have_code_for_every_backend() {
     for migration in [
         &backfill_notification_settings::MIGRATION,
         &normalize_user_emails::MIGRATION,
     ] {
         assert_eq!(
             migration.backends(),
-            ["postgres", "sqlite"],
+            ["postgres", "sqlite", "mysql"],
             "{migration:?}"
         );
     }

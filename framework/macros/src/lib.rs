@@ -279,6 +279,8 @@ enum BackendKind {
     Postgres,
     /// `Ctx<'_, Sqlite>`: SQLite only.
     Sqlite,
+    /// `Ctx<'_, MySql>`: MySQL and MariaDB only.
+    MySql,
     /// `fn m<DB: Backend>(ctx: &mut Ctx<'_, DB>)`: every backend compiled in.
     Portable,
 }
@@ -320,6 +322,7 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
     let db = match backend {
         BackendKind::Postgres => quote!(::datamig::Postgres),
         BackendKind::Sqlite => quote!(::datamig::Sqlite),
+        BackendKind::MySql => quote!(::datamig::MySql),
         BackendKind::Portable => quote!(DB),
     };
     let (run_params, run_args, register) = match &args.batch {
@@ -329,6 +332,7 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
             match backend {
                 BackendKind::Postgres => quote!(.postgres(#run_fn)),
                 BackendKind::Sqlite => quote!(.sqlite(#run_fn)),
+                BackendKind::MySql => quote!(.mysql(#run_fn)),
                 BackendKind::Portable => quote!(.portable::<__DatamigBody>()),
             },
         ),
@@ -364,6 +368,7 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
                 match backend {
                     BackendKind::Postgres => quote!(.postgres_batched(#run_fn, #spec)),
                     BackendKind::Sqlite => quote!(.sqlite_batched(#run_fn, #spec)),
+                    BackendKind::MySql => quote!(.mysql_batched(#run_fn, #spec)),
                     BackendKind::Portable => {
                         quote!(.portable_batched::<__DatamigBody>(#spec))
                     }
@@ -439,9 +444,9 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
 /// argument `batch: Batch` for a batched migration) and returns the backend.
 fn check_signature(func: &ItemFn, batch: Option<&BatchArgs>) -> syn::Result<BackendKind> {
     const SHAPE: &str = "expected `async fn name(ctx: &mut datamig::Ctx<'_, Postgres>) -> anyhow::Result<()>` \
-                         (or `Ctx<'_, Sqlite>`, or `async fn name<DB: datamig::Backend>(ctx: &mut Ctx<'_, DB>)` for every backend)";
+                         (or `Ctx<'_, Sqlite>`, `Ctx<'_, MySql>`, or `async fn name<DB: datamig::Backend>(ctx: &mut Ctx<'_, DB>)` for every backend)";
     const BATCHED: &str = "expected `async fn name(ctx: &mut datamig::Ctx<'_, Postgres>, batch: datamig::Batch) \
-                           -> anyhow::Result<()>` (or `Ctx<'_, Sqlite>`, or generic over `DB: datamig::Backend`) \
+                           -> anyhow::Result<()>` (or `Ctx<'_, Sqlite>`, `Ctx<'_, MySql>`, or generic over `DB: datamig::Backend`) \
                            with `batch(table = \"..\", key = \"..\")`";
     let shape = if batch.is_some() { BATCHED } else { SHAPE };
     let sig = &func.sig;
@@ -500,7 +505,8 @@ fn check_signature(func: &ItemFn, batch: Option<&BatchArgs>) -> syn::Result<Back
     let backend = ctx_backend(&typed[0].ty, generic.as_ref()).ok_or_else(|| {
         let expected = match &generic {
             Some(param) => format!("`&mut Ctx<'_, {param}>`"),
-            None => "`&mut Ctx<'_, Postgres>` or `&mut Ctx<'_, Sqlite>`".to_string(),
+            None => "`&mut Ctx<'_, Postgres>`, `&mut Ctx<'_, Sqlite>` or `&mut Ctx<'_, MySql>`"
+                .to_string(),
         };
         syn::Error::new(
             typed[0].ty.span(),
@@ -596,6 +602,7 @@ fn ctx_backend(ty: &Type, param: Option<&syn::Ident>) -> Option<BackendKind> {
         }
         None if last_segment_is(db, "Postgres") => Some(BackendKind::Postgres),
         None if last_segment_is(db, "Sqlite") => Some(BackendKind::Sqlite),
+        None if last_segment_is(db, "MySql") => Some(BackendKind::MySql),
         None => None,
     }
 }

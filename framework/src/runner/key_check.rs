@@ -7,6 +7,10 @@ use crate::error::{Error, describe_sqlx};
 use crate::key::{KeyKind, KeyPart, KeyShape};
 use crate::migration::BatchSpec;
 
+/// The key types batching walks on MySQL and MariaDB, for the refusal of another.
+const MYSQL_KEY_TYPES: &str = "integer types, char, varchar, text, binary, varbinary, blob, \
+                               date, datetime, timestamp, time, year, and composites of these";
+
 /// The key types batching walks on PostgreSQL, for messages.
 const POSTGRES_KEY_TYPES: &str = "smallint, integer, bigint, uuid, text, varchar, char, citext, \
                                   numeric, bytea, date, timestamp, timestamptz";
@@ -47,9 +51,14 @@ pub(crate) async fn batch_key<DB: Backend>(
             ));
         };
         if column.kind.is_none() {
+            let walks = if DB::ID == "mysql" {
+                MYSQL_KEY_TYPES
+            } else {
+                POSTGRES_KEY_TYPES
+            };
             return refuse(format!(
                 "its key column {table}.{name} is of type {}, which batching does not walk \
-                 (it walks {POSTGRES_KEY_TYPES}); key the batches by another unique column",
+                 (it walks {walks}); key the batches by another unique column",
                 column.sql_type
             ));
         }

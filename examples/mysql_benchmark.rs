@@ -1,0 +1,324 @@
+//! The MySQL benchmark: datamig's upsert and batched backfills against the set-based
+//! statements a DBA would write, side by side on one MariaDB (or MySQL) server in one run.
+//!
+//!     scripts/bench.sh --mysql   (or: cargo run --release -p datamig-examples --example mysql_benchmark)
+//!
+//! Uses DATABASE_URL if it is a mysql:// URL (the benchmark creates and drops its own
+//! bench_* tables there), else a throwaway MariaDB from `datamig::testing::mysql()`. Each
+//! timing is the median of `DATAMIG_BENCH_REPEAT` runs (default 3).
+//!
+//! - upsert: 1M rows built in Rust (`ctx.upsert(..).rows(..)`), against the set-based
+//!   `INSERT .. SELECT .. ON DUPLICATE KEY UPDATE` from a table already holding the same
+//!   rows (staged); each a first run into an empty table, then a second run.
+//! - backfill: `email = lower(email)` over 1M users keyed by an integer and by a
+//!   `CHAR(36)` UUID, batched (10,000 keys a batch), against one `UPDATE`.
+//!
+//! The emails are `utf8mb4_bin`: under MySQL's default, case-insensitive collation
+//! `email <> lower(email)` would find nothing to do.
+//!
+//! Rows rewritten by a second run: rows whose `touched` column (`ON UPDATE
+//! CURRENT_TIMESTAMP(6)`, which MySQL moves only when a row's values change) is newer than
+//! the run's start.
+
+use std::time::Duration;
+
+use datamig::prelude::*;
+use datamig_examples::bench::{median, ratio, secs, timed, verdict};
+use sqlx::{AssertSqlSafe, MySqlPool};
+
+const ROWS: i64 = 1_000_000;
+
+/// 1,000,000 rows built in Rust, through the upsert builder.
+#[datamig::migration(id = "20250301_0000_bench_mysql_upsert")]
+async fn upsert_rust_rows(ctx: &mut Ctx<'_, MySql>) -> anyhow::Result<()> {
+    let rows = (1..=ROWS).map(|id| (id, format!("plan-{}", id % 5), id % 3 == 0));
+    ctx.upsert("bench_settings")
+        .key(["user_id"])
+        .rows(["user_id", "plan", "enabled"], rows)
+        .update_if_changed()
+        .execute()
+        .await?;
+    Ok(())
+}
+
+/// Lower-cases every email, 10,000 integer keys a batch.
+#[datamig::migration(
+    id = "20250301_0001_bench_mysql_backfill_int",
+    batch(table = "bench_users", key = "id", size = 10_000)
+)]
+async fn backfill_int(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result<()> {
+    ctx.execute_batch(
+        "UPDATE bench_users SET email = lower(email) WHERE {batch} AND email <> lower(email)",
+        &batch,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Lower-cases every email, 10,000 UUID keys a batch.
+#[datamig::migration(
+    id = "20250301_0002_bench_mysql_backfill_uuid",
+    batch(table = "bench_uuid_users", key = "id", size = 10_000)
+)]
+async fn backfill_uuid(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result<()> {
+    ctx.execute_batch(
+        "UPDATE bench_uuid_users SET email = lower(email) WHERE {batch} AND email <> lower(email)",
+        &batch,
+    )
+    .await?;
+    Ok(())
+}
+
+const SET_UPSERT: &str = "INSERT INTO bench_settings (user_id, plan, enabled)
+     SELECT user_id, plan, enabled FROM bench_staged
+     ON DUPLICATE KEY UPDATE plan = VALUES(plan), enabled = VALUES(enabled)";
+
+async fn exec(pool: &MySqlPool, sql: &str) -> anyhow::Result<()> {
+    sqlx::query(AssertSqlSafe(sql.to_string()))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+async fn count(pool: &MySqlPool, sql: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(AssertSqlSafe(sql.to_string()))
+        .fetch_one(pool)
+        .await?)
+}
+
+/// The rows of `table` that `work` rewrote (moved its `touched` column).
+async fn rewritten<F: Future<Output = anyhow::Result<()>>>(
+    pool: &MySqlPool,
+    table: &str,
+    work: F,
+) -> anyhow::Result<(Duration, i64)> {
+    // DATETIME(6) resolution: start strictly after any earlier write.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let start: String = sqlx::query_scalar("SELECT CAST(NOW(6) AS char)")
+        .fetch_one(pool)
+        .await?;
+    let took = timed(work).await?;
+    let n = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM {table} WHERE touched >= ?"
+    )))
+    .bind(start)
+    .fetch_one(pool)
+    .await?;
+    Ok((took, n))
+}
+
+async fn setup(pool: &MySqlPool) -> anyhow::Result<()> {
+    for table in [
+        "bench_settings",
+        "bench_staged",
+        "bench_users",
+        "bench_uuid_users",
+        "datamig_ledger",
+        "datamig_runs",
+        "datamig_ledger_layout",
+    ] {
+        exec(pool, &format!("DROP TABLE IF EXISTS {table}")).await?;
+    }
+    exec(pool, "CREATE TABLE bench_settings (user_id bigint PRIMARY KEY, plan varchar(20) NOT NULL, enabled boolean NOT NULL, touched datetime(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)) ENGINE=InnoDB").await?;
+    exec(pool, "CREATE TABLE bench_staged (user_id bigint PRIMARY KEY, plan varchar(20) NOT NULL, enabled boolean NOT NULL) ENGINE=InnoDB").await?;
+    exec(pool, "CREATE TABLE bench_users (id bigint PRIMARY KEY, email varchar(100) COLLATE utf8mb4_bin NOT NULL, touched datetime(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)) ENGINE=InnoDB").await?;
+    exec(pool, "CREATE TABLE bench_uuid_users (id char(36) PRIMARY KEY, email varchar(100) COLLATE utf8mb4_bin NOT NULL, touched datetime(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)) ENGINE=InnoDB").await?;
+    // 1M numbers from a 1,000-row table joined with itself (recursive CTEs stop at 1,000
+    // iterations by default).
+    exec(pool, "DROP TABLE IF EXISTS bench_n").await?;
+    exec(pool, "CREATE TABLE bench_n (n int PRIMARY KEY)").await?;
+    exec(pool, "INSERT INTO bench_n WITH RECURSIVE s (n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM s WHERE n < 999) SELECT n FROM s").await?;
+    let id = "a.n * 1000 + b.n + 1";
+    exec(pool, &format!("INSERT INTO bench_staged SELECT {id}, CONCAT('plan-', ({id}) % 5), ({id}) % 3 = 0 FROM bench_n a, bench_n b")).await?;
+    exec(pool, &format!("INSERT INTO bench_users (id, email) SELECT {id}, CONCAT('User', {id}, '@Example.COM') FROM bench_n a, bench_n b")).await?;
+    exec(pool, &format!("INSERT INTO bench_uuid_users (id, email) SELECT LOWER(CONCAT_WS('-', SUBSTR(MD5({id}), 1, 8), SUBSTR(MD5({id}), 9, 4), SUBSTR(MD5({id}), 13, 4), SUBSTR(MD5({id}), 17, 4), SUBSTR(MD5({id}), 21))), CONCAT('User', {id}, '@Example.COM') FROM bench_n a, bench_n b")).await?;
+    for table in ["bench_staged", "bench_users", "bench_uuid_users"] {
+        exec(pool, &format!("ANALYZE TABLE {table}")).await?;
+    }
+    Ok(())
+}
+
+/// Forgets datamig's ledger, so that the next run is a first run.
+async fn forget(pool: &MySqlPool) -> anyhow::Result<()> {
+    exec(pool, "DROP TABLE IF EXISTS datamig_ledger").await?;
+    exec(pool, "DROP TABLE IF EXISTS datamig_runs").await?;
+    exec(pool, "DROP TABLE IF EXISTS datamig_ledger_layout").await
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let (pool, _throwaway) = match std::env::var("DATABASE_URL") {
+        Ok(url) if url.starts_with("mysql://") => (MySqlPool::connect(&url).await?, None),
+        _ => {
+            let db = datamig::testing::mysql().await?;
+            (db.pool().clone(), Some(db))
+        }
+    };
+    let repeat: usize = std::env::var("DATAMIG_BENCH_REPEAT")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let version: String = sqlx::query_scalar("SELECT CONCAT(VERSION(), ' ', @@version_comment)")
+        .fetch_one(&pool)
+        .await?;
+    println!("server: {version}");
+    println!("rows: {ROWS}; timings are the median of {repeat} runs\n");
+    setup(&pool).await?;
+    let migrator = |m: &'static datamig::Migration| Migrator::new(pool.clone()).migrations([m]);
+
+    // Upsert.
+    let set_first = median(repeat, || async {
+        exec(&pool, "TRUNCATE bench_settings").await?;
+        timed(exec(&pool, SET_UPSERT)).await
+    })
+    .await?;
+    let (set_second, set_rewritten) =
+        rewritten(&pool, "bench_settings", exec(&pool, SET_UPSERT)).await?;
+    let upsert_first = median(repeat, || async {
+        exec(&pool, "TRUNCATE bench_settings").await?;
+        forget(&pool).await?;
+        timed(async {
+            migrator(&upsert_rust_rows::MIGRATION).run().await?;
+            Ok::<_, anyhow::Error>(())
+        })
+        .await
+    })
+    .await?;
+    let (upsert_second, upsert_rewritten) = rewritten(&pool, "bench_settings", async {
+        migrator(&upsert_rust_rows::MIGRATION)
+            .rerun(upsert_rust_rows::MIGRATION.id())
+            .await?;
+        Ok(())
+    })
+    .await?;
+    anyhow::ensure!(count(&pool, "SELECT count(*) FROM bench_settings").await? == ROWS);
+
+    // Backfills.
+    let mut backfills = Vec::new();
+    for (table, migration) in [
+        ("bench_users", &backfill_int::MIGRATION),
+        ("bench_uuid_users", &backfill_uuid::MIGRATION),
+    ] {
+        let reset = format!("UPDATE {table} SET email = CONCAT('User', SUBSTR(email, 5))");
+        let update = format!("UPDATE {table} SET email = lower(email)");
+        let update_second =
+            format!("UPDATE {table} SET email = lower(email) WHERE email <> lower(email)");
+        let set_first = median(repeat, || async {
+            exec(&pool, &reset).await?;
+            timed(exec(&pool, &update)).await
+        })
+        .await?;
+        let (set_second, set_rewritten) =
+            rewritten(&pool, table, exec(&pool, &update_second)).await?;
+        let batched_first = median(repeat, || async {
+            exec(&pool, &reset).await?;
+            forget(&pool).await?;
+            timed(async {
+                migrator(migration).run().await?;
+                Ok::<_, anyhow::Error>(())
+            })
+            .await
+        })
+        .await?;
+        let (batched_second, batched_rewritten) = rewritten(&pool, table, async {
+            migrator(migration).rerun(migration.id()).await?;
+            Ok(())
+        })
+        .await?;
+        anyhow::ensure!(
+            count(
+                &pool,
+                &format!("SELECT count(*) FROM {table} WHERE email <> lower(email)")
+            )
+            .await?
+                == 0
+        );
+        backfills.push((
+            table,
+            set_first,
+            set_second,
+            set_rewritten,
+            batched_first,
+            batched_second,
+            batched_rewritten,
+        ));
+    }
+
+    println!(
+        "set-based INSERT .. SELECT .. ON DUPLICATE KEY UPDATE from a staged table, first run  {}",
+        secs(set_first)
+    );
+    println!(
+        "set-based, second run  {}  ({set_rewritten} rows rewritten)",
+        secs(set_second)
+    );
+    println!(
+        "upsert of 1M rows built in Rust, first run  {}",
+        secs(upsert_first)
+    );
+    println!(
+        "upsert, second run  {}  ({upsert_rewritten} rows rewritten)",
+        secs(upsert_second)
+    );
+    for (table, set_first, set_second, set_rewritten, first, second, rewritten) in &backfills {
+        println!("{table}: one UPDATE, first run  {}", secs(*set_first));
+        println!(
+            "{table}: one UPDATE .. WHERE email <> lower(email), second run  {}  ({set_rewritten} rows rewritten)",
+            secs(*set_second)
+        );
+        println!(
+            "{table}: batched backfill, 10,000 keys a batch, first run  {}",
+            secs(*first)
+        );
+        println!(
+            "{table}: batched, second run  {}  ({rewritten} rows rewritten)",
+            secs(*second)
+        );
+    }
+    println!();
+    let mut ok = ratio(
+        "upsert first run / set-based first run",
+        upsert_first,
+        set_first,
+        1.5,
+    );
+    ok &= ratio(
+        "upsert second run / set-based second run",
+        upsert_second,
+        set_second,
+        1.5,
+    );
+    println!(
+        "check upsert second run rows rewritten = {upsert_rewritten}  (target 0)  {}",
+        verdict(upsert_rewritten == 0)
+    );
+    ok &= upsert_rewritten == 0;
+    for (table, set_first, set_second, _, first, second, rewritten) in &backfills {
+        ok &= ratio(
+            &format!("{table} batched first run / one UPDATE"),
+            *first,
+            *set_first,
+            1.3,
+        );
+        ok &= ratio(
+            &format!("{table} batched second run / one UPDATE second run"),
+            *second,
+            *set_second,
+            1.5,
+        );
+        println!(
+            "check {table} batched second run rows rewritten = {rewritten}  (target 0)  {}",
+            verdict(*rewritten == 0)
+        );
+        ok &= *rewritten == 0;
+    }
+    println!(
+        "\n{}",
+        if ok {
+            "all targets met"
+        } else {
+            "some targets MISSED"
+        }
+    );
+    Ok(())
+}
