@@ -221,31 +221,15 @@ impl LedgerSteps for MySql {
         config: &LedgerConfig,
         id: Option<&str>,
     ) -> Result<Vec<Pause>, sqlx::Error> {
-        // As the shared statement, with the optional id bound once (MySQL's `?` are
-        // positional): `coalesce(?, migration_id)` is the id, or every migration.
-        let runs = config.runs_ident();
-        let sql = format!(
-            "SELECT migration_id, db_user, host, finished_at, reason FROM {runs} AS r
-             WHERE action = 'pause' AND migration_id = coalesce($1, migration_id)
-               AND run_id = (SELECT max(run_id) FROM {runs}
-                             WHERE migration_id = r.migration_id
-                               AND action IN ('pause', 'unpause'))
-             ORDER BY migration_id"
-        );
-        let rows: Vec<PauseRow> = super::sql::query_as(AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_all(conn)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(migration_id, by, host, at, reason)| Pause {
-                migration_id,
-                by,
-                host,
-                at,
-                reason,
-            })
-            .collect())
+        marks_in_force(conn, config, id, ("pause", "unpause")).await
+    }
+
+    async fn cancel_state(
+        conn: &mut MySqlConnection,
+        config: &LedgerConfig,
+        id: Option<&str>,
+    ) -> Result<Vec<Pause>, sqlx::Error> {
+        marks_in_force(conn, config, id, ("cancel", "restart")).await
     }
 
     async fn schema_version_applied(
@@ -332,4 +316,39 @@ pub(super) async fn in_transaction(conn: &mut MySqlConnection) -> Result<bool, s
             .await
         }
     }
+}
+
+/// The marks an operator set (`on`) and did not lift since (`off`) in the run history:
+/// pauses, cancellations. As the shared statement, with the optional id bound once
+/// (MySQL's `?` are positional): `coalesce(?, migration_id)` is the id, or every
+/// migration. The actions are constants of this file.
+async fn marks_in_force(
+    conn: &mut MySqlConnection,
+    config: &LedgerConfig,
+    id: Option<&str>,
+    (on, off): (&'static str, &'static str),
+) -> Result<Vec<Pause>, sqlx::Error> {
+    let runs = config.runs_ident();
+    let sql = format!(
+        "SELECT migration_id, db_user, host, finished_at, reason FROM {runs} AS r
+         WHERE action = '{on}' AND migration_id = coalesce($1, migration_id)
+           AND run_id = (SELECT max(run_id) FROM {runs}
+                         WHERE migration_id = r.migration_id
+                           AND action IN ('{on}', '{off}'))
+         ORDER BY migration_id"
+    );
+    let rows: Vec<PauseRow> = super::sql::query_as(AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(migration_id, by, host, at, reason)| Pause {
+            migration_id,
+            by,
+            host,
+            at,
+            reason,
+        })
+        .collect())
 }
