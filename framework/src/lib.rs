@@ -114,6 +114,8 @@ pub use runner::{
     StopSignal,
 };
 pub use session::SessionInfo;
+#[cfg(feature = "mysql")]
+pub use sqlx::MySql;
 #[cfg(feature = "postgres")]
 pub use sqlx::Postgres;
 #[cfg(feature = "sqlite")]
@@ -207,6 +209,8 @@ pub mod guides {
 /// The names a migration module usually needs.
 pub mod prelude {
     pub use crate::{Backend, Batch, Ctx, Migrator, migration};
+    #[cfg(feature = "mysql")]
+    pub use sqlx::MySql;
     #[cfg(feature = "postgres")]
     pub use sqlx::Postgres;
     #[cfg(feature = "sqlite")]

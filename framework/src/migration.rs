@@ -3,6 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
+#[cfg(feature = "mysql")]
+use crate::MySql;
 #[cfg(feature = "postgres")]
 use crate::Postgres;
 #[cfg(feature = "sqlite")]
@@ -342,6 +344,8 @@ pub struct Migration {
     postgres: Option<Code<Postgres>>,
     #[cfg(feature = "sqlite")]
     sqlite: Option<Code<Sqlite>>,
+    #[cfg(feature = "mysql")]
+    mysql: Option<Code<MySql>>,
 }
 
 impl Migration {
@@ -411,6 +415,10 @@ impl Migration {
         if self.sqlite.is_some() {
             names.push("sqlite");
         }
+        #[cfg(feature = "mysql")]
+        if self.mysql.is_some() {
+            names.push("mysql");
+        }
         names
     }
 
@@ -422,6 +430,11 @@ impl Migration {
     #[cfg(feature = "sqlite")]
     pub(crate) fn sqlite_code(&self) -> Option<Code<Sqlite>> {
         self.sqlite
+    }
+
+    #[cfg(feature = "mysql")]
+    pub(crate) fn mysql_code(&self) -> Option<Code<MySql>> {
+        self.mysql
     }
 
     #[doc(hidden)]
@@ -447,6 +460,8 @@ impl Migration {
             postgres: None,
             #[cfg(feature = "sqlite")]
             sqlite: None,
+            #[cfg(feature = "mysql")]
+            mysql: None,
         }
     }
 
@@ -506,6 +521,21 @@ impl Migration {
     #[cfg(feature = "sqlite")]
     pub const fn sqlite_batched(mut self, run: BatchFn<Sqlite>, spec: BatchSpec) -> Self {
         self.sqlite = Some(Code::Batched(run));
+        self.batch = Some(spec);
+        self
+    }
+
+    #[doc(hidden)]
+    #[cfg(feature = "mysql")]
+    pub const fn mysql(mut self, run: MigrationFn<MySql>) -> Self {
+        self.mysql = Some(Code::Once(run));
+        self
+    }
+
+    #[doc(hidden)]
+    #[cfg(feature = "mysql")]
+    pub const fn mysql_batched(mut self, run: BatchFn<MySql>, spec: BatchSpec) -> Self {
+        self.mysql = Some(Code::Batched(run));
         self.batch = Some(spec);
         self
     }

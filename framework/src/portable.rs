@@ -3,6 +3,8 @@
 //! registers it for every backend compiled into datamig. The `cfg` lives here, since the
 //! user's crate cannot see datamig's features.
 
+#[cfg(feature = "mysql")]
+use crate::MySql;
 #[cfg(feature = "postgres")]
 use crate::Postgres;
 #[cfg(feature = "sqlite")]
@@ -39,6 +41,8 @@ impl Migration {
         let this = self;
         #[cfg(feature = "sqlite")]
         let this = this.sqlite(P::run::<Sqlite>);
+        #[cfg(feature = "mysql")]
+        let this = this.mysql(P::run::<MySql>);
         this
     }
 
@@ -51,6 +55,8 @@ impl Migration {
         let this = self;
         #[cfg(feature = "sqlite")]
         let this = this.sqlite_batched(P::run::<Sqlite>, spec);
+        #[cfg(feature = "mysql")]
+        let this = this.mysql_batched(P::run::<MySql>, spec);
         this.with_batch(spec)
     }
 }

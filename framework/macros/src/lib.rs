@@ -260,6 +260,8 @@ enum BackendKind {
     Postgres,
     /// `Ctx<'_, Sqlite>`: SQLite only.
     Sqlite,
+    /// `Ctx<'_, MySql>`: MySQL and MariaDB only.
+    MySql,
     /// `fn m<DB: Backend>(ctx: &mut Ctx<'_, DB>)`: every backend compiled in.
     Portable,
 }
@@ -301,6 +303,7 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
     let db = match backend {
         BackendKind::Postgres => quote!(::datamig::Postgres),
         BackendKind::Sqlite => quote!(::datamig::Sqlite),
+        BackendKind::MySql => quote!(::datamig::MySql),
         BackendKind::Portable => quote!(DB),
     };
     let (run_params, run_args, register) = match &args.batch {
@@ -310,6 +313,7 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
             match backend {
                 BackendKind::Postgres => quote!(.postgres(#run_fn)),
                 BackendKind::Sqlite => quote!(.sqlite(#run_fn)),
+                BackendKind::MySql => quote!(.mysql(#run_fn)),
                 BackendKind::Portable => quote!(.portable::<__DatamigBody>()),
             },
         ),
@@ -343,6 +347,7 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
                 match backend {
                     BackendKind::Postgres => quote!(.postgres_batched(#run_fn, #spec)),
                     BackendKind::Sqlite => quote!(.sqlite_batched(#run_fn, #spec)),
+                    BackendKind::MySql => quote!(.mysql_batched(#run_fn, #spec)),
                     BackendKind::Portable => {
                         quote!(.portable_batched::<__DatamigBody>(#spec))
                     }
@@ -479,7 +484,8 @@ fn check_signature(func: &ItemFn, batch: Option<&BatchArgs>) -> syn::Result<Back
     let backend = ctx_backend(&typed[0].ty, generic.as_ref()).ok_or_else(|| {
         let expected = match &generic {
             Some(param) => format!("`&mut Ctx<'_, {param}>`"),
-            None => "`&mut Ctx<'_, Postgres>` or `&mut Ctx<'_, Sqlite>`".to_string(),
+            None => "`&mut Ctx<'_, Postgres>`, `&mut Ctx<'_, Sqlite>` or `&mut Ctx<'_, MySql>`"
+                .to_string(),
         };
         syn::Error::new(
             typed[0].ty.span(),
@@ -575,6 +581,7 @@ fn ctx_backend(ty: &Type, param: Option<&syn::Ident>) -> Option<BackendKind> {
         }
         None if last_segment_is(db, "Postgres") => Some(BackendKind::Postgres),
         None if last_segment_is(db, "Sqlite") => Some(BackendKind::Sqlite),
+        None if last_segment_is(db, "MySql") => Some(BackendKind::MySql),
         None => None,
     }
 }

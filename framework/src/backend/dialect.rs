@@ -12,6 +12,20 @@ pub struct Dialect {
     /// time (sqlx's `persistent`). PostgreSQL's are all unnamed: through a transaction
     /// pooler a named statement may be met, or missed, by another client's session.
     pub(crate) persistent: bool,
+    /// How the shared statements' text is written for this database.
+    pub(crate) syntax: Syntax,
+}
+
+/// How a statement written once (standard SQL: `"name"` identifiers, `$1` parameters)
+/// reaches the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Syntax {
+    /// As written (PostgreSQL, SQLite).
+    Standard,
+    /// MySQL and MariaDB: identifiers in backticks, parameters as `?` (numbered parameters
+    /// must then appear once each, in order: [`Dialect::render`] refuses others).
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    MySql,
 }
 
 /// Who did what a ledger or run-history row records.
@@ -27,6 +41,14 @@ pub(crate) enum Actor {
 }
 
 impl Dialect {
+    /// `sql`, written in standard SQL, as this database reads it.
+    pub(crate) fn render(&self, sql: &str) -> String {
+        match self.syntax {
+            Syntax::Standard => sql.to_string(),
+            Syntax::MySql => to_mysql(sql),
+        }
+    }
+
     /// The SQL naming who did it, where the statement's next free parameter is `$n`.
     pub(crate) fn actor_sql(&self, n: usize) -> String {
         match self.actor {
@@ -53,19 +75,105 @@ fn os_user() -> String {
         .unwrap_or_else(|_| "unknown".to_string())
 }
 
+/// A statement written in standard SQL as MySQL reads it: each `"identifier"` in backticks
+/// (a doubled `"` inside it single, a backtick doubled), each `$n` outside quotes a `?`.
+/// String literals (`'..'`, with `''` and backslash escapes) and names already in
+/// backticks are copied as they are. MySQL binds `?` in the order they appear, so a statement whose numbered
+/// parameters are not `$1`, `$2`.. once each, in order, is a mistake of datamig's: it
+/// panics in debug builds.
+pub(crate) fn to_mysql(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    let mut next_param = 1u32;
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                out.push(c);
+                while let Some(c) = chars.next() {
+                    out.push(c);
+                    if c == '\\' {
+                        if let Some(escaped) = chars.next() {
+                            out.push(escaped);
+                        }
+                    } else if c == '\'' {
+                        if chars.peek() == Some(&'\'') {
+                            out.push(chars.next().unwrap_or('\''));
+                        } else {
+                            break;
+                        }
+                    }
+                }
+            }
+            '`' => {
+                out.push(c);
+                for c in chars.by_ref() {
+                    out.push(c);
+                    if c == '`' {
+                        break;
+                    }
+                }
+            }
+            '"' => {
+                out.push('`');
+                while let Some(c) = chars.next() {
+                    if c == '"' {
+                        if chars.peek() == Some(&'"') {
+                            chars.next();
+                            out.push('"');
+                        } else {
+                            break;
+                        }
+                    } else if c == '`' {
+                        out.push_str("``");
+                    } else {
+                        out.push(c);
+                    }
+                }
+                out.push('`');
+            }
+            '$' if chars.peek().is_some_and(char::is_ascii_digit) => {
+                let mut n = 0u32;
+                while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
+                    n = n * 10 + d;
+                    chars.next();
+                }
+                debug_assert_eq!(n, next_param, "MySQL parameters out of order in: {sql}");
+                next_param += 1;
+                out.push('?');
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{Actor, Dialect};
+    use super::{Actor, Dialect, Syntax, to_mysql};
+
+    #[test]
+    fn mysql_reads_backticks_and_question_marks_and_strings_stay_as_they_are() {
+        assert_eq!(
+            to_mysql(r#"SELECT "a""b", 'it''s "x" $9', 'c\'$' FROM "t`1" WHERE x = $1 AND y > $2"#),
+            r#"SELECT `a"b`, 'it''s "x" $9', 'c\'$' FROM `t``1` WHERE x = ? AND y > ?"#
+        );
+        assert_eq!(
+            to_mysql("SELECT `it's` FROM `a``b` WHERE x = $1"),
+            "SELECT `it's` FROM `a``b` WHERE x = ?"
+        );
+    }
 
     #[test]
     fn the_actor_is_current_user_or_a_bound_parameter() {
         let postgres = Dialect {
             actor: Actor::DatabaseUser,
             persistent: false,
+            syntax: Syntax::Standard,
         };
         let sqlite = Dialect {
             actor: Actor::OsUser,
             persistent: true,
+            syntax: Syntax::Standard,
         };
         assert_eq!(postgres.actor_sql(17), "current_user");
         assert_eq!(postgres.actor_value(), None);

@@ -4,7 +4,7 @@
 //! - `steps/`: the step traits [`Backend`] requires, one per concern: the connection, the
 //!   ledger, the runner lock, the walk of a batched migration's keys, tables, the upsert,
 //!   the ranges of several workers.
-//! - `postgres/` and `sqlite/`: each database's steps, a file per concern.
+//! - `postgres/`, `sqlite/` and `mysql/`: each database's steps, a file per concern.
 //! - `shared.rs`: the statements every database runs alike, written once, with their
 //!   differences as data (`dialect.rs`); `values.rs`: key values bound alike.
 //! - `lock_token.rs`: a holding of the runner lock by this process.
@@ -15,6 +15,8 @@ mod dialect;
 #[cfg(feature = "postgres")]
 pub(crate) mod isolation;
 mod lock_token;
+#[cfg(feature = "mysql")]
+mod mysql;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 mod shared;

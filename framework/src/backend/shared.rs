@@ -18,6 +18,7 @@ use sqlx::{
     Type,
 };
 
+use super::dialect::Syntax;
 use super::steps::ConnectionSteps;
 use super::values::bind_key_value;
 use crate::key::{Key, KeyShape, KeyValue};
@@ -49,6 +50,10 @@ where
 {
     /// A statement of this backend: prepared once and kept, or unnamed, as its dialect says.
     fn query<'q>(sql: impl SqlSafeStr) -> Query<'q, DB, DB::Arguments> {
+        let mut sql = sql.into_sql_str();
+        if DB::DIALECT.syntax != Syntax::Standard {
+            sql = AssertSqlSafe(DB::DIALECT.render(sql.as_str())).into_sql_str();
+        }
         sqlx::query(sql).persistent(DB::DIALECT.persistent)
     }
 

@@ -18,7 +18,7 @@ use sqlx::postgres::PgConnection;
 use sqlx::{Postgres, SqlStr};
 
 use crate::backend::Backend;
-use crate::backend::dialect::{Actor, Dialect};
+use crate::backend::dialect::{Actor, Dialect, Syntax};
 use crate::backend::isolation::begin_read_committed;
 use crate::backend::shared::Shared;
 use crate::backend::steps::ConnectionSteps;
@@ -41,6 +41,7 @@ impl ConnectionSteps for Postgres {
     const DIALECT: Dialect = Dialect {
         actor: Actor::DatabaseUser,
         persistent: false,
+        syntax: Syntax::Standard,
     };
 
     fn code(migration: &Migration) -> Option<Code<Self>> {

@@ -18,7 +18,7 @@ use sqlx::sqlite::SqliteConnection;
 use sqlx::{AssertSqlSafe, Connection, SqlStr, Sqlite};
 
 use crate::backend::Backend;
-use crate::backend::dialect::{Actor, Dialect};
+use crate::backend::dialect::{Actor, Dialect, Syntax};
 use crate::backend::shared::Shared;
 use crate::backend::steps::{ConnectionSteps, RangeSteps};
 use crate::key::KeyValue;
@@ -38,6 +38,7 @@ impl ConnectionSteps for Sqlite {
     const DIALECT: Dialect = Dialect {
         actor: Actor::OsUser,
         persistent: true,
+        syntax: Syntax::Standard,
     };
 
     fn code(migration: &Migration) -> Option<Code<Self>> {

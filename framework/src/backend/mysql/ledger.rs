@@ -1,0 +1,332 @@
+//! MySQL's ledger: InnoDB tables (their DDL commits implicitly, so it runs outside any
+//! migration's transaction), its rows written in the migration's transaction after the
+//! check that no statement of the body committed that transaction already, and the run
+//! history. The reads are the statements every backend shares (`shared.rs`); the writes
+//! are written here, since MySQL binds its `?` in order, once each.
+
+use sqlx::mysql::MySqlConnection;
+use sqlx::{AssertSqlSafe, MySql};
+
+use super::server::Server;
+use super::sql::{ident, query, query_scalar};
+use crate::backend::shared::Shared;
+use crate::backend::steps::LedgerSteps;
+use crate::error::Error;
+use crate::ledger::{Attempt, LAYOUT, LastRun, LedgerConfig, LedgerEntry, LedgerWrite, Pause};
+
+/// The table options of every table datamig creates on MySQL: InnoDB (transactions, row
+/// locks; MyISAM would make the ledger's exactly-once promise void), binary collation
+/// (ids compare as PostgreSQL and SQLite compare them).
+pub(super) const TABLE_OPTIONS: &str = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin";
+
+impl LedgerSteps for MySql {
+    async fn ensure_ledger(
+        conn: &mut MySqlConnection,
+        config: &LedgerConfig,
+    ) -> Result<(), sqlx::Error> {
+        let ledger = config.ledger_ident();
+        let runs = config.runs_ident();
+        let layout = config.layout_ident();
+        let mut ddl = Vec::new();
+        if let Some(schema) = config.schema_name() {
+            ddl.push(format!("CREATE DATABASE IF NOT EXISTS {}", ident(schema)));
+        }
+        // DATETIME(6), written and read as UTC (sqlx sets the session's time zone to
+        // +00:00): no year-2038 limit, as TIMESTAMP has.
+        ddl.push(format!(
+            "CREATE TABLE IF NOT EXISTS {ledger} (
+                id            varchar(255) NOT NULL PRIMARY KEY,
+                checksum      varchar(128) NOT NULL,
+                revision      int NOT NULL,
+                description   text NOT NULL,
+                started_at    datetime(6) NOT NULL,
+                finished_at   datetime(6) NOT NULL,
+                duration_ms   bigint NOT NULL,
+                rows_affected bigint NOT NULL,
+                notes         text,
+                applied_by    varchar(300) NOT NULL,
+                host          varchar(255) NOT NULL,
+                app_version   text,
+                run_count     int NOT NULL DEFAULT 1,
+                status        varchar(32) NOT NULL DEFAULT 'applied',
+                checkpoint    text,
+                batches       bigint NOT NULL DEFAULT 0
+            ) {TABLE_OPTIONS}"
+        ));
+        ddl.push(format!(
+            "CREATE TABLE IF NOT EXISTS {runs} (
+                run_id        bigint NOT NULL AUTO_INCREMENT PRIMARY KEY,
+                migration_id  varchar(255) NOT NULL,
+                action        varchar(32) NOT NULL,
+                outcome       varchar(32) NOT NULL,
+                checksum      varchar(128) NOT NULL,
+                revision      int NOT NULL,
+                started_at    datetime(6) NOT NULL,
+                finished_at   datetime(6) NOT NULL,
+                duration_ms   bigint NOT NULL,
+                rows_affected bigint NOT NULL,
+                error         text,
+                reason        text,
+                db_user       varchar(300) NOT NULL,
+                host          varchar(255) NOT NULL,
+                app_version   text,
+                KEY by_migration (migration_id, run_id)
+            ) {TABLE_OPTIONS}"
+        ));
+        ddl.push(format!(
+            "CREATE TABLE IF NOT EXISTS {layout} (
+                version     int NOT NULL,
+                upgraded_at datetime(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+            ) {TABLE_OPTIONS}"
+        ));
+        for statement in ddl {
+            query(AssertSqlSafe(statement)).execute(&mut *conn).await?;
+        }
+        let mut tx = <MySql as crate::backend::steps::ConnectionSteps>::begin(conn, None).await?;
+        query(AssertSqlSafe(format!("DELETE FROM {layout}")))
+            .execute(&mut *tx)
+            .await?;
+        query(AssertSqlSafe(format!(
+            "INSERT INTO {layout} (version) VALUES ({LAYOUT})"
+        )))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+
+    async fn ledger_exists(
+        conn: &mut MySqlConnection,
+        config: &LedgerConfig,
+    ) -> Result<bool, sqlx::Error> {
+        table_exists(conn, config.schema_name(), config.ledger_table_name()).await
+    }
+
+    async fn read_ledger(
+        conn: &mut MySqlConnection,
+        config: &LedgerConfig,
+    ) -> Result<Vec<LedgerEntry>, sqlx::Error> {
+        Shared::<Self>::read_ledger(conn, config).await
+    }
+
+    async fn write_ledger(
+        conn: &mut MySqlConnection,
+        config: &LedgerConfig,
+        a: &Attempt,
+    ) -> Result<bool, sqlx::Error> {
+        still_atomic(conn, a).await?;
+        let ledger = config.ledger_ident();
+        let revision = i32::try_from(a.revision).unwrap_or(i32::MAX);
+        if a.write == LedgerWrite::Accept {
+            let done = query(AssertSqlSafe(format!(
+                "UPDATE {ledger} SET checksum = $1, revision = $2, description = $3 WHERE id = $4"
+            )))
+            .bind(a.checksum.as_ref())
+            .bind(revision)
+            .bind(a.description.as_ref())
+            .bind(a.id.as_ref())
+            .execute(conn)
+            .await?;
+            return Ok(done.rows_affected() == 1);
+        }
+        // The same exactly-once statements as the other backends' (see `shared.rs`): an
+        // insert refused by the primary key a second time; a re-run only while the row
+        // holds the checksum and run count it planned from; a batch only while the row is
+        // `running` at its checkpoint (`<=>` is MySQL's null-safe equality).
+        let set = "checksum = $1, revision = $2, description = $3, started_at = $4,
+                   finished_at = $5, duration_ms = $6, rows_affected = $7, notes = $8,
+                   host = $9, app_version = $10, status = $11, checkpoint = $12,
+                   batches = $13, applied_by = CURRENT_USER()";
+        let sql = match &a.write {
+            LedgerWrite::Insert => format!("INSERT INTO {ledger} SET {set}, id = $14"),
+            LedgerWrite::Rerun { .. } => format!(
+                "UPDATE {ledger} SET {set}, run_count = run_count + 1
+                 WHERE id = $14 AND checksum = $15 AND run_count = $16"
+            ),
+            LedgerWrite::Continue { .. } => format!(
+                "UPDATE {ledger} SET {set}
+                 WHERE id = $14 AND status = 'running' AND checkpoint <=> $15"
+            ),
+            LedgerWrite::Accept => unreachable!("handled above"),
+        };
+        let mut q = query(AssertSqlSafe(sql))
+            .bind(a.checksum.as_ref())
+            .bind(revision)
+            .bind(a.description.as_ref())
+            .bind(a.first_started_at)
+            .bind(a.finished_at)
+            .bind(a.total_duration_ms())
+            .bind(a.total_rows_i64())
+            .bind(a.notes_text())
+            .bind(a.host.as_str())
+            .bind(&a.app_version)
+            .bind(a.status)
+            .bind(&a.checkpoint)
+            .bind(i64::try_from(a.batches).unwrap_or(i64::MAX))
+            .bind(a.id.as_ref());
+        match &a.write {
+            LedgerWrite::Rerun {
+                checksum,
+                run_count,
+            } => q = q.bind(checksum.as_str()).bind(*run_count),
+            LedgerWrite::Continue { expected } => q = q.bind(expected.clone()),
+            LedgerWrite::Insert | LedgerWrite::Accept => {}
+        }
+        Ok(q.execute(conn).await?.rows_affected() == 1)
+    }
+
+    async fn record_run(
+        conn: &mut MySqlConnection,
+        config: &LedgerConfig,
+        a: &Attempt,
+        error: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
+        let sql = format!(
+            "INSERT INTO {} (migration_id, action, outcome, checksum, revision, started_at,
+                 finished_at, duration_ms, rows_affected, error, host, app_version, reason, db_user)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, CURRENT_USER())",
+            config.runs_ident(),
+        );
+        query(AssertSqlSafe(sql))
+            .bind(a.id.as_ref())
+            .bind(a.action.as_str())
+            .bind(if error.is_some() {
+                "failed"
+            } else {
+                "succeeded"
+            })
+            .bind(a.checksum.as_ref())
+            .bind(i32::try_from(a.revision).unwrap_or(i32::MAX))
+            .bind(a.started_at)
+            .bind(a.finished_at)
+            .bind(a.duration_ms())
+            .bind(a.rows_i64())
+            .bind(error.map(str::to_string))
+            .bind(a.host.as_str())
+            .bind(&a.app_version)
+            .bind(&a.reason)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn last_runs(
+        conn: &mut MySqlConnection,
+        config: &LedgerConfig,
+    ) -> Result<Vec<LastRun>, sqlx::Error> {
+        Shared::<Self>::last_runs(conn, config).await
+    }
+
+    async fn pause_state(
+        conn: &mut MySqlConnection,
+        config: &LedgerConfig,
+        id: Option<&str>,
+    ) -> Result<Vec<Pause>, sqlx::Error> {
+        // As the shared statement, with the optional id bound once (MySQL's `?` are
+        // positional): `coalesce(?, migration_id)` is the id, or every migration.
+        let runs = config.runs_ident();
+        let sql = format!(
+            "SELECT migration_id, db_user, host, finished_at, reason FROM {runs} AS r
+             WHERE action = 'pause' AND migration_id = coalesce($1, migration_id)
+               AND run_id = (SELECT max(run_id) FROM {runs}
+                             WHERE migration_id = r.migration_id
+                               AND action IN ('pause', 'unpause'))
+             ORDER BY migration_id"
+        );
+        let rows: Vec<(
+            String,
+            String,
+            String,
+            chrono::DateTime<chrono::Utc>,
+            Option<String>,
+        )> = super::sql::query_as(AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_all(conn)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(migration_id, by, host, at, reason)| Pause {
+                migration_id,
+                by,
+                host,
+                at,
+                reason,
+            })
+            .collect())
+    }
+
+    async fn schema_version_applied(
+        conn: &mut MySqlConnection,
+        version: i64,
+    ) -> Result<bool, sqlx::Error> {
+        if !table_exists(&mut *conn, None, "_sqlx_migrations").await? {
+            return Ok(false);
+        }
+        query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = $1 AND success)",
+        )
+        .bind(version)
+        .fetch_one(conn)
+        .await
+    }
+}
+
+/// Whether table `table` exists in database `schema` (the connection's, without one).
+pub(super) async fn table_exists(
+    conn: &mut MySqlConnection,
+    schema: Option<&str>,
+    table: &str,
+) -> Result<bool, sqlx::Error> {
+    query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.TABLES
+                        WHERE TABLE_SCHEMA = coalesce($1, DATABASE()) AND TABLE_NAME = $2)",
+    )
+    .bind(schema)
+    .bind(table)
+    .fetch_one(conn)
+    .await
+}
+
+/// Before a migration's ledger row is written in its transaction: fails when that
+/// transaction is gone, committed by a statement of the body that commits implicitly
+/// (DDL: `CREATE`, `ALTER`, `DROP`, `TRUNCATE`, `RENAME`, ..; or `LOCK TABLES`, `BEGIN`).
+/// Its writes before that statement are committed, and writing the ledger row now would
+/// record as atomic what was not; without the row, the migration stays pending and says
+/// why.
+async fn still_atomic(conn: &mut MySqlConnection, a: &Attempt) -> Result<(), sqlx::Error> {
+    if in_transaction(conn).await? {
+        return Ok(());
+    }
+    Err(sqlx::Error::Configuration(Box::new(Error::Config(
+        format!(
+            "migration {} ran a statement that MySQL commits implicitly (DDL such as CREATE, ALTER, \
+         DROP, TRUNCATE or RENAME TABLE, or LOCK TABLES, or a second BEGIN): its transaction \
+         was committed part-way, so its writes up to that statement are in the database and \
+         its ledger row is not written, and the migration is still pending. MySQL cannot roll \
+         DDL back: move the DDL into a schema migration that runs before it, and make the \
+         data migration's writes converge before running it again",
+            a.id
+        ),
+    ))))
+}
+
+/// Whether `conn` is inside a transaction on the server: `@@in_transaction` on MariaDB;
+/// on MySQL, which has no such variable, whether InnoDB lists a transaction of this
+/// session (a transaction begun with a consistent snapshot is listed from its start).
+pub(super) async fn in_transaction(conn: &mut MySqlConnection) -> Result<bool, sqlx::Error> {
+    match Server::of(conn).await? {
+        Server::MariaDb => {
+            let open: i64 = query_scalar("SELECT @@in_transaction")
+                .fetch_one(conn)
+                .await?;
+            Ok(open != 0)
+        }
+        Server::MySql => {
+            query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM information_schema.INNODB_TRX
+                                WHERE trx_mysql_thread_id = CONNECTION_ID())",
+            )
+            .fetch_one(conn)
+            .await
+        }
+    }
+}

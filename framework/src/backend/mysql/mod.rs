@@ -1,0 +1,165 @@
+//! MySQL and MariaDB: `GET_LOCK` runner lock, InnoDB ledger, session timeouts.
+//!
+//! A file per concern, as the step traits are grouped: `ledger.rs`, `lock.rs` (`GET_LOCK`,
+//! the lease, sessions), `walk.rs`, `tables.rs`, `upsert.rs`, `ranges.rs`; `sql.rs` holds
+//! how every statement here is written and sent, `server.rs` what differs between MariaDB
+//! and MySQL 8.
+//!
+//! What MySQL cannot do: roll DDL back. `CREATE`, `ALTER`, `DROP`, `TRUNCATE`, `RENAME`
+//! commit the transaction they run in (an implicit commit), so a migration whose body runs
+//! one is not atomic with its ledger row. The runner checks, before it writes the ledger
+//! row, that the migration's transaction is still the one it began, and refuses the run
+//! otherwise (see `ledger.rs`).
+
+mod ledger;
+mod lock;
+mod ranges;
+mod server;
+mod sql;
+mod tables;
+mod upsert;
+mod walk;
+
+use std::time::Duration;
+
+use sqlx::mysql::MySqlConnection;
+use sqlx::{Connection, MySql, SqlStr};
+
+use self::server::Server;
+use self::sql::query;
+use crate::backend::Backend;
+use crate::backend::dialect::{Actor, Dialect, Syntax};
+use crate::backend::shared::Shared;
+use crate::backend::steps::ConnectionSteps;
+use crate::key::KeyValue;
+use crate::migration::{Code, Migration};
+
+impl Backend for MySql {}
+
+impl ConnectionSteps for MySql {
+    const ID: &'static str = "mysql";
+    // `GET_LOCK` belongs to the session, and sqlx's MySQL pool does not reset a session
+    // it takes back: a runner's connection holding the lock must never return to the pool.
+    const CLOSE_RUNNER_CONNECTION: bool = true;
+    const PIN_IN_TRANSACTION: bool = false;
+
+    const DIALECT: Dialect = Dialect {
+        actor: Actor::DatabaseUser,
+        persistent: true,
+        syntax: Syntax::MySql,
+    };
+
+    fn code(migration: &Migration) -> Option<Code<Self>> {
+        migration.mysql_code()
+    }
+
+    async fn begin(
+        conn: &mut MySqlConnection,
+        _lock_timeout: Option<Duration>,
+    ) -> Result<sqlx::Transaction<'_, MySql>, sqlx::Error> {
+        if conn.is_in_transaction() {
+            return conn.begin().await;
+        }
+        // READ COMMITTED, as on PostgreSQL, whatever the server's default (REPEATABLE
+        // READ): each statement sees what committed before it, and two workers finishing
+        // the last ranges at once see each other's. `SET TRANSACTION` applies to the next
+        // transaction only.
+        query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            .execute(&mut *conn)
+            .await?;
+        // With a consistent snapshot InnoDB starts the transaction at once: on MySQL, whose
+        // only sign of an open transaction is InnoDB's list of them, the check before the
+        // ledger row is written (`ledger.rs`) then finds it even when the body only read.
+        conn.begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+            .await
+    }
+
+    async fn execute(conn: &mut MySqlConnection, sql: SqlStr) -> Result<u64, sqlx::Error> {
+        Shared::<Self>::execute(conn, sql).await
+    }
+
+    async fn fetch_i64(
+        conn: &mut MySqlConnection,
+        sql: SqlStr,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        Shared::<Self>::fetch_i64(conn, sql).await
+    }
+
+    async fn execute_keyed(
+        conn: &mut MySqlConnection,
+        sql: SqlStr,
+        values: &[KeyValue],
+    ) -> Result<u64, sqlx::Error> {
+        Shared::<Self>::execute_keyed(conn, sql, values).await
+    }
+
+    fn rows_affected(result: &<Self as sqlx::Database>::QueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    /// MySQL has no `SET LOCAL`: the session's values are set, and the runner's
+    /// connection, which never returns to the pool, ends with them.
+    ///
+    /// - `lock_timeout` is `innodb_lock_wait_timeout` (a row lock; whole seconds, at least
+    ///   1) and `lock_wait_timeout` (a table's metadata lock, which DDL and `LOCK TABLES`
+    ///   take).
+    /// - `statement_timeout` is `max_statement_time` (MariaDB, seconds) or
+    ///   `max_execution_time` (MySQL 8, milliseconds, read-only `SELECT`s only: MySQL has
+    ///   no limit on a writing statement).
+    /// - `idle_in_transaction` has no MySQL counterpart bound to a transaction;
+    ///   `wait_timeout` ends an idle session, which rolls its transaction back.
+    async fn set_local_timeouts(
+        conn: &mut MySqlConnection,
+        lock_timeout: Option<Duration>,
+        statement_timeout: Option<Duration>,
+        idle_in_transaction: Option<Duration>,
+    ) -> Result<(), sqlx::Error> {
+        let seconds = |d: Duration| d.as_secs().max(1);
+        if let Some(lock) = lock_timeout {
+            query("SET SESSION innodb_lock_wait_timeout = ?, SESSION lock_wait_timeout = ?")
+                .bind(seconds(lock))
+                .bind(seconds(lock))
+                .execute(&mut *conn)
+                .await?;
+        }
+        if let Some(statement) = statement_timeout {
+            match Server::of(conn).await? {
+                Server::MariaDb => {
+                    query("SET SESSION max_statement_time = ?")
+                        .bind(statement.as_secs_f64().max(0.001))
+                        .execute(&mut *conn)
+                        .await?
+                }
+                Server::MySql => {
+                    query("SET SESSION max_execution_time = ?")
+                        .bind(
+                            u64::try_from(statement.as_millis())
+                                .unwrap_or(u64::MAX)
+                                .max(1),
+                        )
+                        .execute(&mut *conn)
+                        .await?
+                }
+            };
+        }
+        if let Some(idle) = idle_in_transaction {
+            query("SET SESSION wait_timeout = ?")
+                .bind(seconds(idle))
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn is_lock_timeout(err: &sqlx::Error) -> bool {
+        // 1205 ER_LOCK_WAIT_TIMEOUT (a row lock, `innodb_lock_wait_timeout`, and a
+        // metadata lock, `lock_wait_timeout`).
+        server::error_number(err) == Some(1205)
+    }
+
+    async fn server_version(conn: &mut MySqlConnection) -> Result<String, sqlx::Error> {
+        sqlx::query_scalar("SELECT CONCAT(VERSION(), ' (', @@version_comment, ')')")
+            .fetch_one(conn)
+            .await
+    }
+}
