@@ -149,7 +149,7 @@ mod workers;
 pub use convert::UnixTime;
 pub use copier::{Copier, default_jobs};
 pub use event::{CopyEvent, EventSink};
-pub use options::{CopyMode, Triggers};
+pub use options::{CopyMode, Triggers, ZeroDates};
 pub use plan::{BOOKKEEPING_TABLES, ColumnAction, ColumnPlan, TablePlan};
 pub use report::{CopyPlan, CopyReport, RowDifference, SequenceSet, TableReport, Verification};
 

@@ -20,6 +20,8 @@ use super::finish;
 use super::options::{CopyMode, Purpose};
 use super::progress;
 use super::report::{CopyPlan, CopyReport, empty_report};
+#[cfg(feature = "mysql")]
+use super::source::mysql::MysqlSource;
 use super::source::postgres::PostgresSource;
 #[cfg(feature = "sqlite")]
 use super::source::sqlite::SqliteSource;
@@ -36,6 +38,8 @@ pub(super) async fn run(copier: &Copier, purpose: Purpose) -> Result<CopyReport,
         }
         #[cfg(feature = "sqlite")]
         SourceOptions::Sqlite(options) => traced::<SqliteSource>(copier, options, purpose).await,
+        #[cfg(feature = "mysql")]
+        SourceOptions::Mysql(options) => traced::<MysqlSource>(copier, options, purpose).await,
     }
 }
 
@@ -142,6 +146,7 @@ async fn copy<S: Source>(
             left_out,
             resumed: false,
             from_sqlite,
+            converted: S::KIND != "postgres",
             triggers_off,
             unconvertible: Vec::new(),
             unconvertible_total: 0,
@@ -200,6 +205,7 @@ async fn copy<S: Source>(
         left_out,
         resumed: planned.iter().any(|p| p.plan.chunks_done > 0),
         from_sqlite,
+        converted: S::KIND != "postgres",
         triggers_off,
         unconvertible: Vec::new(),
         unconvertible_total: 0,
