@@ -110,7 +110,7 @@ impl Reading {
         let fields = i16::try_from(self.conversions.len()).unwrap_or(i16::MAX);
         out.extend_from_slice(&fields.to_be_bytes());
         for (i, conversion) in self.conversions.iter().enumerate() {
-            let failure = match row.try_get_unchecked::<Option<&[u8]>, _>(i) {
+            let failure = match raw(row, i) {
                 Ok(raw) => conversion.write(raw, out).err(),
                 Err(err) => Some(("a value the driver cannot read".into(), err.to_string())),
             };
@@ -128,7 +128,7 @@ impl Reading {
         let mut bad = 0;
         for (i, conversion) in self.conversions.iter().enumerate() {
             scratch.clear();
-            let failure = match row.try_get_unchecked::<Option<&[u8]>, _>(i) {
+            let failure = match raw(row, i) {
                 Ok(raw) => conversion.write(raw, &mut scratch).err(),
                 Err(err) => Some(("a value the driver cannot read".into(), err.to_string())),
             };
@@ -175,7 +175,7 @@ impl Reading {
                     offset: Some(0),
                 };
                 let mut out = Vec::new();
-                let shown = match row.try_get_unchecked::<Option<&[u8]>, _>(*at) {
+                let shown = match raw(row, *at) {
                     Ok(raw) if conversion.write(raw, &mut out).is_ok() && out.len() >= 4 => {
                         let text = String::from_utf8_lossy(&out[4..]).into_owned();
                         if matches!(st, SourceType::Int { .. }) {
@@ -191,6 +191,16 @@ impl Reading {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// A value's bytes as the server sent them, `None` for `NULL`. Not through `Option`'s
+/// decoding, which takes a zero date (`0000-00-00`) for `NULL`: a zero date is refused or
+/// mapped by `--zero-dates`, never silently made `NULL`.
+fn raw(row: &MySqlRow, i: usize) -> Result<Option<&[u8]>, sqlx::Error> {
+    use sqlx::Decode;
+    let value = row.try_get_raw(i)?;
+    // Decoding bytes fails only where the server sent no value.
+    Ok(<&[u8] as Decode<sqlx::MySql>>::decode(value).ok())
 }
 
 /// ` WHERE ..` over the table's key for a chunk and the bounds to bind: chunks split an
