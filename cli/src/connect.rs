@@ -1,13 +1,15 @@
 //! Connecting, with one-line errors, and applying `sqlx` schema migrations first.
 //!
-//! The URL's scheme picks the backend: `postgres://` (or `postgresql://`) or `sqlite:`.
+//! The URL's scheme picks the backend: `postgres://` (or `postgresql://`), `sqlite:`, or
+//! `mysql://` (or `mariadb://`) for MySQL and MariaDB.
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use datamig::{Backend, Migrator, Postgres, Sqlite};
+use datamig::{Backend, Migrator, MySql, Postgres, Sqlite};
 use sqlx::migrate::Migrate;
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqlitePoolOptions};
 use sqlx::{Connection, Pool};
@@ -22,6 +24,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 pub(crate) enum Scheme {
     Postgres,
     Sqlite,
+    /// MySQL or MariaDB (`mysql://`, `mariadb://`).
+    MySql,
 }
 
 /// The URL of `--database-url` / `DATABASE_URL`, and its backend.
@@ -41,11 +45,14 @@ pub(crate) fn scheme(url: &str) -> Result<Scheme, Failure> {
         Ok(Scheme::Postgres)
     } else if url.starts_with("sqlite:") {
         Ok(Scheme::Sqlite)
+    } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+        Ok(Scheme::MySql)
     } else {
         Err(Failure::new(
             exit::USAGE,
             format!(
-                "unsupported database URL {}: expected postgres://user:password@host:port/database \
+                "unsupported database URL {}: expected postgres://user:password@host:port/database, \
+                 mysql://user:password@host:port/database (or mariadb://..) \
                  or sqlite:path/to/file.db",
                 redact(url)
             ),
@@ -134,6 +141,43 @@ impl CliBackend for Sqlite {
     async fn apply_schema(pool: &Pool<Self>, dir: &Path) -> Result<usize, Failure> {
         apply_schema(pool, dir).await
     }
+}
+
+impl CliBackend for MySql {
+    fn max_replay_lag(_: Migrator<Self>, _: Duration) -> Result<Migrator<Self>, Failure> {
+        Err(Failure::new(
+            exit::USAGE,
+            "--max-replay-lag watches the standbys of a PostgreSQL server; it is not available \
+             on MySQL and MariaDB",
+        ))
+    }
+
+    async fn connect(url: &str, _pooled: bool) -> Result<Pool<Self>, Failure> {
+        let options = mysql_options(url)?;
+        let probe = tokio::time::timeout(CONNECT_TIMEOUT, MySqlConnection::connect_with(&options))
+            .await
+            .map_err(|_| no_answer(url))?
+            .map_err(|err| cannot_connect(url, &err, ""))?;
+        let _ = probe.close().await;
+        Ok(MySqlPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(options))
+    }
+
+    async fn apply_schema(pool: &Pool<Self>, dir: &Path) -> Result<usize, Failure> {
+        apply_schema(pool, dir).await
+    }
+}
+
+/// The connection options of a `mysql://` or `mariadb://` URL (sqlx reads `mysql://`;
+/// `mariadb://` names the same protocol).
+pub(crate) fn mysql_options(url: &str) -> Result<MySqlConnectOptions, Failure> {
+    let url_for_sqlx = match url.strip_prefix("mariadb://") {
+        Some(rest) => format!("mysql://{rest}"),
+        None => url.to_string(),
+    };
+    MySqlConnectOptions::from_str(&url_for_sqlx).map_err(|err| invalid(url, &err))
 }
 
 /// Applies the `sqlx` schema migrations in `dir`; returns how many were newly applied.

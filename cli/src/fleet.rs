@@ -64,6 +64,13 @@ async fn read_targets(cli: &Cli) -> Result<Targets, Failure> {
         return Ok(match scheme {
             Scheme::Postgres => Targets::query::<Postgres>(url, sql).await?,
             Scheme::Sqlite => Targets::query::<Sqlite>(url, sql).await?,
+            Scheme::MySql => {
+                return Err(Failure::new(
+                    exit::USAGE,
+                    "--targets-query reads its targets from PostgreSQL or SQLite; fleets are not \
+                     available on MySQL and MariaDB",
+                ));
+            }
         });
     }
     let Some(path) = &fleet.targets else {

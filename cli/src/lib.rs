@@ -28,8 +28,8 @@ use std::sync::Arc;
 use clap::Parser;
 use connect::{CliBackend, Scheme};
 use datamig::{
-    Error, Fingerprint, FingerprintOptions, IdempotencyCheck, LedgerConfig, Migrator, Postgres,
-    RunnerLock, Sqlite, StopSignal,
+    Error, Fingerprint, FingerprintOptions, IdempotencyCheck, LedgerConfig, Migrator, MySql,
+    Postgres, RunnerLock, Sqlite, StopSignal,
 };
 
 pub use opt::{
@@ -132,6 +132,10 @@ pub async fn execute_for(cli: Cli, build: Build) -> Result<u8, Failure> {
         }
         Scheme::Sqlite => {
             let pool = Sqlite::connect(url, pooled).await?;
+            execute_on(cli, pool, &out, build).await
+        }
+        Scheme::MySql => {
+            let pool = MySql::connect(url, pooled).await?;
             execute_on(cli, pool, &out, build).await
         }
     }
@@ -545,6 +549,13 @@ async fn compare(opts: &CompareOpts, global: &GlobalOpts, out: &Output) -> Resul
         connect::scheme(&opts.source)?,
         connect::scheme(&opts.target)?,
     ];
+    if schemes[0] != schemes[1] && schemes.contains(&Scheme::MySql) {
+        return Err(Failure::new(
+            exit::USAGE,
+            "compare takes two MySQL databases, or PostgreSQL and SQLite ones: a MySQL \
+             database is not compared with another kind",
+        ));
+    }
     if schemes[0] != schemes[1] {
         return compare_across(opts, schemes[0] == Scheme::Sqlite, out).await;
     }
@@ -561,6 +572,7 @@ async fn compare(opts: &CompareOpts, global: &GlobalOpts, out: &Output) -> Resul
                 fingerprint_at::<Postgres>(url, &options, global.lock == LockKind::Lease).await?
             }
             Scheme::Sqlite => fingerprint_at::<Sqlite>(url, &options, false).await?,
+            Scheme::MySql => fingerprint_at::<MySql>(url, &options, false).await?,
         });
     }
     let differences = sides[0].differences(&sides[1]);

@@ -9,6 +9,10 @@
 //! - otherwise testcontainers starts the image named by `DATAMIG_TEST_POSTGRES_IMAGE`
 //!   (`name:tag`, default `postgres:15`), removed when the test binary exits.
 //!
+//! [`mysql`] (with the `mysql` feature) does the same on MySQL or MariaDB: the server at
+//! `DATAMIG_TEST_MYSQL_URL`, or a container of `DATAMIG_TEST_MYSQL_IMAGE` (default
+//! `mariadb:10.11`).
+//!
 //! The idempotency proof, for every migration of a crate, in a few lines, on either
 //! backend:
 //!
@@ -37,6 +41,14 @@
 //! }
 //! # fn main() {}
 //! ```
+
+#[cfg(feature = "mysql")]
+mod mysql;
+
+#[cfg(feature = "mysql")]
+pub use self::mysql::{
+    DEFAULT_MYSQL_IMAGE, MYSQL_IMAGE_VAR, MYSQL_URL_VAR, MySqlTestDatabase, mysql,
+};
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};

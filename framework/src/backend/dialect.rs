@@ -77,8 +77,9 @@ fn os_user() -> String {
 
 /// A statement written in standard SQL as MySQL reads it: each `"identifier"` in backticks
 /// (a doubled `"` inside it single, a backtick doubled), each `$n` outside quotes a `?`.
-/// String literals (`'..'`, with `''` and backslash escapes) and names already in
-/// backticks are copied as they are. MySQL binds `?` in the order they appear, so a statement whose numbered
+/// `CAST(x AS bigint)` (or `integer`) is `CAST(x AS signed)`, `CAST(x AS text)` is
+/// `CAST(x AS char)`. String literals (`'..'`, with `''` and backslash escapes) and names
+/// already in backticks are copied as they are. MySQL binds `?` in the order they appear, so a statement whose numbered
 /// parameters are not `$1`, `$2`.. once each, in order, is a mistake of datamig's: it
 /// panics in debug builds.
 pub(crate) fn to_mysql(sql: &str) -> String {
@@ -141,6 +142,24 @@ pub(crate) fn to_mysql(sql: &str) -> String {
                 next_param += 1;
                 out.push('?');
             }
+            c if c.is_ascii_alphabetic() || c == '_' => {
+                let mut word = String::from(c);
+                while let Some(&c) = chars.peek() {
+                    if c.is_ascii_alphanumeric() || c == '_' {
+                        word.push(c);
+                        chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                // The types of `CAST(x AS type)`: MySQL's names for PostgreSQL's.
+                let cast_to = out.trim_end().to_ascii_uppercase().ends_with(" AS");
+                match word.to_ascii_lowercase().as_str() {
+                    "bigint" | "integer" if cast_to => out.push_str("signed"),
+                    "text" if cast_to => out.push_str("char"),
+                    _ => out.push_str(&word),
+                }
+            }
             _ => out.push(c),
         }
     }
@@ -160,6 +179,10 @@ mod tests {
         assert_eq!(
             to_mysql("SELECT `it's` FROM `a``b` WHERE x = $1"),
             "SELECT `it's` FROM `a``b` WHERE x = ?"
+        );
+        assert_eq!(
+            to_mysql("SELECT CAST(max(v) AS bigint), CAST(\"text\" AS text) AS bigint_col FROM t"),
+            "SELECT CAST(max(v) AS signed), CAST(`text` AS char) AS bigint_col FROM t"
         );
     }
 

@@ -315,7 +315,7 @@ async fn still_atomic(conn: &mut MySqlConnection, a: &Attempt) -> Result<(), sql
 pub(super) async fn in_transaction(conn: &mut MySqlConnection) -> Result<bool, sqlx::Error> {
     match Server::of(conn).await? {
         Server::MariaDb => {
-            let open: i64 = query_scalar("SELECT @@in_transaction")
+            let open: i64 = query_scalar("SELECT CAST(@@in_transaction AS signed)")
                 .fetch_one(conn)
                 .await?;
             Ok(open != 0)

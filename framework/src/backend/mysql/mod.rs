@@ -31,6 +31,7 @@ use crate::backend::Backend;
 use crate::backend::dialect::{Actor, Dialect, Syntax};
 use crate::backend::shared::Shared;
 use crate::backend::steps::ConnectionSteps;
+use crate::error::Error;
 use crate::key::KeyValue;
 use crate::migration::{Code, Migration};
 
@@ -75,6 +76,19 @@ impl ConnectionSteps for MySql {
     }
 
     async fn execute(conn: &mut MySqlConnection, sql: SqlStr) -> Result<u64, sqlx::Error> {
+        if conn.is_in_transaction()
+            && let Some(kind) = implicit_commit(sql.as_str())
+        {
+            return Err(sqlx::Error::Configuration(Box::new(Error::Config(
+                format!(
+                    "{kind} commits the transaction it runs in on MySQL and MariaDB, so it was not \
+                 sent: inside a migration it would commit the writes before it without the \
+                 ledger row, and no rollback could undo it. Run it in a schema migration \
+                 before this data migration (statement: {})",
+                    statement_head(sql.as_str())
+                ),
+            ))));
+        }
         Shared::<Self>::execute(conn, sql).await
     }
 
@@ -161,5 +175,59 @@ impl ConnectionSteps for MySql {
         sqlx::query_scalar("SELECT CONCAT(VERSION(), ' (', @@version_comment, ')')")
             .fetch_one(conn)
             .await
+    }
+}
+
+/// The kind of statement `sql` is, when MySQL commits the transaction it runs in
+/// (an implicit commit): DDL (`CREATE`, `ALTER`, `DROP`, `RENAME`, `TRUNCATE`; not on
+/// temporary tables), `LOCK TABLES`, a new `BEGIN`, the table maintenance statements
+/// (`ANALYZE`, `OPTIMIZE`, `REPAIR`), privileges, `FLUSH`. Told by its first words, before
+/// it is sent.
+pub(crate) fn implicit_commit(sql: &str) -> Option<String> {
+    let words: Vec<String> = sql
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ';')
+        .filter(|w| !w.is_empty())
+        .take(3)
+        .map(str::to_ascii_uppercase)
+        .collect();
+    let first = words.first()?.as_str();
+    let second = words.get(1).map_or("", String::as_str);
+    let commits = match first {
+        "CREATE" | "DROP" => second != "TEMPORARY",
+        "ALTER" | "RENAME" | "TRUNCATE" | "GRANT" | "REVOKE" | "LOCK" | "UNLOCK" | "BEGIN"
+        | "ANALYZE" | "OPTIMIZE" | "REPAIR" | "FLUSH" => true,
+        "START" => second == "TRANSACTION",
+        _ => false,
+    };
+    commits.then(|| words.iter().take(2).cloned().collect::<Vec<_>>().join(" "))
+}
+
+/// The start of a statement, for a message.
+fn statement_head(sql: &str) -> String {
+    let flat: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(100) {
+        Some((cut, _)) => format!("{}..", &flat[..cut]),
+        None => flat,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::implicit_commit;
+
+    #[test]
+    fn ddl_is_told_from_writes_by_its_first_words() {
+        assert_eq!(
+            implicit_commit("create table t (id int)").as_deref(),
+            Some("CREATE TABLE")
+        );
+        assert_eq!(
+            implicit_commit("  ALTER TABLE t ADD c int").as_deref(),
+            Some("ALTER TABLE")
+        );
+        assert_eq!(implicit_commit("TRUNCATE t").as_deref(), Some("TRUNCATE T"));
+        assert_eq!(implicit_commit("CREATE TEMPORARY TABLE s (id int)"), None);
+        assert_eq!(implicit_commit("UPDATE t SET a = 1"), None);
+        assert_eq!(implicit_commit("INSERT INTO t SELECT * FROM s"), None);
     }
 }

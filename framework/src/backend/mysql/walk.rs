@@ -1,73 +1,250 @@
-//! MySQL's walk over a batched migration's key. Not yet taken on MySQL: each step fails
-//! with [`Error::Unsupported`](crate::Error::Unsupported), and a batched migration is
-//! refused before it writes anything.
+//! MySQL's walk over a batched migration's key: the key's columns (from
+//! `information_schema.COLUMNS`) and index (`information_schema.STATISTICS`), the next
+//! batch by keyset pagination, a row estimate for progress. No rest check: the trait's
+//! defaults.
+//!
+//! Keys: integer columns (read and bound as `i64`; `BIGINT UNSIGNED` refused when a value
+//! is past `i64`'s range), `CHAR`/`VARCHAR`/`TEXT` (UUIDs as `CHAR(36)`, compared in the
+//! column's collation, as the index orders them), `BINARY`/`VARBINARY` (UUIDs as
+//! `BINARY(16)`, compared byte by byte), dates and times (read as text, which MySQL reads
+//! back as the column's type); composite keys of these.
 
-use sqlx::MySql;
 use sqlx::mysql::MySqlConnection;
+use sqlx::{AssertSqlSafe, MySql, Row};
 
+use super::ledger::table_exists;
+use super::sql::{query, query_as, query_scalar};
+use crate::backend::shared::Shared;
 use crate::backend::steps::{KeyColumn, WalkSteps};
-use crate::key::{Key, KeyShape};
-
-/// What the walk's steps cannot do yet on MySQL.
-const BATCHES: &str = "walk the key of a batched migration (batched migrations are not yet available on MySQL and MariaDB; write the migration as one that runs once)";
-
-fn unsupported() -> sqlx::Error {
-    sqlx::Error::Configuration(Box::new(crate::error::Error::Unsupported {
-        backend: "mysql",
-        step: BATCHES,
-    }))
-}
+use crate::backend::values::bind_key_value;
+use crate::key::{Key, KeyKind, KeyShape, KeyValue};
+use crate::sql::quote_ident;
 
 impl WalkSteps for MySql {
     async fn key_columns(
-        _conn: &mut MySqlConnection,
-        _table: &str,
-        _names: &[&str],
+        conn: &mut MySqlConnection,
+        table: &str,
+        names: &[&str],
     ) -> Result<Option<Vec<Option<KeyColumn>>>, sqlx::Error> {
-        Err(unsupported())
+        if !table_exists(&mut *conn, None, table).await? {
+            return Ok(None);
+        }
+        let info: Vec<(String, String, String, String)> = query_as(
+            "SELECT CAST(COLUMN_NAME AS char), CAST(COLUMN_TYPE AS char),
+                    CAST(DATA_TYPE AS char), CAST(IS_NULLABLE AS char)
+             FROM information_schema.COLUMNS
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = $1",
+        )
+        .bind(table)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut columns = Vec::with_capacity(names.len());
+        for name in names {
+            let Some((_, column_type, data_type, nullable)) = info.iter().find(|(n, ..)| n == name)
+            else {
+                columns.push(None);
+                continue;
+            };
+            let kind = key_kind(data_type);
+            // Values of a `BIGINT UNSIGNED` past i64's range cannot be read as integers.
+            let not_integers = if data_type == "bigint" && column_type.contains("unsigned") {
+                query_scalar(AssertSqlSafe(format!(
+                    "SELECT count(*) FROM {} WHERE {} > 9223372036854775807",
+                    quote_ident(table),
+                    quote_ident(name)
+                )))
+                .fetch_one(&mut *conn)
+                .await?
+            } else {
+                0
+            };
+            columns.push(Some(KeyColumn {
+                name: name.to_string(),
+                sql_type: column_type.clone(),
+                kind,
+                not_null: nullable == "NO",
+                not_integers,
+                number: 0,
+                collation: 0,
+            }));
+        }
+        Ok(Some(columns))
     }
 
     async fn key_index(
-        _conn: &mut MySqlConnection,
-        _table: &str,
-        _columns: &[KeyColumn],
+        conn: &mut MySqlConnection,
+        table: &str,
+        columns: &[KeyColumn],
     ) -> Result<Option<String>, sqlx::Error> {
-        Err(unsupported())
+        // An index whose leading columns are the key's, in order, each whole (no prefix
+        // length: a prefix index cannot order the key).
+        let rows: Vec<(String, i64, String, Option<i64>)> = query_as(
+            "SELECT CAST(INDEX_NAME AS char), CAST(SEQ_IN_INDEX AS signed),
+                    CAST(COLUMN_NAME AS char), CAST(SUB_PART AS signed)
+             FROM information_schema.STATISTICS
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = $1
+             ORDER BY INDEX_NAME = 'PRIMARY' DESC, INDEX_NAME, SEQ_IN_INDEX",
+        )
+        .bind(table)
+        .fetch_all(conn)
+        .await?;
+        let mut names: Vec<&str> = rows.iter().map(|(n, ..)| n.as_str()).collect();
+        names.dedup();
+        for index in names {
+            let leading: Vec<&(String, i64, String, Option<i64>)> =
+                rows.iter().filter(|(n, ..)| n == index).collect();
+            if leading.len() >= columns.len()
+                && leading
+                    .iter()
+                    .zip(columns)
+                    .all(|((_, _, column, prefix), want)| *column == want.name && prefix.is_none())
+            {
+                return Ok(Some(index.to_string()));
+            }
+        }
+        Ok(None)
     }
 
     async fn check_scope(
-        _conn: &mut MySqlConnection,
-        _table: &str,
-        _scope: &str,
+        conn: &mut MySqlConnection,
+        table: &str,
+        scope: &str,
     ) -> Result<(), sqlx::Error> {
-        Err(unsupported())
+        Shared::<Self>::check_scope(conn, table, scope).await
     }
 
     async fn next_batch(
-        _conn: &mut MySqlConnection,
-        _shape: &KeyShape,
-        _after: Option<&Key>,
-        _upper: Option<&Key>,
-        _size: u32,
+        conn: &mut MySqlConnection,
+        shape: &KeyShape,
+        after: Option<&Key>,
+        upper: Option<&Key>,
+        size: u32,
     ) -> Result<Option<(Key, u64)>, sqlx::Error> {
-        Err(unsupported())
+        // The first `size` keys after the checkpoint (an index range scan in key order),
+        // then the last of them and how many there are.
+        let (range, params) = shape.range(after.is_some(), upper.is_some(), 1, None);
+        let sql = format!(
+            "SELECT {}, count(*) OVER () FROM
+                 (SELECT {} FROM {} WHERE {range} ORDER BY {} LIMIT ${}) AS batch
+             ORDER BY {} LIMIT 1",
+            select_list(shape, "batch"),
+            shape.order_by(false),
+            quote_ident(&shape.table),
+            shape.order_by(false),
+            params + 1,
+            shape.order_by_in(true, Some("batch")),
+        );
+        let mut q = query(AssertSqlSafe(sql));
+        for value in after
+            .map(Key::values)
+            .unwrap_or_default()
+            .iter()
+            .chain(upper.map(Key::values).unwrap_or_default())
+        {
+            q = bind_key_value(q, value);
+        }
+        let Some(row) = q.bind(i64::from(size)).fetch_optional(conn).await? else {
+            return Ok(None);
+        };
+        let mut values = Vec::with_capacity(shape.parts.len());
+        for (i, part) in shape.parts.iter().enumerate() {
+            values.push(match read_as(part.kind, &part.sql_type) {
+                Read::Integer => KeyValue::Integer(row.try_get(i)?),
+                Read::Bytes => KeyValue::Bytes(row.try_get(i)?),
+                Read::Text => KeyValue::Text(row.try_get(i)?),
+            });
+        }
+        let keys: i64 = row.try_get(shape.parts.len())?;
+        Ok(Some((Key(values), u64::try_from(keys).unwrap_or(0))))
     }
 
     async fn has_keys_after(
-        _conn: &mut MySqlConnection,
-        _shape: &KeyShape,
-        _after: &Key,
-        _upper: Option<&Key>,
+        conn: &mut MySqlConnection,
+        shape: &KeyShape,
+        after: &Key,
+        upper: Option<&Key>,
     ) -> Result<bool, sqlx::Error> {
-        Err(unsupported())
+        Shared::<Self>::has_keys_after(conn, shape, after, upper).await
     }
 
     async fn estimate_rows(
-        _conn: &mut MySqlConnection,
-        _shape: &KeyShape,
-        _after: Option<&Key>,
-        _upper: Option<&Key>,
+        conn: &mut MySqlConnection,
+        shape: &KeyShape,
+        after: Option<&Key>,
+        upper: Option<&Key>,
     ) -> Result<Option<u64>, sqlx::Error> {
-        Err(unsupported())
+        // The optimiser's estimate of the rows the range reads (`EXPLAIN`'s `rows`).
+        let sql = format!(
+            "EXPLAIN SELECT 1 FROM {} WHERE {}",
+            quote_ident(&shape.table),
+            shape.range(after.is_some(), upper.is_some(), 1, None).0
+        );
+        let mut q = query(AssertSqlSafe(sql));
+        for value in after
+            .map(Key::values)
+            .unwrap_or_default()
+            .iter()
+            .chain(upper.map(Key::values).unwrap_or_default())
+        {
+            q = bind_key_value(q, value);
+        }
+        let rows = q.fetch_all(conn).await?;
+        let estimate = rows
+            .first()
+            .and_then(|row| row.try_get::<Option<i64>, _>("rows").ok().flatten())
+            .or_else(|| {
+                rows.first()
+                    .and_then(|row| row.try_get::<Option<u64>, _>("rows").ok().flatten())
+                    .and_then(|n| i64::try_from(n).ok())
+            });
+        Ok(estimate.and_then(|n| u64::try_from(n).ok()))
     }
+}
+
+/// How batching reads and binds a column of MySQL type `data_type`; `None` for a type it
+/// does not walk (floating point, whose equality is unreliable; `enum`/`set`, ordered by
+/// their position but compared as text; `json`, spatial, `bit`, `decimal`).
+fn key_kind(data_type: &str) -> Option<KeyKind> {
+    match data_type {
+        "tinyint" | "smallint" | "mediumint" | "int" | "bigint" => Some(KeyKind::Integer),
+        "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "binary"
+        | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => Some(KeyKind::Other),
+        "date" | "datetime" | "timestamp" | "time" | "year" => Some(KeyKind::Temporal),
+        _ => None,
+    }
+}
+
+/// How a key column's values travel between MySQL and the runner.
+enum Read {
+    Integer,
+    Bytes,
+    Text,
+}
+
+fn read_as(kind: KeyKind, sql_type: &str) -> Read {
+    match kind {
+        KeyKind::Integer => Read::Integer,
+        KeyKind::Temporal => Read::Text,
+        KeyKind::Other if sql_type.contains("binary") || sql_type.contains("blob") => Read::Bytes,
+        KeyKind::Other => Read::Text,
+    }
+}
+
+/// The key columns of `qualifier` as the runner reads them: integers as `signed`, dates
+/// and times as their text, the rest as stored.
+fn select_list(shape: &KeyShape, qualifier: &str) -> String {
+    shape
+        .parts
+        .iter()
+        .map(|p| {
+            let column = format!("{}.{}", quote_ident(qualifier), quote_ident(&p.name));
+            match read_as(p.kind, &p.sql_type) {
+                Read::Integer => format!("CAST({column} AS signed)"),
+                Read::Bytes => column,
+                Read::Text if p.kind == KeyKind::Temporal => format!("CAST({column} AS char)"),
+                Read::Text => column,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
