@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
-# Sourced by scripts/test.sh and scripts/demo.sh: makes a PostgreSQL available to
-# `datamig::testing` and stops, on exit, whatever it started.
+# Sourced by scripts/test.sh and scripts/demo.sh: makes a PostgreSQL and a MariaDB available
+# to `datamig::testing` and stops, on exit, whatever it started.
 #
 # - With DATAMIG_TEST_DATABASE_URL set, that server is used as it is.
 # - Otherwise PostgreSQL is started by testcontainers. Where Docker is missing and this runs
 #   as root on Debian (CI), the engine is installed and started here. Where the official
 #   image cannot be pulled (no registry), a local image is built from Debian's packages
 #   (scripts/postgres-image/build.sh) and DATAMIG_TEST_POSTGRES_IMAGE points at it.
+# - MariaDB (for the MySQL tests, `datamig::testing::mysql()`): with DATAMIG_TEST_MYSQL_URL
+#   set, that server; otherwise testcontainers starts the official `mariadb:10.11` image or,
+#   where it cannot be pulled, a local image built from Debian's `mariadb-server`
+#   (scripts/mariadb-image/build.sh), named by DATAMIG_TEST_MYSQL_IMAGE.
 # - PgBouncer (for the pooler tests) is installed from Debian's package where missing.
 # - Should the engine fail to start, a PostgreSQL server is started from the machine's own
 #   binaries and DATAMIG_TEST_DATABASE_URL points at it; this is said loudly.
 
 OFFICIAL_IMAGE="postgres:15"
 LOCAL_IMAGE="local/postgres:15"
+OFFICIAL_MYSQL_IMAGE="mariadb:10.11"
+LOCAL_MYSQL_IMAGE="local/mariadb:10.11"
 started_dockerd=""
 fallback_dir=""
 
@@ -73,6 +79,22 @@ ensure_image() {
   export DATAMIG_TEST_POSTGRES_IMAGE="$LOCAL_IMAGE"
 }
 
+ensure_mysql_image() {
+  [ -n "${DATAMIG_TEST_MYSQL_IMAGE:-}" ] && return 0
+  if docker image inspect "$OFFICIAL_MYSQL_IMAGE" >/dev/null 2>&1 || timeout 120 docker pull -q "$OFFICIAL_MYSQL_IMAGE" >/dev/null 2>&1; then
+    export DATAMIG_TEST_MYSQL_IMAGE="$OFFICIAL_MYSQL_IMAGE"
+    return 0
+  fi
+  if ! docker image inspect "$LOCAL_MYSQL_IMAGE" >/dev/null 2>&1; then
+    log "$OFFICIAL_MYSQL_IMAGE cannot be pulled here: building $LOCAL_MYSQL_IMAGE from Debian's packages"
+    scripts/mariadb-image/build.sh "$LOCAL_MYSQL_IMAGE" >/tmp/datamig-mariadb-image.log 2>&1 || {
+      log "building $LOCAL_MYSQL_IMAGE failed (see /tmp/datamig-mariadb-image.log)"
+      return 1
+    }
+  fi
+  export DATAMIG_TEST_MYSQL_IMAGE="$LOCAL_MYSQL_IMAGE"
+}
+
 pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
 
 as_postgres() {
@@ -128,3 +150,10 @@ else
   log "tests use the server in DATAMIG_TEST_DATABASE_URL"
 fi
 
+if [ -n "${DATAMIG_TEST_MYSQL_URL:-}" ]; then
+  log "the MySQL tests use the server in DATAMIG_TEST_MYSQL_URL"
+elif docker_ok && ensure_mysql_image; then
+  log "the MySQL tests start MariaDB with testcontainers from image $DATAMIG_TEST_MYSQL_IMAGE"
+else
+  log "WARNING: no MariaDB for the MySQL tests (tests/tests/mysql.rs): they need the Docker engine or DATAMIG_TEST_MYSQL_URL"
+fi
