@@ -12,6 +12,8 @@
 #                                       (its own throwaway server: scripts/bench-copy.sh)
 #     scripts/bench.sh --sqlite [ROWS]  `datamig copy` from SQLite beside pgloader
 #                                       (scripts/bench-sqlite.sh)
+#     scripts/bench.sh --mysql [ITEMS]  `datamig copy` from MariaDB beside pgloader
+#                                       (scripts/bench-mysql.sh)
 #
 # With DATABASE_URL set it runs against that server (its own bench_* tables only).
 # Otherwise against a throwaway PostgreSQL (scripts/test-env.sh).
@@ -24,6 +26,10 @@ fi
 if [ "${1:-}" = "--sqlite" ]; then
   shift
   exec scripts/bench-sqlite.sh "$@"
+fi
+if [ "${1:-}" = "--mysql" ]; then
+  shift
+  exec scripts/bench-mysql.sh "$@"
 fi
 if [ -z "${DATABASE_URL:-}" ]; then
   source scripts/test-env.sh

@@ -232,18 +232,6 @@ pub(crate) fn sqlite_options(url: &str) -> Result<SqliteConnectOptions, Failure>
     SqliteConnectOptions::from_str(url).map_err(|err| invalid(url, &err))
 }
 
-/// The connection options of a `mysql://` or `mariadb://` URL, a copy's source (a malformed
-/// URL is a usage error).
-pub(crate) fn mysql_options(
-    url: &str,
-) -> Result<datamig::sqlx::mysql::MySqlConnectOptions, Failure> {
-    let url = match url.strip_prefix("mariadb://") {
-        Some(rest) => format!("mysql://{rest}"),
-        None => url.to_string(),
-    };
-    datamig::sqlx::mysql::MySqlConnectOptions::from_str(&url).map_err(|err| invalid(&url, &err))
-}
-
 fn invalid(url: &str, err: &sqlx::Error) -> Failure {
     Failure::new(
         exit::USAGE,

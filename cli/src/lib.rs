@@ -667,8 +667,9 @@ fn parse_unix_time(given: &str) -> Result<(String, datamig::copy::UnixTime), Fai
 async fn copy(opts: &CopyOpts, out: &Output) -> Result<u8, Failure> {
     use datamig::copy::{Copier, CopyMode, Triggers};
     let target = copy_target(&opts.target)?;
-    let from_mysql = opts.source.starts_with("mysql://") || opts.source.starts_with("mariadb://");
-    let from_sqlite = !from_mysql && connect::scheme(&opts.source)? == Scheme::Sqlite;
+    let scheme = connect::scheme(&opts.source)?;
+    let from_mysql = scheme == Scheme::MySql;
+    let from_sqlite = scheme == Scheme::Sqlite;
     if !from_mysql && opts.zero_dates.is_some() {
         return Err(Failure::new(
             exit::USAGE,

@@ -19,8 +19,8 @@ fn datamig(args: &[&str]) -> tokio::process::Command {
 }
 
 /// A fresh MariaDB database with `schema` (statements separated by `;`) run in it.
-async fn source(schema: &str) -> anyhow::Result<shim::Db> {
-    let db = shim::mysql().await?;
+async fn source(schema: &str) -> anyhow::Result<datamig::testing::MySqlTestDatabase> {
+    let db = datamig::testing::mysql().await?;
     my_execute(db.pool(), schema).await?;
     Ok(db)
 }
@@ -571,32 +571,4 @@ async fn the_copy_reads_one_state_while_the_source_is_written() -> anyhow::Resul
         "one moment of the source: {late} writes seen in customers, {lines_bumped} bumps in lines"
     );
     Ok(())
-}
-
-mod shim {
-    use sqlx::{Connection, MySqlPool};
-    pub struct Db(MySqlPool, String);
-    impl Db {
-        pub fn pool(&self) -> &MySqlPool {
-            &self.0
-        }
-        pub fn url(&self) -> &str {
-            &self.1
-        }
-    }
-    pub async fn mysql() -> anyhow::Result<Db> {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let base = std::env::var("DATAMIG_TEST_MYSQL_URL")?;
-        let name = format!(
-            "t{}_{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
-        let mut c = sqlx::MySqlConnection::connect(&base).await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut c)
-            .await?;
-        let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
-        Ok(Db(MySqlPool::connect(&url).await?, url))
-    }
 }

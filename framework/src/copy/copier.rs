@@ -92,7 +92,7 @@ impl Copier {
 
     /// A copy from a MySQL or MariaDB database into the PostgreSQL database of `target`,
     /// whose schema already exists: each value is converted by its target column's type
-    /// (see the [module docs](super#from-mysql-or-mariadb)).
+    /// (see the [module docs](super#from-mysql-or-mariadb) and the copying guide).
     #[cfg(feature = "mysql")]
     pub fn from_mysql(source: sqlx::mysql::MySqlConnectOptions, target: PgConnectOptions) -> Self {
         Copier::from_source(SourceOptions::Mysql(source), target)

@@ -11,8 +11,8 @@
 //! in its column's own character set, decoded here, its invalid bytes named).
 //!
 //! Rows stream from a prepared statement (the binary protocol: floats bit-exact) one at a
-//! time: a table is never held in memory. Chunks are ranges of an integer primary key; a
-//! table with another key, or none, is one chunk. A copy is identified by the server
+//! time: a table is never held in memory. Chunks are ranges of the first column of the
+//! primary key, where it is an integer; a table with another key, or none, is one chunk. A copy is identified by the server
 //! (`@@hostname`, `@@port`, `@@server_id`) and database, and records the server's GTID
 //! position with each chunk.
 
@@ -522,23 +522,25 @@ async fn local_names(
     Ok(names)
 }
 
-/// Whether a table splits in key ranges: a primary key of one integer column.
+/// Whether a table splits in key ranges: a primary key whose first column is an integer
+/// on both sides (the ranges are of that column: the rows sharing one of its values are
+/// in one chunk).
 fn integer_key(p: &Planned, types: &SourceTypes) -> bool {
-    p.plan.key.len() == 1
-        && matches!(
-            types.get(&(display(&p.source.name), p.plan.key[0].clone())),
+    p.plan.key.first().is_some_and(|first| {
+        matches!(
+            types.get(&(display(&p.source.name), first.clone())),
             Some(Ok(SourceType::Int { .. }))
-        )
-        && p.target.column(&p.plan.key[0]).is_some_and(|c| {
+        ) && p.target.column(first).is_some_and(|c| {
             matches!(
                 c.sql_type.as_str(),
                 "smallint" | "integer" | "bigint" | "numeric"
             )
         })
+    })
 }
 
-/// The key ranges of a table: even ranges between its integer key's least and greatest
-/// value, as many as its rows (the server's estimate, else the key's span) need chunks of
+/// The key ranges of a table: even ranges between its key's first (integer) column's least
+/// and greatest value, as many as its rows (the server's estimate, else the key's span) need chunks of
 /// `chunk_rows`; otherwise one chunk.
 async fn split(
     conn: &mut MySqlConnection,
@@ -581,8 +583,8 @@ async fn split(
     Ok(Chunk::between(bounds))
 }
 
-/// ` AND` a chunk's key range over the target's key column (aliased `c`), its integer
-/// bounds bound and cast to the column's type: exact, as integers order alike.
+/// ` AND` a chunk's range of the key's first column over the target's (aliased `c`), its
+/// integer bounds bound and cast to the column's type: exact, as integers order alike.
 fn target_range(p: &Planned, chunk: &Chunk) -> Predicate {
     let mut out = Predicate {
         exact: true,

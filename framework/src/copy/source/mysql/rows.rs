@@ -203,8 +203,8 @@ fn raw(row: &MySqlRow, i: usize) -> Result<Option<&[u8]>, sqlx::Error> {
     Ok(<&[u8] as Decode<sqlx::MySql>>::decode(value).ok())
 }
 
-/// ` WHERE ..` over the table's key for a chunk and the bounds to bind: chunks split an
-/// integer key (`split` writes no other).
+/// ` WHERE ..` over the first column of the table's key for a chunk and the bounds to bind:
+/// chunks split an integer column (`split` writes no other).
 fn range(p: &Planned, chunk: &Chunk) -> Result<(String, Vec<i128>), String> {
     let mut conditions = Vec::new();
     let mut binds = Vec::new();
