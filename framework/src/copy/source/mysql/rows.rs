@@ -12,7 +12,7 @@ use super::types::{Conversion, SourceType, Target};
 use crate::copy::chunk::Chunk;
 use crate::copy::convert::Kind;
 use crate::copy::failure::Failure;
-use crate::copy::pipe::{Buffers, SEND_BYTES};
+use crate::copy::pipe::{Buffers, Filled, SEND_BYTES};
 use crate::copy::plan::Planned;
 use crate::error::UnconvertibleValue;
 
@@ -255,17 +255,14 @@ enum Ended {
 /// The start of binary `COPY` data: the signature, no flags, no header extension.
 const BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 
-/// Reads the rows and converts them into full buffers (the header first, the trailer
-/// last), taking emptied ones back.
+/// Reads the rows and converts them into full buffers (with their row counts) sent to
+/// `full` (the header first, the trailer last), taking emptied ones back from `empty`.
 async fn produce(
     conn: &mut MySqlConnection,
     reading: &Reading,
-    buffers: (
-        tokio::sync::mpsc::Sender<(Vec<u8>, u64)>,
-        &mut tokio::sync::mpsc::Receiver<Vec<u8>>,
-    ),
+    full: tokio::sync::mpsc::Sender<Filled>,
+    empty: &mut tokio::sync::mpsc::Receiver<Vec<u8>>,
 ) -> Ended {
-    let (full, empty) = buffers;
     let mut rows = query(&reading.sql, &reading.binds).fetch(&mut *conn);
     let mut buf = empty.recv().await.unwrap_or_default();
     buf.extend_from_slice(BINARY_HEADER);
@@ -313,7 +310,7 @@ pub(super) async fn stream(
         empty_tx,
         mut empty_rx,
     } = Buffers::new();
-    let reader = produce(conn, reading, (full_tx, &mut empty_rx));
+    let reader = produce(conn, reading, full_tx, &mut empty_rx);
     // The writer owns its ends of the pipe: when it stops, the reader's sends fail and
     // its waits for an emptied buffer end, so it stops too.
     let writer = async move {

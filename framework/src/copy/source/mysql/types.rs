@@ -81,7 +81,7 @@ impl Charset {
                 )),
             },
             Charset::Utf32 => {
-                if bytes.len() % 4 != 0 {
+                if !bytes.len().is_multiple_of(4) {
                     return Err(invalid(bytes.len() - bytes.len() % 4));
                 }
                 let mut out = String::with_capacity(bytes.len() / 4);
