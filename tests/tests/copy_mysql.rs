@@ -122,6 +122,12 @@ async fn every_type_arrives_with_its_edge_values() -> anyhow::Result<()> {
             .execute(src.pool())
             .await?;
     }
+    // A huge blob (12 MB, more than one protocol packet) and 4-byte UTF-8 in a long text.
+    my_execute(
+        src.pool(),
+        "INSERT INTO edges (id, f, d, blb, txt) VALUES (4, 0, 0, REPEAT(0xc3a9ff00, 3 * 1024 * 1024), REPEAT('😀', 70000))",
+    )
+    .await?;
     let dst = target(TYPES_PG).await?;
     let out = copy(src.url(), dst.url(), &["--verify"]).await?;
     assert!(
@@ -205,6 +211,13 @@ async fn every_type_arrives_with_its_edge_values() -> anyhow::Result<()> {
     assert_eq!(
         row(2, "bin, vbin, blb, js").await?,
         "(\"\\\\xffffffff\",\"\\\\x\",\"\\\\x\",[])"
+    );
+    assert_eq!(
+        row(4, "length(blb), md5(blb), length(txt), txt = repeat('😀', 70000)").await?,
+        format!(
+            "(12582912,{},70000,t)",
+            pg_text(dst.pool(), "SELECT md5(decode(repeat('c3a9ff00', 3 * 1024 * 1024), 'hex'))").await?
+        )
     );
     assert_eq!(
         pg_count(
@@ -309,6 +322,35 @@ async fn the_plan_names_every_mismatch_and_nothing_is_written() -> anyhow::Resul
         0,
         "nothing written, not even the progress table"
     );
+    // A user who may read but not take the read lock: refused, naming the privilege.
+    let dst = target("CREATE TABLE only_this (id int PRIMARY KEY)").await?;
+    let reader = format!("reader_{}", std::process::id());
+    my_execute(
+        src.pool(),
+        &format!(
+            "CREATE TABLE only_this (id int PRIMARY KEY);\nCREATE USER IF NOT EXISTS '{reader}'@'%' IDENTIFIED BY 'pw';\nGRANT SELECT ON `{}`.* TO '{reader}'@'%'",
+            src.name()
+        ),
+    )
+    .await?;
+    let (scheme, rest) = src.url().split_once("://").expect("a URL");
+    let weak = format!("{scheme}://{reader}:pw@{}", rest.split_once('@').expect("a user").1);
+    let out = copy(&weak, dst.url(), &["--tables", "only_this"]).await?;
+    let said = text(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("FLUSH TABLES WITH READ LOCK") && said.contains("RELOAD"), "{said}");
+    assert_eq!(
+        pg_count(
+            dst.pool(),
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'datamig_copy_progress'"
+        )
+        .await?,
+        0
+    );
+    // Its plan needs no lock.
+    let plan = copy(&weak, dst.url(), &["--tables", "only_this", "--dry-run"]).await?;
+    assert!(plan.status.success(), "{}", text(&plan.stderr));
+
     let bad = copy("mysql://nobody:wrong@127.0.0.1:1/none", dst.url(), &[]).await?;
     assert_ne!(bad.status.code(), Some(0));
     assert!(

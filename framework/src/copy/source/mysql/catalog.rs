@@ -33,7 +33,8 @@ pub(super) async fn catalog(
 ) -> Result<(BTreeMap<TableName, Table>, SourceTypes), sqlx::Error> {
     let tables = sqlx::query(
         "SELECT TABLE_NAME, COALESCE(TABLE_ROWS, 0) FROM information_schema.TABLES
-         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_TYPE IN ('BASE TABLE', 'SYSTEM VERSIONED')
+         ORDER BY TABLE_NAME",
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -107,7 +108,8 @@ pub(super) async fn catalog(
             sql_type: shown,
             not_null: text(&row, 4)?.as_deref() == Some("NO"),
             has_default,
-            generated: extra.contains("generated"),
+            // Not MySQL 8's DEFAULT_GENERATED: a column whose default is an expression.
+            generated: extra.contains("virtual generated") || extra.contains("stored generated"),
             identity: if extra.contains("auto_increment") {
                 "d".into()
             } else {

@@ -495,7 +495,7 @@ async fn local_names(
     mut names: BTreeMap<TableName, String>,
 ) -> Result<BTreeMap<TableName, String>, Error> {
     let rows = sqlx::raw_sql(
-        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_TYPE = 'BASE TABLE'",
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_TYPE IN ('BASE TABLE', 'SYSTEM VERSIONED')",
     )
     .fetch_all(&mut *conn)
     .await
