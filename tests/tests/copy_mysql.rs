@@ -213,10 +213,18 @@ async fn every_type_arrives_with_its_edge_values() -> anyhow::Result<()> {
         "(\"\\\\xffffffff\",\"\\\\x\",\"\\\\x\",[])"
     );
     assert_eq!(
-        row(4, "length(blb), md5(blb), length(txt), txt = repeat('😀', 70000)").await?,
+        row(
+            4,
+            "length(blb), md5(blb), length(txt), txt = repeat('😀', 70000)"
+        )
+        .await?,
         format!(
             "(12582912,{},70000,t)",
-            pg_text(dst.pool(), "SELECT md5(decode(repeat('c3a9ff00', 3 * 1024 * 1024), 'hex'))").await?
+            pg_text(
+                dst.pool(),
+                "SELECT md5(decode(repeat('c3a9ff00', 3 * 1024 * 1024), 'hex'))"
+            )
+            .await?
         )
     );
     assert_eq!(
@@ -334,11 +342,17 @@ async fn the_plan_names_every_mismatch_and_nothing_is_written() -> anyhow::Resul
     )
     .await?;
     let (scheme, rest) = src.url().split_once("://").expect("a URL");
-    let weak = format!("{scheme}://{reader}:pw@{}", rest.split_once('@').expect("a user").1);
+    let weak = format!(
+        "{scheme}://{reader}:pw@{}",
+        rest.split_once('@').expect("a user").1
+    );
     let out = copy(&weak, dst.url(), &["--tables", "only_this"]).await?;
     let said = text(&out.stderr);
     assert_ne!(out.status.code(), Some(0), "{said}");
-    assert!(said.contains("FLUSH TABLES WITH READ LOCK") && said.contains("RELOAD"), "{said}");
+    assert!(
+        said.contains("FLUSH TABLES WITH READ LOCK") && said.contains("RELOAD"),
+        "{said}"
+    );
     assert_eq!(
         pg_count(
             dst.pool(),
