@@ -1,12 +1,14 @@
 //! A MySQL or MariaDB source (the URL's database), read with sqlx's MySQL driver.
 //!
-//! One consistent read: MySQL cannot share a snapshot between connections, so the copy's
-//! own connection takes `FLUSH TABLES WITH READ LOCK` (writes wait; reads go on) and starts
-//! its snapshot, reads the catalog and splits the tables, then each worker's connection
-//! (and one for the verification) starts `START TRANSACTION WITH CONSISTENT SNAPSHOT`
-//! while the lock is held, and the lock is released: every reader sees the same state, and
-//! writers waited only while the readers opened. This needs the `RELOAD` privilege (the
-//! error says so). Each session reads with `time_zone = '+00:00'` (a `timestamp` is read
+//! One consistent read: MySQL cannot share a snapshot between connections, so when the
+//! workers' readers open, the copy's own connection takes `FLUSH TABLES WITH READ LOCK`
+//! (writes wait; reads go on), each worker's connection (and one for the verification)
+//! starts `START TRANSACTION WITH CONSISTENT SNAPSHOT`, and the lock is released: every
+//! reader sees the same state, and writers waited only while the readers opened. The
+//! copy's own connection reads the catalog and splits the tables in a snapshot of its own
+//! (a chunk's bounds only split the key's range: the first and last are open-ended). The
+//! lock needs the `RELOAD` privilege: it is tried when the source is opened, so that a
+//! user who may not take it is refused before anything is written. Each session reads with `time_zone = '+00:00'` (a `timestamp` is read
 //! as UTC, a `datetime` as the local time it is) and `character_set_results = NULL` (text
 //! in its column's own character set, decoded here, its invalid bytes named).
 //!
@@ -14,7 +16,7 @@
 //! time: a table is never held in memory. Chunks are ranges of the first column of the
 //! primary key, where it is an integer; a table with another key, or none, is one chunk. A copy is identified by the server
 //! (`@@hostname`, `@@port`, `@@server_id`) and database, and records the server's GTID
-//! position with each chunk.
+//! position when it was opened with each chunk.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -150,6 +152,29 @@ async fn reader(options: &MySqlConnectOptions) -> Result<MySqlConnection, Error>
     Ok(conn)
 }
 
+/// Takes `FLUSH TABLES WITH READ LOCK`: writes wait until [`unlock`], reads go on.
+async fn read_lock(conn: &mut MySqlConnection) -> Result<(), Error> {
+    sqlx::raw_sql("FLUSH TABLES WITH READ LOCK")
+        .execute(&mut *conn)
+        .await
+        .map(|_| ())
+        .map_err(|err| {
+            Error::Config(format!(
+                "cannot take the source's read lock (FLUSH TABLES WITH READ LOCK), which the copy holds for a moment while its readers start their snapshots so that they all read one state of the database: {}; grant the source user the RELOAD privilege, or end the long statements it waited for",
+                crate::error::describe_sqlx(&err)
+            ))
+        })
+}
+
+/// Lets the source's writers go.
+async fn unlock(conn: &mut MySqlConnection) -> Result<(), Error> {
+    sqlx::raw_sql("UNLOCK TABLES")
+        .execute(&mut *conn)
+        .await
+        .map(|_| ())
+        .during(|| "releasing the source's read lock".into())
+}
+
 /// The server's time zone as a fixed offset from UTC, in seconds, if it has one.
 async fn fixed_offset(conn: &mut MySqlConnection) -> Result<DatetimeOffset, sqlx::Error> {
     let row = sqlx::raw_sql("SELECT @@global.time_zone, @@system_time_zone")
@@ -236,6 +261,8 @@ impl Source for MysqlSource {
         let mut main = connect(options).await?;
         let locked = purpose == Purpose::Run;
         if locked {
+            // Tried now, so that a user who may not take it is refused before anything is
+            // written; taken again while the readers start.
             let wait = copier.lock_timeout.as_secs().max(1);
             sqlx::raw_sql(AssertSqlSafe(format!(
                 "SET SESSION lock_wait_timeout = {wait}"
@@ -243,15 +270,8 @@ impl Source for MysqlSource {
             .execute(&mut main)
             .await
             .during(|| "setting the source's lock wait timeout".into())?;
-            if let Err(err) = sqlx::raw_sql("FLUSH TABLES WITH READ LOCK")
-                .execute(&mut main)
-                .await
-            {
-                return Err(Error::Config(format!(
-                    "cannot take the source's read lock (FLUSH TABLES WITH READ LOCK), which the copy holds for a moment while its readers start their snapshots so that they all read one state of the database: {}; grant the source user the RELOAD privilege, or end the long statements it waited for",
-                    crate::error::describe_sqlx(&err)
-                )));
-            }
+            read_lock(&mut main).await?;
+            unlock(&mut main).await?;
         }
         sqlx::raw_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
             .execute(&mut main)
@@ -363,15 +383,21 @@ impl Source for MysqlSource {
     /// The workers' readers (and one for verification) start their snapshots while the
     /// copy's connection holds the read lock, then it lets writers go.
     async fn readers(&mut self, jobs: usize) -> Result<MysqlReaders, Error> {
+        if self.locked {
+            read_lock(&mut self.main).await?;
+        }
         let mut readers = Vec::new();
         for _ in 0..=jobs {
-            readers.push(reader(&self.options).await?);
+            match reader(&self.options).await {
+                Ok(r) => readers.push(r),
+                Err(err) => {
+                    let _ = unlock(&mut self.main).await;
+                    return Err(err);
+                }
+            }
         }
         if self.locked {
-            sqlx::raw_sql("UNLOCK TABLES")
-                .execute(&mut self.main)
-                .await
-                .during(|| "releasing the source's read lock".into())?;
+            unlock(&mut self.main).await?;
             self.locked = false;
         }
         self.reader = readers.pop();
