@@ -17,6 +17,8 @@
 #     scripts/bench.sh --mysql          the upsert and batched backfills on MariaDB against
 #                                       set-based statements (DATABASE_URL=mysql://.. or a
 #                                       throwaway MariaDB)
+#     scripts/bench.sh --mysql-copy [ITEMS]  `datamig copy` from MariaDB beside pgloader
+#                                       (scripts/bench-mysql-copy.sh)
 #
 # With DATABASE_URL set it runs against that server (its own bench_* tables only).
 # Otherwise against a throwaway PostgreSQL (scripts/test-env.sh).
@@ -33,6 +35,10 @@ fi
 if [ "${1:-}" = "--sqlite" ]; then
   shift
   exec scripts/bench-sqlite.sh "$@"
+fi
+if [ "${1:-}" = "--mysql-copy" ]; then
+  shift
+  exec scripts/bench-mysql-copy.sh "$@"
 fi
 if [ -z "${DATABASE_URL:-}" ]; then
   source scripts/test-env.sh

@@ -649,7 +649,7 @@ fn copy_target(url: &str) -> Result<sqlx::postgres::PgConnectOptions, Failure> {
         return Err(Failure::new(
             exit::USAGE,
             format!(
-                "copy writes into PostgreSQL: the target {} is not a postgres:// URL (the source may be postgres:// or sqlite:)",
+                "copy writes into PostgreSQL: the target {} is not a postgres:// URL (the source may be postgres://, sqlite: or mysql://)",
                 connect::redact(url)
             ),
         ));
@@ -680,15 +680,13 @@ fn parse_unix_time(given: &str) -> Result<(String, datamig::copy::UnixTime), Fai
 async fn copy(opts: &CopyOpts, out: &Output) -> Result<u8, Failure> {
     use datamig::copy::{Copier, CopyMode, Triggers};
     let target = copy_target(&opts.target)?;
-    let from_sqlite = connect::scheme(&opts.source)? == Scheme::Sqlite;
-    if connect::scheme(&opts.source)? == Scheme::MySql {
+    let scheme = connect::scheme(&opts.source)?;
+    let from_mysql = scheme == Scheme::MySql;
+    let from_sqlite = scheme == Scheme::Sqlite;
+    if !from_mysql && opts.zero_dates.is_some() {
         return Err(Failure::new(
             exit::USAGE,
-            format!(
-                "copy reads from PostgreSQL or SQLite: the source {} is a MySQL database, which \
-                 copy does not read yet",
-                connect::redact(&opts.source)
-            ),
+            "--zero-dates applies to a MySQL or MariaDB source (--source mysql://...)",
         ));
     }
     if !from_sqlite && (!opts.unix_time.is_empty() || opts.no_ledger) {
@@ -704,7 +702,15 @@ async fn copy(opts: &CopyOpts, out: &Output) -> Result<u8, Failure> {
     };
     let progress = std::sync::Arc::new(out.copy_progress());
     let events = std::sync::Arc::clone(&progress);
-    let mut copier = if from_sqlite {
+    let mut copier = if from_mysql {
+        let zero_dates = match &opts.zero_dates {
+            Some(given) => given.parse().map_err(|why: String| {
+                Failure::new(exit::USAGE, format!("--zero-dates {given}: {why}"))
+            })?,
+            None => datamig::copy::ZeroDates::Refuse,
+        };
+        Copier::from_mysql(connect::mysql_options(&opts.source)?, target).zero_dates(zero_dates)
+    } else if from_sqlite {
         let mut copier = Copier::from_sqlite(connect::sqlite_options(&opts.source)?, target)
             .ledger(!opts.no_ledger);
         for given in &opts.unix_time {

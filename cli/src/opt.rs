@@ -245,7 +245,7 @@ pub enum CopyModeArg {
 /// Options of `copy`.
 #[derive(Debug, Args)]
 pub struct CopyOpts {
-    /// The source database's URL (postgres://..., or sqlite:FILE to move a SQLite database into PostgreSQL).
+    /// The source database's URL (postgres://..., sqlite:FILE to move a SQLite database into PostgreSQL, or mysql://user:password@host:3306/database (mariadb:// too; ?ssl-mode=required for TLS) to move a MySQL or MariaDB database).
     #[arg(long)]
     pub source: String,
 
@@ -316,6 +316,10 @@ pub struct CopyOpts {
     /// A SQLite source: leave datamig's ledger behind (by default it comes along, so that nothing runs twice).
     #[arg(long)]
     pub no_ledger: bool,
+
+    /// A MySQL or MariaDB source: what a zero date (0000-00-00) or a date with a zero part becomes: refuse (the default: each is named), null, or a date or timestamp (1970-01-01).
+    #[arg(long, value_name = "refuse|null|DATE")]
+    pub zero_dates: Option<String>,
 }
 
 /// Options of `check-idempotency`.

@@ -702,7 +702,7 @@ impl Output {
                     writeln!(out, "      {table}.{column}: {n}")?;
                 }
             }
-        } else if plan.from_sqlite {
+        } else if plan.converted {
             writeln!(out, "every value converts (every row was read)")?;
         }
         writeln!(out, "dry run: nothing was written")?;

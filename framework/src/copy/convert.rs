@@ -508,16 +508,16 @@ impl Conversion {
 }
 
 /// Day zero of PostgreSQL's binary dates and timestamps.
-const POSTGRES_EPOCH: NaiveDate = NaiveDate::from_ymd_opt(2000, 1, 1).expect("a date");
+pub(crate) const POSTGRES_EPOCH: NaiveDate = NaiveDate::from_ymd_opt(2000, 1, 1).expect("a date");
 
-fn micros_of_day(time: NaiveTime) -> i64 {
+pub(crate) fn micros_of_day(time: NaiveTime) -> i64 {
     i64::from(time.num_seconds_from_midnight()) * 1_000_000 + i64::from(time.nanosecond() / 1000)
 }
 
 /// A plain decimal number (as [`decimal_digits`] accepts it) in `numeric`'s binary form:
 /// the count of base-10,000 digits, the weight of the first, the sign, the display scale,
 /// then the digits (leading and trailing zero digits left out).
-fn numeric_binary(text: &str, out: &mut Vec<u8>) {
+pub(crate) fn numeric_binary(text: &str, out: &mut Vec<u8>) {
     let negative = text.starts_with('-');
     let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
     let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
@@ -721,7 +721,7 @@ fn write_time(time: NaiveTime, out: &mut Vec<u8>) {
 
 /// Digits before and after the point of a plain decimal number (`-12.50`, `.5`, `3.`),
 /// leading zeros not counted before it; `None` when it is not one.
-fn decimal_digits(text: &str) -> Option<(usize, usize)> {
+pub(crate) fn decimal_digits(text: &str) -> Option<(usize, usize)> {
     let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
     let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
     if whole.is_empty() && fraction.is_empty()
@@ -733,7 +733,7 @@ fn decimal_digits(text: &str) -> Option<(usize, usize)> {
     Some((whole.trim_start_matches('0').len(), fraction.len()))
 }
 
-fn parse_uuid(text: &str) -> Option<[u8; 16]> {
+pub(crate) fn parse_uuid(text: &str) -> Option<[u8; 16]> {
     let inner = text
         .strip_prefix('{')
         .and_then(|t| t.strip_suffix('}'))

@@ -9,7 +9,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool};
 
 use super::convert::UnixTime;
 use super::event::{CopyEvent, EventSink};
-use super::options::{CopyMode, Selection, Triggers};
+use super::options::{CopyMode, Selection, Triggers, ZeroDates};
 
 /// A copy from one PostgreSQL database into another: configure, then [`Copier::plan`] or
 /// [`Copier::run`]. See the [module docs](super).
@@ -32,6 +32,7 @@ pub struct Copier {
     pub(super) unix_time: BTreeMap<String, UnixTime>,
     pub(super) follow: bool,
     pub(super) follow_poll: Duration,
+    pub(super) zero_dates: ZeroDates,
 }
 
 /// The jobs a copy runs with unless told ([`Copier::jobs`]): the cores this machine has,
@@ -47,6 +48,8 @@ pub(crate) enum SourceOptions {
     Postgres(PgConnectOptions),
     #[cfg(feature = "sqlite")]
     Sqlite(sqlx::sqlite::SqliteConnectOptions),
+    #[cfg(feature = "mysql")]
+    Mysql(sqlx::mysql::MySqlConnectOptions),
 }
 
 impl std::fmt::Debug for Copier {
@@ -89,6 +92,21 @@ impl Copier {
         copier
     }
 
+    /// A copy from a MySQL or MariaDB database into the PostgreSQL database of `target`,
+    /// whose schema already exists: each value is converted by its target column's type
+    /// (see the [module docs](super#from-mysql-or-mariadb) and the copying guide).
+    #[cfg(feature = "mysql")]
+    pub fn from_mysql(source: sqlx::mysql::MySqlConnectOptions, target: PgConnectOptions) -> Self {
+        Copier::from_source(SourceOptions::Mysql(source), target)
+    }
+
+    /// A MySQL or MariaDB source: what a zero date (`0000-00-00`) or a date with a zero part
+    /// becomes (default: [`ZeroDates::Refuse`], each named). Never guessed.
+    pub fn zero_dates(mut self, zero_dates: ZeroDates) -> Self {
+        self.zero_dates = zero_dates;
+        self
+    }
+
     fn from_source(source: SourceOptions, target: PgConnectOptions) -> Self {
         Copier {
             source,
@@ -108,6 +126,7 @@ impl Copier {
             unix_time: BTreeMap::new(),
             follow: false,
             follow_poll: Duration::from_millis(100),
+            zero_dates: ZeroDates::Refuse,
         }
     }
 

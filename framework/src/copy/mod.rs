@@ -119,6 +119,18 @@
 //! applied on SQLite count as applied on PostgreSQL. [`Copier::verify`] and
 //! [`Copier::compare`] convert the SQLite rows the same way into temporary tables on the
 //! target and compare them row by row, naming the first rows that differ.
+//!
+//! # From MySQL or MariaDB
+//!
+//! `Copier::from_mysql` (feature `mysql`) reads the tables of a MySQL or MariaDB database
+//! instead, with everything above, converting each value by its target column's type:
+//! `tinyint(1)`/`bit(1)` into `boolean`, integers (unsigned too) range-checked, `decimal`
+//! exactly, `float`/`double` bit-exactly, `datetime` as the local time it is and
+//! `timestamp` as UTC, `enum`/`set` into text, a PostgreSQL enum or an array, text of any
+//! character set decoded into UTF-8 (invalid bytes and `\0` named), blobs into `bytea`,
+//! `json` checked. Zero dates are refused by name unless `Copier::zero_dates` maps them.
+//! Its readers start their snapshots while the copy holds `FLUSH TABLES WITH READ LOCK`,
+//! so they all read one moment of the source. The copying guide has the whole table.
 
 // Three layers, each importing only from the ones before it (no two files import each
 // other). First the data and what both sides share: the options and the builder, the
@@ -164,7 +176,7 @@ pub use convert::UnixTime;
 pub use copier::{Copier, default_jobs};
 pub use event::{CopyEvent, EventSink};
 pub use follow::{Cutover, CutoverReport, FollowStatus, Writer};
-pub use options::{CopyMode, Triggers};
+pub use options::{CopyMode, Triggers, ZeroDates};
 pub use plan::{BOOKKEEPING_TABLES, ColumnAction, ColumnPlan, TablePlan};
 pub use report::{CopyPlan, CopyReport, RowDifference, SequenceSet, TableReport, Verification};
 

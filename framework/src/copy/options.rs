@@ -78,3 +78,46 @@ pub(super) enum Purpose {
     /// compared; no row copied.
     Cutover,
 }
+
+/// What a copy from MySQL or MariaDB does with a zero date (`0000-00-00`) or a date with a
+/// zero part (`2024-00-15`), which PostgreSQL has no value for ([`Copier::zero_dates`](crate::copy::Copier::zero_dates)).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ZeroDates {
+    /// The default: the value is refused, naming its table, row and column.
+    #[default]
+    Refuse,
+    /// Written as `NULL` (refused in a `NOT NULL` column).
+    Null,
+    /// Written as this date or timestamp (`1970-01-01`, `1970-01-01 00:00:00`), as
+    /// PostgreSQL reads it into the column's type.
+    Value(String),
+}
+
+impl std::str::FromStr for ZeroDates {
+    type Err = String;
+
+    /// `refuse`, `null`, or an ISO 8601 date or timestamp (`YYYY-MM-DD[ HH:MM:SS[.f]]`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "refuse" => Ok(ZeroDates::Refuse),
+            "null" | "NULL" => Ok(ZeroDates::Null),
+            other => {
+                let date = chrono::NaiveDate::parse_from_str(other, "%Y-%m-%d").is_ok();
+                let at = chrono::NaiveDateTime::parse_from_str(other, "%Y-%m-%d %H:%M:%S%.f")
+                    .or_else(|_| {
+                        chrono::NaiveDateTime::parse_from_str(other, "%Y-%m-%dT%H:%M:%S%.f")
+                    })
+                    .is_ok();
+                if date || at {
+                    Ok(ZeroDates::Value(other.replace('T', " ")))
+                } else {
+                    Err(format!(
+                        "{other:?} is neither refuse, null nor a date (YYYY-MM-DD) or timestamp (YYYY-MM-DD HH:MM:SS)"
+                    ))
+                }
+            }
+        }
+    }
+}

@@ -25,6 +25,9 @@ pub struct CopyPlan {
     pub resumed: bool,
     /// The source is a SQLite database: its values are converted column by column.
     pub from_sqlite: bool,
+    /// The source's values are converted column by column into the target's types (a
+    /// SQLite, MySQL or MariaDB source), and a plan reads every row to check them.
+    pub converted: bool,
     /// Every table loads with the target's triggers off (`session_replication_role =
     /// replica`) and the copy checks every foreign key itself, set-based over each chunk;
     /// otherwise some or all keep their triggers and the server checks their keys row by

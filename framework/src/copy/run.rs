@@ -21,6 +21,8 @@ use super::follow;
 use super::options::{CopyMode, Purpose};
 use super::progress;
 use super::report::{CopyPlan, CopyReport, empty_report};
+#[cfg(feature = "mysql")]
+use super::source::mysql::MysqlSource;
 use super::source::postgres::PostgresSource;
 #[cfg(feature = "sqlite")]
 use super::source::sqlite::SqliteSource;
@@ -37,6 +39,8 @@ pub(super) async fn run(copier: &Copier, purpose: Purpose) -> Result<CopyReport,
         }
         #[cfg(feature = "sqlite")]
         SourceOptions::Sqlite(options) => traced::<SqliteSource>(copier, options, purpose).await,
+        #[cfg(feature = "mysql")]
+        SourceOptions::Mysql(options) => traced::<MysqlSource>(copier, options, purpose).await,
     }
 }
 
@@ -227,6 +231,7 @@ async fn copy<S: Source>(
             left_out,
             resumed: false,
             from_sqlite,
+            converted: S::KIND != "postgres",
             triggers_off,
             unconvertible: Vec::new(),
             unconvertible_total: 0,
@@ -290,6 +295,7 @@ async fn copy<S: Source>(
         left_out,
         resumed: planned.iter().any(|p| p.plan.chunks_done > 0),
         from_sqlite,
+        converted: S::KIND != "postgres",
         triggers_off,
         unconvertible: Vec::new(),
         unconvertible_total: 0,

@@ -29,7 +29,7 @@ use snapshot::Snapshot;
 pub(super) async fn run(copier: &Copier) -> Result<CopyReport, Error> {
     let SourceOptions::Postgres(options) = &copier.source else {
         return Err(Error::Config(
-            "--follow reads a PostgreSQL source's changes by logical decoding; a SQLite source has none: copy without --follow".into(),
+            "--follow reads a PostgreSQL source's changes by logical decoding; a SQLite, MySQL or MariaDB source is copied without --follow (stop its writes for the copy)".into(),
         ));
     };
     if copier.mode == CopyMode::Merge {

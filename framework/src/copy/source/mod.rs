@@ -22,6 +22,10 @@ use super::sql::Predicate;
 use crate::error::{Error, UnconvertibleValue};
 use crate::fingerprint::Fingerprint;
 
+#[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
+pub(super) mod compare;
+#[cfg(feature = "mysql")]
+pub(super) mod mysql;
 pub(super) mod postgres;
 #[cfg(feature = "sqlite")]
 pub(super) mod sqlite;
