@@ -413,9 +413,11 @@ async fn twenty_killed_runners_leave_the_ledger_and_the_data_agreeing() -> anyho
         if matches!(&bump, Some((status, _)) if status == "running") {
             mid_batches += 1;
         }
-        sqlx::query("DELETE FROM datamig_ledger")
-            .execute(db.pool())
-            .await?;
+        if ledger {
+            sqlx::query("DELETE FROM datamig_ledger")
+                .execute(db.pool())
+                .await?;
+        }
         sqlx::query("UPDATE counter SET n = 0")
             .execute(db.pool())
             .await?;

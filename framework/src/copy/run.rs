@@ -185,6 +185,7 @@ async fn copy<S: Source>(
             left_out,
             resumed: true,
             from_sqlite,
+            converted: S::KIND != "postgres",
             triggers_off,
             unconvertible: Vec::new(),
             unconvertible_total: 0,

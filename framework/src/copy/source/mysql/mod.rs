@@ -327,6 +327,7 @@ impl Source for MysqlSource {
             name,
             identity,
             version,
+            xids: None,
         })
     }
 
