@@ -281,7 +281,14 @@ async fn a_killed_runner_leaves_nothing_and_its_stale_lock_is_taken_over() -> an
         .execute(&mut *probe)
         .await?;
     loop {
-        let counted = scalar(db.pool(), "SELECT count(*) FROM datamig_ledger_lock").await;
+        // The lock row taken and the ledger created (its own transaction, committed before
+        // the migration's begins): the write lock held after that is a migration's.
+        let counted = scalar(
+            db.pool(),
+            "SELECT count(*) FROM datamig_ledger_lock WHERE EXISTS
+             (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'datamig_ledger')",
+        )
+        .await;
         let locked = counted.as_ref().is_ok_and(|n| *n > 0)
             && match sqlx::query("BEGIN IMMEDIATE").execute(&mut *probe).await {
                 Ok(_) => {
