@@ -503,3 +503,56 @@ async fn a_dry_run_estimates_a_batched_migration_and_changes_nothing() -> anyhow
     assert!(item_values(fixtures.pool()).await?.iter().all(|v| *v == 0));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_restart_after_a_cancel_with_workers_walks_every_range_from_the_first_key()
+-> anyhow::Result<()> {
+    let db = fixture_database(&["slow_batches"]).await?;
+    let mut run = datamig(db.url(), &["run", "--workers", "2", "--format", "json"]).spawn()?;
+    let mut lines = tokio::io::BufReader::new(run.stdout.take().expect("piped")).lines();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await? {
+            let event: serde_json::Value = serde_json::from_str(&line)?;
+            if event["type"] == "progress" && event["batches"].as_u64() >= Some(2) {
+                return Ok::<_, anyhow::Error>(());
+            }
+        }
+        anyhow::bail!("the run ended before its second batch")
+    })
+    .await??;
+    let cancel = datamig(db.url(), &["cancel", BUMP_ITEMS]).output().await?;
+    assert!(cancel.status.success(), "{}", text(&cancel.stderr));
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while lines.next_line().await?.is_some() {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await??;
+    assert_eq!(run.wait().await?.code(), Some(13));
+    let before = item_values(db.pool()).await?;
+    assert!(
+        before.contains(&1) && before.contains(&0),
+        "stopped part-way: {before:?}"
+    );
+
+    // From the first key: every row bumped once more, those the ranges had done too.
+    let restart = datamig(db.url(), &["run", "--restart", "--workers", "2"])
+        .output()
+        .await?;
+    assert!(restart.status.success(), "{}", text(&restart.stderr));
+    let after = item_values(db.pool()).await?;
+    let missed = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| *a - *b != 1)
+        .count();
+    assert_eq!(
+        missed, 0,
+        "rows not bumped exactly once more by the restart"
+    );
+    let status: String = sqlx::query_scalar("SELECT status FROM datamig_ledger WHERE id = $1")
+        .bind(BUMP_ITEMS)
+        .fetch_one(db.pool())
+        .await?;
+    assert_eq!(status, "applied");
+    Ok(())
+}

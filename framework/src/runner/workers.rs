@@ -140,10 +140,16 @@ impl<DB: Backend> Migrator<DB> {
         })
         .await
         .map_err(Failure::Other)?;
-        if step.resume.is_none() || existing.is_empty() {
-            // A fresh start, a re-run, or a resume from one worker's checkpoint: split
-            // what is left after the checkpoint.
-            let after = match step.resume.as_ref().and_then(|e| e.checkpoint.as_deref()) {
+        if step.resume.is_none() || existing.is_empty() || step.restart {
+            // A fresh start, a re-run, a restart after a cancel (from the first key, the
+            // ranges left replaced), or a resume from one worker's checkpoint: split what is
+            // left after the checkpoint.
+            let checkpoint = if step.restart {
+                None
+            } else {
+                step.resume.as_ref().and_then(|e| e.checkpoint.as_deref())
+            };
+            let after = match checkpoint {
                 None => None,
                 Some(text) => Some(shape.decode(text).map_err(|why| {
                     Failure::Other(Error::Config(format!(
@@ -176,8 +182,10 @@ impl<DB: Backend> Migrator<DB> {
             attempt.checkpoint = after.as_ref().map(|k| shape.encode(k));
             if let Some(entry) = &step.resume {
                 attempt.first_started_at = entry.started_at;
-                attempt.batches = u64::try_from(entry.batches).unwrap_or(0);
-                attempt.total_rows = u64::try_from(entry.rows_affected).unwrap_or(0);
+                if !step.restart {
+                    attempt.batches = u64::try_from(entry.batches).unwrap_or(0);
+                    attempt.total_rows = u64::try_from(entry.rows_affected).unwrap_or(0);
+                }
             }
             attempt.notes = notes.clone();
             let mut tx = self
