@@ -172,60 +172,7 @@ impl<DB: Backend> Migrator<DB> {
     /// [`Error::UnknownId`]; [`Error::Config`] when it is applied already;
     /// [`Error::Database`].
     pub async fn pause(&self, id: &str, reason: Option<&str>) -> Result<Pause, Error> {
-        let migration = if self.is_ledger_only() {
-            None
-        } else {
-            Some(self.find(id)?)
-        };
-        if migration.is_some() {
-            self.ensure_ledger_for_pause().await?;
-        }
-        let mut conn = self.pool().acquire().await?;
-        pinned::<DB, _>(&mut conn, async |conn| {
-            let ledger =
-                if migration.is_some() || DB::ledger_exists(conn, self.ledger_config()).await? {
-                    DB::read_ledger(conn, self.ledger_config()).await?
-                } else {
-                    Vec::new()
-                };
-            let entry = ledger.iter().find(|e| e.id == id);
-            if let Some(entry) = entry
-                && !entry.is_running()
-            {
-                return Err(Error::Config(format!(
-                    "migration {id} is applied; there is nothing to pause"
-                )));
-            }
-            if migration.is_none() && entry.is_none() {
-                return Err(Error::Config(format!(
-                    "migration {id} is not in the ledger: without the migrations' code only a \
-                     migration the ledger records as part-way can be paused; to pause one \
-                     before it starts, use the application's own binary"
-                )));
-            }
-            if let Some(pause) = DB::pause_state(conn, self.ledger_config(), Some(id))
-                .await?
-                .pop()
-            {
-                return Ok(pause);
-            }
-            let mut attempt = match migration {
-                Some(migration) => self.attempt(migration, Action::Pause, Utc::now()),
-                None => self.attempt_for(id, entry, Action::Pause),
-            };
-            attempt.reason = reason.map(str::to_string);
-            DB::record_run(conn, self.ledger_config(), &attempt, None).await?;
-            DB::pause_state(conn, self.ledger_config(), Some(id))
-                .await?
-                .pop()
-                .ok_or_else(|| {
-                    Error::Runtime(format!(
-                        "the pause of {id} was written but does not read back; run `datamig \
-                         status` to see whether {id} is paused, and pause it again if not"
-                    ))
-                })
-        })
-        .await
+        self.mark(id, reason, Mark::Pause).await
     }
 
     /// Cancels a migration that is not applied yet: a `run` in progress on any host stops
@@ -241,6 +188,13 @@ impl<DB: Backend> Migrator<DB> {
     /// [`Error::UnknownId`]; [`Error::Config`] when it is applied already;
     /// [`Error::Database`].
     pub async fn cancel(&self, id: &str, reason: Option<&str>) -> Result<Pause, Error> {
+        self.mark(id, reason, Mark::Cancel).await
+    }
+
+    /// Sets an operator's mark (a pause or a cancel) on a migration that is not applied
+    /// yet, unless one is in force already; returns the mark in force.
+    async fn mark(&self, id: &str, reason: Option<&str>, mark: Mark) -> Result<Pause, Error> {
+        let (verb, past) = mark.words();
         let migration = if self.is_ledger_only() {
             None
         } else {
@@ -262,35 +216,36 @@ impl<DB: Backend> Migrator<DB> {
                 && !entry.is_running()
             {
                 return Err(Error::Config(format!(
-                    "migration {id} is applied; there is nothing to cancel"
+                    "migration {id} is applied; there is nothing to {verb}"
                 )));
             }
             if migration.is_none() && entry.is_none() {
                 return Err(Error::Config(format!(
                     "migration {id} is not in the ledger: without the migrations' code only a \
-                     migration the ledger records as part-way can be cancelled; to cancel one \
+                     migration the ledger records as part-way can be {past}; to {verb} one \
                      before it starts, use the application's own binary"
                 )));
             }
-            if let Some(cancel) = DB::cancel_state(conn, self.ledger_config(), Some(id))
+            if let Some(mark) = mark
+                .in_force::<DB>(conn, self.ledger_config(), id)
                 .await?
                 .pop()
             {
-                return Ok(cancel);
+                return Ok(mark);
             }
             let mut attempt = match migration {
-                Some(migration) => self.attempt(migration, Action::Cancel, Utc::now()),
-                None => self.attempt_for(id, entry, Action::Cancel),
+                Some(migration) => self.attempt(migration, mark.action(), Utc::now()),
+                None => self.attempt_for(id, entry, mark.action()),
             };
             attempt.reason = reason.map(str::to_string);
             DB::record_run(conn, self.ledger_config(), &attempt, None).await?;
-            DB::cancel_state(conn, self.ledger_config(), Some(id))
+            mark.in_force::<DB>(conn, self.ledger_config(), id)
                 .await?
                 .pop()
                 .ok_or_else(|| {
                     Error::Runtime(format!(
-                        "the cancel of {id} was written but does not read back; run `datamig \
-                         status` to see whether {id} is cancelled, and cancel it again if not"
+                        "the {verb} of {id} was written but does not read back; run `datamig \
+                         status` to see whether {id} is {past}, and {verb} it again if not"
                     ))
                 })
         })
@@ -480,4 +435,41 @@ fn require_reason(reason: &str) -> Result<(), Error> {
         ));
     }
     Ok(())
+}
+
+/// An operator's mark on a migration, kept in the run history.
+#[derive(Clone, Copy)]
+enum Mark {
+    Pause,
+    Cancel,
+}
+
+impl Mark {
+    /// The verb and its past participle, for messages.
+    fn words(self) -> (&'static str, &'static str) {
+        match self {
+            Mark::Pause => ("pause", "paused"),
+            Mark::Cancel => ("cancel", "cancelled"),
+        }
+    }
+
+    fn action(self) -> Action {
+        match self {
+            Mark::Pause => Action::Pause,
+            Mark::Cancel => Action::Cancel,
+        }
+    }
+
+    /// The marks of this kind in force on migration `id`.
+    async fn in_force<DB: Backend>(
+        self,
+        conn: &mut DB::Connection,
+        ledger: &crate::ledger::LedgerConfig,
+        id: &str,
+    ) -> Result<Vec<Pause>, sqlx::Error> {
+        match self {
+            Mark::Pause => DB::pause_state(conn, ledger, Some(id)).await,
+            Mark::Cancel => DB::cancel_state(conn, ledger, Some(id)).await,
+        }
+    }
 }
