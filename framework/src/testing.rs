@@ -518,74 +518,127 @@ impl Server {
     /// of its own that ends with the test, while the server must outlive them all.
     fn start() -> Result<Server, String> {
         let created = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
-        let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        let (done_tx, done_rx) = mpsc::channel::<()>();
         let external = std::env::var(DATABASE_URL_VAR)
             .ok()
             .filter(|u| !u.is_empty());
-        let keeper_created = Arc::clone(&created);
-
-        std::thread::Builder::new()
-            .name("datamig-test-server".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(format!("cannot start a runtime: {e}")));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    match external {
-                        Some(url) => {
-                            let _ = ready_tx.send(Ok(url.clone()));
-                            let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
-                            drop_databases(&url, &keeper_created).await;
-                        }
-                        None => {
-                            let container = match start_container().await {
-                                Ok(c) => c,
-                                Err(e) => {
-                                    let _ = ready_tx.send(Err(e));
-                                    return;
-                                }
-                            };
-                            let url =
-                                async {
-                                    let host = container.get_host().await?;
-                                    let port = container.get_host_port_ipv4(5432).await?;
-                                    Ok::<
-                                        _,
-                                        testcontainers_modules::testcontainers::TestcontainersError,
-                                    >(format!(
-                                        "postgres://postgres:postgres@{host}:{port}/postgres"
-                                    ))
-                                }
-                                .await
-                                .map_err(|e| {
-                                    format!("the test container has no reachable port: {e}")
-                                });
-                            let _ = ready_tx.send(url);
-                            let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
-                            let _ = container.rm().await;
-                        }
-                    }
-                });
-                let _ = done_tx.send(());
-            })
-            .map_err(|e| format!("cannot start the test server thread: {e}"))?;
-
-        let admin_url = ready_rx.recv().map_err(|_| {
-            "the test server thread ended before the server was ready".to_string()
-        })??;
+        let Keeper {
+            admin_url,
+            stop: stop_tx,
+            done: done_rx,
+        } = spawn_keeper(
+            "test",
+            "datamig-test-server",
+            external,
+            start_container,
+            5432,
+            |host, port| format!("postgres://postgres:postgres@{host}:{port}/postgres"),
+            Arc::clone(&created),
+            |url, created| Box::pin(async move { drop_databases(&url, &created).await }),
+        )?;
         *STOP.lock().unwrap_or_else(|p| p.into_inner()) = Some((stop_tx, done_rx));
         register_cleanup_at_exit();
         Ok(Server { admin_url, created })
     }
+}
+
+/// Drops the databases the tests created on the server at `admin_url`.
+pub(crate) type DropDatabases =
+    fn(
+        String,
+        Arc<Mutex<Vec<String>>>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A keeper thread, started: the server's admin URL, and how to tell it to clean up and
+/// wait for it.
+pub(crate) struct Keeper {
+    pub(crate) admin_url: String,
+    pub(crate) stop: mpsc::Sender<()>,
+    pub(crate) done: mpsc::Receiver<()>,
+}
+
+/// Starts the thread that owns a test binary's server: the server at `external` (whose
+/// created databases it drops at the end), or a container started by `start` (removed at
+/// the end), its URL made by `url` from the host and the mapped `port`. The thread has a
+/// runtime of its own, because each `#[tokio::test]` has a runtime that ends with the
+/// test, while the server must outlive them all. `what` names the server in errors.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn spawn_keeper<I, S, F, U>(
+    what: &'static str,
+    thread: &str,
+    external: Option<String>,
+    start: S,
+    port: u16,
+    url: U,
+    created: Arc<Mutex<Vec<String>>>,
+    drop_databases: DropDatabases,
+) -> Result<Keeper, String>
+where
+    I: testcontainers_modules::testcontainers::Image + 'static,
+    S: FnOnce() -> F + Send + 'static,
+    F: std::future::Future<
+            Output = Result<testcontainers_modules::testcontainers::ContainerAsync<I>, String>,
+        >,
+    U: FnOnce(String, u16) -> String + Send + 'static,
+{
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name(thread.into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("cannot start a runtime: {e}")));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match external {
+                    Some(admin_url) => {
+                        let _ = ready_tx.send(Ok(admin_url.clone()));
+                        let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+                        drop_databases(admin_url, created).await;
+                    }
+                    None => {
+                        let container = match start().await {
+                            Ok(c) => c,
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(e));
+                                return;
+                            }
+                        };
+                        let reached = async {
+                            let host = container.get_host().await?;
+                            let port = container.get_host_port_ipv4(port).await?;
+                            Ok::<_, testcontainers_modules::testcontainers::TestcontainersError>((
+                                host.to_string(),
+                                port,
+                            ))
+                        }
+                        .await
+                        .map(|(host, port)| url(host, port))
+                        .map_err(|e| format!("the {what} container has no reachable port: {e}"));
+                        let _ = ready_tx.send(reached);
+                        let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+                        let _ = container.rm().await;
+                    }
+                }
+            });
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| format!("cannot start the {what} server thread: {e}"))?;
+    let admin_url = ready_rx
+        .recv()
+        .map_err(|_| format!("the {what} server thread ended before the server was ready"))??;
+    Ok(Keeper {
+        admin_url,
+        stop: stop_tx,
+        done: done_rx,
+    })
 }
 
 async fn start_container()

@@ -6,6 +6,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::{Keeper, spawn_keeper};
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, MySqlPool};
 use testcontainers_modules::mariadb::Mariadb as MariadbImage;
@@ -210,68 +211,21 @@ impl Server {
     /// with its own runtime, which outlives every test's runtime.
     fn start() -> Result<Server, String> {
         let created = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
-        let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        let (done_tx, done_rx) = mpsc::channel::<()>();
         let external = std::env::var(MYSQL_URL_VAR).ok().filter(|u| !u.is_empty());
-        let keeper_created = Arc::clone(&created);
-
-        std::thread::Builder::new()
-            .name("datamig-test-mysql".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(format!("cannot start a runtime: {e}")));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    match external {
-                        Some(url) => {
-                            let _ = ready_tx.send(Ok(url.clone()));
-                            let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
-                            drop_databases(&url, &keeper_created).await;
-                        }
-                        None => {
-                            let container = match start_container().await {
-                                Ok(c) => c,
-                                Err(e) => {
-                                    let _ = ready_tx.send(Err(e));
-                                    return;
-                                }
-                            };
-                            let url =
-                                async {
-                                    let host = container.get_host().await?;
-                                    let port = container.get_host_port_ipv4(3306).await?;
-                                    Ok::<
-                                        _,
-                                        testcontainers_modules::testcontainers::TestcontainersError,
-                                    >(format!(
-                                        "mysql://root:{ROOT_PASSWORD}@{host}:{port}/mysql"
-                                    ))
-                                }
-                                .await
-                                .map_err(|e| {
-                                    format!("the MySQL test container has no reachable port: {e}")
-                                });
-                            let _ = ready_tx.send(url);
-                            let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
-                            let _ = container.rm().await;
-                        }
-                    }
-                });
-                let _ = done_tx.send(());
-            })
-            .map_err(|e| format!("cannot start the MySQL test server thread: {e}"))?;
-
-        let admin_url = ready_rx.recv().map_err(|_| {
-            "the MySQL test server thread ended before the server was ready".to_string()
-        })??;
+        let Keeper {
+            admin_url,
+            stop: stop_tx,
+            done: done_rx,
+        } = spawn_keeper(
+            "MySQL test",
+            "datamig-test-mysql",
+            external,
+            start_container,
+            3306,
+            |host, port| format!("mysql://root:{ROOT_PASSWORD}@{host}:{port}/mysql"),
+            Arc::clone(&created),
+            |url, created| Box::pin(async move { drop_databases(&url, &created).await }),
+        )?;
         *STOP.lock().unwrap_or_else(|p| p.into_inner()) = Some((stop_tx, done_rx));
         register_cleanup_at_exit();
         Ok(Server { admin_url, created })
