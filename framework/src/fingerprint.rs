@@ -19,7 +19,9 @@ use crate::ledger::LedgerConfig;
 pub struct TableFingerprint {
     /// Rows in the table.
     pub rows: i64,
-    /// SHA-256 (hex) over the SHA-256 of each row's text, in key order.
+    /// SHA-256 (hex) over the SHA-256 of each row's text, in key order. In a copy's
+    /// verification (`copy::Verification`): the SHA-256 (hex) of the sum of a
+    /// 64-bit hash of each row's text, computed in the server in no order.
     pub sha256: String,
     /// The columns that order the rows: the primary key, or empty for full-row order.
     pub key: Vec<String>,

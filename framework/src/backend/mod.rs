@@ -32,6 +32,8 @@ use steps::{
 };
 #[cfg(feature = "testing")]
 pub(crate) use values::bind_key_value;
+#[cfg(feature = "postgres")]
+pub(crate) use values::hex;
 
 /// A database datamig can migrate: [`Postgres`](crate::Postgres) and
 /// [`Sqlite`](crate::Sqlite), each behind the cargo feature of the same name (both on by

@@ -73,9 +73,10 @@
 //! 4. **Afterwards**: the sequences of serial and identity columns are set past the copied
 //!    values (the source's position or the highest value copied, never moved backwards);
 //!    every table that received rows is analyzed; with [`Copier::verify`] both sides are
-//!    fingerprinted, table by table (row count and a SHA-256 of the copied columns in key
-//!    order, or in the order of the rows' hashes for a table without a key: no column is
-//!    sorted or compared, whatever its type), and the differences returned.
+//!    fingerprinted at once, table by table (row count and the sum of a 64-bit hash of each
+//!    row's copied columns, computed in each server in one aggregate, in no order: no
+//!    column is sorted or compared, whatever its type; shown as the SHA-256 of the sum),
+//!    and the differences returned.
 //!
 //! **What a resumed run reads.** A run reads one snapshot; a resumed run takes a new one,
 //! so the chunks it copies show the source as it is then, while the chunks committed

@@ -1,24 +1,27 @@
-//! Both sides compared: the source's side as the source computes it (its fingerprint, or
-//! a SQLite source's rows converted and compared on the target), and the target's
-//! fingerprint of the copied columns.
+//! Both sides compared: the source's fingerprint as the source computes it (in its own
+//! server, at the same time as the target's; or, for a converting source, its rows
+//! converted and fingerprinted on the target), the target's fingerprint of the copied
+//! columns, and the tables that differ.
 
 use sqlx::postgres::PgConnection;
 
-use super::fingerprint::{Side, fingerprint};
 use super::plan::Planned;
 use super::report::Verification;
-use super::source::Source;
+use super::source::{Compared, Source};
 use crate::error::Error;
 
-/// Both sides compared: fingerprints of the copied columns (and, for a SQLite source, the
-/// first rows that differ, compared in the target's types).
+/// Both sides compared: fingerprints of the copied columns (and, for a converting source,
+/// the first rows that differ, compared in the target's types).
 pub(super) async fn verify<S: Source>(
     src: &mut S,
     dst: &mut PgConnection,
     planned: &[Planned],
 ) -> Result<Verification, Error> {
-    let (source, rows) = src.verify(dst, planned).await?;
-    let target = fingerprint(dst, planned, Side::Target).await?;
+    let Compared {
+        source,
+        target,
+        rows,
+    } = src.verify(dst, planned).await?;
     let differences = source.differences(&target);
     Ok(Verification {
         source,

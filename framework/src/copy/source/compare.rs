@@ -5,12 +5,13 @@ use std::future::Future;
 use sqlx::postgres::{PgConnection, PgCopyIn};
 use sqlx::{AssertSqlSafe, Row};
 
-use crate::backend::postgres::{hash_rows, query};
+use crate::backend::postgres::query;
 use crate::copy::catalog::display;
 use crate::copy::context::During;
-use crate::copy::fingerprint::fingerprint_sql;
+use crate::copy::fingerprint::{Encoding, Side, fingerprint, fingerprint_sql, sum_rows};
 use crate::copy::plan::Planned;
 use crate::copy::report::RowDifference;
+use crate::copy::source::Compared;
 use crate::copy::sql::{quote_literal, source_from};
 use crate::error::Error;
 use crate::fingerprint::{Fingerprint, TableFingerprint};
@@ -31,12 +32,12 @@ pub(super) trait StreamAll: Send {
 /// A source compared with the target in the target's types: each table's rows are
 /// converted as the copy converts them into a temporary table on the target (rolled back,
 /// nothing kept), fingerprinted like the target's, and joined with it by key to name the
-/// first rows that differ.
+/// first rows that differ; then the target's own fingerprint.
 pub(super) async fn compare_rows(
     reader: &mut impl StreamAll,
     dst: &mut PgConnection,
     planned: &[Planned],
-) -> Result<(Fingerprint, Vec<RowDifference>), Error> {
+) -> Result<Compared, Error> {
     let mut source = Fingerprint::default();
     let mut differences = Vec::new();
     let mut tx = crate::backend::isolation::begin_read_committed(dst)
@@ -65,7 +66,7 @@ pub(super) async fn compare_rows(
             }
             copy_in.finish().await.during(during)?;
         }
-        let (rows, sha256) = hash_rows(&mut tx, fingerprint_sql(p, &p.target, &stage))
+        let (rows, sha256) = sum_rows(&mut tx, &fingerprint_sql(p, &stage, Encoding::Same))
             .await
             .during(during)?;
         source.tables.insert(
@@ -142,5 +143,10 @@ pub(super) async fn compare_rows(
     tx.rollback()
         .await
         .during(|| "ending the comparison's transaction on the target".into())?;
-    Ok((source, differences))
+    let target = fingerprint(dst, planned, Side::Target, Encoding::Same).await?;
+    Ok(Compared {
+        source,
+        target,
+        rows: differences,
+    })
 }

@@ -48,6 +48,16 @@ pub(super) struct Opened<S> {
     pub(super) xids: Option<String>,
 }
 
+/// Both sides of a verification, as a source compares them.
+pub(super) struct Compared {
+    /// The source's fingerprint (of its rows converted, for a converting source).
+    pub(super) source: Fingerprint,
+    /// The target's fingerprint.
+    pub(super) target: Fingerprint,
+    /// The first rows that differ (a source compared row by row on the target).
+    pub(super) rows: Vec<RowDifference>,
+}
+
 /// A database a copy reads from, opened for one run (its own session: the catalog, the
 /// chunks, the verification).
 pub(super) trait Source: Sized + Send + 'static {
@@ -111,13 +121,14 @@ pub(super) trait Source: Sized + Send + 'static {
     fn readers(&mut self, jobs: usize)
     -> impl Future<Output = Result<Self::Readers, Error>> + Send;
 
-    /// The source's side of a verification: its fingerprint of the planned tables and, where
-    /// it compares row by row on the target, the first rows that differ.
+    /// A verification: both sides' fingerprints of the planned tables (the two computed at
+    /// once where the source is a server of its own) and, where the source compares row
+    /// by row on the target, the first rows that differ.
     fn verify(
         &mut self,
         target: &mut PgConnection,
         planned: &[Planned],
-    ) -> impl Future<Output = Result<(Fingerprint, Vec<RowDifference>), Error>> + Send;
+    ) -> impl Future<Output = Result<Compared, Error>> + Send;
 
     /// Ends the source's session.
     fn close(self) -> impl Future<Output = Result<(), Error>> + Send;

@@ -15,7 +15,7 @@ use futures_util::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgCopyIn};
 use sqlx::{AssertSqlSafe, Connection, Row};
 
-use super::{Opened, Reader, Readers, Source};
+use super::{Compared, Opened, Reader, Readers, Source};
 use crate::backend::postgres::{query, query_scalar};
 use crate::copy::catalog::{self, Table, TableName};
 use crate::copy::chunk::Chunk;
@@ -23,14 +23,12 @@ use crate::copy::connect::{SESSION, connect};
 use crate::copy::context::During;
 use crate::copy::copier::Copier;
 use crate::copy::failure::Failure;
-use crate::copy::fingerprint::{Side, fingerprint};
+use crate::copy::fingerprint::{Encoding, Side, fingerprint, server_encoding};
 use crate::copy::options::Purpose;
 use crate::copy::pipe::{Buffers, SEND_BYTES};
 use crate::copy::plan::{self, ColumnAction, ColumnPlan, Planned};
-use crate::copy::report::RowDifference;
 use crate::copy::sql::{Predicate, source_from};
 use crate::error::Error;
-use crate::fingerprint::Fingerprint;
 use crate::sql::quote_ident;
 
 /// A PostgreSQL source, opened: its connection holds the read transaction whose snapshot
@@ -137,15 +135,28 @@ impl Source for PostgresSource {
         })
     }
 
+    /// Both servers fingerprint at once, each in one aggregate over each table.
     async fn verify(
         &mut self,
-        _target: &mut PgConnection,
+        target: &mut PgConnection,
         planned: &[Planned],
-    ) -> Result<(Fingerprint, Vec<RowDifference>), Error> {
-        Ok((
-            fingerprint(&mut self.conn, planned, Side::Source).await?,
-            Vec::new(),
-        ))
+    ) -> Result<Compared, Error> {
+        let encoding = if server_encoding(&mut self.conn, Side::Source).await?
+            == server_encoding(target, Side::Target).await?
+        {
+            Encoding::Same
+        } else {
+            Encoding::Differs
+        };
+        let (source, target) = tokio::try_join!(
+            fingerprint(&mut self.conn, planned, Side::Source, encoding),
+            fingerprint(target, planned, Side::Target, encoding),
+        )?;
+        Ok(Compared {
+            source,
+            target,
+            rows: Vec::new(),
+        })
     }
 
     async fn close(mut self) -> Result<(), Error> {

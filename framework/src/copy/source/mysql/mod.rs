@@ -26,7 +26,7 @@ use sqlx::postgres::{PgConnection, PgCopyIn};
 use sqlx::{AssertSqlSafe, Connection, Row};
 
 use super::compare::{StreamAll, compare_rows};
-use super::{Opened, Reader, Readers, Source};
+use super::{Compared, Opened, Reader, Readers, Source};
 use crate::backend::postgres::query_scalar;
 use crate::copy::catalog::{Table, TableName, display};
 use crate::copy::chunk::Chunk;
@@ -35,10 +35,8 @@ use crate::copy::copier::Copier;
 use crate::copy::failure::Failure;
 use crate::copy::options::{Purpose, ZeroDates};
 use crate::copy::plan::{ColumnPlan, Planned};
-use crate::copy::report::RowDifference;
 use crate::copy::sql::Predicate;
 use crate::error::{Error, UnconvertibleValue};
-use crate::fingerprint::Fingerprint;
 use crate::sql::quote_ident;
 
 mod catalog;
@@ -412,7 +410,7 @@ impl Source for MysqlSource {
         &mut self,
         target: &mut PgConnection,
         planned: &[Planned],
-    ) -> Result<(Fingerprint, Vec<RowDifference>), Error> {
+    ) -> Result<Compared, Error> {
         let Some(conn) = self.reader.as_mut() else {
             return Err(Error::Runtime(
                 "the copy's verification found no MySQL reader; this is a bug in datamig".into(),

@@ -5,10 +5,9 @@ use sqlx::postgres::{PgConnection, PgCopyIn};
 use super::rows::stream_all;
 use crate::copy::convert::Conversion;
 use crate::copy::plan::Planned;
-use crate::copy::report::RowDifference;
+use crate::copy::source::Compared;
 use crate::copy::source::compare::StreamAll;
 use crate::error::Error;
-use crate::fingerprint::Fingerprint;
 
 /// The SQLite reader and each table's conversions.
 struct Converted<'a> {
@@ -33,7 +32,7 @@ pub(super) async fn compare_rows(
     dst: &mut PgConnection,
     planned: &[Planned],
     conversions: &[Vec<Conversion>],
-) -> Result<(Fingerprint, Vec<RowDifference>), Error> {
+) -> Result<Compared, Error> {
     let mut source = Converted { conn, conversions };
     crate::copy::source::compare::compare_rows(&mut source, dst, planned).await
 }

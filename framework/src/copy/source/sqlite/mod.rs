@@ -14,7 +14,7 @@ use sqlx::postgres::{PgConnection, PgCopyIn};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{AssertSqlSafe, Connection, Row};
 
-use super::{Opened, Reader, Readers, Source};
+use super::{Compared, Opened, Reader, Readers, Source};
 use crate::backend::postgres::query_scalar;
 use crate::copy::catalog::{Table, TableName};
 use crate::copy::chunk::Chunk;
@@ -24,10 +24,8 @@ use crate::copy::copier::Copier;
 use crate::copy::failure::Failure;
 use crate::copy::options::Purpose;
 use crate::copy::plan::{self, ColumnPlan, Planned};
-use crate::copy::report::RowDifference;
 use crate::copy::sql::Predicate;
 use crate::error::{Error, UnconvertibleValue};
-use crate::fingerprint::Fingerprint;
 use crate::sql::quote_ident;
 
 mod bounds;
@@ -175,7 +173,7 @@ impl Source for SqliteSource {
         &mut self,
         target: &mut PgConnection,
         planned: &[Planned],
-    ) -> Result<(Fingerprint, Vec<RowDifference>), Error> {
+    ) -> Result<Compared, Error> {
         let conversions: Vec<_> = planned
             .iter()
             .map(|p| catalog::conversions(p, &self.unix_time))
