@@ -562,21 +562,30 @@ async fn compare(opts: &CompareOpts, global: &GlobalOpts, out: &Output) -> Resul
         connect::scheme(&opts.source)?,
         connect::scheme(&opts.target)?,
     ];
-    if schemes[0] != schemes[1] && schemes.contains(&Scheme::MySql) {
+    if schemes[0] != schemes[1] && !schemes.contains(&Scheme::Postgres) {
         return Err(Failure::new(
             exit::USAGE,
-            "compare takes two MySQL databases, or PostgreSQL and SQLite ones: a MySQL \
-             database is not compared with another kind",
+            "compare takes two databases of one kind, or a PostgreSQL database and a SQLite \
+             or MySQL one: a SQLite database is not compared with a MySQL one",
         ));
     }
-    if schemes[0] != schemes[1] {
-        return compare_across(opts, schemes[0] == Scheme::Sqlite, out).await;
-    }
-    if !opts.unix_time.is_empty() {
+    if !opts.unix_time.is_empty()
+        && (schemes[0] == schemes[1] || !schemes.contains(&Scheme::Sqlite))
+    {
         return Err(Failure::new(
             exit::USAGE,
             "--unix-time applies to a comparison of a SQLite and a PostgreSQL database",
         ));
+    }
+    if opts.zero_dates.is_some() && (schemes[0] == schemes[1] || !schemes.contains(&Scheme::MySql))
+    {
+        return Err(Failure::new(
+            exit::USAGE,
+            "--zero-dates applies to a comparison of a MySQL or MariaDB and a PostgreSQL database",
+        ));
+    }
+    if schemes[0] != schemes[1] {
+        return compare_across(opts, schemes[0] != Scheme::Postgres, out).await;
     }
     let mut sides = Vec::new();
     for url in [&opts.source, &opts.target] {
@@ -597,30 +606,36 @@ async fn compare(opts: &CompareOpts, global: &GlobalOpts, out: &Output) -> Resul
     })
 }
 
-/// `compare` of a SQLite and a PostgreSQL database: row by row in PostgreSQL's types.
+/// `compare` of a SQLite or MySQL database and a PostgreSQL one: row by row in
+/// PostgreSQL's types, the other side's rows converted as a copy converts them.
 async fn compare_across(
     opts: &CompareOpts,
-    sqlite_first: bool,
+    other_first: bool,
     out: &Output,
 ) -> Result<u8, Failure> {
-    let (sqlite, postgres) = if sqlite_first {
+    let (other, postgres) = if other_first {
         (&opts.source, &opts.target)
     } else {
         (&opts.target, &opts.source)
     };
-    let mut copier = datamig::copy::Copier::from_sqlite(
-        connect::sqlite_options(sqlite)?,
-        connect::postgres_options(postgres)?,
-    )
-    .ledger(false);
+    let postgres = connect::postgres_options(postgres)?;
+    let mut copier = if connect::scheme(other)? == Scheme::MySql {
+        datamig::copy::Copier::from_mysql(connect::mysql_options(other)?, postgres)
+            .zero_dates(zero_dates(opts.zero_dates.as_deref())?)
+    } else {
+        let mut copier =
+            datamig::copy::Copier::from_sqlite(connect::sqlite_options(other)?, postgres)
+                .ledger(false);
+        for given in &opts.unix_time {
+            let (column, unit) = parse_unix_time(given)?;
+            copier = copier.unix_time(column, unit);
+        }
+        copier
+    };
     copier = copier.tables(opts.tables.tables.iter().cloned());
-    for given in &opts.unix_time {
-        let (column, unit) = parse_unix_time(given)?;
-        copier = copier.unix_time(column, unit);
-    }
     let mut verification = copier.compare().await?;
-    if !sqlite_first {
-        // Named from the SQLite side; the source here is PostgreSQL.
+    if !other_first {
+        // Named from the SQLite or MySQL side; the source here is PostgreSQL.
         for row in &mut verification.rows {
             row.difference = match row.difference.as_str() {
                 "only in the source" => "only in the target".into(),
@@ -629,7 +644,7 @@ async fn compare_across(
             };
         }
     }
-    let (left, right) = if sqlite_first {
+    let (left, right) = if other_first {
         (&verification.source, &verification.target)
     } else {
         (&verification.target, &verification.source)
@@ -655,6 +670,16 @@ fn copy_target(url: &str) -> Result<sqlx::postgres::PgConnectOptions, Failure> {
         ));
     }
     connect::postgres_options(url)
+}
+
+/// `--zero-dates`: refuse (the default), null, or a date.
+fn zero_dates(given: Option<&str>) -> Result<datamig::copy::ZeroDates, Failure> {
+    match given {
+        Some(given) => given.parse().map_err(|why: String| {
+            Failure::new(exit::USAGE, format!("--zero-dates {given}: {why}"))
+        }),
+        None => Ok(datamig::copy::ZeroDates::Refuse),
+    }
 }
 
 /// `TABLE.COLUMN=seconds|milliseconds`.
@@ -703,13 +728,8 @@ async fn copy(opts: &CopyOpts, out: &Output) -> Result<u8, Failure> {
     let progress = std::sync::Arc::new(out.copy_progress());
     let events = std::sync::Arc::clone(&progress);
     let mut copier = if from_mysql {
-        let zero_dates = match &opts.zero_dates {
-            Some(given) => given.parse().map_err(|why: String| {
-                Failure::new(exit::USAGE, format!("--zero-dates {given}: {why}"))
-            })?,
-            None => datamig::copy::ZeroDates::Refuse,
-        };
-        Copier::from_mysql(connect::mysql_options(&opts.source)?, target).zero_dates(zero_dates)
+        Copier::from_mysql(connect::mysql_options(&opts.source)?, target)
+            .zero_dates(zero_dates(opts.zero_dates.as_deref())?)
     } else if from_sqlite {
         let mut copier = Copier::from_sqlite(connect::sqlite_options(&opts.source)?, target)
             .ledger(!opts.no_ledger);

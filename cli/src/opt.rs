@@ -356,6 +356,10 @@ pub struct CompareOpts {
     /// A SQLite side: integers in this date/timestamp column are Unix time (TABLE.COLUMN=seconds|milliseconds), as for copy.
     #[arg(long, value_delimiter = ',', value_name = "TABLE.COLUMN=UNIT")]
     pub unix_time: Vec<String>,
+
+    /// A MySQL or MariaDB side: what a zero date becomes, as for copy (refuse, null, or a date).
+    #[arg(long, value_name = "refuse|null|DATE")]
+    pub zero_dates: Option<String>,
 }
 
 /// Options of `run`.

@@ -541,6 +541,56 @@ async fn sigkills_at_random_instants_then_a_rerun_give_an_exact_copy() -> anyhow
     assert!(again.status.success(), "{}", text(&again.stderr));
     assert!(said.contains("nothing to copy"), "{said}");
     assert!(said.contains("0 tables differ"), "{said}");
+    // `compare` takes the MySQL and the PostgreSQL database either way round, and names the
+    // row that differs.
+    for (a, b) in [(src.url(), dst.url()), (dst.url(), src.url())] {
+        let same = datamig(&["compare", "--source", a, "--target", b])
+            .output()
+            .await?;
+        assert_eq!(same.status.code(), Some(0), "{}", text(&same.stderr));
+        assert!(
+            text(&same.stdout).contains("0 tables differ"),
+            "{}",
+            text(&same.stdout)
+        );
+    }
+    sqlx::raw_sql("UPDATE orders SET total = total + 1 WHERE id = 5")
+        .execute(dst.pool())
+        .await?;
+    for (a, b) in [(src.url(), dst.url()), (dst.url(), src.url())] {
+        let differ = datamig(&["compare", "--source", a, "--target", b])
+            .output()
+            .await?;
+        let out = text(&differ.stdout);
+        assert_eq!(
+            differ.status.code(),
+            Some(8),
+            "{out} {}",
+            text(&differ.stderr)
+        );
+        assert!(out.contains("public.orders id = 5: differs"), "{out}");
+        assert!(out.contains("1 tables differ"), "{out}");
+    }
+    let refused = datamig(&[
+        "compare",
+        "--source",
+        src.url(),
+        "--target",
+        dst.url(),
+        "--unix-time",
+        "orders.placed=seconds",
+    ])
+    .output()
+    .await?;
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("--unix-time applies to a comparison of a SQLite"),
+        "{}",
+        text(&refused.stderr)
+    );
+    sqlx::raw_sql("UPDATE orders SET total = total - 1 WHERE id = 5")
+        .execute(dst.pool())
+        .await?;
 
     let mut partial = 0;
     for _ in 0..kills {
