@@ -4,8 +4,10 @@
 //! subtransactions, unique values swapped between rows): the target equals the source after
 //! the cut-over, table by table, compared row by row here; SIGKILLs of the follower at
 //! random instants, each followed by a restart, end in an exact copy; a schema change
-//! during the follow stops it naming the table; a table without a key or replica identity
-//! is refused; the slot and publication are gone after a cut-over and after an abandon.
+//! during the follow stops it naming the table; a table without a key is followed with
+//! `REPLICA IDENTITY FULL` (its rows repeating, matched by all their values) and refused
+//! without it, as is a table whose replica identity is NOTHING; the slot and publication
+//! are gone after a cut-over and after an abandon.
 //!
 //! `DATAMIG_FOLLOW_KILLS` (default 20) sets the number of kills, `DATAMIG_RELIABILITY_SEED`
 //! replays their instants.
@@ -398,7 +400,9 @@ async fn tables_without_key_or_replica_identity_are_refused() -> anyhow::Result<
     };
     let all = problems.join("\n");
     assert!(
-        all.contains("public.unkeyed") && all.contains("no primary key"),
+        all.contains("public.unkeyed")
+            && all.contains("no primary key")
+            && all.contains("ALTER TABLE public.unkeyed REPLICA IDENTITY FULL"),
         "{all}"
     );
     assert!(
@@ -414,5 +418,62 @@ async fn tables_without_key_or_replica_identity_are_refused() -> anyhow::Result<
         .fetch_one(dst.pool())
         .await?;
     assert_eq!(items, 0, "nothing written");
+    Ok(())
+}
+
+/// A table without a primary key, its rows repeating, followed with `REPLICA IDENTITY
+/// FULL`: one of three identical rows deleted or updated, identical rows added, NULLs,
+/// a TOASTed value an update leaves unchanged (not sent), a `point` (no equality) and a
+/// `jsonb`, a row added and removed in one transaction: the target holds the same
+/// multiset of rows after the cut-over.
+#[tokio::test]
+async fn a_table_without_a_key_is_followed_by_its_whole_rows() -> anyhow::Result<()> {
+    let (src, dst) = databases().await?;
+    let tags = "CREATE TABLE tags (item int, tag text, doc text, meta jsonb, at point);
+                ALTER TABLE tags ALTER COLUMN doc SET STORAGE EXTERNAL;";
+    execute(src.pool(), tags).await?;
+    execute(dst.pool(), tags).await?;
+    execute(
+        src.pool(),
+        "ALTER TABLE tags REPLICA IDENTITY FULL;
+         INSERT INTO tags SELECT g % 100, CASE WHEN g % 100 = 9 THEN NULL ELSE 't' || (g % 100) END,
+                                 CASE WHEN g % 100 = 7 THEN repeat(md5((g % 100)::text), 300) END,
+                                 jsonb_build_object('n', g % 100), point(g % 100, 0.5)
+           FROM generate_series(1, 300) g;",
+    )
+    .await?;
+    let copier = Copier::new(src.pool(), dst.pool()).follow(true);
+    let mut follower: Follower = tokio::spawn(async move { copier.run().await });
+    wait_for_status(dst.pool(), "following", &mut follower).await?;
+    for sql in [
+        "DELETE FROM tags WHERE ctid = (SELECT ctid FROM tags WHERE item = 5 LIMIT 1)",
+        "UPDATE tags SET tag = 'one of three' WHERE ctid = (SELECT ctid FROM tags WHERE item = 6 LIMIT 1)",
+        "INSERT INTO tags SELECT * FROM tags WHERE item = 4 LIMIT 1; INSERT INTO tags SELECT * FROM tags WHERE item = 4 LIMIT 1",
+        "UPDATE tags SET tag = tag || '!' WHERE item = 7",
+        "UPDATE tags SET meta = NULL, at = point(1, 2) WHERE ctid = (SELECT ctid FROM tags WHERE item = 8 LIMIT 1)",
+        "DELETE FROM tags WHERE item = 9",
+        "BEGIN; INSERT INTO tags VALUES (1000, 'brief', NULL, NULL, NULL); DELETE FROM tags WHERE item = 1000; COMMIT",
+        "UPDATE tags SET item = item + 500 WHERE item = 3",
+    ] {
+        execute(src.pool(), sql).await?;
+    }
+    let report = Cutover::new(options(&src)?, options(&dst)?)
+        .timeout(Duration::from_secs(120))
+        .run()
+        .await?;
+    assert!(report.differences.is_empty(), "{:?}", report.differences);
+    follower.await??;
+    let (a, b) = (
+        rows(src.pool(), "tags").await?,
+        rows(dst.pool(), "tags").await?,
+    );
+    assert_eq!(a.len(), 300 - 1 + 2 - 3, "the source's rows");
+    assert!(a == b, "tags: the rows differ");
+    let toasted: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM tags WHERE item = 7 AND tag = 't7!' AND length(doc) = 9600",
+    )
+    .fetch_one(dst.pool())
+    .await?;
+    assert_eq!(toasted, 3, "the unchanged TOASTed value is kept");
     Ok(())
 }

@@ -32,7 +32,8 @@ pub(super) struct TableShape {
     pub(super) only: String,
     pub(super) columns: Vec<String>,
     pub(super) types: Vec<String>,
-    /// Positions of the primary key's columns in `columns`.
+    /// Positions of the primary key's columns in `columns` (none: a table without a key,
+    /// followed with `REPLICA IDENTITY FULL`, its rows matched by all their values).
     pub(super) key: Vec<usize>,
 }
 
@@ -146,6 +147,10 @@ pub(super) enum Direct {
 #[derive(Default)]
 struct Pending {
     ops: HashMap<Vec<String>, Op>,
+    /// A table without a key (`REPLICA IDENTITY FULL`): how many more (or, below zero,
+    /// fewer) times each row, all its values, is there. Its rows may repeat; a multiset's
+    /// net change does not depend on the order of the changes.
+    counts: HashMap<Vec<Option<String>>, i64>,
 }
 
 /// The net changes of a batch, per table (by the follow's table number).
@@ -168,7 +173,32 @@ fn fill(new: &mut [Value], old: &[Value]) {
 impl Batch {
     /// Whether nothing is pending.
     pub(super) fn is_empty(&self) -> bool {
-        self.tables.values().all(|p| p.ops.is_empty())
+        self.tables
+            .values()
+            .all(|p| p.ops.is_empty() && p.counts.values().all(|n| *n == 0))
+    }
+
+    /// A row of a table without a key added (`delta` 1) or removed (-1), by all its values;
+    /// an update is the old row removed and the new one added, its unchanged values (not
+    /// sent) filled from the old row, which `REPLICA IDENTITY FULL` sends whole.
+    pub(super) fn count(&mut self, table: usize, row: &[Value], delta: i64) {
+        self.changes += 1;
+        let values: Vec<Option<String>> = row.iter().map(text).collect();
+        *self
+            .tables
+            .entry(table)
+            .or_default()
+            .counts
+            .entry(values)
+            .or_default() += delta;
+    }
+
+    /// An update of a table without a key, from the whole `old` row to `new`.
+    pub(super) fn replace(&mut self, table: usize, old: &[Value], mut new: Vec<Value>) {
+        fill(&mut new, old);
+        self.count(table, old, -1);
+        self.count(table, &new, 1);
+        self.changes -= 1;
     }
 
     /// A new row.
@@ -273,6 +303,9 @@ async fn write_table(
     shape: &TableShape,
     pending: Pending,
 ) -> Result<u64, (&'static str, sqlx::Error)> {
+    if shape.key.is_empty() {
+        return write_counts(conn, shape, pending.counts).await;
+    }
     let n = shape.columns.len();
     let mut deletes: Columns = vec![Vec::new(); shape.key.len()];
     let mut whole: Columns = vec![Vec::new(); n];
@@ -342,6 +375,105 @@ async fn write_table(
         execute(conn, sql, values)
             .await
             .map_err(|e| ("updating rows of", e))?;
+    }
+    Ok(rows)
+}
+
+/// The net changes of a table without a key: each row removed as many times as it went
+/// (rows matched by the text of all their values, which every type has, however it
+/// compares), then each row added as many times as it came. A row the target lacks is
+/// named in the log; the cut-over's verification would then name the table.
+async fn write_counts(
+    conn: &mut PgConnection,
+    shape: &TableShape,
+    counts: HashMap<Vec<Option<String>>, i64>,
+) -> Result<u64, (&'static str, sqlx::Error)> {
+    let n = shape.columns.len();
+    let mut gone: Columns = vec![Vec::new(); n];
+    let mut gone_n: Vec<i64> = Vec::new();
+    let mut come: Columns = vec![Vec::new(); n];
+    let mut come_n: Vec<i64> = Vec::new();
+    for (row, delta) in counts {
+        let (columns, times) = match delta.cmp(&0) {
+            std::cmp::Ordering::Less => (&mut gone, &mut gone_n),
+            std::cmp::Ordering::Greater => (&mut come, &mut come_n),
+            std::cmp::Ordering::Equal => continue,
+        };
+        for (i, v) in row.into_iter().enumerate().take(n) {
+            columns[i].push(v);
+        }
+        times.push(delta.abs());
+    }
+    let all: Vec<usize> = (0..n).collect();
+    let arrays = |times: usize| {
+        let mut a: Vec<String> = (1..=n).map(|i| format!("${i}::text[]")).collect();
+        a.push(format!("${times}::int8[]"));
+        a.join(", ")
+    };
+    let names: Vec<String> = all.iter().map(|i| format!("c{i}")).collect();
+    let casts: Vec<String> = all
+        .iter()
+        .map(|i| format!("u.c{i}::{}", shape.types[*i]))
+        .collect();
+    let mut rows = 0;
+    if !gone_n.is_empty() {
+        let expected: i64 = gone_n.iter().sum();
+        let target_row: Vec<String> = all
+            .iter()
+            .map(|i| format!("t.{}", shape.column(*i)))
+            .collect();
+        let sql = format!(
+            "WITH u AS (SELECT ROW({casts})::text AS r, u.n FROM unnest({arrays}) AS u({names}, n)),
+                  m AS (SELECT t.tableoid AS rel, t.ctid AS id, u.n,
+                               row_number() OVER (PARTITION BY u.r ORDER BY t.tableoid, t.ctid) AS rn
+                        FROM {only} t JOIN u ON ROW({target_row})::text = u.r)
+             DELETE FROM {only} t USING m WHERE t.tableoid = m.rel AND t.ctid = m.id AND m.rn <= m.n",
+            casts = casts.join(", "),
+            arrays = arrays(n + 1),
+            names = names.join(", "),
+            only = shape.only,
+            target_row = target_row.join(", "),
+        );
+        let mut q = sqlx::query::<Postgres>(AssertSqlSafe(sql));
+        for c in gone {
+            q = q.bind(c);
+        }
+        let deleted = q
+            .bind(gone_n)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| ("deleting rows of", e))?
+            .rows_affected();
+        if i64::try_from(deleted).unwrap_or(i64::MAX) != expected {
+            tracing::warn!(
+                table = %shape.table,
+                expected,
+                deleted,
+                "the target lacked rows the source deleted or updated in a table without a key; the cut-over's verification will name the table"
+            );
+        }
+        rows += deleted;
+    }
+    if !come_n.is_empty() {
+        let columns: Vec<String> = all.iter().map(|i| shape.column(*i)).collect();
+        let sql = format!(
+            "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM unnest({}) AS u({}, n), generate_series(1, u.n)",
+            shape.ident,
+            columns.join(", "),
+            casts.join(", "),
+            arrays(n + 1),
+            names.join(", "),
+        );
+        let mut q = sqlx::query::<Postgres>(AssertSqlSafe(sql));
+        for c in come {
+            q = q.bind(c);
+        }
+        rows += q
+            .bind(come_n)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| ("writing rows of", e))?
+            .rows_affected();
     }
     Ok(rows)
 }

@@ -24,9 +24,10 @@ pub(in crate::copy) fn name(copy_id: &str, target: &str) -> String {
     format!("datamig_{hex}")
 }
 
-/// Tables of the plan the change stream cannot carry exactly: no primary key the same in
-/// both databases, or a replica identity other than the primary key or the full row (on
-/// the table or, for a partitioned one, a partition).
+/// Tables of the plan the change stream cannot carry exactly: a replica identity other
+/// than the primary key (the same in both databases) or the full row, on the table or,
+/// for a partitioned one, a partition. A table without a primary key is followed with
+/// `REPLICA IDENTITY FULL` (its rows matched by all their values), else refused.
 pub(in crate::copy) async fn refuse_unkeyed(
     conn: &mut PgConnection,
     planned: &[Planned],
@@ -34,14 +35,8 @@ pub(in crate::copy) async fn refuse_unkeyed(
     let mut problems = Vec::new();
     for p in planned {
         let table = &p.plan.table;
-        if p.plan.key.is_empty() {
-            problems.push(format!(
-                "table {table} has no primary key (the same in both databases): --follow applies each change by primary key. Add one to both (ALTER TABLE {table} ADD PRIMARY KEY (..)), or leave the table out (--exclude {table})"
-            ));
-            continue;
-        }
         let rows = query(
-            "SELECT c.oid::regclass::text AS rel, c.relreplident::text AS ident,
+            "SELECT format('%I.%I', c.relnamespace::regnamespace, c.relname) AS rel, c.relreplident::text AS ident,
                     EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) AS keyed
              FROM pg_class c
              WHERE (c.oid = $1::regclass AND c.relkind = 'r')
@@ -55,6 +50,14 @@ pub(in crate::copy) async fn refuse_unkeyed(
             let rel: String = row.try_get("rel").during(|| table.clone())?;
             let ident: String = row.try_get("ident").during(|| table.clone())?;
             let keyed: bool = row.try_get("keyed").during(|| table.clone())?;
+            if p.plan.key.is_empty() {
+                if ident != "f" {
+                    problems.push(format!(
+                        "table {table} has no primary key (the same in both databases) and source table {rel} no REPLICA IDENTITY FULL: its updates and deletes would not say which row they change. Run ALTER TABLE {rel} REPLICA IDENTITY FULL on the source (rows are then matched by all their values), or add a primary key to both (ALTER TABLE {table} ADD PRIMARY KEY (..)), or leave the table out (--exclude {table})"
+                    ));
+                }
+                continue;
+            }
             let fine = ident == "f" || (ident == "d" && keyed);
             if !fine {
                 let what = match ident.as_str() {

@@ -277,10 +277,16 @@ impl<'a> Follower<'a> {
                 }
             }
         }
-        if problem.is_none() && !(r.identity == b'd' || r.identity == b'f') {
+        let keyless = p.plan.key.is_empty();
+        if problem.is_none() && !(r.identity == b'f' || (r.identity == b'd' && !keyless)) {
             problem = Some(format!(
-                "its replica identity is now {:?} (the follow needs the primary key or the full row)",
-                char::from(r.identity)
+                "its replica identity is now {:?} (the follow needs {})",
+                char::from(r.identity),
+                if keyless {
+                    "the full row: the table has no primary key"
+                } else {
+                    "the primary key or the full row"
+                }
             ));
         }
         if let Some(problem) = problem {
@@ -391,8 +397,21 @@ impl<'a> Follower<'a> {
                     Message::Insert { oid, new } => {
                         if txn.as_ref().is_some_and(|t| !t.skip) {
                             let t = self.table_of(oid)?;
-                            let key = self.key(t, &new)?;
-                            batch.insert(t, key, new);
+                            if self.keyless(t) {
+                                batch.count(t, &new, 1);
+                            } else {
+                                let key = self.key(t, &new)?;
+                                batch.insert(t, key, new);
+                            }
+                            tx_changes += 1;
+                            cur_changes += 1;
+                        }
+                    }
+                    Message::Update { oid, old, new } if self.keyless_of(oid) => {
+                        if txn.as_ref().is_some_and(|t| !t.skip) {
+                            let t = self.table_of(oid)?;
+                            let old = self.whole(t, old)?;
+                            batch.replace(t, &old, new);
                             tx_changes += 1;
                             cur_changes += 1;
                         }
@@ -420,8 +439,13 @@ impl<'a> Follower<'a> {
                     Message::Delete { oid, old } => {
                         if txn.as_ref().is_some_and(|t| !t.skip) {
                             let t = self.table_of(oid)?;
-                            let key = self.key(t, &old)?;
-                            batch.delete(t, key);
+                            if self.keyless(t) {
+                                let old = self.whole(t, Some(old))?;
+                                batch.count(t, &old, -1);
+                            } else {
+                                let key = self.key(t, &old)?;
+                                batch.delete(t, key);
+                            }
                             tx_changes += 1;
                             cur_changes += 1;
                         }
@@ -509,6 +533,31 @@ impl<'a> Follower<'a> {
                 rollback(&mut self.dst).await;
                 Err(err)
             }
+        }
+    }
+
+    /// Whether table `t` has no key: its rows are matched by all their values.
+    fn keyless(&self, t: usize) -> bool {
+        self.shapes[t].as_ref().is_some_and(|s| s.key.is_empty())
+    }
+
+    /// Whether the relation `oid` is a table without a key.
+    fn keyless_of(&self, oid: u32) -> bool {
+        self.relations.get(&oid).is_some_and(|t| self.keyless(*t))
+    }
+
+    /// The whole old row of a change of a table without a key, as `REPLICA IDENTITY FULL`
+    /// sends it.
+    fn whole(&self, t: usize, old: Option<Vec<Value>>) -> Result<Vec<Value>, Error> {
+        let shape = self.shapes[t].as_ref().expect("described");
+        match old {
+            Some(old) if old.len() == shape.columns.len() && !old.contains(&Value::Unchanged) => {
+                Ok(old)
+            }
+            _ => Err(Error::FollowStopped(format!(
+                "a change of source table {}, which has no primary key, came without its whole old row; it needs REPLICA IDENTITY FULL on the source",
+                shape.table
+            ))),
         }
     }
 
