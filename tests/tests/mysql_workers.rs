@@ -6,13 +6,14 @@
 //! worker processes killed at random instants lose nothing and apply nothing twice, and
 //! the next run finishes their ranges; a run joins another's workers; a joiner gives up on
 //! ranges a stopped process holds and names them; a joiner of old code claims no range of
-//! a re-run of new code; a sample, read in one pass over the index, splits a large UUID table into ranges of
+//! a re-run of new code; under the lease lock a leased range is taken over once its lease
+//! expires; a sample, read in one pass over the index, splits a large UUID table into ranges of
 //! similar size; bad inputs are named.
 
 use std::time::Duration;
 
 use datamig::prelude::*;
-use datamig::{Error, State};
+use datamig::{Error, RunnerLock, State};
 use datamig_tests::{send, text};
 use sqlx::{AssertSqlSafe, MySqlPool};
 
@@ -382,6 +383,79 @@ async fn a_run_stopped_part_way_resumes_every_range_and_a_restart_replaces_them(
     assert_eq!(
         scalar(db.pool(), "SELECT count(*) FROM datamig_ledger_ranges").await?,
         0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn under_the_lease_lock_ranges_are_leased_and_taken_over_once_a_lease_expires()
+-> anyhow::Result<()> {
+    let db = keyed_database().await?;
+    let lease = RunnerLock::Lease {
+        ttl: Duration::from_secs(3),
+    };
+    // Stopped part-way: its workers gave their ranges back.
+    let interrupted = Migrator::new(db.pool().clone())
+        .migrations([&hit_char_uuids::MIGRATION])
+        .runner_lock(lease)
+        .workers(2)
+        .interrupt_after_batches(12)
+        .run()
+        .await;
+    assert!(
+        matches!(interrupted, Err(Error::Interrupted { .. })),
+        "{interrupted:?}"
+    );
+    assert_eq!(
+        scalar(
+            db.pool(),
+            "SELECT count(*) FROM datamig_ledger_ranges WHERE token IS NOT NULL"
+        )
+        .await?,
+        0
+    );
+    // One range left as a worker killed mid-range would leave it: its lease running.
+    exec(
+        db.pool(),
+        "UPDATE datamig_ledger_ranges SET token = 'a killed worker', worker = 'elsewhere/1/1',
+             claimed_at = NOW(6), expires_at = NOW(6) + INTERVAL 5 SECOND
+         WHERE range_no = 5",
+    )
+    .await?;
+    let leased = 1;
+    let statuses = Migrator::new(db.pool().clone())
+        .migrations([&hit_char_uuids::MIGRATION])
+        .status()
+        .await?;
+    assert_eq!(
+        statuses[0].ranges.iter().filter(|r| r.held).count(),
+        usize::try_from(leased)?,
+        "a live lease holds its range"
+    );
+    // The next run takes the other ranges at once and the leased one once it expires.
+    let started = std::time::Instant::now();
+    let report = Migrator::new(db.pool().clone())
+        .migrations([&hit_char_uuids::MIGRATION])
+        .runner_lock(lease)
+        .workers(2)
+        .run()
+        .await?;
+    assert_eq!(report.applied.len(), 1);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(30),
+        "the leased range was taken over after its lease expired: {took:?}"
+    );
+    assert_eq!(
+        hits(db.pool(), "by_char", "deleted_at IS NULL").await?,
+        vec![(1, 2400)]
+    );
+    let (status, batches, rows, succeeded) =
+        ledger(db.pool(), hit_char_uuids::MIGRATION.id()).await?;
+    let logged = scalar(db.pool(), "SELECT count(*) FROM batch_log").await?;
+    assert_eq!(
+        (status.as_str(), batches, rows, succeeded),
+        ("applied", logged, 2400 + logged, 1)
     );
     Ok(())
 }
