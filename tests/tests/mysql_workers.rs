@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use datamig::prelude::*;
 use datamig::{Error, RunnerLock, State};
-use datamig_tests::{send, text};
+use datamig_tests::{mysql_numbers, send, text};
 use sqlx::{AssertSqlSafe, MySqlPool};
 
 /// Counts each row's visits (`hits = 1` everywhere proves each key was done once) and logs
@@ -118,25 +118,6 @@ async fn split_only(_ctx: &mut Ctx<'_, MySql>, _batch: Batch) -> anyhow::Result<
     anyhow::bail!("stopped after the split")
 }
 
-/// A `WITH` clause of `s (n)`, the numbers 1 to `rows`: digits crossed, not a recursive
-/// query (MariaDB stops those at `max_recursive_iterations`).
-fn numbers(rows: u32) -> String {
-    let places = rows.max(1).to_string().len();
-    let digits = "SELECT 0 UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL \
-                  SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL \
-                  SELECT 8 UNION ALL SELECT 9";
-    let sum: Vec<String> = (0..places)
-        .map(|i| format!("d{i}.x * {}", 10_u64.pow(u32::try_from(i).unwrap_or(0))))
-        .collect();
-    let from: Vec<String> = (0..places).map(|i| format!("d AS d{i}")).collect();
-    format!(
-        "WITH d (x) AS ({digits}), s (n) AS (SELECT n FROM (SELECT {} + 1 AS n FROM {}) AS t \
-         WHERE n <= {rows})",
-        sum.join(" + "),
-        from.join(", ")
-    )
-}
-
 /// Runs `migrator` in a task of its own.
 fn spawn_run(
     migrator: Migrator<MySql>,
@@ -166,21 +147,24 @@ async fn keyed_database() -> anyhow::Result<datamig::testing::MySqlTestDatabase>
         "CREATE TABLE batch_log (conn bigint NOT NULL) ENGINE=InnoDB".to_string(),
         "CREATE TABLE by_int (id bigint PRIMARY KEY, hits int NOT NULL DEFAULT 0) ENGINE=InnoDB"
             .to_string(),
-        format!("INSERT INTO by_int (id) {} SELECT n FROM s", numbers(3000)),
+        format!(
+            "INSERT INTO by_int (id) {} SELECT n FROM s",
+            mysql_numbers(3000)
+        ),
         "CREATE TABLE by_char (id char(36) PRIMARY KEY, deleted_at datetime,
              hits int NOT NULL DEFAULT 0) ENGINE=InnoDB"
             .to_string(),
         format!(
             "INSERT INTO by_char (id, deleted_at) {}
              SELECT {UUID}, IF(n % 5 = 0, NOW(), NULL) FROM s",
-            numbers(3000)
+            mysql_numbers(3000)
         ),
         "CREATE TABLE by_binary (id binary(16) PRIMARY KEY, hits int NOT NULL DEFAULT 0)
              ENGINE=InnoDB"
             .to_string(),
         format!(
             "INSERT INTO by_binary (id) {} SELECT UNHEX(MD5(n)) FROM s",
-            numbers(3000)
+            mysql_numbers(3000)
         ),
     ] {
         exec(db.pool(), &sql).await?;
@@ -472,7 +456,7 @@ async fn a_joiner_with_old_code_claims_no_range_of_a_rerun_of_new_code() -> anyh
         db.pool(),
         &format!(
             "INSERT INTO versioned (id) {} SELECT n FROM s",
-            numbers(2000)
+            mysql_numbers(2000)
         ),
     )
     .await?;
@@ -540,7 +524,7 @@ async fn splitting_a_large_uuid_table_samples_its_keys_in_one_pass() -> anyhow::
         db.pool(),
         &format!(
             "INSERT INTO big_char (id) {} SELECT {UUID} FROM s",
-            numbers(100_000)
+            mysql_numbers(100_000)
         ),
     )
     .await?;
@@ -751,7 +735,10 @@ async fn spread_database(
         "CREATE TABLE spread_log (pid bigint NOT NULL, `keys` bigint NOT NULL) ENGINE=InnoDB"
             .to_string(),
         "CREATE TABLE spread_settings (sleep_ms int NOT NULL) ENGINE=InnoDB".to_string(),
-        format!("INSERT INTO spread (id) {} SELECT n FROM s", numbers(rows)),
+        format!(
+            "INSERT INTO spread (id) {} SELECT n FROM s",
+            mysql_numbers(rows)
+        ),
         format!("INSERT INTO spread_settings VALUES ({sleep_ms})"),
     ] {
         exec(db.pool(), &sql).await?;
