@@ -615,6 +615,16 @@ async fn wait_for(pool: &MySqlPool, count_sql: &str, at_least: i64) -> anyhow::R
 #[tokio::test]
 async fn bad_inputs_are_named_and_run_nothing() -> anyhow::Result<()> {
     let db = keyed_database().await?;
+    // No workers at all.
+    let zero = workers_bin(db.url(), &["run", "--workers", "0"])
+        .output()
+        .await?;
+    assert_eq!(zero.status.code(), Some(2), "{}", text(&zero.stderr));
+    assert!(
+        text(&zero.stderr).contains("--workers"),
+        "{}",
+        text(&zero.stderr)
+    );
     // A table that does not exist.
     let err = Migrator::new(db.pool().clone())
         .migrations([&no_table::MIGRATION])
@@ -809,6 +819,12 @@ async fn a_run_joins_a_migration_in_progress_and_status_shows_the_workers() -> a
             "{name}: {ranges:?}"
         );
     }
+    let shown = workers_bin(db.url(), &["status"]).output().await?;
+    let shown = text(&shown.stdout);
+    assert!(
+        shown.contains("ranges done") && shown.contains(&format!("worked by {host}/{first_pid}/")),
+        "{shown}"
+    );
     let second = workers_bin(db.url(), &["run", "--workers", "3"])
         .output()
         .await?;
