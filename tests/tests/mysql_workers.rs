@@ -873,7 +873,7 @@ async fn random_kills_of_worker_processes_lose_nothing_and_apply_nothing_twice()
         seed ^= seed << 17;
         seed % n
     };
-    let (mut done, mut killed, mut resumed_by_another) = (0, 0, 0);
+    let (mut done, mut killed) = (0, 0);
     while killed < kills {
         // Two processes of two to four workers each; one of them SIGKILLed once both have
         // committed more batches, at an instant that falls anywhere in a batch.
@@ -888,11 +888,8 @@ async fn random_kills_of_worker_processes_lose_nothing_and_apply_nothing_twice()
         let _ = runs[victim].wait().await;
         killed += 1;
         if random(2) == 0 {
-            // The survivor takes the victim's ranges over and commits in them.
-            let after_kill = wait_for_batches(db.pool(), done + 1).await?;
-            if after_kill > done {
-                resumed_by_another += 1;
-            }
+            // The survivor works on (the victim's ranges free for it) before it dies too.
+            wait_for_batches(db.pool(), done + 1).await?;
             let other = 1 - victim;
             runs[other].start_kill()?;
             let _ = runs[other].wait().await;
@@ -969,7 +966,9 @@ async fn random_kills_of_worker_processes_lose_nothing_and_apply_nothing_twice()
         scalar(db.pool(), "SELECT count(*) FROM datamig_ledger_ranges").await?,
         0
     );
-    eprintln!("{killed} kills; {resumed_by_another} times the survivor committed after a kill");
+    println!(
+        "RELIABILITY workers killed at any instant (MariaDB): {killed} SIGKILLs of worker processes, nothing lost or done twice"
+    );
     Ok(())
 }
 
