@@ -410,7 +410,7 @@ pub struct RunOpts {
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
     pub throttle_interval: Duration,
 
-    /// PostgreSQL: walk each batched migration with this many workers, each on a
+    /// PostgreSQL, MySQL: walk each batched migration with this many workers, each on a
     /// connection of its own, whatever the migration declares (batch(.., workers = N)).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub workers: Option<u32>,

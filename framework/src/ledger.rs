@@ -109,13 +109,13 @@ impl LedgerConfig {
     }
 
     /// The name of the table of a batched migration's key ranges while several workers
-    /// walk it (PostgreSQL): `<ledger table>_ranges`.
+    /// walk it (PostgreSQL, MySQL): `<ledger table>_ranges`.
     pub(crate) fn ranges_table_name(&self) -> String {
         format!("{}_ranges", self.ledger_table)
     }
 
     /// The ranges table's quoted, schema-qualified name.
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
     pub(crate) fn ranges_ident(&self) -> String {
         self.qualify(&self.ranges_table_name())
     }
@@ -366,7 +366,7 @@ pub type RangeMark = (i32, i64, Option<DateTime<Utc>>);
 /// What one committed batch did to its range (see [`WorkRange`]). (Public only to the
 /// sealed backend steps; not reachable from outside the crate.)
 #[derive(Clone, Debug)]
-#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
 pub struct RangeStep {
     /// The new checkpoint (`None`: unchanged).
     pub(crate) checkpoint: Option<String>,
@@ -379,7 +379,7 @@ pub struct RangeStep {
 /// A worker's hold on ranges: its token, its name, and how the hold is kept. (Public only
 /// to the sealed backend steps; not reachable from outside the crate.)
 #[derive(Clone, Debug)]
-#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
 pub struct Claim {
     /// Random, unique to this worker: written into the range it holds and checked by every
     /// batch, so a worker that lost its range (a lease expired) cannot commit into it.

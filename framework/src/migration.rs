@@ -248,7 +248,7 @@ impl BatchSpec {
 
     /// How many workers walk the key at once (`workers = 4`; 1 by default): the key space
     /// is split into ranges recorded in the database, each worked by one worker at a time
-    /// on a connection of its own. PostgreSQL only; `run --workers N` overrides it. See
+    /// on a connection of its own. PostgreSQL and MySQL; `run --workers N` overrides it. See
     /// [`Migrator::workers`](crate::Migrator::workers).
     pub fn workers(&self) -> u32 {
         self.workers

@@ -121,6 +121,25 @@ pub async fn create_keyed_tables(pool: &PgPool) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// A MySQL `WITH` clause of `s (n)`, the numbers 1 to `rows`: digits crossed, not a
+/// recursive query (MariaDB and MySQL stop those at 1000 levels by default).
+pub fn mysql_numbers(rows: u32) -> String {
+    let places = rows.max(1).to_string().len();
+    let digits = "SELECT 0 UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL \
+                  SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL \
+                  SELECT 8 UNION ALL SELECT 9";
+    let sum: Vec<String> = (0..places)
+        .map(|i| format!("d{i}.x * {}", 10_u64.pow(u32::try_from(i).unwrap_or(0))))
+        .collect();
+    let from: Vec<String> = (0..places).map(|i| format!("d AS d{i}")).collect();
+    format!(
+        "WITH d (x) AS ({digits}), s (n) AS (SELECT n FROM (SELECT {} + 1 AS n FROM {}) AS t \
+         WHERE n <= {rows})",
+        sum.join(" + "),
+        from.join(", ")
+    )
+}
+
 /// Creates the tables of the `datamig-workers` binary's migration: `spread` (ids 1 to
 /// `rows`, `v = 0`), `spread_log` (one row per committed batch: the client process and its
 /// keys) and `spread_settings` (how long each batch sleeps in the server).

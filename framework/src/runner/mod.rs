@@ -219,15 +219,15 @@ impl<DB: Backend> Migrator<DB> {
     }
 
     /// Walks every batched migration of the run with `workers` workers, whatever it
-    /// declares (`batch(.., workers = N)`; 1 by default). PostgreSQL only: SQLite, which
-    /// takes one writer at a time, refuses more than one, and nothing runs.
+    /// declares (`batch(.., workers = N)`; 1 by default). PostgreSQL and MySQL: SQLite,
+    /// which takes one writer at a time, refuses more than one, and nothing runs.
     ///
     /// The migration's keys still to do are split into ranges (four a worker), recorded
     /// in the table `<ledger>_ranges` in the transaction that records the migration as
     /// running. Each worker holds a connection of its own and claims one range at a time
-    /// (on a direct connection with the range's session advisory lock, which the server
-    /// releases when a worker dies; under [`RunnerLock::Lease`] with a lease in the
-    /// range's row), works it batch by batch, each batch committing its range's checkpoint
+    /// (on a direct connection with the range's session lock, an advisory lock or MySQL's
+    /// `GET_LOCK`, which the server releases when a worker dies; under
+    /// [`RunnerLock::Lease`] with a lease in the range's row), works it batch by batch, each batch committing its range's checkpoint
     /// with its changes, and claims the next. The batch that finishes the last range
     /// applies the migration, once. Another run that finds the migration part-way joins
     /// it ([`Migrator::join`]); a run after a kill resumes every range from its checkpoint.

@@ -1,9 +1,9 @@
-//! Several workers on one batched migration (PostgreSQL).
+//! Several workers on one batched migration (PostgreSQL, MySQL).
 //!
 //! The key space is split into ranges recorded in the database (`<ledger>_ranges`), in the
 //! transaction that records the migration as running. Each worker, on a connection of its
-//! own, claims a range no live worker holds (a session advisory lock per range on a direct
-//! connection, so a worker that dies gives its range back with its session; a lease in the
+//! own, claims a range no live worker holds (a session lock per range on a direct
+//! connection: an advisory lock, MySQL's `GET_LOCK`, so a worker that dies gives its range back with its session; a lease in the
 //! range's row through a transaction pooler), then works it batch by batch: every batch
 //! locks the range's row, reads the checkpoint there, runs, and commits the new checkpoint
 //! with its changes. A batch therefore never depends on what a worker remembers, and two

@@ -1,4 +1,5 @@
-//! MySQL and MariaDB: `GET_LOCK` runner lock, InnoDB ledger, session timeouts.
+//! MySQL and MariaDB: `GET_LOCK` runner lock, InnoDB ledger, session timeouts, several
+//! workers (`ranges.rs`: a `GET_LOCK` per range, rows taken `FOR UPDATE SKIP LOCKED`).
 //!
 //! A file per concern, as the step traits are grouped: `ledger.rs`, `lock.rs` (`GET_LOCK`,
 //! the lease, sessions), `walk.rs`, `tables.rs`, `upsert.rs`, `ranges.rs`; `sql.rs` holds

@@ -9,7 +9,7 @@
 //! `BINARY(16)`, compared byte by byte), dates and times (read as text, which MySQL reads
 //! back as the column's type); composite keys of these.
 
-use sqlx::mysql::MySqlConnection;
+use sqlx::mysql::{MySqlConnection, MySqlRow};
 use sqlx::{AssertSqlSafe, MySql, Row};
 
 use super::ledger::table_exists;
@@ -127,16 +127,11 @@ impl WalkSteps for MySql {
         let Some(row) = q.fetch_optional(conn).await? else {
             return Ok(None);
         };
-        let mut values = Vec::with_capacity(shape.parts.len());
-        for (i, part) in shape.parts.iter().enumerate() {
-            values.push(match read_as(part.kind, &part.sql_type) {
-                Read::Integer => KeyValue::Integer(row.try_get(i)?),
-                Read::Bytes => KeyValue::Bytes(row.try_get(i)?),
-                Read::Text => KeyValue::Text(row.try_get(i)?),
-            });
-        }
         let keys: i64 = row.try_get(shape.parts.len())?;
-        Ok(Some((Key(values), u64::try_from(keys).unwrap_or(0))))
+        Ok(Some((
+            read_key(&row, shape)?,
+            u64::try_from(keys).unwrap_or(0),
+        )))
     }
 
     async fn has_keys_after(
@@ -242,9 +237,22 @@ fn read_as(kind: KeyKind, sql_type: &str) -> Read {
     }
 }
 
+/// The key in the first columns of `row`, selected by [`select_list`].
+pub(super) fn read_key(row: &MySqlRow, shape: &KeyShape) -> Result<Key, sqlx::Error> {
+    let mut values = Vec::with_capacity(shape.parts.len());
+    for (i, part) in shape.parts.iter().enumerate() {
+        values.push(match read_as(part.kind, &part.sql_type) {
+            Read::Integer => KeyValue::Integer(row.try_get(i)?),
+            Read::Bytes => KeyValue::Bytes(row.try_get(i)?),
+            Read::Text => KeyValue::Text(row.try_get(i)?),
+        });
+    }
+    Ok(Key(values))
+}
+
 /// The key columns of `qualifier` as the runner reads them: integers as `signed`, dates
 /// and times as their text, the rest as stored.
-fn select_list(shape: &KeyShape, qualifier: &str) -> String {
+pub(super) fn select_list(shape: &KeyShape, qualifier: &str) -> String {
     shape
         .parts
         .iter()

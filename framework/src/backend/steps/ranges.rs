@@ -1,5 +1,5 @@
 //! The steps of several workers on one batched migration: the ranges of its keys, each
-//! claimed by one worker at a time. PostgreSQL's; elsewhere they fail.
+//! claimed by one worker at a time. PostgreSQL's and MySQL's; elsewhere they fail.
 
 use std::future::Future;
 
@@ -11,7 +11,7 @@ use crate::ledger::{Attempt, Claim, LedgerConfig, RangeMark, RangeStep, WorkRang
 
 /// The steps of several workers.
 pub trait RangeSteps: ConnectionSteps {
-    /// Whether batched migrations may have more than one worker here (PostgreSQL). The
+    /// Whether batched migrations may have more than one worker here (PostgreSQL, MySQL). The
     /// range steps below are only called where they may; elsewhere they fail with
     /// [`Error::Unsupported`](crate::Error::Unsupported) (the ranges read: none).
     const WORKERS: bool = false;
