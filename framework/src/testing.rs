@@ -47,8 +47,8 @@ mod mysql;
 
 #[cfg(feature = "mysql")]
 pub use self::mysql::{
-    DEFAULT_MYSQL_IMAGE, MYSQL_IMAGE_VAR, MYSQL_URL_VAR, MySqlTestDatabase, mysql,
-    mysql_next_batch_plan,
+    DEFAULT_MYSQL_IMAGE, MYSQL_IMAGE_VAR, MYSQL_TEST_CA_PEM, MYSQL_URL_VAR, MySqlTestDatabase,
+    mysql, mysql_next_batch_plan,
 };
 
 use std::str::FromStr;

@@ -699,3 +699,85 @@ async fn the_copy_reads_one_state_while_the_source_is_written() -> anyhow::Resul
     );
     Ok(())
 }
+
+/// TLS where the URL asks: a user the server admits only over TLS (`REQUIRE SSL`) copies
+/// with `ssl-mode=required`, and with `ssl-mode=verify_ca` and the server's authority; its
+/// session is encrypted. Asked to go without TLS, the copy is refused before anything is
+/// written, naming the source.
+#[tokio::test]
+async fn tls_where_the_url_asks_it() -> anyhow::Result<()> {
+    let src = source(
+        "CREATE TABLE notes (id int PRIMARY KEY, body text CHARACTER SET utf8mb4);
+         INSERT INTO notes VALUES (1, 'über TLS 🔒'), (2, NULL)",
+    )
+    .await?;
+    // `datamig_test_<pid>_<n>`: `tls_<pid>_<n>`, under MySQL's 32 characters.
+    let user = src.name().replacen("datamig_test", "tls", 1);
+    my_execute(
+        src.pool(),
+        &format!(
+            "CREATE USER '{user}'@'%' IDENTIFIED BY 'secret' REQUIRE SSL;
+             GRANT SELECT, SHOW VIEW ON `{db}`.* TO '{user}'@'%';
+             GRANT RELOAD ON *.* TO '{user}'@'%'",
+            db = src.name()
+        ),
+    )
+    .await?;
+    let cipher: (String, String) = sqlx::query_as("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        .fetch_one(src.pool())
+        .await?;
+    assert!(
+        !cipher.1.is_empty(),
+        "the test server offers TLS (a server given by DATAMIG_TEST_MYSQL_URL must too)"
+    );
+    let options: sqlx::mysql::MySqlConnectOptions = src.url().parse()?;
+    let base = format!(
+        "mysql://{user}:secret@{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        src.name()
+    );
+    let ca = std::env::temp_dir().join(format!("datamig-test-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca, datamig::testing::MYSQL_TEST_CA_PEM)?;
+    let schema = "CREATE TABLE notes (id int PRIMARY KEY, body text)";
+
+    let refused_dst = target(schema).await?;
+    let refused = copy(&format!("{base}?ssl-mode=disabled"), refused_dst.url(), &[]).await?;
+    let said = text(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains(&user) || said.contains("denied"), "{said}");
+    assert_eq!(
+        pg_count(refused_dst.pool(), "SELECT count(*) FROM notes").await?,
+        0
+    );
+
+    for query in [
+        "ssl-mode=required".to_string(),
+        format!("ssl-mode=verify_ca&ssl-ca={}", ca.display()),
+    ] {
+        let dst = target(schema).await?;
+        let out = copy(&format!("{base}?{query}"), dst.url(), &["--verify"]).await?;
+        assert!(
+            out.status.success(),
+            "{query}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stdout).contains("0 tables differ"),
+            "{}",
+            text(&out.stdout)
+        );
+        assert_eq!(
+            pg_text(
+                dst.pool(),
+                "SELECT string_agg(id || ':' || coalesce(body, 'NULL'), ',' ORDER BY id) FROM notes"
+            )
+            .await?,
+            "1:über TLS 🔒,2:NULL"
+        );
+    }
+    let _ = std::fs::remove_file(&ca);
+    my_execute(src.pool(), &format!("DROP USER '{user}'@'%'")).await?;
+    Ok(())
+}

@@ -29,6 +29,16 @@ pub const DEFAULT_MYSQL_IMAGE: &str = "mariadb:10.11";
 /// The root password of the test container.
 const ROOT_PASSWORD: &str = "datamig";
 
+/// The certificate authority (PEM) that signed the TLS certificate of the server
+/// [`mysql`] starts: a client that verifies the server (`ssl-mode=VERIFY_CA` and
+/// `ssl-ca=FILE`) trusts it. A throwaway authority for tests only; its key is not kept.
+pub const MYSQL_TEST_CA_PEM: &str = include_str!("tls/ca.pem");
+/// The test server's certificate (for `localhost` and `127.0.0.1`) and key.
+const SERVER_CERT_PEM: &str = include_str!("tls/server-cert.pem");
+const SERVER_KEY_PEM: &str = include_str!("tls/server-key.pem");
+/// Where the container holds them.
+const TLS_DIR: &str = "/etc/mysql/datamig-tls";
+
 /// A fresh database on the shared MySQL test server.
 #[derive(Debug)]
 pub struct MySqlTestDatabase {
@@ -240,15 +250,31 @@ async fn start_container()
     let image = image.as_deref().unwrap_or(DEFAULT_MYSQL_IMAGE);
     let (name, tag) = split_image(image);
     // Durability is not what the tests measure: the redo log is flushed once a second.
+    // TLS is on (clients choose: sqlx prefers it), with a certificate of the test CA.
     MariadbImage::default()
         .with_name(name)
         .with_tag(tag)
         .with_label("datamig.test", "1")
         .with_env_var("MARIADB_ROOT_PASSWORD", ROOT_PASSWORD)
+        .with_copy_to(
+            format!("{TLS_DIR}/ca.pem"),
+            MYSQL_TEST_CA_PEM.as_bytes().to_vec(),
+        )
+        .with_copy_to(
+            format!("{TLS_DIR}/server-cert.pem"),
+            SERVER_CERT_PEM.as_bytes().to_vec(),
+        )
+        .with_copy_to(
+            format!("{TLS_DIR}/server-key.pem"),
+            SERVER_KEY_PEM.as_bytes().to_vec(),
+        )
         .with_cmd([
-            "--innodb-flush-log-at-trx-commit=0",
-            "--max-connections=500",
-            "--skip-name-resolve",
+            "--innodb-flush-log-at-trx-commit=0".to_string(),
+            "--max-connections=500".to_string(),
+            "--skip-name-resolve".to_string(),
+            format!("--ssl-ca={TLS_DIR}/ca.pem"),
+            format!("--ssl-cert={TLS_DIR}/server-cert.pem"),
+            format!("--ssl-key={TLS_DIR}/server-key.pem"),
         ])
         .with_startup_timeout(Duration::from_secs(120))
         .start()
