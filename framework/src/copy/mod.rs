@@ -72,7 +72,8 @@
 //!    are refused, not taken as done.
 //! 4. **Afterwards**: the sequences of serial and identity columns are set past the copied
 //!    values (the source's position or the highest value copied, never moved backwards);
-//!    every table that received rows is analyzed; with [`Copier::verify`] both sides are
+//!    every table that received rows is analyzed (as soon as its last chunk commits, beside
+//!    the first chunks of the tables that reference it, which need not wait for it); with [`Copier::verify`] both sides are
 //!    fingerprinted, table by table (row count and a SHA-256 of the copied columns in key
 //!    order, or in the order of the rows' hashes for a table without a key: no column is
 //!    sorted or compared, whatever its type), and the differences returned.
