@@ -50,7 +50,8 @@
 //! 3. **Copy** from one snapshot of the source, exported by the first connection and shared
 //!    by every worker (`--jobs`), so rows related by foreign keys agree while the source
 //!    takes writes. Each table is split in key ranges of its primary key (chunks of about
-//!    [`Copier::chunk_rows`] rows); each chunk streams `COPY .. TO STDOUT` from the source
+//!    [`Copier::chunk_rows`] rows, or fewer, down to 50,000, where that gives each job a
+//!    chunk); each chunk streams `COPY .. TO STDOUT` from the source
 //!    into `COPY .. FROM STDIN` on the target, without parsing a row (in binary where
 //!    every column's binary form means the same in the target, in text otherwise: a type
 //!    without binary I/O, the database's own types, types naming objects by OID), and
@@ -72,11 +73,12 @@
 //!    are refused, not taken as done.
 //! 4. **Afterwards**: the sequences of serial and identity columns are set past the copied
 //!    values (the source's position or the highest value copied, never moved backwards);
-//!    every table that received rows is analyzed; with [`Copier::verify`] both sides are
-//!    fingerprinted at once, table by table (row count and the sum of a 64-bit hash of each
-//!    row's copied columns, computed in each server in one aggregate, in no order: no
-//!    column is sorted or compared, whatever its type; shown as the SHA-256 of the sum),
-//!    and the differences returned.
+//!    every table that received rows is analyzed (as soon as its last chunk commits,
+//!    beside the first chunks of the tables that reference it, which need not wait for
+//!    it); with [`Copier::verify`] both sides are fingerprinted at once, table by table
+//!    (row count and the sum of a 64-bit hash of each row's copied columns, computed in
+//!    each server in one aggregate, in no order: no column is sorted or compared, whatever
+//!    its type; shown as the SHA-256 of the sum), and the differences returned.
 //!
 //! **What a resumed run reads.** A run reads one snapshot; a resumed run takes a new one,
 //! so the chunks it copies show the source as it is then, while the chunks committed

@@ -172,33 +172,6 @@ async fn worker<S: Source>(shared: &Shared<S>) -> Result<(), Error> {
         span.record("bytes", bytes);
         span.record("outcome", "committed");
         tracing::info!(parent: &span, rows, bytes, duration_ms = ms, "chunk copied");
-        // A table this unit completes is analyzed before the tables that reference it may
-        // start: their foreign-key checks are planned with its statistics, not an empty
-        // table's.
-        if shared.copier.analyze {
-            let completes: Vec<usize> = {
-                let schedule = shared.schedule.lock().expect("schedule lock");
-                unit.tables()
-                    .into_iter()
-                    .filter(|t| {
-                        schedule.left[*t] == unit.parts.iter().filter(|(x, _)| x == t).count()
-                    })
-                    .collect()
-            };
-            for table in completes {
-                let p = &shared.planned[table];
-                sqlx::raw_sql(AssertSqlSafe(format!("ANALYZE {}", p.target.ident())))
-                    .execute(&mut dst)
-                    .await
-                    .during(|| format!("analyzing target table {}", p.plan.table))?;
-                shared.analyzed.lock().expect("analyzed lock").push(table);
-                if let Some(sink) = &shared.copier.on_event {
-                    sink(&CopyEvent::Analyzed {
-                        table: p.plan.table.clone(),
-                    });
-                }
-            }
-        }
         let mut finished = Vec::new();
         {
             let mut schedule = shared.schedule.lock().expect("schedule lock");
@@ -229,11 +202,30 @@ async fn worker<S: Source>(shared: &Shared<S>) -> Result<(), Error> {
                     ms,
                 });
             }
-            for (table, rows) in finished {
+            for (table, rows) in &finished {
                 sink(&CopyEvent::TableCopied {
-                    table: shared.planned[table].plan.table.clone(),
-                    rows,
+                    table: shared.planned[*table].plan.table.clone(),
+                    rows: *rows,
                 });
+            }
+        }
+        // A table this unit completes is analyzed once the tables that reference it may
+        // start: its ANALYZE runs beside their first chunks instead of before them (their
+        // foreign-key checks are planned from its size in pages, and the statistics are
+        // there for the application when the copy ends).
+        if shared.copier.analyze {
+            for (table, _) in &finished {
+                let p = &shared.planned[*table];
+                sqlx::raw_sql(AssertSqlSafe(format!("ANALYZE {}", p.target.ident())))
+                    .execute(&mut dst)
+                    .await
+                    .during(|| format!("analyzing target table {}", p.plan.table))?;
+                shared.analyzed.lock().expect("analyzed lock").push(*table);
+                if let Some(sink) = &shared.copier.on_event {
+                    sink(&CopyEvent::Analyzed {
+                        table: p.plan.table.clone(),
+                    });
+                }
             }
         }
     }
