@@ -907,6 +907,91 @@ async fn the_upsert_counts_and_rewrites_nothing_on_a_second_run() -> anyhow::Res
     Ok(())
 }
 
+/// Text keys from Rust: `b` is new, `a` is the existing `A` under the column's
+/// case-insensitive collation.
+#[datamig::migration(id = "20240701_0006_codes_text_key")]
+async fn codes_text_key(ctx: &mut Ctx<'_, MySql>) -> anyhow::Result<()> {
+    let report = ctx
+        .upsert("codes")
+        .key(["code"])
+        .rows(["code", "label"], vec![("a", "first"), ("b", "second")])
+        .update_if_changed()
+        .execute()
+        .await?;
+    ctx.note(format!("{report:?}"));
+    Ok(())
+}
+
+/// `x` and `X`: one key twice under the collation, though not byte for byte.
+#[datamig::migration(id = "20240701_0007_codes_key_twice_by_collation")]
+async fn codes_key_twice_by_collation(ctx: &mut Ctx<'_, MySql>) -> anyhow::Result<()> {
+    ctx.upsert("codes")
+        .key(["code"])
+        .rows(["code", "label"], vec![("x", "one"), ("X", "two")])
+        .overwrite()
+        .execute()
+        .await?;
+    Ok(())
+}
+
+/// The integer key given as text: staged, and converted by MySQL as it compares.
+#[datamig::migration(id = "20240701_0008_plans_text_for_integer_key")]
+async fn plans_text_for_integer_key(ctx: &mut Ctx<'_, MySql>) -> anyhow::Result<()> {
+    let report = ctx
+        .upsert("plans")
+        .key(["user_id"])
+        .rows(["user_id", "plan"], vec![("7", "free"), ("8", "pro")])
+        .overwrite()
+        .execute()
+        .await?;
+    ctx.note(format!("{report:?}"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_upsert_on_a_text_key_compares_keys_in_the_columns_collation() -> anyhow::Result<()> {
+    let db = datamig::testing::mysql().await?;
+    let pool = db.pool();
+    for sql in [
+        "CREATE TABLE codes (code varchar(20) COLLATE utf8mb4_general_ci PRIMARY KEY, label text)
+         DEFAULT CHARSET = utf8mb4",
+        "INSERT INTO codes VALUES ('A', 'old')",
+        "CREATE TABLE plans (user_id bigint PRIMARY KEY, plan varchar(20) NOT NULL)",
+    ] {
+        sqlx::query(sql).execute(pool).await?;
+    }
+    assert_eq!(
+        run_one(pool, &codes_text_key::MIGRATION).await?,
+        "UpsertReport { inserted: 1, updated: 1, unchanged: 0 }"
+    );
+    let codes: Vec<(String, String)> =
+        sqlx::query_as("SELECT code, label FROM codes ORDER BY code")
+            .fetch_all(pool)
+            .await?;
+    assert_eq!(
+        codes,
+        [
+            ("A".to_string(), "first".to_string()),
+            ("b".to_string(), "second".to_string())
+        ]
+    );
+    let twice = run_one(pool, &codes_key_twice_by_collation::MIGRATION)
+        .await
+        .expect_err("x and X are one key");
+    assert!(
+        twice.to_string().contains("the same key more than once"),
+        "{twice}"
+    );
+    assert_eq!(
+        run_one(pool, &plans_text_for_integer_key::MIGRATION).await?,
+        "UpsertReport { inserted: 2, updated: 0, unchanged: 0 }"
+    );
+    // Nothing of the failed migration stayed.
+    assert_eq!(scalar(pool, "SELECT count(*) FROM codes").await?, 2);
+    assert_eq!(scalar(pool, "SELECT CAST(sum(user_id) AS signed) FROM plans").await?, 15);
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_large_upsert_is_split_under_the_parameter_limit_and_proven_idempotent()
 -> anyhow::Result<()> {
@@ -1012,9 +1097,16 @@ async fn each_batch_is_an_index_range_scan_for_integer_and_composite_keys() -> a
         (&bump_pair::MIGRATION, "keyed_pair"),
     ] {
         let plan = datamig::testing::mysql_next_batch_plan(&mut conn, migration, true).await?;
+        // Both statements: the whole batch's last key, and the shorter last batch's count.
+        let scans: Vec<&str> = plan
+            .lines()
+            .filter(|line| line.starts_with(&format!("{table} ")))
+            .collect();
         assert!(
-            plan.lines()
-                .any(|line| line.starts_with(&format!("{table} range PRIMARY"))),
+            scans.len() == 2
+                && scans
+                    .iter()
+                    .all(|line| line.starts_with(&format!("{table} range PRIMARY"))),
             "{table}: the second batch must be a range scan of the primary key:\n{plan}"
         );
         assert!(

@@ -202,10 +202,15 @@ impl<DB: Backend> Migrator<DB> {
         lock_timeout: Option<Duration>,
     ) -> Result<sqlx::Transaction<'c, DB>, sqlx::Error> {
         let mut tx = DB::begin(conn, lock_timeout).await?;
-        if matches!(self.runner_lock, RunnerLock::Lease { .. }) {
+        if self.leased() {
             DB::reset_statements(&mut tx).await?;
         }
         Ok(tx)
+    }
+
+    /// Whether this run holds the lease lock (not the advisory lock).
+    pub(super) fn leased(&self) -> bool {
+        matches!(self.runner_lock, RunnerLock::Lease { .. })
     }
 
     /// Under a lease, how long a migration's transaction may sit idle before the server

@@ -333,30 +333,34 @@ impl<DB: Backend> Migrator<DB> {
         timeouts: Timeouts,
     ) -> Result<sqlx::Transaction<'c, DB>, BatchError> {
         let classify = |err| BatchError::database::<DB>(err, number);
-        let mut tx = self.begin(conn, timeouts.lock).await.map_err(classify)?;
-        DB::set_local_timeouts(
-            &mut tx,
-            timeouts.lock,
-            timeouts.statement,
-            self.idle_limit(),
-        )
-        .await
-        .map_err(classify)?;
-        if !self.dry_run
-            && let Some(pause) = DB::pause_state(&mut tx, &self.ledger, Some(id))
+        let mut tx = if self.leased() {
+            // Under a lease the session's prepared statements are reset first (`begin`).
+            let mut tx = self.begin(conn, timeouts.lock).await.map_err(classify)?;
+            DB::set_local_timeouts(
+                &mut tx,
+                timeouts.lock,
+                timeouts.statement,
+                self.idle_limit(),
+            )
+            .await
+            .map_err(classify)?;
+            tx
+        } else {
+            DB::begin_with_timeouts(conn, timeouts.lock, timeouts.statement, None)
                 .await
                 .map_err(classify)?
-                .pop()
-        {
+        };
+        if self.dry_run {
+            return Ok(tx);
+        }
+        let (mut pauses, mut cancels) = DB::marks_state(&mut tx, &self.ledger, Some(id))
+            .await
+            .map_err(classify)?;
+        if let Some(pause) = pauses.pop() {
             let _ = tx.rollback().await;
             return Err(BatchError::Paused(pause));
         }
-        if !self.dry_run
-            && let Some(cancel) = DB::cancel_state(&mut tx, &self.ledger, Some(id))
-                .await
-                .map_err(classify)?
-                .pop()
-        {
+        if let Some(cancel) = cancels.pop() {
             let _ = tx.rollback().await;
             return Err(BatchError::Cancelled(cancel));
         }

@@ -121,11 +121,12 @@ pub async fn mysql() -> Result<MySqlTestDatabase, Error> {
     Ok(MySqlTestDatabase { name, url, pool })
 }
 
-/// The plan (`EXPLAIN`, one line per table it reads: `table type key rows`) of the
-/// statement with which the runner finds the next batch of a batched `migration` on MySQL:
-/// the first batch's, or, with `after_first`, the second's (bounded below by the first
-/// batch's last key). For a test that proves each batch is an index range scan (`range`
-/// on the key's index), not a read of the whole table (`ALL`).
+/// The plans (`EXPLAIN`, one line per table each reads: `table type key rows`) of the
+/// statements with which the runner finds the next batch of a batched `migration` on MySQL:
+/// the one that reads a whole batch's last key at its offset, then the one that counts a
+/// shorter last batch. The first batch's, or, with `after_first`, the second's (bounded
+/// below by the first batch's last key). For a test that proves each batch is an index range
+/// scan (`range` on the key's index), not a read of the whole table (`ALL`).
 ///
 /// # Errors
 ///
@@ -137,7 +138,6 @@ pub async fn mysql_next_batch_plan(
     after_first: bool,
 ) -> Result<String, Error> {
     use crate::backend::steps::WalkSteps;
-    use sqlx::Row;
     let spec = migration
         .batch()
         .ok_or_else(|| Error::Config(format!("migration {} is not batched", migration.id())))?;
@@ -150,20 +150,43 @@ pub async fn mysql_next_batch_plan(
     } else {
         None
     };
-    let sql = crate::backend::mysql::next_batch_sql(&shape, after.is_some(), false);
-    let (text, numbers) = crate::backend::mysql::keyed(&sql);
+    let skip = crate::key::KeyValue::Integer(i64::from(spec.size().max(1)) - 1);
     let size = crate::key::KeyValue::Integer(i64::from(spec.size()));
-    let values: Vec<&crate::key::KeyValue> = after
-        .as_ref()
-        .map(crate::Key::values)
-        .unwrap_or_default()
-        .iter()
-        .chain([&size])
-        .collect();
+    let mut lines = Vec::new();
+    for (sql, last) in [
+        (
+            crate::backend::mysql::full_batch_sql(&shape, after.is_some(), false),
+            &skip,
+        ),
+        (
+            crate::backend::mysql::next_batch_sql(&shape, after.is_some(), false),
+            &size,
+        ),
+    ] {
+        let values: Vec<&crate::key::KeyValue> = after
+            .as_ref()
+            .map(crate::Key::values)
+            .unwrap_or_default()
+            .iter()
+            .chain([last])
+            .collect();
+        lines.extend(explain(conn, &sql, &values).await?);
+    }
+    Ok(lines.join("\n"))
+}
+
+/// `EXPLAIN` of a keyed statement, a line per table it reads: `table type key rows`.
+async fn explain(
+    conn: &mut MySqlConnection,
+    sql: &str,
+    values: &[&crate::key::KeyValue],
+) -> Result<Vec<String>, Error> {
+    use sqlx::Row;
+    let (text, numbers) = crate::backend::mysql::keyed(sql);
     let rows = crate::backend::mysql::bind_keyed(
         sqlx::query(AssertSqlSafe(format!("EXPLAIN {text}"))),
         &numbers,
-        &values,
+        values,
     )
     .fetch_all(conn)
     .await?;
@@ -187,7 +210,7 @@ pub async fn mysql_next_batch_plan(
             text("key")
         ));
     }
-    Ok(lines.join("\n"))
+    Ok(lines)
 }
 
 async fn connect_with_retry(url: &str) -> Result<MySqlConnection, Error> {

@@ -4,10 +4,10 @@
 //! history. The reads are the statements every backend shares (`shared.rs`); the writes
 //! are written here, since MySQL binds its `?` in order, once each.
 
+use chrono::{DateTime, Utc};
 use sqlx::mysql::MySqlConnection;
 use sqlx::{AssertSqlSafe, MySql};
 
-use super::server::Server;
 use super::sql::{ident, query, query_scalar};
 use crate::backend::shared::Shared;
 use crate::backend::steps::LedgerSteps;
@@ -232,6 +232,46 @@ impl LedgerSteps for MySql {
         marks_in_force(conn, config, id, ("cancel", "restart")).await
     }
 
+    /// Pauses and cancellations in one statement: the latest pause or cancel of each
+    /// migration that no unpause or restart followed.
+    async fn marks_state(
+        conn: &mut MySqlConnection,
+        config: &LedgerConfig,
+        id: Option<&str>,
+    ) -> Result<(Vec<Pause>, Vec<Pause>), sqlx::Error> {
+        let runs = config.runs_ident();
+        let sql = format!(
+            "SELECT action, migration_id, db_user, host, finished_at, reason FROM {runs} AS r
+             WHERE action IN ('pause', 'cancel') AND migration_id = coalesce($1, migration_id)
+               AND run_id = (SELECT max(run_id) FROM {runs}
+                             WHERE migration_id = r.migration_id
+                               AND action IN (r.action,
+                                              CASE r.action WHEN 'pause' THEN 'unpause'
+                                                            ELSE 'restart' END))
+             ORDER BY migration_id"
+        );
+        let rows: Vec<MarkRow> = super::sql::query_as(AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_all(conn)
+            .await?;
+        let (mut pauses, mut cancels) = (Vec::new(), Vec::new());
+        for (action, migration_id, by, host, at, reason) in rows {
+            let mark = Pause {
+                migration_id,
+                by,
+                host,
+                at,
+                reason,
+            };
+            if action == "pause" {
+                pauses.push(mark);
+            } else {
+                cancels.push(mark);
+            }
+        }
+        Ok((pauses, cancels))
+    }
+
     async fn schema_version_applied(
         conn: &mut MySqlConnection,
         version: i64,
@@ -254,6 +294,16 @@ type PauseRow = (
     String,
     String,
     chrono::DateTime<chrono::Utc>,
+    Option<String>,
+);
+
+/// A pause or a cancel, as `marks_state` reads it: action, then as [`PauseRow`].
+type MarkRow = (
+    String,
+    String,
+    String,
+    String,
+    DateTime<Utc>,
     Option<String>,
 );
 
@@ -296,26 +346,19 @@ async fn still_atomic(conn: &mut MySqlConnection, a: &Attempt) -> Result<(), sql
     ))))
 }
 
-/// Whether `conn` is inside a transaction on the server: `@@in_transaction` on MariaDB;
-/// on MySQL, which has no such variable, whether InnoDB lists a transaction of this
-/// session (a transaction begun with a consistent snapshot is listed from its start).
+/// Whether `conn` is inside a transaction on the server, in one statement whatever the
+/// server: `@@in_transaction` on MariaDB (read through a comment only MariaDB executes); on
+/// MySQL, which has no such variable, whether InnoDB lists a transaction of this session (a
+/// transaction begun with a consistent snapshot is listed from its start).
 pub(super) async fn in_transaction(conn: &mut MySqlConnection) -> Result<bool, sqlx::Error> {
-    match Server::of(conn).await? {
-        Server::MariaDb => {
-            let open: i64 = query_scalar("SELECT CAST(@@in_transaction AS signed)")
-                .fetch_one(conn)
-                .await?;
-            Ok(open != 0)
-        }
-        Server::MySql => {
-            query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM information_schema.INNODB_TRX
-                                WHERE trx_mysql_thread_id = CONNECTION_ID())",
-            )
-            .fetch_one(conn)
-            .await
-        }
-    }
+    let open: i64 = query_scalar(
+        "SELECT CAST(coalesce(/*M!100000 @@in_transaction, */
+                              (SELECT count(*) FROM information_schema.INNODB_TRX
+                               WHERE trx_mysql_thread_id = CONNECTION_ID())) AS signed)",
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(open != 0)
 }
 
 /// The marks an operator set (`on`) and did not lift since (`off`) in the run history:

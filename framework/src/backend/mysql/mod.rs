@@ -24,7 +24,7 @@ mod walk;
 #[cfg(feature = "testing")]
 pub(crate) use self::sql::{bind_keyed, keyed};
 #[cfg(feature = "testing")]
-pub(crate) use self::walk::next_batch_sql;
+pub(crate) use self::walk::{full_batch_sql, next_batch_sql};
 
 use std::time::Duration;
 
@@ -176,6 +176,41 @@ impl ConnectionSteps for MySql {
                 .await?;
         }
         Ok(())
+    }
+
+    /// One round trip where it can: the isolation level, the lock timeouts and the
+    /// `START TRANSACTION` sent together as one text query. With a statement timeout (its
+    /// variable depends on the server) or inside a transaction, as the steps one by one.
+    async fn begin_with_timeouts(
+        conn: &mut MySqlConnection,
+        lock_timeout: Option<Duration>,
+        statement_timeout: Option<Duration>,
+        idle_in_transaction: Option<Duration>,
+    ) -> Result<sqlx::Transaction<'_, MySql>, sqlx::Error> {
+        if conn.is_in_transaction() || statement_timeout.is_some() {
+            let mut tx = Self::begin(conn, lock_timeout).await?;
+            Self::set_local_timeouts(
+                &mut tx,
+                lock_timeout,
+                statement_timeout,
+                idle_in_transaction,
+            )
+            .await?;
+            return Ok(tx);
+        }
+        let seconds = |d: Duration| d.as_secs().max(1);
+        let mut sql = String::from("SET TRANSACTION ISOLATION LEVEL READ COMMITTED;");
+        if let Some(lock) = lock_timeout {
+            let lock = seconds(lock);
+            sql.push_str(&format!(
+                " SET SESSION innodb_lock_wait_timeout = {lock}, SESSION lock_wait_timeout = {lock};"
+            ));
+        }
+        if let Some(idle) = idle_in_transaction {
+            sql.push_str(&format!(" SET SESSION wait_timeout = {};", seconds(idle)));
+        }
+        sql.push_str(" START TRANSACTION WITH CONSISTENT SNAPSHOT");
+        conn.begin_with(sqlx::AssertSqlSafe(sql)).await
     }
 
     fn is_lock_timeout(err: &sqlx::Error) -> bool {

@@ -5,7 +5,7 @@
 use futures_util::TryStreamExt;
 use sha2::{Digest, Sha256};
 use sqlx::mysql::MySqlConnection;
-use sqlx::{AssertSqlSafe, Connection, MySql};
+use sqlx::{AssertSqlSafe, Connection, MySql, Row};
 
 use super::sql::{ident, query_as, query_scalar};
 use crate::backend::steps::TableSteps;
@@ -136,12 +136,18 @@ impl TableSteps for MySql {
     /// would miss it. Both need the `PROCESS` privilege; only the proof
     /// (`check-idempotency`, a re-run) reads it.
     async fn write_count(conn: &mut MySqlConnection) -> Result<u64, sqlx::Error> {
-        let id: i64 = query_scalar("SELECT CAST(CONNECTION_ID() AS signed)")
-            .fetch_one(&mut *conn)
-            .await?;
-        let (_, _, status): (String, String, String) = query_as("SHOW ENGINE INNODB STATUS")
-            .fetch_one(conn)
-            .await?;
+        // Both in one round trip: a text query of two statements, two result sets.
+        let rows =
+            sqlx::raw_sql("SELECT CAST(CONNECTION_ID() AS signed); SHOW ENGINE INNODB STATUS")
+                .fetch_all(conn)
+                .await?;
+        let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+            return Err(sqlx::Error::Protocol(
+                "SELECT CONNECTION_ID(); SHOW ENGINE INNODB STATUS returned no row".into(),
+            ));
+        };
+        let id: i64 = first.try_get(0)?;
+        let status: String = last.try_get(2)?;
         Ok(undo_entries(&status, id))
     }
 

@@ -93,17 +93,45 @@ async fn merge(
         .collect::<Vec<_>>()
         .join(", ");
     let key_list = key.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+    let server = Server::of(conn).await?;
+    let others: Vec<String> = columns
+        .iter()
+        .filter(|c| !key.contains(c))
+        .map(|c| ident(c))
+        .collect();
+    let update = |alias: &str| on_duplicate(server, &target, &key, &others, mode, alias);
     if let Source::Rows { mut next, .. } = source {
+        let per_row = columns.len().max(1);
+        let chunk_rows = (MAX_PARAMETERS / per_row).max(1);
+        let mut values = Vec::with_capacity(chunk_rows * per_row);
+        // The first row, read ahead: whether its key is an integer chooses the way.
+        let mut more = next(RowSink::Values(&mut values));
+        if let [one] = key.as_slice()
+            && more
+            && integer_column(conn, &table, one).await?
+        {
+            let position = columns.iter().position(|c| c == one).unwrap_or(0);
+            if matches!(values.get(position), Some(Value::Int(_) | Value::Null)) {
+                let direct = Direct {
+                    table: &table,
+                    key: one,
+                    position,
+                    target: &target,
+                    column_list: &column_list,
+                    per_row,
+                    // MySQL 8 names the incoming row by an alias; MariaDB has `VALUES()`.
+                    alias: matches!(server, Server::MySql),
+                };
+                let rows = Rows { next, values };
+                return direct.run(conn, rows, &update("source"), mode).await;
+            }
+        }
         sqlx::query(AssertSqlSafe(format!(
             "CREATE TEMPORARY TABLE {stage} AS SELECT {column_list} FROM {target} WHERE FALSE"
         )))
         .execute(&mut *conn)
         .await?;
-        let per_row = columns.len().max(1);
-        let chunk_rows = (MAX_PARAMETERS / per_row).max(1);
-        let mut values = Vec::with_capacity(chunk_rows * per_row);
         loop {
-            let more = next(RowSink::Values(&mut values));
             let rows = values.len() / per_row;
             if rows > 0 && (rows >= chunk_rows || !more) {
                 stage_chunk(conn, stage, &column_list, per_row, &mut values).await?;
@@ -111,6 +139,7 @@ async fn merge(
             if !more {
                 break;
             }
+            more = next(RowSink::Values(&mut values));
         }
     }
     // MySQL would let the last of two source rows with one key win; the other backends
@@ -136,37 +165,11 @@ async fn merge(
     )))
     .fetch_one(&mut *conn)
     .await?;
-    let others: Vec<String> = columns
-        .iter()
-        .filter(|c| !key.contains(c))
-        .map(|c| ident(c))
-        .collect();
-    let server = Server::of(conn).await?;
-    let incoming = |c: &str| match server {
-        // MariaDB: `VALUES(col)`, the value the row would have inserted.
-        Server::MariaDb => format!("VALUES({c})"),
-        // MySQL 8: the source's own column, through its alias (`VALUES()` is deprecated).
-        Server::MySql => format!("source.{c}"),
-    };
-    let update = match mode {
-        UpsertMode::InsertMissing => None,
-        _ if others.is_empty() => None,
-        UpsertMode::Overwrite | UpsertMode::UpdateIfChanged => Some(
-            others
-                .iter()
-                .map(|c| format!("{c} = {}", incoming(c)))
-                .collect::<Vec<_>>()
-                .join(", "),
-        ),
-    };
-    // An existing key with nothing to update: a no-op assignment, which writes nothing
-    // (`INSERT IGNORE` would also turn other errors into warnings).
-    let first_key = format!("{target}.{}", ident(&key[0]));
-    let update = update.unwrap_or_else(|| format!("{first_key} = {first_key}"));
     let statement = format!(
         "INSERT INTO {target} ({column_list})
          SELECT {column_list} FROM (SELECT {column_list} FROM {stage}) AS source
-         ON DUPLICATE KEY UPDATE {update}"
+         ON DUPLICATE KEY UPDATE {}",
+        update("source").plain()
     );
     let affected = sqlx::query(AssertSqlSafe(statement))
         .execute(&mut *conn)
@@ -192,6 +195,238 @@ async fn merge(
     Ok((report, total))
 }
 
+/// The `ON DUPLICATE KEY UPDATE` list: each non-key column from the incoming row (the
+/// mode says which), and first, where `hits` is set, `@datamig_upsert_hits` counted up
+/// once for each row whose key already existed.
+fn on_duplicate(
+    server: Server,
+    target: &str,
+    key: &[String],
+    others: &[String],
+    mode: UpsertMode,
+    alias: &str,
+) -> OnDuplicate {
+    let incoming = |c: &str| match server {
+        // MariaDB: `VALUES(col)`, the value the row would have inserted.
+        Server::MariaDb => format!("VALUES({c})"),
+        // MySQL 8: the source's own column, through its alias (`VALUES()` is deprecated).
+        Server::MySql => format!("{alias}.{c}"),
+    };
+    let mut set: Vec<(String, String)> = match mode {
+        UpsertMode::InsertMissing => Vec::new(),
+        UpsertMode::Overwrite | UpsertMode::UpdateIfChanged => {
+            others.iter().map(|c| (c.clone(), incoming(c))).collect()
+        }
+    };
+    if set.is_empty() {
+        // An existing key with nothing to update: a no-op assignment, which writes nothing
+        // (`INSERT IGNORE` would also turn other errors into warnings).
+        let first_key = format!("{target}.{}", ident(&key[0]));
+        set.push((first_key.clone(), first_key));
+    }
+    OnDuplicate { set }
+}
+
+/// The assignments of an `ON DUPLICATE KEY UPDATE`, column and value.
+struct OnDuplicate {
+    set: Vec<(String, String)>,
+}
+
+impl OnDuplicate {
+    /// The plain list.
+    fn plain(&self) -> String {
+        self.set
+            .iter()
+            .map(|(c, v)| format!("{c} = {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The list whose first assignment also counts the row in `@datamig_upsert_hits`:
+    /// MySQL evaluates the assignments once for each row whose key exists.
+    fn counted(&self) -> String {
+        self.set
+            .iter()
+            .enumerate()
+            .map(|(i, (c, v))| {
+                if i == 0 {
+                    format!(
+                        "{c} = IF((@datamig_upsert_hits := @datamig_upsert_hits + 1) > 0, {v}, {c})"
+                    )
+                } else {
+                    format!("{c} = {v}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Whether `column` of `table` has an integer type (`tinyint` .. `bigint`, signed or not).
+async fn integer_column(
+    conn: &mut MySqlConnection,
+    table: &str,
+    column: &str,
+) -> Result<bool, Error> {
+    let name = table.rsplit('.').next().unwrap_or(table).trim_matches('"');
+    let data_type: Option<String> = query_scalar(
+        "SELECT CAST(DATA_TYPE AS char) FROM information_schema.COLUMNS
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = ?",
+    )
+    .bind(name)
+    .bind(column)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(matches!(
+        data_type.as_deref(),
+        Some("tinyint" | "smallint" | "mediumint" | "int" | "bigint")
+    ))
+}
+
+/// The Rust rows of an upsert: what is left of them, and the first, read ahead.
+struct Rows<'a> {
+    next: crate::merge::NextRow<'a>,
+    values: Vec<Value>,
+}
+
+/// The upsert of Rust rows on a single integer key: each chunk of rows goes straight into
+/// `INSERT .. VALUES .. ON DUPLICATE KEY UPDATE`, with no staging table. A key given twice
+/// is refused from the keys seen so far (integers compare in the client exactly as the
+/// server compares them); the rows whose key existed are counted by the statement itself.
+struct Direct<'a> {
+    table: &'a str,
+    key: &'a str,
+    position: usize,
+    target: &'a str,
+    column_list: &'a str,
+    per_row: usize,
+    alias: bool,
+}
+
+impl Direct<'_> {
+    async fn run(
+        &self,
+        conn: &mut MySqlConnection,
+        rows: Rows<'_>,
+        update: &OnDuplicate,
+        mode: UpsertMode,
+    ) -> Result<(UpsertReport, u64), Error> {
+        let Rows {
+            mut next,
+            mut values,
+        } = rows;
+        sqlx::query("SET @datamig_upsert_hits = 0")
+            .execute(&mut *conn)
+            .await?;
+        let chunk_rows = (MAX_PARAMETERS / self.per_row).max(1);
+        let mut seen = std::collections::HashSet::new();
+        let (mut total, mut affected) = (0u64, 0u64);
+        // The first row is in `values` already.
+        let mut more = true;
+        loop {
+            let rows = values.len() / self.per_row;
+            if more {
+                self.check_key(
+                    &values[(rows - 1) * self.per_row..],
+                    &mut seen,
+                    total + rows as u64,
+                )?;
+            }
+            if rows > 0 && (rows >= chunk_rows || !more) {
+                total += rows as u64;
+                affected += self.write(conn, update, &mut values).await?;
+            }
+            if !more {
+                break;
+            }
+            more = next(RowSink::Values(&mut values));
+        }
+        let hits: i64 = query_scalar("SELECT CAST(coalesce(@datamig_upsert_hits, 0) AS signed)")
+            .fetch_one(&mut *conn)
+            .await?;
+        let hits = u64::try_from(hits).unwrap_or(0).min(total);
+        let updated = if matches!(mode, UpsertMode::InsertMissing) {
+            0
+        } else {
+            // Found rows: an inserted row counts 1, a changed row 2, an unchanged one 1.
+            affected.saturating_sub(total).min(hits)
+        };
+        let report = UpsertReport {
+            inserted: total - hits,
+            updated,
+            unchanged: hits - updated,
+        };
+        // Nothing was written to a staging table.
+        Ok((report, 0))
+    }
+
+    /// Checks the key of `row`, the `number`-th: an integer not seen before, or NULL
+    /// (which matches no key: MySQL inserts the row, as it would any other).
+    fn check_key(
+        &self,
+        row: &[Value],
+        seen: &mut std::collections::HashSet<i64>,
+        number: u64,
+    ) -> Result<(), Error> {
+        match &row[self.position] {
+            Value::Int(k) if !seen.insert(*k) => Err(Error::Config(format!(
+                "the rows for the upsert into {} hold the same key more than once ({} = {k}); each key may appear once",
+                self.table,
+                quote_ident(self.key)
+            ))),
+            Value::Int(_) | Value::Null => Ok(()),
+            other => Err(Error::Config(format!(
+                "the upsert into {} has an integer key {} and its first row gave an integer, but row {number} gives it {}; give every row's key the same type",
+                self.table,
+                quote_ident(self.key),
+                match other {
+                    Value::Bool(_) => "a boolean",
+                    Value::Float(_) => "a floating-point number",
+                    _ => "text",
+                }
+            ))),
+        }
+    }
+
+    /// One multi-row statement of the values (whole rows); returns its affected rows.
+    async fn write(
+        &self,
+        conn: &mut MySqlConnection,
+        update: &OnDuplicate,
+        values: &mut Vec<Value>,
+    ) -> Result<u64, Error> {
+        let rows = values.len() / self.per_row;
+        let row = format!("({})", vec!["?"; self.per_row].join(", "));
+        let sql = format!(
+            "INSERT INTO {} ({}) VALUES {}{} ON DUPLICATE KEY UPDATE {}",
+            self.target,
+            self.column_list,
+            vec![row.as_str(); rows].join(", "),
+            if self.alias { " AS source" } else { "" },
+            update.counted()
+        );
+        let query = bind_all(sqlx::query(AssertSqlSafe(sql)).persistent(false), values);
+        Ok(query.execute(conn).await?.rows_affected())
+    }
+}
+
+/// Binds every value, in order, emptying `values`.
+fn bind_all<'q>(
+    mut query: sqlx::query::Query<'q, MySql, sqlx::mysql::MySqlArguments>,
+    values: &mut Vec<Value>,
+) -> sqlx::query::Query<'q, MySql, sqlx::mysql::MySqlArguments> {
+    for value in values.drain(..) {
+        query = match value {
+            Value::Null => query.bind(None::<i64>),
+            Value::Bool(b) => query.bind(b),
+            Value::Int(i) => query.bind(i),
+            Value::Float(f) => query.bind(f),
+            Value::Text(t) => query.bind(t),
+        };
+    }
+    query
+}
+
 /// Inserts the staged values (whole rows of `per_row` values) into the staging table.
 async fn stage_chunk(
     conn: &mut MySqlConnection,
@@ -206,16 +441,7 @@ async fn stage_chunk(
         "INSERT INTO {stage} ({columns}) VALUES {}",
         vec![row.as_str(); rows].join(", ")
     );
-    let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(false);
-    for value in values.drain(..) {
-        query = match value {
-            Value::Null => query.bind(None::<i64>),
-            Value::Bool(b) => query.bind(b),
-            Value::Int(i) => query.bind(i),
-            Value::Float(f) => query.bind(f),
-            Value::Text(t) => query.bind(t),
-        };
-    }
+    let query = bind_all(sqlx::query(AssertSqlSafe(sql)).persistent(false), values);
     query.execute(conn).await?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! MySQL's walk over a batched migration's key: the key's columns (from
 //! `information_schema.COLUMNS`) and index (`information_schema.STATISTICS`), the next
-//! batch by keyset pagination, a row estimate for progress. No rest check: the trait's
+//! batch by keyset pagination (the batch's last key read at its offset in the index range
+//! scan; the shorter last batch counted), a row estimate for progress. No rest check: the trait's
 //! defaults.
 //!
 //! Keys: integer columns (read and bound as `i64`; `BIGINT UNSIGNED` refused when a value
@@ -119,6 +120,16 @@ impl WalkSteps for MySql {
         upper: Option<&Key>,
         size: u32,
     ) -> Result<Option<(Key, u64)>, sqlx::Error> {
+        // A whole batch: its last key is the `size`-th, read off the index range scan.
+        let sql = full_batch_sql(shape, after.is_some(), upper.is_some());
+        let (text, numbers) = keyed(&sql);
+        let skip = KeyValue::Integer(i64::from(size.max(1)) - 1);
+        let values: Vec<&KeyValue> = bounds(after, upper).chain([&skip]).collect();
+        let q = bind_keyed(sqlx::query(AssertSqlSafe(text)), &numbers, &values);
+        if let Some(row) = q.fetch_optional(&mut *conn).await? {
+            return Ok(Some((read_key(&row, shape)?, u64::from(size.max(1)))));
+        }
+        // Fewer keys than that are left: the last of them and how many.
         let sql = next_batch_sql(shape, after.is_some(), upper.is_some());
         let (text, numbers) = keyed(&sql);
         let size = KeyValue::Integer(i64::from(size));
@@ -193,6 +204,21 @@ pub(crate) fn next_batch_sql(shape: &KeyShape, after: bool, upper: bool) -> Stri
         shape.order_by(false),
         params + 1,
         shape.order_by_in(true, Some("batch")),
+    )
+}
+
+/// The statement that finds the last key of a whole batch (standard SQL; see [`keyed`]):
+/// the key `skip` keys after the first after the checkpoint, in key order (an index range
+/// scan, which stops there); no row when fewer keys are left. Its parameters: the
+/// checkpoint's values (with `after`), the range's end's (with `upper`), then `skip`.
+pub(crate) fn full_batch_sql(shape: &KeyShape, after: bool, upper: bool) -> String {
+    let (range, params) = shape.range(after, upper, 1, None);
+    format!(
+        "SELECT {} FROM {} WHERE {range} ORDER BY {} LIMIT 1 OFFSET ${}",
+        select_list(shape, &shape.table),
+        quote_ident(&shape.table),
+        shape.order_by(false),
+        params + 1,
     )
 }
 

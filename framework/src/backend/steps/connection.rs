@@ -75,6 +75,27 @@ pub trait ConnectionSteps: sqlx::Database + Sized {
         idle_in_transaction: Option<Duration>,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
+    /// Begins a batch's transaction (as [`Self::begin`]) and sets its local timeouts (as
+    /// [`Self::set_local_timeouts`]). A backend may send both in one round trip.
+    fn begin_with_timeouts(
+        conn: &mut Self::Connection,
+        lock_timeout: Option<Duration>,
+        statement_timeout: Option<Duration>,
+        idle_in_transaction: Option<Duration>,
+    ) -> impl Future<Output = Result<sqlx::Transaction<'_, Self>, sqlx::Error>> + Send {
+        async move {
+            let mut tx = Self::begin(conn, lock_timeout).await?;
+            Self::set_local_timeouts(
+                &mut tx,
+                lock_timeout,
+                statement_timeout,
+                idle_in_transaction,
+            )
+            .await?;
+            Ok(tx)
+        }
+    }
+
     /// Whether an error is a lock timeout (worth retrying after a pause).
     fn is_lock_timeout(err: &sqlx::Error) -> bool;
 

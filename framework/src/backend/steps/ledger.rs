@@ -68,6 +68,21 @@ pub trait LedgerSteps: ConnectionSteps {
         id: Option<&str>,
     ) -> impl Future<Output = Result<Vec<Pause>, sqlx::Error>> + Send;
 
+    /// The pauses and the cancellations in force (as [`Self::pause_state`] and
+    /// [`Self::cancel_state`]), read at the start of every batch. A backend may read both
+    /// in one statement.
+    fn marks_state(
+        conn: &mut Self::Connection,
+        config: &LedgerConfig,
+        id: Option<&str>,
+    ) -> impl Future<Output = Result<(Vec<Pause>, Vec<Pause>), sqlx::Error>> + Send {
+        async move {
+            let pauses = Self::pause_state(&mut *conn, config, id).await?;
+            let cancels = Self::cancel_state(conn, config, id).await?;
+            Ok((pauses, cancels))
+        }
+    }
+
     /// Whether the schema migration `version` of `sqlx migrate` has been applied
     /// (`_sqlx_migrations`).
     fn schema_version_applied(
