@@ -988,7 +988,10 @@ async fn an_upsert_on_a_text_key_compares_keys_in_the_columns_collation() -> any
     );
     // Nothing of the failed migration stayed.
     assert_eq!(scalar(pool, "SELECT count(*) FROM codes").await?, 2);
-    assert_eq!(scalar(pool, "SELECT CAST(sum(user_id) AS signed) FROM plans").await?, 15);
+    assert_eq!(
+        scalar(pool, "SELECT CAST(sum(user_id) AS signed) FROM plans").await?,
+        15
+    );
     Ok(())
 }
 
