@@ -337,6 +337,9 @@ async fn split(
         }
     } else {
         // A sample of the keys, sorted in the index's order; its quantiles bound the chunks.
+        // The order names the table's columns through an alias: bare, `"id"` would name the
+        // select list's `"id"::text` and sort the keys as text (`10` before `9`), and the
+        // quantiles of that order bound overlapping chunks.
         let wanted = n * 64;
         let percent = (100.0 * wanted as f64 / estimate as f64).min(100.0);
         let list = columns
@@ -344,9 +347,13 @@ async fn split(
             .map(|c| format!("{c}::text"))
             .collect::<Vec<_>>()
             .join(", ");
+        let order = columns
+            .iter()
+            .map(|c| format!("datamig_sample.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let rows = query(AssertSqlSafe(format!(
-            "SELECT {list} FROM {from} TABLESAMPLE SYSTEM ({percent}) ORDER BY {}",
-            columns.join(", ")
+            "SELECT {list} FROM {from} AS datamig_sample TABLESAMPLE SYSTEM ({percent}) ORDER BY {order}"
         )))
         .fetch_all(&mut *src)
         .await
