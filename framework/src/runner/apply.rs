@@ -40,7 +40,8 @@ impl<DB: Backend> Migrator<DB> {
         .await
         .map_err(Failure::db)?;
 
-        let before = writes_before::<DB>(&mut tx, action)
+        // Nothing was written in this transaction yet (`fresh`).
+        let before = writes_before::<DB>(&mut tx, action, true)
             .await
             .map_err(Failure::db)?;
         let mut ctx = Ctx::new(&mut *tx, migration.id(), self.dry_run);
@@ -215,12 +216,19 @@ impl<DB: Backend> Migrator<DB> {
 
 /// The database's write counter before a body, for a re-run (`None` otherwise): a re-run
 /// counts the rows it writes as the database counts them, because the idempotency proof
-/// must see rows rewritten with equal values. First runs do not pay for it.
+/// must see rows rewritten with equal values. First runs do not pay for it, nor a `fresh`
+/// transaction (one that has written nothing yet) where the count is the transaction's own
+/// and so 0 (MySQL).
 pub(super) async fn writes_before<DB: Backend>(
     conn: &mut DB::Connection,
     action: Action,
+    fresh: bool,
 ) -> Result<Option<u64>, sqlx::Error> {
     if action == Action::Rerun {
+        if fresh && DB::WRITE_COUNT_OF_TRANSACTION {
+            // Nothing written yet by a transaction whose count starts at 0.
+            return Ok(Some(0));
+        }
         DB::write_count(conn).await.map(Some)
     } else {
         Ok(None)

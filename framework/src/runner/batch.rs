@@ -469,6 +469,8 @@ impl<DB: Backend> Migrator<DB> {
                 action,
                 self.dry_run,
                 rest,
+                // Only reads (the marks, the next batch) ran in it so far.
+                true,
                 run,
                 batch,
             )

@@ -437,7 +437,7 @@ impl<DB: Backend> Migrator<DB> {
 
 /// Runs a batch's body inside its transaction `tx` (a panic caught), with the database's
 /// write counter read around it on a re-run, and, with `rest`, as a check of every key left
-/// (see `Ctx::checking_rest`).
+/// (see `Ctx::checking_rest`). `fresh`: the transaction wrote nothing before the body.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn run_body<DB: Backend>(
     tx: &mut DB::Connection,
@@ -445,11 +445,12 @@ pub(super) async fn run_body<DB: Backend>(
     action: Action,
     dry_run: bool,
     rest: bool,
+    fresh: bool,
     run: BatchFn<DB>,
     batch: Batch,
 ) -> Result<BodyRun, BatchError> {
     let number = batch.number();
-    let before = writes_before::<DB>(&mut *tx, action)
+    let before = writes_before::<DB>(&mut *tx, action, fresh)
         .await
         .map_err(|err| BatchError::database::<DB>(err, number))?;
     let mut ctx = Ctx::new(tx, id, dry_run);

@@ -125,6 +125,9 @@ impl TableSteps for MySql {
             .collect())
     }
 
+    /// The undo log entries of this transaction: 0 before it writes.
+    const WRITE_COUNT_OF_TRANSACTION: bool = true;
+
     /// InnoDB's count of the rows this session's transaction has modified: inserted,
     /// updated and deleted, rows rewritten with equal values left out (MySQL does not write
     /// a row whose values do not change), rows of temporary tables counted. 0 outside a

@@ -56,6 +56,11 @@ pub trait TableSteps: ConnectionSteps {
         table: &str,
     ) -> impl Future<Output = Result<Vec<String>, sqlx::Error>> + Send;
 
+    /// Whether [`Self::write_count`] counts the current transaction's writes only, so that
+    /// it reads 0 in a transaction that has written nothing yet (the runner then does not
+    /// read it before the body of such a transaction).
+    const WRITE_COUNT_OF_TRANSACTION: bool = false;
+
     /// Rows written (inserted, updated, deleted) so far by this session's transaction
     /// (PostgreSQL: `pg_stat_xact_user_tables`, temporary tables left out) or connection
     /// (SQLite: `total_changes()`), as the database itself counts them: a difference
