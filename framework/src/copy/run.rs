@@ -278,12 +278,13 @@ async fn copy<S: Source>(
         check::refuse_occupied(&mut dst, &planned, &recorded).await?;
     }
 
-    // 4. The chunks: those recorded, or the source's split of each table.
+    // 4. The chunks: those recorded, or the source's split of each table (at least one
+    //    per job for a table big enough, see `spread`).
     let mut chunks: Vec<Vec<Chunk>> = Vec::new();
     for p in &mut planned {
         let table_chunks = match recorded.get(&p.plan.table) {
             Some(existing) if !existing.is_empty() => existing.clone(),
-            _ => source.split(p, copier.chunk_rows).await?,
+            _ => source.split(p, spread(copier, p)).await?,
         };
         p.plan.chunks = table_chunks.len();
         p.plan.chunks_done = table_chunks.iter().filter(|c| c.done).count();
@@ -391,4 +392,23 @@ async fn copy<S: Source>(
     let _ = dst.close().await;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The fewest rows a chunk is made smaller to (`spread`): below, a commit more costs more
+/// than the job it keeps busy gains.
+const SPREAD_ROWS: u64 = 50_000;
+
+/// The chunk size a table is split by: `chunk_rows`, or smaller, so that a table (by the
+/// source's estimate of its rows) has a chunk for each job, none under [`SPREAD_ROWS`]. A
+/// table the others wait for (the tables referencing it load after it) is then loaded by
+/// every job instead of one while the rest idle. Without an estimate, `chunk_rows`.
+fn spread(copier: &Copier, p: &super::plan::Planned) -> u64 {
+    let jobs = u64::try_from(copier.jobs.max(1)).unwrap_or(1);
+    let estimate = u64::try_from(p.plan.estimated_rows).unwrap_or(0);
+    if estimate == 0 {
+        return copier.chunk_rows;
+    }
+    copier
+        .chunk_rows
+        .min(estimate.div_ceil(jobs).max(SPREAD_ROWS))
 }
