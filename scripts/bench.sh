@@ -16,7 +16,8 @@
 #                                       (scripts/bench-sqlite.sh)
 #     scripts/bench.sh --mysql          the upsert and batched backfills on MariaDB against
 #                                       set-based statements (DATABASE_URL=mysql://.. or a
-#                                       throwaway MariaDB)
+#                                       throwaway MariaDB; DATAMIG_BENCH_BUFFER_POOL=<bytes>
+#                                       sizes the throwaway's InnoDB buffer pool)
 #     scripts/bench.sh --mysql-copy [ITEMS]  `datamig copy` from MariaDB beside pgloader
 #                                       (scripts/bench-mysql-copy.sh)
 #
