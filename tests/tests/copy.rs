@@ -728,7 +728,21 @@ async fn a_missing_foreign_key_names_the_row_that_holds_it() -> anyhow::Result<(
         "INSERT INTO customers (id, name) SELECT g, 'elsewhere' FROM generate_series(2, 3000) g",
     )
     .await?;
-    for (triggers, by_copy) in [(Triggers::Auto, true), (Triggers::On, false)] {
+    // The copy's check joins a chunk of 1,000 orders to the 2,999 customers whole (a chunk
+    // that wrote more than an eighth of its parent's rows), then, once the target holds
+    // 200,000 more customers, probes their key's index a row: the same row named each way.
+    for (triggers, by_copy, more_customers) in [
+        (Triggers::Auto, true, false),
+        (Triggers::On, false, false),
+        (Triggers::Auto, true, true),
+    ] {
+        if more_customers {
+            execute(
+                dst.pool(),
+                "INSERT INTO customers (id, name) SELECT g, 'elsewhere' FROM generate_series(10001, 210000) g",
+            )
+            .await?;
+        }
         let err = Copier::new(src.pool(), dst.pool())
             .exclude(["customers", "events"])
             .chunk_rows(1_000)

@@ -153,10 +153,15 @@ pub(super) async fn load<S: Source>(
             } else {
                 counts.rows
             };
-            if let Some(message) =
-                dangling_reference(&mut tx, p, &S::target_range(p, chunk), written)
-                    .await
-                    .map_err(|e| Failure::Target(*table, e))?
+            if let Some(message) = dangling_reference(
+                &mut tx,
+                p,
+                &S::target_range(p, chunk),
+                written,
+                &shared.planned,
+            )
+            .await
+            .map_err(|e| Failure::Target(*table, e))?
             {
                 return Err(Failure::Rejected(*table, message));
             }
