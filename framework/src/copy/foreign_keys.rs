@@ -155,6 +155,11 @@ async fn joins_the_parent_whole(
     estimate: Option<f64>,
     written: u64,
 ) -> Result<Option<String>, sqlx::Error> {
+    let enough = (written as f64) * ROWS_A_PROBE_PAYS_FOR;
+    if estimate.is_some_and(|rows| rows > enough) {
+        // The source's estimate alone decides: probes.
+        return Ok(None);
+    }
     let plan: Vec<String> = query(AssertSqlSafe(format!("EXPLAIN SELECT FROM {parent}")))
         .fetch_all(&mut *conn)
         .await?
@@ -166,7 +171,7 @@ async fn joins_the_parent_whole(
         return Ok(None);
     };
     let parent_rows = parent_rows.max(estimate.unwrap_or(0.0));
-    if (written as f64) * ROWS_A_PROBE_PAYS_FOR < parent_rows {
+    if enough < parent_rows {
         return Ok(None);
     }
     let previous: String = query(
