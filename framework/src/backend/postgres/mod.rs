@@ -28,7 +28,7 @@ use crate::migration::{Code, Migration};
 // What the copy (`datamig::copy`), which runs on PostgreSQL only, sends its statements
 // through and reads sessions and fingerprints with.
 pub(crate) use self::lock::{SESSION_COLUMNS, session_info};
-pub(crate) use self::sql::{query, query_as, query_scalar};
+pub(crate) use self::sql::{explained_rows, query, query_as, query_scalar};
 
 impl Backend for Postgres {}
 

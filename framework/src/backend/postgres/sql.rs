@@ -35,7 +35,34 @@ where
     sqlx::query_as(sql).persistent(false)
 }
 
+/// The rows the planner expects of the top node of an `EXPLAIN`'s first line
+/// (`Seq Scan on t  (cost=0.00..6541.00 rows=400000 width=0)`); `None` without one.
+pub(crate) fn explained_rows(line: &str) -> Option<u64> {
+    line.split(" rows=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
 /// A duration in whole milliseconds, for `$n * interval '1 millisecond'`.
 pub(super) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::explained_rows;
+
+    #[test]
+    fn the_rows_of_a_plan_line_are_read() {
+        assert_eq!(
+            explained_rows("Seq Scan on orders r  (cost=0.00..6541.00 rows=400000 width=0)"),
+            Some(400_000)
+        );
+        assert_eq!(
+            explained_rows("Append  (cost=0.00..1.10 rows=7 width=0)"),
+            Some(7)
+        );
+        assert_eq!(explained_rows("Result  (cost=0.00..0.01 width=0)"), None);
+    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row};
 
-use super::sql::{query, query_as, query_scalar};
+use super::sql::{explained_rows, query, query_as, query_scalar};
 use crate::backend::shared::Shared;
 use crate::backend::steps::{KeyColumn, LoadSample, WalkSteps};
 use crate::backend::values::bind_key_value;
@@ -176,11 +176,7 @@ impl WalkSteps for Postgres {
             Some(row) => row.try_get(0)?,
             None => String::new(),
         };
-        Ok(first
-            .split("rows=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok()))
+        Ok(explained_rows(&first))
     }
 
     async fn load_sample(
