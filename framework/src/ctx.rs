@@ -1,5 +1,7 @@
 //! What a migration body receives: its transaction, and a place to report what it did.
 
+use crate::key::RestGuard;
+
 /// The context of one migration run.
 ///
 /// It holds the migration's transaction: every query run through [`Ctx::tx`] commits
@@ -39,11 +41,13 @@ pub struct Ctx<'c, DB: sqlx::Database> {
 }
 
 /// A batched migration's check of all its remaining keys in one statement: each `{batch}`
-/// becomes the scope followed by `guard`, a call that fails the statement on the first row
-/// it would change. The check holds when the body ran to its end with nothing spoiling it.
+/// becomes the scope, and its statement is written as `guard` says, so it stops on the
+/// first row it would change (PostgreSQL: a call that fails it; MariaDB: `LIMIT 1`, the
+/// row then counted). The check holds when the body ran to its end with nothing spoiling
+/// it and no row changed.
 #[derive(Debug)]
 pub(crate) struct RestCheck {
-    guard: &'static str,
+    guard: RestGuard,
     /// A statement failed (the guard, or anything else), changed rows, or could not be
     /// guarded: the rest must be walked batch by batch.
     spoiled: bool,
@@ -65,7 +69,7 @@ impl<'c, DB: sqlx::Database> Ctx<'c, DB> {
 
     /// This context runs the body as a check of the rest of a batched migration's keys
     /// (see [`RestCheck`]).
-    pub(crate) fn checking_rest(mut self, guard: &'static str) -> Self {
+    pub(crate) fn checking_rest(mut self, guard: RestGuard) -> Self {
         self.rest = Some(RestCheck {
             guard,
             spoiled: false,
@@ -74,8 +78,8 @@ impl<'c, DB: sqlx::Database> Ctx<'c, DB> {
     }
 
     /// The guard of a rest check in progress.
-    pub(crate) fn rest_guard(&self) -> Option<&'static str> {
-        self.rest.as_ref().map(|r| r.guard)
+    pub(crate) fn rest_guard(&self) -> Option<&RestGuard> {
+        self.rest.as_ref().map(|r| &r.guard)
     }
 
     /// A statement of a rest check failed or could not be guarded.

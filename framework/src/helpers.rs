@@ -73,9 +73,11 @@ impl<DB: Backend> Ctx<'_, DB> {
     /// # Ok(()) }
     /// ```
     ///
-    /// On PostgreSQL, after a batch that changed nothing, datamig checks every key left in
-    /// one statement: the body runs with `{batch}` rendered as the scope and a guard that
-    /// fails the statement on the first row it would change (see the backfills guide).
+    /// On PostgreSQL and MariaDB, after a batch that changed nothing, datamig checks every
+    /// key left in one statement: the body runs with `{batch}` rendered as the scope, and
+    /// the statement stops on the first row it would change (PostgreSQL: a guard that
+    /// fails it; MariaDB: `LIMIT 1` after it), so the check rolls back at once where work
+    /// is left (see the backfills guide).
     /// A statement that changes rows only where they need it
     /// (`.. AND email <> lower(email)`) is what lets that check find nothing to do.
     ///
@@ -94,9 +96,13 @@ impl<DB: Backend> Ctx<'_, DB> {
         batch: &Batch,
     ) -> Result<u64, sqlx::Error> {
         let sql = sql.into_sql_str();
-        let guard = self.rest_guard();
-        let rendered =
-            crate::key::render_marker(sql.as_str(), batch.shape(), batch.lower().is_some(), guard);
+        let guard = self.rest_guard().cloned();
+        let rendered = crate::key::render_marker(
+            sql.as_str(),
+            batch.shape(),
+            batch.lower().is_some(),
+            guard.as_ref(),
+        );
         let rows = match rendered {
             Some(rendered) => {
                 // A rest check binds nothing: its `{batch}` is the scope and the guard.

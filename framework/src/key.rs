@@ -407,14 +407,15 @@ pub fn describe_checkpoint(text: &str) -> String {
 /// `sql` with the batch's predicate (its parameters from `$1`); `None` when `sql` has no
 /// such marker.
 ///
-/// With `rest_guard`, the predicate is the scope alone followed by that call, and binds
-/// nothing: the statement then reads every row of the scope and fails on the first row it
-/// would change (see `Ctx::checking_rest`).
+/// With `guard`, the predicate is the scope alone (followed by the guard's call, where it
+/// has one), binds nothing, and the statement is written as the guard says: it then reads
+/// every row of the scope and stops on the first row it would change (see
+/// `Ctx::checking_rest`).
 pub(crate) fn render_marker(
     sql: &str,
     shape: &KeyShape,
     lower: bool,
-    rest_guard: Option<&str>,
+    guard: Option<&RestGuard>,
 ) -> Option<String> {
     const MARKER: &str = "{batch";
     if !sql.contains(MARKER) {
@@ -439,19 +440,60 @@ pub(crate) fn render_marker(
         };
         out.push_str(&rest[..start]);
         out.push('(');
-        match rest_guard {
+        match guard {
             None => out.push_str(&shape.range(lower, true, 1, qualifier).0),
             Some(guard) => {
                 out.push_str(&shape.range(false, false, 1, qualifier).0);
-                out.push_str(" AND ");
-                out.push_str(guard);
+                if let Some(call) = guard.predicate {
+                    out.push_str(" AND ");
+                    out.push_str(call);
+                }
             }
         }
         out.push(')');
         rest = &after[len..];
     }
     out.push_str(rest);
-    Some(out)
+    Some(match guard {
+        Some(guard) => guard.statement(&out),
+        None => out,
+    })
+}
+
+/// How a check of the rest of a batched migration's keys writes each statement that names
+/// its rows with `{batch}` (see `Ctx::checking_rest`), so the statement stops on the first
+/// row it would change instead of changing them all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestGuard {
+    /// A call appended (with `AND`) to the scope in place of `{batch}`, which fails the
+    /// statement on the first row that reaches it: PostgreSQL's temporary function, which
+    /// the planner calls after the statement's own conditions.
+    pub(crate) predicate: Option<&'static str>,
+    /// Written before the statement: MariaDB's `SET STATEMENT max_statement_time = .. FOR `,
+    /// the check's time limit for that statement alone.
+    pub(crate) prefix: String,
+    /// Written after the statement: `LIMIT 1` on MySQL, where the statement stops at the
+    /// first row it matches, so rows matched or written tell that work is left.
+    pub(crate) suffix: &'static str,
+}
+
+impl RestGuard {
+    /// `sql` (its `{batch}` already rendered) as the check runs it. A trailing `;` goes
+    /// first, and the suffix starts a line, so a trailing `--` comment cannot swallow it.
+    pub(crate) fn statement(&self, sql: &str) -> String {
+        if self.prefix.is_empty() && self.suffix.is_empty() {
+            return sql.to_string();
+        }
+        let body = sql.trim_end().trim_end_matches(';').trim_end();
+        let mut out = String::with_capacity(self.prefix.len() + body.len() + 16);
+        out.push_str(&self.prefix);
+        out.push_str(body);
+        if !self.suffix.is_empty() {
+            out.push('\n');
+            out.push_str(self.suffix);
+        }
+        out
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -560,11 +602,15 @@ mod tests {
             "UPDATE t x SET a = 1 WHERE (\"x\".\"id\" <= CAST($1 AS uuid) AND (deleted_at IS NULL)) AND a <> 1"
         );
         // Checking the rest: the scope and the guard, no bound to bind.
+        let call = RestGuard {
+            predicate: Some("g()"),
+            ..RestGuard::default()
+        };
         let sql = render_marker(
             "UPDATE t SET a = 1 WHERE {batch} AND a <> 1",
             &s,
             true,
-            Some("g()"),
+            Some(&call),
         )
         .unwrap();
         assert_eq!(
@@ -572,7 +618,25 @@ mod tests {
             "UPDATE t SET a = 1 WHERE ((deleted_at IS NULL) AND g()) AND a <> 1"
         );
         s.scope = None;
-        let sql = render_marker("UPDATE t SET a = 1 WHERE {batch}", &s, true, Some("g()")).unwrap();
+        let sql = render_marker("UPDATE t SET a = 1 WHERE {batch}", &s, true, Some(&call)).unwrap();
         assert_eq!(sql, "UPDATE t SET a = 1 WHERE (TRUE AND g())");
+        // MySQL's form: no call; the statement limited, stopped at its first row.
+        let limited = RestGuard {
+            predicate: None,
+            prefix: "SET STATEMENT max_statement_time = 10 FOR ".into(),
+            suffix: "LIMIT 1",
+        };
+        let sql = render_marker(
+            "UPDATE t SET a = 1 WHERE {batch} AND a <> 1 -- note ;\n ; ",
+            &s,
+            true,
+            Some(&limited),
+        )
+        .unwrap();
+        assert_eq!(
+            sql,
+            "SET STATEMENT max_statement_time = 10 FOR \
+             UPDATE t SET a = 1 WHERE (TRUE) AND a <> 1 -- note ;\nLIMIT 1"
+        );
     }
 }

@@ -747,6 +747,136 @@ async fn batches_walk_uuid_text_and_composite_keys_reaching_every_row_once() -> 
     Ok(())
 }
 
+/// Sets `plan_rows.plan_code` where it is not yet `upper(plan)`: a `CHAR(36)` UUID key,
+/// 100 keys a batch.
+#[datamig::migration(
+    id = "20240402_0000_plan_codes",
+    batch(table = "plan_rows", key = "id", size = 100)
+)]
+async fn plan_codes(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result<()> {
+    ctx.execute_batch(
+        "UPDATE plan_rows SET plan_code = upper(plan) \
+         WHERE {batch} AND (plan_code IS NULL OR plan_code <> upper(plan))",
+        &batch,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The same with a `LIMIT` of its own, after which a check's `LIMIT 1` cannot be written.
+#[datamig::migration(
+    id = "20240402_0001_plan_codes_limited",
+    batch(table = "plan_rows_limited", key = "id", size = 100)
+)]
+async fn plan_codes_limited(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result<()> {
+    ctx.execute_batch(
+        "UPDATE plan_rows_limited SET plan_code = upper(plan) \
+         WHERE {batch} AND (plan_code IS NULL OR plan_code <> upper(plan)) LIMIT 1000;",
+        &batch,
+    )
+    .await?;
+    Ok(())
+}
+
+/// `(batches, rows affected, rows written, notes)` of a re-run of `id`.
+async fn rerun_counts(pool: &MySqlPool, id: &str) -> anyhow::Result<(u64, u64, u64, String)> {
+    let report = Migrator::new(pool.clone()).rerun(id).await?;
+    let applied = &report.applied[0];
+    Ok((
+        applied.batches,
+        applied.rows_affected,
+        applied.rows_written.expect("a re-run counts its writes"),
+        applied.notes.join("; "),
+    ))
+}
+
+#[tokio::test]
+async fn a_run_with_nothing_left_to_do_checks_the_rest_in_one_statement() -> anyhow::Result<()> {
+    let db = datamig::testing::mysql().await?;
+    let pool = db.pool();
+    let numbers = "WITH RECURSIVE s (n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 2000)";
+    let uuid = "LOWER(CONCAT_WS('-', SUBSTR(MD5(n), 1, 8), SUBSTR(MD5(n), 9, 4), SUBSTR(MD5(n), 13, 4), SUBSTR(MD5(n), 17, 4), SUBSTR(MD5(n), 21)))";
+    for table in ["plan_rows", "plan_rows_limited"] {
+        for sql in [
+            // Binary collation: `plan_code <> upper(plan)` compares case.
+            format!(
+                "CREATE TABLE {table} (id char(36) PRIMARY KEY, plan varchar(10) NOT NULL,
+                     plan_code varchar(10)) COLLATE utf8mb4_bin"
+            ),
+            format!(
+                "SET STATEMENT max_recursive_iterations = 5000 FOR
+                 INSERT INTO {table} (id, plan) {numbers}
+                 SELECT {uuid}, ELT(1 + n % 3, 'free', 'pro', 'team') FROM s"
+            ),
+        ] {
+            sqlx::query(AssertSqlSafe(sql)).execute(pool).await?;
+        }
+    }
+    let migrator = Migrator::new(pool.clone())
+        .migrations([&plan_codes::MIGRATION, &plan_codes_limited::MIGRATION]);
+    let first = migrator.run().await?;
+    for applied in &first.applied {
+        assert_eq!(
+            (applied.batches, applied.rows_affected),
+            (20, 2000),
+            "{}",
+            applied.id
+        );
+    }
+    let stale = "SELECT count(*) FROM plan_rows \
+                 WHERE plan_code IS NULL OR plan_code <> upper(plan)";
+
+    // Nothing to do: one batch walked, then every key after it checked in one statement,
+    // committed as the last batch with the checkpoint at the last key.
+    let (batches, rows, written, notes) = rerun_counts(pool, plan_codes::MIGRATION.id()).await?;
+    assert_eq!((batches, rows, written), (2, 0, 0), "{notes}");
+    assert!(notes.contains("checked in one statement"), "{notes}");
+    let entry = migrator
+        .status()
+        .await?
+        .into_iter()
+        .find(|s| s.id == plan_codes::MIGRATION.id())
+        .and_then(|s| s.ledger)
+        .expect("its ledger row");
+    let last: String = sqlx::query_scalar("SELECT id FROM plan_rows ORDER BY id DESC LIMIT 1")
+        .fetch_one(pool)
+        .await?;
+    assert_eq!(
+        datamig::__private::describe_checkpoint(entry.checkpoint.as_deref().unwrap_or_default()),
+        format!("id = '{last}'")
+    );
+    assert_eq!((entry.status.as_str(), entry.batches), ("applied", 2));
+
+    // Stale rows in batches 4 and 10: the checks after batch 1 and after batch 3 stop at
+    // the first of them and roll back (each failed check doubles the quiet batches before
+    // the next), the walk fixes it; the check after four quiet batches more (5 to 8) stops
+    // at the second, which batch 10 fixes; after eight quiet batches more (11 to 18) the
+    // rest holds, committed as batch 19. Nothing was left undone by a check that stopped
+    // at its first row.
+    sqlx::query(
+        "UPDATE plan_rows SET plan_code = NULL
+         WHERE id IN (SELECT id FROM (SELECT id FROM plan_rows ORDER BY id LIMIT 1 OFFSET 350) a
+                      UNION ALL
+                      SELECT id FROM (SELECT id FROM plan_rows ORDER BY id LIMIT 1 OFFSET 950) b)",
+    )
+    .execute(pool)
+    .await?;
+    assert_eq!(scalar(pool, stale).await?, 2);
+    let (batches, rows, written, notes) = rerun_counts(pool, plan_codes::MIGRATION.id()).await?;
+    assert_eq!((rows, written), (2, 2), "{notes}");
+    assert_eq!(scalar(pool, stale).await?, 0);
+    assert_eq!(batches, 19, "{notes}");
+    assert!(notes.contains("batch 19: no row after"), "{notes}");
+
+    // A statement that takes no `LIMIT 1` after it fails its check, which rolls back: it
+    // is walked batch by batch, as before.
+    let (batches, rows, written, notes) =
+        rerun_counts(pool, plan_codes_limited::MIGRATION.id()).await?;
+    assert_eq!((batches, rows, written), (20, 0, 0), "{notes}");
+    assert!(!notes.contains("checked in one statement"), "{notes}");
+    Ok(())
+}
+
 /// Merges `wanted` into `plans` from a query, where a value differs.
 #[datamig::migration(id = "20240701_0000_plans_from_query")]
 async fn plans_from_query(ctx: &mut Ctx<'_, MySql>) -> anyhow::Result<()> {

@@ -439,16 +439,21 @@ impl<DB: Backend> Migrator<DB> {
                     source: None,
                 });
             }
-            if rest {
+            let guard = if rest {
                 let limit = timeouts
                     .statement
                     .map_or(REST_CHECK_LIMIT, |t| t.min(REST_CHECK_LIMIT));
-                if DB::begin_rest_check(&mut tx, limit).await.is_err() {
-                    // No guard here (a role without TEMP, for one): the walk goes on.
-                    let _ = tx.rollback().await;
-                    return Ok(BatchDone::WorkLeft);
+                match DB::begin_rest_check(&mut tx, limit).await {
+                    Ok(guard) => Some(guard),
+                    Err(_) => {
+                        // No guard here (a role without TEMP, MySQL 8): the walk goes on.
+                        let _ = tx.rollback().await;
+                        return Ok(BatchDone::WorkLeft);
+                    }
                 }
-            }
+            } else {
+                None
+            };
             let batch = Batch::new(
                 state.after.clone(),
                 last.clone(),
@@ -468,7 +473,7 @@ impl<DB: Backend> Migrator<DB> {
                 migration.id(),
                 action,
                 self.dry_run,
-                rest,
+                guard,
                 // Only reads (the marks, the next batch) ran in it so far.
                 true,
                 run,

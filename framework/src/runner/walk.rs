@@ -13,6 +13,7 @@ use super::report::Progress;
 use crate::backend::Backend;
 use crate::ctx::Ctx;
 use crate::error::{Error, describe_sqlx};
+use crate::key::RestGuard;
 use crate::ledger::{Action, Pause};
 use crate::migration::{Batch, BatchFn, BatchSpec, Migration};
 
@@ -437,14 +438,15 @@ impl<DB: Backend> Migrator<DB> {
 
 /// Runs a batch's body inside its transaction `tx` (a panic caught), with the database's
 /// write counter read around it on a re-run, and, with `rest`, as a check of every key left
-/// (see `Ctx::checking_rest`). `fresh`: the transaction wrote nothing before the body.
+/// (see `Ctx::checking_rest`) written as `rest` says. `fresh`: the transaction wrote
+/// nothing before the body.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn run_body<DB: Backend>(
     tx: &mut DB::Connection,
     id: &'static str,
     action: Action,
     dry_run: bool,
-    rest: bool,
+    rest: Option<RestGuard>,
     fresh: bool,
     run: BatchFn<DB>,
     batch: Batch,
@@ -453,9 +455,10 @@ pub(super) async fn run_body<DB: Backend>(
     let before = writes_before::<DB>(&mut *tx, action, fresh)
         .await
         .map_err(|err| BatchError::database::<DB>(err, number))?;
+    let checks_rest = rest.is_some();
     let mut ctx = Ctx::new(tx, id, dry_run);
-    if rest {
-        ctx = ctx.checking_rest(DB::REST_GUARD);
+    if let Some(guard) = rest {
+        ctx = ctx.checking_rest(guard);
     }
     let mut outcome = run_caught::<DB>(run(&mut ctx, batch)).await;
     let written = writes_after(&mut ctx, before, &mut outcome).await;
@@ -464,7 +467,7 @@ pub(super) async fn run_body<DB: Backend>(
         rows: ctx.rows_affected(),
         notes: ctx.notes().to_vec(),
         guarded: ctx.guarded_only(),
-        rest_holds: rest && ctx.rest_holds(),
+        rest_holds: checks_rest && ctx.rest_holds(),
         outcome,
     })
 }

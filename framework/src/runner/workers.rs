@@ -731,8 +731,7 @@ impl<DB: Backend> Migrator<DB> {
                 rows,
                 notes,
                 ..
-            } = run_body::<DB>(&mut tx, id, job.action, false, false, false, job.run, batch)
-                .await?;
+            } = run_body::<DB>(&mut tx, id, job.action, false, None, false, job.run, batch).await?;
             if let Err(failure) = outcome {
                 let _ = tx.rollback().await;
                 return Err(BatchError::body(failure, number)

@@ -1,8 +1,9 @@
 //! MySQL's walk over a batched migration's key: the key's columns (from
 //! `information_schema.COLUMNS`) and index (`information_schema.STATISTICS`), the next
 //! batch by keyset pagination (the batch's last key read at its offset in the index range
-//! scan; the shorter last batch counted), a row estimate for progress. No rest check: the trait's
-//! defaults.
+//! scan; the shorter last batch counted), a row estimate for progress, and the check of the
+//! keys left in one statement on MariaDB (each statement stopped at its first row by
+//! `LIMIT 1`; see `begin_rest_check`).
 //!
 //! Keys: integer columns (read and bound as `i64`; `BIGINT UNSIGNED` refused when a value
 //! is past `i64`'s range), `CHAR`/`VARCHAR`/`TEXT` (UUIDs as `CHAR(36)`, compared in the
@@ -13,11 +14,14 @@
 use sqlx::mysql::{MySqlConnection, MySqlRow};
 use sqlx::{AssertSqlSafe, MySql, Row};
 
+use std::time::Duration;
+
 use super::ledger::table_exists;
+use super::server::Server;
 use super::sql::{bind_keyed, keyed, query_as, query_scalar};
 use crate::backend::shared::Shared;
 use crate::backend::steps::{KeyColumn, WalkSteps};
-use crate::key::{Key, KeyKind, KeyShape, KeyValue};
+use crate::key::{Key, KeyKind, KeyShape, KeyValue, RestGuard};
 use crate::sql::quote_ident;
 
 impl WalkSteps for MySql {
@@ -185,6 +189,60 @@ impl WalkSteps for MySql {
                     .and_then(|n| i64::try_from(n).ok())
             });
         Ok(estimate.and_then(|n| u64::try_from(n).ok()))
+    }
+
+    const CHECKS_REST: bool = true;
+
+    /// MySQL has no function a statement could call to fail without DDL (which commits):
+    /// each statement is written with `LIMIT 1` after it instead, so it stops at the first
+    /// row it matches, and the check holds only where no statement matched or wrote a row.
+    /// Under MariaDB's `SET STATEMENT max_statement_time = .. FOR`, its limit for that
+    /// statement alone. MySQL 8 has no limit on a writing statement: there the walk goes
+    /// on batch by batch.
+    async fn begin_rest_check(
+        conn: &mut MySqlConnection,
+        limit: Duration,
+    ) -> Result<RestGuard, sqlx::Error> {
+        match Server::of(conn).await? {
+            Server::MariaDb => Ok(RestGuard {
+                predicate: None,
+                prefix: format!(
+                    "SET STATEMENT max_statement_time = {:.3} FOR ",
+                    limit.as_secs_f64().max(0.001)
+                ),
+                suffix: "LIMIT 1",
+            }),
+            Server::MySql => Err(sqlx::Error::Configuration(
+                "MySQL 8 has no time limit for a writing statement, so the keys left of a \
+                 batched migration are not checked in one statement there"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Nothing to drop: the check's limit was its statements' own.
+    async fn end_rest_check(_conn: &mut MySqlConnection) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
+    async fn last_key(
+        conn: &mut MySqlConnection,
+        shape: &KeyShape,
+        after: Option<&Key>,
+    ) -> Result<Option<Key>, sqlx::Error> {
+        let (range, _) = shape.range(after.is_some(), false, 1, None);
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {range} ORDER BY {} LIMIT 1",
+            select_list(shape, &shape.table),
+            quote_ident(&shape.table),
+            shape.order_by(true),
+        );
+        let (text, numbers) = keyed(&sql);
+        let values: Vec<&KeyValue> = bounds(after, None).collect();
+        let row = bind_keyed(sqlx::query(AssertSqlSafe(text)), &numbers, &values)
+            .fetch_optional(conn)
+            .await?;
+        row.map(|row| read_key(&row, shape)).transpose()
     }
 }
 

@@ -11,7 +11,7 @@ use super::sql::{explained_rows, query, query_as, query_scalar};
 use crate::backend::shared::Shared;
 use crate::backend::steps::{KeyColumn, LoadSample, WalkSteps};
 use crate::backend::values::bind_key_value;
-use crate::key::{Key, KeyKind, KeyShape, KeyValue};
+use crate::key::{Key, KeyKind, KeyShape, KeyValue, RestGuard};
 use crate::sql::quote_ident;
 
 impl WalkSteps for Postgres {
@@ -226,9 +226,10 @@ impl WalkSteps for Postgres {
 
     const CHECKS_REST: bool = true;
 
-    const REST_GUARD: &'static str = "pg_temp.datamig_rest_has_work()";
-
-    async fn begin_rest_check(conn: &mut PgConnection, limit: Duration) -> Result<(), sqlx::Error> {
+    async fn begin_rest_check(
+        conn: &mut PgConnection,
+        limit: Duration,
+    ) -> Result<RestGuard, sqlx::Error> {
         // One statement reads the whole scope: a custom plan for it (a generic one would
         // not see that the bounds cover most of the table), and no JIT, whose compilation
         // the guard's cost would trigger. The guard's cost sorts it after the statement's
@@ -251,7 +252,10 @@ impl WalkSteps for Postgres {
         )
         .execute(&mut *conn)
         .await?;
-        Ok(())
+        Ok(RestGuard {
+            predicate: Some("pg_temp.datamig_rest_has_work()"),
+            ..RestGuard::default()
+        })
     }
 
     async fn end_rest_check(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
@@ -259,12 +263,6 @@ impl WalkSteps for Postgres {
             .execute(conn)
             .await?;
         Ok(())
-    }
-
-    fn is_rest_work(err: &sqlx::Error) -> bool {
-        err.as_database_error()
-            .and_then(|e| e.code())
-            .is_some_and(|c| c == "DMR01")
     }
 
     async fn last_key(

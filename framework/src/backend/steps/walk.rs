@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::connection::ConnectionSteps;
 use super::unsupported::{REST_CHECK, unsupported_sqlx};
-use crate::key::{Key, KeyKind, KeyShape};
+use crate::key::{Key, KeyKind, KeyShape, RestGuard};
 
 /// The walk's steps. The rest check is PostgreSQL's: elsewhere its steps fail.
 pub trait WalkSteps: ConnectionSteps {
@@ -64,35 +64,27 @@ pub trait WalkSteps: ConnectionSteps {
     ) -> impl Future<Output = Result<Option<u64>, sqlx::Error>> + Send;
 
     /// Whether a batched migration whose batch changed nothing may check all its
-    /// remaining keys in one statement (PostgreSQL; see `Ctx::checking_rest`). The
-    /// rest-check steps below are only called where it may; elsewhere they fail with
+    /// remaining keys in one statement (PostgreSQL and MySQL; see `Ctx::checking_rest`).
+    /// The rest-check steps below are only called where it may; elsewhere they fail with
     /// [`Error::Unsupported`](crate::Error::Unsupported).
     const CHECKS_REST: bool = false;
 
-    /// The call a rest check appends to each `{batch}`: it fails the statement, with an
-    /// error [`Self::is_rest_work`] recognises, on the first row it would change.
-    const REST_GUARD: &'static str = "";
-
-    /// Prepares the transaction of a rest check: creates the guard (a temporary
-    /// function, gone at the end of the transaction) and bounds the check's statements
-    /// to `limit`.
+    /// Prepares the transaction of a rest check and returns how its statements are
+    /// written (see [`RestGuard`]): each stops on the first row it would change, and runs
+    /// for at most `limit`. Fails where the check cannot run here (no guard may be
+    /// created, no statement limit): the walk then goes on batch by batch.
     fn begin_rest_check(
         _conn: &mut Self::Connection,
         _limit: Duration,
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+    ) -> impl Future<Output = Result<RestGuard, sqlx::Error>> + Send {
         async { Err(unsupported_sqlx(Self::ID, REST_CHECK)) }
     }
 
-    /// Drops the guard, before the check's transaction commits.
+    /// Ends a rest check that held, before its transaction commits (drops a guard).
     fn end_rest_check(
         _conn: &mut Self::Connection,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
         async { Err(unsupported_sqlx(Self::ID, REST_CHECK)) }
-    }
-
-    /// Whether an error is the guard's: a row after the checkpoint still needs work.
-    fn is_rest_work(_err: &sqlx::Error) -> bool {
-        false
     }
 
     /// The last key of the scope after `after` (in all of it, without `after`).
