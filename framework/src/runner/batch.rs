@@ -109,6 +109,11 @@ impl<DB: Backend> Migrator<DB> {
         // batches that must change nothing before the next.
         let (mut check_rest, mut quiet_batches, mut quiet_needed) = (false, 0u64, 1u64);
         let mut pause_after = Duration::ZERO;
+        // Where the batches keep one size, the next batch's bounds are read ahead while a
+        // batch's body runs (see `ReadAhead`).
+        let mut read_ahead: Option<ReadAhead> = None;
+        let reads_ahead =
+            DB::READS_AHEAD && !self.dry_run && pacer.is_none() && spec.target().is_none();
 
         loop {
             if self
@@ -150,6 +155,7 @@ impl<DB: Backend> Migrator<DB> {
                         run,
                         (&shape, size, rest),
                         pacer.is_some(),
+                        reads_ahead.then_some(&mut read_ahead),
                         &state,
                         step.action,
                         first_started_at,
@@ -370,6 +376,7 @@ impl<DB: Backend> Migrator<DB> {
         run: BatchFn<DB>,
         (shape, size, rest): (&Arc<KeyShape>, u32, bool),
         sample: bool,
+        mut read_ahead: Option<&mut Option<ReadAhead>>,
         state: &BatchState,
         action: Action,
         first_started_at: DateTime<Utc>,
@@ -397,9 +404,16 @@ impl<DB: Backend> Migrator<DB> {
                     None => None,
                 }
             } else {
-                DB::next_batch(&mut tx, shape, state.after.as_ref(), None, size)
-                    .await
-                    .map_err(classify)?
+                let ahead = read_ahead
+                    .as_deref_mut()
+                    .and_then(Option::take)
+                    .and_then(|ahead| ahead.take(state.after.as_ref(), size));
+                match ahead {
+                    Some(next) => Some(next),
+                    None => DB::next_batch(&mut tx, shape, state.after.as_ref(), None, size)
+                        .await
+                        .map_err(classify)?,
+                }
             };
             let mut attempt = self.attempt(migration, action, state.started_at);
             attempt.first_started_at = first_started_at;
@@ -438,6 +452,14 @@ impl<DB: Backend> Migrator<DB> {
                     panicked: false,
                     source: None,
                 });
+            }
+            if let Some(slot) = read_ahead.filter(|_| !rest) {
+                *slot = Some(ReadAhead::start::<DB>(
+                    &self.pool,
+                    shape,
+                    last.clone(),
+                    size,
+                ));
             }
             let guard = if rest {
                 let limit = timeouts
@@ -732,4 +754,53 @@ enum BatchDone {
         /// What the database showed about the other sessions while it ran (pacing only).
         sample: Option<LoadSample>,
     },
+}
+
+/// The next batch's bounds read on a pooled connection of their own while a batch's body
+/// runs: the index range scan that finds a batch's last key is then off the batch's path
+/// (on a server with a core to spare, it runs beside the body). Used only when it is for
+/// the batch that follows (the same checkpoint and size), has finished, and found a batch:
+/// otherwise the batch reads its bounds itself, as without it. A batch's range is whatever
+/// keys lie between its bounds when its body runs, so bounds read a moment early cover the
+/// same keys; "no key left" is never taken from it (a row inserted since counts).
+pub(super) struct ReadAhead {
+    after: Key,
+    size: u32,
+    task: tokio::task::JoinHandle<Result<Option<(Key, u64)>, sqlx::Error>>,
+}
+
+impl ReadAhead {
+    /// Starts reading the bounds of the batch of `size` keys after `after`.
+    fn start<DB: Backend>(
+        pool: &sqlx::Pool<DB>,
+        shape: &Arc<KeyShape>,
+        after: Key,
+        size: u32,
+    ) -> Self {
+        let (pool, shape, from) = (pool.clone(), Arc::clone(shape), after.clone());
+        let task = tokio::spawn(async move {
+            let mut conn = pool.acquire().await?;
+            DB::next_batch(&mut conn, &shape, Some(&from), None, size).await
+        });
+        ReadAhead { after, size, task }
+    }
+
+    /// The bounds read ahead, when they are for the batch of `size` keys after `after`,
+    /// the read has finished, and it found a batch.
+    fn take(mut self, after: Option<&Key>, size: u32) -> Option<(Key, u64)> {
+        if after != Some(&self.after) || size != self.size || !self.task.is_finished() {
+            return None;
+        }
+        match futures_util::FutureExt::now_or_never(&mut self.task) {
+            Some(Ok(Ok(next))) => next,
+            _ => None,
+        }
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        // A read not taken is not waited for.
+        self.task.abort();
+    }
 }

@@ -191,6 +191,8 @@ impl WalkSteps for MySql {
         Ok(estimate.and_then(|n| u64::try_from(n).ok()))
     }
 
+    const READS_AHEAD: bool = true;
+
     const CHECKS_REST: bool = true;
 
     /// MySQL has no function a statement could call to fail without DDL (which commits):
