@@ -1037,6 +1037,76 @@ async fn the_upsert_counts_and_rewrites_nothing_on_a_second_run() -> anyhow::Res
     Ok(())
 }
 
+/// 2,500 rows on an integer key, several statements' worth: keys 1 to 500 as they are,
+/// 501 to 1,000 changed, 1,001 to 2,500 new.
+#[datamig::migration(id = "20240701_0009_mixed_rows")]
+async fn mixed_rows(ctx: &mut Ctx<'_, MySql>) -> anyhow::Result<()> {
+    let rows: Vec<(i64, String, i64)> = (1..=2500)
+        .map(|i| (i, if i <= 500 { "old" } else { "new" }.to_string(), i * 2))
+        .collect();
+    let report = ctx
+        .upsert("many")
+        .key(["id"])
+        .rows(["id", "v", "n"], rows)
+        .update_if_changed()
+        .execute()
+        .await?;
+    ctx.note(format!("{report:?}"));
+    Ok(())
+}
+
+/// Key 5,100 (the 100th row's) again as the 1,700th row, statements after the first.
+#[datamig::migration(id = "20240701_0010_mixed_rows_key_twice")]
+async fn mixed_rows_key_twice(ctx: &mut Ctx<'_, MySql>) -> anyhow::Result<()> {
+    let rows: Vec<(i64, String, i64)> = (1..=2000)
+        .map(|i| (5000 + if i == 1700 { 100 } else { i }, "x".to_string(), i))
+        .collect();
+    ctx.upsert("many")
+        .key(["id"])
+        .rows(["id", "v", "n"], rows)
+        .overwrite()
+        .execute()
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_upsert_of_many_rust_rows_counts_and_refuses_across_its_statements() -> anyhow::Result<()>
+{
+    let db = datamig::testing::mysql().await?;
+    let pool = db.pool();
+    for sql in [
+        "CREATE TABLE many (id bigint PRIMARY KEY, v varchar(10) NOT NULL, n bigint NOT NULL)",
+        "INSERT INTO many (id, v, n) WITH RECURSIVE s (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 1000) SELECT i, 'old', IF(i <= 500, i * 2, 0) FROM s",
+    ] {
+        sqlx::query(sql).execute(pool).await?;
+    }
+    assert_eq!(
+        run_one(pool, &mixed_rows::MIGRATION).await?,
+        "UpsertReport { inserted: 1500, updated: 500, unchanged: 500 }"
+    );
+    assert_eq!(
+        scalar(
+            pool,
+            "SELECT count(*) FROM many WHERE n = id * 2 AND v = IF(id <= 500, 'old', 'new')"
+        )
+        .await?,
+        2500
+    );
+    let twice = run_one(pool, &mixed_rows_key_twice::MIGRATION)
+        .await
+        .expect_err("key 5,100 twice");
+    assert!(
+        twice
+            .to_string()
+            .contains("the same key more than once (\"id\" = 5100)"),
+        "{twice}"
+    );
+    // Nothing of the failed migration stayed, though statements before the row ran.
+    assert_eq!(scalar(pool, "SELECT count(*) FROM many").await?, 2500);
+    Ok(())
+}
+
 /// Text keys from Rust: `b` is new, `a` is the existing `A` under the column's
 /// case-insensitive collation.
 #[datamig::migration(id = "20240701_0006_codes_text_key")]

@@ -453,7 +453,7 @@ impl<DB: Backend> Migrator<DB> {
                     source: None,
                 });
             }
-            if let Some(slot) = read_ahead.filter(|_| !rest) {
+            if !rest && let Some(slot) = read_ahead.as_deref_mut() {
                 *slot = Some(ReadAhead::start::<DB>(
                     &self.pool,
                     shape,
@@ -554,9 +554,15 @@ impl<DB: Backend> Migrator<DB> {
             } else {
                 None
             };
-            let finished = !DB::has_keys_after(&mut tx, shape, &last, None)
-                .await
-                .map_err(classify)?;
+            // Keys after this batch that the read ahead found are there: no need to ask.
+            let found_ahead = read_ahead
+                .as_deref_mut()
+                .and_then(Option::as_mut)
+                .is_some_and(|ahead| ahead.found_after(&last));
+            let finished = !found_ahead
+                && !DB::has_keys_after(&mut tx, shape, &last, None)
+                    .await
+                    .map_err(classify)?;
             attempt.status = if finished {
                 STATUS_APPLIED
             } else {
@@ -762,11 +768,14 @@ enum BatchDone {
 /// the batch that follows (the same checkpoint and size), has finished, and found a batch:
 /// otherwise the batch reads its bounds itself, as without it. A batch's range is whatever
 /// keys lie between its bounds when its body runs, so bounds read a moment early cover the
-/// same keys; "no key left" is never taken from it (a row inserted since counts).
+/// same keys; "no key left" is never taken from it (a row inserted since counts), while
+/// keys it found after a batch spare that batch the question whether any are left.
 pub(super) struct ReadAhead {
     after: Key,
     size: u32,
     task: tokio::task::JoinHandle<Result<Option<(Key, u64)>, sqlx::Error>>,
+    /// The read's bounds, once it has finished (`None` inside: no key was left).
+    read: Option<Option<(Key, u64)>>,
 }
 
 impl ReadAhead {
@@ -782,19 +791,38 @@ impl ReadAhead {
             let mut conn = pool.acquire().await?;
             DB::next_batch(&mut conn, &shape, Some(&from), None, size).await
         });
-        ReadAhead { after, size, task }
+        ReadAhead {
+            after,
+            size,
+            task,
+            read: None,
+        }
+    }
+
+    /// The read's bounds, if it has finished without an error.
+    fn finished(&mut self) -> Option<&Option<(Key, u64)>> {
+        if self.read.is_none()
+            && self.task.is_finished()
+            && let Some(Ok(Ok(next))) = futures_util::FutureExt::now_or_never(&mut self.task)
+        {
+            self.read = Some(next);
+        }
+        self.read.as_ref()
+    }
+
+    /// Whether the read, for the batch after `after`, has finished and found keys there.
+    fn found_after(&mut self, after: &Key) -> bool {
+        *after == self.after && matches!(self.finished(), Some(Some(_)))
     }
 
     /// The bounds read ahead, when they are for the batch of `size` keys after `after`,
     /// the read has finished, and it found a batch.
     fn take(mut self, after: Option<&Key>, size: u32) -> Option<(Key, u64)> {
-        if after != Some(&self.after) || size != self.size || !self.task.is_finished() {
+        if after != Some(&self.after) || size != self.size {
             return None;
         }
-        match futures_util::FutureExt::now_or_never(&mut self.task) {
-            Some(Ok(Ok(next))) => next,
-            _ => None,
-        }
+        self.finished()?;
+        self.read.take().flatten()
     }
 }
 

@@ -338,24 +338,27 @@ impl Direct<'_> {
         let mut seen = std::collections::HashSet::new();
         let (mut total, mut affected) = (0u64, 0u64);
         // The first row is in `values` already.
-        let mut more = true;
+        self.check_key(&values, &mut seen, 1)?;
+        let mut more = self.fill(&mut next, &mut values, &mut seen, 0, chunk_rows)?;
         loop {
             let rows = values.len() / self.per_row;
-            if more {
-                self.check_key(
-                    &values[(rows - 1) * self.per_row..],
-                    &mut seen,
-                    total + rows as u64,
-                )?;
-            }
-            if rows > 0 && (rows >= chunk_rows || !more) {
-                total += rows as u64;
-                affected += self.write(conn, update, &mut values).await?;
-            }
-            if !more {
+            if rows == 0 {
                 break;
             }
-            more = next(RowSink::Values(&mut values));
+            let statement = self.statement(update, &mut values);
+            total += rows as u64;
+            if more {
+                // The next chunk's rows are made while the server writes this one: the
+                // statement is sent on the first poll, then the rows are read, then its
+                // answer is awaited.
+                let (done, filled) = tokio::join!(statement.execute(&mut *conn), async {
+                    self.fill(&mut next, &mut values, &mut seen, total, chunk_rows)
+                });
+                affected += done?.rows_affected();
+                more = filled?;
+            } else {
+                affected += statement.execute(&mut *conn).await?.rows_affected();
+            }
         }
         let hits: i64 = query_scalar("SELECT CAST(coalesce(@datamig_upsert_hits, 0) AS signed)")
             .fetch_one(&mut *conn)
@@ -404,13 +407,40 @@ impl Direct<'_> {
         }
     }
 
-    /// One multi-row statement of the values (whole rows); returns its affected rows.
-    async fn write(
+    /// Reads rows into `values` until it holds a whole chunk or the rows end, checking each
+    /// row's key (`before`: the rows read before `values`' first). Returns whether the
+    /// rows may go on.
+    fn fill(
         &self,
-        conn: &mut MySqlConnection,
+        next: &mut crate::merge::NextRow<'_>,
+        values: &mut Vec<Value>,
+        seen: &mut std::collections::HashSet<i64>,
+        before: u64,
+        chunk_rows: usize,
+    ) -> Result<bool, Error> {
+        loop {
+            if values.len() / self.per_row >= chunk_rows {
+                return Ok(true);
+            }
+            if !next(RowSink::Values(values)) {
+                return Ok(false);
+            }
+            let rows = values.len() / self.per_row;
+            self.check_key(
+                &values[(rows - 1) * self.per_row..],
+                seen,
+                before + rows as u64,
+            )?;
+        }
+    }
+
+    /// One multi-row statement of the values (whole rows), which it takes, emptying
+    /// `values`.
+    fn statement(
+        &self,
         update: &OnDuplicate,
         values: &mut Vec<Value>,
-    ) -> Result<u64, Error> {
+    ) -> sqlx::query::Query<'static, MySql, sqlx::mysql::MySqlArguments> {
         let rows = values.len() / self.per_row;
         let row = format!("({})", vec!["?"; self.per_row].join(", "));
         let sql = format!(
@@ -423,8 +453,7 @@ impl Direct<'_> {
         );
         // A whole chunk's statement is prepared once, for every whole chunk.
         let whole = rows == chunk_rows(self.per_row);
-        let query = bind_all(sqlx::query(AssertSqlSafe(sql)).persistent(whole), values);
-        Ok(query.execute(conn).await?.rows_affected())
+        bind_all(sqlx::query(AssertSqlSafe(sql)).persistent(whole), values)
     }
 }
 
