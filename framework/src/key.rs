@@ -455,7 +455,7 @@ pub(crate) fn render_marker(
     }
     out.push_str(rest);
     Some(match guard {
-        Some(guard) => guard.statement(&out),
+        Some(guard) => guard.statement(out),
         None => out,
     })
 }
@@ -480,9 +480,9 @@ pub struct RestGuard {
 impl RestGuard {
     /// `sql` (its `{batch}` already rendered) as the check runs it. A trailing `;` goes
     /// first, and the suffix starts a line, so a trailing `--` comment cannot swallow it.
-    pub(crate) fn statement(&self, sql: &str) -> String {
+    pub(crate) fn statement(&self, sql: String) -> String {
         if self.prefix.is_empty() && self.suffix.is_empty() {
-            return sql.to_string();
+            return sql;
         }
         let body = sql.trim_end().trim_end_matches(';').trim_end();
         let mut out = String::with_capacity(self.prefix.len() + body.len() + 16);

@@ -121,6 +121,26 @@ pub async fn create_keyed_tables(pool: &PgPool) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// `(batches, rows affected, rows written, notes)` of a re-run of migration `id`, on any
+/// backend.
+///
+/// # Errors
+///
+/// The re-run's failure.
+pub async fn rerun_counts<DB: Backend>(
+    pool: &sqlx::Pool<DB>,
+    id: &str,
+) -> anyhow::Result<(u64, u64, u64, String)> {
+    let report = Migrator::new(pool.clone()).rerun(id).await?;
+    let applied = &report.applied[0];
+    Ok((
+        applied.batches,
+        applied.rows_affected,
+        applied.rows_written.expect("a re-run counts its writes"),
+        applied.notes.join("; "),
+    ))
+}
+
 /// A MySQL `WITH` clause of `s (n)`, the numbers 1 to `rows`: digits crossed, not a
 /// recursive query (MariaDB and MySQL stop those at 1000 levels by default).
 pub fn mysql_numbers(rows: u32) -> String {

@@ -917,18 +917,6 @@ const PLAN_TABLES: &str = "
     CREATE TABLE plans_bounds (LIKE plans_raw INCLUDING ALL);
     INSERT INTO plans_bounds SELECT * FROM plans_raw;";
 
-/// `(batches, rows affected, rows written, notes)` of a re-run of `id`.
-async fn rerun_counts(pool: &PgPool, id: &str) -> anyhow::Result<(u64, u64, u64, String)> {
-    let report = Migrator::new(pool.clone()).rerun(id).await?;
-    let applied = &report.applied[0];
-    Ok((
-        applied.batches,
-        applied.rows_affected,
-        applied.rows_written.expect("a re-run counts its writes"),
-        applied.notes.join("; "),
-    ))
-}
-
 #[tokio::test]
 async fn a_run_with_nothing_left_to_do_checks_the_rest_in_one_statement() -> anyhow::Result<()> {
     let db = datamig::testing::postgres().await?;
@@ -952,7 +940,8 @@ async fn a_run_with_nothing_left_to_do_checks_the_rest_in_one_statement() -> any
 
     // Nothing to do: one batch walked, then every key after it checked in one statement,
     // committed as the last batch with the checkpoint at the last key.
-    let (batches, rows, written, notes) = rerun_counts(pool, plan_codes::MIGRATION.id()).await?;
+    let (batches, rows, written, notes) =
+        datamig_tests::rerun_counts(pool, plan_codes::MIGRATION.id()).await?;
     assert_eq!((batches, rows, written), (2, 0, 0), "{notes}");
     assert!(notes.contains("checked in one statement"), "{notes}");
     let entry = migrator
@@ -989,7 +978,8 @@ async fn a_run_with_nothing_left_to_do_checks_the_rest_in_one_statement() -> any
     )
     .execute(pool)
     .await?;
-    let (batches, rows, written, notes) = rerun_counts(pool, plan_codes::MIGRATION.id()).await?;
+    let (batches, rows, written, notes) =
+        datamig_tests::rerun_counts(pool, plan_codes::MIGRATION.id()).await?;
     assert_eq!((rows, written), (1, 1), "{notes}");
     assert_eq!(datamig_tests::scalar(pool, stale).await?, 0);
     assert_eq!(batches, 9, "{notes}");
@@ -1000,7 +990,7 @@ async fn a_run_with_nothing_left_to_do_checks_the_rest_in_one_statement() -> any
         plan_codes_raw::MIGRATION.id(),
         plan_codes_bounds::MIGRATION.id(),
     ] {
-        let (batches, rows, written, notes) = rerun_counts(pool, id).await?;
+        let (batches, rows, written, notes) = datamig_tests::rerun_counts(pool, id).await?;
         assert_eq!((batches, rows, written), (20, 0, 0), "{id}: {notes}");
         assert!(!notes.contains("checked in one statement"), "{id}: {notes}");
     }
@@ -1025,7 +1015,7 @@ async fn a_run_with_nothing_left_to_do_checks_the_rest_in_one_statement() -> any
             .await?;
     assert!(!may_temp, "the role may not create temporary objects");
     let (batches, rows, written, notes) =
-        rerun_counts(&restricted, plan_codes::MIGRATION.id()).await?;
+        datamig_tests::rerun_counts(&restricted, plan_codes::MIGRATION.id()).await?;
     assert_eq!((batches, rows, written), (20, 0, 0), "{notes}");
     assert_eq!(datamig_tests::scalar(pool, stale).await?, 0);
     Ok(())

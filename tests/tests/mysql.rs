@@ -778,23 +778,11 @@ async fn plan_codes_limited(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::R
     Ok(())
 }
 
-/// `(batches, rows affected, rows written, notes)` of a re-run of `id`.
-async fn rerun_counts(pool: &MySqlPool, id: &str) -> anyhow::Result<(u64, u64, u64, String)> {
-    let report = Migrator::new(pool.clone()).rerun(id).await?;
-    let applied = &report.applied[0];
-    Ok((
-        applied.batches,
-        applied.rows_affected,
-        applied.rows_written.expect("a re-run counts its writes"),
-        applied.notes.join("; "),
-    ))
-}
-
 #[tokio::test]
 async fn a_run_with_nothing_left_to_do_checks_the_rest_in_one_statement() -> anyhow::Result<()> {
     let db = datamig::testing::mysql().await?;
     let pool = db.pool();
-    let numbers = "WITH RECURSIVE s (n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 2000)";
+    let numbers = datamig_tests::mysql_numbers(2000);
     let uuid = "LOWER(CONCAT_WS('-', SUBSTR(MD5(n), 1, 8), SUBSTR(MD5(n), 9, 4), SUBSTR(MD5(n), 13, 4), SUBSTR(MD5(n), 17, 4), SUBSTR(MD5(n), 21)))";
     for table in ["plan_rows", "plan_rows_limited"] {
         for sql in [
@@ -804,8 +792,7 @@ async fn a_run_with_nothing_left_to_do_checks_the_rest_in_one_statement() -> any
                      plan_code varchar(10)) COLLATE utf8mb4_bin"
             ),
             format!(
-                "SET STATEMENT max_recursive_iterations = 5000 FOR
-                 INSERT INTO {table} (id, plan) {numbers}
+                "INSERT INTO {table} (id, plan) {numbers}
                  SELECT {uuid}, ELT(1 + n % 3, 'free', 'pro', 'team') FROM s"
             ),
         ] {
@@ -828,7 +815,8 @@ async fn a_run_with_nothing_left_to_do_checks_the_rest_in_one_statement() -> any
 
     // Nothing to do: one batch walked, then every key after it checked in one statement,
     // committed as the last batch with the checkpoint at the last key.
-    let (batches, rows, written, notes) = rerun_counts(pool, plan_codes::MIGRATION.id()).await?;
+    let (batches, rows, written, notes) =
+        datamig_tests::rerun_counts(pool, plan_codes::MIGRATION.id()).await?;
     assert_eq!((batches, rows, written), (2, 0, 0), "{notes}");
     assert!(notes.contains("checked in one statement"), "{notes}");
     let entry = migrator
@@ -862,7 +850,8 @@ async fn a_run_with_nothing_left_to_do_checks_the_rest_in_one_statement() -> any
     .execute(pool)
     .await?;
     assert_eq!(scalar(pool, stale).await?, 2);
-    let (batches, rows, written, notes) = rerun_counts(pool, plan_codes::MIGRATION.id()).await?;
+    let (batches, rows, written, notes) =
+        datamig_tests::rerun_counts(pool, plan_codes::MIGRATION.id()).await?;
     assert_eq!((rows, written), (2, 2), "{notes}");
     assert_eq!(scalar(pool, stale).await?, 0);
     assert_eq!(batches, 19, "{notes}");
@@ -871,7 +860,7 @@ async fn a_run_with_nothing_left_to_do_checks_the_rest_in_one_statement() -> any
     // A statement that takes no `LIMIT 1` after it fails its check, which rolls back: it
     // is walked batch by batch, as before.
     let (batches, rows, written, notes) =
-        rerun_counts(pool, plan_codes_limited::MIGRATION.id()).await?;
+        datamig_tests::rerun_counts(pool, plan_codes_limited::MIGRATION.id()).await?;
     assert_eq!((batches, rows, written), (20, 0, 0), "{notes}");
     assert!(!notes.contains("checked in one statement"), "{notes}");
     Ok(())
@@ -1076,10 +1065,14 @@ async fn an_upsert_of_many_rust_rows_counts_and_refuses_across_its_statements() 
     let db = datamig::testing::mysql().await?;
     let pool = db.pool();
     for sql in [
-        "CREATE TABLE many (id bigint PRIMARY KEY, v varchar(10) NOT NULL, n bigint NOT NULL)",
-        "INSERT INTO many (id, v, n) WITH RECURSIVE s (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 1000) SELECT i, 'old', IF(i <= 500, i * 2, 0) FROM s",
+        "CREATE TABLE many (id bigint PRIMARY KEY, v varchar(10) NOT NULL, n bigint NOT NULL)"
+            .to_string(),
+        format!(
+            "INSERT INTO many (id, v, n) {} SELECT n, 'old', IF(n <= 500, n * 2, 0) FROM s",
+            datamig_tests::mysql_numbers(1000)
+        ),
     ] {
-        sqlx::query(sql).execute(pool).await?;
+        sqlx::query(AssertSqlSafe(sql)).execute(pool).await?;
     }
     assert_eq!(
         run_one(pool, &mixed_rows::MIGRATION).await?,
