@@ -378,3 +378,103 @@ async fn triggers_are_kept_table_by_table_and_off_means_none_fires() -> anyhow::
     }
     Ok(())
 }
+
+/// Waits until a copy's transaction has written `children`'s rows and sits idle, waiting
+/// to check them.
+async fn wait_for_children_waiting(pool: &PgPool) -> anyhow::Result<()> {
+    datamig_tests::wait_until(
+        pool,
+        "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+         JOIN pg_stat_activity a ON a.pid = l.pid
+         WHERE c.relname = 'children' AND l.mode = 'RowExclusiveLock' AND l.granted
+           AND a.state = 'idle in transaction'",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_table_loaded_before_the_table_it_references_commits_waits_for_it_or_rolls_back()
+-> anyhow::Result<()> {
+    // `parents` loads with its own trigger, which waits for a lock the test holds and
+    // refuses a row that is not ok; `children` references it and is checked by the copy.
+    let schema = "CREATE TABLE parents (id int PRIMARY KEY, ok boolean NOT NULL);
+        CREATE TABLE children (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES parents (id));";
+    let src = datamig::testing::postgres().await?;
+    execute(src.pool(), schema).await?;
+    execute(
+        src.pool(),
+        "INSERT INTO parents SELECT g, g <> 700 FROM generate_series(1, 1000) g;
+         INSERT INTO children SELECT g, 1 + g % 1000 FROM generate_series(1, 3000) g;",
+    )
+    .await?;
+    let dst = datamig::testing::postgres().await?;
+    execute(dst.pool(), schema).await?;
+    execute(
+        dst.pool(),
+        "CREATE FUNCTION gate() RETURNS trigger LANGUAGE plpgsql AS
+           $$BEGIN PERFORM pg_advisory_xact_lock_shared(4242);
+             IF NOT NEW.ok THEN RAISE EXCEPTION 'parent % is not ok', NEW.id; END IF;
+             RETURN NEW; END$$;
+         CREATE TRIGGER gate BEFORE INSERT ON parents FOR EACH ROW EXECUTE FUNCTION gate();",
+    )
+    .await?;
+    let args = [
+        "copy",
+        "--source",
+        src.url(),
+        "--target",
+        dst.url(),
+        "--jobs",
+        "2",
+    ];
+    let mut holder = dst.pool().acquire().await?;
+
+    // The parent fails after its child has loaded: the child rolls back, not started.
+    sqlx::query("SELECT pg_advisory_lock(4242)")
+        .execute(&mut *holder)
+        .await?;
+    let copy = datamig(&args).spawn()?;
+    wait_for_children_waiting(dst.pool()).await?;
+    sqlx::query("SELECT pg_advisory_unlock(4242)")
+        .execute(&mut *holder)
+        .await?;
+    let out = copy.wait_with_output().await?;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(11), "{stderr}");
+    assert!(stderr.contains("parent 700 is not ok"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "- public.children: not started: it references public.parents, which did not finish"
+        ),
+        "{stderr}"
+    );
+    for table in ["parents", "children"] {
+        assert_eq!(
+            count(dst.pool(), &format!("SELECT count(*) FROM {table}")).await?,
+            0,
+            "{table}"
+        );
+    }
+
+    // Fixed, the same copy: the child loads while its parent waits, checks its keys once
+    // the parent has committed, and commits.
+    execute(src.pool(), "UPDATE parents SET ok = true").await?;
+    sqlx::query("SELECT pg_advisory_lock(4242)")
+        .execute(&mut *holder)
+        .await?;
+    let copy = datamig(&args).spawn()?;
+    wait_for_children_waiting(dst.pool()).await?;
+    assert_eq!(count(dst.pool(), "SELECT count(*) FROM parents").await?, 0);
+    sqlx::query("SELECT pg_advisory_unlock(4242)")
+        .execute(&mut *holder)
+        .await?;
+    let out = copy.wait_with_output().await?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for table in ["parents", "children"] {
+        assert_eq!(
+            rows(src.pool(), table).await?,
+            rows(dst.pool(), table).await?
+        );
+    }
+    Ok(())
+}

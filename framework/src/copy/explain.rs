@@ -56,6 +56,11 @@ pub(super) async fn explain<S: Source>(
     };
     let (table, err) = match failure {
         Failure::Other(err) => return Explained::Stop(err),
+        Failure::ParentFailed => {
+            return Explained::Stop(Error::Runtime(
+                "a chunk started before the tables it references were loaded was rolled back, one of them having failed; this is handled before it is explained, a bug in datamig: please report it".into(),
+            ));
+        }
         Failure::Value(table, bad) => {
             return Explained::Table(Rejection {
                 value: Some(bad),

@@ -18,6 +18,9 @@ pub(super) enum Failure {
     /// A value of a SQLite source that does not convert (the chunk is rolled back).
     #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     Value(usize, Box<UnconvertibleValue>),
+    /// A unit started before its parents committed, rolled back because one of them
+    /// did not finish (its tables are already recorded as left behind).
+    ParentFailed,
     /// Anything else.
     Other(Error),
 }

@@ -144,7 +144,10 @@ pub(super) async fn load<S: Source>(
     if off {
         // The foreign keys are checked here, set-based, over exactly the rows this
         // transaction wrote, before it commits (as the target's own checks would have,
-        // row by row).
+        // row by row); a unit started early first waits for its parents to commit.
+        if !shared.parents_committed(unit).await {
+            return Err(Failure::ParentFailed);
+        }
         let merge = shared.copier.mode == CopyMode::Merge;
         for ((table, chunk), counts) in unit.parts.iter().zip(&done) {
             let p = &shared.planned[*table];

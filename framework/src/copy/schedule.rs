@@ -1,8 +1,14 @@
 //! Which unit of work a free worker takes next: units whose parents are loaded, first of
 //! a table no other worker is loading (two loads into one B-tree cost the target more CPU
-//! than two into two), then in key order; and what is left when a table fails (its
-//! chunks, and those of the tables that reference it, are not started). Pure and
-//! unit-tested.
+//! than two into two), then in key order; where none is, a unit whose foreign keys the
+//! copy checks itself and whose parents' chunks are all being loaded (it streams its rows
+//! now and checks them once its parents have committed, see `Shared::parents_committed`);
+//! and what is left when a table fails (its chunks, and those of the tables that
+//! reference it, are not started). Pure and unit-tested.
+//!
+//! A unit started early never waits for a chunk nobody has taken: every chunk it waits
+//! for is running on a worker of its own, and waits, if at all, only for chunks running
+//! likewise, so the load always moves on.
 
 use std::collections::BTreeMap;
 
@@ -50,6 +56,9 @@ pub(super) struct Schedule {
     /// Tables loaded by one unit at a time (their triggers are disabled within each
     /// chunk's transaction, which locks the table).
     pub(super) exclusive: Vec<bool>,
+    /// Tables whose foreign keys the copy checks itself before each chunk commits (loaded
+    /// with triggers off): their units may start while their parents' last chunks load.
+    pub(super) checked_late: Vec<bool>,
     /// Tables that failed, or reference one that did: none of their units starts.
     pub(super) failed: Vec<bool>,
     pub(super) stop: bool,
@@ -115,6 +124,7 @@ impl Schedule {
                 .iter()
                 .map(|p| !p.triggers.disable.is_empty())
                 .collect(),
+            checked_late: planned.iter().map(|p| p.triggers.off).collect(),
             failed: vec![false; planned.len()],
             stop: false,
         }
@@ -128,28 +138,22 @@ impl Schedule {
         // Of the units whose parents are loaded, the first of a table the fewest workers
         // are loading: two loads into one table contend for its indexes' pages (only one
         // of them appends at the right edge of a B-tree), two loads into two tables don't.
+        // Where none is ready, the same of those that may start early.
         let ready = self
             .queue
             .iter()
             .enumerate()
-            .filter(|(_, unit)| {
-                unit.parts.iter().all(|(table, _)| {
-                    !(self.exclusive[*table] && self.loading[*table] > 0)
-                        && parents[*table].iter().all(|parent| {
-                            self.left[*parent] == 0 || unit.parts.iter().any(|(t, _)| t == parent)
-                        })
-                })
-            })
-            .min_by_key(|(i, unit)| {
+            .filter_map(|(i, unit)| self.readiness(unit, parents).map(|early| (i, unit, early)))
+            .min_by_key(|(i, unit, early)| {
                 let loading = unit
                     .parts
                     .iter()
                     .map(|(t, _)| self.loading[*t])
                     .max()
                     .unwrap_or(0);
-                (loading, *i)
+                (*early, loading, *i)
             })
-            .map(|(i, _)| i);
+            .map(|(i, _, _)| i);
         match ready {
             Some(i) => {
                 self.running += 1;
@@ -162,6 +166,46 @@ impl Schedule {
             None if self.running == 0 => Take::Stuck,
             None => Take::Wait,
         }
+    }
+
+    /// Whether `unit` may start: `Some(false)` when its parents are loaded, `Some(true)`
+    /// when it may start early (its foreign keys checked late, each parent's chunks left
+    /// all taken by workers), `None` when it must wait.
+    fn readiness(&self, unit: &Unit, parents: &[Vec<usize>]) -> Option<bool> {
+        let mut early = false;
+        for (table, _) in &unit.parts {
+            if self.exclusive[*table] && self.loading[*table] > 0 {
+                return None;
+            }
+            for parent in &parents[*table] {
+                if self.left[*parent] == 0 || unit.parts.iter().any(|(t, _)| t == parent) {
+                    continue;
+                }
+                let taken = !self
+                    .queue
+                    .iter()
+                    .any(|u| u.parts.iter().any(|(t, _)| t == parent));
+                if !(self.checked_late[*table] && taken && !self.failed[*parent]) {
+                    return None;
+                }
+                early = true;
+            }
+        }
+        Some(early)
+    }
+
+    /// Whether the parents of `unit`'s tables (outside the unit) have all committed:
+    /// `Some(true)` when they have, `Some(false)` while some still load, `None` when one of
+    /// the unit's tables failed meanwhile (a parent did not finish) or the copy stops.
+    pub(super) fn parents_committed(&self, unit: &Unit, parents: &[Vec<usize>]) -> Option<bool> {
+        if self.stop || unit.parts.iter().any(|(t, _)| self.failed[*t]) {
+            return None;
+        }
+        Some(unit.parts.iter().all(|(table, _)| {
+            parents[*table]
+                .iter()
+                .all(|p| self.left[*p] == 0 || unit.parts.iter().any(|(t, _)| t == p))
+        }))
     }
 
     /// A unit taken was rolled back: its tables failed (see [`Schedule::fail`]).
@@ -233,6 +277,7 @@ mod tests {
             running: 0,
             loading: vec![0; chunks.len()],
             exclusive: vec![false; chunks.len()],
+            checked_late: vec![false; chunks.len()],
             failed: vec![false; chunks.len()],
             stop: false,
         }
@@ -294,6 +339,72 @@ mod tests {
         assert_eq!(taken(s.take(&parents)), (3, 2));
         assert!(matches!(s.take(&parents), Take::Done));
         assert_eq!(s.loading, vec![0, 0, 0, 2]);
+    }
+
+    #[test]
+    fn a_child_checked_late_starts_once_its_parents_chunks_are_all_taken() {
+        // Table 1 references table 0 and checks its foreign keys itself.
+        let mut s = schedule(&[2, 2]);
+        s.checked_late[1] = true;
+        let parents = vec![vec![], vec![0]];
+        let unit = |s: &Schedule, i: usize| Unit {
+            parts: vec![s.queue[i].parts[0].clone()],
+        };
+        let first = unit(&s, 0);
+        let second = unit(&s, 1);
+        assert_eq!(taken(s.take(&parents)), (0, 1));
+        // A chunk of table 0 is not taken yet: table 1 may not start, the second worker
+        // takes it.
+        assert_eq!(taken(s.take(&parents)), (0, 2));
+        // Both of table 0's chunks load: table 1's first chunk starts early, and waits
+        // for them before its checks.
+        let child = unit(&s, 0);
+        assert_eq!(taken(s.take(&parents)), (1, 1));
+        assert_eq!(s.parents_committed(&child, &parents), Some(false));
+        s.finished(&first);
+        assert_eq!(s.parents_committed(&child, &parents), Some(false));
+        s.finished(&second);
+        assert_eq!(s.parents_committed(&child, &parents), Some(true));
+    }
+
+    #[test]
+    fn a_child_checked_by_the_target_waits_for_its_parents_to_commit() {
+        let mut s = schedule(&[1, 1]);
+        let parents = vec![vec![], vec![0]];
+        assert_eq!(taken(s.take(&parents)), (0, 1));
+        assert!(matches!(s.take(&parents), Take::Wait));
+    }
+
+    #[test]
+    fn a_unit_ready_now_goes_before_one_that_would_start_early() {
+        // Table 1 references table 0; table 2 stands alone, queued after table 1.
+        let mut s = schedule(&[1, 1, 1]);
+        s.checked_late[1] = true;
+        let parents = vec![vec![], vec![0], vec![]];
+        assert_eq!(taken(s.take(&parents)), (0, 1));
+        assert_eq!(taken(s.take(&parents)), (2, 1));
+        assert_eq!(taken(s.take(&parents)), (1, 1));
+    }
+
+    #[test]
+    fn a_child_started_early_learns_that_its_parent_failed() {
+        let mut s = schedule(&[1, 1]);
+        s.checked_late[1] = true;
+        let parents = vec![vec![], vec![0]];
+        let parent = Unit {
+            parts: vec![s.queue[0].parts[0].clone()],
+        };
+        let child = Unit {
+            parts: vec![s.queue[1].parts[0].clone()],
+        };
+        assert_eq!(taken(s.take(&parents)), (0, 1));
+        assert_eq!(taken(s.take(&parents)), (1, 1));
+        s.rolled_back(&parent);
+        assert_eq!(s.fail(&[0], &parents), vec![(1, 0)]);
+        assert_eq!(s.parents_committed(&child, &parents), None);
+        s.rolled_back(&child);
+        assert_eq!(s.running, 0);
+        assert!(matches!(s.take(&parents), Take::Done));
     }
 
     #[test]

@@ -118,6 +118,29 @@ impl<S: Source> Shared<S> {
         }
     }
 
+    /// Waits until the tables `unit` references (outside it) have committed their last
+    /// chunks: `false` when one of the unit's tables failed meanwhile (a parent did not
+    /// finish) or the copy stops. A unit started early (see `schedule.rs`) waits here
+    /// before its foreign-key checks.
+    pub(super) async fn parents_committed(&self, unit: &Unit) -> bool {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self
+                .schedule
+                .lock()
+                .expect("schedule lock")
+                .parents_committed(unit, &self.parents)
+            {
+                Some(true) => return true,
+                None => return false,
+                Some(false) => {}
+            }
+            notified.await;
+        }
+    }
+
     /// Stops the workers: none takes another unit.
     pub(super) fn stop(&self) {
         self.schedule.lock().expect("schedule lock").stop = true;

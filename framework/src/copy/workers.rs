@@ -138,6 +138,18 @@ async fn worker<S: Source>(shared: &Shared<S>) -> Result<(), Error> {
         span.record("duration_ms", ms);
         let done = match outcome {
             Ok(done) => done,
+            Err(Failure::ParentFailed) => {
+                // Its tables are recorded as left behind by the parent that failed; the
+                // transaction rolls back as it is dropped, and its rows were all read.
+                span.record("outcome", "not started");
+                shared
+                    .schedule
+                    .lock()
+                    .expect("schedule lock")
+                    .rolled_back(&unit);
+                shared.notify.notify_waiters();
+                continue;
+            }
             Err(failure) => {
                 let rejection = match explain(shared, &mut src, &mut dst, &unit, failure).await {
                     Explained::Stop(err) => {

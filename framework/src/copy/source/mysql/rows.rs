@@ -399,5 +399,9 @@ pub(super) async fn stream_all(
         }),
         Err(Failure::Other(err)) => Err(err),
         Err(Failure::Rejected(_, why) | Failure::SourceText(_, why)) => Err(Error::Runtime(why)),
+        Err(Failure::ParentFailed) => Err(Error::Runtime(format!(
+            "comparing {}: its rows were not all read; this is a bug in datamig: please report it",
+            reading.table
+        ))),
     }
 }
