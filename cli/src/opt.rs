@@ -274,7 +274,8 @@ pub struct CopyOpts {
     pub jobs: Option<u16>,
 
     /// About how many rows one chunk holds (each chunk commits with its progress); fewer,
-    /// down to 50,000, where that gives each job a chunk of the table.
+    /// down to 50,000, where that gives each job a chunk of the table and the jobs would
+    /// idle otherwise.
     #[arg(long, default_value_t = 250_000)]
     pub chunk_rows: u64,
 

@@ -11,7 +11,7 @@
 //! the plan, with nothing written.
 
 use datamig::Error;
-use datamig::copy::Copier;
+use datamig::copy::{Copier, Triggers};
 use datamig::testing::TestDatabase;
 use futures_util::TryStreamExt;
 use sqlx::postgres::PgConnectOptions;
@@ -456,5 +456,62 @@ async fn shapes_the_copy_cannot_take_are_refused_by_name() -> anyhow::Result<()>
     execute(src.pool(), &format!("DROP OWNED BY {role}"))
         .await
         .ok();
+    Ok(())
+}
+
+/// A table is split into a chunk per job only where the jobs would idle otherwise: when
+/// the whole copy holds fewer chunks than jobs, or when a table loaded with the target's
+/// own checks waits for it. Where a table's keys are checked by the copy, it starts beside
+/// its parent, and one chunk each costs the target less.
+#[tokio::test]
+async fn a_table_is_spread_over_the_jobs_only_where_they_would_idle() -> anyhow::Result<()> {
+    let src = datamig::testing::postgres().await?;
+    let dst = datamig::testing::postgres().await?;
+    let schema = "CREATE TABLE accounts (id bigint PRIMARY KEY, name text NOT NULL);
+        CREATE TABLE invoices (id bigint PRIMARY KEY, account_id bigint NOT NULL REFERENCES accounts (id));";
+    execute(src.pool(), schema).await?;
+    execute(dst.pool(), schema).await?;
+    execute(
+        src.pool(),
+        "INSERT INTO accounts SELECT g, 'account ' || g FROM generate_series(1, 120000) g;
+         INSERT INTO invoices SELECT g, g FROM generate_series(1, 10) g;
+         ANALYZE;",
+    )
+    .await?;
+    let chunks = |plan: datamig::copy::CopyPlan| -> Vec<(String, usize)> {
+        plan.tables
+            .into_iter()
+            .map(|t| (t.table, t.chunks))
+            .collect()
+    };
+    let copier = || {
+        Copier::new(src.pool(), dst.pool())
+            .chunk_rows(250_000)
+            .jobs(2)
+    };
+    // Two chunks for two jobs, the child's keys checked by the copy: one chunk each.
+    assert_eq!(
+        chunks(copier().plan().await?),
+        [
+            ("public.accounts".to_string(), 1),
+            ("public.invoices".to_string(), 1)
+        ]
+    );
+    // The child checked by the target waits for its parent: the parent is spread.
+    assert_eq!(
+        chunks(copier().triggers(Triggers::On).plan().await?),
+        [
+            ("public.accounts".to_string(), 2),
+            ("public.invoices".to_string(), 1)
+        ]
+    );
+    // One table alone, fewer chunks than jobs: spread.
+    assert_eq!(
+        chunks(copier().tables(["accounts"]).plan().await?),
+        [("public.accounts".to_string(), 2)]
+    );
+    // And the copy that does not spread loads it all.
+    let report = copier().run().await?;
+    assert_eq!(report.rows, 120_010);
     Ok(())
 }

@@ -193,8 +193,11 @@ impl Copier {
 
     /// About how many rows a chunk holds (at least 1,000): tables with more are split in
     /// key ranges of their primary key. Smaller chunks lose less to an interruption and
-    /// spread one table over more jobs; each costs a commit. A table with fewer rows than
-    /// `jobs` chunks of this size is split into a chunk per job (none under 50,000 rows).
+    /// spread one table over more jobs; each costs a commit (and, for a table whose foreign
+    /// keys the copy checks, a pass over each parent). A table with fewer rows than `jobs`
+    /// chunks of this size is split into a chunk per job (none under 50,000 rows) where the
+    /// jobs would idle otherwise: when the whole copy holds fewer chunks than jobs, or when
+    /// a table the target checks row by row references it.
     pub fn chunk_rows(mut self, rows: u64) -> Self {
         self.chunk_rows = rows.max(1_000);
         self

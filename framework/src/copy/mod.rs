@@ -51,7 +51,7 @@
 //!    by every worker (`--jobs`), so rows related by foreign keys agree while the source
 //!    takes writes. Each table is split in key ranges of its primary key (chunks of about
 //!    [`Copier::chunk_rows`] rows, or fewer, down to 50,000, where that gives each job a
-//!    chunk); each chunk streams `COPY .. TO STDOUT` from the source
+//!    chunk and the jobs would idle otherwise); each chunk streams `COPY .. TO STDOUT` from the source
 //!    into `COPY .. FROM STDIN` on the target, without parsing a row (in binary where
 //!    every column's binary form means the same in the target, in text otherwise: a type
 //!    without binary I/O, the database's own types, types naming objects by OID), and

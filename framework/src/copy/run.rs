@@ -279,12 +279,18 @@ async fn copy<S: Source>(
     }
 
     // 4. The chunks: those recorded, or the source's split of each table (at least one
-    //    per job for a table big enough, see `spread`).
+    //    per job for a table big enough where the jobs would idle, see `spread`).
+    let spread_out = spread_tables(copier, &planned);
     let mut chunks: Vec<Vec<Chunk>> = Vec::new();
-    for p in &mut planned {
+    for (p, spread_out) in planned.iter_mut().zip(spread_out) {
+        let rows = if spread_out {
+            spread(copier, p)
+        } else {
+            copier.chunk_rows
+        };
         let table_chunks = match recorded.get(&p.plan.table) {
             Some(existing) if !existing.is_empty() => existing.clone(),
-            _ => source.split(p, spread(copier, p)).await?,
+            _ => source.split(p, rows).await?,
         };
         p.plan.chunks = table_chunks.len();
         p.plan.chunks_done = table_chunks.iter().filter(|c| c.done).count();
@@ -398,10 +404,9 @@ async fn copy<S: Source>(
 /// than the job it keeps busy gains.
 const SPREAD_ROWS: u64 = 50_000;
 
-/// The chunk size a table is split by: `chunk_rows`, or smaller, so that a table (by the
-/// source's estimate of its rows) has a chunk for each job, none under [`SPREAD_ROWS`]. A
-/// table the others wait for (the tables referencing it load after it) is then loaded by
-/// every job instead of one while the rest idle. Without an estimate, `chunk_rows`.
+/// The chunk size a table is split by when it is spread: `chunk_rows`, or smaller, so that
+/// a table (by the source's estimate of its rows) has a chunk for each job, none under
+/// [`SPREAD_ROWS`]. Without an estimate, `chunk_rows`.
 fn spread(copier: &Copier, p: &super::plan::Planned) -> u64 {
     let jobs = u64::try_from(copier.jobs.max(1)).unwrap_or(1);
     let estimate = u64::try_from(p.plan.estimated_rows).unwrap_or(0);
@@ -411,4 +416,35 @@ fn spread(copier: &Copier, p: &super::plan::Planned) -> u64 {
     copier
         .chunk_rows
         .min(estimate.div_ceil(jobs).max(SPREAD_ROWS))
+}
+
+/// Which tables are spread over the jobs (see [`spread`]): every table when the copy
+/// holds fewer chunks of `chunk_rows` than jobs (the jobs would idle), else only a table
+/// that a table loaded with the target's checks references (that table cannot start
+/// before its parents commit; one whose keys the copy checks starts beside them, see
+/// `schedule.rs`). Elsewhere a chunk more costs the target CPU: one more pass over each
+/// parent for its foreign-key check, and two loads into one table's B-trees.
+fn spread_tables(copier: &Copier, planned: &[super::plan::Planned]) -> Vec<bool> {
+    let chunks: u64 = planned
+        .iter()
+        .map(|p| {
+            u64::try_from(p.plan.estimated_rows)
+                .unwrap_or(0)
+                .div_ceil(copier.chunk_rows.max(1))
+                .max(1)
+        })
+        .sum();
+    if chunks < u64::try_from(copier.jobs.max(1)).unwrap_or(1) {
+        return vec![true; planned.len()];
+    }
+    let parents = super::schedule::parents(planned);
+    let mut waited_for = vec![false; planned.len()];
+    for (child, of) in parents.iter().enumerate() {
+        if !planned[child].triggers.off {
+            for &parent in of {
+                waited_for[parent] = true;
+            }
+        }
+    }
+    waited_for
 }
