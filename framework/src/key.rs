@@ -245,6 +245,7 @@ impl KeyShape {
     /// the checkpoint (`after`), up to and including the range's last key (`upper`, with
     /// several workers), and how many there are. The inner query is an index range scan in
     /// key order; the outer sorts at most one batch of keys.
+    #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
     pub(crate) fn next_batch_sql(&self, after: bool, upper: bool) -> String {
         let (range, params) = self.range(after, upper, 1, None);
         format!(
@@ -264,6 +265,7 @@ impl KeyShape {
     /// one backward step of the key's index. The order names the table's columns through
     /// an alias: bare, `"id"` would name the select list's `CAST("id" AS text)`, and sort
     /// by it, reading the whole table.
+    #[cfg(feature = "postgres")]
     pub(crate) fn last_key_sql(&self, after: bool) -> String {
         let (range, _) = self.range(after, false, 1, None);
         format!(
@@ -285,6 +287,7 @@ impl KeyShape {
     }
 
     /// `SELECT 1` of the rows of the scope after the checkpoint (`after`), up to `upper`.
+    #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
     pub(crate) fn rows_after_sql(&self, after: bool, upper: bool) -> String {
         let (range, _) = self.range(after, upper, 1, None);
         format!("SELECT 1 FROM {} WHERE {range}", quote_ident(&self.table))

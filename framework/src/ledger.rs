@@ -498,6 +498,7 @@ pub enum LedgerWrite {
 impl LedgerWrite {
     /// What the row must hold for the write to apply: the checkpoint of a `Continue`, the
     /// checksum and run count of a `Rerun`.
+    #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
     pub(crate) fn expected(&self) -> (Option<String>, Option<i32>) {
         match self {
             LedgerWrite::Continue { expected } => (expected.clone(), None),

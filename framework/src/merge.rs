@@ -57,6 +57,7 @@ pub struct UpsertRequest<'u> {
 
 /// The `INSERT .. ON CONFLICT` statement of one upsert, in the syntax PostgreSQL and SQLite
 /// share.
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 pub(crate) struct Plan {
     /// `INSERT INTO target AS t (cols)`: what comes before the source.
     insert_into: String,
@@ -141,6 +142,7 @@ impl Plan {
     }
 
     /// The statement, reading its rows from `source` (a `SELECT`).
+    #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
     pub(crate) fn insert_from(&self, source: &str) -> String {
         format!("{} {source} {}", self.insert_into, self.on_conflict)
     }

@@ -7,6 +7,7 @@
 pub struct Dialect {
     /// Who a ledger row (`applied_by`) and a run-history row (`db_user`) name as having
     /// done it.
+    #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
     pub(crate) actor: Actor,
     /// Whether a statement stays prepared on its connection, under a name, for the next
     /// time (sqlx's `persistent`). PostgreSQL's are all unnamed: through a transaction
@@ -50,6 +51,7 @@ impl Dialect {
     }
 
     /// The SQL naming who did it, where the statement's next free parameter is `$n`.
+    #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
     pub(crate) fn actor_sql(&self, n: usize) -> String {
         match self.actor {
             Actor::DatabaseUser => "current_user".to_string(),
@@ -58,6 +60,7 @@ impl Dialect {
     }
 
     /// The value bound at that parameter, where there is one.
+    #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
     pub(crate) fn actor_value(&self) -> Option<String> {
         match self.actor {
             Actor::DatabaseUser => None,
@@ -68,6 +71,7 @@ impl Dialect {
 
 /// The operating-system user running datamig, recorded as `applied_by` where the database
 /// has no users of its own (SQLite).
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 fn os_user() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))

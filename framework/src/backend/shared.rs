@@ -27,6 +27,7 @@ use crate::ledger::{Attempt, LastRun, LedgerConfig, LedgerEntry, LedgerWrite, Pa
 /// The statements both backends run alike, for backend `DB`.
 pub(crate) struct Shared<DB>(PhantomData<DB>);
 
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 impl<DB> Shared<DB>
 where
     DB: ConnectionSteps + HasStatementCache,

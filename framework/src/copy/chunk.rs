@@ -50,6 +50,7 @@ impl Chunk {
     }
 
     /// A chunk of the rows whose key holds a `NULL`, numbered after `chunks`.
+    #[cfg(feature = "sqlite")]
     pub(super) fn null_keys(after: &[Chunk]) -> Chunk {
         Chunk {
             number: after.len() + 1,

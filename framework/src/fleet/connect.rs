@@ -13,7 +13,9 @@ use sqlx::Pool;
 use crate::backend::Backend;
 use crate::error::Error;
 
-use super::target::{Target, redact};
+use super::target::Target;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+use super::target::redact;
 
 /// A row of a targets query: the URL, and the schema.
 type TargetRow = (Option<String>, Option<String>);
@@ -66,6 +68,7 @@ pub trait FleetBackend: Backend {
 /// Waits until the pool holds an idle connection again. A connection dropped goes back to
 /// its pool in a task of its own, after a round trip that tests it: without this wait, the
 /// runner's first acquire right after a check would open another connection.
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 async fn returned<DB: sqlx::Database>(pool: &Pool<DB>) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
     while pool.num_idle() == 0 && tokio::time::Instant::now() < deadline {
@@ -109,6 +112,7 @@ fn describe(err: &sqlx::Error) -> String {
     }
 }
 
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 fn no_answer() -> String {
     format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())
 }

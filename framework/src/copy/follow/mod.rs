@@ -27,6 +27,10 @@ use snapshot::Snapshot;
 
 /// A copy, then the follow until a cut-over: see [`Copier::follow`].
 pub(super) async fn run(copier: &Copier) -> Result<CopyReport, Error> {
+    #[cfg_attr(
+        not(any(feature = "sqlite", feature = "mysql")),
+        allow(irrefutable_let_patterns)
+    )]
     let SourceOptions::Postgres(options) = &copier.source else {
         return Err(Error::Config(
             "--follow reads a PostgreSQL source's changes by logical decoding; a SQLite, MySQL or MariaDB source is copied without --follow (stop its writes for the copy)".into(),
