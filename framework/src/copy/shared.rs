@@ -95,27 +95,15 @@ impl<S: Source> Shared<S> {
     /// The next unit for this worker, waiting while none is ready; `None` when all are
     /// taken or the copy stops.
     pub(super) async fn next(&self) -> Result<Option<Unit>, Error> {
-        loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            match self
-                .schedule
-                .lock()
-                .expect("schedule lock")
-                .take(&self.parents)
-            {
-                Take::Unit(unit) => return Ok(Some(unit)),
-                Take::Done => return Ok(None),
-                Take::Stuck => {
-                    return Err(Error::Runtime(
-                        "the copy's load order left chunks that can never start; this is a bug in datamig: please report it with the plan (--dry-run)".into(),
-                    ));
-                }
-                Take::Wait => {}
-            }
-            notified.await;
-        }
+        self.wait_for(|schedule, parents| match schedule.take(parents) {
+            Take::Unit(unit) => Some(Ok(Some(unit))),
+            Take::Done => Some(Ok(None)),
+            Take::Stuck => Some(Err(Error::Runtime(
+                "the copy's load order left chunks that can never start; this is a bug in datamig: please report it with the plan (--dry-run)".into(),
+            ))),
+            Take::Wait => None,
+        })
+        .await
     }
 
     /// Waits until the tables `unit` references (outside it) have committed their last
@@ -123,19 +111,32 @@ impl<S: Source> Shared<S> {
     /// finish) or the copy stops. A unit started early (see `schedule.rs`) waits here
     /// before its foreign-key checks.
     pub(super) async fn parents_committed(&self, unit: &Unit) -> bool {
+        self.wait_for(
+            |schedule, parents| match schedule.parents_committed(unit, parents) {
+                Some(true) => Some(true),
+                None => Some(false),
+                Some(false) => None,
+            },
+        )
+        .await
+    }
+
+    /// Asks `answer` of the schedule (with each table's parents) until it answers, again
+    /// each time a unit commits or fails or the copy stops.
+    async fn wait_for<T>(
+        &self,
+        mut answer: impl FnMut(&mut Schedule, &[Vec<usize>]) -> Option<T>,
+    ) -> T {
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self
-                .schedule
-                .lock()
-                .expect("schedule lock")
-                .parents_committed(unit, &self.parents)
-            {
-                Some(true) => return true,
-                None => return false,
-                Some(false) => {}
+            let answered = answer(
+                &mut self.schedule.lock().expect("schedule lock"),
+                &self.parents,
+            );
+            if let Some(answered) = answered {
+                return answered;
             }
             notified.await;
         }
