@@ -214,6 +214,26 @@ async fn ddl_allowed(ctx: &mut Ctx<'_, MySql>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Bumps `items.v`, 100 keys a batch; batch 3 also creates a table with sqlx on the
+/// batch's connection (an implicit commit).
+#[datamig::migration(
+    id = "20240301_0003_ddl_in_batch_3",
+    batch(table = "items", key = "id", size = 100)
+)]
+async fn ddl_in_batch_3(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result<()> {
+    ctx.execute_batch(
+        "UPDATE items SET v = v + 1 WHERE id > $1 AND id <= $2",
+        &batch,
+    )
+    .await?;
+    if batch.number() == 3 {
+        sqlx::query("CREATE TABLE made_in_batch_3 (id int PRIMARY KEY)")
+            .execute(ctx.tx())
+            .await?;
+    }
+    Ok(())
+}
+
 async fn table_exists(pool: &MySqlPool, name: &str) -> anyhow::Result<bool> {
     Ok(sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM information_schema.TABLES
@@ -278,6 +298,37 @@ async fn ddl_sent_around_the_helpers_is_found_by_its_implicit_commit_and_named()
         .map(|s| s.state)
         .collect();
     assert_eq!(states, [State::Pending]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn ddl_in_a_later_batch_is_found_by_its_implicit_commit_and_the_checkpoint_stays()
+-> anyhow::Result<()> {
+    let db = fixture_database(&[]).await?;
+    let err = Migrator::new(db.pool().clone())
+        .migrations([&ddl_in_batch_3::MIGRATION])
+        .run()
+        .await
+        .expect_err("the implicit commit is found");
+    let message = err.to_string();
+    assert!(
+        message.contains(
+            "migration 20240301_0003_ddl_in_batch_3 ran a statement that MySQL commits implicitly"
+        ),
+        "{message}"
+    );
+    // Batch 3's write and table were committed by MySQL; its checkpoint was not written:
+    // the ledger row still stands at batch 2's last key.
+    assert!(table_exists(db.pool(), "made_in_batch_3").await?);
+    assert_eq!(
+        scalar(db.pool(), "SELECT count(*) FROM items WHERE v = 1").await?,
+        300
+    );
+    let (checkpoint, batches): (Option<String>, i64) =
+        sqlx::query_as("SELECT checkpoint, batches FROM datamig_ledger")
+            .fetch_one(db.pool())
+            .await?;
+    assert_eq!((checkpoint.as_deref(), batches), (Some("200"), 2));
     Ok(())
 }
 

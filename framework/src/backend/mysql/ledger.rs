@@ -1,13 +1,16 @@
 //! MySQL's ledger: InnoDB tables (their DDL commits implicitly, so it runs outside any
 //! migration's transaction), its rows written in the migration's transaction after the
-//! check that no statement of the body committed that transaction already, and the run
-//! history. The reads are the statements every backend shares (`shared.rs`); the writes
+//! check that no statement of the body committed that transaction already (on MariaDB,
+//! within the `UPDATE` of a re-run or a batch itself), and the run history. The reads are the statements every backend shares (`shared.rs`); the writes
 //! are written here, since MySQL binds its `?` in order, once each.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
 use sqlx::mysql::MySqlConnection;
 use sqlx::{AssertSqlSafe, MySql};
 
+use super::server::error_number;
 use super::sql::{ident, query, query_scalar};
 use crate::backend::shared::Shared;
 use crate::backend::steps::LedgerSteps;
@@ -113,65 +116,29 @@ impl LedgerSteps for MySql {
         config: &LedgerConfig,
         a: &Attempt,
     ) -> Result<bool, sqlx::Error> {
+        // A re-run's or a batch's `UPDATE` checks its transaction itself where the server
+        // knows `@@in_transaction` (MariaDB): one statement a batch instead of two. Where
+        // it matched nothing, the check tells a transaction gone from a row moved on.
+        let guarded = matches!(
+            a.write,
+            LedgerWrite::Rerun { .. } | LedgerWrite::Continue { .. }
+        ) && UPDATE_CHECKS_TRANSACTION.load(Ordering::Relaxed);
+        if guarded {
+            match write_row(conn, config, a, true).await {
+                Ok(true) => return Ok(true),
+                Ok(false) => {
+                    still_atomic(conn, a).await?;
+                    return Ok(false);
+                }
+                Err(err) if error_number(&err) == Some(UNKNOWN_SYSTEM_VARIABLE) => {
+                    // MySQL: refused before it ran, the transaction as it was.
+                    UPDATE_CHECKS_TRANSACTION.store(false, Ordering::Relaxed);
+                }
+                Err(err) => return Err(err),
+            }
+        }
         still_atomic(conn, a).await?;
-        let ledger = config.ledger_ident();
-        let revision = i32::try_from(a.revision).unwrap_or(i32::MAX);
-        if a.write == LedgerWrite::Accept {
-            let done = query(AssertSqlSafe(format!(
-                "UPDATE {ledger} SET checksum = $1, revision = $2, description = $3 WHERE id = $4"
-            )))
-            .bind(a.checksum.as_ref())
-            .bind(revision)
-            .bind(a.description.as_ref())
-            .bind(a.id.as_ref())
-            .execute(conn)
-            .await?;
-            return Ok(done.rows_affected() == 1);
-        }
-        // The same exactly-once statements as the other backends' (see `shared.rs`): an
-        // insert refused by the primary key a second time; a re-run only while the row
-        // holds the checksum and run count it planned from; a batch only while the row is
-        // `running` at its checkpoint (`<=>` is MySQL's null-safe equality).
-        let set = "checksum = $1, revision = $2, description = $3, started_at = $4,
-                   finished_at = $5, duration_ms = $6, rows_affected = $7, notes = $8,
-                   host = $9, app_version = $10, status = $11, checkpoint = $12,
-                   batches = $13, applied_by = CURRENT_USER()";
-        let sql = match &a.write {
-            LedgerWrite::Insert => format!("INSERT INTO {ledger} SET {set}, id = $14"),
-            LedgerWrite::Rerun { .. } => format!(
-                "UPDATE {ledger} SET {set}, run_count = run_count + 1
-                 WHERE id = $14 AND checksum = $15 AND run_count = $16"
-            ),
-            LedgerWrite::Continue { .. } => format!(
-                "UPDATE {ledger} SET {set}
-                 WHERE id = $14 AND status = 'running' AND checkpoint <=> $15"
-            ),
-            LedgerWrite::Accept => unreachable!("handled above"),
-        };
-        let mut q = query(AssertSqlSafe(sql))
-            .bind(a.checksum.as_ref())
-            .bind(revision)
-            .bind(a.description.as_ref())
-            .bind(a.first_started_at)
-            .bind(a.finished_at)
-            .bind(a.total_duration_ms())
-            .bind(a.total_rows_i64())
-            .bind(a.notes_text())
-            .bind(a.host.as_str())
-            .bind(&a.app_version)
-            .bind(a.status)
-            .bind(&a.checkpoint)
-            .bind(i64::try_from(a.batches).unwrap_or(i64::MAX))
-            .bind(a.id.as_ref());
-        match &a.write {
-            LedgerWrite::Rerun {
-                checksum,
-                run_count,
-            } => q = q.bind(checksum.as_str()).bind(*run_count),
-            LedgerWrite::Continue { expected } => q = q.bind(expected.clone()),
-            LedgerWrite::Insert | LedgerWrite::Accept => {}
-        }
-        Ok(q.execute(conn).await?.rows_affected() == 1)
+        write_row(conn, config, a, false).await
     }
 
     async fn record_run(
@@ -286,6 +253,88 @@ impl LedgerSteps for MySql {
         .fetch_one(conn)
         .await
     }
+}
+
+/// Whether the ledger's `UPDATE`s check their transaction themselves (see `write_ledger`):
+/// until a server refuses `@@in_transaction` (MySQL), for the rest of the process. A wrong
+/// guess costs one refused statement, never a write: every server still checks.
+static UPDATE_CHECKS_TRANSACTION: AtomicBool = AtomicBool::new(true);
+
+/// MySQL's error for a system variable it does not have (`@@in_transaction`).
+const UNKNOWN_SYSTEM_VARIABLE: u16 = 1193;
+
+/// Writes `a`'s ledger row; whether it applied. `guarded`: an `UPDATE` that applies only
+/// inside a transaction (`@@in_transaction`, MariaDB's: 0 in a statement that runs on its
+/// own after an implicit commit).
+async fn write_row(
+    conn: &mut MySqlConnection,
+    config: &LedgerConfig,
+    a: &Attempt,
+    guarded: bool,
+) -> Result<bool, sqlx::Error> {
+    let open = if guarded {
+        " AND @@in_transaction = 1"
+    } else {
+        ""
+    };
+    let ledger = config.ledger_ident();
+    let revision = i32::try_from(a.revision).unwrap_or(i32::MAX);
+    if a.write == LedgerWrite::Accept {
+        let done = query(AssertSqlSafe(format!(
+            "UPDATE {ledger} SET checksum = $1, revision = $2, description = $3 WHERE id = $4"
+        )))
+        .bind(a.checksum.as_ref())
+        .bind(revision)
+        .bind(a.description.as_ref())
+        .bind(a.id.as_ref())
+        .execute(conn)
+        .await?;
+        return Ok(done.rows_affected() == 1);
+    }
+    // The same exactly-once statements as the other backends' (see `shared.rs`): an
+    // insert refused by the primary key a second time; a re-run only while the row
+    // holds the checksum and run count it planned from; a batch only while the row is
+    // `running` at its checkpoint (`<=>` is MySQL's null-safe equality).
+    let set = "checksum = $1, revision = $2, description = $3, started_at = $4,
+               finished_at = $5, duration_ms = $6, rows_affected = $7, notes = $8,
+               host = $9, app_version = $10, status = $11, checkpoint = $12,
+               batches = $13, applied_by = CURRENT_USER()";
+    let sql = match &a.write {
+        LedgerWrite::Insert => format!("INSERT INTO {ledger} SET {set}, id = $14"),
+        LedgerWrite::Rerun { .. } => format!(
+            "UPDATE {ledger} SET {set}, run_count = run_count + 1
+             WHERE id = $14 AND checksum = $15 AND run_count = $16{open}"
+        ),
+        LedgerWrite::Continue { .. } => format!(
+            "UPDATE {ledger} SET {set}
+             WHERE id = $14 AND status = 'running' AND checkpoint <=> $15{open}"
+        ),
+        LedgerWrite::Accept => unreachable!("handled above"),
+    };
+    let mut q = query(AssertSqlSafe(sql))
+        .bind(a.checksum.as_ref())
+        .bind(revision)
+        .bind(a.description.as_ref())
+        .bind(a.first_started_at)
+        .bind(a.finished_at)
+        .bind(a.total_duration_ms())
+        .bind(a.total_rows_i64())
+        .bind(a.notes_text())
+        .bind(a.host.as_str())
+        .bind(&a.app_version)
+        .bind(a.status)
+        .bind(&a.checkpoint)
+        .bind(i64::try_from(a.batches).unwrap_or(i64::MAX))
+        .bind(a.id.as_ref());
+    match &a.write {
+        LedgerWrite::Rerun {
+            checksum,
+            run_count,
+        } => q = q.bind(checksum.as_str()).bind(*run_count),
+        LedgerWrite::Continue { expected } => q = q.bind(expected.clone()),
+        LedgerWrite::Insert | LedgerWrite::Accept => {}
+    }
+    Ok(q.execute(conn).await?.rows_affected() == 1)
 }
 
 /// A pause, as `pause_state` reads it: migration, by, host, at, reason.
