@@ -234,6 +234,23 @@ async fn ddl_in_batch_3(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Resul
     Ok(())
 }
 
+/// Runs `migration` alone, which fails naming it and the implicit commit it ran.
+async fn implicit_commit_named(pool: &MySqlPool, migration: &'static datamig::Migration) {
+    let err = Migrator::new(pool.clone())
+        .migrations([migration])
+        .run()
+        .await
+        .expect_err("the implicit commit is found");
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!(
+            "migration {} ran a statement that MySQL commits implicitly",
+            migration.id()
+        )),
+        "{message}"
+    );
+}
+
 async fn table_exists(pool: &MySqlPool, name: &str) -> anyhow::Result<bool> {
     Ok(sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM information_schema.TABLES
@@ -273,18 +290,7 @@ async fn ddl_through_the_helpers_is_refused_before_it_is_sent_and_nothing_is_wri
 async fn ddl_sent_around_the_helpers_is_found_by_its_implicit_commit_and_named()
 -> anyhow::Result<()> {
     let db = fixture_database(&[]).await?;
-    let err = Migrator::new(db.pool().clone())
-        .migrations([&ddl_through_sqlx::MIGRATION])
-        .run()
-        .await
-        .expect_err("the implicit commit is found");
-    let message = err.to_string();
-    assert!(
-        message.contains(
-            "migration 20240301_0001_ddl_through_sqlx ran a statement that MySQL commits implicitly"
-        ),
-        "{message}"
-    );
+    implicit_commit_named(db.pool(), &ddl_through_sqlx::MIGRATION).await;
     // MySQL committed the table and the write before it; datamig cannot undo them, and
     // says so: the ledger row is not written, the migration stays pending.
     assert!(table_exists(db.pool(), "made_behind_the_helpers_back").await?);
@@ -305,18 +311,7 @@ async fn ddl_sent_around_the_helpers_is_found_by_its_implicit_commit_and_named()
 async fn ddl_in_a_later_batch_is_found_by_its_implicit_commit_and_the_checkpoint_stays()
 -> anyhow::Result<()> {
     let db = fixture_database(&[]).await?;
-    let err = Migrator::new(db.pool().clone())
-        .migrations([&ddl_in_batch_3::MIGRATION])
-        .run()
-        .await
-        .expect_err("the implicit commit is found");
-    let message = err.to_string();
-    assert!(
-        message.contains(
-            "migration 20240301_0003_ddl_in_batch_3 ran a statement that MySQL commits implicitly"
-        ),
-        "{message}"
-    );
+    implicit_commit_named(db.pool(), &ddl_in_batch_3::MIGRATION).await;
     // Batch 3's write and table were committed by MySQL; its checkpoint was not written:
     // the ledger row still stands at batch 2's last key.
     assert!(table_exists(db.pool(), "made_in_batch_3").await?);
