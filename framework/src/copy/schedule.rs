@@ -172,6 +172,9 @@ impl Schedule {
     /// when it may start early (its foreign keys checked late, each parent's chunks left
     /// all taken by workers), `None` when it must wait.
     fn readiness(&self, unit: &Unit, parents: &[Vec<usize>]) -> Option<bool> {
+        // A unit waits for its parents before its check only where the copy checks every
+        // one of its tables (a table the target checks would check during the load).
+        let checked_late = unit.parts.iter().all(|(t, _)| self.checked_late[*t]);
         let mut early = false;
         for (table, _) in &unit.parts {
             if self.exclusive[*table] && self.loading[*table] > 0 {
@@ -185,7 +188,7 @@ impl Schedule {
                     .queue
                     .iter()
                     .any(|u| u.parts.iter().any(|(t, _)| t == parent));
-                if !(self.checked_late[*table] && taken && !self.failed[*parent]) {
+                if !(checked_late && taken && !self.failed[*parent]) {
                     return None;
                 }
                 early = true;
@@ -384,6 +387,19 @@ mod tests {
         assert_eq!(taken(s.take(&parents)), (0, 1));
         assert_eq!(taken(s.take(&parents)), (2, 1));
         assert_eq!(taken(s.take(&parents)), (1, 1));
+    }
+
+    #[test]
+    fn a_unit_holding_a_table_the_target_checks_waits_for_its_parents() {
+        // Tables 1 and 2 load in one unit (a cycle's); table 1 references table 0 and is
+        // checked by the copy, table 2 by the target, during the load.
+        let mut s = schedule(&[1, 1, 1]);
+        s.checked_late[1] = true;
+        let parents = vec![vec![], vec![0], vec![]];
+        let second = s.queue.remove(2);
+        s.queue[1].parts.extend(second.parts);
+        assert_eq!(taken(s.take(&parents)), (0, 1));
+        assert!(matches!(s.take(&parents), Take::Wait));
     }
 
     #[test]
