@@ -199,16 +199,25 @@ impl Schedule {
 
     /// Whether the parents of `unit`'s tables (outside the unit) have all committed:
     /// `Some(true)` when they have, `Some(false)` while some still load, `None` when one of
-    /// the unit's tables failed meanwhile (a parent did not finish) or the copy stops.
+    /// them failed meanwhile (it will not finish) or the copy stops. A chunk of the unit's
+    /// own table refused meanwhile does not stop it: its chunks running still commit.
     pub(super) fn parents_committed(&self, unit: &Unit, parents: &[Vec<usize>]) -> Option<bool> {
-        if self.stop || unit.parts.iter().any(|(t, _)| self.failed[*t]) {
+        if self.stop {
             return None;
         }
-        Some(unit.parts.iter().all(|(table, _)| {
-            parents[*table]
-                .iter()
-                .all(|p| self.left[*p] == 0 || unit.parts.iter().any(|(t, _)| t == p))
-        }))
+        let mut committed = true;
+        for (table, _) in &unit.parts {
+            for parent in &parents[*table] {
+                if self.left[*parent] == 0 || unit.parts.iter().any(|(t, _)| t == parent) {
+                    continue;
+                }
+                if self.failed[*parent] {
+                    return None;
+                }
+                committed = false;
+            }
+        }
+        Some(committed)
     }
 
     /// A unit taken was rolled back: its tables failed (see [`Schedule::fail`]).
@@ -418,6 +427,8 @@ mod tests {
         s.rolled_back(&parent);
         assert_eq!(s.fail(&[0], &parents), vec![(1, 0)]);
         assert_eq!(s.parents_committed(&child, &parents), None);
+        // A unit of the failed table itself, its parents loaded, still commits.
+        assert_eq!(s.parents_committed(&parent, &parents), Some(true));
         s.rolled_back(&child);
         assert_eq!(s.running, 0);
         assert!(matches!(s.take(&parents), Take::Done));

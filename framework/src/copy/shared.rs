@@ -107,8 +107,8 @@ impl<S: Source> Shared<S> {
     }
 
     /// Waits until the tables `unit` references (outside it) have committed their last
-    /// chunks: `false` when one of the unit's tables failed meanwhile (a parent did not
-    /// finish) or the copy stops. A unit started early (see `schedule.rs`) waits here
+    /// chunks: `false` when one of them failed meanwhile (it will not finish) or the copy
+    /// stops. A unit started early (see `schedule.rs`) waits here
     /// before its foreign-key checks.
     pub(super) async fn parents_committed(&self, unit: &Unit) -> bool {
         self.wait_for(
