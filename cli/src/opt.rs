@@ -276,7 +276,7 @@ pub struct CopyOpts {
     /// About how many rows one chunk holds (each chunk commits with its progress); fewer,
     /// down to 50,000, where that gives each job a chunk of the table and the jobs would
     /// idle otherwise.
-    #[arg(long, default_value_t = 250_000)]
+    #[arg(long, default_value_t = datamig::copy::DEFAULT_CHUNK_ROWS)]
     pub chunk_rows: u64,
 
     /// Check and print the plan (tables, order, columns, chunks); write nothing.

@@ -42,6 +42,15 @@ pub fn default_jobs() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
 }
 
+/// The rows a chunk holds by default ([`Copier::chunk_rows`], `--chunk-rows`): 500,000.
+///
+/// Each chunk pays fixed costs (its range query on the source, a commit, and for a table
+/// whose foreign keys the copy checks, a pass over each parent), and the jobs find work
+/// beside a big table in the tables that follow it (a child starts beside its parents' last
+/// chunks), so chunks need not be small to keep the jobs busy. An interrupted copy loses at
+/// most a chunk a job.
+pub const DEFAULT_CHUNK_ROWS: u64 = 500_000;
+
 /// Where a copy reads.
 #[derive(Clone)]
 pub(crate) enum SourceOptions {
@@ -64,7 +73,8 @@ impl std::fmt::Debug for Copier {
 
 impl Copier {
     /// A copy from the database of `source` into the database of `target`, with the
-    /// defaults: every table, [`CopyMode::Empty`], one job, chunks of 250,000 rows,
+    /// defaults: every table, [`CopyMode::Empty`], [`default_jobs`] jobs, chunks of
+    /// [`DEFAULT_CHUNK_ROWS`] rows,
     /// sequences set and tables analyzed afterwards, no verification, a lock timeout of
     /// 10 s. The pools' connection options are used to open the copy's own connections.
     pub fn new(source: &PgPool, target: &PgPool) -> Self {
@@ -114,7 +124,7 @@ impl Copier {
             selection: Selection::default(),
             mode: CopyMode::Empty,
             jobs: default_jobs(),
-            chunk_rows: 250_000,
+            chunk_rows: DEFAULT_CHUNK_ROWS,
             triggers: Triggers::Auto,
             analyze: true,
             sequences: true,
@@ -191,7 +201,8 @@ impl Copier {
         self
     }
 
-    /// About how many rows a chunk holds (at least 1,000): tables with more are split in
+    /// About how many rows a chunk holds (at least 1,000; by default
+    /// [`DEFAULT_CHUNK_ROWS`]): tables with more are split in
     /// key ranges of their primary key. Smaller chunks lose less to an interruption and
     /// spread one table over more jobs; each costs a commit (and, for a table whose foreign
     /// keys the copy checks, a pass over each parent). A table with fewer rows than `jobs`

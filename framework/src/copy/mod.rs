@@ -176,7 +176,7 @@ mod verify;
 mod workers;
 
 pub use convert::UnixTime;
-pub use copier::{Copier, default_jobs};
+pub use copier::{Copier, DEFAULT_CHUNK_ROWS, default_jobs};
 pub use event::{CopyEvent, EventSink};
 pub use follow::{Cutover, CutoverReport, FollowStatus, Writer};
 pub use options::{CopyMode, Triggers, ZeroDates};
