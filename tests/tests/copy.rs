@@ -774,6 +774,115 @@ async fn a_missing_foreign_key_names_the_row_that_holds_it() -> anyhow::Result<(
     Ok(())
 }
 
+/// The plan the target's `auto_explain` sent for the copy's foreign-key check (its notices
+/// logged on stderr), or `None` when none came.
+fn check_plan(stderr: &str) -> Option<&str> {
+    stderr
+        .split("Query Text:")
+        .find(|plan| plan.contains("NOT EXISTS (SELECT 1 FROM"))
+}
+
+#[tokio::test]
+async fn the_last_tables_key_check_runs_in_the_idle_jobs_parallel_workers() -> anyhow::Result<()> {
+    let schema = "CREATE TABLE parents (id int PRIMARY KEY);
+        CREATE TABLE children (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES parents (id));";
+    // The source's children hold an orphan: its key is not declared there.
+    let src = datamig::testing::postgres().await?;
+    execute(src.pool(), &schema.replace(" REFERENCES parents (id)", "")).await?;
+    execute(
+        src.pool(),
+        "INSERT INTO parents SELECT generate_series(1, 2000);
+         INSERT INTO children SELECT g, CASE WHEN g = 15000 THEN 99999 ELSE 1 + g % 2000 END
+           FROM generate_series(1, 20000) g;",
+    )
+    .await?;
+    // Two targets whose sessions plan in parallel wherever the query allows it, and send
+    // each plan to the client.
+    let mut targets = Vec::new();
+    for _ in 0..2 {
+        let dst = datamig::testing::postgres().await?;
+        execute(dst.pool(), schema).await?;
+        let name: String = sqlx::query_scalar("SELECT current_database()")
+            .fetch_one(dst.pool())
+            .await?;
+        for setting in [
+            "session_preload_libraries = 'auto_explain'",
+            "auto_explain.log_min_duration = 0",
+            "auto_explain.log_level = 'notice'",
+            "parallel_setup_cost = 0",
+            "parallel_tuple_cost = 0",
+            "min_parallel_table_scan_size = 0",
+        ] {
+            execute(
+                dst.pool(),
+                &format!("ALTER DATABASE \"{name}\" SET {setting}"),
+            )
+            .await?;
+        }
+        targets.push(dst);
+    }
+    let copy = |dst: &TestDatabase, jobs: &'static str| {
+        let args = [
+            "copy",
+            "--source",
+            src.url(),
+            "--target",
+            dst.url(),
+            "--jobs",
+            jobs,
+            "--log",
+            "sqlx::postgres::notice=info",
+        ]
+        .map(str::to_string);
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            datamig(&args).output().await
+        }
+    };
+    // Two jobs: `children` is checked last, when the other job has nothing left to take;
+    // its check may use one worker, and the orphan is found all the same.
+    let out = copy(&targets[0], "2").await?;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(11), "{stderr}");
+    let plan = check_plan(&stderr).expect("the check's plan");
+    assert!(plan.contains("Workers Planned: 1"), "{plan}");
+    assert!(
+        stderr.contains("(parent_id) = (99999) is not present in table public.parents"),
+        "{stderr}"
+    );
+    assert_eq!(
+        count(targets[0].pool(), "SELECT count(*) FROM children").await?,
+        0
+    );
+    // One job: no job idles, the check stays in the job's own process.
+    let out = copy(&targets[1], "1").await?;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(11), "{stderr}");
+    let plan = check_plan(&stderr).expect("the check's plan");
+    assert!(!plan.contains("Workers Planned"), "{plan}");
+    assert!(
+        stderr.contains("(parent_id) = (99999) is not present in table public.parents"),
+        "{stderr}"
+    );
+    // Fixed, the two-job copy finishes.
+    execute(
+        src.pool(),
+        "UPDATE children SET parent_id = 1 WHERE id = 15000",
+    )
+    .await?;
+    let out = copy(&targets[0], "2").await?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        rows(src.pool(), "SELECT c::text FROM children c ORDER BY id").await?,
+        rows(
+            targets[0].pool(),
+            "SELECT c::text FROM children c ORDER BY id"
+        )
+        .await?
+    );
+    Ok(())
+}
+
 /// A trigger of the target's own: each order inserted is written down in `order_audit`.
 const AUDIT_TRIGGER: &str = "CREATE TABLE order_audit (order_id bigint);
      CREATE FUNCTION audit_order() RETURNS trigger LANGUAGE plpgsql AS

@@ -21,6 +21,12 @@
 //! that. Where the chunk wrote more than an eighth of the parent's rows (by the larger of
 //! the source's and the planner's estimate of the parent), nested loops are off for the
 //! check.
+//!
+//! The transaction's id is written into the check as a literal: the server's
+//! `pg_current_xact_id()` is parallel-unsafe, and with a literal the planner may hash the
+//! parent in parallel workers. It may only where the copy's jobs would idle otherwise (the
+//! last table's check, when no chunk is left to take): one worker for each idle job, never
+//! more than the server's `max_parallel_workers_per_gather`.
 
 use sqlx::AssertSqlSafe;
 use sqlx::Row;
@@ -32,9 +38,6 @@ use super::sql::{Predicate, quote_literal, source_from};
 use crate::backend::postgres::{explained_rows, query};
 use crate::sql::quote_ident;
 
-/// Rows this transaction wrote.
-const WRITTEN_HERE: &str = "c.xmin = pg_current_xact_id()::xid";
-
 /// A chunk that wrote at least one row for this many of the parent's is checked without
 /// nested loops: an index probe a row costs several times a row of a pass over the parent.
 const ROWS_A_PROBE_PAYS_FOR: f64 = 8.0;
@@ -42,22 +45,34 @@ const ROWS_A_PROBE_PAYS_FOR: f64 = 8.0;
 /// The first row of a chunk whose foreign key names a row the target does not hold, as
 /// a message naming the constraint, the row and the missing key; `None` when every
 /// reference holds. `range` is the chunk's key range over the target's columns (aliased
-/// `c`), `written` the rows the transaction wrote into the table.
+/// `c`), `written` the rows the transaction wrote into the table, `helpers` the parallel
+/// workers the check may use.
 pub(super) async fn dangling_reference(
     conn: &mut PgConnection,
     p: &Planned,
     range: &Predicate,
     written: u64,
-    copied: &[Planned],
+    (copied, helpers): (&[Planned], usize),
 ) -> Result<Option<String>, sqlx::Error> {
     if p.target.foreign_keys.is_empty() || written == 0 {
         return Ok(None);
     }
+    // The rows this transaction wrote, and the workers the check may use (this
+    // transaction only).
+    let xid: i64 = query(
+        "SELECT pg_current_xact_id()::xid::text::int8, set_config('max_parallel_workers_per_gather',
+           least(current_setting('max_parallel_workers_per_gather')::int, $1)::text, true)",
+    )
+    .bind(i32::try_from(helpers).unwrap_or(i32::MAX))
+    .fetch_one(&mut *conn)
+    .await?
+    .try_get(0)?;
+    let written_here = format!("c.xmin = '{xid}'::xid");
     let from = source_from(&p.target);
     let mut scope = range.clone();
     if !range.sql.is_empty() && !range.exact {
         let sql = format!(
-            "SELECT count(*) FROM {from} AS c WHERE {WRITTEN_HERE}{}",
+            "SELECT count(*) FROM {from} AS c WHERE {written_here}{}",
             range.sql
         );
         let in_range: i64 = range
@@ -116,7 +131,7 @@ pub(super) async fn dangling_reference(
         let hashed = joins_the_parent_whole(conn, &parent, estimate, written).await?;
         let sql = format!(
             "SELECT {key}, concat_ws(', ', {}) FROM {from} AS c
-             WHERE {WRITTEN_HERE} AND {}{} AND NOT EXISTS (SELECT 1 FROM {parent} AS r WHERE {})
+             WHERE {written_here} AND {}{} AND NOT EXISTS (SELECT 1 FROM {parent} AS r WHERE {})
              LIMIT 1",
             shown.join(", "),
             present.join(" AND "),

@@ -33,6 +33,8 @@ pub(super) struct Shared<S: Source> {
     /// Per table, its chunks (of every run).
     pub(super) chunk_counts: Vec<usize>,
     pub(super) schedule: Mutex<Schedule>,
+    /// The workers loading units: `--jobs`, or fewer where fewer units are left.
+    pub(super) workers: usize,
     /// Wakes the workers waiting for a unit to become ready.
     pub(super) notify: Notify,
     /// Rows and bytes per table (rows include chunks committed before this run).
@@ -64,7 +66,9 @@ impl<S: Source> Shared<S> {
         let chunk_counts = chunks.iter().map(Vec::len).collect();
         let parents = parents(&planned);
         let schedule = Schedule::new(&planned, chunks);
+        let workers = copier.jobs.min(schedule.queue.len()).max(1);
         Shared {
+            workers,
             progress: progress.to_string(),
             copy_id: copy_id.to_string(),
             source_version: source_version.to_string(),
@@ -87,9 +91,15 @@ impl<S: Source> Shared<S> {
         }
     }
 
-    /// The units left to load.
-    pub(super) fn units(&self) -> usize {
-        self.schedule.lock().expect("schedule lock").queue.len()
+    /// The workers with nothing left to take: none while a unit waits in the queue, else
+    /// those not loading one (they are done, or about to be).
+    pub(super) fn idle_workers(&self) -> usize {
+        let schedule = self.schedule.lock().expect("schedule lock");
+        if schedule.queue.is_empty() {
+            self.workers.saturating_sub(schedule.running)
+        } else {
+            0
+        }
     }
 
     /// The next unit for this worker, waiting while none is ready; `None` when all are

@@ -51,7 +51,7 @@ pub(super) async fn copy_chunks<S: Source>(
         Arc::clone(planned),
         chunks,
     ));
-    let workers = copier.jobs.min(shared.units()).max(1);
+    let workers = shared.workers;
     // Each worker is a task with its own pair of connections. The first failure stops the
     // others at once: their chunk in progress is rolled back when its connection closes.
     let mut tasks = tokio::task::JoinSet::new();
