@@ -1,4 +1,7 @@
-// Migrations for one backend, and one generic migration registered for every backend.
+#![cfg(all(feature = "postgres", feature = "sqlite"))]
+
+//! Migrations for one backend, and generic migrations registered for every backend compiled
+//! in: they compile, and each is registered for the backends it names.
 
 use datamig::prelude::*;
 
@@ -33,7 +36,8 @@ where
     Ok(())
 }
 
-fn main() {
+#[test]
+fn each_migration_is_registered_for_its_backends() {
     assert_eq!(postgres_only::MIGRATION.backends(), ["postgres"]);
     assert_eq!(sqlite_only::MIGRATION.backends(), ["sqlite"]);
     // Every backend compiled in: PostgreSQL and SQLite by default, and MySQL where a crate of
@@ -41,7 +45,10 @@ fn main() {
     for generic in [&portable::MIGRATION, &portable_batched::MIGRATION] {
         let backends = generic.backends();
         assert_eq!(backends[..2], ["postgres", "sqlite"]);
-        assert!(backends[2..].is_empty() || backends[2..] == ["mysql"], "{backends:?}");
+        assert!(
+            backends[2..].is_empty() || backends[2..] == ["mysql"],
+            "{backends:?}"
+        );
     }
     assert!(portable_batched::MIGRATION.batch().is_some());
 }
