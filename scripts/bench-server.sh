@@ -14,8 +14,9 @@ need() {
 need /usr/bin/time time
 [ -x "$PGBIN/pg_ctl" ] || { echo "[bench] no PostgreSQL 15 server binaries in $PGBIN" >&2; exit 2; }
 
+# DATAMIG_BIN times another build (say, the previous commit's) in place of this tree's.
 cargo build -q --release -p datamig-cli --bin datamig
-DATAMIG="$PWD/target/release/datamig"
+DATAMIG="${DATAMIG_BIN:-$PWD/target/release/datamig}"
 
 WORK="$(mktemp -d)"
 chown postgres "$WORK"
