@@ -323,6 +323,13 @@ pub fn command(binary: &str, url: &str, args: &[&str]) -> tokio::process::Comman
     cmd
 }
 
+/// The arguments of `datamig copy --source SOURCE --target TARGET`, then `more`.
+pub fn copy_args<'a>(source: &'a str, target: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["copy", "--source", source, "--target", target];
+    args.extend_from_slice(more);
+    args
+}
+
 /// The URL of the same database for another user.
 ///
 /// # Errors

@@ -12,7 +12,7 @@ use std::time::Duration;
 use datamig::Error;
 use datamig::copy::{Copier, CopyMode, Triggers};
 use datamig::testing::TestDatabase;
-use datamig_tests::{Instants, text, url_for};
+use datamig_tests::{Instants, copy_args, text, url_for};
 use sqlx::{AssertSqlSafe, PgPool};
 
 fn datamig(args: &[&str]) -> tokio::process::Command {
@@ -288,17 +288,11 @@ async fn sigkills_at_random_instants_then_a_rerun_give_an_exact_copy() -> anyhow
             let delay = Duration::from_millis(instants.next_millis(2_500));
             let src_url = src.url().to_string();
             runs.push(async move {
-                let args = [
-                    "copy",
-                    "--source",
+                let args = copy_args(
                     &src_url,
-                    "--target",
                     dst.url(),
-                    "--chunk-rows",
-                    "1000",
-                    "--jobs",
-                    "2",
-                ];
+                    &["--chunk-rows", "1000", "--jobs", "2"],
+                );
                 let mut child = datamig(&args).spawn()?;
                 tokio::time::sleep(delay).await;
                 child.start_kill()?; // SIGKILL: no cleanup of any kind
@@ -621,16 +615,9 @@ async fn a_plan_mismatch_is_named_and_nothing_is_written() -> anyhow::Result<()>
 
     // --dry-run prints the plan of a good copy and writes nothing.
     let good = target().await?;
-    let out = datamig(&[
-        "copy",
-        "--source",
-        src.url(),
-        "--target",
-        good.url(),
-        "--dry-run",
-    ])
-    .output()
-    .await?;
+    let out = datamig(&copy_args(src.url(), good.url(), &["--dry-run"]))
+        .output()
+        .await?;
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
@@ -672,20 +659,19 @@ async fn a_rejected_row_stops_its_chunk_keeps_the_others_and_a_fixed_source_resu
     )
     .await?;
     execute(src.pool(), "UPDATE orders SET total = 5000 WHERE id = 7777").await?;
-    let args = [
-        "copy",
-        "--source",
+    let args = copy_args(
         src.url(),
-        "--target",
         dst.url(),
-        "--chunk-rows",
-        "1000",
-        // One chunk at a time: which chunks are in before the bad one is then certain.
-        "--jobs",
-        "1",
-        // The first rejected row stops the copy (without it, the other tables go on).
-        "--fail-fast",
-    ];
+        &[
+            "--chunk-rows",
+            "1000",
+            // One chunk at a time: which chunks are in before the bad one is then certain.
+            "--jobs",
+            "1",
+            // The first rejected row stops the copy (without it, the other tables go on).
+            "--fail-fast",
+        ],
+    );
     let out = datamig(&args).output().await?;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(10), "{stderr}");
@@ -821,23 +807,13 @@ async fn the_last_tables_key_check_runs_in_the_idle_jobs_parallel_workers() -> a
         }
         targets.push(dst);
     }
-    let copy = |dst: &TestDatabase, jobs: &'static str| {
-        let args = [
-            "copy",
-            "--source",
+    let copy = |dst: &TestDatabase, jobs: &str| {
+        let args = copy_args(
             src.url(),
-            "--target",
             dst.url(),
-            "--jobs",
-            jobs,
-            "--log",
-            "sqlx::postgres::notice=info",
-        ]
-        .map(str::to_string);
-        async move {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            datamig(&args).output().await
-        }
+            &["--jobs", jobs, "--log", "sqlx::postgres::notice=info"],
+        );
+        datamig(&args).output()
     };
     // Two jobs: `children` is checked last, when the other job has nothing left to take;
     // its check may use one worker, and the orphan is found all the same.
@@ -911,16 +887,9 @@ async fn triggers_stay_on_where_turning_them_off_would_change_the_load() -> anyh
 
     // Without it a superuser's copy turns them off; the plan says so.
     let other = target().await?;
-    let out = datamig(&[
-        "copy",
-        "--source",
-        src.url(),
-        "--target",
-        other.url(),
-        "--dry-run",
-    ])
-    .output()
-    .await?;
+    let out = datamig(&copy_args(src.url(), other.url(), &["--dry-run"]))
+        .output()
+        .await?;
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
@@ -931,17 +900,9 @@ async fn triggers_stay_on_where_turning_them_off_would_change_the_load() -> anyh
     // --triggers off: the trigger does not fire, the rows arrive all the same.
     let third = target().await?;
     execute(third.pool(), AUDIT_TRIGGER).await?;
-    let out = datamig(&[
-        "copy",
-        "--source",
-        src.url(),
-        "--target",
-        third.url(),
-        "--triggers",
-        "off",
-    ])
-    .output()
-    .await?;
+    let out = datamig(&copy_args(src.url(), third.url(), &["--triggers", "off"]))
+        .output()
+        .await?;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(
         count(third.pool(), "SELECT count(*) FROM order_audit").await?,
@@ -959,15 +920,11 @@ async fn a_session_holding_a_lock_on_the_target_is_named() -> anyhow::Result<()>
     sqlx::query("LOCK TABLE orders IN SHARE MODE")
         .execute(&mut *holder)
         .await?;
-    let out = datamig(&[
-        "copy",
-        "--source",
+    let out = datamig(&copy_args(
         src.url(),
-        "--target",
         dst.url(),
-        "--lock-timeout",
-        "500ms",
-    ])
+        &["--lock-timeout", "500ms"],
+    ))
     .output()
     .await?;
     let stderr = text(&out.stderr);
@@ -1066,16 +1023,11 @@ async fn bad_urls_the_same_database_and_missing_privileges_are_refused() -> anyh
     );
 
     // With INSERT granted, the copy runs as that role, and reports in JSON.
-    let out = datamig(&[
-        "copy",
-        "--source",
+    let out = datamig(&copy_args(
         src.url(),
-        "--target",
         &reader,
-        "--format",
-        "json",
-        "--verify",
-    ])
+        &["--format", "json", "--verify"],
+    ))
     .output()
     .await?;
     let stdout = text(&out.stdout);

@@ -8,7 +8,7 @@
 use datamig::Error;
 use datamig::copy::{Copier, Triggers};
 use datamig::testing::TestDatabase;
-use datamig_tests::text;
+use datamig_tests::{copy_args, text};
 use sqlx::{AssertSqlSafe, PgPool};
 
 fn datamig(args: &[&str]) -> tokio::process::Command {
@@ -84,17 +84,11 @@ async fn rows(pool: &PgPool, table: &str) -> anyhow::Result<Vec<String>> {
 async fn a_table_the_target_rejects_stops_alone_and_a_rerun_resumes_just_it() -> anyhow::Result<()>
 {
     let (src, dst) = databases(RULES).await?;
-    let args = [
-        "copy",
-        "--source",
+    let args = copy_args(
         src.url(),
-        "--target",
         dst.url(),
-        "--chunk-rows",
-        "1000",
-        "--jobs",
-        "2",
-    ];
+        &["--chunk-rows", "1000", "--jobs", "2"],
+    );
     let out = datamig(&args).output().await?;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(11), "{stderr}");
@@ -299,16 +293,9 @@ async fn triggers_are_kept_table_by_table_and_off_means_none_fires() -> anyhow::
     );
     assert!(table("public.notes").triggers_off);
     assert!(table("public.customers").triggers_off);
-    let out = datamig(&[
-        "copy",
-        "--source",
-        src.url(),
-        "--target",
-        dst.url(),
-        "--dry-run",
-    ])
-    .output()
-    .await?;
+    let out = datamig(&copy_args(src.url(), dst.url(), &["--dry-run"]))
+        .output()
+        .await?;
     let stdout = text(&out.stdout);
     assert!(
         stdout.contains("except for the 1 table(s) that keep their triggers")
@@ -343,17 +330,11 @@ async fn triggers_are_kept_table_by_table_and_off_means_none_fires() -> anyhow::
         )),
         "{notes:?}"
     );
-    let out = datamig(&[
-        "copy",
-        "--source",
+    let out = datamig(&copy_args(
         src.url(),
-        "--target",
         other.url(),
-        "--triggers",
-        "off",
-        "--chunk-rows",
-        "1000",
-    ])
+        &["--triggers", "off", "--chunk-rows", "1000"],
+    ))
     .output()
     .await?;
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -418,15 +399,7 @@ async fn a_table_loaded_before_the_table_it_references_commits_waits_for_it_or_r
          CREATE TRIGGER gate BEFORE INSERT ON parents FOR EACH ROW EXECUTE FUNCTION gate();",
     )
     .await?;
-    let args = [
-        "copy",
-        "--source",
-        src.url(),
-        "--target",
-        dst.url(),
-        "--jobs",
-        "2",
-    ];
+    let args = copy_args(src.url(), dst.url(), &["--jobs", "2"]);
     let mut holder = dst.pool().acquire().await?;
 
     // The parent fails after its child has loaded: the child rolls back, not started.

@@ -19,7 +19,7 @@ use std::time::Duration;
 use datamig::Error;
 use datamig::copy::{Copier, Cutover};
 use datamig::testing::TestDatabase;
-use datamig_tests::{Instants, text};
+use datamig_tests::{Instants, copy_args, text};
 use sqlx::{AssertSqlSafe, PgPool};
 
 fn datamig(args: &[&str]) -> tokio::process::Command {
@@ -262,18 +262,11 @@ async fn sigkilled_followers_resume_into_an_exact_copy() -> anyhow::Result<()> {
         Arc::clone(&truncates),
         300,
     ));
-    let args = [
-        "copy",
-        "--source",
+    let args = copy_args(
         src.url(),
-        "--target",
         dst.url(),
-        "--follow",
-        "--chunk-rows",
-        "200",
-        "--jobs",
-        "2",
-    ];
+        &["--follow", "--chunk-rows", "200", "--jobs", "2"],
+    );
     for _ in 0..kills {
         let mut child = datamig(&args).spawn()?;
         tokio::time::sleep(Duration::from_millis(200 + instants.next_millis(1_500))).await;

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use datamig::testing::TestDatabase;
-use datamig_tests::{Instants, text};
+use datamig_tests::{Instants, copy_args, text};
 use sqlx::{AssertSqlSafe, MySqlPool, PgPool, Row};
 
 fn datamig(args: &[&str]) -> tokio::process::Command {
@@ -487,19 +487,10 @@ async fn sigkills_at_random_instants_then_a_rerun_give_an_exact_copy() -> anyhow
     let (mut instants, seed) = Instants::from_env()?;
     let src = source(SHOP_MY).await?;
     let args = |dst: &str| -> Vec<String> {
-        [
-            "copy",
-            "--source",
-            src.url(),
-            "--target",
-            dst,
-            "--chunk-rows",
-            "1000",
-            "--jobs",
-            "2",
-        ]
-        .map(String::from)
-        .to_vec()
+        copy_args(src.url(), dst, &["--chunk-rows", "1000", "--jobs", "2"])
+            .into_iter()
+            .map(String::from)
+            .collect()
     };
     let run = |args: Vec<String>| {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -7,7 +7,7 @@
 use datamig::Error;
 use datamig::copy::Copier;
 use datamig::testing::TestDatabase;
-use datamig_tests::text;
+use datamig_tests::{copy_args, text};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AssertSqlSafe, Connection, PgPool};
 
@@ -323,17 +323,11 @@ async fn bounds_read_back_from_the_progress_table_are_bound_never_spliced() -> a
         "CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL CHECK (v <> 'bad'))",
     )
     .await?;
-    let args = [
-        "copy",
-        "--source",
+    let args = copy_args(
         src.url(),
-        "--target",
         dst.url(),
-        "--chunk-rows",
-        "1000",
-        "--jobs",
-        "1",
-    ];
+        &["--chunk-rows", "1000", "--jobs", "1"],
+    );
     let out = datamig(&args).output().await?;
     assert_eq!(out.status.code(), Some(11), "{}", text(&out.stderr));
     assert_eq!(count(dst.pool(), "SELECT count(*) FROM items").await?, 2000);

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use datamig::testing::{SqliteTestDatabase, TestDatabase};
-use datamig_tests::{Instants, text};
+use datamig_tests::{Instants, copy_args, text};
 use sqlx::{AssertSqlSafe, PgPool, SqlitePool};
 
 fn datamig(url: &str, args: &[&str]) -> tokio::process::Command {
@@ -175,20 +175,19 @@ async fn a_sqlite_file_lands_converted_verified_and_continues_its_sequences() ->
     let src = source(3000, 12_000).await?;
     let dst = target().await?;
     let sqlite_url = src.url().to_string();
-    let args = [
-        "copy",
-        "--source",
+    let args = copy_args(
         &sqlite_url,
-        "--target",
         dst.url(),
-        "--unix-time",
-        UNIX,
-        "--chunk-rows",
-        "1000",
-        "--jobs",
-        "2",
-        "--verify",
-    ];
+        &[
+            "--unix-time",
+            UNIX,
+            "--chunk-rows",
+            "1000",
+            "--jobs",
+            "2",
+            "--verify",
+        ],
+    );
     let first = datamig("", &args).output().await?;
     let stdout = text(&first.stdout);
     assert!(first.status.success(), "{}{}", stdout, text(&first.stderr));
@@ -289,19 +288,11 @@ async fn a_sqlite_file_lands_converted_verified_and_continues_its_sequences() ->
     // A merge pass puts the changed and deleted rows back.
     let merge = datamig(
         "",
-        &[
-            "copy",
-            "--source",
+        &copy_args(
             &sqlite_url,
-            "--target",
             dst.url(),
-            "--unix-time",
-            UNIX,
-            "--mode",
-            "merge",
-            "--exclude",
-            "tags",
-        ],
+            &["--unix-time", UNIX, "--mode", "merge", "--exclude", "tags"],
+        ),
     )
     .output()
     .await?;
@@ -317,20 +308,9 @@ async fn a_target_holding_rows_is_refused_by_name_and_nothing_is_written() -> an
     sqlx::raw_sql("INSERT INTO users (id, name, created_at) VALUES (1000, 'theirs', now())")
         .execute(dst.pool())
         .await?;
-    let out = datamig(
-        "",
-        &[
-            "copy",
-            "--source",
-            src.url(),
-            "--target",
-            dst.url(),
-            "--unix-time",
-            UNIX,
-        ],
-    )
-    .output()
-    .await?;
+    let out = datamig("", &copy_args(src.url(), dst.url(), &["--unix-time", UNIX]))
+        .output()
+        .await?;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("public.users"),
@@ -370,18 +350,17 @@ async fn every_value_that_does_not_convert_is_named_by_the_plan_and_stops_its_ch
     // written, not even the progress table.
     let plan = datamig(
         "",
-        &[
-            "copy",
-            "--source",
+        &copy_args(
             src.url(),
-            "--target",
             dst.url(),
-            "--dry-run",
-            "--format",
-            "json",
-            "--unix-time",
-            "kinds.tz=seconds",
-        ],
+            &[
+                "--dry-run",
+                "--format",
+                "json",
+                "--unix-time",
+                "kinds.tz=seconds",
+            ],
+        ),
     )
     .output()
     .await?;
@@ -442,16 +421,11 @@ async fn every_value_that_does_not_convert_is_named_by_the_plan_and_stops_its_ch
     // type.
     let run = datamig(
         "",
-        &[
-            "copy",
-            "--source",
+        &copy_args(
             src.url(),
-            "--target",
             dst.url(),
-            "--unix-time",
-            "kinds.tz=seconds",
-            "--fail-fast",
-        ],
+            &["--unix-time", "kinds.tz=seconds", "--fail-fast"],
+        ),
     )
     .output()
     .await?;
@@ -469,16 +443,11 @@ async fn every_value_that_does_not_convert_is_named_by_the_plan_and_stops_its_ch
     sqlite_execute(src.pool(), "DELETE FROM kinds WHERE id = 2").await?;
     let fixed = datamig(
         "",
-        &[
-            "copy",
-            "--source",
+        &copy_args(
             src.url(),
-            "--target",
             dst.url(),
-            "--unix-time",
-            "kinds.tz=seconds",
-            "--verify",
-        ],
+            &["--unix-time", "kinds.tz=seconds", "--verify"],
+        ),
     )
     .output()
     .await?;
@@ -504,21 +473,20 @@ async fn a_bad_value_keeps_the_chunks_before_it_and_a_fixed_source_resumes() -> 
     )
     .await?;
     let dst = target().await?;
-    let args = [
-        "copy",
-        "--source",
+    let args = copy_args(
         src.url(),
-        "--target",
         dst.url(),
-        "--unix-time",
-        UNIX,
-        "--chunk-rows",
-        "1000",
-        // One chunk at a time: which chunks are in before the bad one is then certain.
-        "--jobs",
-        "1",
-        "--fail-fast",
-    ];
+        &[
+            "--unix-time",
+            UNIX,
+            "--chunk-rows",
+            "1000",
+            // One chunk at a time: which chunks are in before the bad one is then certain.
+            "--jobs",
+            "1",
+            "--fail-fast",
+        ],
+    );
     let failed = datamig("", &args).output().await?;
     let stderr = text(&failed.stderr);
     assert_eq!(failed.status.code(), Some(10), "{stderr}");
@@ -569,15 +537,11 @@ async fn a_plan_mismatch_is_named_and_nothing_is_written() -> anyhow::Result<()>
     .await?;
     let out = datamig(
         "",
-        &[
-            "copy",
-            "--source",
+        &copy_args(
             src.url(),
-            "--target",
             dst.url(),
-            "--unix-time",
-            "users.name=seconds,users.nope=seconds",
-        ],
+            &["--unix-time", "users.name=seconds,users.nope=seconds"],
+        ),
     )
     .output()
     .await?;
@@ -592,17 +556,16 @@ async fn a_plan_mismatch_is_named_and_nothing_is_written() -> anyhow::Result<()>
     }
     let out = datamig(
         "",
-        &[
-            "copy",
-            "--source",
+        &copy_args(
             src.url(),
-            "--target",
             dst.url(),
-            "--exclude",
-            "extra,tags",
-            "--unix-time",
-            "users.nope=seconds",
-        ],
+            &[
+                "--exclude",
+                "extra,tags",
+                "--unix-time",
+                "users.nope=seconds",
+            ],
+        ),
     )
     .output()
     .await?;
@@ -703,19 +666,11 @@ async fn sigkills_at_random_instants_then_a_rerun_give_an_exact_conversion() -> 
     for _ in 0..kills {
         let dst = target().await?;
         let delay = Duration::from_millis(instants.next_millis(2_000));
-        let args = [
-            "copy",
-            "--source",
+        let args = copy_args(
             src.url(),
-            "--target",
             dst.url(),
-            "--unix-time",
-            UNIX,
-            "--chunk-rows",
-            "1000",
-            "--jobs",
-            "2",
-        ];
+            &["--unix-time", UNIX, "--chunk-rows", "1000", "--jobs", "2"],
+        );
         let mut child = datamig("", &args).spawn()?;
         tokio::time::sleep(delay).await;
         child.start_kill()?; // SIGKILL: no cleanup of any kind
@@ -762,21 +717,20 @@ async fn sigkills_at_random_instants_then_a_rerun_give_an_exact_conversion() -> 
 async fn with_triggers_off_the_copy_checks_every_foreign_key_itself() -> anyhow::Result<()> {
     let src = source(300, 3000).await?;
     let dst = target().await?;
-    let args = [
-        "copy",
-        "--source",
+    let args = copy_args(
         src.url(),
-        "--target",
         dst.url(),
-        "--unix-time",
-        UNIX,
-        "--chunk-rows",
-        "1000",
-        "--triggers",
-        "off",
-        "--jobs",
-        "1",
-    ];
+        &[
+            "--unix-time",
+            UNIX,
+            "--chunk-rows",
+            "1000",
+            "--triggers",
+            "off",
+            "--jobs",
+            "1",
+        ],
+    );
     // A row whose parent is missing: the chunk holding it is rolled back, by name.
     sqlite_execute(
         src.pool(),
@@ -893,19 +847,9 @@ async fn edge_values_arrive_exactly_through_binary_copy() -> anyhow::Result<()> 
     )))
     .execute(dst.pool())
     .await?;
-    let out = datamig(
-        "",
-        &[
-            "copy",
-            "--source",
-            src.url(),
-            "--target",
-            dst.url(),
-            "--verify",
-        ],
-    )
-    .output()
-    .await?;
+    let out = datamig("", &copy_args(src.url(), dst.url(), &["--verify"]))
+        .output()
+        .await?;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let got: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT unnest(ARRAY[{}]) FROM edge",

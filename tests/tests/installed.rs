@@ -12,7 +12,7 @@ use std::process::Output;
 use std::sync::OnceLock;
 
 use datamig::Migrator;
-use datamig_tests::{BUMP_ITEMS, COUNT_RUNS, bump_items, count_runs, text};
+use datamig_tests::{BUMP_ITEMS, COUNT_RUNS, bump_items, copy_args, count_runs, text};
 use serde_json::Value;
 
 /// The installed binary: `DATAMIG_INSTALLED_BIN`, or installed once by this test binary.
@@ -200,12 +200,7 @@ async fn every_command(url: &str, copy_target: &str, ledger_moves: bool) -> anyh
     assert_eq!(compare.status.code(), Some(0), "{}", text(&compare.stderr));
 
     // copy, then compare: the tables move, the ledger comes along.
-    let copy = datamig(
-        url,
-        &["copy", "--source", url, "--target", copy_target, "--verify"],
-        &dir,
-    )
-    .await?;
+    let copy = datamig(url, &copy_args(url, copy_target, &["--verify"]), &dir).await?;
     assert_eq!(copy.status.code(), Some(0), "{}", text(&copy.stderr));
     let copied = json(&datamig(copy_target, &["fingerprint", "--format", "json"], &dir).await?);
     let copied_items = items_of(&copied);

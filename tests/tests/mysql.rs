@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use datamig::prelude::*;
 use datamig::{Error, RunnerLock, State};
-use datamig_tests::{BUMP_ITEMS, COUNT_RUNS, text};
+use datamig_tests::{BUMP_ITEMS, COUNT_RUNS, copy_args, text};
 use sqlx::{AssertSqlSafe, MySqlPool};
 
 fn datamig(url: &str, args: &[&str]) -> tokio::process::Command {
@@ -663,14 +663,7 @@ async fn the_command_line_runs_and_reads_a_mariadb_url() -> anyhow::Result<()> {
     // A MySQL source is copied, but not followed: said by name, exit 2, nothing created.
     let copy = datamig(
         &url,
-        &[
-            "copy",
-            "--source",
-            &url,
-            "--target",
-            "postgres://u@127.0.0.1:1/x",
-            "--follow",
-        ],
+        &copy_args(&url, "postgres://u@127.0.0.1:1/x", &["--follow"]),
     )
     .output()
     .await?;
