@@ -45,14 +45,16 @@ const ROWS_A_PROBE_PAYS_FOR: f64 = 8.0;
 /// The first row of a chunk whose foreign key names a row the target does not hold, as
 /// a message naming the constraint, the row and the missing key; `None` when every
 /// reference holds. `range` is the chunk's key range over the target's columns (aliased
-/// `c`), `written` the rows the transaction wrote into the table, `helpers` the parallel
-/// workers the check may use.
+/// `c`), `written` the rows the transaction wrote into the table, `copied` the tables this
+/// copy loads (for their source's estimates), `helpers` the parallel workers the check may
+/// use.
 pub(super) async fn dangling_reference(
     conn: &mut PgConnection,
     p: &Planned,
     range: &Predicate,
     written: u64,
-    (copied, helpers): (&[Planned], usize),
+    copied: &[Planned],
+    helpers: usize,
 ) -> Result<Option<String>, sqlx::Error> {
     if p.target.foreign_keys.is_empty() || written == 0 {
         return Ok(None);

@@ -161,7 +161,8 @@ pub(super) async fn load<S: Source>(
                 p,
                 &S::target_range(p, chunk),
                 written,
-                (&shared.planned, shared.idle_workers()),
+                &shared.planned,
+                shared.idle_workers(),
             )
             .await
             .map_err(|e| Failure::Target(*table, e))?
