@@ -1,7 +1,6 @@
-#![cfg(all(feature = "postgres", feature = "sqlite"))]
-
 //! Migrations for one backend, and generic migrations registered for every backend compiled
 //! in: they compile, and each is registered for the backends it names.
+#![cfg(all(feature = "postgres", feature = "sqlite"))]
 
 use datamig::prelude::*;
 
