@@ -1469,6 +1469,113 @@ async fn a_key_of_a_type_batching_does_not_walk_is_refused_by_name() -> anyhow::
     Ok(())
 }
 
+/// Runs `bump_items` (three batches of 100 keys) and, once the run's first batch has
+/// committed and before its next begins, has `mark` pause or cancel it from another runner: the
+/// runner waits in its progress report until the mark is written.
+async fn marked_after_the_first_batch(
+    pool: &MySqlPool,
+    mark: impl AsyncFnOnce(Migrator<MySql>) -> anyhow::Result<()>,
+) -> anyhow::Result<datamig::RunReport> {
+    let (reached, mut first) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (marked, written) = std::sync::mpsc::channel::<()>();
+    let written = std::sync::Mutex::new(written);
+    let once = std::sync::atomic::AtomicBool::new(false);
+    let runner = Migrator::new(pool.clone())
+        .migrations([&datamig_tests::bump_items::MIGRATION])
+        .on_progress(move |p| {
+            if p.batch_keys > 0 && !once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                let _ = reached.send(());
+                // The runtime's other tasks go on meanwhile (the mark needs some).
+                tokio::task::block_in_place(|| {
+                    let _ = written
+                        .lock()
+                        .expect("not poisoned")
+                        .recv_timeout(Duration::from_secs(30));
+                });
+            }
+        });
+    let run = tokio::spawn(async move { runner.run().await });
+    if tokio::time::timeout(Duration::from_secs(30), first.recv())
+        .await?
+        .is_none()
+    {
+        anyhow::bail!(
+            "the run ended before its first batch committed: {:?}",
+            run.await?
+        );
+    }
+    let result =
+        mark(Migrator::new(pool.clone()).migrations([&datamig_tests::bump_items::MIGRATION])).await;
+    marked.send(())?;
+    result?;
+    Ok(run.await??)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_or_a_cancel_written_while_a_backfill_walks_stops_it_before_its_next_batch()
+-> anyhow::Result<()> {
+    let db = fixture_database(&[]).await?;
+    let ledger = async || -> anyhow::Result<(String, i64)> {
+        Ok(sqlx::query_as(
+            "SELECT status, CAST(batches AS signed) FROM datamig_ledger WHERE id = ?",
+        )
+        .bind(BUMP_ITEMS)
+        .fetch_one(db.pool())
+        .await?)
+    };
+    let report = marked_after_the_first_batch(db.pool(), async |other| {
+        other.pause(BUMP_ITEMS, Some("replica lag")).await?;
+        Ok(())
+    })
+    .await?;
+    assert_eq!(report.paused.len(), 1, "{report:?}");
+    assert_eq!(report.paused[0].reason.as_deref(), Some("replica lag"));
+    assert!(report.applied.is_empty(), "{report:?}");
+    assert_eq!(ledger().await?, ("running".to_string(), 1));
+    assert_eq!(
+        scalar(
+            db.pool(),
+            "SELECT count(*) FROM items WHERE v = 1 AND id <= 100"
+        )
+        .await?,
+        100,
+        "the first batch committed"
+    );
+    assert_eq!(
+        scalar(
+            db.pool(),
+            "SELECT count(*) FROM items WHERE v <> 0 AND id > 100"
+        )
+        .await?,
+        0,
+        "the second never began"
+    );
+
+    // Resumed, and cancelled the same way: the walk stops again, the cancel recorded.
+    Migrator::new(db.pool().clone())
+        .migrations([&datamig_tests::bump_items::MIGRATION])
+        .resume(BUMP_ITEMS)
+        .await?;
+    let report = marked_after_the_first_batch(db.pool(), async |other| {
+        other.cancel(BUMP_ITEMS, Some("wrong data")).await?;
+        Ok(())
+    })
+    .await?;
+    assert_eq!(report.cancelled.len(), 1, "{report:?}");
+    assert_eq!(report.cancelled[0].reason.as_deref(), Some("wrong data"));
+    assert_eq!(ledger().await?.1, 2, "one batch more, then the cancel");
+    assert_eq!(
+        scalar(db.pool(), "SELECT count(*) FROM items WHERE v = 1").await?,
+        200
+    );
+    assert_eq!(
+        scalar(db.pool(), "SELECT count(*) FROM items WHERE v > 1").await?,
+        0,
+        "no batch ran twice"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_paused_backfill_is_skipped_and_runs_once_resumed() -> anyhow::Result<()> {
     let db = fixture_database(&[]).await?;

@@ -386,9 +386,20 @@ impl<DB: Backend> Migrator<DB> {
         let began = Instant::now();
         let result = async {
             let classify = |err| BatchError::database::<DB>(err, state.batches + 1);
-            let mut tx = self
-                .begin_batch(conn, migration.id(), state.batches + 1, timeouts)
-                .await?;
+            // One round trip where the backend can; step by step where it cannot, or where
+            // a pause or a cancel may be in force (nothing is begun then).
+            let begun = self
+                .begin_unmarked_batch(conn, migration.id(), timeouts)
+                .await
+                .map_err(classify)?;
+            let mut tx = match begun {
+                Some(tx) => tx,
+                none => {
+                    drop(none);
+                    self.begin_batch(conn, migration.id(), state.batches + 1, timeouts)
+                        .await?
+                }
+            };
             let next = if rest {
                 match DB::last_key(&mut tx, shape, state.after.as_ref())
                     .await

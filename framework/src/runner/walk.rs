@@ -322,6 +322,22 @@ impl<DB: Backend> Migrator<DB> {
         }
     }
 
+    /// A batch's transaction begun in the same round trip as the check of the pauses and
+    /// cancellations, where the backend can (see `LedgerSteps::begin_unless_marked`);
+    /// `None` otherwise (and in a dry run, and under a lease), and the caller then calls
+    /// [`Self::begin_batch`], which reads them step by step and stops at one in force.
+    pub(super) async fn begin_unmarked_batch<'c>(
+        &self,
+        conn: &'c mut DB::Connection,
+        id: &str,
+        timeouts: Timeouts,
+    ) -> Result<Option<sqlx::Transaction<'c, DB>>, sqlx::Error> {
+        if self.dry_run || self.leased() {
+            return Ok(None);
+        }
+        DB::begin_unless_marked(conn, &self.ledger, id, timeouts.lock, timeouts.statement).await
+    }
+
     /// Begins batch `number` of migration `id`: its transaction, its local timeouts, and,
     /// unless this is a dry run, an operator's pause or cancel (`datamig pause`, `datamig
     /// cancel`, from any host), which stops the migration here: after the batch before

@@ -674,7 +674,18 @@ impl<DB: Backend> Migrator<DB> {
             let migration = job.migration;
             let id = migration.id();
             let classify = |err| BatchError::database::<DB>(err, 0);
-            let mut tx = self.begin_batch(conn, id, 0, timeouts).await?;
+            // As in a batch without workers (`batch.rs`).
+            let begun = self
+                .begin_unmarked_batch(conn, id, timeouts)
+                .await
+                .map_err(classify)?;
+            let mut tx = match begun {
+                Some(tx) => tx,
+                none => {
+                    drop(none);
+                    self.begin_batch(conn, id, 0, timeouts).await?
+                }
+            };
             let Some((after, upper, batches)) =
                 DB::hold_range(&mut tx, &self.ledger, id, range, &claim.token)
                     .await

@@ -5,10 +5,11 @@
 //! are written here, since MySQL binds its `?` in order, once each.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::mysql::MySqlConnection;
-use sqlx::{AssertSqlSafe, MySql};
+use sqlx::{AssertSqlSafe, Connection, MySql};
 
 use super::server::error_number;
 use super::sql::{ident, query, query_scalar};
@@ -239,6 +240,47 @@ impl LedgerSteps for MySql {
         Ok((pauses, cancels))
     }
 
+    /// One text query: first a check that assigns a user variable a subquery of one
+    /// constant row and, where a pause or a cancel of `id` is in force, that mark's row.
+    /// With a mark the subquery has two rows: the server refuses it (1242) and runs
+    /// nothing after it, so nothing begins. Without one, the transaction begins as in
+    /// `begin_with_timeouts`. The check is a plain read just before the transaction (step
+    /// by step the marks are its first statement: under READ COMMITTED, the same view).
+    /// `None` also with a statement timeout (set step by step) or inside a transaction;
+    /// any other error is the server's answer to the begin.
+    async fn begin_unless_marked<'c>(
+        conn: &'c mut MySqlConnection,
+        config: &LedgerConfig,
+        id: &str,
+        lock_timeout: Option<Duration>,
+        statement_timeout: Option<Duration>,
+    ) -> Result<Option<sqlx::Transaction<'c, MySql>>, sqlx::Error> {
+        if conn.is_in_transaction() || statement_timeout.is_some() {
+            return Ok(None);
+        }
+        let runs = config.runs_ident();
+        // The id as the bytes of a hex literal: no quoting to get wrong.
+        let hex: String = id.bytes().map(|b| format!("{b:02x}")).collect();
+        let check = format!(
+            "SET @datamig_marks = (SELECT 1 UNION ALL
+                 SELECT 1 FROM {runs} AS r
+                 WHERE r.migration_id = CONVERT(X'{hex}' USING utf8mb4)
+                   AND r.action IN ('pause', 'cancel')
+                   AND r.run_id = (SELECT max(run_id) FROM {runs}
+                                   WHERE migration_id = r.migration_id
+                                     AND action IN (r.action,
+                                                    CASE r.action WHEN 'pause' THEN 'unpause'
+                                                                  ELSE 'restart' END)))"
+        );
+        let check = crate::backend::dialect::to_mysql(&check);
+        let sql = super::begin_sql(Some(&check), lock_timeout, None);
+        match conn.begin_with(AssertSqlSafe(sql)).await {
+            Ok(tx) => Ok(Some(tx)),
+            Err(err) if error_number(&err) == Some(SUBQUERY_ROWS) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
     async fn schema_version_applied(
         conn: &mut MySqlConnection,
         version: i64,
@@ -254,6 +296,9 @@ impl LedgerSteps for MySql {
         .await
     }
 }
+
+/// ER_SUBQUERY_NO_1_ROW: the check of `begin_unless_marked` found a mark in force.
+const SUBQUERY_ROWS: u16 = 1242;
 
 /// Whether the ledger's `UPDATE`s check their transaction themselves (see `write_ledger`):
 /// until a server refuses `@@in_transaction` (MySQL), for the rest of the process. A wrong

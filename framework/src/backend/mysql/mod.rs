@@ -198,18 +198,7 @@ impl ConnectionSteps for MySql {
             .await?;
             return Ok(tx);
         }
-        let seconds = |d: Duration| d.as_secs().max(1);
-        let mut sql = String::from("SET TRANSACTION ISOLATION LEVEL READ COMMITTED;");
-        if let Some(lock) = lock_timeout {
-            let lock = seconds(lock);
-            sql.push_str(&format!(
-                " SET SESSION innodb_lock_wait_timeout = {lock}, SESSION lock_wait_timeout = {lock};"
-            ));
-        }
-        if let Some(idle) = idle_in_transaction {
-            sql.push_str(&format!(" SET SESSION wait_timeout = {};", seconds(idle)));
-        }
-        sql.push_str(" START TRANSACTION WITH CONSISTENT SNAPSHOT");
+        let sql = begin_sql(None, lock_timeout, idle_in_transaction);
         conn.begin_with(sqlx::AssertSqlSafe(sql)).await
     }
 
@@ -224,6 +213,31 @@ impl ConnectionSteps for MySql {
             .fetch_one(conn)
             .await
     }
+}
+
+/// The text query that begins a batch's transaction in one round trip: `first` (a
+/// statement to run before the transaction, if any), then the isolation level and the
+/// lock and idle timeouts, then `START TRANSACTION`. A statement that fails stops the
+/// rest: nothing after it runs.
+pub(super) fn begin_sql(
+    first: Option<&str>,
+    lock_timeout: Option<Duration>,
+    idle_in_transaction: Option<Duration>,
+) -> String {
+    let seconds = |d: Duration| d.as_secs().max(1);
+    let mut sql = first.map(|s| format!("{s}; ")).unwrap_or_default();
+    sql.push_str("SET TRANSACTION ISOLATION LEVEL READ COMMITTED;");
+    if let Some(lock) = lock_timeout {
+        let lock = seconds(lock);
+        sql.push_str(&format!(
+            " SET SESSION innodb_lock_wait_timeout = {lock}, SESSION lock_wait_timeout = {lock};"
+        ));
+    }
+    if let Some(idle) = idle_in_transaction {
+        sql.push_str(&format!(" SET SESSION wait_timeout = {};", seconds(idle)));
+    }
+    sql.push_str(" START TRANSACTION WITH CONSISTENT SNAPSHOT");
+    sql
 }
 
 /// Runs `sql`, a statement MySQL commits implicitly, in the middle of a migration's

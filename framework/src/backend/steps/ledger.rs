@@ -2,6 +2,7 @@
 //! history, pauses, and the schema migrations of `sqlx migrate`.
 
 use std::future::Future;
+use std::time::Duration;
 
 use super::connection::ConnectionSteps;
 use crate::ledger::{Attempt, LastRun, LedgerConfig, LedgerEntry, Pause};
@@ -81,6 +82,23 @@ pub trait LedgerSteps: ConnectionSteps {
             let cancels = Self::cancel_state(conn, config, id).await?;
             Ok((pauses, cancels))
         }
+    }
+
+    /// Begins a batch's transaction (as
+    /// [`ConnectionSteps::begin_with_timeouts`]) in the same round trip as the check that
+    /// no pause or cancel of migration `id` is in force (as [`Self::marks_state`] would
+    /// find), where the backend can send both at once: `Some` when it began and nothing
+    /// was in force. `None` began nothing and says nothing more: a mark may be in force,
+    /// or the backend cannot do this (the default); the runner then begins and reads the
+    /// marks step by step, which finds the mark.
+    fn begin_unless_marked<'c>(
+        _conn: &'c mut Self::Connection,
+        _config: &LedgerConfig,
+        _id: &str,
+        _lock_timeout: Option<Duration>,
+        _statement_timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<Option<sqlx::Transaction<'c, Self>>, sqlx::Error>> + Send {
+        async { Ok(None) }
     }
 
     /// Whether the schema migration `version` of `sqlx migrate` has been applied
