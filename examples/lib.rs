@@ -122,4 +122,77 @@ pub mod bench {
     pub fn secs(d: Duration) -> String {
         format!("{:.3}s", d.as_secs_f64())
     }
+
+    /// Two measurements taken side by side round after round, a baseline's and datamig's,
+    /// in turns (the baseline first in even rounds, datamig first in odd ones): a machine
+    /// that runs slower for a while weighs on both of a round, and the ratio is the median
+    /// of the rounds' own ratios.
+    #[derive(Debug, Default)]
+    pub struct Paired {
+        base: Vec<Duration>,
+        ours: Vec<Duration>,
+    }
+
+    impl Paired {
+        /// Measures one round: `base`, then `ours` (or the other way round, see above).
+        ///
+        /// # Errors
+        ///
+        /// The first error of a measurement.
+        pub async fn round<B, O>(&mut self, base: B, ours: O) -> anyhow::Result<()>
+        where
+            B: Future<Output = anyhow::Result<Duration>>,
+            O: Future<Output = anyhow::Result<Duration>>,
+        {
+            let (b, o) = if self.base.len().is_multiple_of(2) {
+                let b = base.await?;
+                (b, ours.await?)
+            } else {
+                let o = ours.await?;
+                (base.await?, o)
+            };
+            self.base.push(b);
+            self.ours.push(o);
+            Ok(())
+        }
+
+        /// The median of the baseline's measurements.
+        pub fn base(&self) -> Duration {
+            middle(&self.base)
+        }
+
+        /// The median of datamig's measurements.
+        pub fn ours(&self) -> Duration {
+            middle(&self.ours)
+        }
+
+        /// Prints `ratio WHAT = r` (the median of the rounds' ratios, each listed) against
+        /// its target; whether it is met.
+        pub fn ratio(&self, what: &str, target: f64) -> bool {
+            let mut ratios: Vec<f64> = self
+                .ours
+                .iter()
+                .zip(&self.base)
+                .map(|(o, b)| o.as_secs_f64() / b.as_secs_f64().max(1e-9))
+                .collect();
+            let rounds = ratios
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            ratios.sort_by(f64::total_cmp);
+            let r = ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN);
+            println!(
+                "ratio {what} = {r:.2}x  (rounds: {rounds})  (target <= {target}x)  {}",
+                verdict(r <= target)
+            );
+            r <= target
+        }
+    }
+
+    fn middle(runs: &[Duration]) -> Duration {
+        let mut runs = runs.to_vec();
+        runs.sort();
+        runs.get(runs.len() / 2).copied().unwrap_or_default()
+    }
 }

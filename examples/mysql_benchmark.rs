@@ -4,8 +4,10 @@
 //!     scripts/bench.sh --mysql   (or: cargo run --release -p datamig-examples --example mysql_benchmark)
 //!
 //! Uses DATABASE_URL if it is a mysql:// URL (the benchmark creates and drops its own
-//! bench_* tables there), else a throwaway MariaDB from `datamig::testing::mysql()`. Each
-//! timing is the median of `DATAMIG_BENCH_REPEAT` runs (default 3).
+//! bench_* tables there), else a throwaway MariaDB from `datamig::testing::mysql()`. It
+//! measures `DATAMIG_BENCH_REPEAT` rounds (default 3), each the set-based statement and
+//! datamig's run side by side, in turns; a time is the median of its rounds, a ratio the
+//! median of the rounds' own ratios (each printed).
 //!
 //! - upsert: 1M rows built in Rust (`ctx.upsert(..).rows(..)`), against the set-based
 //!   `INSERT .. SELECT .. ON DUPLICATE KEY UPDATE` from a table already holding the same
@@ -31,7 +33,7 @@
 use std::time::Duration;
 
 use datamig::prelude::*;
-use datamig_examples::bench::{median, ratio, secs, timed, verdict};
+use datamig_examples::bench::{Paired, secs, timed, verdict};
 use sqlx::{AssertSqlSafe, MySqlPool};
 
 const ROWS: i64 = 1_000_000;
@@ -113,29 +115,6 @@ async fn rewritten<F: Future<Output = anyhow::Result<()>>>(
     .fetch_one(pool)
     .await?;
     Ok((took, n))
-}
-
-/// `rewritten` `repeat` times (a second run changes nothing, so it can run again): the
-/// median time and the most rows any run rewrote.
-async fn rewritten_median<F, Fut>(
-    repeat: usize,
-    pool: &MySqlPool,
-    table: &str,
-    mut work: F,
-) -> anyhow::Result<(Duration, i64)>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    let mut runs = Vec::new();
-    let mut most = 0;
-    for _ in 0..repeat.max(1) {
-        let (took, n) = rewritten(pool, table, work()).await?;
-        runs.push(took);
-        most = most.max(n);
-    }
-    runs.sort();
-    Ok((runs[runs.len() / 2], most))
 }
 
 async fn setup(pool: &MySqlPool) -> anyhow::Result<()> {
@@ -255,39 +234,62 @@ async fn main() -> anyhow::Result<()> {
     .fetch_one(&pool)
     .await?;
     println!("server: {version}");
-    println!("rows: {ROWS}; timings are the median of {repeat} runs\n");
+    println!(
+        "rows: {ROWS}; {repeat} rounds, each the set-based statement and datamig's run side by \
+         side; times are medians, each ratio the median of the rounds' ratios\n"
+    );
     setup(&pool).await?;
     let migrator = |m: &'static datamig::Migration| Migrator::new(pool.clone()).migrations([m]);
 
-    // Upsert.
-    let set_first = median(repeat, || async {
-        exec(&pool, "TRUNCATE bench_settings").await?;
-        timed(exec(&pool, SET_UPSERT)).await
-    })
-    .await?;
-    let (set_second, set_rewritten) =
-        rewritten_median(repeat, &pool, "bench_settings", || exec(&pool, SET_UPSERT)).await?;
-    let upsert_first = median(repeat, || async {
-        exec(&pool, "TRUNCATE bench_settings").await?;
-        forget(&pool).await?;
-        timed(async {
-            migrator(&upsert_rust_rows::MIGRATION).run().await?;
-            Ok::<_, anyhow::Error>(())
-        })
-        .await
-    })
-    .await?;
-    let (upsert_second, upsert_rewritten) =
-        rewritten_median(repeat, &pool, "bench_settings", || async {
-            migrator(&upsert_rust_rows::MIGRATION)
-                .rerun(upsert_rust_rows::MIGRATION.id())
-                .await?;
-            Ok(())
-        })
-        .await?;
+    // Upsert: first runs into an empty table, then second runs on the filled one, each
+    // round the set-based statement and datamig's run side by side.
+    let mut upsert_first = Paired::default();
+    for _ in 0..repeat {
+        upsert_first
+            .round(
+                async {
+                    exec(&pool, "TRUNCATE bench_settings").await?;
+                    timed(exec(&pool, SET_UPSERT)).await
+                },
+                async {
+                    exec(&pool, "TRUNCATE bench_settings").await?;
+                    forget(&pool).await?;
+                    timed(async {
+                        migrator(&upsert_rust_rows::MIGRATION).run().await?;
+                        Ok::<_, anyhow::Error>(())
+                    })
+                    .await
+                },
+            )
+            .await?;
+    }
+    let (mut upsert_second, mut set_rewritten, mut upsert_rewritten) = (Paired::default(), 0, 0);
+    for _ in 0..repeat {
+        upsert_second
+            .round(
+                async {
+                    let (took, n) =
+                        rewritten(&pool, "bench_settings", exec(&pool, SET_UPSERT)).await?;
+                    set_rewritten = set_rewritten.max(n);
+                    Ok(took)
+                },
+                async {
+                    let (took, n) = rewritten(&pool, "bench_settings", async {
+                        migrator(&upsert_rust_rows::MIGRATION)
+                            .rerun(upsert_rust_rows::MIGRATION.id())
+                            .await?;
+                        Ok(())
+                    })
+                    .await?;
+                    upsert_rewritten = upsert_rewritten.max(n);
+                    Ok(took)
+                },
+            )
+            .await?;
+    }
     anyhow::ensure!(count(&pool, "SELECT count(*) FROM bench_settings").await? == ROWS);
 
-    // Backfills.
+    // Backfills, in the same way.
     let mut backfills = Vec::new();
     for (table, migration) in [
         ("bench_users", &backfill_int::MIGRATION),
@@ -297,29 +299,48 @@ async fn main() -> anyhow::Result<()> {
         let update = format!("UPDATE {table} SET email = lower(email)");
         let update_second =
             format!("UPDATE {table} SET email = lower(email) WHERE email <> lower(email)");
-        let set_first = median(repeat, || async {
-            exec(&pool, &reset).await?;
-            timed(exec(&pool, &update)).await
-        })
-        .await?;
-        let (set_second, set_rewritten) =
-            rewritten_median(repeat, &pool, table, || exec(&pool, &update_second)).await?;
-        let batched_first = median(repeat, || async {
-            exec(&pool, &reset).await?;
-            forget(&pool).await?;
-            timed(async {
-                migrator(migration).run().await?;
-                Ok::<_, anyhow::Error>(())
-            })
-            .await
-        })
-        .await?;
-        let (batched_second, batched_rewritten) =
-            rewritten_median(repeat, &pool, table, || async {
-                migrator(migration).rerun(migration.id()).await?;
-                Ok(())
-            })
-            .await?;
+        let mut first = Paired::default();
+        for _ in 0..repeat {
+            first
+                .round(
+                    async {
+                        exec(&pool, &reset).await?;
+                        timed(exec(&pool, &update)).await
+                    },
+                    async {
+                        exec(&pool, &reset).await?;
+                        forget(&pool).await?;
+                        timed(async {
+                            migrator(migration).run().await?;
+                            Ok::<_, anyhow::Error>(())
+                        })
+                        .await
+                    },
+                )
+                .await?;
+        }
+        let (mut second, mut set_rewritten, mut batched_rewritten) = (Paired::default(), 0, 0);
+        for _ in 0..repeat {
+            second
+                .round(
+                    async {
+                        let (took, n) =
+                            rewritten(&pool, table, exec(&pool, &update_second)).await?;
+                        set_rewritten = set_rewritten.max(n);
+                        Ok(took)
+                    },
+                    async {
+                        let (took, n) = rewritten(&pool, table, async {
+                            migrator(migration).rerun(migration.id()).await?;
+                            Ok(())
+                        })
+                        .await?;
+                        batched_rewritten = batched_rewritten.max(n);
+                        Ok(took)
+                    },
+                )
+                .await?;
+        }
         anyhow::ensure!(
             count(
                 &pool,
@@ -328,77 +349,52 @@ async fn main() -> anyhow::Result<()> {
             .await?
                 == 0
         );
-        backfills.push((
-            table,
-            set_first,
-            set_second,
-            set_rewritten,
-            batched_first,
-            batched_second,
-            batched_rewritten,
-        ));
+        backfills.push((table, first, second, set_rewritten, batched_rewritten));
     }
 
     println!(
         "set-based INSERT .. SELECT .. ON DUPLICATE KEY UPDATE from a staged table, first run  {}",
-        secs(set_first)
+        secs(upsert_first.base())
     );
     println!(
         "set-based, second run  {}  ({set_rewritten} rows rewritten)",
-        secs(set_second)
+        secs(upsert_second.base())
     );
     println!(
         "upsert of 1M rows built in Rust, first run  {}",
-        secs(upsert_first)
+        secs(upsert_first.ours())
     );
     println!(
         "upsert, second run  {}  ({upsert_rewritten} rows rewritten)",
-        secs(upsert_second)
+        secs(upsert_second.ours())
     );
-    for (table, set_first, set_second, set_rewritten, first, second, rewritten) in &backfills {
-        println!("{table}: one UPDATE, first run  {}", secs(*set_first));
+    for (table, first, second, set_rewritten, rewritten) in &backfills {
+        println!("{table}: one UPDATE, first run  {}", secs(first.base()));
         println!(
             "{table}: one UPDATE .. WHERE email <> lower(email), second run  {}  ({set_rewritten} rows rewritten)",
-            secs(*set_second)
+            secs(second.base())
         );
         println!(
             "{table}: batched backfill, 10,000 keys a batch, first run  {}",
-            secs(*first)
+            secs(first.ours())
         );
         println!(
             "{table}: batched, second run  {}  ({rewritten} rows rewritten)",
-            secs(*second)
+            secs(second.ours())
         );
     }
     println!();
-    let mut ok = ratio(
-        "upsert first run / set-based first run",
-        upsert_first,
-        set_first,
-        1.5,
-    );
-    ok &= ratio(
-        "upsert second run / set-based second run",
-        upsert_second,
-        set_second,
-        1.5,
-    );
+    let mut ok = upsert_first.ratio("upsert first run / set-based first run", 1.5);
+    ok &= upsert_second.ratio("upsert second run / set-based second run", 1.5);
     println!(
         "check upsert second run rows rewritten = {upsert_rewritten}  (target 0)  {}",
         verdict(upsert_rewritten == 0)
     );
     ok &= upsert_rewritten == 0;
-    for (table, set_first, set_second, _, first, second, rewritten) in &backfills {
-        ok &= ratio(
-            &format!("{table} batched first run / one UPDATE"),
-            *first,
-            *set_first,
-            1.3,
-        );
-        ok &= ratio(
+    for (table, first, second, _, rewritten) in &backfills {
+        ok &= first.ratio(&format!("{table} batched first run / one UPDATE"), 1.3);
+        ok &= second.ratio(
             &format!("{table} batched second run / one UPDATE second run"),
-            *second,
-            *set_second,
             1.5,
         );
         println!(
