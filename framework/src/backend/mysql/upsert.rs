@@ -299,6 +299,44 @@ async fn integer_column(
     ))
 }
 
+/// The integer keys an upsert's rows gave so far, to refuse one given twice. While they
+/// ascend (rows built from a range, or read in key order) a key after the last is new and
+/// is only appended; a key out of order is looked up among them (they are sorted), and
+/// from the first new one out of order on they are kept in a hash set.
+#[derive(Debug)]
+enum SeenKeys {
+    Ascending(Vec<i64>),
+    Any(std::collections::HashSet<i64>),
+}
+
+impl Default for SeenKeys {
+    fn default() -> Self {
+        Self::Ascending(Vec::new())
+    }
+}
+
+impl SeenKeys {
+    /// Adds `key`; `false` if it was there already.
+    fn insert(&mut self, key: i64) -> bool {
+        match self {
+            Self::Ascending(keys) => {
+                if keys.last().is_none_or(|last| key > *last) {
+                    keys.push(key);
+                    return true;
+                }
+                if keys.binary_search(&key).is_ok() {
+                    return false;
+                }
+                let mut set: std::collections::HashSet<i64> = keys.drain(..).collect();
+                set.insert(key);
+                *self = Self::Any(set);
+                true
+            }
+            Self::Any(set) => set.insert(key),
+        }
+    }
+}
+
 /// The Rust rows of an upsert: what is left of them, and the first, read ahead.
 struct Rows<'a> {
     next: crate::merge::NextRow<'a>,
@@ -335,7 +373,7 @@ impl Direct<'_> {
             .execute(&mut *conn)
             .await?;
         let chunk_rows = chunk_rows(self.per_row);
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = SeenKeys::default();
         let (mut total, mut affected) = (0u64, 0u64);
         // The first row is in `values` already.
         self.check_key(&values, &mut seen, 1)?;
@@ -384,7 +422,7 @@ impl Direct<'_> {
     fn check_key(
         &self,
         row: &[Value],
-        seen: &mut std::collections::HashSet<i64>,
+        seen: &mut SeenKeys,
         number: u64,
     ) -> Result<(), Error> {
         match &row[self.position] {
@@ -414,7 +452,7 @@ impl Direct<'_> {
         &self,
         next: &mut crate::merge::NextRow<'_>,
         values: &mut Vec<Value>,
-        seen: &mut std::collections::HashSet<i64>,
+        seen: &mut SeenKeys,
         before: u64,
         chunk_rows: usize,
     ) -> Result<bool, Error> {
@@ -537,4 +575,36 @@ async fn check_unique_key(
             .collect::<Vec<_>>()
             .join(", ")
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SeenKeys;
+
+    #[test]
+    fn a_key_given_twice_is_found_in_order_and_out_of_order() {
+        let mut seen = SeenKeys::default();
+        assert!((1..=1000).all(|k| seen.insert(k)));
+        assert!(matches!(seen, SeenKeys::Ascending(_)), "ascending keys are only appended");
+        assert!(!seen.insert(500), "a key before the last, seen");
+        assert!(!seen.insert(1000));
+        assert!(matches!(seen, SeenKeys::Ascending(_)));
+        assert!(seen.insert(-3), "a new key out of order");
+        assert!(matches!(seen, SeenKeys::Any(_)));
+        assert!(!seen.insert(-3) && !seen.insert(1) && !seen.insert(999));
+        assert!(seen.insert(1001));
+    }
+
+    #[test]
+    fn it_answers_as_a_hash_set_whatever_the_order() {
+        // Keys in runs up and down, with repeats: each answer is a hash set's.
+        let mut seen = SeenKeys::default();
+        let mut set = std::collections::HashSet::new();
+        let mut x: i64 = 7;
+        for i in 0..5000 {
+            x = (x * 1_103_515_245 + 12_345).rem_euclid(1 << 31);
+            let key = if i < 2000 { i } else { x % 3000 };
+            assert_eq!(seen.insert(key), set.insert(key), "key {key} at {i}");
+        }
+    }
 }
