@@ -96,12 +96,42 @@ async fn count(pool: &MySqlPool, sql: &str) -> anyhow::Result<i64> {
         .await?)
 }
 
+/// Waits, for at most 30 seconds, until InnoDB has purged the undo logs of what ran before
+/// (its history list is empty), so that no measurement shares the server with the purge of
+/// the work before it: the million old row versions a set-based statement leaves are
+/// purged only after it commits, in whatever runs next.
+async fn quiesce(pool: &MySqlPool) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        // MariaDB's status variable; MySQL 8 counts it among InnoDB's metrics.
+        let mut length: Option<i64> = sqlx::query_scalar(
+            "SELECT CAST(VARIABLE_VALUE AS signed) FROM information_schema.GLOBAL_STATUS
+             WHERE VARIABLE_NAME = 'INNODB_HISTORY_LIST_LENGTH'",
+        )
+        .fetch_optional(pool)
+        .await?;
+        if length.is_none() {
+            length = sqlx::query_scalar(
+                "SELECT CAST(`COUNT` AS signed) FROM information_schema.INNODB_METRICS
+                 WHERE NAME = 'trx_rseg_history_len'",
+            )
+            .fetch_optional(pool)
+            .await?;
+        }
+        if length.unwrap_or(0) == 0 || std::time::Instant::now() > deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The rows of `table` that `work` rewrote (moved its `touched` column).
 async fn rewritten<F: Future<Output = anyhow::Result<()>>>(
     pool: &MySqlPool,
     table: &str,
     work: F,
 ) -> anyhow::Result<(Duration, i64)> {
+    quiesce(pool).await?;
     // DATETIME(6) resolution: start strictly after any earlier write.
     tokio::time::sleep(Duration::from_millis(5)).await;
     let start: String = sqlx::query_scalar("SELECT CAST(NOW(6) AS char)")
@@ -249,11 +279,13 @@ async fn main() -> anyhow::Result<()> {
             .round(
                 async {
                     exec(&pool, "TRUNCATE bench_settings").await?;
+                    quiesce(&pool).await?;
                     timed(exec(&pool, SET_UPSERT)).await
                 },
                 async {
                     exec(&pool, "TRUNCATE bench_settings").await?;
                     forget(&pool).await?;
+                    quiesce(&pool).await?;
                     timed(async {
                         migrator(&upsert_rust_rows::MIGRATION).run().await?;
                         Ok::<_, anyhow::Error>(())
@@ -305,11 +337,13 @@ async fn main() -> anyhow::Result<()> {
                 .round(
                     async {
                         exec(&pool, &reset).await?;
+                        quiesce(&pool).await?;
                         timed(exec(&pool, &update)).await
                     },
                     async {
                         exec(&pool, &reset).await?;
                         forget(&pool).await?;
+                        quiesce(&pool).await?;
                         timed(async {
                             migrator(migration).run().await?;
                             Ok::<_, anyhow::Error>(())
