@@ -14,7 +14,7 @@ use super::plan::Step;
 use super::report::AppliedMigration;
 use super::walk::{
     BatchError, BodyRun, MAX_NOTES, Position, Retry, Sizer, Timeouts, Walked, batch_ended,
-    batch_span, run_body,
+    batch_span, open_batch, run_body,
 };
 use super::{Migrator, StopSignal};
 use crate::backend::{Backend, LoadSample, pinned};
@@ -386,20 +386,14 @@ impl<DB: Backend> Migrator<DB> {
         let began = Instant::now();
         let result = async {
             let classify = |err| BatchError::database::<DB>(err, state.batches + 1);
-            // One round trip where the backend can; step by step where it cannot, or where
-            // a pause or a cancel may be in force (nothing is begun then).
-            let begun = self
-                .begin_unmarked_batch(conn, migration.id(), timeouts)
-                .await
-                .map_err(classify)?;
-            let mut tx = match begun {
-                Some(tx) => tx,
-                none => {
-                    drop(none);
-                    self.begin_batch(conn, migration.id(), state.batches + 1, timeouts)
-                        .await?
-                }
-            };
+            let mut tx = open_batch!(
+                self,
+                conn,
+                migration.id(),
+                state.batches + 1,
+                timeouts,
+                classify
+            );
             let next = if rest {
                 match DB::last_key(&mut tx, shape, state.after.as_ref())
                     .await

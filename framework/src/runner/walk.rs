@@ -17,6 +17,32 @@ use crate::key::RestGuard;
 use crate::ledger::{Action, Pause};
 use crate::migration::{Batch, BatchFn, BatchSpec, Migration};
 
+/// Begins a batch's transaction (`$migrator.begin_unmarked_batch`, else
+/// `$migrator.begin_batch`), its errors passed on with `?` (the first through
+/// `$classify`). A macro, not a method: a method that returns the transaction cannot fall
+/// back to a second borrow of the connection, since the borrow checker keeps the first
+/// alive for the transaction it might have returned.
+macro_rules! open_batch {
+    ($migrator:expr, $conn:expr, $id:expr, $number:expr, $timeouts:expr, $classify:expr) => {{
+        // One round trip where the backend can; step by step where it cannot, or where a
+        // pause or a cancel may be in force (nothing is begun then).
+        let begun = $migrator
+            .begin_unmarked_batch(&mut *$conn, $id, $timeouts)
+            .await
+            .map_err($classify)?;
+        match begun {
+            Some(tx) => tx,
+            none => {
+                drop(none);
+                $migrator
+                    .begin_batch(&mut *$conn, $id, $number, $timeouts)
+                    .await?
+            }
+        }
+    }};
+}
+pub(super) use open_batch;
+
 /// A batch's `lock_timeout` when neither the migration nor the migrator sets one: a batch
 /// must never queue behind the application's locks for long.
 pub(super) const DEFAULT_BATCH_LOCK_TIMEOUT: Duration = Duration::from_secs(2);

@@ -26,7 +26,7 @@ use super::plan::Step;
 use super::report::AppliedMigration;
 use super::walk::{
     BatchError, BodyRun, MAX_NOTES, Position, Retry, Sizer, Timeouts, Walked, batch_ended,
-    batch_span, run_body,
+    batch_span, open_batch, run_body,
 };
 use super::{Migrator, RunnerLock, StopSignal};
 use crate::backend::{Backend, LoadSample, LockToken, pinned};
@@ -674,18 +674,7 @@ impl<DB: Backend> Migrator<DB> {
             let migration = job.migration;
             let id = migration.id();
             let classify = |err| BatchError::database::<DB>(err, 0);
-            // As in a batch without workers (`batch.rs`).
-            let begun = self
-                .begin_unmarked_batch(conn, id, timeouts)
-                .await
-                .map_err(classify)?;
-            let mut tx = match begun {
-                Some(tx) => tx,
-                none => {
-                    drop(none);
-                    self.begin_batch(conn, id, 0, timeouts).await?
-                }
-            };
+            let mut tx = open_batch!(self, conn, id, 0, timeouts, classify);
             let Some((after, upper, batches)) =
                 DB::hold_range(&mut tx, &self.ledger, id, range, &claim.token)
                     .await

@@ -419,12 +419,7 @@ impl Direct<'_> {
 
     /// Checks the key of `row`, the `number`-th: an integer not seen before, or NULL
     /// (which matches no key: MySQL inserts the row, as it would any other).
-    fn check_key(
-        &self,
-        row: &[Value],
-        seen: &mut SeenKeys,
-        number: u64,
-    ) -> Result<(), Error> {
+    fn check_key(&self, row: &[Value], seen: &mut SeenKeys, number: u64) -> Result<(), Error> {
         match &row[self.position] {
             Value::Int(k) if !seen.insert(*k) => Err(Error::Config(format!(
                 "the rows for the upsert into {} hold the same key more than once ({} = {k}); each key may appear once",
@@ -585,7 +580,10 @@ mod tests {
     fn a_key_given_twice_is_found_in_order_and_out_of_order() {
         let mut seen = SeenKeys::default();
         assert!((1..=1000).all(|k| seen.insert(k)));
-        assert!(matches!(seen, SeenKeys::Ascending(_)), "ascending keys are only appended");
+        assert!(
+            matches!(seen, SeenKeys::Ascending(_)),
+            "ascending keys are only appended"
+        );
         assert!(!seen.insert(500), "a key before the last, seen");
         assert!(!seen.insert(1000));
         assert!(matches!(seen, SeenKeys::Ascending(_)));
