@@ -1470,8 +1470,8 @@ async fn a_key_of_a_type_batching_does_not_walk_is_refused_by_name() -> anyhow::
 }
 
 /// Runs `bump_items` (three batches of 100 keys) and, once the run's first batch has
-/// committed and before its next begins, has `mark` pause or cancel it from another runner: the
-/// runner waits in its progress report until the mark is written.
+/// committed and before its next begins, has `mark` pause or cancel it from another
+/// runner: the runner waits in its progress report until the mark is written.
 async fn marked_after_the_first_batch(
     pool: &MySqlPool,
     mark: impl AsyncFnOnce(Migrator<MySql>) -> anyhow::Result<()>,
@@ -1573,6 +1573,17 @@ async fn a_pause_or_a_cancel_written_while_a_backfill_walks_stops_it_before_its_
         0,
         "no batch ran twice"
     );
+    // The operator's cancel, then the run it stopped, recorded as cancelled.
+    let history: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT action, outcome, reason FROM datamig_runs WHERE migration_id = ?
+         ORDER BY run_id DESC LIMIT 2",
+    )
+    .bind(BUMP_ITEMS)
+    .fetch_all(db.pool())
+    .await?;
+    assert_eq!(history[1].0, "cancel");
+    assert_eq!(history[1].2.as_deref(), Some("wrong data"));
+    assert_eq!(history[0].1, "cancelled", "{history:?}");
     Ok(())
 }
 

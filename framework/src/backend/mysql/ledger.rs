@@ -157,7 +157,9 @@ impl LedgerSteps for MySql {
         query(AssertSqlSafe(sql))
             .bind(a.id.as_ref())
             .bind(a.action.as_str())
-            .bind(if error.is_some() {
+            .bind(if a.cancelled {
+                "cancelled"
+            } else if error.is_some() {
                 "failed"
             } else {
                 "succeeded"
