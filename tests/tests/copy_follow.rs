@@ -117,9 +117,14 @@ async fn writer(
             }
             150 => {
                 // A swap of two unique values over three statements, committed in two
-                // transactions applied in one batch.
-                execute(&pool, "BEGIN; UPDATE items SET code = 'tmp-swap' WHERE id = 10; UPDATE items SET code = 'c10' WHERE id = 11; COMMIT").await?;
-                execute(&pool, "UPDATE items SET code = 'c11' WHERE id = 10").await?;
+                // transactions applied in one batch. The rows are found by their codes: an
+                // earlier round may have moved or deleted either (its key picked at random).
+                execute(&pool, "BEGIN; UPDATE items SET code = 'tmp-swap' WHERE code = 'c10'; UPDATE items SET code = 'c10' WHERE code = 'c11'; COMMIT").await?;
+                execute(
+                    &pool,
+                    "UPDATE items SET code = 'c11' WHERE code = 'tmp-swap'",
+                )
+                .await?;
             }
             200 => execute(&pool, "DELETE FROM bulk WHERE id % 2 = 0").await?,
             _ => write_round(&pool, i, truncates.load(Ordering::Relaxed)).await?,
