@@ -32,8 +32,7 @@ pub mod bench {
         for _ in 0..repeat.max(1) {
             runs.push(measure().await?);
         }
-        runs.sort();
-        Ok(runs[runs.len() / 2])
+        Ok(middle(&runs))
     }
 
     /// Prints `ratio WHAT = ours / base` against its target; whether it is met.
@@ -190,6 +189,7 @@ pub mod bench {
         }
     }
 
+    /// The median of `runs` (zero without any).
     fn middle(runs: &[Duration]) -> Duration {
         let mut runs = runs.to_vec();
         runs.sort();

@@ -209,16 +209,10 @@ impl LedgerSteps for MySql {
         config: &LedgerConfig,
         id: Option<&str>,
     ) -> Result<(Vec<Pause>, Vec<Pause>), sqlx::Error> {
-        let runs = config.runs_ident();
         let sql = format!(
-            "SELECT action, migration_id, db_user, host, finished_at, reason FROM {runs} AS r
-             WHERE action IN ('pause', 'cancel') AND migration_id = coalesce($1, migration_id)
-               AND run_id = (SELECT max(run_id) FROM {runs}
-                             WHERE migration_id = r.migration_id
-                               AND action IN (r.action,
-                                              CASE r.action WHEN 'pause' THEN 'unpause'
-                                                            ELSE 'restart' END))
-             ORDER BY migration_id"
+            "SELECT action, migration_id, db_user, host, finished_at, reason {}
+             ORDER BY migration_id",
+            marks_in_force_of(config, "coalesce($1, r.migration_id)")
         );
         let rows: Vec<MarkRow> = super::sql::query_as(AssertSqlSafe(sql))
             .bind(id)
@@ -260,19 +254,11 @@ impl LedgerSteps for MySql {
         if conn.is_in_transaction() || statement_timeout.is_some() {
             return Ok(None);
         }
-        let runs = config.runs_ident();
         // The id as the bytes of a hex literal: no quoting to get wrong.
         let hex: String = id.bytes().map(|b| format!("{b:02x}")).collect();
         let check = format!(
-            "SET @datamig_marks = (SELECT 1 UNION ALL
-                 SELECT 1 FROM {runs} AS r
-                 WHERE r.migration_id = CONVERT(X'{hex}' USING utf8mb4)
-                   AND r.action IN ('pause', 'cancel')
-                   AND r.run_id = (SELECT max(run_id) FROM {runs}
-                                   WHERE migration_id = r.migration_id
-                                     AND action IN (r.action,
-                                                    CASE r.action WHEN 'pause' THEN 'unpause'
-                                                                  ELSE 'restart' END)))"
+            "SET @datamig_marks = (SELECT 1 UNION ALL SELECT 1 {})",
+            marks_in_force_of(config, &format!("CONVERT(X'{hex}' USING utf8mb4)"))
         );
         let check = crate::backend::dialect::to_mysql(&check);
         let sql = super::begin_sql(Some(&check), lock_timeout, None);
@@ -297,6 +283,23 @@ impl LedgerSteps for MySql {
         .fetch_one(conn)
         .await
     }
+}
+
+/// `FROM .. WHERE ..` of the run history's pauses and cancellations in force of the
+/// migration `id` (an SQL expression, which may name `r.migration_id` for every
+/// migration): each mark that no unpause or restart followed. Read by `marks_state` and
+/// checked by `begin_unless_marked`.
+fn marks_in_force_of(config: &LedgerConfig, id: &str) -> String {
+    let runs = config.runs_ident();
+    format!(
+        "FROM {runs} AS r
+         WHERE r.action IN ('pause', 'cancel') AND r.migration_id = {id}
+           AND r.run_id = (SELECT max(run_id) FROM {runs}
+                           WHERE migration_id = r.migration_id
+                             AND action IN (r.action,
+                                            CASE r.action WHEN 'pause' THEN 'unpause'
+                                                          ELSE 'restart' END))"
+    )
 }
 
 /// ER_SUBQUERY_NO_1_ROW: the check of `begin_unless_marked` found a mark in force.
