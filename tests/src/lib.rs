@@ -5,6 +5,8 @@
 //! as separate processes. Migrations that exist to fail are defined in the test files
 //! themselves and run through explicit lists.
 
+pub mod spans;
+
 use std::time::Duration;
 
 use datamig::prelude::*;

@@ -1619,3 +1619,81 @@ async fn a_paused_backfill_is_skipped_and_runs_once_resumed() -> anyhow::Result<
     );
     Ok(())
 }
+
+/// Bumps `ahead_items.v`, 10 keys a batch, each batch at least 5 ms.
+#[datamig::migration(
+    id = "20240405_0000_bump_ahead",
+    batch(table = "ahead_items", key = "id", size = 10)
+)]
+async fn bump_ahead(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result<()> {
+    ctx.execute_batch("UPDATE ahead_items SET v = v + 1 WHERE {batch}", &batch)
+        .await?;
+    ctx.execute("DO SLEEP(0.005)").await?;
+    Ok(())
+}
+
+/// The next batch's bounds are read ahead on another connection, even from a pool that
+/// must open that connection first (TLS, the session's settings: longer than a batch
+/// here). A read still waiting for its connection when its batch begins is not thrown
+/// away with the connection half open: the connection goes to the pool, and the later
+/// batches take their bounds from the reads ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_walk_on_a_fresh_pool_takes_its_batches_bounds_from_the_reads_ahead() -> anyhow::Result<()>
+{
+    datamig_tests::spans::captured();
+    let db = datamig::testing::mysql().await?;
+    sqlx::query("CREATE TABLE ahead_items (id bigint PRIMARY KEY, v int NOT NULL DEFAULT 0)")
+        .execute(db.pool())
+        .await?;
+    sqlx::query(
+        "INSERT INTO ahead_items (id) WITH RECURSIVE s (n) AS
+             (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 1000) SELECT n FROM s",
+    )
+    .execute(db.pool())
+    .await?;
+    // One connection open, which the runner takes: each read ahead needs one more.
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(4)
+        .connect(db.url())
+        .await?;
+    assert_eq!((pool.size(), pool.num_idle()), (1, 1));
+    let report = Migrator::new(pool)
+        .migrations([&bump_ahead::MIGRATION])
+        .run()
+        .await?;
+    assert_eq!(report.applied[0].batches, 100);
+    assert_eq!(
+        scalar(
+            db.pool(),
+            "SELECT CAST(SUM(v = 1) AS signed) FROM ahead_items"
+        )
+        .await?,
+        1000,
+        "every row exactly once"
+    );
+    let batches: Vec<datamig_tests::spans::Closed> = datamig_tests::spans::spans_named("batch")
+        .into_iter()
+        .filter(|b| {
+            b.field("id") == bump_ahead::MIGRATION.id() && b.field("outcome") == "committed"
+        })
+        .collect();
+    assert_eq!(batches.len(), 100);
+    assert_eq!(
+        batches[0].field("bounds"),
+        "read",
+        "the first batch reads its own"
+    );
+    let ahead = batches
+        .iter()
+        .filter(|b| b.field("bounds") == "ahead")
+        .count();
+    assert!(
+        ahead >= 50,
+        "{ahead} of 100 batches took their bounds from a read ahead: {:?}",
+        batches
+            .iter()
+            .map(|b| b.field("bounds"))
+            .collect::<Vec<_>>()
+    );
+    Ok(())
+}

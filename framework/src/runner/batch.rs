@@ -1,6 +1,7 @@
 //! A batched migration: one transaction per batch, each committing with its checkpoint.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
@@ -409,10 +410,11 @@ impl<DB: Backend> Migrator<DB> {
                     None => None,
                 }
             } else {
-                let ahead = read_ahead
-                    .as_deref_mut()
-                    .and_then(Option::take)
-                    .and_then(|ahead| ahead.take(state.after.as_ref(), size));
+                let ahead = match read_ahead.as_deref_mut().and_then(Option::take) {
+                    Some(ahead) => ahead.take(state.after.as_ref(), size).await,
+                    None => None,
+                };
+                span.record("bounds", if ahead.is_some() { "ahead" } else { "read" });
                 match ahead {
                     Some(next) => Some(next),
                     None => DB::next_batch(&mut tx, shape, state.after.as_ref(), None, size)
@@ -459,12 +461,7 @@ impl<DB: Backend> Migrator<DB> {
                 });
             }
             if !rest && let Some(slot) = read_ahead.as_deref_mut() {
-                *slot = Some(ReadAhead::start::<DB>(
-                    &self.pool,
-                    shape,
-                    last.clone(),
-                    size,
-                ));
+                *slot = ReadAhead::start::<DB>(&self.pool, shape, last.clone(), size);
             }
             let guard = if rest {
                 let limit = timeouts
@@ -560,10 +557,10 @@ impl<DB: Backend> Migrator<DB> {
                 None
             };
             // Keys after this batch that the read ahead found are there: no need to ask.
-            let found_ahead = read_ahead
-                .as_deref_mut()
-                .and_then(Option::as_mut)
-                .is_some_and(|ahead| ahead.found_after(&last));
+            let found_ahead = match read_ahead.as_deref_mut().and_then(Option::as_mut) {
+                Some(ahead) => ahead.found_after(&last).await,
+                None => false,
+            };
             let finished = !found_ahead
                 && !DB::has_keys_after(&mut tx, shape, &last, None)
                     .await
@@ -770,70 +767,96 @@ enum BatchDone {
 /// The next batch's bounds read on a pooled connection of their own while a batch's body
 /// runs: the index range scan that finds a batch's last key is then off the batch's path
 /// (on a server with a core to spare, it runs beside the body). Used only when it is for
-/// the batch that follows (the same checkpoint and size), has finished, and found a batch:
-/// otherwise the batch reads its bounds itself, as without it. A batch's range is whatever
-/// keys lie between its bounds when its body runs, so bounds read a moment early cover the
-/// same keys; "no key left" is never taken from it (a row inserted since counts), while
-/// keys it found after a batch spare that batch the question whether any are left.
+/// the batch that follows (the same checkpoint and size) and found a batch: otherwise the
+/// batch reads its bounds itself, as without it. A read still under way when its batch
+/// begins is waited for once it has its connection (its statement is then on the server,
+/// and reading again inside the batch would only repeat it); one still waiting for a
+/// connection of the pool is dropped (a pool with none to spare must not stall the walk).
+/// A batch's range is whatever keys lie between its bounds when its body runs, so bounds
+/// read a moment early cover the same keys; "no key left" is never taken from it (a row
+/// inserted since counts), while keys it found after a batch spare that batch the question
+/// whether any are left.
 pub(super) struct ReadAhead {
     after: Key,
     size: u32,
     task: tokio::task::JoinHandle<Result<Option<(Key, u64)>, sqlx::Error>>,
-    /// The read's bounds, once it has finished (`None` inside: no key was left).
+    /// Set by whichever comes first: the read, once it has its connection (its statement
+    /// is then on its way), or the drop of this handle (the read then ends without one).
+    claimed: Arc<AtomicBool>,
+    /// The read's bounds, once it has ended without an error (`None` inside: no key was
+    /// left).
     read: Option<Option<(Key, u64)>>,
+    /// Whether the task has ended (its result taken, or its error dropped).
+    ended: bool,
 }
 
 impl ReadAhead {
-    /// Starts reading the bounds of the batch of `size` keys after `after`.
+    /// Starts reading the bounds of the batch of `size` keys after `after`; `None` where
+    /// the pool has no connection to spare (all open, none idle): the batch reads its own.
     fn start<DB: Backend>(
         pool: &sqlx::Pool<DB>,
         shape: &Arc<KeyShape>,
         after: Key,
         size: u32,
-    ) -> Self {
+    ) -> Option<Self> {
+        if pool.num_idle() == 0 && pool.size() >= pool.options().get_max_connections() {
+            return None;
+        }
         let (pool, shape, from) = (pool.clone(), Arc::clone(shape), after.clone());
+        let claimed = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&claimed);
         let task = tokio::spawn(async move {
             let mut conn = pool.acquire().await?;
+            if flag.swap(true, Ordering::AcqRel) {
+                // Dropped while it waited for its connection: the connection goes back to
+                // the pool, for the next read.
+                return Ok(None);
+            }
             DB::next_batch(&mut conn, &shape, Some(&from), None, size).await
         });
-        ReadAhead {
+        Some(ReadAhead {
             after,
             size,
             task,
+            claimed,
             read: None,
-        }
+            ended: false,
+        })
     }
 
-    /// The read's bounds, if it has finished without an error.
-    fn finished(&mut self) -> Option<&Option<(Key, u64)>> {
-        if self.read.is_none()
-            && self.task.is_finished()
-            && let Some(Ok(Ok(next))) = futures_util::FutureExt::now_or_never(&mut self.task)
-        {
-            self.read = Some(next);
+    /// The read's bounds: waited for if the read is on the server; `None` if it failed or
+    /// is still waiting for a connection.
+    async fn settle(&mut self) -> Option<&Option<(Key, u64)>> {
+        if !self.ended && (self.task.is_finished() || self.claimed.load(Ordering::Acquire)) {
+            self.ended = true;
+            if let Ok(Ok(next)) = (&mut self.task).await {
+                self.read = Some(next);
+            }
         }
         self.read.as_ref()
     }
 
-    /// Whether the read, for the batch after `after`, has finished and found keys there.
-    fn found_after(&mut self, after: &Key) -> bool {
-        *after == self.after && matches!(self.finished(), Some(Some(_)))
+    /// Whether the read, for the batch after `after`, found keys there.
+    async fn found_after(&mut self, after: &Key) -> bool {
+        *after == self.after && matches!(self.settle().await, Some(Some(_)))
     }
 
-    /// The bounds read ahead, when they are for the batch of `size` keys after `after`,
-    /// the read has finished, and it found a batch.
-    fn take(mut self, after: Option<&Key>, size: u32) -> Option<(Key, u64)> {
+    /// The bounds read ahead, when they are for the batch of `size` keys after `after` and
+    /// the read found a batch.
+    async fn take(mut self, after: Option<&Key>, size: u32) -> Option<(Key, u64)> {
         if after != Some(&self.after) || size != self.size {
             return None;
         }
-        self.finished()?;
+        self.settle().await?;
         self.read.take().flatten()
     }
 }
 
 impl Drop for ReadAhead {
     fn drop(&mut self) {
-        // A read not taken is not waited for.
-        self.task.abort();
+        // A read not taken is not waited for. One still waiting for its connection gets it
+        // (a connection being opened is not thrown away: the next read takes it from the
+        // pool) and returns at once; one on the server ends there, its bounds unused.
+        self.claimed.store(true, Ordering::Release);
     }
 }

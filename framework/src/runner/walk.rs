@@ -229,7 +229,8 @@ impl BatchError {
 }
 
 /// The span of one batch: `id`, `batch` (its number), `size`, and with workers `worker` and
-/// `range`; `keys`, `rows`, `duration_ms` and `outcome` are filled when it ends.
+/// `range`; `bounds` (`ahead` or `read`) in a single walk's batches; `keys`, `rows`,
+/// `duration_ms` and `outcome` are filled when it ends.
 pub(super) fn batch_span(
     id: &str,
     number: u64,
@@ -243,6 +244,7 @@ pub(super) fn batch_span(
         size,
         worker = worker.map(|(w, _)| w),
         range = worker.map(|(_, r)| r),
+        bounds = tracing::field::Empty,
         keys = tracing::field::Empty,
         rows = tracing::field::Empty,
         duration_ms = tracing::field::Empty,
