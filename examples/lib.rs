@@ -155,6 +155,12 @@ pub mod bench {
             Ok(())
         }
 
+        /// Adds one round measured by the caller (who takes care of the turns).
+        pub fn record(&mut self, base: Duration, ours: Duration) {
+            self.base.push(base);
+            self.ours.push(ours);
+        }
+
         /// The median of the baseline's measurements.
         pub fn base(&self) -> Duration {
             middle(&self.base)
@@ -168,6 +174,22 @@ pub mod bench {
         /// Prints `ratio WHAT = r` (the median of the rounds' ratios, each listed) against
         /// its target; whether it is met.
         pub fn ratio(&self, what: &str, target: f64) -> bool {
+            let (r, rounds) = self.ratios();
+            println!(
+                "ratio {what} = {r:.2}x  (rounds: {rounds})  (target <= {target}x)  {}",
+                verdict(r <= target)
+            );
+            r <= target
+        }
+
+        /// Prints `ratio WHAT = r` (as [`Self::ratio`]), a figure without a target.
+        pub fn note(&self, what: &str) {
+            let (r, rounds) = self.ratios();
+            println!("ratio {what} = {r:.2}x  (rounds: {rounds})");
+        }
+
+        /// The median of the rounds' ratios, and each of them as printed.
+        fn ratios(&self) -> (f64, String) {
             let mut ratios: Vec<f64> = self
                 .ours
                 .iter()
@@ -181,11 +203,7 @@ pub mod bench {
                 .join(" ");
             ratios.sort_by(f64::total_cmp);
             let r = ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN);
-            println!(
-                "ratio {what} = {r:.2}x  (rounds: {rounds})  (target <= {target}x)  {}",
-                verdict(r <= target)
-            );
-            r <= target
+            (r, rounds)
         }
     }
 
