@@ -14,8 +14,8 @@ use super::pace::{Observed, Pacer};
 use super::plan::Step;
 use super::report::AppliedMigration;
 use super::walk::{
-    BatchError, BodyRun, MAX_NOTES, Position, Retry, Sizer, Timeouts, Walked, batch_ended,
-    batch_span, open_batch, run_body,
+    BatchError, BodyRun, DEFAULT_BATCH_LOCK_TIMEOUT, MAX_NOTES, Position, Retry, Sizer, Timeouts,
+    Walked, batch_ended, batch_span, open_batch, run_body,
 };
 use super::{Migrator, StopSignal};
 use crate::backend::{Backend, LoadSample, pinned};
@@ -411,7 +411,10 @@ impl<DB: Backend> Migrator<DB> {
                 }
             } else {
                 let ahead = match read_ahead.as_deref_mut().and_then(Option::take) {
-                    Some(ahead) => ahead.take(state.after.as_ref(), size).await,
+                    Some(ahead) => {
+                        let wait = timeouts.lock.unwrap_or(DEFAULT_BATCH_LOCK_TIMEOUT);
+                        ahead.take(state.after.as_ref(), size, wait).await
+                    }
                     None => None,
                 };
                 span.record("bounds", if ahead.is_some() { "ahead" } else { "read" });
@@ -770,8 +773,9 @@ enum BatchDone {
 /// the batch that follows (the same checkpoint and size) and found a batch: otherwise the
 /// batch reads its bounds itself, as without it. A read still under way when its batch
 /// begins is waited for once it has its connection (its statement is then on the server,
-/// and reading again inside the batch would only repeat it); one still waiting for a
-/// connection of the pool is dropped (a pool with none to spare must not stall the walk).
+/// and reading again inside the batch would only repeat it), at most the batch's lock
+/// timeout; one still waiting for a connection of the pool is dropped (a pool with none
+/// to spare must not stall the walk).
 /// A batch's range is whatever keys lie between its bounds when its body runs, so bounds
 /// read a moment early cover the same keys; "no key left" is never taken from it (a row
 /// inserted since counts), while keys it found after a batch spare that batch the question
@@ -824,30 +828,38 @@ impl ReadAhead {
         })
     }
 
-    /// The read's bounds: waited for if the read is on the server; `None` if it failed or
-    /// is still waiting for a connection.
-    async fn settle(&mut self) -> Option<&Option<(Key, u64)>> {
+    /// The read's bounds: waited for, at most `wait`, if the read is on the server; `None`
+    /// if it failed, is still waiting for a connection, or did not end in time (it then
+    /// goes on alone, and is not asked again).
+    async fn settle(&mut self, wait: Duration) -> Option<&Option<(Key, u64)>> {
         if !self.ended && (self.task.is_finished() || self.claimed.load(Ordering::Acquire)) {
             self.ended = true;
-            if let Ok(Ok(next)) = (&mut self.task).await {
+            if let Ok(Ok(Ok(next))) = tokio::time::timeout(wait, &mut self.task).await {
                 self.read = Some(next);
             }
         }
         self.read.as_ref()
     }
 
-    /// Whether the read, for the batch after `after`, found keys there.
+    /// Whether the read, for the batch after `after`, has ended and found keys there. Not
+    /// waited for: the batch asking holds its locks on the table, and a read queued behind
+    /// another session's lock request that waits for them would wait for this batch.
     async fn found_after(&mut self, after: &Key) -> bool {
-        *after == self.after && matches!(self.settle().await, Some(Some(_)))
+        if !self.task.is_finished() {
+            return false;
+        }
+        *after == self.after && matches!(self.settle(Duration::ZERO).await, Some(Some(_)))
     }
 
     /// The bounds read ahead, when they are for the batch of `size` keys after `after` and
-    /// the read found a batch.
-    async fn take(mut self, after: Option<&Key>, size: u32) -> Option<(Key, u64)> {
+    /// the read found a batch, waited for at most `wait` (the batch's lock timeout: no
+    /// longer than the batch's own read would be let wait for a lock). The batch taking
+    /// them has touched nothing of the table yet.
+    async fn take(mut self, after: Option<&Key>, size: u32, wait: Duration) -> Option<(Key, u64)> {
         if after != Some(&self.after) || size != self.size {
             return None;
         }
-        self.settle().await?;
+        self.settle(wait).await?;
         self.read.take().flatten()
     }
 }
