@@ -346,21 +346,21 @@ async fn main() -> anyhow::Result<()> {
         )))
         .fetch_all(&pool)
         .await?;
+        let first_range = format!(
+            "UPDATE {table} SET email = lower(email) WHERE id <= ? AND email <> lower(email)"
+        );
+        let next_range = format!(
+            "UPDATE {table} SET email = lower(email) WHERE id <= ? AND id > ? AND email <> lower(email)"
+        );
         let hand_loop = async || -> anyhow::Result<()> {
             let mut conn = pool.acquire().await?;
             let mut after: Option<&String> = None;
             for last in &bounds {
-                let update = format!("UPDATE {table} SET email = lower(email) WHERE id <= ?");
                 match after {
-                    None => {
-                        sqlx::query(AssertSqlSafe(format!("{update} AND email <> lower(email)")))
-                            .bind(last)
-                    }
-                    Some(after) => sqlx::query(AssertSqlSafe(format!(
-                        "{update} AND id > ? AND email <> lower(email)"
-                    )))
-                    .bind(last)
-                    .bind(after),
+                    None => sqlx::query(AssertSqlSafe(first_range.as_str())).bind(last),
+                    Some(after) => sqlx::query(AssertSqlSafe(next_range.as_str()))
+                        .bind(last)
+                        .bind(after),
                 }
                 .execute(&mut *conn)
                 .await?;
