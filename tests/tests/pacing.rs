@@ -4,7 +4,8 @@
 //! test's own writer); a batch that runs past its statement timeout is split in halves,
 //! and one that still does at `min_size` stops the migration naming its keys; an operator
 //! cancels a backfill from another process and only `run --restart` starts it again.
-//! Assertions are on progress events, the ledger and the rows, never on timing.
+//! Assertions are on progress events, the ledger and the rows, never on timing (but for
+//! one lower bound: a walk that pauses takes at least its pauses).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -182,9 +183,16 @@ async fn a_backfill_without_settings_runs_flat_out_alone_and_pauses_beside_an_ap
 
     // The application starts: the next batches are followed by pauses, and say why.
     let app = App::start(db.url()).await?;
-    let beside: Arc<Mutex<Vec<Progress>>> = Arc::default();
-    let second = migrator(&db, migration, &beside)
-        .await?
+    // Each event with the moment it came.
+    let events: Arc<Mutex<Vec<(std::time::Instant, Progress)>>> = Arc::default();
+    let sink = Arc::clone(&events);
+    let second = Migrator::new(PgPool::connect(db.url()).await?)
+        .migrations([migration])
+        .on_progress(move |p| {
+            sink.lock()
+                .unwrap()
+                .push((std::time::Instant::now(), p.clone()));
+        })
         .interrupt_after_batches(3)
         .run()
         .await;
@@ -194,7 +202,7 @@ async fn a_backfill_without_settings_runs_flat_out_alone_and_pauses_beside_an_ap
     );
     let transactions = app.stop().await?;
     assert!(transactions > 0);
-    let beside = beside.lock().unwrap().clone();
+    let (when, beside): (Vec<_>, Vec<_>) = events.lock().unwrap().iter().cloned().unzip();
     assert_eq!(beside.len(), 3, "{beside:?}");
     for event in &beside {
         let pacing = event.pacing.as_deref().unwrap_or_default();
@@ -205,6 +213,16 @@ async fn a_backfill_without_settings_runs_flat_out_alone_and_pauses_beside_an_ap
             "{event:?}"
         );
         assert!(event.pause_ms > 0, "{event:?}");
+    }
+    // The pauses are slept, not only reported: between two batches' events, at least the
+    // pause the first announced.
+    for (pair, event) in when.windows(2).zip(&beside) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= Duration::from_millis(event.pause_ms),
+            "a pause of {} ms announced, the next batch's event {gap:?} later",
+            event.pause_ms
+        );
     }
 
     // Alone again, it finishes; every row done once, and the report counts the pauses.

@@ -357,8 +357,9 @@ impl<DB: Backend> Migrator<DB> {
             if let Some(pause) = spec.pause() {
                 tokio::time::sleep(pause).await;
             }
-            if !std::mem::take(&mut pause_after).is_zero() {
-                tokio::time::sleep(pause_after).await;
+            let pause = std::mem::take(&mut pause_after);
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
             }
         }
     }
