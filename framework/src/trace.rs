@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `run` | `backend`, `mode` (`run`, `rerun`), `dry_run`; when it ends `applied`, `already_applied`, `paused`, `duration_ms`, `outcome` |
 //! | `migration` | `id`, `action` (`apply`, `resume`, `rerun`), `batched`; when it ends `rows`, `batches`, `workers`, `duration_ms`, `outcome` |
-//! | `batch` | `id`, `batch` (its number), `size`, `worker` and `range` (with workers); `bounds` in a single walk's batches (`ahead`: its keys read on another connection while the batch before ran, on MySQL; `read`: by the batch itself); when it ends `keys`, `rows`, `duration_ms`, `outcome` |
+//! | `batch` | `id`, `batch` (its number), `size`, `worker` and `range` (with workers); `bounds` in a single walk's batches (`ahead`: its keys read on another connection while the batch before ran, on MySQL; `read`: by the batch itself) and `begun` (`chained`: its transaction begun in the round trip of the commit of the batch before, on MariaDB; `own`: by the batch itself); when it ends `keys`, `rows`, `duration_ms`, `outcome` |
 //! | `copy` | `source` (`postgres`, `sqlite`), `mode`, `jobs`; when it ends `tables`, `rows`, `bytes`, `duration_ms`, `outcome` |
 //! | `copy_chunk` | `tables`, `chunks`; when it ends `rows`, `bytes`, `duration_ms`, `outcome` |
 //! | `fleet` | `backend`, `command` (`run`, `status`, `check`, `pause`, `resume`, `each`), `targets`, `concurrency`, `canary`; when it ends `applied`, `already_applied`, `done`, `failed`, `not_reached`, `duration_ms`, `outcome` |

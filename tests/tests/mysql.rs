@@ -214,11 +214,12 @@ async fn ddl_allowed(ctx: &mut Ctx<'_, MySql>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Bumps `items.v`, 100 keys a batch; batch 3 also creates a table with sqlx on the
-/// batch's connection (an implicit commit).
+/// Bumps `items.v`, 50 keys a batch; batch 3 (not the last: on MariaDB its transaction
+/// is begun in batch 2's commit, and its checkpoint goes out with its `COMMIT`) also
+/// creates a table with sqlx on the batch's connection (an implicit commit).
 #[datamig::migration(
     id = "20240301_0003_ddl_in_batch_3",
-    batch(table = "items", key = "id", size = 100)
+    batch(table = "items", key = "id", size = 50)
 )]
 async fn ddl_in_batch_3(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result<()> {
     ctx.execute_batch(
@@ -317,13 +318,13 @@ async fn ddl_in_a_later_batch_is_found_by_its_implicit_commit_and_the_checkpoint
     assert!(table_exists(db.pool(), "made_in_batch_3").await?);
     assert_eq!(
         scalar(db.pool(), "SELECT count(*) FROM items WHERE v = 1").await?,
-        300
+        150
     );
     let (checkpoint, batches): (Option<String>, i64) =
         sqlx::query_as("SELECT checkpoint, batches FROM datamig_ledger")
             .fetch_one(db.pool())
             .await?;
-    assert_eq!((checkpoint.as_deref(), batches), (Some("200"), 2));
+    assert_eq!((checkpoint.as_deref(), batches), (Some("100"), 2));
     Ok(())
 }
 
@@ -1469,46 +1470,160 @@ async fn a_key_of_a_type_batching_does_not_walk_is_refused_by_name() -> anyhow::
     Ok(())
 }
 
-/// Runs `bump_items` (three batches of 100 keys) and, once the run's first batch has
-/// committed and before its next begins, has `mark` pause or cancel it from another
-/// runner: the runner waits in its progress report until the mark is written.
-async fn marked_after_the_first_batch(
+/// A batch of a migration that waits, its rows written and its transaction open, while the
+/// test acts from another session.
+struct Gate {
+    /// The batch that waits (0: none).
+    batch: std::sync::atomic::AtomicU64,
+    /// Told by the waiting batch once it has written.
+    reached: tokio::sync::Notify,
+    /// Told by the test once it has acted.
+    acted: tokio::sync::Notify,
+}
+
+impl Gate {
+    const fn new() -> Self {
+        Gate {
+            batch: std::sync::atomic::AtomicU64::new(0),
+            reached: tokio::sync::Notify::const_new(),
+            acted: tokio::sync::Notify::const_new(),
+        }
+    }
+
+    /// A migration's body: bumps `items.v` over the batch, then, in the gate's batch,
+    /// waits for the test.
+    async fn bump(&self, ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result<()> {
+        ctx.execute_batch(
+            "UPDATE items SET v = v + 1 WHERE id > $1 AND id <= $2",
+            &batch,
+        )
+        .await?;
+        if batch.number() == self.batch.load(std::sync::atomic::Ordering::SeqCst) {
+            self.reached.notify_one();
+            tokio::time::timeout(Duration::from_secs(30), self.acted.notified())
+                .await
+                .map_err(|_| anyhow::anyhow!("batch {}: the test did not act", batch.number()))?;
+        }
+        Ok(())
+    }
+
+    /// Runs `migration` (whose body is [`Self::bump`]) and, while its batch `number` runs
+    /// (written, not yet committed), does `act`.
+    async fn act_while_batch_runs(
+        &self,
+        pool: &MySqlPool,
+        migration: &'static datamig::Migration,
+        number: u64,
+        act: impl AsyncFnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<Result<datamig::RunReport, datamig::Error>> {
+        self.batch
+            .store(number, std::sync::atomic::Ordering::SeqCst);
+        let runner = Migrator::new(pool.clone()).migrations([migration]);
+        let mut run = tokio::spawn(async move { runner.run().await });
+        tokio::select! {
+            _ = self.reached.notified() => {}
+            ended = &mut run => anyhow::bail!("the run ended before batch {number} ran: {ended:?}"),
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {
+                anyhow::bail!("batch {number} did not run within 30 s")
+            }
+        }
+        let acted = act().await;
+        self.acted.notify_one();
+        acted?;
+        Ok(run.await?)
+    }
+}
+
+/// The id of [`bump_until_marked`].
+const UNTIL_MARKED: &str = "20240406_0000_bump_until_marked";
+
+/// Where [`bump_until_marked`] waits.
+static UNTIL_MARKED_GATE: Gate = Gate::new();
+
+/// Bumps `items.v`, 100 keys a batch (three batches); one batch waits for the test's mark.
+#[datamig::migration(
+    id = "20240406_0000_bump_until_marked",
+    batch(table = "items", key = "id", size = 100)
+)]
+async fn bump_until_marked(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result<()> {
+    UNTIL_MARKED_GATE.bump(ctx, batch).await
+}
+
+/// Runs [`bump_until_marked`] and, while its batch `number` runs, has `mark` pause or
+/// cancel it from another runner.
+async fn marked_while_batch_runs(
     pool: &MySqlPool,
+    number: u64,
     mark: impl AsyncFnOnce(Migrator<MySql>) -> anyhow::Result<()>,
 ) -> anyhow::Result<datamig::RunReport> {
-    let (reached, mut first) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let (marked, written) = std::sync::mpsc::channel::<()>();
-    let written = std::sync::Mutex::new(written);
-    let once = std::sync::atomic::AtomicBool::new(false);
-    let runner = Migrator::new(pool.clone())
-        .migrations([&datamig_tests::bump_items::MIGRATION])
-        .on_progress(move |p| {
-            if p.batch_keys > 0 && !once.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                let _ = reached.send(());
-                // The runtime's other tasks go on meanwhile (the mark needs some).
-                tokio::task::block_in_place(|| {
-                    let _ = written
-                        .lock()
-                        .expect("not poisoned")
-                        .recv_timeout(Duration::from_secs(30));
-                });
-            }
-        });
-    let run = tokio::spawn(async move { runner.run().await });
-    if tokio::time::timeout(Duration::from_secs(30), first.recv())
-        .await?
-        .is_none()
-    {
-        anyhow::bail!(
-            "the run ended before its first batch committed: {:?}",
-            run.await?
-        );
-    }
-    let result =
-        mark(Migrator::new(pool.clone()).migrations([&datamig_tests::bump_items::MIGRATION])).await;
-    marked.send(())?;
-    result?;
-    Ok(run.await??)
+    let other = Migrator::new(pool.clone()).migrations([&bump_until_marked::MIGRATION]);
+    let run = UNTIL_MARKED_GATE
+        .act_while_batch_runs(pool, &bump_until_marked::MIGRATION, number, async || {
+            mark(other).await
+        })
+        .await?;
+    Ok(run?)
+}
+
+/// Where [`bump_moved`] waits.
+static MOVED_GATE: Gate = Gate::new();
+
+/// Bumps `items.v`, 50 keys a batch (six batches); one batch waits while the test moves
+/// its ledger row.
+#[datamig::migration(
+    id = "20240406_0001_bump_moved",
+    batch(table = "items", key = "id", size = 50)
+)]
+async fn bump_moved(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result<()> {
+    MOVED_GATE.bump(ctx, batch).await
+}
+
+/// A batch whose ledger row another session moved while it ran does not commit: on
+/// MariaDB its checkpoint, `COMMIT` and the next begin go out as one text, which stops
+/// before the `COMMIT` when the row did not change; the batch rolls back and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_ledger_row_was_moved_while_it_ran_rolls_back_and_says_so()
+-> anyhow::Result<()> {
+    let db = fixture_database(&[]).await?;
+    // Batch 3: begun in batch 2's commit, and committing the same way (not the last).
+    let run = MOVED_GATE
+        .act_while_batch_runs(db.pool(), &bump_moved::MIGRATION, 3, async || {
+            sqlx::query("UPDATE datamig_ledger SET checkpoint = '250' WHERE id = ?")
+                .bind(bump_moved::MIGRATION.id())
+                .execute(db.pool())
+                .await?;
+            Ok(())
+        })
+        .await?;
+    let message = run.expect_err("the batch does not commit").to_string();
+    assert!(message.contains(bump_moved::MIGRATION.id()), "{message}");
+    assert!(
+        message.contains(
+            "batch 3: its ledger row is no longer at the checkpoint this runner started from \
+             (100); another runner must have moved it"
+        ),
+        "{message}"
+    );
+    assert_eq!(
+        scalar(db.pool(), "SELECT count(*) FROM items WHERE v = 1").await?,
+        100,
+        "batches 1 and 2 committed, batch 3 rolled back"
+    );
+    assert_eq!(
+        scalar(
+            db.pool(),
+            "SELECT count(*) FROM items WHERE v = 1 AND id <= 100"
+        )
+        .await?,
+        100
+    );
+    let (checkpoint, batches): (Option<String>, i64) =
+        sqlx::query_as("SELECT checkpoint, batches FROM datamig_ledger WHERE id = ?")
+            .bind(bump_moved::MIGRATION.id())
+            .fetch_one(db.pool())
+            .await?;
+    assert_eq!((checkpoint.as_deref(), batches), (Some("250"), 2));
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1519,12 +1634,14 @@ async fn a_pause_or_a_cancel_written_while_a_backfill_walks_stops_it_before_its_
         Ok(sqlx::query_as(
             "SELECT status, CAST(batches AS signed) FROM datamig_ledger WHERE id = ?",
         )
-        .bind(BUMP_ITEMS)
+        .bind(UNTIL_MARKED)
         .fetch_one(db.pool())
         .await?)
     };
-    let report = marked_after_the_first_batch(db.pool(), async |other| {
-        other.pause(BUMP_ITEMS, Some("replica lag")).await?;
+    // Written while batch 1 runs: batch 1 (it inserts the ledger row) commits on its own,
+    // and batch 2's begin finds the pause.
+    let report = marked_while_batch_runs(db.pool(), 1, async |other| {
+        other.pause(UNTIL_MARKED, Some("replica lag")).await?;
         Ok(())
     })
     .await?;
@@ -1553,11 +1670,13 @@ async fn a_pause_or_a_cancel_written_while_a_backfill_walks_stops_it_before_its_
 
     // Resumed, and cancelled the same way: the walk stops again, the cancel recorded.
     Migrator::new(db.pool().clone())
-        .migrations([&datamig_tests::bump_items::MIGRATION])
-        .resume(BUMP_ITEMS)
+        .migrations([&bump_until_marked::MIGRATION])
+        .resume(UNTIL_MARKED)
         .await?;
-    let report = marked_after_the_first_batch(db.pool(), async |other| {
-        other.cancel(BUMP_ITEMS, Some("wrong data")).await?;
+    // Written while batch 2 runs: on MariaDB, batch 2's commit begins batch 3 in the same
+    // round trip and finds the cancel there; batch 3 then stops before it does anything.
+    let report = marked_while_batch_runs(db.pool(), 2, async |other| {
+        other.cancel(UNTIL_MARKED, Some("wrong data")).await?;
         Ok(())
     })
     .await?;
@@ -1578,7 +1697,7 @@ async fn a_pause_or_a_cancel_written_while_a_backfill_walks_stops_it_before_its_
         "SELECT action, outcome, reason FROM datamig_runs WHERE migration_id = ?
          ORDER BY run_id DESC LIMIT 2",
     )
-    .bind(BUMP_ITEMS)
+    .bind(UNTIL_MARKED)
     .fetch_all(db.pool())
     .await?;
     assert_eq!(history[1].0, "cancel");
@@ -1683,6 +1802,11 @@ async fn a_walk_on_a_fresh_pool_takes_its_batches_bounds_from_the_reads_ahead() 
         "read",
         "the first batch reads its own"
     );
+    // The first batch inserts the ledger row and the second begins on its own; from the
+    // third on, each batch's transaction was begun in the commit of the batch before.
+    let begun: Vec<&str> = batches.iter().map(|b| b.field("begun")).collect();
+    assert_eq!(begun[..2], ["own", "own"], "{begun:?}");
+    assert!(begun[2..].iter().all(|b| *b == "chained"), "{begun:?}");
     let ahead = batches
         .iter()
         .filter(|b| b.field("bounds") == "ahead")
@@ -1695,5 +1819,43 @@ async fn a_walk_on_a_fresh_pool_takes_its_batches_bounds_from_the_reads_ahead() 
             .map(|b| b.field("bounds"))
             .collect::<Vec<_>>()
     );
+    Ok(())
+}
+
+/// Bumps `items.v`, 50 keys a batch, with a pause after each batch.
+#[datamig::migration(
+    id = "20240406_0002_bump_with_pauses",
+    batch(table = "items", key = "id", size = 50, pause = "1ms")
+)]
+async fn bump_with_pauses(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result<()> {
+    ctx.execute_batch("UPDATE items SET v = v + 1 WHERE {batch}", &batch)
+        .await?;
+    Ok(())
+}
+
+/// A walk that pauses between batches does not keep the transaction a batch's commit
+/// began for the next one through the pause (an operator's pause written meanwhile must
+/// stop it): that transaction is rolled back, and each batch begins its own.
+#[tokio::test]
+async fn a_walk_that_pauses_between_batches_begins_each_batch_after_the_pause() -> anyhow::Result<()>
+{
+    datamig_tests::spans::captured();
+    let db = fixture_database(&[]).await?;
+    let report = Migrator::new(db.pool().clone())
+        .migrations([&bump_with_pauses::MIGRATION])
+        .run()
+        .await?;
+    assert_eq!(report.applied[0].batches, 6);
+    assert_eq!(
+        scalar(db.pool(), "SELECT CAST(SUM(v = 1) AS signed) FROM items").await?,
+        300,
+        "every row exactly once"
+    );
+    let begun: Vec<String> = datamig_tests::spans::spans_named("batch")
+        .into_iter()
+        .filter(|b| b.field("id") == bump_with_pauses::MIGRATION.id())
+        .map(|b| b.field("begun").to_string())
+        .collect();
+    assert_eq!(begun, ["own"; 6], "{begun:?}");
     Ok(())
 }

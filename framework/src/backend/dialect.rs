@@ -99,9 +99,19 @@ pub(crate) fn to_mysql(sql: &str) -> String {
 /// order: also returns, for each `?` in order, the number of the parameter it stands for,
 /// so that the caller binds `values[n - 1]` at each.
 pub(crate) fn to_mysql_params(sql: &str) -> (String, Vec<usize>) {
+    let mut params = Vec::new();
+    let out = to_mysql_with(sql, |n| {
+        params.push(n);
+        "?".to_string()
+    });
+    (out, params)
+}
+
+/// [`to_mysql`] with each numbered parameter `$n` written as `param(n)` says (a `?`, or a
+/// literal for a statement sent as text among others).
+pub(crate) fn to_mysql_with(sql: &str, mut param: impl FnMut(usize) -> String) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut chars = sql.chars().peekable();
-    let mut params = Vec::new();
     while let Some(c) = chars.next() {
         match c {
             '\'' => {
@@ -154,8 +164,7 @@ pub(crate) fn to_mysql_params(sql: &str) -> (String, Vec<usize>) {
                     n = n * 10 + d as usize;
                     chars.next();
                 }
-                params.push(n);
-                out.push('?');
+                out.push_str(&param(n));
             }
             c if c.is_ascii_alphabetic() || c == '_' => {
                 let mut word = String::from(c);
@@ -178,7 +187,7 @@ pub(crate) fn to_mysql_params(sql: &str) -> (String, Vec<usize>) {
             _ => out.push(c),
         }
     }
-    (out, params)
+    out
 }
 
 #[cfg(test)]

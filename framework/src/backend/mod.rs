@@ -26,7 +26,7 @@ pub(crate) mod steps;
 mod values;
 
 pub use lock_token::LockToken;
-pub(crate) use steps::LoadSample;
+pub(crate) use steps::{Chained, LoadSample};
 use steps::{
     ConnectionSteps, LedgerSteps, LockSteps, RangeSteps, TableSteps, UpsertSteps, WalkSteps,
 };

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 
 use super::apply::Failure;
+use super::chain::{BatchTx, Link};
 use super::key_check::batch_key;
 use super::pace::{Observed, Pacer};
 use super::plan::Step;
@@ -18,7 +19,7 @@ use super::walk::{
     Walked, batch_ended, batch_span, open_batch, run_body,
 };
 use super::{Migrator, StopSignal};
-use crate::backend::{Backend, LoadSample, pinned};
+use crate::backend::{Backend, Chained, LoadSample, pinned};
 use crate::error::Error;
 use crate::key::{Key, KeyShape};
 use crate::ledger::{Action, Attempt, LedgerWrite, STATUS_APPLIED, STATUS_RUNNING};
@@ -115,6 +116,11 @@ impl<DB: Backend> Migrator<DB> {
         let mut read_ahead: Option<ReadAhead> = None;
         let reads_ahead =
             DB::READS_AHEAD && !self.dry_run && pacer.is_none() && spec.target().is_none();
+        // Without a health check to run before each batch or a lease to fence it with, a
+        // batch's commit may begin the next batch (see `chain.rs`); one begun before a
+        // pause between batches is rolled back before the pause.
+        let chains = !self.dry_run && !self.leased() && self.health_checks.is_empty();
+        let mut link = Link::new(conn);
 
         loop {
             if self
@@ -130,7 +136,12 @@ impl<DB: Backend> Migrator<DB> {
                 keys: state.run_keys,
                 checkpoint: state.after.as_ref().map(ToString::to_string),
             };
-            if let Err(failure) = self.wait_until_healthy(conn, migration, &position).await {
+            if self.health_checks.is_empty() {
+                // Nothing to wait for.
+            } else if let Err(failure) = self
+                .wait_until_healthy(link.idle().await, migration, &position)
+                .await
+            {
                 return Err(match failure {
                     Failure::Migration {
                         message,
@@ -138,6 +149,7 @@ impl<DB: Backend> Migrator<DB> {
                         source,
                     } => {
                         let failure = (message, panicked, source);
+                        let conn = link.idle().await;
                         self.batch_failure(conn, migration, step.action, &state, failure)
                             .await
                     }
@@ -151,10 +163,10 @@ impl<DB: Backend> Migrator<DB> {
             let outcome = loop {
                 let result = match self
                     .batch(
-                        conn,
+                        &mut link,
                         migration,
                         run,
-                        (&shape, size, rest),
+                        (&shape, size, rest, chains),
                         pacer.is_some(),
                         reads_ahead.then_some(&mut read_ahead),
                         &state,
@@ -201,6 +213,7 @@ impl<DB: Backend> Migrator<DB> {
                 Err(BatchError::Paused(pause)) => return Err(Failure::Paused(pause)),
                 Err(BatchError::Cancelled(cancel)) => {
                     let counts = (state.batches, state.run_rows, state.checkpoint.clone());
+                    let conn = link.idle().await;
                     return Err(self
                         .cancelled(conn, migration, step.action, cancel, counts)
                         .await);
@@ -235,6 +248,7 @@ impl<DB: Backend> Migrator<DB> {
                             unreachable!("matched above")
                         }
                     };
+                    let conn = link.idle().await;
                     return Err(self
                         .batch_failure(conn, migration, step.action, &state, failure)
                         .await);
@@ -354,11 +368,15 @@ impl<DB: Backend> Migrator<DB> {
                     checkpoint: state.after.as_ref().map(ToString::to_string),
                 });
             }
+            // An operator's pause written while the walk waits stops it before its next
+            // batch: that batch's transaction, begun before, goes.
             if let Some(pause) = spec.pause() {
+                link.idle().await;
                 tokio::time::sleep(pause).await;
             }
             let pause = std::mem::take(&mut pause_after);
             if !pause.is_zero() {
+                link.idle().await;
                 tokio::time::sleep(pause).await;
             }
         }
@@ -373,10 +391,10 @@ impl<DB: Backend> Migrator<DB> {
     #[allow(clippy::too_many_arguments)]
     async fn batch(
         &self,
-        conn: &mut PoolConnection<DB>,
+        link: &mut Link<'_, DB>,
         migration: &'static Migration,
         run: BatchFn<DB>,
-        (shape, size, rest): (&Arc<KeyShape>, u32, bool),
+        (shape, size, rest, chains): (&Arc<KeyShape>, u32, bool, bool),
         sample: bool,
         mut read_ahead: Option<&mut Option<ReadAhead>>,
         state: &BatchState,
@@ -388,14 +406,20 @@ impl<DB: Backend> Migrator<DB> {
         let began = Instant::now();
         let result = async {
             let classify = |err| BatchError::database::<DB>(err, state.batches + 1);
-            let mut tx = open_batch!(
-                self,
-                conn,
-                migration.id(),
-                state.batches + 1,
-                timeouts,
-                classify
-            );
+            span.record("begun", if link.has_next() { "chained" } else { "own" });
+            let mut tx = if link.has_next() {
+                link.take_next()
+            } else {
+                let conn = link.conn();
+                BatchTx::Own(open_batch!(
+                    self,
+                    conn,
+                    migration.id(),
+                    state.batches + 1,
+                    timeouts,
+                    classify
+                ))
+            };
             let next = if rest {
                 match DB::last_key(&mut tx, shape, state.after.as_ref())
                     .await
@@ -441,7 +465,7 @@ impl<DB: Backend> Migrator<DB> {
                 }
                 attempt.rows_affected = state.run_rows;
                 attempt.total_rows = state.total_rows;
-                self.commit_batch(tx, &attempt, true).await?;
+                self.commit_batch(tx, &attempt, true, None).await?;
                 return Ok(BatchDone::NothingLeft);
             };
 
@@ -581,7 +605,13 @@ impl<DB: Backend> Migrator<DB> {
             let room = MAX_NOTES.saturating_sub(attempt.notes.len());
             attempt.notes.extend(notes.iter().take(room).cloned());
             attempt.finished_at = Utc::now();
-            self.commit_batch(tx, &attempt, finished).await?;
+            // The next batch begins in this one's commit where it follows at once.
+            let chain =
+                (chains && !finished && !self.stop.as_ref().is_some_and(StopSignal::is_stopped))
+                    .then_some(timeouts);
+            if self.commit_batch(tx, &attempt, finished, chain).await? {
+                link.hold_next();
+            }
             Ok(BatchDone::Committed {
                 last,
                 keys,
@@ -610,13 +640,16 @@ impl<DB: Backend> Migrator<DB> {
     }
 
     /// Writes the checkpoint (and, for the last batch, the run history) in the batch's
-    /// transaction, then commits.
+    /// transaction, then commits. With `chain` (the next batch's timeouts), the backend
+    /// may begin the next batch's transaction in the same round trip: `true` when it did,
+    /// and the transaction open on the connection is the next batch's.
     async fn commit_batch(
         &self,
-        mut tx: sqlx::Transaction<'_, DB>,
+        mut tx: BatchTx<'_, DB>,
         attempt: &Attempt,
         finished: bool,
-    ) -> Result<(), BatchError> {
+        chain: Option<Timeouts>,
+    ) -> Result<bool, BatchError> {
         let mut attempt = attempt.clone();
         if finished {
             attempt.status = STATUS_APPLIED;
@@ -626,18 +659,56 @@ impl<DB: Backend> Migrator<DB> {
             let _ = tx.rollback().await;
             return Err(BatchError::Fenced(err));
         }
+        let moved = || {
+            let from = match &attempt.write {
+                LedgerWrite::Continue {
+                    expected: Some(checkpoint),
+                } => checkpoint.as_str(),
+                _ => "the first key",
+            };
+            BatchError::Failed {
+                message: format!(
+                    "batch {}: its ledger row is no longer at the checkpoint this runner \
+                     started from ({from}); another runner must have moved it",
+                    attempt.batches
+                ),
+                panicked: false,
+                source: None,
+            }
+        };
+        if let Some(next) = chain.filter(|_| !finished) {
+            let chained =
+                DB::commit_and_begin(&mut tx, &self.ledger, &attempt, next.lock, next.statement);
+            match chained.await {
+                Ok(Chained::Unsupported) => {}
+                Ok(Chained::Committed { marked: false }) => {
+                    tx.hand_on();
+                    return Ok(true);
+                }
+                Ok(Chained::Committed { marked: true }) => {
+                    // Committed. The next batch's begin reads the pause or the cancel and
+                    // stops there; the transaction begun for it goes.
+                    let _ = tx.rollback().await;
+                    return Ok(false);
+                }
+                Ok(Chained::NotWritten) => {
+                    let _ = tx.rollback().await;
+                    return Err(moved());
+                }
+                Ok(Chained::Refused(err)) => {
+                    let _ = tx.rollback().await;
+                    return Err(classify(err));
+                }
+                // As after a failed `COMMIT`: the caller reads the ledger again to tell.
+                Err(err) => return Err(BatchError::Commit(err)),
+            }
+        }
         if !DB::write_ledger(&mut tx, &self.ledger, &attempt)
             .await
             .map_err(classify)?
         {
             let _ = tx.rollback().await;
-            return Err(BatchError::Failed {
-                message: "its ledger row is no longer at the checkpoint this runner started from; \
-                          another runner must have moved it"
-                    .to_string(),
-                panicked: false,
-                source: None,
-            });
+            return Err(moved());
         }
         if finished {
             DB::record_run(&mut tx, &self.ledger, &attempt, None)
@@ -645,7 +716,8 @@ impl<DB: Backend> Migrator<DB> {
                 .map_err(classify)?;
         }
         // A failed COMMIT is not a rollback: the caller reads the ledger again to tell.
-        tx.commit().await.map_err(BatchError::Commit)
+        tx.commit().await.map_err(BatchError::Commit)?;
+        Ok(false)
     }
 
     /// Records a batch failure (its message, whether it panicked, its error) in the run

@@ -9,6 +9,7 @@
 
 mod apply;
 mod batch;
+mod chain;
 mod join;
 mod key_check;
 mod layout;

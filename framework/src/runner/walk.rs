@@ -245,6 +245,7 @@ pub(super) fn batch_span(
         worker = worker.map(|(w, _)| w),
         range = worker.map(|(_, r)| r),
         bounds = tracing::field::Empty,
+        begun = tracing::field::Empty,
         keys = tracing::field::Empty,
         rows = tracing::field::Empty,
         duration_ms = tracing::field::Empty,

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::mysql::MySqlConnection;
-use sqlx::{AssertSqlSafe, Connection, MySql};
+use sqlx::{AssertSqlSafe, Connection, MySql, Row};
 
 use super::server::error_number;
 use super::sql::{ident, query, query_scalar};
+use crate::backend::dialect::{to_mysql, to_mysql_with};
 use crate::backend::shared::Shared;
-use crate::backend::steps::LedgerSteps;
+use crate::backend::steps::{Chained, LedgerSteps};
 use crate::error::Error;
 use crate::ledger::{Attempt, LAYOUT, LastRun, LedgerConfig, LedgerEntry, LedgerWrite, Pause};
 
@@ -254,11 +255,9 @@ impl LedgerSteps for MySql {
         if conn.is_in_transaction() || statement_timeout.is_some() {
             return Ok(None);
         }
-        // The id as the bytes of a hex literal: no quoting to get wrong.
-        let hex: String = id.bytes().map(|b| format!("{b:02x}")).collect();
         let check = format!(
             "SET @datamig_marks = (SELECT 1 UNION ALL SELECT 1 {})",
-            marks_in_force_of(config, &format!("CONVERT(X'{hex}' USING utf8mb4)"))
+            marks_in_force_of(config, &Value::Text(Some(id.to_string())).literal())
         );
         let check = crate::backend::dialect::to_mysql(&check);
         let sql = super::begin_sql(Some(&check), lock_timeout, None);
@@ -266,6 +265,66 @@ impl LedgerSteps for MySql {
             Ok(tx) => Ok(Some(tx)),
             Err(err) if error_number(&err) == Some(SUBQUERY_ROWS) => Ok(None),
             Err(err) => Err(err),
+        }
+    }
+
+    async fn commit_and_begin(
+        conn: &mut MySqlConnection,
+        config: &LedgerConfig,
+        a: &Attempt,
+        lock_timeout: Option<Duration>,
+        statement_timeout: Option<Duration>,
+    ) -> Result<Chained, sqlx::Error> {
+        // Only a batch's `UPDATE`, and only where it checks its transaction itself
+        // (MariaDB): on MySQL, the check is a statement of its own before it.
+        if !matches!(a.write, LedgerWrite::Continue { .. })
+            || statement_timeout.is_some()
+            || !UPDATE_CHECKS_TRANSACTION.load(Ordering::Relaxed)
+        {
+            return Ok(Chained::Unsupported);
+        }
+        // One text of statements, the values written in: the row's `UPDATE`; a subquery
+        // the server refuses (ER_SUBQUERY_NO_1_ROW) unless it changed exactly one row, which
+        // stops the text before `COMMIT`; `COMMIT`; the next batch's begin; whether a
+        // pause or a cancel is in force.
+        let (update, values) = row_statement(config, a, true);
+        let update = to_mysql_with(&update, |n| values[n - 1].literal());
+        let written = "SET @datamig_written = (SELECT 1 UNION ALL SELECT 1 FROM DUAL \
+                       WHERE ROW_COUNT() <> 1)";
+        let marks = to_mysql(&format!(
+            "SELECT EXISTS (SELECT 1 {})",
+            marks_in_force_of(config, &Value::Text(Some(a.id.to_string())).literal())
+        ));
+        let first = format!("{update}; {written}; COMMIT");
+        let sql = format!(
+            "{}; {marks}",
+            super::begin_sql(Some(&first), lock_timeout, None)
+        );
+        match sqlx::raw_sql(AssertSqlSafe(sql))
+            .fetch_all(&mut *conn)
+            .await
+        {
+            Ok(rows) => {
+                let marked = match rows.last() {
+                    Some(row) => row.try_get::<i64, _>(0)? != 0,
+                    None => false,
+                };
+                Ok(Chained::Committed { marked })
+            }
+            Err(err) => match error_number(&err) {
+                Some(SUBQUERY_ROWS) => match still_atomic(conn, a).await {
+                    Ok(()) => Ok(Chained::NotWritten),
+                    Err(gone) => Ok(Chained::Refused(gone)),
+                },
+                Some(UNKNOWN_SYSTEM_VARIABLE) => {
+                    // MySQL: refused before it ran, the transaction as it was.
+                    UPDATE_CHECKS_TRANSACTION.store(false, Ordering::Relaxed);
+                    Ok(Chained::Unsupported)
+                }
+                // Only the `UPDATE` waits for locks: nothing committed.
+                Some(LOCK_WAIT_TIMEOUT | DEADLOCK) => Ok(Chained::Refused(err)),
+                _ => Err(err),
+            },
         }
     }
 
@@ -302,8 +361,13 @@ fn marks_in_force_of(config: &LedgerConfig, id: &str) -> String {
     )
 }
 
-/// ER_SUBQUERY_NO_1_ROW: the check of `begin_unless_marked` found a mark in force.
+/// ER_SUBQUERY_NO_1_ROW: the check of `begin_unless_marked` found a mark in force, or
+/// the `UPDATE` of `commit_and_begin` did not change its row.
 const SUBQUERY_ROWS: u16 = 1242;
+
+/// ER_LOCK_WAIT_TIMEOUT and ER_LOCK_DEADLOCK.
+const LOCK_WAIT_TIMEOUT: u16 = 1205;
+const DEADLOCK: u16 = 1213;
 
 /// Whether the ledger's `UPDATE`s check their transaction themselves (see `write_ledger`):
 /// until a server refuses `@@in_transaction` (MySQL), for the rest of the process. A wrong
@@ -322,24 +386,65 @@ async fn write_row(
     a: &Attempt,
     guarded: bool,
 ) -> Result<bool, sqlx::Error> {
+    let (sql, values) = row_statement(config, a, guarded);
+    let mut q = query(AssertSqlSafe(sql));
+    for value in values {
+        q = match value {
+            Value::Text(text) => q.bind(text),
+            Value::Int(n) => q.bind(n),
+            Value::Time(at) => q.bind(at),
+        };
+    }
+    Ok(q.execute(conn).await?.rows_affected() == 1)
+}
+
+/// A value of a ledger row's statement: bound as a parameter, or written into the
+/// statement as a literal where it goes out as text among others (`commit_and_begin`).
+enum Value {
+    Text(Option<String>),
+    Int(i64),
+    Time(DateTime<Utc>),
+}
+
+impl Value {
+    /// The value as a MySQL literal: text as the bytes of a hex literal read as
+    /// `utf8mb4` (no quoting to get wrong), a time as the `DATETIME(6)` it is stored as
+    /// (UTC, as sqlx binds it).
+    fn literal(&self) -> String {
+        match self {
+            Value::Text(None) => "NULL".to_string(),
+            Value::Text(Some(text)) => {
+                let hex: String = text.bytes().map(|b| format!("{b:02x}")).collect();
+                format!("CONVERT(X'{hex}' USING utf8mb4)")
+            }
+            Value::Int(n) => n.to_string(),
+            Value::Time(at) => format!("'{}'", at.format("%Y-%m-%d %H:%M:%S%.6f")),
+        }
+    }
+}
+
+/// The statement that writes `a`'s ledger row (numbered parameters, in standard SQL) and
+/// its values in order; `guarded` as in [`write_row`].
+fn row_statement(config: &LedgerConfig, a: &Attempt, guarded: bool) -> (String, Vec<Value>) {
     let open = if guarded {
         " AND @@in_transaction = 1"
     } else {
         ""
     };
     let ledger = config.ledger_ident();
-    let revision = i32::try_from(a.revision).unwrap_or(i32::MAX);
+    let revision = i64::from(i32::try_from(a.revision).unwrap_or(i32::MAX));
     if a.write == LedgerWrite::Accept {
-        let done = query(AssertSqlSafe(format!(
-            "UPDATE {ledger} SET checksum = $1, revision = $2, description = $3 WHERE id = $4"
-        )))
-        .bind(a.checksum.as_ref())
-        .bind(revision)
-        .bind(a.description.as_ref())
-        .bind(a.id.as_ref())
-        .execute(conn)
-        .await?;
-        return Ok(done.rows_affected() == 1);
+        return (
+            format!(
+                "UPDATE {ledger} SET checksum = $1, revision = $2, description = $3 WHERE id = $4"
+            ),
+            vec![
+                Value::Text(Some(a.checksum.to_string())),
+                Value::Int(revision),
+                Value::Text(Some(a.description.to_string())),
+                Value::Text(Some(a.id.to_string())),
+            ],
+        );
     }
     // The same exactly-once statements as the other backends' (see `shared.rs`): an
     // insert refused by the primary key a second time; a re-run only while the row
@@ -361,30 +466,34 @@ async fn write_row(
         ),
         LedgerWrite::Accept => unreachable!("handled above"),
     };
-    let mut q = query(AssertSqlSafe(sql))
-        .bind(a.checksum.as_ref())
-        .bind(revision)
-        .bind(a.description.as_ref())
-        .bind(a.first_started_at)
-        .bind(a.finished_at)
-        .bind(a.total_duration_ms())
-        .bind(a.total_rows_i64())
-        .bind(a.notes_text())
-        .bind(a.host.as_str())
-        .bind(&a.app_version)
-        .bind(a.status)
-        .bind(&a.checkpoint)
-        .bind(i64::try_from(a.batches).unwrap_or(i64::MAX))
-        .bind(a.id.as_ref());
+    let mut values = vec![
+        Value::Text(Some(a.checksum.to_string())),
+        Value::Int(revision),
+        Value::Text(Some(a.description.to_string())),
+        Value::Time(a.first_started_at),
+        Value::Time(a.finished_at),
+        Value::Int(a.total_duration_ms()),
+        Value::Int(a.total_rows_i64()),
+        Value::Text(a.notes_text()),
+        Value::Text(Some(a.host.clone())),
+        Value::Text(a.app_version.clone()),
+        Value::Text(Some(a.status.to_string())),
+        Value::Text(a.checkpoint.clone()),
+        Value::Int(i64::try_from(a.batches).unwrap_or(i64::MAX)),
+        Value::Text(Some(a.id.to_string())),
+    ];
     match &a.write {
         LedgerWrite::Rerun {
             checksum,
             run_count,
-        } => q = q.bind(checksum.as_str()).bind(*run_count),
-        LedgerWrite::Continue { expected } => q = q.bind(expected.clone()),
+        } => {
+            values.push(Value::Text(Some(checksum.clone())));
+            values.push(Value::Int(i64::from(*run_count)));
+        }
+        LedgerWrite::Continue { expected } => values.push(Value::Text(expected.clone())),
         LedgerWrite::Insert | LedgerWrite::Accept => {}
     }
-    Ok(q.execute(conn).await?.rows_affected() == 1)
+    (sql, values)
 }
 
 /// A pause, as `pause_state` reads it: migration, by, host, at, reason.

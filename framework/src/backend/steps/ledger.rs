@@ -5,7 +5,31 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::connection::ConnectionSteps;
+#[cfg(doc)]
+use crate::ledger::LedgerWrite;
 use crate::ledger::{Attempt, LastRun, LedgerConfig, LedgerEntry, Pause};
+
+/// What [`LedgerSteps::commit_and_begin`] did.
+#[derive(Debug)]
+pub enum Chained {
+    /// Nothing: the backend cannot, or not for this write or these timeouts. The
+    /// transaction is as it was; the caller writes the row and commits step by step.
+    Unsupported,
+    /// The row was not at the checkpoint the write expects: nothing was committed, and the
+    /// transaction is still open.
+    NotWritten,
+    /// The row could not be written (a lock wait, a deadlock, a transaction a statement of
+    /// the body had committed implicitly): nothing was committed by this step, and the
+    /// caller rolls the transaction back (the server may have done so already).
+    Refused(sqlx::Error),
+    /// Committed, and the next batch's transaction is open. `marked`: a pause or a cancel
+    /// of the migration is in force, and the caller rolls that transaction back (the
+    /// next batch's begin then finds the mark).
+    Committed {
+        /// Whether a pause or a cancel of the migration is in force.
+        marked: bool,
+    },
+}
 
 /// The ledger's steps. Most are written once for every backend (`shared.rs`).
 pub trait LedgerSteps: ConnectionSteps {
@@ -99,6 +123,23 @@ pub trait LedgerSteps: ConnectionSteps {
         _statement_timeout: Option<Duration>,
     ) -> impl Future<Output = Result<Option<sqlx::Transaction<'c, Self>>, sqlx::Error>> + Send {
         async { Ok(None) }
+    }
+
+    /// Writes a batch's ledger row (`attempt`, a [`LedgerWrite::Continue`]), commits, and
+    /// begins the next batch's transaction (as [`Self::begin_unless_marked`] with
+    /// `lock_timeout`) in one round trip, where the backend can send them at once; see
+    /// [`Chained`] for what it did. Runs inside the batch's transaction, which the caller
+    /// (sqlx's transaction depth included) takes to be the next batch's when it returns
+    /// [`Chained::Committed`]. An `Err` leaves it unknown whether the batch committed,
+    /// as after a failed `COMMIT`.
+    fn commit_and_begin(
+        _conn: &mut Self::Connection,
+        _config: &LedgerConfig,
+        _attempt: &Attempt,
+        _lock_timeout: Option<Duration>,
+        _statement_timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<Chained, sqlx::Error>> + Send {
+        async { Ok(Chained::Unsupported) }
     }
 
     /// Whether the schema migration `version` of `sqlx migrate` has been applied

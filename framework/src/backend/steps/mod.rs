@@ -12,7 +12,7 @@ mod upsert;
 mod walk;
 
 pub use connection::ConnectionSteps;
-pub use ledger::LedgerSteps;
+pub use ledger::{Chained, LedgerSteps};
 pub use lock::LockSteps;
 pub use ranges::RangeSteps;
 pub use tables::TableSteps;
