@@ -365,8 +365,10 @@ fn marks_in_force_of(config: &LedgerConfig, id: &str) -> String {
 /// the `UPDATE` of `commit_and_begin` did not change its row.
 const SUBQUERY_ROWS: u16 = 1242;
 
-/// ER_LOCK_WAIT_TIMEOUT and ER_LOCK_DEADLOCK.
+/// ER_LOCK_WAIT_TIMEOUT: a lock wait ran past `innodb_lock_wait_timeout`.
 const LOCK_WAIT_TIMEOUT: u16 = 1205;
+
+/// ER_LOCK_DEADLOCK: the server rolled the transaction back to break a deadlock.
 const DEADLOCK: u16 = 1213;
 
 /// Whether the ledger's `UPDATE`s check their transaction themselves (see `write_ledger`):
