@@ -32,7 +32,7 @@ use steps::{
 };
 #[cfg(feature = "testing")]
 pub(crate) use values::bind_key_value;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 pub(crate) use values::hex;
 
 /// A database datamig can migrate: [`Postgres`](crate::Postgres) and

@@ -136,11 +136,10 @@ impl<DB: Backend> Migrator<DB> {
                 keys: state.run_keys,
                 checkpoint: state.after.as_ref().map(ToString::to_string),
             };
-            if self.health_checks.is_empty() {
-                // Nothing to wait for.
-            } else if let Err(failure) = self
-                .wait_until_healthy(link.idle().await, migration, &position)
-                .await
+            if !self.health_checks.is_empty()
+                && let Err(failure) = self
+                    .wait_until_healthy(link.idle().await, migration, &position)
+                    .await
             {
                 return Err(match failure {
                     Failure::Migration {
@@ -606,9 +605,8 @@ impl<DB: Backend> Migrator<DB> {
             attempt.notes.extend(notes.iter().take(room).cloned());
             attempt.finished_at = Utc::now();
             // The next batch begins in this one's commit where it follows at once.
-            let chain =
-                (chains && !finished && !self.stop.as_ref().is_some_and(StopSignal::is_stopped))
-                    .then_some(timeouts);
+            let chain = (chains && !self.stop.as_ref().is_some_and(StopSignal::is_stopped))
+                .then_some(timeouts);
             if self.commit_batch(tx, &attempt, finished, chain).await? {
                 link.hold_next();
             }

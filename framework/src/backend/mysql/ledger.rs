@@ -14,6 +14,7 @@ use sqlx::{AssertSqlSafe, Connection, MySql, Row};
 use super::server::error_number;
 use super::sql::{ident, query, query_scalar};
 use crate::backend::dialect::{to_mysql, to_mysql_with};
+use crate::backend::hex;
 use crate::backend::shared::Shared;
 use crate::backend::steps::{Chained, LedgerSteps};
 use crate::error::Error;
@@ -416,8 +417,7 @@ impl Value {
         match self {
             Value::Text(None) => "NULL".to_string(),
             Value::Text(Some(text)) => {
-                let hex: String = text.bytes().map(|b| format!("{b:02x}")).collect();
-                format!("CONVERT(X'{hex}' USING utf8mb4)")
+                format!("CONVERT(X'{}' USING utf8mb4)", hex(text.as_bytes()))
             }
             Value::Int(n) => n.to_string(),
             Value::Time(at) => format!("'{}'", at.format("%Y-%m-%d %H:%M:%S%.6f")),
