@@ -667,7 +667,9 @@ impl<DB: Backend> Migrator<DB> {
             BatchError::Failed {
                 message: format!(
                     "batch {}: its ledger row is no longer at the checkpoint this runner \
-                     started from ({from}); another runner must have moved it",
+                     started from ({from}); another runner must have moved it \
+                     (`datamig status` shows where the migration stands; the next run goes on \
+                     from there)",
                     attempt.batches
                 ),
                 panicked: false,
