@@ -743,6 +743,7 @@ async fn copy(opts: &CopyOpts, out: &Output) -> Result<u8, Failure> {
     }
     .tables(opts.tables.iter().cloned())
     .exclude(opts.exclude.iter().cloned())
+    .exclude_columns(opts.exclude_columns.iter().cloned())
     .mode(mode)
     .jobs(
         opts.jobs

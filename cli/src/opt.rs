@@ -180,7 +180,7 @@ pub enum Command {
     Fingerprint(TablesOpts),
     /// Compare two databases table by table: row counts and checksums (exit 8 where they differ).
     Compare(CompareOpts),
-    /// Copy the rows of one PostgreSQL database into another whose schema exists: data only, resumable, verified.
+    /// Copy the rows of a PostgreSQL, MySQL, MariaDB or SQLite database into a PostgreSQL database whose schema exists: data only, resumable, verified.
     Copy(CopyOpts),
     /// End an online copy (copy --follow): wait until every change committed on the source is applied, set the sequences, analyze, verify, drop the slot; or --abandon it, or show its --status.
     Cutover(CutoverOpts),
@@ -260,6 +260,10 @@ pub struct CopyOpts {
     /// Leave these tables out (`table` or `schema.table`, comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub exclude: Vec<String>,
+
+    /// Leave these source columns out (`table.column` or `schema.table.column`, comma-separated): their values are not copied, and a target column of that name is filled by the target (its default, identity, a BEFORE INSERT trigger, or NULL). Not a primary key's column; not with --follow.
+    #[arg(long, value_delimiter = ',', value_name = "TABLE.COLUMN")]
+    pub exclude_columns: Vec<String>,
 
     /// What to do with target tables that already hold rows.
     #[arg(long, value_enum, default_value_t = CopyModeArg::Empty)]

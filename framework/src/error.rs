@@ -542,7 +542,22 @@ fn describe_sessions(sessions: &[crate::SessionInfo]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::describe_chain;
+    use super::{article, describe_chain};
+
+    #[test]
+    fn a_type_takes_the_article_it_is_said_with() {
+        for (name, said) in [
+            ("integer", "an"),
+            ("interval", "an"),
+            ("xml", "an"),
+            ("public.enum_kind", "an"),
+            ("uuid", "a"),
+            ("date", "a"),
+            ("timestamp with time zone", "a"),
+        ] {
+            assert_eq!(article(name), said, "{name}");
+        }
+    }
 
     #[test]
     fn causes_are_joined_once() {
@@ -580,10 +595,24 @@ impl std::fmt::Display for UnconvertibleValue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}, row with {}, column {}: {} is not a {}: {}",
-            self.table, self.key, self.column, self.value, self.target_type, self.reason
+            "{}, row with {}, column {}: {} is not {} {}: {}",
+            self.table,
+            self.key,
+            self.column,
+            self.value,
+            article(&self.target_type),
+            self.target_type,
+            self.reason
         )
     }
+}
+
+/// The article before a type's name as it is said: `an integer`, `an xml`, `a uuid`.
+pub(crate) fn article(type_name: &str) -> &'static str {
+    let name = type_name.rsplit('.').next().unwrap_or(type_name);
+    let said_with_vowel = name.starts_with(['a', 'e', 'i', 'o', 'x'])
+        || (name.starts_with('u') && !name.starts_with("uu") && !name.starts_with("uni"));
+    if said_with_vowel { "an" } else { "a" }
 }
 
 /// A table a copy did not finish ([`Error::CopyIncomplete`]): where it stopped and why.

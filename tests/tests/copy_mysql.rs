@@ -772,3 +772,77 @@ async fn tls_where_the_url_asks_it() -> anyhow::Result<()> {
     my_execute(src.pool(), &format!("DROP USER '{user}'@'%'")).await?;
     Ok(())
 }
+
+/// A Sakila-shaped source into a Pagila-shaped target: enum labels in capitals into the
+/// target's enum, `YEAR` into a domain over `integer`, a set into `text[]`, a `NOT NULL`
+/// column the target's `BEFORE INSERT` trigger fills, and a source column the target has
+/// not, left out by name.
+#[tokio::test]
+async fn a_target_with_its_own_domains_enums_and_triggers_takes_the_rows() -> anyhow::Result<()> {
+    let src = source(
+        "CREATE TABLE film (film_id smallint unsigned AUTO_INCREMENT PRIMARY KEY, title varchar(128) NOT NULL,
+             release_year year, rating enum('G','PG','PG-13','R','NC-17') DEFAULT 'G',
+             special_features set('Trailers','Commentaries','Deleted Scenes','Behind the Scenes'));
+         INSERT INTO film (title, release_year, rating, special_features) VALUES
+             ('ACADEMY DINOSAUR', 2006, 'PG', 'Deleted Scenes,Behind the Scenes'),
+             ('ACE GOLDFINGER', 2155, 'NC-17', ''),
+             ('ADAPTATION HOLES', NULL, NULL, NULL);
+         CREATE TABLE payment (payment_id smallint unsigned AUTO_INCREMENT PRIMARY KEY,
+             amount decimal(5,2) NOT NULL, last_update timestamp NULL);
+         INSERT INTO payment (amount, last_update) VALUES (2.99, '2006-02-15 22:12:30'), (0.99, NULL)",
+    )
+    .await?;
+    let dst = target(
+        "CREATE DOMAIN year AS integer CONSTRAINT year_check CHECK (VALUE >= 1901 AND VALUE <= 2155);
+         CREATE TYPE mpaa_rating AS ENUM ('G', 'PG', 'PG-13', 'R', 'NC-17');
+         CREATE TABLE film (film_id serial PRIMARY KEY, title text NOT NULL, release_year year,
+             rating mpaa_rating DEFAULT 'G', special_features text[], fulltext tsvector NOT NULL);
+         CREATE TRIGGER film_fulltext_trigger BEFORE INSERT OR UPDATE ON film FOR EACH ROW
+             EXECUTE FUNCTION tsvector_update_trigger(fulltext, 'pg_catalog.english', title);
+         CREATE TABLE payment (payment_id serial PRIMARY KEY, amount numeric(5,2) NOT NULL)",
+    )
+    .await?;
+
+    let out = copy(src.url(), dst.url(), &[]).await?;
+    let said = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("column public.payment.last_update (timestamp) is in the source but not in the target, so its values would be lost: add it to the target, leave it out with --exclude-columns public.payment.last_update, or leave the table out with --exclude"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("film"),
+        "labels in capitals, a domain, a set and a trigger's column all planned: {said}"
+    );
+
+    let out = copy(
+        src.url(),
+        dst.url(),
+        &["--exclude-columns", "payment.last_update", "--verify"],
+    )
+    .await?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let films: Vec<String> = sqlx::query_scalar(
+        "SELECT format('%s|%s|%s|%s|%s', film_id, release_year, rating, special_features, fulltext)
+         FROM film ORDER BY film_id",
+    )
+    .fetch_all(dst.pool())
+    .await?;
+    assert_eq!(
+        films,
+        [
+            "1|2006|PG|{\"Deleted Scenes\",\"Behind the Scenes\"}|'academi':1 'dinosaur':2",
+            "2|2155|NC-17|{}|'ace':1 'goldfing':2",
+            "3||||'adapt':1 'hole':2",
+        ]
+    );
+    assert_eq!(
+        pg_text(
+            dst.pool(),
+            "SELECT string_agg(payment_id || ':' || amount, ' ' ORDER BY payment_id) FROM payment"
+        )
+        .await?,
+        "1:2.99 2:0.99"
+    );
+    Ok(())
+}

@@ -515,3 +515,105 @@ async fn a_table_is_spread_over_the_jobs_only_where_they_would_idle() -> anyhow:
     assert_eq!(report.rows, 120_010);
     Ok(())
 }
+
+/// A target made by other hands than the source: domains on one side and their base types
+/// on the other, a `NOT NULL` column that a `BEFORE INSERT` trigger fills, and a source
+/// column the target has not, left out by name.
+#[tokio::test]
+async fn domains_triggers_and_columns_left_out_meet_a_target_made_differently() -> anyhow::Result<()>
+{
+    let src = datamig::testing::postgres().await?;
+    let dst = datamig::testing::postgres().await?;
+    execute(
+        src.pool(),
+        "CREATE DOMAIN year AS integer CHECK (VALUE BETWEEN 1901 AND 2155);
+         CREATE TABLE film (id int PRIMARY KEY, title varchar(30) NOT NULL, release_year integer,
+                            made year, legacy text);
+         INSERT INTO film VALUES (1, 'Academy Dinosaur', 2006, 2005, 'x'), (2, 'Ace Goldfinger', NULL, NULL, NULL)",
+    )
+    .await?;
+    execute(
+        dst.pool(),
+        "CREATE DOMAIN year AS integer CHECK (VALUE BETWEEN 1901 AND 2155);
+         CREATE DOMAIN short_title AS varchar(40);
+         CREATE TABLE film (id int PRIMARY KEY, title short_title NOT NULL, release_year year,
+                            made integer, fulltext tsvector NOT NULL);
+         CREATE TRIGGER film_fulltext BEFORE INSERT OR UPDATE ON film FOR EACH ROW
+             EXECUTE FUNCTION tsvector_update_trigger(fulltext, 'pg_catalog.english', title)",
+    )
+    .await?;
+    let copier = || {
+        Copier::with_options(
+            (*src.pool().connect_options()).clone(),
+            (*dst.pool().connect_options()).clone(),
+        )
+    };
+
+    let said = problems(copier().plan().await);
+    assert!(
+        said.contains(
+            "column public.film.legacy (text) is in the source but not in the target, so its values would be lost: add it to the target, leave it out with --exclude-columns public.film.legacy"
+        ),
+        "{said}"
+    );
+    assert!(!said.contains("fulltext"), "a trigger fills it: {said}");
+    assert!(
+        !said.contains("release_year") && !said.contains("made") && !said.contains("title"),
+        "{said}"
+    );
+
+    // With the triggers off, nothing fills the column, and the plan says how to fire them.
+    let said = problems(
+        copier()
+            .exclude_columns(["film.legacy"])
+            .triggers(Triggers::Off)
+            .plan()
+            .await,
+    );
+    assert!(
+        said.contains("column public.film.fulltext (tsvector) is NOT NULL without a default in the target, and the source has no such column (its BEFORE INSERT triggers do not fire while the table loads with triggers off: --triggers on fires them)"),
+        "{said}"
+    );
+    // A key's column, or a name that is no column, is refused by name.
+    let said = problems(
+        copier()
+            .exclude_columns(["film.id", "film.nope"])
+            .plan()
+            .await,
+    );
+    assert!(
+        said.contains("column public.film.id is in the primary key"),
+        "{said}"
+    );
+    assert!(
+        said.contains(
+            "--exclude-columns names film.nope, which is no column of a copied source table"
+        ),
+        "{said}"
+    );
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM film")
+            .fetch_one(dst.pool())
+            .await?,
+        0,
+        "nothing written by a refused plan"
+    );
+
+    copier()
+        .exclude_columns(["public.film.legacy"])
+        .run()
+        .await?;
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT format('%s|%s|%s|%s|%s', id, title, release_year, made, fulltext) FROM film ORDER BY id",
+    )
+    .fetch_all(dst.pool())
+    .await?;
+    assert_eq!(
+        rows,
+        [
+            "1|Academy Dinosaur|2006|2005|'academi':1 'dinosaur':2",
+            "2|Ace Goldfinger|||'ace':1 'goldfing':2",
+        ]
+    );
+    Ok(())
+}

@@ -21,6 +21,10 @@ pub(crate) struct Column {
     pub(crate) name: String,
     /// As `format_type` writes it (`integer`, `character varying(20)`, `public.mood`).
     pub(crate) sql_type: String,
+    /// For a column of a domain (a domain over a domain too), the type under it, as
+    /// `format_type` writes it with the domain's modifier (`integer` under `year`); empty
+    /// otherwise, or where it was not read (a SQLite or MySQL source). See [`Column::base`].
+    pub(crate) base_type: String,
     pub(crate) not_null: bool,
     pub(crate) has_default: bool,
     /// A generated (computed) column: never written.
@@ -78,6 +82,8 @@ pub(crate) struct Trigger {
     pub(crate) enabled: String,
     /// Its function, as `schema.name`.
     pub(crate) function: String,
+    /// A `BEFORE INSERT .. FOR EACH ROW` trigger: it may fill a row's columns.
+    pub(crate) before_insert_row: bool,
 }
 
 /// One table.
@@ -107,6 +113,17 @@ pub(crate) struct Table {
     pub(crate) can_truncate: bool,
     /// The role may alter the table (it owns it, or is a superuser).
     pub(crate) owned: bool,
+}
+
+impl Column {
+    /// The type its values are of: the type under its domain, or its own.
+    pub(crate) fn base(&self) -> &str {
+        if self.base_type.is_empty() {
+            &self.sql_type
+        } else {
+            &self.base_type
+        }
+    }
 }
 
 impl Table {
@@ -261,6 +278,13 @@ async fn read_tables(conn: &mut PgConnection) -> Result<BTreeMap<TableName, Tabl
              GROUP BY c.root
          )
          SELECT a.attrelid::int8 AS oid, a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS sql_type,
+                COALESCE((WITH RECURSIVE under (t, m, depth) AS (
+                              SELECT a.atttypid, a.atttypmod, 0
+                              UNION ALL
+                              SELECT ty.typbasetype, ty.typtypmod, u.depth + 1
+                              FROM under u JOIN pg_type ty ON ty.oid = u.t WHERE ty.typtype = 'd')
+                          SELECT format_type(u.t, u.m) FROM under u WHERE u.depth > 0
+                          ORDER BY u.depth DESC LIMIT 1), '') AS base_type,
                 a.attnotnull AS not_null, a.atthasdef AS has_default, a.attgenerated <> '' AS generated,
                 a.attidentity::text AS identity, COALESCE(f.binary, false) AS binary,
                 a.attcollation <> 0 AS collatable, COALESCE(f.user_types, '{{}}') AS user_types,
@@ -279,6 +303,7 @@ async fn read_tables(conn: &mut PgConnection) -> Result<BTreeMap<TableName, Tabl
             table.columns.push(Column {
                 name: row.try_get("name")?,
                 sql_type: row.try_get("sql_type")?,
+                base_type: row.try_get("base_type")?,
                 not_null: row.try_get("not_null")?,
                 has_default: row.try_get("has_default")?,
                 generated: row.try_get("generated")?,
@@ -391,7 +416,8 @@ async fn read_tables(conn: &mut PgConnection) -> Result<BTreeMap<TableName, Tabl
     let mut triggers: Vec<(i64, Trigger)> = Vec::new();
     for row in query(
         "SELECT t.tgrelid::int8 AS oid, t.tgname::text AS name, t.tgenabled::text AS enabled,
-                pn.nspname::text || '.' || p.proname::text AS function
+                pn.nspname::text || '.' || p.proname::text AS function,
+                (t.tgtype & 7) = 7 AS before_insert_row
          FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_namespace pn ON pn.oid = p.pronamespace
          WHERE NOT t.tgisinternal AND t.tgrelid::int8 = ANY ($1)
          ORDER BY 1, 2",
@@ -409,6 +435,7 @@ async fn read_tables(conn: &mut PgConnection) -> Result<BTreeMap<TableName, Tabl
                     on: table.name.clone(),
                     enabled: row.try_get("enabled")?,
                     function: row.try_get("function")?,
+                    before_insert_row: row.try_get("before_insert_row")?,
                 },
             ));
         }

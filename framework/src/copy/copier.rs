@@ -188,6 +188,20 @@ impl Copier {
         self
     }
 
+    /// Leaves these source columns out (`table.column` or `schema.table.column`): their
+    /// values are not read, and a target column of the same name is filled by the target
+    /// (its default, identity, a `BEFORE INSERT` trigger, or `NULL`). A primary key's
+    /// column cannot be left out; neither can any column with [`Copier::follow`].
+    pub fn exclude_columns<S: Into<String>>(
+        mut self,
+        columns: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.selection
+            .exclude_columns
+            .extend(columns.into_iter().map(Into::into));
+        self
+    }
+
     /// How target tables that hold rows are treated.
     pub fn mode(mut self, mode: CopyMode) -> Self {
         self.mode = mode;

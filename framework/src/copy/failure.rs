@@ -88,8 +88,11 @@ impl Rejection {
                 Some(value.key.clone()),
                 Some(value.column.clone()),
                 format!(
-                    "{} is not a {}: {}",
-                    value.value, value.target_type, value.reason
+                    "{} is not {} {}: {}",
+                    value.value,
+                    crate::error::article(&value.target_type),
+                    value.target_type,
+                    value.reason
                 ),
             ),
             None => (self.row, self.column, self.message),

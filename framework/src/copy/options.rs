@@ -39,6 +39,8 @@ impl CopyMode {
 pub(crate) struct Selection {
     pub(crate) tables: Vec<String>,
     pub(crate) exclude: Vec<String>,
+    /// Source columns left out (`table.column` or `schema.table.column`).
+    pub(crate) exclude_columns: Vec<String>,
     /// datamig's own ledger comes along (a copy from SQLite).
     pub(crate) ledger: bool,
 }

@@ -51,7 +51,8 @@ pub enum ColumnAction {
     Copy,
     /// Copied into a wider type (`integer` into `bigint`, `varchar(20)` into `text`).
     Widen,
-    /// Not in the source: the target fills it (its default, identity, or `NULL`).
+    /// Not in the source (or left out): the target fills it (its default, identity, a
+    /// `BEFORE INSERT` trigger, or `NULL`).
     TargetFills,
     /// Generated on the target (or only generated on the source): never written.
     Generated,
@@ -182,7 +183,15 @@ pub(crate) fn plan(
     let chosen: BTreeSet<&TableName> = selected.iter().map(|t| &t.name).collect();
 
     let mut planned = Vec::new();
+    let mut named_columns = BTreeSet::new();
     for table in &selected {
+        let trimmed = leave_out(
+            table,
+            &selection.exclude_columns,
+            &mut named_columns,
+            &mut problems,
+        );
+        let table = &&trimmed;
         let Some(theirs) = target.get(&table.name) else {
             problems.push(format!(
                 "table {} is in the source but not in the target: create it with the application's schema migrations, or leave it out with --exclude",
@@ -191,7 +200,10 @@ pub(crate) fn plan(
             continue;
         };
         let before = problems.len();
+        let choice = triggers(theirs);
+        not_in_target(table, theirs, &mut problems);
         let columns = columns(table, theirs, &mut problems);
+        unfilled(table, theirs, &columns, &choice, &mut problems);
         check_privileges(table, theirs, mode, &mut problems);
         let copied: Vec<&str> = columns
             .iter()
@@ -240,7 +252,6 @@ pub(crate) fn plan(
         } else {
             None
         };
-        let choice = triggers(theirs);
         planned.push(Planned {
             plan: TablePlan {
                 table: display(&table.name),
@@ -260,11 +271,129 @@ pub(crate) fn plan(
             triggers: choice,
         });
     }
+    for given in &selection.exclude_columns {
+        if !named_columns.contains(given) {
+            problems.push(format!(
+                "--exclude-columns names {given}, which is no column of a copied source table: write it table.column or schema.table.column"
+            ));
+        }
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
     let planned = order(planned)?;
     Ok((planned, left_out))
+}
+
+/// `table` without the columns `--exclude-columns` names (`table.column` or
+/// `schema.table.column`), each name found recorded in `found`; a primary key's column is
+/// refused (the copy orders, splits and matches rows by it).
+fn leave_out(
+    table: &Table,
+    excluded: &[String],
+    found: &mut BTreeSet<String>,
+    problems: &mut Vec<String>,
+) -> Table {
+    let mut trimmed = table.clone();
+    if excluded.is_empty() {
+        return trimmed;
+    }
+    trimmed.columns.retain(|column| {
+        let named: Vec<&String> = excluded
+            .iter()
+            .filter(|given| {
+                given
+                    .rsplit_once('.')
+                    .is_some_and(|(t, c)| c == column.name && names(t, &table.name))
+            })
+            .collect();
+        if named.is_empty() {
+            return true;
+        }
+        found.extend(named.iter().map(|n| n.to_string()));
+        if table.primary_key.contains(&column.name) {
+            problems.push(format!(
+                "column {}.{} is in the primary key, which the copy orders, splits and matches rows by: it cannot be left out with --exclude-columns",
+                display(&table.name),
+                column.name
+            ));
+            return true;
+        }
+        false
+    });
+    trimmed
+}
+
+/// Each source column the target table lacks (a generated one aside: the target computes
+/// its own): its values would be lost.
+fn not_in_target(source: &Table, target: &Table, problems: &mut Vec<String>) {
+    let table = display(&source.name);
+    for column in &source.columns {
+        if !column.generated && target.column(&column.name).is_none() {
+            problems.push(format!(
+                "column {table}.{} ({}) is in the source but not in the target, so its values would be lost: add it to the target, leave it out with --exclude-columns {table}.{}, or leave the table out with --exclude",
+                column.name,
+                if column.sql_type.is_empty() {
+                    "no declared type"
+                } else {
+                    &column.sql_type
+                },
+                column.name,
+            ));
+        }
+    }
+}
+
+/// Each target column the copy leaves to the target that nothing fills: `NOT NULL`, with
+/// no default, no identity and no `BEFORE INSERT` row trigger firing during the load.
+fn unfilled(
+    source: &Table,
+    target: &Table,
+    columns: &[ColumnPlan],
+    choice: &TriggerChoice,
+    problems: &mut Vec<String>,
+) {
+    let table = display(&source.name);
+    let filled_by_trigger = target
+        .triggers
+        .iter()
+        .any(|t| t.before_insert_row && choice.fires(t));
+    for plan in columns
+        .iter()
+        .filter(|c| c.action == ColumnAction::TargetFills)
+    {
+        let Some(column) = target.column(&plan.name) else {
+            continue;
+        };
+        if !column.not_null
+            || column.has_default
+            || !column.identity.is_empty()
+            || filled_by_trigger
+        {
+            continue;
+        }
+        let generated = source.column(&column.name).is_some_and(|c| c.generated);
+        let triggers_off = if choice.off
+            && target
+                .triggers
+                .iter()
+                .any(|t| t.before_insert_row && t.on == target.name)
+        {
+            " (its BEFORE INSERT triggers do not fire while the table loads with triggers off: --triggers on fires them)"
+        } else {
+            ""
+        };
+        problems.push(format!(
+            "column {table}.{} ({}) is NOT NULL without a default in the target, and the source {}{triggers_off}: give it a default, allow NULL, or leave the table out with --exclude",
+            column.name,
+            column.sql_type,
+            if generated {
+                "only computes it (a generated column)"
+            } else {
+                "has no such column"
+            }
+        ));
+    }
 }
 
 /// The columns of a table read from a source whose types are PostgreSQL's: matched by name,
@@ -275,14 +404,6 @@ pub(crate) fn match_columns(
     problems: &mut Vec<String>,
 ) -> Vec<ColumnPlan> {
     let table = display(&source.name);
-    for column in &source.columns {
-        if !column.generated && target.column(&column.name).is_none() {
-            problems.push(format!(
-                "column {table}.{} ({}) is in the source but not in the target",
-                column.name, column.sql_type
-            ));
-        }
-    }
     let mut plans = Vec::new();
     for column in &target.columns {
         let ours = source.column(&column.name).filter(|c| !c.generated);
@@ -291,7 +412,9 @@ pub(crate) fn match_columns(
         } else if let Some(ours) = ours {
             if ours.sql_type == column.sql_type {
                 ColumnAction::Copy
-            } else if widens(&ours.sql_type, &column.sql_type) {
+            } else if ours.base() == column.base() || widens(ours.base(), column.base()) {
+                // Through text: a domain's text is its base type's, and the target checks
+                // its own domain's constraints.
                 ColumnAction::Widen
             } else {
                 problems.push(format!(
@@ -300,15 +423,6 @@ pub(crate) fn match_columns(
                 ));
                 continue;
             }
-        } else if column.not_null && !column.has_default && column.identity.is_empty() {
-            let generated = source.column(&column.name).is_some_and(|c| c.generated);
-            problems.push(format!(
-                "column {table}.{} ({}) is NOT NULL without a default in the target, and the source {}",
-                column.name,
-                column.sql_type,
-                if generated { "only computes it (a generated column)" } else { "has no such column" }
-            ));
-            continue;
         } else {
             ColumnAction::TargetFills
         };

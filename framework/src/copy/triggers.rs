@@ -29,6 +29,23 @@ pub(crate) struct TriggerChoice {
     pub(crate) disable: Vec<Trigger>,
 }
 
+impl TriggerChoice {
+    /// Whether `trigger` fires while the table loads: in the origin role (triggers on)
+    /// those enabled `ORIGIN` or `ALWAYS`; in the replica role those enabled `REPLICA` or
+    /// `ALWAYS`, unless disabled for the load.
+    pub(crate) fn fires(&self, trigger: &Trigger) -> bool {
+        if self.off {
+            matches!(trigger.enabled.as_str(), "A" | "R")
+                && !self
+                    .disable
+                    .iter()
+                    .any(|d| d.name == trigger.name && d.on == trigger.on)
+        } else {
+            matches!(trigger.enabled.as_str(), "O" | "A")
+        }
+    }
+}
+
 /// Whether the target role may set `session_replication_role`.
 pub(crate) async fn may_disable_triggers(conn: &mut PgConnection) -> Result<bool, Error> {
     query_scalar(
@@ -159,6 +176,7 @@ mod tests {
                     on: name.clone(),
                     enabled: e.to_string(),
                     function: "public.f".into(),
+                    before_insert_row: true,
                 })
                 .collect(),
             ..Table::default()
@@ -186,5 +204,24 @@ mod tests {
         assert!(off.off);
         let names: Vec<&str> = off.disable.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["a", "r"]);
+    }
+
+    #[test]
+    fn what_fires_while_a_table_loads() {
+        let t = table(&[("a", "A"), ("o", "O"), ("r", "R"), ("d", "D")]);
+        let firing = |choice: TriggerChoice| -> Vec<String> {
+            t.triggers
+                .iter()
+                .filter(|x| choice.fires(x))
+                .map(|x| x.name.clone())
+                .collect()
+        };
+        assert_eq!(firing(choose(Triggers::On, true, &t)), ["a", "o"]);
+        assert!(firing(choose(Triggers::Off, true, &t)).is_empty());
+        let replica = TriggerChoice {
+            off: true,
+            ..TriggerChoice::default()
+        };
+        assert_eq!(firing(replica), ["a", "r"]);
     }
 }

@@ -41,6 +41,12 @@ pub(super) async fn run(copier: &Copier) -> Result<CopyReport, Error> {
             "--follow copies into an empty target (or --mode dangerously-truncate) and then applies every change; --mode merge does not go with it".into(),
         ));
     }
+    if !copier.selection.exclude_columns.is_empty() {
+        return Err(Error::Config(format!(
+            "--follow applies each change with every column the source sends, so it does not leave columns out: drop --exclude-columns ({}), or add the columns to the target",
+            copier.selection.exclude_columns.join(", ")
+        )));
+    }
     // 1. The plan, checked, and refused where the change stream cannot carry a table.
     let (copy_id, planned, target_identity) = run::checked(copier, options).await?;
     let mut src = connect(options, "source").await?;

@@ -87,8 +87,9 @@ pub(super) async fn catalog(
         let column_name = theirs
             .and_then(|t| fit(&local, t.columns.iter().map(|c| (c.name.as_str(), c))))
             .map_or(local, |c| c.name.clone());
-        let data_type = text(&row, 2)?.unwrap_or_default().to_ascii_lowercase();
-        let column_type = text(&row, 3)?.unwrap_or_default().to_ascii_lowercase();
+        let data_type = text(&row, 2)?.unwrap_or_default();
+        // As the server writes it: an enum's labels keep their case.
+        let column_type = text(&row, 3)?.unwrap_or_default();
         let extra = text(&row, 6)?.unwrap_or_default().to_ascii_lowercase();
         let charset = text(&row, 7)?;
         let has_default = text(&row, 5)?.as_deref() == Some("1");
@@ -181,6 +182,16 @@ impl TargetTypes {
         Ok(types)
     }
 
+    /// What a target column is written as, if the copy writes it: by its type, else by
+    /// the type under its domain (the target checks the domain's constraints).
+    pub(super) fn of(&self, column: &Column) -> Option<Target> {
+        self.target(&column.sql_type).or_else(|| {
+            (!column.base_type.is_empty())
+                .then(|| self.target(&column.base_type))
+                .flatten()
+        })
+    }
+
     /// What a column of this target type is written as, if the copy writes it.
     pub(super) fn target(&self, sql_type: &str) -> Option<Target> {
         if let Some(element) = sql_type.strip_suffix("[]") {
@@ -213,14 +224,6 @@ pub(super) fn convert_columns(
     problems: &mut Vec<String>,
 ) -> Vec<ColumnPlan> {
     let table = display(&source.name);
-    for column in &source.columns {
-        if !column.generated && target.column(&column.name).is_none() {
-            problems.push(format!(
-                "column {table}.{} ({}) is in the source but not in the target",
-                column.name, column.sql_type
-            ));
-        }
-    }
     let mut plans = Vec::new();
     for column in &target.columns {
         let ours = source.column(&column.name).filter(|c| !c.generated);
@@ -229,7 +232,7 @@ pub(super) fn convert_columns(
         } else if let Some(ours) = ours {
             let source_type = types.get(&(table.clone(), column.name.clone()));
             let described = match source_type {
-                Some(Ok(st)) => match target_types.target(&column.sql_type) {
+                Some(Ok(st)) => match target_types.of(column) {
                     Some(t) => describe(st, &t, offset).map_err(|why| {
                         if why.is_empty() {
                             refused(st, &column.sql_type)
@@ -252,12 +255,6 @@ pub(super) fn convert_columns(
                     continue;
                 }
             }
-        } else if column.not_null && !column.has_default && column.identity.is_empty() {
-            problems.push(format!(
-                "column {table}.{} ({}) is NOT NULL without a default in the target, and the source has no such column",
-                column.name, column.sql_type
-            ));
-            continue;
         } else {
             (ColumnAction::TargetFills, None)
         };
@@ -323,8 +320,10 @@ pub(super) fn conversions(
                 .and_then(|t| t.as_ref().ok())
                 .cloned()
                 .unwrap_or(SourceType::Binary),
-            target: target_types
-                .target(&c.target_type)
+            target: p
+                .target
+                .column(&c.name)
+                .and_then(|t| target_types.of(t))
                 .unwrap_or(Target::Kind(Kind::Bytea)),
             not_null: p.target.column(&c.name).is_some_and(|t| t.not_null),
             zero_dates: zero_dates.clone(),

@@ -68,9 +68,7 @@ impl Shared {
             self.offset,
         );
         let table = display(&p.source.name);
-        let key_types = p
-            .plan
-            .key
+        let key_types = naming_key(p)
             .iter()
             .map(|k| {
                 self.types
@@ -545,6 +543,16 @@ async fn local_names(
             .unwrap_or_else(|| name.1.clone());
     }
     Ok(names)
+}
+
+/// The columns that name a row in messages: the key the copy orders by, else the
+/// source's own primary key (when the two databases' keys differ), else none.
+pub(super) fn naming_key(p: &Planned) -> &[String] {
+    if p.plan.key.is_empty() {
+        &p.source.primary_key
+    } else {
+        &p.plan.key
+    }
 }
 
 /// Whether a table splits in key ranges: a primary key whose first column is an integer

@@ -30,7 +30,8 @@ pub(super) struct Reading {
     /// Copied columns: name and target type.
     columns: Vec<(String, String)>,
     pub(super) conversions: Vec<Conversion>,
-    /// The key columns that name a row, where they are in the `SELECT`, and their types.
+    /// The key columns that name a row ([`naming_key`](super::naming_key)), where they are in the
+    /// `SELECT`, and their types.
     key: Vec<(String, usize, SourceType)>,
 }
 
@@ -46,7 +47,7 @@ impl Reading {
     ) -> Result<Reading, String> {
         let mut list: Vec<String> = p.plan.copied().map(|c| c.name.clone()).collect();
         let mut key = Vec::new();
-        for (k, st) in p.plan.key.iter().zip(key_types) {
+        for (k, st) in super::naming_key(p).iter().zip(key_types) {
             let at = match list.iter().position(|c| c == k) {
                 Some(at) => at,
                 None => {
@@ -162,7 +163,7 @@ impl Reading {
     /// table without one.
     fn key_of(&self, row: &MySqlRow, number: u64) -> String {
         if self.key.is_empty() {
-            return format!("row {number} of the read (the table has no primary key)");
+            return format!("row {number} of the read (the source table has no primary key)");
         }
         self.key
             .iter()

@@ -152,13 +152,16 @@ pub(super) enum SourceType {
 
 impl SourceType {
     /// The type of a column from `information_schema.COLUMNS` (`DATA_TYPE`, `COLUMN_TYPE`,
-    /// `CHARACTER_SET_NAME`), or why the copy cannot read it.
+    /// `CHARACTER_SET_NAME`), or why the copy cannot read it. `column_type` as the server
+    /// writes it: an enum's or a set's labels keep their case.
     pub(super) fn of(
         data_type: &str,
         column_type: &str,
         charset: Option<&str>,
     ) -> Result<SourceType, String> {
-        let unsigned = column_type.contains("unsigned");
+        let data_type = data_type.to_ascii_lowercase();
+        let lowered = column_type.to_ascii_lowercase();
+        let unsigned = lowered.contains("unsigned");
         let int = |width| SourceType::Int {
             width,
             unsigned,
@@ -172,18 +175,18 @@ impl SourceType {
                 )
             })
         };
-        Ok(match data_type {
+        Ok(match data_type.as_str() {
             "tinyint" => SourceType::Int {
                 width: 1,
                 unsigned,
-                boolean: column_type.starts_with("tinyint(1)"),
+                boolean: lowered.starts_with("tinyint(1)"),
             },
             "smallint" => int(2),
             "mediumint" | "int" | "integer" => int(4),
             "bigint" => int(8),
             "year" => SourceType::Year,
             "bit" => SourceType::Bit(
-                column_type
+                lowered
                     .strip_prefix("bit(")
                     .and_then(|s| s.strip_suffix(')'))
                     .and_then(|n| n.parse().ok())

@@ -118,19 +118,6 @@ pub(super) fn convert_columns(
     problems: &mut Vec<String>,
 ) -> Vec<ColumnPlan> {
     let table = display(&source.name);
-    for column in &source.columns {
-        if !column.generated && target.column(&column.name).is_none() {
-            problems.push(format!(
-                "column {table}.{} ({}) is in the source but not in the target",
-                column.name,
-                if column.sql_type.is_empty() {
-                    "no declared type"
-                } else {
-                    &column.sql_type
-                }
-            ));
-        }
-    }
     let mut plans = Vec::new();
     for column in &target.columns {
         let ours = source.column(&column.name).filter(|c| !c.generated);
@@ -138,7 +125,7 @@ pub(super) fn convert_columns(
         let (action, conversion) = if column.generated {
             (ColumnAction::Generated, None)
         } else if ours.is_some() {
-            match Kind::of(&column.sql_type) {
+            match Kind::of(column.base()) {
                 Some(kind) => {
                     if unit.is_some() && !kind.takes_unix_time() {
                         problems.push(format!(
@@ -156,12 +143,6 @@ pub(super) fn convert_columns(
                     continue;
                 }
             }
-        } else if column.not_null && !column.has_default && column.identity.is_empty() {
-            problems.push(format!(
-                "column {table}.{} ({}) is NOT NULL without a default in the target, and the source has no such column",
-                column.name, column.sql_type
-            ));
-            continue;
         } else {
             (ColumnAction::TargetFills, None)
         };
@@ -197,7 +178,9 @@ pub(super) fn conversions(p: &Planned, unix: &BTreeMap<String, UnixTime>) -> Vec
         .map(|c| {
             let target = p.target.column(&c.name);
             Conversion {
-                kind: Kind::of(&c.target_type).unwrap_or(Kind::Text(None)),
+                kind: target
+                    .and_then(|t| Kind::of(t.base()))
+                    .unwrap_or(Kind::Text(None)),
                 not_null: target.is_some_and(|t| t.not_null),
                 unix: unix_unit(unix, &p.source.name, &c.name),
             }
