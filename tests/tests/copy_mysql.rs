@@ -846,3 +846,59 @@ async fn a_target_with_its_own_domains_enums_and_triggers_takes_the_rows() -> an
     );
     Ok(())
 }
+
+/// The snake-case names of the target (as Chinook's PostgreSQL script writes them) and the
+/// camel-case names of a MySQL source: tables and columns match ignoring case and
+/// underscores, and every statement on the source says the source's own names (the key
+/// ranges too: the table splits in chunks).
+#[tokio::test]
+async fn camel_case_names_meet_their_snake_case_targets() -> anyhow::Result<()> {
+    let src = source(
+        "CREATE TABLE MediaType (MediaTypeId int PRIMARY KEY, Name varchar(120));
+         CREATE TABLE InvoiceLine (InvoiceLineId int PRIMARY KEY, MediaTypeId int NOT NULL,
+             UnitPrice decimal(10,2) NOT NULL, FOREIGN KEY (MediaTypeId) REFERENCES MediaType (MediaTypeId));
+         INSERT INTO MediaType VALUES (1, 'MPEG audio file'), (2, 'AAC audio file');
+         SET STATEMENT max_recursive_iterations = 5000 FOR INSERT INTO InvoiceLine
+             WITH RECURSIVE s (n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 3000)
+             SELECT n, 1 + n % 2, 0.99 FROM s",
+    )
+    .await?;
+    let dst = target(
+        "CREATE TABLE media_type (media_type_id int PRIMARY KEY, name varchar(120));
+         CREATE TABLE invoice_line (invoice_line_id int PRIMARY KEY,
+             media_type_id int NOT NULL REFERENCES media_type, unit_price numeric(10,2) NOT NULL)",
+    )
+    .await?;
+    let out = copy(
+        src.url(),
+        dst.url(),
+        &["--chunk-rows", "1000", "--jobs", "2", "--verify"],
+    )
+    .await?;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("0 tables differ"), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("public.invoice_line "))
+        .unwrap_or_default();
+    assert!(line.trim_end().ends_with(" 3"), "three chunks: {stdout}");
+    assert_eq!(
+        pg_count(
+            dst.pool(),
+            "SELECT count(*) FROM invoice_line
+             WHERE media_type_id = 1 + invoice_line_id % 2 AND unit_price = 0.99"
+        )
+        .await?,
+        3000
+    );
+    assert_eq!(
+        pg_text(
+            dst.pool(),
+            "SELECT string_agg(name, ', ' ORDER BY media_type_id) FROM media_type"
+        )
+        .await?,
+        "MPEG audio file, AAC audio file"
+    );
+    Ok(())
+}

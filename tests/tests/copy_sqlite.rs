@@ -863,3 +863,62 @@ async fn edge_values_arrive_exactly_through_binary_copy() -> anyhow::Result<()> 
     assert_eq!(got.len(), cases.len());
     Ok(())
 }
+
+/// The snake-case names of the target (as Chinook's PostgreSQL script writes them) and the
+/// camel-case names of a SQLite source: tables and columns match ignoring case and
+/// underscores, and every statement on the source says the source's own names (the key
+/// ranges too: the table splits in chunks).
+#[tokio::test]
+async fn camel_case_names_meet_their_snake_case_targets() -> anyhow::Result<()> {
+    let src = datamig::testing::sqlite().await?;
+    sqlite_execute(
+        src.pool(),
+        "CREATE TABLE MediaType (MediaTypeId INTEGER PRIMARY KEY, Name NVARCHAR(120));
+         CREATE TABLE InvoiceLine (InvoiceLineId INTEGER PRIMARY KEY,
+             MediaTypeId INTEGER NOT NULL REFERENCES MediaType (MediaTypeId), UnitPrice NUMERIC(10,2) NOT NULL);
+         INSERT INTO MediaType VALUES (1, 'MPEG audio file'), (2, 'AAC audio file');
+         WITH RECURSIVE s (n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 3000)
+         INSERT INTO InvoiceLine SELECT n, 1 + n % 2, 0.99 FROM s;",
+    )
+    .await?;
+    let dst = datamig::testing::postgres().await?;
+    sqlx::raw_sql(
+        "CREATE TABLE media_type (media_type_id int PRIMARY KEY, name varchar(120));
+         CREATE TABLE invoice_line (invoice_line_id int PRIMARY KEY,
+             media_type_id int NOT NULL REFERENCES media_type, unit_price numeric(10,2) NOT NULL)",
+    )
+    .execute(dst.pool())
+    .await?;
+    let args = copy_args(
+        src.url(),
+        dst.url(),
+        &["--chunk-rows", "1000", "--jobs", "2", "--verify"],
+    );
+    let out = datamig("", &args).output().await?;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("0 tables differ"), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("public.invoice_line "))
+        .unwrap_or_default();
+    assert!(line.trim_end().ends_with(" 3"), "three chunks: {stdout}");
+    assert_eq!(
+        count(
+            dst.pool(),
+            "SELECT count(*) FROM invoice_line
+             WHERE media_type_id = 1 + invoice_line_id % 2 AND unit_price = 0.99"
+        )
+        .await?,
+        3000
+    );
+    assert_eq!(
+        count(
+            dst.pool(),
+            "SELECT count(*) FROM media_type WHERE name LIKE '% audio file'"
+        )
+        .await?,
+        2
+    );
+    Ok(())
+}

@@ -21,6 +21,9 @@ pub(crate) struct Column {
     pub(crate) name: String,
     /// As `format_type` writes it (`integer`, `character varying(20)`, `public.mood`).
     pub(crate) sql_type: String,
+    /// A SQLite or MySQL source's own name for it, where the target names it otherwise
+    /// (`name` is the target's); empty otherwise. See [`Table::local_column`].
+    pub(crate) source_name: String,
     /// For a column of a domain (a domain over a domain too), the type under it, as
     /// `format_type` writes it with the domain's modifier (`integer` under `year`); empty
     /// otherwise, or where it was not read (a SQLite or MySQL source). See [`Column::base`].
@@ -90,6 +93,9 @@ pub(crate) struct Trigger {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Table {
     pub(crate) name: TableName,
+    /// A SQLite or MySQL source's own name for it, where the target names it otherwise
+    /// (`name` is the target's); empty otherwise. See [`Table::local_name`].
+    pub(crate) source_name: String,
     /// `p` for a partitioned table (read through its partitions), `r` otherwise.
     pub(crate) kind: String,
     /// For a partition, its partitioned ancestors, nearest first.
@@ -127,6 +133,24 @@ impl Column {
 }
 
 impl Table {
+    /// The table's name in its own database: a SQLite or MySQL source's, else `name`'s.
+    pub(crate) fn local_name(&self) -> &str {
+        if self.source_name.is_empty() {
+            &self.name.1
+        } else {
+            &self.source_name
+        }
+    }
+
+    /// A column's name in the table's own database, given the name the plan knows it by
+    /// (the target's).
+    pub(crate) fn local_column<'a>(&'a self, name: &'a str) -> &'a str {
+        match self.column(name) {
+            Some(c) if !c.source_name.is_empty() => &c.source_name,
+            _ => name,
+        }
+    }
+
     /// `"schema"."table"`.
     pub(crate) fn ident(&self) -> String {
         ident(&self.name)
@@ -303,6 +327,7 @@ async fn read_tables(conn: &mut PgConnection) -> Result<BTreeMap<TableName, Tabl
             table.columns.push(Column {
                 name: row.try_get("name")?,
                 sql_type: row.try_get("sql_type")?,
+                source_name: String::new(),
                 base_type: row.try_get("base_type")?,
                 not_null: row.try_get("not_null")?,
                 has_default: row.try_get("has_default")?,

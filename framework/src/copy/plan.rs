@@ -134,6 +134,15 @@ pub(crate) struct Planned {
     pub(crate) triggers: TriggerChoice,
 }
 
+/// Whether `given` (`table.column` or `schema.table.column`) names `column` of the source
+/// table `table`: by the target's names, or by the source's own.
+pub(crate) fn names_column(given: &str, table: &Table, column: &str) -> bool {
+    given.rsplit_once('.').is_some_and(|(t, c)| {
+        (c == column || c == table.local_column(column))
+            && (names(t, &table.name) || t == table.local_name())
+    })
+}
+
 /// Whether `name` (`table` or `schema.table`) names the table.
 pub(crate) fn names(name: &str, table: &TableName) -> bool {
     name == table.1 || name == display(table)
@@ -301,11 +310,7 @@ fn leave_out(
     trimmed.columns.retain(|column| {
         let named: Vec<&String> = excluded
             .iter()
-            .filter(|given| {
-                given
-                    .rsplit_once('.')
-                    .is_some_and(|(t, c)| c == column.name && names(t, &table.name))
-            })
+            .filter(|given| names_column(given, table, &column.name))
             .collect();
         if named.is_empty() {
             return true;
@@ -655,6 +660,31 @@ fn strongly_connected(edges: &[Vec<usize>]) -> Vec<Vec<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::copy::catalog::Column;
+
+    #[test]
+    fn a_column_is_named_by_the_target_or_by_the_source() {
+        let table = Table {
+            name: ("public".into(), "invoice_line".into()),
+            source_name: "InvoiceLine".into(),
+            columns: vec![Column {
+                name: "unit_price".into(),
+                source_name: "UnitPrice".into(),
+                ..Column::default()
+            }],
+            ..Table::default()
+        };
+        for given in [
+            "invoice_line.unit_price",
+            "public.invoice_line.unit_price",
+            "InvoiceLine.UnitPrice",
+        ] {
+            assert!(names_column(given, &table, "unit_price"), "{given}");
+        }
+        for given in ["invoice_line.UnitPrice2", "unit_price", "other.unit_price"] {
+            assert!(!names_column(given, &table, "unit_price"), "{given}");
+        }
+    }
 
     #[test]
     fn widening_is_lossless_only() {

@@ -30,6 +30,38 @@ pub(super) mod postgres;
 #[cfg(feature = "sqlite")]
 pub(super) mod sqlite;
 
+/// The target's name for a name of a source whose names are not PostgreSQL's (SQLite,
+/// MySQL): the same; else the only one equal to it ignoring case; else, where none is,
+/// the only one equal ignoring case and underscores (`InvoiceLine` for `invoice_line`, as
+/// a schema written in snake case names it). `None` where none fits, or several do.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+pub(super) fn fit<'a, T>(local: &str, names: impl Iterator<Item = (&'a str, T)>) -> Option<T> {
+    let squash = |s: &str| -> String {
+        s.chars()
+            .filter(|c| *c != '_')
+            .flat_map(char::to_lowercase)
+            .collect()
+    };
+    let ours = squash(local);
+    let mut folded = Vec::new();
+    let mut squashed = Vec::new();
+    for (name, item) in names {
+        if name == local {
+            return Some(item);
+        }
+        if name.eq_ignore_ascii_case(local) {
+            folded.push(item);
+        } else if squash(name) == ours {
+            squashed.push(item);
+        }
+    }
+    match (folded.len(), squashed.len()) {
+        (1, _) => folded.pop(),
+        (0, 1) => squashed.pop(),
+        _ => None,
+    }
+}
+
 /// A source opened for one run, with what it read in the state every reader of the run
 /// sees.
 pub(super) struct Opened<S> {
@@ -197,4 +229,24 @@ pub(super) trait Reader: Send + 'static {
 
     /// Ends the reader's session.
     fn close(self) -> impl Future<Output = ()> + Send;
+}
+
+#[cfg(all(test, any(feature = "sqlite", feature = "mysql")))]
+mod tests {
+    use super::fit;
+
+    #[test]
+    fn a_name_fits_exactly_then_ignoring_case_then_ignoring_underscores() {
+        let names = ["invoice_line", "invoiceline", "media_type", "a_bc", "ab_c"];
+        let find = |local: &str| fit(local, names.iter().map(|n| (*n, *n)));
+        assert_eq!(find("invoice_line"), Some("invoice_line"));
+        assert_eq!(
+            find("InvoiceLine"),
+            Some("invoiceline"),
+            "case before underscores"
+        );
+        assert_eq!(find("MediaType"), Some("media_type"));
+        assert_eq!(find("ABC"), None, "two fit: none is chosen");
+        assert_eq!(find("Track"), None);
+    }
 }

@@ -13,6 +13,7 @@ use crate::copy::catalog::{Column, Table, TableName, display};
 use crate::copy::convert::Kind;
 use crate::copy::options::ZeroDates;
 use crate::copy::plan::{ColumnAction, ColumnPlan, Planned};
+use crate::copy::source::fit;
 
 /// What the source knows of a column beyond the catalog's [`Column`]: its type, read.
 pub(super) type SourceTypes = BTreeMap<(String, String), Result<SourceType, String>>;
@@ -65,10 +66,15 @@ pub(super) async fn catalog(
             schema.to_string(),
             theirs.map_or(local.clone(), |t| t.name.1.clone()),
         );
-        local_names.insert(local, name.clone());
+        local_names.insert(local.clone(), name.clone());
         out.insert(
             name.clone(),
             Table {
+                source_name: if name.1 == local {
+                    String::new()
+                } else {
+                    local.clone()
+                },
                 name,
                 kind: "r".into(),
                 estimated_rows,
@@ -86,7 +92,12 @@ pub(super) async fn catalog(
         let local = text(&row, 1)?.unwrap_or_default();
         let column_name = theirs
             .and_then(|t| fit(&local, t.columns.iter().map(|c| (c.name.as_str(), c))))
-            .map_or(local, |c| c.name.clone());
+            .map_or(local.clone(), |c| c.name.clone());
+        let source_name = if column_name == local {
+            String::new()
+        } else {
+            local
+        };
         let data_type = text(&row, 2)?.unwrap_or_default();
         // As the server writes it: an enum's labels keep their case.
         let column_type = text(&row, 3)?.unwrap_or_default();
@@ -106,6 +117,7 @@ pub(super) async fn catalog(
         };
         table.columns.push(Column {
             name: column_name,
+            source_name,
             sql_type: shown,
             not_null: text(&row, 4)?.as_deref() == Some("NO"),
             has_default,
@@ -131,21 +143,6 @@ pub(super) async fn catalog(
         table.primary_key.push(column);
     }
     Ok((out, types))
-}
-
-/// The target's name for a source name: the same, or else the one that matches it
-/// ignoring case, when only one does.
-fn fit<'a, T>(local: &str, names: impl Iterator<Item = (&'a str, T)>) -> Option<T> {
-    let mut folded = Vec::new();
-    for (name, item) in names {
-        if name == local {
-            return Some(item);
-        }
-        if name.eq_ignore_ascii_case(local) {
-            folded.push(item);
-        }
-    }
-    (folded.len() == 1).then(|| folded.pop()).flatten()
 }
 
 /// The target's enums and array element types, by name as `format_type` writes them.

@@ -290,10 +290,9 @@ impl Source for MysqlSource {
             .await
             .during(|| "reading the source server's identity".into())?;
         let local = tables
-            .keys()
-            .map(|name| (name.clone(), String::new()))
+            .iter()
+            .map(|(name, t)| (name.clone(), t.local_name().to_string()))
             .collect::<BTreeMap<_, _>>();
-        let local = local_names(&mut main, local).await?;
         let name = format!(
             "mysql://{}:{}/{}",
             options.get_host(),
@@ -512,39 +511,6 @@ impl Reader for MysqlReader {
     }
 }
 
-/// Each table's name in the source: the catalog placed them under the target's names.
-async fn local_names(
-    conn: &mut MySqlConnection,
-    mut names: BTreeMap<TableName, String>,
-) -> Result<BTreeMap<TableName, String>, Error> {
-    let rows = sqlx::raw_sql(
-        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_TYPE IN ('BASE TABLE', 'SYSTEM VERSIONED')",
-    )
-    .fetch_all(&mut *conn)
-    .await
-    .during(|| "reading the source MySQL database's tables".into())?;
-    let locals: Vec<String> = rows
-        .iter()
-        .filter_map(|r| r.try_get_unchecked::<Option<&[u8]>, _>(0).ok().flatten())
-        .map(|b| String::from_utf8_lossy(b).into_owned())
-        .collect();
-    for (name, local) in &mut names {
-        *local = locals
-            .iter()
-            .find(|l| **l == name.1)
-            .or_else(|| {
-                let folded: Vec<&String> = locals
-                    .iter()
-                    .filter(|l| l.eq_ignore_ascii_case(&name.1))
-                    .collect();
-                (folded.len() == 1).then(|| folded[0])
-            })
-            .cloned()
-            .unwrap_or_else(|| name.1.clone());
-    }
-    Ok(names)
-}
-
 /// The columns that name a row in messages: the key the copy orders by, else the
 /// source's own primary key (when the two databases' keys differ), else none.
 pub(super) fn naming_key(p: &Planned) -> &[String] {
@@ -585,7 +551,7 @@ async fn split(
     if p.plan.whole.is_some() || !integer_key(p, types) {
         return Ok(vec![Chunk::whole()]);
     }
-    let key = quote(&p.plan.key[0]);
+    let key = quote(p.source.local_column(&p.plan.key[0]));
     let row = sqlx::raw_sql(AssertSqlSafe(format!(
         "SELECT CAST(MIN({key}) AS CHAR), CAST(MAX({key}) AS CHAR) FROM {}",
         quote(local)

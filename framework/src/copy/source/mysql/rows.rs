@@ -71,12 +71,15 @@ impl Reading {
                 p.plan
                     .key
                     .iter()
-                    .map(|k| quote(k))
+                    .map(|k| quote(p.source.local_column(k)))
                     .collect::<Vec<_>>()
                     .join(", ")
             )
         };
-        let columns: Vec<String> = list.iter().map(|c| quote(c)).collect();
+        let columns: Vec<String> = list
+            .iter()
+            .map(|c| quote(p.source.local_column(c)))
+            .collect();
         Ok(Reading {
             table: p.plan.table.clone(),
             sql: format!(
@@ -220,7 +223,7 @@ fn range(p: &Planned, chunk: &Chunk) -> Result<(String, Vec<i128>), String> {
                 .parse::<i128>()
                 .map_err(|_| format!("{value:?} is not an integer"))?,
         );
-        conditions.push(format!("{} {op} ?", quote(key)));
+        conditions.push(format!("{} {op} ?", quote(p.source.local_column(key))));
     }
     Ok(if conditions.is_empty() {
         (String::new(), binds)

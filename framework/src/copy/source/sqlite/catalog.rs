@@ -8,7 +8,8 @@ use sqlx::{AssertSqlSafe, Row};
 
 use crate::copy::catalog::{Column, Table, TableName, display};
 use crate::copy::convert::{Conversion, Kind, UnixTime};
-use crate::copy::plan::{ColumnAction, ColumnPlan, Planned, names};
+use crate::copy::plan::{ColumnAction, ColumnPlan, Planned, names_column};
+use crate::copy::source::fit;
 use crate::sql::quote_ident;
 
 /// The tables of the SQLite database (its `main` schema), named as the target names them:
@@ -47,7 +48,12 @@ pub(super) async fn catalog(
             let local: String = c.try_get("name")?;
             let column_name = theirs
                 .and_then(|t| fit(&local, t.columns.iter().map(|c| (c.name.as_str(), c))))
-                .map_or(local, |c| c.name.clone());
+                .map_or(local.clone(), |c| c.name.clone());
+            let source_name = if column_name == local {
+                String::new()
+            } else {
+                local
+            };
             let hidden: i64 = c.try_get("hidden")?;
             let pk: i64 = c.try_get("pk")?;
             if pk > 0 {
@@ -55,6 +61,7 @@ pub(super) async fn catalog(
             }
             table_columns.push(Column {
                 name: column_name,
+                source_name,
                 sql_type: c.try_get("type")?,
                 not_null: c.try_get::<i64, _>("notnull")? != 0,
                 has_default: c.try_get("has_default")?,
@@ -77,6 +84,11 @@ pub(super) async fn catalog(
         out.insert(
             name.clone(),
             Table {
+                source_name: if name.1 == local {
+                    String::new()
+                } else {
+                    local.clone()
+                },
                 name,
                 kind: "r".into(),
                 estimated_rows,
@@ -94,21 +106,6 @@ pub(super) async fn catalog(
     Ok(out)
 }
 
-/// The target's name for a SQLite name: the same, or else the one that matches it
-/// ignoring case, when only one does.
-fn fit<'a, T>(local: &str, names: impl Iterator<Item = (&'a str, T)>) -> Option<T> {
-    let mut folded = Vec::new();
-    for (name, item) in names {
-        if name == local {
-            return Some(item);
-        }
-        if name.eq_ignore_ascii_case(local) {
-            folded.push(item);
-        }
-    }
-    (folded.len() == 1).then(|| folded.pop()).flatten()
-}
-
 /// The columns of a table read from SQLite: each source column converted by the target
 /// column's type, which must be one SQLite's values convert into.
 pub(super) fn convert_columns(
@@ -121,7 +118,7 @@ pub(super) fn convert_columns(
     let mut plans = Vec::new();
     for column in &target.columns {
         let ours = source.column(&column.name).filter(|c| !c.generated);
-        let unit = unix_unit(unix, &source.name, &column.name);
+        let unit = unix_unit(unix, source, &column.name);
         let (action, conversion) = if column.generated {
             (ColumnAction::Generated, None)
         } else if ours.is_some() {
@@ -158,16 +155,9 @@ pub(super) fn convert_columns(
 }
 
 /// The unit of Unix time given for a column (`table.column` or `schema.table.column`).
-fn unix_unit(
-    unix: &BTreeMap<String, UnixTime>,
-    table: &TableName,
-    column: &str,
-) -> Option<UnixTime> {
+fn unix_unit(unix: &BTreeMap<String, UnixTime>, table: &Table, column: &str) -> Option<UnixTime> {
     unix.iter()
-        .find(|(name, _)| {
-            name.rsplit_once('.')
-                .is_some_and(|(t, c)| c == column && names(t, table))
-        })
+        .find(|(name, _)| names_column(name, table, column))
         .map(|(_, unit)| *unit)
 }
 
@@ -182,7 +172,7 @@ pub(super) fn conversions(p: &Planned, unix: &BTreeMap<String, UnixTime>) -> Vec
                     .and_then(|t| Kind::of(t.base()))
                     .unwrap_or(Kind::Text(None)),
                 not_null: target.is_some_and(|t| t.not_null),
-                unix: unix_unit(unix, &p.source.name, &c.name),
+                unix: unix_unit(unix, &p.source, &c.name),
             }
         })
         .collect()

@@ -121,9 +121,9 @@ impl Source for SqliteSource {
     fn check(&self, planned: &[Planned], problems: &mut Vec<String>) {
         for column in self.unix_time.keys() {
             let known = planned.iter().any(|p| {
-                column.rsplit_once('.').is_some_and(|(t, c)| {
-                    plan::names(t, &p.source.name) && p.plan.copied().any(|x| x.name == c)
-                })
+                p.plan
+                    .copied()
+                    .any(|x| plan::names_column(column, &p.source, &x.name))
             });
             if !known {
                 problems.push(format!(
@@ -400,8 +400,13 @@ async fn split_ranges(
     chunk_rows: u64,
     estimate: u64,
 ) -> Result<Vec<Chunk>, sqlx::Error> {
-    let table = quote_ident(&p.source.name.1);
-    let columns: Vec<String> = p.plan.key.iter().map(|k| quote_ident(k)).collect();
+    let table = quote_ident(p.source.local_name());
+    let columns: Vec<String> = p
+        .plan
+        .key
+        .iter()
+        .map(|k| quote_ident(p.source.local_column(k)))
+        .collect();
     let mut bounds: Vec<Vec<String>> = Vec::new();
     let integer_key = p.plan.key.len() == 1
         && p.source

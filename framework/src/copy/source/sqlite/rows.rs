@@ -135,7 +135,7 @@ fn select(p: &Planned, chunk: &Chunk) -> Result<Select, String> {
             if c == "_rowid_" {
                 c.clone()
             } else {
-                quote_ident(c)
+                quote_ident(p.source.local_column(c))
             }
         })
         .collect();
@@ -143,7 +143,7 @@ fn select(p: &Planned, chunk: &Chunk) -> Result<Select, String> {
         .plan
         .key
         .iter()
-        .map(|k| quote_ident(k))
+        .map(|k| quote_ident(p.source.local_column(k)))
         .collect::<Vec<_>>()
         .join(", ");
     let (filter, params) = sqlite_range(p, chunk)?;
@@ -156,7 +156,7 @@ fn select(p: &Planned, chunk: &Chunk) -> Result<Select, String> {
         format!(
             "SELECT {} FROM {}{filter}{order}",
             quoted.join(", "),
-            quote_ident(&p.source.name.1)
+            quote_ident(p.source.local_name())
         ),
         params,
         key,
@@ -358,7 +358,7 @@ pub(super) async fn count(
     let (filter, params) = sqlite_range(p, chunk).map_err(|why| Failure::SourceText(table, why))?;
     let sql = format!(
         "SELECT count(*) FROM {}{filter}",
-        quote_ident(&p.source.name.1)
+        quote_ident(p.source.local_name())
     );
     let Some(taken) = conn.take() else {
         return Err(Failure::Other(Error::Config(format!(
