@@ -221,7 +221,7 @@ pub struct CutoverOpts {
 /// Whether the target's triggers fire while `copy` loads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum TriggersArg {
-    /// Table by table: off where the role may set session_replication_role and the table has no trigger of its own that this would skip (the copy then checks its foreign keys itself, set-based); on otherwise. The plan says why a table keeps its triggers.
+    /// Table by table: off where the role may set session_replication_role and the table has no trigger of its own that the load fires (on INSERT; on UPDATE too with --mode merge) and this would skip (the copy then checks its foreign keys itself, set-based); on otherwise. The plan says why a table keeps its triggers.
     #[default]
     Auto,
     /// On: user triggers fire and the server checks each foreign key row by row.

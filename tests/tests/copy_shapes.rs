@@ -529,7 +529,9 @@ async fn domains_triggers_and_columns_left_out_meet_a_target_made_differently() 
         "CREATE DOMAIN year AS integer CHECK (VALUE BETWEEN 1901 AND 2155);
          CREATE TABLE film (id int PRIMARY KEY, title varchar(30) NOT NULL, release_year integer,
                             made year, legacy text);
-         INSERT INTO film VALUES (1, 'Academy Dinosaur', 2006, 2005, 'x'), (2, 'Ace Goldfinger', NULL, NULL, NULL)",
+         INSERT INTO film VALUES (1, 'Academy Dinosaur', 2006, 2005, 'x'), (2, 'Ace Goldfinger', NULL, NULL, NULL);
+         CREATE TABLE actor (id int PRIMARY KEY, name text, last_update timestamptz NOT NULL DEFAULT now());
+         INSERT INTO actor VALUES (1, 'Penelope', '2006-02-15 04:34:33+00')",
     )
     .await?;
     execute(
@@ -539,7 +541,11 @@ async fn domains_triggers_and_columns_left_out_meet_a_target_made_differently() 
          CREATE TABLE film (id int PRIMARY KEY, title short_title NOT NULL, release_year year,
                             made integer, fulltext tsvector NOT NULL);
          CREATE TRIGGER film_fulltext BEFORE INSERT OR UPDATE ON film FOR EACH ROW
-             EXECUTE FUNCTION tsvector_update_trigger(fulltext, 'pg_catalog.english', title)",
+             EXECUTE FUNCTION tsvector_update_trigger(fulltext, 'pg_catalog.english', title);
+         CREATE TABLE actor (id int PRIMARY KEY, name text, last_update timestamptz NOT NULL DEFAULT now());
+         CREATE FUNCTION last_updated() RETURNS trigger LANGUAGE plpgsql AS
+             'BEGIN NEW.last_update = now(); RETURN NEW; END';
+         CREATE TRIGGER last_updated BEFORE UPDATE ON actor FOR EACH ROW EXECUTE FUNCTION last_updated()",
     )
     .await?;
     let copier = || {
@@ -599,10 +605,38 @@ async fn domains_triggers_and_columns_left_out_meet_a_target_made_differently() 
         "nothing written by a refused plan"
     );
 
+    // The load fires INSERT triggers: the film's keeps its triggers on; the actor's trigger
+    // fires on UPDATE alone, so it loads with them off (but a merge updates rows).
+    let plan = copier()
+        .exclude_columns(["public.film.legacy"])
+        .plan()
+        .await?;
+    let off = |plan: &datamig::copy::CopyPlan, table: &str| {
+        plan.tables
+            .iter()
+            .find(|t| t.table == table)
+            .map(|t| t.triggers_off)
+    };
+    assert_eq!(off(&plan, "public.film"), Some(false), "{plan:?}");
+    assert_eq!(off(&plan, "public.actor"), Some(true), "{plan:?}");
+    let merge = copier()
+        .exclude_columns(["public.film.legacy"])
+        .mode(datamig::copy::CopyMode::Merge)
+        .plan()
+        .await?;
+    assert_eq!(off(&merge, "public.actor"), Some(false), "{merge:?}");
+
     copier()
         .exclude_columns(["public.film.legacy"])
         .run()
         .await?;
+    assert_eq!(
+        sqlx::query_scalar::<_, String>("SELECT last_update::text FROM actor")
+            .fetch_one(dst.pool())
+            .await?,
+        "2006-02-15 04:34:33+00",
+        "copied as it was"
+    );
     let rows: Vec<String> = sqlx::query_scalar(
         "SELECT format('%s|%s|%s|%s|%s', id, title, release_year, made, fulltext) FROM film ORDER BY id",
     )

@@ -87,6 +87,10 @@ pub(crate) struct Trigger {
     pub(crate) function: String,
     /// A `BEFORE INSERT .. FOR EACH ROW` trigger: it may fill a row's columns.
     pub(crate) before_insert_row: bool,
+    /// It fires on `INSERT` (a copy's `COPY` too).
+    pub(crate) on_insert: bool,
+    /// It fires on `UPDATE` (a `--mode merge` copy's `INSERT .. ON CONFLICT DO UPDATE`).
+    pub(crate) on_update: bool,
 }
 
 /// One table.
@@ -442,7 +446,8 @@ async fn read_tables(conn: &mut PgConnection) -> Result<BTreeMap<TableName, Tabl
     for row in query(
         "SELECT t.tgrelid::int8 AS oid, t.tgname::text AS name, t.tgenabled::text AS enabled,
                 pn.nspname::text || '.' || p.proname::text AS function,
-                (t.tgtype & 7) = 7 AS before_insert_row
+                (t.tgtype & 7) = 7 AS before_insert_row,
+                (t.tgtype & 4) <> 0 AS on_insert, (t.tgtype & 16) <> 0 AS on_update
          FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_namespace pn ON pn.oid = p.pronamespace
          WHERE NOT t.tgisinternal AND t.tgrelid::int8 = ANY ($1)
          ORDER BY 1, 2",
@@ -461,6 +466,8 @@ async fn read_tables(conn: &mut PgConnection) -> Result<BTreeMap<TableName, Tabl
                     enabled: row.try_get("enabled")?,
                     function: row.try_get("function")?,
                     before_insert_row: row.try_get("before_insert_row")?,
+                    on_insert: row.try_get("on_insert")?,
+                    on_update: row.try_get("on_update")?,
                 },
             ));
         }

@@ -70,7 +70,7 @@ pub(super) async fn plan<S: Source>(
         &target_tables,
         &selection,
         copier.mode,
-        |target| triggers::choose(copier.triggers, may_turn_off, target),
+        |target| triggers::choose(copier.triggers, copier.mode, may_turn_off, target),
         |theirs, ours, problems| source.columns(theirs, ours, problems),
     )
     .map_err(|problems| Error::CopyPlan { problems })?;

@@ -51,8 +51,9 @@ pub(crate) struct Selection {
 pub enum Triggers {
     /// Table by table, off when that changes nothing but the speed: the target role may
     /// set `session_replication_role` (a superuser or, from PostgreSQL 15, `GRANT SET ON
-    /// PARAMETER`), and the table has no trigger of its own that replica mode would skip
-    /// or start, nor a `MATCH FULL` foreign key; its foreign keys are then checked by the
+    /// PARAMETER`), and the table has no trigger of its own that the load fires (on
+    /// `INSERT`; on `UPDATE` too with [`CopyMode::Merge`]) and replica mode would skip or
+    /// start, nor a `MATCH FULL` foreign key; its foreign keys are then checked by the
     /// copy, set-based. On otherwise. The plan says which, and why a table keeps its
     /// triggers ([`TablePlan::triggers`](crate::copy::TablePlan::triggers)).
     #[default]

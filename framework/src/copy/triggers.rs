@@ -13,7 +13,7 @@ use sqlx::postgres::PgConnection;
 
 use super::catalog::{Table, Trigger, display};
 use super::context::During;
-use super::options::Triggers;
+use super::options::{CopyMode, Triggers};
 use crate::backend::postgres::query_scalar;
 use crate::error::Error;
 
@@ -58,9 +58,16 @@ pub(crate) async fn may_disable_triggers(conn: &mut PgConnection) -> Result<bool
     .during(|| "asking the target whether its role may set session_replication_role".into())
 }
 
-/// How `target` loads under `triggers`, the role being allowed to set
-/// `session_replication_role` or not (`may`).
-pub(crate) fn choose(triggers: Triggers, may: bool, target: &Table) -> TriggerChoice {
+/// How `target` loads under `triggers` in `mode`, the role being allowed to set
+/// `session_replication_role` or not (`may`). `auto` weighs only the triggers the load's
+/// statements fire: those on `INSERT`, and with `--mode merge` those on `UPDATE` too.
+pub(crate) fn choose(
+    triggers: Triggers,
+    mode: CopyMode,
+    may: bool,
+    target: &Table,
+) -> TriggerChoice {
+    let fired = |t: &&Trigger| t.on_insert || (mode == CopyMode::Merge && t.on_update);
     let described = |t: &Trigger| {
         let on = if t.on == target.name {
             String::new()
@@ -104,13 +111,23 @@ pub(crate) fn choose(triggers: Triggers, may: bool, target: &Table) -> TriggerCh
             if !may {
                 return keep("the target role may not set session_replication_role (a superuser may, or a role granted SET ON PARAMETER session_replication_role): the server checks its foreign keys row by row".into());
             }
-            if let Some(t) = target.triggers.iter().find(|t| t.enabled == "O") {
+            if let Some(t) = target
+                .triggers
+                .iter()
+                .filter(fired)
+                .find(|t| t.enabled == "O")
+            {
                 return keep(format!(
                     "{} would not fire with triggers off: it keeps its triggers, and the server checks its foreign keys row by row (--triggers off skips the trigger)",
                     described(t)
                 ));
             }
-            if let Some(t) = target.triggers.iter().find(|t| t.enabled == "R") {
+            if let Some(t) = target
+                .triggers
+                .iter()
+                .filter(fired)
+                .find(|t| t.enabled == "R")
+            {
                 return keep(format!(
                     "{} fires only in the replica role and would start firing with triggers off: it keeps its triggers",
                     described(t)
@@ -177,6 +194,8 @@ mod tests {
                     enabled: e.to_string(),
                     function: "public.f".into(),
                     before_insert_row: true,
+                    on_insert: true,
+                    on_update: true,
                 })
                 .collect(),
             ..Table::default()
@@ -185,25 +204,51 @@ mod tests {
 
     #[test]
     fn auto_turns_off_only_what_changes_nothing_but_the_speed() {
-        assert!(choose(Triggers::Auto, true, &table(&[])).off);
-        assert!(choose(Triggers::Auto, true, &table(&[("a", "A"), ("d", "D")])).off);
-        let kept = choose(Triggers::Auto, true, &table(&[("audited", "O")]));
+        assert!(choose(Triggers::Auto, CopyMode::Empty, true, &table(&[])).off);
+        assert!(
+            choose(
+                Triggers::Auto,
+                CopyMode::Empty,
+                true,
+                &table(&[("a", "A"), ("d", "D")])
+            )
+            .off
+        );
+        let kept = choose(
+            Triggers::Auto,
+            CopyMode::Empty,
+            true,
+            &table(&[("audited", "O")]),
+        );
         assert!(!kept.off);
         assert!(kept.why.unwrap().contains("trigger audited"));
-        assert!(!choose(Triggers::Auto, true, &table(&[("r", "R")])).off);
-        assert!(!choose(Triggers::Auto, false, &table(&[])).off);
+        assert!(!choose(Triggers::Auto, CopyMode::Empty, true, &table(&[("r", "R")])).off);
+        assert!(!choose(Triggers::Auto, CopyMode::Empty, false, &table(&[])).off);
     }
 
     #[test]
     fn off_disables_what_fires_in_the_replica_role_too() {
         let off = choose(
             Triggers::Off,
+            CopyMode::Empty,
             true,
             &table(&[("a", "A"), ("o", "O"), ("r", "R")]),
         );
         assert!(off.off);
         let names: Vec<&str> = off.disable.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["a", "r"]);
+    }
+
+    #[test]
+    fn auto_weighs_only_the_triggers_the_load_fires() {
+        let mut t = table(&[("touch_updated_at", "O")]);
+        t.triggers[0].on_insert = false;
+        t.triggers[0].before_insert_row = false;
+        assert!(choose(Triggers::Auto, CopyMode::Empty, true, &t).off);
+        assert!(choose(Triggers::Auto, CopyMode::DangerouslyTruncate, true, &t).off);
+        let merge = choose(Triggers::Auto, CopyMode::Merge, true, &t);
+        assert!(!merge.off, "a merge updates rows");
+        assert!(merge.why.unwrap().contains("touch_updated_at"));
     }
 
     #[test]
@@ -216,8 +261,11 @@ mod tests {
                 .map(|x| x.name.clone())
                 .collect()
         };
-        assert_eq!(firing(choose(Triggers::On, true, &t)), ["a", "o"]);
-        assert!(firing(choose(Triggers::Off, true, &t)).is_empty());
+        assert_eq!(
+            firing(choose(Triggers::On, CopyMode::Empty, true, &t)),
+            ["a", "o"]
+        );
+        assert!(firing(choose(Triggers::Off, CopyMode::Empty, true, &t)).is_empty());
         let replica = TriggerChoice {
             off: true,
             ..TriggerChoice::default()
