@@ -902,3 +902,48 @@ async fn camel_case_names_meet_their_snake_case_targets() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+/// MariaDB's own `uuid`, `inet4` and `inet6` columns, and addresses kept as text, into
+/// PostgreSQL's `uuid`, `inet` and `text`; an address that is none is named with its row.
+#[tokio::test]
+async fn mariadb_uuids_and_addresses_arrive_as_postgresql_types() -> anyhow::Result<()> {
+    let src = source(
+        "CREATE TABLE devices (id uuid PRIMARY KEY, v6 inet6, v4 inet4, seen_from varchar(50), label uuid);
+         INSERT INTO devices VALUES
+             ('123e4567-e89b-12d3-a456-426614174000', '2001:db8::ff00:42:8329', '192.168.1.1', '10.0.0.0/8', '00000000-0000-0000-0000-000000000001'),
+             ('0191e4c5-7a8b-7c3d-9e0f-a1b2c3d4e5f6', '::ffff:10.0.0.1', '0.0.0.0', ' ::1 ', NULL),
+             ('ffffffff-ffff-ffff-ffff-ffffffffffff', NULL, NULL, NULL, NULL);
+         CREATE TABLE visits (id int PRIMARY KEY, seen_from varchar(50));
+         INSERT INTO visits VALUES (1, '10.1.2.3'), (2, 'localhost')",
+    )
+    .await?;
+    let dst = target(
+        "CREATE TABLE devices (id uuid PRIMARY KEY, v6 inet, v4 inet, seen_from inet, label text);
+         CREATE TABLE visits (id int PRIMARY KEY, seen_from inet)",
+    )
+    .await?;
+    let out = copy(src.url(), dst.url(), &["--verify"]).await?;
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(11), "{said}");
+    assert!(
+        said.contains("public.visits")
+            && said.contains("id = 2")
+            && said.contains("column seen_from")
+            && said.contains("not an IPv4 or IPv6 address"),
+        "{said}"
+    );
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT format('%s|%s|%s|%s|%s', id, v6, v4, seen_from, label) FROM devices ORDER BY id",
+    )
+    .fetch_all(dst.pool())
+    .await?;
+    assert_eq!(
+        rows,
+        [
+            "0191e4c5-7a8b-7c3d-9e0f-a1b2c3d4e5f6|::ffff:10.0.0.1|0.0.0.0|::1|",
+            "123e4567-e89b-12d3-a456-426614174000|2001:db8::ff00:42:8329|192.168.1.1|10.0.0.0/8|00000000-0000-0000-0000-000000000001",
+            "ffffffff-ffff-ffff-ffff-ffffffffffff||||",
+        ]
+    );
+    Ok(())
+}

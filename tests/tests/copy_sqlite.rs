@@ -531,7 +531,7 @@ async fn a_plan_mismatch_is_named_and_nothing_is_written() -> anyhow::Result<()>
     sqlite_execute(src.pool(), "CREATE TABLE extra (id INTEGER PRIMARY KEY)").await?;
     let dst = datamig::testing::postgres().await?;
     sqlx::raw_sql(AssertSqlSafe(
-        PG_SCHEMA.replace("name text, weight real", "name inet, weight real"),
+        PG_SCHEMA.replace("name text, weight real", "name macaddr, weight real"),
     ))
     .execute(dst.pool())
     .await?;
@@ -549,7 +549,7 @@ async fn a_plan_mismatch_is_named_and_nothing_is_written() -> anyhow::Result<()>
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     for expected in [
         "table public.extra is in the source but not in the target",
-        "column public.tags.name is inet in the target, which SQLite values are not converted into",
+        "column public.tags.name is macaddr in the target, which SQLite values are not converted into",
         "column public.users.name is character varying(100) in the target: Unix time applies to date, timestamp and timestamptz columns only",
     ] {
         assert!(stderr.contains(expected), "{expected}: {stderr}");

@@ -51,6 +51,8 @@ pub(crate) enum Kind {
     /// `text`, `varchar(n)`, `char(n)`: at most so many characters.
     Text(Option<usize>),
     Uuid,
+    /// `inet`: an IPv4 or IPv6 address, with its netmask's bits.
+    Inet,
     Json,
     Jsonb,
     /// `numeric(p, s)`, or unconstrained.
@@ -83,6 +85,7 @@ impl Kind {
             "bigint" => Kind::Int(i64::MIN, i64::MAX),
             "text" | "character varying" => Kind::Text(None),
             "uuid" => Kind::Uuid,
+            "inet" => Kind::Inet,
             "json" => Kind::Json,
             "jsonb" => Kind::Jsonb,
             "numeric" => Kind::Numeric(None),
@@ -138,6 +141,7 @@ impl Kind {
             Kind::Text(Some(n)) => format!("text, at most {n} characters"),
             Kind::Text(None) => "text (integers and reals as written)".into(),
             Kind::Uuid => "text uuids (any case, hyphens optional) or 16-byte blobs".into(),
+            Kind::Inet => "text IPv4 and IPv6 addresses, an optional /bits".into(),
             Kind::Json | Kind::Jsonb => "text checked as JSON, numbers as JSON numbers".into(),
             Kind::Numeric(Some((p, s))) => format!(
                 "integers, reals and decimal text, at most {} digits before the point and {s} after (never rounded)",
@@ -208,6 +212,8 @@ pub(crate) enum Typed<'a> {
     Int(i64),
     Text(std::borrow::Cow<'a, str>),
     Uuid([u8; 16]),
+    /// An address and its netmask's bits.
+    Inet(std::net::IpAddr, u8),
     /// JSON text (or a number), checked.
     Json(std::borrow::Cow<'a, str>),
     /// A plain decimal number (`-12.50`), checked against the column's precision.
@@ -239,6 +245,12 @@ impl Conversion {
                         out.push(b'-');
                     }
                     let _ = write!(Bytes(out), "{byte:02x}");
+                }
+            }
+            Typed::Inet(addr, bits) => {
+                let _ = write!(Bytes(out), "{addr}");
+                if bits != inet_max_bits(addr) {
+                    let _ = write!(Bytes(out), "/{bits}");
                 }
             }
             Typed::Numeric(text) => out.extend_from_slice(text.as_bytes()),
@@ -304,6 +316,7 @@ impl Conversion {
             }
             Typed::Json(text) => field(out, text.as_bytes()),
             Typed::Uuid(bytes) => field(out, &bytes),
+            Typed::Inet(addr, bits) => inet_binary(addr, bits, out),
             Typed::Numeric(text) => {
                 let start = out.len();
                 out.extend_from_slice(&0_i32.to_be_bytes());
@@ -385,6 +398,11 @@ impl Conversion {
                 Value::Blob(b) if b.len() == 16 => b.try_into().expect("16 bytes"),
                 _ => return Err("a uuid is text or a 16-byte blob".into()),
             }),
+            (Kind::Inet, Value::Text(t)) => {
+                let (addr, bits) = parse_inet(t).ok_or("not an IPv4 or IPv6 address")?;
+                Typed::Inet(addr, bits)
+            }
+            (Kind::Inet, _) => return Err("an address is text".into()),
             (Kind::Json | Kind::Jsonb, v) => Typed::Json(match v {
                 Value::Text(t) => {
                     serde_json::from_str::<serde::de::IgnoredAny>(t)
@@ -731,6 +749,41 @@ pub(crate) fn decimal_digits(text: &str) -> Option<(usize, usize)> {
         return None;
     }
     Some((whole.trim_start_matches('0').len(), fraction.len()))
+}
+
+/// The most bits of an address's netmask: 32 for IPv4, 128 for IPv6.
+fn inet_max_bits(addr: std::net::IpAddr) -> u8 {
+    if addr.is_ipv4() { 32 } else { 128 }
+}
+
+/// An `inet` value as PostgreSQL's input takes it: an IPv4 or IPv6 address, optionally
+/// `/bits` (at most the address's own), surrounding spaces ignored.
+pub(crate) fn parse_inet(text: &str) -> Option<(std::net::IpAddr, u8)> {
+    let text = text.trim();
+    let (addr, bits) = match text.split_once('/') {
+        Some((addr, bits)) => (addr, Some(bits)),
+        None => (text, None),
+    };
+    let addr: std::net::IpAddr = addr.parse().ok()?;
+    let max = inet_max_bits(addr);
+    let bits = match bits {
+        Some(b) if !b.is_empty() && b.bytes().all(|c| c.is_ascii_digit()) => b.parse().ok()?,
+        Some(_) => return None,
+        None => max,
+    };
+    (bits <= max).then_some((addr, bits))
+}
+
+/// One binary `COPY` field of PostgreSQL's `inet`: its family (2 for IPv4, 3 for IPv6),
+/// netmask bits, 0 (not `cidr`), the address's length and bytes.
+pub(crate) fn inet_binary(addr: std::net::IpAddr, bits: u8, out: &mut Vec<u8>) {
+    let (family, bytes): (u8, Vec<u8>) = match addr {
+        std::net::IpAddr::V4(a) => (2, a.octets().to_vec()),
+        std::net::IpAddr::V6(a) => (3, a.octets().to_vec()),
+    };
+    out.extend_from_slice(&(4 + bytes.len() as i32).to_be_bytes());
+    out.extend_from_slice(&[family, bits, 0, bytes.len() as u8]);
+    out.extend_from_slice(&bytes);
 }
 
 pub(crate) fn parse_uuid(text: &str) -> Option<[u8; 16]> {

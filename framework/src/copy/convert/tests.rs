@@ -212,6 +212,46 @@ fn uuids_from_text_and_blobs() {
 }
 
 #[test]
+fn addresses_from_text() {
+    assert_eq!(
+        convert("inet", Value::Text("10.0.0.1")).unwrap(),
+        "10.0.0.1"
+    );
+    assert_eq!(
+        convert("inet", Value::Text(" 10.0.0.0/8 ")).unwrap(),
+        "10.0.0.0/8"
+    );
+    assert_eq!(convert("inet", Value::Text("::1")).unwrap(), "::1");
+    assert_eq!(
+        convert("inet", Value::Text("2001:DB8::FF00:42:8329/64")).unwrap(),
+        "2001:db8::ff00:42:8329/64"
+    );
+    assert_eq!(
+        binary("inet", Value::Text("192.168.1.1")),
+        [2, 32, 0, 4, 192, 168, 1, 1]
+    );
+    let v6 = binary("inet", Value::Text("::1/120"));
+    assert_eq!(&v6[..4], [3, 120, 0, 16]);
+    assert_eq!(v6[4..], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    for bad in [
+        "10.0.0.256",
+        "10.0.0.1/33",
+        "::1/129",
+        "10.0.0.1/",
+        "10.0.0.1/x",
+        "host",
+    ] {
+        assert!(
+            convert("inet", Value::Text(bad))
+                .unwrap_err()
+                .contains("not an IPv4 or IPv6 address"),
+            "{bad}"
+        );
+    }
+    assert!(convert("inet", Value::Integer(167772161)).is_err());
+}
+
+#[test]
 fn json_is_checked() {
     assert_eq!(
         convert("jsonb", Value::Text("{\"a\": [1, 2]}")).unwrap(),
@@ -486,6 +526,7 @@ fn kinds_of_types() {
         Kind::of("timestamp(3) without time zone"),
         Some(Kind::Timestamp)
     );
-    assert_eq!(Kind::of("inet"), None);
+    assert_eq!(Kind::of("inet"), Some(Kind::Inet));
+    assert_eq!(Kind::of("cidr"), None);
     assert_eq!(Kind::of("public.mood"), None);
 }

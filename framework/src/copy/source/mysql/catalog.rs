@@ -288,7 +288,9 @@ fn refused(source: &SourceType, target: &str) -> String {
         }
         SourceType::Timestamp => "timestamptz, timestamp, date, text",
         SourceType::Time => "time, interval",
-        SourceType::Text(..) => "text, varchar(n), char(n), json, jsonb, uuid, bytea, an enum",
+        SourceType::Text(..) => {
+            "text, varchar(n), char(n), json, jsonb, uuid, inet, bytea, an enum"
+        }
         SourceType::Enum(..) => "text, varchar(n), an enum with its labels",
         SourceType::Set(..) => "text, varchar(n), text[], varchar[], an array of an enum",
         SourceType::Binary => "bytea, uuid (16 bytes), text (UTF-8)",

@@ -4,7 +4,9 @@
 
 use std::borrow::Cow;
 
-use crate::copy::convert::{Kind, POSTGRES_EPOCH, decimal_digits, numeric_binary, parse_uuid};
+use crate::copy::convert::{
+    Kind, POSTGRES_EPOCH, decimal_digits, inet_binary, numeric_binary, parse_inet, parse_uuid,
+};
 use crate::copy::options::ZeroDates;
 
 /// A character set of the source, as its text is decoded into UTF-8.
@@ -199,7 +201,9 @@ impl SourceType {
             "datetime" => SourceType::DateTime,
             "timestamp" => SourceType::Timestamp,
             "time" => SourceType::Time,
-            "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" => {
+            // MariaDB's uuid, inet4 and inet6 (10.5 on) reach clients as their text.
+            "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "uuid"
+            | "inet4" | "inet6" => {
                 let (name, c) = text()?;
                 SourceType::Text(name, c)
             }
@@ -430,6 +434,7 @@ pub(super) fn describe(
         (S::Json, Kind::Json | Kind::Jsonb) => "JSON, checked".into(),
         (S::Json, Kind::Text(None)) => "JSON text".into(),
         (S::Text(cs, _), Kind::Uuid) => format!("{cs} text uuids"),
+        (S::Text(cs, _), Kind::Inet) => format!("{cs} text IPv4 and IPv6 addresses, checked"),
         (S::Binary, Kind::Uuid) => "16-byte binary uuids".into(),
         (S::Binary, Kind::Bytea) => "bytes, exactly".into(),
         (S::Binary, Kind::Text(_)) => "bytes that must be UTF-8 text".into(),
@@ -1012,6 +1017,11 @@ impl Conversion {
             Target::Kind(Kind::Uuid) => {
                 let uuid = parse_uuid(text).ok_or_else(|| (shown(), "not a uuid".to_string()))?;
                 field(out, &uuid);
+            }
+            Target::Kind(Kind::Inet) => {
+                let (addr, bits) = parse_inet(text)
+                    .ok_or_else(|| (shown(), "not an IPv4 or IPv6 address".to_string()))?;
+                inet_binary(addr, bits, out);
             }
             Target::Enum(labels) => {
                 if !labels.iter().any(|l| l == text) {
