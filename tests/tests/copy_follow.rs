@@ -391,6 +391,18 @@ async fn tables_without_key_or_replica_identity_are_refused() -> anyhow::Result<
     let extra = "CREATE TABLE unkeyed (a int, b text); CREATE TABLE quiet (id int PRIMARY KEY);";
     execute(src.pool(), extra).await?;
     execute(dst.pool(), extra).await?;
+    // A column the source computes and the target stores: the change stream has no value
+    // for it.
+    execute(
+        src.pool(),
+        "CREATE TABLE priced (id int PRIMARY KEY, price numeric, doubled numeric GENERATED ALWAYS AS (price * 2) STORED)",
+    )
+    .await?;
+    execute(
+        dst.pool(),
+        "CREATE TABLE priced (id int PRIMARY KEY, price numeric, doubled numeric)",
+    )
+    .await?;
     execute(src.pool(), "ALTER TABLE quiet REPLICA IDENTITY NOTHING").await?;
     let result = Copier::new(src.pool(), dst.pool()).follow(true).run().await;
     let Err(Error::CopyPlan { problems }) = result else {
@@ -405,6 +417,12 @@ async fn tables_without_key_or_replica_identity_are_refused() -> anyhow::Result<
     );
     assert!(
         all.contains("public.quiet") && all.contains("REPLICA IDENTITY"),
+        "{all}"
+    );
+    assert!(
+        all.contains(
+            "column public.priced.doubled is generated in the source and stored in the target"
+        ),
         "{all}"
     );
     assert_eq!(

@@ -377,7 +377,6 @@ fn unfilled(
         {
             continue;
         }
-        let generated = source.column(&column.name).is_some_and(|c| c.generated);
         let triggers_off = if choice.off
             && target
                 .triggers
@@ -389,14 +388,8 @@ fn unfilled(
             ""
         };
         problems.push(format!(
-            "column {table}.{} ({}) is NOT NULL without a default in the target, and the source {}{triggers_off}: give it a default, allow NULL, or leave the table out with --exclude",
-            column.name,
-            column.sql_type,
-            if generated {
-                "only computes it (a generated column)"
-            } else {
-                "has no such column"
-            }
+            "column {table}.{} ({}) is NOT NULL without a default in the target, and the source has no such column{triggers_off}: give it a default, allow NULL, or leave the table out with --exclude",
+            column.name, column.sql_type,
         ));
     }
 }
@@ -411,7 +404,9 @@ pub(crate) fn match_columns(
     let table = display(&source.name);
     let mut plans = Vec::new();
     for column in &target.columns {
-        let ours = source.column(&column.name).filter(|c| !c.generated);
+        // A column the source computes gives its values to a target column that stores
+        // them (a generated target column computes its own).
+        let ours = source.column(&column.name);
         let action = if column.generated {
             ColumnAction::Generated
         } else if let Some(ours) = ours {

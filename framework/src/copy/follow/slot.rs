@@ -35,6 +35,14 @@ pub(in crate::copy) async fn refuse_unkeyed(
     let mut problems = Vec::new();
     for p in planned {
         let table = &p.plan.table;
+        for c in p.plan.copied() {
+            if p.source.column(&c.name).is_some_and(|s| s.generated) {
+                problems.push(format!(
+                    "column {table}.{} is generated in the source and stored in the target: the source's change stream does not carry generated columns, so --follow could not keep it current: make it a generated column in the target too, copy without --follow, or leave the table out (--exclude {table})",
+                    c.name
+                ));
+            }
+        }
         let rows = query(
             "SELECT format('%I.%I', c.relnamespace::regnamespace, c.relname) AS rel, c.relreplident::text AS ident,
                     EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) AS keyed

@@ -223,7 +223,9 @@ pub(super) fn convert_columns(
     let table = display(&source.name);
     let mut plans = Vec::new();
     for column in &target.columns {
-        let ours = source.column(&column.name).filter(|c| !c.generated);
+        // A column the source computes gives its values to a target column that stores
+        // them (a generated target column computes its own).
+        let ours = source.column(&column.name);
         let (action, conversion) = if column.generated {
             (ColumnAction::Generated, None)
         } else if let Some(ours) = ours {
