@@ -332,6 +332,53 @@ pub fn copy_args<'a>(source: &'a str, target: &'a str, more: &[&'a str]) -> Vec<
     args
 }
 
+/// The target's schema of the camel-case tests: Chinook's tables as its PostgreSQL script
+/// names them, in snake case.
+pub const SNAKE_CASE_TARGET: &str =
+    "CREATE TABLE media_type (media_type_id int PRIMARY KEY, name varchar(120));
+     CREATE TABLE invoice_line (invoice_line_id int PRIMARY KEY,
+         media_type_id int NOT NULL REFERENCES media_type, unit_price numeric(10,2) NOT NULL)";
+
+/// The arguments of the camel-case tests' copy: three chunks of `invoice_line`, verified.
+pub const SNAKE_CASE_COPY: [&str; 5] = ["--chunk-rows", "1000", "--jobs", "2", "--verify"];
+
+/// Asserts a camel-case source's `MediaType` (two audio types) and `InvoiceLine` (3,000
+/// lines of 0.99, each of media type `1 + id % 2`) arrived in [`SNAKE_CASE_TARGET`]: the
+/// copy succeeded, verified, `invoice_line` in three chunks.
+///
+/// # Panics
+///
+/// Where any of that is not so.
+///
+/// # Errors
+///
+/// When the target cannot be read.
+pub async fn assert_snake_case_copied(
+    out: &std::process::Output,
+    target: &PgPool,
+) -> anyhow::Result<()> {
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("0 tables differ"), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("public.invoice_line "))
+        .unwrap_or_default();
+    assert!(line.trim_end().ends_with(" 3"), "three chunks: {stdout}");
+    let (lines, types): (i64, String) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM invoice_line
+                 WHERE media_type_id = 1 + invoice_line_id % 2 AND unit_price = 0.99),
+                (SELECT string_agg(name, ', ' ORDER BY media_type_id) FROM media_type)",
+    )
+    .fetch_one(target)
+    .await?;
+    assert_eq!(
+        (lines, types.as_str()),
+        (3000, "MPEG audio file, AAC audio file")
+    );
+    Ok(())
+}
+
 /// The URL of the same database for another user.
 ///
 /// # Errors

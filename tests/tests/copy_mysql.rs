@@ -863,43 +863,9 @@ async fn camel_case_names_meet_their_snake_case_targets() -> anyhow::Result<()> 
              SELECT n, 1 + n % 2, 0.99 FROM s",
     )
     .await?;
-    let dst = target(
-        "CREATE TABLE media_type (media_type_id int PRIMARY KEY, name varchar(120));
-         CREATE TABLE invoice_line (invoice_line_id int PRIMARY KEY,
-             media_type_id int NOT NULL REFERENCES media_type, unit_price numeric(10,2) NOT NULL)",
-    )
-    .await?;
-    let out = copy(
-        src.url(),
-        dst.url(),
-        &["--chunk-rows", "1000", "--jobs", "2", "--verify"],
-    )
-    .await?;
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
-    assert!(stdout.contains("0 tables differ"), "{stdout}");
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("public.invoice_line "))
-        .unwrap_or_default();
-    assert!(line.trim_end().ends_with(" 3"), "three chunks: {stdout}");
-    assert_eq!(
-        pg_count(
-            dst.pool(),
-            "SELECT count(*) FROM invoice_line
-             WHERE media_type_id = 1 + invoice_line_id % 2 AND unit_price = 0.99"
-        )
-        .await?,
-        3000
-    );
-    assert_eq!(
-        pg_text(
-            dst.pool(),
-            "SELECT string_agg(name, ', ' ORDER BY media_type_id) FROM media_type"
-        )
-        .await?,
-        "MPEG audio file, AAC audio file"
-    );
+    let dst = target(datamig_tests::SNAKE_CASE_TARGET).await?;
+    let out = copy(src.url(), dst.url(), &datamig_tests::SNAKE_CASE_COPY).await?;
+    datamig_tests::assert_snake_case_copied(&out, dst.pool()).await?;
     Ok(())
 }
 

@@ -882,43 +882,11 @@ async fn camel_case_names_meet_their_snake_case_targets() -> anyhow::Result<()> 
     )
     .await?;
     let dst = datamig::testing::postgres().await?;
-    sqlx::raw_sql(
-        "CREATE TABLE media_type (media_type_id int PRIMARY KEY, name varchar(120));
-         CREATE TABLE invoice_line (invoice_line_id int PRIMARY KEY,
-             media_type_id int NOT NULL REFERENCES media_type, unit_price numeric(10,2) NOT NULL)",
-    )
-    .execute(dst.pool())
-    .await?;
-    let args = copy_args(
-        src.url(),
-        dst.url(),
-        &["--chunk-rows", "1000", "--jobs", "2", "--verify"],
-    );
+    sqlx::raw_sql(datamig_tests::SNAKE_CASE_TARGET)
+        .execute(dst.pool())
+        .await?;
+    let args = copy_args(src.url(), dst.url(), &datamig_tests::SNAKE_CASE_COPY);
     let out = datamig("", &args).output().await?;
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
-    assert!(stdout.contains("0 tables differ"), "{stdout}");
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("public.invoice_line "))
-        .unwrap_or_default();
-    assert!(line.trim_end().ends_with(" 3"), "three chunks: {stdout}");
-    assert_eq!(
-        count(
-            dst.pool(),
-            "SELECT count(*) FROM invoice_line
-             WHERE media_type_id = 1 + invoice_line_id % 2 AND unit_price = 0.99"
-        )
-        .await?,
-        3000
-    );
-    assert_eq!(
-        count(
-            dst.pool(),
-            "SELECT count(*) FROM media_type WHERE name LIKE '% audio file'"
-        )
-        .await?,
-        2
-    );
+    datamig_tests::assert_snake_case_copied(&out, dst.pool()).await?;
     Ok(())
 }

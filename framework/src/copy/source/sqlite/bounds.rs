@@ -55,15 +55,19 @@ pub(super) fn parse(literal: &str) -> Result<Value, String> {
     }
 }
 
-/// ` WHERE ..` over the SQLite table's key for a chunk, with `?n` for each value, and the
-/// values; `Err` names a bound that is not a SQLite value.
-pub(super) fn sqlite_range(p: &Planned, chunk: &Chunk) -> Result<(String, Vec<Value>), String> {
-    let columns: Vec<String> = p
-        .plan
+/// The columns of a table's key as SQLite names them, quoted.
+pub(super) fn quoted_key(p: &Planned) -> Vec<String> {
+    p.plan
         .key
         .iter()
         .map(|k| quote_ident(p.source.local_column(k)))
-        .collect();
+        .collect()
+}
+
+/// ` WHERE ..` over the SQLite table's key for a chunk, with `?n` for each value, and the
+/// values; `Err` names a bound that is not a SQLite value.
+pub(super) fn sqlite_range(p: &Planned, chunk: &Chunk) -> Result<(String, Vec<Value>), String> {
+    let columns = quoted_key(p);
     if chunk.null_keys {
         let any_null: Vec<String> = columns.iter().map(|c| format!("{c} IS NULL")).collect();
         return Ok((format!(" WHERE {}", any_null.join(" OR ")), Vec::new()));

@@ -401,12 +401,7 @@ async fn split_ranges(
     estimate: u64,
 ) -> Result<Vec<Chunk>, sqlx::Error> {
     let table = quote_ident(p.source.local_name());
-    let columns: Vec<String> = p
-        .plan
-        .key
-        .iter()
-        .map(|k| quote_ident(p.source.local_column(k)))
-        .collect();
+    let columns = bounds::quoted_key(p);
     let mut bounds: Vec<Vec<String>> = Vec::new();
     let integer_key = p.plan.key.len() == 1
         && p.source
