@@ -626,9 +626,13 @@ impl Output {
             }
             writeln!(
                 out,
-                "{:>3}. {}  ~{} rows, {} chunk(s){}{}",
+                "{:>3}. {}{}  ~{} rows, {} chunk(s){}{}",
                 i + 1,
                 t.table,
+                t.source_table
+                    .as_deref()
+                    .map(|theirs| format!(" (source: {theirs})"))
+                    .unwrap_or_default(),
                 t.estimated_rows,
                 t.chunks,
                 if t.chunks_done > 0 {
@@ -665,7 +669,10 @@ impl Output {
                     ),
                     _ => format!("{:?}", c.action),
                 };
-                writeln!(out, "       {}: {what}", c.name)?;
+                match &c.source_name {
+                    Some(theirs) => writeln!(out, "       {} (source: {theirs}): {what}", c.name)?,
+                    None => writeln!(out, "       {}: {what}", c.name)?,
+                }
             }
         }
         if !plan.left_out.is_empty() {

@@ -864,6 +864,15 @@ async fn camel_case_names_meet_their_snake_case_targets() -> anyhow::Result<()> 
     )
     .await?;
     let dst = target(datamig_tests::SNAKE_CASE_TARGET).await?;
+    // The plan shows the source's own names beside the target's.
+    let plan = copy(src.url(), dst.url(), &["--dry-run"]).await?;
+    let shown = text(&plan.stdout);
+    assert!(plan.status.success(), "{shown}{}", text(&plan.stderr));
+    assert!(
+        shown.contains("public.invoice_line (source: InvoiceLine)")
+            && shown.contains("unit_price (source: UnitPrice): decimal(10,2) -> numeric(10,2)"),
+        "{shown}"
+    );
     let out = copy(src.url(), dst.url(), &datamig_tests::SNAKE_CASE_COPY).await?;
     datamig_tests::assert_snake_case_copied(&out, dst.pool()).await?;
     Ok(())

@@ -69,6 +69,10 @@ pub struct ColumnPlan {
     pub name: String,
     /// Its type in the source (`None`: not there).
     pub source_type: Option<String>,
+    /// Its name in a SQLite or MySQL source, where the target names it otherwise
+    /// (`UnitPrice` for `unit_price`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_name: Option<String>,
     /// Its type in the target.
     pub target_type: String,
     /// What the copy does with it.
@@ -85,6 +89,10 @@ pub struct ColumnPlan {
 pub struct TablePlan {
     /// `schema.table`.
     pub table: String,
+    /// Its name in a SQLite or MySQL source, where the target names it otherwise
+    /// (`InvoiceLine` for `invoice_line`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_table: Option<String>,
     /// Its columns as the target has them, and what the copy does with each.
     pub columns: Vec<ColumnPlan>,
     /// The primary key that orders and splits it (empty: none; it is copied whole).
@@ -264,6 +272,7 @@ pub(crate) fn plan(
         planned.push(Planned {
             plan: TablePlan {
                 table: display(&table.name),
+                source_table: (!table.source_name.is_empty()).then(|| table.source_name.clone()),
                 columns,
                 key,
                 estimated_rows: table.estimated_rows,
@@ -429,6 +438,9 @@ pub(crate) fn match_columns(
         plans.push(ColumnPlan {
             name: column.name.clone(),
             source_type: ours.map(|c| c.sql_type.clone()),
+            source_name: ours
+                .filter(|c| !c.source_name.is_empty())
+                .map(|c| c.source_name.clone()),
             target_type: column.sql_type.clone(),
             action,
             conversion: None,

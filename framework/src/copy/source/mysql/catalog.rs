@@ -260,6 +260,9 @@ pub(super) fn convert_columns(
         plans.push(ColumnPlan {
             name: column.name.clone(),
             source_type: ours.map(|c| c.sql_type.clone()),
+            source_name: ours
+                .filter(|c| !c.source_name.is_empty())
+                .map(|c| c.source_name.clone()),
             target_type: column.sql_type.clone(),
             action,
             conversion,
