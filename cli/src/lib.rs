@@ -895,10 +895,13 @@ impl From<Error> for Failure {
             Error::FollowStopped(_) => exit::FOLLOW_STOPPED,
             Error::Drift { .. } => exit::DRIFT,
             Error::MigrationFailed { .. } | Error::Interrupted { .. } => exit::MIGRATION_FAILED,
+            // A batch's COMMIT that failed leaves its migration unfinished, whatever the
+            // batch's outcome: the next run goes on.
             Error::CommitOutcome {
                 applied: Some(false),
                 ..
-            } => exit::MIGRATION_FAILED,
+            }
+            | Error::CommitOutcome { batch: Some(_), .. } => exit::MIGRATION_FAILED,
             Error::NotIdempotent { .. } | Error::Diverged { .. } => exit::NOT_IDEMPOTENT,
             Error::Stopped { .. } => exit::INTERRUPTED,
             Error::LeaseLost { .. } => exit::LEASE_LOST,

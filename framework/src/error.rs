@@ -153,21 +153,19 @@ pub enum Error {
 
     /// The `COMMIT` of a migration (or of a batch) returned an error, so whether it
     /// committed was unknown until the ledger was read again.
-    #[error(
-        "the COMMIT of migration {id} failed ({error}), so its outcome was unknown; the ledger, \
-         read again, shows it {}", match .applied {
-            Some(true) => "applied: it committed, and nothing needs doing",
-            Some(false) => "not applied: it was rolled back, and the next run applies it",
-            None => "nothing, because it could not be read: run `datamig status` to see whether it is applied",
-        }
-    )]
+    #[error("{}", commit_outcome(.id, *.batch, .error, *.applied))]
     CommitOutcome {
         /// The migration's id.
         id: String,
         /// The error the `COMMIT` returned.
         error: String,
-        /// Whether the ledger, read again, shows it applied (`None`: it could not be read).
+        /// Whether the ledger, read again, shows it applied, or with `batch`, that batch
+        /// committed (`None`: it could not be read).
         applied: Option<bool>,
+        /// The batch whose `COMMIT` failed (from 1), in a batched migration's walk; `None`
+        /// for the `COMMIT` of a whole migration (or of a worker's batch, whose outcome is
+        /// the migration's).
+        batch: Option<u64>,
     },
 
     /// A data migration needs a schema migration that has not been applied.
@@ -470,6 +468,51 @@ pub(crate) fn describe_chain(err: &anyhow::Error) -> String {
         }
     }
     parts.join(": ")
+}
+
+/// The message of [`Error::CommitOutcome`].
+fn commit_outcome(id: &str, batch: Option<u64>, error: &str, applied: Option<bool>) -> String {
+    let (what, shows) = match (batch, applied) {
+        (None, Some(true)) => (
+            format!("migration {id}"),
+            "applied: it committed, and nothing needs doing".to_string(),
+        ),
+        (None, Some(false)) => (
+            format!("migration {id}"),
+            "not applied: it was rolled back, and the next run applies it".to_string(),
+        ),
+        (Some(n), Some(true)) => (
+            format!("batch {n} of migration {id}"),
+            "the batch committed: nothing of it is lost, and the next run goes on after it \
+             (`datamig status` shows where the migration stands)"
+                .to_string(),
+        ),
+        (Some(n), Some(false)) => (
+            format!("batch {n} of migration {id}"),
+            "the batch rolled back: the next run does it again".to_string(),
+        ),
+        (None, None) => (
+            format!("migration {id}"),
+            "nothing, because it could not be read: run `datamig status` to see whether it is \
+             applied"
+                .to_string(),
+        ),
+        (Some(n), None) => (
+            format!("batch {n} of migration {id}"),
+            "nothing, because it could not be read: run `datamig status` to see where the \
+             migration stands"
+                .to_string(),
+        ),
+    };
+    format!(
+        "the COMMIT of {what} failed ({error}), so its outcome was unknown; the ledger, read \
+         again, shows {}{shows}",
+        if shows.starts_with("the batch") || shows.starts_with("nothing") {
+            ""
+        } else {
+            "it "
+        }
+    )
 }
 
 fn not_idempotent(

@@ -513,9 +513,10 @@ async fn a_connection_cut_mid_batch_fails_with_4_and_the_next_run_resumes() -> a
     let stderr = text(&output.stderr);
     assert!(
         stderr.contains(&format!("migration {BUMP_ITEMS} failed: batch "))
-            || stderr.contains(&format!(
-                "the COMMIT of migration {BUMP_ITEMS} failed (error communicating with database"
-            )),
+            || (stderr.contains("the COMMIT of batch ")
+                && stderr.contains(&format!(
+                    "of migration {BUMP_ITEMS} failed (error communicating with database"
+                ))),
         "{stderr}"
     );
     let (checkpoint, batches): (String, i64) =

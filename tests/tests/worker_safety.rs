@@ -434,6 +434,59 @@ async fn a_workers_batch_whose_commit_fails_is_read_back() -> anyhow::Result<()>
     Ok(())
 }
 
+/// The same doomed batch in a single walk: the error names the batch and says it rolled
+/// back, the batches before it stay committed, and the next run goes on after them.
+#[tokio::test]
+async fn a_walks_batch_whose_commit_fails_is_named_and_read_back() -> anyhow::Result<()> {
+    let db = datamig::testing::postgres().await?;
+    exec(
+        db.pool(),
+        "CREATE TABLE slow (id bigint PRIMARY KEY, hits integer NOT NULL DEFAULT 0);
+         INSERT INTO slow (id) SELECT generate_series(1, 400);",
+    )
+    .await?;
+    exec(db.pool(), datamig_tests::DOOMED_AT_COMMIT).await?;
+    let err = Migrator::new(db.pool().clone())
+        .migrations([&doomed_batch::MIGRATION])
+        .run()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::CommitOutcome {
+                applied: Some(false),
+                batch: Some(10),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!(
+            "the COMMIT of batch 10 of migration {} failed (",
+            doomed_batch::MIGRATION.id()
+        )) && message.ends_with("the batch rolled back: the next run does it again"),
+        "{message}"
+    );
+    assert_eq!(
+        scalar(db.pool(), "SELECT count(*) FROM slow WHERE hits = 1").await?,
+        225,
+        "the nine batches before it committed"
+    );
+    exec(db.pool(), "DROP TRIGGER end_session_at_commit ON doomed").await?;
+    Migrator::new(db.pool().clone())
+        .migrations([&doomed_batch::MIGRATION])
+        .run()
+        .await?;
+    assert_eq!(
+        scalar(db.pool(), "SELECT count(*) FROM slow WHERE hits <> 1").await?,
+        0
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn splitting_a_table_with_stale_statistics_reads_a_sample_not_every_key() -> anyhow::Result<()>
 {

@@ -92,11 +92,13 @@ impl<DB: Backend> Migrator<DB> {
                         Err(err) => {
                             let expected = attempt.write.clone();
                             return Err(self
-                                .commit_outcome(migration.id(), &err, move |row| match &expected {
-                                    LedgerWrite::Rerun { run_count, .. } => {
-                                        row.run_count > *run_count
+                                .commit_outcome(migration.id(), None, &err, move |row| {
+                                    match &expected {
+                                        LedgerWrite::Rerun { run_count, .. } => {
+                                            row.run_count > *run_count
+                                        }
+                                        _ => true,
                                     }
-                                    _ => true,
                                 })
                                 .await);
                         }
@@ -134,6 +136,7 @@ impl<DB: Backend> Migrator<DB> {
     pub(super) async fn commit_outcome(
         &self,
         id: &str,
+        batch: Option<u64>,
         err: &sqlx::Error,
         committed: impl Fn(&crate::ledger::LedgerEntry) -> bool,
     ) -> Failure {
@@ -148,6 +151,7 @@ impl<DB: Backend> Migrator<DB> {
         };
         Failure::Other(Error::CommitOutcome {
             id: id.to_string(),
+            batch,
             error: describe_sqlx(err),
             applied: match ledger {
                 Ok(rows) => Some(rows.iter().any(|row| row.id == id && committed(row))),

@@ -222,7 +222,7 @@ impl<DB: Backend> Migrator<DB> {
                     let from = state.after.as_ref().map(|k| shape.encode(k));
                     let batches = state.batches;
                     return Err(self
-                        .commit_outcome(migration.id(), &err, move |row| {
+                        .commit_outcome(migration.id(), Some(batches + 1), &err, move |row| {
                             row.batches > i64::try_from(batches).unwrap_or(i64::MAX)
                                 || (row.checkpoint != from && !row.is_running())
                         })

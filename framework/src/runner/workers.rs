@@ -539,6 +539,7 @@ impl<DB: Backend> Migrator<DB> {
                 Err(BatchError::Commit(err)) => {
                     return Err(Failure::Other(Error::CommitOutcome {
                         id: migration.id().to_string(),
+                        batch: None,
                         error: crate::error::describe_sqlx(&err),
                         applied: None,
                     }));
@@ -816,6 +817,7 @@ impl<DB: Backend> Migrator<DB> {
         };
         BatchError::ReadBack(Error::CommitOutcome {
             id: id.to_string(),
+            batch: None,
             error: format!(
                 "a batch of range {range}: {}",
                 crate::error::describe_sqlx(&err)
