@@ -16,8 +16,9 @@
 //!   `CHAR(36)` UUID, batched (10,000 keys a batch), against one `UPDATE`. Beside them,
 //!   with no target, the floor of any batched walk on this server: a hand-written loop of
 //!   the same statement over the same 100 ranges, their bounds read beforehand (untimed),
-//!   each range in its own autocommit, with no checkpoint and no check; the three take
-//!   turns in each round.
+//!   each range in its own autocommit, with no checkpoint and no check; and the same
+//!   backfill with no batch settings, which datamig paces (batches growing towards about
+//!   300 ms while nobody else uses the server). The four take turns in each round.
 //!
 //! `DATAMIG_BENCH_BUFFER_POOL` (bytes) resizes the throwaway server's InnoDB buffer pool
 //! first: MariaDB's default 128 MB holds less than the benchmark's tables, so with it every
@@ -75,6 +76,35 @@ async fn backfill_int(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result<
     batch(table = "bench_uuid_users", key = "id", size = 10_000)
 )]
 async fn backfill_uuid(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result<()> {
+    ctx.execute_batch(
+        "UPDATE bench_uuid_users SET email = lower(email) WHERE {batch} AND email <> lower(email)",
+        &batch,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The integer-key backfill with no batch settings: datamig paces it (batches grow
+/// towards about 300 ms on a database nobody else uses).
+#[datamig::migration(
+    id = "20250301_0003_bench_mysql_backfill_int_paced",
+    batch(table = "bench_users", key = "id")
+)]
+async fn backfill_int_paced(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result<()> {
+    ctx.execute_batch(
+        "UPDATE bench_users SET email = lower(email) WHERE {batch} AND email <> lower(email)",
+        &batch,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The UUID-key backfill with no batch settings.
+#[datamig::migration(
+    id = "20250301_0004_bench_mysql_backfill_uuid_paced",
+    batch(table = "bench_uuid_users", key = "id")
+)]
+async fn backfill_uuid_paced(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result<()> {
     ctx.execute_batch(
         "UPDATE bench_uuid_users SET email = lower(email) WHERE {batch} AND email <> lower(email)",
         &batch,
@@ -328,9 +358,17 @@ async fn main() -> anyhow::Result<()> {
 
     // Backfills, in the same way.
     let mut backfills = Vec::new();
-    for (table, migration) in [
-        ("bench_users", &backfill_int::MIGRATION),
-        ("bench_uuid_users", &backfill_uuid::MIGRATION),
+    for (table, migration, paced_migration) in [
+        (
+            "bench_users",
+            &backfill_int::MIGRATION,
+            &backfill_int_paced::MIGRATION,
+        ),
+        (
+            "bench_uuid_users",
+            &backfill_uuid::MIGRATION,
+            &backfill_uuid_paced::MIGRATION,
+        ),
     ] {
         let reset = format!("UPDATE {table} SET email = CONCAT('User', SUBSTR(email, 5))");
         let update = format!("UPDATE {table} SET email = lower(email)");
@@ -368,23 +406,30 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         };
-        let (mut first, mut floor) = (Paired::default(), Paired::default());
+        let (mut first, mut floor, mut paced) =
+            (Paired::default(), Paired::default(), Paired::default());
         for round in 0..repeat {
-            // One `UPDATE`, the hand-written loop and datamig's run, in turns.
-            let mut took = [Duration::ZERO; 3];
-            for i in 0..3 {
-                let which = (i + round) % 3;
+            // One `UPDATE`, the hand-written loop, datamig's run of 10,000 keys a batch and
+            // its self-paced run, in turns.
+            let mut took = [Duration::ZERO; 4];
+            for i in 0..4 {
+                let which = (i + round) % 4;
                 exec(&pool, &reset).await?;
-                if which == 2 {
+                if which >= 2 {
                     forget(&pool).await?;
                 }
                 quiesce(&pool).await?;
+                let walk = if which == 2 {
+                    migration
+                } else {
+                    paced_migration
+                };
                 took[which] = match which {
                     0 => timed(exec(&pool, &update)).await?,
                     1 => timed(hand_loop()).await?,
                     _ => {
                         timed(async {
-                            migrator(migration).run().await?;
+                            migrator(walk).run().await?;
                             Ok::<_, anyhow::Error>(())
                         })
                         .await?
@@ -393,6 +438,7 @@ async fn main() -> anyhow::Result<()> {
             }
             first.record(took[0], took[2]);
             floor.record(took[0], took[1]);
+            paced.record(took[0], took[3]);
         }
         let (mut second, mut set_rewritten, mut batched_rewritten) = (Paired::default(), 0, 0);
         for _ in 0..repeat {
@@ -428,6 +474,7 @@ async fn main() -> anyhow::Result<()> {
             table,
             first,
             floor,
+            paced,
             second,
             set_rewritten,
             batched_rewritten,
@@ -450,7 +497,7 @@ async fn main() -> anyhow::Result<()> {
         "upsert, second run  {}  ({upsert_rewritten} rows rewritten)",
         secs(upsert_second.ours())
     );
-    for (table, first, floor, second, set_rewritten, rewritten) in &backfills {
+    for (table, first, floor, paced, second, set_rewritten, rewritten) in &backfills {
         println!("{table}: one UPDATE, first run  {}", secs(first.base()));
         println!(
             "{table}: hand-written loop of 100 range UPDATEs, bounds known, first run  {}",
@@ -468,6 +515,10 @@ async fn main() -> anyhow::Result<()> {
             "{table}: batched, second run  {}  ({rewritten} rows rewritten)",
             secs(second.ours())
         );
+        println!(
+            "{table}: batched backfill, self-paced (no batch settings), first run  {}",
+            secs(paced.ours())
+        );
     }
     println!();
     let mut ok = upsert_first.ratio("upsert first run / set-based first run", 1.5);
@@ -477,9 +528,13 @@ async fn main() -> anyhow::Result<()> {
         verdict(upsert_rewritten == 0)
     );
     ok &= upsert_rewritten == 0;
-    for (table, first, floor, second, _, rewritten) in &backfills {
+    for (table, first, floor, paced, second, _, rewritten) in &backfills {
         floor.note(&format!("{table} hand-written loop first run / one UPDATE"));
         ok &= first.ratio(&format!("{table} batched first run / one UPDATE"), 1.3);
+        ok &= paced.ratio(
+            &format!("{table} batched self-paced first run / one UPDATE"),
+            1.3,
+        );
         ok &= second.ratio(
             &format!("{table} batched second run / one UPDATE second run"),
             1.5,

@@ -4,6 +4,8 @@
 //! test's own writer); a batch that runs past its statement timeout is split in halves,
 //! and one that still does at `min_size` stops the migration naming its keys; an operator
 //! cancels a backfill from another process and only `run --restart` starts it again.
+//! On MariaDB too: flat out alone, pausing beside an application, and for a session that
+//! waits for the batch's rows (a user without `PROCESS` sees only its own user's sessions).
 //! Assertions are on progress events, the ledger and the rows, never on timing (but for
 //! one lower bound: a walk that pauses takes at least its pauses).
 
@@ -573,4 +575,328 @@ async fn a_restart_after_a_cancel_with_workers_walks_every_range_from_the_first_
         .await?;
     assert_eq!(status, "applied");
     Ok(())
+}
+
+/// The same pacing on MySQL and MariaDB (MariaDB 10.11 from `datamig::testing::mysql()`),
+/// whose signals are the sessions of `information_schema.PROCESSLIST` and the lock waits of
+/// InnoDB.
+mod mysql {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use datamig::prelude::*;
+    use datamig::{Error, Progress};
+    use sqlx::{AssertSqlSafe, Connection, MySqlConnection, MySqlPool};
+
+    /// Marks every row; no batch settings at all, so datamig paces it.
+    #[datamig::migration(
+        id = "20250601_0100_self_paced_mysql",
+        batch(table = "paced", key = "id")
+    )]
+    async fn self_paced(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result<()> {
+        ctx.execute_batch(
+            "UPDATE paced SET done = 1 WHERE {batch} AND NOT done",
+            &batch,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Set by the first batch of `holds_rows` once it has written its rows.
+    static HOLDING: AtomicBool = AtomicBool::new(false);
+
+    /// The same, and its first batch, holding its rows, waits (for at most 30 s) until
+    /// another session waits for one of them.
+    #[datamig::migration(
+        id = "20250601_0101_holds_rows_mysql",
+        batch(table = "paced", key = "id")
+    )]
+    async fn holds_rows(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result<()> {
+        ctx.execute_batch(
+            "UPDATE paced SET done = 1 WHERE {batch} AND NOT done",
+            &batch,
+        )
+        .await?;
+        if batch.number() == 1 {
+            HOLDING.store(true, Ordering::SeqCst);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let running = ctx
+                    .fetch_i64(
+                        "SELECT count(*) FROM information_schema.PROCESSLIST
+                         WHERE DB = DATABASE() AND INFO LIKE 'UPDATE paced SET done = 2%'",
+                    )
+                    .await?;
+                // Waiting for the lock, where this user may see it (`PROCESS`).
+                let waiting = ctx
+                    .fetch_i64(
+                        "SELECT count(*) FROM information_schema.INNODB_TRX
+                         WHERE trx_state = 'LOCK WAIT'",
+                    )
+                    .await
+                    .unwrap_or(Some(1));
+                if running == Some(1) && waiting.unwrap_or(0) >= 1 {
+                    break;
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "nobody waited for the batch's rows within 30 s"
+                );
+                // InnoDB shows its transactions afresh only to a read at least 0.1 s after
+                // the one before.
+                ctx.fetch_i64("SELECT CAST(SLEEP(0.15) AS signed)").await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A database holding `paced (id, done)` with `rows` rows and `app_counter`, whose
+    /// setup sessions are gone: then no session but the migrator's own is there.
+    async fn paced_database(rows: i64) -> anyhow::Result<datamig::testing::MySqlTestDatabase> {
+        let db = datamig::testing::mysql().await?;
+        for sql in [
+            "CREATE TABLE paced (id bigint PRIMARY KEY, done boolean NOT NULL DEFAULT false) ENGINE=InnoDB".to_string(),
+            format!(
+                "INSERT INTO paced (id) {} SELECT n FROM s",
+                datamig_tests::mysql_numbers(rows as u32)
+            ),
+            "CREATE TABLE app_counter (n bigint NOT NULL) ENGINE=InnoDB".to_string(),
+            "INSERT INTO app_counter VALUES (0)".to_string(),
+        ] {
+            sqlx::query(AssertSqlSafe(sql)).execute(db.pool()).await?;
+        }
+        db.pool().close().await;
+        Ok(db)
+    }
+
+    /// A migrator of `migration` on a pool of its own, its progress events kept in `events`.
+    async fn migrator(
+        url: &str,
+        migration: &'static datamig::Migration,
+        events: &Arc<Mutex<Vec<Progress>>>,
+    ) -> anyhow::Result<Migrator<MySql>> {
+        let sink = Arc::clone(events);
+        Ok(Migrator::new(MySqlPool::connect(url).await?)
+            .migrations([migration])
+            .on_progress(move |p| sink.lock().unwrap().push(p.clone())))
+    }
+
+    async fn done_rows(url: &str) -> anyhow::Result<i64> {
+        let mut conn = MySqlConnection::connect(url).await?;
+        let n = sqlx::query_scalar("SELECT count(*) FROM paced WHERE done")
+            .fetch_one(&mut conn)
+            .await?;
+        conn.close().await?;
+        Ok(n)
+    }
+
+    /// The application: one session updating a row of its own table in a loop, each
+    /// statement taking a moment, until stopped.
+    struct App {
+        stop: Arc<AtomicBool>,
+        task: tokio::task::JoinHandle<anyhow::Result<u64>>,
+    }
+
+    impl App {
+        async fn start(url: &str) -> anyhow::Result<Self> {
+            let mut conn = MySqlConnection::connect(url).await?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = Arc::clone(&stop);
+            let task = tokio::spawn(async move {
+                let mut done = 0;
+                while !flag.load(Ordering::Relaxed) {
+                    sqlx::query("UPDATE app_counter SET n = n + 1 WHERE SLEEP(0.02) = 0")
+                        .execute(&mut conn)
+                        .await?;
+                    done += 1;
+                }
+                Ok(done)
+            });
+            Ok(App { stop, task })
+        }
+
+        async fn stop(self) -> anyhow::Result<u64> {
+            self.stop.store(true, Ordering::Relaxed);
+            self.task.await?
+        }
+    }
+
+    #[tokio::test]
+    async fn a_mysql_backfill_runs_flat_out_alone_and_pauses_beside_an_application()
+    -> anyhow::Result<()> {
+        let db = paced_database(200_000).await?;
+        let migration = &self_paced::MIGRATION;
+
+        // Nobody else: back-to-back batches, growing.
+        let alone: Arc<Mutex<Vec<Progress>>> = Arc::default();
+        let first = migrator(db.url(), migration, &alone)
+            .await?
+            .interrupt_after_batches(3)
+            .run()
+            .await;
+        assert!(matches!(first, Err(Error::Interrupted { .. })), "{first:?}");
+        let alone = alone.lock().unwrap().clone();
+        assert_eq!(alone.len(), 3, "{alone:?}");
+        for event in &alone {
+            assert_eq!(
+                event.pacing.as_deref(),
+                Some("full speed: no other session active"),
+                "{event:?}"
+            );
+            assert_eq!(event.pause_ms, 0, "{event:?}");
+        }
+        assert!(
+            alone.windows(2).all(|w| w[1].batch_size > w[0].batch_size),
+            "sizes grow on an idle database: {:?}",
+            alone.iter().map(|e| e.batch_size).collect::<Vec<_>>()
+        );
+
+        // The application starts: the next batches are followed by pauses, and say why.
+        let app = App::start(db.url()).await?;
+        let beside: Arc<Mutex<Vec<Progress>>> = Arc::default();
+        let second = migrator(db.url(), migration, &beside)
+            .await?
+            .interrupt_after_batches(3)
+            .run()
+            .await;
+        assert!(
+            matches!(second, Err(Error::Interrupted { .. })),
+            "{second:?}"
+        );
+        assert!(app.stop().await? > 0);
+        let beside = beside.lock().unwrap().clone();
+        assert_eq!(beside.len(), 3, "{beside:?}");
+        for event in &beside {
+            let pacing = event.pacing.as_deref().unwrap_or_default();
+            assert!(
+                pacing.starts_with("pausing ") && pacing.contains("1 application session active"),
+                "{event:?}"
+            );
+            assert!(event.pause_ms > 0, "{event:?}");
+        }
+
+        // Alone again, it finishes; every row done once.
+        let rest: Arc<Mutex<Vec<Progress>>> = Arc::default();
+        let report = migrator(db.url(), migration, &rest).await?.run().await?;
+        assert_eq!(report.applied.len(), 1);
+        assert_eq!(done_rows(db.url()).await?, 200_000);
+        assert!(
+            rest.lock()
+                .unwrap()
+                .last()
+                .and_then(|e| e.pacing.as_deref())
+                .is_some_and(|p| p.starts_with("full speed")),
+            "{:?}",
+            rest.lock().unwrap().last()
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn mysql_workers_do_not_count_their_runner_or_each_other_as_applications()
+    -> anyhow::Result<()> {
+        let db = paced_database(60_000).await?;
+        let events: Arc<Mutex<Vec<Progress>>> = Arc::default();
+        let report = migrator(db.url(), &self_paced::MIGRATION, &events)
+            .await?
+            .workers(2)
+            .run()
+            .await?;
+        assert_eq!(report.applied.len(), 1);
+        assert_eq!(report.applied[0].workers, 2);
+        assert_eq!(done_rows(db.url()).await?, 60_000);
+        let events = events.lock().unwrap().clone();
+        assert!(events.len() >= 2, "{events:?}");
+        // The other tests of this binary may slow the batches down (a signal of its own);
+        // no session of this walk counts as an application's.
+        for event in &events {
+            let pacing = event.pacing.as_deref().unwrap_or_default();
+            assert!(
+                !pacing.is_empty() && !pacing.contains("application session"),
+                "{:?}",
+                events.iter().map(|e| e.pacing.clone()).collect::<Vec<_>>()
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs `holds_rows` on `url` while an application session (on `app_url`) updates a
+    /// row of its first batch, and returns the first batch's progress event and what the
+    /// application's update changed.
+    async fn one_session_waits(url: &str, app_url: &str) -> anyhow::Result<(Progress, u64)> {
+        HOLDING.store(false, Ordering::SeqCst);
+        let events: Arc<Mutex<Vec<Progress>>> = Arc::default();
+        let migrator = migrator(url, &holds_rows::MIGRATION, &events).await?;
+        let run = tokio::spawn(async move { migrator.interrupt_after_batches(1).run().await });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !HOLDING.load(Ordering::SeqCst) {
+            anyhow::ensure!(Instant::now() < deadline, "the first batch never ran");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Waits for the batch's lock on row 1, until the batch commits.
+        let mut app = MySqlConnection::connect(app_url).await?;
+        let changed = sqlx::query("UPDATE paced SET done = 2 WHERE id = 1")
+            .execute(&mut app)
+            .await?
+            .rows_affected();
+        app.close().await?;
+        let result = run.await?;
+        assert!(
+            matches!(result, Err(Error::Interrupted { .. })),
+            "{result:?}"
+        );
+        let first = events.lock().unwrap().first().cloned();
+        Ok((first.expect("one progress event"), changed))
+    }
+
+    #[tokio::test]
+    async fn a_mysql_backfill_sees_a_session_waiting_for_its_rows_and_pauses_for_it()
+    -> anyhow::Result<()> {
+        let db = paced_database(20_000).await?;
+        let (event, changed) = one_session_waits(db.url(), db.url()).await?;
+        let pacing = event.pacing.as_deref().unwrap_or_default();
+        assert!(
+            pacing.starts_with("pausing ")
+                && pacing.contains("1 session waited for rows this backfill locked"),
+            "{event:?}"
+        );
+        assert!(event.pause_ms > 0, "{event:?}");
+        assert_eq!(changed, 1, "the application's update ran after the batch");
+
+        // A user without the PROCESS privilege sees no lock waits, only its own user's
+        // sessions: the backfill goes on, pausing for the session it sees.
+        let mut admin = MySqlConnection::connect(db.url()).await?;
+        let user = format!("p{}", std::process::id());
+        for sql in [
+            format!("CREATE USER IF NOT EXISTS '{user}'@'%' IDENTIFIED BY 'secret'"),
+            format!("GRANT ALL ON `{}`.* TO '{user}'@'%'", db.name()),
+            "UPDATE paced SET done = 0".to_string(),
+        ] {
+            sqlx::query(AssertSqlSafe(sql)).execute(&mut admin).await?;
+        }
+        let limited = {
+            let rest = db.url().split_once('@').map_or("", |(_, r)| r);
+            format!("mysql://{user}:secret@{rest}")
+        };
+        let mut ledger = MySqlConnection::connect(db.url()).await?;
+        sqlx::query("DELETE FROM datamig_ledger")
+            .execute(&mut ledger)
+            .await?;
+        ledger.close().await?;
+        let waited = one_session_waits(&limited, &limited).await;
+        sqlx::query(AssertSqlSafe(format!("DROP USER '{user}'@'%'")))
+            .execute(&mut admin)
+            .await?;
+        admin.close().await?;
+        let (event, changed) = waited?;
+        let pacing = event.pacing.as_deref().unwrap_or_default();
+        assert!(
+            pacing.starts_with("pausing ") && pacing.contains("1 application session active"),
+            "{event:?}"
+        );
+        assert!(!pacing.contains("waited for rows"), "{event:?}");
+        assert_eq!(changed, 1);
+        Ok(())
+    }
 }

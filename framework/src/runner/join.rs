@@ -86,7 +86,7 @@ impl<DB: Backend> Migrator<DB> {
                 started_at: Utc::now(),
             };
             match self
-                .work_ranges(&job, self.workers_for(spec), Vec::new())
+                .work_ranges(conn, &job, self.workers_for(spec), Vec::new())
                 .await
             {
                 Ok(team) => joined.push(team_report(&team, &id, Action::Resume)),

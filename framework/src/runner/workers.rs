@@ -69,7 +69,8 @@ pub(super) struct Team {
     notes: Mutex<Vec<String>>,
     estimated_total: Option<u64>,
     clock: Instant,
-    /// The server sessions of this team's workers, left out of the pacing's signals.
+    /// The server sessions of this team's workers and its runner, left out of the pacing's
+    /// signals.
     sessions: Mutex<Vec<i32>>,
     /// Time the workers spent pausing for other sessions (pacing), in milliseconds.
     paced_ms: AtomicU64,
@@ -214,7 +215,7 @@ impl<DB: Backend> Migrator<DB> {
                 .map_err(Failure::Other)?;
             tx.commit().await.map_err(Failure::db)?;
         }
-        let team = self.work_ranges(&job, workers, notes).await?;
+        let team = self.work_ranges(conn, &job, workers, notes).await?;
         let applied = pinned::<DB, _>(conn, async |c| Ok(DB::read_ledger(c, &self.ledger).await?))
             .await
             .map_err(Failure::Other)?
@@ -231,13 +232,22 @@ impl<DB: Backend> Migrator<DB> {
 
     /// Works the ranges of `job` with `workers` workers, each on a connection of its own,
     /// until no range has keys left (another process's workers may be working some).
+    /// `conn` is the runner's, idle while the workers work.
     pub(super) async fn work_ranges(
         &self,
+        conn: &mut DB::Connection,
         job: &Job<'_, DB>,
         workers: u32,
         notes: Vec<String>,
     ) -> Result<Team, Failure> {
-        let estimated_total = self.estimate_left(job).await;
+        let estimated_total = self.estimate_left(conn, job).await;
+        // The runner's session is not an application's: the pacing leaves it out, with
+        // the workers' own.
+        let own = if job.spec.paces() {
+            DB::session_id(conn).await.ok().flatten()
+        } else {
+            None
+        };
         let team = Team {
             workers,
             halt: AtomicBool::new(false),
@@ -250,7 +260,7 @@ impl<DB: Backend> Migrator<DB> {
             notes: Mutex::new(notes),
             estimated_total,
             clock: Instant::now(),
-            sessions: Mutex::new(Vec::new()),
+            sessions: Mutex::new(own.into_iter().collect()),
             paced_ms: AtomicU64::new(0),
         };
         // Every worker's connection first, so that the workers start together (and a
@@ -288,10 +298,11 @@ impl<DB: Backend> Migrator<DB> {
         Ok(team)
     }
 
-    /// The planner's estimate of the keys left in the ranges, for progress.
-    async fn estimate_left(&self, job: &Job<'_, DB>) -> Option<u64> {
-        let mut conn = self.pool.acquire().await.ok()?;
-        pinned::<DB, _>(&mut conn, async |c| {
+    /// The planner's estimate of the keys left in the ranges, for progress, read on the
+    /// runner's connection (one of the pool's would look, for a second, like an
+    /// application's session to the pacing).
+    async fn estimate_left(&self, conn: &mut DB::Connection, job: &Job<'_, DB>) -> Option<u64> {
+        pinned::<DB, _>(conn, async |c| {
             let mut total = 0;
             for range in DB::read_ranges(c, &self.ledger, Some(job.migration.id())).await? {
                 if range.done {

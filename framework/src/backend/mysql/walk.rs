@@ -14,13 +14,14 @@
 use sqlx::mysql::{MySqlConnection, MySqlRow};
 use sqlx::{AssertSqlSafe, MySql, Row};
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::ledger::table_exists;
-use super::server::Server;
+use super::server::{Server, error_number};
 use super::sql::{bind_keyed, keyed, query_as, query_scalar};
 use crate::backend::shared::Shared;
-use crate::backend::steps::{KeyColumn, WalkSteps};
+use crate::backend::steps::{KeyColumn, LoadSample, WalkSteps};
 use crate::key::{Key, KeyKind, KeyShape, KeyValue, RestGuard};
 use crate::sql::quote_ident;
 
@@ -191,6 +192,76 @@ impl WalkSteps for MySql {
         Ok(estimate.and_then(|n| u64::try_from(n).ok()))
     }
 
+    async fn load_sample(
+        conn: &mut MySqlConnection,
+        own: &[i32],
+    ) -> Result<Option<LoadSample>, sqlx::Error> {
+        // Client sessions of this database (`information_schema.PROCESSLIST`), not this one
+        // nor the walk's workers. A session of another user shows only to a user with the
+        // `PROCESS` privilege. `TIME` counts whole seconds since the session's last change
+        // of state: a sleeping session at 0 ran a statement within the last second.
+        let others = if own.is_empty() {
+            String::new()
+        } else {
+            let ids: Vec<String> = own.iter().map(i32::to_string).collect();
+            format!(" AND ID NOT IN ({})", ids.join(", "))
+        };
+        let (active, recent, at): (i64, i64, f64) = query_as(AssertSqlSafe(format!(
+            "SELECT CAST(COALESCE(SUM(COMMAND <> 'Sleep'), 0) AS signed),
+                    CAST(COALESCE(SUM(COMMAND = 'Sleep' AND TIME < 1), 0) AS signed),
+                    CAST(UNIX_TIMESTAMP(NOW(6)) AS double)
+             FROM information_schema.PROCESSLIST
+             WHERE DB = DATABASE() AND ID <> CONNECTION_ID(){others}
+               AND COMMAND NOT IN ('Daemon', 'Binlog Dump', 'Binlog Dump GTID', 'Killed')"
+        )))
+        .fetch_one(&mut *conn)
+        .await?;
+        // A session waiting for a row lock runs a statement: only then is there one to
+        // look for. The lock waits are shown to a user with `PROCESS` alone; without it
+        // they count as the sessions they are. InnoDB refreshes the tables of its
+        // transactions and lock waits only for a read that comes at least 0.1 s after the
+        // one before (whoever's): read any more often, they would show the same instant
+        // for as long as the reads go on. Between two reads, the waiting sessions count
+        // as the sessions they are.
+        let lock_waits = if active > 0 && lock_waits_readable() {
+            let sql = match Server::of(conn).await? {
+                Server::MariaDb => {
+                    "SELECT CAST(count(DISTINCT w.requesting_trx_id) AS signed)
+                     FROM information_schema.INNODB_LOCK_WAITS w
+                     JOIN information_schema.INNODB_TRX b ON b.trx_id = w.blocking_trx_id
+                     WHERE b.trx_mysql_thread_id = CONNECTION_ID()"
+                }
+                Server::MySql => {
+                    "SELECT CAST(count(DISTINCT waiting_pid) AS signed)
+                     FROM sys.innodb_lock_waits WHERE blocking_pid = CONNECTION_ID()"
+                }
+            };
+            match query_scalar::<i64>(sql).fetch_one(&mut *conn).await {
+                Ok(n) => n,
+                Err(err) if access_denied(&err) => 0,
+                Err(err) => return Err(err),
+            }
+        } else {
+            0
+        };
+        let count = |n: i64| u32::try_from(n).unwrap_or(if n < 0 { 0 } else { u32::MAX });
+        Ok(Some(LoadSample {
+            active: count(active),
+            recent: count(recent),
+            lock_waits: count(lock_waits),
+            // MySQL counts commits for the whole server, not a database: none here.
+            commits: None,
+            at,
+        }))
+    }
+
+    async fn session_id(conn: &mut MySqlConnection) -> Result<Option<i32>, sqlx::Error> {
+        let id: i64 = query_scalar("SELECT CAST(CONNECTION_ID() AS signed)")
+            .fetch_one(conn)
+            .await?;
+        Ok(i32::try_from(id).ok())
+    }
+
     const READS_AHEAD: bool = true;
 
     const CHECKS_REST: bool = true;
@@ -354,3 +425,35 @@ pub(super) fn select_list(shape: &KeyShape, qualifier: &str) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// Whether `err` says the user may not read what was asked (`PROCESS` missing: 1227
+/// `ER_SPECIFIC_ACCESS_DENIED_ERROR`; 1142 `ER_TABLEACCESS_DENIED_ERROR`, MySQL's `sys`).
+fn access_denied(err: &sqlx::Error) -> bool {
+    matches!(error_number(err), Some(1227 | 1142 | 1044))
+}
+
+/// Whether InnoDB's lock waits may be read now: at most every [`LOCK_WAITS_EVERY`] by this
+/// process (its walks and workers together), so that each read finds them refreshed.
+fn lock_waits_readable() -> bool {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let every = u64::try_from(LOCK_WAITS_EVERY.as_millis()).unwrap_or(u64::MAX);
+    // Milliseconds since the process's first call, plus `every`: the first call reads.
+    let now = u64::try_from(
+        EPOCH
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX)
+    .saturating_add(every);
+    let last = LAST.load(Ordering::Acquire);
+    now.saturating_sub(last) >= every
+        && LAST
+            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+}
+
+/// How often InnoDB's lock waits are read for the pacing: a little over the 0.1 s for
+/// which InnoDB keeps showing what its last read found.
+const LOCK_WAITS_EVERY: Duration = Duration::from_millis(150);
