@@ -315,6 +315,7 @@ async fn the_plan_names_every_mismatch_and_nothing_is_written() -> anyhow::Resul
         "places.spot",
         "PostGIS",
         "places.ratio is double in the source and integer in the target",
+        "leave the column out with --exclude-columns public.places.ratio (the target fills it)",
         "no label 'b'",
         "places.extra (int(11)) is in the source but not in the target",
         "places.born (date) is NOT NULL without a default",

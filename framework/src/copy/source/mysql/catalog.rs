@@ -234,12 +234,16 @@ pub(super) fn convert_columns(
                 Some(Ok(st)) => match target_types.of(column) {
                     Some(t) => describe(st, &t, offset).map_err(|why| {
                         if why.is_empty() {
-                            refused(st, &column.sql_type)
+                            refused(st, &column.sql_type, &format!("{table}.{}", column.name))
                         } else {
                             why
                         }
                     }),
-                    None => Err(refused(st, &column.sql_type)),
+                    None => Err(refused(
+                        st,
+                        &column.sql_type,
+                        &format!("{table}.{}", column.name),
+                    )),
                 },
                 Some(Err(why)) => Err(why.clone()),
                 None => Err("its type was not read".into()),
@@ -271,11 +275,12 @@ pub(super) fn convert_columns(
     plans
 }
 
-/// Why a source type does not go into a target type.
-fn refused(source: &SourceType, target: &str) -> String {
+/// Why a source type does not go into a target type, for the column `named`
+/// (`table.column`, as `--exclude-columns` takes it).
+fn refused(source: &SourceType, target: &str, named: &str) -> String {
     if matches!(source, SourceType::Spatial) {
         return format!(
-            "spatial values go into PostGIS's geometry only, which the target column ({target}) is not: install PostGIS in the target and make the column geometry, or leave the table out with --exclude"
+            "spatial values go into PostGIS's geometry only, which the target column ({target}) is not: install PostGIS in the target and make the column geometry, leave the column out with --exclude-columns {named} (the target fills it), or leave the table out with --exclude"
         );
     }
     let into = match source {
@@ -303,7 +308,7 @@ fn refused(source: &SourceType, target: &str) -> String {
         SourceType::Spatial => "geometry",
     };
     format!(
-        "the copy does not convert it into {target} (it converts it into {into}): change the target column's type, or leave the table out with --exclude"
+        "the copy does not convert it into {target} (it converts it into {into}): change the target column's type, leave the column out with --exclude-columns {named} (the target fills it), or leave the table out with --exclude"
     )
 }
 

@@ -136,8 +136,8 @@ pub(super) fn convert_columns(
                 }
                 None => {
                     problems.push(format!(
-                        "column {table}.{} is {} in the target, which SQLite values are not converted into (boolean, smallint, integer, bigint, text, varchar(n), char(n), uuid, inet, json, jsonb, numeric, real, double precision, bytea, date, time, timestamp, timestamptz): change the column's type, or leave the table out with --exclude",
-                        column.name, column.sql_type
+                        "column {table}.{} is {} in the target, which SQLite values are not converted into (boolean, smallint, integer, bigint, text, varchar(n), char(n), uuid, inet, json, jsonb, numeric, real, double precision, bytea, date, time, timestamp, timestamptz): change the column's type, leave the column out with --exclude-columns {table}.{} (the target fills it), or leave the table out with --exclude",
+                        column.name, column.sql_type, column.name
                     ));
                     continue;
                 }
