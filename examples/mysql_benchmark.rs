@@ -43,6 +43,14 @@ use sqlx::{AssertSqlSafe, MySqlPool};
 
 const ROWS: i64 = 1_000_000;
 
+/// The backfills' statement over the integer key.
+const LOWER_INT: &str =
+    "UPDATE bench_users SET email = lower(email) WHERE {batch} AND email <> lower(email)";
+
+/// The backfills' statement over the UUID key.
+const LOWER_UUID: &str =
+    "UPDATE bench_uuid_users SET email = lower(email) WHERE {batch} AND email <> lower(email)";
+
 /// 1,000,000 rows built in Rust, through the upsert builder.
 #[datamig::migration(id = "20250301_0000_bench_mysql_upsert")]
 async fn upsert_rust_rows(ctx: &mut Ctx<'_, MySql>) -> anyhow::Result<()> {
@@ -62,11 +70,7 @@ async fn upsert_rust_rows(ctx: &mut Ctx<'_, MySql>) -> anyhow::Result<()> {
     batch(table = "bench_users", key = "id", size = 10_000)
 )]
 async fn backfill_int(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result<()> {
-    ctx.execute_batch(
-        "UPDATE bench_users SET email = lower(email) WHERE {batch} AND email <> lower(email)",
-        &batch,
-    )
-    .await?;
+    ctx.execute_batch(LOWER_INT, &batch).await?;
     Ok(())
 }
 
@@ -76,11 +80,7 @@ async fn backfill_int(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result<
     batch(table = "bench_uuid_users", key = "id", size = 10_000)
 )]
 async fn backfill_uuid(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result<()> {
-    ctx.execute_batch(
-        "UPDATE bench_uuid_users SET email = lower(email) WHERE {batch} AND email <> lower(email)",
-        &batch,
-    )
-    .await?;
+    ctx.execute_batch(LOWER_UUID, &batch).await?;
     Ok(())
 }
 
@@ -91,11 +91,7 @@ async fn backfill_uuid(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result
     batch(table = "bench_users", key = "id")
 )]
 async fn backfill_int_paced(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result<()> {
-    ctx.execute_batch(
-        "UPDATE bench_users SET email = lower(email) WHERE {batch} AND email <> lower(email)",
-        &batch,
-    )
-    .await?;
+    ctx.execute_batch(LOWER_INT, &batch).await?;
     Ok(())
 }
 
@@ -105,11 +101,7 @@ async fn backfill_int_paced(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::R
     batch(table = "bench_uuid_users", key = "id")
 )]
 async fn backfill_uuid_paced(ctx: &mut Ctx<'_, MySql>, batch: Batch) -> anyhow::Result<()> {
-    ctx.execute_batch(
-        "UPDATE bench_uuid_users SET email = lower(email) WHERE {batch} AND email <> lower(email)",
-        &batch,
-    )
-    .await?;
+    ctx.execute_batch(LOWER_UUID, &batch).await?;
     Ok(())
 }
 

@@ -143,6 +143,30 @@ impl App {
     }
 }
 
+/// A walk alone, interrupted after three batches: each ran flat out, and each was larger
+/// than the one before.
+fn assert_three_growing_batches_flat_out(
+    run: Result<(), Error>,
+    events: &Arc<Mutex<Vec<Progress>>>,
+) {
+    assert!(matches!(run, Err(Error::Interrupted { .. })), "{run:?}");
+    let alone = events.lock().unwrap().clone();
+    assert_eq!(alone.len(), 3, "{alone:?}");
+    for event in &alone {
+        assert_eq!(
+            event.pacing.as_deref(),
+            Some("full speed: no other session active"),
+            "{event:?}"
+        );
+        assert_eq!(event.pause_ms, 0, "{event:?}");
+    }
+    assert!(
+        alone.windows(2).all(|w| w[1].batch_size > w[0].batch_size),
+        "sizes grow on an idle database: {:?}",
+        alone.iter().map(|e| e.batch_size).collect::<Vec<_>>()
+    );
+}
+
 async fn done_rows(url: &str) -> anyhow::Result<i64> {
     let mut conn = PgConnection::connect(url).await?;
     let n = sqlx::query_scalar("SELECT count(*) FROM paced WHERE done")
@@ -166,22 +190,7 @@ async fn a_backfill_without_settings_runs_flat_out_alone_and_pauses_beside_an_ap
         .interrupt_after_batches(3)
         .run()
         .await;
-    assert!(matches!(first, Err(Error::Interrupted { .. })), "{first:?}");
-    let alone = alone.lock().unwrap().clone();
-    assert_eq!(alone.len(), 3, "{alone:?}");
-    for event in &alone {
-        assert_eq!(
-            event.pacing.as_deref(),
-            Some("full speed: no other session active"),
-            "{event:?}"
-        );
-        assert_eq!(event.pause_ms, 0, "{event:?}");
-    }
-    assert!(
-        alone.windows(2).all(|w| w[1].batch_size > w[0].batch_size),
-        "sizes grow on an idle database: {:?}",
-        alone.iter().map(|e| e.batch_size).collect::<Vec<_>>()
-    );
+    assert_three_growing_batches_flat_out(first.map(|_| ()), &alone);
 
     // The application starts: the next batches are followed by pauses, and say why.
     let app = App::start(db.url()).await?;
@@ -735,22 +744,7 @@ mod mysql {
             .interrupt_after_batches(3)
             .run()
             .await;
-        assert!(matches!(first, Err(Error::Interrupted { .. })), "{first:?}");
-        let alone = alone.lock().unwrap().clone();
-        assert_eq!(alone.len(), 3, "{alone:?}");
-        for event in &alone {
-            assert_eq!(
-                event.pacing.as_deref(),
-                Some("full speed: no other session active"),
-                "{event:?}"
-            );
-            assert_eq!(event.pause_ms, 0, "{event:?}");
-        }
-        assert!(
-            alone.windows(2).all(|w| w[1].batch_size > w[0].batch_size),
-            "sizes grow on an idle database: {:?}",
-            alone.iter().map(|e| e.batch_size).collect::<Vec<_>>()
-        );
+        super::assert_three_growing_batches_flat_out(first.map(|_| ()), &alone);
 
         // The application starts: the next batches are followed by pauses, and say why.
         let app = App::start(db.url()).await?;
