@@ -14,8 +14,8 @@
 use sqlx::mysql::{MySqlConnection, MySqlRow};
 use sqlx::{AssertSqlSafe, MySql, Row};
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use super::ledger::table_exists;
 use super::server::{Server, error_number};
@@ -426,8 +426,9 @@ pub(super) fn select_list(shape: &KeyShape, qualifier: &str) -> String {
         .join(", ")
 }
 
-/// Whether `err` says the user may not read what was asked (`PROCESS` missing: 1227
-/// `ER_SPECIFIC_ACCESS_DENIED_ERROR`; 1142 `ER_TABLEACCESS_DENIED_ERROR`, MySQL's `sys`).
+/// Whether `err` says the user may not read what was asked: 1227
+/// `ER_SPECIFIC_ACCESS_DENIED_ERROR` (`PROCESS` missing), 1142 `ER_TABLEACCESS_DENIED_ERROR`
+/// and 1044 `ER_DBACCESS_DENIED_ERROR` (no access to MySQL's `sys`).
 fn access_denied(err: &sqlx::Error) -> bool {
     matches!(error_number(err), Some(1227 | 1142 | 1044))
 }
@@ -435,23 +436,13 @@ fn access_denied(err: &sqlx::Error) -> bool {
 /// Whether InnoDB's lock waits may be read now: at most every [`LOCK_WAITS_EVERY`] by this
 /// process (its walks and workers together), so that each read finds them refreshed.
 fn lock_waits_readable() -> bool {
-    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let every = u64::try_from(LOCK_WAITS_EVERY.as_millis()).unwrap_or(u64::MAX);
-    // Milliseconds since the process's first call, plus `every`: the first call reads.
-    let now = u64::try_from(
-        EPOCH
-            .get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_millis(),
-    )
-    .unwrap_or(u64::MAX)
-    .saturating_add(every);
-    let last = LAST.load(Ordering::Acquire);
-    now.saturating_sub(last) >= every
-        && LAST
-            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
+    if last.is_some_and(|at| at.elapsed() < LOCK_WAITS_EVERY) {
+        return false;
+    }
+    *last = Some(Instant::now());
+    true
 }
 
 /// How often InnoDB's lock waits are read for the pacing: a little over the 0.1 s for
